@@ -1,0 +1,115 @@
+//! The subcommands.
+
+use crate::source::{load_model, overrides, print_diagnostics, read_source};
+use crate::{ConfigArgs, MessageFormat, Stage};
+use lmc_core::{CheckError, ConfigOverrides};
+use std::path::Path;
+
+/// How a command failed: diagnostics already printed, or one message still to print.
+pub enum Failure {
+    Reported,
+    Message(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Message(e.to_string())
+    }
+}
+
+/// `lmc check FILE...`: parses each file and checks every model in it with its defaults.
+pub fn check(files: &[std::path::PathBuf], format: MessageFormat) -> Result<(), Failure> {
+    let mut failed = false;
+    for path in files {
+        let source = match read_source(path) {
+            Ok(s) => s,
+            Err(Failure::Message(m)) => {
+                eprintln!("error: {m}");
+                failed = true;
+                continue;
+            }
+            Err(Failure::Reported) => {
+                failed = true;
+                continue;
+            }
+        };
+        let mut diags = Vec::new();
+        match lmc_grammar::parse_file(&source.text) {
+            Err(d) => diags.push(d),
+            Ok(file) => {
+                for name in lmc_core::model_names(&file) {
+                    match lmc_core::check_model(&file, &source, Some(&name), &ConfigOverrides::default()) {
+                        Ok(c) => diags.extend(c.warnings),
+                        Err(CheckError::Diagnostics(d)) => diags.extend(d),
+                        Err(CheckError::Selection(m)) => {
+                            eprintln!("error: {m}");
+                            failed = true;
+                        }
+                    }
+                }
+            }
+        }
+        // Several models can share a faulty config: report each problem once.
+        diags.dedup_by(|a, b| a == b);
+        let mut unique: Vec<lmc_grammar::Diagnostic> = Vec::new();
+        for d in diags {
+            if !unique.contains(&d) {
+                unique.push(d);
+            }
+        }
+        failed |= unique.iter().any(|d| d.severity == lmc_grammar::Severity::Error);
+        match format {
+            MessageFormat::Human => print_diagnostics(&unique, &source),
+            MessageFormat::Json => {
+                for d in &unique {
+                    println!("{}", d.to_json(&source));
+                }
+            }
+        }
+    }
+    if failed {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+/// `lmc emit --stage S FILE[:MODEL]`.
+pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure> {
+    if let Stage::Ast = stage {
+        let (path, _) = crate::source::split_model_ref(spec);
+        let source = read_source(&path)?;
+        let file = lmc_grammar::parse_file(&source.text).map_err(|d| {
+            print_diagnostics(&[d], &source);
+            Failure::Reported
+        })?;
+        print!("{}", lmc_grammar::print_ast(&file, &source));
+        return Ok(());
+    }
+    let (_, graph) = load_model(spec, &overrides(config, None)?)?;
+    match stage {
+        Stage::Ast => unreachable!(),
+        Stage::Ir => print!("{}", graph.print()),
+        Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph)),
+        Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph)?),
+        Stage::Manifest => println!("{}", lmc_core::manifest(&graph).to_json()),
+    }
+    Ok(())
+}
+
+/// `lmc compile FILE[:MODEL] -o libx.so`.
+pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Failure> {
+    let (_, graph) = load_model(spec, &overrides(config, None)?)?;
+    if output.extension().is_none_or(|e| e != "so") {
+        return Err(Failure::Message(format!("{}: the output must be a shared library named *.so", output.display())));
+    }
+    let header = lmc_codegen::compile_shared_library(&graph, output)?;
+    eprintln!("wrote {} and {}", output.display(), header.display());
+    Ok(())
+}
+
+/// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.
+pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Option<&Path>, config: &ConfigArgs) -> Result<(), Failure> {
+    let _ = (spec, weights, inputs, output, library, config);
+    Err(Failure::Message("pending".into()))
+}

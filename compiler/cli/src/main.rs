@@ -1,0 +1,124 @@
+//! `lmc`: the command line. Each subcommand drives the pipeline stages from the other crates;
+//! nothing here knows about any particular model.
+
+mod commands;
+mod source;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "lmc", version, about = "A compiler for language-model architectures")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options that configure a model: a checkpoint's config.json and command-line overrides.
+#[derive(clap::Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// A Hugging Face `config.json`, or a directory holding one; its keys override the config
+    /// block's defaults where the names match.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Override one config value: `--set hidden_size=256` (repeatable; wins over --config).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check model files; exit 1 if any has an error.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Diagnostics as text (default) or one JSON object per line.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+    },
+    /// Print one stage of the pipeline for a model.
+    Emit {
+        #[arg(long, value_enum)]
+        stage: Stage,
+        /// FILE or FILE:MODEL.
+        model: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Compile a model to a shared library and a C header (never containing weights).
+    Compile {
+        /// FILE or FILE:MODEL.
+        model: String,
+        /// The library to write, e.g. `libbert.so`; the header is written beside it (`libbert.h`).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Compile a model in memory (JIT) and run it on inputs from a safetensors file.
+    Run {
+        /// FILE or FILE:MODEL.
+        model: String,
+        /// A safetensors checkpoint, or a `save_pretrained` directory (config.json +
+        /// model.safetensors); the directory's config.json also configures the model.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Inputs, as a safetensors file whose tensor names are the model's input names.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the outputs (safetensors, named as the model's outputs).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Run this library from `lmc compile` instead of compiling MODEL in memory.
+        #[arg(long, value_name = "LIB.so")]
+        library: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Stage {
+    /// The syntax tree.
+    Ast,
+    /// The checked, typed IR.
+    Ir,
+    /// The MLIR module as emitted, before any pass.
+    Mlir,
+    /// The LLVM module with the ABI glue, before LLVM's optimizer.
+    Llvm,
+    /// The manifest the library exports.
+    Manifest,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MessageFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { files, message_format } => commands::check(&files, message_format),
+        Command::Emit { stage, model, config } => commands::emit(stage, &model, &config),
+        Command::Compile { model, output, config } => commands::compile(&model, &output, &config),
+        Command::Run {
+            model,
+            weights,
+            inputs,
+            output,
+            library,
+            config,
+        } => commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(commands::Failure::Reported) => ExitCode::FAILURE,
+        Err(commands::Failure::Message(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Checked IR → MLIR text on upstream dialects (`func`, `linalg`, `tensor`, `arith`, `math`,
+//! `bufferization`, `memref`).
+//!
+//! The function works on tensors; only its boundary is memrefs, in destination-passing style:
+//! `@forward(params..., inputs..., outputs...)`, with inputs read through
+//! `bufferization.to_tensor` and results written with `materialize_in_destination`, so the caller
+//! owns every buffer (see `lmc_abi`). Symbolic dimensions are dynamic (`?`) sizes read from the
+//! first input that carries them. Rank-0 values (config constants) are plain `f32` SSA values that
+//! the `linalg.generic` bodies capture, never tensors.
+//!
+//! We emit text and let MLIR's parser build the module: the text is what `lmc emit --stage mlir`
+//! prints and what the snapshot tests compare, and every op carries its `.model` location.
+
+use lmc_abi::DType;
+use lmc_core::ir::{BinaryOp, Dim, Graph, Loc, Op, ReduceOp, TensorType, UnaryOp, ValueId};
+use std::fmt::Write as _;
+
+/// The name of the generated function that implements `forward`.
+pub const FORWARD_FUNC: &str = "forward";
+
+/// Emits the MLIR module for a graph's forward function.
+pub fn emit_module(g: &Graph) -> String {
+    let mut e = Emitter { g, body: String::new(), tmp: 0 };
+    e.emit_function()
+}
+
+struct Emitter<'a> {
+    g: &'a Graph,
+    body: String,
+    tmp: usize,
+}
+
+fn elem(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::I64 => "i64",
+        DType::I32 => "i32",
+    }
+}
+
+fn shape_str(t: &TensorType) -> String {
+    let mut s = String::new();
+    for d in &t.dims {
+        match d {
+            Dim::Static(n) => {
+                let _ = write!(s, "{n}x");
+            }
+            Dim::Symbol(_) => s.push_str("?x"),
+        }
+    }
+    s.push_str(elem(t.dtype));
+    s
+}
+
+fn tensor_ty(t: &TensorType) -> String {
+    format!("tensor<{}>", shape_str(t))
+}
+
+fn memref_ty(t: &TensorType) -> String {
+    format!("memref<{}>", shape_str(t))
+}
+
+fn v(id: ValueId) -> String {
+    format!("%v{}", id.0)
+}
+
+/// `(d0, d1, d2)`
+fn dims_list(rank: usize) -> String {
+    let ds: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
+    format!("({})", ds.join(", "))
+}
+
+fn parallel(rank: usize) -> String {
+    vec!["\"parallel\""; rank].join(", ")
+}
+
+impl Emitter<'_> {
+    fn loc(&self, l: Loc) -> String {
+        format!("loc(\"{}\":{}:{})", self.g.file, l.line, l.col)
+    }
+
+    fn fresh(&mut self) -> String {
+        self.tmp += 1;
+        format!("%t{}", self.tmp)
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.body, "    {text}");
+    }
+
+    fn is_scalar(&self, id: ValueId) -> bool {
+        self.g.ty(id).rank() == 0
+    }
+
+    /// SSA values of the dynamic sizes of a type, in order, as `tensor.empty` wants them.
+    fn dynamic_sizes(&self, t: &TensorType) -> Vec<String> {
+        t.dims
+            .iter()
+            .filter_map(|d| match d {
+                Dim::Symbol(s) => Some(format!("%sym{}", s.0)),
+                Dim::Static(_) => None,
+            })
+            .collect()
+    }
+
+    /// `tensor.empty` of a type; returns its SSA name.
+    fn empty(&mut self, t: &TensorType) -> String {
+        let name = self.fresh();
+        let sizes = self.dynamic_sizes(t).join(", ");
+        self.line(&format!("{name} = tensor.empty({sizes}) : {}", tensor_ty(t)));
+        name
+    }
+
+    fn emit_function(&mut self) -> String {
+        let g = self.g;
+        let mut args = Vec::new();
+        for (i, p) in g.params.iter().enumerate() {
+            args.push(format!("%param{i}: {}", memref_ty(&p.ty)));
+        }
+        for (i, p) in g.inputs.iter().enumerate() {
+            args.push(format!("%input{i}: {}", memref_ty(&p.ty)));
+        }
+        for (i, (p, _)) in g.outputs.iter().enumerate() {
+            args.push(format!("%output{i}: {}", memref_ty(&p.ty)));
+        }
+        // Symbol values, read once from the inputs.
+        let mut axes: Vec<usize> = g.symbols.iter().map(|s| s.source.1).collect();
+        axes.sort_unstable();
+        axes.dedup();
+        for a in axes {
+            self.line(&format!("%c{a} = arith.constant {a} : index"));
+        }
+        for (i, s) in g.symbols.iter().enumerate() {
+            let (input, axis) = s.source;
+            let ty = memref_ty(&g.inputs[input].ty);
+            self.line(&format!("%sym{i} = memref.dim %input{input}, %c{axis} : {ty}  // {}", s.name));
+        }
+        for id in 0..g.nodes.len() {
+            self.emit_node(ValueId(id as u32));
+        }
+        for (i, (decl, id)) in g.outputs.iter().enumerate() {
+            let mut value = v(*id);
+            if self.is_scalar(*id) {
+                let t = self.fresh();
+                self.line(&format!("{t} = tensor.from_elements {value} : tensor<f32>"));
+                value = t;
+            }
+            self.line(&format!(
+                "bufferization.materialize_in_destination {value} in restrict writable %output{i} : ({}, {}) -> ()",
+                tensor_ty(&decl.ty),
+                memref_ty(&decl.ty)
+            ));
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "// {} from {}", g.model, g.file);
+        let _ = writeln!(out, "module {{");
+        let _ = writeln!(out, "  func.func @{FORWARD_FUNC}({}) attributes {{llvm.emit_c_interface}} {{", args.join(", "));
+        out.push_str(&self.body);
+        let _ = writeln!(out, "    return");
+        let _ = writeln!(out, "  }}");
+        let _ = writeln!(out, "}}");
+        out
+    }
+
+    fn emit_node(&mut self, id: ValueId) {
+        let g = self.g;
+        let node = &g.nodes[id.0 as usize];
+        let loc = self.loc(node.loc);
+        let out = v(id);
+        let ty = &node.ty;
+        match &node.op {
+            Op::Param(i) => self.line(&format!("{out} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}", memref_ty(ty), tensor_ty(ty))),
+            Op::Input(i) => self.line(&format!("{out} = bufferization.to_tensor %input{i} restrict : {} to {} {loc}", memref_ty(ty), tensor_ty(ty))),
+            Op::Constant(c) => self.line(&format!("{out} = arith.constant {} : f32 {loc}", f32_literal(*c))),
+            Op::Arange(_) => {
+                let e = self.empty(ty);
+                self.line(&format!(
+                    "{out} = linalg.generic {{indexing_maps = [affine_map<(d0) -> (d0)>], iterator_types = [\"parallel\"]}} outs({e} : {}) {{",
+                    tensor_ty(ty)
+                ));
+                self.line("^bb0(%o: i64):");
+                self.line("  %i = linalg.index 0 : index");
+                self.line("  %r = arith.index_cast %i : index to i64");
+                self.line("  linalg.yield %r : i64");
+                self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
+            }
+            Op::Gather { table, indices } => self.emit_gather(id, *table, *indices, &loc),
+            Op::Binary { op, lhs, rhs } => {
+                let name = match op {
+                    BinaryOp::Add => "arith.addf",
+                    BinaryOp::Sub => "arith.subf",
+                    BinaryOp::Mul => "arith.mulf",
+                    BinaryOp::Div => "arith.divf",
+                };
+                self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| vec![format!("{res} = {name} {}, {} : f32", args[0], args[1])]);
+            }
+            Op::Unary { op, x } => {
+                let op = *op;
+                self.emit_elementwise(id, &[*x], &loc, &move |args, res, tmp| unary_body(op, &args[0], res, tmp));
+            }
+            Op::Reduce { op, x, axis, keepdim } => self.emit_reduce(id, *op, *x, *axis, *keepdim, &loc),
+            Op::Transpose { x } => {
+                let e = self.empty(ty);
+                let r = ty.rank();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 1, r - 2);
+                let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
+                self.line(&format!(
+                    "{out} = linalg.transpose ins({} : {}) outs({e} : {}) permutation = [{}] {loc}",
+                    v(*x),
+                    tensor_ty(g.ty(*x)),
+                    tensor_ty(ty),
+                    perm.join(", ")
+                ));
+            }
+            Op::MatMul { lhs, rhs } => self.emit_matmul(id, *lhs, *rhs, &loc),
+        }
+    }
+
+    /// An elementwise op with numpy broadcasting. Scalar operands are captured, not iterated.
+    fn emit_elementwise(&mut self, id: ValueId, operands: &[ValueId], loc: &str, body: &dyn Fn(&[String], &str, &str) -> Vec<String>) {
+        let g = self.g;
+        let ty = &g.ty(id).clone();
+        let out = v(id);
+        if ty.rank() == 0 {
+            // All operands are scalars: plain arith at the top level.
+            let args: Vec<String> = operands.iter().map(|o| v(*o)).collect();
+            for l in body(&args, &out, &format!("{out}_")) {
+                self.line(&format!("{l} {loc}"));
+            }
+            return;
+        }
+        let rank = ty.rank();
+        let mut maps = Vec::new();
+        let mut ins = Vec::new();
+        let mut in_types = Vec::new();
+        let mut block_args = Vec::new();
+        let mut body_args = Vec::new();
+        for (k, o) in operands.iter().enumerate() {
+            if self.is_scalar(*o) {
+                body_args.push(v(*o));
+                continue;
+            }
+            let ot = g.ty(*o);
+            let offset = rank - ot.rank();
+            let exprs: Vec<String> = ot
+                .dims
+                .iter()
+                .enumerate()
+                .map(|(j, d)| if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) { "0".to_string() } else { format!("d{}", j + offset) })
+                .collect();
+            maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), exprs.join(", ")));
+            ins.push(v(*o));
+            in_types.push(tensor_ty(ot));
+            block_args.push(format!("%a{k}: {}", elem(ot.dtype)));
+            body_args.push(format!("%a{k}"));
+        }
+        maps.push(format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank)));
+        let e = self.empty(ty);
+        let ins_clause = if ins.is_empty() { String::new() } else { format!("ins({} : {}) ", ins.join(", "), in_types.join(", ")) };
+        self.line(&format!(
+            "{out} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {ins_clause}outs({e} : {}) {{",
+            maps.join(", "),
+            parallel(rank),
+            tensor_ty(ty)
+        ));
+        block_args.push(format!("%o: {}", elem(ty.dtype)));
+        self.line(&format!("^bb0({}):", block_args.join(", ")));
+        for l in body(&body_args, "%r", "%r") {
+            self.line(&format!("  {l}"));
+        }
+        self.line(&format!("  linalg.yield %r : {}", elem(ty.dtype)));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
+    }
+
+    fn emit_gather(&mut self, id: ValueId, table: ValueId, indices: ValueId, loc: &str) {
+        let g = self.g;
+        let ty = g.ty(id).clone();
+        let tt = g.ty(table).clone();
+        let it = g.ty(indices).clone();
+        let rank = ty.rank();
+        let ki = it.rank();
+        let rows = match tt.dims[0] {
+            Dim::Static(n) => n,
+            Dim::Symbol(_) => unreachable!("the checker requires a static row count"),
+        };
+        let e = self.empty(&ty);
+        let idx_map: Vec<String> = (0..ki).map(|i| format!("d{i}")).collect();
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [affine_map<{} -> ({})>, affine_map<{} -> {}>], iterator_types = [{}]}} ins({} : {}) outs({e} : {}) {{",
+            v(id),
+            dims_list(rank),
+            idx_map.join(", "),
+            dims_list(rank),
+            dims_list(rank),
+            parallel(rank),
+            v(indices),
+            tensor_ty(&it),
+            tensor_ty(&ty)
+        ));
+        self.line(&format!("^bb0(%idx: {}, %o: {}):", elem(it.dtype), elem(ty.dtype)));
+        self.line(&format!("  %i = arith.index_cast %idx : {} to index", elem(it.dtype)));
+        // Clamp, so an unchecked caller cannot read out of bounds.
+        self.line("  %zero = arith.constant 0 : index");
+        self.line(&format!("  %last = arith.constant {} : index", rows - 1));
+        self.line("  %lo = arith.maxsi %i, %zero : index");
+        self.line("  %row = arith.minsi %lo, %last : index");
+        let mut coords = vec!["%row".to_string()];
+        for k in ki..rank {
+            self.line(&format!("  %j{k} = linalg.index {k} : index"));
+            coords.push(format!("%j{k}"));
+        }
+        self.line(&format!("  %r = tensor.extract {}[{}] : {}", v(table), coords.join(", "), tensor_ty(&tt)));
+        self.line(&format!("  linalg.yield %r : {}", elem(ty.dtype)));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+
+    fn emit_reduce(&mut self, id: ValueId, op: ReduceOp, x: ValueId, axis: usize, keepdim: bool, loc: &str) {
+        let g = self.g;
+        let xt = g.ty(x).clone();
+        let rank = xt.rank();
+        let mut reduced = xt.clone();
+        reduced.dims.remove(axis);
+        // Sum into a zero-filled accumulator.
+        let e = self.empty(&reduced);
+        let zero = self.fresh();
+        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        let filled = self.fresh();
+        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}", tensor_ty(&reduced), tensor_ty(&reduced)));
+        let out_dims: Vec<String> = (0..rank).filter(|&i| i != axis).map(|i| format!("d{i}")).collect();
+        let iters: Vec<&str> = (0..rank).map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" }).collect();
+        let sum = self.fresh();
+        self.line(&format!(
+            "{sum} = linalg.generic {{indexing_maps = [affine_map<{} -> {}>, affine_map<{} -> ({})>], iterator_types = [{}]}} ins({} : {}) outs({filled} : {}) {{",
+            dims_list(rank),
+            dims_list(rank),
+            dims_list(rank),
+            out_dims.join(", "),
+            iters.join(", "),
+            v(x),
+            tensor_ty(&xt),
+            tensor_ty(&reduced)
+        ));
+        self.line("^bb0(%a: f32, %acc: f32):");
+        self.line("  %r = arith.addf %a, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
+        let mut result = sum;
+        if op == ReduceOp::Mean {
+            // Divide by the axis length, known now or read from a symbol.
+            let n = self.fresh();
+            match xt.dims[axis] {
+                Dim::Static(k) => self.line(&format!("{n} = arith.constant {} : f32", f32_literal(k as f64))),
+                Dim::Symbol(s) => {
+                    let as_int = self.fresh();
+                    self.line(&format!("{as_int} = arith.index_cast %sym{} : index to i64", s.0));
+                    self.line(&format!("{n} = arith.sitofp {as_int} : i64 to f32"));
+                }
+            }
+            let r = reduced.rank();
+            let e2 = self.empty(&reduced);
+            let mean = self.fresh();
+            let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
+            self.line(&format!(
+                "{mean} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({result} : {}) outs({e2} : {}) {{",
+                parallel(r),
+                tensor_ty(&reduced),
+                tensor_ty(&reduced)
+            ));
+            self.line("^bb0(%a: f32, %o: f32):");
+            self.line(&format!("  %r = arith.divf %a, {n} : f32"));
+            self.line("  linalg.yield %r : f32");
+            self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
+            result = mean;
+        }
+        let ty = g.ty(id).clone();
+        let out = v(id);
+        if ty.rank() == 0 {
+            self.line(&format!("{out} = tensor.extract {result}[] : tensor<f32> {loc}"));
+        } else if keepdim {
+            // Reinsert the reduced axis as size 1, grouped with a neighbour.
+            let r = reduced.rank();
+            let groups: Vec<String> = if r == 0 {
+                vec![]
+            } else {
+                let mut gs: Vec<Vec<usize>> = (0..r).map(|j| vec![if j < axis { j } else { j + 1 }]).collect();
+                if axis == 0 {
+                    gs[0].insert(0, 0);
+                } else {
+                    gs[axis - 1].push(axis);
+                }
+                gs.iter().map(|g| format!("[{}]", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))).collect()
+            };
+            let sizes: Vec<String> = ty
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Static(n) => n.to_string(),
+                    Dim::Symbol(s) => format!("%sym{}", s.0),
+                })
+                .collect();
+            self.line(&format!(
+                "{out} = tensor.expand_shape {result} [{}] output_shape [{}] : {} into {} {loc}",
+                groups.join(", "),
+                sizes.join(", "),
+                tensor_ty(&reduced),
+                tensor_ty(&ty)
+            ));
+        } else {
+            self.line(&format!("{out} = tensor.cast {result} : {} to {} {loc}", tensor_ty(&reduced), tensor_ty(&ty)));
+        }
+    }
+
+    fn emit_matmul(&mut self, id: ValueId, lhs: ValueId, rhs: ValueId, loc: &str) {
+        let g = self.g;
+        let ty = g.ty(id).clone();
+        let (lt, rt) = (g.ty(lhs).clone(), g.ty(rhs).clone());
+        let r = ty.rank();
+        // Loop dims: d0..d{r-1} are the output's (batch..., m, n); d{r} is k.
+        let k = format!("d{r}");
+        let batch: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
+        let mut lhs_map = batch.clone();
+        *lhs_map.last_mut().unwrap() = format!("d{}", r - 2);
+        lhs_map.push(k.clone());
+        let rhs_map = [k.clone(), format!("d{}", r - 1)];
+        let out_map: Vec<String> = (0..r).map(|i| format!("d{i}")).collect();
+        let e = self.empty(&ty);
+        let zero = self.fresh();
+        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        let filled = self.fresh();
+        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}", tensor_ty(&ty), tensor_ty(&ty)));
+        let all = dims_list(r + 1);
+        let mut iters = vec!["\"parallel\""; r];
+        iters.push("\"reduction\"");
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [affine_map<{all} -> ({})>, affine_map<{all} -> ({})>, affine_map<{all} -> ({})>], iterator_types = [{}]}} ins({}, {} : {}, {}) outs({filled} : {}) {{",
+            v(id),
+            lhs_map.join(", "),
+            rhs_map.join(", "),
+            out_map.join(", "),
+            iters.join(", "),
+            v(lhs),
+            v(rhs),
+            tensor_ty(&lt),
+            tensor_ty(&rt),
+            tensor_ty(&ty)
+        ));
+        self.line("^bb0(%a: f32, %b: f32, %acc: f32):");
+        self.line("  %p = arith.mulf %a, %b : f32");
+        self.line("  %r = arith.addf %p, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+}
+
+/// The body of an elementwise unary op on `x`, defining `res`; temporaries are named `{tmp}N`.
+fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
+    match op {
+        UnaryOp::Neg => vec![format!("{res} = arith.negf {x} : f32")],
+        UnaryOp::Sqrt => vec![format!("{res} = math.sqrt {x} : f32")],
+        UnaryOp::Exp => vec![format!("{res} = math.exp {x} : f32")],
+        // x * 0.5 * (1 + erf(x / sqrt(2)))
+        UnaryOp::Gelu => vec![
+            format!("{tmp}0 = arith.constant 0.70710678118654752 : f32"),
+            format!("{tmp}1 = arith.mulf {x}, {tmp}0 : f32"),
+            format!("{tmp}2 = math.erf {tmp}1 : f32"),
+            format!("{tmp}3 = arith.constant 1.0 : f32"),
+            format!("{tmp}4 = arith.addf {tmp}2, {tmp}3 : f32"),
+            format!("{tmp}5 = arith.mulf {x}, {tmp}4 : f32"),
+            format!("{tmp}6 = arith.constant 0.5 : f32"),
+            format!("{res} = arith.mulf {tmp}5, {tmp}6 : f32"),
+        ],
+    }
+}
+
+/// An f32 literal MLIR accepts: always with a decimal point or exponent.
+fn f32_literal(x: f64) -> String {
+    let f = x as f32;
+    if f.is_finite() {
+        // Shortest round-trip digits, always with a mantissa point (MLIR lexes `1e0` as `1`).
+        let s = format!("{f:e}");
+        match s.split_once('e') {
+            Some((m, e)) if !m.contains('.') => format!("{m}.0e{e}"),
+            _ => s,
+        }
+    } else if f.is_nan() {
+        "0x7FC00000".into()
+    } else if f > 0.0 {
+        "0x7F800000".into()
+    } else {
+        "0xFF800000".into()
+    }
+}

@@ -1,0 +1,135 @@
+//! `lmc-codegen`: checked IR → MLIR → LLVM → native code. The only crate that links MLIR and
+//! LLVM. One file per step: `emit_mlir` (IR → MLIR text), `mlir_pipeline` (passes, melior),
+//! `llvm` (translation, ABI glue, JIT and objects), `link` (shared library), `header` (C header).
+
+pub mod emit_mlir;
+mod header;
+mod link;
+pub mod llvm;
+pub mod mlir_pipeline;
+
+pub use header::c_header;
+pub use mlir_pipeline::MlirError;
+
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use lmc_core::ir::Graph;
+use std::ffi::c_void;
+use std::path::Path;
+
+/// Why code generation failed.
+#[derive(Debug)]
+pub enum CodegenError {
+    /// MLIR rejected what we emitted (a compiler bug).
+    Mlir(MlirError),
+    /// LLVM failed (a compiler bug, or an unsupported host).
+    Llvm(String),
+    /// Writing or linking the shared library failed.
+    Output(String),
+}
+
+impl std::fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodegenError::Mlir(e) => e.fmt(f),
+            CodegenError::Llvm(e) => write!(f, "internal compiler error in LLVM: {e}"),
+            CodegenError::Output(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for CodegenError {}
+
+impl From<MlirError> for CodegenError {
+    fn from(e: MlirError) -> Self {
+        CodegenError::Mlir(e)
+    }
+}
+
+/// `lmc emit --stage mlir`: the module as emitted, before any pass.
+pub fn emit_mlir(g: &Graph) -> String {
+    emit_mlir::emit_module(g)
+}
+
+/// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
+pub fn emit_llvm_ir(g: &Graph) -> Result<String, CodegenError> {
+    let context = Context::create();
+    let module = build_llvm_module(&context, g)?;
+    Ok(module.print_to_string().to_string())
+}
+
+/// Runs the whole pipeline up to an unoptimized LLVM module in `context`.
+fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
+    let text = emit_mlir::emit_module(g);
+    let mlir = mlir_pipeline::new_context();
+    let mut module = mlir_pipeline::parse(&mlir, &text)?;
+    mlir_pipeline::lower(&mlir, &mut module)?;
+    let llvm_module = llvm::translate(context, &module)?;
+    let manifest = lmc_core::manifest(g);
+    let nargs = manifest.arg_count();
+    let entries: Vec<(String, String, usize)> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.symbol.clone(), emit_mlir::FORWARD_FUNC.to_string(), nargs))
+        .collect();
+    llvm::add_abi_glue(context, &llvm_module, &manifest.to_json(), &entries).map_err(CodegenError::Llvm)?;
+    Ok(llvm_module)
+}
+
+type Engine<'ctx> = ExecutionEngine<'ctx>;
+
+self_cell::self_cell!(
+    struct JitCell {
+        owner: Context,
+        #[not_covariant]
+        dependent: Engine,
+    }
+);
+
+/// A model compiled in memory. Holds the LLVM context and the machine code; function addresses
+/// from [`JitModule::lookup`] stay valid while it lives.
+pub struct JitModule {
+    cell: JitCell,
+}
+
+// SAFETY: after construction the JIT is only read (symbol lookups, which take LLVM's own lock in
+// MCJIT) and finally dropped; nothing in it is tied to the creating thread.
+unsafe impl Send for JitModule {}
+// SAFETY: see `Send`: shared access is lookups only.
+unsafe impl Sync for JitModule {}
+
+impl JitModule {
+    /// The address of an exported symbol.
+    pub fn lookup(&self, name: &str) -> Option<*const c_void> {
+        self.cell.with_dependent(|_, engine| llvm::lookup(engine, name))
+    }
+}
+
+/// Compiles a graph to machine code in memory (`lmc run`).
+pub fn jit(g: &Graph) -> Result<JitModule, CodegenError> {
+    let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
+        let module = build_llvm_module(context, g)?;
+        let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
+        llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
+        llvm::jit_engine(&module).map_err(CodegenError::Llvm)
+    })?;
+    Ok(JitModule { cell })
+}
+
+/// Compiles a graph to a shared library at `so_path` and its C header beside it (same stem,
+/// `.h`). Returns the header's path.
+pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
+    let context = Context::create();
+    let module = build_llvm_module(&context, g)?;
+    let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
+    llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
+    let object = so_path.with_extension("o");
+    llvm::write_object(&module, &machine, &object).map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", object.display())))?;
+    let linked = link::link_shared_library(&object, so_path);
+    let _ = std::fs::remove_file(&object);
+    linked.map_err(CodegenError::Output)?;
+    let header_path = so_path.with_extension("h");
+    let manifest = lmc_core::manifest(g);
+    std::fs::write(&header_path, c_header(&manifest, so_path)).map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
+    Ok(header_path)
+}

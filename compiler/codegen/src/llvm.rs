@@ -1,0 +1,137 @@
+//! Lowered MLIR → an LLVM module (inkwell) with the ABI glue of `lmc_abi`, then either JIT-
+//! compiled in memory or written as an object file.
+//!
+//! melior and inkwell link the same static LLVM 22, so the MLIR module is translated straight
+//! into an inkwell context through `mlirTranslateModuleToLLVMIR` (the one C-API function
+//! mlir-sys does not bind).
+
+use crate::mlir_pipeline::MlirError;
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::{Linkage, Module};
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::AddressSpace;
+use inkwell::OptimizationLevel;
+use std::ffi::{c_char, c_void};
+use std::path::Path;
+
+extern "C" {
+    // From mlir-c/Target/LLVMIR.h; present in the linked MLIR archives.
+    fn mlirTranslateModuleToLLVMIR(module: mlir_sys::MlirOperation, context: inkwell::llvm_sys::prelude::LLVMContextRef) -> inkwell::llvm_sys::prelude::LLVMModuleRef;
+    // From llvm-c/Support.h: with a null name, makes the host process's own symbols (libm's
+    // `erff`, `malloc`, ...) visible to the JIT.
+    fn LLVMLoadLibraryPermanently(filename: *const c_char) -> i32;
+}
+
+/// Translates a module in the `llvm` dialect into an LLVM module owned by `context`.
+pub fn translate<'ctx>(context: &'ctx Context, module: &melior::ir::Module) -> Result<Module<'ctx>, MlirError> {
+    // SAFETY: the operation is a live, verified `builtin.module` in the llvm dialect, and the
+    // context is a live inkwell context; the returned module (or null on failure) is owned by it
+    // and handed to inkwell, which frees it with the context.
+    let raw = unsafe { mlirTranslateModuleToLLVMIR(module.as_operation().to_raw(), context.raw()) };
+    if raw.is_null() {
+        return Err(MlirError {
+            stage: "translating the llvm dialect to LLVM IR",
+            diagnostics: vec!["mlirTranslateModuleToLLVMIR returned no module".into()],
+        });
+    }
+    // SAFETY: `raw` is a fresh, non-null module created in `context`, owned by nobody else.
+    Ok(unsafe { Module::new(raw) })
+}
+
+/// Adds the exported ABI symbols: `lmc_abi_version`, `lmc_manifest`, and `lmc_<entry>` calling
+/// the MLIR C-interface function with one descriptor pointer per argument. Internal functions
+/// become private so only the ABI is exported.
+pub fn add_abi_glue<'ctx>(context: &'ctx Context, module: &Module<'ctx>, manifest_json: &str, entries: &[(String, String, usize)]) -> Result<(), String> {
+    let builder = context.create_builder();
+    let i32t = context.i32_type();
+    let ptr = context.ptr_type(AddressSpace::default());
+
+    let version = module.add_function(lmc_abi::ABI_VERSION_SYMBOL, i32t.fn_type(&[], false), None);
+    builder.position_at_end(context.append_basic_block(version, "entry"));
+    builder.build_return(Some(&i32t.const_int(lmc_abi::ABI_VERSION as u64, false))).map_err(|e| e.to_string())?;
+
+    let text = context.const_string(manifest_json.as_bytes(), true);
+    let global = module.add_global(text.get_type(), None, "lmc_manifest_json");
+    global.set_initializer(&text);
+    global.set_constant(true);
+    global.set_linkage(Linkage::Private);
+    let manifest = module.add_function(lmc_abi::MANIFEST_SYMBOL, ptr.fn_type(&[], false), None);
+    builder.position_at_end(context.append_basic_block(manifest, "entry"));
+    builder.build_return(Some(&global.as_pointer_value())).map_err(|e| e.to_string())?;
+
+    for (symbol, mlir_func, nargs) in entries {
+        let ciface_name = format!("_mlir_ciface_{mlir_func}");
+        let ciface = module.get_function(&ciface_name).ok_or_else(|| format!("the lowered module has no {ciface_name}"))?;
+        let entry = module.add_function(symbol, context.void_type().fn_type(&[ptr.into()], false), None);
+        builder.position_at_end(context.append_basic_block(entry, "entry"));
+        let args_array = entry.get_nth_param(0).unwrap().into_pointer_value();
+        let mut args = Vec::with_capacity(*nargs);
+        for i in 0..*nargs {
+            // SAFETY (of the generated code, not of this builder call): the ABI says `args`
+            // holds `nargs` descriptor pointers.
+            let slot = unsafe { builder.build_in_bounds_gep(ptr, args_array, &[context.i64_type().const_int(i as u64, false)], &format!("slot{i}")) }.map_err(|e| e.to_string())?;
+            args.push(builder.build_load(ptr, slot, &format!("arg{i}")).map_err(|e| e.to_string())?.into());
+        }
+        builder.build_call(ciface, &args, "").map_err(|e| e.to_string())?;
+        builder.build_return(None).map_err(|e| e.to_string())?;
+        ciface.set_linkage(Linkage::Internal);
+        if let Some(f) = module.get_function(mlir_func) {
+            f.set_linkage(Linkage::Internal);
+        }
+    }
+    module.verify().map_err(|e| e.to_string())
+}
+
+/// A target machine for this host: its CPU and features, position-independent code.
+pub fn host_target_machine() -> Result<TargetMachine, String> {
+    Target::initialize_native(&InitializationConfig::default())?;
+    let triple = TargetMachine::get_default_triple();
+    let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
+    let cpu = TargetMachine::get_host_cpu_name();
+    let features = TargetMachine::get_host_cpu_features();
+    target
+        .create_target_machine(
+            &triple,
+            cpu.to_str().unwrap_or("generic"),
+            features.to_str().unwrap_or(""),
+            OptimizationLevel::Aggressive,
+            RelocMode::PIC,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| format!("LLVM cannot create a target machine for {}", triple.as_str().to_string_lossy()))
+}
+
+/// Runs LLVM's O3 pipeline for the host.
+pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), String> {
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    module.run_passes("default<O3>", machine, PassBuilderOptions::create()).map_err(|e| e.to_string())
+}
+
+/// Writes the module as an object file.
+pub fn write_object(module: &Module, machine: &TargetMachine, path: &Path) -> Result<(), String> {
+    machine.write_to_file(module, FileType::Object, path).map_err(|e| e.to_string())
+}
+
+/// Makes the host process's symbols visible to JIT'd code; idempotent.
+pub fn expose_process_symbols() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a null file name asks LLVM to add the running process to its symbol search path;
+    // it reads no memory of ours.
+    ONCE.call_once(|| unsafe {
+        LLVMLoadLibraryPermanently(std::ptr::null());
+    });
+}
+
+/// Creates an MCJIT engine that owns `module`.
+pub fn jit_engine<'ctx>(module: &Module<'ctx>) -> Result<ExecutionEngine<'ctx>, String> {
+    expose_process_symbols();
+    module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|e| e.to_string())
+}
+
+/// The address of a JIT'd function.
+pub fn lookup(engine: &ExecutionEngine, name: &str) -> Option<*const c_void> {
+    engine.get_function_address(name).ok().map(|a| a as *const c_void)
+}

@@ -1,0 +1,102 @@
+//! MLIR text → lowered MLIR (`llvm` dialect), in-process through melior. The pass pipeline lives
+//! here and only here.
+//!
+//! The pipeline is the correctness baseline of `MLIR-CODEGEN-NOTES.md`: fuse elementwise
+//! generics, bufferize, free temporaries, lower linalg to loops, then everything to LLVM. Tiling
+//! and vectorization come with the performance work; this stage's contract (text in, `llvm`
+//! dialect out) does not change with them.
+
+use melior::dialect::DialectRegistry;
+use melior::ir::Module;
+use melior::pass::PassManager;
+use melior::utility::{parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes};
+use melior::Context;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Once;
+
+/// The lowering pipeline, tensors to the `llvm` dialect.
+pub const PIPELINE: &str = concat!(
+    "builtin.module(",
+    "func.func(linalg-fuse-elementwise-ops),",
+    "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map},",
+    "canonicalize,cse,canonicalize,",
+    "buffer-deallocation-pipeline,",
+    "func.func(convert-linalg-to-loops),",
+    "convert-scf-to-cf,",
+    "expand-strided-metadata,",
+    "lower-affine,",
+    "finalize-memref-to-llvm,",
+    "convert-math-to-llvm,",
+    "convert-math-to-libm,",
+    "convert-arith-to-llvm,",
+    "convert-cf-to-llvm,",
+    "convert-func-to-llvm,",
+    "convert-index-to-llvm,",
+    "reconcile-unrealized-casts",
+    ")"
+);
+
+/// A failure inside MLIR: our emitter produced something MLIR rejects. Always a compiler bug,
+/// reported with MLIR's own diagnostics.
+#[derive(Debug)]
+pub struct MlirError {
+    pub stage: &'static str,
+    pub diagnostics: Vec<String>,
+}
+
+impl std::fmt::Display for MlirError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "internal compiler error while {}", self.stage)?;
+        for d in &self.diagnostics {
+            write!(f, "\n  {d}")?;
+        }
+        write!(f, "\n(this is a bug in lmc; `lmc emit --stage mlir` shows the module that failed)")
+    }
+}
+
+impl std::error::Error for MlirError {}
+
+/// Creates an MLIR context with every upstream dialect and the LLVM translations. The one place
+/// contexts are made.
+pub fn new_context() -> Context {
+    static PASSES: Once = Once::new();
+    PASSES.call_once(register_all_passes);
+    let registry = DialectRegistry::new();
+    register_all_dialects(&registry);
+    let context = Context::new();
+    context.append_dialect_registry(&registry);
+    context.load_all_available_dialects();
+    register_all_llvm_translations(&context);
+    context
+}
+
+/// Collects MLIR's diagnostics while `f` runs.
+fn with_diagnostics<T>(context: &Context, stage: &'static str, f: impl FnOnce() -> Option<T>) -> Result<T, MlirError> {
+    let diagnostics = Rc::new(RefCell::new(Vec::new()));
+    let sink = diagnostics.clone();
+    let id = context.attach_diagnostic_handler(move |d| {
+        sink.borrow_mut().push(format!("{} {}", d.location(), d));
+        true
+    });
+    let result = f();
+    context.detach_diagnostic_handler(id);
+    result.ok_or_else(|| MlirError {
+        stage,
+        diagnostics: diagnostics.take(),
+    })
+}
+
+/// Parses MLIR text into a module of `context`.
+pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, MlirError> {
+    with_diagnostics(context, "parsing the generated MLIR", || Module::parse(context, text))
+}
+
+/// Runs [`PIPELINE`] on a module, leaving it in the `llvm` dialect.
+pub fn lower(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+    with_diagnostics(context, "lowering MLIR to the llvm dialect", || {
+        let pm = PassManager::new(context);
+        parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE).ok()?;
+        pm.run(module).ok()
+    })
+}

@@ -1,0 +1,69 @@
+//! `lmc-core`: the middle of the pipeline, free of LLVM. It checks a parsed `.model` file
+//! (names, config, element types, symbolic shapes), builds the typed IR ([`ir::Graph`]), and
+//! describes it to the runtime as a [`lmc_abi::Manifest`].
+
+pub mod check;
+pub mod config;
+pub mod ir;
+mod suggest;
+
+pub use check::{check_model, model_names, CheckError, Checked};
+pub use config::ConfigOverrides;
+
+use ir::{ConfigValue, Dim, Graph, TensorDecl};
+use lmc_abi::{Entry, Manifest, SymbolSpec, TensorSpec};
+
+/// The symbol an entry point is exported under.
+pub fn entry_symbol(entry: &str) -> String {
+    format!("lmc_{entry}")
+}
+
+/// Describes a graph's calling convention for the runtime.
+pub fn manifest(g: &Graph) -> Manifest {
+    let spec = |d: &TensorDecl| TensorSpec {
+        name: d.name.clone(),
+        dtype: d.ty.dtype,
+        shape: d
+            .ty
+            .dims
+            .iter()
+            .map(|dim| match dim {
+                Dim::Static(n) => lmc_abi::Dim::Static(*n),
+                Dim::Symbol(s) => lmc_abi::Dim::Symbol(g.symbols[s.0 as usize].name.clone()),
+            })
+            .collect(),
+        index_bound: d.index_bound.clone(),
+    };
+    Manifest {
+        abi_version: lmc_abi::ABI_VERSION,
+        generator: lmc_abi::generator_string(),
+        model: g.model.clone(),
+        config: g
+            .config
+            .iter()
+            .map(|(k, v)| {
+                let json = match v {
+                    ConfigValue::Int(i) => serde_json::json!(i),
+                    ConfigValue::Float(f) => serde_json::json!(f),
+                    ConfigValue::Bool(b) => serde_json::json!(b),
+                };
+                (k.clone(), json)
+            })
+            .collect(),
+        symbols: g
+            .symbols
+            .iter()
+            .map(|s| SymbolSpec {
+                name: s.name.clone(),
+                max: s.max.clone(),
+            })
+            .collect(),
+        params: g.params.iter().map(spec).collect(),
+        inputs: g.inputs.iter().map(spec).collect(),
+        outputs: g.outputs.iter().map(|(d, _)| spec(d)).collect(),
+        entries: vec![Entry {
+            name: "forward".into(),
+            symbol: entry_symbol("forward"),
+        }],
+    }
+}

@@ -1,0 +1,170 @@
+//! `lmc-abi`: the contract between a library that lmc generated (JIT'd in memory or a `.so`)
+//! and the runtime that loads it. Codegen writes it; the runtime reads it; neither depends on the
+//! other.
+//!
+//! A generated module exports three symbols:
+//!
+//! | symbol | C signature | meaning |
+//! |---|---|---|
+//! | [`ABI_VERSION_SYMBOL`] | `uint32_t lmc_abi_version(void)` | must equal [`ABI_VERSION`] |
+//! | [`MANIFEST_SYMBOL`] | `const char *lmc_manifest(void)` | NUL-terminated JSON [`Manifest`] |
+//! | one per [`Entry`] | `void lmc_<entry>(void **args)` | runs the entry point |
+//!
+//! An entry point takes one array of pointers, `args`, in the order of [`Entry::args`]: every
+//! parameter, then every input, then every output. Each pointer points to a *memref descriptor*
+//! (the MLIR strided-memref layout), whose length depends on the rank `r`:
+//!
+//! ```c
+//! struct { void *allocated; void *aligned; int64_t offset; int64_t sizes[r]; int64_t strides[r]; }
+//! ```
+//!
+//! The caller owns every buffer, outputs included, and sizes outputs from the manifest's shapes.
+//! Entry points do no validation: the runtime checks names, dtypes, shapes, symbolic dimension
+//! bounds and index ranges before it calls one. (Gathers also clamp indices, so a caller that
+//! skips the runtime gets wrong numbers, never an out-of-bounds read.)
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the calling convention or the manifest schema changes incompatibly.
+pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION_SYMBOL: &str = "lmc_abi_version";
+pub const MANIFEST_SYMBOL: &str = "lmc_manifest";
+
+/// Element types that cross the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    I64,
+    I32,
+}
+
+impl DType {
+    pub fn size_bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::I64 => 8,
+        }
+    }
+
+    /// The dtype's name in a safetensors header.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+        }
+    }
+
+    pub fn from_safetensors_name(name: &str) -> Option<DType> {
+        match name {
+            "F32" => Some(DType::F32),
+            "I64" => Some(DType::I64),
+            "I32" => Some(DType::I32),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+        }
+    }
+}
+
+/// One dimension of a tensor in the manifest: fixed when the model was compiled, or a symbol
+/// (`B`, `T`) bound at run time from the inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Static(i64),
+    Symbol(String),
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Static(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A named tensor the module reads or writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// For parameters, the tensor's name in the checkpoint; for inputs and outputs, the name of
+    /// the tensor in the inputs/outputs safetensors file.
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+    /// For integer inputs used as indices: every value must be in `0..index_bound.limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_bound: Option<Bound>,
+}
+
+/// An upper limit and why it exists, phrased for an error message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bound {
+    pub limit: i64,
+    /// e.g. "rows of embeddings.position_embeddings.weight"
+    pub reason: String,
+}
+
+/// A symbolic dimension and the limits the model puts on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolSpec {
+    pub name: String,
+    /// The largest value the model can run with (e.g. a learned position table's length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Bound>,
+}
+
+/// An exported entry point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `forward`.
+    pub name: String,
+    /// The exported C symbol.
+    pub symbol: String,
+}
+
+/// Everything a runtime needs to call a module: self-description, never weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub abi_version: u32,
+    /// The lmc version that generated the module.
+    pub generator: String,
+    /// The model (or variant) name.
+    pub model: String,
+    /// Resolved config values, for reports (`hidden_size = 768`).
+    pub config: Vec<(String, serde_json::Value)>,
+    pub symbols: Vec<SymbolSpec>,
+    pub params: Vec<TensorSpec>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest always serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Total number of pointers an entry point's `args` array holds.
+    pub fn arg_count(&self) -> usize {
+        self.params.len() + self.inputs.len() + self.outputs.len()
+    }
+}
+
+/// The version string every manifest carries, to name the producer of a mismatched library.
+pub fn generator_string() -> String {
+    format!("lmc {}", env!("CARGO_PKG_VERSION"))
+}

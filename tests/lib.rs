@@ -1,0 +1,57 @@
+//! Shared helpers of the integration tests: where the built `lmc` binary and runtime library
+//! are, running commands, and reading results.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The cargo profile directory the tests were built into (`target/debug`).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/pipeline-<hash> → target/debug
+    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+}
+
+/// The `lmc` binary. The README's test command builds it before running the tests.
+pub fn lmc_bin() -> PathBuf {
+    let p = profile_dir().join("lmc");
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    p
+}
+
+/// Runs `lmc` with arguments from the repository root.
+pub fn lmc(args: &[&str]) -> Output {
+    Command::new(lmc_bin()).args(args).current_dir(root()).output().expect("run lmc")
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = profile_dir().join("lmc-test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Reads every tensor of a safetensors file as (name, shape, f32 values).
+pub fn read_f32_tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let file = lmc_runtime::safetensors::SafeTensorsFile::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors()
+        .map(|info| {
+            let t = file.get(&info.name).unwrap().to_host().unwrap();
+            (info.name.clone(), t.shape.clone(), t.as_f32().expect("f32 tensor").to_vec())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Largest absolute difference between two equally shaped tensors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "tensors differ in size");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

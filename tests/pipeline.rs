@@ -1,0 +1,326 @@
+//! End-to-end tests of the pipeline: stage snapshots, numerics against Hugging Face, the C host,
+//! bad inputs, and diagnostics (UI tests). One binary, because each links MLIR and LLVM.
+
+use lmc_core::ConfigOverrides;
+use lmc_grammar::SourceFile;
+use lmc_tests::*;
+use std::path::Path;
+use std::process::Command;
+
+const CHECKPOINT: &str = "tests/fixtures/bert_tiny";
+
+/// The shipped models that run today, with the fixture each is checked against.
+const MODELS: &[(&str, &str)] = &[("BertEmbeddings", "embeddings"), ("BertIntermediate", "intermediate")];
+
+fn fixture_overrides() -> ConfigOverrides {
+    let text = std::fs::read_to_string(root().join(CHECKPOINT).join("config.json")).unwrap();
+    ConfigOverrides::default().with_checkpoint_json(&text).unwrap()
+}
+
+fn graph(model: &str) -> lmc_core::ir::Graph {
+    let path = "models/bert.model";
+    let source = SourceFile::new(path, std::fs::read_to_string(root().join(path)).unwrap());
+    let file = lmc_grammar::parse_file(&source.text).unwrap();
+    match lmc_core::check_model(&file, &source, Some(model), &fixture_overrides()) {
+        Ok(c) => c.graph,
+        Err(e) => panic!("{model} does not check: {e:?}"),
+    }
+}
+
+mod stages {
+    use super::*;
+
+    #[test]
+    fn ast() {
+        let source = SourceFile::new("models/bert.model", std::fs::read_to_string(root().join("models/bert.model")).unwrap());
+        let file = lmc_grammar::parse_file(&source.text).unwrap();
+        insta::assert_snapshot!("bert_ast", lmc_grammar::print_ast(&file, &source));
+    }
+
+    #[test]
+    fn ir_mlir_llvm() {
+        for (model, _) in MODELS {
+            let g = graph(model);
+            g.verify().unwrap();
+            insta::assert_snapshot!(format!("{model}_ir"), g.print());
+            insta::assert_snapshot!(format!("{model}_mlir"), lmc_codegen::emit_mlir(&g));
+            insta::assert_snapshot!(format!("{model}_llvm"), lmc_codegen::emit_llvm_ir(&g).unwrap());
+            insta::assert_snapshot!(format!("{model}_manifest"), lmc_core::manifest(&g).to_json());
+        }
+    }
+}
+
+/// `lmc run` (JIT) on each model reproduces what Hugging Face transformers computed.
+#[test]
+fn numerics_match_hugging_face() {
+    let dir = scratch("numerics");
+    for (model, fixture) in MODELS {
+        let out = dir.join(format!("{model}.safetensors"));
+        let inputs = format!("{CHECKPOINT}/inputs_{fixture}.safetensors");
+        let result = lmc(&["run", &format!("models/bert.model:{model}"), "--weights", CHECKPOINT, "--inputs", &inputs, "-o", out.to_str().unwrap()]);
+        assert!(result.status.success(), "{model}: {}", String::from_utf8_lossy(&result.stderr));
+        let got = read_f32_tensors(&out);
+        let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_{fixture}.safetensors")));
+        assert_eq!(got.len(), want.len());
+        for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+            assert_eq!((gn, gs), (wn, ws));
+            let err = max_abs_diff(gv, wv);
+            assert!(err <= 1e-5, "{model}.{gn}: max abs error {err} > 1e-5");
+        }
+    }
+}
+
+/// Writes a safetensors file's tensors in the C host's text format.
+fn host_input_text(path: &Path) -> String {
+    let file = lmc_runtime::safetensors::SafeTensorsFile::open(path).unwrap();
+    let mut text = String::new();
+    for info in file.tensors() {
+        let t = file.get(&info.name).unwrap().to_host().unwrap();
+        let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        let values: Vec<String> = match (t.as_f32(), t.as_i64()) {
+            (Some(f), _) => f.iter().map(|x| format!("{x:e}")).collect(),
+            (_, Some(i)) => i.iter().map(|x| x.to_string()).collect(),
+            _ => t.as_i32().unwrap().iter().map(|x| x.to_string()).collect(),
+        };
+        text.push_str(&format!("{} {} {} {} {}\n", info.name, t.dtype.as_str(), t.shape.len(), dims.join(" "), values.join(" ")));
+    }
+    text
+}
+
+fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(host)
+        .arg(lib)
+        .arg(root().join(CHECKPOINT))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A C program includes the generated header, links the `.so` and the runtime's C API, runs
+/// the model, and prints what `lmc run` computes.
+#[test]
+fn c_host_runs_the_shared_library() {
+    let dir = scratch("c_host");
+    let runtime_lib = profile_dir().join("liblmc_runtime.so");
+    assert!(runtime_lib.exists(), "{} is missing: run `cargo build --workspace` first", runtime_lib.display());
+    for (model, fixture) in MODELS {
+        let lib = dir.join(format!("lib{model}.so"));
+        let spec = format!("models/bert.model:{model}");
+        let r = lmc(&["compile", &spec, "--config", CHECKPOINT, "-o", lib.to_str().unwrap()]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let header = dir.join(format!("lib{model}.h"));
+        assert!(header.exists());
+
+        let host = dir.join(format!("host_{model}"));
+        let abi_macro = format!("LMC_{}_ABI_VERSION", model.to_uppercase());
+        let cc = Command::new("cc")
+            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&host)
+            .arg(root().join("tests/c_host/host.c"))
+            .arg(format!("-I{}", root().join("runtime/include").display()))
+            .arg(format!("-I{}", dir.display()))
+            .arg(format!("-DMODEL_HEADER=\"lib{model}.h\""))
+            .arg(format!("-DMODEL_ABI_VERSION={abi_macro}"))
+            .arg(&lib)
+            .arg(&runtime_lib)
+            .arg(format!("-Wl,-rpath,{}:{}", dir.display(), profile_dir().display()))
+            .output()
+            .unwrap();
+        assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+
+        let inputs = root().join(format!("{CHECKPOINT}/inputs_{fixture}.safetensors"));
+        let out = run_host(&host, &lib, &host_input_text(&inputs));
+        assert!(out.status.success(), "host failed: {}", String::from_utf8_lossy(&out.stderr));
+
+        // The same model through `lmc run`'s JIT.
+        let jit_out = dir.join(format!("{model}.safetensors"));
+        let r = lmc(&["run", &spec, "--weights", CHECKPOINT, "--inputs", inputs.to_str().unwrap(), "-o", jit_out.to_str().unwrap()]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let jit = read_f32_tensors(&jit_out);
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), jit.len());
+        for (line, (name, shape, values)) in lines.iter().zip(&jit) {
+            let mut words = line.split_whitespace();
+            assert_eq!(words.next(), Some(name.as_str()));
+            assert_eq!(words.next(), Some("f32"));
+            let rank: usize = words.next().unwrap().parse().unwrap();
+            let dims: Vec<usize> = (0..rank).map(|_| words.next().unwrap().parse().unwrap()).collect();
+            assert_eq!(&dims, shape);
+            let host_values: Vec<f32> = words.map(|w| w.parse().unwrap()).collect();
+            let err = max_abs_diff(&host_values, values);
+            assert!(err <= 1e-6, "{model}: C host and lmc run differ by {err}");
+        }
+
+        // A bad input comes back as a status and a message through the C ABI.
+        if *fixture == "embeddings" {
+            // Replace the first token id (after name, dtype, rank 2 and two dims) with 12345.
+            let bad: Vec<String> = host_input_text(&inputs)
+                .lines()
+                .map(|l| {
+                    let mut w: Vec<&str> = l.split(' ').collect();
+                    if w[0] == "input_ids" {
+                        w[5] = "12345";
+                    }
+                    w.join(" ")
+                })
+                .collect();
+            let bad = bad.join("\n");
+            let out = run_host(&host, &lib, &bad);
+            assert_eq!(out.status.code(), Some(2));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("input_ids") && err.contains("12345"), "unexpected error: {err}");
+        }
+    }
+}
+
+mod bad_input {
+    use super::*;
+    use lmc_abi::DType;
+
+    /// Copies the fixture checkpoint with `edit` applied to its tensors.
+    fn edited_checkpoint(name: &str, edit: impl Fn(&mut Vec<(String, DType, Vec<usize>, Vec<u8>)>)) -> std::path::PathBuf {
+        let dir = scratch(name);
+        std::fs::copy(root().join(CHECKPOINT).join("config.json"), dir.join("config.json")).unwrap();
+        let file = lmc_runtime::safetensors::SafeTensorsFile::open(&root().join(CHECKPOINT).join("model.safetensors")).unwrap();
+        let mut tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .map(|i| {
+                let t = file.get(&i.name).unwrap().to_host().unwrap();
+                (i.name.clone(), t.dtype, t.shape.clone(), t.bytes().to_vec())
+            })
+            .collect();
+        edit(&mut tensors);
+        let refs: Vec<(&str, DType, &[usize], &[u8])> = tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+        lmc_runtime::safetensors::write_safetensors(&dir.join("model.safetensors"), &refs).unwrap();
+        dir
+    }
+
+    fn run_embeddings(weights: &Path, inputs: &Path) -> (i32, String) {
+        let out = weights.join("out.safetensors");
+        let r = lmc(&["run", "models/bert.model:BertEmbeddings", "--weights", weights.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        (r.status.code().unwrap_or(-1), String::from_utf8_lossy(&r.stderr).into_owned())
+    }
+
+    fn fixture_inputs() -> std::path::PathBuf {
+        root().join(CHECKPOINT).join("inputs_embeddings.safetensors")
+    }
+
+    fn expect_error(code: i32, stderr: &str, needles: &[&str]) {
+        assert_eq!(code, 1, "expected exit 1, got {code}: {stderr}");
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+        }
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let dir = edited_checkpoint("missing_tensor", |t| t.retain(|(n, ..)| n != "embeddings.LayerNorm.bias"));
+        let (code, err) = run_embeddings(&dir, &fixture_inputs());
+        expect_error(code, &err, &["embeddings.LayerNorm.bias"]);
+    }
+
+    #[test]
+    fn wrong_shape_is_named() {
+        let dir = edited_checkpoint("wrong_shape", |t| {
+            let e = t.iter_mut().find(|(n, ..)| n == "embeddings.token_type_embeddings.weight").unwrap();
+            e.2 = vec![e.2[1], e.2[0]];
+        });
+        let (code, err) = run_embeddings(&dir, &fixture_inputs());
+        expect_error(code, &err, &["embeddings.token_type_embeddings.weight", "[36, 3]", "[3, 36]"]);
+    }
+
+    #[test]
+    fn wrong_dtype_is_named() {
+        let dir = edited_checkpoint("wrong_dtype", |t| {
+            let e = t.iter_mut().find(|(n, ..)| n == "embeddings.LayerNorm.weight").unwrap();
+            e.1 = DType::I32;
+        });
+        let (code, err) = run_embeddings(&dir, &fixture_inputs());
+        expect_error(code, &err, &["embeddings.LayerNorm.weight", "I32", "F32"]);
+    }
+
+    #[test]
+    fn truncated_file_is_reported() {
+        let dir = scratch("truncated");
+        std::fs::copy(root().join(CHECKPOINT).join("config.json"), dir.join("config.json")).unwrap();
+        let bytes = std::fs::read(root().join(CHECKPOINT).join("model.safetensors")).unwrap();
+        std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+        let (code, err) = run_embeddings(&dir, &fixture_inputs());
+        expect_error(code, &err, &["model.safetensors"]);
+    }
+
+    fn inputs_with(name: &str, ids: Vec<i64>, t: usize) -> std::path::PathBuf {
+        let dir = scratch(name);
+        let path = dir.join("inputs.safetensors");
+        let types = vec![0i64; ids.len()];
+        let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let shape = [ids.len() / t, t];
+        lmc_runtime::safetensors::write_safetensors(&path, &[("input_ids", DType::I64, &shape, &as_bytes(&ids)), ("token_type_ids", DType::I64, &shape, &as_bytes(&types))]).unwrap();
+        path
+    }
+
+    #[test]
+    fn token_id_out_of_range() {
+        let inputs = inputs_with("token_range", vec![1, 2, 99, 4], 4);
+        let (code, err) = run_embeddings(&root().join(CHECKPOINT), &inputs);
+        expect_error(code, &err, &["input_ids", "99"]);
+    }
+
+    #[test]
+    fn sequence_longer_than_position_table() {
+        let inputs = inputs_with("too_long", vec![1; 41], 41);
+        let (code, err) = run_embeddings(&root().join(CHECKPOINT), &inputs);
+        expect_error(code, &err, &["41", "40", "embeddings.position_embeddings.weight"]);
+    }
+
+    #[test]
+    fn unknown_model_name() {
+        let r = lmc(&["emit", "--stage", "ir", "models/bert.model:BertEmbedding"]);
+        expect_error(r.status.code().unwrap(), &String::from_utf8_lossy(&r.stderr), &["BertEmbeddings"]);
+    }
+}
+
+/// Each `tests/ui/*.model` is checked with `lmc check`; its stderr must equal the `.stderr` file
+/// beside it. `LMC_BLESS=1` rewrites the expectations.
+#[test]
+fn ui_diagnostics() {
+    let dir = root().join("tests/ui");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "model")).collect();
+    cases.sort();
+    assert!(!cases.is_empty());
+    let bless = std::env::var_os("LMC_BLESS").is_some();
+    let mut failures = Vec::new();
+    for case in cases {
+        let rel = case.strip_prefix(root()).unwrap().to_str().unwrap().to_string();
+        let r = lmc(&["check", &rel]);
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{rel}: {stderr}");
+        let has_error = stderr.contains("error[") || stderr.contains("error:");
+        assert_eq!(r.status.code(), Some(if has_error { 1 } else { 0 }), "{rel}: {stderr}");
+        let expected_path = case.with_extension("stderr");
+        if bless {
+            std::fs::write(&expected_path, &stderr).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != stderr {
+            failures.push(format!("{rel}:\n--- expected\n{expected}\n--- got\n{stderr}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} UI test(s) differ (LMC_BLESS=1 to accept):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Every shipped model file passes `lmc check`.
+#[test]
+fn shipped_models_check() {
+    let r = lmc(&["check", "models/bert.model"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(r.stderr.is_empty(), "{}", String::from_utf8_lossy(&r.stderr));
+}
