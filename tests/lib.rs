@@ -13,13 +13,20 @@ pub fn root() -> PathBuf {
 pub fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/pipeline-<hash> → target/debug
-    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
 }
 
 /// The `lmc` binary. The README's test command builds it before running the tests.
 pub fn lmc_bin() -> PathBuf {
     let p = profile_dir().join("lmc");
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 

@@ -32,7 +32,10 @@ mod stages {
 
     #[test]
     fn ast() {
-        let source = SourceFile::new("models/bert.model", std::fs::read_to_string(root().join("models/bert.model")).unwrap());
+        let source = SourceFile::new(
+            "models/bert.model",
+            std::fs::read_to_string(root().join("models/bert.model")).unwrap(),
+        );
         let file = lmc_grammar::parse_file(&source.text).unwrap();
         insta::assert_snapshot!("bert_ast", lmc_grammar::print_ast(&file, &source));
     }
@@ -57,7 +60,16 @@ fn numerics_match_hugging_face() {
     for (model, fixture) in MODELS {
         let out = dir.join(format!("{model}.safetensors"));
         let inputs = format!("{CHECKPOINT}/inputs_{fixture}.safetensors");
-        let result = lmc(&["run", &format!("models/bert.model:{model}"), "--weights", CHECKPOINT, "--inputs", &inputs, "-o", out.to_str().unwrap()]);
+        let result = lmc(&[
+            "run",
+            &format!("models/bert.model:{model}"),
+            "--weights",
+            CHECKPOINT,
+            "--inputs",
+            &inputs,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
         assert!(result.status.success(), "{model}: {}", String::from_utf8_lossy(&result.stderr));
         let got = read_f32_tensors(&out);
         let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_{fixture}.safetensors")));
@@ -82,7 +94,14 @@ fn host_input_text(path: &Path) -> String {
             (_, Some(i)) => i.iter().map(|x| x.to_string()).collect(),
             _ => t.as_i32().unwrap().iter().map(|x| x.to_string()).collect(),
         };
-        text.push_str(&format!("{} {} {} {} {}\n", info.name, t.dtype.as_str(), t.shape.len(), dims.join(" "), values.join(" ")));
+        text.push_str(&format!(
+            "{} {} {} {} {}\n",
+            info.name,
+            t.dtype.as_str(),
+            t.shape.len(),
+            dims.join(" "),
+            values.join(" ")
+        ));
     }
     text
 }
@@ -107,7 +126,11 @@ fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
 fn c_host_runs_the_shared_library() {
     let dir = scratch("c_host");
     let runtime_lib = profile_dir().join("liblmc_runtime.so");
-    assert!(runtime_lib.exists(), "{} is missing: run `cargo build --workspace` first", runtime_lib.display());
+    assert!(
+        runtime_lib.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        runtime_lib.display()
+    );
     for (model, fixture) in MODELS {
         let lib = dir.join(format!("lib{model}.so"));
         let spec = format!("models/bert.model:{model}");
@@ -139,7 +162,16 @@ fn c_host_runs_the_shared_library() {
 
         // The same model through `lmc run`'s JIT.
         let jit_out = dir.join(format!("{model}.safetensors"));
-        let r = lmc(&["run", &spec, "--weights", CHECKPOINT, "--inputs", inputs.to_str().unwrap(), "-o", jit_out.to_str().unwrap()]);
+        let r = lmc(&[
+            "run",
+            &spec,
+            "--weights",
+            CHECKPOINT,
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "-o",
+            jit_out.to_str().unwrap(),
+        ]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         let jit = read_f32_tensors(&jit_out);
         let printed = String::from_utf8(out.stdout).unwrap();
@@ -196,14 +228,26 @@ mod bad_input {
             })
             .collect();
         edit(&mut tensors);
-        let refs: Vec<(&str, DType, &[usize], &[u8])> = tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())).collect();
+        let refs: Vec<(&str, DType, &[usize], &[u8])> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+            .collect();
         lmc_runtime::safetensors::write_safetensors(&dir.join("model.safetensors"), &refs).unwrap();
         dir
     }
 
     fn run_embeddings(weights: &Path, inputs: &Path) -> (i32, String) {
         let out = weights.join("out.safetensors");
-        let r = lmc(&["run", "models/bert.model:BertEmbeddings", "--weights", weights.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+        let r = lmc(&[
+            "run",
+            "models/bert.model:BertEmbeddings",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
         (r.status.code().unwrap_or(-1), String::from_utf8_lossy(&r.stderr).into_owned())
     }
 
@@ -262,7 +306,14 @@ mod bad_input {
         let types = vec![0i64; ids.len()];
         let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let shape = [ids.len() / t, t];
-        lmc_runtime::safetensors::write_safetensors(&path, &[("input_ids", DType::I64, &shape, &as_bytes(&ids)), ("token_type_ids", DType::I64, &shape, &as_bytes(&types))]).unwrap();
+        lmc_runtime::safetensors::write_safetensors(
+            &path,
+            &[
+                ("input_ids", DType::I64, &shape, &as_bytes(&ids)),
+                ("token_type_ids", DType::I64, &shape, &as_bytes(&types)),
+            ],
+        )
+        .unwrap();
         path
     }
 
@@ -292,7 +343,11 @@ mod bad_input {
 #[test]
 fn ui_diagnostics() {
     let dir = root().join("tests/ui");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "model")).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "model"))
+        .collect();
     cases.sort();
     assert!(!cases.is_empty());
     let bless = std::env::var_os("LMC_BLESS").is_some();
@@ -314,7 +369,12 @@ fn ui_diagnostics() {
             failures.push(format!("{rel}:\n--- expected\n{expected}\n--- got\n{stderr}"));
         }
     }
-    assert!(failures.is_empty(), "{} UI test(s) differ (LMC_BLESS=1 to accept):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} UI test(s) differ (LMC_BLESS=1 to accept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Every shipped model file passes `lmc check`.

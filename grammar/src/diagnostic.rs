@@ -116,11 +116,7 @@ impl Diagnostic {
         let (line, col) = source.line_col(self.primary.span.start);
         let mut labels = vec![(&self.primary, '^')];
         labels.extend(self.secondary.iter().map(|l| (l, '-')));
-        let max_line = labels
-            .iter()
-            .map(|(l, _)| source.line_col(l.span.start).0)
-            .max()
-            .unwrap_or(line);
+        let max_line = labels.iter().map(|(l, _)| source.line_col(l.span.start).0).max().unwrap_or(line);
         let gutter = max_line.to_string().len();
         let pad = " ".repeat(gutter);
 
@@ -136,7 +132,11 @@ impl Diagnostic {
             let (l, c) = source.line_col(label.span.start);
             let text = source.line_text(l);
             let (end_line, end_col) = source.line_col(label.span.end);
-            let width = if end_line == l { end_col.saturating_sub(c).max(1) } else { text.chars().count().saturating_sub(c - 1).max(1) };
+            let width = if end_line == l {
+                end_col.saturating_sub(c).max(1)
+            } else {
+                text.chars().count().saturating_sub(c - 1).max(1)
+            };
             if l != previous_line {
                 let _ = writeln!(out, "{l:>gutter$} | {text}");
                 previous_line = l;

@@ -49,7 +49,9 @@ fn check_nesting(text: &str) -> Result<(), Diagnostic> {
                         Span::new(i, i + 1),
                         format!("nesting depth {depth} here"),
                     )
-                    .with_help(format!("lmc accepts at most {MAX_NESTING} nested brackets; name intermediate values instead")));
+                    .with_help(format!(
+                        "lmc accepts at most {MAX_NESTING} nested brackets; name intermediate values instead"
+                    )));
                 }
             }
             b')' | b']' | b'}' if !in_comment => depth = depth.saturating_sub(1),
@@ -143,7 +145,11 @@ fn forward_decl(pair: Pair<'_, Rule>) -> ForwardDecl {
                     name: ident(p.next().unwrap()),
                     ty: tensor_type(p.next().unwrap()),
                 };
-                if is_input { inputs.push(decl) } else { outputs.push(decl) }
+                if is_input {
+                    inputs.push(decl)
+                } else {
+                    outputs.push(decl)
+                }
             }
             Rule::body => body = part.into_inner().map(stmt).collect(),
             rule => unreachable!("grammar produced {rule:?} in a forward"),

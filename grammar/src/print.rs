@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 /// Prints a parsed file as an indented tree.
 pub fn print_ast(file: &File, source: &SourceFile) -> String {
-    let mut p = Printer { out: String::new(), source };
+    let mut p = Printer {
+        out: String::new(),
+        source,
+    };
     for item in &file.items {
         match item {
             Item::Config(c) => {
@@ -17,7 +20,11 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                 }
             }
             Item::Model(m) => {
-                p.line(0, m.span.start, &format!("model {}({}: {})", m.name.name, m.config_binding.name, m.config_type.name));
+                p.line(
+                    0,
+                    m.span.start,
+                    &format!("model {}({}: {})", m.name.name, m.config_binding.name, m.config_type.name),
+                );
                 for param in &m.params {
                     p.line(1, param.span.start, &format!("param {}: {}", param.path.dotted(), ty(&param.ty)));
                 }
@@ -31,9 +38,7 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                     }
                     for s in &f.body {
                         match s {
-                            Stmt::Assign { name, value, span } => {
-                                p.line(2, span.start, &format!("{} = {}", name.name, expr(value)))
-                            }
+                            Stmt::Assign { name, value, span } => p.line(2, span.start, &format!("{} = {}", name.name, expr(value))),
                             Stmt::Return { values, span } => {
                                 let vs: Vec<String> = values.iter().map(expr).collect();
                                 p.line(2, span.start, &format!("return {}", vs.join(", ")))

@@ -101,7 +101,10 @@ pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure
 pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Failure> {
     let (_, graph) = load_model(spec, &overrides(config, None)?)?;
     if output.extension().is_none_or(|e| e != "so") {
-        return Err(Failure::Message(format!("{}: the output must be a shared library named *.so", output.display())));
+        return Err(Failure::Message(format!(
+            "{}: the output must be a shared library named *.so",
+            output.display()
+        )));
     }
     let header = lmc_codegen::compile_shared_library(&graph, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
@@ -110,6 +113,50 @@ pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Fai
 
 /// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.
 pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Option<&Path>, config: &ConfigArgs) -> Result<(), Failure> {
-    let _ = (spec, weights, inputs, output, library, config);
-    Err(Failure::Message("pending".into()))
+    let module = match library {
+        Some(lib) => lmc_runtime::Module::open_library(lib)?,
+        None => {
+            let checkpoint_dir = weights.is_dir().then_some(weights);
+            let (_, graph) = load_model(spec, &overrides(config, checkpoint_dir)?)?;
+            let started = std::time::Instant::now();
+            let jit = std::sync::Arc::new(lmc_codegen::jit(&graph)?);
+            eprintln!("compiled {} in {:.0} ms", graph.model, started.elapsed().as_secs_f64() * 1e3);
+            let in_jit = jit.clone();
+            let lookup = move |name: &str| in_jit.lookup(name);
+            // SAFETY: the symbols come from a module lmc just generated for this ABI, and the
+            // JIT that holds their code is handed over as the keep-alive.
+            unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit))? }
+        }
+    };
+    let model = module.bind_weights(weights.into())?;
+    let unused = model.unused_tensors();
+    if !unused.is_empty() {
+        eprintln!(
+            "note: {} tensor(s) in {} are not used by {} (e.g. {})",
+            unused.len(),
+            weights.display(),
+            model.manifest().model,
+            unused[0]
+        );
+    }
+    let file = lmc_runtime::safetensors::SafeTensorsFile::open(inputs)?;
+    let mut host = Vec::new();
+    for info in file.tensors() {
+        host.push(file.get(&info.name).expect("listed tensor exists").to_host()?);
+    }
+    let started = std::time::Instant::now();
+    let outputs = model.run(&host)?;
+    let elapsed = started.elapsed();
+    for t in &outputs {
+        let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        eprintln!("{}: {}[{}]", t.name, t.dtype.as_str(), dims.join(", "));
+    }
+    eprintln!("ran {} in {:.3} ms", model.manifest().model, elapsed.as_secs_f64() * 1e3);
+    let entries: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = outputs
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes()))
+        .collect();
+    lmc_runtime::safetensors::write_safetensors(output, &entries)
+        .map_err(|e| Failure::Message(format!("cannot write {}: {e}", output.display())))?;
+    Ok(())
 }

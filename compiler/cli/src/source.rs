@@ -51,7 +51,9 @@ pub fn overrides(args: &ConfigArgs, checkpoint_dir: Option<&Path>) -> Result<Con
     };
     if let Some(path) = config_path {
         let text = std::fs::read_to_string(&path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
-        o = o.with_checkpoint_json(&text).map_err(|e| Failure::Message(format!("{}: {e}", path.display())))?;
+        o = o
+            .with_checkpoint_json(&text)
+            .map_err(|e| Failure::Message(format!("{}: {e}", path.display())))?;
     }
     Ok(o)
 }

@@ -20,7 +20,11 @@ pub const FORWARD_FUNC: &str = "forward";
 
 /// Emits the MLIR module for a graph's forward function.
 pub fn emit_module(g: &Graph) -> String {
-    let mut e = Emitter { g, body: String::new(), tmp: 0 };
+    let mut e = Emitter {
+        g,
+        body: String::new(),
+        tmp: 0,
+    };
     e.emit_function()
 }
 
@@ -59,6 +63,10 @@ fn tensor_ty(t: &TensorType) -> String {
 fn memref_ty(t: &TensorType) -> String {
     format!("memref<{}>", shape_str(t))
 }
+
+/// Writes the scalar body of an elementwise op: given the operand names, the result name and a
+/// prefix for temporaries, the lines that define the result.
+type ScalarBody<'a> = dyn Fn(&[String], &str, &str) -> Vec<String> + 'a;
 
 fn v(id: ValueId) -> String {
     format!("%v{}", id.0)
@@ -154,7 +162,11 @@ impl Emitter<'_> {
         let mut out = String::new();
         let _ = writeln!(out, "// {} from {}", g.model, g.file);
         let _ = writeln!(out, "module {{");
-        let _ = writeln!(out, "  func.func @{FORWARD_FUNC}({}) attributes {{llvm.emit_c_interface}} {{", args.join(", "));
+        let _ = writeln!(
+            out,
+            "  func.func @{FORWARD_FUNC}({}) attributes {{llvm.emit_c_interface}} {{",
+            args.join(", ")
+        );
         out.push_str(&self.body);
         let _ = writeln!(out, "    return");
         let _ = writeln!(out, "  }}");
@@ -169,8 +181,16 @@ impl Emitter<'_> {
         let out = v(id);
         let ty = &node.ty;
         match &node.op {
-            Op::Param(i) => self.line(&format!("{out} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}", memref_ty(ty), tensor_ty(ty))),
-            Op::Input(i) => self.line(&format!("{out} = bufferization.to_tensor %input{i} restrict : {} to {} {loc}", memref_ty(ty), tensor_ty(ty))),
+            Op::Param(i) => self.line(&format!(
+                "{out} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}",
+                memref_ty(ty),
+                tensor_ty(ty)
+            )),
+            Op::Input(i) => self.line(&format!(
+                "{out} = bufferization.to_tensor %input{i} restrict : {} to {} {loc}",
+                memref_ty(ty),
+                tensor_ty(ty)
+            )),
             Op::Constant(c) => self.line(&format!("{out} = arith.constant {} : f32 {loc}", f32_literal(*c))),
             Op::Arange(_) => {
                 let e = self.empty(ty);
@@ -192,7 +212,9 @@ impl Emitter<'_> {
                     BinaryOp::Mul => "arith.mulf",
                     BinaryOp::Div => "arith.divf",
                 };
-                self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| vec![format!("{res} = {name} {}, {} : f32", args[0], args[1])]);
+                self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| {
+                    vec![format!("{res} = {name} {}, {} : f32", args[0], args[1])]
+                });
             }
             Op::Unary { op, x } => {
                 let op = *op;
@@ -218,7 +240,7 @@ impl Emitter<'_> {
     }
 
     /// An elementwise op with numpy broadcasting. Scalar operands are captured, not iterated.
-    fn emit_elementwise(&mut self, id: ValueId, operands: &[ValueId], loc: &str, body: &dyn Fn(&[String], &str, &str) -> Vec<String>) {
+    fn emit_elementwise(&mut self, id: ValueId, operands: &[ValueId], loc: &str, body: &ScalarBody<'_>) {
         let g = self.g;
         let ty = &g.ty(id).clone();
         let out = v(id);
@@ -247,7 +269,13 @@ impl Emitter<'_> {
                 .dims
                 .iter()
                 .enumerate()
-                .map(|(j, d)| if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) { "0".to_string() } else { format!("d{}", j + offset) })
+                .map(|(j, d)| {
+                    if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) {
+                        "0".to_string()
+                    } else {
+                        format!("d{}", j + offset)
+                    }
+                })
                 .collect();
             maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), exprs.join(", ")));
             ins.push(v(*o));
@@ -257,7 +285,11 @@ impl Emitter<'_> {
         }
         maps.push(format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank)));
         let e = self.empty(ty);
-        let ins_clause = if ins.is_empty() { String::new() } else { format!("ins({} : {}) ", ins.join(", "), in_types.join(", ")) };
+        let ins_clause = if ins.is_empty() {
+            String::new()
+        } else {
+            format!("ins({} : {}) ", ins.join(", "), in_types.join(", "))
+        };
         self.line(&format!(
             "{out} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {ins_clause}outs({e} : {}) {{",
             maps.join(", "),
@@ -310,7 +342,12 @@ impl Emitter<'_> {
             self.line(&format!("  %j{k} = linalg.index {k} : index"));
             coords.push(format!("%j{k}"));
         }
-        self.line(&format!("  %r = tensor.extract {}[{}] : {}", v(table), coords.join(", "), tensor_ty(&tt)));
+        self.line(&format!(
+            "  %r = tensor.extract {}[{}] : {}",
+            v(table),
+            coords.join(", "),
+            tensor_ty(&tt)
+        ));
         self.line(&format!("  linalg.yield %r : {}", elem(ty.dtype)));
         self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
     }
@@ -326,9 +363,15 @@ impl Emitter<'_> {
         let zero = self.fresh();
         self.line(&format!("{zero} = arith.constant 0.0 : f32"));
         let filled = self.fresh();
-        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}", tensor_ty(&reduced), tensor_ty(&reduced)));
+        self.line(&format!(
+            "{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}",
+            tensor_ty(&reduced),
+            tensor_ty(&reduced)
+        ));
         let out_dims: Vec<String> = (0..rank).filter(|&i| i != axis).map(|i| format!("d{i}")).collect();
-        let iters: Vec<&str> = (0..rank).map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" }).collect();
+        let iters: Vec<&str> = (0..rank)
+            .map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" })
+            .collect();
         let sum = self.fresh();
         self.line(&format!(
             "{sum} = linalg.generic {{indexing_maps = [affine_map<{} -> {}>, affine_map<{} -> ({})>], iterator_types = [{}]}} ins({} : {}) outs({filled} : {}) {{",
@@ -389,7 +432,9 @@ impl Emitter<'_> {
                 } else {
                     gs[axis - 1].push(axis);
                 }
-                gs.iter().map(|g| format!("[{}]", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))).collect()
+                gs.iter()
+                    .map(|g| format!("[{}]", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")))
+                    .collect()
             };
             let sizes: Vec<String> = ty
                 .dims
@@ -407,7 +452,11 @@ impl Emitter<'_> {
                 tensor_ty(&ty)
             ));
         } else {
-            self.line(&format!("{out} = tensor.cast {result} : {} to {} {loc}", tensor_ty(&reduced), tensor_ty(&ty)));
+            self.line(&format!(
+                "{out} = tensor.cast {result} : {} to {} {loc}",
+                tensor_ty(&reduced),
+                tensor_ty(&ty)
+            ));
         }
     }
 
@@ -428,7 +477,11 @@ impl Emitter<'_> {
         let zero = self.fresh();
         self.line(&format!("{zero} = arith.constant 0.0 : f32"));
         let filled = self.fresh();
-        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}", tensor_ty(&ty), tensor_ty(&ty)));
+        self.line(&format!(
+            "{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}",
+            tensor_ty(&ty),
+            tensor_ty(&ty)
+        ));
         let all = dims_list(r + 1);
         let mut iters = vec!["\"parallel\""; r];
         iters.push("\"reduction\"");

@@ -130,6 +130,7 @@ pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::Pa
     linked.map_err(CodegenError::Output)?;
     let header_path = so_path.with_extension("h");
     let manifest = lmc_core::manifest(g);
-    std::fs::write(&header_path, c_header(&manifest, so_path)).map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
+    std::fs::write(&header_path, c_header(&manifest, so_path))
+        .map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
     Ok(header_path)
 }

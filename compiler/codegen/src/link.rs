@@ -28,9 +28,19 @@ pub fn link_shared_library(object: &Path, output: &Path) -> Result<(), String> {
             .output();
         match result {
             Ok(out) if out.status.success() => return Ok(()),
-            Ok(out) => return Err(format!("linking {} with {cc} failed:\n{}", output.display(), String::from_utf8_lossy(&out.stderr))),
+            Ok(out) => {
+                return Err(format!(
+                    "linking {} with {cc} failed:\n{}",
+                    output.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
             Err(_) => tried.push(cc),
         }
     }
-    Err(format!("no C compiler driver found to link {} (tried {}); install gcc or clang", output.display(), tried.join(", ")))
+    Err(format!(
+        "no C compiler driver found to link {} (tried {}); install gcc or clang",
+        output.display(),
+        tried.join(", ")
+    ))
 }

@@ -18,7 +18,10 @@ use std::path::Path;
 
 extern "C" {
     // From mlir-c/Target/LLVMIR.h; present in the linked MLIR archives.
-    fn mlirTranslateModuleToLLVMIR(module: mlir_sys::MlirOperation, context: inkwell::llvm_sys::prelude::LLVMContextRef) -> inkwell::llvm_sys::prelude::LLVMModuleRef;
+    fn mlirTranslateModuleToLLVMIR(
+        module: mlir_sys::MlirOperation,
+        context: inkwell::llvm_sys::prelude::LLVMContextRef,
+    ) -> inkwell::llvm_sys::prelude::LLVMModuleRef;
     // From llvm-c/Support.h: with a null name, makes the host process's own symbols (libm's
     // `erff`, `malloc`, ...) visible to the JIT.
     fn LLVMLoadLibraryPermanently(filename: *const c_char) -> i32;
@@ -43,14 +46,21 @@ pub fn translate<'ctx>(context: &'ctx Context, module: &melior::ir::Module) -> R
 /// Adds the exported ABI symbols: `lmc_abi_version`, `lmc_manifest`, and `lmc_<entry>` calling
 /// the MLIR C-interface function with one descriptor pointer per argument. Internal functions
 /// become private so only the ABI is exported.
-pub fn add_abi_glue<'ctx>(context: &'ctx Context, module: &Module<'ctx>, manifest_json: &str, entries: &[(String, String, usize)]) -> Result<(), String> {
+pub fn add_abi_glue<'ctx>(
+    context: &'ctx Context,
+    module: &Module<'ctx>,
+    manifest_json: &str,
+    entries: &[(String, String, usize)],
+) -> Result<(), String> {
     let builder = context.create_builder();
     let i32t = context.i32_type();
     let ptr = context.ptr_type(AddressSpace::default());
 
     let version = module.add_function(lmc_abi::ABI_VERSION_SYMBOL, i32t.fn_type(&[], false), None);
     builder.position_at_end(context.append_basic_block(version, "entry"));
-    builder.build_return(Some(&i32t.const_int(lmc_abi::ABI_VERSION as u64, false))).map_err(|e| e.to_string())?;
+    builder
+        .build_return(Some(&i32t.const_int(lmc_abi::ABI_VERSION as u64, false)))
+        .map_err(|e| e.to_string())?;
 
     let text = context.const_string(manifest_json.as_bytes(), true);
     let global = module.add_global(text.get_type(), None, "lmc_manifest_json");
@@ -63,7 +73,9 @@ pub fn add_abi_glue<'ctx>(context: &'ctx Context, module: &Module<'ctx>, manifes
 
     for (symbol, mlir_func, nargs) in entries {
         let ciface_name = format!("_mlir_ciface_{mlir_func}");
-        let ciface = module.get_function(&ciface_name).ok_or_else(|| format!("the lowered module has no {ciface_name}"))?;
+        let ciface = module
+            .get_function(&ciface_name)
+            .ok_or_else(|| format!("the lowered module has no {ciface_name}"))?;
         let entry = module.add_function(symbol, context.void_type().fn_type(&[ptr.into()], false), None);
         builder.position_at_end(context.append_basic_block(entry, "entry"));
         let args_array = entry.get_nth_param(0).unwrap().into_pointer_value();
@@ -71,7 +83,15 @@ pub fn add_abi_glue<'ctx>(context: &'ctx Context, module: &Module<'ctx>, manifes
         for i in 0..*nargs {
             // SAFETY (of the generated code, not of this builder call): the ABI says `args`
             // holds `nargs` descriptor pointers.
-            let slot = unsafe { builder.build_in_bounds_gep(ptr, args_array, &[context.i64_type().const_int(i as u64, false)], &format!("slot{i}")) }.map_err(|e| e.to_string())?;
+            let slot = unsafe {
+                builder.build_in_bounds_gep(
+                    ptr,
+                    args_array,
+                    &[context.i64_type().const_int(i as u64, false)],
+                    &format!("slot{i}"),
+                )
+            }
+            .map_err(|e| e.to_string())?;
             args.push(builder.build_load(ptr, slot, &format!("arg{i}")).map_err(|e| e.to_string())?.into());
         }
         builder.build_call(ciface, &args, "").map_err(|e| e.to_string())?;
@@ -107,7 +127,9 @@ pub fn host_target_machine() -> Result<TargetMachine, String> {
 pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), String> {
     module.set_triple(&machine.get_triple());
     module.set_data_layout(&machine.get_target_data().get_data_layout());
-    module.run_passes("default<O3>", machine, PassBuilderOptions::create()).map_err(|e| e.to_string())
+    module
+        .run_passes("default<O3>", machine, PassBuilderOptions::create())
+        .map_err(|e| e.to_string())
 }
 
 /// Writes the module as an object file.
@@ -128,7 +150,9 @@ pub fn expose_process_symbols() {
 /// Creates an MCJIT engine that owns `module`.
 pub fn jit_engine<'ctx>(module: &Module<'ctx>) -> Result<ExecutionEngine<'ctx>, String> {
     expose_process_symbols();
-    module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(|e| e.to_string())
+    module
+        .create_jit_execution_engine(OptimizationLevel::Aggressive)
+        .map_err(|e| e.to_string())
 }
 
 /// The address of a JIT'd function.

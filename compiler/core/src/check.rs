@@ -56,7 +56,14 @@ pub fn check_model(file: &ast::File, source: &SourceFile, model: Option<&str>, o
         Some(name) => models.iter().find(|m| m.name.name == name).copied().ok_or_else(|| {
             let hint = match did_you_mean(name, names.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("it defines: {}", if names.is_empty() { "no models".to_string() } else { names.join(", ") }),
+                None => format!(
+                    "it defines: {}",
+                    if names.is_empty() {
+                        "no models".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
             };
             CheckError::Selection(format!("{} defines no model `{name}`; {hint}", source.name))
         })?,
@@ -89,7 +96,12 @@ pub fn check_model(file: &ast::File, source: &SourceFile, model: Option<&str>, o
                     _ => None,
                 })
                 .collect();
-            let d = Diagnostic::error("E0100", format!("unknown config `{}`", decl.config_type.name), decl.config_type.span, "no config of this name in the file");
+            let d = Diagnostic::error(
+                "E0100",
+                format!("unknown config `{}`", decl.config_type.name),
+                decl.config_type.span,
+                "no config of this name in the file",
+            );
             CheckError::Diagnostics(vec![match did_you_mean(&decl.config_type.name, configs.iter().copied()) {
                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
                 None => d.with_help("declare it with `config Name { key = value }`"),
@@ -129,8 +141,13 @@ fn file_level_errors(file: &ast::File) -> Vec<Diagnostic> {
         if let Some(first) = seen.insert((name.name.as_str(), is_model), name.span) {
             let kind = if is_model { "model" } else { "config" };
             errors.push(
-                Diagnostic::error("E0101", format!("{kind} `{}` is defined twice", name.name), name.span, "defined again here")
-                    .with_secondary(first, "first defined here"),
+                Diagnostic::error(
+                    "E0101",
+                    format!("{kind} `{}` is defined twice", name.name),
+                    name.span,
+                    "defined again here",
+                )
+                .with_secondary(first, "first defined here"),
             );
         }
     }
@@ -209,6 +226,16 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, (Dim, Dim)> {
 enum Binding {
     Value(ValueId),
     Symbol(SymbolId),
+    /// A name whose definition failed to check; uses of it are not reported again.
+    Poisoned,
+}
+
+/// The code of an error already reported elsewhere; never shown.
+const POISONED: &str = "poisoned";
+
+/// Stands for an error that has already been reported (a failed operand).
+fn poisoned() -> Diagnostic {
+    Diagnostic::error(POISONED, "", Span::default(), "")
 }
 
 struct Checker<'a> {
@@ -249,7 +276,12 @@ impl<'a> Checker<'a> {
         let binding = &self.decl.config_binding.name;
         if let Some(field) = src.strip_prefix(binding.as_str()).and_then(|s| s.strip_prefix('.')) {
             let names: Vec<&str> = self.config.iter().map(|(n, _)| n.as_str()).collect();
-            let d = Diagnostic::error("E0100", format!("config `{}` has no field `{field}`", self.decl.config_type.name), d.primary.span, "unknown config field");
+            let d = Diagnostic::error(
+                "E0100",
+                format!("config `{}` has no field `{field}`", self.decl.config_type.name),
+                d.primary.span,
+                "unknown config field",
+            );
             return match did_you_mean(field, names.iter().copied()) {
                 Some(s) => d.with_help(format!("did you mean `{binding}.{s}`?")),
                 None => d.with_help(format!("its fields are: {}", names.join(", "))),
@@ -279,8 +311,13 @@ impl<'a> Checker<'a> {
             let name = p.path.dotted();
             if let Some(first) = param_spans.insert(name.clone(), p.path.span) {
                 self.errors.push(
-                    Diagnostic::error("E0101", format!("parameter `{name}` is declared twice"), p.path.span, "declared again here")
-                        .with_secondary(first, "first declared here"),
+                    Diagnostic::error(
+                        "E0101",
+                        format!("parameter `{name}` is declared twice"),
+                        p.path.span,
+                        "declared again here",
+                    )
+                    .with_secondary(first, "first declared here"),
                 );
                 continue;
             }
@@ -301,13 +338,23 @@ impl<'a> Checker<'a> {
             [f] => f,
             [] => {
                 self.errors.push(
-                    Diagnostic::error("E0205", format!("model `{}` has no forward function", decl.name.name), decl.name.span, "declared here")
-                        .with_help("add `forward(inputs) -> (outputs) { ... }`"),
+                    Diagnostic::error(
+                        "E0205",
+                        format!("model `{}` has no forward function", decl.name.name),
+                        decl.name.span,
+                        "declared here",
+                    )
+                    .with_help("add `forward(inputs) -> (outputs) { ... }`"),
                 );
                 return None;
             }
             [_, second, ..] => {
-                self.errors.push(Diagnostic::error("E0101", "a model has exactly one forward function", second.span, "second forward here"));
+                self.errors.push(Diagnostic::error(
+                    "E0101",
+                    "a model has exactly one forward function",
+                    second.span,
+                    "second forward here",
+                ));
                 return None;
             }
         };
@@ -329,8 +376,13 @@ impl<'a> Checker<'a> {
         for (index, input) in forward.inputs.iter().enumerate() {
             if let Some(first) = input_spans.insert(input.name.name.clone(), input.name.span) {
                 self.errors.push(
-                    Diagnostic::error("E0101", format!("input `{}` is declared twice", input.name.name), input.name.span, "declared again here")
-                        .with_secondary(first, "first declared here"),
+                    Diagnostic::error(
+                        "E0101",
+                        format!("input `{}` is declared twice", input.name.name),
+                        input.name.span,
+                        "declared again here",
+                    )
+                    .with_secondary(first, "first declared here"),
                 );
                 continue;
             }
@@ -360,11 +412,11 @@ impl<'a> Checker<'a> {
             match stmt {
                 Stmt::Assign { name, value, .. } => {
                     if returned {
-                        self.errors.push(Diagnostic::error("E0205", "statement after `return`", name.span, "never runs"));
+                        self.errors
+                            .push(Diagnostic::error("E0205", "statement after `return`", name.span, "never runs"));
                     }
-                    if let Some(id) = self.expr(value, &scope) {
-                        scope.insert(name.name.clone(), Binding::Value(id));
-                    }
+                    let binding = self.expr(value, &scope).map_or(Binding::Poisoned, Binding::Value);
+                    scope.insert(name.name.clone(), binding);
                 }
                 Stmt::Return { values, span } => {
                     returned = true;
@@ -374,8 +426,13 @@ impl<'a> Checker<'a> {
         }
         if !returned {
             self.errors.push(
-                Diagnostic::error("E0205", "forward function does not return", forward.span, "no `return` in this body")
-                    .with_help("end the body with `return` and one value per declared output"),
+                Diagnostic::error(
+                    "E0205",
+                    "forward function does not return",
+                    forward.span,
+                    "no `return` in this body",
+                )
+                .with_help("end the body with `return` and one value per declared output"),
             );
         }
         self.graph.take()
@@ -409,8 +466,13 @@ impl<'a> Checker<'a> {
                 let name = &p.segments[0].name;
                 return match scope.get(name) {
                     Some(Binding::Symbol(s)) => Ok(Dim::Symbol(*s)),
-                    _ => Err(Diagnostic::error("E0100", format!("symbolic dimension `{name}` is not bound by any input"), p.span, "unknown dimension")
-                        .with_help("every symbolic dimension of an output must appear in an input's type")),
+                    _ => Err(Diagnostic::error(
+                        "E0100",
+                        format!("symbolic dimension `{name}` is not bound by any input"),
+                        p.span,
+                        "unknown dimension",
+                    )
+                    .with_help("every symbolic dimension of an output must appear in an input's type")),
                 };
             }
         }
@@ -422,7 +484,11 @@ impl<'a> Checker<'a> {
             self.errors.push(
                 Diagnostic::error(
                     "E0205",
-                    format!("`return` gives {} value(s) but {} output(s) are declared", values.len(), forward.outputs.len()),
+                    format!(
+                        "`return` gives {} value(s) but {} output(s) are declared",
+                        values.len(),
+                        forward.outputs.len()
+                    ),
                     span,
                     "returned here",
                 )
@@ -448,8 +514,13 @@ impl<'a> Checker<'a> {
             if actual != declared {
                 let (a, d) = (g.type_name(&actual), g.type_name(&declared));
                 self.errors.push(
-                    Diagnostic::error("E0204", format!("output `{}` has type {a}, but {d} is declared", out.name.name), value.span, format!("this is {a}"))
-                        .with_secondary(out.ty.span, format!("declared {d}")),
+                    Diagnostic::error(
+                        "E0204",
+                        format!("output `{}` has type {a}, but {d} is declared", out.name.name),
+                        value.span,
+                        format!("this is {a}"),
+                    )
+                    .with_secondary(out.ty.span, format!("declared {d}")),
                 );
                 continue;
             }
@@ -489,7 +560,12 @@ impl<'a> Checker<'a> {
                 Ok(v) => Ok(self.constant(v, e.span)),
                 Err(d) => Err(d),
             },
-            ExprKind::Bool(_) => Err(Diagnostic::error("E0201", "a boolean is not a tensor", e.span, "booleans are only for options such as `keepdim`")),
+            ExprKind::Bool(_) => Err(Diagnostic::error(
+                "E0201",
+                "a boolean is not a tensor",
+                e.span,
+                "booleans are only for options such as `keepdim`",
+            )),
             ExprKind::Path(p) => self.path(p, scope),
             ExprKind::Neg(x) => {
                 let x = self.expr(x, scope)?;
@@ -507,6 +583,7 @@ impl<'a> Checker<'a> {
         };
         match result {
             Ok(id) => Some(id),
+            Err(d) if d.code == POISONED => None,
             Err(d) => {
                 self.errors.push(d);
                 None
@@ -528,9 +605,15 @@ impl<'a> Checker<'a> {
         if p.segments.len() == 1 {
             match scope.get(&dotted) {
                 Some(Binding::Value(v)) => return Ok(*v),
+                Some(Binding::Poisoned) => return Err(poisoned()),
                 Some(Binding::Symbol(_)) => {
-                    return Err(Diagnostic::error("E0201", format!("`{dotted}` is a dimension, not a tensor"), p.span, "a symbolic dimension")
-                        .with_help(format!("use `arange({dotted})` for the positions 0..{dotted}")))
+                    return Err(Diagnostic::error(
+                        "E0201",
+                        format!("`{dotted}` is a dimension, not a tensor"),
+                        p.span,
+                        "a symbolic dimension",
+                    )
+                    .with_help(format!("use `arange({dotted})` for the positions 0..{dotted}")))
                 }
                 None => {}
             }
@@ -554,9 +637,18 @@ impl<'a> Checker<'a> {
             self.param_nodes.insert(index, id);
             return Ok(id);
         }
-        let mut candidates: Vec<&str> = scope.keys().map(String::as_str).collect();
+        let mut candidates: Vec<&str> = scope
+            .iter()
+            .filter(|(_, b)| matches!(b, Binding::Value(_)))
+            .map(|(k, _)| k.as_str())
+            .collect();
         candidates.extend(g.params.iter().map(|q| q.name.as_str()));
-        let d = Diagnostic::error("E0100", format!("unknown name `{dotted}`"), p.span, "not a value, input or parameter in scope");
+        let d = Diagnostic::error(
+            "E0100",
+            format!("unknown name `{dotted}`"),
+            p.span,
+            "not a value, input or parameter in scope",
+        );
         Err(match did_you_mean(&dotted, candidates) {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None => d.with_help("values are defined by `name = ...`, inputs in the forward signature, and parameters by `param`"),
@@ -568,8 +660,13 @@ impl<'a> Checker<'a> {
         if ty.dtype == DType::F32 {
             return Ok(());
         }
-        Err(Diagnostic::error("E0201", format!("{what} needs f32 values"), self.spans[id.0 as usize], format!("this is {}", self.type_name(id)))
-            .with_help("integer tensors are only used as indices (`gather`)"))
+        Err(Diagnostic::error(
+            "E0201",
+            format!("{what} needs f32 values"),
+            self.spans[id.0 as usize],
+            format!("this is {}", self.type_name(id)),
+        )
+        .with_help("integer tensors are only used as indices (`gather`)"))
     }
 
     fn unary(&mut self, op: UnaryOp, x: ValueId, span: Span) -> Result<ValueId, Diagnostic> {
@@ -610,14 +707,27 @@ impl<'a> Checker<'a> {
         let (a, b) = (self.ty(l).clone(), self.ty(r).clone());
         let g = self.graph.as_ref().unwrap();
         if a.rank() < 2 || b.rank() != 2 {
-            return Err(Diagnostic::error("E0200", format!("`@` needs [..., M, K] @ [K, N], found {} @ {}", self.type_name(l), self.type_name(r)), span, "unsupported operand ranks")
-                .with_help("the right operand of `@` is a matrix (rank 2); the left has rank 2 or more"));
+            return Err(Diagnostic::error(
+                "E0200",
+                format!(
+                    "`@` needs [..., M, K] @ [K, N], found {} @ {}",
+                    self.type_name(l),
+                    self.type_name(r)
+                ),
+                span,
+                "unsupported operand ranks",
+            )
+            .with_help("the right operand of `@` is a matrix (rank 2); the left has rank 2 or more"));
         }
         let k_left = a.dims[a.rank() - 1];
         if k_left != b.dims[0] {
             return Err(Diagnostic::error(
                 "E0200",
-                format!("inner dimensions of `@` differ: {} and {}", g.dim_name(k_left), g.dim_name(b.dims[0])),
+                format!(
+                    "inner dimensions of `@` differ: {} and {}",
+                    g.dim_name(k_left),
+                    g.dim_name(b.dims[0])
+                ),
                 span,
                 "contraction over mismatched dimensions",
             )
@@ -644,28 +754,51 @@ impl<'a> Checker<'a> {
         ];
         let name = callee.name.as_str();
         let Some(&(_, signature)) = BUILTINS.iter().find(|(n, _)| *n == name) else {
-            let d = Diagnostic::error("E0203", format!("unknown function `{name}`"), callee.span, "not a built-in function");
+            let d = Diagnostic::error(
+                "E0203",
+                format!("unknown function `{name}`"),
+                callee.span,
+                "not a built-in function",
+            );
             return Err(match did_you_mean(name, BUILTINS.iter().map(|(n, _)| *n)) {
                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help(format!("the built-in functions are: {}", BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))),
+                None => d.with_help(format!(
+                    "the built-in functions are: {}",
+                    BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                )),
             });
         };
-        let arity_error = |why: String| Diagnostic::error("E0202", format!("wrong arguments to `{name}`"), span, why).with_help(format!("call it as `{signature}`"));
+        let arity_error = |why: String| {
+            Diagnostic::error("E0202", format!("wrong arguments to `{name}`"), span, why).with_help(format!("call it as `{signature}`"))
+        };
         let positional: Vec<&Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
         let named: Vec<(&ast::Ident, &Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
-        let allowed_named: &[&str] = if matches!(name, "mean" | "sum") { &["axis", "keepdim"] } else { &[] };
+        let allowed_named: &[&str] = if matches!(name, "mean" | "sum") {
+            &["axis", "keepdim"]
+        } else {
+            &[]
+        };
         for (n, _) in &named {
             if !allowed_named.contains(&n.name.as_str()) {
-                return Err(Diagnostic::error("E0202", format!("`{name}` has no argument `{}`", n.name), n.span, "unknown argument name")
-                    .with_help(format!("call it as `{signature}`")));
+                return Err(Diagnostic::error(
+                    "E0202",
+                    format!("`{name}` has no argument `{}`", n.name),
+                    n.span,
+                    "unknown argument name",
+                )
+                .with_help(format!("call it as `{signature}`")));
             }
         }
         match name {
             "arange" => {
-                let [n] = positional.as_slice() else { return Err(arity_error(format!("expected 1 argument, found {}", positional.len()))) };
+                let [n] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 1 argument, found {}", positional.len())));
+                };
                 let dim = match &n.kind {
                     ExprKind::Path(p) if p.segments.len() == 1 && matches!(scope.get(&p.segments[0].name), Some(Binding::Symbol(_))) => {
-                        let Some(Binding::Symbol(s)) = scope.get(&p.segments[0].name) else { unreachable!() };
+                        let Some(Binding::Symbol(s)) = scope.get(&p.segments[0].name) else {
+                            unreachable!()
+                        };
                         Dim::Symbol(*s)
                     }
                     _ => Dim::Static(self.static_dim(n)?),
@@ -676,9 +809,14 @@ impl<'a> Checker<'a> {
                 let (x, axis_expr) = match positional.as_slice() {
                     [x] => (*x, named.iter().find(|(n, _)| n.name == "axis").map(|(_, e)| *e)),
                     [x, axis] => (*x, Some(*axis)),
-                    _ => return Err(arity_error(format!("expected 1 or 2 positional arguments, found {}", positional.len()))),
+                    _ => {
+                        return Err(arity_error(format!(
+                            "expected 1 or 2 positional arguments, found {}",
+                            positional.len()
+                        )))
+                    }
                 };
-                let x = self.expr(x, scope).ok_or_else(|| self.errors.pop().unwrap())?;
+                let x = self.expr(x, scope).ok_or_else(poisoned)?;
                 self.require_f32(x, &format!("`{name}`"))?;
                 let rank = self.ty(x).rank() as i64;
                 let axis = match axis_expr {
@@ -686,8 +824,13 @@ impl<'a> Checker<'a> {
                     Some(a) => match self.eval(a)? {
                         ConfigValue::Int(i) if (-rank..rank).contains(&i) => i.rem_euclid(rank.max(1)),
                         v => {
-                            return Err(Diagnostic::error("E0202", format!("axis {v} is out of range for {}", self.type_name(x)), a.span, format!("valid axes are {} to {}", -rank, rank - 1))
-                                .with_help("negative axes count from the end: -1 is the last"))
+                            return Err(Diagnostic::error(
+                                "E0202",
+                                format!("axis {v} is out of range for {}", self.type_name(x)),
+                                a.span,
+                                format!("valid axes are {} to {}", -rank, rank - 1),
+                            )
+                            .with_help("negative axes count from the end: -1 is the last"))
                         }
                     },
                 } as usize;
@@ -695,7 +838,14 @@ impl<'a> Checker<'a> {
                     None => false,
                     Some((_, e)) => match self.eval(e)? {
                         ConfigValue::Bool(b) => b,
-                        v => return Err(Diagnostic::error("E0202", "`keepdim` must be true or false", e.span, format!("this is {v}"))),
+                        v => {
+                            return Err(Diagnostic::error(
+                                "E0202",
+                                "`keepdim` must be true or false",
+                                e.span,
+                                format!("this is {v}"),
+                            ))
+                        }
                     },
                 };
                 if rank == 0 {
@@ -719,7 +869,7 @@ impl<'a> Checker<'a> {
                 for a in &positional {
                     ids.push(self.expr(a, scope));
                 }
-                let ids: Vec<ValueId> = ids.into_iter().collect::<Option<_>>().ok_or_else(|| self.errors.pop().unwrap())?;
+                let ids: Vec<ValueId> = ids.into_iter().collect::<Option<_>>().ok_or_else(poisoned)?;
                 match name {
                     "sqrt" => self.unary(UnaryOp::Sqrt, ids[0], span),
                     "exp" => self.unary(UnaryOp::Exp, ids[0], span),
@@ -741,20 +891,42 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn gather(&mut self, table: ValueId, indices: ValueId, span: Span, table_span: Span, indices_span: Span) -> Result<ValueId, Diagnostic> {
+    fn gather(
+        &mut self,
+        table: ValueId,
+        indices: ValueId,
+        span: Span,
+        table_span: Span,
+        indices_span: Span,
+    ) -> Result<ValueId, Diagnostic> {
         let t = self.ty(table).clone();
         let i = self.ty(indices).clone();
         if t.rank() < 1 {
-            return Err(Diagnostic::error("E0201", "`gather` needs a table of rank 1 or more", table_span, format!("this is {}", self.type_name(table))));
+            return Err(Diagnostic::error(
+                "E0201",
+                "`gather` needs a table of rank 1 or more",
+                table_span,
+                format!("this is {}", self.type_name(table)),
+            ));
         }
         if i.dtype == DType::F32 {
-            return Err(Diagnostic::error("E0201", "`gather` indices must be integers", indices_span, format!("this is {}", self.type_name(indices)))
-                .with_help("declare the input as i64[...] or i32[...]"));
+            return Err(Diagnostic::error(
+                "E0201",
+                "`gather` indices must be integers",
+                indices_span,
+                format!("this is {}", self.type_name(indices)),
+            )
+            .with_help("declare the input as i64[...] or i32[...]"));
         }
         let rows = match t.dims[0] {
             Dim::Static(n) => n,
             Dim::Symbol(_) => {
-                return Err(Diagnostic::error("E0201", "`gather` needs a table with a fixed number of rows", table_span, format!("this is {}", self.type_name(table))))
+                return Err(Diagnostic::error(
+                    "E0201",
+                    "`gather` needs a table with a fixed number of rows",
+                    table_span,
+                    format!("this is {}", self.type_name(table)),
+                ))
             }
         };
         let g = self.graph.as_ref().unwrap();
@@ -778,8 +950,13 @@ impl<'a> Checker<'a> {
                 }
             }
             Op::Arange(Dim::Static(n)) if n > rows => {
-                return Err(Diagnostic::error("E0207", format!("`arange({n})` indexes past the {rows} rows of the table"), indices_span, format!("positions up to {}", n - 1))
-                    .with_secondary(table_span, format!("this has {rows} rows")));
+                return Err(Diagnostic::error(
+                    "E0207",
+                    format!("`arange({n})` indexes past the {rows} rows of the table"),
+                    indices_span,
+                    format!("positions up to {}", n - 1),
+                )
+                .with_secondary(table_span, format!("this has {rows} rows")));
             }
             _ => {}
         }
@@ -792,10 +969,20 @@ impl<'a> Checker<'a> {
         self.decl
             .params
             .iter()
-            .filter(|p| g.params.iter().position(|q| q.name == p.path.dotted()).is_some_and(|i| !self.used_params[i]))
+            .filter(|p| {
+                g.params
+                    .iter()
+                    .position(|q| q.name == p.path.dotted())
+                    .is_some_and(|i| !self.used_params[i])
+            })
             .map(|p| {
-                Diagnostic::warning("W0300", format!("parameter `{}` is never used", p.path.dotted()), p.path.span, "declared here")
-                    .with_help("remove it, or use it in the forward function; it is still required in the checkpoint")
+                Diagnostic::warning(
+                    "W0300",
+                    format!("parameter `{}` is never used", p.path.dotted()),
+                    p.path.span,
+                    "declared here",
+                )
+                .with_help("remove it, or use it in the forward function; it is still required in the checkpoint")
             })
             .collect()
     }

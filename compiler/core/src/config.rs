@@ -48,11 +48,20 @@ pub fn evaluate_config(decl: &ConfigDecl, overrides: &ConfigOverrides) -> Result
     }
     let mut values: Vec<(String, ConfigValue)> = Vec::new();
     for field in &decl.fields {
-        if let Some(prev) = decl.fields.iter().find(|f| f.name.name == field.name.name && f.name.span != field.name.span) {
+        if let Some(prev) = decl
+            .fields
+            .iter()
+            .find(|f| f.name.name == field.name.name && f.name.span != field.name.span)
+        {
             if prev.name.span.start < field.name.span.start {
                 errors.push(
-                    Diagnostic::error("E0101", format!("config field `{}` is defined twice", field.name.name), field.name.span, "defined again here")
-                        .with_secondary(prev.name.span, "first defined here"),
+                    Diagnostic::error(
+                        "E0101",
+                        format!("config field `{}` is defined twice", field.name.name),
+                        field.name.span,
+                        "defined again here",
+                    )
+                    .with_secondary(prev.name.span, "first defined here"),
                 );
                 continue;
             }
@@ -66,17 +75,27 @@ pub fn evaluate_config(decl: &ConfigDecl, overrides: &ConfigOverrides) -> Result
         };
         let name = &field.name.name;
         let overridden = if let Some((_, text)) = overrides.set.iter().rev().find(|(k, _)| k == name) {
-            Some(parse_cli_value(text).and_then(|v| coerce(v, default)).map_err(|why| format!("`--set {name}={text}`: {why}")))
+            Some(
+                parse_cli_value(text)
+                    .and_then(|v| coerce(v, default))
+                    .map_err(|why| format!("`--set {name}={text}`: {why}")),
+            )
         } else if let Some((_, json)) = overrides.checkpoint.iter().find(|(k, _)| k == name) {
-            Some(json_value(json).and_then(|v| coerce(v, default)).map_err(|why| format!("config.json key `{name}`: {why}")))
+            Some(
+                json_value(json)
+                    .and_then(|v| coerce(v, default))
+                    .map_err(|why| format!("config.json key `{name}`: {why}")),
+            )
         } else {
             None
         };
         match overridden {
             Some(Ok(v)) => values.push((name.clone(), v)),
             Some(Err(why)) => errors.push(
-                Diagnostic::error("E0104", format!("bad value for config field `{name}`"), field.name.span, why)
-                    .with_help(format!("the default here is {default}, so the value must be {}", kind_name(default))),
+                Diagnostic::error("E0104", format!("bad value for config field `{name}`"), field.name.span, why).with_help(format!(
+                    "the default here is {default}, so the value must be {}",
+                    kind_name(default)
+                )),
             ),
             None => values.push((name.clone(), default)),
         }
@@ -127,7 +146,9 @@ fn coerce(value: ConfigValue, default: ConfigValue) -> Result<ConfigValue, Strin
     match (value, default) {
         (ConfigValue::Int(i), ConfigValue::Float(_)) => Ok(ConfigValue::Float(i as f64)),
         (ConfigValue::Float(f), ConfigValue::Int(_)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(ConfigValue::Int(f as i64)),
-        (v @ ConfigValue::Int(_), ConfigValue::Int(_)) | (v @ ConfigValue::Float(_), ConfigValue::Float(_)) | (v @ ConfigValue::Bool(_), ConfigValue::Bool(_)) => Ok(v),
+        (v @ ConfigValue::Int(_), ConfigValue::Int(_))
+        | (v @ ConfigValue::Float(_), ConfigValue::Float(_))
+        | (v @ ConfigValue::Bool(_), ConfigValue::Bool(_)) => Ok(v),
         (v, d) => Err(format!("{v} is not {}", kind_name(d))),
     }
 }
@@ -135,8 +156,13 @@ fn coerce(value: ConfigValue, default: ConfigValue) -> Result<ConfigValue, Strin
 /// Evaluates a compile-time expression. `lookup` resolves a (possibly dotted) name to a value.
 pub fn eval_const(e: &Expr, lookup: &dyn Fn(&str) -> Option<ConfigValue>) -> Result<ConfigValue, Diagnostic> {
     let not_const = |what: &str| {
-        Diagnostic::error("E0104", format!("{what} is not a compile-time value"), e.span, "needs a number known when the model is compiled")
-            .with_help("config values and dimensions are built from literals and other config values")
+        Diagnostic::error(
+            "E0104",
+            format!("{what} is not a compile-time value"),
+            e.span,
+            "needs a number known when the model is compiled",
+        )
+        .with_help("config values and dimensions are built from literals and other config values")
     };
     match &e.kind {
         ExprKind::Int(text) => text.parse::<i64>().map(ConfigValue::Int).map_err(|_| {
@@ -145,16 +171,31 @@ pub fn eval_const(e: &Expr, lookup: &dyn Fn(&str) -> Option<ConfigValue>) -> Res
         }),
         ExprKind::Float(text) => match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(ConfigValue::Float(f)),
-            _ => Err(Diagnostic::error("E0104", "number literal out of range", e.span, "not a finite 64-bit float")),
+            _ => Err(Diagnostic::error(
+                "E0104",
+                "number literal out of range",
+                e.span,
+                "not a finite 64-bit float",
+            )),
         },
         ExprKind::Bool(b) => Ok(ConfigValue::Bool(*b)),
         ExprKind::Path(p) => lookup(&p.dotted()).ok_or_else(|| {
-            Diagnostic::error("E0100", format!("unknown name `{}`", p.dotted()), p.span, "not a config value in scope")
+            Diagnostic::error(
+                "E0100",
+                format!("unknown name `{}`", p.dotted()),
+                p.span,
+                "not a config value in scope",
+            )
         }),
         ExprKind::Neg(x) => match eval_const(x, lookup)? {
             ConfigValue::Int(i) => i.checked_neg().map(ConfigValue::Int).ok_or_else(|| overflow(e.span)),
             ConfigValue::Float(f) => Ok(ConfigValue::Float(-f)),
-            ConfigValue::Bool(_) => Err(Diagnostic::error("E0104", "cannot negate a boolean", e.span, "this is true or false")),
+            ConfigValue::Bool(_) => Err(Diagnostic::error(
+                "E0104",
+                "cannot negate a boolean",
+                e.span,
+                "this is true or false",
+            )),
         },
         ExprKind::Binary { op, lhs, rhs } => {
             let a = eval_const(lhs, lookup)?;
@@ -166,7 +207,12 @@ pub fn eval_const(e: &Expr, lookup: &dyn Fn(&str) -> Option<ConfigValue>) -> Res
 }
 
 fn overflow(span: Span) -> Diagnostic {
-    Diagnostic::error("E0104", "integer overflow in config arithmetic", span, "the result does not fit in 64 bits")
+    Diagnostic::error(
+        "E0104",
+        "integer overflow in config arithmetic",
+        span,
+        "the result does not fit in 64 bits",
+    )
 }
 
 fn const_binary(op: BinaryOp, a: ConfigValue, b: ConfigValue, span: Span, lspan: Span, rspan: Span) -> Result<ConfigValue, Diagnostic> {
@@ -179,17 +225,34 @@ fn const_binary(op: BinaryOp, a: ConfigValue, b: ConfigValue, span: Span, lspan:
                 BinaryOp::Mul => x.checked_mul(y),
                 BinaryOp::Div => {
                     if y == 0 {
-                        return Err(Diagnostic::error("E0105", "division by zero in config arithmetic", rspan, "this is 0"));
+                        return Err(Diagnostic::error(
+                            "E0105",
+                            "division by zero in config arithmetic",
+                            rspan,
+                            "this is 0",
+                        ));
                     }
                     if x % y != 0 {
-                        return Err(Diagnostic::error("E0105", format!("{x} is not divisible by {y}"), span, format!("{x} / {y} leaves a remainder of {}", x % y))
-                            .with_secondary(lspan, format!("this is {x}"))
-                            .with_secondary(rspan, format!("this is {y}"))
-                            .with_help("integer config arithmetic must divide exactly; change one of the values"));
+                        return Err(Diagnostic::error(
+                            "E0105",
+                            format!("{x} is not divisible by {y}"),
+                            span,
+                            format!("{x} / {y} leaves a remainder of {}", x % y),
+                        )
+                        .with_secondary(lspan, format!("this is {x}"))
+                        .with_secondary(rspan, format!("this is {y}"))
+                        .with_help("integer config arithmetic must divide exactly; change one of the values"));
                     }
                     x.checked_div(y)
                 }
-                BinaryOp::MatMul => return Err(Diagnostic::error("E0104", "`@` needs tensors", span, "both sides are config values")),
+                BinaryOp::MatMul => {
+                    return Err(Diagnostic::error(
+                        "E0104",
+                        "`@` needs tensors",
+                        span,
+                        "both sides are config values",
+                    ))
+                }
             };
             r.map(Int).ok_or_else(|| overflow(span))
         }
@@ -200,15 +263,32 @@ fn const_binary(op: BinaryOp, a: ConfigValue, b: ConfigValue, span: Span, lspan:
                 BinaryOp::Sub => x - y,
                 BinaryOp::Mul => x * y,
                 BinaryOp::Div => x / y,
-                BinaryOp::MatMul => return Err(Diagnostic::error("E0104", "`@` needs tensors", span, "both sides are config values")),
+                BinaryOp::MatMul => {
+                    return Err(Diagnostic::error(
+                        "E0104",
+                        "`@` needs tensors",
+                        span,
+                        "both sides are config values",
+                    ))
+                }
             };
             if r.is_finite() {
                 Ok(Float(r))
             } else {
-                Err(Diagnostic::error("E0104", "config arithmetic is not finite", span, format!("{x} {} {y} is {r}", op.symbol())))
+                Err(Diagnostic::error(
+                    "E0104",
+                    "config arithmetic is not finite",
+                    span,
+                    format!("{x} {} {y} is {r}", op.symbol()),
+                ))
             }
         }
-        _ => Err(Diagnostic::error("E0104", "arithmetic on a boolean", span, "booleans have no arithmetic")),
+        _ => Err(Diagnostic::error(
+            "E0104",
+            "arithmetic on a boolean",
+            span,
+            "booleans have no arithmetic",
+        )),
     }
 }
 

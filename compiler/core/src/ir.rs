@@ -93,7 +93,12 @@ pub enum Op {
     Unary { op: UnaryOp, x: ValueId },
     /// `sum|mean x, axis`: reduces one axis of an f32 tensor; with `keepdim` the axis stays with
     /// size 1, otherwise it is removed. `mean` divides by the axis length.
-    Reduce { op: ReduceOp, x: ValueId, axis: usize, keepdim: bool },
+    Reduce {
+        op: ReduceOp,
+        x: ValueId,
+        axis: usize,
+        keepdim: bool,
+    },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
