@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod interp;
 pub mod ir;
 mod suggest;
 

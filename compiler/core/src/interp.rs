@@ -1,0 +1,205 @@
+//! A reference interpreter of the IR, used only by tests: it states each op's meaning as plain
+//! loops, and the compiled code is compared against it (differential tests). `lmc run` never
+//! uses it.
+
+use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, UnaryOp};
+use lmc_abi::DType;
+
+/// A dense row-major tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    /// i64 and i32 tensors alike.
+    Int(Vec<i64>),
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
+        Tensor {
+            shape,
+            data: Data::F32(values),
+        }
+    }
+
+    pub fn int(shape: Vec<usize>, values: Vec<i64>) -> Tensor {
+        Tensor {
+            shape,
+            data: Data::Int(values),
+        }
+    }
+
+    fn floats(&self) -> &[f32] {
+        match &self.data {
+            Data::F32(v) => v,
+            Data::Int(_) => panic!("the checker guarantees an f32 operand here"),
+        }
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Calls `f` with every multi-index of `shape`, in row-major order.
+fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    if shape.contains(&0) {
+        return;
+    }
+    let mut idx = vec![0; shape.len()];
+    loop {
+        f(&idx);
+        let mut k = shape.len();
+        loop {
+            if k == 0 {
+                return;
+            }
+            k -= 1;
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
+/// Offset in `t` of the output index `out`, broadcasting `t` from the right.
+fn broadcast_offset(t: &Tensor, out: &[usize]) -> usize {
+    let st = strides(&t.shape);
+    let skip = out.len() - t.shape.len();
+    t.shape
+        .iter()
+        .enumerate()
+        .map(|(j, &n)| if n == 1 { 0 } else { out[j + skip] * st[j] })
+        .sum()
+}
+
+/// erf, Abramowitz & Stegun 7.1.26 in f64 (|error| < 1.5e-7), enough to check f32 code.
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-x * x).exp();
+    y.copysign(x)
+}
+
+/// Evaluates a graph. Symbols are bound from the inputs' shapes.
+pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> {
+    let symbol = |s: usize| {
+        let (input, axis) = g.symbols[s].source;
+        inputs[input].shape[axis]
+    };
+    let dim = |d: Dim| match d {
+        Dim::Static(n) => n as usize,
+        Dim::Symbol(s) => symbol(s.0 as usize),
+    };
+    let mut values: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
+    for node in &g.nodes {
+        let shape: Vec<usize> = node.ty.dims.iter().map(|&d| dim(d)).collect();
+        let v = |id: crate::ir::ValueId| &values[id.0 as usize];
+        let result = match &node.op {
+            Op::Param(i) => params[*i].clone(),
+            Op::Input(i) => inputs[*i].clone(),
+            Op::Constant(c) => Tensor::f32(vec![], vec![*c as f32]),
+            Op::Arange(_) => Tensor::int(shape.clone(), (0..shape[0] as i64).collect()),
+            Op::Gather { table, indices } => {
+                let (t, ix) = (v(*table), v(*indices));
+                let Data::Int(ids) = &ix.data else { panic!("indices are integers") };
+                let row: usize = t.shape[1..].iter().product();
+                let rows = t.shape[0] as i64;
+                let mut out = Vec::with_capacity(ids.len() * row);
+                for &id in ids {
+                    let r = id.clamp(0, rows - 1) as usize;
+                    out.extend_from_slice(&t.floats()[r * row..(r + 1) * row]);
+                }
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::Binary { op, lhs, rhs } => {
+                let (a, b) = (v(*lhs), v(*rhs));
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let (x, y) = (a.floats()[broadcast_offset(a, i)], b.floats()[broadcast_offset(b, i)]);
+                    out.push(match op {
+                        BinaryOp::Add => x + y,
+                        BinaryOp::Sub => x - y,
+                        BinaryOp::Mul => x * y,
+                        BinaryOp::Div => x / y,
+                    });
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::Unary { op, x } => {
+                let out = v(*x)
+                    .floats()
+                    .iter()
+                    .map(|&a| match op {
+                        UnaryOp::Neg => -a,
+                        UnaryOp::Sqrt => a.sqrt(),
+                        UnaryOp::Exp => a.exp(),
+                        UnaryOp::Gelu => (a as f64 * 0.5 * (1.0 + erf(a as f64 / std::f64::consts::SQRT_2))) as f32,
+                    })
+                    .collect();
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::Reduce { op, x, axis, .. } => {
+                let t = v(*x);
+                let n = t.shape[*axis];
+                let mut reduced_shape = t.shape.clone();
+                reduced_shape[*axis] = 1;
+                let st = strides(&t.shape);
+                let mut out = Vec::new();
+                for_each_index(&reduced_shape, |i| {
+                    let base: usize = i.iter().zip(&st).map(|(a, b)| a * b).sum();
+                    let mut acc = 0.0f32;
+                    for k in 0..n {
+                        acc += t.floats()[base + k * st[*axis]];
+                    }
+                    out.push(if *op == ReduceOp::Mean { acc / n as f32 } else { acc });
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::Transpose { x } => {
+                let t = v(*x);
+                let st = strides(&t.shape);
+                let r = shape.len();
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let mut src = i.to_vec();
+                    src.swap(r - 1, r - 2);
+                    out.push(t.floats()[src.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]);
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::MatMul { lhs, rhs } => {
+                let (a, b) = (v(*lhs), v(*rhs));
+                let k = b.shape[0];
+                let n = b.shape[1];
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let r = i.len();
+                    let row_base: usize = {
+                        let sa = strides(&a.shape);
+                        i[..r - 1].iter().zip(&sa).map(|(x, s)| x * s).sum()
+                    };
+                    let mut acc = 0.0f32;
+                    for kk in 0..k {
+                        acc += a.floats()[row_base + kk] * b.floats()[kk * n + i[r - 1]];
+                    }
+                    out.push(acc);
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+        };
+        debug_assert_eq!(node.ty.dtype == DType::F32, matches!(result.data, Data::F32(_)));
+        values.push(result);
+    }
+    g.outputs.iter().map(|(_, id)| values[id.0 as usize].clone()).collect()
+}
