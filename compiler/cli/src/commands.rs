@@ -128,7 +128,16 @@ pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Op
             unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit))? }
         }
     };
-    let model = module.bind_weights(weights.into())?;
+    let configured_from_defaults = library.is_none() && !weights.is_dir() && config.config.is_none();
+    let model = module.bind_weights(weights.into()).map_err(|e| {
+        if configured_from_defaults {
+            Failure::Message(format!(
+                "{e}\nhelp: the model was configured from its defaults; pass the checkpoint's directory as --weights, or its config.json with --config"
+            ))
+        } else {
+            Failure::Message(e.to_string())
+        }
+    })?;
     let unused = model.unused_tensors();
     if !unused.is_empty() {
         eprintln!(
