@@ -12,7 +12,7 @@ OUT=out/main
 mkdir -p "$OUT"
 
 $LMC check models/*.model
-for spec in BertEmbeddings:embeddings BertIntermediate:intermediate; do
+for spec in BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForwardStack:intermediate; do
   model=${spec%%:*}; fixture=${spec##*:}
   $LMC compile "models/bert.model:$model" --config "$CKPT" -o "$OUT/lib$model.so"
   $LMC run "models/bert.model:$model" --weights "$CKPT" --inputs "$CKPT/inputs_$fixture.safetensors" -o "$OUT/$model.jit.safetensors"

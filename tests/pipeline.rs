@@ -2,26 +2,33 @@
 //! bad inputs, and diagnostics (UI tests). One binary, because each links MLIR and LLVM.
 
 use lmc_core::ConfigOverrides;
-use lmc_grammar::SourceFile;
 use lmc_tests::*;
 use std::path::Path;
 use std::process::Command;
 
 const CHECKPOINT: &str = "tests/fixtures/bert_tiny";
 
-/// The shipped models that run today, with the fixture each is checked against.
-const MODELS: &[(&str, &str)] = &[("BertEmbeddings", "embeddings"), ("BertIntermediate", "intermediate")];
+/// The shipped models that run today: (model, inputs fixture, expected-outputs fixture).
+const MODELS: &[(&str, &str, &str)] = &[
+    ("BertEmbeddings", "embeddings", "embeddings"),
+    ("BertIntermediate", "intermediate", "intermediate"),
+    ("BertFeedForwardStack", "intermediate", "feed_forward_stack"),
+];
 
 fn fixture_overrides() -> ConfigOverrides {
     let text = std::fs::read_to_string(root().join(CHECKPOINT).join("config.json")).unwrap();
     ConfigOverrides::default().with_checkpoint_json(&text).unwrap()
 }
 
+/// Loads a model file as `lmc` does, with paths relative to the repository root.
+fn program(path: &str) -> lmc_core::Program {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let dir = root().join(path).parent().unwrap().to_path_buf();
+    lmc_core::load_source(path, &text, Some(&dir)).unwrap_or_else(|f| panic!("{path}: {:?}", f.diagnostics))
+}
+
 fn graph(model: &str) -> lmc_core::ir::Graph {
-    let path = "models/bert.model";
-    let source = SourceFile::new(path, std::fs::read_to_string(root().join(path)).unwrap());
-    let file = lmc_grammar::parse_file(&source.text).unwrap();
-    match lmc_core::check_model(&file, &source, Some(model), &fixture_overrides()) {
+    match lmc_core::check_model(&program("models/bert.model"), Some(model), &fixture_overrides()) {
         Ok(c) => c.graph,
         Err(e) => panic!("{model} does not check: {e:?}"),
     }
@@ -32,17 +39,14 @@ mod stages {
 
     #[test]
     fn ast() {
-        let source = SourceFile::new(
-            "models/bert.model",
-            std::fs::read_to_string(root().join("models/bert.model")).unwrap(),
-        );
-        let file = lmc_grammar::parse_file(&source.text).unwrap();
-        insta::assert_snapshot!("bert_ast", lmc_grammar::print_ast(&file, &source));
+        let p = program("models/bert.model");
+        let m = &p.modules[0];
+        insta::assert_snapshot!("bert_ast", lmc_grammar::print_ast(&m.ast, p.sources.get(m.file)));
     }
 
     #[test]
     fn ir_mlir_llvm() {
-        for (model, _) in MODELS {
+        for (model, ..) in MODELS {
             let g = graph(model);
             g.verify().unwrap();
             insta::assert_snapshot!(format!("{model}_ir"), g.print());
@@ -57,9 +61,9 @@ mod stages {
 #[test]
 fn numerics_match_hugging_face() {
     let dir = scratch("numerics");
-    for (model, fixture) in MODELS {
+    for (model, inputs, expected) in MODELS {
         let out = dir.join(format!("{model}.safetensors"));
-        let inputs = format!("{CHECKPOINT}/inputs_{fixture}.safetensors");
+        let inputs = format!("{CHECKPOINT}/inputs_{inputs}.safetensors");
         let result = lmc(&[
             "run",
             &format!("models/bert.model:{model}"),
@@ -72,7 +76,7 @@ fn numerics_match_hugging_face() {
         ]);
         assert!(result.status.success(), "{model}: {}", String::from_utf8_lossy(&result.stderr));
         let got = read_f32_tensors(&out);
-        let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_{fixture}.safetensors")));
+        let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_{expected}.safetensors")));
         assert_eq!(got.len(), want.len());
         for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
             assert_eq!((gn, gs), (wn, ws));
@@ -131,7 +135,7 @@ fn c_host_runs_the_shared_library() {
         "{} is missing: run `cargo build --workspace` first",
         runtime_lib.display()
     );
-    for (model, fixture) in MODELS {
+    for (model, fixture, _) in MODELS {
         let lib = dir.join(format!("lib{model}.so"));
         let spec = format!("models/bert.model:{model}");
         let r = lmc(&["compile", &spec, "--config", CHECKPOINT, "-o", lib.to_str().unwrap()]);
@@ -409,19 +413,16 @@ mod corpus {
     }
 
     fn graphs() -> Vec<lmc_core::ir::Graph> {
-        let source = SourceFile::new(FILE, std::fs::read_to_string(root().join(FILE)).unwrap());
-        let file = lmc_grammar::parse_file(&source.text).unwrap();
-        lmc_core::model_names(&file)
+        let p = program(FILE);
+        lmc_core::model_names(&p)
             .iter()
-            .map(
-                |name| match lmc_core::check_model(&file, &source, Some(name), &ConfigOverrides::default()) {
-                    Ok(c) => {
-                        assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
-                        c.graph
-                    }
-                    Err(e) => panic!("{name}: {e:?}"),
-                },
-            )
+            .map(|name| match lmc_core::check_model(&p, Some(name), &ConfigOverrides::default()) {
+                Ok(c) => {
+                    assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
+                    c.graph
+                }
+                Err(e) => panic!("{name}: {e:?}"),
+            })
             .collect()
     }
 
@@ -518,4 +519,105 @@ mod corpus {
             }
         }
     }
+}
+
+/// The shipped model files and the op corpus are in `lmc fmt`'s canonical layout.
+#[test]
+fn shipped_models_are_formatted() {
+    let r = lmc(&[
+        "fmt",
+        "--check",
+        "models/bert.model",
+        "models/std/nn.model",
+        "tests/corpus/ops.model",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// Formatting is idempotent, keeps every comment, and does not change what a file means.
+#[test]
+fn fmt_is_idempotent_and_keeps_comments() {
+    let mut files = vec![
+        root().join("models/bert.model"),
+        root().join("models/std/nn.model"),
+        root().join("tests/corpus/ops.model"),
+    ];
+    files.extend(
+        std::fs::read_dir(root().join("tests/ui"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "model")),
+    );
+    let comments = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.find('#').map(|i| l[i..].trim_end().to_string()))
+            .collect::<Vec<_>>()
+    };
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let name = path.display().to_string();
+        let Ok(ast) = lmc_grammar::parse_file(&text, 0) else { continue };
+        let once = lmc_grammar::format_file(&ast, &lmc_grammar::SourceFile::new(&name, text.clone()));
+        let reparsed = lmc_grammar::parse_file(&once, 0).unwrap_or_else(|d| panic!("{name}: formatted text does not parse: {d:?}\n{once}"));
+        let twice = lmc_grammar::format_file(&reparsed, &lmc_grammar::SourceFile::new(&name, once.clone()));
+        assert_eq!(once, twice, "{name}: formatting is not idempotent");
+        assert_eq!(comments(&text), comments(&once), "{name}: comments changed");
+        // Same meaning: every model checks to the same IR (locations aside).
+        let dir = path.parent().unwrap();
+        if let (Ok(a), Ok(b)) = (
+            lmc_core::load_source(&name, &text, Some(dir)),
+            lmc_core::load_source(&name, &once, Some(dir)),
+        ) {
+            for model in lmc_core::model_names(&a) {
+                let ir = |p: &lmc_core::Program| match lmc_core::check_model(p, Some(&model), &ConfigOverrides::default()) {
+                    Ok(c) => c
+                        .graph
+                        .print()
+                        .lines()
+                        .map(|l| l.split("  @").next().unwrap().to_string())
+                        .collect::<Vec<_>>(),
+                    Err(_) => vec!["error".to_string()],
+                };
+                assert_eq!(ir(&a), ir(&b), "{name}:{model}: formatting changed the model");
+            }
+        }
+    }
+}
+
+/// A variant is the model with one line changed: `hidden_act = relu` swaps the activation of
+/// every layer, reads the same checkpoint, and computes something else.
+#[test]
+fn variant_changes_one_line() {
+    let dir = scratch("variant");
+    let inputs = format!("{CHECKPOINT}/inputs_intermediate.safetensors");
+    let mut results = Vec::new();
+    for model in ["BertFeedForwardStack", "BertFeedForwardStackRelu"] {
+        let spec = format!("models/bert.model:{model}");
+        let ir = lmc(&["emit", "--stage", "ir", &spec, "--config", CHECKPOINT]);
+        assert!(ir.status.success(), "{}", String::from_utf8_lossy(&ir.stderr));
+        let ir = String::from_utf8(ir.stdout).unwrap();
+        let expect = if model.ends_with("Relu") {
+            ("relu ", "gelu ")
+        } else {
+            ("gelu ", "relu ")
+        };
+        assert!(ir.contains(expect.0) && !ir.contains(expect.1), "{model}:\n{ir}");
+        let out = dir.join(format!("{model}.safetensors"));
+        let r = lmc(&[
+            "run",
+            &spec,
+            "--weights",
+            CHECKPOINT,
+            "--inputs",
+            &inputs,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        results.push(read_f32_tensors(&out).remove(0).2);
+    }
+    assert!(
+        max_abs_diff(&results[0], &results[1]) > 1e-3,
+        "the variant computed the same outputs"
+    );
 }

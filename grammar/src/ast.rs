@@ -1,5 +1,5 @@
 //! The spanned syntax tree of a `.model` file. Syntax only: nothing here is resolved or typed;
-//! `lmc-core` turns it into the checked IR.
+//! `lmc-core` elaborates it into the checked IR.
 
 use crate::Span;
 
@@ -11,8 +11,24 @@ pub struct File {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
+    Use(UseDecl),
     Config(ConfigDecl),
+    Block(BlockDecl),
     Model(ModelDecl),
+    Variant(VariantDecl),
+}
+
+impl Item {
+    /// The name the item defines (none for `use`).
+    pub fn name(&self) -> Option<&Ident> {
+        match self {
+            Item::Use(_) => None,
+            Item::Config(c) => Some(&c.name),
+            Item::Block(b) => Some(&b.name),
+            Item::Model(m) => Some(&m.name),
+            Item::Variant(v) => Some(&v.name),
+        }
+    }
 }
 
 /// An identifier with the place it was written.
@@ -22,7 +38,16 @@ pub struct Ident {
     pub span: Span,
 }
 
-/// `config Name { key = value ... }`: named compile-time values with their defaults.
+/// `use std.{Linear, LayerNorm}`: brings named items of another module into scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UseDecl {
+    /// `std`, or a path of a `.model` file relative to the importing one (`layers.attention`).
+    pub module: Vec<Ident>,
+    pub names: Vec<Ident>,
+    pub span: Span,
+}
+
+/// `config Name { fields }`: named compile-time values with their defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDecl {
     pub name: Ident,
@@ -30,40 +55,113 @@ pub struct ConfigDecl {
     pub span: Span,
 }
 
+/// `name: type = default from "hf_key"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigField {
     pub name: Ident,
+    pub ty: Option<ConfigType>,
     pub value: Expr,
+    /// The Hugging Face `config.json` key this field is read from, when it differs from `name`.
+    pub hf_key: Option<StringLit>,
 }
 
-/// `model Name(c: Config) { params; forward }`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigType {
+    Int(Span),
+    Float(Span),
+    Bool(Span),
+    /// `learned | sinusoidal | rope`
+    Enum(Vec<Ident>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StringLit {
+    /// Without the quotes.
+    pub value: String,
+    pub span: Span,
+}
+
+/// `block Name(params) { members }`: a reusable layer with parameters and a forward function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockDecl {
+    pub name: Ident,
+    pub params: Vec<BlockParam>,
+    pub members: Vec<Member>,
+    pub span: Span,
+}
+
+/// `name: int = default`, or `c: ConfigName`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockParam {
+    pub name: Ident,
+    /// `int`, `float`, `bool`, or the name of a config.
+    pub ty: Ident,
+    pub default: Option<Expr>,
+}
+
+/// `model Name(c: Config) { members }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelDecl {
     pub name: Ident,
     /// The name the body uses for its config (`c` in `model M(c: Cfg)`).
     pub config_binding: Ident,
     pub config_type: Ident,
-    pub params: Vec<ParamDecl>,
-    pub forwards: Vec<ForwardDecl>,
+    pub members: Vec<Member>,
     pub span: Span,
 }
 
-/// `param embeddings.word_embeddings.weight: f32[c.vocab_size, c.hidden_size]`.
-/// The dotted path is the tensor's name in the checkpoint.
+/// `variant Name = Model { key = value, ... }`: the model with other config defaults.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParamDecl {
-    pub path: Path,
-    pub ty: TensorType,
+pub struct VariantDecl {
+    pub name: Ident,
+    pub base: Ident,
+    pub overrides: Vec<(Ident, Expr)>,
     pub span: Span,
 }
 
-/// `forward(inputs) -> (outputs) { statements }`.
+/// What a block or model body holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Member {
+    /// `param embeddings.word_embeddings.weight: f32[c.vocab_size, c.hidden_size]`; the dotted
+    /// path, prefixed by the instance's own path, is the tensor's checkpoint name.
+    Param {
+        path: Path,
+        ty: TensorType,
+        span: Span,
+    },
+    /// `attention.self.query = Linear(c.d, c.d)` or, with a count, an array of instances
+    /// (`encoder.layer[c.layers] = BertLayer(c)`, checkpoint names `encoder.layer.0...`).
+    Instance {
+        path: Path,
+        count: Option<Expr>,
+        block: Path,
+        args: Vec<CallArg>,
+        span: Span,
+    },
+    /// `if cond { members } else { members }`, decided when the block is instantiated.
+    If {
+        cond: Expr,
+        then: Vec<Member>,
+        otherwise: Vec<Member>,
+        span: Span,
+    },
+    Forward(ForwardDecl),
+}
+
+/// `forward(inputs) -> (outputs) { statements }` or `forward(inputs) -> type { ... }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardDecl {
     pub inputs: Vec<ValueDecl>,
-    pub outputs: Vec<ValueDecl>,
+    pub outputs: Outputs,
     pub body: Vec<Stmt>,
     pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outputs {
+    Named(Vec<ValueDecl>),
+    /// A single unnamed result, as blocks return.
+    Single(TensorType),
 }
 
 /// A named, typed input or output of a forward function.
@@ -73,13 +171,20 @@ pub struct ValueDecl {
     pub ty: TensorType,
 }
 
-/// `f32[B, T, c.hidden_size]`: an element type and one expression per dimension.
+/// `f32[B, T, c.hidden_size]`, `f32[..., d]`: an element type and its dimensions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorType {
     pub dtype: DType,
     pub dtype_span: Span,
-    pub dims: Vec<Expr>,
+    pub dims: Vec<DimExpr>,
     pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DimExpr {
+    /// `...`: any number of leading dimensions, the same wherever it appears in one signature.
+    Ellipsis(Span),
+    Expr(Expr),
 }
 
 /// Element types the language can name.
@@ -102,10 +207,24 @@ impl DType {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stmt {
-    /// `name = expr`
-    Assign { name: Ident, value: Expr, span: Span },
+    /// `name = expr`, or `a, b = expr` for a call with several results.
+    Assign { names: Vec<Ident>, value: Expr, span: Span },
     /// `return a, b`: one expression per declared output, in order.
     Return { values: Vec<Expr>, span: Span },
+    /// `for layer in encoder.layer { ... }`, unrolled at compile time.
+    For {
+        var: Ident,
+        array: Path,
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    /// `if cond { ... } else { ... }`, decided at compile time.
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        otherwise: Vec<Stmt>,
+        span: Span,
+    },
 }
 
 /// A dotted name: `x`, `c.hidden_size`, `encoder.layer.0.output.dense.bias`.
@@ -130,6 +249,14 @@ pub enum BinaryOp {
     Mul,
     Div,
     MatMul,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
 }
 
 impl BinaryOp {
@@ -140,6 +267,26 @@ impl BinaryOp {
             BinaryOp::Mul => "*",
             BinaryOp::Div => "/",
             BinaryOp::MatMul => "@",
+            BinaryOp::Eq => "==",
+            BinaryOp::Ne => "!=",
+            BinaryOp::Lt => "<",
+            BinaryOp::Le => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::Ge => ">=",
+            BinaryOp::And => "and",
+            BinaryOp::Or => "or",
+        }
+    }
+
+    /// Binding strength, for the printer's parentheses (higher binds tighter).
+    pub fn precedence(self) -> u8 {
+        match self {
+            BinaryOp::Or => 1,
+            BinaryOp::And => 2,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge => 3,
+            BinaryOp::Add | BinaryOp::Sub => 4,
+            BinaryOp::Mul | BinaryOp::Div => 5,
+            BinaryOp::MatMul => 6,
         }
     }
 }
@@ -156,15 +303,25 @@ pub enum ExprKind {
     Int(String),
     Float(String),
     Bool(bool),
+    Str(String),
     Path(Path),
     Neg(Box<Expr>),
+    Not(Box<Expr>),
     Binary {
         op: BinaryOp,
         lhs: Box<Expr>,
         rhs: Box<Expr>,
     },
+    /// `if cond { a } else { b }`, decided at compile time.
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
+    /// A built-in function (`gelu(x)`), a block instance's forward (`attention.self.query(x)`)
+    /// or, in instance declarations, a block constructor (`Linear(c.d, c.ff)`).
     Call {
-        callee: Ident,
+        callee: Path,
         args: Vec<CallArg>,
     },
 }

@@ -4,7 +4,7 @@
 //! We render them ourselves rather than through miette: the format is small, fixed, and is what
 //! the UI tests compare byte for byte.
 
-use crate::Span;
+use crate::{FileId, Span};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -36,6 +36,53 @@ impl SourceFile {
     /// The text of a 1-based line, without its newline.
     fn line_text(&self, line: usize) -> &str {
         self.text.split('\n').nth(line - 1).unwrap_or("").trim_end_matches('\r')
+    }
+}
+
+/// Every source file of one compilation (the model file, its imports, the standard library),
+/// so a span can name its file.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMap {
+    files: Vec<SourceFile>,
+}
+
+impl SourceMap {
+    pub fn new() -> Self {
+        SourceMap::default()
+    }
+
+    /// Adds a file and returns the id its spans carry.
+    pub fn add(&mut self, file: SourceFile) -> FileId {
+        self.files.push(file);
+        (self.files.len() - 1) as FileId
+    }
+
+    pub fn get(&self, id: FileId) -> &SourceFile {
+        &self.files[id as usize]
+    }
+
+    pub fn try_get(&self, id: FileId) -> Option<&SourceFile> {
+        self.files.get(id as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The id of a file already added under this name.
+    pub fn find(&self, name: &str) -> Option<FileId> {
+        self.files.iter().position(|f| f.name == name).map(|i| i as FileId)
+    }
+
+    /// `file:line:col` of a span's start.
+    pub fn location(&self, span: Span) -> String {
+        let f = self.get(span.file);
+        let (l, c) = f.line_col(span.start);
+        format!("{}:{l}:{c}", f.name)
     }
 }
 
@@ -108,27 +155,36 @@ impl Diagnostic {
     }
 
     /// Renders the diagnostic as text, rustc style, for a terminal or a UI test.
-    pub fn render(&self, source: &SourceFile) -> String {
+    pub fn render(&self, sources: &SourceMap) -> String {
         let kind = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let (line, col) = source.line_col(self.primary.span.start);
         let mut labels = vec![(&self.primary, '^')];
         labels.extend(self.secondary.iter().map(|l| (l, '-')));
-        let max_line = labels.iter().map(|(l, _)| source.line_col(l.span.start).0).max().unwrap_or(line);
+        let max_line = labels
+            .iter()
+            .map(|(l, _)| sources.get(l.span.file).line_col(l.span.start).0)
+            .max()
+            .unwrap_or(1);
         let gutter = max_line.to_string().len();
         let pad = " ".repeat(gutter);
 
         let mut out = String::new();
         let _ = writeln!(out, "{kind}[{}]: {}", self.code, self.message);
-        let _ = writeln!(out, "{pad}--> {}:{line}:{col}", source.name);
+        let _ = writeln!(out, "{pad}--> {}", sources.location(self.primary.span));
         let _ = writeln!(out, "{pad} |");
-        // Labels in source order, so the snippet reads top to bottom; a line with several labels
-        // is printed once, with one underline row per label.
-        labels.sort_by_key(|(l, _)| l.span.start);
-        let mut previous_line = 0;
+        // The primary's file first, then other files; within a file, labels in source order,
+        // and a line with several labels printed once with one underline row per label.
+        let primary_file = self.primary.span.file;
+        labels.sort_by_key(|(l, _)| (l.span.file != primary_file, l.span.file, l.span.start));
+        let mut previous = (primary_file, 0);
         for (label, mark) in labels {
+            let source = sources.get(label.span.file);
+            if label.span.file != previous.0 {
+                let _ = writeln!(out, "{pad}::: {}", sources.location(label.span));
+                previous = (label.span.file, 0);
+            }
             let (l, c) = source.line_col(label.span.start);
             let text = source.line_text(l);
             let (end_line, end_col) = source.line_col(label.span.end);
@@ -137,9 +193,9 @@ impl Diagnostic {
             } else {
                 text.chars().count().saturating_sub(c - 1).max(1)
             };
-            if l != previous_line {
+            if l != previous.1 {
                 let _ = writeln!(out, "{l:>gutter$} | {text}");
-                previous_line = l;
+                previous.1 = l;
             }
             let underline = mark.to_string().repeat(width);
             let _ = writeln!(out, "{pad} | {}{underline} {}", " ".repeat(c - 1), label.message);
@@ -152,8 +208,9 @@ impl Diagnostic {
     }
 
     /// The diagnostic as a JSON object, for `--message-format json`.
-    pub fn to_json(&self, source: &SourceFile) -> serde_json::Value {
+    pub fn to_json(&self, sources: &SourceMap) -> serde_json::Value {
         let label = |l: &Label| {
+            let source = sources.get(l.span.file);
             let (line, col) = source.line_col(l.span.start);
             let (end_line, end_col) = source.line_col(l.span.end);
             serde_json::json!({

@@ -4,27 +4,33 @@
 
 pub mod ast;
 mod diagnostic;
+mod format;
 mod parse;
 mod print;
 
-pub use diagnostic::{Diagnostic, Label, Severity, SourceFile};
+pub use diagnostic::{Diagnostic, Label, Severity, SourceFile, SourceMap};
+pub use format::format_file;
 pub use parse::parse_file;
 pub use print::print_ast;
 
-/// A byte range in a source file.
+/// Identifies a source file in a [`SourceMap`].
+pub type FileId = u32;
+
+/// A byte range in one source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Span {
+    pub file: FileId,
     pub start: usize,
     pub end: usize,
 }
 
 impl Span {
-    pub fn new(start: usize, end: usize) -> Self {
-        Span { start, end }
+    pub fn new(file: FileId, start: usize, end: usize) -> Self {
+        Span { file, start, end }
     }
 
-    /// The smallest span covering both.
+    /// The smallest span covering both (which must be in the same file).
     pub fn to(self, other: Span) -> Span {
-        Span::new(self.start.min(other.start), self.end.max(other.end))
+        Span::new(self.file, self.start.min(other.start), self.end.max(other.end))
     }
 }

@@ -3,7 +3,7 @@
 //! name what was expected in words.
 
 use crate::ast::*;
-use crate::{Diagnostic, Span};
+use crate::{Diagnostic, FileId, Span};
 use pest::iterators::Pair;
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser as _;
@@ -16,16 +16,20 @@ struct ModelParser;
 /// Nesting deeper than this is refused before pest sees it, so no input can overflow the stack.
 const MAX_NESTING: usize = 200;
 
-/// Parses a whole `.model` file.
-pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
-    check_nesting(text)?;
-    let mut pairs = ModelParser::parse(Rule::file, text).map_err(syntax_error)?;
-    let file = pairs.next().expect("the file rule always produces one pair");
+/// Parses a whole `.model` file; every span carries `file`.
+pub fn parse_file(text: &str, file: FileId) -> Result<File, Diagnostic> {
+    check_nesting(text, file)?;
+    let mut pairs = ModelParser::parse(Rule::file, text).map_err(|e| syntax_error(e, file, text))?;
+    let root = pairs.next().expect("the file rule always produces one pair");
+    let p = Builder { file };
     let mut items = Vec::new();
-    for pair in file.into_inner() {
+    for pair in root.into_inner() {
         match pair.as_rule() {
-            Rule::config_decl => items.push(Item::Config(config_decl(pair))),
-            Rule::model_decl => items.push(Item::Model(model_decl(pair))),
+            Rule::use_decl => items.push(Item::Use(p.use_decl(pair))),
+            Rule::config_decl => items.push(Item::Config(p.config_decl(pair))),
+            Rule::block_decl => items.push(Item::Block(p.block_decl(pair))),
+            Rule::model_decl => items.push(Item::Model(p.model_decl(pair))),
+            Rule::variant_decl => items.push(Item::Variant(p.variant_decl(pair))),
             Rule::EOI => {}
             rule => unreachable!("grammar produced {rule:?} at file level"),
         }
@@ -33,7 +37,7 @@ pub fn parse_file(text: &str) -> Result<File, Diagnostic> {
     Ok(File { items })
 }
 
-fn check_nesting(text: &str) -> Result<(), Diagnostic> {
+fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
     let mut depth = 0usize;
     let mut in_comment = false;
     for (i, b) in text.bytes().enumerate() {
@@ -46,7 +50,7 @@ fn check_nesting(text: &str) -> Result<(), Diagnostic> {
                     return Err(Diagnostic::error(
                         "E0002",
                         "brackets nested too deeply",
-                        Span::new(i, i + 1),
+                        Span::new(file, i, i + 1),
                         format!("nesting depth {depth} here"),
                     )
                     .with_help(format!(
@@ -61,142 +65,402 @@ fn check_nesting(text: &str) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-fn span_of(pair: &Pair<'_, Rule>) -> Span {
-    let s = pair.as_span();
-    Span::new(s.start(), s.end())
+/// Builds AST nodes from pest pairs of one file.
+struct Builder {
+    file: FileId,
 }
 
-fn ident(pair: Pair<'_, Rule>) -> Ident {
-    debug_assert!(matches!(pair.as_rule(), Rule::ident | Rule::segment));
-    Ident {
-        name: pair.as_str().to_string(),
-        span: span_of(&pair),
+impl Builder {
+    fn span(&self, pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, s.start(), s.end())
     }
-}
 
-fn path(pair: Pair<'_, Rule>) -> Path {
-    let span = span_of(&pair);
-    Path {
-        segments: pair.into_inner().map(ident).collect(),
-        span,
-    }
-}
-
-fn config_decl(pair: Pair<'_, Rule>) -> ConfigDecl {
-    let span = span_of(&pair);
-    let mut inner = pair.into_inner();
-    let name = ident(inner.next().unwrap());
-    let fields = inner
-        .map(|field| {
-            let mut f = field.into_inner();
-            ConfigField {
-                name: ident(f.next().unwrap()),
-                value: expr(f.next().unwrap()),
-            }
-        })
-        .collect();
-    ConfigDecl { name, fields, span }
-}
-
-fn model_decl(pair: Pair<'_, Rule>) -> ModelDecl {
-    let span = span_of(&pair);
-    let mut inner = pair.into_inner();
-    let name = ident(inner.next().unwrap());
-    let config_binding = ident(inner.next().unwrap());
-    let config_type = ident(inner.next().unwrap());
-    let mut params = Vec::new();
-    let mut forwards = Vec::new();
-    for member in inner {
-        match member.as_rule() {
-            Rule::param_decl => {
-                let span = span_of(&member);
-                let mut m = member.into_inner();
-                params.push(ParamDecl {
-                    path: path(m.next().unwrap()),
-                    ty: tensor_type(m.next().unwrap()),
-                    span,
-                });
-            }
-            Rule::forward_decl => forwards.push(forward_decl(member)),
-            rule => unreachable!("grammar produced {rule:?} in a model"),
+    fn ident(&self, pair: Pair<'_, Rule>) -> Ident {
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
         }
     }
-    ModelDecl {
-        name,
-        config_binding,
-        config_type,
-        params,
-        forwards,
-        span,
-    }
-}
 
-fn forward_decl(pair: Pair<'_, Rule>) -> ForwardDecl {
-    let span = span_of(&pair);
-    let mut inputs = Vec::new();
-    let mut outputs = Vec::new();
-    let mut body = Vec::new();
-    for part in pair.into_inner() {
-        match part.as_rule() {
-            Rule::input_decl | Rule::output_decl => {
-                let is_input = part.as_rule() == Rule::input_decl;
-                let mut p = part.into_inner();
-                let decl = ValueDecl {
-                    name: ident(p.next().unwrap()),
-                    ty: tensor_type(p.next().unwrap()),
-                };
-                if is_input {
-                    inputs.push(decl)
-                } else {
-                    outputs.push(decl)
+    fn path(&self, pair: Pair<'_, Rule>) -> Path {
+        let span = self.span(&pair);
+        Path {
+            segments: pair.into_inner().map(|p| self.ident(p)).collect(),
+            span,
+        }
+    }
+
+    fn string(&self, pair: Pair<'_, Rule>) -> StringLit {
+        let text = pair.as_str();
+        StringLit {
+            value: text[1..text.len() - 1].to_string(),
+            span: self.span(&pair),
+        }
+    }
+
+    fn use_decl(&self, pair: Pair<'_, Rule>) -> UseDecl {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let module = inner.next().unwrap().into_inner().map(|p| self.ident(p)).collect();
+        UseDecl {
+            module,
+            names: inner.map(|p| self.ident(p)).collect(),
+            span,
+        }
+    }
+
+    fn config_decl(&self, pair: Pair<'_, Rule>) -> ConfigDecl {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let fields = inner
+            .map(|field| {
+                let mut name = None;
+                let mut ty = None;
+                let mut value = None;
+                let mut hf_key = None;
+                for part in field.into_inner() {
+                    match part.as_rule() {
+                        Rule::ident => name = Some(self.ident(part)),
+                        Rule::scalar_type => {
+                            let sp = self.span(&part);
+                            ty = Some(match part.as_str() {
+                                "int" => ConfigType::Int(sp),
+                                "float" => ConfigType::Float(sp),
+                                _ => ConfigType::Bool(sp),
+                            })
+                        }
+                        Rule::enum_type => ty = Some(ConfigType::Enum(part.into_inner().map(|p| self.ident(p)).collect())),
+                        Rule::expr => value = Some(self.expr(part)),
+                        Rule::string => hf_key = Some(self.string(part)),
+                        rule => unreachable!("grammar produced {rule:?} in a config field"),
+                    }
+                }
+                ConfigField {
+                    name: name.unwrap(),
+                    ty,
+                    value: value.unwrap(),
+                    hf_key,
+                }
+            })
+            .collect();
+        ConfigDecl { name, fields, span }
+    }
+
+    fn block_decl(&self, pair: Pair<'_, Rule>) -> BlockDecl {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let mut params = Vec::new();
+        let mut members = Vec::new();
+        for part in inner {
+            match part.as_rule() {
+                Rule::block_param => {
+                    let mut p = part.into_inner();
+                    params.push(BlockParam {
+                        name: self.ident(p.next().unwrap()),
+                        ty: self.ident(p.next().unwrap()),
+                        default: p.next().map(|e| self.expr(e)),
+                    });
+                }
+                Rule::members => members = self.members(part),
+                rule => unreachable!("grammar produced {rule:?} in a block"),
+            }
+        }
+        BlockDecl {
+            name,
+            params,
+            members,
+            span,
+        }
+    }
+
+    fn model_decl(&self, pair: Pair<'_, Rule>) -> ModelDecl {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        ModelDecl {
+            name: self.ident(inner.next().unwrap()),
+            config_binding: self.ident(inner.next().unwrap()),
+            config_type: self.ident(inner.next().unwrap()),
+            members: self.members(inner.next().unwrap()),
+            span,
+        }
+    }
+
+    fn variant_decl(&self, pair: Pair<'_, Rule>) -> VariantDecl {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let name = self.ident(inner.next().unwrap());
+        let base = self.ident(inner.next().unwrap());
+        let overrides = inner
+            .map(|f| {
+                let mut f = f.into_inner();
+                (self.ident(f.next().unwrap()), self.expr(f.next().unwrap()))
+            })
+            .collect();
+        VariantDecl {
+            name,
+            base,
+            overrides,
+            span,
+        }
+    }
+
+    fn members(&self, pair: Pair<'_, Rule>) -> Vec<Member> {
+        debug_assert_eq!(pair.as_rule(), Rule::members);
+        pair.into_inner().map(|m| self.member(m)).collect()
+    }
+
+    fn member(&self, pair: Pair<'_, Rule>) -> Member {
+        let span = self.span(&pair);
+        match pair.as_rule() {
+            Rule::param_decl => {
+                let mut m = pair.into_inner();
+                Member::Param {
+                    path: self.path(m.next().unwrap()),
+                    ty: self.tensor_type(m.next().unwrap()),
+                    span,
                 }
             }
-            Rule::body => body = part.into_inner().map(stmt).collect(),
-            rule => unreachable!("grammar produced {rule:?} in a forward"),
+            Rule::instance_decl => {
+                let mut parts: Vec<_> = pair.into_inner().collect();
+                let call = parts.pop().unwrap();
+                let path = self.path(parts.remove(0));
+                let count = parts.pop().map(|e| self.expr(e));
+                let (block, args) = self.call_parts(call);
+                Member::Instance {
+                    path,
+                    count,
+                    block,
+                    args,
+                    span,
+                }
+            }
+            Rule::member_if => {
+                let mut m = pair.into_inner();
+                let cond = self.expr(m.next().unwrap());
+                let then = self.members(m.next().unwrap());
+                let otherwise = match m.next() {
+                    None => Vec::new(),
+                    Some(e) if e.as_rule() == Rule::member_if => vec![self.member(e)],
+                    Some(e) => self.members(e),
+                };
+                Member::If {
+                    cond,
+                    then,
+                    otherwise,
+                    span,
+                }
+            }
+            Rule::forward_decl => Member::Forward(self.forward_decl(pair)),
+            rule => unreachable!("grammar produced {rule:?} as a member"),
         }
     }
-    ForwardDecl {
-        inputs,
-        outputs,
-        body,
-        span,
-    }
-}
 
-fn tensor_type(pair: Pair<'_, Rule>) -> TensorType {
-    let span = span_of(&pair);
-    let mut inner = pair.into_inner();
-    let dt = inner.next().unwrap();
-    let dtype = match dt.as_str() {
-        "f32" => DType::F32,
-        "i64" => DType::I64,
-        "i32" => DType::I32,
-        other => unreachable!("grammar accepted dtype {other}"),
-    };
-    TensorType {
-        dtype,
-        dtype_span: span_of(&dt),
-        dims: inner.map(expr).collect(),
-        span,
-    }
-}
-
-fn stmt(pair: Pair<'_, Rule>) -> Stmt {
-    let span = span_of(&pair);
-    match pair.as_rule() {
-        Rule::assign_stmt => {
-            let mut p = pair.into_inner();
-            Stmt::Assign {
-                name: ident(p.next().unwrap()),
-                value: expr(p.next().unwrap()),
-                span,
+    fn forward_decl(&self, pair: Pair<'_, Rule>) -> ForwardDecl {
+        let span = self.span(&pair);
+        let mut inputs = Vec::new();
+        let mut outputs = Outputs::Named(Vec::new());
+        let mut body = Vec::new();
+        for part in pair.into_inner() {
+            match part.as_rule() {
+                Rule::input_decl => inputs.push(self.value_decl(part)),
+                Rule::outputs => {
+                    let parts: Vec<_> = part.into_inner().collect();
+                    outputs = if parts.len() == 1 && parts[0].as_rule() == Rule::tensor_type {
+                        Outputs::Single(self.tensor_type(parts.into_iter().next().unwrap()))
+                    } else {
+                        Outputs::Named(parts.into_iter().map(|p| self.value_decl(p)).collect())
+                    };
+                }
+                Rule::body => body = self.body(part),
+                rule => unreachable!("grammar produced {rule:?} in a forward"),
             }
         }
-        Rule::return_stmt => Stmt::Return {
-            values: pair.into_inner().map(expr).collect(),
+        ForwardDecl {
+            inputs,
+            outputs,
+            body,
             span,
-        },
-        rule => unreachable!("grammar produced {rule:?} as a statement"),
+        }
+    }
+
+    fn value_decl(&self, pair: Pair<'_, Rule>) -> ValueDecl {
+        let mut p = pair.into_inner();
+        ValueDecl {
+            name: self.ident(p.next().unwrap()),
+            ty: self.tensor_type(p.next().unwrap()),
+        }
+    }
+
+    fn tensor_type(&self, pair: Pair<'_, Rule>) -> TensorType {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let dt = inner.next().unwrap();
+        let dtype = match dt.as_str() {
+            "f32" => DType::F32,
+            "i64" => DType::I64,
+            "i32" => DType::I32,
+            other => unreachable!("grammar accepted dtype {other}"),
+        };
+        TensorType {
+            dtype,
+            dtype_span: self.span(&dt),
+            dims: inner
+                .map(|d| match d.as_rule() {
+                    Rule::ellipsis => DimExpr::Ellipsis(self.span(&d)),
+                    _ => DimExpr::Expr(self.expr(d)),
+                })
+                .collect(),
+            span,
+        }
+    }
+
+    fn body(&self, pair: Pair<'_, Rule>) -> Vec<Stmt> {
+        pair.into_inner().map(|s| self.stmt(s)).collect()
+    }
+
+    fn stmt(&self, pair: Pair<'_, Rule>) -> Stmt {
+        let span = self.span(&pair);
+        match pair.as_rule() {
+            Rule::assign_stmt => {
+                let mut parts: Vec<_> = pair.into_inner().collect();
+                let value = self.expr(parts.pop().unwrap());
+                Stmt::Assign {
+                    names: parts.into_iter().map(|p| self.ident(p)).collect(),
+                    value,
+                    span,
+                }
+            }
+            Rule::return_stmt => Stmt::Return {
+                values: pair.into_inner().map(|e| self.expr(e)).collect(),
+                span,
+            },
+            Rule::for_stmt => {
+                let mut p = pair.into_inner();
+                Stmt::For {
+                    var: self.ident(p.next().unwrap()),
+                    array: self.path(p.next().unwrap()),
+                    body: self.body(p.next().unwrap()),
+                    span,
+                }
+            }
+            Rule::if_stmt => {
+                let mut p = pair.into_inner();
+                let cond = self.expr(p.next().unwrap());
+                let then = self.body(p.next().unwrap());
+                let otherwise = match p.next() {
+                    None => Vec::new(),
+                    Some(e) if e.as_rule() == Rule::if_stmt => vec![self.stmt(e)],
+                    Some(e) => self.body(e),
+                };
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                    span,
+                }
+            }
+            rule => unreachable!("grammar produced {rule:?} as a statement"),
+        }
+    }
+
+    fn call_parts(&self, pair: Pair<'_, Rule>) -> (Path, Vec<CallArg>) {
+        let mut inner = pair.into_inner();
+        let callee = self.path(inner.next().unwrap());
+        let args = inner
+            .map(|arg| {
+                let mut a: Vec<_> = arg.into_inner().collect();
+                let value = self.expr(a.pop().unwrap());
+                CallArg {
+                    name: a.pop().map(|n| self.ident(n)),
+                    value,
+                }
+            })
+            .collect();
+        (callee, args)
+    }
+
+    fn expr(&self, pair: Pair<'_, Rule>) -> Expr {
+        debug_assert_eq!(pair.as_rule(), Rule::expr);
+        pratt()
+            .map_primary(|p| self.primary(p))
+            .map_prefix(|op, rhs| Expr {
+                span: self.span(&op).to(rhs.span),
+                kind: if op.as_rule() == Rule::not {
+                    ExprKind::Not(Box::new(rhs))
+                } else {
+                    ExprKind::Neg(Box::new(rhs))
+                },
+            })
+            .map_infix(|lhs, op, rhs| {
+                let op = match op.as_rule() {
+                    Rule::add => BinaryOp::Add,
+                    Rule::sub => BinaryOp::Sub,
+                    Rule::mul => BinaryOp::Mul,
+                    Rule::div => BinaryOp::Div,
+                    Rule::matmul => BinaryOp::MatMul,
+                    Rule::eq => BinaryOp::Eq,
+                    Rule::ne => BinaryOp::Ne,
+                    Rule::lt => BinaryOp::Lt,
+                    Rule::le => BinaryOp::Le,
+                    Rule::gt => BinaryOp::Gt,
+                    Rule::ge => BinaryOp::Ge,
+                    Rule::and => BinaryOp::And,
+                    Rule::or => BinaryOp::Or,
+                    rule => unreachable!("grammar produced infix {rule:?}"),
+                };
+                Expr {
+                    span: lhs.span.to(rhs.span),
+                    kind: ExprKind::Binary {
+                        op,
+                        lhs: Box::new(lhs),
+                        rhs: Box::new(rhs),
+                    },
+                }
+            })
+            .parse(pair.into_inner())
+    }
+
+    fn primary(&self, pair: Pair<'_, Rule>) -> Expr {
+        let span = self.span(&pair);
+        let kind = match pair.as_rule() {
+            Rule::number => {
+                let text = pair.as_str().to_string();
+                if text.contains(['.', 'e', 'E']) {
+                    ExprKind::Float(text)
+                } else {
+                    ExprKind::Int(text)
+                }
+            }
+            Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+            Rule::string => ExprKind::Str(self.string(pair).value),
+            Rule::path => ExprKind::Path(self.path(pair)),
+            Rule::call => {
+                let (callee, args) = self.call_parts(pair);
+                ExprKind::Call { callee, args }
+            }
+            Rule::if_expr => {
+                let mut p = pair.into_inner();
+                let cond = self.expr(p.next().unwrap());
+                let then = self.expr(p.next().unwrap());
+                let next = p.next().unwrap();
+                let otherwise = if next.as_rule() == Rule::if_expr {
+                    self.primary(next)
+                } else {
+                    self.expr(next)
+                };
+                ExprKind::If {
+                    cond: Box::new(cond),
+                    then: Box::new(then),
+                    otherwise: Box::new(otherwise),
+                }
+            }
+            Rule::expr => return self.expr(pair),
+            rule => unreachable!("grammar produced {rule:?} as a primary"),
+        };
+        Expr { kind, span }
     }
 }
 
@@ -204,95 +468,55 @@ fn pratt() -> &'static PrattParser<Rule> {
     static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
     PRATT.get_or_init(|| {
         PrattParser::new()
+            .op(Op::infix(Rule::or, Assoc::Left))
+            .op(Op::infix(Rule::and, Assoc::Left))
+            .op(Op::infix(Rule::eq, Assoc::Left)
+                | Op::infix(Rule::ne, Assoc::Left)
+                | Op::infix(Rule::lt, Assoc::Left)
+                | Op::infix(Rule::le, Assoc::Left)
+                | Op::infix(Rule::gt, Assoc::Left)
+                | Op::infix(Rule::ge, Assoc::Left))
             .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
             .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left))
             .op(Op::infix(Rule::matmul, Assoc::Left))
-            .op(Op::prefix(Rule::neg))
+            .op(Op::prefix(Rule::neg) | Op::prefix(Rule::not))
     })
-}
-
-fn expr(pair: Pair<'_, Rule>) -> Expr {
-    debug_assert_eq!(pair.as_rule(), Rule::expr);
-    pratt()
-        .map_primary(primary)
-        .map_prefix(|op, rhs| Expr {
-            span: span_of(&op).to(rhs.span),
-            kind: ExprKind::Neg(Box::new(rhs)),
-        })
-        .map_infix(|lhs, op, rhs| {
-            let op = match op.as_rule() {
-                Rule::add => BinaryOp::Add,
-                Rule::sub => BinaryOp::Sub,
-                Rule::mul => BinaryOp::Mul,
-                Rule::div => BinaryOp::Div,
-                Rule::matmul => BinaryOp::MatMul,
-                rule => unreachable!("grammar produced infix {rule:?}"),
-            };
-            Expr {
-                span: lhs.span.to(rhs.span),
-                kind: ExprKind::Binary {
-                    op,
-                    lhs: Box::new(lhs),
-                    rhs: Box::new(rhs),
-                },
-            }
-        })
-        .parse(pair.into_inner())
-}
-
-fn primary(pair: Pair<'_, Rule>) -> Expr {
-    let span = span_of(&pair);
-    let kind = match pair.as_rule() {
-        Rule::number => {
-            let text = pair.as_str().to_string();
-            if text.contains(['.', 'e', 'E']) {
-                ExprKind::Float(text)
-            } else {
-                ExprKind::Int(text)
-            }
-        }
-        Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
-        Rule::path => ExprKind::Path(path(pair)),
-        Rule::call => {
-            let mut inner = pair.into_inner();
-            let callee = ident(inner.next().unwrap());
-            let args = inner
-                .map(|arg| {
-                    let mut a: Vec<_> = arg.into_inner().collect();
-                    let value = expr(a.pop().unwrap());
-                    CallArg {
-                        name: a.pop().map(ident),
-                        value,
-                    }
-                })
-                .collect();
-            ExprKind::Call { callee, args }
-        }
-        Rule::expr => return expr(pair),
-        rule => unreachable!("grammar produced {rule:?} as a primary"),
-    };
-    Expr { kind, span }
 }
 
 /// Human names for grammar rules, so "expected ident" reads "expected a name".
 fn rule_name(rule: Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
-        Rule::file | Rule::config_decl | Rule::model_decl => "`config` or `model`",
+        Rule::file | Rule::use_decl | Rule::config_decl | Rule::block_decl | Rule::model_decl | Rule::variant_decl => {
+            "an item (`use`, `config`, `block`, `model` or `variant`)"
+        }
+        Rule::module_path => "a module name",
         Rule::config_field => "a config field (`name = value`)",
+        Rule::enum_type => "an enum type (`a | b | c`)",
+        Rule::scalar_type => "a type (`int`, `float`, `bool`)",
+        Rule::block_param => "a block parameter (`name: int`)",
+        Rule::variant_field => "an override (`key = value`)",
+        Rule::members => "a body in braces",
         Rule::param_decl => "`param`",
+        Rule::instance_decl => "an instance (`name = Block(args)`)",
+        Rule::member_if => "`if`",
         Rule::forward_decl => "`forward`",
         Rule::input_decl => "an input (`name: f32[dims]`)",
-        Rule::output_decl => "an output (`name: f32[dims]`)",
+        Rule::outputs | Rule::output_decl => "outputs (`(name: f32[dims])` or `f32[dims]`)",
         Rule::tensor_type => "a tensor type such as `f32[B, T, 768]`",
         Rule::dtype => "an element type (`f32`, `i64` or `i32`)",
+        Rule::ellipsis => "`...`",
         Rule::body => "a body in braces",
         Rule::assign_stmt => "an assignment (`name = expression`)",
         Rule::return_stmt => "`return`",
-        Rule::expr | Rule::neg | Rule::call | Rule::call_arg => "an expression",
+        Rule::for_stmt => "`for`",
+        Rule::if_stmt | Rule::if_expr => "`if`",
+        Rule::expr | Rule::neg | Rule::not | Rule::call | Rule::call_arg => "an expression",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
+        Rule::eq | Rule::ne | Rule::lt | Rule::le | Rule::gt | Rule::ge | Rule::and | Rule::or => "an operator",
         Rule::number => "a number",
         Rule::boolean => "`true` or `false`",
+        Rule::string => "a string",
         Rule::path | Rule::param_path => "a name",
         Rule::segment => "a name or an index",
         Rule::ident => "a name",
@@ -301,7 +525,7 @@ fn rule_name(rule: Rule) -> &'static str {
     }
 }
 
-fn syntax_error(err: pest::error::Error<Rule>) -> Diagnostic {
+fn syntax_error(err: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagnostic {
     let (start, end) = match err.location {
         pest::error::InputLocation::Pos(p) => (p, p + 1),
         pest::error::InputLocation::Span((s, e)) => (s, e.max(s + 1)),
@@ -323,7 +547,12 @@ fn syntax_error(err: pest::error::Error<Rule>) -> Diagnostic {
         }
         pest::error::ErrorVariant::CustomError { message } => (message.clone(), None),
     };
-    let diag = Diagnostic::error("E0001", "syntax error", Span::new(start, end), label);
+    let diag = Diagnostic::error("E0001", "syntax error", Span::new(file, start, end), label);
+    let help = if text.get(start..).is_some_and(|rest| rest.trim().is_empty()) && help.is_none() {
+        Some("the file ends inside a block or a call: is a closing `}` or `)` missing?".to_string())
+    } else {
+        help
+    };
     match help {
         Some(h) => diag.with_help(h),
         None => diag,
@@ -334,9 +563,9 @@ fn help_for(positives: &[Rule]) -> Option<String> {
     if positives.contains(&Rule::dtype) {
         Some("tensor types are written `f32[dims]`, `i64[dims]` or `i32[dims]`".into())
     } else if positives.contains(&Rule::config_decl) || positives.contains(&Rule::model_decl) {
-        Some("a file holds `config Name { ... }` and `model Name(c: Config) { ... }` items".into())
+        Some("a file holds `use`, `config`, `block`, `model` and `variant` items".into())
     } else if positives.contains(&Rule::param_decl) || positives.contains(&Rule::forward_decl) {
-        Some("a model holds `param path: type` declarations and one `forward(...) -> (...) { ... }`".into())
+        Some("a block or model holds `param`s, instances (`name = Block(...)`), `if`s and one `forward`".into())
     } else {
         None
     }

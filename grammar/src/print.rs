@@ -1,5 +1,5 @@
-//! `lmc emit --stage ast`: the syntax tree as an indented outline with `line:col` positions, so a
-//! snapshot shows exactly what the parser understood.
+//! `lmc emit --stage ast`: the syntax tree as an indented outline with `line:col` positions and
+//! fully parenthesised expressions, so a snapshot shows exactly what the parser understood.
 
 use crate::ast::*;
 use crate::SourceFile;
@@ -13,11 +13,46 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
     };
     for item in &file.items {
         match item {
+            Item::Use(u) => {
+                let module: Vec<&str> = u.module.iter().map(|i| i.name.as_str()).collect();
+                let names: Vec<&str> = u.names.iter().map(|i| i.name.as_str()).collect();
+                p.line(0, u.span.start, &format!("use {} {{{}}}", module.join("."), names.join(", ")));
+            }
             Item::Config(c) => {
                 p.line(0, c.span.start, &format!("config {}", c.name.name));
                 for f in &c.fields {
-                    p.line(1, f.name.span.start, &format!("{} = {}", f.name.name, expr(&f.value)));
+                    let ty = match &f.ty {
+                        None => String::new(),
+                        Some(ConfigType::Int(_)) => " : int".into(),
+                        Some(ConfigType::Float(_)) => " : float".into(),
+                        Some(ConfigType::Bool(_)) => " : bool".into(),
+                        Some(ConfigType::Enum(v)) => {
+                            format!(" : enum({})", v.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" | "))
+                        }
+                    };
+                    let from = f.hf_key.as_ref().map(|k| format!(" from {:?}", k.value)).unwrap_or_default();
+                    p.line(
+                        1,
+                        f.name.span.start,
+                        &format!("field {}{ty} = {}{from}", f.name.name, expr(&f.value)),
+                    );
                 }
+            }
+            Item::Block(b) => {
+                let params: Vec<String> = b
+                    .params
+                    .iter()
+                    .map(|q| {
+                        format!(
+                            "{}: {}{}",
+                            q.name.name,
+                            q.ty.name,
+                            q.default.as_ref().map(|d| format!(" = {}", expr(d))).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                p.line(0, b.span.start, &format!("block {}({})", b.name.name, params.join(", ")));
+                p.members(1, &b.members);
             }
             Item::Model(m) => {
                 p.line(
@@ -25,26 +60,12 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                     m.span.start,
                     &format!("model {}({}: {})", m.name.name, m.config_binding.name, m.config_type.name),
                 );
-                for param in &m.params {
-                    p.line(1, param.span.start, &format!("param {}: {}", param.path.dotted(), ty(&param.ty)));
-                }
-                for f in &m.forwards {
-                    p.line(1, f.span.start, "forward");
-                    for i in &f.inputs {
-                        p.line(2, i.name.span.start, &format!("input {}: {}", i.name.name, ty(&i.ty)));
-                    }
-                    for o in &f.outputs {
-                        p.line(2, o.name.span.start, &format!("output {}: {}", o.name.name, ty(&o.ty)));
-                    }
-                    for s in &f.body {
-                        match s {
-                            Stmt::Assign { name, value, span } => p.line(2, span.start, &format!("{} = {}", name.name, expr(value))),
-                            Stmt::Return { values, span } => {
-                                let vs: Vec<String> = values.iter().map(expr).collect();
-                                p.line(2, span.start, &format!("return {}", vs.join(", ")))
-                            }
-                        }
-                    }
+                p.members(1, &m.members);
+            }
+            Item::Variant(v) => {
+                p.line(0, v.span.start, &format!("variant {} = {}", v.name.name, v.base.name));
+                for (k, e) in &v.overrides {
+                    p.line(1, k.span.start, &format!("override {} = {}", k.name, expr(e)));
                 }
             }
         }
@@ -62,11 +83,111 @@ impl Printer<'_> {
         let (l, c) = self.source.line_col(offset);
         let _ = writeln!(self.out, "{:indent$}{text}  @{l}:{c}", "", indent = depth * 2);
     }
+
+    fn members(&mut self, depth: usize, members: &[Member]) {
+        for m in members {
+            match m {
+                Member::Param { path, ty: t, span } => self.line(depth, span.start, &format!("param {}: {}", path.dotted(), ty(t))),
+                Member::Instance {
+                    path,
+                    count,
+                    block,
+                    args,
+                    span,
+                } => {
+                    let count = count.as_ref().map(|c| format!("[{}]", expr(c))).unwrap_or_default();
+                    self.line(
+                        depth,
+                        span.start,
+                        &format!("instance {}{count} = {}({})", path.dotted(), block.dotted(), call_args(args)),
+                    );
+                }
+                Member::If {
+                    cond,
+                    then,
+                    otherwise,
+                    span,
+                } => {
+                    self.line(depth, span.start, &format!("if {}", expr(cond)));
+                    self.members(depth + 1, then);
+                    if !otherwise.is_empty() {
+                        self.line(depth, span.start, "else");
+                        self.members(depth + 1, otherwise);
+                    }
+                }
+                Member::Forward(f) => {
+                    self.line(depth, f.span.start, "forward");
+                    for i in &f.inputs {
+                        self.line(depth + 1, i.name.span.start, &format!("input {}: {}", i.name.name, ty(&i.ty)));
+                    }
+                    match &f.outputs {
+                        Outputs::Single(t) => self.line(depth + 1, t.span.start, &format!("output {}", ty(t))),
+                        Outputs::Named(os) => {
+                            for o in os {
+                                self.line(depth + 1, o.name.span.start, &format!("output {}: {}", o.name.name, ty(&o.ty)));
+                            }
+                        }
+                    }
+                    self.stmts(depth + 1, &f.body);
+                }
+            }
+        }
+    }
+
+    fn stmts(&mut self, depth: usize, stmts: &[Stmt]) {
+        for s in stmts {
+            match s {
+                Stmt::Assign { names, value, span } => {
+                    let names: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+                    self.line(depth, span.start, &format!("{} = {}", names.join(", "), expr(value)))
+                }
+                Stmt::Return { values, span } => {
+                    let vs: Vec<String> = values.iter().map(expr).collect();
+                    self.line(depth, span.start, &format!("return {}", vs.join(", ")))
+                }
+                Stmt::For { var, array, body, span } => {
+                    self.line(depth, span.start, &format!("for {} in {}", var.name, array.dotted()));
+                    self.stmts(depth + 1, body);
+                }
+                Stmt::If {
+                    cond,
+                    then,
+                    otherwise,
+                    span,
+                } => {
+                    self.line(depth, span.start, &format!("if {}", expr(cond)));
+                    self.stmts(depth + 1, then);
+                    if !otherwise.is_empty() {
+                        self.line(depth, span.start, "else");
+                        self.stmts(depth + 1, otherwise);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn ty(t: &TensorType) -> String {
-    let dims: Vec<String> = t.dims.iter().map(expr).collect();
+    let dims: Vec<String> = t
+        .dims
+        .iter()
+        .map(|d| match d {
+            DimExpr::Ellipsis(_) => "...".into(),
+            DimExpr::Expr(e) => expr(e),
+        })
+        .collect();
     format!("{}[{}]", t.dtype.as_str(), dims.join(", "))
+}
+
+fn call_args(args: &[CallArg]) -> String {
+    let a: Vec<String> = args
+        .iter()
+        .map(|a| match &a.name {
+            Some(n) => format!("{} = {}", n.name, expr(&a.value)),
+            None => expr(&a.value),
+        })
+        .collect();
+    a.join(", ")
 }
 
 /// Fully parenthesised, so precedence is visible in the snapshot.
@@ -74,18 +195,12 @@ fn expr(e: &Expr) -> String {
     match &e.kind {
         ExprKind::Int(s) | ExprKind::Float(s) => s.clone(),
         ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Str(s) => format!("{s:?}"),
         ExprKind::Path(p) => p.dotted(),
         ExprKind::Neg(x) => format!("(-{})", expr(x)),
+        ExprKind::Not(x) => format!("(not {})", expr(x)),
         ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", expr(lhs), op.symbol(), expr(rhs)),
-        ExprKind::Call { callee, args } => {
-            let a: Vec<String> = args
-                .iter()
-                .map(|a| match &a.name {
-                    Some(n) => format!("{} = {}", n.name, expr(&a.value)),
-                    None => expr(&a.value),
-                })
-                .collect();
-            format!("{}({})", callee.name, a.join(", "))
-        }
+        ExprKind::If { cond, then, otherwise } => format!("(if {} then {} else {})", expr(cond), expr(then), expr(otherwise)),
+        ExprKind::Call { callee, args } => format!("{}({})", callee.dotted(), call_args(args)),
     }
 }

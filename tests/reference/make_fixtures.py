@@ -26,7 +26,7 @@ def bert_tiny():
     config = BertConfig(
         vocab_size=99,
         hidden_size=36,
-        num_hidden_layers=1,
+        num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=37,
         max_position_embeddings=40,
@@ -49,10 +49,15 @@ def bert_tiny():
         embeddings = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         hidden = torch.randn(3, 5, config.hidden_size, generator=g)
         intermediate = model.encoder.layer[0].intermediate(hidden)
+        # The feed-forward half of every layer in turn (BertLayer.feed_forward_chunk).
+        stacked = hidden
+        for layer in model.encoder.layer:
+            stacked = layer.feed_forward_chunk(stacked)
     save_file({"input_ids": input_ids, "token_type_ids": token_type_ids}, out / "inputs_embeddings.safetensors")
     save_file({"last_hidden_state": embeddings.contiguous()}, out / "expected_embeddings.safetensors")
     save_file({"hidden_states": hidden}, out / "inputs_intermediate.safetensors")
     save_file({"intermediate_output": intermediate.contiguous()}, out / "expected_intermediate.safetensors")
+    save_file({"last_hidden_state": stacked.contiguous()}, out / "expected_feed_forward_stack.safetensors")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 //! The subcommands.
 
-use crate::source::{load_model, overrides, print_diagnostics, read_source};
+use crate::source::{load_model, load_program, overrides, print_diagnostics};
 use crate::{ConfigArgs, MessageFormat, Stage};
 use lmc_core::{CheckError, ConfigOverrides};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// How a command failed: diagnostics already printed, or one message still to print.
 pub enum Failure {
@@ -17,28 +17,23 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-/// `lmc check FILE...`: parses each file and checks every model in it with its defaults.
-pub fn check(files: &[std::path::PathBuf], format: MessageFormat) -> Result<(), Failure> {
+/// `lmc check FILE...`: loads each file with its imports and checks every model and variant in
+/// it, configured by its defaults.
+pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
     let mut failed = false;
     for path in files {
-        let source = match read_source(path) {
-            Ok(s) => s,
-            Err(Failure::Message(m)) => {
-                eprintln!("error: {m}");
+        let (sources, diags) = match lmc_core::load_file(path) {
+            Err(f) => {
+                for m in &f.io {
+                    eprintln!("error: {m}");
+                }
                 failed = true;
-                continue;
+                (f.sources, f.diagnostics)
             }
-            Err(Failure::Reported) => {
-                failed = true;
-                continue;
-            }
-        };
-        let mut diags = Vec::new();
-        match lmc_grammar::parse_file(&source.text) {
-            Err(d) => diags.push(d),
-            Ok(file) => {
-                for name in lmc_core::model_names(&file) {
-                    match lmc_core::check_model(&file, &source, Some(&name), &ConfigOverrides::default()) {
+            Ok(program) => {
+                let mut diags = Vec::new();
+                for name in lmc_core::model_names(&program) {
+                    match lmc_core::check_model(&program, Some(&name), &ConfigOverrides::default()) {
                         Ok(c) => diags.extend(c.warnings),
                         Err(CheckError::Diagnostics(d)) => diags.extend(d),
                         Err(CheckError::Selection(m)) => {
@@ -47,10 +42,10 @@ pub fn check(files: &[std::path::PathBuf], format: MessageFormat) -> Result<(), 
                         }
                     }
                 }
+                (program.sources, diags)
             }
-        }
-        // Several models can share a faulty config: report each problem once.
-        diags.dedup_by(|a, b| a == b);
+        };
+        // Models and variants can share a faulty block: report each problem once.
         let mut unique: Vec<lmc_grammar::Diagnostic> = Vec::new();
         for d in diags {
             if !unique.contains(&d) {
@@ -59,10 +54,10 @@ pub fn check(files: &[std::path::PathBuf], format: MessageFormat) -> Result<(), 
         }
         failed |= unique.iter().any(|d| d.severity == lmc_grammar::Severity::Error);
         match format {
-            MessageFormat::Human => print_diagnostics(&unique, &source),
+            MessageFormat::Human => print_diagnostics(&unique, &sources),
             MessageFormat::Json => {
                 for d in &unique {
-                    println!("{}", d.to_json(&source));
+                    println!("{}", d.to_json(&sources));
                 }
             }
         }
@@ -74,19 +69,52 @@ pub fn check(files: &[std::path::PathBuf], format: MessageFormat) -> Result<(), 
     }
 }
 
+/// `lmc fmt FILE...`: rewrites each file in the canonical layout, or with `--check` only says
+/// which are not.
+pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
+    let mut unformatted = Vec::new();
+    for path in files {
+        let text = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+        let text = String::from_utf8(text).map_err(|_| Failure::Message(format!("{}: not valid UTF-8", path.display())))?;
+        let mut sources = lmc_grammar::SourceMap::new();
+        let id = sources.add(lmc_grammar::SourceFile::new(path.display().to_string(), text));
+        let source = sources.get(id);
+        let file = match lmc_grammar::parse_file(&source.text, id) {
+            Ok(f) => f,
+            Err(d) => {
+                print_diagnostics(&[d], &sources);
+                return Err(Failure::Reported);
+            }
+        };
+        let formatted = lmc_grammar::format_file(&file, source);
+        if formatted != source.text {
+            if check_only {
+                unformatted.push(path.display().to_string());
+            } else {
+                std::fs::write(path, formatted).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+            }
+        }
+    }
+    if unformatted.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Message(format!(
+            "not formatted (run `lmc fmt` on them): {}",
+            unformatted.join(", ")
+        )))
+    }
+}
+
 /// `lmc emit --stage S FILE[:MODEL]`.
 pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure> {
     if let Stage::Ast = stage {
         let (path, _) = crate::source::split_model_ref(spec);
-        let source = read_source(&path)?;
-        let file = lmc_grammar::parse_file(&source.text).map_err(|d| {
-            print_diagnostics(&[d], &source);
-            Failure::Reported
-        })?;
-        print!("{}", lmc_grammar::print_ast(&file, &source));
+        let program = load_program(&path)?;
+        let module = &program.modules[0];
+        print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
         return Ok(());
     }
-    let (_, graph) = load_model(spec, &overrides(config, None)?)?;
+    let graph = load_model(spec, &overrides(config, None)?)?;
     match stage {
         Stage::Ast => unreachable!(),
         Stage::Ir => print!("{}", graph.print()),
@@ -99,7 +127,7 @@ pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
 pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Failure> {
-    let (_, graph) = load_model(spec, &overrides(config, None)?)?;
+    let graph = load_model(spec, &overrides(config, None)?)?;
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
@@ -117,7 +145,7 @@ pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Op
         Some(lib) => lmc_runtime::Module::open_library(lib)?,
         None => {
             let checkpoint_dir = weights.is_dir().then_some(weights);
-            let (_, graph) = load_model(spec, &overrides(config, checkpoint_dir)?)?;
+            let graph = load_model(spec, &overrides(config, checkpoint_dir)?)?;
             let started = std::time::Instant::now();
             let jit = std::sync::Arc::new(lmc_codegen::jit(&graph)?);
             eprintln!("compiled {} in {:.0} ms", graph.model, started.elapsed().as_secs_f64() * 1e3);

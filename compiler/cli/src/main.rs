@@ -37,6 +37,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
     },
+    /// Rewrite model files in the canonical layout (comments kept).
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print one stage of the pipeline for a model.
     Emit {
         #[arg(long, value_enum)]
@@ -102,6 +110,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { files, message_format } => commands::check(&files, message_format),
+        Command::Fmt { files, check } => commands::fmt(&files, check),
         Command::Emit { stage, model, config } => commands::emit(stage, &model, &config),
         Command::Compile { model, output, config } => commands::compile(&model, &output, &config),
         Command::Run {

@@ -1,10 +1,10 @@
-//! Loading a model for a command: `FILE[:MODEL]`, reading and parsing the file, applying config
-//! overrides, and checking it. Diagnostics are printed here, once.
+//! Loading a model for a command: `FILE[:MODEL]`, reading the file and its imports, applying
+//! config overrides, and checking it. Diagnostics are printed here, once.
 
 use crate::commands::Failure;
 use crate::ConfigArgs;
-use lmc_core::{CheckError, ConfigOverrides};
-use lmc_grammar::{Diagnostic, SourceFile};
+use lmc_core::{CheckError, ConfigOverrides, LoadFailure, Program};
+use lmc_grammar::{Diagnostic, SourceMap};
 use std::path::{Path, PathBuf};
 
 /// `models/bert.model:BertEmbeddings` → (`models/bert.model`, Some(`BertEmbeddings`)).
@@ -15,20 +15,23 @@ pub fn split_model_ref(spec: &str) -> (PathBuf, Option<String>) {
     }
 }
 
-/// Reads a source file; a missing or non-UTF-8 file is an error naming it.
-pub fn read_source(path: &Path) -> Result<SourceFile, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        Failure::Message(format!("{}: not valid UTF-8 (first bad byte at offset {offset})", path.display()))
-    })?;
-    Ok(SourceFile::new(path.display().to_string(), text))
+pub fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap) {
+    for d in diags {
+        eprint!("{}", d.render(sources));
+        eprintln!();
+    }
 }
 
-pub fn print_diagnostics(diags: &[Diagnostic], source: &SourceFile) {
-    for d in diags {
-        eprint!("{}", d.render(source));
-        eprintln!();
+/// Loads a file and its imports; prints what is wrong with them.
+pub fn load_program(path: &Path) -> Result<Program, Failure> {
+    lmc_core::load_file(path).map_err(report_load_failure)
+}
+
+pub fn report_load_failure(f: LoadFailure) -> Failure {
+    print_diagnostics(&f.diagnostics, &f.sources);
+    match f.io.into_iter().next() {
+        Some(m) => Failure::Message(m),
+        None => Failure::Reported,
     }
 }
 
@@ -58,21 +61,17 @@ pub fn overrides(args: &ConfigArgs, checkpoint_dir: Option<&Path>) -> Result<Con
     Ok(o)
 }
 
-/// Parses the file and checks the selected model; prints diagnostics (and warnings).
-pub fn load_model(spec: &str, overrides: &ConfigOverrides) -> Result<(SourceFile, lmc_core::ir::Graph), Failure> {
+/// Loads the file and checks the selected model or variant; prints diagnostics (and warnings).
+pub fn load_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
     let (path, name) = split_model_ref(spec);
-    let source = read_source(&path)?;
-    let file = lmc_grammar::parse_file(&source.text).map_err(|d| {
-        print_diagnostics(&[d], &source);
-        Failure::Reported
-    })?;
-    match lmc_core::check_model(&file, &source, name.as_deref(), overrides) {
+    let program = load_program(&path)?;
+    match lmc_core::check_model(&program, name.as_deref(), overrides) {
         Ok(checked) => {
-            print_diagnostics(&checked.warnings, &source);
-            Ok((source, checked.graph))
+            print_diagnostics(&checked.warnings, &program.sources);
+            Ok(checked.graph)
         }
         Err(CheckError::Diagnostics(d)) => {
-            print_diagnostics(&d, &source);
+            print_diagnostics(&d, &program.sources);
             Err(Failure::Reported)
         }
         Err(CheckError::Selection(m)) => Err(Failure::Message(m)),

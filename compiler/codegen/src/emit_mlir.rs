@@ -84,7 +84,8 @@ fn parallel(rank: usize) -> String {
 
 impl Emitter<'_> {
     fn loc(&self, l: Loc) -> String {
-        format!("loc(\"{}\":{}:{})", self.g.file, l.line, l.col)
+        let file = self.g.files.get(l.file as usize).map_or("?", String::as_str);
+        format!("loc(\"{}\":{}:{})", file, l.line, l.col)
     }
 
     fn fresh(&mut self) -> String {
@@ -160,7 +161,7 @@ impl Emitter<'_> {
             ));
         }
         let mut out = String::new();
-        let _ = writeln!(out, "// {} from {}", g.model, g.file);
+        let _ = writeln!(out, "// {} from {}", g.model, g.files.first().map_or("?", String::as_str));
         let _ = writeln!(out, "module {{");
         let _ = writeln!(
             out,
@@ -211,6 +212,9 @@ impl Emitter<'_> {
                     BinaryOp::Sub => "arith.subf",
                     BinaryOp::Mul => "arith.mulf",
                     BinaryOp::Div => "arith.divf",
+                    BinaryOp::Max => "arith.maximumf",
+                    BinaryOp::Min => "arith.minimumf",
+                    BinaryOp::Pow => "math.powf",
                 };
                 self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| {
                     vec![format!("{res} = {name} {}, {} : f32", args[0], args[1])]
@@ -221,6 +225,12 @@ impl Emitter<'_> {
                 self.emit_elementwise(id, &[*x], &loc, &move |args, res, tmp| unary_body(op, &args[0], res, tmp));
             }
             Op::Reduce { op, x, axis, keepdim } => self.emit_reduce(id, *op, *x, *axis, *keepdim, &loc),
+            Op::ToFloat { x } => {
+                let from = elem(g.ty(*x).dtype);
+                self.emit_elementwise(id, &[*x], &loc, &move |args, res, _| {
+                    vec![format!("{res} = arith.sitofp {} : {from} to f32", args[0])]
+                });
+            }
             Op::Transpose { x } => {
                 let e = self.empty(ty);
                 let r = ty.rank();
@@ -508,10 +518,38 @@ impl Emitter<'_> {
 
 /// The body of an elementwise unary op on `x`, defining `res`; temporaries are named `{tmp}N`.
 fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
+    let simple = |name: &str| vec![format!("{res} = {name} {x} : f32")];
     match op {
-        UnaryOp::Neg => vec![format!("{res} = arith.negf {x} : f32")],
-        UnaryOp::Sqrt => vec![format!("{res} = math.sqrt {x} : f32")],
-        UnaryOp::Exp => vec![format!("{res} = math.exp {x} : f32")],
+        UnaryOp::Neg => simple("arith.negf"),
+        UnaryOp::Sqrt => simple("math.sqrt"),
+        UnaryOp::Rsqrt => simple("math.rsqrt"),
+        UnaryOp::Exp => simple("math.exp"),
+        UnaryOp::Log => simple("math.log"),
+        UnaryOp::Abs => simple("math.absf"),
+        UnaryOp::Tanh => simple("math.tanh"),
+        UnaryOp::Erf => simple("math.erf"),
+        UnaryOp::Sin => simple("math.sin"),
+        UnaryOp::Cos => simple("math.cos"),
+        // 1 / (1 + exp(-x))
+        UnaryOp::Sigmoid => vec![
+            format!("{tmp}0 = arith.negf {x} : f32"),
+            format!("{tmp}1 = math.exp {tmp}0 : f32"),
+            format!("{tmp}2 = arith.constant 1.0 : f32"),
+            format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
+            format!("{res} = arith.divf {tmp}2, {tmp}3 : f32"),
+        ],
+        UnaryOp::Relu => vec![
+            format!("{tmp}0 = arith.constant 0.0 : f32"),
+            format!("{res} = arith.maximumf {x}, {tmp}0 : f32"),
+        ],
+        // x / (1 + exp(-x))
+        UnaryOp::Silu => vec![
+            format!("{tmp}0 = arith.negf {x} : f32"),
+            format!("{tmp}1 = math.exp {tmp}0 : f32"),
+            format!("{tmp}2 = arith.constant 1.0 : f32"),
+            format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
+            format!("{res} = arith.divf {x}, {tmp}3 : f32"),
+        ],
         // x * 0.5 * (1 + erf(x / sqrt(2)))
         UnaryOp::Gelu => vec![
             format!("{tmp}0 = arith.constant 0.70710678118654752 : f32"),

@@ -1,18 +1,24 @@
-//! AST → checked IR. Resolves names, evaluates the config, infers element types and symbolic
-//! shapes, and reports every problem as a [`Diagnostic`] pointing at the source.
+//! Program → checked IR. Selects a model or variant, evaluates its config, instantiates its
+//! blocks (parameters get their checkpoint paths, `if` members are decided, arrays of layers are
+//! expanded), then runs the model's forward function symbolically: block calls are inlined and
+//! loops unrolled, so the IR is one flat graph. Element types and symbolic shapes are inferred
+//! and checked on the way, and every problem becomes a [`Diagnostic`] at its source span.
 
-use crate::config::{eval_const, evaluate_config, ConfigOverrides};
+use crate::config::{evaluate_config, ConfigOverrides};
 use crate::ir::*;
+use crate::program::{ItemRef, Program};
 use crate::suggest::did_you_mean;
+use crate::value::{self, ConfigRecord, CtValue};
 use lmc_abi::{Bound, DType};
-use lmc_grammar::ast::{self, CallArg, Expr, ExprKind, Item, Stmt};
-use lmc_grammar::{Diagnostic, SourceFile, Span};
+use lmc_grammar::ast::{self, CallArg, DimExpr, Expr, ExprKind, Item, Member, Stmt};
+use lmc_grammar::{Diagnostic, Span};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 /// Why a model could not be checked.
 #[derive(Debug)]
 pub enum CheckError {
-    /// Problems in the source, with spans.
+    /// Problems in the sources, with spans.
     Diagnostics(Vec<Diagnostic>),
     /// A request that names nothing in the file (`FILE:NAME` with an unknown NAME).
     Selection(String),
@@ -25,133 +31,169 @@ pub struct Checked {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// The names of the models a file defines, in order.
-pub fn model_names(file: &ast::File) -> Vec<String> {
-    file.items
+/// Instances may nest this deep (a guard against runaway instantiation).
+const MAX_DEPTH: usize = 64;
+/// At most this many block instances in one model.
+const MAX_INSTANCES: usize = 100_000;
+/// At most this many IR nodes in one model.
+const MAX_NODES: usize = 2_000_000;
+
+/// The models and variants the user's file defines, in order.
+pub fn model_names(p: &Program) -> Vec<String> {
+    p.modules[0]
+        .ast
+        .items
         .iter()
         .filter_map(|i| match i {
             Item::Model(m) => Some(m.name.name.clone()),
+            Item::Variant(v) => Some(v.name.name.clone()),
             _ => None,
         })
         .collect()
 }
 
-/// Checks one model of a file (the only one when `model` is `None`) with the given config
-/// overrides, and builds its IR graph.
-pub fn check_model(file: &ast::File, source: &SourceFile, model: Option<&str>, overrides: &ConfigOverrides) -> Result<Checked, CheckError> {
-    let diags = file_level_errors(file);
-    if !diags.is_empty() {
-        return Err(CheckError::Diagnostics(diags));
-    }
-    let models: Vec<&ast::ModelDecl> = file
-        .items
-        .iter()
-        .filter_map(|i| match i {
-            Item::Model(m) => Some(m),
-            _ => None,
-        })
-        .collect();
-    let names: Vec<&str> = models.iter().map(|m| m.name.name.as_str()).collect();
-    let decl = match model {
-        Some(name) => models.iter().find(|m| m.name.name == name).copied().ok_or_else(|| {
-            let hint = match did_you_mean(name, names.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!(
-                    "it defines: {}",
-                    if names.is_empty() {
-                        "no models".to_string()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            };
-            CheckError::Selection(format!("{} defines no model `{name}`; {hint}", source.name))
-        })?,
-        None => match models.as_slice() {
-            [only] => *only,
-            [] => return Err(CheckError::Selection(format!("{} defines no model", source.name))),
+/// Checks one model or variant of the user's file (the only one when `model` is `None`) with
+/// the given config overrides, and builds its IR graph.
+pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides) -> Result<Checked, CheckError> {
+    let names = model_names(p);
+    let file = &p.sources.get(p.modules[0].file).name;
+    let name = match model {
+        Some(n) => n.to_string(),
+        None => match names.as_slice() {
+            [only] => only.clone(),
+            [] => return Err(CheckError::Selection(format!("{file} defines no model"))),
             _ => {
-                return Err(CheckError::Selection(format!(
-                    "{} defines several models ({}); choose one with {}:NAME",
-                    source.name,
-                    names.join(", "),
-                    source.name
-                )))
+                let models: Vec<&str> = p.modules[0]
+                    .ast
+                    .items
+                    .iter()
+                    .filter_map(|i| if let Item::Model(m) = i { Some(m.name.name.as_str()) } else { None })
+                    .collect();
+                if let [only] = models.as_slice() {
+                    only.to_string()
+                } else {
+                    return Err(CheckError::Selection(format!(
+                        "{file} defines several models and variants ({}); choose one with {file}:NAME",
+                        names.join(", ")
+                    )));
+                }
             }
         },
     };
-    let config_decl = file
-        .items
-        .iter()
-        .find_map(|i| match i {
-            Item::Config(c) if c.name.name == decl.config_type.name => Some(c),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            let configs: Vec<&str> = file
-                .items
-                .iter()
-                .filter_map(|i| match i {
-                    Item::Config(c) => Some(c.name.name.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let d = Diagnostic::error(
-                "E0100",
-                format!("unknown config `{}`", decl.config_type.name),
-                decl.config_type.span,
-                "no config of this name in the file",
-            );
-            CheckError::Diagnostics(vec![match did_you_mean(&decl.config_type.name, configs.iter().copied()) {
+    let Some(item) = p
+        .lookup(0, &name)
+        .filter(|r| matches!(p.item(*r), Item::Model(_) | Item::Variant(_)))
+    else {
+        let hint = match did_you_mean(&name, names.iter().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!(
+                "it defines: {}",
+                if names.is_empty() {
+                    "no models".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        };
+        return Err(CheckError::Selection(format!(
+            "{file} defines no model or variant `{name}`; {hint}"
+        )));
+    };
+    let (model_ref, variant_overrides) = resolve_variant(p, item).map_err(|d| CheckError::Diagnostics(vec![d]))?;
+    let Item::Model(decl) = p.item(model_ref) else {
+        unreachable!("resolve_variant returns a model")
+    };
+    let config_ref = p
+        .lookup(model_ref.module, &decl.config_type.name)
+        .filter(|r| matches!(p.item(*r), Item::Config(_)));
+    let Some(config_ref) = config_ref else {
+        let d = Diagnostic::error(
+            "E0100",
+            format!("unknown config `{}`", decl.config_type.name),
+            decl.config_type.span,
+            "no config of this name in scope",
+        );
+        let configs: Vec<&str> = p
+            .names(model_ref.module)
+            .into_iter()
+            .filter(|n| p.lookup(model_ref.module, n).is_some_and(|r| matches!(p.item(r), Item::Config(_))))
+            .collect();
+        return Err(CheckError::Diagnostics(vec![
+            match did_you_mean(&decl.config_type.name, configs.iter().copied()) {
                 Some(s) => d.with_help(format!("did you mean `{s}`?")),
                 None => d.with_help("declare it with `config Name { key = value }`"),
-            }])
-        })?;
-    let config = evaluate_config(config_decl, overrides).map_err(CheckError::Diagnostics)?;
-    let mut checker = Checker {
-        source,
-        decl,
-        config,
-        graph: None,
-        spans: Vec::new(),
-        errors: Vec::new(),
-        used_params: Vec::new(),
-        param_nodes: HashMap::new(),
+            },
+        ]));
     };
-    let graph = checker.run();
-    match graph {
-        Some(graph) if checker.errors.is_empty() => {
-            debug_assert_eq!(graph.verify(), Ok(()));
-            let warnings = checker.unused_param_warnings(&graph);
-            Ok(Checked { graph, warnings })
+    let Item::Config(config_decl) = p.item(config_ref) else {
+        unreachable!()
+    };
+    let config = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
+
+    let mut e = Elab::new(p, &name);
+    e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
+    let root = e.instantiate_model(model_ref, decl, Rc::new(config));
+    if e.errors.is_empty() {
+        if let Some(root) = root {
+            e.run_model(root);
         }
-        _ => Err(CheckError::Diagnostics(checker.errors)),
     }
+    if !e.errors.is_empty() {
+        return Err(CheckError::Diagnostics(e.errors));
+    }
+    debug_assert_eq!(e.graph.verify(), Ok(()));
+    let warnings = e.unused_param_warnings();
+    Ok(Checked { graph: e.graph, warnings })
 }
 
-/// Duplicate item names.
-fn file_level_errors(file: &ast::File) -> Vec<Diagnostic> {
-    let mut seen: HashMap<(&str, bool), Span> = HashMap::new();
-    let mut errors = Vec::new();
-    for item in &file.items {
-        let (name, is_model) = match item {
-            Item::Config(c) => (&c.name, false),
-            Item::Model(m) => (&m.name, true),
-        };
-        if let Some(first) = seen.insert((name.name.as_str(), is_model), name.span) {
-            let kind = if is_model { "model" } else { "config" };
-            errors.push(
-                Diagnostic::error(
-                    "E0101",
-                    format!("{kind} `{}` is defined twice", name.name),
-                    name.span,
-                    "defined again here",
-                )
-                .with_secondary(first, "first defined here"),
-            );
+/// Follows a variant to its model, collecting overrides base first.
+fn resolve_variant(p: &Program, mut item: ItemRef) -> Result<(ItemRef, Vec<(ast::Ident, Expr)>), Diagnostic> {
+    let mut chain: Vec<&ast::VariantDecl> = Vec::new();
+    loop {
+        match p.item(item) {
+            Item::Model(_) => break,
+            Item::Variant(v) => {
+                if chain.iter().any(|c| c.name.name == v.name.name) || chain.len() > MAX_DEPTH {
+                    let path: Vec<&str> = chain.iter().map(|c| c.name.name.as_str()).collect();
+                    return Err(Diagnostic::error(
+                        "E0106",
+                        format!("variant `{}` is defined in terms of itself", v.name.name),
+                        v.base.span,
+                        format!("{} → {}", path.join(" → "), v.name.name),
+                    ));
+                }
+                chain.push(v);
+                let next = p
+                    .lookup(item.module, &v.base.name)
+                    .filter(|r| matches!(p.item(*r), Item::Model(_) | Item::Variant(_)));
+                item = next.ok_or_else(|| {
+                    let d = Diagnostic::error(
+                        "E0100",
+                        format!("unknown model `{}`", v.base.name),
+                        v.base.span,
+                        "a variant is based on a model or another variant",
+                    );
+                    match did_you_mean(&v.base.name, p.names(item.module)) {
+                        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                        None => d,
+                    }
+                })?;
+            }
+            _ => unreachable!("only models and variants are selected"),
         }
     }
-    errors
+    let overrides = chain.iter().rev().flat_map(|v| v.overrides.iter().cloned()).collect();
+    Ok((item, overrides))
+}
+
+fn config_value(v: &CtValue) -> ConfigValue {
+    match v {
+        CtValue::Int(i) => ConfigValue::Int(*i),
+        CtValue::Float(f) => ConfigValue::Float(*f),
+        CtValue::Bool(b) => ConfigValue::Bool(*b),
+        CtValue::Str(s) | CtValue::Enum { value: s, .. } => ConfigValue::Text(s.clone()),
+        CtValue::Config(c) => ConfigValue::Text(format!("config {}", c.name)),
+    }
 }
 
 /// The types the typing rules give an op, or `None` for ops whose type is declared (params,
@@ -169,6 +211,7 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
         }
         Op::Binary { lhs, rhs, .. } => TensorType::new(DType::F32, broadcast(&g.ty(*lhs).dims, &g.ty(*rhs).dims).ok()?),
         Op::Unary { x, .. } => g.ty(*x).clone(),
+        Op::ToFloat { x } => TensorType::new(DType::F32, g.ty(*x).dims.clone()),
         Op::Reduce { x, axis, keepdim, .. } => {
             let mut dims = g.ty(*x).dims.clone();
             if *axis >= dims.len() {
@@ -221,13 +264,71 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, (Dim, Dim)> {
     Ok(out)
 }
 
-/// What a name in a forward body refers to.
-#[derive(Clone, Copy)]
+/// A child of an instance: one block instance, or an array of them.
+#[derive(Debug, Clone)]
+enum Child {
+    One(usize),
+    Array(Vec<usize>),
+}
+
+/// A declared parameter of an instance.
+#[derive(Debug)]
+struct ParamSlot {
+    /// Local dotted path (`word_embeddings.weight`).
+    local: Vec<String>,
+    ty: TensorType,
+    span: Span,
+    /// The graph parameter, once the forward reads it.
+    used: Option<ValueId>,
+}
+
+/// A block (or the model) instantiated at a checkpoint path with its compile-time arguments.
+#[derive(Debug)]
+struct Instance<'p> {
+    /// The module whose names the block's body sees.
+    module: usize,
+    /// The block's name, for messages.
+    block: String,
+    /// Full checkpoint path prefix (`encoder.layer.3.attention`).
+    path: Vec<String>,
+    /// Compile-time bindings: block arguments, or the model's config binding.
+    env: Vec<(String, CtValue)>,
+    params: Vec<ParamSlot>,
+    children: Vec<(Vec<String>, Child, Span)>,
+    forward: Option<&'p ast::ForwardDecl>,
+    decl_span: Span,
+    parent: Option<usize>,
+}
+
+/// What a name in a forward body stands for.
+#[derive(Debug, Clone)]
 enum Binding {
     Value(ValueId),
-    Symbol(SymbolId),
+    Tuple(Vec<ValueId>),
+    Const(CtValue),
+    /// A dimension: a model symbol, or a block signature's name for a caller's dimension.
+    Dim(Dim),
+    Instance(usize),
+    Array(Vec<usize>),
     /// A name whose definition failed to check; uses of it are not reported again.
     Poisoned,
+}
+
+/// What an expression evaluates to.
+#[derive(Debug, Clone)]
+enum Val {
+    Tensor(ValueId),
+    Tuple(Vec<ValueId>),
+    Const(CtValue),
+    Dim(Dim),
+    Instance(usize),
+    Array(Vec<usize>),
+}
+
+/// A local scope while running a forward body.
+struct Frame {
+    inst: usize,
+    locals: HashMap<String, Binding>,
 }
 
 /// The code of an error already reported elsewhere; never shown.
@@ -238,256 +339,533 @@ fn poisoned() -> Diagnostic {
     Diagnostic::error(POISONED, "", Span::default(), "")
 }
 
-struct Checker<'a> {
-    source: &'a SourceFile,
-    decl: &'a ast::ModelDecl,
-    config: Vec<(String, ConfigValue)>,
-    graph: Option<Graph>,
+struct Elab<'p> {
+    p: &'p Program,
+    graph: Graph,
+    instances: Vec<Instance<'p>>,
+    errors: Vec<Diagnostic>,
     /// Source span of each node, for secondary labels.
     spans: Vec<Span>,
-    errors: Vec<Diagnostic>,
-    used_params: Vec<bool>,
-    /// The node of each parameter already referenced: a parameter is read once per graph.
-    param_nodes: HashMap<usize, ValueId>,
+    call_depth: usize,
+    /// The instance whose members are being instantiated.
+    current_parent: Option<usize>,
 }
 
-impl<'a> Checker<'a> {
-    fn g(&mut self) -> &mut Graph {
-        self.graph.as_mut().expect("graph is built before statements are checked")
-    }
-
-    fn config_lookup(&self, dotted: &str) -> Option<ConfigValue> {
-        let binding = &self.decl.config_binding.name;
-        let field = dotted.strip_prefix(binding.as_str())?.strip_prefix('.')?;
-        self.config.iter().find(|(n, _)| n == field).map(|(_, v)| *v)
-    }
-
-    /// Evaluates a compile-time expression in the model's scope (`c.hidden_size / 12`).
-    fn eval(&self, e: &Expr) -> Result<ConfigValue, Diagnostic> {
-        eval_const(e, &|name| self.config_lookup(name)).map_err(|d| self.explain_unknown(d, e))
-    }
-
-    /// Adds a "did you mean" to unknown-name errors about config fields.
-    fn explain_unknown(&self, d: Diagnostic, _e: &Expr) -> Diagnostic {
-        if d.code != "E0100" {
-            return d;
+impl<'p> Elab<'p> {
+    fn new(p: &'p Program, model: &str) -> Self {
+        let files = (0..).map_while(|i| p.sources.try_get(i).map(|f| f.name.clone())).collect();
+        Elab {
+            p,
+            graph: Graph {
+                model: model.to_string(),
+                files,
+                config: Vec::new(),
+                symbols: Vec::new(),
+                params: Vec::new(),
+                inputs: Vec::new(),
+                nodes: Vec::new(),
+                outputs: Vec::new(),
+            },
+            instances: Vec::new(),
+            errors: Vec::new(),
+            spans: Vec::new(),
+            call_depth: 0,
+            current_parent: None,
         }
-        let src = &self.source.text[d.primary.span.start..d.primary.span.end];
-        let binding = &self.decl.config_binding.name;
-        if let Some(field) = src.strip_prefix(binding.as_str()).and_then(|s| s.strip_prefix('.')) {
-            let names: Vec<&str> = self.config.iter().map(|(n, _)| n.as_str()).collect();
-            let d = Diagnostic::error(
-                "E0100",
-                format!("config `{}` has no field `{field}`", self.decl.config_type.name),
-                d.primary.span,
-                "unknown config field",
-            );
-            return match did_you_mean(field, names.iter().copied()) {
-                Some(s) => d.with_help(format!("did you mean `{binding}.{s}`?")),
-                None => d.with_help(format!("its fields are: {}", names.join(", "))),
-            };
-        }
-        d
     }
 
-    fn static_dim(&self, e: &Expr) -> Result<i64, Diagnostic> {
-        match self.eval(e)? {
-            ConfigValue::Int(n) if n > 0 => Ok(n),
+    // ----- instantiation ---------------------------------------------------------------------
+
+    fn instantiate_model(&mut self, r: ItemRef, decl: &'p ast::ModelDecl, config: Rc<ConfigRecord>) -> Option<usize> {
+        let env = vec![(decl.config_binding.name.clone(), CtValue::Config(config))];
+        self.instantiate(
+            r.module,
+            &decl.name.name,
+            &decl.members,
+            env,
+            Vec::new(),
+            decl.name.span,
+            &mut Vec::new(),
+        )
+    }
+
+    /// Evaluates a compile-time expression with an instance environment.
+    fn eval_in(&self, env: &[(String, CtValue)], e: &Expr, hint: Option<&Rc<Vec<String>>>) -> Result<CtValue, Diagnostic> {
+        let lookup = |p: &ast::Path| ct_lookup(env, p);
+        value::eval(e, &lookup, hint).map_err(|d| explain_unknown(d, env))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn instantiate(
+        &mut self,
+        module: usize,
+        block: &str,
+        members: &'p [Member],
+        env: Vec<(String, CtValue)>,
+        path: Vec<String>,
+        decl_span: Span,
+        stack: &mut Vec<String>,
+    ) -> Option<usize> {
+        if self.instances.len() >= MAX_INSTANCES {
+            self.errors.push(Diagnostic::error(
+                "E0206",
+                format!("the model instantiates more than {MAX_INSTANCES} blocks"),
+                decl_span,
+                "while instantiating this",
+            ));
+            return None;
+        }
+        let id = self.instances.len();
+        self.instances.push(Instance {
+            module,
+            block: block.to_string(),
+            path,
+            env,
+            params: Vec::new(),
+            children: Vec::new(),
+            forward: None,
+            decl_span,
+            parent: self.current_parent,
+        });
+        let saved = self.current_parent.replace(id);
+        stack.push(block.to_string());
+        self.members(id, members, stack);
+        stack.pop();
+        self.current_parent = saved;
+        Some(id)
+    }
+
+    fn members(&mut self, id: usize, members: &'p [Member], stack: &mut Vec<String>) {
+        for m in members {
+            match m {
+                Member::Param { path, ty, .. } => {
+                    let local: Vec<String> = path.segments.iter().map(|s| s.name.clone()).collect();
+                    if let Some(first) = self.declared(id, &local) {
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0101",
+                                format!("`{}` is declared twice in `{}`", path.dotted(), self.instances[id].block),
+                                path.span,
+                                "declared again here",
+                            )
+                            .with_secondary(first, "first declared here"),
+                        );
+                        continue;
+                    }
+                    let mut dims = Vec::new();
+                    let mut ok = true;
+                    for d in &ty.dims {
+                        match d {
+                            DimExpr::Ellipsis(s) => {
+                                self.errors.push(Diagnostic::error(
+                                    "E0206",
+                                    "a parameter's shape is fixed",
+                                    *s,
+                                    "`...` is only for forward signatures",
+                                ));
+                                ok = false;
+                            }
+                            DimExpr::Expr(e) => match self.static_dim(id, e) {
+                                Ok(n) => dims.push(Dim::Static(n)),
+                                Err(d) => {
+                                    self.errors.push(d);
+                                    ok = false;
+                                }
+                            },
+                        }
+                    }
+                    if ok {
+                        self.instances[id].params.push(ParamSlot {
+                            local,
+                            ty: TensorType::new(abi_dtype(ty.dtype), dims),
+                            span: path.span,
+                            used: None,
+                        });
+                    }
+                }
+                Member::Instance {
+                    path,
+                    count,
+                    block,
+                    args,
+                    span,
+                } => self.instance_member(id, path, count.as_ref(), block, args, *span, stack),
+                Member::If { cond, then, otherwise, .. } => {
+                    let env = self.instances[id].env.clone();
+                    let lookup = |p: &ast::Path| ct_lookup(&env, p);
+                    match value::condition(cond, &lookup) {
+                        Ok(true) => self.members(id, then, stack),
+                        Ok(false) => self.members(id, otherwise, stack),
+                        Err(d) => self.errors.push(explain_unknown(d, &env)),
+                    }
+                }
+                Member::Forward(f) => {
+                    if self.instances[id].forward.is_some() {
+                        self.errors.push(Diagnostic::error(
+                            "E0101",
+                            "a block has exactly one forward function",
+                            f.span,
+                            "second forward here",
+                        ));
+                    } else {
+                        self.instances[id].forward = Some(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a member of this local path was already declared, if it was.
+    fn declared(&self, id: usize, local: &[String]) -> Option<Span> {
+        let inst = &self.instances[id];
+        inst.params
+            .iter()
+            .find(|q| q.local == local)
+            .map(|q| q.span)
+            .or_else(|| inst.children.iter().find(|(c, ..)| c == local).map(|(.., s)| *s))
+    }
+
+    fn static_dim(&self, id: usize, e: &Expr) -> Result<i64, Diagnostic> {
+        match self.eval_in(&self.instances[id].env, e, None)? {
+            CtValue::Int(n) if n > 0 => Ok(n),
             v => Err(Diagnostic::error("E0206", "invalid dimension", e.span, format!("this is {v}"))
                 .with_help("a dimension must be a positive integer")),
         }
     }
 
-    fn loc(&self, span: Span) -> Loc {
-        let (line, col) = self.source.line_col(span.start);
-        Loc { line, col }
+    #[allow(clippy::too_many_arguments)]
+    fn instance_member(
+        &mut self,
+        id: usize,
+        path: &ast::Path,
+        count: Option<&Expr>,
+        block: &ast::Path,
+        args: &[CallArg],
+        span: Span,
+        stack: &mut Vec<String>,
+    ) {
+        let local: Vec<String> = path.segments.iter().map(|s| s.name.clone()).collect();
+        if let Some(first) = self.declared(id, &local) {
+            self.errors.push(
+                Diagnostic::error(
+                    "E0101",
+                    format!("`{}` is declared twice in `{}`", path.dotted(), self.instances[id].block),
+                    path.span,
+                    "declared again here",
+                )
+                .with_secondary(first, "first declared here"),
+            );
+            return;
+        }
+        let module = self.instances[id].module;
+        let block_name = block.dotted();
+        let target = self.p.lookup(module, &block_name);
+        let Some(Item::Block(decl)) = target.map(|r| self.p.item(r)) else {
+            let blocks: Vec<&str> = self
+                .p
+                .names(module)
+                .into_iter()
+                .filter(|n| self.p.lookup(module, n).is_some_and(|r| matches!(self.p.item(r), Item::Block(_))))
+                .collect();
+            let d = Diagnostic::error("E0100", format!("unknown block `{block_name}`"), block.span, "not a block in scope");
+            self.errors.push(match did_you_mean(&block_name, blocks.iter().copied()) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help("define it with `block Name(...) { ... }`, or import it: `use std.{Linear}`"),
+            });
+            return;
+        };
+        let target = target.unwrap();
+        if stack.contains(&decl.name.name) {
+            self.errors.push(
+                Diagnostic::error(
+                    "E0106",
+                    format!("block `{}` contains itself", decl.name.name),
+                    block.span,
+                    format!("{} → {}", stack.join(" → "), decl.name.name),
+                )
+                .with_help("a block cannot be instantiated inside itself, directly or through others"),
+            );
+            return;
+        }
+        if stack.len() >= MAX_DEPTH {
+            self.errors.push(Diagnostic::error(
+                "E0106",
+                format!("blocks nested more than {MAX_DEPTH} deep"),
+                block.span,
+                "while instantiating this",
+            ));
+            return;
+        }
+        let env = match self.bind_block_args(id, decl, args, span) {
+            Some(env) => env,
+            None => return,
+        };
+        let mut base = self.instances[id].path.clone();
+        base.extend(local.iter().cloned());
+        let child = match count {
+            None => match self.instantiate(target.module, &decl.name.name, &decl.members, env, base, span, stack) {
+                Some(c) => Child::One(c),
+                None => return,
+            },
+            Some(count) => {
+                let n = match self.eval_in(&self.instances[id].env, count, None) {
+                    Ok(CtValue::Int(n)) if (0..=10_000).contains(&n) => n as usize,
+                    Ok(v) => {
+                        self.errors.push(
+                            Diagnostic::error("E0206", "invalid instance count", count.span, format!("this is {v}"))
+                                .with_help("an array of blocks has 0 to 10000 elements"),
+                        );
+                        return;
+                    }
+                    Err(d) => {
+                        self.errors.push(d);
+                        return;
+                    }
+                };
+                let mut ids = Vec::with_capacity(n);
+                for i in 0..n {
+                    let mut p = base.clone();
+                    p.push(i.to_string());
+                    match self.instantiate(target.module, &decl.name.name, &decl.members, env.clone(), p, span, stack) {
+                        Some(c) => ids.push(c),
+                        None => return,
+                    }
+                }
+                Child::Array(ids)
+            }
+        };
+        self.instances[id].children.push((local, child, path.span));
     }
 
-    fn run(&mut self) -> Option<Graph> {
-        let decl = self.decl;
-        let mut params = Vec::new();
-        let mut param_spans: HashMap<String, Span> = HashMap::new();
-        for p in &decl.params {
-            let name = p.path.dotted();
-            if let Some(first) = param_spans.insert(name.clone(), p.path.span) {
-                self.errors.push(
-                    Diagnostic::error(
-                        "E0101",
-                        format!("parameter `{name}` is declared twice"),
-                        p.path.span,
-                        "declared again here",
-                    )
-                    .with_secondary(first, "first declared here"),
-                );
-                continue;
-            }
-            let mut dims = Vec::new();
-            for d in &p.ty.dims {
-                match self.static_dim(d) {
-                    Ok(n) => dims.push(Dim::Static(n)),
-                    Err(e) => self.errors.push(e),
+    /// Binds a block's parameters from constructor arguments evaluated in the parent.
+    fn bind_block_args(&mut self, parent: usize, decl: &'p ast::BlockDecl, args: &[CallArg], span: Span) -> Option<Vec<(String, CtValue)>> {
+        let usage = || {
+            let ps: Vec<String> = decl.params.iter().map(|p| format!("{}: {}", p.name.name, p.ty.name)).collect();
+            format!("`{}({})`", decl.name.name, ps.join(", "))
+        };
+        let mut given: Vec<Option<(CtValue, Span)>> = vec![None; decl.params.len()];
+        let mut positional = 0;
+        for a in args {
+            let slot = match &a.name {
+                None => {
+                    positional += 1;
+                    if positional > decl.params.len() {
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0202",
+                                format!("too many arguments to `{}`", decl.name.name),
+                                a.value.span,
+                                format!("it takes {}", decl.params.len()),
+                            )
+                            .with_help(format!("declared as {}", usage())),
+                        );
+                        return None;
+                    }
+                    positional - 1
                 }
-            }
-            params.push(TensorDecl {
-                name,
-                ty: TensorType::new(abi_dtype(p.ty.dtype), dims),
-                index_bound: None,
-            });
-        }
-        let forward = match decl.forwards.as_slice() {
-            [f] => f,
-            [] => {
-                self.errors.push(
-                    Diagnostic::error(
-                        "E0205",
-                        format!("model `{}` has no forward function", decl.name.name),
-                        decl.name.span,
-                        "declared here",
-                    )
-                    .with_help("add `forward(inputs) -> (outputs) { ... }`"),
-                );
-                return None;
-            }
-            [_, second, ..] => {
+                Some(n) => match decl.params.iter().position(|p| p.name.name == n.name) {
+                    Some(i) => i,
+                    None => {
+                        let d = Diagnostic::error(
+                            "E0202",
+                            format!("`{}` has no parameter `{}`", decl.name.name, n.name),
+                            n.span,
+                            "unknown parameter",
+                        );
+                        self.errors
+                            .push(match did_you_mean(&n.name, decl.params.iter().map(|p| p.name.name.as_str())) {
+                                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                                None => d.with_help(format!("declared as {}", usage())),
+                            });
+                        return None;
+                    }
+                },
+            };
+            if given[slot].is_some() {
                 self.errors.push(Diagnostic::error(
-                    "E0101",
-                    "a model has exactly one forward function",
-                    second.span,
-                    "second forward here",
+                    "E0202",
+                    format!("parameter `{}` is given twice", decl.params[slot].name.name),
+                    a.value.span,
+                    "given again here",
                 ));
                 return None;
             }
-        };
-        self.used_params = vec![false; params.len()];
-        self.graph = Some(Graph {
-            model: decl.name.name.clone(),
-            file: self.source.name.clone(),
-            config: self.config.clone(),
-            symbols: Vec::new(),
-            params,
-            inputs: Vec::new(),
-            nodes: Vec::new(),
-            outputs: Vec::new(),
-        });
+            match self.eval_in(&self.instances[parent].env, &a.value, None) {
+                Ok(v) => given[slot] = Some((v, a.value.span)),
+                Err(d) => {
+                    self.errors.push(d);
+                    return None;
+                }
+            }
+        }
+        let mut env = Vec::new();
+        for (param, g) in decl.params.iter().zip(given) {
+            let (value, vspan) = match (g, &param.default) {
+                (Some(v), _) => v,
+                (None, Some(d)) => match self.eval_in(&env, d, None) {
+                    Ok(v) => (v, d.span),
+                    Err(e) => {
+                        self.errors.push(e);
+                        return None;
+                    }
+                },
+                (None, None) => {
+                    self.errors.push(
+                        Diagnostic::error(
+                            "E0202",
+                            format!("missing argument `{}` of `{}`", param.name.name, decl.name.name),
+                            span,
+                            "in this instance",
+                        )
+                        .with_secondary(param.name.span, "declared here")
+                        .with_help(format!("declared as {}", usage())),
+                    );
+                    return None;
+                }
+            };
+            let value = match (param.ty.name.as_str(), value) {
+                ("int", v @ CtValue::Int(_))
+                | ("float", v @ CtValue::Float(_))
+                | ("bool", v @ CtValue::Bool(_))
+                | ("str", v @ CtValue::Str(_)) => v,
+                ("float", CtValue::Int(i)) => CtValue::Float(i as f64),
+                ("str", CtValue::Enum { value, .. }) => CtValue::Str(value),
+                (ty, CtValue::Config(c)) if c.name == ty => CtValue::Config(c),
+                (ty, v) => {
+                    let expected = match ty {
+                        "int" => "an integer".to_string(),
+                        "float" => "a number".to_string(),
+                        "bool" => "true or false".to_string(),
+                        "str" => "a string".to_string(),
+                        other => format!("config {other}"),
+                    };
+                    self.errors.push(
+                        Diagnostic::error(
+                            "E0202",
+                            format!("argument `{}` of `{}` must be {expected}", param.name.name, decl.name.name),
+                            vspan,
+                            format!("this is {v}"),
+                        )
+                        .with_secondary(param.ty.span, "declared here"),
+                    );
+                    return None;
+                }
+            };
+            env.push((param.name.name.clone(), value));
+        }
+        Some(env)
+    }
 
-        // Inputs: their dims introduce the symbols.
-        let mut scope: HashMap<String, Binding> = HashMap::new();
-        let mut input_spans: HashMap<String, Span> = HashMap::new();
+    // ----- running forward bodies ------------------------------------------------------------
+
+    fn loc(&self, span: Span) -> Loc {
+        let (line, col) = self.p.sources.get(span.file).line_col(span.start);
+        Loc {
+            file: span.file,
+            line,
+            col,
+        }
+    }
+
+    fn push(&mut self, op: Op, ty: TensorType, span: Span) -> Result<ValueId, Diagnostic> {
+        if self.graph.nodes.len() >= MAX_NODES {
+            return Err(Diagnostic::error(
+                "E0206",
+                format!("the model has more than {MAX_NODES} operations"),
+                span,
+                "while adding this",
+            ));
+        }
+        let loc = self.loc(span);
+        let id = ValueId(self.graph.nodes.len() as u32);
+        self.graph.nodes.push(Node { op, ty, loc });
+        self.spans.push(span);
+        Ok(id)
+    }
+
+    fn ty(&self, id: ValueId) -> &TensorType {
+        self.graph.ty(id)
+    }
+
+    fn type_name(&self, id: ValueId) -> String {
+        self.graph.type_name(self.graph.ty(id))
+    }
+
+    fn span_of(&self, id: ValueId) -> Span {
+        self.spans[id.0 as usize]
+    }
+
+    /// Runs the model's forward: inputs become graph inputs and symbols.
+    fn run_model(&mut self, root: usize) {
+        let Some(forward) = self.instances[root].forward else {
+            self.errors.push(
+                Diagnostic::error(
+                    "E0205",
+                    format!("model `{}` has no forward function", self.instances[root].block),
+                    self.instances[root].decl_span,
+                    "declared here",
+                )
+                .with_help("add `forward(inputs) -> (outputs) { ... }`"),
+            );
+            return;
+        };
+        let ast::Outputs::Named(outputs) = &forward.outputs else {
+            let ast::Outputs::Single(t) = &forward.outputs else {
+                unreachable!()
+            };
+            self.errors.push(
+                Diagnostic::error("E0205", "a model's outputs are named", t.span, "unnamed output")
+                    .with_help("write `-> (last_hidden_state: f32[B, T, c.d])`"),
+            );
+            return;
+        };
+        let mut frame = Frame {
+            inst: root,
+            locals: HashMap::new(),
+        };
         for (index, input) in forward.inputs.iter().enumerate() {
-            if let Some(first) = input_spans.insert(input.name.name.clone(), input.name.span) {
-                self.errors.push(
-                    Diagnostic::error(
-                        "E0101",
-                        format!("input `{}` is declared twice", input.name.name),
-                        input.name.span,
-                        "declared again here",
-                    )
-                    .with_secondary(first, "first declared here"),
-                );
+            if frame.locals.contains_key(&input.name.name) {
+                self.errors.push(Diagnostic::error(
+                    "E0101",
+                    format!("input `{}` is declared twice", input.name.name),
+                    input.name.span,
+                    "declared again here",
+                ));
                 continue;
             }
             let mut dims = Vec::new();
             for (axis, d) in input.ty.dims.iter().enumerate() {
-                match self.input_dim(d, index, axis, &mut scope) {
+                match self.model_input_dim(d, index, axis, &mut frame) {
                     Ok(dim) => dims.push(dim),
                     Err(e) => self.errors.push(e),
                 }
             }
             let ty = TensorType::new(abi_dtype(input.ty.dtype), dims);
-            self.g().inputs.push(TensorDecl {
+            self.graph.inputs.push(TensorDecl {
                 name: input.name.name.clone(),
                 ty: ty.clone(),
                 index_bound: None,
             });
-            let id = self.push(Op::Input(index), ty, input.name.span);
-            scope.insert(input.name.name.clone(), Binding::Value(id));
+            match self.push(Op::Input(index), ty, input.name.span) {
+                Ok(id) => {
+                    frame.locals.insert(input.name.name.clone(), Binding::Value(id));
+                }
+                Err(e) => self.errors.push(e),
+            }
         }
         if !self.errors.is_empty() {
-            return None;
+            return;
         }
-
-        // Body.
-        let mut returned = false;
-        for stmt in &forward.body {
-            match stmt {
-                Stmt::Assign { name, value, .. } => {
-                    if returned {
-                        self.errors
-                            .push(Diagnostic::error("E0205", "statement after `return`", name.span, "never runs"));
-                    }
-                    let binding = self.expr(value, &scope).map_or(Binding::Poisoned, Binding::Value);
-                    scope.insert(name.name.clone(), binding);
-                }
-                Stmt::Return { values, span } => {
-                    returned = true;
-                    self.check_return(forward, values, *span, &scope);
-                }
-            }
-        }
-        if !returned {
-            self.errors.push(
-                Diagnostic::error(
-                    "E0205",
-                    "forward function does not return",
-                    forward.span,
-                    "no `return` in this body",
-                )
-                .with_help("end the body with `return` and one value per declared output"),
-            );
-        }
-        self.graph.take()
-    }
-
-    fn input_dim(&mut self, d: &Expr, input: usize, axis: usize, scope: &mut HashMap<String, Binding>) -> Result<Dim, Diagnostic> {
-        if let ExprKind::Path(p) = &d.kind {
-            if p.segments.len() == 1 && p.segments[0].name != self.decl.config_binding.name {
-                let name = &p.segments[0].name;
-                if let Some(Binding::Symbol(s)) = scope.get(name) {
-                    return Ok(Dim::Symbol(*s));
-                }
-                let g = self.g();
-                let id = SymbolId(g.symbols.len() as u32);
-                g.symbols.push(Symbol {
-                    name: name.clone(),
-                    max: None,
-                    source: (input, axis),
-                });
-                scope.insert(name.clone(), Binding::Symbol(id));
-                return Ok(Dim::Symbol(id));
-            }
-        }
-        self.static_dim(d).map(Dim::Static)
-    }
-
-    /// A dimension in an output type: a symbol bound by an input, or a compile-time value.
-    fn output_dim(&self, d: &Expr, scope: &HashMap<String, Binding>) -> Result<Dim, Diagnostic> {
-        if let ExprKind::Path(p) = &d.kind {
-            if p.segments.len() == 1 && p.segments[0].name != self.decl.config_binding.name {
-                let name = &p.segments[0].name;
-                return match scope.get(name) {
-                    Some(Binding::Symbol(s)) => Ok(Dim::Symbol(*s)),
-                    _ => Err(Diagnostic::error(
-                        "E0100",
-                        format!("symbolic dimension `{name}` is not bound by any input"),
-                        p.span,
-                        "unknown dimension",
-                    )
-                    .with_help("every symbolic dimension of an output must appear in an input's type")),
-                };
-            }
-        }
-        self.static_dim(d).map(Dim::Static)
-    }
-
-    fn check_return(&mut self, forward: &ast::ForwardDecl, values: &[Expr], span: Span, scope: &HashMap<String, Binding>) {
-        if values.len() != forward.outputs.len() {
+        let Some(values) = self.run_body(&mut frame, forward) else { return };
+        if values.len() != outputs.len() {
+            let span = forward.body.last().map_or(forward.span, stmt_span);
             self.errors.push(
                 Diagnostic::error(
                     "E0205",
                     format!(
                         "`return` gives {} value(s) but {} output(s) are declared",
                         values.len(),
-                        forward.outputs.len()
+                        outputs.len()
                     ),
                     span,
                     "returned here",
@@ -496,11 +874,32 @@ impl<'a> Checker<'a> {
             );
             return;
         }
-        for (value, out) in values.iter().zip(&forward.outputs) {
+        for ((value, vspan), out) in values.into_iter().zip(outputs) {
             let mut dims = Vec::new();
             for d in &out.ty.dims {
-                match self.output_dim(d, scope) {
-                    Ok(dim) => dims.push(dim),
+                match self.signature_dim(&frame, d) {
+                    Ok(SigDim::Known(dim)) => dims.push(dim),
+                    Ok(SigDim::Var(name, span)) => {
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0100",
+                                format!("symbolic dimension `{name}` is not bound by any input"),
+                                span,
+                                "unknown dimension",
+                            )
+                            .with_help("every symbolic dimension of an output must appear in an input's type"),
+                        );
+                        return;
+                    }
+                    Ok(SigDim::Ellipsis(s)) => {
+                        self.errors.push(Diagnostic::error(
+                            "E0206",
+                            "a model's outputs have a fixed rank",
+                            s,
+                            "`...` is only for block signatures",
+                        ));
+                        return;
+                    }
                     Err(e) => {
                         self.errors.push(e);
                         return;
@@ -508,204 +907,745 @@ impl<'a> Checker<'a> {
                 }
             }
             let declared = TensorType::new(abi_dtype(out.ty.dtype), dims);
-            let Some(id) = self.expr(value, scope) else { continue };
-            let g = self.graph.as_ref().unwrap();
-            let actual = g.ty(id).clone();
+            let actual = self.ty(value).clone();
             if actual != declared {
-                let (a, d) = (g.type_name(&actual), g.type_name(&declared));
+                let (a, d) = (self.graph.type_name(&actual), self.graph.type_name(&declared));
                 self.errors.push(
                     Diagnostic::error(
                         "E0204",
                         format!("output `{}` has type {a}, but {d} is declared", out.name.name),
-                        value.span,
+                        vspan,
                         format!("this is {a}"),
                     )
                     .with_secondary(out.ty.span, format!("declared {d}")),
                 );
                 continue;
             }
-            self.g().outputs.push((
+            self.graph.outputs.push((
                 TensorDecl {
                     name: out.name.name.clone(),
                     ty: declared,
                     index_bound: None,
                 },
-                id,
+                value,
             ));
         }
     }
 
-    fn push(&mut self, op: Op, ty: TensorType, span: Span) -> ValueId {
-        let loc = self.loc(span);
-        let g = self.g();
-        let id = ValueId(g.nodes.len() as u32);
-        g.nodes.push(Node { op, ty, loc });
-        self.spans.push(span);
-        id
-    }
-
-    fn ty(&self, id: ValueId) -> &TensorType {
-        self.graph.as_ref().unwrap().ty(id)
-    }
-
-    fn type_name(&self, id: ValueId) -> String {
-        let g = self.graph.as_ref().unwrap();
-        g.type_name(g.ty(id))
-    }
-
-    /// Checks an expression and adds its nodes; `None` after reporting an error.
-    fn expr(&mut self, e: &Expr, scope: &HashMap<String, Binding>) -> Option<ValueId> {
-        let result = match &e.kind {
-            ExprKind::Int(_) | ExprKind::Float(_) => match self.eval(e) {
-                Ok(v) => Ok(self.constant(v, e.span)),
-                Err(d) => Err(d),
-            },
-            ExprKind::Bool(_) => Err(Diagnostic::error(
-                "E0201",
-                "a boolean is not a tensor",
-                e.span,
-                "booleans are only for options such as `keepdim`",
+    fn model_input_dim(&mut self, d: &DimExpr, input: usize, axis: usize, frame: &mut Frame) -> Result<Dim, Diagnostic> {
+        match self.signature_dim(frame, d)? {
+            SigDim::Known(dim) => Ok(dim),
+            SigDim::Ellipsis(s) => Err(Diagnostic::error(
+                "E0206",
+                "a model's inputs have a fixed rank",
+                s,
+                "`...` is only for block signatures",
             )),
-            ExprKind::Path(p) => self.path(p, scope),
-            ExprKind::Neg(x) => {
-                let x = self.expr(x, scope)?;
-                self.unary(UnaryOp::Neg, x, e.span)
+            SigDim::Var(name, _) => {
+                let id = SymbolId(self.graph.symbols.len() as u32);
+                self.graph.symbols.push(Symbol {
+                    name: name.clone(),
+                    max: None,
+                    source: (input, axis),
+                });
+                frame.locals.insert(name, Binding::Dim(Dim::Symbol(id)));
+                Ok(Dim::Symbol(id))
             }
-            ExprKind::Binary { op, lhs, rhs } => {
-                let (l, r) = (self.expr(lhs, scope), self.expr(rhs, scope));
-                let (l, r) = (l?, r?);
-                match op {
-                    ast::BinaryOp::MatMul => self.matmul(l, r, e.span),
-                    _ => self.binary(*op, l, r, e.span),
+        }
+    }
+
+    /// Interprets one dimension of a signature: a known dimension, a new name, or `...`.
+    fn signature_dim(&self, frame: &Frame, d: &DimExpr) -> Result<SigDim, Diagnostic> {
+        let e = match d {
+            DimExpr::Ellipsis(s) => return Ok(SigDim::Ellipsis(*s)),
+            DimExpr::Expr(e) => e,
+        };
+        if let ExprKind::Path(p) = &e.kind {
+            if let [one] = p.segments.as_slice() {
+                match frame.locals.get(&one.name) {
+                    Some(Binding::Dim(d)) => return Ok(SigDim::Known(*d)),
+                    Some(_) => {}
+                    None => {
+                        if ct_lookup(&self.instances[frame.inst].env, p).is_none() {
+                            return Ok(SigDim::Var(one.name.clone(), p.span));
+                        }
+                    }
                 }
             }
-            ExprKind::Call { callee, args } => self.call(callee, args, e.span, scope),
+        }
+        self.static_dim(frame.inst, e).map(|n| SigDim::Known(Dim::Static(n)))
+    }
+
+    /// Runs a forward body; returns the values of its `return` with their spans.
+    fn run_body(&mut self, frame: &mut Frame, forward: &'p ast::ForwardDecl) -> Option<Vec<(ValueId, Span)>> {
+        let (last, rest) = match forward.body.split_last() {
+            Some((last @ Stmt::Return { .. }, rest)) => (last, rest),
+            _ => {
+                self.errors.push(
+                    Diagnostic::error(
+                        "E0205",
+                        "forward function does not return",
+                        forward.span,
+                        "no `return` at the end of this body",
+                    )
+                    .with_help("end the body with `return` and one value per declared output"),
+                );
+                return None;
+            }
         };
-        match result {
-            Ok(id) => Some(id),
-            Err(d) if d.code == POISONED => None,
+        for s in rest {
+            self.stmt(frame, s);
+        }
+        let Stmt::Return { values, .. } = last else { unreachable!() };
+        let mut out = Vec::new();
+        for v in values {
+            match self.expr(frame, v) {
+                Some(Val::Tuple(ids)) if values.len() == 1 => out.extend(ids.into_iter().map(|i| (i, v.span))),
+                Some(val) => match self.tensor_of(val, v.span) {
+                    Ok(id) => out.push((id, v.span)),
+                    Err(d) => self.report(d),
+                },
+                None => {}
+            }
+        }
+        if !self.errors.is_empty() {
+            return None;
+        }
+        Some(out)
+    }
+
+    fn report(&mut self, d: Diagnostic) {
+        if d.code != POISONED {
+            self.errors.push(d);
+        }
+    }
+
+    fn stmt(&mut self, frame: &mut Frame, s: &'p Stmt) {
+        match s {
+            Stmt::Return { span, .. } => self.errors.push(
+                Diagnostic::error(
+                    "E0205",
+                    "`return` must be the last statement of a forward function",
+                    *span,
+                    "returns early",
+                )
+                .with_help("compute the value in a variable and return it at the end"),
+            ),
+            Stmt::Assign { names, value, span } => {
+                let v = self.expr(frame, value);
+                match (names.as_slice(), v) {
+                    ([one], Some(v)) => {
+                        let b = match v {
+                            Val::Tensor(id) => Binding::Value(id),
+                            Val::Tuple(ids) => Binding::Tuple(ids),
+                            Val::Const(c) => Binding::Const(c),
+                            Val::Dim(d) => Binding::Dim(d),
+                            Val::Instance(i) => Binding::Instance(i),
+                            Val::Array(a) => Binding::Array(a),
+                        };
+                        frame.locals.insert(one.name.clone(), b);
+                    }
+                    (many, Some(Val::Tuple(ids))) if many.len() == ids.len() => {
+                        for (n, id) in many.iter().zip(ids) {
+                            frame.locals.insert(n.name.clone(), Binding::Value(id));
+                        }
+                    }
+                    (many, Some(v)) => {
+                        let count = if let Val::Tuple(ids) = &v { ids.len() } else { 1 };
+                        self.errors.push(Diagnostic::error(
+                            "E0205",
+                            format!("{} names on the left, but the value has {count} part(s)", many.len()),
+                            *span,
+                            "in this assignment",
+                        ));
+                        for n in many {
+                            frame.locals.insert(n.name.clone(), Binding::Poisoned);
+                        }
+                    }
+                    (many, None) => {
+                        for n in many {
+                            frame.locals.insert(n.name.clone(), Binding::Poisoned);
+                        }
+                    }
+                }
+            }
+            Stmt::For { var, array, body, .. } => {
+                let ids = match self.resolve_path(frame, array) {
+                    Ok(Val::Array(ids)) => ids,
+                    Ok(other) => {
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0201",
+                                format!("`for` needs an array of blocks, and `{}` is {}", array.dotted(), describe(&other)),
+                                array.span,
+                                "not an array",
+                            )
+                            .with_help("declare one with `name[count] = Block(...)`"),
+                        );
+                        return;
+                    }
+                    Err(d) => {
+                        self.report(d);
+                        return;
+                    }
+                };
+                for id in ids {
+                    frame.locals.insert(var.name.clone(), Binding::Instance(id));
+                    for s in body {
+                        self.stmt(frame, s);
+                    }
+                }
+            }
+            Stmt::If { cond, then, otherwise, .. } => match self.condition(frame, cond) {
+                Ok(true) => then.iter().for_each(|s| self.stmt(frame, s)),
+                Ok(false) => otherwise.iter().for_each(|s| self.stmt(frame, s)),
+                Err(d) => self.report(d),
+            },
+        }
+    }
+
+    fn condition(&mut self, frame: &mut Frame, cond: &'p Expr) -> Result<bool, Diagnostic> {
+        match self.expr(frame, cond) {
+            Some(Val::Const(CtValue::Bool(b))) => Ok(b),
+            Some(other) => Err(Diagnostic::error(
+                "E0104",
+                "a condition must be true or false, known at compile time",
+                cond.span,
+                format!("this is {}", describe(&other)),
+            )
+            .with_help("conditions choose between code paths when the model is compiled, e.g. `c.position == rope`")),
+            None => Err(poisoned()),
+        }
+    }
+
+    /// Evaluates an expression; `None` after reporting an error.
+    fn expr(&mut self, frame: &mut Frame, e: &'p Expr) -> Option<Val> {
+        match self.expr_inner(frame, e) {
+            Ok(v) => Some(v),
             Err(d) => {
-                self.errors.push(d);
+                self.report(d);
                 None
             }
         }
     }
 
-    fn constant(&mut self, v: ConfigValue, span: Span) -> ValueId {
-        let value = match v {
-            ConfigValue::Int(i) => i as f64,
-            ConfigValue::Float(f) => f,
-            ConfigValue::Bool(b) => b as i64 as f64,
-        };
-        self.push(Op::Constant(value), TensorType::new(DType::F32, vec![]), span)
+    fn sub(&mut self, frame: &mut Frame, e: &'p Expr) -> Result<Val, Diagnostic> {
+        self.expr(frame, e).ok_or_else(poisoned)
     }
 
-    fn path(&mut self, p: &ast::Path, scope: &HashMap<String, Binding>) -> Result<ValueId, Diagnostic> {
-        let dotted = p.dotted();
-        if p.segments.len() == 1 {
-            match scope.get(&dotted) {
-                Some(Binding::Value(v)) => return Ok(*v),
-                Some(Binding::Poisoned) => return Err(poisoned()),
-                Some(Binding::Symbol(_)) => {
-                    return Err(Diagnostic::error(
-                        "E0201",
-                        format!("`{dotted}` is a dimension, not a tensor"),
-                        p.span,
-                        "a symbolic dimension",
-                    )
-                    .with_help(format!("use `arange({dotted})` for the positions 0..{dotted}")))
+    fn expr_inner(&mut self, frame: &mut Frame, e: &'p Expr) -> Result<Val, Diagnostic> {
+        match &e.kind {
+            ExprKind::Int(_) | ExprKind::Float(_) | ExprKind::Bool(_) | ExprKind::Str(_) => self.eval_in(&[], e, None).map(Val::Const),
+            ExprKind::Path(p) => self.resolve_path(frame, p),
+            ExprKind::Neg(x) => match self.sub(frame, x)? {
+                Val::Const(c) => value::binary(ast::BinaryOp::Sub, CtValue::Int(0), c, e.span, e.span, x.span).map(Val::Const),
+                v => {
+                    let id = self.tensor_of(v, x.span)?;
+                    self.unary(UnaryOp::Neg, id, e.span)
                 }
-                None => {}
+            },
+            ExprKind::Not(x) => match self.sub(frame, x)? {
+                Val::Const(CtValue::Bool(b)) => Ok(Val::Const(CtValue::Bool(!b))),
+                v => Err(Diagnostic::error(
+                    "E0201",
+                    "`not` needs true or false",
+                    x.span,
+                    format!("this is {}", describe(&v)),
+                )),
+            },
+            ExprKind::If { cond, then, otherwise } => {
+                if self.condition(frame, cond)? {
+                    self.sub(frame, then)
+                } else {
+                    self.sub(frame, otherwise)
+                }
             }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let (l, r) = (self.expr(frame, lhs), self.expr(frame, rhs));
+                let (l, r) = (l.ok_or_else(poisoned)?, r.ok_or_else(poisoned)?);
+                if let (Val::Const(a), Val::Const(b)) = (&l, &r) {
+                    return value::binary(*op, a.clone(), b.clone(), e.span, lhs.span, rhs.span).map(Val::Const);
+                }
+                let (l, r) = (self.tensor_of(l, lhs.span)?, self.tensor_of(r, rhs.span)?);
+                match op {
+                    ast::BinaryOp::MatMul => self.matmul(l, r, e.span),
+                    ast::BinaryOp::Add => self.binary(BinaryOp::Add, "+", l, r, e.span),
+                    ast::BinaryOp::Sub => self.binary(BinaryOp::Sub, "-", l, r, e.span),
+                    ast::BinaryOp::Mul => self.binary(BinaryOp::Mul, "*", l, r, e.span),
+                    ast::BinaryOp::Div => self.binary(BinaryOp::Div, "/", l, r, e.span),
+                    other => Err(Diagnostic::error(
+                        "E0201",
+                        format!("`{}` is not defined on tensors", other.symbol()),
+                        e.span,
+                        "comparisons and logic are for compile-time values",
+                    )
+                    .with_help("use `maximum`, `minimum` or arithmetic on tensors")),
+                }
+            }
+            ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
         }
-        if p.segments[0].name == self.decl.config_binding.name && p.segments.len() > 1 {
-            let e = Expr {
-                kind: ExprKind::Path(p.clone()),
-                span: p.span,
+    }
+
+    /// A value used as a tensor: numbers become f32 constants.
+    fn tensor_of(&mut self, v: Val, span: Span) -> Result<ValueId, Diagnostic> {
+        match v {
+            Val::Tensor(id) => Ok(id),
+            Val::Const(c) => match c.as_f64() {
+                Some(x) => self.push(Op::Constant(x), TensorType::new(DType::F32, vec![]), span),
+                None => Err(Diagnostic::error(
+                    "E0201",
+                    format!("{} is not a tensor", c.kind_name()),
+                    span,
+                    format!("this is {c}"),
+                )),
+            },
+            other => Err(Diagnostic::error(
+                "E0201",
+                format!("expected a tensor, found {}", describe(&other)),
+                span,
+                "not a tensor",
+            )
+            .with_help(match other {
+                Val::Dim(_) => "use `arange(T)` for the positions 0..T".to_string(),
+                Val::Instance(_) => "call the block: `name(x)`".to_string(),
+                _ => "use one value at a time".to_string(),
+            })),
+        }
+    }
+
+    /// Resolves a dotted name: a local, a compile-time value, or an instance member.
+    fn resolve_path(&mut self, frame: &Frame, p: &ast::Path) -> Result<Val, Diagnostic> {
+        let first = &p.segments[0].name;
+        let rest = &p.segments[1..];
+        if let Some(b) = frame.locals.get(first) {
+            let no_fields = |what: &str| {
+                Diagnostic::error(
+                    "E0201",
+                    format!("`{first}` is {what} and has no member `{}`", rest[0].name),
+                    rest[0].span,
+                    "no such member",
+                )
             };
-            let v = self.eval(&e)?;
-            return Ok(self.constant(v, p.span));
+            return match b.clone() {
+                Binding::Poisoned => Err(poisoned()),
+                Binding::Instance(i) if !rest.is_empty() => self.member(i, rest, p),
+                Binding::Instance(i) => Ok(Val::Instance(i)),
+                _ if !rest.is_empty() => Err(no_fields("a value")),
+                Binding::Value(v) => Ok(Val::Tensor(v)),
+                Binding::Tuple(v) => Ok(Val::Tuple(v)),
+                Binding::Const(c) => Ok(Val::Const(c)),
+                Binding::Dim(d) => Ok(Val::Dim(d)),
+                Binding::Array(a) => Ok(Val::Array(a)),
+            };
         }
-        let g = self.graph.as_ref().unwrap();
-        if let Some(index) = g.params.iter().position(|q| q.name == dotted) {
-            self.used_params[index] = true;
-            if let Some(id) = self.param_nodes.get(&index) {
-                return Ok(*id);
+        let env = &self.instances[frame.inst].env;
+        if env.iter().any(|(n, _)| n == first) {
+            return match ct_lookup(env, p) {
+                Some(v) => Ok(Val::Const(v)),
+                None => Err(explain_unknown(
+                    Diagnostic::error(
+                        "E0100",
+                        format!("unknown name `{}`", p.dotted()),
+                        p.span,
+                        "not a compile-time value in scope",
+                    ),
+                    env,
+                )),
+            };
+        }
+        match self.member(frame.inst, &p.segments, p) {
+            Ok(v) => Ok(v),
+            Err(d) if d.code == "E0100" => {
+                let inst = &self.instances[frame.inst];
+                let mut candidates: Vec<String> = frame
+                    .locals
+                    .iter()
+                    .filter(|(_, b)| !matches!(b, Binding::Poisoned))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                candidates.extend(inst.env.iter().map(|(k, _)| k.clone()));
+                candidates.extend(inst.params.iter().map(|q| q.local.join(".")));
+                candidates.extend(inst.children.iter().map(|(c, ..)| c.join(".")));
+                let dotted = p.dotted();
+                let d = Diagnostic::error(
+                    "E0100",
+                    format!("unknown name `{dotted}`"),
+                    p.span,
+                    "not a value, input, parameter or block in scope",
+                );
+                Err(match did_you_mean(&dotted, candidates.iter().map(String::as_str)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help("values come from `name = ...`, inputs from the forward signature, parameters from `param`, blocks from `name = Block(...)`"),
+                })
             }
-            let ty = g.params[index].ty.clone();
-            let id = self.push(Op::Param(index), ty, p.span);
-            self.param_nodes.insert(index, id);
+            Err(d) => Err(d),
+        }
+    }
+
+    /// Walks `segments` through an instance's parameters and children.
+    fn member(&mut self, inst: usize, segments: &[ast::Ident], whole: &ast::Path) -> Result<Val, Diagnostic> {
+        let names: Vec<&str> = segments.iter().map(|s| s.name.as_str()).collect();
+        if let Some(k) = self.instances[inst].params.iter().position(|q| q.local == names) {
+            return self.param(inst, k, whole.span).map(Val::Tensor);
+        }
+        let found = self.instances[inst]
+            .children
+            .iter()
+            .find(|(c, ..)| names.len() >= c.len() && names[..c.len()] == c[..])
+            .cloned();
+        let Some((prefix, child, _)) = found else {
+            return Err(Diagnostic::error(
+                "E0100",
+                format!("unknown name `{}`", whole.dotted()),
+                whole.span,
+                "not found",
+            ));
+        };
+        let rest = &segments[prefix.len()..];
+        match (child, rest) {
+            (Child::One(c), []) => Ok(Val::Instance(c)),
+            (Child::One(c), rest) => self.member(c, rest, whole),
+            (Child::Array(ids), []) => Ok(Val::Array(ids)),
+            (Child::Array(ids), [index, more @ ..]) => {
+                let i: usize = index.name.parse().map_err(|_| {
+                    Diagnostic::error(
+                        "E0201",
+                        format!("`{}` is an array of blocks; index it with a number", prefix.join(".")),
+                        index.span,
+                        "not an index",
+                    )
+                })?;
+                let Some(&c) = ids.get(i) else {
+                    return Err(Diagnostic::error(
+                        "E0207",
+                        format!(
+                            "index {i} is past the end of `{}`, which has {} elements",
+                            prefix.join("."),
+                            ids.len()
+                        ),
+                        index.span,
+                        "out of range",
+                    ));
+                };
+                if more.is_empty() {
+                    Ok(Val::Instance(c))
+                } else {
+                    self.member(c, more, whole)
+                }
+            }
+        }
+    }
+
+    /// The graph value of an instance's parameter, registering it on first use.
+    fn param(&mut self, inst: usize, k: usize, span: Span) -> Result<ValueId, Diagnostic> {
+        if let Some(id) = self.instances[inst].params[k].used {
             return Ok(id);
         }
-        let mut candidates: Vec<&str> = scope
-            .iter()
-            .filter(|(_, b)| matches!(b, Binding::Value(_)))
-            .map(|(k, _)| k.as_str())
-            .collect();
-        candidates.extend(g.params.iter().map(|q| q.name.as_str()));
-        let d = Diagnostic::error(
-            "E0100",
-            format!("unknown name `{dotted}`"),
-            p.span,
-            "not a value, input or parameter in scope",
-        );
-        Err(match did_you_mean(&dotted, candidates) {
-            Some(s) => d.with_help(format!("did you mean `{s}`?")),
-            None => d.with_help("values are defined by `name = ...`, inputs in the forward signature, and parameters by `param`"),
+        let slot = &self.instances[inst].params[k];
+        let mut name = self.instances[inst].path.clone();
+        name.extend(slot.local.iter().cloned());
+        let ty = slot.ty.clone();
+        let index = self.graph.params.len();
+        self.graph.params.push(TensorDecl {
+            name: name.join("."),
+            ty: ty.clone(),
+            index_bound: None,
+        });
+        let id = self.push(Op::Param(index), ty, span)?;
+        self.instances[inst].params[k].used = Some(id);
+        Ok(id)
+    }
+
+    fn call(&mut self, frame: &mut Frame, callee: &'p ast::Path, args: &'p [CallArg], span: Span) -> Result<Val, Diagnostic> {
+        let target = match callee.segments.as_slice() {
+            [one] if !frame.locals.contains_key(&one.name) && BUILTINS.iter().any(|(n, _)| *n == one.name) => None,
+            _ => Some(self.resolve_path(frame, callee)),
+        };
+        match target {
+            None => self.builtin(frame, &callee.segments[0], args, span),
+            Some(Ok(Val::Instance(i))) => self.call_instance(frame, i, args, span),
+            Some(Ok(other)) => Err(Diagnostic::error(
+                "E0203",
+                format!("`{}` is {}, not something to call", callee.dotted(), describe(&other)),
+                callee.span,
+                "not callable",
+            )),
+            Some(Err(d)) if d.code == "E0100" && callee.segments.len() == 1 => {
+                let name = &callee.segments[0].name;
+                let d = Diagnostic::error(
+                    "E0203",
+                    format!("unknown function `{name}`"),
+                    callee.span,
+                    "not a built-in function or a block in scope",
+                );
+                let inst = &self.instances[frame.inst];
+                let mut candidates: Vec<String> = BUILTINS.iter().map(|(n, _)| n.to_string()).collect();
+                candidates.extend(inst.children.iter().map(|(c, ..)| c.join(".")));
+                Err(match did_you_mean(name, candidates.iter().map(String::as_str)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!(
+                        "the built-in functions are: {}",
+                        BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    )),
+                })
+            }
+            Some(Err(d)) => Err(d),
+        }
+    }
+
+    /// Inlines a block instance's forward function.
+    fn call_instance(&mut self, frame: &mut Frame, inst: usize, args: &'p [CallArg], span: Span) -> Result<Val, Diagnostic> {
+        let block = self.instances[inst].block.clone();
+        let Some(forward) = self.instances[inst].forward else {
+            return Err(
+                Diagnostic::error("E0209", format!("block `{block}` has no forward function"), span, "called here")
+                    .with_secondary(self.instances[inst].decl_span, "instantiated here"),
+            );
+        };
+        if self.call_depth >= MAX_DEPTH {
+            return Err(Diagnostic::error(
+                "E0106",
+                "block calls nested too deeply",
+                span,
+                "while calling this",
+            ));
+        }
+        // Arguments, positional then named, in the caller's frame.
+        let mut given: Vec<Option<(ValueId, Span)>> = vec![None; forward.inputs.len()];
+        let mut positional = 0;
+        for a in args {
+            let slot = match &a.name {
+                None => {
+                    positional += 1;
+                    if positional > forward.inputs.len() {
+                        return Err(Diagnostic::error(
+                            "E0202",
+                            format!("too many arguments to `{block}`"),
+                            a.value.span,
+                            format!("its forward takes {}", forward.inputs.len()),
+                        )
+                        .with_secondary(forward.span, "forward declared here"));
+                    }
+                    positional - 1
+                }
+                Some(n) => forward.inputs.iter().position(|i| i.name.name == n.name).ok_or_else(|| {
+                    Diagnostic::error(
+                        "E0202",
+                        format!("the forward of `{block}` has no input `{}`", n.name),
+                        n.span,
+                        "unknown input",
+                    )
+                    .with_secondary(forward.span, "forward declared here")
+                })?,
+            };
+            let v = self.sub(frame, &a.value)?;
+            let id = self.tensor_of(v, a.value.span)?;
+            given[slot] = Some((id, a.value.span));
+        }
+        let mut callee = Frame {
+            inst,
+            locals: HashMap::new(),
+        };
+        let mut ellipsis: Option<Vec<Dim>> = None;
+        for (input, g) in forward.inputs.iter().zip(given) {
+            let Some((id, aspan)) = g else {
+                return Err(Diagnostic::error(
+                    "E0202",
+                    format!("missing input `{}` of `{block}`", input.name.name),
+                    span,
+                    "in this call",
+                )
+                .with_secondary(input.name.span, "declared here"));
+            };
+            self.bind_input(&mut callee, &mut ellipsis, input, id, aspan, &block)?;
+            callee.locals.insert(input.name.name.clone(), Binding::Value(id));
+        }
+        self.call_depth += 1;
+        let result = self.run_body(&mut callee, forward);
+        self.call_depth -= 1;
+        let values = result.ok_or_else(poisoned)?;
+        let declared: Vec<(&ast::TensorType, Option<&str>)> = match &forward.outputs {
+            ast::Outputs::Single(t) => vec![(t, None)],
+            ast::Outputs::Named(os) => os.iter().map(|o| (&o.ty, Some(o.name.name.as_str()))).collect(),
+        };
+        if values.len() != declared.len() {
+            return Err(Diagnostic::error(
+                "E0205",
+                format!(
+                    "the forward of `{block}` returns {} value(s) but declares {}",
+                    values.len(),
+                    declared.len()
+                ),
+                forward.span,
+                "declared here",
+            ));
+        }
+        for ((id, vspan), (ty, _)) in values.iter().zip(&declared) {
+            let expected = self.expand_type(&callee, &ellipsis, ty)?;
+            let actual = self.ty(*id).clone();
+            if actual != expected {
+                let (a, d) = (self.graph.type_name(&actual), self.graph.type_name(&expected));
+                return Err(Diagnostic::error(
+                    "E0204",
+                    format!("`{block}` returns {a}, but its signature promises {d}"),
+                    *vspan,
+                    format!("this is {a}"),
+                )
+                .with_secondary(ty.span, format!("declared {d}"))
+                .with_secondary(span, "called here"));
+            }
+        }
+        Ok(if values.len() == 1 {
+            Val::Tensor(values[0].0)
+        } else {
+            Val::Tuple(values.iter().map(|(i, _)| *i).collect())
         })
     }
 
+    /// Matches an argument against a block input's type, binding the signature's names.
+    fn bind_input(
+        &mut self,
+        callee: &mut Frame,
+        ellipsis: &mut Option<Vec<Dim>>,
+        input: &ast::ValueDecl,
+        id: ValueId,
+        aspan: Span,
+        block: &str,
+    ) -> Result<(), Diagnostic> {
+        let actual = self.ty(id).clone();
+        let mismatch = |this: &Self, why: String| {
+            Diagnostic::error(
+                "E0208",
+                format!("argument `{}` of `{block}` does not match its declared type", input.name.name),
+                aspan,
+                format!("this is {}", this.graph.type_name(&actual)),
+            )
+            .with_secondary(input.ty.span, why)
+        };
+        let dtype = abi_dtype(input.ty.dtype);
+        let dtype_ok = actual.dtype == dtype || (dtype == DType::I64 && actual.dtype == DType::I32);
+        if !dtype_ok {
+            return Err(mismatch(self, format!("declared {}", input.ty.dtype.as_str())));
+        }
+        let dims = &input.ty.dims;
+        let ell = dims.iter().position(|d| matches!(d, DimExpr::Ellipsis(_)));
+        let fixed = dims.len() - usize::from(ell.is_some());
+        if actual.rank() < fixed || (ell.is_none() && actual.rank() != fixed) {
+            return Err(mismatch(
+                self,
+                format!("declared with {}{fixed} dimension(s)", if ell.is_some() { "at least " } else { "" }),
+            ));
+        }
+        let extra = actual.rank() - fixed;
+        let mut a = 0;
+        for d in dims {
+            match self.signature_dim(callee, d)? {
+                SigDim::Ellipsis(_) => {
+                    let part = actual.dims[a..a + extra].to_vec();
+                    match ellipsis {
+                        Some(prev) if *prev != part => {
+                            return Err(mismatch(self, "`...` stands for different dimensions in another input".into()))
+                        }
+                        _ => *ellipsis = Some(part),
+                    }
+                    a += extra;
+                }
+                SigDim::Var(name, _) => {
+                    callee.locals.insert(name, Binding::Dim(actual.dims[a]));
+                    a += 1;
+                }
+                SigDim::Known(dim) => {
+                    if dim != actual.dims[a] {
+                        let why = format!(
+                            "dimension {} is declared {}, found {}",
+                            a,
+                            self.graph.dim_name(dim),
+                            self.graph.dim_name(actual.dims[a])
+                        );
+                        return Err(mismatch(self, why));
+                    }
+                    a += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A signature type with its names and `...` replaced by what the call bound.
+    fn expand_type(&self, frame: &Frame, ellipsis: &Option<Vec<Dim>>, t: &ast::TensorType) -> Result<TensorType, Diagnostic> {
+        let mut dims = Vec::new();
+        for d in &t.dims {
+            match self.signature_dim(frame, d)? {
+                SigDim::Known(dim) => dims.push(dim),
+                SigDim::Ellipsis(s) => match ellipsis {
+                    Some(e) => dims.extend_from_slice(e),
+                    None => {
+                        return Err(Diagnostic::error(
+                            "E0206",
+                            "`...` in an output needs `...` in an input",
+                            s,
+                            "nothing to stand for",
+                        ))
+                    }
+                },
+                SigDim::Var(name, s) => {
+                    return Err(Diagnostic::error(
+                        "E0100",
+                        format!("dimension `{name}` is not bound by any input"),
+                        s,
+                        "unknown dimension",
+                    )
+                    .with_help("every named dimension of an output must appear in an input's type"))
+                }
+            }
+        }
+        Ok(TensorType::new(abi_dtype(t.dtype), dims))
+    }
+
+    // ----- built-in functions ----------------------------------------------------------------
+
     fn require_f32(&self, id: ValueId, what: &str) -> Result<(), Diagnostic> {
-        let ty = self.ty(id);
-        if ty.dtype == DType::F32 {
+        if self.ty(id).dtype == DType::F32 {
             return Ok(());
         }
         Err(Diagnostic::error(
             "E0201",
             format!("{what} needs f32 values"),
-            self.spans[id.0 as usize],
+            self.span_of(id),
             format!("this is {}", self.type_name(id)),
         )
-        .with_help("integer tensors are only used as indices (`gather`)"))
+        .with_help("integer tensors are indices; convert them with `float(x)`"))
     }
 
-    fn unary(&mut self, op: UnaryOp, x: ValueId, span: Span) -> Result<ValueId, Diagnostic> {
+    fn unary(&mut self, op: UnaryOp, x: ValueId, span: Span) -> Result<Val, Diagnostic> {
         self.require_f32(x, &format!("`{}`", format!("{op:?}").to_lowercase()))?;
         let ty = self.ty(x).clone();
-        Ok(self.push(Op::Unary { op, x }, ty, span))
+        self.push(Op::Unary { op, x }, ty, span).map(Val::Tensor)
     }
 
-    fn binary(&mut self, op: ast::BinaryOp, l: ValueId, r: ValueId, span: Span) -> Result<ValueId, Diagnostic> {
-        let what = format!("`{}`", op.symbol());
+    fn binary(&mut self, op: BinaryOp, symbol: &str, l: ValueId, r: ValueId, span: Span) -> Result<Val, Diagnostic> {
+        let what = format!("`{symbol}`");
         self.require_f32(l, &what)?;
         self.require_f32(r, &what)?;
         let dims = broadcast(&self.ty(l).dims, &self.ty(r).dims).map_err(|(a, b)| {
-            let g = self.graph.as_ref().unwrap();
             Diagnostic::error(
                 "E0200",
                 format!("shapes {} and {} do not broadcast", self.type_name(l), self.type_name(r)),
                 span,
-                format!("dimension {} against {}", g.dim_name(a), g.dim_name(b)),
+                format!("dimension {} against {}", self.graph.dim_name(a), self.graph.dim_name(b)),
             )
-            .with_secondary(self.spans[l.0 as usize], format!("this is {}", self.type_name(l)))
-            .with_secondary(self.spans[r.0 as usize], format!("this is {}", self.type_name(r)))
+            .with_secondary(self.span_of(l), format!("this is {}", self.type_name(l)))
+            .with_secondary(self.span_of(r), format!("this is {}", self.type_name(r)))
             .with_help("aligned from the right, each pair of dimensions must be equal or one of them 1")
         })?;
-        let op = match op {
-            ast::BinaryOp::Add => BinaryOp::Add,
-            ast::BinaryOp::Sub => BinaryOp::Sub,
-            ast::BinaryOp::Mul => BinaryOp::Mul,
-            ast::BinaryOp::Div => BinaryOp::Div,
-            ast::BinaryOp::MatMul => unreachable!("matmul is checked by `matmul`"),
-        };
-        Ok(self.push(Op::Binary { op, lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span))
+        self.push(Op::Binary { op, lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span)
+            .map(Val::Tensor)
     }
 
-    fn matmul(&mut self, l: ValueId, r: ValueId, span: Span) -> Result<ValueId, Diagnostic> {
+    fn matmul(&mut self, l: ValueId, r: ValueId, span: Span) -> Result<Val, Diagnostic> {
         self.require_f32(l, "`@`")?;
         self.require_f32(r, "`@`")?;
         let (a, b) = (self.ty(l).clone(), self.ty(r).clone());
-        let g = self.graph.as_ref().unwrap();
         if a.rank() < 2 || b.rank() != 2 {
             return Err(Diagnostic::error(
                 "E0200",
@@ -725,54 +1665,30 @@ impl<'a> Checker<'a> {
                 "E0200",
                 format!(
                     "inner dimensions of `@` differ: {} and {}",
-                    g.dim_name(k_left),
-                    g.dim_name(b.dims[0])
+                    self.graph.dim_name(k_left),
+                    self.graph.dim_name(b.dims[0])
                 ),
                 span,
                 "contraction over mismatched dimensions",
             )
-            .with_secondary(self.spans[l.0 as usize], format!("this is {}", self.type_name(l)))
-            .with_secondary(self.spans[r.0 as usize], format!("this is {}", self.type_name(r)))
+            .with_secondary(self.span_of(l), format!("this is {}", self.type_name(l)))
+            .with_secondary(self.span_of(r), format!("this is {}", self.type_name(r)))
             .with_help("a Hugging Face Linear weight is [out, in]: write `x @ transpose(weight)`"));
         }
         let mut dims = a.dims.clone();
         *dims.last_mut().unwrap() = b.dims[1];
-        Ok(self.push(Op::MatMul { lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span))
+        self.push(Op::MatMul { lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span)
+            .map(Val::Tensor)
     }
 
-    fn call(&mut self, callee: &ast::Ident, args: &[CallArg], span: Span, scope: &HashMap<String, Binding>) -> Result<ValueId, Diagnostic> {
-        const BUILTINS: &[(&str, &str)] = &[
-            ("gather", "gather(table, indices)"),
-            ("arange", "arange(n)"),
-            ("mean", "mean(x, axis = -1, keepdim = false)"),
-            ("sum", "sum(x, axis = -1, keepdim = false)"),
-            ("sqrt", "sqrt(x)"),
-            ("exp", "exp(x)"),
-            ("gelu", "gelu(x)"),
-            ("transpose", "transpose(x)"),
-            ("matmul", "matmul(a, b)"),
-        ];
+    fn builtin(&mut self, frame: &mut Frame, callee: &ast::Ident, args: &'p [CallArg], span: Span) -> Result<Val, Diagnostic> {
         let name = callee.name.as_str();
-        let Some(&(_, signature)) = BUILTINS.iter().find(|(n, _)| *n == name) else {
-            let d = Diagnostic::error(
-                "E0203",
-                format!("unknown function `{name}`"),
-                callee.span,
-                "not a built-in function",
-            );
-            return Err(match did_you_mean(name, BUILTINS.iter().map(|(n, _)| *n)) {
-                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help(format!(
-                    "the built-in functions are: {}",
-                    BUILTINS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                )),
-            });
-        };
+        let signature = BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap();
         let arity_error = |why: String| {
             Diagnostic::error("E0202", format!("wrong arguments to `{name}`"), span, why).with_help(format!("call it as `{signature}`"))
         };
-        let positional: Vec<&Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
-        let named: Vec<(&ast::Ident, &Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
+        let positional: Vec<&'p Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
+        let named: Vec<(&ast::Ident, &'p Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
         let allowed_named: &[&str] = if matches!(name, "mean" | "sum") {
             &["axis", "keepdim"]
         } else {
@@ -790,20 +1706,38 @@ impl<'a> Checker<'a> {
             }
         }
         match name {
+            "fail" => {
+                let message = match positional.as_slice() {
+                    [m] => match self.sub(frame, m)? {
+                        Val::Const(CtValue::Str(s)) => s,
+                        _ => return Err(arity_error("the message must be a string".into())),
+                    },
+                    _ => return Err(arity_error(format!("expected 1 argument, found {}", positional.len()))),
+                };
+                let mut d = Diagnostic::error("E0300", message, span, "the model file reached this `fail`");
+                if frame.inst != 0 {
+                    let inst = &self.instances[frame.inst];
+                    let args: Vec<String> = inst.env.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    d = d.with_secondary(inst.decl_span, format!("in `{}` with {}", inst.block, args.join(", ")));
+                }
+                Err(d)
+            }
             "arange" => {
                 let [n] = positional.as_slice() else {
                     return Err(arity_error(format!("expected 1 argument, found {}", positional.len())));
                 };
-                let dim = match &n.kind {
-                    ExprKind::Path(p) if p.segments.len() == 1 && matches!(scope.get(&p.segments[0].name), Some(Binding::Symbol(_))) => {
-                        let Some(Binding::Symbol(s)) = scope.get(&p.segments[0].name) else {
-                            unreachable!()
-                        };
-                        Dim::Symbol(*s)
+                let dim = match self.sub(frame, n)? {
+                    Val::Dim(d) => d,
+                    Val::Const(CtValue::Int(k)) if k > 0 => Dim::Static(k),
+                    other => {
+                        return Err(arity_error(format!(
+                            "the length must be a dimension or a positive integer, found {}",
+                            describe(&other)
+                        )))
                     }
-                    _ => Dim::Static(self.static_dim(n)?),
                 };
-                Ok(self.push(Op::Arange(dim), TensorType::new(DType::I64, vec![dim]), span))
+                self.push(Op::Arange(dim), TensorType::new(DType::I64, vec![dim]), span)
+                    .map(Val::Tensor)
             }
             "mean" | "sum" => {
                 let (x, axis_expr) = match positional.as_slice() {
@@ -816,41 +1750,43 @@ impl<'a> Checker<'a> {
                         )))
                     }
                 };
-                let x = self.expr(x, scope).ok_or_else(poisoned)?;
+                let v = self.sub(frame, x)?;
+                let x = self.tensor_of(v, x.span)?;
                 self.require_f32(x, &format!("`{name}`"))?;
                 let rank = self.ty(x).rank() as i64;
+                if rank == 0 {
+                    return Err(arity_error("cannot reduce a scalar".into()));
+                }
                 let axis = match axis_expr {
                     None => rank - 1,
-                    Some(a) => match self.eval(a)? {
-                        ConfigValue::Int(i) if (-rank..rank).contains(&i) => i.rem_euclid(rank.max(1)),
+                    Some(a) => match self.sub(frame, a)? {
+                        Val::Const(CtValue::Int(i)) if (-rank..rank).contains(&i) => i.rem_euclid(rank),
                         v => {
+                            let shown = if let Val::Const(c) = &v { c.to_string() } else { describe(&v) };
                             return Err(Diagnostic::error(
                                 "E0202",
-                                format!("axis {v} is out of range for {}", self.type_name(x)),
+                                format!("axis {shown} is out of range for {}", self.type_name(x)),
                                 a.span,
                                 format!("valid axes are {} to {}", -rank, rank - 1),
                             )
-                            .with_help("negative axes count from the end: -1 is the last"))
+                            .with_help("negative axes count from the end: -1 is the last"));
                         }
                     },
                 } as usize;
                 let keepdim = match named.iter().find(|(n, _)| n.name == "keepdim") {
                     None => false,
-                    Some((_, e)) => match self.eval(e)? {
-                        ConfigValue::Bool(b) => b,
+                    Some((_, e)) => match self.sub(frame, e)? {
+                        Val::Const(CtValue::Bool(b)) => b,
                         v => {
                             return Err(Diagnostic::error(
                                 "E0202",
                                 "`keepdim` must be true or false",
                                 e.span,
-                                format!("this is {v}"),
+                                format!("this is {}", describe(&v)),
                             ))
                         }
                     },
                 };
-                if rank == 0 {
-                    return Err(arity_error("cannot reduce a scalar".into()));
-                }
                 let op = if name == "mean" { ReduceOp::Mean } else { ReduceOp::Sum };
                 let mut dims = self.ty(x).dims.clone();
                 if keepdim {
@@ -858,22 +1794,53 @@ impl<'a> Checker<'a> {
                 } else {
                     dims.remove(axis);
                 }
-                Ok(self.push(Op::Reduce { op, x, axis, keepdim }, TensorType::new(DType::F32, dims), span))
+                self.push(Op::Reduce { op, x, axis, keepdim }, TensorType::new(DType::F32, dims), span)
+                    .map(Val::Tensor)
             }
             _ => {
-                let expected = if matches!(name, "gather" | "matmul") { 2 } else { 1 };
+                let expected = if matches!(name, "gather" | "matmul" | "maximum" | "minimum" | "pow") {
+                    2
+                } else {
+                    1
+                };
                 if positional.len() != expected {
                     return Err(arity_error(format!("expected {expected} argument(s), found {}", positional.len())));
                 }
                 let mut ids = Vec::new();
                 for a in &positional {
-                    ids.push(self.expr(a, scope));
+                    let v = self.sub(frame, a)?;
+                    ids.push(self.tensor_of(v, a.span)?);
                 }
-                let ids: Vec<ValueId> = ids.into_iter().collect::<Option<_>>().ok_or_else(poisoned)?;
+                let unary = |op| Some(op);
+                let op = match name {
+                    "sqrt" => unary(UnaryOp::Sqrt),
+                    "rsqrt" => unary(UnaryOp::Rsqrt),
+                    "exp" => unary(UnaryOp::Exp),
+                    "log" => unary(UnaryOp::Log),
+                    "abs" => unary(UnaryOp::Abs),
+                    "tanh" => unary(UnaryOp::Tanh),
+                    "erf" => unary(UnaryOp::Erf),
+                    "sin" => unary(UnaryOp::Sin),
+                    "cos" => unary(UnaryOp::Cos),
+                    "sigmoid" => unary(UnaryOp::Sigmoid),
+                    "relu" => unary(UnaryOp::Relu),
+                    "silu" => unary(UnaryOp::Silu),
+                    "gelu" => unary(UnaryOp::Gelu),
+                    _ => None,
+                };
+                if let Some(op) = op {
+                    return self.unary(op, ids[0], span);
+                }
                 match name {
-                    "sqrt" => self.unary(UnaryOp::Sqrt, ids[0], span),
-                    "exp" => self.unary(UnaryOp::Exp, ids[0], span),
-                    "gelu" => self.unary(UnaryOp::Gelu, ids[0], span),
+                    "float" => {
+                        let x = ids[0];
+                        if self.ty(x).dtype == DType::F32 {
+                            return Ok(Val::Tensor(x));
+                        }
+                        let dims = self.ty(x).dims.clone();
+                        self.push(Op::ToFloat { x }, TensorType::new(DType::F32, dims), span)
+                            .map(Val::Tensor)
+                    }
                     "transpose" => {
                         let mut ty = self.ty(ids[0]).clone();
                         let r = ty.rank();
@@ -881,9 +1848,12 @@ impl<'a> Checker<'a> {
                             return Err(arity_error(format!("needs rank 2 or more, found {}", self.type_name(ids[0]))));
                         }
                         ty.dims.swap(r - 1, r - 2);
-                        Ok(self.push(Op::Transpose { x: ids[0] }, ty, span))
+                        self.push(Op::Transpose { x: ids[0] }, ty, span).map(Val::Tensor)
                     }
                     "matmul" => self.matmul(ids[0], ids[1], span),
+                    "maximum" => self.binary(BinaryOp::Max, "maximum", ids[0], ids[1], span),
+                    "minimum" => self.binary(BinaryOp::Min, "minimum", ids[0], ids[1], span),
+                    "pow" => self.binary(BinaryOp::Pow, "pow", ids[0], ids[1], span),
                     "gather" => self.gather(ids[0], ids[1], span, positional[0].span, positional[1].span),
                     _ => unreachable!("builtin {name} has no checker"),
                 }
@@ -891,14 +1861,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn gather(
-        &mut self,
-        table: ValueId,
-        indices: ValueId,
-        span: Span,
-        table_span: Span,
-        indices_span: Span,
-    ) -> Result<ValueId, Diagnostic> {
+    fn gather(&mut self, table: ValueId, indices: ValueId, span: Span, table_span: Span, indices_span: Span) -> Result<Val, Diagnostic> {
         let t = self.ty(table).clone();
         let i = self.ty(indices).clone();
         if t.rank() < 1 {
@@ -929,22 +1892,21 @@ impl<'a> Checker<'a> {
                 ))
             }
         };
-        let g = self.graph.as_ref().unwrap();
-        let reason = match g.node(table).op {
-            Op::Param(p) => format!("rows of {}", g.params[p].name),
+        let reason = match self.graph.node(table).op {
+            Op::Param(p) => format!("rows of {}", self.graph.params[p].name),
             _ => "rows of the gathered table".to_string(),
         };
         let bound = Bound { limit: rows, reason };
         // Record the limit where the runtime can check it: on the input, or on the symbol.
-        match g.node(indices).op.clone() {
+        match self.graph.node(indices).op.clone() {
             Op::Input(k) => {
-                let slot = &mut self.g().inputs[k].index_bound;
+                let slot = &mut self.graph.inputs[k].index_bound;
                 if slot.as_ref().is_none_or(|b| b.limit > rows) {
                     *slot = Some(bound);
                 }
             }
             Op::Arange(Dim::Symbol(s)) => {
-                let slot = &mut self.g().symbols[s.0 as usize].max;
+                let slot = &mut self.graph.symbols[s.0 as usize].max;
                 if slot.as_ref().is_none_or(|b| b.limit > rows) {
                     *slot = Some(bound);
                 }
@@ -962,29 +1924,150 @@ impl<'a> Checker<'a> {
         }
         let mut dims = i.dims.clone();
         dims.extend_from_slice(&t.dims[1..]);
-        Ok(self.push(Op::Gather { table, indices }, TensorType::new(t.dtype, dims), span))
+        self.push(Op::Gather { table, indices }, TensorType::new(t.dtype, dims), span)
+            .map(Val::Tensor)
     }
 
-    fn unused_param_warnings(&self, g: &Graph) -> Vec<Diagnostic> {
-        self.decl
-            .params
-            .iter()
-            .filter(|p| {
-                g.params
-                    .iter()
-                    .position(|q| q.name == p.path.dotted())
-                    .is_some_and(|i| !self.used_params[i])
-            })
-            .map(|p| {
-                Diagnostic::warning(
-                    "W0300",
-                    format!("parameter `{}` is never used", p.path.dotted()),
-                    p.path.span,
-                    "declared here",
-                )
-                .with_help("remove it, or use it in the forward function; it is still required in the checkpoint")
+    /// Warnings for declared parameters that no forward reads, grouped at the place in the
+    /// user's file that declared them: the `param` itself, or the instance that brought them in
+    /// (a standard-library block's parameters are reported where the block is used).
+    fn unused_param_warnings(&self) -> Vec<Diagnostic> {
+        let user_file = self.p.modules[0].file;
+        let mut groups: Vec<(Span, Vec<String>)> = Vec::new();
+        for (id, inst) in self.instances.iter().enumerate() {
+            for q in inst.params.iter().filter(|q| q.used.is_none()) {
+                let mut name = inst.path.clone();
+                name.extend(q.local.iter().cloned());
+                let mut anchor = (q.span, Some(id));
+                while anchor.0.file != user_file {
+                    let Some(i) = anchor.1 else { break };
+                    anchor = (self.instances[i].decl_span, self.instances[i].parent);
+                }
+                match groups.iter_mut().find(|(s, _)| *s == anchor.0) {
+                    Some((_, names)) => names.push(name.join(".")),
+                    None => groups.push((anchor.0, vec![name.join(".")])),
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(span, names)| {
+                let (message, label) = match names.as_slice() {
+                    [one] => (format!("parameter `{one}` is never used"), "declared here".to_string()),
+                    many => {
+                        let shown: Vec<&str> = many.iter().take(4).map(String::as_str).collect();
+                        let more = if many.len() > 4 {
+                            format!(" and {} more", many.len() - 4)
+                        } else {
+                            String::new()
+                        };
+                        (
+                            format!("{} parameters are never used: {}{more}", many.len(), shown.join(", ")),
+                            "declared by this".to_string(),
+                        )
+                    }
+                };
+                let help = if names.len() == 1 {
+                    "remove it, or use it"
+                } else {
+                    "remove them, or use them"
+                };
+                Diagnostic::warning("W0300", message, span, label).with_help(format!(
+                    "{help} in the forward function; unused parameters are not read from the checkpoint"
+                ))
             })
             .collect()
+    }
+}
+
+/// A dimension of a signature, interpreted.
+enum SigDim {
+    Known(Dim),
+    /// A name not bound yet: a new symbol (model inputs) or a pattern variable (block inputs).
+    Var(String, Span),
+    Ellipsis(Span),
+}
+
+/// The built-in functions and how to call them.
+const BUILTINS: &[(&str, &str)] = &[
+    ("gather", "gather(table, indices)"),
+    ("arange", "arange(n)"),
+    ("mean", "mean(x, axis = -1, keepdim = false)"),
+    ("sum", "sum(x, axis = -1, keepdim = false)"),
+    ("sqrt", "sqrt(x)"),
+    ("rsqrt", "rsqrt(x)"),
+    ("exp", "exp(x)"),
+    ("log", "log(x)"),
+    ("abs", "abs(x)"),
+    ("tanh", "tanh(x)"),
+    ("erf", "erf(x)"),
+    ("sin", "sin(x)"),
+    ("cos", "cos(x)"),
+    ("sigmoid", "sigmoid(x)"),
+    ("relu", "relu(x)"),
+    ("silu", "silu(x)"),
+    ("gelu", "gelu(x)"),
+    ("maximum", "maximum(a, b)"),
+    ("minimum", "minimum(a, b)"),
+    ("pow", "pow(a, b)"),
+    ("float", "float(x)"),
+    ("transpose", "transpose(x)"),
+    ("matmul", "matmul(a, b)"),
+    ("fail", "fail(\"message\")"),
+];
+
+fn describe(v: &Val) -> String {
+    match v {
+        Val::Tensor(_) => "a tensor".into(),
+        Val::Tuple(ids) => format!("{} tensors", ids.len()),
+        Val::Const(c) => format!("the value {c}"),
+        Val::Dim(_) => "a dimension".into(),
+        Val::Instance(_) => "a block".into(),
+        Val::Array(_) => "an array of blocks".into(),
+    }
+}
+
+fn stmt_span(s: &Stmt) -> Span {
+    match s {
+        Stmt::Assign { span, .. } | Stmt::Return { span, .. } | Stmt::For { span, .. } | Stmt::If { span, .. } => *span,
+    }
+}
+
+/// Looks a dotted name up among compile-time bindings: `eps`, `c.hidden_size`.
+fn ct_lookup(env: &[(String, CtValue)], p: &ast::Path) -> Option<CtValue> {
+    let first = &p.segments[0].name;
+    let v = env.iter().find(|(n, _)| n == first).map(|(_, v)| v)?;
+    match (v, &p.segments[1..]) {
+        (v, []) => Some(v.clone()),
+        (CtValue::Config(c), [field]) => c.get(&field.name).cloned(),
+        _ => None,
+    }
+}
+
+/// Adds a "did you mean" to unknown-name errors about config fields.
+fn explain_unknown(d: Diagnostic, env: &[(String, CtValue)]) -> Diagnostic {
+    if d.code != "E0100" || !d.message.starts_with("unknown name `") {
+        return d;
+    }
+    let name = d.message.trim_start_matches("unknown name `").trim_end_matches('`').to_string();
+    if let Some((binding, field)) = name.split_once('.') {
+        if let Some((_, CtValue::Config(c))) = env.iter().find(|(n, _)| n == binding) {
+            let names: Vec<&str> = c.fields.iter().map(|(n, _)| n.as_str()).collect();
+            let e = Diagnostic::error(
+                "E0100",
+                format!("config `{}` has no field `{field}`", c.name),
+                d.primary.span,
+                "unknown config field",
+            );
+            return match did_you_mean(field, names.iter().copied()) {
+                Some(s) => e.with_help(format!("did you mean `{binding}.{s}`?")),
+                None => e.with_help(format!("its fields are: {}", names.join(", "))),
+            };
+        }
+    }
+    match did_you_mean(&name, env.iter().map(|(n, _)| n.as_str())) {
+        Some(s) => d.with_help(format!("did you mean `{s}`?")),
+        None => d,
     }
 }
 

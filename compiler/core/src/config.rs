@@ -1,16 +1,19 @@
-//! Config evaluation: a model's `config` block, its defaults, and overrides from a checkpoint's
-//! `config.json` and from `--set key=value`, evaluated in declaration order so derived fields
-//! (`head_dim = hidden_size / num_attention_heads`) follow the overrides.
+//! Config evaluation: a `config` block's defaults, then the values of a Hugging Face
+//! `config.json`, then a variant's overrides, then `--set key=value`, in declaration order, so
+//! derived fields (`head_dim = hidden_size / num_attention_heads`) follow what was overridden.
+//! A variant beats the checkpoint: `variant BertAlibi = Bert { position = alibi }` must stay
+//! ALiBi whatever the checkpoint's config says.
 
-use crate::ir::ConfigValue;
 use crate::suggest::did_you_mean;
-use lmc_grammar::ast::{BinaryOp, ConfigDecl, Expr, ExprKind};
-use lmc_grammar::{Diagnostic, Span};
+use crate::value::{eval, ConfigRecord, CtValue};
+use lmc_grammar::ast::{ConfigDecl, ConfigType, Expr, Ident};
+use lmc_grammar::Diagnostic;
+use std::rc::Rc;
 
 /// Values that replace a config's defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigOverrides {
-    /// The keys of a Hugging Face `config.json`. Keys the config does not declare are ignored:
+    /// The keys of a Hugging Face `config.json`. Keys the config does not read are ignored:
     /// such files carry many keys a given model does not use.
     pub checkpoint: Vec<(String, serde_json::Value)>,
     /// `--set key=value` from the command line. Unknown keys are errors.
@@ -27,37 +30,94 @@ impl ConfigOverrides {
     }
 }
 
-/// Evaluates a config block with overrides applied.
-pub fn evaluate_config(decl: &ConfigDecl, overrides: &ConfigOverrides) -> Result<Vec<(String, ConfigValue)>, Vec<Diagnostic>> {
-    let mut errors = Vec::new();
-    let names: Vec<&str> = decl.fields.iter().map(|f| f.name.name.as_str()).collect();
-    for (key, _) in &overrides.set {
-        if !names.contains(&key.as_str()) {
-            let mut d = Diagnostic::error(
-                "E0103",
-                format!("`--set {key}=...` names no field of config `{}`", decl.name.name),
-                decl.name.span,
-                "this config has no such field",
-            );
-            d = match did_you_mean(key, names.iter().copied()) {
-                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help(format!("its fields are: {}", names.join(", "))),
-            };
-            errors.push(d);
+/// The type of a field: declared, or that of its default.
+#[derive(Debug, Clone)]
+enum FieldType {
+    Int,
+    Float,
+    Bool,
+    Str,
+    Enum(Rc<Vec<String>>),
+}
+
+impl FieldType {
+    fn describe(&self) -> String {
+        match self {
+            FieldType::Int => "an integer".into(),
+            FieldType::Float => "a number".into(),
+            FieldType::Bool => "true or false".into(),
+            FieldType::Str => "a string".into(),
+            FieldType::Enum(v) => format!("one of {}", v.join(" | ")),
         }
     }
-    let mut values: Vec<(String, ConfigValue)> = Vec::new();
+
+    /// Converts a value to this type where that loses nothing (an integer may stand for a
+    /// float, a string for an enum variant).
+    fn coerce(&self, v: CtValue) -> Result<CtValue, String> {
+        match (self, v) {
+            (FieldType::Int, v @ CtValue::Int(_))
+            | (FieldType::Float, v @ CtValue::Float(_))
+            | (FieldType::Bool, v @ CtValue::Bool(_))
+            | (FieldType::Str, v @ CtValue::Str(_)) => Ok(v),
+            (FieldType::Float, CtValue::Int(i)) => Ok(CtValue::Float(i as f64)),
+            (FieldType::Int, CtValue::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(CtValue::Int(f as i64)),
+            (FieldType::Enum(vs), CtValue::Str(s) | CtValue::Enum { value: s, .. }) if vs.contains(&s) => Ok(CtValue::Enum {
+                value: s,
+                variants: vs.clone(),
+            }),
+            (FieldType::Str, CtValue::Enum { value, .. }) => Ok(CtValue::Str(value)),
+            (t, v) => Err(format!("{v} is not {}", t.describe())),
+        }
+    }
+}
+
+/// Evaluates a config block with a variant's overrides and the command line's.
+pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: &ConfigOverrides) -> Result<ConfigRecord, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let names: Vec<&str> = decl.fields.iter().map(|f| f.name.name.as_str()).collect();
+    let unknown = |key: &str| match did_you_mean(key, names.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("the fields of `{}` are: {}", decl.name.name, names.join(", ")),
+    };
+    for (key, _) in &overrides.set {
+        if !names.contains(&key.as_str()) {
+            errors.push(
+                Diagnostic::error(
+                    "E0103",
+                    format!("`--set {key}=...` names no field of config `{}`", decl.name.name),
+                    decl.name.span,
+                    "this config has no such field",
+                )
+                .with_help(unknown(key)),
+            );
+        }
+    }
+    for (key, _) in variant {
+        if !names.contains(&key.name.as_str()) {
+            errors.push(
+                Diagnostic::error(
+                    "E0103",
+                    format!("config `{}` has no field `{}` to override", decl.name.name, key.name),
+                    key.span,
+                    "no such field",
+                )
+                .with_secondary(decl.name.span, "the config is declared here")
+                .with_help(unknown(&key.name)),
+            );
+        }
+    }
+    let mut record = ConfigRecord {
+        name: decl.name.name.clone(),
+        fields: Vec::new(),
+    };
     for field in &decl.fields {
-        if let Some(prev) = decl
-            .fields
-            .iter()
-            .find(|f| f.name.name == field.name.name && f.name.span != field.name.span)
-        {
-            if prev.name.span.start < field.name.span.start {
+        let name = &field.name.name;
+        if let Some(prev) = decl.fields.iter().find(|f| f.name.name == *name) {
+            if prev.name.span != field.name.span {
                 errors.push(
                     Diagnostic::error(
                         "E0101",
-                        format!("config field `{}` is defined twice", field.name.name),
+                        format!("config field `{name}` is defined twice"),
                         field.name.span,
                         "defined again here",
                     )
@@ -66,236 +126,148 @@ pub fn evaluate_config(decl: &ConfigDecl, overrides: &ConfigOverrides) -> Result
                 continue;
             }
         }
-        let default = match eval_const(&field.value, &|name| values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)) {
+        let declared = match &field.ty {
+            None => None,
+            Some(ConfigType::Int(_)) => Some(FieldType::Int),
+            Some(ConfigType::Float(_)) => Some(FieldType::Float),
+            Some(ConfigType::Bool(_)) => Some(FieldType::Bool),
+            Some(ConfigType::Enum(vs)) => Some(FieldType::Enum(Rc::new(vs.iter().map(|v| v.name.clone()).collect()))),
+        };
+        let hint = match &declared {
+            Some(FieldType::Enum(vs)) => Some(vs.clone()),
+            _ => None,
+        };
+        let lookup = |p: &lmc_grammar::ast::Path| match p.segments.as_slice() {
+            [one] => record.get(&one.name).cloned(),
+            _ => None,
+        };
+        let value = match eval(&field.value, &lookup, hint.as_ref()) {
             Ok(v) => v,
             Err(d) => {
                 errors.push(d);
                 continue;
             }
         };
-        let name = &field.name.name;
-        let overridden = if let Some((_, text)) = overrides.set.iter().rev().find(|(k, _)| k == name) {
-            Some(
-                parse_cli_value(text)
-                    .and_then(|v| coerce(v, default))
-                    .map_err(|why| format!("`--set {name}={text}`: {why}")),
-            )
-        } else if let Some((_, json)) = overrides.checkpoint.iter().find(|(k, _)| k == name) {
-            Some(
-                json_value(json)
-                    .and_then(|v| coerce(v, default))
-                    .map_err(|why| format!("config.json key `{name}`: {why}")),
-            )
-        } else {
-            None
+        let ty = match declared {
+            Some(t) => t,
+            None => match &value {
+                CtValue::Int(_) => FieldType::Int,
+                CtValue::Float(_) => FieldType::Float,
+                CtValue::Bool(_) => FieldType::Bool,
+                CtValue::Str(_) => FieldType::Str,
+                CtValue::Enum { variants, .. } => FieldType::Enum(variants.clone()),
+                CtValue::Config(_) => {
+                    errors.push(Diagnostic::error(
+                        "E0104",
+                        "a config field cannot hold a config",
+                        field.value.span,
+                        "this is a config",
+                    ));
+                    continue;
+                }
+            },
         };
-        match overridden {
-            Some(Ok(v)) => values.push((name.clone(), v)),
-            Some(Err(why)) => errors.push(
-                Diagnostic::error("E0104", format!("bad value for config field `{name}`"), field.name.span, why).with_help(format!(
-                    "the default here is {default}, so the value must be {}",
-                    kind_name(default)
-                )),
-            ),
-            None => values.push((name.clone(), default)),
+        let mut value = match ty.coerce(value) {
+            Ok(v) => v,
+            Err(why) => {
+                errors.push(Diagnostic::error(
+                    "E0104",
+                    format!("the default of `{name}` does not fit its type"),
+                    field.value.span,
+                    why,
+                ));
+                continue;
+            }
+        };
+        // The checkpoint's config.json.
+        let key = field.hf_key.as_ref().map_or(name.as_str(), |k| k.value.as_str());
+        if let Some((_, json)) = overrides.checkpoint.iter().find(|(k, _)| k == key) {
+            match json_value(json).and_then(|v| ty.coerce(v)) {
+                Ok(v) => value = v,
+                Err(why) => {
+                    let span = field.hf_key.as_ref().map_or(field.name.span, |k| k.span);
+                    errors.push(
+                        Diagnostic::error(
+                            "E0104",
+                            format!("config.json key `{key}` does not fit config field `{name}`"),
+                            span,
+                            why,
+                        )
+                        .with_help(format!("`{name}` must be {}", ty.describe())),
+                    );
+                    continue;
+                }
+            }
         }
+        // The variant's override.
+        if let Some((_, e)) = variant.iter().rev().find(|(k, _)| k.name == *name) {
+            match eval(e, &lookup, hint.as_ref()).and_then(|v| {
+                ty.coerce(v)
+                    .map_err(|why| Diagnostic::error("E0104", format!("bad override of `{name}`"), e.span, why))
+            }) {
+                Ok(v) => value = v,
+                Err(d) => {
+                    errors.push(d.with_secondary(field.name.span, format!("`{name}` is {}", ty.describe())));
+                    continue;
+                }
+            }
+        }
+        // The command line.
+        if let Some((_, text)) = overrides.set.iter().rev().find(|(k, _)| k == name) {
+            match ty.coerce(parse_cli_value(text)) {
+                Ok(v) => value = v,
+                Err(why) => {
+                    errors.push(
+                        Diagnostic::error(
+                            "E0104",
+                            format!("bad value for config field `{name}`"),
+                            field.name.span,
+                            format!("`--set {name}={text}`: {why}"),
+                        )
+                        .with_help(format!("`{name}` must be {}", ty.describe())),
+                    );
+                    continue;
+                }
+            }
+        }
+        record.fields.push((name.clone(), value));
     }
     if errors.is_empty() {
-        Ok(values)
+        Ok(record)
     } else {
         Err(errors)
     }
 }
 
-fn kind_name(v: ConfigValue) -> &'static str {
-    match v {
-        ConfigValue::Int(_) => "an integer",
-        ConfigValue::Float(_) => "a number",
-        ConfigValue::Bool(_) => "true or false",
-    }
-}
-
-fn parse_cli_value(text: &str) -> Result<ConfigValue, String> {
+fn parse_cli_value(text: &str) -> CtValue {
     let t = text.trim();
     if let Ok(i) = t.parse::<i64>() {
-        return Ok(ConfigValue::Int(i));
+        return CtValue::Int(i);
     }
     if let Ok(f) = t.parse::<f64>() {
-        return Ok(ConfigValue::Float(f));
+        if f.is_finite() {
+            return CtValue::Float(f);
+        }
     }
     match t {
-        "true" => Ok(ConfigValue::Bool(true)),
-        "false" => Ok(ConfigValue::Bool(false)),
-        _ => Err("not a number or a boolean".into()),
+        "true" => CtValue::Bool(true),
+        "false" => CtValue::Bool(false),
+        _ => CtValue::Str(t.to_string()),
     }
 }
 
-fn json_value(v: &serde_json::Value) -> Result<ConfigValue, String> {
+fn json_value(v: &serde_json::Value) -> Result<CtValue, String> {
     match v {
-        serde_json::Value::Bool(b) => Ok(ConfigValue::Bool(*b)),
+        serde_json::Value::Bool(b) => Ok(CtValue::Bool(*b)),
         serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Ok(ConfigValue::Int(i)),
-            None => n.as_f64().map(ConfigValue::Float).ok_or_else(|| "number out of range".into()),
+            Some(i) => Ok(CtValue::Int(i)),
+            None => n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .map(CtValue::Float)
+                .ok_or_else(|| "number out of range".into()),
         },
-        other => Err(format!("expected a number or a boolean, found {other}")),
-    }
-}
-
-/// An override takes the kind of the default it replaces: an integer may stand for a float.
-fn coerce(value: ConfigValue, default: ConfigValue) -> Result<ConfigValue, String> {
-    match (value, default) {
-        (ConfigValue::Int(i), ConfigValue::Float(_)) => Ok(ConfigValue::Float(i as f64)),
-        (ConfigValue::Float(f), ConfigValue::Int(_)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(ConfigValue::Int(f as i64)),
-        (v @ ConfigValue::Int(_), ConfigValue::Int(_))
-        | (v @ ConfigValue::Float(_), ConfigValue::Float(_))
-        | (v @ ConfigValue::Bool(_), ConfigValue::Bool(_)) => Ok(v),
-        (v, d) => Err(format!("{v} is not {}", kind_name(d))),
-    }
-}
-
-/// Evaluates a compile-time expression. `lookup` resolves a (possibly dotted) name to a value.
-pub fn eval_const(e: &Expr, lookup: &dyn Fn(&str) -> Option<ConfigValue>) -> Result<ConfigValue, Diagnostic> {
-    let not_const = |what: &str| {
-        Diagnostic::error(
-            "E0104",
-            format!("{what} is not a compile-time value"),
-            e.span,
-            "needs a number known when the model is compiled",
-        )
-        .with_help("config values and dimensions are built from literals and other config values")
-    };
-    match &e.kind {
-        ExprKind::Int(text) => text.parse::<i64>().map(ConfigValue::Int).map_err(|_| {
-            Diagnostic::error("E0104", "integer literal too large", e.span, "does not fit in 64 bits")
-                .with_help("integers range up to 9223372036854775807")
-        }),
-        ExprKind::Float(text) => match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => Ok(ConfigValue::Float(f)),
-            _ => Err(Diagnostic::error(
-                "E0104",
-                "number literal out of range",
-                e.span,
-                "not a finite 64-bit float",
-            )),
-        },
-        ExprKind::Bool(b) => Ok(ConfigValue::Bool(*b)),
-        ExprKind::Path(p) => lookup(&p.dotted()).ok_or_else(|| {
-            Diagnostic::error(
-                "E0100",
-                format!("unknown name `{}`", p.dotted()),
-                p.span,
-                "not a config value in scope",
-            )
-        }),
-        ExprKind::Neg(x) => match eval_const(x, lookup)? {
-            ConfigValue::Int(i) => i.checked_neg().map(ConfigValue::Int).ok_or_else(|| overflow(e.span)),
-            ConfigValue::Float(f) => Ok(ConfigValue::Float(-f)),
-            ConfigValue::Bool(_) => Err(Diagnostic::error(
-                "E0104",
-                "cannot negate a boolean",
-                e.span,
-                "this is true or false",
-            )),
-        },
-        ExprKind::Binary { op, lhs, rhs } => {
-            let a = eval_const(lhs, lookup)?;
-            let b = eval_const(rhs, lookup)?;
-            const_binary(*op, a, b, e.span, lhs.span, rhs.span)
-        }
-        ExprKind::Call { callee, .. } => Err(not_const(&format!("a call to `{}`", callee.name))),
-    }
-}
-
-fn overflow(span: Span) -> Diagnostic {
-    Diagnostic::error(
-        "E0104",
-        "integer overflow in config arithmetic",
-        span,
-        "the result does not fit in 64 bits",
-    )
-}
-
-fn const_binary(op: BinaryOp, a: ConfigValue, b: ConfigValue, span: Span, lspan: Span, rspan: Span) -> Result<ConfigValue, Diagnostic> {
-    use ConfigValue::*;
-    match (a, b) {
-        (Int(x), Int(y)) => {
-            let r = match op {
-                BinaryOp::Add => x.checked_add(y),
-                BinaryOp::Sub => x.checked_sub(y),
-                BinaryOp::Mul => x.checked_mul(y),
-                BinaryOp::Div => {
-                    if y == 0 {
-                        return Err(Diagnostic::error(
-                            "E0105",
-                            "division by zero in config arithmetic",
-                            rspan,
-                            "this is 0",
-                        ));
-                    }
-                    if x % y != 0 {
-                        return Err(Diagnostic::error(
-                            "E0105",
-                            format!("{x} is not divisible by {y}"),
-                            span,
-                            format!("{x} / {y} leaves a remainder of {}", x % y),
-                        )
-                        .with_secondary(lspan, format!("this is {x}"))
-                        .with_secondary(rspan, format!("this is {y}"))
-                        .with_help("integer config arithmetic must divide exactly; change one of the values"));
-                    }
-                    x.checked_div(y)
-                }
-                BinaryOp::MatMul => {
-                    return Err(Diagnostic::error(
-                        "E0104",
-                        "`@` needs tensors",
-                        span,
-                        "both sides are config values",
-                    ))
-                }
-            };
-            r.map(Int).ok_or_else(|| overflow(span))
-        }
-        (Float(_) | Int(_), Float(_) | Int(_)) => {
-            let (x, y) = (as_f64(a), as_f64(b));
-            let r = match op {
-                BinaryOp::Add => x + y,
-                BinaryOp::Sub => x - y,
-                BinaryOp::Mul => x * y,
-                BinaryOp::Div => x / y,
-                BinaryOp::MatMul => {
-                    return Err(Diagnostic::error(
-                        "E0104",
-                        "`@` needs tensors",
-                        span,
-                        "both sides are config values",
-                    ))
-                }
-            };
-            if r.is_finite() {
-                Ok(Float(r))
-            } else {
-                Err(Diagnostic::error(
-                    "E0104",
-                    "config arithmetic is not finite",
-                    span,
-                    format!("{x} {} {y} is {r}", op.symbol()),
-                ))
-            }
-        }
-        _ => Err(Diagnostic::error(
-            "E0104",
-            "arithmetic on a boolean",
-            span,
-            "booleans have no arithmetic",
-        )),
-    }
-}
-
-fn as_f64(v: ConfigValue) -> f64 {
-    match v {
-        ConfigValue::Int(i) => i as f64,
-        ConfigValue::Float(f) => f,
-        ConfigValue::Bool(b) => b as i64 as f64,
+        serde_json::Value::String(s) => Ok(CtValue::Str(s.clone())),
+        other => Err(format!("expected a number, a boolean or a string, found {other}")),
     }
 }

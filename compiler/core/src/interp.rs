@@ -132,6 +132,9 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                         BinaryOp::Sub => x - y,
                         BinaryOp::Mul => x * y,
                         BinaryOp::Div => x / y,
+                        BinaryOp::Max => x.max(y),
+                        BinaryOp::Min => x.min(y),
+                        BinaryOp::Pow => x.powf(y),
                     });
                 });
                 Tensor::f32(shape.clone(), out)
@@ -143,7 +146,17 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                     .map(|&a| match op {
                         UnaryOp::Neg => -a,
                         UnaryOp::Sqrt => a.sqrt(),
+                        UnaryOp::Rsqrt => 1.0 / a.sqrt(),
                         UnaryOp::Exp => a.exp(),
+                        UnaryOp::Log => a.ln(),
+                        UnaryOp::Abs => a.abs(),
+                        UnaryOp::Tanh => a.tanh(),
+                        UnaryOp::Erf => erf(a as f64) as f32,
+                        UnaryOp::Sin => a.sin(),
+                        UnaryOp::Cos => a.cos(),
+                        UnaryOp::Sigmoid => 1.0 / (1.0 + (-a).exp()),
+                        UnaryOp::Relu => a.max(0.0),
+                        UnaryOp::Silu => a / (1.0 + (-a).exp()),
                         UnaryOp::Gelu => (a as f64 * 0.5 * (1.0 + erf(a as f64 / std::f64::consts::SQRT_2))) as f32,
                     })
                     .collect();
@@ -166,6 +179,10 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::ToFloat { x } => match &v(*x).data {
+                Data::Int(values) => Tensor::f32(shape.clone(), values.iter().map(|&i| i as f32).collect()),
+                Data::F32(values) => Tensor::f32(shape.clone(), values.clone()),
+            },
             Op::Transpose { x } => {
                 let t = v(*x);
                 let st = strides(&t.shape);

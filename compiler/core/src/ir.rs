@@ -44,6 +44,8 @@ impl TensorType {
 /// locations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Loc {
+    /// Index into [`Graph::files`].
+    pub file: u32,
     pub line: usize,
     pub col: usize,
 }
@@ -54,13 +56,34 @@ pub enum BinaryOp {
     Sub,
     Mul,
     Div,
+    /// Elementwise maximum.
+    Max,
+    /// Elementwise minimum.
+    Min,
+    /// `a` to the power `b`.
+    Pow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnaryOp {
     Neg,
     Sqrt,
+    /// `1 / sqrt(x)`.
+    Rsqrt,
     Exp,
+    /// Natural logarithm.
+    Log,
+    Abs,
+    Tanh,
+    Erf,
+    Sin,
+    Cos,
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * sigmoid(x)`.
+    Silu,
     /// The exact GELU: `x * 0.5 * (1 + erf(x / sqrt(2)))`.
     Gelu,
 }
@@ -99,6 +122,8 @@ pub enum Op {
         axis: usize,
         keepdim: bool,
     },
+    /// `float x`: converts an integer tensor to f32, same shape.
+    ToFloat { x: ValueId },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
@@ -113,7 +138,7 @@ impl Op {
             Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) => vec![],
             Op::Gather { table, indices } => vec![table, indices],
             Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
-            Op::Unary { x, .. } | Op::Reduce { x, .. } | Op::Transpose { x } => vec![x],
+            Op::Unary { x, .. } | Op::Reduce { x, .. } | Op::Transpose { x } | Op::ToFloat { x } => vec![x],
         }
     }
 }
@@ -146,11 +171,13 @@ pub struct TensorDecl {
 }
 
 /// A compile-time config value after defaults and overrides.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigValue {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// An enum variant or a string.
+    Text(String),
 }
 
 impl std::fmt::Display for ConfigValue {
@@ -159,6 +186,7 @@ impl std::fmt::Display for ConfigValue {
             ConfigValue::Int(v) => write!(f, "{v}"),
             ConfigValue::Float(v) => write!(f, "{v:e}"),
             ConfigValue::Bool(v) => write!(f, "{v}"),
+            ConfigValue::Text(v) => f.write_str(v),
         }
     }
 }
@@ -167,8 +195,8 @@ impl std::fmt::Display for ConfigValue {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Graph {
     pub model: String,
-    /// Source file name, for locations.
-    pub file: String,
+    /// The source files nodes come from; [`Loc::file`] indexes it. The first is the model's.
+    pub files: Vec<String>,
     pub config: Vec<(String, ConfigValue)>,
     pub symbols: Vec<Symbol>,
     pub params: Vec<TensorDecl>,
@@ -229,7 +257,7 @@ impl Graph {
     /// The text form printed by `lmc emit --stage ir`.
     pub fn print(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "model {}  # {}", self.model, self.file);
+        let _ = writeln!(out, "model {}  # {}", self.model, self.files.join(", "));
         for (name, value) in &self.config {
             let _ = writeln!(out, "  config {name} = {value}");
         }
@@ -270,9 +298,21 @@ impl Graph {
                     if *keepdim { ", keepdim" } else { "" }
                 ),
                 Op::Transpose { x } => format!("transpose {}", v(x)),
+                Op::ToFloat { x } => format!("float {}", v(x)),
                 Op::MatMul { lhs, rhs } => format!("matmul {}, {}", v(lhs), v(rhs)),
             };
-            let _ = writeln!(out, "  %{i} = {body} : {}  @{}:{}", self.type_name(&n.ty), n.loc.line, n.loc.col);
+            let file = if n.loc.file == 0 {
+                String::new()
+            } else {
+                format!("{}:", self.files[n.loc.file as usize])
+            };
+            let _ = writeln!(
+                out,
+                "  %{i} = {body} : {}  @{file}{}:{}",
+                self.type_name(&n.ty),
+                n.loc.line,
+                n.loc.col
+            );
         }
         for (decl, v) in &self.outputs {
             let _ = writeln!(out, "  output {} = %{} : {}", decl.name, v.0, self.type_name(&decl.ty));

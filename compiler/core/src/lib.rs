@@ -6,10 +6,13 @@ pub mod check;
 pub mod config;
 pub mod interp;
 pub mod ir;
+pub mod program;
 mod suggest;
+pub mod value;
 
 pub use check::{check_model, model_names, CheckError, Checked};
 pub use config::ConfigOverrides;
+pub use program::{load_file, load_source, LoadFailure, Program};
 
 use ir::{ConfigValue, Dim, Graph, TensorDecl};
 use lmc_abi::{Entry, Manifest, SymbolSpec, TensorSpec};
@@ -47,6 +50,7 @@ pub fn manifest(g: &Graph) -> Manifest {
                     ConfigValue::Int(i) => serde_json::json!(i),
                     ConfigValue::Float(f) => serde_json::json!(f),
                     ConfigValue::Bool(b) => serde_json::json!(b),
+                    ConfigValue::Text(s) => serde_json::json!(s),
                 };
                 (k.clone(), json)
             })
