@@ -13,22 +13,26 @@ use std::fmt::Write as _;
 pub struct SourceFile {
     pub name: String,
     pub text: String,
+    /// Byte offset of the start of each line, for fast position lookups.
+    line_starts: Vec<usize>,
 }
 
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         SourceFile {
             name: name.into(),
-            text: text.into(),
+            text,
+            line_starts,
         }
     }
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = floor_char_boundary(&self.text, offset.min(self.text.len()));
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let line_start = self.line_starts[line - 1];
         let col = self.text[line_start..offset].chars().count() + 1;
         (line, col)
     }
@@ -83,6 +87,59 @@ impl SourceMap {
         let f = self.get(span.file);
         let (l, c) = f.line_col(span.start);
         format!("{}:{l}:{c}", f.name)
+    }
+}
+
+/// The part of a long source line that is shown: lines are clipped to [`Window::WIDTH`]
+/// characters around the first label, so a huge one-line file cannot flood the terminal.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Window {
+    /// 0-based index of the first character shown.
+    start: usize,
+    /// Whether characters were cut on the left / right.
+    clipped_left: bool,
+    clipped_right: bool,
+}
+
+impl Window {
+    pub(crate) const WIDTH: usize = 120;
+
+    fn around(text: &str, col: usize) -> Window {
+        let len = text.chars().count();
+        if len <= Self::WIDTH {
+            return Window::default();
+        }
+        let start = col.saturating_sub(1).saturating_sub(Self::WIDTH / 3).min(len - Self::WIDTH);
+        Window {
+            start,
+            clipped_left: start > 0,
+            clipped_right: start + Self::WIDTH < len,
+        }
+    }
+
+    fn show(&self, text: &str) -> String {
+        let clipped = self.clipped_left || self.clipped_right;
+        let shown: String = text
+            .chars()
+            .skip(self.start)
+            .take(if clipped { Self::WIDTH } else { usize::MAX })
+            .collect();
+        format!(
+            "{}{shown}{}",
+            if self.clipped_left { "..." } else { "" },
+            if self.clipped_right { "..." } else { "" }
+        )
+    }
+
+    /// The 1-based column and width of a label within the shown text.
+    fn place(&self, col: usize, width: usize) -> (usize, usize) {
+        let clipped = self.clipped_left || self.clipped_right;
+        if !clipped {
+            return (col, width);
+        }
+        let prefix = if self.clipped_left { 3 } else { 0 };
+        let col0 = col.saturating_sub(1).saturating_sub(self.start).min(Self::WIDTH - 1);
+        (col0 + prefix + 1, width.min(Self::WIDTH - col0).max(1))
     }
 }
 
@@ -179,8 +236,13 @@ impl Diagnostic {
         let primary_file = self.primary.span.file;
         labels.sort_by_key(|(l, _)| (l.span.file != primary_file, l.span.file, l.span.start));
         let mut previous = (primary_file, 0);
+        let mut window = Window::default();
         for (label, mark) in labels {
             let source = sources.get(label.span.file);
+            if source.text.is_empty() {
+                // A whole-file problem (too large, unreadable): no line to show.
+                continue;
+            }
             if label.span.file != previous.0 {
                 let _ = writeln!(out, "{pad}::: {}", sources.location(label.span));
                 previous = (label.span.file, 0);
@@ -194,11 +256,13 @@ impl Diagnostic {
                 text.chars().count().saturating_sub(c - 1).max(1)
             };
             if l != previous.1 {
-                let _ = writeln!(out, "{l:>gutter$} | {text}");
+                window = Window::around(text, c);
+                let _ = writeln!(out, "{l:>gutter$} | {}", window.show(text));
                 previous.1 = l;
             }
+            let (col, width) = window.place(c, width);
             let underline = mark.to_string().repeat(width);
-            let _ = writeln!(out, "{pad} | {}{underline} {}", " ".repeat(c - 1), label.message);
+            let _ = writeln!(out, "{pad} | {}{underline} {}", " ".repeat(col - 1), label.message);
         }
         if let Some(help) = &self.help {
             let _ = writeln!(out, "{pad} |");

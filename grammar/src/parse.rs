@@ -14,14 +14,19 @@ use std::sync::OnceLock;
 struct ModelParser;
 
 /// Nesting deeper than this is refused before pest sees it, so no input can overflow the stack.
-const MAX_NESTING: usize = 200;
+const MAX_NESTING: usize = 64;
+/// At most this many operators in one expression (outside brackets), for the same reason.
+const MAX_OPERATORS: usize = 256;
 
 /// Parses a whole `.model` file; every span carries `file`.
 pub fn parse_file(text: &str, file: FileId) -> Result<File, Diagnostic> {
     check_nesting(text, file)?;
     let mut pairs = ModelParser::parse(Rule::file, text).map_err(|e| syntax_error(e, file, text))?;
     let root = pairs.next().expect("the file rule always produces one pair");
-    let p = Builder { file };
+    let p = Builder {
+        file,
+        error: std::cell::RefCell::new(None),
+    };
     let mut items = Vec::new();
     for pair in root.into_inner() {
         match pair.as_rule() {
@@ -34,7 +39,10 @@ pub fn parse_file(text: &str, file: FileId) -> Result<File, Diagnostic> {
             rule => unreachable!("grammar produced {rule:?} at file level"),
         }
     }
-    Ok(File { items })
+    match p.error.into_inner() {
+        Some(d) => Err(d),
+        None => Ok(File { items }),
+    }
 }
 
 fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
@@ -68,6 +76,8 @@ fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
 /// Builds AST nodes from pest pairs of one file.
 struct Builder {
     file: FileId,
+    /// The first limit exceeded while building, if any.
+    error: std::cell::RefCell<Option<Diagnostic>>,
 }
 
 impl Builder {
@@ -384,6 +394,34 @@ impl Builder {
 
     fn expr(&self, pair: Pair<'_, Rule>) -> Expr {
         debug_assert_eq!(pair.as_rule(), Rule::expr);
+        let span = self.span(&pair);
+        let operators = pair
+            .clone()
+            .into_inner()
+            .filter(|p| {
+                !matches!(
+                    p.as_rule(),
+                    Rule::number | Rule::boolean | Rule::string | Rule::call | Rule::path | Rule::if_expr | Rule::expr
+                )
+            })
+            .count();
+        if operators > MAX_OPERATORS {
+            self.error.borrow_mut().get_or_insert_with(|| {
+                Diagnostic::error(
+                    "E0002",
+                    "expression too long",
+                    span,
+                    format!("{operators} operators in one expression"),
+                )
+                .with_help(format!(
+                    "lmc accepts at most {MAX_OPERATORS} operators in one expression; name intermediate values instead"
+                ))
+            });
+            return Expr {
+                kind: ExprKind::Int("0".into()),
+                span,
+            };
+        }
         pratt()
             .map_primary(|p| self.primary(p))
             .map_prefix(|op, rhs| Expr {

@@ -76,6 +76,14 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
     for path in files {
         let text = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
         let text = String::from_utf8(text).map_err(|_| Failure::Message(format!("{}: not valid UTF-8", path.display())))?;
+        if text.len() > lmc_core::program::MAX_SOURCE_BYTES {
+            return Err(Failure::Message(format!(
+                "{}: too large for a model file ({} bytes; the limit is {})",
+                path.display(),
+                text.len(),
+                lmc_core::program::MAX_SOURCE_BYTES
+            )));
+        }
         let mut sources = lmc_grammar::SourceMap::new();
         let id = sources.add(lmc_grammar::SourceFile::new(path.display().to_string(), text));
         let source = sources.get(id);

@@ -106,8 +106,23 @@ pub enum MessageFormat {
     Json,
 }
 
+/// The stack the compiler runs on. Parsing and checking recurse over expressions whose depth the
+/// parser bounds; this leaves a wide margin over those bounds on every platform.
+const STACK_BYTES: usize = 256 << 20;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
+    match worker.map(|w| w.join()) {
+        Ok(Ok(code)) => code,
+        _ => {
+            eprintln!("error: internal compiler error (lmc crashed); please report it with the input that caused it");
+            ExitCode::from(101)
+        }
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { files, message_format } => commands::check(&files, message_format),
         Command::Fmt { files, check } => commands::fmt(&files, check),

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 /// The standard library's files, as compiled in.
 pub const STD_FILES: &[(&str, &str)] = &[("std/nn.model", include_str!("../../../models/std/nn.model"))];
 
+/// The largest `.model` file accepted. Real models are a few kilobytes; the limit keeps every
+/// input, however large, answered within a second.
+pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
 /// An item of some module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemRef {
@@ -116,6 +120,22 @@ impl Loader {
 
     /// Parses a file into a new module; `None` after a syntax error.
     fn parse(&mut self, name: &str, text: String, dir: Option<PathBuf>) -> Option<usize> {
+        if text.len() > MAX_SOURCE_BYTES {
+            let size = text.len();
+            let file = self.sources.add(SourceFile::new(name, ""));
+            self.diagnostics.push(
+                Diagnostic::error(
+                    "E0003",
+                    format!("{name} is too large for a model file ({size} bytes)"),
+                    Span::new(file, 0, 0),
+                    "",
+                )
+                .with_help(format!(
+                    "model files are limited to {MAX_SOURCE_BYTES} bytes; split the model with `use`"
+                )),
+            );
+            return None;
+        }
         let file = self.sources.add(SourceFile::new(name, text));
         match lmc_grammar::parse_file(&self.sources.get(file).text, file) {
             Ok(ast) => {
@@ -289,5 +309,33 @@ impl Loader {
             sources: self.sources,
             modules: self.modules,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let text = format!("# {}\n", "x".repeat(MAX_SOURCE_BYTES));
+        let f = load_source("big.model", &text, None).unwrap_err();
+        assert_eq!(f.diagnostics[0].code, "E0003");
+    }
+
+    #[test]
+    fn std_imports_resolve_and_unknown_names_are_reported() {
+        let ok = load_source("t.model", "use std.{Linear, LayerNorm}", None).unwrap();
+        assert!(ok.lookup(0, "Linear").is_some() && ok.lookup(0, "LayerNorm").is_some());
+        let bad = load_source("t.model", "use std.{Linaer}", None).unwrap_err();
+        assert_eq!(bad.diagnostics[0].code, "E0100");
+        assert!(bad.diagnostics[0].help.as_deref().unwrap_or("").contains("Linear"));
+    }
+
+    #[test]
+    fn the_standard_library_parses() {
+        for (name, text) in STD_FILES {
+            lmc_grammar::parse_file(text, 0).unwrap_or_else(|d| panic!("{name}: {d:?}"));
+        }
     }
 }
