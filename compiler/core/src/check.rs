@@ -1160,6 +1160,35 @@ impl<'p> Elab<'p> {
                     self.sub(frame, otherwise)
                 }
             }
+            ExprKind::Binary {
+                op: op @ (ast::BinaryOp::Eq | ast::BinaryOp::Ne),
+                lhs,
+                rhs,
+            } => {
+                // A bare name compared with an enum value names one of its variants.
+                let (l, r) = match self.expr_inner(frame, lhs) {
+                    Ok(l) => {
+                        let r = self.enum_operand(frame, rhs, &l)?;
+                        (l, r)
+                    }
+                    Err(d) if d.code == "E0100" => {
+                        let r = self.expr_inner(frame, rhs)?;
+                        let l = self.enum_operand(frame, lhs, &r).map_err(|_| d)?;
+                        (l, r)
+                    }
+                    Err(d) => return Err(d),
+                };
+                match (l, r) {
+                    (Val::Const(a), Val::Const(b)) => value::binary(*op, a, b, e.span, lhs.span, rhs.span).map(Val::Const),
+                    _ => Err(Diagnostic::error(
+                        "E0201",
+                        format!("`{}` is not defined on tensors", op.symbol()),
+                        e.span,
+                        "comparisons and logic are for compile-time values",
+                    )
+                    .with_help("use `maximum`, `minimum` or arithmetic on tensors")),
+                }
+            }
             ExprKind::Binary { op, lhs, rhs } => {
                 let (l, r) = (self.expr(frame, lhs), self.expr(frame, rhs));
                 let (l, r) = (l.ok_or_else(poisoned)?, r.ok_or_else(poisoned)?);
@@ -1183,6 +1212,36 @@ impl<'p> Elab<'p> {
                 }
             }
             ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
+        }
+    }
+
+    /// Evaluates `e`; when it is a bare unknown name and `other` is an enum value, the name is
+    /// one of that enum's variants.
+    fn enum_operand(&mut self, frame: &mut Frame, e: &'p Expr, other: &Val) -> Result<Val, Diagnostic> {
+        match self.expr_inner(frame, e) {
+            Err(d) if d.code == "E0100" => {
+                let (ExprKind::Path(p), Val::Const(CtValue::Enum { variants, .. })) = (&e.kind, other) else {
+                    return Err(d);
+                };
+                let [name] = p.segments.as_slice() else { return Err(d) };
+                if variants.contains(&name.name) {
+                    return Ok(Val::Const(CtValue::Enum {
+                        value: name.name.clone(),
+                        variants: variants.clone(),
+                    }));
+                }
+                let d = Diagnostic::error(
+                    "E0100",
+                    format!("`{}` is not a variant of this enum", name.name),
+                    p.span,
+                    format!("expected one of {}", variants.join(" | ")),
+                );
+                Err(match did_you_mean(&name.name, variants.iter().map(String::as_str)) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d,
+                })
+            }
+            other => other,
         }
     }
 
@@ -2076,5 +2135,88 @@ fn abi_dtype(d: ast::DType) -> DType {
         ast::DType::F32 => DType::F32,
         ast::DType::I64 => DType::I64,
         ast::DType::I32 => DType::I32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::program::load_source;
+
+    const FILE: &str = r#"
+config C {
+  d: int = 4 from "hidden_size"
+  act: gelu | relu = gelu from "hidden_act"
+  half = d / 2
+}
+model M(c: C) {
+  param w: f32[c.half]
+  forward(x: f32[B, c.half]) -> (y: f32[B, c.half]) { return if c.act == relu { relu(x * w) } else { gelu(x * w) } }
+}
+variant R = M { act = relu }
+"#;
+
+    fn config_of(model: &str, overrides: &ConfigOverrides) -> Vec<(String, String)> {
+        let p = load_source("t.model", FILE, None).unwrap();
+        let g = check_model(&p, Some(model), overrides).unwrap_or_else(|e| panic!("{e:?}")).graph;
+        g.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+    }
+
+    fn get(config: &[(String, String)], key: &str) -> String {
+        config.iter().find(|(k, _)| k == key).unwrap().1.clone()
+    }
+
+    #[test]
+    fn config_json_keys_configure_fields_and_derived_values_follow() {
+        let o = ConfigOverrides::default()
+            .with_checkpoint_json(r#"{"hidden_size": 12, "hidden_act": "relu", "d": 99}"#)
+            .unwrap();
+        let c = config_of("M", &o);
+        assert_eq!(get(&c, "d"), "12", "`from` names the key; the field's own name is not read");
+        assert_eq!(get(&c, "half"), "6");
+        assert_eq!(get(&c, "act"), "relu");
+    }
+
+    #[test]
+    fn variants_beat_the_checkpoint_and_set_beats_both() {
+        let o = ConfigOverrides::default()
+            .with_checkpoint_json(r#"{"hidden_act": "gelu"}"#)
+            .unwrap();
+        assert_eq!(get(&config_of("R", &o), "act"), "relu");
+        let o = ConfigOverrides {
+            set: vec![("act".into(), "gelu".into())],
+            ..o
+        };
+        assert_eq!(get(&config_of("R", &o), "act"), "gelu");
+    }
+
+    #[test]
+    fn bad_overrides_are_errors_at_the_field() {
+        let p = load_source("t.model", FILE, None).unwrap();
+        let o = ConfigOverrides::default()
+            .with_checkpoint_json(r#"{"hidden_act": "swish"}"#)
+            .unwrap();
+        let Err(CheckError::Diagnostics(d)) = check_model(&p, Some("M"), &o) else {
+            panic!("accepted")
+        };
+        assert_eq!(d[0].code, "E0104");
+        assert!(d[0].message.contains("hidden_act"), "{}", d[0].message);
+        let o = ConfigOverrides {
+            set: vec![("dd".into(), "3".into())],
+            ..Default::default()
+        };
+        let Err(CheckError::Diagnostics(d)) = check_model(&p, Some("M"), &o) else {
+            panic!("accepted")
+        };
+        assert_eq!(d[0].code, "E0103");
+        assert!(d[0].help.as_deref().unwrap_or("").contains("`d`"));
+    }
+
+    #[test]
+    fn the_chosen_branch_alone_is_compiled() {
+        let p = load_source("t.model", FILE, None).unwrap();
+        let ir = |m: &str| check_model(&p, Some(m), &ConfigOverrides::default()).unwrap().graph.print();
+        assert!(ir("M").contains("gelu") && !ir("M").contains("relu"));
+        assert!(ir("R").contains("relu") && !ir("R").contains("gelu"));
     }
 }
