@@ -11,7 +11,8 @@ CKPT=tests/fixtures/bert_tiny
 OUT=out/main
 mkdir -p "$OUT"
 
-$LMC check models/*.model
+$LMC check models/*.model models/std/*.model
+$LMC fmt --check models/*.model models/std/*.model
 for spec in BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForwardStack:intermediate; do
   model=${spec%%:*}; fixture=${spec##*:}
   $LMC compile "models/bert.model:$model" --config "$CKPT" -o "$OUT/lib$model.so"
@@ -20,3 +21,7 @@ for spec in BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForw
        --inputs "$CKPT/inputs_$fixture.safetensors" -o "$OUT/$model.so.safetensors"
   cmp "$OUT/$model.jit.safetensors" "$OUT/$model.so.safetensors" && echo "$model: JIT and shared library agree bit for bit"
 done
+
+# A one-line architectural variant against its base, on the same checkpoint.
+$LMC run models/bert.model:BertFeedForwardStackRelu --weights "$CKPT" \
+     --inputs "$CKPT/inputs_intermediate.safetensors" -o "$OUT/BertFeedForwardStackRelu.jit.safetensors"
