@@ -73,6 +73,28 @@ fn check_nesting(text: &str, file: FileId) -> Result<(), Diagnostic> {
     Ok(())
 }
 
+/// The length of `text` without trailing whitespace and comments (strings have no escapes and
+/// no newlines, so a `#` outside quotes starts a comment).
+fn code_len(text: &str) -> usize {
+    let mut end = 0;
+    let mut in_string = false;
+    let mut in_comment = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => in_comment = false,
+            _ if in_comment => {}
+            '"' => {
+                in_string = !in_string;
+                end = i + 1;
+            }
+            '#' if !in_string => in_comment = true,
+            c if c.is_whitespace() && !in_string => {}
+            c => end = i + c.len_utf8(),
+        }
+    }
+    end
+}
+
 /// Builds AST nodes from pest pairs of one file.
 struct Builder {
     file: FileId,
@@ -83,7 +105,15 @@ struct Builder {
 impl Builder {
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let end = match pair.as_rule() {
+            // Rules that end in an optional `;` also swallow the whitespace and comments pest
+            // skipped while looking for it; the construct itself ends before them.
+            Rule::use_decl | Rule::config_field | Rule::param_decl | Rule::instance_decl | Rule::assign_stmt | Rule::return_stmt => {
+                s.start() + code_len(pair.as_str())
+            }
+            _ => s.end(),
+        };
+        Span::new(self.file, s.start(), end)
     }
 
     fn ident(&self, pair: Pair<'_, Rule>) -> Ident {
