@@ -13,6 +13,7 @@ const MODELS: &[(&str, &str, &str)] = &[
     ("BertEmbeddings", "embeddings", "embeddings"),
     ("BertIntermediate", "intermediate", "intermediate"),
     ("BertFeedForwardStack", "intermediate", "feed_forward_stack"),
+    ("BertModel", "model", "model"),
 ];
 
 fn fixture_overrides() -> ConfigOverrides {
@@ -51,7 +52,10 @@ mod stages {
             g.verify().unwrap();
             insta::assert_snapshot!(format!("{model}_ir"), g.print());
             insta::assert_snapshot!(format!("{model}_mlir"), lmc_codegen::emit_mlir(&g));
-            insta::assert_snapshot!(format!("{model}_llvm"), lmc_codegen::emit_llvm_ir(&g).unwrap());
+            // LLVM IR is large; the small models show every lowering step well enough.
+            if g.nodes.len() < 40 {
+                insta::assert_snapshot!(format!("{model}_llvm"), lmc_codegen::emit_llvm_ir(&g).unwrap());
+            }
             insta::assert_snapshot!(format!("{model}_manifest"), lmc_core::manifest(&g).to_json());
         }
     }

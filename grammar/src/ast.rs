@@ -318,6 +318,16 @@ pub enum ExprKind {
         then: Box<Expr>,
         otherwise: Box<Expr>,
     },
+    /// `(b, h, i, j) => expr`: an index function (attention masks and score modifiers).
+    Lambda {
+        params: Vec<Ident>,
+        body: Box<Expr>,
+    },
+    /// `tensor[i, j]`: one element, inside an index function.
+    Index {
+        base: Path,
+        indices: Vec<Expr>,
+    },
     /// A built-in function (`gelu(x)`), a block instance's forward (`attention.self.query(x)`)
     /// or, in instance declarations, a block constructor (`Linear(c.d, c.ff)`).
     Call {

@@ -518,6 +518,11 @@ pub(crate) fn expr(e: &Expr) -> String {
             format!("if {} {{ {} }} else {other}", expr(cond), expr(then))
         }
         ExprKind::Call { callee, args } => format!("{}({})", callee.dotted(), call_args(args)),
+        ExprKind::Lambda { params, body } => {
+            let ps: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            format!("({}) => {}", ps.join(", "), expr(body))
+        }
+        ExprKind::Index { base, indices } => format!("{}[{}]", base.dotted(), indices.iter().map(expr).collect::<Vec<_>>().join(", ")),
     }
 }
 
@@ -526,7 +531,7 @@ pub(crate) fn expr(e: &Expr) -> String {
 fn operand(e: &Expr, p: u8, right: bool) -> String {
     let inner = match &e.kind {
         ExprKind::Binary { op, .. } => Some(op.precedence()),
-        ExprKind::If { .. } => Some(0),
+        ExprKind::If { .. } | ExprKind::Lambda { .. } => Some(0),
         ExprKind::Neg(_) | ExprKind::Not(_) if p == 7 => Some(7),
         _ => None,
     };

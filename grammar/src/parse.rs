@@ -509,6 +509,22 @@ impl Builder {
                 let (callee, args) = self.call_parts(pair);
                 ExprKind::Call { callee, args }
             }
+            Rule::lambda => {
+                let mut parts: Vec<_> = pair.into_inner().collect();
+                let body = self.expr(parts.pop().unwrap());
+                ExprKind::Lambda {
+                    params: parts.into_iter().map(|p| self.ident(p)).collect(),
+                    body: Box::new(body),
+                }
+            }
+            Rule::index => {
+                let mut inner = pair.into_inner();
+                let base = self.path(inner.next().unwrap());
+                ExprKind::Index {
+                    base,
+                    indices: inner.map(|e| self.expr(e)).collect(),
+                }
+            }
             Rule::if_expr => {
                 let mut p = pair.into_inner();
                 let cond = self.expr(p.next().unwrap());
@@ -579,6 +595,8 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::return_stmt => "`return`",
         Rule::for_stmt => "`for`",
         Rule::if_stmt | Rule::if_expr => "`if`",
+        Rule::lambda => "an index function (`(i, j) => ...`)",
+        Rule::index => "an element (`x[i, j]`)",
         Rule::expr | Rule::neg | Rule::not | Rule::call | Rule::call_arg => "an expression",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::matmul => "an operator",
         Rule::eq | Rule::ne | Rule::lt | Rule::le | Rule::gt | Rule::ge | Rule::and | Rule::or => "an operator",

@@ -202,5 +202,10 @@ fn expr(e: &Expr) -> String {
         ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", expr(lhs), op.symbol(), expr(rhs)),
         ExprKind::If { cond, then, otherwise } => format!("(if {} then {} else {})", expr(cond), expr(then), expr(otherwise)),
         ExprKind::Call { callee, args } => format!("{}({})", callee.dotted(), call_args(args)),
+        ExprKind::Lambda { params, body } => {
+            let ps: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            format!("(({}) => {})", ps.join(", "), expr(body))
+        }
+        ExprKind::Index { base, indices } => format!("{}[{}]", base.dotted(), indices.iter().map(expr).collect::<Vec<_>>().join(", ")),
     }
 }

@@ -59,6 +59,17 @@ def bert_tiny():
     save_file({"intermediate_output": intermediate.contiguous()}, out / "expected_intermediate.safetensors")
     save_file({"last_hidden_state": stacked.contiguous()}, out / "expected_feed_forward_stack.safetensors")
 
+    # The whole BertModel, with padding: the second sequence's last three tokens are masked.
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 4:] = 0
+    with torch.no_grad():
+        full = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+    save_file(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+        out / "inputs_model.safetensors",
+    )
+    save_file({"last_hidden_state": full.contiguous()}, out / "expected_model.safetensors")
+
 
 if __name__ == "__main__":
     bert_tiny()

@@ -12,7 +12,9 @@
 //! prints and what the snapshot tests compare, and every op carries its `.model` location.
 
 use lmc_abi::DType;
-use lmc_core::ir::{BinaryOp, Dim, Graph, Loc, Op, ReduceOp, TensorType, UnaryOp, ValueId};
+use lmc_core::ir::{
+    BinaryOp, Dim, Graph, Loc, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarType, ScalarUnary, TensorType, UnaryOp, ValueId,
+};
 use std::fmt::Write as _;
 
 /// The name of the generated function that implements `forward`.
@@ -63,6 +65,10 @@ fn tensor_ty(t: &TensorType) -> String {
 fn memref_ty(t: &TensorType) -> String {
     format!("memref<{}>", shape_str(t))
 }
+
+/// Computes, inside a generic body, where an output element comes from: given the output's
+/// index names, pushes the lines it needs and returns the source coordinates.
+type Coordinates<'a> = dyn Fn(&[String], &mut Vec<String>) -> Vec<String> + 'a;
 
 /// Writes the scalar body of an elementwise op: given the operand names, the result name and a
 /// prefix for temporaries, the lines that define the result.
@@ -246,6 +252,16 @@ impl Emitter<'_> {
                 ));
             }
             Op::MatMul { lhs, rhs } => self.emit_matmul(id, *lhs, *rhs, &loc),
+            Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
+            Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
+            Op::Attention {
+                q,
+                k,
+                v,
+                scale,
+                mask,
+                score,
+            } => self.emit_attention(id, [*q, *k, *v], *scale, mask.as_ref(), score.as_ref(), &loc),
         }
     }
 
@@ -513,6 +529,372 @@ impl Emitter<'_> {
         self.line("  %r = arith.addf %p, %acc : f32");
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+}
+
+impl Emitter<'_> {
+    /// A generic over the output's dimensions whose body reads `x` at computed coordinates.
+    fn emit_gather_like(&mut self, id: ValueId, x: ValueId, loc: &str, coords: &Coordinates<'_>) {
+        let g = self.g;
+        let ty = g.ty(id).clone();
+        let xt = g.ty(x).clone();
+        let r = ty.rank();
+        let e = self.empty(&ty);
+        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [{map}], iterator_types = [{}]}} outs({e} : {}) {{",
+            v(id),
+            parallel(r),
+            tensor_ty(&ty)
+        ));
+        self.line("^bb0(%o: f32):");
+        let idx: Vec<String> = (0..r).map(|k| format!("%d{k}")).collect();
+        for (k, name) in idx.iter().enumerate() {
+            self.line(&format!("  {name} = linalg.index {k} : index"));
+        }
+        let mut body = Vec::new();
+        let at = coords(&idx, &mut body);
+        for l in body {
+            self.line(&format!("  {l}"));
+        }
+        self.line(&format!("  %r = tensor.extract {}[{}] : {}", v(x), at.join(", "), tensor_ty(&xt)));
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+
+    fn emit_split_heads(&mut self, id: ValueId, x: ValueId, heads: i64, loc: &str) {
+        let xt = self.g.ty(x).clone();
+        let Dim::Static(c) = xt.dims[xt.rank() - 1] else {
+            unreachable!("the checker requires a fixed width")
+        };
+        let d = c / heads;
+        // out[..., h, t, e] = x[..., t, h * D + e]
+        self.emit_gather_like(id, x, loc, &|idx, body| {
+            let n = idx.len();
+            body.push(format!("%width = arith.constant {d} : index"));
+            body.push(format!("%base = arith.muli {}, %width : index", idx[n - 3]));
+            body.push(format!("%col = arith.addi %base, {} : index", idx[n - 1]));
+            let mut at: Vec<String> = idx[..n - 3].to_vec();
+            at.push(idx[n - 2].clone());
+            at.push("%col".into());
+            at
+        });
+    }
+
+    fn emit_merge_heads(&mut self, id: ValueId, x: ValueId, loc: &str) {
+        let xt = self.g.ty(x).clone();
+        let Dim::Static(d) = xt.dims[xt.rank() - 1] else {
+            unreachable!("the checker requires a fixed width")
+        };
+        // out[..., t, c] = x[..., c / D, t, c % D]
+        self.emit_gather_like(id, x, loc, &|idx, body| {
+            let n = idx.len();
+            body.push(format!("%width = arith.constant {d} : index"));
+            body.push(format!("%head = arith.divui {}, %width : index", idx[n - 1]));
+            body.push(format!("%col = arith.remui {}, %width : index", idx[n - 1]));
+            let mut at: Vec<String> = idx[..n - 2].to_vec();
+            at.extend(["%head".to_string(), idx[n - 2].clone(), "%col".to_string()]);
+            at
+        });
+    }
+
+    /// Attention, materialised: scores, mask and score function, softmax, weighted sum. The
+    /// flash-style kernel that never builds the score matrix replaces this with the performance
+    /// work; the meaning stays.
+    fn emit_attention(
+        &mut self,
+        id: ValueId,
+        [q, k, v_id]: [ValueId; 3],
+        scale: f64,
+        mask: Option<&ScalarFn>,
+        score: Option<&ScalarFn>,
+        loc: &str,
+    ) {
+        let g = self.g;
+        let (qt, kt, vt) = (g.ty(q).clone(), g.ty(k).clone(), g.ty(v_id).clone());
+        let ty = g.ty(id).clone();
+        let (b, h, t, s) = (qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]);
+        let group = match (qt.dims[1], kt.dims[1]) {
+            (Dim::Static(hq), Dim::Static(hk)) if hq != hk => hq / hk,
+            _ => 1,
+        };
+        let kv_head = if group == 1 {
+            "d1".to_string()
+        } else {
+            format!("d1 floordiv {group}")
+        };
+        let scores_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t, s]);
+        let rows_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t]);
+        let st = tensor_ty(&scores_ty);
+        let rt = tensor_ty(&rows_ty);
+        let fill = |e: &mut Self, ty: &TensorType, value: &str| {
+            let empty = e.empty(ty);
+            let c = e.fresh();
+            e.line(&format!("{c} = arith.constant {value} : f32"));
+            let f = e.fresh();
+            e.line(&format!(
+                "{f} = linalg.fill ins({c} : f32) outs({empty} : {}) -> {}",
+                tensor_ty(ty),
+                tensor_ty(ty)
+            ));
+            f
+        };
+        // 1. raw scores q·k
+        let zero = fill(self, &scores_ty, "0.0");
+        let raw = self.fresh();
+        self.line(&format!(
+            "{raw} = linalg.generic {{indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, {kv_head}, d3, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"reduction\"]}} ins({}, {} : {}, {}) outs({zero} : {st}) {{",
+            v(q), v(k), tensor_ty(&qt), tensor_ty(&kt)
+        ));
+        self.line("^bb0(%a: f32, %b: f32, %acc: f32):");
+        self.line("  %p = arith.mulf %a, %b : f32");
+        self.line("  %r = arith.addf %p, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {st} {loc}"));
+        // 2. scale, score function, mask
+        let empty = self.empty(&scores_ty);
+        let scored = self.fresh();
+        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+        self.line(&format!("{scored} = linalg.generic {{indexing_maps = [{map4}, {map4}], iterator_types = [{}]}} ins({raw} : {st}) outs({empty} : {st}) {{", parallel(4)));
+        self.line("^bb0(%raw: f32, %o: f32):");
+        self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
+        self.line("  %s0 = arith.mulf %raw, %scale : f32");
+        let mut idx = Vec::new();
+        if mask.is_some() || score.is_some() {
+            for k in 0..4 {
+                self.line(&format!("  %ix{k} = linalg.index {k} : index"));
+                self.line(&format!("  %i{k} = arith.index_cast %ix{k} : index to i64"));
+                idx.push(format!("%i{k}"));
+            }
+        }
+        let mut current = "%s0".to_string();
+        if let Some(f) = score {
+            let mut args = vec![current.clone()];
+            args.extend(idx.iter().cloned());
+            current = self.emit_scalar_fn(f, &args, "%sc");
+        }
+        if let Some(f) = mask {
+            let keep = self.emit_scalar_fn(f, &idx, "%mk");
+            self.line("  %neginf = arith.constant 0xFF800000 : f32");
+            self.line(&format!("  %masked = arith.select {keep}, {current}, %neginf : f32"));
+            current = "%masked".into();
+        }
+        self.line(&format!("  linalg.yield {current} : f32"));
+        self.line(&format!("}} -> {st} {loc}"));
+        // 3. row maximum
+        let neg = fill(self, &rows_ty, "0xFF800000");
+        let max = self.fresh();
+        let red = "[\"parallel\", \"parallel\", \"parallel\", \"reduction\"]";
+        let row_map = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>";
+        self.line(&format!("{max} = linalg.generic {{indexing_maps = [{map4}, {row_map}], iterator_types = {red}}} ins({scored} : {st}) outs({neg} : {rt}) {{"));
+        self.line("^bb0(%a: f32, %acc: f32):");
+        self.line("  %r = arith.maximumf %a, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {rt} {loc}"));
+        // 4. exp(s - max); a fully masked row (max = -inf) gives zeros, not NaN
+        let empty = self.empty(&scores_ty);
+        let probs = self.fresh();
+        self.line(&format!("{probs} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({scored}, {max} : {st}, {rt}) outs({empty} : {st}) {{", parallel(4)));
+        self.line("^bb0(%s: f32, %m: f32, %o: f32):");
+        self.line("  %neginf = arith.constant 0xFF800000 : f32");
+        self.line("  %zero = arith.constant 0.0 : f32");
+        self.line("  %empty = arith.cmpf oeq, %m, %neginf : f32");
+        self.line("  %safe = arith.select %empty, %zero, %m : f32");
+        self.line("  %d = arith.subf %s, %safe : f32");
+        self.line("  %r = math.exp %d : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {st} {loc}"));
+        // 5. row sums
+        let zr = fill(self, &rows_ty, "0.0");
+        let sums = self.fresh();
+        self.line(&format!("{sums} = linalg.generic {{indexing_maps = [{map4}, {row_map}], iterator_types = {red}}} ins({probs} : {st}) outs({zr} : {rt}) {{"));
+        self.line("^bb0(%a: f32, %acc: f32):");
+        self.line("  %r = arith.addf %a, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {rt} {loc}"));
+        // 6. weighted sum of v
+        let zo = fill(self, &ty, "0.0");
+        let weighted = self.fresh();
+        let out_t = tensor_ty(&ty);
+        self.line(&format!(
+            "{weighted} = linalg.generic {{indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, {kv_head}, d4, d3)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"reduction\"]}} ins({probs}, {} : {st}, {}) outs({zo} : {out_t}) {{",
+            v(v_id), tensor_ty(&vt)
+        ));
+        self.line("^bb0(%p: f32, %val: f32, %acc: f32):");
+        self.line("  %m = arith.mulf %p, %val : f32");
+        self.line("  %r = arith.addf %m, %acc : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {out_t} {loc}"));
+        // 7. normalise; an empty row stays zero
+        let empty = self.empty(&ty);
+        self.line(&format!("{} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({empty} : {out_t}) {{", v(id), parallel(4)));
+        self.line("^bb0(%w: f32, %z: f32, %o: f32):");
+        self.line("  %zero = arith.constant 0.0 : f32");
+        self.line("  %none = arith.cmpf oeq, %z, %zero : f32");
+        self.line("  %q = arith.divf %w, %z : f32");
+        self.line("  %r = arith.select %none, %zero, %q : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {out_t} {loc}"));
+    }
+
+    /// Emits an index function inside a generic body; `args` are the SSA values of its
+    /// parameters (f32 for a score, i64 for indices). Returns the result's SSA name.
+    fn emit_scalar_fn(&mut self, f: &ScalarFn, args: &[String], prefix: &str) -> String {
+        let g = self.g;
+        let name = |k: usize| format!("{prefix}{k}");
+        let ty_of = |t: ScalarType| match t {
+            ScalarType::Int => "i64",
+            ScalarType::F32 => "f32",
+            ScalarType::Bool => "i1",
+        };
+        for (k, (node, t)) in f.nodes.iter().enumerate() {
+            let out = name(k);
+            let ts = ty_of(*t);
+            let lines: Vec<String> = match node {
+                // Parameters are the caller's SSA values (see `scalar_arg`).
+                ScalarNode::Param(_) => vec![],
+                ScalarNode::Int(v) => vec![format!("{out} = arith.constant {v} : i64")],
+                ScalarNode::F32(v) => vec![format!("{out} = arith.constant {} : f32", f32_literal(*v))],
+                ScalarNode::Bool(b) => vec![format!("{out} = arith.constant {b}")],
+                ScalarNode::Load { tensor, indices } => {
+                    let tt = g.ty(*tensor).clone();
+                    let mut l = Vec::new();
+                    let mut coords = Vec::new();
+                    for (axis, i) in indices.iter().enumerate() {
+                        let size = match tt.dims[axis] {
+                            Dim::Static(n) => {
+                                l.push(format!("{out}_n{axis} = arith.constant {} : i64", n - 1));
+                                format!("{out}_n{axis}")
+                            }
+                            Dim::Symbol(_) => {
+                                l.push(format!("{out}_a{axis} = arith.constant {axis} : index"));
+                                l.push(format!(
+                                    "{out}_d{axis} = tensor.dim {}, {out}_a{axis} : {}",
+                                    v(*tensor),
+                                    tensor_ty(&tt)
+                                ));
+                                l.push(format!("{out}_e{axis} = arith.index_cast {out}_d{axis} : index to i64"));
+                                l.push(format!("{out}_one{axis} = arith.constant 1 : i64"));
+                                l.push(format!("{out}_n{axis} = arith.subi {out}_e{axis}, {out}_one{axis} : i64"));
+                                format!("{out}_n{axis}")
+                            }
+                        };
+                        // Clamp, so an index function never reads out of bounds.
+                        l.push(format!("{out}_z{axis} = arith.constant 0 : i64"));
+                        l.push(format!(
+                            "{out}_lo{axis} = arith.maxsi {}, {out}_z{axis} : i64",
+                            self.scalar_arg(f, *i, args, prefix)
+                        ));
+                        l.push(format!("{out}_c{axis} = arith.minsi {out}_lo{axis}, {size} : i64"));
+                        l.push(format!("{out}_x{axis} = arith.index_cast {out}_c{axis} : i64 to index"));
+                        coords.push(format!("{out}_x{axis}"));
+                    }
+                    let elem_ty = elem(tt.dtype);
+                    match tt.dtype {
+                        lmc_abi::DType::F32 | lmc_abi::DType::I64 => l.push(format!(
+                            "{out} = tensor.extract {}[{}] : {}",
+                            v(*tensor),
+                            coords.join(", "),
+                            tensor_ty(&tt)
+                        )),
+                        lmc_abi::DType::I32 => {
+                            l.push(format!(
+                                "{out}_raw = tensor.extract {}[{}] : {}",
+                                v(*tensor),
+                                coords.join(", "),
+                                tensor_ty(&tt)
+                            ));
+                            l.push(format!("{out} = arith.extsi {out}_raw : {elem_ty} to i64"));
+                        }
+                    }
+                    l
+                }
+                ScalarNode::Unary { op, a } => {
+                    let a = self.scalar_arg(f, *a, args, prefix);
+                    match (op, *t) {
+                        (ScalarUnary::Neg, ScalarType::Int) => vec![
+                            format!("{out}_z = arith.constant 0 : i64"),
+                            format!("{out} = arith.subi {out}_z, {a} : i64"),
+                        ],
+                        (ScalarUnary::Neg, _) => vec![format!("{out} = arith.negf {a} : f32")],
+                        (ScalarUnary::Not, _) => vec![
+                            format!("{out}_t = arith.constant true"),
+                            format!("{out} = arith.xori {a}, {out}_t : i1"),
+                        ],
+                        (ScalarUnary::Abs, ScalarType::Int) => vec![format!("{out} = math.absi {a} : i64")],
+                        (ScalarUnary::Abs, _) => vec![format!("{out} = math.absf {a} : f32")],
+                        (ScalarUnary::Log, _) => vec![format!("{out} = math.log {a} : f32")],
+                        (ScalarUnary::Exp, _) => vec![format!("{out} = math.exp {a} : f32")],
+                        (ScalarUnary::ToFloat, _) => vec![format!("{out} = arith.sitofp {a} : i64 to f32")],
+                        (ScalarUnary::ToInt, _) => vec![format!("{out} = arith.fptosi {a} : f32 to i64")],
+                    }
+                }
+                ScalarNode::Binary { op, a, b } => {
+                    let operand_ty = f.nodes[*a].1;
+                    let (x, y) = (self.scalar_arg(f, *a, args, prefix), self.scalar_arg(f, *b, args, prefix));
+                    let ot = ty_of(operand_ty);
+                    let int = operand_ty != ScalarType::F32;
+                    let cmp = |i: &str, fl: &str| {
+                        if int {
+                            format!("{out} = arith.cmpi {i}, {x}, {y} : {ot}")
+                        } else {
+                            format!("{out} = arith.cmpf {fl}, {x}, {y} : f32")
+                        }
+                    };
+                    match op {
+                        ScalarBinary::Add => vec![format!("{out} = {} {x}, {y} : {ts}", if int { "arith.addi" } else { "arith.addf" })],
+                        ScalarBinary::Sub => vec![format!("{out} = {} {x}, {y} : {ts}", if int { "arith.subi" } else { "arith.subf" })],
+                        ScalarBinary::Mul => vec![format!("{out} = {} {x}, {y} : {ts}", if int { "arith.muli" } else { "arith.mulf" })],
+                        ScalarBinary::Div if int => vec![
+                            // A zero divisor gives 0 instead of undefined behaviour.
+                            format!("{out}_z = arith.constant 0 : i64"),
+                            format!("{out}_one = arith.constant 1 : i64"),
+                            format!("{out}_isz = arith.cmpi eq, {y}, {out}_z : i64"),
+                            format!("{out}_den = arith.select {out}_isz, {out}_one, {y} : i64"),
+                            format!("{out}_q = arith.floordivsi {x}, {out}_den : i64"),
+                            format!("{out} = arith.select {out}_isz, {out}_z, {out}_q : i64"),
+                        ],
+                        ScalarBinary::Div => vec![format!("{out} = arith.divf {x}, {y} : f32")],
+                        ScalarBinary::Min => vec![format!(
+                            "{out} = {} {x}, {y} : {ts}",
+                            if int { "arith.minsi" } else { "arith.minimumf" }
+                        )],
+                        ScalarBinary::Max => vec![format!(
+                            "{out} = {} {x}, {y} : {ts}",
+                            if int { "arith.maxsi" } else { "arith.maximumf" }
+                        )],
+                        ScalarBinary::Lt => vec![cmp("slt", "olt")],
+                        ScalarBinary::Le => vec![cmp("sle", "ole")],
+                        ScalarBinary::Gt => vec![cmp("sgt", "ogt")],
+                        ScalarBinary::Ge => vec![cmp("sge", "oge")],
+                        ScalarBinary::Eq => vec![cmp("eq", "oeq")],
+                        ScalarBinary::Ne => vec![cmp("ne", "une")],
+                        ScalarBinary::And => vec![format!("{out} = arith.andi {x}, {y} : i1")],
+                        ScalarBinary::Or => vec![format!("{out} = arith.ori {x}, {y} : i1")],
+                    }
+                }
+                ScalarNode::Select { cond, a, b } => {
+                    let (c, x, y) = (
+                        self.scalar_arg(f, *cond, args, prefix),
+                        self.scalar_arg(f, *a, args, prefix),
+                        self.scalar_arg(f, *b, args, prefix),
+                    );
+                    vec![format!("{out} = arith.select {c}, {x}, {y} : {ts}")]
+                }
+            };
+            for l in lines {
+                self.line(&format!("  {l}"));
+            }
+        }
+        self.scalar_arg(f, f.result, args, prefix)
+    }
+
+    /// The SSA name of node `k` of an index function (parameters are the caller's values).
+    fn scalar_arg(&self, f: &ScalarFn, k: usize, args: &[String], prefix: &str) -> String {
+        match f.nodes[k].0 {
+            ScalarNode::Param(p) => args[p].clone(),
+            _ => format!("{prefix}{k}"),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub const PIPELINE: &str = concat!(
     "finalize-memref-to-llvm,",
     "convert-math-to-llvm,",
     "convert-math-to-libm,",
+    "arith-expand,",
     "convert-arith-to-llvm,",
     "convert-cf-to-llvm,",
     "convert-func-to-llvm,",

@@ -212,6 +212,39 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
         Op::Binary { lhs, rhs, .. } => TensorType::new(DType::F32, broadcast(&g.ty(*lhs).dims, &g.ty(*rhs).dims).ok()?),
         Op::Unary { x, .. } => g.ty(*x).clone(),
         Op::ToFloat { x } => TensorType::new(DType::F32, g.ty(*x).dims.clone()),
+        Op::SplitHeads { x, heads } => {
+            let t = g.ty(*x);
+            let r = t.rank();
+            let Dim::Static(c) = *t.dims.get(r.checked_sub(1)?)? else {
+                return None;
+            };
+            if r < 2 || *heads <= 0 || c % heads != 0 {
+                return None;
+            }
+            let mut dims = t.dims[..r - 2].to_vec();
+            dims.extend([Dim::Static(*heads), t.dims[r - 2], Dim::Static(c / heads)]);
+            TensorType::new(DType::F32, dims)
+        }
+        Op::MergeHeads { x } => {
+            let t = g.ty(*x);
+            let r = t.rank();
+            if r < 3 {
+                return None;
+            }
+            let (Dim::Static(h), Dim::Static(d)) = (t.dims[r - 3], t.dims[r - 1]) else {
+                return None;
+            };
+            let mut dims = t.dims[..r - 3].to_vec();
+            dims.extend([t.dims[r - 2], Dim::Static(h * d)]);
+            TensorType::new(DType::F32, dims)
+        }
+        Op::Attention { q, v, .. } => {
+            let (q, v) = (g.ty(*q), g.ty(*v));
+            if q.rank() != 4 || v.rank() != 4 {
+                return None;
+            }
+            TensorType::new(DType::F32, vec![q.dims[0], q.dims[1], q.dims[2], v.dims[3]])
+        }
         Op::Reduce { x, axis, keepdim, .. } => {
             let mut dims = g.ty(*x).dims.clone();
             if *axis >= dims.len() {
@@ -1212,6 +1245,20 @@ impl<'p> Elab<'p> {
                 }
             }
             ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
+            ExprKind::Lambda { .. } => Err(Diagnostic::error(
+                "E0201",
+                "an index function is only allowed as an attention `mask` or `score`",
+                e.span,
+                "not allowed here",
+            )
+            .with_help("write `attention(q, k, v, mask = (b, h, i, j) => j <= i)`")),
+            ExprKind::Index { base, .. } => Err(Diagnostic::error(
+                "E0201",
+                format!("`{}[...]` reads one element, which only an index function can do", base.dotted()),
+                e.span,
+                "not allowed here",
+            )
+            .with_help("elements are read inside attention masks and scores: `mask = (b, h, i, j) => attention_mask[b, j] == 1`")),
         }
     }
 
@@ -1416,8 +1463,15 @@ impl<'p> Elab<'p> {
     }
 
     fn call(&mut self, frame: &mut Frame, callee: &'p ast::Path, args: &'p [CallArg], span: Span) -> Result<Val, Diagnostic> {
+        // Locals and members shadow built-ins: a checkpoint may name a layer `attention`.
+        let shadowed = |this: &Self, name: &str| {
+            let inst = &this.instances[frame.inst];
+            frame.locals.contains_key(name)
+                || inst.children.iter().any(|(c, ..)| c.len() == 1 && c[0] == name)
+                || inst.params.iter().any(|q| q.local.len() == 1 && q.local[0] == name)
+        };
         let target = match callee.segments.as_slice() {
-            [one] if !frame.locals.contains_key(&one.name) && BUILTINS.iter().any(|(n, _)| *n == one.name) => None,
+            [one] if !shadowed(self, &one.name) && BUILTINS.iter().any(|(n, _)| *n == one.name) => None,
             _ => Some(self.resolve_path(frame, callee)),
         };
         match target {
@@ -1748,10 +1802,10 @@ impl<'p> Elab<'p> {
         };
         let positional: Vec<&'p Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
         let named: Vec<(&ast::Ident, &'p Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
-        let allowed_named: &[&str] = if matches!(name, "mean" | "sum") {
-            &["axis", "keepdim"]
-        } else {
-            &[]
+        let allowed_named: &[&str] = match name {
+            "mean" | "sum" => &["axis", "keepdim"],
+            "attention" => &["mask", "score", "scale"],
+            _ => &[],
         };
         for (n, _) in &named {
             if !allowed_named.contains(&n.name.as_str()) {
@@ -1797,6 +1851,77 @@ impl<'p> Elab<'p> {
                 };
                 self.push(Op::Arange(dim), TensorType::new(DType::I64, vec![dim]), span)
                     .map(Val::Tensor)
+            }
+            "attention" => {
+                let [q, k, v] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 3 tensors, found {}", positional.len())));
+                };
+                let mut ids = Vec::new();
+                for a in [q, k, v] {
+                    let val = self.sub(frame, a)?;
+                    ids.push(self.tensor_of(val, a.span)?);
+                }
+                let named_arg = |n: &str| named.iter().find(|(i, _)| i.name == n).map(|(_, e)| *e);
+                self.attention(
+                    frame,
+                    [ids[0], ids[1], ids[2]],
+                    [q.span, k.span, v.span],
+                    named_arg("mask"),
+                    named_arg("score"),
+                    named_arg("scale"),
+                    span,
+                )
+            }
+            "split_heads" => {
+                let [x, heads] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 2 arguments, found {}", positional.len())));
+                };
+                let v = self.sub(frame, x)?;
+                let x_id = self.tensor_of(v, x.span)?;
+                self.require_f32(x_id, "`split_heads`")?;
+                let heads = match self.sub(frame, heads)? {
+                    Val::Const(CtValue::Int(h)) if h > 0 => h,
+                    other => {
+                        return Err(Diagnostic::error(
+                            "E0202",
+                            "the number of heads must be a positive integer",
+                            heads.span,
+                            format!("this is {}", describe(&other)),
+                        ))
+                    }
+                };
+                let t = self.ty(x_id).clone();
+                let ok = t.rank() >= 2 && matches!(t.dims[t.rank() - 1], Dim::Static(c) if c % heads == 0);
+                if !ok {
+                    return Err(Diagnostic::error(
+                        "E0200",
+                        format!("cannot split {} into {heads} heads", self.type_name(x_id)),
+                        x.span,
+                        "needs [..., T, C] with C a multiple of the heads",
+                    )
+                    .with_help("the last dimension must be fixed and divisible by the number of heads"));
+                }
+                let op = Op::SplitHeads { x: x_id, heads };
+                let ty = infer_type(&self.graph, &op).expect("checked above");
+                self.push(op, ty, span).map(Val::Tensor)
+            }
+            "merge_heads" => {
+                let [x] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 1 argument, found {}", positional.len())));
+                };
+                let v = self.sub(frame, x)?;
+                let x_id = self.tensor_of(v, x.span)?;
+                self.require_f32(x_id, "`merge_heads`")?;
+                let op = Op::MergeHeads { x: x_id };
+                let Some(ty) = infer_type(&self.graph, &op) else {
+                    return Err(Diagnostic::error(
+                        "E0200",
+                        format!("cannot merge the heads of {}", self.type_name(x_id)),
+                        x.span,
+                        "needs [..., H, T, D] with H and D fixed",
+                    ));
+                };
+                self.push(op, ty, span).map(Val::Tensor)
             }
             "mean" | "sum" => {
                 let (x, axis_expr) = match positional.as_slice() {
@@ -1920,6 +2045,461 @@ impl<'p> Elab<'p> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &mut self,
+        frame: &mut Frame,
+        [q, k, v]: [ValueId; 3],
+        spans: [Span; 3],
+        mask: Option<&'p Expr>,
+        score: Option<&'p Expr>,
+        scale: Option<&'p Expr>,
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        for (id, s) in [q, k, v].iter().zip(spans) {
+            self.require_f32(*id, "`attention`")?;
+            if self.ty(*id).rank() != 4 {
+                return Err(Diagnostic::error(
+                    "E0200",
+                    format!("`attention` needs [B, H, T, D] tensors, found {}", self.type_name(*id)),
+                    s,
+                    "not rank 4",
+                )
+                .with_help("split the model dimension into heads first: `split_heads(x, heads)`"));
+            }
+        }
+        let (qt, kt, vt) = (self.ty(q).clone(), self.ty(k).clone(), self.ty(v).clone());
+        let g = &self.graph;
+        let mismatch = |what: &str, a: Dim, b: Dim, sa: Span, sb: Span| {
+            Diagnostic::error(
+                "E0200",
+                format!("`attention`: {what} differ: {} and {}", g.dim_name(a), g.dim_name(b)),
+                span,
+                "in this attention",
+            )
+            .with_secondary(sa, format!("this has {}", g.dim_name(a)))
+            .with_secondary(sb, format!("this has {}", g.dim_name(b)))
+        };
+        if qt.dims[0] != kt.dims[0] || qt.dims[0] != vt.dims[0] {
+            return Err(mismatch(
+                "batch sizes",
+                qt.dims[0],
+                if qt.dims[0] != kt.dims[0] { kt.dims[0] } else { vt.dims[0] },
+                spans[0],
+                spans[1],
+            ));
+        }
+        if qt.dims[3] != kt.dims[3] {
+            return Err(mismatch("query and key widths", qt.dims[3], kt.dims[3], spans[0], spans[1]));
+        }
+        if kt.dims[1] != vt.dims[1] || kt.dims[2] != vt.dims[2] {
+            return Err(mismatch(
+                "key and value heads or lengths",
+                kt.dims[2],
+                vt.dims[2],
+                spans[1],
+                spans[2],
+            ));
+        }
+        let grouped = match (qt.dims[1], kt.dims[1]) {
+            (a, b) if a == b => true,
+            (Dim::Static(h), Dim::Static(g)) => h % g == 0,
+            _ => false,
+        };
+        if !grouped {
+            return Err(mismatch(
+                "query heads are not a multiple of key/value heads; heads",
+                qt.dims[1],
+                kt.dims[1],
+                spans[0],
+                spans[1],
+            ));
+        }
+        let scale = match scale {
+            None => match qt.dims[3] {
+                Dim::Static(d) => 1.0 / (d as f64).sqrt(),
+                Dim::Symbol(_) => {
+                    return Err(Diagnostic::error(
+                        "E0200",
+                        "`attention` needs a fixed head width to default its scale",
+                        spans[0],
+                        "symbolic width",
+                    )
+                    .with_help("pass `scale = ...`"))
+                }
+            },
+            Some(e) => match self.sub(frame, e)? {
+                Val::Const(c) if c.as_f64().is_some() => c.as_f64().unwrap(),
+                other => {
+                    return Err(Diagnostic::error(
+                        "E0202",
+                        "`scale` must be a number known at compile time",
+                        e.span,
+                        format!("this is {}", describe(&other)),
+                    ))
+                }
+            },
+        };
+        use ScalarType::{Int, F32};
+        let mask = match mask {
+            Some(m) => Some(self.scalar_fn(frame, m, &["b", "h", "i", "j"], &[Int, Int, Int, Int], ScalarType::Bool, "mask")?),
+            None => None,
+        };
+        let score = match score {
+            Some(m) => Some(self.scalar_fn(frame, m, &["s", "b", "h", "i", "j"], &[F32, Int, Int, Int, Int], F32, "score")?),
+            None => None,
+        };
+        let ty = TensorType::new(DType::F32, vec![qt.dims[0], qt.dims[1], qt.dims[2], vt.dims[3]]);
+        self.push(
+            Op::Attention {
+                q,
+                k,
+                v,
+                scale,
+                mask,
+                score,
+            },
+            ty,
+            span,
+        )
+        .map(Val::Tensor)
+    }
+
+    /// Compiles an index function (`(b, h, i, j) => ...`) to a [`ScalarFn`].
+    #[allow(clippy::too_many_arguments)]
+    fn scalar_fn(
+        &mut self,
+        frame: &mut Frame,
+        e: &'p Expr,
+        names: &[&str],
+        params: &[ScalarType],
+        result: ScalarType,
+        what: &str,
+    ) -> Result<ScalarFn, Diagnostic> {
+        let ExprKind::Lambda { params: ps, body } = &e.kind else {
+            return Err(Diagnostic::error(
+                "E0202",
+                format!("`{what}` must be an index function"),
+                e.span,
+                "not an index function",
+            )
+            .with_help(format!("write `{what} = ({}) => ...`", names.join(", "))));
+        };
+        if ps.len() != params.len() {
+            return Err(Diagnostic::error(
+                "E0202",
+                format!("`{what}` takes {} parameters, ({})", params.len(), names.join(", ")),
+                e.span,
+                format!("this takes {}", ps.len()),
+            ));
+        }
+        let mut f = ScalarFn {
+            params: params.to_vec(),
+            nodes: Vec::new(),
+            result: 0,
+        };
+        let mut locals = HashMap::new();
+        for (k, (p, t)) in ps.iter().zip(params).enumerate() {
+            f.nodes.push((ScalarNode::Param(k), *t));
+            locals.insert(p.name.clone(), k);
+        }
+        let r = self.scalar_expr(frame, &mut f, &locals, body)?;
+        let r = match (f.nodes[r].1, result) {
+            (a, b) if a == b => r,
+            (ScalarType::Int, ScalarType::F32) => push_scalar(
+                &mut f,
+                ScalarNode::Unary {
+                    op: ScalarUnary::ToFloat,
+                    a: r,
+                },
+                ScalarType::F32,
+            ),
+            (a, b) => {
+                return Err(Diagnostic::error(
+                    "E0201",
+                    format!("`{what}` must give {}, this gives {}", scalar_name(b), scalar_name(a)),
+                    body.span,
+                    "wrong type",
+                )
+                .with_help(if b == ScalarType::Bool {
+                    "a mask says which keys a query may see: compare, e.g. `j <= i`"
+                } else {
+                    "a score function returns the new score, e.g. `s - slope * float(i - j)`"
+                }))
+            }
+        };
+        f.result = r;
+        Ok(f)
+    }
+
+    fn scalar_expr(
+        &mut self,
+        frame: &mut Frame,
+        f: &mut ScalarFn,
+        locals: &HashMap<String, usize>,
+        e: &'p Expr,
+    ) -> Result<usize, Diagnostic> {
+        use ScalarType::*;
+        let num = |f: &mut ScalarFn, a: usize, b: usize| -> (usize, usize, ScalarType) {
+            match (f.nodes[a].1, f.nodes[b].1) {
+                (Int, F32) => (
+                    push_scalar(
+                        f,
+                        ScalarNode::Unary {
+                            op: ScalarUnary::ToFloat,
+                            a,
+                        },
+                        F32,
+                    ),
+                    b,
+                    F32,
+                ),
+                (F32, Int) => (
+                    a,
+                    push_scalar(
+                        f,
+                        ScalarNode::Unary {
+                            op: ScalarUnary::ToFloat,
+                            a: b,
+                        },
+                        F32,
+                    ),
+                    F32,
+                ),
+                (t, _) => (a, b, t),
+            }
+        };
+        match &e.kind {
+            ExprKind::Path(p) if p.segments.len() == 1 && locals.contains_key(&p.segments[0].name) => Ok(locals[&p.segments[0].name]),
+            ExprKind::Index { base, indices } => {
+                let tensor = match self.resolve_path(frame, base)? {
+                    Val::Tensor(t) => t,
+                    other => {
+                        return Err(Diagnostic::error(
+                            "E0201",
+                            format!("`{}` is {}, not a tensor", base.dotted(), describe(&other)),
+                            base.span,
+                            "cannot index this",
+                        ))
+                    }
+                };
+                let ty = self.ty(tensor).clone();
+                if ty.rank() != indices.len() {
+                    return Err(Diagnostic::error(
+                        "E0202",
+                        format!(
+                            "`{}` has {} dimension(s) but {} index(es) are given",
+                            base.dotted(),
+                            ty.rank(),
+                            indices.len()
+                        ),
+                        e.span,
+                        format!("this is {}", self.type_name(tensor)),
+                    ));
+                }
+                let mut idx = Vec::new();
+                for i in indices {
+                    let n = self.scalar_expr(frame, f, locals, i)?;
+                    if f.nodes[n].1 != Int {
+                        return Err(Diagnostic::error(
+                            "E0201",
+                            "an index must be an integer",
+                            i.span,
+                            format!("this is {}", scalar_name(f.nodes[n].1)),
+                        ));
+                    }
+                    idx.push(n);
+                }
+                let t = if ty.dtype == DType::F32 { F32 } else { Int };
+                Ok(push_scalar(f, ScalarNode::Load { tensor, indices: idx }, t))
+            }
+            ExprKind::Neg(x) => {
+                let a = self.scalar_expr(frame, f, locals, x)?;
+                if f.nodes[a].1 == Bool {
+                    return Err(Diagnostic::error("E0201", "cannot negate true or false", x.span, "use `not`"));
+                }
+                let t = f.nodes[a].1;
+                Ok(push_scalar(f, ScalarNode::Unary { op: ScalarUnary::Neg, a }, t))
+            }
+            ExprKind::Not(x) => {
+                let a = self.scalar_expr(frame, f, locals, x)?;
+                if f.nodes[a].1 != Bool {
+                    return Err(Diagnostic::error(
+                        "E0201",
+                        "`not` needs true or false",
+                        x.span,
+                        format!("this is {}", scalar_name(f.nodes[a].1)),
+                    ));
+                }
+                Ok(push_scalar(f, ScalarNode::Unary { op: ScalarUnary::Not, a }, Bool))
+            }
+            ExprKind::If { cond, then, otherwise } => {
+                let c = self.scalar_expr(frame, f, locals, cond)?;
+                if f.nodes[c].1 != Bool {
+                    return Err(Diagnostic::error(
+                        "E0201",
+                        "a condition must be true or false",
+                        cond.span,
+                        format!("this is {}", scalar_name(f.nodes[c].1)),
+                    ));
+                }
+                let a = self.scalar_expr(frame, f, locals, then)?;
+                let b = self.scalar_expr(frame, f, locals, otherwise)?;
+                let (a, b, t) = num(f, a, b);
+                if f.nodes[a].1 != f.nodes[b].1 {
+                    return Err(Diagnostic::error(
+                        "E0201",
+                        "the branches of `if` have different types",
+                        e.span,
+                        format!("{} and {}", scalar_name(f.nodes[a].1), scalar_name(f.nodes[b].1)),
+                    ));
+                }
+                Ok(push_scalar(f, ScalarNode::Select { cond: c, a, b }, t))
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let a = self.scalar_expr(frame, f, locals, lhs)?;
+                let b = self.scalar_expr(frame, f, locals, rhs)?;
+                let bad = |f: &ScalarFn| {
+                    Diagnostic::error(
+                        "E0201",
+                        format!(
+                            "`{}` cannot combine {} and {}",
+                            op.symbol(),
+                            scalar_name(f.nodes[a].1),
+                            scalar_name(f.nodes[b].1)
+                        ),
+                        e.span,
+                        "in this index function",
+                    )
+                };
+                let (sop, logic, compare) = match op {
+                    ast::BinaryOp::Add => (ScalarBinary::Add, false, false),
+                    ast::BinaryOp::Sub => (ScalarBinary::Sub, false, false),
+                    ast::BinaryOp::Mul => (ScalarBinary::Mul, false, false),
+                    ast::BinaryOp::Div => (ScalarBinary::Div, false, false),
+                    ast::BinaryOp::Lt => (ScalarBinary::Lt, false, true),
+                    ast::BinaryOp::Le => (ScalarBinary::Le, false, true),
+                    ast::BinaryOp::Gt => (ScalarBinary::Gt, false, true),
+                    ast::BinaryOp::Ge => (ScalarBinary::Ge, false, true),
+                    ast::BinaryOp::Eq => (ScalarBinary::Eq, false, true),
+                    ast::BinaryOp::Ne => (ScalarBinary::Ne, false, true),
+                    ast::BinaryOp::And => (ScalarBinary::And, true, false),
+                    ast::BinaryOp::Or => (ScalarBinary::Or, true, false),
+                    ast::BinaryOp::MatMul => {
+                        return Err(Diagnostic::error(
+                            "E0201",
+                            "`@` is not defined in an index function",
+                            e.span,
+                            "scalars only",
+                        ))
+                    }
+                };
+                if logic {
+                    if f.nodes[a].1 != Bool || f.nodes[b].1 != Bool {
+                        return Err(bad(f));
+                    }
+                    return Ok(push_scalar(f, ScalarNode::Binary { op: sop, a, b }, Bool));
+                }
+                if f.nodes[a].1 == Bool || f.nodes[b].1 == Bool {
+                    if compare && matches!(sop, ScalarBinary::Eq | ScalarBinary::Ne) && f.nodes[a].1 == f.nodes[b].1 {
+                        return Ok(push_scalar(f, ScalarNode::Binary { op: sop, a, b }, Bool));
+                    }
+                    return Err(bad(f));
+                }
+                let (a, b, t) = num(f, a, b);
+                Ok(push_scalar(f, ScalarNode::Binary { op: sop, a, b }, if compare { Bool } else { t }))
+            }
+            ExprKind::Call { callee, args } if callee.segments.len() == 1 && args.iter().all(|a| a.name.is_none()) => {
+                let name = callee.segments[0].name.as_str();
+                let mut xs = Vec::new();
+                for a in args {
+                    xs.push(self.scalar_expr(frame, f, locals, &a.value)?);
+                }
+                let arity = |n: usize| -> Result<(), Diagnostic> {
+                    if xs.len() == n {
+                        Ok(())
+                    } else {
+                        Err(Diagnostic::error(
+                            "E0202",
+                            format!("`{name}` takes {n} argument(s) in an index function"),
+                            e.span,
+                            format!("{} given", xs.len()),
+                        ))
+                    }
+                };
+                match name {
+                    "float" => {
+                        arity(1)?;
+                        match f.nodes[xs[0]].1 {
+                            Int => Ok(push_scalar(f, ScalarNode::Unary { op: ScalarUnary::ToFloat, a: xs[0] }, F32)),
+                            F32 => Ok(xs[0]),
+                            Bool => Err(Diagnostic::error("E0201", "`float` needs a number", e.span, "this is true or false")),
+                        }
+                    }
+                    "int" => {
+                        arity(1)?;
+                        match f.nodes[xs[0]].1 {
+                            F32 => Ok(push_scalar(f, ScalarNode::Unary { op: ScalarUnary::ToInt, a: xs[0] }, Int)),
+                            Int => Ok(xs[0]),
+                            Bool => Err(Diagnostic::error("E0201", "`int` needs a number", e.span, "this is true or false")),
+                        }
+                    }
+                    "abs" | "log" | "exp" => {
+                        arity(1)?;
+                        let mut a = xs[0];
+                        if f.nodes[a].1 == Bool {
+                            return Err(Diagnostic::error("E0201", format!("`{name}` needs a number"), e.span, "this is true or false"));
+                        }
+                        let op = match name {
+                            "abs" => ScalarUnary::Abs,
+                            "log" => ScalarUnary::Log,
+                            _ => ScalarUnary::Exp,
+                        };
+                        if op != ScalarUnary::Abs && f.nodes[a].1 == Int {
+                            a = push_scalar(f, ScalarNode::Unary { op: ScalarUnary::ToFloat, a }, F32);
+                        }
+                        let t = f.nodes[a].1;
+                        Ok(push_scalar(f, ScalarNode::Unary { op, a }, t))
+                    }
+                    "minimum" | "maximum" => {
+                        arity(2)?;
+                        if f.nodes[xs[0]].1 == Bool || f.nodes[xs[1]].1 == Bool {
+                            return Err(Diagnostic::error("E0201", format!("`{name}` needs numbers"), e.span, "true or false given"));
+                        }
+                        let (a, b, t) = num(f, xs[0], xs[1]);
+                        let op = if name == "minimum" { ScalarBinary::Min } else { ScalarBinary::Max };
+                        Ok(push_scalar(f, ScalarNode::Binary { op, a, b }, t))
+                    }
+                    _ => Err(Diagnostic::error("E0203", format!("`{name}` is not available in an index function"), callee.span, "unknown here")
+                        .with_help("index functions use arithmetic, comparisons, `and`/`or`/`not`, `if`, elements `x[i, j]`, and float, int, abs, log, exp, minimum, maximum")),
+                }
+            }
+            _ => match self.expr_inner(frame, e)? {
+                Val::Const(CtValue::Int(i)) => Ok(push_scalar(f, ScalarNode::Int(i), Int)),
+                Val::Const(CtValue::Float(x)) => Ok(push_scalar(f, ScalarNode::F32(x), F32)),
+                Val::Const(CtValue::Bool(b)) => Ok(push_scalar(f, ScalarNode::Bool(b), Bool)),
+                Val::Tensor(t) if self.ty(t).rank() == 0 => {
+                    let ty = if self.ty(t).dtype == DType::F32 { F32 } else { Int };
+                    Ok(push_scalar(
+                        f,
+                        ScalarNode::Load {
+                            tensor: t,
+                            indices: vec![],
+                        },
+                        ty,
+                    ))
+                }
+                other => Err(Diagnostic::error(
+                    "E0201",
+                    format!("{} cannot be used in an index function", describe(&other)),
+                    e.span,
+                    "not a scalar",
+                )
+                .with_help("read one element with `x[i, j]`")),
+            },
+        }
+    }
+
     fn gather(&mut self, table: ValueId, indices: ValueId, span: Span, table_span: Span, indices_span: Span) -> Result<Val, Diagnostic> {
         let t = self.ty(table).clone();
         let i = self.ty(indices).clone();
@@ -2039,6 +2619,19 @@ impl<'p> Elab<'p> {
     }
 }
 
+fn push_scalar(f: &mut ScalarFn, node: ScalarNode, t: ScalarType) -> usize {
+    f.nodes.push((node, t));
+    f.nodes.len() - 1
+}
+
+fn scalar_name(t: ScalarType) -> &'static str {
+    match t {
+        ScalarType::Int => "an integer",
+        ScalarType::F32 => "an f32 number",
+        ScalarType::Bool => "true or false",
+    }
+}
+
 /// A dimension of a signature, interpreted.
 enum SigDim {
     Known(Dim),
@@ -2071,6 +2664,12 @@ const BUILTINS: &[(&str, &str)] = &[
     ("pow", "pow(a, b)"),
     ("float", "float(x)"),
     ("transpose", "transpose(x)"),
+    ("split_heads", "split_heads(x, heads)"),
+    ("merge_heads", "merge_heads(x)"),
+    (
+        "attention",
+        "attention(q, k, v, mask = (b, h, i, j) => ..., score = (s, b, h, i, j) => ..., scale = 0.125)",
+    ),
     ("matmul", "matmul(a, b)"),
     ("fail", "fail(\"message\")"),
 ];

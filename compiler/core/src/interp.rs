@@ -2,7 +2,7 @@
 //! loops, and the compiled code is compared against it (differential tests). `lmc run` never
 //! uses it.
 
-use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, UnaryOp};
 use lmc_abi::DType;
 
 /// A dense row-major tensor.
@@ -179,6 +179,88 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::SplitHeads { x, heads } => {
+                let t = v(*x);
+                let r = t.shape.len();
+                let (seq, c) = (t.shape[r - 2], t.shape[r - 1]);
+                let d = c / *heads as usize;
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let n = i.len();
+                    let (h, s, e) = (i[n - 3], i[n - 2], i[n - 1]);
+                    let lead: usize = i[..n - 3].iter().zip(strides(&t.shape[..r - 2])).map(|(a, b)| a * b).sum::<usize>() * seq * c;
+                    out.push(t.floats()[lead + s * c + h * d + e]);
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::MergeHeads { x } => {
+                let t = v(*x);
+                let st = strides(&t.shape);
+                let d = t.shape[t.shape.len() - 1];
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let n = i.len();
+                    let (s, c) = (i[n - 2], i[n - 1]);
+                    let mut src: Vec<usize> = i[..n - 2].to_vec();
+                    src.extend([c / d, s, c % d]);
+                    out.push(t.floats()[src.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]);
+                });
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::Attention {
+                q,
+                k,
+                v: val,
+                scale,
+                mask,
+                score,
+            } => {
+                let (qt, kt, vt) = (v(*q), v(*k), v(*val));
+                let (b_n, h_n, t_n, d_n) = (qt.shape[0], qt.shape[1], qt.shape[2], qt.shape[3]);
+                let (g_n, s_n, e_n) = (kt.shape[1], kt.shape[2], vt.shape[3]);
+                let group = h_n / g_n;
+                let mut out = vec![0.0f32; b_n * h_n * t_n * e_n];
+                for b in 0..b_n {
+                    for h in 0..h_n {
+                        let g = h / group;
+                        for i in 0..t_n {
+                            let mut scores = vec![f32::NEG_INFINITY; s_n];
+                            for (j, score_j) in scores.iter_mut().enumerate() {
+                                let idx = [b as i64, h as i64, i as i64, j as i64];
+                                if let Some(m) = mask {
+                                    if !scalar_eval(m, None, &idx, &values).as_bool() {
+                                        continue;
+                                    }
+                                }
+                                let mut acc = 0.0f32;
+                                for d in 0..d_n {
+                                    acc +=
+                                        qt.floats()[((b * h_n + h) * t_n + i) * d_n + d] * kt.floats()[((b * g_n + g) * s_n + j) * d_n + d];
+                                }
+                                let mut s = acc * *scale as f32;
+                                if let Some(f) = score {
+                                    s = scalar_eval(f, Some(s), &idx, &values).as_f32();
+                                }
+                                *score_j = s;
+                            }
+                            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                            if m == f32::NEG_INFINITY {
+                                continue;
+                            }
+                            let weights: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                            let z: f32 = weights.iter().sum();
+                            for e in 0..e_n {
+                                let mut acc = 0.0f32;
+                                for (j, w) in weights.iter().enumerate() {
+                                    acc += w * vt.floats()[((b * g_n + g) * s_n + j) * e_n + e];
+                                }
+                                out[((b * h_n + h) * t_n + i) * e_n + e] = acc / z;
+                            }
+                        }
+                    }
+                }
+                Tensor::f32(shape.clone(), out)
+            }
             Op::ToFloat { x } => match &v(*x).data {
                 Data::Int(values) => Tensor::f32(shape.clone(), values.iter().map(|&i| i as f32).collect()),
                 Data::F32(values) => Tensor::f32(shape.clone(), values.clone()),
@@ -219,4 +301,143 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
         values.push(result);
     }
     g.outputs.iter().map(|(_, id)| values[id.0 as usize].clone()).collect()
+}
+
+/// A scalar value inside an index function.
+#[derive(Debug, Clone, Copy)]
+enum Scalar {
+    Int(i64),
+    F32(f32),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn as_bool(self) -> bool {
+        matches!(self, Scalar::Bool(true))
+    }
+
+    fn as_f32(self) -> f32 {
+        match self {
+            Scalar::F32(x) => x,
+            Scalar::Int(i) => i as f32,
+            Scalar::Bool(b) => b as i64 as f32,
+        }
+    }
+
+    fn as_int(self) -> i64 {
+        match self {
+            Scalar::Int(i) => i,
+            Scalar::F32(x) => x as i64,
+            Scalar::Bool(b) => b as i64,
+        }
+    }
+}
+
+/// Evaluates an index function: `s` is the score for score functions, `idx` the indices.
+fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> Scalar {
+    let mut vals: Vec<Scalar> = Vec::with_capacity(f.nodes.len());
+    for (node, _) in &f.nodes {
+        let v = match node {
+            ScalarNode::Param(k) => match (s, *k) {
+                (Some(score), 0) => Scalar::F32(score),
+                (Some(_), k) => Scalar::Int(idx[k - 1]),
+                (None, k) => Scalar::Int(idx[k]),
+            },
+            ScalarNode::Int(i) => Scalar::Int(*i),
+            ScalarNode::F32(x) => Scalar::F32(*x as f32),
+            ScalarNode::Bool(b) => Scalar::Bool(*b),
+            ScalarNode::Load { tensor, indices } => {
+                let t = &values[tensor.0 as usize];
+                let st = strides(&t.shape);
+                let offset: usize = indices
+                    .iter()
+                    .zip(&t.shape)
+                    .zip(&st)
+                    .map(|((i, n), s)| vals[*i].as_int().clamp(0, *n as i64 - 1) as usize * s)
+                    .sum();
+                match &t.data {
+                    Data::F32(v) => Scalar::F32(v[offset]),
+                    Data::Int(v) => Scalar::Int(v[offset]),
+                }
+            }
+            ScalarNode::Unary { op, a } => match (op, vals[*a]) {
+                (ScalarUnary::Neg, Scalar::Int(i)) => Scalar::Int(-i),
+                (ScalarUnary::Neg, x) => Scalar::F32(-x.as_f32()),
+                (ScalarUnary::Not, x) => Scalar::Bool(!x.as_bool()),
+                (ScalarUnary::Abs, Scalar::Int(i)) => Scalar::Int(i.abs()),
+                (ScalarUnary::Abs, x) => Scalar::F32(x.as_f32().abs()),
+                (ScalarUnary::Log, x) => Scalar::F32(x.as_f32().ln()),
+                (ScalarUnary::Exp, x) => Scalar::F32(x.as_f32().exp()),
+                (ScalarUnary::ToFloat, x) => Scalar::F32(x.as_f32()),
+                (ScalarUnary::ToInt, x) => Scalar::Int(x.as_int()),
+            },
+            ScalarNode::Binary { op, a, b } => {
+                let (x, y) = (vals[*a], vals[*b]);
+                match (x, y) {
+                    (Scalar::Int(p), Scalar::Int(q)) => match op {
+                        ScalarBinary::Add => Scalar::Int(p.wrapping_add(q)),
+                        ScalarBinary::Sub => Scalar::Int(p.wrapping_sub(q)),
+                        ScalarBinary::Mul => Scalar::Int(p.wrapping_mul(q)),
+                        ScalarBinary::Div => Scalar::Int(floor_div(p, q)),
+                        ScalarBinary::Min => Scalar::Int(p.min(q)),
+                        ScalarBinary::Max => Scalar::Int(p.max(q)),
+                        ScalarBinary::Lt => Scalar::Bool(p < q),
+                        ScalarBinary::Le => Scalar::Bool(p <= q),
+                        ScalarBinary::Gt => Scalar::Bool(p > q),
+                        ScalarBinary::Ge => Scalar::Bool(p >= q),
+                        ScalarBinary::Eq => Scalar::Bool(p == q),
+                        ScalarBinary::Ne => Scalar::Bool(p != q),
+                        ScalarBinary::And | ScalarBinary::Or => unreachable!("logic on integers is rejected by the checker"),
+                    },
+                    (Scalar::Bool(p), Scalar::Bool(q)) => Scalar::Bool(match op {
+                        ScalarBinary::And => p && q,
+                        ScalarBinary::Or => p || q,
+                        ScalarBinary::Eq => p == q,
+                        _ => p != q,
+                    }),
+                    _ => {
+                        let (p, q) = (x.as_f32(), y.as_f32());
+                        match op {
+                            ScalarBinary::Add => Scalar::F32(p + q),
+                            ScalarBinary::Sub => Scalar::F32(p - q),
+                            ScalarBinary::Mul => Scalar::F32(p * q),
+                            ScalarBinary::Div => Scalar::F32(p / q),
+                            ScalarBinary::Min => Scalar::F32(p.min(q)),
+                            ScalarBinary::Max => Scalar::F32(p.max(q)),
+                            ScalarBinary::Lt => Scalar::Bool(p < q),
+                            ScalarBinary::Le => Scalar::Bool(p <= q),
+                            ScalarBinary::Gt => Scalar::Bool(p > q),
+                            ScalarBinary::Ge => Scalar::Bool(p >= q),
+                            ScalarBinary::Eq => Scalar::Bool(p == q),
+                            ScalarBinary::Ne => Scalar::Bool(p != q),
+                            ScalarBinary::And | ScalarBinary::Or => unreachable!("logic on numbers is rejected by the checker"),
+                        }
+                    }
+                }
+            }
+            ScalarNode::Select { cond, a, b } => {
+                if vals[*cond].as_bool() {
+                    vals[*a]
+                } else {
+                    vals[*b]
+                }
+            }
+        };
+        vals.push(v);
+    }
+    vals[f.result]
+}
+
+/// Integer division rounding toward negative infinity; division by zero gives 0 (as the
+/// generated code's guard does).
+fn floor_div(p: i64, q: i64) -> i64 {
+    if q == 0 {
+        return 0;
+    }
+    let d = p.wrapping_div(q);
+    if p.wrapping_rem(q) != 0 && ((p < 0) != (q < 0)) {
+        d - 1
+    } else {
+        d
+    }
 }

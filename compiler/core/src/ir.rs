@@ -94,6 +94,135 @@ pub enum ReduceOp {
     Mean,
 }
 
+/// The type of a value inside an index function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarType {
+    /// A 64-bit integer: positions and indices.
+    Int,
+    F32,
+    Bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarBinary {
+    Add,
+    Sub,
+    Mul,
+    /// Integer division rounds toward negative infinity (floor), like Python's `//`; a zero
+    /// divisor gives 0.
+    Div,
+    Min,
+    Max,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarUnary {
+    Neg,
+    Not,
+    Abs,
+    Log,
+    Exp,
+    /// Int → F32.
+    ToFloat,
+    /// F32 → Int, rounding toward zero.
+    ToInt,
+}
+
+/// A node of an index function; operands refer to earlier nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScalarNode {
+    /// The function's k-th parameter.
+    Param(usize),
+    Int(i64),
+    F32(f64),
+    Bool(bool),
+    /// One element of a graph value; each index is clamped to its axis, so no index function
+    /// reads out of bounds.
+    Load {
+        tensor: ValueId,
+        indices: Vec<usize>,
+    },
+    Binary {
+        op: ScalarBinary,
+        a: usize,
+        b: usize,
+    },
+    Unary {
+        op: ScalarUnary,
+        a: usize,
+    },
+    Select {
+        cond: usize,
+        a: usize,
+        b: usize,
+    },
+}
+
+/// An index function such as an attention mask `(b, h, i, j) => j <= i`, as a small graph of
+/// scalar operations evaluated per element, inside the kernel that uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalarFn {
+    pub params: Vec<ScalarType>,
+    pub nodes: Vec<(ScalarNode, ScalarType)>,
+    pub result: usize,
+}
+
+impl ScalarFn {
+    /// The graph values the function reads.
+    pub fn tensors(&self) -> Vec<ValueId> {
+        let mut v: Vec<ValueId> = self
+            .nodes
+            .iter()
+            .filter_map(|(n, _)| {
+                if let ScalarNode::Load { tensor, .. } = n {
+                    Some(*tensor)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    /// A one-line text form for the IR printer.
+    pub fn print(&self) -> String {
+        let parts: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(k, (n, _))| {
+                let body = match n {
+                    ScalarNode::Param(p) => format!("arg{p}"),
+                    ScalarNode::Int(v) => v.to_string(),
+                    ScalarNode::F32(v) => format!("{v:e}"),
+                    ScalarNode::Bool(b) => b.to_string(),
+                    ScalarNode::Load { tensor, indices } => {
+                        format!(
+                            "%{}[{}]",
+                            tensor.0,
+                            indices.iter().map(|i| format!("s{i}")).collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                    ScalarNode::Binary { op, a, b } => format!("{} s{a}, s{b}", format!("{op:?}").to_lowercase()),
+                    ScalarNode::Unary { op, a } => format!("{} s{a}", format!("{op:?}").to_lowercase()),
+                    ScalarNode::Select { cond, a, b } => format!("select s{cond}, s{a}, s{b}"),
+                };
+                format!("s{k} = {body}")
+            })
+            .collect();
+        format!("{{{}; -> s{}}}", parts.join("; "), self.result)
+    }
+}
+
 /// The operations of the IR.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -124,6 +253,24 @@ pub enum Op {
     },
     /// `float x`: converts an integer tensor to f32, same shape.
     ToFloat { x: ValueId },
+    /// `split_heads x, H`: `f32[..., T, H*D]` → `f32[..., H, T, D]`,
+    /// `out[..., h, t, d] = x[..., t, h*D + d]`.
+    SplitHeads { x: ValueId, heads: i64 },
+    /// `merge_heads x`: `f32[..., H, T, D]` → `f32[..., T, H*D]`, the inverse of `split_heads`.
+    MergeHeads { x: ValueId },
+    /// `attention q, k, v`: `q: f32[B, H, T, D]`, `k: f32[B, G, S, D]`, `v: f32[B, G, S, E]` with
+    /// `H % G == 0` (grouped-query heads: query head h reads key/value head `h / (H / G)`) →
+    /// `f32[B, H, T, E]`. Scores `s = scale · q·k`, then `score(s, b, h, i, j)` if given;
+    /// keys where `mask(b, h, i, j)` is false are excluded; softmax over j; weighted sum of v.
+    /// A row with every key masked gives zeros.
+    Attention {
+        q: ValueId,
+        k: ValueId,
+        v: ValueId,
+        scale: f64,
+        mask: Option<ScalarFn>,
+        score: Option<ScalarFn>,
+    },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
@@ -138,7 +285,28 @@ impl Op {
             Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) => vec![],
             Op::Gather { table, indices } => vec![table, indices],
             Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
-            Op::Unary { x, .. } | Op::Reduce { x, .. } | Op::Transpose { x } | Op::ToFloat { x } => vec![x],
+            Op::Unary { x, .. }
+            | Op::Reduce { x, .. }
+            | Op::Transpose { x }
+            | Op::ToFloat { x }
+            | Op::SplitHeads { x, .. }
+            | Op::MergeHeads { x } => {
+                vec![x]
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                ref mask,
+                ref score,
+                ..
+            } => {
+                let mut ops = vec![q, k, v];
+                for f in mask.iter().chain(score.iter()) {
+                    ops.extend(f.tensors());
+                }
+                ops
+            }
         }
     }
 }
@@ -299,6 +467,25 @@ impl Graph {
                 ),
                 Op::Transpose { x } => format!("transpose {}", v(x)),
                 Op::ToFloat { x } => format!("float {}", v(x)),
+                Op::SplitHeads { x, heads } => format!("split_heads {}, {heads}", v(x)),
+                Op::MergeHeads { x } => format!("merge_heads {}", v(x)),
+                Op::Attention {
+                    q,
+                    k,
+                    v: val,
+                    scale,
+                    mask,
+                    score,
+                } => {
+                    let mut s = format!("attention {}, {}, {}, scale {scale:e}", v(q), v(k), v(val));
+                    if let Some(m) = mask {
+                        s.push_str(&format!(", mask {}", m.print()));
+                    }
+                    if let Some(f) = score {
+                        s.push_str(&format!(", score {}", f.print()));
+                    }
+                    s
+                }
                 Op::MatMul { lhs, rhs } => format!("matmul {}, {}", v(lhs), v(rhs)),
             };
             let file = if n.loc.file == 0 {

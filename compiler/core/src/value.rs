@@ -189,6 +189,12 @@ pub fn eval(e: &Expr, lookup: &Lookup<'_>, enum_hint: Option<&Rc<Vec<String>>>) 
             };
             binary(*op, a, b, e.span, lhs.span, rhs.span)
         }
+        ExprKind::Lambda { .. } | ExprKind::Index { .. } => Err(Diagnostic::error(
+            "E0104",
+            "an index function or element is not a compile-time value",
+            e.span,
+            "only allowed as an attention `mask` or `score`",
+        )),
         ExprKind::Call { callee, .. } => Err(Diagnostic::error(
             "E0104",
             format!("a call to `{}` is not a compile-time value", callee.dotted()),
