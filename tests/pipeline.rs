@@ -534,6 +534,7 @@ fn shipped_models_are_formatted() {
         "models/bert.model",
         "models/std/nn.model",
         "tests/corpus/ops.model",
+        "tests/corpus/positions.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -624,4 +625,72 @@ fn variant_changes_one_line() {
         max_abs_diff(&results[0], &results[1]) > 1e-3,
         "the variant computed the same outputs"
     );
+}
+
+/// The standard library's position schemes reproduce reference implementations: transformers'
+/// LLaMA rotary embedding, the sinusoidal formula, and the ALiBi paper's slopes.
+#[test]
+fn position_schemes_match_references() {
+    let dir = scratch("positions");
+    let fixtures = "tests/fixtures/positions";
+    for (model, fixture) in [("Rotary", "rotary"), ("Sinusoid", "sinusoid"), ("Alibi", "alibi")] {
+        let out = dir.join(format!("{model}.safetensors"));
+        let r = lmc(&[
+            "run",
+            &format!("tests/corpus/positions.model:{model}"),
+            "--weights",
+            &format!("{fixtures}/empty.safetensors"),
+            "--inputs",
+            &format!("{fixtures}/inputs_{fixture}.safetensors"),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{model}: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read_f32_tensors(&out);
+        let want = read_f32_tensors(&root().join(format!("{fixtures}/expected_{fixture}.safetensors")));
+        assert_eq!(got[0].1, want[0].1, "{model}: shape");
+        let err = max_abs_diff(&got[0].2, &want[0].2);
+        assert!(err <= 1e-5, "{model}: max abs error {err}");
+    }
+}
+
+/// Every position scheme is a one-line variant of BertModel that runs on the same checkpoint
+/// and changes the result; an odd head width for RoPE is a diagnostic, not a crash.
+#[test]
+fn position_variants_run_on_the_bert_checkpoint() {
+    let dir = scratch("position_variants");
+    let inputs = format!("{CHECKPOINT}/inputs_model.safetensors");
+    let run = |model: &str, extra: &[&str]| {
+        let out = dir.join(format!("{}.safetensors", model.rsplit(':').next().unwrap()));
+        let mut args = vec![
+            "run",
+            model,
+            "--weights",
+            CHECKPOINT,
+            "--inputs",
+            &inputs,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let r = lmc(&args);
+        (r, out)
+    };
+    let (r, base) = run("models/bert.model:BertModel", &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let base = read_f32_tensors(&base).remove(0).2;
+    for variant in ["BertSinusoidal", "BertALiBi", "BertNoPositions"] {
+        let (r, out) = run(&format!("models/bert.model:{variant}"), &[]);
+        assert!(r.status.success(), "{variant}: {}", String::from_utf8_lossy(&r.stderr));
+        let values = read_f32_tensors(&out).remove(0).2;
+        assert!(values.iter().all(|v| v.is_finite()), "{variant}: non-finite output");
+        assert!(max_abs_diff(&values, &base) > 1e-3, "{variant}: same output as the learned table");
+    }
+    // The fixture's 4 heads of width 9 cannot be rotated in halves.
+    let (r, _) = run("models/bert.model:BertRoPE", &[]);
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("E0105") && err.contains("9 is not divisible by 2"), "{err}");
+    let (r, _) = run("models/bert.model:BertRoPE", &["--set", "num_attention_heads=6"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }

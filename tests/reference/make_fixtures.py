@@ -71,6 +71,48 @@ def bert_tiny():
     save_file({"last_hidden_state": full.contiguous()}, out / "expected_model.safetensors")
 
 
+def positions():
+    """References for the standard library's position schemes (tests/corpus/positions.model)."""
+    import math
+
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    out = FIXTURES / "positions"
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(2)
+
+    # Rotary, as LLaMA applies it to queries: head_dim 8, theta 10000.
+    q = torch.randn(2, 3, 5, 8, generator=g)
+    config = LlamaConfig(hidden_size=24, num_attention_heads=3, head_dim=8, rope_theta=10000.0)
+    rotary = LlamaRotaryEmbedding(config)
+    position_ids = torch.arange(5).unsqueeze(0)
+    cos, sin = rotary(q, position_ids)
+    rotated, _ = apply_rotary_pos_emb(q, q, cos, sin)
+    save_file({"q": q}, out / "inputs_rotary.safetensors")
+    save_file({"rotated": rotated.contiguous()}, out / "expected_rotary.safetensors")
+
+    # Sinusoidal (Vaswani et al.): PE[t, 2k] = sin(t / 10000^(2k/d)), PE[t, 2k+1] = cos(same).
+    t_len, d = 7, 16
+    table = torch.zeros(t_len, d)
+    pos = torch.arange(t_len, dtype=torch.float64).unsqueeze(1)
+    div = torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64) / d)
+    table[:, 0::2] = torch.sin(pos / div).float()
+    table[:, 1::2] = torch.cos(pos / div).float()
+    save_file({"x": torch.zeros(t_len, d)}, out / "inputs_sinusoid.safetensors")
+    save_file({"positions": table}, out / "expected_sinusoid.safetensors")
+
+    # ALiBi slopes for 8 heads, from the paper's reference code (power-of-two case).
+    start = 2 ** (-(2 ** -(math.log2(8) - 3)))
+    slopes = torch.tensor([start * start**i for i in range(8)], dtype=torch.float32)
+    save_file({"x": torch.zeros(1)}, out / "inputs_alibi.safetensors")
+    save_file({"slopes": slopes}, out / "expected_alibi.safetensors")
+
+    # These models have no parameters: an empty checkpoint.
+    save_file({}, out / "empty.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
+    positions()
     print("fixtures written to", FIXTURES)

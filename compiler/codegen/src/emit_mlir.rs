@@ -254,6 +254,7 @@ impl Emitter<'_> {
             Op::MatMul { lhs, rhs } => self.emit_matmul(id, *lhs, *rhs, &loc),
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
+            Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
             Op::Attention {
                 q,
                 k,
@@ -562,6 +563,33 @@ impl Emitter<'_> {
         self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
     }
 
+    fn emit_tabulate(&mut self, id: ValueId, f: &ScalarFn, loc: &str) {
+        let ty = self.g.ty(id).clone();
+        let r = ty.rank();
+        let e = self.empty(&ty);
+        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [{map}], iterator_types = [{}]}} outs({e} : {}) {{",
+            v(id),
+            parallel(r),
+            tensor_ty(&ty)
+        ));
+        self.line(&format!("^bb0(%o: {}):", elem(ty.dtype)));
+        let mut args = Vec::new();
+        for k in 0..r {
+            self.line(&format!("  %ix{k} = linalg.index {k} : index"));
+            self.line(&format!("  %i{k} = arith.index_cast %ix{k} : index to i64"));
+            args.push(format!("%i{k}"));
+        }
+        let mut result = self.emit_scalar_fn(f, &args, "%tb");
+        if ty.dtype == lmc_abi::DType::F32 && f.nodes[f.result].1 == ScalarType::Int {
+            self.line(&format!("  %tbf = arith.sitofp {result} : i64 to f32"));
+            result = "%tbf".into();
+        }
+        self.line(&format!("  linalg.yield {result} : {}", elem(ty.dtype)));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+
     fn emit_split_heads(&mut self, id: ValueId, x: ValueId, heads: i64, loc: &str) {
         let xt = self.g.ty(x).clone();
         let Dim::Static(c) = xt.dims[xt.rank() - 1] else {
@@ -825,6 +853,9 @@ impl Emitter<'_> {
                         (ScalarUnary::Abs, _) => vec![format!("{out} = math.absf {a} : f32")],
                         (ScalarUnary::Log, _) => vec![format!("{out} = math.log {a} : f32")],
                         (ScalarUnary::Exp, _) => vec![format!("{out} = math.exp {a} : f32")],
+                        (ScalarUnary::Sqrt, _) => vec![format!("{out} = math.sqrt {a} : f32")],
+                        (ScalarUnary::Sin, _) => vec![format!("{out} = math.sin {a} : f32")],
+                        (ScalarUnary::Cos, _) => vec![format!("{out} = math.cos {a} : f32")],
                         (ScalarUnary::ToFloat, _) => vec![format!("{out} = arith.sitofp {a} : i64 to f32")],
                         (ScalarUnary::ToInt, _) => vec![format!("{out} = arith.fptosi {a} : f32 to i64")],
                     }
@@ -855,6 +886,18 @@ impl Emitter<'_> {
                             format!("{out} = arith.select {out}_isz, {out}_z, {out}_q : i64"),
                         ],
                         ScalarBinary::Div => vec![format!("{out} = arith.divf {x}, {y} : f32")],
+                        ScalarBinary::Pow => vec![format!("{out} = math.powf {x}, {y} : f32")],
+                        ScalarBinary::Rem => vec![
+                            // x - floor(x / y) * y, and 0 for a zero divisor.
+                            format!("{out}_z = arith.constant 0 : i64"),
+                            format!("{out}_one = arith.constant 1 : i64"),
+                            format!("{out}_isz = arith.cmpi eq, {y}, {out}_z : i64"),
+                            format!("{out}_den = arith.select {out}_isz, {out}_one, {y} : i64"),
+                            format!("{out}_q = arith.floordivsi {x}, {out}_den : i64"),
+                            format!("{out}_m = arith.muli {out}_q, {out}_den : i64"),
+                            format!("{out}_r = arith.subi {x}, {out}_m : i64"),
+                            format!("{out} = arith.select {out}_isz, {out}_z, {out}_r : i64"),
+                        ],
                         ScalarBinary::Min => vec![format!(
                             "{out} = {} {x}, {y} : {ts}",
                             if int { "arith.minsi" } else { "arith.minimumf" }

@@ -139,7 +139,14 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         }
     }
     if !e.errors.is_empty() {
-        return Err(CheckError::Diagnostics(e.errors));
+        // A block used many times reports the same problem once.
+        let mut unique: Vec<Diagnostic> = Vec::new();
+        for d in e.errors {
+            if !unique.contains(&d) {
+                unique.push(d);
+            }
+        }
+        return Err(CheckError::Diagnostics(unique));
     }
     debug_assert_eq!(e.graph.verify(), Ok(()));
     let warnings = e.unused_param_warnings();
@@ -238,6 +245,7 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             dims.extend([t.dims[r - 2], Dim::Static(h * d)]);
             TensorType::new(DType::F32, dims)
         }
+        Op::Tabulate { .. } => return None,
         Op::Attention { q, v, .. } => {
             let (q, v) = (g.ty(*q), g.ty(*v));
             if q.rank() != 4 || v.rank() != 4 {
@@ -1265,6 +1273,18 @@ impl<'p> Elab<'p> {
     /// Evaluates `e`; when it is a bare unknown name and `other` is an enum value, the name is
     /// one of that enum's variants.
     fn enum_operand(&mut self, frame: &mut Frame, e: &'p Expr, other: &Val) -> Result<Val, Diagnostic> {
+        // Compared with an enum value, a bare name that is one of its variants means the variant,
+        // even where a member has the same name (`c.position == sinusoidal`).
+        if let (ExprKind::Path(p), Val::Const(CtValue::Enum { variants, .. })) = (&e.kind, other) {
+            if let [name] = p.segments.as_slice() {
+                if variants.contains(&name.name) {
+                    return Ok(Val::Const(CtValue::Enum {
+                        value: name.name.clone(),
+                        variants: variants.clone(),
+                    }));
+                }
+            }
+        }
         match self.expr_inner(frame, e) {
             Err(d) if d.code == "E0100" => {
                 let (ExprKind::Path(p), Val::Const(CtValue::Enum { variants, .. })) = (&e.kind, other) else {
@@ -1872,6 +1892,48 @@ impl<'p> Elab<'p> {
                     span,
                 )
             }
+            "tabulate" => {
+                let Some((f, dims)) = positional.split_last() else {
+                    return Err(arity_error("expected dimensions and an index function".into()));
+                };
+                if dims.is_empty() {
+                    return Err(arity_error("expected at least one dimension before the index function".into()));
+                }
+                let mut shape = Vec::new();
+                for d in dims {
+                    shape.push(match self.sub(frame, d)? {
+                        Val::Dim(d) => d,
+                        Val::Const(CtValue::Int(k)) if k > 0 => Dim::Static(k),
+                        other => {
+                            return Err(Diagnostic::error(
+                                "E0202",
+                                "a dimension must be a symbol or a positive integer",
+                                d.span,
+                                format!("this is {}", describe(&other)),
+                            ))
+                        }
+                    });
+                }
+                let names: Vec<String> = (0..shape.len()).map(|k| format!("i{k}")).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let params = vec![ScalarType::Int; shape.len()];
+                let func = self.scalar_fn(frame, f, &names, &params, None, "tabulate")?;
+                let dtype = match func.nodes[func.result].1 {
+                    ScalarType::F32 => DType::F32,
+                    ScalarType::Int => DType::I64,
+                    ScalarType::Bool => {
+                        return Err(Diagnostic::error(
+                            "E0201",
+                            "`tabulate` needs numbers, not true or false",
+                            f.span,
+                            "gives true or false",
+                        )
+                        .with_help("use `if cond { 1.0 } else { 0.0 }`"))
+                    }
+                };
+                self.push(Op::Tabulate { f: func }, TensorType::new(dtype, shape), span)
+                    .map(Val::Tensor)
+            }
             "split_heads" => {
                 let [x, heads] = positional.as_slice() else {
                     return Err(arity_error(format!("expected 2 arguments, found {}", positional.len())));
@@ -2142,11 +2204,18 @@ impl<'p> Elab<'p> {
         };
         use ScalarType::{Int, F32};
         let mask = match mask {
-            Some(m) => Some(self.scalar_fn(frame, m, &["b", "h", "i", "j"], &[Int, Int, Int, Int], ScalarType::Bool, "mask")?),
+            Some(m) => Some(self.scalar_fn(
+                frame,
+                m,
+                &["b", "h", "i", "j"],
+                &[Int, Int, Int, Int],
+                Some(ScalarType::Bool),
+                "mask",
+            )?),
             None => None,
         };
         let score = match score {
-            Some(m) => Some(self.scalar_fn(frame, m, &["s", "b", "h", "i", "j"], &[F32, Int, Int, Int, Int], F32, "score")?),
+            Some(m) => Some(self.scalar_fn(frame, m, &["s", "b", "h", "i", "j"], &[F32, Int, Int, Int, Int], Some(F32), "score")?),
             None => None,
         };
         let ty = TensorType::new(DType::F32, vec![qt.dims[0], qt.dims[1], qt.dims[2], vt.dims[3]]);
@@ -2173,7 +2242,7 @@ impl<'p> Elab<'p> {
         e: &'p Expr,
         names: &[&str],
         params: &[ScalarType],
-        result: ScalarType,
+        result: Option<ScalarType>,
         what: &str,
     ) -> Result<ScalarFn, Diagnostic> {
         let ExprKind::Lambda { params: ps, body } = &e.kind else {
@@ -2204,6 +2273,10 @@ impl<'p> Elab<'p> {
             locals.insert(p.name.clone(), k);
         }
         let r = self.scalar_expr(frame, &mut f, &locals, body)?;
+        let Some(result) = result else {
+            f.result = r;
+            return Ok(f);
+        };
         let r = match (f.nodes[r].1, result) {
             (a, b) if a == b => r,
             (ScalarType::Int, ScalarType::F32) => push_scalar(
@@ -2444,7 +2517,7 @@ impl<'p> Elab<'p> {
                             Bool => Err(Diagnostic::error("E0201", "`int` needs a number", e.span, "this is true or false")),
                         }
                     }
-                    "abs" | "log" | "exp" => {
+                    "abs" | "log" | "exp" | "sqrt" | "sin" | "cos" => {
                         arity(1)?;
                         let mut a = xs[0];
                         if f.nodes[a].1 == Bool {
@@ -2453,6 +2526,9 @@ impl<'p> Elab<'p> {
                         let op = match name {
                             "abs" => ScalarUnary::Abs,
                             "log" => ScalarUnary::Log,
+                            "sqrt" => ScalarUnary::Sqrt,
+                            "sin" => ScalarUnary::Sin,
+                            "cos" => ScalarUnary::Cos,
                             _ => ScalarUnary::Exp,
                         };
                         if op != ScalarUnary::Abs && f.nodes[a].1 == Int {
@@ -2460,6 +2536,22 @@ impl<'p> Elab<'p> {
                         }
                         let t = f.nodes[a].1;
                         Ok(push_scalar(f, ScalarNode::Unary { op, a }, t))
+                    }
+                    "pow" => {
+                        arity(2)?;
+                        if f.nodes[xs[0]].1 == Bool || f.nodes[xs[1]].1 == Bool {
+                            return Err(Diagnostic::error("E0201", "`pow` needs numbers", e.span, "true or false given"));
+                        }
+                        let to_f32 = |f: &mut ScalarFn, a: usize| if f.nodes[a].1 == Int { push_scalar(f, ScalarNode::Unary { op: ScalarUnary::ToFloat, a }, F32) } else { a };
+                        let (a, b) = (to_f32(f, xs[0]), to_f32(f, xs[1]));
+                        Ok(push_scalar(f, ScalarNode::Binary { op: ScalarBinary::Pow, a, b }, F32))
+                    }
+                    "rem" => {
+                        arity(2)?;
+                        if f.nodes[xs[0]].1 != Int || f.nodes[xs[1]].1 != Int {
+                            return Err(Diagnostic::error("E0201", "`rem` needs integers", e.span, "not integers"));
+                        }
+                        Ok(push_scalar(f, ScalarNode::Binary { op: ScalarBinary::Rem, a: xs[0], b: xs[1] }, Int))
                     }
                     "minimum" | "maximum" => {
                         arity(2)?;
@@ -2471,13 +2563,14 @@ impl<'p> Elab<'p> {
                         Ok(push_scalar(f, ScalarNode::Binary { op, a, b }, t))
                     }
                     _ => Err(Diagnostic::error("E0203", format!("`{name}` is not available in an index function"), callee.span, "unknown here")
-                        .with_help("index functions use arithmetic, comparisons, `and`/`or`/`not`, `if`, elements `x[i, j]`, and float, int, abs, log, exp, minimum, maximum")),
+                        .with_help("index functions use arithmetic, comparisons, `and`/`or`/`not`, `if`, elements `x[i, j]`, and float, int, abs, log, exp, sqrt, sin, cos, pow, rem, minimum, maximum")),
                 }
             }
             _ => match self.expr_inner(frame, e)? {
                 Val::Const(CtValue::Int(i)) => Ok(push_scalar(f, ScalarNode::Int(i), Int)),
                 Val::Const(CtValue::Float(x)) => Ok(push_scalar(f, ScalarNode::F32(x), F32)),
                 Val::Const(CtValue::Bool(b)) => Ok(push_scalar(f, ScalarNode::Bool(b), Bool)),
+                Val::Dim(Dim::Static(n)) => Ok(push_scalar(f, ScalarNode::Int(n), Int)),
                 Val::Tensor(t) if self.ty(t).rank() == 0 => {
                     let ty = if self.ty(t).dtype == DType::F32 { F32 } else { Int };
                     Ok(push_scalar(
@@ -2666,6 +2759,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("transpose", "transpose(x)"),
     ("split_heads", "split_heads(x, heads)"),
     ("merge_heads", "merge_heads(x)"),
+    ("tabulate", "tabulate(d0, d1, ..., (i0, i1, ...) => value)"),
     (
         "attention",
         "attention(q, k, v, mask = (b, h, i, j) => ..., score = (s, b, h, i, j) => ..., scale = 0.125)",

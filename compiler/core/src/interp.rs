@@ -207,6 +207,22 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::Tabulate { f } => {
+                let mut out_f = Vec::new();
+                let mut out_i = Vec::new();
+                for_each_index(&shape, |i| {
+                    let idx: Vec<i64> = i.iter().map(|&x| x as i64).collect();
+                    match scalar_eval(f, None, &idx, &values) {
+                        Scalar::Int(x) if node.ty.dtype != DType::F32 => out_i.push(x),
+                        x => out_f.push(x.as_f32()),
+                    }
+                });
+                if node.ty.dtype == DType::F32 {
+                    Tensor::f32(shape.clone(), out_f)
+                } else {
+                    Tensor::int(shape.clone(), out_i)
+                }
+            }
             Op::Attention {
                 q,
                 k,
@@ -368,6 +384,9 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> 
                 (ScalarUnary::Abs, x) => Scalar::F32(x.as_f32().abs()),
                 (ScalarUnary::Log, x) => Scalar::F32(x.as_f32().ln()),
                 (ScalarUnary::Exp, x) => Scalar::F32(x.as_f32().exp()),
+                (ScalarUnary::Sqrt, x) => Scalar::F32(x.as_f32().sqrt()),
+                (ScalarUnary::Sin, x) => Scalar::F32(x.as_f32().sin()),
+                (ScalarUnary::Cos, x) => Scalar::F32(x.as_f32().cos()),
                 (ScalarUnary::ToFloat, x) => Scalar::F32(x.as_f32()),
                 (ScalarUnary::ToInt, x) => Scalar::Int(x.as_int()),
             },
@@ -379,6 +398,8 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> 
                         ScalarBinary::Sub => Scalar::Int(p.wrapping_sub(q)),
                         ScalarBinary::Mul => Scalar::Int(p.wrapping_mul(q)),
                         ScalarBinary::Div => Scalar::Int(floor_div(p, q)),
+                        ScalarBinary::Rem => Scalar::Int(p.wrapping_sub(floor_div(p, q).wrapping_mul(q)) * i64::from(q != 0)),
+                        ScalarBinary::Pow => Scalar::F32((p as f32).powf(q as f32)),
                         ScalarBinary::Min => Scalar::Int(p.min(q)),
                         ScalarBinary::Max => Scalar::Int(p.max(q)),
                         ScalarBinary::Lt => Scalar::Bool(p < q),
@@ -402,6 +423,8 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> 
                             ScalarBinary::Sub => Scalar::F32(p - q),
                             ScalarBinary::Mul => Scalar::F32(p * q),
                             ScalarBinary::Div => Scalar::F32(p / q),
+                            ScalarBinary::Pow => Scalar::F32(p.powf(q)),
+                            ScalarBinary::Rem => unreachable!("the checker gives `rem` integers"),
                             ScalarBinary::Min => Scalar::F32(p.min(q)),
                             ScalarBinary::Max => Scalar::F32(p.max(q)),
                             ScalarBinary::Lt => Scalar::Bool(p < q),

@@ -113,6 +113,10 @@ pub enum ScalarBinary {
     Div,
     Min,
     Max,
+    /// F32 power.
+    Pow,
+    /// Integer remainder with the sign of the divisor (Python's `%`); a zero divisor gives 0.
+    Rem,
     Lt,
     Le,
     Gt,
@@ -130,6 +134,9 @@ pub enum ScalarUnary {
     Abs,
     Log,
     Exp,
+    Sqrt,
+    Sin,
+    Cos,
     /// Int → F32.
     ToFloat,
     /// F32 → Int, rounding toward zero.
@@ -271,6 +278,9 @@ pub enum Op {
         mask: Option<ScalarFn>,
         score: Option<ScalarFn>,
     },
+    /// `tabulate d0, d1, ..., f`: the tensor whose element at `(i0, i1, ...)` is `f(i0, i1, ...)`;
+    /// f32 when `f` gives an f32, i64 when it gives an integer.
+    Tabulate { f: ScalarFn },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
@@ -293,6 +303,7 @@ impl Op {
             | Op::MergeHeads { x } => {
                 vec![x]
             }
+            Op::Tabulate { ref f } => f.tensors(),
             Op::Attention {
                 q,
                 k,
@@ -469,6 +480,7 @@ impl Graph {
                 Op::ToFloat { x } => format!("float {}", v(x)),
                 Op::SplitHeads { x, heads } => format!("split_heads {}, {heads}", v(x)),
                 Op::MergeHeads { x } => format!("merge_heads {}", v(x)),
+                Op::Tabulate { f } => format!("tabulate {}", f.print()),
                 Op::Attention {
                     q,
                     k,
