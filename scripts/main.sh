@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, as far as lmc goes today: check the shipped models, compile each to a shared
-# library, and run each on the bundled Hugging Face checkpoint, JIT-compiled and from the
-# library, comparing the two. (`lmc ab`, the A/B report, is the next step.)
+# library, run each on the bundled Hugging Face checkpoint, JIT-compiled and from the library,
+# comparing the two, and run BERT's position-scheme variants beside it. (`lmc ab`, the A/B
+# report with timings and divergence, is the next step.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,7 +14,7 @@ mkdir -p "$OUT"
 
 $LMC check models/*.model models/std/*.model
 $LMC fmt --check models/*.model models/std/*.model
-for spec in BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForwardStack:intermediate; do
+for spec in BertModel:model BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForwardStack:intermediate; do
   model=${spec%%:*}; fixture=${spec##*:}
   $LMC compile "models/bert.model:$model" --config "$CKPT" -o "$OUT/lib$model.so"
   $LMC run "models/bert.model:$model" --weights "$CKPT" --inputs "$CKPT/inputs_$fixture.safetensors" -o "$OUT/$model.jit.safetensors"
@@ -22,6 +23,11 @@ for spec in BertEmbeddings:embeddings BertIntermediate:intermediate BertFeedForw
   cmp "$OUT/$model.jit.safetensors" "$OUT/$model.so.safetensors" && echo "$model: JIT and shared library agree bit for bit"
 done
 
-# A one-line architectural variant against its base, on the same checkpoint.
-$LMC run models/bert.model:BertFeedForwardStackRelu --weights "$CKPT" \
-     --inputs "$CKPT/inputs_intermediate.safetensors" -o "$OUT/BertFeedForwardStackRelu.jit.safetensors"
+# One-line architectural variants of BERT, on the same checkpoint: every position scheme.
+for variant in BertSinusoidal BertALiBi BertNoPositions; do
+  $LMC run "models/bert.model:$variant" --weights "$CKPT" \
+       --inputs "$CKPT/inputs_model.safetensors" -o "$OUT/$variant.jit.safetensors"
+done
+# RoPE rotates halves of each head, so it needs an even head width: 6 heads of 6 here.
+$LMC run models/bert.model:BertRoPE --weights "$CKPT" --set num_attention_heads=6 \
+     --inputs "$CKPT/inputs_model.safetensors" -o "$OUT/BertRoPE.jit.safetensors"
