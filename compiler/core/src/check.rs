@@ -643,6 +643,7 @@ impl<'p> Elab<'p> {
         };
         let mut base = self.instances[id].path.clone();
         base.extend(local.iter().cloned());
+        let before = self.errors.len();
         let child = match count {
             None => match self.instantiate(target.module, &decl.name.name, &decl.members, env, base, span, stack) {
                 Some(c) => Child::One(c),
@@ -675,7 +676,35 @@ impl<'p> Elab<'p> {
                 Child::Array(ids)
             }
         };
+        let first = match &child {
+            Child::One(c) => Some(*c),
+            Child::Array(ids) => ids.first().copied(),
+        };
+        if let Some(c) = first {
+            self.attach_context(before, c, "while instantiating");
+        }
         self.instances[id].children.push((local, child, path.span));
+    }
+
+    /// Errors found inside a block defined elsewhere (the standard library) also point at the
+    /// place in the user's file that used it.
+    fn attach_context(&mut self, before: usize, inst: usize, doing: &str) {
+        let user_file = self.p.modules[0].file;
+        let mut anchor = (self.instances[inst].decl_span, self.instances[inst].parent);
+        while anchor.0.file != user_file {
+            let Some(i) = anchor.1 else { return };
+            anchor = (self.instances[i].decl_span, self.instances[i].parent);
+        }
+        let block = self.instances[inst].block.clone();
+        for d in &mut self.errors[before..] {
+            let in_user_file = d.primary.span.file == user_file || d.secondary.iter().any(|l| l.span.file == user_file);
+            if !in_user_file {
+                d.secondary.push(lmc_grammar::Label {
+                    span: anchor.0,
+                    message: format!("{doing} `{block}`, used here"),
+                });
+            }
+        }
     }
 
     /// Binds a block's parameters from constructor arguments evaluated in the parent.
@@ -1255,7 +1284,7 @@ impl<'p> Elab<'p> {
             ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
             ExprKind::Lambda { .. } => Err(Diagnostic::error(
                 "E0201",
-                "an index function is only allowed as an attention `mask` or `score`",
+                "an index function is only allowed as an attention `mask` or `score`, or in `tabulate`",
                 e.span,
                 "not allowed here",
             )
@@ -1594,7 +1623,9 @@ impl<'p> Elab<'p> {
             callee.locals.insert(input.name.name.clone(), Binding::Value(id));
         }
         self.call_depth += 1;
+        let before = self.errors.len();
         let result = self.run_body(&mut callee, forward);
+        self.attach_context(before, inst, "while running");
         self.call_depth -= 1;
         let values = result.ok_or_else(poisoned)?;
         let declared: Vec<(&ast::TensorType, Option<&str>)> = match &forward.outputs {
@@ -2169,13 +2200,16 @@ impl<'p> Elab<'p> {
             _ => false,
         };
         if !grouped {
-            return Err(mismatch(
-                "query heads are not a multiple of key/value heads; heads",
-                qt.dims[1],
-                kt.dims[1],
-                spans[0],
-                spans[1],
-            ));
+            let (hq, hk) = (g.dim_name(qt.dims[1]), g.dim_name(kt.dims[1]));
+            return Err(Diagnostic::error(
+                "E0200",
+                format!("`attention`: {hq} query heads are not a multiple of {hk} key/value heads"),
+                span,
+                "in this attention",
+            )
+            .with_secondary(spans[0], format!("{hq} heads"))
+            .with_secondary(spans[1], format!("{hk} heads"))
+            .with_help("grouped-query attention shares each key/value head among an equal number of query heads"));
         }
         let scale = match scale {
             None => match qt.dims[3] {
