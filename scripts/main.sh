@@ -23,6 +23,10 @@ for spec in BertModel:model BertEmbeddings:embeddings BertIntermediate:intermedi
   cmp "$OUT/$model.jit.safetensors" "$OUT/$model.so.safetensors" && echo "$model: JIT and shared library agree bit for bit"
 done
 
+# GPT-2 on its own checkpoint.
+$LMC run models/gpt2.model --weights tests/fixtures/gpt2_tiny \
+     --inputs tests/fixtures/gpt2_tiny/inputs.safetensors -o "$OUT/GPT2LMHeadModel.jit.safetensors"
+
 # One-line architectural variants of BERT, on the same checkpoint: every position scheme.
 for variant in BertSinusoidal BertALiBi BertNoPositions; do
   $LMC run "models/bert.model:$variant" --weights "$CKPT" \

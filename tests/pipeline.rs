@@ -388,7 +388,7 @@ fn ui_diagnostics() {
 /// Every shipped model file passes `lmc check`.
 #[test]
 fn shipped_models_check() {
-    let r = lmc(&["check", "models/bert.model"]);
+    let r = lmc(&["check", "models/bert.model", "models/gpt2.model", "models/std/nn.model"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(r.stderr.is_empty(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -535,6 +535,7 @@ fn shipped_models_are_formatted() {
         "models/std/nn.model",
         "tests/corpus/ops.model",
         "tests/corpus/positions.model",
+        "models/gpt2.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -693,4 +694,29 @@ fn position_variants_run_on_the_bert_checkpoint() {
     assert!(err.contains("E0105") && err.contains("9 is not divisible by 2"), "{err}");
     let (r, _) = run("models/bert.model:BertRoPE", &["--set", "num_attention_heads=6"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// GPT-2 (GPT2LMHeadModel, tied head, causal + padding mask) reproduces transformers' logits.
+#[test]
+fn gpt2_matches_hugging_face() {
+    let dir = scratch("gpt2");
+    let ckpt = "tests/fixtures/gpt2_tiny";
+    let out = dir.join("logits.safetensors");
+    let inputs = format!("{ckpt}/inputs.safetensors");
+    let r = lmc(&[
+        "run",
+        "models/gpt2.model",
+        "--weights",
+        ckpt,
+        "--inputs",
+        &inputs,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let got = read_f32_tensors(&out);
+    let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
+    assert_eq!((&got[0].0, &got[0].1), (&want[0].0, &want[0].1));
+    let err = max_abs_diff(&got[0].2, &want[0].2);
+    assert!(err <= 1e-4, "GPT-2 logits: max abs error {err}");
 }

@@ -567,6 +567,12 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
+/// The keywords of `model.pest`, for the "is a keyword" hint.
+const KEYWORDS: &[&str] = &[
+    "config", "model", "block", "variant", "param", "forward", "return", "use", "if", "else", "for", "in", "from", "and", "or", "not",
+    "true", "false",
+];
+
 /// Human names for grammar rules, so "expected ident" reads "expected a name".
 fn rule_name(rule: Rule) -> &'static str {
     match rule {
@@ -634,6 +640,19 @@ fn syntax_error(err: pest::error::Error<Rule>, file: FileId, text: &str) -> Diag
         pest::error::ErrorVariant::CustomError { message } => (message.clone(), None),
     };
     let diag = Diagnostic::error("E0001", "syntax error", Span::new(file, start, end), label);
+    // A keyword where a name belongs: say so.
+    let word: String = text
+        .get(start..)
+        .unwrap_or("")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let wanted_name = matches!(&err.variant, pest::error::ErrorVariant::ParsingError { positives, .. } if positives.contains(&Rule::ident));
+    let help = if wanted_name && KEYWORDS.contains(&word.as_str()) {
+        Some(format!("`{word}` is a keyword; choose another name"))
+    } else {
+        help
+    };
     let help = if text.get(start..).is_some_and(|rest| rest.trim().is_empty()) && help.is_none() {
         Some("the file ends inside a block or a call: is a closing `}` or `)` missing?".to_string())
     } else {

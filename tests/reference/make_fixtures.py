@@ -112,7 +112,31 @@ def positions():
     save_file({}, out / "empty.safetensors")
 
 
+def gpt2_tiny():
+    """GPT2LMHeadModel at odd sizes: logits for a padded batch."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = FIXTURES / "gpt2_tiny"
+    torch.manual_seed(3)
+    config = GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=24, layer_norm_epsilon=1e-5)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(4)
+    input_ids = torch.randint(0, config.vocab_size, (2, 6), generator=g)
+    attention_mask = torch.ones(2, 6, dtype=torch.int64)
+    attention_mask[1, 4:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     positions()
+    gpt2_tiny()
     print("fixtures written to", FIXTURES)

@@ -255,6 +255,32 @@ impl Emitter<'_> {
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
             Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
+            Op::Slice { x, axis, start, length } => {
+                let xt = g.ty(*x).clone();
+                let mut offsets = Vec::new();
+                let mut sizes = Vec::new();
+                for (k, d) in xt.dims.iter().enumerate() {
+                    if k == *axis {
+                        offsets.push(start.to_string());
+                        sizes.push(length.to_string());
+                    } else {
+                        offsets.push("0".to_string());
+                        sizes.push(match d {
+                            Dim::Static(n) => n.to_string(),
+                            Dim::Symbol(s) => format!("%sym{}", s.0),
+                        });
+                    }
+                }
+                let strides = vec!["1"; xt.rank()].join(", ");
+                self.line(&format!(
+                    "{out} = tensor.extract_slice {}[{}] [{}] [{strides}] : {} to {} {loc}",
+                    v(*x),
+                    offsets.join(", "),
+                    sizes.join(", "),
+                    tensor_ty(&xt),
+                    tensor_ty(ty)
+                ));
+            }
             Op::Attention {
                 q,
                 k,

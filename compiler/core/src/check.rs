@@ -246,6 +246,15 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             TensorType::new(DType::F32, dims)
         }
         Op::Tabulate { .. } => return None,
+        Op::Slice { x, axis, start, length } => {
+            let mut t = g.ty(*x).clone();
+            match t.dims.get(*axis)? {
+                Dim::Static(n) if *start >= 0 && *length > 0 && start + length <= *n => {}
+                _ => return None,
+            }
+            t.dims[*axis] = Dim::Static(*length);
+            t
+        }
         Op::Attention { q, v, .. } => {
             let (q, v) = (g.ty(*q), g.ty(*v));
             if q.rank() != 4 || v.rank() != 4 {
@@ -1856,6 +1865,7 @@ impl<'p> Elab<'p> {
         let allowed_named: &[&str] = match name {
             "mean" | "sum" => &["axis", "keepdim"],
             "attention" => &["mask", "score", "scale"],
+            "slice" => &["axis"],
             _ => &[],
         };
         for (n, _) in &named {
@@ -1922,6 +1932,59 @@ impl<'p> Elab<'p> {
                     named_arg("scale"),
                     span,
                 )
+            }
+            "slice" => {
+                let [x, start, length] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 3 positional arguments, found {}", positional.len())));
+                };
+                let v = self.sub(frame, x)?;
+                let x_id = self.tensor_of(v, x.span)?;
+                let rank = self.ty(x_id).rank() as i64;
+                let mut ints = Vec::new();
+                for e in [*start, *length] {
+                    match self.sub(frame, e)? {
+                        Val::Const(CtValue::Int(i)) => ints.push(i),
+                        other => {
+                            return Err(Diagnostic::error(
+                                "E0202",
+                                "slice bounds must be integers known at compile time",
+                                e.span,
+                                format!("this is {}", describe(&other)),
+                            ))
+                        }
+                    }
+                }
+                let axis = match named.iter().find(|(n, _)| n.name == "axis") {
+                    None => rank - 1,
+                    Some((_, a)) => match self.sub(frame, a)? {
+                        Val::Const(CtValue::Int(i)) if (-rank..rank).contains(&i) => i.rem_euclid(rank),
+                        other => {
+                            return Err(Diagnostic::error(
+                                "E0202",
+                                format!("axis {} is out of range for {}", describe(&other), self.type_name(x_id)),
+                                a.span,
+                                "bad axis",
+                            ))
+                        }
+                    },
+                } as usize;
+                let op = Op::Slice {
+                    x: x_id,
+                    axis,
+                    start: ints[0],
+                    length: ints[1],
+                };
+                let Some(ty) = infer_type(&self.graph, &op) else {
+                    let dim = self.graph.dim_name(self.ty(x_id).dims.get(axis).copied().unwrap_or(Dim::Static(0)));
+                    return Err(Diagnostic::error(
+                        "E0207",
+                        format!("slice {}..{} does not fit an axis of length {dim}", ints[0], ints[0] + ints[1]),
+                        span,
+                        "out of range",
+                    )
+                    .with_help("the axis must have a fixed length, and 0 <= start < start + length <= length"));
+                };
+                self.push(op, ty, span).map(Val::Tensor)
             }
             "tabulate" => {
                 let Some((f, dims)) = positional.split_last() else {
@@ -2794,6 +2857,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("split_heads", "split_heads(x, heads)"),
     ("merge_heads", "merge_heads(x)"),
     ("tabulate", "tabulate(d0, d1, ..., (i0, i1, ...) => value)"),
+    ("slice", "slice(x, start, length, axis = -1)"),
     (
         "attention",
         "attention(q, k, v, mask = (b, h, i, j) => ..., score = (s, b, h, i, j) => ..., scale = 0.125)",

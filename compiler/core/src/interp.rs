@@ -207,6 +207,17 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::Slice { x, axis, start, .. } => {
+                let t = v(*x);
+                let st = strides(&t.shape);
+                let mut out = Vec::new();
+                for_each_index(&shape, |i| {
+                    let mut src = i.to_vec();
+                    src[*axis] += *start as usize;
+                    out.push(t.floats()[src.iter().zip(&st).map(|(a, b)| a * b).sum::<usize>()]);
+                });
+                Tensor::f32(shape.clone(), out)
+            }
             Op::Tabulate { f } => {
                 let mut out_f = Vec::new();
                 let mut out_i = Vec::new();

@@ -278,6 +278,9 @@ pub enum Op {
         mask: Option<ScalarFn>,
         score: Option<ScalarFn>,
     },
+    /// `slice x, axis, start, length`: the elements `start .. start + length` along `axis`
+    /// (fixed at compile time and within the axis).
+    Slice { x: ValueId, axis: usize, start: i64, length: i64 },
     /// `tabulate d0, d1, ..., f`: the tensor whose element at `(i0, i1, ...)` is `f(i0, i1, ...)`;
     /// f32 when `f` gives an f32, i64 when it gives an integer.
     Tabulate { f: ScalarFn },
@@ -300,6 +303,7 @@ impl Op {
             | Op::Transpose { x }
             | Op::ToFloat { x }
             | Op::SplitHeads { x, .. }
+            | Op::Slice { x, .. }
             | Op::MergeHeads { x } => {
                 vec![x]
             }
@@ -481,6 +485,7 @@ impl Graph {
                 Op::SplitHeads { x, heads } => format!("split_heads {}, {heads}", v(x)),
                 Op::MergeHeads { x } => format!("merge_heads {}", v(x)),
                 Op::Tabulate { f } => format!("tabulate {}", f.print()),
+                Op::Slice { x, axis, start, length } => format!("slice {}, axis {axis}, {start}..{}", v(x), start + length),
                 Op::Attention {
                     q,
                     k,
