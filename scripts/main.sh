@@ -27,6 +27,10 @@ done
 $LMC run models/gpt2.model --weights tests/fixtures/gpt2_tiny \
      --inputs tests/fixtures/gpt2_tiny/inputs.safetensors -o "$OUT/GPT2LMHeadModel.jit.safetensors"
 
+# LLaMA on its own checkpoint.
+$LMC run models/llama.model --weights tests/fixtures/llama_tiny \
+     --inputs tests/fixtures/llama_tiny/inputs.safetensors -o "$OUT/LlamaForCausalLM.jit.safetensors"
+
 # One-line architectural variants of BERT, on the same checkpoint: every position scheme.
 for variant in BertSinusoidal BertALiBi BertNoPositions; do
   $LMC run "models/bert.model:$variant" --weights "$CKPT" \

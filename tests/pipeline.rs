@@ -388,7 +388,13 @@ fn ui_diagnostics() {
 /// Every shipped model file passes `lmc check`.
 #[test]
 fn shipped_models_check() {
-    let r = lmc(&["check", "models/bert.model", "models/gpt2.model", "models/std/nn.model"]);
+    let r = lmc(&[
+        "check",
+        "models/bert.model",
+        "models/gpt2.model",
+        "models/llama.model",
+        "models/std/nn.model",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(r.stderr.is_empty(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -536,6 +542,7 @@ fn shipped_models_are_formatted() {
         "tests/corpus/ops.model",
         "tests/corpus/positions.model",
         "models/gpt2.model",
+        "models/llama.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -696,27 +703,33 @@ fn position_variants_run_on_the_bert_checkpoint() {
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
+/// Runs `spec` on a fixture checkpoint directory (`inputs.safetensors` → `expected.safetensors`)
+/// and compares every output with what transformers computed.
+fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) {
+    let dir = scratch(&spec.replace(['/', ':', '.'], "_"));
+    let out = dir.join("outputs.safetensors");
+    let inputs = format!("{ckpt}/inputs.safetensors");
+    let r = lmc(&["run", spec, "--weights", ckpt, "--inputs", &inputs, "-o", out.to_str().unwrap()]);
+    assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
+    let got = read_f32_tensors(&out);
+    let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
+    assert_eq!(got.len(), want.len(), "{spec}: outputs");
+    for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+        assert_eq!((gn, gs), (wn, ws), "{spec}: output name and shape");
+        let err = max_abs_diff(gv, wv);
+        assert!(err <= tolerance, "{spec}.{gn}: max abs error {err} > {tolerance}");
+    }
+}
+
 /// GPT-2 (GPT2LMHeadModel, tied head, causal + padding mask) reproduces transformers' logits.
 #[test]
 fn gpt2_matches_hugging_face() {
-    let dir = scratch("gpt2");
-    let ckpt = "tests/fixtures/gpt2_tiny";
-    let out = dir.join("logits.safetensors");
-    let inputs = format!("{ckpt}/inputs.safetensors");
-    let r = lmc(&[
-        "run",
-        "models/gpt2.model",
-        "--weights",
-        ckpt,
-        "--inputs",
-        &inputs,
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let got = read_f32_tensors(&out);
-    let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
-    assert_eq!((&got[0].0, &got[0].1), (&want[0].0, &want[0].1));
-    let err = max_abs_diff(&got[0].2, &want[0].2);
-    assert!(err <= 1e-4, "GPT-2 logits: max abs error {err}");
+    assert_matches_fixture("models/gpt2.model", "tests/fixtures/gpt2_tiny", 1e-4);
+}
+
+/// LLaMA (LlamaForCausalLM: RMSNorm, RoPE with a nested `rope_theta`, SwiGLU, grouped-query
+/// attention) reproduces transformers' logits.
+#[test]
+fn llama_matches_hugging_face() {
+    assert_matches_fixture("models/llama.model", "tests/fixtures/llama_tiny", 1e-4);
 }

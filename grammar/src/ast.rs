@@ -55,14 +55,15 @@ pub struct ConfigDecl {
     pub span: Span,
 }
 
-/// `name: type = default from "hf_key"`.
+/// `name: type = default from "hf_key" or "other.key"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigField {
     pub name: Ident,
     pub ty: Option<ConfigType>,
     pub value: Expr,
-    /// The Hugging Face `config.json` key this field is read from, when it differs from `name`.
-    pub hf_key: Option<StringLit>,
+    /// The Hugging Face `config.json` keys this field is read from, first found wins, when they
+    /// differ from `name`; a dotted key reads a nested object (`rope_parameters.rope_theta`).
+    pub hf_keys: Vec<StringLit>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

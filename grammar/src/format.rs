@@ -207,7 +207,12 @@ impl Formatter<'_> {
                         Some(ConfigType::Bool(_)) => ": bool".into(),
                         Some(ConfigType::Enum(vs)) => format!(": {}", vs.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(" | ")),
                     };
-                    let from = field.hf_key.as_ref().map(|k| format!(" from \"{}\"", k.value)).unwrap_or_default();
+                    let from = if field.hf_keys.is_empty() {
+                        String::new()
+                    } else {
+                        let keys: Vec<String> = field.hf_keys.iter().map(|k| format!("\"{}\"", k.value)).collect();
+                        format!(" from {}", keys.join(" or "))
+                    };
                     let l = self.line_of(field.value.span.end);
                     self.line(&format!("{}{ty} = {}{from}", field.name.name, expr(&field.value)), l);
                 }

@@ -159,7 +159,7 @@ impl Builder {
                 let mut name = None;
                 let mut ty = None;
                 let mut value = None;
-                let mut hf_key = None;
+                let mut hf_keys = Vec::new();
                 for part in field.into_inner() {
                     match part.as_rule() {
                         Rule::ident => name = Some(self.ident(part)),
@@ -173,7 +173,7 @@ impl Builder {
                         }
                         Rule::enum_type => ty = Some(ConfigType::Enum(part.into_inner().map(|p| self.ident(p)).collect())),
                         Rule::expr => value = Some(self.expr(part)),
-                        Rule::string => hf_key = Some(self.string(part)),
+                        Rule::string => hf_keys.push(self.string(part)),
                         rule => unreachable!("grammar produced {rule:?} in a config field"),
                     }
                 }
@@ -181,7 +181,7 @@ impl Builder {
                     name: name.unwrap(),
                     ty,
                     value: value.unwrap(),
-                    hf_key,
+                    hf_keys,
                 }
             })
             .collect();
@@ -611,6 +611,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::string => "a string",
         Rule::path | Rule::param_path => "a name",
         Rule::segment => "a name or an index",
+        Rule::head => "a name",
         Rule::ident => "a name",
         Rule::keyword => "a keyword",
         _ => "something else",

@@ -30,7 +30,7 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                             format!(" : enum({})", v.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(" | "))
                         }
                     };
-                    let from = f.hf_key.as_ref().map(|k| format!(" from {:?}", k.value)).unwrap_or_default();
+                    let from: String = f.hf_keys.iter().map(|k| format!(" from {:?}", k.value)).collect();
                     p.line(
                         1,
                         f.name.span.start,

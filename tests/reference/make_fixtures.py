@@ -135,8 +135,43 @@ def gpt2_tiny():
     save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def llama_tiny():
+    """LlamaForCausalLM at odd sizes with grouped-query attention: logits for a padded batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = FIXTURES / "llama_tiny"
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=50,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(6)
+    input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     positions()
     gpt2_tiny()
+    llama_tiny()
     print("fixtures written to", FIXTURES)

@@ -180,12 +180,18 @@ pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: 
             }
         };
         // The checkpoint's config.json.
-        let key = field.hf_key.as_ref().map_or(name.as_str(), |k| k.value.as_str());
-        if let Some((_, json)) = overrides.checkpoint.iter().find(|(k, _)| k == key) {
+        let keys: Vec<(&str, lmc_grammar::Span)> = if field.hf_keys.is_empty() {
+            vec![(name.as_str(), field.name.span)]
+        } else {
+            field.hf_keys.iter().map(|k| (k.value.as_str(), k.span)).collect()
+        };
+        let found = keys
+            .iter()
+            .find_map(|(key, span)| checkpoint_value(&overrides.checkpoint, key).map(|j| (*key, *span, j)));
+        if let Some((key, span, json)) = found {
             match json_value(json).and_then(|v| ty.coerce(v)) {
                 Ok(v) => value = v,
                 Err(why) => {
-                    let span = field.hf_key.as_ref().map_or(field.name.span, |k| k.span);
                     errors.push(
                         Diagnostic::error(
                             "E0104",
@@ -237,6 +243,18 @@ pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: 
     } else {
         Err(errors)
     }
+}
+
+/// A `config.json` value by key; a dotted key walks nested objects (`rope_parameters.rope_theta`).
+/// A JSON `null` counts as absent: the default stands.
+fn checkpoint_value<'a>(checkpoint: &'a [(String, serde_json::Value)], key: &str) -> Option<&'a serde_json::Value> {
+    let mut parts = key.split('.');
+    let first = parts.next()?;
+    let mut value = checkpoint.iter().find(|(k, _)| k == first).map(|(_, v)| v)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    (!value.is_null()).then_some(value)
 }
 
 fn parse_cli_value(text: &str) -> CtValue {
