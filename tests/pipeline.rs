@@ -543,6 +543,7 @@ fn shipped_models_are_formatted() {
         "tests/corpus/positions.model",
         "models/gpt2.model",
         "models/llama.model",
+        "models/unilm.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -732,4 +733,32 @@ fn gpt2_matches_hugging_face() {
 #[test]
 fn llama_matches_hugging_face() {
     assert_matches_fixture("models/llama.model", "tests/fixtures/llama_tiny", 1e-4);
+}
+
+/// UniLM's left-to-right and seq2seq masks on the BERT network reproduce transformers' BertModel
+/// given the same masks as [B, 1, T, T] tensors.
+#[test]
+fn unilm_masks_match_hugging_face() {
+    let dir = scratch("unilm");
+    let inputs = format!("{CHECKPOINT}/inputs_unilm.safetensors");
+    for (variant, expected) in [("UniLMLeftToRight", "causal"), ("UniLMSeq2Seq", "seq2seq")] {
+        let out = dir.join(format!("{variant}.safetensors"));
+        let r = lmc(&[
+            "run",
+            &format!("models/unilm.model:{variant}"),
+            "--weights",
+            CHECKPOINT,
+            "--inputs",
+            &inputs,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{variant}: {}", String::from_utf8_lossy(&r.stderr));
+        let got = read_f32_tensors(&out).remove(0).2;
+        let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_unilm_{expected}.safetensors")))
+            .remove(0)
+            .2;
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= 1e-5, "{variant}: max abs error {err}");
+    }
 }

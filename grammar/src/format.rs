@@ -72,7 +72,8 @@ pub fn format_file(file: &File, source: &SourceFile) -> String {
     for item in &file.items {
         let start = item_span(item).start;
         if let Some(prev) = previous {
-            let both_uses = matches!((prev, item), (Item::Use(_), Item::Use(_)));
+            // Runs of `use`s and of `variant`s stay together unless the author separated them.
+            let both_uses = matches!((prev, item), (Item::Use(_), Item::Use(_)) | (Item::Variant(_), Item::Variant(_)));
             if !both_uses || f.blank_line_before(start) {
                 f.out.push('\n');
             }
@@ -419,6 +420,22 @@ impl Formatter<'_> {
                     }
                 }
             }
+            [e @ Expr {
+                kind: ExprKind::Call { .. },
+                ..
+            }] if text.len() + 2 * self.indent > MAX_LINE => {
+                let lines = call_lines(e);
+                let pad = "  ".repeat(self.indent);
+                for (k, l) in lines.iter().enumerate() {
+                    if k == 0 {
+                        self.out.push_str(&format!("{pad}{prefix}{l}\n"));
+                    } else if k + 1 == lines.len() {
+                        self.line(l, src_line);
+                    } else {
+                        self.out.push_str(&format!("{pad}{l}\n"));
+                    }
+                }
+            }
             _ => self.line(&text, src_line),
         }
     }
@@ -450,6 +467,32 @@ impl Formatter<'_> {
 
 /// Lines longer than this are split where the layout allows (long `if` expressions).
 const MAX_LINE: usize = 100;
+
+/// A long call, one argument per line; a long `if` argument gets one branch per line.
+fn call_lines(e: &Expr) -> Vec<String> {
+    let ExprKind::Call { callee, args } = &e.kind else {
+        return vec![expr(e)];
+    };
+    let mut lines = vec![format!("{}(", callee.dotted())];
+    for a in args {
+        let name = a.name.as_ref().map(|n| format!("{} = ", n.name)).unwrap_or_default();
+        let one = format!("  {name}{},", expr(&a.value));
+        match &a.value.kind {
+            ExprKind::If { .. } if one.len() > MAX_LINE => {
+                let branches = if_lines(&a.value);
+                let last = branches.len() - 1;
+                for (k, b) in branches.into_iter().enumerate() {
+                    let lead = if k == 0 { format!("  {name}") } else { "  ".to_string() };
+                    let tail = if k == last { "," } else { "" };
+                    lines.push(format!("{lead}{b}{tail}"));
+                }
+            }
+            _ => lines.push(one),
+        }
+    }
+    lines.push(")".to_string());
+    lines
+}
 
 /// A chain of `if` / `else if` / `else` expressions, one branch per line.
 fn if_lines(e: &Expr) -> Vec<String> {

@@ -70,6 +70,26 @@ def bert_tiny():
     )
     save_file({"last_hidden_state": full.contiguous()}, out / "expected_model.safetensors")
 
+    # UniLM's masks on the same network, given to BertModel as [B, 1, T, T] boolean masks (what
+    # transformers 5 takes for custom masks): left-to-right, and seq2seq (segment 0 = source,
+    # segment 1 = target).
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+    keep = attention_mask[:, None, :].bool()
+    i = torch.arange(7)[:, None]
+    j = torch.arange(7)[None, :]
+    causal = (j <= i)[None] & keep
+    source_key = segments[:, None, :] == 0
+    target_query = segments[:, :, None] != 0
+    seq2seq = (source_key | (target_query & (j <= i)[None])) & keep
+    save_file(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": segments},
+        out / "inputs_unilm.safetensors",
+    )
+    for name, mask in [("causal", causal), ("seq2seq", seq2seq)]:
+        with torch.no_grad():
+            result = model(input_ids=input_ids, attention_mask=mask[:, None], token_type_ids=segments).last_hidden_state
+        save_file({"last_hidden_state": result.contiguous()}, out / f"expected_unilm_{name}.safetensors")
+
 
 def positions():
     """References for the standard library's position schemes (tests/corpus/positions.model)."""

@@ -2342,6 +2342,11 @@ impl<'p> Elab<'p> {
         result: Option<ScalarType>,
         what: &str,
     ) -> Result<ScalarFn, Diagnostic> {
+        // `mask = if c.kind == causal { (b, h, i, j) => j <= i } else { ... }`: choose at compile time.
+        if let ExprKind::If { cond, then, otherwise } = &e.kind {
+            let chosen = if self.condition(frame, cond)? { then } else { otherwise };
+            return self.scalar_fn(frame, chosen, names, params, result, what);
+        }
         let ExprKind::Lambda { params: ps, body } = &e.kind else {
             return Err(Diagnostic::error(
                 "E0202",
