@@ -637,12 +637,18 @@ fn variant_changes_one_line() {
 }
 
 /// The standard library's position schemes reproduce reference implementations: transformers'
-/// LLaMA rotary embedding, the sinusoidal formula, and the ALiBi paper's slopes.
+/// LLaMA rotary embedding and T5 relative buckets, the sinusoidal formula, and the ALiBi paper's
+/// slopes.
 #[test]
 fn position_schemes_match_references() {
     let dir = scratch("positions");
     let fixtures = "tests/fixtures/positions";
-    for (model, fixture) in [("Rotary", "rotary"), ("Sinusoid", "sinusoid"), ("Alibi", "alibi")] {
+    for (model, fixture) in [
+        ("Rotary", "rotary"),
+        ("Sinusoid", "sinusoid"),
+        ("Alibi", "alibi"),
+        ("T5Buckets", "t5_buckets"),
+    ] {
         let out = dir.join(format!("{model}.safetensors"));
         let r = lmc(&[
             "run",
@@ -657,9 +663,12 @@ fn position_schemes_match_references() {
         assert!(r.status.success(), "{model}: {}", String::from_utf8_lossy(&r.stderr));
         let got = read_f32_tensors(&out);
         let want = read_f32_tensors(&root().join(format!("{fixtures}/expected_{fixture}.safetensors")));
-        assert_eq!(got[0].1, want[0].1, "{model}: shape");
-        let err = max_abs_diff(&got[0].2, &want[0].2);
-        assert!(err <= 1e-5, "{model}: max abs error {err}");
+        assert_eq!(got.len(), want.len(), "{model}: outputs");
+        for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+            assert_eq!((gn, gs), (wn, ws), "{model}: name and shape");
+            let err = max_abs_diff(gv, wv);
+            assert!(err <= 1e-5, "{model}.{gn}: max abs error {err}");
+        }
     }
 }
 

@@ -128,6 +128,18 @@ def positions():
     save_file({"x": torch.zeros(1)}, out / "inputs_alibi.safetensors")
     save_file({"slopes": slopes}, out / "expected_alibi.safetensors")
 
+    # T5's relative position buckets (32 buckets, max distance 20) over 40 positions, both ways.
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    positions = torch.arange(40)
+    relative = positions[None, :] - positions[:, None]
+    buckets = {
+        f"{name}_buckets": T5Attention._relative_position_bucket(relative, bidirectional=bi, num_buckets=32, max_distance=20).float()
+        for name, bi in [("bidirectional", True), ("causal", False)]
+    }
+    save_file({"q": torch.zeros(1, 1, 40, 8)}, out / "inputs_t5_buckets.safetensors")
+    save_file(buckets, out / "expected_t5_buckets.safetensors")
+
     # These models have no parameters: an empty checkpoint.
     save_file({}, out / "empty.safetensors")
 
