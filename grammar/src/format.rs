@@ -523,6 +523,15 @@ fn if_lines(e: &Expr) -> Vec<String> {
 }
 
 fn tensor_type(t: &TensorType) -> String {
+    tensor_type_with(t, expr)
+}
+
+fn call_args(args: &[CallArg]) -> String {
+    call_args_with(args, expr)
+}
+
+/// A tensor type as written, with dimension expressions printed by `expr`.
+pub(crate) fn tensor_type_with(t: &TensorType, expr: fn(&Expr) -> String) -> String {
     let dims: Vec<String> = t
         .dims
         .iter()
@@ -534,7 +543,8 @@ fn tensor_type(t: &TensorType) -> String {
     format!("{}[{}]", t.dtype.as_str(), dims.join(", "))
 }
 
-fn call_args(args: &[CallArg]) -> String {
+/// Call arguments as written, with expressions printed by `expr`.
+pub(crate) fn call_args_with(args: &[CallArg], expr: fn(&Expr) -> String) -> String {
     let a: Vec<String> = args
         .iter()
         .map(|a| match &a.name {

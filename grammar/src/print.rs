@@ -168,26 +168,11 @@ impl Printer<'_> {
 }
 
 fn ty(t: &TensorType) -> String {
-    let dims: Vec<String> = t
-        .dims
-        .iter()
-        .map(|d| match d {
-            DimExpr::Ellipsis(_) => "...".into(),
-            DimExpr::Expr(e) => expr(e),
-        })
-        .collect();
-    format!("{}[{}]", t.dtype.as_str(), dims.join(", "))
+    crate::format::tensor_type_with(t, expr)
 }
 
 fn call_args(args: &[CallArg]) -> String {
-    let a: Vec<String> = args
-        .iter()
-        .map(|a| match &a.name {
-            Some(n) => format!("{} = {}", n.name, expr(&a.value)),
-            None => expr(&a.value),
-        })
-        .collect();
-    a.join(", ")
+    crate::format::call_args_with(args, expr)
 }
 
 /// Fully parenthesised, so precedence is visible in the snapshot.

@@ -489,19 +489,7 @@ impl<'p> Elab<'p> {
         for m in members {
             match m {
                 Member::Param { path, ty, .. } => {
-                    let local: Vec<String> = path.segments.iter().map(|s| s.name.clone()).collect();
-                    if let Some(first) = self.declared(id, &local) {
-                        self.errors.push(
-                            Diagnostic::error(
-                                "E0101",
-                                format!("`{}` is declared twice in `{}`", path.dotted(), self.instances[id].block),
-                                path.span,
-                                "declared again here",
-                            )
-                            .with_secondary(first, "first declared here"),
-                        );
-                        continue;
-                    }
+                    let Some(local) = self.new_member(id, path) else { continue };
                     let mut dims = Vec::new();
                     let mut ok = true;
                     for d in &ty.dims {
@@ -565,6 +553,25 @@ impl<'p> Elab<'p> {
         }
     }
 
+    /// The local path of a member about to be declared, or `None` after reporting that the
+    /// instance already has one there.
+    fn new_member(&mut self, id: usize, path: &ast::Path) -> Option<Vec<String>> {
+        let local: Vec<String> = path.segments.iter().map(|s| s.name.clone()).collect();
+        let Some(first) = self.declared(id, &local) else {
+            return Some(local);
+        };
+        self.errors.push(
+            Diagnostic::error(
+                "E0101",
+                format!("`{}` is declared twice in `{}`", path.dotted(), self.instances[id].block),
+                path.span,
+                "declared again here",
+            )
+            .with_secondary(first, "first declared here"),
+        );
+        None
+    }
+
     /// Where a member of this local path was already declared, if it was.
     fn declared(&self, id: usize, local: &[String]) -> Option<Span> {
         let inst = &self.instances[id];
@@ -594,19 +601,7 @@ impl<'p> Elab<'p> {
         span: Span,
         stack: &mut Vec<String>,
     ) {
-        let local: Vec<String> = path.segments.iter().map(|s| s.name.clone()).collect();
-        if let Some(first) = self.declared(id, &local) {
-            self.errors.push(
-                Diagnostic::error(
-                    "E0101",
-                    format!("`{}` is declared twice in `{}`", path.dotted(), self.instances[id].block),
-                    path.span,
-                    "declared again here",
-                )
-                .with_secondary(first, "first declared here"),
-            );
-            return;
-        }
+        let Some(local) = self.new_member(id, path) else { return };
         let module = self.instances[id].module;
         let block_name = block.dotted();
         let target = self.p.lookup(module, &block_name);
