@@ -31,6 +31,10 @@ $LMC run models/gpt2.model --weights tests/fixtures/gpt2_tiny \
 $LMC run models/llama.model --weights tests/fixtures/llama_tiny \
      --inputs tests/fixtures/llama_tiny/inputs.safetensors -o "$OUT/LlamaForCausalLM.jit.safetensors"
 
+# T5, a 3-layer encoder and a 2-layer decoder, on its own checkpoint.
+$LMC run models/t5.model:T5ForConditionalGeneration --weights tests/fixtures/t5_tiny \
+     --inputs tests/fixtures/t5_tiny/inputs.safetensors -o "$OUT/T5.jit.safetensors"
+
 # One-line architectural variants of BERT, on the same checkpoint: every position scheme.
 for variant in BertSinusoidal BertALiBi BertNoPositions; do
   $LMC run "models/bert.model:$variant" --weights "$CKPT" \

@@ -544,6 +544,7 @@ fn shipped_models_are_formatted() {
         "models/gpt2.model",
         "models/llama.model",
         "models/unilm.model",
+        "models/t5.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -735,6 +736,15 @@ fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) {
 #[test]
 fn gpt2_matches_hugging_face() {
     assert_matches_fixture("models/gpt2.model", "tests/fixtures/gpt2_tiny", 1e-4);
+}
+
+/// T5 (T5ForConditionalGeneration: a deeper encoder than decoder, relative buckets shared by
+/// each stack's layers, cross-attention, tied and rescaled head) reproduces transformers' logits,
+/// with a ReLU and with a gated-GELU feed-forward.
+#[test]
+fn t5_matches_hugging_face() {
+    assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_tiny", 1e-4);
+    assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_gated", 1e-4);
 }
 
 /// LLaMA (LlamaForCausalLM: RMSNorm, RoPE with a nested `rope_theta`, SwiGLU, grouped-query

@@ -201,9 +201,53 @@ def llama_tiny():
     save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def t5_tiny(name, **overrides):
+    """T5ForConditionalGeneration at odd sizes, a deeper encoder than decoder: logits."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out = FIXTURES / name
+    torch.manual_seed(7)
+    settings = dict(
+        vocab_size=103,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=3,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+        decoder_start_token_id=0,
+    )
+    settings.update(overrides)
+    config = T5Config(**settings)
+    model = T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "layer_norm" in pname:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(8)
+    input_ids = torch.randint(1, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    decoder_input_ids = torch.randint(1, config.vocab_size, (2, 4), generator=g)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+    save_file(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids},
+        out / "inputs.safetensors",
+    )
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     positions()
     gpt2_tiny()
     llama_tiny()
+    t5_tiny("t5_tiny")
+    t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     print("fixtures written to", FIXTURES)
