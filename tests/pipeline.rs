@@ -545,6 +545,7 @@ fn shipped_models_are_formatted() {
         "models/llama.model",
         "models/unilm.model",
         "models/t5.model",
+        "models/electra.model",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
@@ -745,6 +746,18 @@ fn gpt2_matches_hugging_face() {
 fn t5_matches_hugging_face() {
     assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_tiny", 1e-4);
     assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_gated", 1e-4);
+}
+
+/// ELECTRA's discriminator (ElectraForPreTraining) and generator (ElectraForMaskedLM, tied
+/// head), with embeddings narrower than the hidden size, reproduce transformers' logits.
+#[test]
+fn electra_matches_hugging_face() {
+    assert_matches_fixture(
+        "models/electra.model:ElectraForPreTraining",
+        "tests/fixtures/electra_discriminator",
+        1e-4,
+    );
+    assert_matches_fixture("models/electra.model:ElectraForMaskedLM", "tests/fixtures/electra_generator", 1e-4);
 }
 
 /// LLaMA (LlamaForCausalLM: RMSNorm, RoPE with a nested `rope_theta`, SwiGLU, grouped-query

@@ -243,6 +243,44 @@ def t5_tiny(name, **overrides):
     save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def electra_tiny():
+    """ELECTRA's discriminator and generator, embeddings narrower than the hidden size."""
+    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+    g = torch.Generator().manual_seed(10)
+    input_ids = torch.randint(0, 99, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, 2, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[0, 6:] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    for name, cls, hidden, heads, inner in [
+        ("electra_discriminator", ElectraForPreTraining, 36, 4, 37),
+        ("electra_generator", ElectraForMaskedLM, 20, 2, 21),
+    ]:
+        out = FIXTURES / name
+        torch.manual_seed(9)
+        config = ElectraConfig(
+            vocab_size=99,
+            embedding_size=24,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            intermediate_size=inner,
+            max_position_embeddings=40,
+            type_vocab_size=2,
+        )
+        model = cls(config).eval()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "LayerNorm" in pname:
+                    p.add_(0.1 * torch.randn_like(p))
+        model.save_pretrained(out, safe_serialization=True)
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        save_file(inputs, out / "inputs.safetensors")
+        save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     positions()
@@ -250,4 +288,5 @@ if __name__ == "__main__":
     llama_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
+    electra_tiny()
     print("fixtures written to", FIXTURES)
