@@ -794,3 +794,32 @@ fn unilm_masks_match_hugging_face() {
         assert!(err <= 1e-5, "{variant}: max abs error {err}");
     }
 }
+
+/// A variant without a checkpoint runs on seeded random weights, the same ones every time.
+#[test]
+fn random_weights_are_seeded() {
+    let dir = scratch("random_weights");
+    let inputs = format!("{CHECKPOINT}/inputs_model.safetensors");
+    let mut outputs = Vec::new();
+    for (name, seed) in [("a", "7"), ("b", "7"), ("c", "8")] {
+        let out = dir.join(format!("{name}.safetensors"));
+        let r = lmc(&[
+            "run",
+            "models/bert.model:BertALiBi",
+            "--random-weights",
+            "--seed",
+            seed,
+            "--config",
+            CHECKPOINT,
+            "--inputs",
+            &inputs,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        outputs.push(read_f32_tensors(&out).remove(0).2);
+    }
+    assert_eq!(outputs[0], outputs[1], "the same seed gives the same weights");
+    assert!(max_abs_diff(&outputs[0], &outputs[2]) > 1e-3, "another seed gives other weights");
+    assert!(outputs[0].iter().all(|v| v.is_finite()));
+}

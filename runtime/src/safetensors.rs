@@ -512,6 +512,14 @@ fn check_overlaps(path: &Path, tensors: &[TensorInfo]) -> Result<(), WeightsErro
 /// Writes a standard safetensors file holding `tensors` (name, dtype, shape, little-endian
 /// bytes), laid out in the given order, readable by Python's `safetensors`.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<()> {
+    let bytes = safetensors_bytes(tensors)?;
+    let mut out = io::BufWriter::new(File::create(path)?);
+    out.write_all(&bytes)?;
+    out.flush()
+}
+
+/// The bytes of a safetensors file holding `tensors`, in order (see [`write_safetensors`]).
+pub fn safetensors_bytes(tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<Vec<u8>> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     let mut seen = HashMap::new();
     // `format: pt` is what transformers checks for when it loads a checkpoint.
@@ -548,13 +556,14 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]
     while header.len() % 8 != 0 {
         header.push(' ');
     }
-    let mut out = io::BufWriter::new(File::create(path)?);
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(header.as_bytes())?;
+    let data: usize = tensors.iter().map(|t| t.3.len()).sum();
+    let mut out = Vec::with_capacity(8 + header.len() + data);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
     for &(_, _, _, bytes) in tensors {
-        out.write_all(bytes)?;
+        out.extend_from_slice(bytes);
     }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    Ok(out)
 }
 
 #[cfg(test)]

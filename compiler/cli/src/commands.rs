@@ -147,12 +147,30 @@ pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Fai
     Ok(())
 }
 
+/// Where `lmc run` takes its weights from.
+pub enum Weights {
+    Checkpoint(PathBuf),
+    /// `--random-weights --seed N`.
+    Random(u64),
+}
+
 /// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.
-pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Option<&Path>, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn run(
+    spec: &str,
+    weights: &Weights,
+    inputs: &Path,
+    output: &Path,
+    library: Option<&Path>,
+    config: &ConfigArgs,
+) -> Result<(), Failure> {
+    let (checkpoint, seed) = match weights {
+        Weights::Checkpoint(p) => (Some(p.as_path()), None),
+        Weights::Random(s) => (None, Some(*s)),
+    };
     let module = match library {
         Some(lib) => lmc_runtime::Module::open_library(lib)?,
         None => {
-            let checkpoint_dir = weights.is_dir().then_some(weights);
+            let checkpoint_dir = checkpoint.filter(|w| w.is_dir());
             let graph = load_model(spec, &overrides(config, checkpoint_dir)?)?;
             let started = std::time::Instant::now();
             let jit = std::sync::Arc::new(lmc_codegen::jit(&graph)?);
@@ -164,8 +182,12 @@ pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Op
             unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit))? }
         }
     };
-    let configured_from_defaults = library.is_none() && !weights.is_dir() && config.config.is_none();
-    let model = module.bind_weights(weights.into()).map_err(|e| {
+    let source = match (checkpoint, seed) {
+        (Some(path), _) => lmc_runtime::WeightsSource::Path(path.to_path_buf()),
+        (None, seed) => lmc_runtime::WeightsSource::Files(vec![lmc_runtime::random_weights(module.manifest(), seed.unwrap_or(0))?]),
+    };
+    let configured_from_defaults = library.is_none() && checkpoint.is_some_and(|w| !w.is_dir()) && config.config.is_none();
+    let model = module.bind_weights(source).map_err(|e| {
         if configured_from_defaults {
             Failure::Message(format!(
                 "{e}\nhelp: the model was configured from its defaults; pass the checkpoint's directory as --weights, or its config.json with --config"
@@ -175,7 +197,7 @@ pub fn run(spec: &str, weights: &Path, inputs: &Path, output: &Path, library: Op
         }
     })?;
     let unused = model.unused_tensors();
-    if !unused.is_empty() {
+    if let (false, Some(weights)) = (unused.is_empty(), checkpoint) {
         eprintln!(
             "note: {} tensor(s) in {} are not used by {} (e.g. {})",
             unused.len(),

@@ -70,8 +70,15 @@ enum Command {
         model: String,
         /// A safetensors checkpoint, or a `save_pretrained` directory (config.json +
         /// model.safetensors); the directory's config.json also configures the model.
-        #[arg(long)]
-        weights: PathBuf,
+        #[arg(long, required_unless_present = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Run with random weights (N(0, 0.02²), seeded) instead of a checkpoint: for variants
+        /// that have none. Configure the model with --config and --set.
+        #[arg(long, conflicts_with = "weights")]
+        random_weights: bool,
+        /// The seed of --random-weights.
+        #[arg(long, default_value_t = 0, requires = "random_weights")]
+        seed: u64,
         /// Inputs, as a safetensors file whose tensor names are the model's input names.
         #[arg(long)]
         inputs: PathBuf,
@@ -131,11 +138,19 @@ fn run(cli: Cli) -> ExitCode {
         Command::Run {
             model,
             weights,
+            random_weights,
+            seed,
             inputs,
             output,
             library,
             config,
-        } => commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config),
+        } => {
+            let weights = match (weights, random_weights) {
+                (Some(w), _) => commands::Weights::Checkpoint(w),
+                (None, _) => commands::Weights::Random(seed),
+            };
+            commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
