@@ -706,13 +706,16 @@ fn position_variants_run_on_the_bert_checkpoint() {
         assert!(values.iter().all(|v| v.is_finite()), "{variant}: non-finite output");
         assert!(max_abs_diff(&values, &base) > 1e-3, "{variant}: same output as the learned table");
     }
-    // The fixture's 4 heads of width 9 cannot be rotated in halves.
-    let (r, _) = run("models/bert.model:BertRoPE", &[]);
+    // 4 heads of width 9 cannot be rotated in halves: a diagnostic, not a crash.
+    let (r, _) = run("models/bert.model:BertRoPE", &["--set", "num_attention_heads=4"]);
     assert_eq!(r.status.code(), Some(1));
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(err.contains("E0105") && err.contains("9 is not divisible by 2"), "{err}");
-    let (r, _) = run("models/bert.model:BertRoPE", &["--set", "num_attention_heads=6"]);
+    // The fixture's 3 heads of width 12 can.
+    let (r, out) = run("models/bert.model:BertRoPE", &[]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let values = read_f32_tensors(&out).remove(0).2;
+    assert!(max_abs_diff(&values, &base) > 1e-3, "BertRoPE: same output as the learned table");
 }
 
 /// Runs `spec` on a fixture checkpoint directory (`inputs.safetensors` → `expected.safetensors`)

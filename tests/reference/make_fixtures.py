@@ -6,7 +6,8 @@ Run by hand, never by CI (it needs torch and transformers; see ../../README.md, 
     python3 tests/reference/make_fixtures.py
 
 Each fixture directory holds an unmodified `save_pretrained` checkpoint (config.json +
-model.safetensors) of a tiny, randomly initialised model at deliberately odd sizes, the inputs
+model.safetensors) of a tiny, randomly initialised model at deliberately odd sizes (3, 5 or 7
+heads, widths that are not powers of two, padded batches), the inputs
 (`inputs*.safetensors`, named as the model's forward arguments) and what transformers computed
 from them (`expected*.safetensors`).
 """
@@ -27,7 +28,7 @@ def bert_tiny():
         vocab_size=99,
         hidden_size=36,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=3,
         intermediate_size=37,
         max_position_embeddings=40,
         type_vocab_size=3,
@@ -150,7 +151,7 @@ def gpt2_tiny():
 
     out = FIXTURES / "gpt2_tiny"
     torch.manual_seed(3)
-    config = GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=24, layer_norm_epsilon=1e-5)
+    config = GPT2Config(vocab_size=101, n_embd=35, n_layer=2, n_head=5, n_positions=24, layer_norm_epsilon=1e-5)
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -178,8 +179,8 @@ def llama_tiny():
         hidden_size=48,
         intermediate_size=50,
         num_hidden_layers=2,
-        num_attention_heads=6,
-        num_key_value_heads=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
         max_position_embeddings=64,
         rms_norm_eps=1e-6,
         rope_theta=500.0,
@@ -214,7 +215,7 @@ def t5_tiny(name, **overrides):
         d_ff=37,
         num_layers=3,
         num_decoder_layers=2,
-        num_heads=4,
+        num_heads=5,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=20,
         feed_forward_proj="relu",
@@ -254,8 +255,8 @@ def electra_tiny():
     attention_mask[0, 6:] = 0
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
     for name, cls, hidden, heads, inner in [
-        ("electra_discriminator", ElectraForPreTraining, 36, 4, 37),
-        ("electra_generator", ElectraForMaskedLM, 20, 2, 21),
+        ("electra_discriminator", ElectraForPreTraining, 36, 3, 37),
+        ("electra_generator", ElectraForMaskedLM, 35, 7, 21),
     ]:
         out = FIXTURES / name
         torch.manual_seed(9)
