@@ -743,12 +743,13 @@ fn gpt2_matches_hugging_face() {
 }
 
 /// T5 (T5ForConditionalGeneration: a deeper encoder than decoder, relative buckets shared by
-/// each stack's layers, cross-attention, tied and rescaled head) reproduces transformers' logits,
-/// with a ReLU and with a gated-GELU feed-forward.
+/// each stack's layers, cross-attention) reproduces transformers' logits with a ReLU and with a
+/// gated-GELU feed-forward, and with a tied, rescaled head and an untied one.
 #[test]
 fn t5_matches_hugging_face() {
     assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_tiny", 1e-4);
     assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_gated", 1e-4);
+    assert_matches_fixture("models/t5.model:T5ForConditionalGeneration", "tests/fixtures/t5_untied", 1e-4);
 }
 
 /// ELECTRA's discriminator (ElectraForPreTraining) and generator (ElectraForMaskedLM, tied

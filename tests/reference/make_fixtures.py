@@ -223,8 +223,15 @@ def t5_tiny(name, **overrides):
         decoder_start_token_id=0,
     )
     settings.update(overrides)
+    untied = settings.pop("untied", False)
     config = T5Config(**settings)
     model = T5ForConditionalGeneration(config).eval()
+    if untied:
+        # transformers 5 ties T5's head whatever the constructor says: untie it by hand, with
+        # weights of its own, as an untied checkpoint has them.
+        model.config.tie_word_embeddings = False
+        model.config.scale_decoder_outputs = False
+        model.lm_head.weight = torch.nn.Parameter(0.05 * torch.randn(config.vocab_size, config.d_model))
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if "layer_norm" in pname:
@@ -289,5 +296,6 @@ if __name__ == "__main__":
     llama_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
+    t5_tiny("t5_untied", untied=True)
     electra_tiny()
     print("fixtures written to", FIXTURES)
