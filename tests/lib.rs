@@ -62,3 +62,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "tensors differ in size");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// `lmc run SPEC --weights WEIGHTS --inputs INPUTS -o OUT [extra...]`, asserting success, and the
+/// outputs it wrote (sorted by name).
+pub fn run_outputs(spec: &str, weights: &str, inputs: &str, out: &Path, extra: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut args = vec!["run", spec, "--weights", weights, "--inputs", inputs, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = lmc(&args);
+    assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
+    read_f32_tensors(out)
+}

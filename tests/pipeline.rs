@@ -619,18 +619,7 @@ fn variant_changes_one_line() {
         };
         assert!(ir.contains(expect.0) && !ir.contains(expect.1), "{model}:\n{ir}");
         let out = dir.join(format!("{model}.safetensors"));
-        let r = lmc(&[
-            "run",
-            &spec,
-            "--weights",
-            CHECKPOINT,
-            "--inputs",
-            &inputs,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        results.push(read_f32_tensors(&out).remove(0).2);
+        results.push(run_outputs(&spec, CHECKPOINT, &inputs, &out, &[]).remove(0).2);
     }
     assert!(
         max_abs_diff(&results[0], &results[1]) > 1e-3,
@@ -724,9 +713,7 @@ fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) {
     let dir = scratch(&spec.replace(['/', ':', '.'], "_"));
     let out = dir.join("outputs.safetensors");
     let inputs = format!("{ckpt}/inputs.safetensors");
-    let r = lmc(&["run", spec, "--weights", ckpt, "--inputs", &inputs, "-o", out.to_str().unwrap()]);
-    assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
-    let got = read_f32_tensors(&out);
+    let got = run_outputs(spec, ckpt, &inputs, &out, &[]);
     let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
     assert_eq!(got.len(), want.len(), "{spec}: outputs");
     for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
@@ -779,18 +766,9 @@ fn unilm_masks_match_hugging_face() {
     let inputs = format!("{CHECKPOINT}/inputs_unilm.safetensors");
     for (variant, expected) in [("UniLMLeftToRight", "causal"), ("UniLMSeq2Seq", "seq2seq")] {
         let out = dir.join(format!("{variant}.safetensors"));
-        let r = lmc(&[
-            "run",
-            &format!("models/unilm.model:{variant}"),
-            "--weights",
-            CHECKPOINT,
-            "--inputs",
-            &inputs,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(r.status.success(), "{variant}: {}", String::from_utf8_lossy(&r.stderr));
-        let got = read_f32_tensors(&out).remove(0).2;
+        let got = run_outputs(&format!("models/unilm.model:{variant}"), CHECKPOINT, &inputs, &out, &[])
+            .remove(0)
+            .2;
         let want = read_f32_tensors(&root().join(format!("{CHECKPOINT}/expected_unilm_{expected}.safetensors")))
             .remove(0)
             .2;

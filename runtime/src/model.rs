@@ -196,7 +196,10 @@ impl Module {
                 continue;
             };
             let file = &files[fi];
-            let t = file.get(&spec.name).expect("owner map came from this file");
+            let Some(t) = file.get(&spec.name) else {
+                problems.push(Problem::Missing(spec.name.as_str(), spec.dtype, &spec.shape));
+                continue;
+            };
             let path = file.path().display();
             if t.dtype().as_dtype() != Some(spec.dtype) {
                 problems.push(Problem::Other(format!(

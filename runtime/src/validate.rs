@@ -203,16 +203,21 @@ fn check_symbol(m: &Manifest, sym: &str, value: usize, input: &str, axis: usize)
     Ok(())
 }
 
+/// A tensor whose bytes do not hold its declared dtype and shape (its fields are public).
+fn inconsistent(t: &HostTensor) -> RuntimeError {
+    RuntimeError::input(format!("input {}: its data does not match its dtype and shape", t.name))
+}
+
 /// Returns `t` as the dtype `spec` declares, converting between i32 and i64 when needed.
 fn convert_dtype<'a>(spec: &TensorSpec, t: &'a HostTensor) -> Result<Cow<'a, HostTensor>, RuntimeError> {
     match (spec.dtype, t.dtype) {
         (want, have) if want == have => Ok(Cow::Borrowed(t)),
         (DType::I64, DType::I32) => {
-            let values = t.as_i32().expect("dtype checked").iter().map(|&v| i64::from(v)).collect();
+            let values = t.as_i32().ok_or_else(|| inconsistent(t))?.iter().map(|&v| i64::from(v)).collect();
             Ok(Cow::Owned(HostTensor::from_i64(t.name.clone(), t.shape.clone(), values)?))
         }
         (DType::I32, DType::I64) => {
-            let src = t.as_i64().expect("dtype checked");
+            let src = t.as_i64().ok_or_else(|| inconsistent(t))?;
             let mut values = Vec::with_capacity(src.len());
             for (flat, &v) in src.iter().enumerate() {
                 let v = i32::try_from(v).map_err(|_| {
