@@ -774,6 +774,37 @@ fn unilm_masks_match_hugging_face() {
             .2;
         let err = max_abs_diff(&got, &want);
         assert!(err <= 1e-5, "{variant}: max abs error {err}");
+        // The same mask given whole, as a [B, T, T] `attention_mask` input.
+        let inputs = format!("{CHECKPOINT}/inputs_unilm_matrix_{expected}.safetensors");
+        let out = dir.join(format!("matrix_{expected}.safetensors"));
+        let got = run_outputs("models/unilm.model:UniLMMaskMatrix", CHECKPOINT, &inputs, &out, &[])
+            .remove(0)
+            .2;
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= 1e-5, "UniLMMaskMatrix with the {expected} mask: max abs error {err}");
+    }
+}
+
+/// Masks are index functions evaluated inside the attention kernel: no model's MLIR holds a
+/// boolean tensor, and the mask's inputs are read element by element there.
+#[test]
+fn masks_are_never_materialised() {
+    for (file, model, config) in [
+        ("models/bert.model", "BertModel", CHECKPOINT),
+        ("models/unilm.model", "UniLMSeq2Seq", CHECKPOINT),
+        ("models/unilm.model", "UniLMMaskMatrix", CHECKPOINT),
+        ("models/gpt2.model", "GPT2LMHeadModel", "tests/fixtures/gpt2_tiny"),
+        ("models/t5.model", "T5ForConditionalGeneration", "tests/fixtures/t5_tiny"),
+    ] {
+        let out = lmc(&["emit", "--stage", "mlir", &format!("{file}:{model}"), "--config", config]);
+        assert!(out.status.success(), "{model}: {}", String::from_utf8_lossy(&out.stderr));
+        let mlir = String::from_utf8(out.stdout).unwrap();
+        assert!(mlir.contains("linalg.generic"), "{model}: no kernels emitted");
+        assert!(!mlir.contains("xi1>"), "{model}: a boolean (mask) tensor is materialised");
+        assert!(
+            mlir.contains("%masked = arith.select"),
+            "{model}: no mask evaluated in the attention kernel"
+        );
     }
 }
 

@@ -16,6 +16,7 @@ pub enum Item {
     Block(BlockDecl),
     Model(ModelDecl),
     Variant(VariantDecl),
+    Fn(FnDecl),
 }
 
 impl Item {
@@ -27,6 +28,7 @@ impl Item {
             Item::Block(b) => Some(&b.name),
             Item::Model(m) => Some(&m.name),
             Item::Variant(v) => Some(&v.name),
+            Item::Fn(f) => Some(&f.name),
         }
     }
 }
@@ -120,6 +122,31 @@ pub struct VariantDecl {
     pub span: Span,
 }
 
+/// `fn padding(attention_mask: i64[B, S]) = (b, h, i, j) => attention_mask[b, j] != 0`: a named
+/// index function (a mask or a score modifier), parameterised by tensors it reads and
+/// compile-time values. Calling it gives the index function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FnDecl {
+    pub name: Ident,
+    pub params: Vec<FnParam>,
+    pub value: Expr,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FnParam {
+    pub name: Ident,
+    pub ty: FnParamType,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FnParamType {
+    /// A tensor the function reads, with a signature like a block input's.
+    Tensor(TensorType),
+    /// `int`, `float` or `bool`: a value known at compile time.
+    Scalar(Ident),
+}
+
 /// What a block or model body holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Member {
@@ -152,7 +179,7 @@ pub enum Member {
 /// `forward(inputs) -> (outputs) { statements }` or `forward(inputs) -> type { ... }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForwardDecl {
-    pub inputs: Vec<ValueDecl>,
+    pub inputs: Vec<InputDecl>,
     pub outputs: Outputs,
     pub body: Vec<Stmt>,
     pub span: Span,
@@ -165,7 +192,21 @@ pub enum Outputs {
     Single(TensorType),
 }
 
-/// A named, typed input or output of a forward function.
+/// A named input of a forward function: a tensor, or (blocks only) an index function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputDecl {
+    pub name: Ident,
+    pub ty: InputType,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputType {
+    Tensor(TensorType),
+    /// `mask: fn`: an index function the caller passes, such as an attention mask.
+    IndexFn(Span),
+}
+
+/// A named, typed output of a forward function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueDecl {
     pub name: Ident,
@@ -324,6 +365,14 @@ pub enum ExprKind {
         params: Vec<Ident>,
         body: Box<Expr>,
     },
+    /// `scan(x_t in x, h = h0) along 1 { ...; return y }`: a recurrence over one axis; see
+    /// [`ScanBinding`]. Its value is the stacked per-step outputs, then the final states.
+    Scan {
+        bindings: Vec<ScanBinding>,
+        /// The scanned axis; axis 1 (the sequence axis of `[B, T, ...]`) when absent.
+        along: Option<Box<Expr>>,
+        body: Vec<Stmt>,
+    },
     /// `tensor[i, j]`: one element, inside an index function.
     Index {
         base: Path,
@@ -335,6 +384,15 @@ pub enum ExprKind {
         callee: Path,
         args: Vec<CallArg>,
     },
+}
+
+/// One binding of a `scan`: `x_t in x` (a slice of `x` per step) or `h = h0` (a carried state
+/// with its initial value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanBinding {
+    pub name: Ident,
+    pub carry: bool,
+    pub value: Expr,
 }
 
 /// A call argument, positional (`x`) or named (`axis = -1`).

@@ -99,6 +99,7 @@ fn item_span(item: &Item) -> crate::Span {
         Item::Block(b) => b.span,
         Item::Model(m) => m.span,
         Item::Variant(v) => v.span,
+        Item::Fn(f) => f.span,
     }
 }
 
@@ -253,6 +254,14 @@ impl Formatter<'_> {
                 };
                 self.line(&format!("variant {} = {} {body}", v.name.name, v.base.name), l);
             }
+            Item::Fn(f) => {
+                let l = self.line_of(f.value.span.end);
+                self.value_line(
+                    &format!("fn {}({}) = ", f.name.name, fn_params(&f.params)),
+                    std::slice::from_ref(&f.value),
+                    l,
+                );
+            }
         }
     }
 
@@ -293,11 +302,7 @@ impl Formatter<'_> {
                 span,
             } => self.member_if(cond, then, otherwise, span.start, span.end, ""),
             Member::Forward(f) => {
-                let inputs: Vec<String> = f
-                    .inputs
-                    .iter()
-                    .map(|i| format!("{}: {}", i.name.name, tensor_type(&i.ty)))
-                    .collect();
+                let inputs: Vec<String> = f.inputs.iter().map(|i| format!("{}: {}", i.name.name, input_type(&i.ty))).collect();
                 let outputs = match &f.outputs {
                     Outputs::Single(t) => tensor_type(t),
                     Outputs::Named(os) => format!(
@@ -405,6 +410,15 @@ impl Formatter<'_> {
         let one_line: Vec<String> = values.iter().map(expr).collect();
         let text = format!("{prefix}{}", one_line.join(", "));
         match values {
+            [Expr {
+                kind: ExprKind::Scan { bindings, along, body },
+                span,
+            }] => {
+                let l = self.line_of(span.start);
+                self.line(&format!("{prefix}{} {{", scan_head(bindings, along.as_deref(), expr)), l);
+                self.stmts(body);
+                self.close(span.end);
+            }
             [e @ Expr {
                 kind: ExprKind::If { .. }, ..
             }] if text.len() + 2 * self.indent > MAX_LINE => {
@@ -526,6 +540,67 @@ fn tensor_type(t: &TensorType) -> String {
     tensor_type_with(t, expr)
 }
 
+fn input_type(t: &InputType) -> String {
+    input_type_with(t, expr)
+}
+
+fn fn_params(params: &[FnParam]) -> String {
+    fn_params_with(params, expr)
+}
+
+/// A forward input's type as written.
+pub(crate) fn input_type_with(t: &InputType, expr: fn(&Expr) -> String) -> String {
+    match t {
+        InputType::Tensor(t) => tensor_type_with(t, expr),
+        InputType::IndexFn(_) => "fn".to_string(),
+    }
+}
+
+/// The parameters of an `fn` item as written.
+pub(crate) fn fn_params_with(params: &[FnParam], expr: fn(&Expr) -> String) -> String {
+    let ps: Vec<String> = params
+        .iter()
+        .map(|p| match &p.ty {
+            FnParamType::Tensor(t) => format!("{}: {}", p.name.name, tensor_type_with(t, expr)),
+            FnParamType::Scalar(t) => format!("{}: {}", p.name.name, t.name),
+        })
+        .collect();
+    ps.join(", ")
+}
+
+/// `scan(x_t in x, h = h0) along 1`: a scan up to its body.
+pub(crate) fn scan_head(bindings: &[ScanBinding], along: Option<&Expr>, expr: fn(&Expr) -> String) -> String {
+    let bs: Vec<String> = bindings
+        .iter()
+        .map(|b| format!("{} {} {}", b.name.name, if b.carry { "=" } else { "in" }, expr(&b.value)))
+        .collect();
+    let along = along.map(|a| format!(" along {}", expr(a))).unwrap_or_default();
+    format!("scan({}){along}", bs.join(", "))
+}
+
+/// Statements on one line, separated by `;`, for a `scan` inside a larger expression.
+pub(crate) fn stmts_inline(stmts: &[Stmt], expr: fn(&Expr) -> String) -> String {
+    let parts: Vec<String> = stmts
+        .iter()
+        .map(|s| match s {
+            Stmt::Assign { names, value, .. } => {
+                let names: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
+                format!("{} = {}", names.join(", "), expr(value))
+            }
+            Stmt::Return { values, .. } => format!("return {}", values.iter().map(expr).collect::<Vec<_>>().join(", ")),
+            Stmt::For { var, array, body, .. } => format!("for {} in {} {{ {} }}", var.name, array.dotted(), stmts_inline(body, expr)),
+            Stmt::If { cond, then, otherwise, .. } => {
+                let mut t = format!("if {} {{ {} }}", expr(cond), stmts_inline(then, expr));
+                if !otherwise.is_empty() {
+                    t.push_str(&format!(" else {{ {} }}", stmts_inline(otherwise, expr)));
+                }
+                t
+            }
+        })
+        .collect();
+    parts.join("; ")
+}
+
 fn call_args(args: &[CallArg]) -> String {
     call_args_with(args, expr)
 }
@@ -581,6 +656,9 @@ pub(crate) fn expr(e: &Expr) -> String {
             format!("({}) => {}", ps.join(", "), expr(body))
         }
         ExprKind::Index { base, indices } => format!("{}[{}]", base.dotted(), indices.iter().map(expr).collect::<Vec<_>>().join(", ")),
+        ExprKind::Scan { bindings, along, body } => {
+            format!("{} {{ {} }}", scan_head(bindings, along.as_deref(), expr), stmts_inline(body, expr))
+        }
     }
 }
 
@@ -589,7 +667,7 @@ pub(crate) fn expr(e: &Expr) -> String {
 fn operand(e: &Expr, p: u8, right: bool) -> String {
     let inner = match &e.kind {
         ExprKind::Binary { op, .. } => Some(op.precedence()),
-        ExprKind::If { .. } | ExprKind::Lambda { .. } => Some(0),
+        ExprKind::If { .. } | ExprKind::Lambda { .. } | ExprKind::Scan { .. } => Some(0),
         ExprKind::Neg(_) | ExprKind::Not(_) if p == 7 => Some(7),
         _ => None,
     };

@@ -35,6 +35,7 @@ pub fn parse_file(text: &str, file: FileId) -> Result<File, Diagnostic> {
             Rule::block_decl => items.push(Item::Block(p.block_decl(pair))),
             Rule::model_decl => items.push(Item::Model(p.model_decl(pair))),
             Rule::variant_decl => items.push(Item::Variant(p.variant_decl(pair))),
+            Rule::fn_decl => items.push(Item::Fn(p.fn_decl(pair))),
             Rule::EOI => {}
             rule => unreachable!("grammar produced {rule:?} at file level"),
         }
@@ -108,9 +109,16 @@ impl Builder {
         let end = match pair.as_rule() {
             // Rules that end in an optional `;` also swallow the whitespace and comments pest
             // skipped while looking for it; the construct itself ends before them.
-            Rule::use_decl | Rule::config_field | Rule::param_decl | Rule::instance_decl | Rule::assign_stmt | Rule::return_stmt => {
-                s.start() + code_len(pair.as_str())
-            }
+            // So do those that end in an optional `else` or `along` part, or `fn` items.
+            Rule::use_decl
+            | Rule::config_field
+            | Rule::param_decl
+            | Rule::instance_decl
+            | Rule::assign_stmt
+            | Rule::return_stmt
+            | Rule::if_stmt
+            | Rule::member_if
+            | Rule::fn_decl => s.start() + code_len(pair.as_str()),
             _ => s.end(),
         };
         Span::new(self.file, s.start(), end)
@@ -247,6 +255,28 @@ impl Builder {
         }
     }
 
+    fn fn_decl(&self, pair: Pair<'_, Rule>) -> FnDecl {
+        let span = self.span(&pair);
+        let mut parts: Vec<_> = pair.into_inner().collect();
+        let value = self.expr(parts.pop().unwrap());
+        let mut parts = parts.into_iter();
+        let name = self.ident(parts.next().unwrap());
+        let params = parts
+            .map(|p| {
+                let mut p = p.into_inner();
+                let name = self.ident(p.next().unwrap());
+                let t = p.next().unwrap();
+                let ty = if t.as_rule() == Rule::tensor_type {
+                    FnParamType::Tensor(self.tensor_type(t))
+                } else {
+                    FnParamType::Scalar(self.ident(t))
+                };
+                FnParam { name, ty }
+            })
+            .collect();
+        FnDecl { name, params, value, span }
+    }
+
     fn members(&self, pair: Pair<'_, Rule>) -> Vec<Member> {
         debug_assert_eq!(pair.as_rule(), Rule::members);
         pair.into_inner().map(|m| self.member(m)).collect()
@@ -305,7 +335,17 @@ impl Builder {
         let mut body = Vec::new();
         for part in pair.into_inner() {
             match part.as_rule() {
-                Rule::input_decl => inputs.push(self.value_decl(part)),
+                Rule::input_decl => {
+                    let mut p = part.into_inner();
+                    let name = self.ident(p.next().unwrap());
+                    let t = p.next().unwrap();
+                    let ty = if t.as_rule() == Rule::tensor_type {
+                        InputType::Tensor(self.tensor_type(t))
+                    } else {
+                        InputType::IndexFn(self.span(&t))
+                    };
+                    inputs.push(InputDecl { name, ty });
+                }
                 Rule::outputs => {
                     let parts: Vec<_> = part.into_inner().collect();
                     outputs = if parts.len() == 1 && parts[0].as_rule() == Rule::tensor_type {
@@ -431,7 +471,7 @@ impl Builder {
             .filter(|p| {
                 !matches!(
                     p.as_rule(),
-                    Rule::number | Rule::boolean | Rule::string | Rule::call | Rule::path | Rule::if_expr | Rule::expr
+                    Rule::number | Rule::boolean | Rule::string | Rule::call | Rule::path | Rule::if_expr | Rule::scan_expr | Rule::expr
                 )
             })
             .count();
@@ -541,6 +581,28 @@ impl Builder {
                     otherwise: Box::new(otherwise),
                 }
             }
+            Rule::scan_expr => {
+                let mut bindings = Vec::new();
+                let mut along = None;
+                let mut body = Vec::new();
+                for part in pair.into_inner() {
+                    match part.as_rule() {
+                        Rule::scan_over | Rule::scan_carry => {
+                            let carry = part.as_rule() == Rule::scan_carry;
+                            let mut p = part.into_inner();
+                            bindings.push(ScanBinding {
+                                name: self.ident(p.next().unwrap()),
+                                carry,
+                                value: self.expr(p.next().unwrap()),
+                            });
+                        }
+                        Rule::expr => along = Some(Box::new(self.expr(part))),
+                        Rule::body => body = self.body(part),
+                        rule => unreachable!("grammar produced {rule:?} in a scan"),
+                    }
+                }
+                ExprKind::Scan { bindings, along, body }
+            }
             Rule::expr => return self.expr(pair),
             rule => unreachable!("grammar produced {rule:?} as a primary"),
         };
@@ -570,16 +632,20 @@ fn pratt() -> &'static PrattParser<Rule> {
 /// The keywords of `model.pest`, for the "is a keyword" hint.
 const KEYWORDS: &[&str] = &[
     "config", "model", "block", "variant", "param", "forward", "return", "use", "if", "else", "for", "in", "from", "and", "or", "not",
-    "true", "false",
+    "true", "false", "scan", "fn",
 ];
 
 /// Human names for grammar rules, so "expected ident" reads "expected a name".
 fn rule_name(rule: Rule) -> &'static str {
     match rule {
         Rule::EOI => "end of file",
-        Rule::file | Rule::use_decl | Rule::config_decl | Rule::block_decl | Rule::model_decl | Rule::variant_decl => {
-            "an item (`use`, `config`, `block`, `model` or `variant`)"
+        Rule::file | Rule::use_decl | Rule::config_decl | Rule::block_decl | Rule::model_decl | Rule::variant_decl | Rule::fn_decl => {
+            "an item (`use`, `config`, `block`, `model`, `variant` or `fn`)"
         }
+        Rule::fn_param => "a parameter (`name: i64[B, T]` or `name: int`)",
+        Rule::fn_type => "`fn`",
+        Rule::scan_expr => "`scan`",
+        Rule::scan_over | Rule::scan_carry => "a scan binding (`x_t in x` or `state = initial`)",
         Rule::module_path => "a module name",
         Rule::config_field => "a config field (`name = value`)",
         Rule::enum_type => "an enum type (`a | b | c`)",
@@ -591,7 +657,7 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::instance_decl => "an instance (`name = Block(args)`)",
         Rule::member_if => "`if`",
         Rule::forward_decl => "`forward`",
-        Rule::input_decl => "an input (`name: f32[dims]`)",
+        Rule::input_decl => "an input (`name: f32[dims]` or `name: fn`)",
         Rule::outputs | Rule::output_decl => "outputs (`(name: f32[dims])` or `f32[dims]`)",
         Rule::tensor_type => "a tensor type such as `f32[B, T, 768]`",
         Rule::dtype => "an element type (`f32`, `i64` or `i32`)",

@@ -68,6 +68,10 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                     p.line(1, k.span.start, &format!("override {} = {}", k.name, expr(e)));
                 }
             }
+            Item::Fn(f) => {
+                let params = crate::format::fn_params_with(&f.params, expr);
+                p.line(0, f.span.start, &format!("fn {}({params}) = {}", f.name.name, expr(&f.value)));
+            }
         }
     }
     p.out
@@ -118,7 +122,8 @@ impl Printer<'_> {
                 Member::Forward(f) => {
                     self.line(depth, f.span.start, "forward");
                     for i in &f.inputs {
-                        self.line(depth + 1, i.name.span.start, &format!("input {}: {}", i.name.name, ty(&i.ty)));
+                        let t = crate::format::input_type_with(&i.ty, expr);
+                        self.line(depth + 1, i.name.span.start, &format!("input {}: {t}", i.name.name));
                     }
                     match &f.outputs {
                         Outputs::Single(t) => self.line(depth + 1, t.span.start, &format!("output {}", ty(t))),
@@ -139,7 +144,13 @@ impl Printer<'_> {
             match s {
                 Stmt::Assign { names, value, span } => {
                     let names: Vec<&str> = names.iter().map(|n| n.name.as_str()).collect();
-                    self.line(depth, span.start, &format!("{} = {}", names.join(", "), expr(value)))
+                    if let ExprKind::Scan { bindings, along, body } = &value.kind {
+                        let head = crate::format::scan_head(bindings, along.as_deref(), expr);
+                        self.line(depth, span.start, &format!("{} = {head}", names.join(", ")));
+                        self.stmts(depth + 1, body);
+                    } else {
+                        self.line(depth, span.start, &format!("{} = {}", names.join(", "), expr(value)))
+                    }
                 }
                 Stmt::Return { values, span } => {
                     let vs: Vec<String> = values.iter().map(expr).collect();
@@ -192,5 +203,10 @@ fn expr(e: &Expr) -> String {
             format!("(({}) => {})", ps.join(", "), expr(body))
         }
         ExprKind::Index { base, indices } => format!("{}[{}]", base.dotted(), indices.iter().map(expr).collect::<Vec<_>>().join(", ")),
+        ExprKind::Scan { bindings, along, body } => format!(
+            "({} {{ {} }})",
+            crate::format::scan_head(bindings, along.as_deref(), expr),
+            crate::format::stmts_inline(body, expr)
+        ),
     }
 }

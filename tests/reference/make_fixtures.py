@@ -92,6 +92,35 @@ def bert_tiny():
         save_file({"last_hidden_state": result.contiguous()}, out / f"expected_unilm_{name}.safetensors")
 
 
+def unilm_mask_matrices():
+    """UniLM's masks given whole, as a [B, T, T] `attention_mask` of 1s and 0s: the inputs of
+    `UniLMMaskMatrix`, whose expected outputs are `expected_unilm_*`. Checked here: BertModel
+    given the same mask (as a boolean [B, 1, T, T], what transformers 5 takes) computes them."""
+    from safetensors.torch import load_file
+
+    out = FIXTURES / "bert_tiny"
+    model = BertModel.from_pretrained(out).eval()
+    inputs = load_file(out / "inputs_unilm.safetensors")
+    segments, keep = inputs["token_type_ids"], inputs["attention_mask"][:, None, :].bool()
+    t_len = segments.shape[1]
+    i = torch.arange(t_len)[:, None]
+    j = torch.arange(t_len)[None, :]
+    masks = {
+        "causal": (j <= i)[None] & keep,
+        "seq2seq": ((segments[:, None, :] == 0) | ((segments[:, :, None] != 0) & (j <= i)[None])) & keep,
+    }
+    for name, mask in masks.items():
+        matrix = mask.to(torch.int64)
+        with torch.no_grad():
+            result = model(input_ids=inputs["input_ids"], attention_mask=matrix[:, None].bool(), token_type_ids=segments).last_hidden_state
+        expected = load_file(out / f"expected_unilm_{name}.safetensors")["last_hidden_state"]
+        assert torch.allclose(result, expected, atol=1e-6), f"BertModel with a [B, T, T] {name} mask differs"
+        save_file(
+            {"input_ids": inputs["input_ids"], "attention_mask": matrix, "token_type_ids": segments},
+            out / f"inputs_unilm_matrix_{name}.safetensors",
+        )
+
+
 def positions():
     """References for the standard library's position schemes (tests/corpus/positions.model)."""
     import math
@@ -291,6 +320,7 @@ def electra_tiny():
 
 if __name__ == "__main__":
     bert_tiny()
+    unilm_mask_matrices()
     positions()
     gpt2_tiny()
     llama_tiny()

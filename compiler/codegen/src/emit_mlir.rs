@@ -13,7 +13,8 @@
 
 use lmc_abi::DType;
 use lmc_core::ir::{
-    BinaryOp, Dim, Graph, Loc, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarType, ScalarUnary, TensorType, UnaryOp, ValueId,
+    BinaryOp, Dim, Graph, Loc, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarType, ScalarUnary, Scan, TensorType, UnaryOp,
+    ValueId,
 };
 use std::fmt::Write as _;
 
@@ -26,6 +27,7 @@ pub fn emit_module(g: &Graph) -> String {
         g,
         body: String::new(),
         tmp: 0,
+        regions: g.enclosing_scans(),
     };
     e.emit_function()
 }
@@ -34,6 +36,8 @@ struct Emitter<'a> {
     g: &'a Graph,
     body: String,
     tmp: usize,
+    /// The innermost scan each node's body belongs to (`None`: the function body).
+    regions: Vec<Option<ValueId>>,
 }
 
 fn elem(d: DType) -> &'static str {
@@ -150,9 +154,32 @@ impl Emitter<'_> {
             let ty = memref_ty(&g.inputs[input].ty);
             self.line(&format!("%sym{i} = memref.dim %input{input}, %c{axis} : {ty}  // {}", s.name));
         }
-        for id in 0..g.nodes.len() {
-            self.emit_node(ValueId(id as u32));
+        // Parameters are read at the top, once each: a parameter first read inside a scan body
+        // has a node there, and a later read outside gets its own node, which aliases the first.
+        let mut first_read: Vec<Option<ValueId>> = vec![None; g.params.len()];
+        for (n, node) in g.nodes.iter().enumerate() {
+            let Op::Param(i) = node.op else { continue };
+            let (id, ty, loc) = (ValueId(n as u32), &node.ty, self.loc(node.loc));
+            match first_read[i] {
+                None => {
+                    first_read[i] = Some(id);
+                    self.line(&format!(
+                        "{} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}",
+                        v(id),
+                        memref_ty(ty),
+                        tensor_ty(ty)
+                    ));
+                }
+                Some(first) => self.line(&format!(
+                    "{} = tensor.cast {} : {} to {} {loc}",
+                    v(id),
+                    v(first),
+                    tensor_ty(ty),
+                    tensor_ty(ty)
+                )),
+            }
         }
+        self.emit_region(None, 0, g.nodes.len());
         for (i, (decl, id)) in g.outputs.iter().enumerate() {
             let mut value = v(*id);
             if self.is_scalar(*id) {
@@ -181,6 +208,152 @@ impl Emitter<'_> {
         out
     }
 
+    /// Emits the nodes in `start..end` that belong directly to `region`; a scan emits its own
+    /// body.
+    fn emit_region(&mut self, region: Option<ValueId>, start: usize, end: usize) {
+        for i in start..end {
+            if self.regions[i] == region {
+                self.emit_node(ValueId(i as u32));
+            }
+        }
+    }
+
+    /// A dimension as an `index` SSA value (or constant).
+    fn dim_value(&mut self, d: Dim) -> String {
+        match d {
+            Dim::Symbol(s) => format!("%sym{}", s.0),
+            Dim::Static(n) => {
+                let c = self.fresh();
+                self.line(&format!("{c} = arith.constant {n} : index"));
+                c
+            }
+        }
+    }
+
+    /// Offsets, sizes and strides of the slice of a tensor of type `t` at step `iv` of `axis`.
+    fn step_slice(&self, t: &TensorType, axis: usize, iv: &str) -> String {
+        let mut offsets = Vec::new();
+        let mut sizes = Vec::new();
+        for (k, d) in t.dims.iter().enumerate() {
+            if k == axis {
+                offsets.push(iv.to_string());
+                sizes.push("1".to_string());
+            } else {
+                offsets.push("0".to_string());
+                sizes.push(match d {
+                    Dim::Static(n) => n.to_string(),
+                    Dim::Symbol(s) => format!("%sym{}", s.0),
+                });
+            }
+        }
+        format!(
+            "[{}] [{}] [{}]",
+            offsets.join(", "),
+            sizes.join(", "),
+            vec!["1"; t.rank()].join(", ")
+        )
+    }
+
+    /// A scan as an `scf.for` over the axis. The states and the stacked outputs are the loop's
+    /// iteration arguments; each step extracts its slices, runs the body and inserts its outputs.
+    /// The results are named after the `scan_result` nodes that follow the scan.
+    fn emit_scan(&mut self, id: ValueId, s: &Scan, loc: &str) {
+        let g = self.g;
+        let n = id.0 as usize;
+        let start = s.body_start.0 as usize;
+        let prefix = format!("%s{n}");
+        self.line(&format!("{prefix}_c0 = arith.constant 0 : index"));
+        self.line(&format!("{prefix}_c1 = arith.constant 1 : index"));
+        let length = self.dim_value(g.ty(s.xs[0]).dims[s.axis]);
+        let result_ty = |k: usize| g.nodes[n + 1 + k].ty.clone();
+        let mut accumulators = Vec::new();
+        for k in 0..s.outputs.len() {
+            accumulators.push(self.empty(&result_ty(k)));
+        }
+        let value_ty = |t: &TensorType| if t.rank() == 0 { elem(t.dtype).to_string() } else { tensor_ty(t) };
+        let mut names = Vec::new();
+        let mut iter_args = Vec::new();
+        let mut types = Vec::new();
+        for (k, init) in s.init.iter().enumerate() {
+            names.push(v(ValueId((n + 1 + s.outputs.len() + k) as u32)));
+            iter_args.push(format!("{} = {}", v(ValueId((start + k) as u32)), v(*init)));
+            types.push(value_ty(g.ty(*init)));
+        }
+        for (k, acc) in accumulators.iter().enumerate() {
+            names.push(v(ValueId((n + 1 + k) as u32)));
+            iter_args.push(format!("{prefix}_acc{k} = {acc}"));
+            types.push(tensor_ty(&result_ty(k)));
+        }
+        self.line(&format!(
+            "{} = scf.for {prefix}_iv = {prefix}_c0 to {length} step {prefix}_c1 iter_args({}) -> ({}) {{",
+            names.join(", "),
+            iter_args.join(", "),
+            types.join(", ")
+        ));
+        let iv = format!("{prefix}_iv");
+        for (k, x) in s.xs.iter().enumerate() {
+            let arg = ValueId((start + s.init.len() + k) as u32);
+            let (xt, at) = (g.ty(*x), g.ty(arg));
+            if at.rank() == 0 {
+                let idx: Vec<String> = (0..xt.rank())
+                    .map(|a| if a == s.axis { iv.clone() } else { format!("{prefix}_c0") })
+                    .collect();
+                self.line(&format!(
+                    "{} = tensor.extract {}[{}] : {}",
+                    v(arg),
+                    v(*x),
+                    idx.join(", "),
+                    tensor_ty(xt)
+                ));
+            } else {
+                self.line(&format!(
+                    "{} = tensor.extract_slice {}{} : {} to {}",
+                    v(arg),
+                    v(*x),
+                    self.step_slice(xt, s.axis, &iv),
+                    tensor_ty(xt),
+                    tensor_ty(at)
+                ));
+            }
+        }
+        self.emit_region(Some(id), start, n);
+        let mut yields: Vec<String> = s.next.iter().map(|x| v(*x)).collect();
+        for (k, out) in s.outputs.iter().enumerate() {
+            let (ot, st) = (g.ty(*out), result_ty(k));
+            let updated = format!("{prefix}_upd{k}");
+            if ot.rank() == 0 {
+                let idx: Vec<String> = (0..st.rank())
+                    .map(|a| if a == s.axis { iv.clone() } else { format!("{prefix}_c0") })
+                    .collect();
+                self.line(&format!(
+                    "{updated} = tensor.insert {} into {prefix}_acc{k}[{}] : {}",
+                    v(*out),
+                    idx.join(", "),
+                    tensor_ty(&st)
+                ));
+            } else {
+                // Copy into the accumulator's slice, then insert that slice back: bufferization
+                // turns the pair into an in-place write (a plain insert of a fresh value would
+                // become a strided `memref.copy`, which needs MLIR's C runner library).
+                let slice = self.step_slice(&st, s.axis, &iv);
+                let (full, part) = (tensor_ty(&st), tensor_ty(ot));
+                self.line(&format!(
+                    "{prefix}_dst{k} = tensor.extract_slice {prefix}_acc{k}{slice} : {full} to {part}"
+                ));
+                self.line(&format!(
+                    "{prefix}_cp{k} = linalg.copy ins({} : {part}) outs({prefix}_dst{k} : {part}) -> {part}",
+                    v(*out)
+                ));
+                self.line(&format!(
+                    "{updated} = tensor.insert_slice {prefix}_cp{k} into {prefix}_acc{k}{slice} : {part} into {full}"
+                ));
+            }
+            yields.push(updated);
+        }
+        self.line(&format!("  scf.yield {} : {}", yields.join(", "), types.join(", ")));
+        self.line(&format!("}} {loc}"));
+    }
+
     fn emit_node(&mut self, id: ValueId) {
         let g = self.g;
         let node = &g.nodes[id.0 as usize];
@@ -188,11 +361,8 @@ impl Emitter<'_> {
         let out = v(id);
         let ty = &node.ty;
         match &node.op {
-            Op::Param(i) => self.line(&format!(
-                "{out} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}",
-                memref_ty(ty),
-                tensor_ty(ty)
-            )),
+            // Read at the top of the function (`emit_function`).
+            Op::Param(_) => {}
             Op::Input(i) => self.line(&format!(
                 "{out} = bufferization.to_tensor %input{i} restrict : {} to {} {loc}",
                 memref_ty(ty),
@@ -289,6 +459,9 @@ impl Emitter<'_> {
                 mask,
                 score,
             } => self.emit_attention(id, [*q, *k, *v], *scale, mask.as_ref(), score.as_ref(), &loc),
+            Op::Scan(s) => self.emit_scan(id, s, &loc),
+            // Defined by their scan: the loop's iteration arguments, slices and results.
+            Op::ScanArg(_) | Op::ScanResult { .. } => {}
         }
     }
 

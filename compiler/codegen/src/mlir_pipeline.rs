@@ -19,7 +19,7 @@ use std::sync::Once;
 pub const PIPELINE: &str = concat!(
     "builtin.module(",
     "func.func(linalg-fuse-elementwise-ops),",
-    "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map},",
+    "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map allow-return-allocs-from-loops=1},",
     "canonicalize,cse,canonicalize,",
     "buffer-deallocation-pipeline,",
     "func.func(convert-linalg-to-loops),",

@@ -37,6 +37,8 @@ const MAX_DEPTH: usize = 64;
 const MAX_INSTANCES: usize = 100_000;
 /// At most this many IR nodes in one model.
 const MAX_NODES: usize = 2_000_000;
+/// Largest axis `along` may name; tensors have far fewer.
+const MAX_SCAN_AXIS: i64 = 64;
 
 /// The models and variants the user's file defines, in order.
 pub fn model_names(p: &Program) -> Vec<String> {
@@ -292,6 +294,24 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             *dims.last_mut().unwrap() = b.dims[1];
             TensorType::new(DType::F32, dims)
         }
+        // A body argument's type comes from its scan, which `Graph::verify` checks.
+        Op::ScanArg(_) => return None,
+        Op::Scan(_) => TensorType::new(DType::F32, vec![]),
+        Op::ScanResult { scan, index } => {
+            let Op::Scan(s) = &g.node(*scan).op else { return None };
+            match s.outputs.get(*index) {
+                Some(out) => {
+                    let mut t = g.ty(*out).clone();
+                    let length = *g.ty(*s.xs.first()?).dims.get(s.axis)?;
+                    if s.axis > t.rank() {
+                        return None;
+                    }
+                    t.dims.insert(s.axis, length);
+                    t
+                }
+                None => g.ty(*s.init.get(index - s.outputs.len())?).clone(),
+            }
+        }
     })
 }
 
@@ -328,7 +348,10 @@ struct ParamSlot {
     local: Vec<String>,
     ty: TensorType,
     span: Span,
-    /// The graph parameter, once the forward reads it.
+    /// Its index in [`Graph::params`], once the forward reads it.
+    index: Option<usize>,
+    /// The node that reads it at the top level, shared by every later use. A read inside a scan
+    /// body gets a node of its own there, since body nodes are not visible after the body.
     used: Option<ValueId>,
 }
 
@@ -360,6 +383,8 @@ enum Binding {
     Dim(Dim),
     Instance(usize),
     Array(Vec<usize>),
+    /// An index function: an entry of [`Elab::fns`].
+    Fn(usize),
     /// A name whose definition failed to check; uses of it are not reported again.
     Poisoned,
 }
@@ -373,12 +398,43 @@ enum Val {
     Dim(Dim),
     Instance(usize),
     Array(Vec<usize>),
+    /// An index function: an entry of [`Elab::fns`].
+    Fn(usize),
 }
 
-/// A local scope while running a forward body.
+/// A local scope while running a forward body (or evaluating an `fn` item).
+#[derive(Debug, Clone)]
 struct Frame {
     inst: usize,
     locals: HashMap<String, Binding>,
+    /// `Some(module)` while evaluating an `fn` item of that module: only its parameters are in
+    /// scope (not the calling instance's members or config), and item names resolve there.
+    fn_module: Option<usize>,
+}
+
+impl Frame {
+    fn new(inst: usize) -> Frame {
+        Frame {
+            inst,
+            locals: HashMap::new(),
+            fn_module: None,
+        }
+    }
+}
+
+/// An index function as a value: a lambda with the scope it was written in (so it can read the
+/// tensors and compile-time values visible there), or masks combined with `and`, `or`, `not`.
+#[derive(Debug, Clone)]
+enum IndexFn<'p> {
+    Lambda {
+        params: &'p [ast::Ident],
+        body: &'p Expr,
+        span: Span,
+        scope: Frame,
+    },
+    And(usize, usize),
+    Or(usize, usize),
+    Not(usize),
 }
 
 /// The code of an error already reported elsewhere; never shown.
@@ -399,6 +455,10 @@ struct Elab<'p> {
     call_depth: usize,
     /// The instance whose members are being instantiated.
     current_parent: Option<usize>,
+    /// Index-function values, referred to by [`Binding::Fn`] and [`Val::Fn`].
+    fns: Vec<IndexFn<'p>>,
+    /// How many scan bodies are open: values made inside one are not visible after it.
+    scan_depth: usize,
 }
 
 impl<'p> Elab<'p> {
@@ -421,6 +481,8 @@ impl<'p> Elab<'p> {
             spans: Vec::new(),
             call_depth: 0,
             current_parent: None,
+            fns: Vec::new(),
+            scan_depth: 0,
         }
     }
 
@@ -517,6 +579,7 @@ impl<'p> Elab<'p> {
                             local,
                             ty: TensorType::new(abi_dtype(ty.dtype), dims),
                             span: path.span,
+                            index: None,
                             used: None,
                         });
                     }
@@ -893,10 +956,7 @@ impl<'p> Elab<'p> {
             );
             return;
         };
-        let mut frame = Frame {
-            inst: root,
-            locals: HashMap::new(),
-        };
+        let mut frame = Frame::new(root);
         for (index, input) in forward.inputs.iter().enumerate() {
             if frame.locals.contains_key(&input.name.name) {
                 self.errors.push(Diagnostic::error(
@@ -907,14 +967,24 @@ impl<'p> Elab<'p> {
                 ));
                 continue;
             }
+            let input_ty = match &input.ty {
+                ast::InputType::Tensor(t) => t,
+                ast::InputType::IndexFn(span) => {
+                    self.errors.push(
+                        Diagnostic::error("E0206", "a model's inputs are tensors", *span, "an index function")
+                            .with_help("build the mask inside the model from tensor inputs, e.g. `padding(attention_mask)`"),
+                    );
+                    continue;
+                }
+            };
             let mut dims = Vec::new();
-            for (axis, d) in input.ty.dims.iter().enumerate() {
+            for (axis, d) in input_ty.dims.iter().enumerate() {
                 match self.model_input_dim(d, index, axis, &mut frame) {
                     Ok(dim) => dims.push(dim),
                     Err(e) => self.errors.push(e),
                 }
             }
-            let ty = TensorType::new(abi_dtype(input.ty.dtype), dims);
+            let ty = TensorType::new(abi_dtype(input_ty.dtype), dims);
             self.graph.inputs.push(TensorDecl {
                 name: input.name.name.clone(),
                 ty: ty.clone(),
@@ -1040,14 +1110,27 @@ impl<'p> Elab<'p> {
                     Some(Binding::Dim(d)) => return Ok(SigDim::Known(*d)),
                     Some(_) => {}
                     None => {
-                        if ct_lookup(&self.instances[frame.inst].env, p).is_none() {
+                        if ct_lookup(self.frame_env(frame), p).is_none() {
                             return Ok(SigDim::Var(one.name.clone(), p.span));
                         }
                     }
                 }
             }
         }
-        self.static_dim(frame.inst, e).map(|n| SigDim::Known(Dim::Static(n)))
+        match self.eval_in(self.frame_env(frame), e, None)? {
+            CtValue::Int(n) if n > 0 => Ok(SigDim::Known(Dim::Static(n))),
+            v => Err(Diagnostic::error("E0206", "invalid dimension", e.span, format!("this is {v}"))
+                .with_help("a dimension must be a positive integer")),
+        }
+    }
+
+    /// The compile-time names a frame sees: its instance's, or none in an `fn`.
+    fn frame_env(&self, frame: &Frame) -> &[(String, CtValue)] {
+        if frame.fn_module.is_some() {
+            &[]
+        } else {
+            &self.instances[frame.inst].env
+        }
     }
 
     /// Runs a forward body; returns the values of its `return` with their spans.
@@ -1116,6 +1199,7 @@ impl<'p> Elab<'p> {
                             Val::Dim(d) => Binding::Dim(d),
                             Val::Instance(i) => Binding::Instance(i),
                             Val::Array(a) => Binding::Array(a),
+                            Val::Fn(k) => Binding::Fn(k),
                         };
                         frame.locals.insert(one.name.clone(), b);
                     }
@@ -1220,6 +1304,7 @@ impl<'p> Elab<'p> {
             },
             ExprKind::Not(x) => match self.sub(frame, x)? {
                 Val::Const(CtValue::Bool(b)) => Ok(Val::Const(CtValue::Bool(!b))),
+                Val::Fn(k) => Ok(Val::Fn(self.add_fn(IndexFn::Not(k)))),
                 v => Err(Diagnostic::error(
                     "E0201",
                     "`not` needs true or false",
@@ -1269,6 +1354,26 @@ impl<'p> Elab<'p> {
                 if let (Val::Const(a), Val::Const(b)) = (&l, &r) {
                     return value::binary(*op, a.clone(), b.clone(), e.span, lhs.span, rhs.span).map(Val::Const);
                 }
+                // Masks combine: `padding(attention_mask) and causal()`.
+                match (op, &l, &r) {
+                    (ast::BinaryOp::And, Val::Fn(a), Val::Fn(b)) => return Ok(Val::Fn(self.add_fn(IndexFn::And(*a, *b)))),
+                    (ast::BinaryOp::Or, Val::Fn(a), Val::Fn(b)) => return Ok(Val::Fn(self.add_fn(IndexFn::Or(*a, *b)))),
+                    (ast::BinaryOp::And | ast::BinaryOp::Or, Val::Fn(_), other)
+                    | (ast::BinaryOp::And | ast::BinaryOp::Or, other, Val::Fn(_)) => {
+                        return Err(Diagnostic::error(
+                            "E0201",
+                            format!(
+                                "`{}` combines two index functions, but one side is {}",
+                                op.symbol(),
+                                describe(other)
+                            ),
+                            e.span,
+                            "in this combination",
+                        )
+                        .with_help("combine masks with masks: `padding(attention_mask) and causal()`"))
+                    }
+                    _ => {}
+                }
                 let (l, r) = (self.tensor_of(l, lhs.span)?, self.tensor_of(r, rhs.span)?);
                 match op {
                     ast::BinaryOp::MatMul => self.matmul(l, r, e.span),
@@ -1286,13 +1391,13 @@ impl<'p> Elab<'p> {
                 }
             }
             ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
-            ExprKind::Lambda { .. } => Err(Diagnostic::error(
-                "E0201",
-                "an index function is only allowed as an attention `mask` or `score`, or in `tabulate`",
-                e.span,
-                "not allowed here",
-            )
-            .with_help("write `attention(q, k, v, mask = (b, h, i, j) => j <= i)`")),
+            ExprKind::Lambda { params, body } => Ok(Val::Fn(self.add_fn(IndexFn::Lambda {
+                params,
+                body,
+                span: e.span,
+                scope: frame.clone(),
+            }))),
+            ExprKind::Scan { bindings, along, body } => self.scan(frame, bindings, along.as_deref(), body, e.span),
             ExprKind::Index { base, .. } => Err(Diagnostic::error(
                 "E0201",
                 format!("`{}[...]` reads one element, which only an index function can do", base.dotted()),
@@ -1367,6 +1472,7 @@ impl<'p> Elab<'p> {
             .with_help(match other {
                 Val::Dim(_) => "use `arange(T)` for the positions 0..T".to_string(),
                 Val::Instance(_) => "call the block: `name(x)`".to_string(),
+                Val::Fn(_) => "an index function is an attention `mask` or `score`, or the function of `tabulate`".to_string(),
                 _ => "use one value at a time".to_string(),
             })),
         }
@@ -1395,7 +1501,21 @@ impl<'p> Elab<'p> {
                 Binding::Const(c) => Ok(Val::Const(c)),
                 Binding::Dim(d) => Ok(Val::Dim(d)),
                 Binding::Array(a) => Ok(Val::Array(a)),
+                Binding::Fn(k) => Ok(Val::Fn(k)),
             };
+        }
+        if frame.fn_module.is_some() {
+            let d = Diagnostic::error(
+                "E0100",
+                format!("unknown name `{}`", p.dotted()),
+                p.span,
+                "not a parameter of this `fn`",
+            );
+            let names: Vec<&String> = frame.locals.keys().collect();
+            return Err(match did_you_mean(first, names.iter().map(|n| n.as_str())) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help("an `fn` sees only its parameters; pass what it reads as one"),
+            });
         }
         let env = &self.instances[frame.inst].env;
         if env.iter().any(|(n, _)| n == first) {
@@ -1501,17 +1621,26 @@ impl<'p> Elab<'p> {
             return Ok(id);
         }
         let slot = &self.instances[inst].params[k];
-        let mut name = self.instances[inst].path.clone();
-        name.extend(slot.local.iter().cloned());
         let ty = slot.ty.clone();
-        let index = self.graph.params.len();
-        self.graph.params.push(TensorDecl {
-            name: name.join("."),
-            ty: ty.clone(),
-            index_bound: None,
-        });
+        let index = match slot.index {
+            Some(index) => index,
+            None => {
+                let mut name = self.instances[inst].path.clone();
+                name.extend(slot.local.iter().cloned());
+                let index = self.graph.params.len();
+                self.graph.params.push(TensorDecl {
+                    name: name.join("."),
+                    ty: ty.clone(),
+                    index_bound: None,
+                });
+                self.instances[inst].params[k].index = Some(index);
+                index
+            }
+        };
         let id = self.push(Op::Param(index), ty, span)?;
-        self.instances[inst].params[k].used = Some(id);
+        if self.scan_depth == 0 {
+            self.instances[inst].params[k].used = Some(id);
+        }
         Ok(id)
     }
 
@@ -1523,6 +1652,21 @@ impl<'p> Elab<'p> {
                 || inst.children.iter().any(|(c, ..)| c.len() == 1 && c[0] == name)
                 || inst.params.iter().any(|q| q.local.len() == 1 && q.local[0] == name)
         };
+        // `fn` items of the module: `causal()`, `padding(attention_mask)`.
+        if let [one] = callee.segments.as_slice() {
+            let p = self.p;
+            let module = frame.fn_module.unwrap_or(self.instances[frame.inst].module);
+            let hidden = if frame.fn_module.is_some() {
+                frame.locals.contains_key(&one.name)
+            } else {
+                shadowed(self, &one.name)
+            };
+            if let (false, Some(r)) = (hidden, p.lookup(module, &one.name)) {
+                if let Item::Fn(decl) = p.item(r) {
+                    return self.call_fn(frame, r, decl, args, span);
+                }
+            }
+        }
         let target = match callee.segments.as_slice() {
             [one] if !shadowed(self, &one.name) && BUILTINS.iter().any(|(n, _)| *n == one.name) => None,
             _ => Some(self.resolve_path(frame, callee)),
@@ -1577,7 +1721,7 @@ impl<'p> Elab<'p> {
             ));
         }
         // Arguments, positional then named, in the caller's frame.
-        let mut given: Vec<Option<(ValueId, Span)>> = vec![None; forward.inputs.len()];
+        let mut given: Vec<Option<(Val, Span)>> = vec![None; forward.inputs.len()];
         let mut positional = 0;
         for a in args {
             let slot = match &a.name {
@@ -1604,17 +1748,19 @@ impl<'p> Elab<'p> {
                     .with_secondary(forward.span, "forward declared here")
                 })?,
             };
-            let v = self.sub(frame, &a.value)?;
-            let id = self.tensor_of(v, a.value.span)?;
-            given[slot] = Some((id, a.value.span));
+            let v = match forward.inputs[slot].ty {
+                ast::InputType::Tensor(_) => Val::Tensor({
+                    let v = self.sub(frame, &a.value)?;
+                    self.tensor_of(v, a.value.span)?
+                }),
+                ast::InputType::IndexFn(_) => self.sub(frame, &a.value)?,
+            };
+            given[slot] = Some((v, a.value.span));
         }
-        let mut callee = Frame {
-            inst,
-            locals: HashMap::new(),
-        };
+        let mut callee = Frame::new(inst);
         let mut ellipsis: Option<Vec<Dim>> = None;
         for (input, g) in forward.inputs.iter().zip(given) {
-            let Some((id, aspan)) = g else {
+            let Some((v, aspan)) = g else {
                 return Err(Diagnostic::error(
                     "E0202",
                     format!("missing input `{}` of `{block}`", input.name.name),
@@ -1623,8 +1769,24 @@ impl<'p> Elab<'p> {
                 )
                 .with_secondary(input.name.span, "declared here"));
             };
-            self.bind_input(&mut callee, &mut ellipsis, input, id, aspan, &block)?;
-            callee.locals.insert(input.name.name.clone(), Binding::Value(id));
+            let binding = match (&input.ty, v) {
+                (ast::InputType::Tensor(t), Val::Tensor(id)) => {
+                    self.bind_input(&mut callee, &mut ellipsis, (&input.name, t), id, aspan, &block)?;
+                    Binding::Value(id)
+                }
+                (ast::InputType::IndexFn(_), Val::Fn(k)) => Binding::Fn(k),
+                (_, other) => {
+                    return Err(Diagnostic::error(
+                        "E0208",
+                        format!("argument `{}` of `{block}` must be an index function", input.name.name),
+                        aspan,
+                        format!("this is {}", describe(&other)),
+                    )
+                    .with_secondary(input.name.span, "declared `fn` here")
+                    .with_help("pass a mask such as `(b, h, i, j) => j <= i`, or an `fn` of the standard library: `causal()`"))
+                }
+            };
+            callee.locals.insert(input.name.name.clone(), binding);
         }
         self.call_depth += 1;
         let before = self.errors.len();
@@ -1675,7 +1837,7 @@ impl<'p> Elab<'p> {
         &mut self,
         callee: &mut Frame,
         ellipsis: &mut Option<Vec<Dim>>,
-        input: &ast::ValueDecl,
+        (name, ty): (&ast::Ident, &ast::TensorType),
         id: ValueId,
         aspan: Span,
         block: &str,
@@ -1684,18 +1846,18 @@ impl<'p> Elab<'p> {
         let mismatch = |this: &Self, why: String| {
             Diagnostic::error(
                 "E0208",
-                format!("argument `{}` of `{block}` does not match its declared type", input.name.name),
+                format!("argument `{}` of `{block}` does not match its declared type", name.name),
                 aspan,
                 format!("this is {}", this.graph.type_name(&actual)),
             )
-            .with_secondary(input.ty.span, why)
+            .with_secondary(ty.span, why)
         };
-        let dtype = abi_dtype(input.ty.dtype);
+        let dtype = abi_dtype(ty.dtype);
         let dtype_ok = actual.dtype == dtype || (dtype == DType::I64 && actual.dtype == DType::I32);
         if !dtype_ok {
-            return Err(mismatch(self, format!("declared {}", input.ty.dtype.as_str())));
+            return Err(mismatch(self, format!("declared {}", ty.dtype.as_str())));
         }
-        let dims = &input.ty.dims;
+        let dims = &ty.dims;
         let ell = dims.iter().position(|d| matches!(d, DimExpr::Ellipsis(_)));
         let fixed = dims.len() - usize::from(ell.is_some());
         if actual.rank() < fixed || (ell.is_none() && actual.rank() != fixed) {
@@ -2326,7 +2488,196 @@ impl<'p> Elab<'p> {
         .map(Val::Tensor)
     }
 
-    /// Compiles an index function (`(b, h, i, j) => ...`) to a [`ScalarFn`].
+    /// `scan(x_t in x, h = h0) along axis { ...; return y }`: elaborates the body once, as a
+    /// region of the arena between the scan's arguments and the scan node (see [`Scan`]).
+    fn scan(
+        &mut self,
+        frame: &mut Frame,
+        bindings: &'p [ast::ScanBinding],
+        along: Option<&'p Expr>,
+        body: &'p [Stmt],
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        let axis = match along {
+            None => 1,
+            Some(a) => match self.sub(frame, a)? {
+                Val::Const(CtValue::Int(n)) if (0..=MAX_SCAN_AXIS).contains(&n) => n as usize,
+                other => {
+                    return Err(Diagnostic::error(
+                        "E0202",
+                        "`along` takes an axis number known at compile time",
+                        a.span,
+                        format!("this is {}", describe(&other)),
+                    )
+                    .with_help("axes count from 0: `along 1` scans the T of [B, T, D]"))
+                }
+            },
+        };
+        // Initial states and scanned tensors, in the enclosing scope.
+        let mut states: Vec<(&'p ast::Ident, ValueId, Span)> = Vec::new();
+        let mut scanned: Vec<(&'p ast::Ident, ValueId, Span)> = Vec::new();
+        for (k, b) in bindings.iter().enumerate() {
+            if let Some(prev) = bindings[..k].iter().find(|p| p.name.name == b.name.name) {
+                return Err(Diagnostic::error(
+                    "E0101",
+                    format!("`{}` is bound twice in this scan", b.name.name),
+                    b.name.span,
+                    "bound again here",
+                )
+                .with_secondary(prev.name.span, "first bound here"));
+            }
+            let v = self.sub(frame, &b.value)?;
+            let id = self.tensor_of(v, b.value.span)?;
+            if b.carry {
+                states.push((&b.name, id, b.value.span));
+                continue;
+            }
+            let t = self.ty(id).clone();
+            if t.rank() <= axis {
+                return Err(Diagnostic::error(
+                    "E0200",
+                    format!(
+                        "`scan` along axis {axis} needs tensors with at least {} axes, and this is {}",
+                        axis + 1,
+                        self.type_name(id)
+                    ),
+                    b.value.span,
+                    "too few axes",
+                )
+                .with_help("choose the axis with `along`, e.g. `scan(x_t in x) along 0 { ... }`"));
+            }
+            if let Some((_, first, first_span)) = scanned.first() {
+                let (a, l) = (self.ty(*first).dims[axis], t.dims[axis]);
+                if a != l {
+                    return Err(Diagnostic::error(
+                        "E0200",
+                        format!(
+                            "scanned tensors differ in length along axis {axis}: {} and {}",
+                            self.graph.dim_name(a),
+                            self.graph.dim_name(l)
+                        ),
+                        b.value.span,
+                        format!("this has {}", self.graph.dim_name(l)),
+                    )
+                    .with_secondary(*first_span, format!("this has {}", self.graph.dim_name(a))));
+                }
+            }
+            scanned.push((&b.name, id, b.value.span));
+        }
+        if scanned.is_empty() {
+            return Err(
+                Diagnostic::error("E0202", "`scan` needs a tensor to scan", span, "nothing to scan over")
+                    .with_help("bind one slice per step with `in`: `scan(x_t in x, h = h0) { ... }`"),
+            );
+        }
+        let (last, rest) = match body.split_last() {
+            Some((last @ Stmt::Return { .. }, rest)) => (last, rest),
+            _ => {
+                return Err(
+                    Diagnostic::error("E0205", "a scan body does not return", span, "no `return` at the end of this body")
+                        .with_help("end the body with `return` and the step's outputs, e.g. `return h`"),
+                )
+            }
+        };
+        // The body: its arguments first, then whatever its statements compute.
+        let body_start = ValueId(self.graph.nodes.len() as u32);
+        let mut inner = frame.clone();
+        for (k, (name, id, _)) in states.iter().enumerate() {
+            let ty = self.ty(*id).clone();
+            let arg = self.push(Op::ScanArg(k), ty, name.span)?;
+            inner.locals.insert(name.name.clone(), Binding::Value(arg));
+        }
+        for (k, (name, id, _)) in scanned.iter().enumerate() {
+            let mut ty = self.ty(*id).clone();
+            ty.dims.remove(axis);
+            let arg = self.push(Op::ScanArg(states.len() + k), ty, name.span)?;
+            inner.locals.insert(name.name.clone(), Binding::Value(arg));
+        }
+        let before = self.errors.len();
+        self.scan_depth += 1;
+        for st in rest {
+            self.stmt(&mut inner, st);
+        }
+        let Stmt::Return { values, .. } = last else { unreachable!() };
+        let mut outputs = Vec::new();
+        for v in values {
+            match self.expr(&mut inner, v) {
+                Some(Val::Tuple(ids)) if values.len() == 1 => outputs.extend(ids.into_iter().map(|i| (i, v.span))),
+                Some(val) => match self.tensor_of(val, v.span) {
+                    Ok(id) => outputs.push((id, v.span)),
+                    Err(d) => self.report(d),
+                },
+                None => {}
+            }
+        }
+        self.scan_depth -= 1;
+        if self.errors.len() > before {
+            return Err(poisoned());
+        }
+        let mut next = Vec::new();
+        for (name, init, init_span) in &states {
+            let Some(Binding::Value(id)) = inner.locals.get(&name.name).cloned() else {
+                return Err(Diagnostic::error(
+                    "E0204",
+                    format!("state `{}` must stay a tensor in the scan body", name.name),
+                    name.span,
+                    "declared here",
+                ));
+            };
+            if self.ty(id) != self.ty(*init) {
+                let (a, b) = (self.type_name(*init), self.type_name(id));
+                return Err(Diagnostic::error(
+                    "E0204",
+                    format!("state `{}` starts as {a} but the body makes it {b}", name.name),
+                    self.span_of(id),
+                    format!("this is {b}"),
+                )
+                .with_secondary(*init_span, format!("this is {a}"))
+                .with_help("a state keeps its type from step to step; reduce or broadcast the new value to the initial shape"));
+            }
+            next.push(id);
+        }
+        for (id, vspan) in &outputs {
+            if self.ty(*id).rank() < axis {
+                return Err(Diagnostic::error(
+                    "E0200",
+                    format!("a step output of {} cannot be stacked along axis {axis}", self.type_name(*id)),
+                    *vspan,
+                    "too few axes",
+                )
+                .with_help("step outputs keep the other axes of the slices, e.g. [B, D] stacked to [B, T, D]"));
+            }
+        }
+        let scan = Scan {
+            axis,
+            init: states.iter().map(|s| s.1).collect(),
+            xs: scanned.iter().map(|s| s.1).collect(),
+            body_start,
+            next,
+            outputs: outputs.iter().map(|o| o.0).collect(),
+        };
+        let count = scan.result_count();
+        let scan_id = self.push(Op::Scan(Box::new(scan)), TensorType::new(DType::F32, vec![]), span)?;
+        let mut results = Vec::new();
+        for index in 0..count {
+            let op = Op::ScanResult { scan: scan_id, index };
+            let ty = infer_type(&self.graph, &op).expect("scan results have types");
+            results.push(self.push(op, ty, span)?);
+        }
+        Ok(if results.len() == 1 {
+            Val::Tensor(results[0])
+        } else {
+            Val::Tuple(results)
+        })
+    }
+
+    fn add_fn(&mut self, f: IndexFn<'p>) -> usize {
+        self.fns.push(f);
+        self.fns.len() - 1
+    }
+
+    /// Compiles an index function (`(b, h, i, j) => ...`, a named mask such as `causal()`, or
+    /// masks combined with `and`/`or`/`not`) to a [`ScalarFn`].
     #[allow(clippy::too_many_arguments)]
     fn scalar_fn(
         &mut self,
@@ -2337,39 +2688,35 @@ impl<'p> Elab<'p> {
         result: Option<ScalarType>,
         what: &str,
     ) -> Result<ScalarFn, Diagnostic> {
-        // `mask = if c.kind == causal { (b, h, i, j) => j <= i } else { ... }`: choose at compile time.
-        if let ExprKind::If { cond, then, otherwise } = &e.kind {
-            let chosen = if self.condition(frame, cond)? { then } else { otherwise };
-            return self.scalar_fn(frame, chosen, names, params, result, what);
-        }
-        let ExprKind::Lambda { params: ps, body } = &e.kind else {
-            return Err(Diagnostic::error(
-                "E0202",
-                format!("`{what}` must be an index function"),
-                e.span,
-                "not an index function",
-            )
-            .with_help(format!("write `{what} = ({}) => ...`", names.join(", "))));
+        let k = match self.sub(frame, e)? {
+            Val::Fn(k) => k,
+            other => {
+                return Err(Diagnostic::error(
+                    "E0202",
+                    format!("`{what}` must be an index function"),
+                    e.span,
+                    format!("this is {}", describe(&other)),
+                )
+                .with_help(format!("write `{what} = ({}) => ...`", names.join(", "))))
+            }
         };
-        if ps.len() != params.len() {
-            return Err(Diagnostic::error(
-                "E0202",
-                format!("`{what}` takes {} parameters, ({})", params.len(), names.join(", ")),
-                e.span,
-                format!("this takes {}", ps.len()),
-            ));
-        }
         let mut f = ScalarFn {
             params: params.to_vec(),
             nodes: Vec::new(),
             result: 0,
         };
-        let mut locals = HashMap::new();
-        for (k, (p, t)) in ps.iter().zip(params).enumerate() {
-            f.nodes.push((ScalarNode::Param(k), *t));
-            locals.insert(p.name.clone(), k);
-        }
-        let r = self.scalar_expr(frame, &mut f, &locals, body)?;
+        let args: Vec<usize> = params
+            .iter()
+            .enumerate()
+            .map(|(i, t)| push_scalar(&mut f, ScalarNode::Param(i), *t))
+            .collect();
+        let (r, body_span) = self.index_fn_into(k, &mut f, &args, names, what).map_err(|d| {
+            if d.code != POISONED && d.primary.span.file != e.span.file {
+                d.with_secondary(e.span, format!("used as `{what}` here"))
+            } else {
+                d
+            }
+        })?;
         let Some(result) = result else {
             f.result = r;
             return Ok(f);
@@ -2388,7 +2735,7 @@ impl<'p> Elab<'p> {
                 return Err(Diagnostic::error(
                     "E0201",
                     format!("`{what}` must give {}, this gives {}", scalar_name(b), scalar_name(a)),
-                    body.span,
+                    body_span,
                     "wrong type",
                 )
                 .with_help(if b == ScalarType::Bool {
@@ -2400,6 +2747,178 @@ impl<'p> Elab<'p> {
         };
         f.result = r;
         Ok(f)
+    }
+
+    /// Appends index function `k` applied to the scalar nodes `args` to `f`; returns its result
+    /// node and the span of the code that computes it.
+    fn index_fn_into(
+        &mut self,
+        k: usize,
+        f: &mut ScalarFn,
+        args: &[usize],
+        names: &[&str],
+        what: &str,
+    ) -> Result<(usize, Span), Diagnostic> {
+        match self.fns[k].clone() {
+            IndexFn::Lambda {
+                params,
+                body,
+                span,
+                mut scope,
+            } => {
+                if params.len() != args.len() {
+                    return Err(Diagnostic::error(
+                        "E0202",
+                        format!("`{what}` takes {} parameters, ({})", args.len(), names.join(", ")),
+                        span,
+                        format!("this takes {}", params.len()),
+                    ));
+                }
+                let locals: HashMap<String, usize> = params.iter().map(|p| p.name.clone()).zip(args.iter().copied()).collect();
+                let r = self.scalar_expr(&mut scope, f, &locals, body)?;
+                Ok((r, body.span))
+            }
+            IndexFn::Not(a) => {
+                let (ra, sa) = self.index_fn_into(a, f, args, names, what)?;
+                self.require_bool(f, ra, sa, "not")?;
+                Ok((
+                    push_scalar(
+                        f,
+                        ScalarNode::Unary {
+                            op: ScalarUnary::Not,
+                            a: ra,
+                        },
+                        ScalarType::Bool,
+                    ),
+                    sa,
+                ))
+            }
+            IndexFn::And(a, b) | IndexFn::Or(a, b) => {
+                let op = if matches!(self.fns[k], IndexFn::And(..)) {
+                    ScalarBinary::And
+                } else {
+                    ScalarBinary::Or
+                };
+                let (ra, sa) = self.index_fn_into(a, f, args, names, what)?;
+                let (rb, sb) = self.index_fn_into(b, f, args, names, what)?;
+                let word = if op == ScalarBinary::And { "and" } else { "or" };
+                self.require_bool(f, ra, sa, word)?;
+                self.require_bool(f, rb, sb, word)?;
+                Ok((push_scalar(f, ScalarNode::Binary { op, a: ra, b: rb }, ScalarType::Bool), sa.to(sb)))
+            }
+        }
+    }
+
+    fn require_bool(&self, f: &ScalarFn, r: usize, span: Span, word: &str) -> Result<(), Diagnostic> {
+        if f.nodes[r].1 == ScalarType::Bool {
+            return Ok(());
+        }
+        Err(Diagnostic::error(
+            "E0201",
+            format!(
+                "`{word}` combines masks, but this index function gives {}",
+                scalar_name(f.nodes[r].1)
+            ),
+            span,
+            "not a mask",
+        )
+        .with_help("only masks (index functions that give true or false) combine with `and`, `or` and `not`"))
+    }
+
+    /// Calls an `fn` item: binds its parameters and evaluates its value in a scope of its own.
+    fn call_fn(
+        &mut self,
+        frame: &mut Frame,
+        r: ItemRef,
+        decl: &'p ast::FnDecl,
+        args: &'p [CallArg],
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        let name = &decl.name.name;
+        let mut given: Vec<Option<&'p Expr>> = vec![None; decl.params.len()];
+        let mut positional = 0;
+        for a in args {
+            let slot = match &a.name {
+                None => {
+                    positional += 1;
+                    positional - 1
+                }
+                Some(n) => decl.params.iter().position(|q| q.name.name == n.name).ok_or_else(|| {
+                    Diagnostic::error(
+                        "E0202",
+                        format!("`{name}` has no parameter `{}`", n.name),
+                        n.span,
+                        "unknown parameter",
+                    )
+                    .with_secondary(decl.name.span, "declared here")
+                })?,
+            };
+            if slot >= given.len() {
+                return Err(Diagnostic::error(
+                    "E0202",
+                    format!("too many arguments to `{name}`"),
+                    a.value.span,
+                    format!("it takes {}", decl.params.len()),
+                )
+                .with_secondary(decl.name.span, "declared here"));
+            }
+            given[slot] = Some(&a.value);
+        }
+        if self.call_depth >= MAX_DEPTH {
+            return Err(Diagnostic::error("E0106", "calls nested too deeply", span, "while calling this"));
+        }
+        let mut scope = Frame {
+            inst: frame.inst,
+            locals: HashMap::new(),
+            fn_module: Some(r.module),
+        };
+        let mut ellipsis = None;
+        for (q, g) in decl.params.iter().zip(given) {
+            let Some(arg) = g else {
+                return Err(Diagnostic::error(
+                    "E0202",
+                    format!("missing argument `{}` of `{name}`", q.name.name),
+                    span,
+                    "in this call",
+                )
+                .with_secondary(q.name.span, "declared here"));
+            };
+            let v = self.sub(frame, arg)?;
+            let binding = match &q.ty {
+                ast::FnParamType::Tensor(t) => {
+                    let id = self.tensor_of(v, arg.span)?;
+                    self.bind_input(&mut scope, &mut ellipsis, (&q.name, t), id, arg.span, name)?;
+                    Binding::Value(id)
+                }
+                ast::FnParamType::Scalar(kind) => match (kind.name.as_str(), v) {
+                    ("int", Val::Const(c @ CtValue::Int(_))) | ("bool", Val::Const(c @ CtValue::Bool(_))) => Binding::Const(c),
+                    ("float", Val::Const(c)) if c.as_f64().is_some() => Binding::Const(CtValue::Float(c.as_f64().unwrap_or_default())),
+                    (_, other) => {
+                        return Err(Diagnostic::error(
+                            "E0208",
+                            format!("argument `{}` of `{name}` must be {} known at compile time", q.name.name, kind.name),
+                            arg.span,
+                            format!("this is {}", describe(&other)),
+                        )
+                        .with_secondary(kind.span, "declared here"))
+                    }
+                },
+            };
+            scope.locals.insert(q.name.name.clone(), binding);
+        }
+        self.call_depth += 1;
+        let value = self.sub(&mut scope, &decl.value);
+        self.call_depth -= 1;
+        match value? {
+            Val::Fn(k) => Ok(Val::Fn(k)),
+            other => Err(Diagnostic::error(
+                "E0202",
+                format!("`fn {name}` must give an index function"),
+                decl.value.span,
+                format!("this is {}", describe(&other)),
+            )
+            .with_help("an `fn` names a mask or score function: `fn causal() = (b, h, i, j) => j <= i`")),
+        }
     }
 
     fn scalar_expr(
@@ -2764,7 +3283,7 @@ impl<'p> Elab<'p> {
         let user_file = self.p.modules[0].file;
         let mut groups: Vec<(Span, Vec<String>)> = Vec::new();
         for (id, inst) in self.instances.iter().enumerate() {
-            for q in inst.params.iter().filter(|q| q.used.is_none()) {
+            for q in inst.params.iter().filter(|q| q.index.is_none()) {
                 let mut name = inst.path.clone();
                 name.extend(q.local.iter().cloned());
                 let mut anchor = (q.span, Some(id));
@@ -2874,6 +3393,7 @@ fn describe(v: &Val) -> String {
         Val::Dim(_) => "a dimension".into(),
         Val::Instance(_) => "a block".into(),
         Val::Array(_) => "an array of blocks".into(),
+        Val::Fn(_) => "an index function".into(),
     }
 }
 
@@ -3009,5 +3529,52 @@ variant R = M { act = relu }
         let ir = |m: &str| check_model(&p, Some(m), &ConfigOverrides::default()).unwrap().graph.print();
         assert!(ir("M").contains("gelu") && !ir("M").contains("relu"));
         assert!(ir("R").contains("relu") && !ir("R").contains("gelu"));
+    }
+
+    const SCAN: &str = r#"
+config C { d = 3 }
+model S(c: C) {
+  param w: f32[c.d]
+  forward(x: f32[B, T, c.d], h0: f32[B, c.d]) -> (y: f32[B, T, c.d], h: f32[B, c.d]) {
+    y, h = scan(x_t in x, h = h0) {
+      h = h * w + x_t
+      return h
+    }
+    return y, h * w
+  }
+}
+"#;
+
+    #[test]
+    fn scan_bodies_are_regions_only_their_scan_sees() {
+        let p = load_source("s.model", SCAN, None).unwrap();
+        let g = check_model(&p, Some("S"), &ConfigOverrides::default())
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .graph;
+        g.verify().unwrap();
+        // `w` is read in the body and after it: one graph parameter, two nodes.
+        assert_eq!(g.params.len(), 1);
+        assert_eq!(g.nodes.iter().filter(|n| n.op == Op::Param(0)).count(), 2);
+        let regions = g.enclosing_scans();
+        let (scan, body) = g
+            .nodes
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| match &n.op {
+                Op::Scan(s) => Some((ValueId(i as u32), s.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert!(regions[body.body_start.0 as usize..scan.0 as usize]
+            .iter()
+            .all(|r| *r == Some(scan)));
+        // An output that reads a body value directly is malformed.
+        let mut bad = g.clone();
+        bad.outputs[1].1 = body.next[0];
+        assert!(bad.verify().unwrap_err().contains("scan body"));
+        // So is a scan whose results do not follow it.
+        let mut bad = g.clone();
+        bad.nodes[scan.0 as usize + 1].op = Op::Constant(0.0);
+        assert!(bad.verify().is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! loops, and the compiled code is compared against it (differential tests). `lmc run` never
 //! uses it.
 
-use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, UnaryOp};
+use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, Scan, UnaryOp, ValueId};
 use lmc_abi::DType;
 
 /// A dense row-major tensor.
@@ -93,18 +93,105 @@ fn erf(x: f64) -> f64 {
 
 /// Evaluates a graph. Symbols are bound from the inputs' shapes.
 pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> {
-    let symbol = |s: usize| {
-        let (input, axis) = g.symbols[s].source;
-        inputs[input].shape[axis]
+    let mut run = Run {
+        g,
+        params,
+        inputs,
+        regions: g.enclosing_scans(),
+        values: vec![Tensor::f32(vec![], vec![]); g.nodes.len()],
     };
-    let dim = |d: Dim| match d {
-        Dim::Static(n) => n as usize,
-        Dim::Symbol(s) => symbol(s.0 as usize),
-    };
-    let mut values: Vec<Tensor> = Vec::with_capacity(g.nodes.len());
-    for node in &g.nodes {
+    for i in 0..g.nodes.len() {
+        if run.regions[i].is_none() {
+            run.node(i);
+        }
+    }
+    g.outputs.iter().map(|(_, id)| run.values[id.0 as usize].clone()).collect()
+}
+
+/// One evaluation: every node's value, where body nodes hold their latest step's.
+struct Run<'a> {
+    g: &'a Graph,
+    params: &'a [Tensor],
+    inputs: &'a [Tensor],
+    regions: Vec<Option<ValueId>>,
+    values: Vec<Tensor>,
+}
+
+impl Run<'_> {
+    fn dim(&self, d: Dim) -> usize {
+        match d {
+            Dim::Static(n) => n as usize,
+            Dim::Symbol(s) => {
+                let (input, axis) = self.g.symbols[s.0 as usize].source;
+                self.inputs[input].shape[axis]
+            }
+        }
+    }
+
+    /// Evaluates node `i` (a scan runs its whole body) and stores its value.
+    fn node(&mut self, i: usize) {
+        let g = self.g;
+        let result = match &g.nodes[i].op {
+            // Set by the scan before each step.
+            Op::ScanArg(_) => return,
+            Op::Scan(s) => {
+                let results = self.scan(i, s);
+                for (k, r) in results.into_iter().enumerate() {
+                    self.values[i + 1 + k] = r;
+                }
+                return;
+            }
+            // Stored by their scan.
+            Op::ScanResult { .. } => return,
+            _ => self.plain(i),
+        };
+        self.values[i] = result;
+    }
+
+    /// Runs a scan's body once per step; returns the stacked outputs, then the final states.
+    fn scan(&mut self, i: usize, s: &Scan) -> Vec<Tensor> {
+        let length = self.values[s.xs[0].0 as usize].shape[s.axis];
+        let mut states: Vec<Tensor> = s.init.iter().map(|id| self.values[id.0 as usize].clone()).collect();
+        let mut steps: Vec<Vec<Tensor>> = vec![Vec::new(); s.outputs.len()];
+        let start = s.body_start.0 as usize;
+        for t in 0..length {
+            for (k, state) in states.iter().enumerate() {
+                self.values[start + k] = state.clone();
+            }
+            for (k, x) in s.xs.iter().enumerate() {
+                self.values[start + s.init.len() + k] = take(&self.values[x.0 as usize], s.axis, t);
+            }
+            for j in start..i {
+                if self.regions[j] == Some(ValueId(i as u32)) {
+                    self.node(j);
+                }
+            }
+            states = s.next.iter().map(|id| self.values[id.0 as usize].clone()).collect();
+            for (k, out) in s.outputs.iter().enumerate() {
+                steps[k].push(self.values[out.0 as usize].clone());
+            }
+        }
+        let mut results: Vec<Tensor> = s
+            .outputs
+            .iter()
+            .zip(steps)
+            .map(|(out, parts)| {
+                let mut shape: Vec<usize> = self.g.ty(*out).dims.iter().map(|&d| self.dim(d)).collect();
+                shape.insert(s.axis, length);
+                stack(parts, s.axis, shape)
+            })
+            .collect();
+        results.extend(states);
+        results
+    }
+
+    /// The value of a node that is not part of a scan's structure.
+    fn plain(&self, i: usize) -> Tensor {
+        let (g, params, inputs, values) = (self.g, self.params, self.inputs, &self.values);
+        let node = &g.nodes[i];
+        let dim = |d: Dim| self.dim(d);
         let shape: Vec<usize> = node.ty.dims.iter().map(|&d| dim(d)).collect();
-        let v = |id: crate::ir::ValueId| &values[id.0 as usize];
+        let v = |id: ValueId| &values[id.0 as usize];
         let result = match &node.op {
             Op::Param(i) => params[*i].clone(),
             Op::Input(i) => inputs[*i].clone(),
@@ -223,7 +310,7 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 let mut out_i = Vec::new();
                 for_each_index(&shape, |i| {
                     let idx: Vec<i64> = i.iter().map(|&x| x as i64).collect();
-                    match scalar_eval(f, None, &idx, &values) {
+                    match scalar_eval(f, None, &idx, values) {
                         Scalar::Int(x) if node.ty.dtype != DType::F32 => out_i.push(x),
                         x => out_f.push(x.as_f32()),
                     }
@@ -255,7 +342,7 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                             for (j, score_j) in scores.iter_mut().enumerate() {
                                 let idx = [b as i64, h as i64, i as i64, j as i64];
                                 if let Some(m) = mask {
-                                    if !scalar_eval(m, None, &idx, &values).as_bool() {
+                                    if !scalar_eval(m, None, &idx, values).as_bool() {
                                         continue;
                                     }
                                 }
@@ -266,7 +353,7 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                                 }
                                 let mut s = acc * *scale as f32;
                                 if let Some(f) = score {
-                                    s = scalar_eval(f, Some(s), &idx, &values).as_f32();
+                                    s = scalar_eval(f, Some(s), &idx, values).as_f32();
                                 }
                                 *score_j = s;
                             }
@@ -323,11 +410,54 @@ pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> 
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::Scan(_) | Op::ScanArg(_) | Op::ScanResult { .. } => unreachable!("scan structure is evaluated by `node`"),
         };
         debug_assert_eq!(node.ty.dtype == DType::F32, matches!(result.data, Data::F32(_)));
-        values.push(result);
+        result
     }
-    g.outputs.iter().map(|(_, id)| values[id.0 as usize].clone()).collect()
+}
+
+/// The slice of `t` at `index` along `axis`, without that axis.
+fn take(t: &Tensor, axis: usize, index: usize) -> Tensor {
+    let outer: usize = t.shape[..axis].iter().product();
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let n = t.shape[axis];
+    let mut shape = t.shape.clone();
+    shape.remove(axis);
+    fn pick<T: Copy>(data: &[T], outer: usize, n: usize, inner: usize, index: usize) -> Vec<T> {
+        let mut out = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            let base = (o * n + index) * inner;
+            out.extend_from_slice(&data[base..base + inner]);
+        }
+        out
+    }
+    match &t.data {
+        Data::F32(d) => Tensor::f32(shape, pick(d, outer, n, inner, index)),
+        Data::Int(d) => Tensor::int(shape, pick(d, outer, n, inner, index)),
+    }
+}
+
+/// Stacks equally shaped `parts` along a new `axis`, giving `shape`.
+fn stack(parts: Vec<Tensor>, axis: usize, shape: Vec<usize>) -> Tensor {
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let ints = parts.first().is_some_and(|p| matches!(p.data, Data::Int(_)));
+    let mut f = Vec::new();
+    let mut n = Vec::new();
+    for o in 0..outer {
+        for p in &parts {
+            match &p.data {
+                Data::F32(d) => f.extend_from_slice(&d[o * inner..(o + 1) * inner]),
+                Data::Int(d) => n.extend_from_slice(&d[o * inner..(o + 1) * inner]),
+            }
+        }
+    }
+    if ints {
+        Tensor::int(shape, n)
+    } else {
+        Tensor::f32(shape, f)
+    }
 }
 
 /// A scalar value inside an index function.

@@ -289,13 +289,59 @@ pub enum Op {
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
     /// `out[p, m, n] = Σ_k a[p, m, k] · b[k, n]`.
     MatMul { lhs: ValueId, rhs: ValueId },
+    /// `scan`: a recurrence over one axis (see [`Scan`]). The node itself has no value of its
+    /// own (its type is a rank-0 f32 placeholder); its results are the [`Op::ScanResult`] nodes
+    /// that directly follow it.
+    Scan(Box<Scan>),
+    /// `scan_arg k`: inside a scan body, the body's k-th argument: the carried states first (the
+    /// value of the previous step, or the initial value), then the current slice of each scanned
+    /// tensor. Type: the state's type, or the scanned tensor's type without the scan axis.
+    ScanArg(usize),
+    /// `scan_result scan, k`: the k-th result of a scan: its per-step outputs stacked along the
+    /// scan axis (the axis inserted at that position, with the scanned length), then the final
+    /// values of its states.
+    ScanResult { scan: ValueId, index: usize },
+}
+
+/// A recurrence in the style of `jax.lax.scan`. Its body is a region of the graph's arena: the
+/// nodes from `body_start` up to the scan node itself, beginning with one [`Op::ScanArg`] per
+/// argument. The body runs once per step, in order along `axis`; body nodes may read any value
+/// defined before the scan, but nothing after the scan may read a body node (only its results).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// The scanned axis of every tensor in `xs`; their lengths along it agree.
+    pub axis: usize,
+    /// The states' initial values.
+    pub init: Vec<ValueId>,
+    /// The tensors sliced step by step.
+    pub xs: Vec<ValueId>,
+    /// The first node of the body.
+    pub body_start: ValueId,
+    /// The states' values at the end of a step, in `init` order, each of its state's type.
+    pub next: Vec<ValueId>,
+    /// The per-step outputs.
+    pub outputs: Vec<ValueId>,
+}
+
+impl Scan {
+    /// How many results the scan has: the stacked outputs, then the final states.
+    pub fn result_count(&self) -> usize {
+        self.outputs.len() + self.init.len()
+    }
+
+    /// How many arguments the body has: the states, then the slices.
+    pub fn arg_count(&self) -> usize {
+        self.init.len() + self.xs.len()
+    }
 }
 
 impl Op {
     /// The values this op reads.
     pub fn operands(&self) -> Vec<ValueId> {
         match *self {
-            Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) => vec![],
+            Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => vec![],
+            Op::ScanResult { scan, .. } => vec![scan],
+            Op::Scan(ref s) => s.init.iter().chain(&s.xs).chain(&s.next).chain(&s.outputs).copied().collect(),
             Op::Gather { table, indices } => vec![table, indices],
             Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
             Op::Unary { x, .. }
@@ -413,11 +459,26 @@ impl Graph {
     /// Checks the structural invariants every pass must keep: operands precede their users, and
     /// each node's type follows from its operands by the typing rules above.
     pub fn verify(&self) -> Result<(), String> {
+        let regions = self.enclosing_scans();
         for (i, node) in self.nodes.iter().enumerate() {
             for operand in node.op.operands() {
                 if operand.0 as usize >= i {
                     return Err(format!("%{i} uses %{} before it is defined", operand.0));
                 }
+                // A body value is visible only inside its body (and bodies nested in it); the
+                // scan node itself yields its body's values.
+                let user = match node.op {
+                    Op::Scan(_) => Some(ValueId(i as u32)),
+                    _ => regions[i],
+                };
+                if !self.is_within(&regions, user, regions[operand.0 as usize]) {
+                    return Err(format!("%{i} reads %{}, a value of a scan body it is not in", operand.0));
+                }
+            }
+            match &node.op {
+                Op::Scan(s) => self.verify_scan(i, s)?,
+                Op::ScanArg(_) if regions[i].is_none() => return Err(format!("%{i}: scan_arg outside a scan body")),
+                _ => {}
             }
             if let Some(expected) = crate::check::infer_type(self, &node.op) {
                 if expected != node.ty {
@@ -430,8 +491,84 @@ impl Graph {
             }
         }
         for (decl, v) in &self.outputs {
+            if regions[v.0 as usize].is_some() {
+                return Err(format!("output {} reads %{}, a value of a scan body", decl.name, v.0));
+            }
             if self.ty(*v) != &decl.ty {
                 return Err(format!("output {} does not have its declared type", decl.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// For each node, the innermost scan whose body holds it (`None` at the top level).
+    pub fn enclosing_scans(&self) -> Vec<Option<ValueId>> {
+        let mut region = vec![None; self.nodes.len()];
+        // Outer scans come after the scans nested in them: visit from the last scan down, so
+        // inner bodies overwrite their part of the outer one.
+        for (i, node) in self.nodes.iter().enumerate().rev() {
+            if let Op::Scan(s) = &node.op {
+                for r in region.iter_mut().take(i).skip(s.body_start.0 as usize) {
+                    *r = Some(ValueId(i as u32));
+                }
+            }
+        }
+        region
+    }
+
+    /// Whether region `inner` is `outer` or nested in it (`None` is the top level).
+    fn is_within(&self, regions: &[Option<ValueId>], inner: Option<ValueId>, outer: Option<ValueId>) -> bool {
+        let mut r = inner;
+        loop {
+            if r == outer {
+                return true;
+            }
+            match r {
+                None => return false,
+                Some(s) => r = regions[s.0 as usize],
+            }
+        }
+    }
+
+    /// The structure of a scan at node `i`: arguments first in its body, results after it, and
+    /// the types of states, slices and outputs.
+    fn verify_scan(&self, i: usize, s: &Scan) -> Result<(), String> {
+        let start = s.body_start.0 as usize;
+        if s.xs.is_empty() || start + s.arg_count() > i {
+            return Err(format!("%{i}: a scan needs a scanned tensor and a body that holds its arguments"));
+        }
+        let length = self.ty(s.xs[0]).dims.get(s.axis).copied();
+        for (k, x) in s.xs.iter().enumerate() {
+            let t = self.ty(*x);
+            if t.dims.get(s.axis).copied() != length || length.is_none() {
+                return Err(format!(
+                    "%{i}: scanned tensor %{} does not have the scan's length on axis {}",
+                    x.0, s.axis
+                ));
+            }
+            let mut slice = t.clone();
+            slice.dims.remove(s.axis);
+            let arg = &self.nodes[start + s.init.len() + k];
+            if arg.op != Op::ScanArg(s.init.len() + k) || arg.ty != slice {
+                return Err(format!("%{i}: body argument {} is not the slice of %{}", s.init.len() + k, x.0));
+            }
+        }
+        for (k, (init, next)) in s.init.iter().zip(&s.next).enumerate() {
+            let arg = &self.nodes[start + k];
+            if arg.op != Op::ScanArg(k) || arg.ty != *self.ty(*init) || self.ty(*next) != self.ty(*init) {
+                return Err(format!("%{i}: state {k} does not keep its type through the body"));
+            }
+        }
+        if s.next.len() != s.init.len() || s.outputs.is_empty() {
+            return Err(format!("%{i}: a scan gives a new value for every state and at least one output"));
+        }
+        for k in 0..s.result_count() {
+            let r = self.nodes.get(i + 1 + k).map(|n| &n.op);
+            if r != Some(&Op::ScanResult {
+                scan: ValueId(i as u32),
+                index: k,
+            }) {
+                return Err(format!("%{i}: result {k} must directly follow the scan"));
             }
         }
         Ok(())
@@ -464,8 +601,19 @@ impl Graph {
             };
             let _ = writeln!(out, "  input {i} {}: {}{bound}", p.name, self.type_name(&p.ty));
         }
+        let regions = self.enclosing_scans();
+        let depth = |mut r: Option<ValueId>| {
+            let mut d = 0;
+            while let Some(s) = r {
+                d += 1;
+                r = regions[s.0 as usize];
+            }
+            d
+        };
         for (i, n) in self.nodes.iter().enumerate() {
             let v = |id: &ValueId| format!("%{}", id.0);
+            let vs = |ids: &[ValueId]| ids.iter().map(v).collect::<Vec<_>>().join(", ");
+            let indent = "  ".repeat(depth(regions[i]));
             let body = match &n.op {
                 Op::Param(p) => format!("param {p}"),
                 Op::Input(p) => format!("input {p}"),
@@ -504,19 +652,29 @@ impl Graph {
                     s
                 }
                 Op::MatMul { lhs, rhs } => format!("matmul {}, {}", v(lhs), v(rhs)),
+                Op::ScanArg(k) => format!("scan_arg {k}"),
+                Op::ScanResult { scan, index } => format!("scan_result {}, {index}", v(scan)),
+                Op::Scan(s) => format!(
+                    "scan axis {}, init [{}], xs [{}], body %{}.., next [{}], outputs [{}]",
+                    s.axis,
+                    vs(&s.init),
+                    vs(&s.xs),
+                    s.body_start.0,
+                    vs(&s.next),
+                    vs(&s.outputs)
+                ),
+            };
+            let ty = if matches!(n.op, Op::Scan(_)) {
+                "()".to_string()
+            } else {
+                self.type_name(&n.ty)
             };
             let file = if n.loc.file == 0 {
                 String::new()
             } else {
                 format!("{}:", self.files[n.loc.file as usize])
             };
-            let _ = writeln!(
-                out,
-                "  %{i} = {body} : {}  @{file}{}:{}",
-                self.type_name(&n.ty),
-                n.loc.line,
-                n.loc.col
-            );
+            let _ = writeln!(out, "  {indent}%{i} = {body} : {ty}  @{file}{}:{}", n.loc.line, n.loc.col);
         }
         for (decl, v) in &self.outputs {
             let _ = writeln!(out, "  output {} = %{} : {}", decl.name, v.0, self.type_name(&decl.ty));

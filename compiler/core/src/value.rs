@@ -193,7 +193,13 @@ pub fn eval(e: &Expr, lookup: &Lookup<'_>, enum_hint: Option<&Rc<Vec<String>>>) 
             "E0104",
             "an index function or element is not a compile-time value",
             e.span,
-            "only allowed as an attention `mask` or `score`",
+            "only allowed in a forward function",
+        )),
+        ExprKind::Scan { .. } => Err(Diagnostic::error(
+            "E0104",
+            "a `scan` is not a compile-time value",
+            e.span,
+            "only allowed in a forward function",
         )),
         ExprKind::Call { callee, .. } => Err(Diagnostic::error(
             "E0104",
