@@ -2143,6 +2143,47 @@ impl<'p> Elab<'p> {
                 };
                 self.push(op, ty, span).map(Val::Tensor)
             }
+            "unsqueeze" => {
+                let [x, axis] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 2 arguments, found {}", positional.len())));
+                };
+                let v = self.sub(frame, x)?;
+                let x_id = self.tensor_of(v, x.span)?;
+                let t = self.ty(x_id).clone();
+                let rank = t.rank() as i64 + 1;
+                let axis = match self.sub(frame, axis)? {
+                    Val::Const(CtValue::Int(i)) if (-rank..rank).contains(&i) => i.rem_euclid(rank) as usize,
+                    other => {
+                        return Err(Diagnostic::error(
+                            "E0202",
+                            format!(
+                                "`unsqueeze` of {} takes an axis from {} to {}",
+                                self.type_name(x_id),
+                                -rank,
+                                rank - 1
+                            ),
+                            axis.span,
+                            format!("this is {}", describe(&other)),
+                        ))
+                    }
+                };
+                // A new axis of length 1: the tensor whose element (.., 0, ..) is x's element.
+                let scalar = if t.dtype == DType::F32 { ScalarType::F32 } else { ScalarType::Int };
+                let mut f = ScalarFn {
+                    params: vec![ScalarType::Int; t.rank() + 1],
+                    nodes: Vec::new(),
+                    result: 0,
+                };
+                let args: Vec<usize> = (0..=t.rank())
+                    .map(|k| push_scalar(&mut f, ScalarNode::Param(k), ScalarType::Int))
+                    .collect();
+                let indices = args.iter().enumerate().filter(|(k, _)| *k != axis).map(|(_, a)| *a).collect();
+                f.result = push_scalar(&mut f, ScalarNode::Load { tensor: x_id, indices }, scalar);
+                let mut dims = t.dims.clone();
+                dims.insert(axis, Dim::Static(1));
+                let dtype = if t.dtype == DType::F32 { DType::F32 } else { DType::I64 };
+                self.push(Op::Tabulate { f }, TensorType::new(dtype, dims), span).map(Val::Tensor)
+            }
             "tabulate" => {
                 let Some((f, dims)) = positional.split_last() else {
                     return Err(arity_error("expected dimensions and an index function".into()));
@@ -3376,6 +3417,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("split_heads", "split_heads(x, heads)"),
     ("merge_heads", "merge_heads(x)"),
     ("tabulate", "tabulate(d0, d1, ..., (i0, i1, ...) => value)"),
+    ("unsqueeze", "unsqueeze(x, axis)"),
     ("slice", "slice(x, start, length, axis = -1)"),
     (
         "attention",
