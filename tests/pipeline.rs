@@ -385,168 +385,40 @@ fn ui_diagnostics() {
     );
 }
 
-/// Every shipped model file passes `lmc check`.
+/// The `.model` files of a directory of the repository, sorted.
+fn model_files(dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.ends_with(".model").then(|| format!("{dir}/{name}"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every shipped model file (and the standard library) passes `lmc check`, without warnings.
 #[test]
 fn shipped_models_check() {
-    let r = lmc(&[
-        "check",
-        "models/bert.model",
-        "models/gpt2.model",
-        "models/llama.model",
-        "models/std/nn.model",
-    ]);
+    let mut args = vec!["check".to_string()];
+    args.extend(model_files("models"));
+    args.extend(model_files("models/std"));
+    assert!(args.len() > 8, "{args:?}");
+    let r = lmc(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(r.stderr.is_empty(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
-/// The op corpus: every model's MLIR is snapshotted, and its compiled code agrees with the IR
-/// interpreter on random data.
-mod corpus {
-    use super::*;
-    use lmc_abi::DType;
-    use lmc_core::interp::{self, Data, Tensor};
-    use lmc_core::ir::Dim;
-    use lmc_runtime::HostTensor;
-
-    const FILE: &str = "tests/corpus/ops.model";
-    /// Values given to the symbolic dimensions, odd so no tile size divides them.
-    const SYMBOL_VALUES: &[(&str, usize)] = &[("B", 3), ("T", 5), ("N", 6)];
-
-    /// A deterministic pseudo-random stream (no dependency needed for test data).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
-
-    fn graphs() -> Vec<lmc_core::ir::Graph> {
-        let p = program(FILE);
-        lmc_core::model_names(&p)
-            .iter()
-            .map(|name| match lmc_core::check_model(&p, Some(name), &ConfigOverrides::default()) {
-                Ok(c) => {
-                    assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
-                    c.graph
-                }
-                Err(e) => panic!("{name}: {e:?}"),
-            })
-            .collect()
-    }
-
-    fn concrete(g: &lmc_core::ir::Graph, dims: &[Dim]) -> Vec<usize> {
-        dims.iter()
-            .map(|d| match d {
-                Dim::Static(n) => *n as usize,
-                Dim::Symbol(s) => SYMBOL_VALUES.iter().find(|(n, _)| *n == g.symbols[s.0 as usize].name).unwrap().1,
-            })
-            .collect()
-    }
-
-    fn random_tensor(dtype: DType, shape: Vec<usize>, bound: Option<i64>, rng: &mut Lcg) -> Tensor {
-        let n: usize = shape.iter().product();
-        match dtype {
-            DType::F32 => Tensor::f32(shape, (0..n).map(|_| rng.next()).collect()),
-            _ => {
-                let limit = bound.unwrap_or(100);
-                Tensor::int(
-                    shape,
-                    (0..n).map(|_| ((rng.next() + 1.0) * 0.5 * limit as f32) as i64 % limit).collect(),
-                )
-            }
-        }
-    }
-
-    fn to_host(name: &str, dtype: DType, t: &Tensor) -> HostTensor {
-        match (&t.data, dtype) {
-            (Data::F32(v), _) => HostTensor::from_f32(name, t.shape.clone(), v.clone()).unwrap(),
-            (Data::Int(v), DType::I32) => HostTensor::from_i32(name, t.shape.clone(), v.iter().map(|&x| x as i32).collect()).unwrap(),
-            (Data::Int(v), _) => HostTensor::from_i64(name, t.shape.clone(), v.clone()).unwrap(),
-        }
-    }
-
-    #[test]
-    fn mlir_snapshots() {
-        for g in graphs() {
-            insta::assert_snapshot!(format!("corpus_{}_mlir", g.model), lmc_codegen::emit_mlir(&g));
-        }
-    }
-
-    #[test]
-    fn compiled_code_matches_the_interpreter() {
-        let dir = scratch("corpus");
-        let mut rng = Lcg(42);
-        for g in graphs() {
-            let params: Vec<Tensor> = g
-                .params
-                .iter()
-                .map(|p| random_tensor(p.ty.dtype, concrete(&g, &p.ty.dims), None, &mut rng))
-                .collect();
-            let inputs: Vec<Tensor> = g
-                .inputs
-                .iter()
-                .map(|p| {
-                    random_tensor(
-                        p.ty.dtype,
-                        concrete(&g, &p.ty.dims),
-                        p.index_bound.as_ref().map(|b| b.limit),
-                        &mut rng,
-                    )
-                })
-                .collect();
-            let expected = interp::evaluate(&g, &params, &inputs);
-
-            let weights = dir.join(format!("{}.safetensors", g.model));
-            let hosts: Vec<HostTensor> = g.params.iter().zip(&params).map(|(p, t)| to_host(&p.name, p.ty.dtype, t)).collect();
-            let refs: Vec<(&str, DType, &[usize], &[u8])> = hosts
-                .iter()
-                .map(|h| (h.name.as_str(), h.dtype, h.shape.as_slice(), h.bytes()))
-                .collect();
-            lmc_runtime::write_safetensors(&weights, &refs).unwrap();
-
-            let jit = std::sync::Arc::new(lmc_codegen::jit(&g).unwrap());
-            let handle = jit.clone();
-            let lookup = move |name: &str| handle.lookup(name);
-            // SAFETY: the symbols come from the module just generated for this ABI; the JIT
-            // that owns the code is the keep-alive.
-            let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
-            let model = module.bind_weights(weights.as_path().into()).unwrap();
-            let host_inputs: Vec<HostTensor> = g.inputs.iter().zip(&inputs).map(|(p, t)| to_host(&p.name, p.ty.dtype, t)).collect();
-            let outputs = model.run(&host_inputs).unwrap();
-            assert_eq!(outputs.len(), expected.len());
-            for ((out, want), (decl, _)) in outputs.iter().zip(&expected).zip(&g.outputs) {
-                assert_eq!(out.shape, want.shape, "{}.{}", g.model, decl.name);
-                let Data::F32(want) = &want.data else { panic!("f32 outputs only") };
-                let err = max_abs_diff(out.as_f32().unwrap(), want);
-                assert!(
-                    err <= 1e-5,
-                    "{}.{}: compiled code and interpreter differ by {err}",
-                    g.model,
-                    decl.name
-                );
-            }
-        }
-    }
-}
-
-/// The shipped model files and the op corpus are in `lmc fmt`'s canonical layout.
+/// Every shipped model file, the standard library and the op corpus are in `lmc fmt`'s
+/// canonical layout.
 #[test]
 fn shipped_models_are_formatted() {
-    let r = lmc(&[
-        "fmt",
-        "--check",
-        "models/bert.model",
-        "models/std/nn.model",
-        "tests/corpus/ops.model",
-        "tests/corpus/positions.model",
-        "models/gpt2.model",
-        "models/llama.model",
-        "models/unilm.model",
-        "models/t5.model",
-        "models/electra.model",
-    ]);
+    let mut args = vec!["fmt".to_string(), "--check".to_string()];
+    args.extend(model_files("models"));
+    args.extend(model_files("models/std"));
+    args.extend(model_files("tests/corpus"));
+    let r = lmc(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
@@ -756,6 +628,30 @@ fn electra_matches_hugging_face() {
 #[test]
 fn llama_matches_hugging_face() {
     assert_matches_fixture("models/llama.model", "tests/fixtures/llama_tiny", 1e-4);
+}
+
+/// RWKV-4 (RwkvForCausalLM: token shift, the WKV recurrence as a `scan`, channel mixing, and
+/// inference rescaling inside the stack) reproduces transformers' logits. Rescaling matters at
+/// this tolerance: without it (`rescale_every = 0`) the logits move by about 2e-3.
+#[test]
+fn rwkv_matches_hugging_face() {
+    let ckpt = "tests/fixtures/rwkv_tiny";
+    assert_matches_fixture("models/rwkv.model:RwkvForCausalLM", ckpt, 1e-4);
+    let dir = scratch("rwkv_unscaled");
+    let out = dir.join("outputs.safetensors");
+    let inputs = format!("{ckpt}/inputs.safetensors");
+    let got = run_outputs(
+        "models/rwkv.model:RwkvForCausalLM",
+        ckpt,
+        &inputs,
+        &out,
+        &["--set", "rescale_every=0"],
+    );
+    let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
+    assert!(
+        max_abs_diff(&got[0].2, &want[0].2) > 1e-4,
+        "rescaling is not exercised by the fixture"
+    );
 }
 
 /// UniLM's left-to-right and seq2seq masks on the BERT network reproduce transformers' BertModel

@@ -318,6 +318,38 @@ def electra_tiny():
         save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def rwkv_tiny():
+    """RwkvForCausalLM (RWKV-4) at odd sizes, with rescaling inside the stack: logits, computed
+    by transformers' CPU recurrence (`rwkv_linear_attention_cpu`)."""
+    from transformers import RwkvConfig, RwkvForCausalLM
+
+    out = FIXTURES / "rwkv_tiny"
+    torch.manual_seed(11)
+    config = RwkvConfig(
+        vocab_size=97,
+        hidden_size=22,
+        attention_hidden_size=18,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        rescale_every=2,
+        # Not the default: RwkvModel's last LayerNorm ignores it, which the model must too.
+        layer_norm_epsilon=1e-3,
+        context_length=64,
+    )
+    model = RwkvForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            # Away from the initialisation's special values (unit norms, zero embeddings rows).
+            p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(12)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, use_cache=False).logits
+    save_file({"input_ids": input_ids}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     unilm_mask_matrices()
@@ -328,4 +360,5 @@ if __name__ == "__main__":
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     t5_tiny("t5_untied", untied=True)
     electra_tiny()
+    rwkv_tiny()
     print("fixtures written to", FIXTURES)
