@@ -654,6 +654,20 @@ fn rwkv_matches_hugging_face() {
     );
 }
 
+/// Two models that show `scan` is general: an ELMo-style two-layer bidirectional LSTM
+/// (torch.nn.LSTM's cell; both layers' states) and a causal linear-attention transformer (whose
+/// reference computes attention in parallel form, with cumulative sums) reproduce their torch
+/// references.
+#[test]
+fn scan_models_match_torch_references() {
+    assert_matches_fixture("models/lstm.model:ElmoLstmEncoder", "tests/fixtures/lstm_tiny", 1e-4);
+    assert_matches_fixture(
+        "models/linear_transformer.model:LinearTransformerLM",
+        "tests/fixtures/linear_transformer_tiny",
+        1e-4,
+    );
+}
+
 /// UniLM's left-to-right and seq2seq masks on the BERT network reproduce transformers' BertModel
 /// given the same masks as [B, 1, T, T] tensors.
 #[test]

@@ -350,6 +350,133 @@ def rwkv_tiny():
     save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def save_reference_checkpoint(out, module, config):
+    """A checkpoint in save_pretrained's layout (config.json + model.safetensors) for a reference
+    module that transformers does not have."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out / "model.safetensors")
+
+
+def lstm_tiny():
+    """A two-layer bidirectional LSTM encoder, ELMo-style (models/lstm.model): torch.nn.LSTM
+    stacks read the sequence forwards and reversed; each layer's states are concatenated."""
+    from torch import nn
+
+    out = FIXTURES / "lstm_tiny"
+    torch.manual_seed(13)
+    config = {"vocab_size": 53, "input_size": 11, "hidden_size": 7}
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(config["vocab_size"], config["input_size"])
+            self.forward_lstm = nn.LSTM(config["input_size"], config["hidden_size"], num_layers=2, batch_first=True)
+            self.backward_lstm = nn.LSTM(config["input_size"], config["hidden_size"], num_layers=2, batch_first=True)
+
+    def first_layer(lstm, x):
+        # The same weights as a one-layer LSTM: the first layer's states alone.
+        one = nn.LSTM(config["input_size"], config["hidden_size"], num_layers=1, batch_first=True)
+        one.load_state_dict({k: v for k, v in lstm.state_dict().items() if k.endswith("_l0")})
+        return one(x)[0]
+
+    model = Encoder().eval()
+    g = torch.Generator().manual_seed(14)
+    input_ids = torch.randint(0, config["vocab_size"], (2, 8), generator=g)
+    with torch.no_grad():
+        x = model.embed(input_ids)
+        reversed_x = x.flip(1)
+        first = torch.cat([first_layer(model.forward_lstm, x), first_layer(model.backward_lstm, reversed_x).flip(1)], -1)
+        last = torch.cat([model.forward_lstm(x)[0], model.backward_lstm(reversed_x)[0].flip(1)], -1)
+    save_reference_checkpoint(out, model, config)
+    save_file({"input_ids": input_ids}, out / "inputs.safetensors")
+    save_file({"first_layer": first.contiguous(), "last_hidden_state": last.contiguous()}, out / "expected.safetensors")
+
+
+def linear_transformer_tiny():
+    """A causal linear-attention LM (models/linear_transformer.model). The reference computes
+    attention in its parallel form, with cumulative sums over the sequence, not as a recurrence."""
+    from torch import nn
+
+    out = FIXTURES / "linear_transformer_tiny"
+    torch.manual_seed(15)
+    config = {
+        "vocab_size": 61,
+        "max_position_embeddings": 16,
+        "hidden_size": 15,
+        "num_heads": 3,
+        "num_layers": 2,
+        "intermediate_size": 23,
+        "layer_norm_eps": 1e-5,
+        "eps": 1e-6,
+    }
+    d, heads = config["hidden_size"], config["num_heads"]
+
+    def phi(x):
+        return nn.functional.elu(x) + 1
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            split = lambda y: y.view(b, t, heads, d // heads).transpose(1, 2)  # noqa: E731
+            q, k, v = phi(split(self.query(x))), phi(split(self.key(x))), split(self.value(x))
+            sums = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(2)
+            numerator = torch.einsum("bhtd,bhtde->bhte", q, sums)
+            denominator = torch.einsum("bhtd,bhtd->bht", q, k.cumsum(2))
+            y = numerator / (denominator[..., None] + config["eps"])
+            return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    class FeedForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.Linear(d, config["intermediate_size"])
+            self.down = nn.Linear(config["intermediate_size"], d)
+
+        def forward(self, x):
+            return self.down(nn.functional.gelu(self.up(x)))
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(d, eps=config["layer_norm_eps"])
+            self.attention = Attention()
+            self.ln_2 = nn.LayerNorm(d, eps=config["layer_norm_eps"])
+            self.mlp = FeedForward()
+
+        def forward(self, x):
+            x = x + self.attention(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(config["vocab_size"], d)
+            self.embed_positions = nn.Embedding(config["max_position_embeddings"], d)
+            self.layers = nn.ModuleList(Layer() for _ in range(config["num_layers"]))
+            self.norm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
+
+        def forward(self, input_ids):
+            x = self.embed_tokens(input_ids) + self.embed_positions(torch.arange(input_ids.shape[1]))
+            for layer in self.layers:
+                x = layer(x)
+            return self.norm(x) @ self.embed_tokens.weight.T
+
+    model = LM().eval()
+    g = torch.Generator().manual_seed(16)
+    input_ids = torch.randint(0, config["vocab_size"], (2, 9), generator=g)
+    with torch.no_grad():
+        logits = model(input_ids)
+    save_reference_checkpoint(out, model, config)
+    save_file({"input_ids": input_ids}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
 if __name__ == "__main__":
     bert_tiny()
     unilm_mask_matrices()
@@ -361,4 +488,6 @@ if __name__ == "__main__":
     t5_tiny("t5_untied", untied=True)
     electra_tiny()
     rwkv_tiny()
+    lstm_tiny()
+    linear_transformer_tiny()
     print("fixtures written to", FIXTURES)

@@ -981,6 +981,7 @@ impl Emitter<'_> {
                 // Parameters are the caller's SSA values (see `scalar_arg`).
                 ScalarNode::Param(_) => vec![],
                 ScalarNode::Int(v) => vec![format!("{out} = arith.constant {v} : i64")],
+                ScalarNode::Symbol(s) => vec![format!("{out} = arith.index_cast %sym{} : index to i64", s.0)],
                 ScalarNode::F32(v) => vec![format!("{out} = arith.constant {} : f32", f32_literal(*v))],
                 ScalarNode::Bool(b) => vec![format!("{out} = arith.constant {b}")],
                 ScalarNode::Load { tensor, indices } => {

@@ -3228,6 +3228,7 @@ impl<'p> Elab<'p> {
                 Val::Const(CtValue::Float(x)) => Ok(push_scalar(f, ScalarNode::F32(x), F32)),
                 Val::Const(CtValue::Bool(b)) => Ok(push_scalar(f, ScalarNode::Bool(b), Bool)),
                 Val::Dim(Dim::Static(n)) => Ok(push_scalar(f, ScalarNode::Int(n), Int)),
+                Val::Dim(Dim::Symbol(s)) => Ok(push_scalar(f, ScalarNode::Symbol(s), Int)),
                 Val::Tensor(t) if self.ty(t).rank() == 0 => {
                     let ty = if self.ty(t).dtype == DType::F32 { F32 } else { Int };
                     Ok(push_scalar(

@@ -192,6 +192,9 @@ impl Run<'_> {
         let dim = |d: Dim| self.dim(d);
         let shape: Vec<usize> = node.ty.dims.iter().map(|&d| dim(d)).collect();
         let v = |id: ValueId| &values[id.0 as usize];
+        let symbols: Vec<i64> = (0..g.symbols.len())
+            .map(|k| dim(Dim::Symbol(crate::ir::SymbolId(k as u32))) as i64)
+            .collect();
         let result = match &node.op {
             Op::Param(i) => params[*i].clone(),
             Op::Input(i) => inputs[*i].clone(),
@@ -310,7 +313,7 @@ impl Run<'_> {
                 let mut out_i = Vec::new();
                 for_each_index(&shape, |i| {
                     let idx: Vec<i64> = i.iter().map(|&x| x as i64).collect();
-                    match scalar_eval(f, None, &idx, values) {
+                    match scalar_eval(f, None, &idx, values, &symbols) {
                         Scalar::Int(x) if node.ty.dtype != DType::F32 => out_i.push(x),
                         x => out_f.push(x.as_f32()),
                     }
@@ -342,7 +345,7 @@ impl Run<'_> {
                             for (j, score_j) in scores.iter_mut().enumerate() {
                                 let idx = [b as i64, h as i64, i as i64, j as i64];
                                 if let Some(m) = mask {
-                                    if !scalar_eval(m, None, &idx, values).as_bool() {
+                                    if !scalar_eval(m, None, &idx, values, &symbols).as_bool() {
                                         continue;
                                     }
                                 }
@@ -353,7 +356,7 @@ impl Run<'_> {
                                 }
                                 let mut s = acc * *scale as f32;
                                 if let Some(f) = score {
-                                    s = scalar_eval(f, Some(s), &idx, values).as_f32();
+                                    s = scalar_eval(f, Some(s), &idx, values, &symbols).as_f32();
                                 }
                                 *score_j = s;
                             }
@@ -491,7 +494,7 @@ impl Scalar {
 }
 
 /// Evaluates an index function: `s` is the score for score functions, `idx` the indices.
-fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> Scalar {
+fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor], symbols: &[i64]) -> Scalar {
     let mut vals: Vec<Scalar> = Vec::with_capacity(f.nodes.len());
     for (node, _) in &f.nodes {
         let v = match node {
@@ -501,6 +504,7 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor]) -> 
                 (None, k) => Scalar::Int(idx[k]),
             },
             ScalarNode::Int(i) => Scalar::Int(*i),
+            ScalarNode::Symbol(k) => Scalar::Int(symbols[k.0 as usize]),
             ScalarNode::F32(x) => Scalar::F32(*x as f32),
             ScalarNode::Bool(b) => Scalar::Bool(*b),
             ScalarNode::Load { tensor, indices } => {

@@ -151,6 +151,8 @@ pub enum ScalarNode {
     Int(i64),
     F32(f64),
     Bool(bool),
+    /// The run-time value of a symbolic dimension (`T` in `x[b, T - 1 - t]`).
+    Symbol(SymbolId),
     /// One element of a graph value; each index is clamped to its axis, so no index function
     /// reads out of bounds.
     Load {
@@ -212,6 +214,7 @@ impl ScalarFn {
                     ScalarNode::Int(v) => v.to_string(),
                     ScalarNode::F32(v) => format!("{v:e}"),
                     ScalarNode::Bool(b) => b.to_string(),
+                    ScalarNode::Symbol(s) => format!("symbol{}", s.0),
                     ScalarNode::Load { tensor, indices } => {
                         format!(
                             "%{}[{}]",
