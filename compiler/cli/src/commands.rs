@@ -127,6 +127,7 @@ pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure
         Stage::Ast => unreachable!(),
         Stage::Ir => print!("{}", graph.print()),
         Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph)),
+        Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph)?),
         Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph)?),
         Stage::Manifest => println!("{}", lmc_core::manifest(&graph).to_json()),
     }

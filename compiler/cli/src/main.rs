@@ -101,6 +101,8 @@ pub enum Stage {
     Ir,
     /// The MLIR module as emitted, before any pass.
     Mlir,
+    /// The MLIR module after bufferization: where memory is allocated, copied and freed.
+    Buffers,
     /// The LLVM module with the ABI glue, before LLVM's optimizer.
     Llvm,
     /// The manifest the library exports.

@@ -317,7 +317,24 @@ impl Emitter<'_> {
             }
         }
         self.emit_region(Some(id), start, n);
-        let mut yields: Vec<String> = s.next.iter().map(|x| v(*x)).collect();
+        // Each new state is copied into its iteration argument, so bufferization updates the
+        // state's buffer in place instead of yielding a new buffer every step.
+        let mut yields = Vec::new();
+        for (k, next) in s.next.iter().enumerate() {
+            let t = g.ty(*next);
+            if t.rank() == 0 {
+                yields.push(v(*next));
+                continue;
+            }
+            let state = v(ValueId((start + k) as u32));
+            let updated = format!("{prefix}_state{k}");
+            let ty = tensor_ty(t);
+            self.line(&format!(
+                "{updated} = linalg.copy ins({} : {ty}) outs({state} : {ty}) -> {ty}",
+                v(*next)
+            ));
+            yields.push(updated);
+        }
         for (k, out) in s.outputs.iter().enumerate() {
             let (ot, st) = (g.ty(*out), result_ty(k));
             let updated = format!("{prefix}_upd{k}");

@@ -51,6 +51,16 @@ pub fn emit_mlir(g: &Graph) -> String {
     emit_mlir::emit_module(g)
 }
 
+/// `lmc emit --stage buffers`: the module after bufferization (see
+/// [`mlir_pipeline::BUFFERIZE`]): where memory is allocated, copied and freed.
+pub fn emit_buffers(g: &Graph) -> Result<String, CodegenError> {
+    let text = emit_mlir::emit_module(g);
+    let mlir = mlir_pipeline::new_context();
+    let mut module = mlir_pipeline::parse(&mlir, &text)?;
+    mlir_pipeline::bufferize(&mlir, &mut module)?;
+    Ok(module.as_operation().to_string())
+}
+
 /// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
 pub fn emit_llvm_ir(g: &Graph) -> Result<String, CodegenError> {
     let context = Context::create();

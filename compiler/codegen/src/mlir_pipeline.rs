@@ -15,13 +15,31 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Once;
 
-/// The lowering pipeline, tensors to the `llvm` dialect.
+/// The passes of [`BUFFERIZE`], without the module wrapper, so [`PIPELINE`] can start with them.
+macro_rules! bufferize_passes {
+    () => {
+        concat!(
+            "func.func(linalg-fuse-elementwise-ops),",
+            "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map allow-return-allocs-from-loops=1},",
+            "canonicalize,cse,canonicalize,",
+            // A scan body's temporaries have loop-invariant sizes: allocate them once, before
+            // its loop.
+            "func.func(buffer-hoisting,buffer-loop-hoisting),",
+            "buffer-deallocation-pipeline"
+        )
+    };
+}
+
+/// The first half of [`PIPELINE`], tensors to buffers: fuse elementwise generics, bufferize,
+/// hoist temporaries out of loops, free what is allocated. What it leaves is
+/// `lmc emit --stage buffers`.
+pub const BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
+
+/// The lowering pipeline, tensors to the `llvm` dialect: [`BUFFERIZE`], then loops and LLVM.
 pub const PIPELINE: &str = concat!(
     "builtin.module(",
-    "func.func(linalg-fuse-elementwise-ops),",
-    "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map allow-return-allocs-from-loops=1},",
-    "canonicalize,cse,canonicalize,",
-    "buffer-deallocation-pipeline,",
+    bufferize_passes!(),
+    ",",
     "func.func(convert-linalg-to-loops),",
     "convert-scf-to-cf,",
     "expand-strided-metadata,",
@@ -95,9 +113,18 @@ pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, MlirErr
 
 /// Runs [`PIPELINE`] on a module, leaving it in the `llvm` dialect.
 pub fn lower(context: &Context, module: &mut Module) -> Result<(), MlirError> {
-    with_diagnostics(context, "lowering MLIR to the llvm dialect", || {
+    run(context, module, PIPELINE, "lowering MLIR to the llvm dialect")
+}
+
+/// Runs [`BUFFERIZE`] on a module, leaving it on buffers and linalg ops.
+pub fn bufferize(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+    run(context, module, BUFFERIZE, "bufferizing MLIR")
+}
+
+fn run(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
+    with_diagnostics(context, stage, || {
         let pm = PassManager::new(context);
-        parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE).ok()?;
+        parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline).ok()?;
         pm.run(module).ok()
     })
 }
