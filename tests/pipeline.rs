@@ -722,6 +722,74 @@ fn scan_steps_allocate_nothing() {
     insta::assert_snapshot!("corpus_Recurrences_buffers", lmc_codegen::emit_buffers(&g).unwrap());
 }
 
+/// `lmc ab` compares variants on one checkpoint: a variant identical to the base (UniLM's
+/// bidirectional mask is BERT's) gives the same outputs; a different one (ALiBi) does not; a
+/// length past the learned position table is reported for that variant alone; a variant that
+/// does not exist is reported while the others run; the JSON report holds every number.
+#[test]
+fn ab_compares_variants() {
+    let dir = scratch("ab");
+    let json = dir.join("ab.json");
+    let r = lmc(&[
+        "ab",
+        "models/bert.model:BertModel",
+        "BertALiBi",
+        "models/unilm.model:UniLMBidirectional",
+        "models/bert.model:NoSuchModel",
+        "--weights",
+        CHECKPOINT,
+        "--batch",
+        "2",
+        "--lengths",
+        "8,48",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("cannot run past 40"), "{stdout}");
+    assert!(stdout.contains("not compiled"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 4);
+    assert_eq!(variants[0]["params"], variants[2]["params"]);
+    assert!(variants[3]["error"].is_string());
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    let short = &cells[0];
+    for row in short["variants"].as_array().unwrap().iter().take(3) {
+        assert_eq!(row["times_ms"].as_array().unwrap().len(), 5, "{row}");
+        assert!(row["flops_per_token"].as_f64().unwrap() > 0.0);
+    }
+    let comparisons = short["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 2);
+    for c in comparisons {
+        let (low, ratio, high) = (
+            c["low"].as_f64().unwrap(),
+            c["ratio"].as_f64().unwrap(),
+            c["high"].as_f64().unwrap(),
+        );
+        assert!(low <= ratio && ratio <= high, "{c}");
+    }
+    let alibi = &comparisons[0]["divergence"];
+    assert!(alibi["max_abs_diff"].as_f64().unwrap() > 1e-3, "{alibi}");
+    let same = &comparisons[1]["divergence"];
+    assert_eq!(same["max_abs_diff"].as_f64().unwrap(), 0.0, "{same}");
+    // At length 48 the learned table (40 rows) rules out both learned-position variants; ALiBi
+    // still runs, with nothing left to compare it to.
+    let long = &cells[1];
+    for k in [0, 2] {
+        assert!(long["variants"][k]["skipped"].as_str().unwrap().contains("cannot run past 40"));
+    }
+    assert_eq!(long["variants"][1]["times_ms"].as_array().unwrap().len(), 5);
+    assert!(long["comparisons"].as_array().unwrap().is_empty());
+}
+
 /// UniLM's left-to-right and seq2seq masks on the BERT network reproduce transformers' BertModel
 /// given the same masks as [B, 1, T, T] tensors.
 #[test]

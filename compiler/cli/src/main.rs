@@ -1,8 +1,10 @@
 //! `lmc`: the command line. Each subcommand drives the pipeline stages from the other crates;
 //! nothing here knows about any particular model.
 
+mod ab;
 mod commands;
 mod source;
+mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -91,6 +93,40 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Compare variants side by side: parameters, FLOPs, compile time, latency with confidence
+    /// intervals from interleaved runs, and how far their outputs drift from the first's.
+    Ab {
+        /// Two or more of FILE:MODEL; after one, a bare name is a model or variant of that file
+        /// (`models/bert.model:BertModel BertALiBi`).
+        #[arg(required = true, num_args = 2..)]
+        variants: Vec<String>,
+        /// A `save_pretrained` directory or safetensors file every variant reads (its
+        /// config.json configures them).
+        #[arg(long, required_unless_present = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Seeded random weights instead, the same for parameters the variants share.
+        #[arg(long, conflicts_with = "weights")]
+        random_weights: bool,
+        #[arg(long, default_value_t = 0, requires = "random_weights")]
+        seed: u64,
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// Sequence lengths to measure.
+        #[arg(long, value_delimiter = ',', default_value = "128")]
+        lengths: Vec<usize>,
+        /// Timed rounds per cell (each runs every variant once, in rotating order).
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+        /// Untimed rounds before them.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Also write the report as JSON.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -152,6 +188,30 @@ fn run(cli: Cli) -> ExitCode {
                 (None, _) => commands::Weights::Random(seed),
             };
             commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
+        }
+        Command::Ab {
+            variants,
+            weights,
+            random_weights: _,
+            seed,
+            batch,
+            lengths,
+            runs,
+            warmup,
+            json,
+            config,
+        } => {
+            let weights = match weights {
+                Some(w) => commands::Weights::Checkpoint(w),
+                None => commands::Weights::Random(seed),
+            };
+            let work = ab::Workload {
+                batches: batch,
+                lengths,
+                runs,
+                warmup,
+            };
+            ab::ab(&variants, &weights, &config, &work, json.as_deref())
         }
     };
     match result {

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod config;
+pub mod cost;
 pub mod interp;
 pub mod ir;
 pub mod program;

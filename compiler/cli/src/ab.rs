@@ -1,0 +1,385 @@
+//! `lmc ab A B [C ...]`: compares architectural variants side by side. Each variant is checked
+//! and compiled once; then, for every cell of a batch × length grid, all variants run on the same
+//! inputs in interleaved rounds (A B C, B C A, ...), so that drift of the machine affects each
+//! alike. The report gives, per variant, parameters, FLOPs per token (from the IR), compile time
+//! and latency percentiles; per other variant, its latency ratio to the first with a bootstrap
+//! interval and a verdict, and how far its outputs are from the first's.
+
+use crate::commands::{Failure, Weights};
+use crate::source::{load_model, overrides, split_model_ref};
+use crate::stats::{divergence, paired_ratio, quantile, verdict, Ratio, Rng};
+use crate::ConfigArgs;
+use lmc_abi::{DType, Dim};
+use lmc_core::ir::Graph;
+use lmc_runtime::{HostTensor, LoadedModel};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What to run and how often.
+pub struct Workload {
+    pub batches: Vec<usize>,
+    pub lengths: Vec<usize>,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
+/// One variant, compiled and bound to its weights (or why it could not be).
+struct Variant {
+    spec: String,
+    compiled: Result<Compiled, String>,
+}
+
+struct Compiled {
+    graph: Graph,
+    model: LoadedModel,
+    compile_ms: f64,
+}
+
+/// One cell of the grid for one variant.
+enum Cell {
+    Ran {
+        times_ms: Vec<f64>,
+        outputs: Vec<HostTensor>,
+    },
+    /// The variant cannot run at this size (a learned position table is too short), or failed.
+    Skipped(String),
+}
+
+/// Turns `A B C` into full `FILE:MODEL` specs: a bare name is a model or variant of the file
+/// named before it.
+fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
+    let mut file: Option<PathBuf> = None;
+    let mut out = Vec::new();
+    for s in specs {
+        let (path, name) = split_model_ref(s);
+        if path.extension().is_some_and(|e| e == "model") {
+            file = Some(path);
+            out.push(s.clone());
+            continue;
+        }
+        match (&file, name) {
+            (Some(f), None) => out.push(format!("{}:{s}", f.display())),
+            _ => {
+                return Err(Failure::Message(format!(
+                    "`{s}`: name a model as FILE.model:MODEL, or after one as a bare variant name (`lmc ab models/bert.model:BertModel BertALiBi`)"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Result<Compiled, String> {
+    let checkpoint = match weights {
+        Weights::Checkpoint(p) => Some(p.as_path()),
+        Weights::Random(_) => None,
+    };
+    let o = overrides(config, checkpoint.filter(|p| p.is_dir())).map_err(message)?;
+    let graph = load_model(spec, &o).map_err(message)?;
+    let started = Instant::now();
+    let jit = std::sync::Arc::new(lmc_codegen::jit(&graph).map_err(|e| e.to_string())?);
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let in_jit = jit.clone();
+    let lookup = move |name: &str| in_jit.lookup(name);
+    // SAFETY: the symbols come from a module lmc just generated for this ABI, and the JIT that
+    // holds their code is handed over as the keep-alive.
+    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.map_err(|e| e.to_string())?;
+    let source = match weights {
+        Weights::Checkpoint(p) => lmc_runtime::WeightsSource::Path(p.clone()),
+        Weights::Random(seed) => {
+            // Seeded by tensor name: variants that share a parameter get the same values.
+            lmc_runtime::WeightsSource::Files(vec![
+                lmc_runtime::random_weights(module.manifest(), *seed).map_err(|e| e.to_string())?
+            ])
+        }
+    };
+    let model = module.bind_weights(source).map_err(|e| e.to_string())?;
+    Ok(Compiled { graph, model, compile_ms })
+}
+
+fn message(f: Failure) -> String {
+    match f {
+        Failure::Reported => "it does not check (diagnostics above)".to_string(),
+        Failure::Message(m) => m,
+    }
+}
+
+/// The size of each of the graph's symbols: a symbol on an input's first axis is the batch,
+/// any other the length.
+fn symbol_sizes(g: &Graph, batch: usize, length: usize) -> Vec<u64> {
+    g.symbols
+        .iter()
+        .map(|s| if s.source.1 == 0 { batch as u64 } else { length as u64 })
+        .collect()
+}
+
+/// Inputs of one size, the same for every variant: token ids (inputs that index a table)
+/// uniform over the table, other integer inputs 1 (a mask that keeps every token), f32 inputs
+/// uniform in [-1, 1).
+fn make_inputs(c: &Compiled, batch: usize, length: usize, seed: u64) -> Result<Vec<HostTensor>, String> {
+    let manifest = c.model.manifest();
+    let mut tensors = Vec::new();
+    for (k, spec) in manifest.inputs.iter().enumerate() {
+        let shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(axis, d)| match d {
+                Dim::Static(n) => *n as usize,
+                Dim::Symbol(_) if axis == 0 => batch,
+                Dim::Symbol(_) => length,
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let mut rng = Rng::new(seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9));
+        let t = match (spec.dtype, &spec.index_bound) {
+            (DType::F32, _) => HostTensor::from_f32(&spec.name, shape, (0..n).map(|_| rng.symmetric()).collect()),
+            (dtype, bound) => {
+                let values: Vec<i64> = match bound {
+                    Some(b) => (0..n).map(|_| rng.below(b.limit.max(1) as u64) as i64).collect(),
+                    None => vec![1; n],
+                };
+                if dtype == DType::I32 {
+                    HostTensor::from_i32(&spec.name, shape, values.iter().map(|&v| v as i32).collect())
+                } else {
+                    HostTensor::from_i64(&spec.name, shape, values)
+                }
+            }
+        };
+        tensors.push(t.map_err(|e| e.to_string())?);
+    }
+    Ok(tensors)
+}
+
+/// Why a variant cannot run at `length`, if a symbol it bounds (a learned position table) is
+/// shorter.
+fn length_limit(g: &Graph, length: usize) -> Option<String> {
+    g.symbols.iter().filter(|s| s.source.1 != 0).find_map(|s| match &s.max {
+        Some(b) if (length as i64) > b.limit => Some(format!("cannot run past {} ({})", b.limit, b.reason)),
+        _ => None,
+    })
+}
+
+fn fmt_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000_000 => format!("{:.2}T", n as f64 / 1e12),
+        n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else if ms >= 1.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{:.1} µs", ms * 1e3)
+    }
+}
+
+/// `lmc ab`.
+pub fn ab(specs: &[String], weights: &Weights, config: &ConfigArgs, work: &Workload, json_path: Option<&Path>) -> Result<(), Failure> {
+    if specs.len() < 2 {
+        return Err(Failure::Message("`lmc ab` compares two or more variants".into()));
+    }
+    if work.runs < 3 {
+        return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
+    }
+    let specs = resolve_specs(specs)?;
+    let mut variants = Vec::new();
+    for (k, spec) in specs.iter().enumerate() {
+        eprintln!("[{}/{}] compiling {spec}", k + 1, specs.len());
+        let compiled = compile_variant(spec, weights, config);
+        if let Err(e) = &compiled {
+            eprintln!("  {spec} is left out: {e}");
+        }
+        variants.push(Variant {
+            spec: spec.clone(),
+            compiled,
+        });
+    }
+    let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
+
+    // Static facts.
+    println!("\nvariants");
+    let mut report_variants = Vec::new();
+    for (k, v) in variants.iter().enumerate() {
+        match &v.compiled {
+            Ok(c) => {
+                let p = lmc_core::cost::param_counts(&c.graph);
+                println!(
+                    "  {}  {:<44} params {:>9} (embedding {:>9}, other {:>9})  compiled in {}",
+                    letter(k),
+                    v.spec,
+                    fmt_count(p.total),
+                    fmt_count(p.embedding),
+                    fmt_count(p.total - p.embedding),
+                    fmt_ms(c.compile_ms)
+                );
+                report_variants.push(json!({
+                    "name": letter(k), "spec": v.spec, "params": p.total, "embedding_params": p.embedding,
+                    "compile_ms": c.compile_ms,
+                }));
+            }
+            Err(e) => {
+                println!("  {}  {:<44} not compiled: {e}", letter(k), v.spec);
+                report_variants.push(json!({ "name": letter(k), "spec": v.spec, "error": e }));
+            }
+        }
+    }
+
+    let mut report_cells = Vec::new();
+    let seed = match weights {
+        Weights::Random(s) => *s,
+        Weights::Checkpoint(_) => 0,
+    };
+    for &batch in &work.batches {
+        for &length in &work.lengths {
+            let cells = measure(&variants, batch, length, work, seed);
+            report_cells.push(print_cell(&variants, &cells, batch, length, &letter));
+        }
+    }
+    if let Some(path) = json_path {
+        let report = json!({
+            "generator": lmc_abi::generator_string(),
+            "runs": work.runs, "warmup": work.warmup,
+            "variants": report_variants, "cells": report_cells,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")
+            .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if variants.iter().all(|v| v.compiled.is_err()) {
+        return Err(Failure::Message("no variant compiled".into()));
+    }
+    Ok(())
+}
+
+/// Runs every variant at one size: warm-ups, then interleaved timed rounds.
+fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, seed: u64) -> Vec<Cell> {
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut inputs: Vec<Option<Vec<HostTensor>>> = Vec::new();
+    for v in variants {
+        let prepared = match &v.compiled {
+            Err(_) => Err("not compiled".to_string()),
+            Ok(c) => match length_limit(&c.graph, length) {
+                Some(why) => Err(why),
+                None => make_inputs(c, batch, length, seed),
+            },
+        };
+        match prepared {
+            Ok(i) => {
+                inputs.push(Some(i));
+                cells.push(Cell::Ran {
+                    times_ms: Vec::new(),
+                    outputs: Vec::new(),
+                });
+            }
+            Err(why) => {
+                inputs.push(None);
+                cells.push(Cell::Skipped(why));
+            }
+        }
+    }
+    let n = variants.len();
+    for round in 0..work.warmup + work.runs {
+        for step in 0..n {
+            let k = (round + step) % n;
+            let (Ok(c), Some(input)) = (&variants[k].compiled, &inputs[k]) else {
+                continue;
+            };
+            if matches!(cells[k], Cell::Skipped(_)) {
+                continue;
+            }
+            let started = Instant::now();
+            let result = c.model.run(input);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            match (result, &mut cells[k]) {
+                (Ok(out), Cell::Ran { times_ms, outputs }) => {
+                    if round >= work.warmup {
+                        times_ms.push(ms);
+                    }
+                    *outputs = out;
+                }
+                (Err(e), cell) => *cell = Cell::Skipped(format!("failed: {e}")),
+                (Ok(_), Cell::Skipped(_)) => {}
+            }
+        }
+    }
+    cells
+}
+
+/// Prints one cell of the grid and returns it for the JSON report.
+fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize, letter: &dyn Fn(usize) -> String) -> serde_json::Value {
+    println!("\nbatch {batch}, length {length}");
+    println!(
+        "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}",
+        "", "model", "FLOPs/token", "median", "p10 – p90", "tokens/s"
+    );
+    let tokens = (batch * length) as f64;
+    let mut rows = Vec::new();
+    for (k, (v, cell)) in variants.iter().zip(cells).enumerate() {
+        let name = v.compiled.as_ref().map_or(v.spec.clone(), |c| c.graph.model.clone());
+        match (cell, &v.compiled) {
+            (Cell::Ran { times_ms, .. }, Ok(c)) => {
+                let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, length));
+                let (median, p10, p90) = (quantile(times_ms, 0.5), quantile(times_ms, 0.1), quantile(times_ms, 0.9));
+                println!(
+                    "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}",
+                    letter(k),
+                    name,
+                    fmt_count((flops / tokens) as u64),
+                    fmt_ms(median),
+                    format!("{} – {}", fmt_ms(p10), fmt_ms(p90)),
+                    tokens / (median / 1e3)
+                );
+                rows.push(json!({
+                    "name": letter(k), "flops_per_token": flops / tokens, "median_ms": median,
+                    "p10_ms": p10, "p90_ms": p90, "tokens_per_s": tokens / (median / 1e3), "times_ms": times_ms,
+                }));
+            }
+            (Cell::Skipped(why), _) | (Cell::Ran { .. }, Err(why)) => {
+                println!("  {:<3}{:<34}{why}", letter(k), name);
+                rows.push(json!({ "name": letter(k), "skipped": why }));
+            }
+        }
+    }
+    // Each other variant against the first that ran.
+    let base = cells.iter().position(|c| matches!(c, Cell::Ran { .. }));
+    let mut comparisons = Vec::new();
+    if let Some(b) = base {
+        let Cell::Ran {
+            times_ms: base_times,
+            outputs: base_out,
+        } = &cells[b]
+        else {
+            unreachable!()
+        };
+        let mut rng = Rng::new(0x5EED);
+        for (k, cell) in cells.iter().enumerate().skip(b + 1) {
+            let Cell::Ran { times_ms, outputs } = cell else { continue };
+            let r: Ratio = paired_ratio(base_times, times_ms, &mut rng);
+            let mut line = format!("  {} vs {}: {}", letter(k), letter(b), verdict(&letter(k), r));
+            let mut diverged = serde_json::Value::Null;
+            if let (Some(a), Some(o)) = (base_out.first(), outputs.first()) {
+                if a.name == o.name && a.shape == o.shape {
+                    if let (Some(x), Some(y)) = (a.as_f32(), o.as_f32()) {
+                        let (max, cosine) = divergence(x, y);
+                        line.push_str(&format!("; `{}` differs by up to {max:.3e} (cosine {cosine:.4})", a.name));
+                        diverged = json!({ "output": a.name, "max_abs_diff": max, "cosine": cosine });
+                    }
+                }
+            }
+            println!("{line}");
+            comparisons.push(json!({
+                "name": letter(k), "against": letter(b), "ratio": r.estimate, "low": r.low, "high": r.high,
+                "verdict": verdict(&letter(k), r), "divergence": diverged,
+            }));
+        }
+    }
+    json!({ "batch": batch, "length": length, "variants": rows, "comparisons": comparisons })
+}
