@@ -72,3 +72,34 @@ pub fn run_outputs(spec: &str, weights: &str, inputs: &str, out: &Path, extra: &
     assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
     read_f32_tensors(out)
 }
+
+/// Asserts that a command failed cleanly: exit 1, no panic, and every needle in its stderr.
+pub fn expect_error(code: i32, stderr: &str, needles: &[&str]) {
+    assert_eq!(code, 1, "expected exit 1, got {code}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+    }
+}
+
+/// Runs `spec` on a fixture directory (`inputs.safetensors` → `expected.safetensors`), compares
+/// every output with the reference, and gives the largest error.
+pub fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) -> f32 {
+    let dir = scratch(&format!(
+        "fixture_{}_{}",
+        spec.replace(['/', ':', '.'], "_"),
+        ckpt.replace(['/', '.'], "_")
+    ));
+    let out = dir.join("outputs.safetensors");
+    let got = run_outputs(spec, ckpt, &format!("{ckpt}/inputs.safetensors"), &out, &[]);
+    let want = read_f32_tensors(&root().join(format!("{ckpt}/expected.safetensors")));
+    assert_eq!(got.len(), want.len(), "{spec}: outputs");
+    let mut worst = 0.0f32;
+    for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+        assert_eq!((gn, gs), (wn, ws), "{spec}: output name and shape");
+        let err = max_abs_diff(gv, wv);
+        assert!(err <= tolerance, "{spec} on {ckpt}: {gn}: max abs error {err} > {tolerance}");
+        worst = worst.max(err);
+    }
+    worst
+}
