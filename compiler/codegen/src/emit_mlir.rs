@@ -714,7 +714,14 @@ impl Emitter<'_> {
         let mut lhs_map = batch.clone();
         *lhs_map.last_mut().unwrap() = format!("d{}", r - 2);
         lhs_map.push(k.clone());
-        let rhs_map = [k.clone(), format!("d{}", r - 1)];
+        // `x @ transpose(w)` (every Linear: checkpoints store weights [out, in]) reads `w`
+        // through a transposed map instead of a transposed copy: no copy per call, and the
+        // reduction walks both operands' rows contiguously. The unused transpose is removed
+        // as dead code.
+        let (rhs, rt, rhs_map) = match g.node(rhs).op {
+            Op::Transpose { x } if g.ty(x).rank() == 2 => (x, g.ty(x).clone(), [format!("d{}", r - 1), k.clone()]),
+            _ => (rhs, rt, [k.clone(), format!("d{}", r - 1)]),
+        };
         let out_map: Vec<String> = (0..r).map(|i| format!("d{i}")).collect();
         let e = self.empty(&ty);
         let zero = self.fresh();
