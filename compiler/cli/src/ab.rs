@@ -30,10 +30,11 @@ struct Variant {
     compiled: Result<Compiled, String>,
 }
 
-struct Compiled {
-    graph: Graph,
-    model: LoadedModel,
-    compile_ms: f64,
+/// A model checked, compiled in memory and bound to its weights.
+pub struct Compiled {
+    pub graph: Graph,
+    pub model: LoadedModel,
+    pub compile_ms: f64,
 }
 
 /// One cell of the grid for one variant.
@@ -70,7 +71,7 @@ fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
     Ok(out)
 }
 
-fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Result<Compiled, String> {
+pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Result<Compiled, String> {
     let checkpoint = match weights {
         Weights::Checkpoint(p) => Some(p.as_path()),
         Weights::Random(_) => None,
@@ -107,7 +108,7 @@ fn message(f: Failure) -> String {
 
 /// The size of each of the graph's symbols: a symbol on an input's first axis is the batch,
 /// any other the length.
-fn symbol_sizes(g: &Graph, batch: usize, length: usize) -> Vec<u64> {
+pub fn symbol_sizes(g: &Graph, batch: usize, length: usize) -> Vec<u64> {
     g.symbols
         .iter()
         .map(|s| if s.source.1 == 0 { batch as u64 } else { length as u64 })
@@ -117,7 +118,7 @@ fn symbol_sizes(g: &Graph, batch: usize, length: usize) -> Vec<u64> {
 /// Inputs of one size, the same for every variant: token ids (inputs that index a table)
 /// uniform over the table, other integer inputs 1 (a mask that keeps every token), f32 inputs
 /// uniform in [-1, 1).
-fn make_inputs(c: &Compiled, batch: usize, length: usize, seed: u64) -> Result<Vec<HostTensor>, String> {
+pub fn make_inputs(c: &Compiled, batch: usize, length: usize, seed: u64) -> Result<Vec<HostTensor>, String> {
     let manifest = c.model.manifest();
     let mut tensors = Vec::new();
     for (k, spec) in manifest.inputs.iter().enumerate() {
@@ -154,14 +155,14 @@ fn make_inputs(c: &Compiled, batch: usize, length: usize, seed: u64) -> Result<V
 
 /// Why a variant cannot run at `length`, if a symbol it bounds (a learned position table) is
 /// shorter.
-fn length_limit(g: &Graph, length: usize) -> Option<String> {
+pub fn length_limit(g: &Graph, length: usize) -> Option<String> {
     g.symbols.iter().filter(|s| s.source.1 != 0).find_map(|s| match &s.max {
         Some(b) if (length as i64) > b.limit => Some(format!("cannot run past {} ({})", b.limit, b.reason)),
         _ => None,
     })
 }
 
-fn fmt_count(n: u64) -> String {
+pub fn fmt_count(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000_000 => format!("{:.2}T", n as f64 / 1e12),
         n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
@@ -171,7 +172,7 @@ fn fmt_count(n: u64) -> String {
     }
 }
 
-fn fmt_ms(ms: f64) -> String {
+pub fn fmt_ms(ms: f64) -> String {
     if ms >= 100.0 {
         format!("{ms:.0} ms")
     } else if ms >= 1.0 {

@@ -2,6 +2,7 @@
 //! nothing here knows about any particular model.
 
 mod ab;
+mod bench;
 mod commands;
 mod source;
 mod stats;
@@ -90,6 +91,32 @@ enum Command {
         /// Run this library from `lmc compile` instead of compiling MODEL in memory.
         #[arg(long, value_name = "LIB.so")]
         library: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Time one model: latency, GFLOP/s, compile time, peak memory.
+    Bench {
+        /// FILE or FILE:MODEL.
+        model: String,
+        /// A `save_pretrained` directory or safetensors file; seeded random weights without it.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The seed of the random weights (when no --weights).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Untimed runs before them.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Also write the numbers as JSON (`median_ms`, `gflop_per_s`, ...).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -188,6 +215,23 @@ fn run(cli: Cli) -> ExitCode {
                 (None, _) => commands::Weights::Random(seed),
             };
             commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
+        }
+        Command::Bench {
+            model,
+            weights,
+            seed,
+            batch,
+            seq,
+            runs,
+            warmup,
+            json,
+            config,
+        } => {
+            let weights = match weights {
+                Some(w) => commands::Weights::Checkpoint(w),
+                None => commands::Weights::Random(seed),
+            };
+            bench::bench(&model, &weights, &config, batch, seq, runs, warmup, json.as_deref())
         }
         Command::Ab {
             variants,

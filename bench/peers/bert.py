@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""BERT-base (batch 1, fp32, 2 threads) in lmc, PyTorch eager and ONNX Runtime, in one run.
+
+Each runs the same shape on random weights; lmc through `lmc bench --json`, the peers in this
+process. Prints every median and the ratios lmc / peer. Needs the peers' venv
+(`../shared/peers/setup_venv.sh`); never part of the test command.
+
+    ~/.cache/lmc-peers/venv/bin/python bench/peers/bert.py [--seq 128] [--batch 1] [--runs 5]
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def median_ms(fn, runs, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
+    args = ap.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(), add_pooling_layer=False).eval()
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    model = LastHiddenState().eval()
+    ids = torch.randint(0, 30522, (args.batch, args.seq))
+    mask = torch.ones_like(ids)
+    types = torch.zeros_like(ids)
+    results = {}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "lmc.json"
+        subprocess.run(
+            [args.lmc, "bench", "models/bert.model:BertModel", "--batch", str(args.batch), "--seq", str(args.seq),
+             "--runs", str(args.runs), "--warmup", str(args.warmup), "--json", str(out)],
+            cwd=ROOT, check=True,
+        )
+        lmc = json.loads(out.read_text())
+        results["lmc"] = lmc["median_ms"]
+
+        with torch.no_grad():
+            results["PyTorch eager"] = median_ms(lambda: model(ids, mask, types), args.runs, args.warmup)
+
+        import onnxruntime as ort
+
+        onnx_path = pathlib.Path(tmp) / "bert.onnx"
+        with torch.no_grad():
+            torch.onnx.export(model, (ids, mask, types), str(onnx_path), input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              dynamic_axes={n: {0: "b", 1: "t"} for n in ["input_ids", "attention_mask", "token_type_ids"]},
+                              dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+        results["ONNX Runtime"] = median_ms(lambda: session.run(None, feed), args.runs, args.warmup)
+
+    print(f"\nBERT-base, batch {args.batch}, seq {args.seq}, fp32, 2 threads; lmc: {lmc['gflop']:.2f} GFLOP, "
+          f"{lmc['gflop_per_s']:.2f} GFLOP/s, compiled in {lmc['compile_ms'] / 1e3:.1f} s")
+    for name, ms in results.items():
+        ratio = "" if name == "lmc" else f"   lmc takes {results['lmc'] / ms:.1f}x its time"
+        print(f"  {name:<16}{ms:10.1f} ms{ratio}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+//! `lmc bench FILE[:MODEL] --batch B --seq T`: one model's latency (median, p10–p90), GFLOP/s
+//! from the FLOPs counted in its IR, compile time and the process's peak resident memory. The
+//! peers of `bench/peers/` read its JSON (`median_ms`) to print ratios against PyTorch and ONNX
+//! Runtime measured in the same run.
+
+use crate::ab::{compile_variant, fmt_count, fmt_ms, length_limit, make_inputs, symbol_sizes};
+use crate::commands::{Failure, Weights};
+use crate::stats::quantile;
+use crate::ConfigArgs;
+use serde_json::json;
+use std::path::Path;
+use std::time::Instant;
+
+/// The process's peak resident set, in bytes (`VmHWM`), where /proc tells it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn bench(
+    spec: &str,
+    weights: &Weights,
+    config: &ConfigArgs,
+    batch: usize,
+    seq: usize,
+    runs: usize,
+    warmup: usize,
+    json_path: Option<&Path>,
+) -> Result<(), Failure> {
+    if runs == 0 {
+        return Err(Failure::Message("`--runs` must be at least 1".into()));
+    }
+    let c = compile_variant(spec, weights, config).map_err(Failure::Message)?;
+    if let Some(why) = length_limit(&c.graph, seq) {
+        return Err(Failure::Message(format!("{spec} {why}")));
+    }
+    let seed = match weights {
+        Weights::Random(s) => *s,
+        Weights::Checkpoint(_) => 0,
+    };
+    let inputs = make_inputs(&c, batch, seq, seed).map_err(Failure::Message)?;
+    let mut times = Vec::with_capacity(runs);
+    for round in 0..warmup + runs {
+        let started = Instant::now();
+        c.model.run(&inputs).map_err(|e| Failure::Message(e.to_string()))?;
+        if round >= warmup {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, seq));
+    let params = lmc_core::cost::param_counts(&c.graph);
+    let (median, p10, p90) = (quantile(&times, 0.5), quantile(&times, 0.1), quantile(&times, 0.9));
+    let rss = peak_rss_bytes();
+    println!("{spec}  batch {batch}, seq {seq}");
+    println!("  parameters   {}", fmt_count(params.total));
+    println!("  compile      {}", fmt_ms(c.compile_ms));
+    println!(
+        "  latency      {} median, {} – {} (p10 – p90, {runs} runs)",
+        fmt_ms(median),
+        fmt_ms(p10),
+        fmt_ms(p90)
+    );
+    println!(
+        "  work         {:.3} GFLOP, {:.2} GFLOP/s",
+        flops / 1e9,
+        flops / 1e9 / (median / 1e3)
+    );
+    if let Some(rss) = rss {
+        println!(
+            "  peak RSS     {:.1} MiB (the whole process: weights, activations, compiler)",
+            rss as f64 / 1048576.0
+        );
+    }
+    if let Some(path) = json_path {
+        let report = json!({
+            "model": spec, "batch": batch, "seq": seq, "runs": runs, "warmup": warmup,
+            "median_ms": median, "p10_ms": p10, "p90_ms": p90, "times_ms": times,
+            "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / (median / 1e3),
+            "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,
+            "generator": lmc_abi::generator_string(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")
+            .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
