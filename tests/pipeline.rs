@@ -728,6 +728,37 @@ fn ab_compares_variants() {
     assert!(long["comparisons"].as_array().unwrap().is_empty());
 }
 
+/// `lmc bench` times one model and writes its numbers (`median_ms` for the peers' scripts); a
+/// length past the learned position table is an error naming the table.
+#[test]
+fn bench_reports_one_model() {
+    let dir = scratch("bench");
+    let json = dir.join("bench.json");
+    let spec = "models/bert.model:BertModel";
+    let common = ["--weights", CHECKPOINT, "--batch", "2", "--runs", "3", "--warmup", "1"];
+    let mut args = vec!["bench", spec, "--seq", "16", "--json", json.to_str().unwrap()];
+    args.extend(common);
+    let r = lmc(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["times_ms"].as_array().unwrap().len(), 3);
+    let (p10, median, p90) = (
+        report["p10_ms"].as_f64().unwrap(),
+        report["median_ms"].as_f64().unwrap(),
+        report["p90_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p10 && p10 <= median && median <= p90, "{report}");
+    assert!(report["gflop"].as_f64().unwrap() > 0.0);
+    let mut args = vec!["bench", spec, "--seq", "41"];
+    args.extend(common);
+    let r = lmc(&args);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["cannot run past 40", "embeddings.position_embeddings.weight"],
+    );
+}
+
 /// UniLM's left-to-right and seq2seq masks on the BERT network reproduce transformers' BertModel
 /// given the same masks as [B, 1, T, T] tensors.
 #[test]
