@@ -2702,7 +2702,9 @@ impl<'p> Elab<'p> {
         let mut results = Vec::new();
         for index in 0..count {
             let op = Op::ScanResult { scan: scan_id, index };
-            let ty = infer_type(&self.graph, &op).expect("scan results have types");
+            // The checks above (axes, lengths, states' types) give every result a type.
+            let ty = infer_type(&self.graph, &op)
+                .ok_or_else(|| Diagnostic::error("E0206", "internal error: a scan result has no type", span, "in this scan"))?;
             results.push(self.push(op, ty, span)?);
         }
         Ok(if results.len() == 1 {
