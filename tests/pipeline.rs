@@ -128,6 +128,45 @@ fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// One loaded model, used from several threads at once, gives bit for bit what sequential runs
+/// give; and sequential runs repeat bit for bit (generated code is deterministic).
+#[test]
+fn concurrent_runs_match_sequential_runs_bit_for_bit() {
+    let p = program("models/bert.model");
+    let g = lmc_core::check_model(&p, Some("BertModel"), &fixture_overrides()).unwrap().graph;
+    let jit = std::sync::Arc::new(lmc_codegen::jit(&g).unwrap());
+    let handle = jit.clone();
+    let lookup = move |name: &str| handle.lookup(name);
+    // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
+    // the code is the keep-alive.
+    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
+    let model = module
+        .bind_weights(lmc_runtime::WeightsSource::Path(root().join(CHECKPOINT)))
+        .unwrap();
+    let inputs: Vec<Vec<lmc_runtime::HostTensor>> = (0..4i64)
+        .map(|k| {
+            let t = 5 + k as usize;
+            let ids: Vec<i64> = (0..2 * t as i64).map(|i| (i * 7 + k * 13) % 99).collect();
+            vec![
+                lmc_runtime::HostTensor::from_i64("input_ids", vec![2, t], ids).unwrap(),
+                lmc_runtime::HostTensor::from_i64("attention_mask", vec![2, t], vec![1; 2 * t]).unwrap(),
+                lmc_runtime::HostTensor::from_i64("token_type_ids", vec![2, t], vec![0; 2 * t]).unwrap(),
+            ]
+        })
+        .collect();
+    let bits = |outs: Vec<lmc_runtime::HostTensor>| outs[0].bytes().to_vec();
+    let sequential: Vec<Vec<u8>> = inputs.iter().map(|i| bits(model.run(i).unwrap())).collect();
+    let again: Vec<Vec<u8>> = inputs.iter().map(|i| bits(model.run(i).unwrap())).collect();
+    assert_eq!(sequential, again, "the same inputs gave different outputs");
+    for _ in 0..3 {
+        let concurrent: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let workers: Vec<_> = inputs.iter().map(|i| s.spawn(|| bits(model.run(i).unwrap()))).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(concurrent, sequential, "concurrent runs differ from sequential ones");
+    }
+}
+
 /// A C program includes the generated header, links the `.so` and the runtime's C API, runs
 /// the model, and prints what `lmc run` computes.
 #[test]
