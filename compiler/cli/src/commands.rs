@@ -148,11 +148,21 @@ pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Fai
     Ok(())
 }
 
-/// Where `lmc run` takes its weights from.
+/// Where a command takes its weights from.
 pub enum Weights {
     Checkpoint(PathBuf),
     /// `--random-weights --seed N`.
     Random(u64),
+}
+
+impl Weights {
+    /// A checkpoint when one is given, otherwise random weights with `seed`.
+    pub fn new(checkpoint: Option<PathBuf>, seed: u64) -> Weights {
+        match checkpoint {
+            Some(path) => Weights::Checkpoint(path),
+            None => Weights::Random(seed),
+        }
+    }
 }
 
 /// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.

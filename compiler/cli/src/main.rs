@@ -7,7 +7,7 @@ mod commands;
 mod source;
 mod stats;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +28,22 @@ pub struct ConfigArgs {
     /// Override one config value: `--set hidden_size=256` (repeatable; wins over --config).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+/// Where a command takes its weights from: a checkpoint, or seeded random values.
+#[derive(Args)]
+pub struct WeightsArgs {
+    /// A safetensors checkpoint, or a `save_pretrained` directory (config.json +
+    /// model.safetensors); the directory's config.json also configures the model.
+    #[arg(long, required_unless_present = "random_weights")]
+    weights: Option<PathBuf>,
+    /// Random weights (N(0, 0.02²), seeded by tensor name) instead of a checkpoint: for variants
+    /// that have none. Configure the model with --config and --set.
+    #[arg(long, conflicts_with = "weights")]
+    random_weights: bool,
+    /// The seed of --random-weights.
+    #[arg(long, default_value_t = 0, requires = "random_weights")]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -71,17 +87,8 @@ enum Command {
     Run {
         /// FILE or FILE:MODEL.
         model: String,
-        /// A safetensors checkpoint, or a `save_pretrained` directory (config.json +
-        /// model.safetensors); the directory's config.json also configures the model.
-        #[arg(long, required_unless_present = "random_weights")]
-        weights: Option<PathBuf>,
-        /// Run with random weights (N(0, 0.02²), seeded) instead of a checkpoint: for variants
-        /// that have none. Configure the model with --config and --set.
-        #[arg(long, conflicts_with = "weights")]
-        random_weights: bool,
-        /// The seed of --random-weights.
-        #[arg(long, default_value_t = 0, requires = "random_weights")]
-        seed: u64,
+        #[command(flatten)]
+        weights: WeightsArgs,
         /// Inputs, as a safetensors file whose tensor names are the model's input names.
         #[arg(long)]
         inputs: PathBuf,
@@ -127,15 +134,10 @@ enum Command {
         /// (`models/bert.model:BertModel BertALiBi`).
         #[arg(required = true, num_args = 2..)]
         variants: Vec<String>,
-        /// A `save_pretrained` directory or safetensors file every variant reads (its
-        /// config.json configures them).
-        #[arg(long, required_unless_present = "random_weights")]
-        weights: Option<PathBuf>,
-        /// Seeded random weights instead, the same for parameters the variants share.
-        #[arg(long, conflicts_with = "weights")]
-        random_weights: bool,
-        #[arg(long, default_value_t = 0, requires = "random_weights")]
-        seed: u64,
+        /// Every variant reads the same weights; random ones are seeded by tensor name, so the
+        /// variants share the values of the parameters they share.
+        #[command(flatten)]
+        weights: WeightsArgs,
         /// Batch sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "1")]
         batch: Vec<usize>,
@@ -203,17 +205,12 @@ fn run(cli: Cli) -> ExitCode {
         Command::Run {
             model,
             weights,
-            random_weights,
-            seed,
             inputs,
             output,
             library,
             config,
         } => {
-            let weights = match (weights, random_weights) {
-                (Some(w), _) => commands::Weights::Checkpoint(w),
-                (None, _) => commands::Weights::Random(seed),
-            };
+            let weights = commands::Weights::new(weights.weights, weights.seed);
             commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
         }
         Command::Bench {
@@ -227,17 +224,12 @@ fn run(cli: Cli) -> ExitCode {
             json,
             config,
         } => {
-            let weights = match weights {
-                Some(w) => commands::Weights::Checkpoint(w),
-                None => commands::Weights::Random(seed),
-            };
+            let weights = commands::Weights::new(weights, seed);
             bench::bench(&model, &weights, &config, batch, seq, runs, warmup, json.as_deref())
         }
         Command::Ab {
             variants,
             weights,
-            random_weights: _,
-            seed,
             batch,
             lengths,
             runs,
@@ -245,10 +237,7 @@ fn run(cli: Cli) -> ExitCode {
             json,
             config,
         } => {
-            let weights = match weights {
-                Some(w) => commands::Weights::Checkpoint(w),
-                None => commands::Weights::Random(seed),
-            };
+            let weights = commands::Weights::new(weights.weights, weights.seed);
             let work = ab::Workload {
                 batches: batch,
                 lengths,

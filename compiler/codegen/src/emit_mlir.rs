@@ -762,20 +762,7 @@ impl Emitter<'_> {
         let g = self.g;
         let ty = g.ty(id).clone();
         let xt = g.ty(x).clone();
-        let r = ty.rank();
-        let e = self.empty(&ty);
-        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
-        self.line(&format!(
-            "{} = linalg.generic {{indexing_maps = [{map}], iterator_types = [{}]}} outs({e} : {}) {{",
-            v(id),
-            parallel(r),
-            tensor_ty(&ty)
-        ));
-        self.line("^bb0(%o: f32):");
-        let idx: Vec<String> = (0..r).map(|k| format!("%d{k}")).collect();
-        for (k, name) in idx.iter().enumerate() {
-            self.line(&format!("  {name} = linalg.index {k} : index"));
-        }
+        let idx = self.open_index_generic(id, "%d");
         let mut body = Vec::new();
         let at = coords(&idx, &mut body);
         for l in body {
@@ -786,7 +773,10 @@ impl Emitter<'_> {
         self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
     }
 
-    fn emit_tabulate(&mut self, id: ValueId, f: &ScalarFn, loc: &str) {
+    /// Opens a `linalg.generic` that computes node `id` element by element from its indices
+    /// alone (no inputs): emits the header, the block and one `linalg.index` per dimension,
+    /// named `{prefix}0`, `{prefix}1`, ...; returns those names. The caller writes the body.
+    fn open_index_generic(&mut self, id: ValueId, prefix: &str) -> Vec<String> {
         let ty = self.g.ty(id).clone();
         let r = ty.rank();
         let e = self.empty(&ty);
@@ -798,10 +788,18 @@ impl Emitter<'_> {
             tensor_ty(&ty)
         ));
         self.line(&format!("^bb0(%o: {}):", elem(ty.dtype)));
+        let idx: Vec<String> = (0..r).map(|k| format!("{prefix}{k}")).collect();
+        for (k, name) in idx.iter().enumerate() {
+            self.line(&format!("  {name} = linalg.index {k} : index"));
+        }
+        idx
+    }
+
+    fn emit_tabulate(&mut self, id: ValueId, f: &ScalarFn, loc: &str) {
+        let ty = self.g.ty(id).clone();
         let mut args = Vec::new();
-        for k in 0..r {
-            self.line(&format!("  %ix{k} = linalg.index {k} : index"));
-            self.line(&format!("  %i{k} = arith.index_cast %ix{k} : index to i64"));
+        for (k, ix) in self.open_index_generic(id, "%ix").iter().enumerate() {
+            self.line(&format!("  %i{k} = arith.index_cast {ix} : index to i64"));
             args.push(format!("%i{k}"));
         }
         let mut result = self.emit_scalar_fn(f, &args, "%tb");

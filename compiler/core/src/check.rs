@@ -667,8 +667,8 @@ impl<'p> Elab<'p> {
         let Some(local) = self.new_member(id, path) else { return };
         let module = self.instances[id].module;
         let block_name = block.dotted();
-        let target = self.p.lookup(module, &block_name);
-        let Some(Item::Block(decl)) = target.map(|r| self.p.item(r)) else {
+        let found = self.p.lookup(module, &block_name).map(|r| (r, self.p.item(r)));
+        let Some((target, Item::Block(decl))) = found else {
             let blocks: Vec<&str> = self
                 .p
                 .names(module)
@@ -682,7 +682,6 @@ impl<'p> Elab<'p> {
             });
             return;
         };
-        let target = target.unwrap();
         if stack.contains(&decl.name.name) {
             self.errors.push(
                 Diagnostic::error(
@@ -2013,7 +2012,8 @@ impl<'p> Elab<'p> {
 
     fn builtin(&mut self, frame: &mut Frame, callee: &ast::Ident, args: &'p [CallArg], span: Span) -> Result<Val, Diagnostic> {
         let name = callee.name.as_str();
-        let signature = BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap();
+        // `call` dispatches here only names of BUILTINS.
+        let signature = BUILTINS.iter().find(|(n, _)| *n == name).map_or(name, |(_, s)| *s);
         let arity_error = |why: String| {
             Diagnostic::error("E0202", format!("wrong arguments to `{name}`"), span, why).with_help(format!("call it as `{signature}`"))
         };
@@ -2256,7 +2256,8 @@ impl<'p> Elab<'p> {
                     .with_help("the last dimension must be fixed and divisible by the number of heads"));
                 }
                 let op = Op::SplitHeads { x: x_id, heads };
-                let ty = infer_type(&self.graph, &op).expect("checked above");
+                let ty = infer_type(&self.graph, &op)
+                    .ok_or_else(|| Diagnostic::error("E0200", "internal error: split_heads has no type", span, "here"))?;
                 self.push(op, ty, span).map(Val::Tensor)
             }
             "merge_heads" => {
@@ -2486,7 +2487,7 @@ impl<'p> Elab<'p> {
                 }
             },
             Some(e) => match self.sub(frame, e)? {
-                Val::Const(c) if c.as_f64().is_some() => c.as_f64().unwrap(),
+                Val::Const(c) if c.as_f64().is_some() => c.as_f64().unwrap_or_default(),
                 other => {
                     return Err(Diagnostic::error(
                         "E0202",

@@ -245,7 +245,11 @@ impl Loader {
     /// The modules a `use` names, loading them; `None` after reporting why not.
     fn import_targets(&mut self, module: usize, u: &ast::UseDecl) -> Option<Vec<usize>> {
         let segments: Vec<&str> = u.module.iter().map(|i| i.name.as_str()).collect();
-        let span = u.module.first().unwrap().span.to(u.module.last().unwrap().span);
+        // The grammar gives a `use` at least one module segment.
+        let span = match (u.module.first(), u.module.last()) {
+            (Some(first), Some(last)) => first.span.to(last.span),
+            _ => u.span,
+        };
         if segments == ["std"] {
             return Some(self.std());
         }
