@@ -51,12 +51,154 @@ mod stages {
             let g = graph(model);
             g.verify().unwrap();
             insta::assert_snapshot!(format!("{model}_ir"), g.print());
-            insta::assert_snapshot!(format!("{model}_mlir"), lmc_codegen::emit_mlir(&g));
+            insta::assert_snapshot!(format!("{model}_mlir"), lmc_codegen::emit_mlir(&g, &lmc_codegen::Target::AVX2));
             // LLVM IR is large; the small models show every lowering step well enough.
             if g.nodes.len() < 40 {
-                insta::assert_snapshot!(format!("{model}_llvm"), lmc_codegen::emit_llvm_ir(&g).unwrap());
+                insta::assert_snapshot!(
+                    format!("{model}_llvm"),
+                    lmc_codegen::emit_llvm_ir(&g, &lmc_codegen::Target::AVX2).unwrap()
+                );
             }
             insta::assert_snapshot!(format!("{model}_manifest"), lmc_core::manifest(&g).to_json());
+        }
+    }
+}
+
+/// The op corpus: every model's MLIR is snapshotted, and its compiled code agrees with the IR
+/// interpreter on random data.
+mod corpus {
+    use super::*;
+    use lmc_abi::DType;
+    use lmc_core::interp::{self, Data, Tensor};
+    use lmc_core::ir::Dim;
+    use lmc_runtime::HostTensor;
+
+    const FILE: &str = "tests/corpus/ops.model";
+    /// Values given to the symbolic dimensions, odd so no tile size divides them.
+    const SYMBOL_VALUES: &[(&str, usize)] = &[("B", 3), ("T", 5), ("N", 6)];
+
+    /// A deterministic pseudo-random stream (no dependency needed for test data).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
+    fn graphs() -> Vec<lmc_core::ir::Graph> {
+        let p = program(FILE);
+        lmc_core::model_names(&p)
+            .iter()
+            .map(|name| match lmc_core::check_model(&p, Some(name), &ConfigOverrides::default()) {
+                Ok(c) => {
+                    assert!(c.warnings.is_empty(), "{name}: {:?}", c.warnings);
+                    c.graph
+                }
+                Err(e) => panic!("{name}: {e:?}"),
+            })
+            .collect()
+    }
+
+    fn concrete(g: &lmc_core::ir::Graph, dims: &[Dim]) -> Vec<usize> {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Static(n) => *n as usize,
+                Dim::Symbol(s) => SYMBOL_VALUES.iter().find(|(n, _)| *n == g.symbols[s.0 as usize].name).unwrap().1,
+            })
+            .collect()
+    }
+
+    fn random_tensor(dtype: DType, shape: Vec<usize>, bound: Option<i64>, rng: &mut Lcg) -> Tensor {
+        let n: usize = shape.iter().product();
+        match dtype {
+            DType::F32 => Tensor::f32(shape, (0..n).map(|_| rng.next()).collect()),
+            _ => {
+                let limit = bound.unwrap_or(100);
+                Tensor::int(
+                    shape,
+                    (0..n).map(|_| ((rng.next() + 1.0) * 0.5 * limit as f32) as i64 % limit).collect(),
+                )
+            }
+        }
+    }
+
+    fn to_host(name: &str, dtype: DType, t: &Tensor) -> HostTensor {
+        match (&t.data, dtype) {
+            (Data::F32(v), _) => HostTensor::from_f32(name, t.shape.clone(), v.clone()).unwrap(),
+            (Data::Int(v), DType::I32) => HostTensor::from_i32(name, t.shape.clone(), v.iter().map(|&x| x as i32).collect()).unwrap(),
+            (Data::Int(v), _) => HostTensor::from_i64(name, t.shape.clone(), v.clone()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn mlir_snapshots() {
+        for g in graphs() {
+            insta::assert_snapshot!(
+                format!("corpus_{}_mlir", g.model),
+                lmc_codegen::emit_mlir(&g, &lmc_codegen::Target::AVX2)
+            );
+        }
+    }
+
+    /// Both kernel shapes (AVX2's 8 lanes and AVX-512's 16) run on any x86-64 host: LLVM splits
+    /// vectors wider than the machine's.
+    #[test]
+    fn compiled_code_matches_the_interpreter() {
+        let dir = scratch("corpus");
+        let mut rng = Lcg(42);
+        let targets = [lmc_codegen::Target::AVX2, lmc_codegen::Target { lanes: 16 }];
+        for (g, target) in graphs().into_iter().flat_map(|g| targets.map(|t| (g.clone(), t))) {
+            let params: Vec<Tensor> = g
+                .params
+                .iter()
+                .map(|p| random_tensor(p.ty.dtype, concrete(&g, &p.ty.dims), None, &mut rng))
+                .collect();
+            let inputs: Vec<Tensor> = g
+                .inputs
+                .iter()
+                .map(|p| {
+                    random_tensor(
+                        p.ty.dtype,
+                        concrete(&g, &p.ty.dims),
+                        p.index_bound.as_ref().map(|b| b.limit),
+                        &mut rng,
+                    )
+                })
+                .collect();
+            let expected = interp::evaluate(&g, &params, &inputs);
+
+            let weights = dir.join(format!("{}.safetensors", g.model));
+            let hosts: Vec<HostTensor> = g.params.iter().zip(&params).map(|(p, t)| to_host(&p.name, p.ty.dtype, t)).collect();
+            let refs: Vec<(&str, DType, &[usize], &[u8])> = hosts
+                .iter()
+                .map(|h| (h.name.as_str(), h.dtype, h.shape.as_slice(), h.bytes()))
+                .collect();
+            lmc_runtime::write_safetensors(&weights, &refs).unwrap();
+
+            let jit = std::sync::Arc::new(lmc_codegen::jit_for(&g, &target).unwrap());
+            let handle = jit.clone();
+            let lookup = move |name: &str| handle.lookup(name);
+            // SAFETY: the symbols come from the module just generated for this ABI; the JIT
+            // that owns the code is the keep-alive.
+            let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
+            let model = module.bind_weights(weights.as_path().into()).unwrap();
+            let host_inputs: Vec<HostTensor> = g.inputs.iter().zip(&inputs).map(|(p, t)| to_host(&p.name, p.ty.dtype, t)).collect();
+            let outputs = model.run(&host_inputs).unwrap();
+            assert_eq!(outputs.len(), expected.len());
+            for ((out, want), (decl, _)) in outputs.iter().zip(&expected).zip(&g.outputs) {
+                assert_eq!(out.shape, want.shape, "{}.{}", g.model, decl.name);
+                let Data::F32(want) = &want.data else { panic!("f32 outputs only") };
+                let err = max_abs_diff(out.as_f32().unwrap(), want);
+                assert!(
+                    err <= 1e-5,
+                    "{}.{} ({} lanes): compiled code and interpreter differ by {err}",
+                    g.model,
+                    decl.name,
+                    target.lanes
+                );
+            }
         }
     }
 }
@@ -696,7 +838,10 @@ fn scan_steps_allocate_nothing() {
     let g = lmc_core::check_model(&p, Some("Recurrences"), &ConfigOverrides::default())
         .unwrap()
         .graph;
-    insta::assert_snapshot!("corpus_Recurrences_buffers", lmc_codegen::emit_buffers(&g).unwrap());
+    insta::assert_snapshot!(
+        "corpus_Recurrences_buffers",
+        lmc_codegen::emit_buffers(&g, &lmc_codegen::Target::AVX2).unwrap()
+    );
 }
 
 /// `lmc ab` compares variants on one checkpoint: a variant identical to the base (UniLM's

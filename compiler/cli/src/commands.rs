@@ -114,7 +114,7 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
 }
 
 /// `lmc emit --stage S FILE[:MODEL]`.
-pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
     if let Stage::Ast = stage {
         let (path, _) = crate::source::split_model_ref(spec);
         let program = load_program(&path)?;
@@ -123,12 +123,13 @@ pub fn emit(stage: Stage, spec: &str, config: &ConfigArgs) -> Result<(), Failure
         return Ok(());
     }
     let graph = load_model(spec, &overrides(config, None)?)?;
+    let target = lanes.map_or_else(lmc_codegen::Target::host, |lanes| lmc_codegen::Target { lanes });
     match stage {
         Stage::Ast => unreachable!(),
         Stage::Ir => print!("{}", graph.print()),
-        Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph)),
-        Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph)?),
-        Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph)?),
+        Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph, &target)),
+        Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph, &target)?),
+        Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph, &target)?),
         Stage::Manifest => println!("{}", lmc_core::manifest(&graph).to_json()),
     }
     Ok(())

@@ -70,6 +70,10 @@ enum Command {
         stage: Stage,
         /// FILE or FILE:MODEL.
         model: String,
+        /// Shape the kernels for vectors of this many f32 lanes (8: AVX2, 16: AVX-512) instead
+        /// of the host's
+        #[arg(long, value_parser = clap::value_parser!(i64).range(4..=64))]
+        lanes: Option<i64>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -200,7 +204,12 @@ fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Check { files, message_format } => commands::check(&files, message_format),
         Command::Fmt { files, check } => commands::fmt(&files, check),
-        Command::Emit { stage, model, config } => commands::emit(stage, &model, &config),
+        Command::Emit {
+            stage,
+            model,
+            lanes,
+            config,
+        } => commands::emit(stage, &model, lanes, &config),
         Command::Compile { model, output, config } => commands::compile(&model, &output, &config),
         Command::Run {
             model,

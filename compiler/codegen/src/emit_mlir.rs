@@ -11,6 +11,7 @@
 //! We emit text and let MLIR's parser build the module: the text is what `lmc emit --stage mlir`
 //! prints and what the snapshot tests compare, and every op carries its `.model` location.
 
+use crate::Target;
 use lmc_abi::DType;
 use lmc_core::ir::{
     BinaryOp, Dim, Graph, Loc, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarType, ScalarUnary, Scan, TensorType, UnaryOp,
@@ -18,13 +19,17 @@ use lmc_core::ir::{
 };
 use std::fmt::Write as _;
 
+mod matmul;
+
 /// The name of the generated function that implements `forward`.
 pub const FORWARD_FUNC: &str = "forward";
 
-/// Emits the MLIR module for a graph's forward function.
-pub fn emit_module(g: &Graph) -> String {
+/// Emits the MLIR module for a graph's forward function, with kernels shaped for `target`.
+pub fn emit_module(g: &Graph, target: &Target) -> String {
     let mut e = Emitter {
         g,
+        target: *target,
+        kernels: Vec::new(),
         body: String::new(),
         tmp: 0,
         regions: g.enclosing_scans(),
@@ -34,6 +39,9 @@ pub fn emit_module(g: &Graph) -> String {
 
 struct Emitter<'a> {
     g: &'a Graph,
+    target: Target,
+    /// Kernel functions defined so far: (what they compute, their text).
+    kernels: Vec<(String, String)>,
     body: String,
     tmp: usize,
     /// The innermost scan each node's body belongs to (`None`: the function body).
@@ -204,6 +212,9 @@ impl Emitter<'_> {
         out.push_str(&self.body);
         let _ = writeln!(out, "    return");
         let _ = writeln!(out, "  }}");
+        for (_, kernel) in &self.kernels {
+            out.push_str(kernel);
+        }
         let _ = writeln!(out, "}}");
         out
     }
@@ -705,54 +716,21 @@ impl Emitter<'_> {
 
     fn emit_matmul(&mut self, id: ValueId, lhs: ValueId, rhs: ValueId, loc: &str) {
         let g = self.g;
-        let ty = g.ty(id).clone();
-        let (lt, rt) = (g.ty(lhs).clone(), g.ty(rhs).clone());
-        let r = ty.rank();
-        // Loop dims: d0..d{r-1} are the output's (batch..., m, n); d{r} is k.
-        let k = format!("d{r}");
-        let batch: Vec<String> = (0..r - 1).map(|i| format!("d{i}")).collect();
-        let mut lhs_map = batch.clone();
-        *lhs_map.last_mut().unwrap() = format!("d{}", r - 2);
-        lhs_map.push(k.clone());
-        // `x @ transpose(w)` (every Linear: checkpoints store weights [out, in]) reads `w`
-        // through a transposed map instead of a transposed copy: no copy per call, and the
-        // reduction walks both operands' rows contiguously. The unused transpose is removed
-        // as dead code.
-        let (rhs, rt, rhs_map) = match g.node(rhs).op {
-            Op::Transpose { x } if g.ty(x).rank() == 2 => (x, g.ty(x).clone(), [format!("d{}", r - 1), k.clone()]),
-            _ => (rhs, rt, [k.clone(), format!("d{}", r - 1)]),
+        // `x @ transpose(w)` (every Linear: checkpoints store weights `[out, in]`) reads `w`
+        // in place with the dot-product kernel: no transposed copy per call. The unused
+        // transpose is removed as dead code.
+        let (rhs, layout) = match g.node(rhs).op {
+            Op::Transpose { x } if g.ty(x).rank() == 2 => (x, matmul::RhsLayout::Transposed),
+            _ => (rhs, matmul::RhsLayout::RowMajor),
         };
-        let out_map: Vec<String> = (0..r).map(|i| format!("d{i}")).collect();
-        let e = self.empty(&ty);
-        let zero = self.fresh();
-        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
-        let filled = self.fresh();
-        self.line(&format!(
-            "{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}",
-            tensor_ty(&ty),
-            tensor_ty(&ty)
-        ));
-        let all = dims_list(r + 1);
-        let mut iters = vec!["\"parallel\""; r];
-        iters.push("\"reduction\"");
-        self.line(&format!(
-            "{} = linalg.generic {{indexing_maps = [affine_map<{all} -> ({})>, affine_map<{all} -> ({})>, affine_map<{all} -> ({})>], iterator_types = [{}]}} ins({}, {} : {}, {}) outs({filled} : {}) {{",
-            v(id),
-            lhs_map.join(", "),
-            rhs_map.join(", "),
-            out_map.join(", "),
-            iters.join(", "),
-            v(lhs),
-            v(rhs),
-            tensor_ty(&lt),
-            tensor_ty(&rt),
-            tensor_ty(&ty)
-        ));
-        self.line("^bb0(%a: f32, %b: f32, %acc: f32):");
-        self.line("  %p = arith.mulf %a, %b : f32");
-        self.line("  %r = arith.addf %p, %acc : f32");
-        self.line("  linalg.yield %r : f32");
-        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+        let mm = matmul::MatMul {
+            layout,
+            x: g.ty(lhs).clone(),
+            rhs: g.ty(rhs).clone(),
+            out: g.ty(id).clone(),
+            group: 1,
+        };
+        self.emit_matmul_call(&v(id), &v(lhs), &v(rhs), &mm, loc);
     }
 }
 
@@ -867,11 +845,6 @@ impl Emitter<'_> {
             (Dim::Static(hq), Dim::Static(hk)) if hq != hk => hq / hk,
             _ => 1,
         };
-        let kv_head = if group == 1 {
-            "d1".to_string()
-        } else {
-            format!("d1 floordiv {group}")
-        };
         let scores_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t, s]);
         let rows_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t]);
         let st = tensor_ty(&scores_ty);
@@ -888,18 +861,16 @@ impl Emitter<'_> {
             ));
             f
         };
-        // 1. raw scores q·k
-        let zero = fill(self, &scores_ty, "0.0");
+        // 1. raw scores q·kᵀ
         let raw = self.fresh();
-        self.line(&format!(
-            "{raw} = linalg.generic {{indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, {kv_head}, d3, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"reduction\"]}} ins({}, {} : {}, {}) outs({zero} : {st}) {{",
-            v(q), v(k), tensor_ty(&qt), tensor_ty(&kt)
-        ));
-        self.line("^bb0(%a: f32, %b: f32, %acc: f32):");
-        self.line("  %p = arith.mulf %a, %b : f32");
-        self.line("  %r = arith.addf %p, %acc : f32");
-        self.line("  linalg.yield %r : f32");
-        self.line(&format!("}} -> {st} {loc}"));
+        let scores = matmul::MatMul {
+            layout: matmul::RhsLayout::Transposed,
+            x: qt.clone(),
+            rhs: kt.clone(),
+            out: scores_ty.clone(),
+            group,
+        };
+        self.emit_matmul_call(&raw, &v(q), &v(k), &scores, loc);
         // 2. scale, score function, mask
         let empty = self.empty(&scores_ty);
         let scored = self.fresh();
@@ -962,18 +933,16 @@ impl Emitter<'_> {
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {rt} {loc}"));
         // 6. weighted sum of v
-        let zo = fill(self, &ty, "0.0");
         let weighted = self.fresh();
         let out_t = tensor_ty(&ty);
-        self.line(&format!(
-            "{weighted} = linalg.generic {{indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, {kv_head}, d4, d3)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\", \"parallel\", \"reduction\"]}} ins({probs}, {} : {st}, {}) outs({zo} : {out_t}) {{",
-            v(v_id), tensor_ty(&vt)
-        ));
-        self.line("^bb0(%p: f32, %val: f32, %acc: f32):");
-        self.line("  %m = arith.mulf %p, %val : f32");
-        self.line("  %r = arith.addf %m, %acc : f32");
-        self.line("  linalg.yield %r : f32");
-        self.line(&format!("}} -> {out_t} {loc}"));
+        let values = matmul::MatMul {
+            layout: matmul::RhsLayout::RowMajor,
+            x: scores_ty.clone(),
+            rhs: vt.clone(),
+            out: ty.clone(),
+            group,
+        };
+        self.emit_matmul_call(&weighted, &probs, &v(v_id), &values, loc);
         // 7. normalise; an empty row stays zero
         let empty = self.empty(&ty);
         self.line(&format!("{} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({empty} : {out_t}) {{", v(id), parallel(4)));

@@ -46,15 +46,35 @@ impl From<MlirError> for CodegenError {
     }
 }
 
+/// What the generated kernels are shaped for. Code is always compiled for the host; a fixed
+/// target exists so that printed stages (and their snapshots) do not depend on the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// f32 lanes of one vector register: 8 with AVX2, 16 with AVX-512.
+    pub lanes: i64,
+}
+
+impl Target {
+    /// An AVX2 machine (the printed stages of the snapshot tests).
+    pub const AVX2: Target = Target { lanes: 8 };
+
+    /// The machine lmc runs on.
+    pub fn host() -> Target {
+        let features = llvm::host_features();
+        let lanes = if features.split(',').any(|f| f == "+avx512f") { 16 } else { 8 };
+        Target { lanes }
+    }
+}
+
 /// `lmc emit --stage mlir`: the module as emitted, before any pass.
-pub fn emit_mlir(g: &Graph) -> String {
-    emit_mlir::emit_module(g)
+pub fn emit_mlir(g: &Graph, target: &Target) -> String {
+    emit_mlir::emit_module(g, target)
 }
 
 /// `lmc emit --stage buffers`: the module after bufferization (see
 /// [`mlir_pipeline::BUFFERIZE`]): where memory is allocated, copied and freed.
-pub fn emit_buffers(g: &Graph) -> Result<String, CodegenError> {
-    let text = emit_mlir::emit_module(g);
+pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> {
+    let text = emit_mlir::emit_module(g, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
     mlir_pipeline::bufferize(&mlir, &mut module)?;
@@ -62,15 +82,15 @@ pub fn emit_buffers(g: &Graph) -> Result<String, CodegenError> {
 }
 
 /// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
-pub fn emit_llvm_ir(g: &Graph) -> Result<String, CodegenError> {
+pub fn emit_llvm_ir(g: &Graph, target: &Target) -> Result<String, CodegenError> {
     let context = Context::create();
-    let module = build_llvm_module(&context, g)?;
+    let module = build_llvm_module(&context, g, target)?;
     Ok(module.print_to_string().to_string())
 }
 
 /// Runs the whole pipeline up to an unoptimized LLVM module in `context`.
-fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
-    let text = emit_mlir::emit_module(g);
+fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph, target: &Target) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
+    let text = emit_mlir::emit_module(g, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
     mlir_pipeline::lower(&mlir, &mut module)?;
@@ -117,8 +137,15 @@ impl JitModule {
 
 /// Compiles a graph to machine code in memory (`lmc run`).
 pub fn jit(g: &Graph) -> Result<JitModule, CodegenError> {
+    jit_for(g, &Target::host())
+}
+
+/// Compiles a graph to machine code in memory with kernels shaped for `target` (which must not
+/// need more than the host has: narrower vectors always run). Tests use it to run both shapes
+/// on one machine.
+pub fn jit_for(g: &Graph, target: &Target) -> Result<JitModule, CodegenError> {
     let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
-        let module = build_llvm_module(context, g)?;
+        let module = build_llvm_module(context, g, target)?;
         let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
         llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
         llvm::jit_engine(&module).map_err(CodegenError::Llvm)
@@ -130,7 +157,7 @@ pub fn jit(g: &Graph) -> Result<JitModule, CodegenError> {
 /// `.h`). Returns the header's path.
 pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
     let context = Context::create();
-    let module = build_llvm_module(&context, g)?;
+    let module = build_llvm_module(&context, g, &Target::host())?;
     let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
     llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
     let object = so_path.with_extension("o");

@@ -24,8 +24,18 @@ macro_rules! bufferize_passes {
             // recomputes the producer once per reduced element: a rotary embedding made a BERT 5x
             // slower. Without it, the same models ran no slower. Fusion returns with tiling
             // (issue 8), where what is fused into what is chosen.
+            // Dead tensor ops (a transpose that a matmul reads through) go before they become
+            // buffer writes.
+            "canonicalize,",
+            // A result computed into a fresh tensor that is then copied into an output buffer is
+            // computed in that buffer instead.
+            "eliminate-empty-tensors,",
             "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map allow-return-allocs-from-loops=1},",
             "canonicalize,cse,canonicalize,",
+            // A kernel function writes into its destination argument and returns it; once the
+            // loops no longer carry the buffer (canonicalize), the result goes, so callers use
+            // the destination and nothing is cloned.
+            "drop-equivalent-buffer-results,",
             // A scan body's temporaries have loop-invariant sizes: allocate them once, before
             // its loop.
             "func.func(buffer-hoisting,buffer-loop-hoisting),",
@@ -45,10 +55,14 @@ pub const PIPELINE: &str = concat!(
     bufferize_passes!(),
     ",",
     "func.func(convert-linalg-to-loops),",
+    // The matmul kernels' 1-D transfers become plain or masked vector loads and stores.
+    "convert-vector-to-scf,",
     "convert-scf-to-cf,",
     "expand-strided-metadata,",
     "lower-affine,",
     "finalize-memref-to-llvm,",
+    // Lane sums of the dot-product kernels as a shuffle tree, not a serial chain (P10).
+    "convert-vector-to-llvm{reassociate-fp-reductions=1},",
     "convert-math-to-llvm,",
     "convert-math-to-libm,",
     "arith-expand,",

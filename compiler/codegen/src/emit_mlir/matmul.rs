@@ -1,0 +1,434 @@
+//! Matmul as register-tiled, vectorized loop nests, written out directly in `scf` and `vector`.
+//!
+//! `linalg` lowered to loops runs a matmul at 1–2 GFLOP/s; these kernels keep a tile of the
+//! result in vector registers for the whole reduction. They are written out rather than derived
+//! with the transform dialect so that the kernel shape is ours to choose and compile time stays
+//! small and predictable (see `MLIR-CODEGEN-NOTES.md`, §1 and pitfalls P1, P5, P12).
+//!
+//! Two shapes, by the right operand's layout:
+//! - `x @ transpose(w)` with `w: [..., N, K]` (every Linear: checkpoints store `[out, in]`; and
+//!   attention's `q · kᵀ`): each result element is a dot product of two contiguous rows. A tile
+//!   of rows of `x` by rows of `w` keeps one vector of partial sums per element and sums its
+//!   lanes at the end.
+//! - `x @ b` with `b: [..., K, N]` (attention's `p · v`): a tile of `AXPY_ROWS` rows by two
+//!   vectors of columns; each step broadcasts one element of `x` per row and multiplies it with
+//!   contiguous elements of `b`.
+//!
+//! Vectors are as wide as the target's registers ([`crate::Target`]): 8 lanes on AVX2, 16 with
+//! AVX-512. Each distinct kernel (layout and operand types) is one private function, called from
+//! every place that needs it: BERT's 72 projections share three.
+
+use super::{tensor_ty, Emitter};
+use lmc_core::ir::{Dim, TensorType};
+use std::fmt::Write as _;
+
+/// The broadcast tile: rows of `x` by two vectors of columns of `b` (the 6×16 tile of the
+/// notes, 6×32 with AVX-512).
+const AXPY_ROWS: i64 = 6;
+const AXPY_VECTORS: i64 = 2;
+
+/// The dot-product tile, rows of `x` by rows of `w`, for a vector register file: AVX2's 16
+/// registers hold 4×3 accumulators, 3 vectors of `w` and one of `x`; AVX-512's 32 hold 4×4
+/// accumulators with room to spare.
+fn dot_tile_shape(lanes: i64) -> (i64, i64) {
+    if lanes >= 16 {
+        (4, 4)
+    } else {
+        (4, 3)
+    }
+}
+
+/// How the right operand is stored.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(super) enum RhsLayout {
+    /// `w: [..., N, K]`, used as `transpose(w)`.
+    Transposed,
+    /// `b: [..., K, N]`.
+    RowMajor,
+}
+
+/// A matmul to emit: `out[..., m, n] = Σ_k x[..., m, k] · rhs(..., k, n)`. A batched right
+/// operand has the output's leading axes, except that its axis 1 may be `group` times smaller
+/// (grouped-query attention: head `h` reads key head `h / group`).
+pub(super) struct MatMul {
+    pub layout: RhsLayout,
+    pub x: TensorType,
+    pub rhs: TensorType,
+    pub out: TensorType,
+    pub group: i64,
+}
+
+/// Where a tile is emitted.
+struct TileAt<'a> {
+    /// Index values of the output's batch axes, and of the right operand's (empty when it is
+    /// not batched).
+    batch: &'a [String],
+    rhs_batch: &'a [String],
+    /// First row and first column (index values).
+    row: &'a str,
+    col: &'a str,
+    /// The reduction length (an index value).
+    k: &'a str,
+    /// The result tensor being filled (a loop's iteration argument).
+    acc: &'a str,
+}
+
+/// Text of one kernel function, built apart from the forward function's body.
+struct Kernel {
+    text: String,
+    tmp: usize,
+    lanes: i64,
+}
+
+impl Emitter<'_> {
+    /// Emits `result = x @ rhs` as a call to the tiled kernel for these types (defining it on
+    /// first use).
+    pub(super) fn emit_matmul_call(&mut self, result: &str, x: &str, rhs: &str, mm: &MatMul, loc: &str) {
+        let key = format!(
+            "{:?} {} {} {} {}",
+            mm.layout,
+            tensor_ty(&mm.x),
+            tensor_ty(&mm.rhs),
+            tensor_ty(&mm.out),
+            mm.group
+        );
+        let name = match self.kernels.iter().position(|(k, _)| *k == key) {
+            Some(i) => format!("@lmc_matmul{i}"),
+            None => {
+                let name = format!("@lmc_matmul{}", self.kernels.len());
+                let text = Kernel {
+                    text: String::new(),
+                    tmp: 0,
+                    lanes: self.target.lanes,
+                }
+                .function(&name, mm);
+                self.kernels.push((key, text));
+                name
+            }
+        };
+        let init = self.empty(&mm.out);
+        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        self.line(&format!(
+            "{result} = func.call {name}({x}, {rhs}, {init}) : ({xt}, {rt}, {ot}) -> {ot} {loc}"
+        ));
+    }
+}
+
+impl Kernel {
+    fn fresh(&mut self) -> String {
+        self.tmp += 1;
+        format!("%k{}", self.tmp)
+    }
+
+    fn line(&mut self, text: &str) {
+        let _ = writeln!(self.text, "    {text}");
+    }
+
+    fn index_const(&mut self, n: i64) -> String {
+        let c = self.fresh();
+        self.line(&format!("{c} = arith.constant {n} : index"));
+        c
+    }
+
+    /// A dimension of an argument as an index value.
+    fn dim(&mut self, arg: &str, t: &TensorType, axis: usize) -> String {
+        match t.dims[axis] {
+            Dim::Static(n) => self.index_const(n),
+            Dim::Symbol(_) => {
+                let c = self.index_const(axis as i64);
+                let d = self.fresh();
+                self.line(&format!("{d} = tensor.dim {arg}, {c} : {}", tensor_ty(t)));
+                d
+            }
+        }
+    }
+
+    /// `a - a % b` and `a`, as index values.
+    fn round_down(&mut self, a: &str, b: i64) -> String {
+        let c = self.index_const(b);
+        let rem = self.fresh();
+        self.line(&format!("{rem} = arith.remui {a}, {c} : index"));
+        let full = self.fresh();
+        self.line(&format!("{full} = arith.subi {a}, {rem} : index"));
+        full
+    }
+
+    /// Opens `scf.for iv = from to to step step` carrying one tensor; returns (result, iv, arg).
+    fn open_loop(&mut self, from: &str, to: &str, step: &str, init: &str, ty: &str) -> (String, String, String) {
+        let (res, iv, arg) = (self.fresh(), self.fresh(), self.fresh());
+        self.line(&format!(
+            "{res} = scf.for {iv} = {from} to {to} step {step} iter_args({arg} = {init}) -> ({ty}) {{"
+        ));
+        (res, iv, arg)
+    }
+
+    fn close_loop(&mut self, value: &str, ty: &str) {
+        self.line(&format!("  scf.yield {value} : {ty}"));
+        self.line("}");
+    }
+
+    /// The whole kernel function `name(x, rhs, out) -> out`.
+    fn function(mut self, name: &str, mm: &MatMul) -> String {
+        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let r = mm.out.rank();
+        let c0 = self.index_const(0);
+        let c1 = self.index_const(1);
+        let (n_axis, k_axis) = match mm.layout {
+            RhsLayout::Transposed => (mm.rhs.rank() - 2, mm.rhs.rank() - 1),
+            RhsLayout::RowMajor => (mm.rhs.rank() - 1, mm.rhs.rank() - 2),
+        };
+        let n = self.dim("%rhs", &mm.rhs, n_axis);
+        let k = self.dim("%rhs", &mm.rhs, k_axis);
+        let m = self.dim("%out", &mm.out, r - 2);
+        // One loop per batch axis, innermost last; each carries the result tensor.
+        let mut batch = Vec::new();
+        let mut acc = "%out".to_string();
+        let mut closers = Vec::new();
+        for axis in 0..r - 2 {
+            let bound = self.dim("%out", &mm.out, axis);
+            let (res, iv, arg) = self.open_loop(&c0, &bound, &c1, &acc, &ot);
+            batch.push(iv);
+            acc = arg;
+            closers.push(res);
+        }
+        let rhs_batch: Vec<String> = if mm.rhs.rank() == 2 {
+            Vec::new()
+        } else if mm.group > 1 {
+            let g = self.index_const(mm.group);
+            let head = self.fresh();
+            self.line(&format!("{head} = arith.divui {}, {g} : index", batch[1]));
+            let mut b = batch.clone();
+            b[1] = head;
+            b
+        } else {
+            batch.clone()
+        };
+        // Column tiles outermost: the tile's rows of `w` (or panel of `b`) stay in cache while
+        // every row of `x` passes them. Within, whole tiles of rows, then the rows left over
+        // one at a time. Columns left over: one at a time (dot), or one masked tile (axpy).
+        let lanes = self.lanes;
+        let (rows_per_tile, cols_per_tile) = match mm.layout {
+            RhsLayout::Transposed => dot_tile_shape(lanes),
+            RhsLayout::RowMajor => (AXPY_ROWS, AXPY_VECTORS * lanes),
+        };
+        let full_rows = self.round_down(&m, rows_per_tile);
+        let full_cols = self.round_down(&n, cols_per_tile);
+        let tile_step = self.index_const(cols_per_tile);
+        let row_step = self.index_const(rows_per_tile);
+        let col_groups = match mm.layout {
+            RhsLayout::Transposed => [
+                (c0.clone(), full_cols.clone(), tile_step.clone(), true),
+                (full_cols.clone(), n.clone(), c1.clone(), false),
+            ],
+            RhsLayout::RowMajor => [
+                (c0.clone(), full_cols.clone(), tile_step.clone(), true),
+                (full_cols.clone(), n.clone(), tile_step.clone(), false),
+            ],
+        };
+        let mut filled = acc;
+        for (from, to, step, whole) in col_groups {
+            let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, &ot);
+            let mut inner = arg;
+            for (from, to, step, rows) in [(&c0, &full_rows, &row_step, rows_per_tile), (&full_rows, &m, &c1, 1)] {
+                let (res, row, arg) = self.open_loop(from, to, step, &inner, &ot);
+                let at = TileAt {
+                    batch: &batch,
+                    rhs_batch: &rhs_batch,
+                    row: &row,
+                    col: &col,
+                    k: &k,
+                    acc: &arg,
+                };
+                let next = match mm.layout {
+                    RhsLayout::Transposed => self.dot_tile(mm, &at, rows, if whole { cols_per_tile } else { 1 }),
+                    RhsLayout::RowMajor => self.axpy_tile(mm, &at, rows, whole),
+                };
+                self.close_loop(&next, &ot);
+                inner = res;
+            }
+            self.close_loop(&inner, &ot);
+            filled = res;
+        }
+        for res in closers.iter().rev() {
+            self.close_loop(&filled, &ot);
+            filled = res.clone();
+        }
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "  func.func private {name}(%x: {xt}, %rhs: {rt}, %out: {ot}) -> {ot} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{"
+        );
+        text.push_str(&self.text);
+        let _ = writeln!(text, "    return {filled} : {ot}");
+        let _ = writeln!(text, "  }}");
+        text
+    }
+
+    /// One `rows × cols` tile of `x @ transpose(w)`: a vector of partial sums per element over
+    /// `k` a vector at a time, the last, partial vector masked, then summed across lanes.
+    fn dot_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, cols: i64) -> String {
+        let (xt, wt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
+        let lanes = self.lanes;
+        let vec = format!("vector<{lanes}xf32>");
+        let row_ix = self.offsets(at.row, rows, 1);
+        let col_ix = self.offsets(at.col, cols, 1);
+        let zero = self.fresh();
+        self.line(&format!("{zero} = arith.constant dense<0.0> : {vec}"));
+        let pad = self.fresh();
+        self.line(&format!("{pad} = arith.constant 0.0 : f32"));
+        let count = (rows * cols) as usize;
+        let types = vec![vec.as_str(); count].join(", ");
+        let full = self.round_down(at.k, lanes);
+        let step = self.index_const(lanes);
+        let c0 = self.index_const(0);
+        // Whole vectors, then the partial one (a loop of zero or one step).
+        let mut sums: Vec<String> = vec![zero.clone(); count];
+        for (from, to, in_bounds) in [(c0.as_str(), full.as_str(), true), (full.as_str(), at.k, false)] {
+            let (res, kk) = (self.fresh(), self.fresh());
+            let args: Vec<String> = (0..count).map(|_| self.fresh()).collect();
+            let inits: Vec<String> = args.iter().zip(&sums).map(|(a, s)| format!("{a} = {s}")).collect();
+            self.line(&format!(
+                "{res}:{count} = scf.for {kk} = {from} to {to} step {step} iter_args({}) -> ({types}) {{",
+                inits.join(", ")
+            ));
+            let bounds = if in_bounds { "true" } else { "false" };
+            let xs: Vec<String> = row_ix
+                .iter()
+                .map(|row| {
+                    let v = self.fresh();
+                    let mut idx = at.batch.to_vec();
+                    idx.extend([row.clone(), kk.clone()]);
+                    self.line(&format!(
+                        "  {v} = vector.transfer_read %x[{}], {pad} {{in_bounds = [{bounds}]}} : {xt}, {vec}",
+                        idx.join(", ")
+                    ));
+                    v
+                })
+                .collect();
+            let ws: Vec<String> = col_ix
+                .iter()
+                .map(|col| {
+                    let v = self.fresh();
+                    let mut idx = at.rhs_batch.to_vec();
+                    idx.extend([col.clone(), kk.clone()]);
+                    self.line(&format!(
+                        "  {v} = vector.transfer_read %rhs[{}], {pad} {{in_bounds = [{bounds}]}} : {wt}, {vec}",
+                        idx.join(", ")
+                    ));
+                    v
+                })
+                .collect();
+            let mut next = Vec::with_capacity(count);
+            for (i, xv) in xs.iter().enumerate() {
+                for (j, wv) in ws.iter().enumerate() {
+                    let f = self.fresh();
+                    self.line(&format!("  {f} = vector.fma {xv}, {wv}, {} : {vec}", args[i * cols as usize + j]));
+                    next.push(f);
+                }
+            }
+            self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
+            self.line("}");
+            sums = (0..count).map(|i| format!("{res}#{i}")).collect();
+        }
+        let ot = tensor_ty(&mm.out);
+        let mut acc = at.acc.to_string();
+        for (i, row) in row_ix.iter().enumerate() {
+            for (j, col) in col_ix.iter().enumerate() {
+                let s = self.fresh();
+                self.line(&format!(
+                    "{s} = vector.reduction <add>, {} : {vec} into f32",
+                    sums[i * cols as usize + j]
+                ));
+                let mut idx = at.batch.to_vec();
+                idx.extend([row.clone(), col.clone()]);
+                let next = self.fresh();
+                self.line(&format!("{next} = tensor.insert {s} into {acc}[{}] : {ot}", idx.join(", ")));
+                acc = next;
+            }
+        }
+        acc
+    }
+
+    /// One `rows × (2 vectors)` tile of `x @ b`, accumulated over every `k`; a tile that is not
+    /// `whole` masks the columns past `N`.
+    fn axpy_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
+        let (xt, bt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
+        let lanes = self.lanes;
+        let vec = format!("vector<{lanes}xf32>");
+        let bounds = if whole { "true" } else { "false" };
+        let row_ix = self.offsets(at.row, rows, 1);
+        let col_ix = self.offsets(at.col, AXPY_VECTORS, lanes);
+        let zero = self.fresh();
+        self.line(&format!("{zero} = arith.constant dense<0.0> : {vec}"));
+        let pad = self.fresh();
+        self.line(&format!("{pad} = arith.constant 0.0 : f32"));
+        let vectors = col_ix.len();
+        let count = rows as usize * vectors;
+        let (lo, by) = (self.index_const(0), self.index_const(1));
+        let (res, kk) = (self.fresh(), self.fresh());
+        let args: Vec<String> = (0..count).map(|_| self.fresh()).collect();
+        let inits: Vec<String> = args.iter().map(|a| format!("{a} = {zero}")).collect();
+        let types = vec![vec.as_str(); count].join(", ");
+        self.line(&format!(
+            "{res}:{count} = scf.for {kk} = {lo} to {} step {by} iter_args({}) -> ({types}) {{",
+            at.k,
+            inits.join(", ")
+        ));
+        let bs: Vec<String> = col_ix
+            .iter()
+            .map(|col| {
+                let v = self.fresh();
+                let mut idx = at.rhs_batch.to_vec();
+                idx.extend([kk.clone(), col.clone()]);
+                self.line(&format!(
+                    "  {v} = vector.transfer_read %rhs[{}], {pad} {{in_bounds = [{bounds}]}} : {bt}, {vec}",
+                    idx.join(", ")
+                ));
+                v
+            })
+            .collect();
+        let mut next = Vec::with_capacity(count);
+        for (i, row) in row_ix.iter().enumerate() {
+            let (a, splat) = (self.fresh(), self.fresh());
+            let mut idx = at.batch.to_vec();
+            idx.extend([row.clone(), kk.clone()]);
+            self.line(&format!("  {a} = tensor.extract %x[{}] : {xt}", idx.join(", ")));
+            self.line(&format!("  {splat} = vector.broadcast {a} : f32 to {vec}"));
+            for (j, bv) in bs.iter().enumerate() {
+                let f = self.fresh();
+                self.line(&format!("  {f} = vector.fma {splat}, {bv}, {} : {vec}", args[i * vectors + j]));
+                next.push(f);
+            }
+        }
+        self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
+        self.line("}");
+        let ot = tensor_ty(&mm.out);
+        let mut acc = at.acc.to_string();
+        for (i, row) in row_ix.iter().enumerate() {
+            for (j, col) in col_ix.iter().enumerate() {
+                let mut idx = at.batch.to_vec();
+                idx.extend([row.clone(), col.clone()]);
+                let written = self.fresh();
+                self.line(&format!(
+                    "{written} = vector.transfer_write {res}#{}, {acc}[{}] {{in_bounds = [{bounds}]}} : {vec}, {ot}",
+                    i * vectors + j,
+                    idx.join(", ")
+                ));
+                acc = written;
+            }
+        }
+        acc
+    }
+
+    /// `base + i * stride` for `i < count`, as index values (`base` itself first).
+    fn offsets(&mut self, base: &str, count: i64, stride: i64) -> Vec<String> {
+        let mut out = vec![base.to_string()];
+        for i in 1..count {
+            let c = self.index_const(i * stride);
+            let s = self.fresh();
+            self.line(&format!("{s} = arith.addi {base}, {c} : index"));
+            out.push(s);
+        }
+        out
+    }
+}
