@@ -30,6 +30,8 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
         g,
         target: *target,
         kernels: Vec::new(),
+        outlined: Vec::new(),
+        in_scan_body: false,
         body: String::new(),
         tmp: 0,
         regions: g.enclosing_scans(),
@@ -42,10 +44,167 @@ struct Emitter<'a> {
     target: Target,
     /// Kernel functions defined so far: (what they compute, their text).
     kernels: Vec<(String, String)>,
+    /// Whether the node being emitted is in a scan's body.
+    in_scan_body: bool,
+    /// Outlined node functions defined so far: (what they compute, name, text).
+    outlined: Vec<(String, String, String)>,
     body: String,
     tmp: usize,
     /// The innermost scan each node's body belongs to (`None`: the function body).
     regions: Vec<Option<ValueId>>,
+}
+
+/// A node's code as a function of the values it reads (see `Emitter::emit_outlined`).
+struct Outlined {
+    /// The function's text with locations left out and names made canonical: equal keys
+    /// compute the same thing.
+    key: String,
+    /// The body with canonical names (locations kept).
+    body: String,
+    /// The values read, in order of first use, with their types.
+    args: Vec<(String, String)>,
+    result_ty: String,
+}
+
+impl Outlined {
+    fn define(&self, name: &str) -> String {
+        let mut params: Vec<String> = self.args.iter().enumerate().map(|(i, (_, t))| format!("%in{i}: {t}")).collect();
+        params.push(format!("%dest: {}", self.result_ty));
+        format!(
+            "  func.func private {name}({}) -> {} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{\n{}    return %result : {}\n  }}\n",
+            params.join(", "),
+            self.result_ty,
+            self.body,
+            self.result_ty
+        )
+    }
+}
+
+/// Rewrites the code of node `id` as the body of a function: the node values and symbols it
+/// reads become arguments `%in0, %in1, ...`, its result `%result`, its temporaries `%l0, ...`.
+/// `None` when it reads something that cannot be passed (a temporary of another node, an
+/// integer scalar).
+fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outlined> {
+    let mut args: Vec<(String, String)> = Vec::new();
+    let mut temps: Vec<String> = Vec::new();
+    let mut body = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        body.push_str(&rest[..at]);
+        let name_len = rest[at + 1..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len() - at - 1);
+        let name = &rest[at..at + 1 + name_len];
+        rest = &rest[at + 1 + name_len..];
+        let numbered = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        let canonical = if let Some(n) = numbered("%v") {
+            if n == id.0 as usize {
+                "%result".to_string()
+            } else {
+                let t = g.ty(ValueId(n as u32));
+                let ty = match (t.rank(), t.dtype) {
+                    (0, DType::F32) => "f32".to_string(),
+                    (0, _) => return None,
+                    _ => tensor_ty(t),
+                };
+                param_name(&mut args, name, ty)
+            }
+        } else if numbered("%sym").is_some() {
+            param_name(&mut args, name, "index".to_string())
+        } else if let Some(n) = numbered("%t") {
+            if n <= first_tmp {
+                return None;
+            }
+            let i = temps.iter().position(|t| t == name).unwrap_or_else(|| {
+                temps.push(name.to_string());
+                temps.len() - 1
+            });
+            format!("%l{i}")
+        } else {
+            name.to_string()
+        };
+        body.push_str(&canonical);
+    }
+    body.push_str(rest);
+    let result_ty = tensor_ty(g.ty(id));
+    let body = write_into_destination(&body).unwrap_or_else(|| {
+        let pre = body.replace("%result ", "%pre_result ");
+        format!("{pre}    %result = linalg.copy ins(%pre_result : {result_ty}) outs(%dest : {result_ty}) -> {result_ty}\n")
+    });
+    let arg_types: Vec<&str> = args.iter().map(|(_, t)| t.as_str()).collect();
+    let key = format!("({}) -> {result_ty}\n{}", arg_types.join(", "), strip_locations(&body));
+    Some(Outlined {
+        key,
+        body,
+        args,
+        result_ty,
+    })
+}
+
+/// The result is written into the function's last argument `%dest` (a `tensor.empty` of the
+/// caller): the function returns that argument, bufferization drops the result, and the caller
+/// frees a buffer it allocated itself (a function that returned a buffer of its own would leave
+/// the caller checking ownership at run time, for every buffer). When the op that defines
+/// `%result` writes into a `tensor.empty` used nowhere else, this is the body with that tensor
+/// replaced by `%dest`; otherwise (a reshaped reduction) the caller copies.
+fn write_into_destination(body: &str) -> Option<String> {
+    let def = body.lines().find(|l| l.trim_start().starts_with("%result = "))?;
+    let outs = &def[def.find(" outs(")? + 6..];
+    let init = &outs[..outs.find([' ', ':'])?];
+    let empty_line = body
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{init} = tensor.empty(")))?;
+    let uses = body
+        .match_indices(init)
+        .filter(|(i, _)| !body[i + init.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        .count();
+    if uses != 2 {
+        return None;
+    }
+    let mut out = String::with_capacity(body.len());
+    for line in body.lines() {
+        if line == empty_line {
+            continue;
+        }
+        if line == def {
+            out.push_str(&line.replacen(&format!("outs({init} "), "outs(%dest ", 1));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// The canonical name of an argument read as `name`, adding it on first use.
+fn param_name(args: &mut Vec<(String, String)>, name: &str, ty: String) -> String {
+    let i = args.iter().position(|(a, _)| a == name).unwrap_or_else(|| {
+        args.push((name.to_string(), ty));
+        args.len() - 1
+    });
+    format!("%in{i}")
+}
+
+/// `text` without its ` loc(...)` suffixes.
+fn strip_locations(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" loc(") {
+        out.push_str(&rest[..at]);
+        match rest[at..].find(')') {
+            Some(end) => rest = &rest[at + end + 1..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn elem(d: DType) -> &'static str {
@@ -212,6 +371,9 @@ impl Emitter<'_> {
         out.push_str(&self.body);
         let _ = writeln!(out, "    return");
         let _ = writeln!(out, "  }}");
+        for (_, _, function) in &self.outlined {
+            out.push_str(function);
+        }
         for (_, kernel) in &self.kernels {
             out.push_str(kernel);
         }
@@ -223,9 +385,95 @@ impl Emitter<'_> {
     /// body.
     fn emit_region(&mut self, region: Option<ValueId>, start: usize, end: usize) {
         for i in start..end {
-            if self.regions[i] == region {
-                self.emit_node(ValueId(i as u32));
+            if self.regions[i] != region {
+                continue;
             }
+            let id = ValueId(i as u32);
+            self.in_scan_body = region.is_some();
+            if region.is_none() && self.outlinable(id) {
+                self.emit_outlined(id);
+            } else {
+                self.emit_node(id);
+            }
+        }
+    }
+
+    /// A value passed to a function, by name: a slice is copied first. Functions take
+    /// contiguous buffers (`identity-layout-map`), and bufferization would pass a strided view
+    /// of a slice as if it were one: the callee would read the wrong elements.
+    fn contiguous(&mut self, name: &str) -> String {
+        let Some(n) = name.strip_prefix("%v").and_then(|n| n.parse::<u32>().ok()) else {
+            return name.to_string();
+        };
+        let id = ValueId(n);
+        if !matches!(self.g.node(id).op, Op::Slice { .. }) {
+            return name.to_string();
+        }
+        let ty = self.g.ty(id).clone();
+        let dest = self.empty(&ty);
+        let copy = self.fresh();
+        let t = tensor_ty(&ty);
+        self.line(&format!("{copy} = linalg.copy ins({name} : {t}) outs({dest} : {t}) -> {t}"));
+        copy
+    }
+
+    /// Whether a node of the function body becomes a call to a function of its own: every
+    /// op that is a loop nest. Not views (slices), transposes that a matmul reads through,
+    /// matmuls (already calls), scalars, scans (their bodies use the enclosing function's
+    /// values) or the function's arguments.
+    fn outlinable(&self, id: ValueId) -> bool {
+        let node = self.g.node(id);
+        node.ty.rank() > 0
+            && matches!(
+                node.op,
+                Op::Binary { .. }
+                    | Op::Unary { .. }
+                    | Op::Reduce { .. }
+                    | Op::ToFloat { .. }
+                    | Op::Gather { .. }
+                    | Op::Tabulate { .. }
+                    | Op::SplitHeads { .. }
+                    | Op::MergeHeads { .. }
+                    | Op::Attention { .. }
+                    | Op::Arange(_)
+            )
+    }
+
+    /// Emits a node as a call to a private function that computes it from the values it
+    /// reads. Nodes that compute the same thing from values of the same types (a layer's ops,
+    /// repeated in every layer) share one function: BERT-base's forward function shrinks twelve
+    /// times, and LLVM, whose time grows faster than a function's size, compiles it in a
+    /// fraction of the time.
+    fn emit_outlined(&mut self, id: ValueId) {
+        let first_tmp = self.tmp;
+        let saved = std::mem::take(&mut self.body);
+        self.emit_node(id);
+        let text = std::mem::replace(&mut self.body, saved);
+        match outline(self.g, id, &text, first_tmp) {
+            Some(f) => {
+                let name = match self.outlined.iter().position(|(key, _, _)| *key == f.key) {
+                    Some(i) => format!("@lmc_op{i}"),
+                    None => {
+                        let name = format!("@lmc_op{}", self.outlined.len());
+                        let text = f.define(&name);
+                        self.outlined.push((f.key.clone(), name.clone(), text));
+                        name
+                    }
+                };
+                let mut args: Vec<String> = f.args.iter().map(|(a, _)| self.contiguous(a)).collect();
+                let mut types: Vec<&str> = f.args.iter().map(|(_, t)| t.as_str()).collect();
+                args.push(self.empty(self.g.ty(id)));
+                types.push(&f.result_ty);
+                self.line(&format!(
+                    "{} = func.call {name}({}) : ({}) -> {} {}",
+                    v(id),
+                    args.join(", "),
+                    types.join(", "),
+                    f.result_ty,
+                    self.loc(self.g.node(id).loc)
+                ));
+            }
+            None => self.body.push_str(&text),
         }
     }
 

@@ -1,10 +1,11 @@
 //! MLIR text → lowered MLIR (`llvm` dialect), in-process through melior. The pass pipeline lives
 //! here and only here.
 //!
-//! The pipeline is the correctness baseline of `MLIR-CODEGEN-NOTES.md`: bufferize, free
-//! temporaries, lower linalg to loops, then everything to LLVM. Tiling
-//! and vectorization come with the performance work; this stage's contract (text in, `llvm`
-//! dialect out) does not change with them.
+//! Bufferize (across functions: kernels and outlined ops are private functions that write into
+//! a destination argument), free temporaries, lower the remaining `linalg` to loops and the
+//! matmul kernels' vector ops to LLVM vectors, then everything to LLVM. Tiling and
+//! vectorization happen in the emitter (`emit_mlir::matmul`), not here; this stage's contract
+//! (text in, `llvm` dialect out) does not change with them.
 
 use melior::dialect::DialectRegistry;
 use melior::ir::Module;
@@ -27,9 +28,9 @@ macro_rules! bufferize_passes {
             // Dead tensor ops (a transpose that a matmul reads through) go before they become
             // buffer writes.
             "canonicalize,",
-            // A result computed into a fresh tensor that is then copied into an output buffer is
-            // computed in that buffer instead.
-            "eliminate-empty-tensors,",
+            // No `eliminate-empty-tensors`: it would compute a result straight into its output
+            // buffer (saving one copy), but it also made scan steps allocate their temporaries
+            // inside the loop.
             "one-shot-bufferize{bufferize-function-boundaries=1 function-boundary-type-conversion=identity-layout-map allow-return-allocs-from-loops=1},",
             "canonicalize,cse,canonicalize,",
             // A kernel function writes into its destination argument and returns it; once the

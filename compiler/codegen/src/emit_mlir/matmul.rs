@@ -73,17 +73,43 @@ struct TileAt<'a> {
     acc: &'a str,
 }
 
-/// Text of one kernel function, built apart from the forward function's body.
+/// Text of one kernel, built apart from the forward function's body: a function's body, or
+/// (inside a scan step, where a call per step is not wanted) code inlined in the step.
 struct Kernel {
     text: String,
+    /// Prefix of its temporaries, unique in the function the code lands in.
+    prefix: String,
     tmp: usize,
     lanes: i64,
+    /// The names of the operands and of the destination.
+    x: String,
+    rhs: String,
+    out: String,
 }
 
 impl Emitter<'_> {
     /// Emits `result = x @ rhs` as a call to the tiled kernel for these types (defining it on
     /// first use).
     pub(super) fn emit_matmul_call(&mut self, result: &str, x: &str, rhs: &str, mm: &MatMul, loc: &str) {
+        if self.in_scan_body {
+            // Inside a scan step the loops are inlined: a step calls nothing.
+            let out = self.empty(&mm.out);
+            let prefix = format!("{}_", self.fresh());
+            let mut kernel = Kernel {
+                text: String::new(),
+                prefix,
+                tmp: 0,
+                lanes: self.target.lanes,
+                x: x.to_string(),
+                rhs: rhs.to_string(),
+                out,
+            };
+            let filled = kernel.body(mm);
+            self.body.push_str(&kernel.text);
+            let ot = tensor_ty(&mm.out);
+            self.line(&format!("{result} = tensor.cast {filled} : {ot} to {ot} {loc}"));
+            return;
+        }
         let key = format!(
             "{:?} {} {} {} {}",
             mm.layout,
@@ -98,14 +124,19 @@ impl Emitter<'_> {
                 let name = format!("@lmc_matmul{}", self.kernels.len());
                 let text = Kernel {
                     text: String::new(),
+                    prefix: "%k".into(),
                     tmp: 0,
                     lanes: self.target.lanes,
+                    x: "%x".into(),
+                    rhs: "%rhs".into(),
+                    out: "%out".into(),
                 }
                 .function(&name, mm);
                 self.kernels.push((key, text));
                 name
             }
         };
+        let (x, rhs) = (self.contiguous(x), self.contiguous(rhs));
         let init = self.empty(&mm.out);
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
         self.line(&format!(
@@ -117,7 +148,7 @@ impl Emitter<'_> {
 impl Kernel {
     fn fresh(&mut self) -> String {
         self.tmp += 1;
-        format!("%k{}", self.tmp)
+        format!("{}{}", self.prefix, self.tmp)
     }
 
     fn line(&mut self, text: &str) {
@@ -170,6 +201,21 @@ impl Kernel {
     /// The whole kernel function `name(x, rhs, out) -> out`.
     fn function(mut self, name: &str, mm: &MatMul) -> String {
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let filled = self.body(mm);
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "  func.func private {name}(%x: {xt}, %rhs: {rt}, %out: {ot}) -> {ot} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{"
+        );
+        text.push_str(&self.text);
+        let _ = writeln!(text, "    return {filled} : {ot}");
+        let _ = writeln!(text, "  }}");
+        text
+    }
+
+    /// Emits the loops; returns the name of the filled result.
+    fn body(&mut self, mm: &MatMul) -> String {
+        let ot = tensor_ty(&mm.out);
         let r = mm.out.rank();
         let c0 = self.index_const(0);
         let c1 = self.index_const(1);
@@ -177,15 +223,15 @@ impl Kernel {
             RhsLayout::Transposed => (mm.rhs.rank() - 2, mm.rhs.rank() - 1),
             RhsLayout::RowMajor => (mm.rhs.rank() - 1, mm.rhs.rank() - 2),
         };
-        let n = self.dim("%rhs", &mm.rhs, n_axis);
-        let k = self.dim("%rhs", &mm.rhs, k_axis);
-        let m = self.dim("%out", &mm.out, r - 2);
+        let n = self.dim(&self.rhs.clone(), &mm.rhs, n_axis);
+        let k = self.dim(&self.rhs.clone(), &mm.rhs, k_axis);
+        let m = self.dim(&self.out.clone(), &mm.out, r - 2);
         // One loop per batch axis, innermost last; each carries the result tensor.
         let mut batch = Vec::new();
-        let mut acc = "%out".to_string();
+        let mut acc = self.out.clone();
         let mut closers = Vec::new();
         for axis in 0..r - 2 {
-            let bound = self.dim("%out", &mm.out, axis);
+            let bound = self.dim(&self.out.clone(), &mm.out, axis);
             let (res, iv, arg) = self.open_loop(&c0, &bound, &c1, &acc, &ot);
             batch.push(iv);
             acc = arg;
@@ -253,15 +299,7 @@ impl Kernel {
             self.close_loop(&filled, &ot);
             filled = res.clone();
         }
-        let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "  func.func private {name}(%x: {xt}, %rhs: {rt}, %out: {ot}) -> {ot} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{"
-        );
-        text.push_str(&self.text);
-        let _ = writeln!(text, "    return {filled} : {ot}");
-        let _ = writeln!(text, "  }}");
-        text
+        filled
     }
 
     /// One `rows × cols` tile of `x @ transpose(w)`: a vector of partial sums per element over
@@ -299,7 +337,8 @@ impl Kernel {
                     let mut idx = at.batch.to_vec();
                     idx.extend([row.clone(), kk.clone()]);
                     self.line(&format!(
-                        "  {v} = vector.transfer_read %x[{}], {pad} {{in_bounds = [{bounds}]}} : {xt}, {vec}",
+                        "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {xt}, {vec}",
+                        self.x,
                         idx.join(", ")
                     ));
                     v
@@ -312,7 +351,8 @@ impl Kernel {
                     let mut idx = at.rhs_batch.to_vec();
                     idx.extend([col.clone(), kk.clone()]);
                     self.line(&format!(
-                        "  {v} = vector.transfer_read %rhs[{}], {pad} {{in_bounds = [{bounds}]}} : {wt}, {vec}",
+                        "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {wt}, {vec}",
+                        self.rhs,
                         idx.join(", ")
                     ));
                     v
@@ -381,7 +421,8 @@ impl Kernel {
                 let mut idx = at.rhs_batch.to_vec();
                 idx.extend([kk.clone(), col.clone()]);
                 self.line(&format!(
-                    "  {v} = vector.transfer_read %rhs[{}], {pad} {{in_bounds = [{bounds}]}} : {bt}, {vec}",
+                    "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {bt}, {vec}",
+                    self.rhs,
                     idx.join(", ")
                 ));
                 v
@@ -392,7 +433,7 @@ impl Kernel {
             let (a, splat) = (self.fresh(), self.fresh());
             let mut idx = at.batch.to_vec();
             idx.extend([row.clone(), kk.clone()]);
-            self.line(&format!("  {a} = tensor.extract %x[{}] : {xt}", idx.join(", ")));
+            self.line(&format!("  {a} = tensor.extract {}[{}] : {xt}", self.x, idx.join(", ")));
             self.line(&format!("  {splat} = vector.broadcast {a} : f32 to {vec}"));
             for (j, bv) in bs.iter().enumerate() {
                 let f = self.fresh();
