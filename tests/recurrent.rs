@@ -124,18 +124,25 @@ fn mamba_wrong_shape_is_named() {
     expect_error(code, &err, &["backbone.layers.0.mixer.conv1d.weight", "[42, 4, 1]", "[42, 1, 4]"]);
 }
 
+/// A scratch copy of a fixture's checkpoint whose config.json has `from` replaced by `to`.
+fn edited_config(name: &str, fixture: &str, from: &str, to: &str) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::copy(root().join(fixture).join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let config = std::fs::read_to_string(root().join(fixture).join("config.json")).unwrap();
+    assert!(config.contains(from), "{fixture}/config.json has no `{from}`");
+    std::fs::write(dir.join("config.json"), config.replace(from, to)).unwrap();
+    dir
+}
+
 /// The untied fixture's checkpoint has no convolution bias; its config says it has one.
 #[test]
 fn mamba_config_and_checkpoint_disagree() {
-    let dir = scratch("mamba_conv_bias");
-    std::fs::copy(root().join(MAMBA_UNTIED).join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let config = std::fs::read_to_string(root().join(MAMBA_UNTIED).join("config.json")).unwrap();
-    assert!(config.contains("\"use_conv_bias\": false"));
-    std::fs::write(
-        dir.join("config.json"),
-        config.replace("\"use_conv_bias\": false", "\"use_conv_bias\": true"),
-    )
-    .unwrap();
+    let dir = edited_config(
+        "mamba_conv_bias",
+        MAMBA_UNTIED,
+        "\"use_conv_bias\": false",
+        "\"use_conv_bias\": true",
+    );
     let inputs = root().join(MAMBA_UNTIED).join("inputs.safetensors");
     let (code, err) = run(MAMBA, &dir, &inputs, &dir.join("out.safetensors"));
     expect_error(code, &err, &["backbone.layers.0.mixer.conv1d.bias"]);
@@ -144,15 +151,12 @@ fn mamba_config_and_checkpoint_disagree() {
 /// A config.json whose `time_step_rank` is still "auto" is refused, naming the key.
 #[test]
 fn mamba_unresolved_time_step_rank_is_named() {
-    let dir = scratch("mamba_auto_rank");
-    std::fs::copy(root().join(MAMBA_TINY).join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let config = std::fs::read_to_string(root().join(MAMBA_TINY).join("config.json")).unwrap();
-    assert!(config.contains("\"time_step_rank\": 3"));
-    std::fs::write(
-        dir.join("config.json"),
-        config.replace("\"time_step_rank\": 3", "\"time_step_rank\": \"auto\""),
-    )
-    .unwrap();
+    let dir = edited_config(
+        "mamba_auto_rank",
+        MAMBA_TINY,
+        "\"time_step_rank\": 3",
+        "\"time_step_rank\": \"auto\"",
+    );
     let inputs = root().join(MAMBA_TINY).join("inputs.safetensors");
     let (code, err) = run(MAMBA, &dir, &inputs, &dir.join("out.safetensors"));
     expect_error(code, &err, &["time_step_rank", "\"auto\" is not an integer"]);

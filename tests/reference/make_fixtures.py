@@ -177,45 +177,33 @@ def positions():
 
 def gpt2_tiny():
     """GPT2LMHeadModel at odd sizes: logits for a padded batch."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    out = FIXTURES / "gpt2_tiny"
-    torch.manual_seed(3)
-    config = GPT2Config(vocab_size=101, n_embd=35, n_layer=2, n_head=5, n_positions=24, layer_norm_epsilon=1e-5)
-    model = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name or "ln_f" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(out, safe_serialization=True)
-    g = torch.Generator().manual_seed(4)
-    input_ids = torch.randint(0, config.vocab_size, (2, 6), generator=g)
-    attention_mask = torch.ones(2, 6, dtype=torch.int64)
-    attention_mask[1, 4:] = 0
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
-    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+    gpt2_fixture("gpt2_tiny", seeds=(3, 4), n_embd=35, n_head=5, length=6)
 
 
 def gpt2_even():
     """GPT2LMHeadModel with an even head width (3 heads of 14), so the RoPE variant
     (models/gpt2.model:GPT2RoPE) has a checkpoint to run on: logits for a padded batch."""
+    gpt2_fixture("gpt2_even", seeds=(11, 12), n_embd=42, n_head=3, length=7)
+
+
+def gpt2_fixture(name, seeds, n_embd, n_head, length):
+    """A 2-layer GPT2LMHeadModel with perturbed layer norms, and its logits for a batch of two
+    whose second row is padded from `length - 2` on."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    out = FIXTURES / "gpt2_even"
-    torch.manual_seed(11)
-    config = GPT2Config(vocab_size=101, n_embd=42, n_layer=2, n_head=3, n_positions=24, layer_norm_epsilon=1e-5)
+    out = FIXTURES / name
+    torch.manual_seed(seeds[0])
+    config = GPT2Config(vocab_size=101, n_embd=n_embd, n_layer=2, n_head=n_head, n_positions=24, layer_norm_epsilon=1e-5)
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name or "ln_f" in name:
+        for param_name, p in model.named_parameters():
+            if ".ln_" in param_name or "ln_f" in param_name:
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
-    g = torch.Generator().manual_seed(12)
-    input_ids = torch.randint(0, config.vocab_size, (2, 7), generator=g)
-    attention_mask = torch.ones(2, 7, dtype=torch.int64)
-    attention_mask[1, 5:] = 0
+    g = torch.Generator().manual_seed(seeds[1])
+    input_ids = torch.randint(0, config.vocab_size, (2, length), generator=g)
+    attention_mask = torch.ones(2, length, dtype=torch.int64)
+    attention_mask[1, length - 2 :] = 0
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")

@@ -29,8 +29,7 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     let mut e = Emitter {
         g,
         target: *target,
-        kernels: Vec::new(),
-        outlined: Vec::new(),
+        functions: Functions::default(),
         in_scan_body: false,
         body: String::new(),
         tmp: 0,
@@ -42,16 +41,50 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
 struct Emitter<'a> {
     g: &'a Graph,
     target: Target,
-    /// Kernel functions defined so far: (what they compute, their text).
-    kernels: Vec<(String, String)>,
     /// Whether the node being emitted is in a scan's body.
     in_scan_body: bool,
-    /// Outlined node functions defined so far: (what they compute, name, text).
-    outlined: Vec<(String, String, String)>,
+    /// The private functions defined so far: matmul kernels and outlined ops.
+    functions: Functions,
     body: String,
     tmp: usize,
     /// The innermost scan each node's body belongs to (`None`: the function body).
     regions: Vec<Option<ValueId>>,
+}
+
+/// The module's private functions, each distinct one defined once and named by its kind and
+/// its rank among that kind (`@lmc_op3`, `@lmc_matmul0`).
+#[derive(Default)]
+struct Functions {
+    /// (kind, what it computes, text), in order of definition.
+    defined: Vec<(&'static str, String, String)>,
+}
+
+impl Functions {
+    /// The name of the function of `kind` that computes `key`, defined by `define(name)` on
+    /// first use.
+    fn get_or_define(&mut self, kind: &'static str, key: String, define: impl FnOnce(&str) -> String) -> String {
+        let mut rank = 0;
+        for (k, existing, _) in &self.defined {
+            if *k == kind {
+                if *existing == key {
+                    return format!("@lmc_{kind}{rank}");
+                }
+                rank += 1;
+            }
+        }
+        let name = format!("@lmc_{kind}{rank}");
+        let text = define(&name);
+        self.defined.push((kind, key, text));
+        name
+    }
+
+    /// The text of every function of `kind`.
+    fn texts<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.defined
+            .iter()
+            .filter(move |(k, ..)| *k == kind)
+            .map(|(.., text)| text.as_str())
+    }
 }
 
 /// A node's code as a function of the values it reads (see `Emitter::emit_outlined`).
@@ -371,11 +404,8 @@ impl Emitter<'_> {
         out.push_str(&self.body);
         let _ = writeln!(out, "    return");
         let _ = writeln!(out, "  }}");
-        for (_, _, function) in &self.outlined {
+        for function in self.functions.texts("op").chain(self.functions.texts("matmul")) {
             out.push_str(function);
-        }
-        for (_, kernel) in &self.kernels {
-            out.push_str(kernel);
         }
         let _ = writeln!(out, "}}");
         out
@@ -451,15 +481,7 @@ impl Emitter<'_> {
         let text = std::mem::replace(&mut self.body, saved);
         match outline(self.g, id, &text, first_tmp) {
             Some(f) => {
-                let name = match self.outlined.iter().position(|(key, _, _)| *key == f.key) {
-                    Some(i) => format!("@lmc_op{i}"),
-                    None => {
-                        let name = format!("@lmc_op{}", self.outlined.len());
-                        let text = f.define(&name);
-                        self.outlined.push((f.key.clone(), name.clone(), text));
-                        name
-                    }
-                };
+                let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));
                 let mut args: Vec<String> = f.args.iter().map(|(a, _)| self.contiguous(a)).collect();
                 let mut types: Vec<&str> = f.args.iter().map(|(_, t)| t.as_str()).collect();
                 args.push(self.empty(self.g.ty(id)));

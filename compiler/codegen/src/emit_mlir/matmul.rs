@@ -95,15 +95,7 @@ impl Emitter<'_> {
             // Inside a scan step the loops are inlined: a step calls nothing.
             let out = self.empty(&mm.out);
             let prefix = format!("{}_", self.fresh());
-            let mut kernel = Kernel {
-                text: String::new(),
-                prefix,
-                tmp: 0,
-                lanes: self.target.lanes,
-                x: x.to_string(),
-                rhs: rhs.to_string(),
-                out,
-            };
+            let mut kernel = Kernel::new(&prefix, self.target.lanes, [x, rhs, &out]);
             let filled = kernel.body(mm);
             self.body.push_str(&kernel.text);
             let ot = tensor_ty(&mm.out);
@@ -118,24 +110,10 @@ impl Emitter<'_> {
             tensor_ty(&mm.out),
             mm.group
         );
-        let name = match self.kernels.iter().position(|(k, _)| *k == key) {
-            Some(i) => format!("@lmc_matmul{i}"),
-            None => {
-                let name = format!("@lmc_matmul{}", self.kernels.len());
-                let text = Kernel {
-                    text: String::new(),
-                    prefix: "%k".into(),
-                    tmp: 0,
-                    lanes: self.target.lanes,
-                    x: "%x".into(),
-                    rhs: "%rhs".into(),
-                    out: "%out".into(),
-                }
-                .function(&name, mm);
-                self.kernels.push((key, text));
-                name
-            }
-        };
+        let lanes = self.target.lanes;
+        let name = self.functions.get_or_define("matmul", key, |name| {
+            Kernel::new("%k", lanes, ["%x", "%rhs", "%out"]).function(name, mm)
+        });
         let (x, rhs) = (self.contiguous(x), self.contiguous(rhs));
         let init = self.empty(&mm.out);
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
@@ -146,6 +124,19 @@ impl Emitter<'_> {
 }
 
 impl Kernel {
+    /// A kernel reading `[x, rhs]` and filling `out`, with temporaries `{prefix}1, ...`.
+    fn new(prefix: &str, lanes: i64, [x, rhs, out]: [&str; 3]) -> Kernel {
+        Kernel {
+            text: String::new(),
+            prefix: prefix.to_string(),
+            tmp: 0,
+            lanes,
+            x: x.to_string(),
+            rhs: rhs.to_string(),
+            out: out.to_string(),
+        }
+    }
+
     fn fresh(&mut self) -> String {
         self.tmp += 1;
         format!("{}{}", self.prefix, self.tmp)
@@ -174,7 +165,7 @@ impl Kernel {
         }
     }
 
-    /// `a - a % b` and `a`, as index values.
+    /// `a - a % b` (the part of `a` that whole steps of `b` cover), as an index value.
     fn round_down(&mut self, a: &str, b: i64) -> String {
         let c = self.index_const(b);
         let rem = self.fresh();
@@ -329,34 +320,13 @@ impl Kernel {
                 "{res}:{count} = scf.for {kk} = {from} to {to} step {step} iter_args({}) -> ({types}) {{",
                 inits.join(", ")
             ));
-            let bounds = if in_bounds { "true" } else { "false" };
             let xs: Vec<String> = row_ix
                 .iter()
-                .map(|row| {
-                    let v = self.fresh();
-                    let mut idx = at.batch.to_vec();
-                    idx.extend([row.clone(), kk.clone()]);
-                    self.line(&format!(
-                        "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {xt}, {vec}",
-                        self.x,
-                        idx.join(", ")
-                    ));
-                    v
-                })
+                .map(|row| self.read_vector(&self.x.clone(), &xt, at.batch, [row, &kk], &pad, in_bounds))
                 .collect();
             let ws: Vec<String> = col_ix
                 .iter()
-                .map(|col| {
-                    let v = self.fresh();
-                    let mut idx = at.rhs_batch.to_vec();
-                    idx.extend([col.clone(), kk.clone()]);
-                    self.line(&format!(
-                        "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {wt}, {vec}",
-                        self.rhs,
-                        idx.join(", ")
-                    ));
-                    v
-                })
+                .map(|col| self.read_vector(&self.rhs.clone(), &wt, at.rhs_batch, [col, &kk], &pad, in_bounds))
                 .collect();
             let mut next = Vec::with_capacity(count);
             for (i, xv) in xs.iter().enumerate() {
@@ -416,17 +386,7 @@ impl Kernel {
         ));
         let bs: Vec<String> = col_ix
             .iter()
-            .map(|col| {
-                let v = self.fresh();
-                let mut idx = at.rhs_batch.to_vec();
-                idx.extend([kk.clone(), col.clone()]);
-                self.line(&format!(
-                    "  {v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [{bounds}]}} : {bt}, {vec}",
-                    self.rhs,
-                    idx.join(", ")
-                ));
-                v
-            })
+            .map(|col| self.read_vector(&self.rhs.clone(), &bt, at.rhs_batch, [&kk, col], &pad, whole))
             .collect();
         let mut next = Vec::with_capacity(count);
         for (i, row) in row_ix.iter().enumerate() {
@@ -459,6 +419,20 @@ impl Kernel {
             }
         }
         acc
+    }
+
+    /// `operand[prefix..., at[0], at[1]...]` as one vector register (a load; masked, with `pad`
+    /// past the end, when not `in_bounds`). Returns its name.
+    fn read_vector(&mut self, operand: &str, ty: &str, prefix: &[String], at: [&String; 2], pad: &str, in_bounds: bool) -> String {
+        let v = self.fresh();
+        let mut idx = prefix.to_vec();
+        idx.extend(at.map(String::clone));
+        self.line(&format!(
+            "  {v} = vector.transfer_read {operand}[{}], {pad} {{in_bounds = [{in_bounds}]}} : {ty}, vector<{}xf32>",
+            idx.join(", "),
+            self.lanes
+        ));
+        v
     }
 
     /// `base + i * stride` for `i < count`, as index values (`base` itself first).
