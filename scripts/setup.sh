@@ -6,7 +6,7 @@
 set -euo pipefail
 
 PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev clang-22 lld-22
-          libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc python3-pip)
+          libomp-22-dev libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc python3-pip)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

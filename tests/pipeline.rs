@@ -132,6 +132,90 @@ mod corpus {
         }
     }
 
+    /// erf in f64 from its Maclaurin series (exact to about 1e-11 for |x| <= 4; beyond, erf
+    /// is ±1 in f32).
+    fn erf64(x: f64) -> f64 {
+        if x.abs() > 4.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..120 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    }
+
+    /// `exp` and `erf` are computed by lmc's own arithmetic (vectorizable), not libm: over
+    /// their whole f32 range, including overflow, underflow through subnormals, infinities and
+    /// NaN, they stay within a few ulp (exp) or 3e-7 (erf, and relatively 1e-6 near zero)
+    /// of f64 references; sigmoid and GELU follow.
+    #[test]
+    fn approximations_match_f64_over_the_whole_range() {
+        let p = program("tests/corpus/math.model");
+        let g = lmc_core::check_model(&p, Some("Approximations"), &ConfigOverrides::default())
+            .unwrap()
+            .graph;
+        let mut xs: Vec<f32> = (-22000..=22000).map(|i| i as f32 * 0.005).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            88.72,
+            88.73,
+            -87.3,
+            -103.0,
+            -104.5,
+            -1e4,
+            1e4,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        let dir = scratch("approximations");
+        let weights = dir.join("none.safetensors");
+        lmc_runtime::write_safetensors(&weights, &[]).unwrap();
+        for target in [lmc_codegen::Target::AVX2, lmc_codegen::Target { lanes: 16 }] {
+            let jit = std::sync::Arc::new(lmc_codegen::jit_for(&g, &target).unwrap());
+            let handle = jit.clone();
+            let lookup = move |name: &str| handle.lookup(name);
+            // SAFETY: the symbols come from the module just generated for this ABI; the JIT
+            // that owns the code is the keep-alive.
+            let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
+            let model = module.bind_weights(weights.as_path().into()).unwrap();
+            let input = HostTensor::from_f32("x", vec![xs.len()], xs.clone()).unwrap();
+            let outputs = model.run(&[input]).unwrap();
+            let [e, r, s, gelu] = [0, 1, 2, 3].map(|i| outputs[i].as_f32().unwrap().to_vec());
+            for (i, &x) in xs.iter().enumerate() {
+                let x64 = f64::from(x);
+                let close = |got: f32, want: f64, abs: f64, rel: f64| {
+                    let want32 = want as f32;
+                    (got.is_nan() && want.is_nan()) || got == want32 || (f64::from(got) - want).abs() <= abs + rel * want.abs()
+                };
+                let checks = [
+                    ("exp", e[i], x64.exp(), 1e-44, 4e-7),
+                    ("erf", r[i], erf64(x64), 3e-7, 1e-6),
+                    ("sigmoid", s[i], 1.0 / (1.0 + (-x64).exp()), 1e-7, 1e-6),
+                    (
+                        "gelu",
+                        gelu[i],
+                        x64 * 0.5 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2)),
+                        3e-7,
+                        1e-6,
+                    ),
+                ];
+                for (name, got, want, abs, rel) in checks {
+                    assert!(
+                        close(got, want, abs, rel),
+                        "{name}({x:e}) = {got:e}, want {want:e} ({} lanes)",
+                        target.lanes
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn mlir_snapshots() {
         for g in graphs() {
@@ -271,7 +355,8 @@ fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
 }
 
 /// One loaded model, used from several threads at once, gives bit for bit what sequential runs
-/// give; and sequential runs repeat bit for bit (generated code is deterministic).
+/// give; and sequential runs repeat bit for bit (generated code is deterministic), whatever the
+/// number of threads its kernels use.
 #[test]
 fn concurrent_runs_match_sequential_runs_bit_for_bit() {
     let p = program("models/bert.model");
@@ -300,6 +385,15 @@ fn concurrent_runs_match_sequential_runs_bit_for_bit() {
     let sequential: Vec<Vec<u8>> = inputs.iter().map(|i| bits(model.run(i).unwrap())).collect();
     let again: Vec<Vec<u8>> = inputs.iter().map(|i| bits(model.run(i).unwrap())).collect();
     assert_eq!(sequential, again, "the same inputs gave different outputs");
+    // Kernels split work by rows and column blocks, never inside one element's arithmetic, so
+    // the thread count does not change a bit either.
+    let threads = lmc_codegen::llvm::threads();
+    for n in [1, 3] {
+        lmc_codegen::llvm::set_threads(n);
+        let other: Vec<Vec<u8>> = inputs.iter().map(|i| bits(model.run(i).unwrap())).collect();
+        assert_eq!(sequential, other, "{n} threads gave other outputs than {threads}");
+    }
+    lmc_codegen::llvm::set_threads(threads);
     for _ in 0..3 {
         let concurrent: Vec<Vec<u8>> = std::thread::scope(|s| {
             let workers: Vec<_> = inputs.iter().map(|i| s.spawn(|| bits(model.run(i).unwrap()))).collect();

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""BERT-base (batch 1, fp32, 2 threads) in lmc, PyTorch eager and ONNX Runtime, in one run.
+"""BERT-base (batch 1, fp32, 2 threads) in lmc, PyTorch eager, torch.compile and ONNX Runtime, in one run.
 
 Each runs the same shape on random weights; lmc through `lmc bench --json`, the peers in this
 process. Prints every median and the ratios lmc / peer. Needs the peers' venv
@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (about 35 s of compiling)")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,7 +66,7 @@ def main():
         out = pathlib.Path(tmp) / "lmc.json"
         subprocess.run(
             [args.lmc, "bench", "models/bert.model:BertModel", "--batch", str(args.batch), "--seq", str(args.seq),
-             "--runs", str(args.runs), "--warmup", str(args.warmup), "--json", str(out)],
+             "--threads", "2", "--runs", str(args.runs), "--warmup", str(args.warmup), "--json", str(out)],
             cwd=ROOT, check=True,
         )
         lmc = json.loads(out.read_text())
@@ -73,6 +74,16 @@ def main():
 
         with torch.no_grad():
             results["PyTorch eager"] = median_ms(lambda: model(ids, mask, types), args.runs, args.warmup)
+
+        if not args.no_compile:
+            compiled = torch.compile(model)
+            started = time.perf_counter()
+            with torch.no_grad():
+                compiled(ids, mask, types)
+            compile_s = time.perf_counter() - started
+            with torch.no_grad():
+                results["torch.compile"] = median_ms(lambda: compiled(ids, mask, types), args.runs, args.warmup)
+            print(f"torch.compile: compiled in {compile_s:.1f} s")
 
         import onnxruntime as ort
 

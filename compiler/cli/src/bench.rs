@@ -19,20 +19,34 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn bench(
-    spec: &str,
-    weights: &Weights,
-    config: &ConfigArgs,
-    batch: usize,
-    seq: usize,
-    runs: usize,
-    warmup: usize,
-    json_path: Option<&Path>,
-) -> Result<(), Failure> {
+/// What `lmc bench` runs and how often.
+#[derive(Clone, Copy)]
+pub struct Work {
+    pub batch: usize,
+    pub seq: usize,
+    /// Threads for the kernels; libomp's default (one per core) when `None`.
+    pub threads: Option<usize>,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
+pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, json_path: Option<&Path>) -> Result<(), Failure> {
+    let Work {
+        batch,
+        seq,
+        threads,
+        runs,
+        warmup,
+    } = *work;
     if runs == 0 {
         return Err(Failure::Message("`--runs` must be at least 1".into()));
     }
+    match threads {
+        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
+        Some(n) => lmc_codegen::llvm::set_threads(n),
+        None => {}
+    }
+    let threads = lmc_codegen::llvm::threads();
     let c = compile_variant(spec, weights, config).map_err(Failure::Message)?;
     if let Some(why) = length_limit(&c.graph, seq) {
         return Err(Failure::Message(format!("{spec} {why}")));
@@ -54,7 +68,10 @@ pub fn bench(
     let params = lmc_core::cost::param_counts(&c.graph);
     let (median, p10, p90) = (quantile(&times, 0.5), quantile(&times, 0.1), quantile(&times, 0.9));
     let rss = peak_rss_bytes();
-    println!("{spec}  batch {batch}, seq {seq}");
+    println!(
+        "{spec}  batch {batch}, seq {seq}, {threads} thread{}",
+        if threads == 1 { "" } else { "s" }
+    );
     println!("  parameters   {}", fmt_count(params.total));
     println!("  compile      {}", fmt_ms(c.compile_ms));
     println!(
@@ -76,7 +93,7 @@ pub fn bench(
     }
     if let Some(path) = json_path {
         let report = json!({
-            "model": spec, "batch": batch, "seq": seq, "runs": runs, "warmup": warmup,
+            "model": spec, "batch": batch, "seq": seq, "threads": threads, "runs": runs, "warmup": warmup,
             "median_ms": median, "p10_ms": p10, "p90_ms": p90, "times_ms": times,
             "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / (median / 1e3),
             "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,

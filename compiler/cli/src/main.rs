@@ -112,6 +112,9 @@ enum Command {
         /// A `save_pretrained` directory or safetensors file; seeded random weights without it.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Seeded random weights (the default without --weights; says so explicitly).
+        #[arg(long, conflicts_with = "weights")]
+        random_weights: bool,
         /// The seed of the random weights (when no --weights).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -119,6 +122,9 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Timed runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
@@ -225,16 +231,25 @@ fn run(cli: Cli) -> ExitCode {
         Command::Bench {
             model,
             weights,
+            random_weights: _,
             seed,
             batch,
             seq,
+            threads,
             runs,
             warmup,
             json,
             config,
         } => {
             let weights = commands::Weights::new(weights, seed);
-            bench::bench(&model, &weights, &config, batch, seq, runs, warmup, json.as_deref())
+            let work = bench::Work {
+                batch,
+                seq,
+                threads,
+                runs,
+                warmup,
+            };
+            bench::bench(&model, &weights, &config, &work, json.as_deref())
         }
         Command::Ab {
             variants,

@@ -19,6 +19,7 @@ use lmc_core::ir::{
 };
 use std::fmt::Write as _;
 
+mod approx;
 mod matmul;
 
 /// The name of the generated function that implements `forward`.
@@ -282,6 +283,80 @@ fn v(id: ValueId) -> String {
     format!("%v{}", id.0)
 }
 
+/// The attribute by which [`schedule`] finds the loop nests it spreads over threads.
+const ROW_PARALLEL_ATTR: &str = "lmc.row_parallel";
+
+/// Marks each `linalg.generic` of a top-level op's code to run in parallel over its leading
+/// parallel dimensions (rows), all but the innermost loop, which stays a sequential, vectorizable
+/// loop inside each task: `lmc.row_parallel = [1, 1, 0]` are the tile sizes [`schedule`] tiles
+/// it by. (Scan steps are never marked: they would start threads once per time step.)
+fn mark_row_parallel(text: &str) -> String {
+    const ITERATORS: &str = "iterator_types = [";
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        let marked = line
+            .contains(" = linalg.generic {indexing_maps = ")
+            .then(|| line.find(ITERATORS))
+            .flatten()
+            .and_then(|start| {
+                let list_start = start + ITERATORS.len();
+                let list_end = list_start + line[list_start..].find(']')?;
+                let iterators: Vec<&str> = line[list_start..list_end].split(", ").collect();
+                let leading = iterators.iter().take_while(|i| **i == "\"parallel\"").count();
+                let tiled = leading.min(iterators.len().saturating_sub(1));
+                (tiled > 0).then(|| {
+                    let sizes: Vec<&str> = (0..iterators.len()).map(|i| if i < tiled { "1" } else { "0" }).collect();
+                    format!(
+                        "{}, {ROW_PARALLEL_ATTR} = [{}]{}",
+                        &line[..=list_end],
+                        sizes.join(", "),
+                        &line[list_end + 1..]
+                    )
+                })
+            });
+        out.push_str(marked.as_deref().unwrap_or(line));
+    }
+    out
+}
+
+/// The transform-dialect schedule that tiles every loop nest marked by [`mark_row_parallel`] into
+/// an `scf.forall` of one row per iteration (threads, through OpenMP, once lowered); empty when
+/// nothing is marked. It lives in the module until the pipeline applies and removes it.
+fn schedule(module_text: &str) -> String {
+    let mut tile_sizes: Vec<&str> = Vec::new();
+    let key = format!("{ROW_PARALLEL_ATTR} = [");
+    for (at, _) in module_text.match_indices(&key) {
+        let start = at + key.len() - 1;
+        if let Some(len) = module_text[start..].find(']') {
+            let sizes = &module_text[start..=start + len];
+            if !tile_sizes.contains(&sizes) {
+                tile_sizes.push(sizes);
+            }
+        }
+    }
+    if tile_sizes.is_empty() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "  transform.named_sequence @__transform_main(%root: !transform.any_op {{transform.readonly}}) {{"
+    );
+    for (i, sizes) in tile_sizes.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "    %ops{i} = transform.structured.match attributes {{{ROW_PARALLEL_ATTR} = {sizes}}} in %root : (!transform.any_op) -> !transform.any_op"
+        );
+        let _ = writeln!(
+            text,
+            "    %tiled{i}:2 = transform.structured.tile_using_forall %ops{i} tile_sizes {sizes} : (!transform.any_op) -> (!transform.any_op, !transform.any_op)"
+        );
+    }
+    let _ = writeln!(text, "    transform.yield");
+    let _ = writeln!(text, "  }}");
+    text
+}
+
 /// `(d0, d1, d2)`
 fn dims_list(rank: usize) -> String {
     let ds: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
@@ -407,6 +482,11 @@ impl Emitter<'_> {
         for function in self.functions.texts("op").chain(self.functions.texts("matmul")) {
             out.push_str(function);
         }
+        let schedule = schedule(&out);
+        if !schedule.is_empty() {
+            out = out.replacen("module {", "module attributes {transform.with_named_sequence} {", 1);
+            out.push_str(&schedule);
+        }
         let _ = writeln!(out, "}}");
         out
     }
@@ -478,7 +558,7 @@ impl Emitter<'_> {
         let first_tmp = self.tmp;
         let saved = std::mem::take(&mut self.body);
         self.emit_node(id);
-        let text = std::mem::replace(&mut self.body, saved);
+        let text = mark_row_parallel(&std::mem::replace(&mut self.body, saved));
         match outline(self.g, id, &text, first_tmp) {
             Some(f) => {
                 let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));
@@ -1191,7 +1271,9 @@ impl Emitter<'_> {
         self.line("  %empty = arith.cmpf oeq, %m, %neginf : f32");
         self.line("  %safe = arith.select %empty, %zero, %m : f32");
         self.line("  %d = arith.subf %s, %safe : f32");
-        self.line("  %r = math.exp %d : f32");
+        for l in approx::exp("%d", "%r", "%e") {
+            self.line(&format!("  {l}"));
+        }
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {st} {loc}"));
         // 5. row sums
@@ -1403,50 +1485,63 @@ impl Emitter<'_> {
 }
 
 /// The body of an elementwise unary op on `x`, defining `res`; temporaries are named `{tmp}N`.
+/// `exp` and `erf`, alone or inside another op, are the written-out arithmetic of
+/// [`approx`] (vectorizable), not libm calls.
 fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
     let simple = |name: &str| vec![format!("{res} = {name} {x} : f32")];
     match op {
         UnaryOp::Neg => simple("arith.negf"),
         UnaryOp::Sqrt => simple("math.sqrt"),
         UnaryOp::Rsqrt => simple("math.rsqrt"),
-        UnaryOp::Exp => simple("math.exp"),
+        UnaryOp::Exp => approx::exp(x, res, tmp),
         UnaryOp::Log => simple("math.log"),
         UnaryOp::Abs => simple("math.absf"),
         UnaryOp::Tanh => simple("math.tanh"),
-        UnaryOp::Erf => simple("math.erf"),
+        UnaryOp::Erf => approx::erf(x, res, tmp),
         UnaryOp::Sin => simple("math.sin"),
         UnaryOp::Cos => simple("math.cos"),
         // 1 / (1 + exp(-x))
-        UnaryOp::Sigmoid => vec![
-            format!("{tmp}0 = arith.negf {x} : f32"),
-            format!("{tmp}1 = math.exp {tmp}0 : f32"),
-            format!("{tmp}2 = arith.constant 1.0 : f32"),
-            format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
-            format!("{res} = arith.divf {tmp}2, {tmp}3 : f32"),
-        ],
+        UnaryOp::Sigmoid => {
+            let mut lines = vec![format!("{tmp}0 = arith.negf {x} : f32")];
+            lines.extend(approx::exp(&format!("{tmp}0"), &format!("{tmp}1"), &format!("{tmp}e")));
+            lines.extend([
+                format!("{tmp}2 = arith.constant 1.0 : f32"),
+                format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
+                format!("{res} = arith.divf {tmp}2, {tmp}3 : f32"),
+            ]);
+            lines
+        }
         UnaryOp::Relu => vec![
             format!("{tmp}0 = arith.constant 0.0 : f32"),
             format!("{res} = arith.maximumf {x}, {tmp}0 : f32"),
         ],
         // x / (1 + exp(-x))
-        UnaryOp::Silu => vec![
-            format!("{tmp}0 = arith.negf {x} : f32"),
-            format!("{tmp}1 = math.exp {tmp}0 : f32"),
-            format!("{tmp}2 = arith.constant 1.0 : f32"),
-            format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
-            format!("{res} = arith.divf {x}, {tmp}3 : f32"),
-        ],
+        UnaryOp::Silu => {
+            let mut lines = vec![format!("{tmp}0 = arith.negf {x} : f32")];
+            lines.extend(approx::exp(&format!("{tmp}0"), &format!("{tmp}1"), &format!("{tmp}e")));
+            lines.extend([
+                format!("{tmp}2 = arith.constant 1.0 : f32"),
+                format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
+                format!("{res} = arith.divf {x}, {tmp}3 : f32"),
+            ]);
+            lines
+        }
         // x * 0.5 * (1 + erf(x / sqrt(2)))
-        UnaryOp::Gelu => vec![
-            format!("{tmp}0 = arith.constant 0.70710678118654752 : f32"),
-            format!("{tmp}1 = arith.mulf {x}, {tmp}0 : f32"),
-            format!("{tmp}2 = math.erf {tmp}1 : f32"),
-            format!("{tmp}3 = arith.constant 1.0 : f32"),
-            format!("{tmp}4 = arith.addf {tmp}2, {tmp}3 : f32"),
-            format!("{tmp}5 = arith.mulf {x}, {tmp}4 : f32"),
-            format!("{tmp}6 = arith.constant 0.5 : f32"),
-            format!("{res} = arith.mulf {tmp}5, {tmp}6 : f32"),
-        ],
+        UnaryOp::Gelu => {
+            let mut lines = vec![
+                format!("{tmp}0 = arith.constant 0.70710678118654752 : f32"),
+                format!("{tmp}1 = arith.mulf {x}, {tmp}0 : f32"),
+            ];
+            lines.extend(approx::erf(&format!("{tmp}1"), &format!("{tmp}2"), &format!("{tmp}e")));
+            lines.extend([
+                format!("{tmp}3 = arith.constant 1.0 : f32"),
+                format!("{tmp}4 = arith.addf {tmp}2, {tmp}3 : f32"),
+                format!("{tmp}5 = arith.mulf {x}, {tmp}4 : f32"),
+                format!("{tmp}6 = arith.constant 0.5 : f32"),
+                format!("{res} = arith.mulf {tmp}5, {tmp}6 : f32"),
+            ]);
+            lines
+        }
     }
 }
 

@@ -142,13 +142,22 @@ pub fn jit(g: &Graph) -> Result<JitModule, CodegenError> {
 
 /// Compiles a graph to machine code in memory with kernels shaped for `target` (which must not
 /// need more than the host has: narrower vectors always run). Tests use it to run both shapes
-/// on one machine.
+/// on one machine. With `LMC_PERF_MAP` set, every function stays a symbol of its own and
+/// `/tmp/perf-PID.map` names them for `perf report` (a profiling aid).
 pub fn jit_for(g: &Graph, target: &Target) -> Result<JitModule, CodegenError> {
     let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
         let module = build_llvm_module(context, g, target)?;
+        let perf_map = std::env::var_os("LMC_PERF_MAP").is_some();
+        if perf_map {
+            llvm::keep_functions_visible(&module);
+        }
         let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
         llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
-        llvm::jit_engine(&module).map_err(CodegenError::Llvm)
+        let engine = llvm::jit_engine(&module).map_err(CodegenError::Llvm)?;
+        if perf_map {
+            llvm::write_perf_map(&module, &engine);
+        }
+        Ok(engine)
     })?;
     Ok(JitModule { cell })
 }

@@ -13,7 +13,8 @@ fn linkers() -> Vec<String> {
     v
 }
 
-/// Links `object` into the shared library `output`. The generated code needs only libc and libm.
+/// Links `object` into the shared library `output`. The generated code needs libc, libm and
+/// libomp (parallel kernels), found where it was when lmc was built.
 pub fn link_shared_library(object: &Path, output: &Path) -> Result<(), String> {
     let soname = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut tried = Vec::new();
@@ -25,6 +26,9 @@ pub fn link_shared_library(object: &Path, output: &Path) -> Result<(), String> {
             .arg(object)
             .arg(format!("-Wl,-soname,{soname}"))
             .arg("-lm")
+            .arg(format!("-L{}", env!("LMC_LIBOMP_DIR")))
+            .arg(format!("-Wl,-rpath,{}", env!("LMC_LIBOMP_DIR")))
+            .arg("-lomp")
             .output();
         match result {
             Ok(out) if out.status.success() => return Ok(()),

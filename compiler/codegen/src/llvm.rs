@@ -28,6 +28,27 @@ extern "C" {
     fn LLVMLoadLibraryPermanently(filename: *const c_char) -> i32;
 }
 
+// libomp's (linked by build.rs), which runs the parallel kernels' worksharing loops.
+extern "C" {
+    fn omp_get_max_threads() -> i32;
+    fn omp_set_num_threads(n: i32);
+}
+
+/// How many threads the calling thread's parallel kernels use: `OMP_NUM_THREADS`, or one per
+/// core, unless [`set_threads`] said otherwise.
+pub fn threads() -> usize {
+    // SAFETY: reads libomp's per-thread setting; no memory of ours is involved.
+    unsafe { omp_get_max_threads() }.max(1) as usize
+}
+
+/// Sets how many threads the parallel kernels started from the calling thread use. Results do
+/// not depend on it: each element is computed the same way whichever thread computes it.
+pub fn set_threads(n: usize) {
+    let n = i32::try_from(n.max(1)).unwrap_or(i32::MAX);
+    // SAFETY: sets libomp's per-thread setting; any positive count is valid.
+    unsafe { omp_set_num_threads(n) }
+}
+
 /// Translates a module in the `llvm` dialect into an LLVM module owned by `context`.
 pub fn translate<'ctx>(context: &'ctx Context, module: &melior::ir::Module) -> Result<Module<'ctx>, MlirError> {
     // SAFETY: the operation is a live, verified `builtin.module` in the llvm dialect, and the
@@ -162,22 +183,84 @@ pub fn write_object(module: &Module, machine: &TargetMachine, path: &Path) -> Re
     machine.write_to_file(module, FileType::Object, path).map_err(|e| e.to_string())
 }
 
-/// Makes the host process's symbols visible to JIT'd code; idempotent.
+/// Makes the host process's symbols, and libomp's, visible to JIT'd code; idempotent. libomp
+/// is loaded by path: a program that links lmc but never calls OpenMP itself (a test binary)
+/// has no libomp loaded otherwise.
 pub fn expose_process_symbols() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    const LIBOMP: &str = concat!(env!("LMC_LIBOMP_DIR"), "/libomp.so\0");
     // SAFETY: a null file name asks LLVM to add the running process to its symbol search path;
-    // it reads no memory of ours.
+    // the other is a NUL-terminated path. Neither reads memory of ours.
     ONCE.call_once(|| unsafe {
         LLVMLoadLibraryPermanently(std::ptr::null());
+        LLVMLoadLibraryPermanently(LIBOMP.as_ptr().cast());
     });
 }
 
-/// Creates an MCJIT engine that owns `module`.
+/// Creates an MCJIT engine that owns `module`. Every function the module calls but does not
+/// define must be found in the process first: MCJIT would otherwise link a call to address 0.
 pub fn jit_engine<'ctx>(module: &Module<'ctx>) -> Result<ExecutionEngine<'ctx>, String> {
     expose_process_symbols();
+    for f in module.get_functions() {
+        if f.count_basic_blocks() > 0 || f.get_intrinsic_id() != 0 {
+            continue;
+        }
+        let name = f.get_name();
+        // SAFETY: a NUL-terminated symbol name; the lookup only reads it.
+        let address = unsafe { inkwell::llvm_sys::support::LLVMSearchForAddressOfSymbol(name.as_ptr()) };
+        if address.is_null() {
+            return Err(format!(
+                "the generated code calls `{}`, which this process does not have (is libomp installed? see scripts/setup.sh)",
+                name.to_string_lossy()
+            ));
+        }
+    }
     module
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(|e| e.to_string())
+}
+
+/// Makes every defined function external, so that LLVM neither inlines nor drops it and the
+/// JIT can say where it is ([`write_perf_map`]).
+pub fn keep_functions_visible(module: &Module) {
+    for f in module.get_functions() {
+        if f.count_basic_blocks() > 0 {
+            f.set_linkage(Linkage::External);
+            f.remove_enum_attribute(
+                AttributeLoc::Function,
+                inkwell::attributes::Attribute::get_named_enum_kind_id("alwaysinline"),
+            );
+            f.add_attribute(
+                AttributeLoc::Function,
+                module
+                    .get_context()
+                    .create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("noinline"), 0),
+            );
+        }
+    }
+}
+
+/// Writes `/tmp/perf-PID.map`, which `perf report` reads to name JIT'd code: each function's
+/// address, its size (up to the next function, a good enough bound for sampling) and name.
+pub fn write_perf_map(module: &Module, engine: &ExecutionEngine) {
+    let mut found: Vec<(usize, String)> = module
+        .get_functions()
+        .filter(|f| f.count_basic_blocks() > 0)
+        .filter_map(|f| {
+            let name = f.get_name().to_string_lossy().into_owned();
+            engine.get_function_address(&name).ok().map(|a| (a, name))
+        })
+        .collect();
+    found.sort();
+    let mut text = String::new();
+    for (i, (address, name)) in found.iter().enumerate() {
+        let size = found.get(i + 1).map_or(4096, |(next, _)| next - address);
+        text.push_str(&format!("{address:x} {size:x} {name}\n"));
+    }
+    let path = format!("/tmp/perf-{}.map", std::process::id());
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("lmc: cannot write {path}: {e}");
+    }
 }
 
 /// The address of a JIT'd function.

@@ -8,10 +8,12 @@
 //! (text in, `llvm` dialect out) does not change with them.
 
 use melior::dialect::DialectRegistry;
+use melior::ir::operation::OperationLike;
+use melior::ir::BlockLike;
 use melior::ir::Module;
 use melior::pass::PassManager;
 use melior::utility::{parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes};
-use melior::Context;
+use melior::{Context, StringRef};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Once;
@@ -55,7 +57,16 @@ pub const PIPELINE: &str = concat!(
     "builtin.module(",
     bufferize_passes!(),
     ",",
+    // The matmul kernels' parallel loops (`scf.forall`) become OpenMP worksharing loops:
+    // `__kmpc_*` calls into libomp, which the JIT's process and every linked library load.
+    "scf-forall-to-parallel,",
     "func.func(convert-linalg-to-loops),",
+    "convert-scf-to-openmp,",
+    // The OpenMP conversion wraps each loop body in a `memref.alloca_scope`, which
+    // `convert-scf-to-cf` would make multi-block, an error when it is lowered (notes, P6). Ours
+    // allocate nothing, so canonicalize inlines them. (Running `finalize-memref-to-llvm` first,
+    // the notes' fix, made the whole model 40% slower.)
+    "canonicalize,",
     // The matmul kernels' 1-D transfers become plain or masked vector loads and stores.
     "convert-vector-to-scf,",
     "convert-scf-to-cf,",
@@ -64,11 +75,15 @@ pub const PIPELINE: &str = concat!(
     "finalize-memref-to-llvm,",
     // Lane sums of the dot-product kernels as a shuffle tree, not a serial chain (P10).
     "convert-vector-to-llvm{reassociate-fp-reductions=1},",
+    // Again: a masked store into a block of dynamic size reads the block's size (`memref.dim`),
+    // which the vector lowering above creates.
+    "finalize-memref-to-llvm,",
     "convert-math-to-llvm,",
     "convert-math-to-libm,",
     "arith-expand,",
     "convert-arith-to-llvm,",
     "convert-cf-to-llvm,",
+    "convert-openmp-to-llvm,",
     "convert-func-to-llvm,",
     "convert-index-to-llvm,",
     "reconcile-unrealized-casts",
@@ -130,14 +145,47 @@ pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, MlirErr
     with_diagnostics(context, "parsing the generated MLIR", || Module::parse(context, text))
 }
 
-/// Runs [`PIPELINE`] on a module, leaving it in the `llvm` dialect.
+/// Applies the module's schedule, then runs [`PIPELINE`], leaving it in the `llvm` dialect.
 pub fn lower(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+    apply_schedule(context, module)?;
     run(context, module, PIPELINE, "lowering MLIR to the llvm dialect")
 }
 
-/// Runs [`BUFFERIZE`] on a module, leaving it on buffers and linalg ops.
+/// Applies the module's schedule, then runs [`BUFFERIZE`], leaving it on buffers and linalg ops.
 pub fn bufferize(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+    apply_schedule(context, module)?;
     run(context, module, BUFFERIZE, "bufferizing MLIR")
+}
+
+/// The name of the emitted schedule (a transform-dialect sequence; see `emit_mlir::schedule`).
+const SCHEDULE_OP: &str = "transform.named_sequence";
+const SCHEDULE_MODULE_ATTR: &str = "transform.with_named_sequence";
+
+/// Runs the module's transform-dialect schedule, if it has one (it tiles the marked loop nests
+/// into parallel loops), then removes the schedule, which the rest of the pipeline cannot lower.
+fn apply_schedule(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+    let body = module.body();
+    let mut op = body.first_operation();
+    let mut schedule = None;
+    while let Some(o) = op {
+        if o.name().as_string_ref().as_str() == Ok(SCHEDULE_OP) {
+            schedule = Some(o.to_raw());
+        }
+        op = o.next_in_block();
+    }
+    let Some(schedule) = schedule else {
+        return Ok(());
+    };
+    run(context, module, "builtin.module(transform-interpreter)", "applying the schedule")?;
+    // SAFETY: `schedule` is an operation of the module's body, alive (the interpreter only reads
+    // it) and referenced by nothing else; removed from its block first, it is ours to destroy.
+    // The module's attribute is removed by name from the live module operation.
+    unsafe {
+        mlir_sys::mlirOperationRemoveFromParent(schedule);
+        mlir_sys::mlirOperationDestroy(schedule);
+        mlir_sys::mlirOperationRemoveAttributeByName(module.as_operation().to_raw(), StringRef::new(SCHEDULE_MODULE_ATTR).to_raw());
+    }
+    Ok(())
 }
 
 fn run(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {

@@ -27,6 +27,13 @@ use std::fmt::Write as _;
 const AXPY_ROWS: i64 = 6;
 const AXPY_VECTORS: i64 = 2;
 
+/// About how many blocks of columns a parallel kernel splits each batch index's result into
+/// (the tasks shared out among threads).
+const COLUMN_BLOCKS: i64 = 16;
+
+/// The type of the block of the result one task fills: `[M, columns]`.
+const SLICE_TY: &str = "tensor<?x?xf32>";
+
 /// The dot-product tile, rows of `x` by rows of `w`, for a vector register file: AVX2's 16
 /// registers hold 4×3 accumulators, 3 vectors of `w` and one of `x`; AVX-512's 32 hold 4×4
 /// accumulators with room to spare.
@@ -64,12 +71,14 @@ struct TileAt<'a> {
     /// not batched).
     batch: &'a [String],
     rhs_batch: &'a [String],
-    /// First row and first column (index values).
+    /// First row and first column of the tile in the result block (index values), and the
+    /// tile's first column of the whole result (the right operand's row or column).
     row: &'a str,
     col: &'a str,
+    rhs_col: &'a str,
     /// The reduction length (an index value).
     k: &'a str,
-    /// The result tensor being filled (a loop's iteration argument).
+    /// The result block being filled (a loop's iteration argument), of type [`SLICE_TY`].
     acc: &'a str,
 }
 
@@ -96,7 +105,7 @@ impl Emitter<'_> {
             let out = self.empty(&mm.out);
             let prefix = format!("{}_", self.fresh());
             let mut kernel = Kernel::new(&prefix, self.target.lanes, [x, rhs, &out]);
-            let filled = kernel.body(mm);
+            let filled = kernel.body(mm, false);
             self.body.push_str(&kernel.text);
             let ot = tensor_ty(&mm.out);
             self.line(&format!("{result} = tensor.cast {filled} : {ot} to {ot} {loc}"));
@@ -192,7 +201,7 @@ impl Kernel {
     /// The whole kernel function `name(x, rhs, out) -> out`.
     fn function(mut self, name: &str, mm: &MatMul) -> String {
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
-        let filled = self.body(mm);
+        let filled = self.body(mm, true);
         let mut text = String::new();
         let _ = writeln!(
             text,
@@ -204,8 +213,12 @@ impl Kernel {
         text
     }
 
-    /// Emits the loops; returns the name of the filled result.
-    fn body(&mut self, mm: &MatMul) -> String {
+    /// Emits the loops; returns the name of the filled result. A `parallel` kernel is one
+    /// `scf.forall` over the batch axes and blocks of result columns (threads, through
+    /// OpenMP); otherwise (inlined in a scan step) nested `scf.for` loops over the batch axes.
+    /// Either way each block of columns is filled by [`Kernel::columns`], so the arithmetic of
+    /// every element, and its result, does not depend on the number of threads.
+    fn body(&mut self, mm: &MatMul, parallel: bool) -> String {
         let ot = tensor_ty(&mm.out);
         let r = mm.out.rank();
         let c0 = self.index_const(0);
@@ -217,80 +230,168 @@ impl Kernel {
         let n = self.dim(&self.rhs.clone(), &mm.rhs, n_axis);
         let k = self.dim(&self.rhs.clone(), &mm.rhs, k_axis);
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
+        let bounds: Vec<String> = (0..r - 2).map(|axis| self.dim(&self.out.clone(), &mm.out, axis)).collect();
+        let cols_per_tile = self.tile_shape(mm.layout).1;
+        if parallel {
+            // Blocks of whole tiles of columns, about COLUMN_BLOCKS of them: enough for every
+            // thread to get several, and each block of `w` small enough to stay in cache while
+            // all rows of `x` pass it.
+            let per_block = self.ceil_div(&n, COLUMN_BLOCKS);
+            let tiles = self.ceil_div(&per_block, cols_per_tile);
+            let tile_cols = self.index_const(cols_per_tile);
+            let width = self.fresh();
+            self.line(&format!("{width} = arith.muli {tiles}, {tile_cols} : index"));
+            let block = self.fresh();
+            self.line(&format!("{block} = arith.maxui {width}, {tile_cols} : index"));
+            let blocks = self.ceil_div_by(&n, &block);
+            let (res, out) = (self.fresh(), self.fresh());
+            let batch: Vec<String> = bounds.iter().map(|_| self.fresh()).collect();
+            let b = self.fresh();
+            let mut ivs = batch.clone();
+            ivs.push(b.clone());
+            let mut upper = bounds.clone();
+            upper.push(blocks);
+            self.line(&format!(
+                "{res} = scf.forall ({}) in ({}) shared_outs({out} = {}) -> ({ot}) {{",
+                ivs.join(", "),
+                upper.join(", "),
+                self.out
+            ));
+            let lo = self.fresh();
+            self.line(&format!("{lo} = arith.muli {b}, {block} : index"));
+            let left = self.fresh();
+            self.line(&format!("{left} = arith.subi {n}, {lo} : index"));
+            let size = self.fresh();
+            self.line(&format!("{size} = arith.minui {left}, {block} : index"));
+            let (slice, at) = self.slice_of(&out, &ot, r, &batch, &m, &lo, &size);
+            let filled = self.columns(mm, &batch, &slice, &lo, &size, &m, &k);
+            self.line("scf.forall.in_parallel {");
+            self.line(&format!(
+                "  tensor.parallel_insert_slice {filled} into {out}{at} : {SLICE_TY} into {ot}"
+            ));
+            self.line("}");
+            self.line("}");
+            return res;
+        }
         // One loop per batch axis, innermost last; each carries the result tensor.
         let mut batch = Vec::new();
         let mut acc = self.out.clone();
         let mut closers = Vec::new();
-        for axis in 0..r - 2 {
-            let bound = self.dim(&self.out.clone(), &mm.out, axis);
-            let (res, iv, arg) = self.open_loop(&c0, &bound, &c1, &acc, &ot);
+        for bound in &bounds {
+            let (res, iv, arg) = self.open_loop(&c0, bound, &c1, &acc, &ot);
             batch.push(iv);
             acc = arg;
             closers.push(res);
         }
+        let (slice, at) = self.slice_of(&acc, &ot, r, &batch, &m, &c0, &n);
+        let filled = self.columns(mm, &batch, &slice, &c0, &n, &m, &k);
+        let mut result = self.fresh();
+        self.line(&format!(
+            "{result} = tensor.insert_slice {filled} into {acc}{at} : {SLICE_TY} into {ot}"
+        ));
+        for res in closers.iter().rev() {
+            self.close_loop(&result, &ot);
+            result = res.clone();
+        }
+        result
+    }
+
+    /// The `[M, size]` block of `tensor` at batch index `batch` and first column `lo`: its
+    /// name, and the offsets, sizes and strides that address it (for the insert back).
+    #[allow(clippy::too_many_arguments)]
+    fn slice_of(&mut self, tensor: &str, ty: &str, rank: usize, batch: &[String], m: &str, lo: &str, size: &str) -> (String, String) {
+        let mut offsets = batch.to_vec();
+        offsets.extend(["0".to_string(), lo.to_string()]);
+        let mut sizes = vec!["1".to_string(); rank - 2];
+        sizes.extend([m.to_string(), size.to_string()]);
+        let at = format!("[{}] [{}] [{}]", offsets.join(", "), sizes.join(", "), vec!["1"; rank].join(", "));
+        let slice = self.fresh();
+        self.line(&format!("{slice} = tensor.extract_slice {tensor}{at} : {ty} to {SLICE_TY}"));
+        (slice, at)
+    }
+
+    /// Fills the `[M, size]` block `slice` of the result (its columns `lo..lo + size`) for one
+    /// batch index: column tiles outermost, so the tile's rows of `w` (or panel of `b`) stay in
+    /// cache while every row of `x` passes them. Within, whole tiles of rows, then the rows
+    /// left over one at a time. Columns left over: one at a time (dot), or one masked tile
+    /// (axpy).
+    #[allow(clippy::too_many_arguments)]
+    fn columns(&mut self, mm: &MatMul, batch: &[String], slice: &str, lo: &str, size: &str, m: &str, k: &str) -> String {
+        let (c0, c1) = (self.index_const(0), self.index_const(1));
         let rhs_batch: Vec<String> = if mm.rhs.rank() == 2 {
             Vec::new()
         } else if mm.group > 1 {
             let g = self.index_const(mm.group);
             let head = self.fresh();
             self.line(&format!("{head} = arith.divui {}, {g} : index", batch[1]));
-            let mut b = batch.clone();
+            let mut b = batch.to_vec();
             b[1] = head;
             b
         } else {
-            batch.clone()
+            batch.to_vec()
         };
-        // Column tiles outermost: the tile's rows of `w` (or panel of `b`) stay in cache while
-        // every row of `x` passes them. Within, whole tiles of rows, then the rows left over
-        // one at a time. Columns left over: one at a time (dot), or one masked tile (axpy).
-        let lanes = self.lanes;
-        let (rows_per_tile, cols_per_tile) = match mm.layout {
-            RhsLayout::Transposed => dot_tile_shape(lanes),
-            RhsLayout::RowMajor => (AXPY_ROWS, AXPY_VECTORS * lanes),
-        };
-        let full_rows = self.round_down(&m, rows_per_tile);
-        let full_cols = self.round_down(&n, cols_per_tile);
+        let (rows_per_tile, cols_per_tile) = self.tile_shape(mm.layout);
+        let full_rows = self.round_down(m, rows_per_tile);
+        let full_cols = self.round_down(size, cols_per_tile);
         let tile_step = self.index_const(cols_per_tile);
         let row_step = self.index_const(rows_per_tile);
-        let col_groups = match mm.layout {
-            RhsLayout::Transposed => [
-                (c0.clone(), full_cols.clone(), tile_step.clone(), true),
-                (full_cols.clone(), n.clone(), c1.clone(), false),
-            ],
-            RhsLayout::RowMajor => [
-                (c0.clone(), full_cols.clone(), tile_step.clone(), true),
-                (full_cols.clone(), n.clone(), tile_step.clone(), false),
-            ],
+        let leftover_step = match mm.layout {
+            RhsLayout::Transposed => c1.clone(),
+            RhsLayout::RowMajor => tile_step.clone(),
         };
-        let mut filled = acc;
+        let col_groups = [
+            (c0.clone(), full_cols.clone(), tile_step, true),
+            (full_cols, size.to_string(), leftover_step, false),
+        ];
+        let mut filled = slice.to_string();
         for (from, to, step, whole) in col_groups {
-            let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, &ot);
+            let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, SLICE_TY);
+            let rhs_col = self.fresh();
+            self.line(&format!("  {rhs_col} = arith.addi {col}, {lo} : index"));
             let mut inner = arg;
-            for (from, to, step, rows) in [(&c0, &full_rows, &row_step, rows_per_tile), (&full_rows, &m, &c1, 1)] {
-                let (res, row, arg) = self.open_loop(from, to, step, &inner, &ot);
+            for (from, to, step, rows) in [(&c0, &full_rows, &row_step, rows_per_tile), (&full_rows, &m.to_string(), &c1, 1)] {
+                let (res, row, arg) = self.open_loop(from, to, step, &inner, SLICE_TY);
                 let at = TileAt {
-                    batch: &batch,
+                    batch,
                     rhs_batch: &rhs_batch,
                     row: &row,
                     col: &col,
-                    k: &k,
+                    rhs_col: &rhs_col,
+                    k,
                     acc: &arg,
                 };
                 let next = match mm.layout {
                     RhsLayout::Transposed => self.dot_tile(mm, &at, rows, if whole { cols_per_tile } else { 1 }),
                     RhsLayout::RowMajor => self.axpy_tile(mm, &at, rows, whole),
                 };
-                self.close_loop(&next, &ot);
+                self.close_loop(&next, SLICE_TY);
                 inner = res;
             }
-            self.close_loop(&inner, &ot);
+            self.close_loop(&inner, SLICE_TY);
             filled = res;
         }
-        for res in closers.iter().rev() {
-            self.close_loop(&filled, &ot);
-            filled = res.clone();
-        }
         filled
+    }
+
+    /// Rows and columns of this layout's tile.
+    fn tile_shape(&self, layout: RhsLayout) -> (i64, i64) {
+        match layout {
+            RhsLayout::Transposed => dot_tile_shape(self.lanes),
+            RhsLayout::RowMajor => (AXPY_ROWS, AXPY_VECTORS * self.lanes),
+        }
+    }
+
+    /// `ceil(a / b)` for a constant `b`, as an index value.
+    fn ceil_div(&mut self, a: &str, b: i64) -> String {
+        let c = self.index_const(b);
+        self.ceil_div_by(a, &c)
+    }
+
+    /// `ceil(a / b)`, as an index value.
+    fn ceil_div_by(&mut self, a: &str, b: &str) -> String {
+        let q = self.fresh();
+        self.line(&format!("{q} = arith.ceildivui {a}, {b} : index"));
+        q
     }
 
     /// One `rows × cols` tile of `x @ transpose(w)`: a vector of partial sums per element over
@@ -301,6 +402,7 @@ impl Kernel {
         let vec = format!("vector<{lanes}xf32>");
         let row_ix = self.offsets(at.row, rows, 1);
         let col_ix = self.offsets(at.col, cols, 1);
+        let rhs_col_ix = self.offsets(at.rhs_col, cols, 1);
         let zero = self.fresh();
         self.line(&format!("{zero} = arith.constant dense<0.0> : {vec}"));
         let pad = self.fresh();
@@ -324,7 +426,7 @@ impl Kernel {
                 .iter()
                 .map(|row| self.read_vector(&self.x.clone(), &xt, at.batch, [row, &kk], &pad, in_bounds))
                 .collect();
-            let ws: Vec<String> = col_ix
+            let ws: Vec<String> = rhs_col_ix
                 .iter()
                 .map(|col| self.read_vector(&self.rhs.clone(), &wt, at.rhs_batch, [col, &kk], &pad, in_bounds))
                 .collect();
@@ -340,7 +442,6 @@ impl Kernel {
             self.line("}");
             sums = (0..count).map(|i| format!("{res}#{i}")).collect();
         }
-        let ot = tensor_ty(&mm.out);
         let mut acc = at.acc.to_string();
         for (i, row) in row_ix.iter().enumerate() {
             for (j, col) in col_ix.iter().enumerate() {
@@ -349,10 +450,8 @@ impl Kernel {
                     "{s} = vector.reduction <add>, {} : {vec} into f32",
                     sums[i * cols as usize + j]
                 ));
-                let mut idx = at.batch.to_vec();
-                idx.extend([row.clone(), col.clone()]);
                 let next = self.fresh();
-                self.line(&format!("{next} = tensor.insert {s} into {acc}[{}] : {ot}", idx.join(", ")));
+                self.line(&format!("{next} = tensor.insert {s} into {acc}[{row}, {col}] : {SLICE_TY}"));
                 acc = next;
             }
         }
@@ -368,6 +467,7 @@ impl Kernel {
         let bounds = if whole { "true" } else { "false" };
         let row_ix = self.offsets(at.row, rows, 1);
         let col_ix = self.offsets(at.col, AXPY_VECTORS, lanes);
+        let rhs_col_ix = self.offsets(at.rhs_col, AXPY_VECTORS, lanes);
         let zero = self.fresh();
         self.line(&format!("{zero} = arith.constant dense<0.0> : {vec}"));
         let pad = self.fresh();
@@ -384,7 +484,7 @@ impl Kernel {
             at.k,
             inits.join(", ")
         ));
-        let bs: Vec<String> = col_ix
+        let bs: Vec<String> = rhs_col_ix
             .iter()
             .map(|col| self.read_vector(&self.rhs.clone(), &bt, at.rhs_batch, [&kk, col], &pad, whole))
             .collect();
@@ -403,17 +503,13 @@ impl Kernel {
         }
         self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
         self.line("}");
-        let ot = tensor_ty(&mm.out);
         let mut acc = at.acc.to_string();
         for (i, row) in row_ix.iter().enumerate() {
             for (j, col) in col_ix.iter().enumerate() {
-                let mut idx = at.batch.to_vec();
-                idx.extend([row.clone(), col.clone()]);
                 let written = self.fresh();
                 self.line(&format!(
-                    "{written} = vector.transfer_write {res}#{}, {acc}[{}] {{in_bounds = [{bounds}]}} : {vec}, {ot}",
+                    "{written} = vector.transfer_write {res}#{}, {acc}[{row}, {col}] {{in_bounds = [{bounds}]}} : {vec}, {SLICE_TY}",
                     i * vectors + j,
-                    idx.join(", ")
                 ));
                 acc = written;
             }

@@ -1,0 +1,149 @@
+//! `exp` and `erf` of f32 written out in `arith` ops, so that the loops around them vectorize.
+//!
+//! `math.exp` and `math.erf` lower to calls to libm's `expf` and `erff`, one element at a time:
+//! a softmax or a GELU then costs more than the matmul next to it, and the loop vectorizer
+//! cannot widen a loop with a call in it. MLIR's own polynomial approximations are a test pass
+//! only (not in the registered passes), so the emitter writes the arithmetic itself. Both are
+//! checked against libm over their whole range by the op-corpus test (`tests/pipeline.rs`).
+//!
+//! Each function returns the lines that define `res` from `x`, with temporaries `{tmp}N`.
+
+/// `exp(x)`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, `exp(r)` from a degree-7 polynomial
+/// (the Cephes coefficients, within 2 ulp), and `2^n` as two exact powers of two built from
+/// exponent bits, so that results overflow to `inf` and underflow through subnormals to 0 as
+/// libm's do. NaN stays NaN.
+pub(super) fn exp(x: &str, res: &str, tmp: &str) -> Vec<String> {
+    let t = |i: usize| format!("{tmp}{i}");
+    let mut lines = Vec::new();
+    let mut line = |s: String| lines.push(s);
+    // Past ±104 the result is 0 or inf whatever the polynomial says; the clamp keeps `n` an
+    // integer the exponent bits can hold (two halves of at most 76 each).
+    line(format!("{} = arith.constant -104.0 : f32", t(0)));
+    line(format!("{} = arith.constant 89.0 : f32", t(1)));
+    line(format!("{} = arith.maximumf {x}, {} : f32", t(2), t(0)));
+    line(format!("{} = arith.minimumf {}, {} : f32", t(3), t(2), t(1)));
+    line(format!("{} = arith.constant 1.44269504088896341 : f32", t(4)));
+    line(format!("{} = arith.constant 0.5 : f32", t(5)));
+    line(format!("{} = math.fma {}, {}, {} : f32", t(6), t(3), t(4), t(5)));
+    line(format!("{} = math.floor {} : f32", t(7), t(6)));
+    // r = x - n·ln 2, with ln 2 split in two so that n·C1 is exact.
+    line(format!("{} = arith.constant -0.693359375 : f32", t(8)));
+    line(format!("{} = arith.constant 2.12194440e-4 : f32", t(9)));
+    line(format!("{} = math.fma {}, {}, {} : f32", t(10), t(7), t(8), t(3)));
+    line(format!("{} = math.fma {}, {}, {} : f32", t(11), t(7), t(9), t(10)));
+    let r = t(11);
+    let coefficients = [
+        "1.9875691500e-4",
+        "1.3981999507e-3",
+        "8.3334519073e-3",
+        "4.1665795894e-2",
+        "1.6666665459e-1",
+        "5.0000001201e-1",
+    ];
+    let mut p = t(12);
+    line(format!("{p} = arith.constant {} : f32", coefficients[0]));
+    let mut next = 13;
+    for c in &coefficients[1..] {
+        let (k, q) = (t(next), t(next + 1));
+        line(format!("{k} = arith.constant {c} : f32"));
+        line(format!("{q} = math.fma {p}, {r}, {k} : f32"));
+        p = q;
+        next += 2;
+    }
+    // exp(r) = 1 + r + r²·p
+    let (r2, y0, one, y) = (t(next), t(next + 1), t(next + 2), t(next + 3));
+    line(format!("{r2} = arith.mulf {r}, {r} : f32"));
+    line(format!("{y0} = math.fma {r2}, {p}, {r} : f32"));
+    line(format!("{one} = arith.constant 1.0 : f32"));
+    line(format!("{y} = arith.addf {y0}, {one} : f32"));
+    next += 4;
+    // 2^n = 2^a · 2^b with a = n >> 1, b = n - a; 2^a is the float with exponent bits a + 127.
+    let (n, c1, a, b, bias, c23) = (t(next), t(next + 1), t(next + 2), t(next + 3), t(next + 4), t(next + 5));
+    line(format!("{n} = arith.fptosi {} : f32 to i32", t(7)));
+    line(format!("{c1} = arith.constant 1 : i32"));
+    line(format!("{a} = arith.shrsi {n}, {c1} : i32"));
+    line(format!("{b} = arith.subi {n}, {a} : i32"));
+    line(format!("{bias} = arith.constant 127 : i32"));
+    line(format!("{c23} = arith.constant 23 : i32"));
+    next += 6;
+    let mut scaled = y;
+    for half in [a, b] {
+        let (biased, bits, pow, product) = (t(next), t(next + 1), t(next + 2), t(next + 3));
+        line(format!("{biased} = arith.addi {half}, {bias} : i32"));
+        line(format!("{bits} = arith.shli {biased}, {c23} : i32"));
+        line(format!("{pow} = arith.bitcast {bits} : i32 to f32"));
+        line(format!("{product} = arith.mulf {scaled}, {pow} : f32"));
+        scaled = product;
+        next += 4;
+    }
+    // NaN in, NaN out (the integer path above says nothing useful about it).
+    let nan = t(next);
+    line(format!("{nan} = arith.cmpf uno, {x}, {x} : f32"));
+    line(format!("{res} = arith.select {nan}, {x}, {scaled} : f32"));
+    lines
+}
+
+/// `erf(x)`, odd, from `|x|`: below 0.5 its Maclaurin series to `x^13` (relative error below
+/// 1e-8 there, so small arguments keep their precision); above, Abramowitz and Stegun 7.1.26,
+/// `1 - t·P(t)·exp(-x²)` with `t = 1 / (1 + p|x|)` (absolute error below 1.5e-7).
+pub(super) fn erf(x: &str, res: &str, tmp: &str) -> Vec<String> {
+    let t = |i: usize| format!("{tmp}{i}");
+    let mut lines = Vec::new();
+    let ax = t(0);
+    lines.push(format!("{ax} = math.absf {x} : f32"));
+    // Series: (2/√π) · Σ (-1)^k x^(2k+1) / (k! (2k+1)), Horner in x².
+    let x2 = t(1);
+    lines.push(format!("{x2} = arith.mulf {ax}, {ax} : f32"));
+    let series: Vec<f64> = (0..7)
+        .map(|k: i32| {
+            let factorial: f64 = (1..=k).map(f64::from).product();
+            let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+            sign * std::f64::consts::FRAC_2_SQRT_PI / (factorial * f64::from(2 * k + 1))
+        })
+        .collect();
+    let mut next = 2;
+    let mut p = t(next);
+    lines.push(format!("{p} = arith.constant {} : f32", super::f32_literal(series[6])));
+    next += 1;
+    for c in series[..6].iter().rev() {
+        let (k, q) = (t(next), t(next + 1));
+        lines.push(format!("{k} = arith.constant {} : f32", super::f32_literal(*c)));
+        lines.push(format!("{q} = math.fma {p}, {x2}, {k} : f32"));
+        p = q;
+        next += 2;
+    }
+    let small = t(next);
+    lines.push(format!("{small} = arith.mulf {p}, {ax} : f32"));
+    next += 1;
+    // Abramowitz and Stegun 7.1.26.
+    let (pc, one, den, tt) = (t(next), t(next + 1), t(next + 2), t(next + 3));
+    lines.push(format!("{pc} = arith.constant 0.3275911 : f32"));
+    lines.push(format!("{one} = arith.constant 1.0 : f32"));
+    lines.push(format!("{den} = math.fma {pc}, {ax}, {one} : f32"));
+    lines.push(format!("{tt} = arith.divf {one}, {den} : f32"));
+    next += 4;
+    let a = ["1.061405429", "-1.453152027", "1.421413741", "-0.284496736", "0.254829592"];
+    let mut q = t(next);
+    lines.push(format!("{q} = arith.constant {} : f32", a[0]));
+    next += 1;
+    for c in &a[1..] {
+        let (k, r) = (t(next), t(next + 1));
+        lines.push(format!("{k} = arith.constant {c} : f32"));
+        lines.push(format!("{r} = math.fma {q}, {tt}, {k} : f32"));
+        q = r;
+        next += 2;
+    }
+    let (tq, negx2, e) = (t(next), t(next + 1), t(next + 2));
+    lines.push(format!("{tq} = arith.mulf {q}, {tt} : f32"));
+    lines.push(format!("{negx2} = arith.negf {x2} : f32"));
+    next += 3;
+    lines.extend(exp(&negx2, &e, &format!("{tmp}e")));
+    let (tail, large, half, is_small, magnitude) = (t(next), t(next + 1), t(next + 2), t(next + 3), t(next + 4));
+    lines.push(format!("{tail} = arith.mulf {tq}, {e} : f32"));
+    lines.push(format!("{large} = arith.subf {one}, {tail} : f32"));
+    lines.push(format!("{half} = arith.constant 0.5 : f32"));
+    lines.push(format!("{is_small} = arith.cmpf olt, {ax}, {half} : f32"));
+    lines.push(format!("{magnitude} = arith.select {is_small}, {small}, {large} : f32"));
+    lines.push(format!("{res} = math.copysign {magnitude}, {x} : f32"));
+    lines
+}
