@@ -720,6 +720,12 @@ fn syntax_error(err: pest::error::Error<Rule>, file: FileId, text: &str) -> Diag
     } else {
         help
     };
+    let help = match model_without_config(text.get(start..).unwrap_or("")) {
+        Some(name) => Some(format!(
+            "a model names its config: `model {name}(c: MyConfig) {{ ... }}`, with `config MyConfig {{ ... }}` declared (it may be empty)"
+        )),
+        None => help,
+    };
     let help = if text.get(start..).is_some_and(|rest| rest.trim().is_empty()) && help.is_none() {
         Some("the file ends inside a block or a call: is a closing `}` or `)` missing?".to_string())
     } else {
@@ -729,6 +735,18 @@ fn syntax_error(err: pest::error::Error<Rule>, file: FileId, text: &str) -> Diag
         Some(h) => diag.with_help(h),
         None => diag,
     }
+}
+
+/// `model Name {` (the config left out): the model's name.
+fn model_without_config(rest: &str) -> Option<&str> {
+    let after = rest.strip_prefix("model")?;
+    if !after.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let after = after.trim_start();
+    let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+    let (name, tail) = after.split_at(len);
+    (!name.is_empty() && tail.trim_start().starts_with('{')).then_some(name)
 }
 
 fn help_for(positives: &[Rule]) -> Option<String> {

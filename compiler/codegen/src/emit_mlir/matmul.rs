@@ -31,6 +31,10 @@ const AXPY_VECTORS: i64 = 2;
 /// (the tasks shared out among threads).
 const COLUMN_BLOCKS: i64 = 16;
 
+/// How much of `K` the dot tile sums before moving on to the next tile (a multiple of every
+/// vector width): a tile's rows of `w`, 4 × 1024 floats, fit in L1.
+const K_BLOCK: i64 = 1024;
+
 /// The type of the block of the result one task fills: `[M, columns]`.
 const SLICE_TY: &str = "tensor<?x?xf32>";
 
@@ -76,7 +80,9 @@ struct TileAt<'a> {
     row: &'a str,
     col: &'a str,
     rhs_col: &'a str,
-    /// The reduction length (an index value).
+    /// The reduction range `k_lo..k` (index values); for the dot tile a block of `K`, for the
+    /// axpy tile all of it.
+    k_lo: &'a str,
     k: &'a str,
     /// The result block being filled (a loop's iteration argument), of type [`SLICE_TY`].
     acc: &'a str,
@@ -343,7 +349,30 @@ impl Kernel {
             (c0.clone(), full_cols.clone(), tile_step, true),
             (full_cols, size.to_string(), leftover_step, false),
         ];
+        // The dot tile sums `K` a block at a time into a zeroed result: the tile's rows of `w`
+        // then stay in L1 while rows of `x` pass (FFN-down's K = 3072 spills it otherwise).
         let mut filled = slice.to_string();
+        let mut k_block = None;
+        if mm.layout == RhsLayout::Transposed {
+            let zero = self.fresh();
+            self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+            let zeroed = self.fresh();
+            self.line(&format!(
+                "{zeroed} = linalg.fill ins({zero} : f32) outs({slice} : {SLICE_TY}) -> {SLICE_TY}"
+            ));
+            let block = self.index_const(K_BLOCK);
+            let (res, k_lo, arg) = self.open_loop(&c0, k, &block, &zeroed, SLICE_TY);
+            let end = self.fresh();
+            self.line(&format!("{end} = arith.addi {k_lo}, {block} : index"));
+            let k_hi = self.fresh();
+            self.line(&format!("{k_hi} = arith.minui {end}, {k} : index"));
+            filled = arg;
+            k_block = Some((res, k_lo, k_hi));
+        }
+        let (k_lo, k_hi) = match &k_block {
+            Some((_, lo, hi)) => (lo.clone(), hi.clone()),
+            None => (c0.clone(), k.to_string()),
+        };
         for (from, to, step, whole) in col_groups {
             let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, SLICE_TY);
             let rhs_col = self.fresh();
@@ -357,7 +386,8 @@ impl Kernel {
                     row: &row,
                     col: &col,
                     rhs_col: &rhs_col,
-                    k,
+                    k_lo: &k_lo,
+                    k: &k_hi,
                     acc: &arg,
                 };
                 let next = match mm.layout {
@@ -368,6 +398,10 @@ impl Kernel {
                 inner = res;
             }
             self.close_loop(&inner, SLICE_TY);
+            filled = res;
+        }
+        if let Some((res, ..)) = k_block {
+            self.close_loop(&filled, SLICE_TY);
             filled = res;
         }
         filled
@@ -409,12 +443,16 @@ impl Kernel {
         self.line(&format!("{pad} = arith.constant 0.0 : f32"));
         let count = (rows * cols) as usize;
         let types = vec![vec.as_str(); count].join(", ");
-        let full = self.round_down(at.k, lanes);
+        let span = self.fresh();
+        self.line(&format!("{span} = arith.subi {}, {} : index", at.k, at.k_lo));
+        let whole = self.round_down(&span, lanes);
+        let full = self.fresh();
+        self.line(&format!("{full} = arith.addi {}, {whole} : index", at.k_lo));
         let step = self.index_const(lanes);
-        let c0 = self.index_const(0);
-        // Whole vectors, then the partial one (a loop of zero or one step).
+        // Whole vectors, then the partial one (a loop of zero or one step; only the last block
+        // of `K` has one, since blocks are whole vectors long).
         let mut sums: Vec<String> = vec![zero.clone(); count];
-        for (from, to, in_bounds) in [(c0.as_str(), full.as_str(), true), (full.as_str(), at.k, false)] {
+        for (from, to, in_bounds) in [(at.k_lo, full.as_str(), true), (full.as_str(), at.k, false)] {
             let (res, kk) = (self.fresh(), self.fresh());
             let args: Vec<String> = (0..count).map(|_| self.fresh()).collect();
             let inits: Vec<String> = args.iter().zip(&sums).map(|(a, s)| format!("{a} = {s}")).collect();
@@ -450,8 +488,10 @@ impl Kernel {
                     "{s} = vector.reduction <add>, {} : {vec} into f32",
                     sums[i * cols as usize + j]
                 ));
-                let next = self.fresh();
-                self.line(&format!("{next} = tensor.insert {s} into {acc}[{row}, {col}] : {SLICE_TY}"));
+                let (before, total, next) = (self.fresh(), self.fresh(), self.fresh());
+                self.line(&format!("{before} = tensor.extract {acc}[{row}, {col}] : {SLICE_TY}"));
+                self.line(&format!("{total} = arith.addf {before}, {s} : f32"));
+                self.line(&format!("{next} = tensor.insert {total} into {acc}[{row}, {col}] : {SLICE_TY}"));
                 acc = next;
             }
         }
