@@ -1008,6 +1008,67 @@ fn ab_compares_variants() {
     assert!(long["comparisons"].as_array().unwrap().is_empty());
 }
 
+/// `lmc ab EXPERIMENT.yaml` runs what the file names: paths relative to it, a bare name after a
+/// file, per-variant `set` over the shared one, labels; it writes the same report as JSON, CSV
+/// and a self-contained HTML page. A typo in a key is an error at its line with the closest key.
+#[test]
+fn ab_runs_an_experiment_file() {
+    let dir = scratch("experiment");
+    let root_path = root();
+    let yaml = dir.join("layers.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "title: One layer against two\n\
+             variants:\n  - model: {}/models/bert.model:BertModel\n    label: one layer\n    set: {{ num_hidden_layers: 1 }}\n\
+             \x20 - model: BertALiBi\n    label: two, ALiBi\n\
+             weights: random\nseed: 3\n\
+             set: {{ hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, num_hidden_layers: 2, max_position_embeddings: 16 }}\n\
+             lengths: [8, 24]\nruns: 3\nwarmup: 1\n",
+            root_path.display()
+        ),
+    )
+    .unwrap();
+    let (json, csv, html) = (dir.join("r.json"), dir.join("r.csv"), dir.join("r.html"));
+    let r = lmc(&[
+        "ab",
+        yaml.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.starts_with("One layer against two"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants[0]["label"], "one layer");
+    assert_eq!(variants[1]["label"], "two, ALiBi");
+    // The variant's own `set` won: one layer has fewer parameters than two.
+    assert!(variants[0]["params"].as_u64().unwrap() < variants[1]["params"].as_u64().unwrap());
+    // Past the learned table (16 positions) only ALiBi runs.
+    let cells = report["cells"].as_array().unwrap();
+    assert!(cells[1]["variants"][0]["skipped"].as_str().unwrap().contains("cannot run past 16"));
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    assert!(csv.contains("\"two, ALiBi\""), "{csv}");
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(html.contains("<title>One layer against two</title>") && html.matches("<svg").count() == 3);
+
+    let typo = dir.join("typo.yaml");
+    std::fs::write(&typo, "variants:\n  - model: a.model:A\n  - model: B\nlenghts: [8]\n").unwrap();
+    let r = lmc(&["ab", typo.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("typo.yaml:4:1") && stderr.contains("did you mean `lengths`?"),
+        "{stderr}"
+    );
+}
+
 /// `lmc bench` times one model and writes its numbers (`median_ms` for the peers' scripts); a
 /// length past the learned position table is an error naming the table.
 #[test]

@@ -1,7 +1,10 @@
 //! Random weights for a module, for running an architectural variant that has no checkpoint
-//! (`lmc run --random-weights --seed N`). Every f32 parameter is drawn from N(0, 0.02²), the
-//! initialisation transformers uses for most weights; integer parameters are zero. Each tensor
-//! is seeded by the seed and its name alone, so adding a parameter does not change the others.
+//! (`lmc run --random-weights --seed N`), initialised as transformers initialises a fresh model:
+//! matrices (and every other f32 parameter) from N(0, 0.02²); vectors named `*bias` zero and
+//! vectors named `*weight` one (a norm's gain: drawn from N(0, 0.02²), every post-norm layer
+//! would shrink what depends on the input some thirtyfold, and a 12-layer model's output would
+//! not depend on its input at all); integer parameters zero. Each tensor is seeded by the seed
+//! and its name alone, so adding a parameter does not change the others.
 
 use crate::error::RuntimeError;
 use crate::safetensors::{safetensors_bytes, SafeTensorsFile};
@@ -57,7 +60,10 @@ pub fn random_weights(manifest: &Manifest, seed: u64) -> Result<SafeTensorsFile,
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .filter(|n| n.checked_mul(p.dtype.size_bytes()).is_some_and(|b| b <= isize::MAX as usize))
             .ok_or_else(|| RuntimeError::internal(format!("parameter {} is too large", p.name)))?;
+        let vector = shape.len() == 1;
         let bytes = match p.dtype {
+            DType::F32 if vector && p.name.ends_with("bias") => vec![0u8; count * 4],
+            DType::F32 if vector && p.name.ends_with("weight") => 1f32.to_le_bytes().repeat(count),
             DType::F32 => {
                 let mut rng = SplitMix(seed ^ name_hash(&p.name));
                 (0..count).flat_map(|_| ((rng.normal() * 0.02) as f32).to_le_bytes()).collect()
@@ -121,5 +127,24 @@ mod tests {
         let v = t.as_f32().unwrap();
         let std = (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
         assert!((0.018..0.022).contains(&std), "standard deviation {std}");
+    }
+
+    #[test]
+    fn norm_gains_are_one_and_biases_zero() {
+        let m = manifest(vec![
+            spec("ln.weight", &[4]),
+            spec("ln.bias", &[4]),
+            spec("proj.bias", &[3]),
+            spec("mixer.D", &[4]),
+        ]);
+        let w = random_weights(&m, 1).unwrap();
+        let values = |n: &str| w.get(n).unwrap().to_host().unwrap().as_f32().unwrap().to_vec();
+        assert_eq!(values("ln.weight"), vec![1.0; 4]);
+        assert_eq!(values("ln.bias"), vec![0.0; 4]);
+        assert_eq!(values("proj.bias"), vec![0.0; 3]);
+        assert!(
+            values("mixer.D").iter().all(|v| *v != 0.0 && v.abs() < 0.2),
+            "other vectors stay random"
+        );
     }
 }

@@ -24,10 +24,37 @@ pub struct Workload {
     pub warmup: usize,
 }
 
+/// A variant to compare: `FILE.model:MODEL`, what the report calls it, and its configuration.
+pub struct VariantSpec {
+    pub spec: String,
+    pub label: Option<String>,
+    pub config: ConfigArgs,
+}
+
+/// Where `lmc ab` writes its report besides the terminal.
+#[derive(Default)]
+pub struct Reports {
+    pub json: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+}
+
 /// One variant, compiled and bound to its weights (or why it could not be).
 struct Variant {
     spec: String,
+    label: Option<String>,
     compiled: Result<Compiled, String>,
+}
+
+impl Variant {
+    /// What the tables call it: its label, else the model's name, else the spec.
+    fn name(&self) -> String {
+        match (&self.label, &self.compiled) {
+            (Some(l), _) => l.clone(),
+            (None, Ok(c)) => c.graph.model.clone(),
+            (None, Err(_)) => self.spec.clone(),
+        }
+    }
 }
 
 /// A model checked, compiled in memory and bound to its weights.
@@ -49,7 +76,7 @@ enum Cell {
 
 /// Turns `A B C` into full `FILE:MODEL` specs: a bare name is a model or variant of the file
 /// named before it.
-fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
+pub fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
     let mut file: Option<PathBuf> = None;
     let mut out = Vec::new();
     for s in specs {
@@ -182,24 +209,29 @@ pub fn fmt_ms(ms: f64) -> String {
     }
 }
 
-/// `lmc ab`.
-pub fn ab(specs: &[String], weights: &Weights, config: &ConfigArgs, work: &Workload, json_path: Option<&Path>) -> Result<(), Failure> {
+/// `lmc ab`: compiles every variant, measures the grid, prints the report and writes the
+/// requested files. Ctrl-C stops the measuring; what was measured is still reported.
+pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &Workload, reports: &Reports) -> Result<(), Failure> {
     if specs.len() < 2 {
         return Err(Failure::Message("`lmc ab` compares two or more variants".into()));
     }
     if work.runs < 3 {
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
-    let specs = resolve_specs(specs)?;
+    install_interrupt_handler();
+    if let Some(t) = title {
+        println!("{t}");
+    }
     let mut variants = Vec::new();
-    for (k, spec) in specs.iter().enumerate() {
-        eprintln!("[{}/{}] compiling {spec}", k + 1, specs.len());
-        let compiled = compile_variant(spec, weights, config);
+    for (k, v) in specs.iter().enumerate() {
+        eprintln!("[{}/{}] compiling {}", k + 1, specs.len(), v.spec);
+        let compiled = compile_variant(&v.spec, weights, &v.config);
         if let Err(e) = &compiled {
-            eprintln!("  {spec} is left out: {e}");
+            eprintln!("  {} is left out: {e}", v.spec);
         }
         variants.push(Variant {
-            spec: spec.clone(),
+            spec: v.spec.clone(),
+            label: v.label.clone(),
             compiled,
         });
     }
@@ -215,20 +247,20 @@ pub fn ab(specs: &[String], weights: &Weights, config: &ConfigArgs, work: &Workl
                 println!(
                     "  {}  {:<44} params {:>9} (embedding {:>9}, other {:>9})  compiled in {}",
                     letter(k),
-                    v.spec,
+                    describe(v),
                     fmt_count(p.total),
                     fmt_count(p.embedding),
                     fmt_count(p.total - p.embedding),
                     fmt_ms(c.compile_ms)
                 );
                 report_variants.push(json!({
-                    "name": letter(k), "spec": v.spec, "params": p.total, "embedding_params": p.embedding,
-                    "compile_ms": c.compile_ms,
+                    "name": letter(k), "label": v.name(), "spec": v.spec, "params": p.total,
+                    "embedding_params": p.embedding, "compile_ms": c.compile_ms,
                 }));
             }
             Err(e) => {
-                println!("  {}  {:<44} not compiled: {e}", letter(k), v.spec);
-                report_variants.push(json!({ "name": letter(k), "spec": v.spec, "error": e }));
+                println!("  {}  {:<44} not compiled: {e}", letter(k), describe(v));
+                report_variants.push(json!({ "name": letter(k), "label": v.name(), "spec": v.spec, "error": e }));
             }
         }
     }
@@ -238,30 +270,87 @@ pub fn ab(specs: &[String], weights: &Weights, config: &ConfigArgs, work: &Workl
         Weights::Random(s) => *s,
         Weights::Checkpoint(_) => 0,
     };
-    for &batch in &work.batches {
-        for &length in &work.lengths {
-            let cells = measure(&variants, batch, length, work, seed);
-            report_cells.push(print_cell(&variants, &cells, batch, length, &letter));
+    let sizes: Vec<(usize, usize)> = work
+        .batches
+        .iter()
+        .flat_map(|&b| work.lengths.iter().map(move |&l| (b, l)))
+        .collect();
+    for (i, &(batch, length)) in sizes.iter().enumerate() {
+        if interrupted() {
+            break;
         }
+        let progress = format!("[{}/{}] batch {batch}, length {length}", i + 1, sizes.len());
+        let cells = measure(&variants, batch, length, work, seed, &progress);
+        report_cells.push(print_cell(&variants, &cells, batch, length, &letter));
     }
-    if let Some(path) = json_path {
-        let report = json!({
-            "generator": lmc_abi::generator_string(),
-            "runs": work.runs, "warmup": work.warmup,
-            "variants": report_variants, "cells": report_cells,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")
-            .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    let stopped = interrupted();
+    if stopped {
+        eprintln!(
+            "interrupted: reporting the {} of {} sizes measured",
+            report_cells.len(),
+            sizes.len()
+        );
+    }
+    let report = json!({
+        "title": title, "generator": lmc_abi::generator_string(),
+        "runs": work.runs, "warmup": work.warmup, "interrupted": stopped,
+        "variants": report_variants, "cells": report_cells,
+    });
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
         eprintln!("wrote {}", path.display());
+        Ok::<(), Failure>(())
+    };
+    if let Some(path) = &reports.json {
+        write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")?;
+    }
+    if let Some(path) = &reports.csv {
+        write(path, crate::report::csv(&report))?;
+    }
+    if let Some(path) = &reports.html {
+        write(path, crate::report::html(&report))?;
     }
     if variants.iter().all(|v| v.compiled.is_err()) {
         return Err(Failure::Message("no variant compiled".into()));
     }
+    if stopped {
+        return Err(Failure::Message("interrupted".into()));
+    }
     Ok(())
 }
 
+/// A variant's line in the table: its spec, and its label when it has one.
+fn describe(v: &Variant) -> String {
+    match &v.label {
+        Some(l) => format!("{l} ({})", v.spec),
+        None => v.spec.clone(),
+    }
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The first Ctrl-C stops the measuring after the run under way (the report keeps what was
+/// measured); a second one ends the process.
+fn install_interrupt_handler() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this run (Ctrl-C again to quit now)");
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will end lmc without a report ({e})");
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Runs every variant at one size: warm-ups, then interleaved timed rounds.
-fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, seed: u64) -> Vec<Cell> {
+fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, seed: u64, progress: &str) -> Vec<Cell> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stderr().is_terminal();
     let mut cells: Vec<Cell> = Vec::new();
     let mut inputs: Vec<Option<Vec<HostTensor>>> = Vec::new();
     for v in variants {
@@ -287,7 +376,24 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
         }
     }
     let n = variants.len();
-    for round in 0..work.warmup + work.runs {
+    let rounds = work.warmup + work.runs;
+    for round in 0..rounds {
+        if interrupted() {
+            // Every variant keeps the same number of rounds, so runs stay paired.
+            for cell in &mut cells {
+                if let Cell::Ran { times_ms, .. } = cell {
+                    times_ms.truncate(round.saturating_sub(work.warmup));
+                    if times_ms.is_empty() {
+                        *cell = Cell::Skipped("interrupted before any timed run".into());
+                    }
+                }
+            }
+            break;
+        }
+        if terminal {
+            eprint!("\r{progress}: round {}/{rounds} {}", round + 1, progress_bar(round, rounds));
+            let _ = std::io::stderr().flush();
+        }
         for step in 0..n {
             let k = (round + step) % n;
             let (Ok(c), Some(input)) = (&variants[k].compiled, &inputs[k]) else {
@@ -311,7 +417,17 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             }
         }
     }
+    if terminal {
+        eprint!("\r{}\r", " ".repeat(progress.len() + 40));
+    }
     cells
+}
+
+/// `[=====     ]` for `done` of `total`.
+fn progress_bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH) / total.max(1);
+    format!("[{}{}]", "=".repeat(filled), " ".repeat(WIDTH - filled))
 }
 
 /// Prints one cell of the grid and returns it for the JSON report.
@@ -324,7 +440,7 @@ fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize,
     let tokens = (batch * length) as f64;
     let mut rows = Vec::new();
     for (k, (v, cell)) in variants.iter().zip(cells).enumerate() {
-        let name = v.compiled.as_ref().map_or(v.spec.clone(), |c| c.graph.model.clone());
+        let name = v.name();
         match (cell, &v.compiled) {
             (Cell::Ran { times_ms, .. }, Ok(c)) => {
                 let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, length));
@@ -339,13 +455,13 @@ fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize,
                     tokens / (median / 1e3)
                 );
                 rows.push(json!({
-                    "name": letter(k), "flops_per_token": flops / tokens, "median_ms": median,
+                    "name": letter(k), "label": name, "flops_per_token": flops / tokens, "median_ms": median,
                     "p10_ms": p10, "p90_ms": p90, "tokens_per_s": tokens / (median / 1e3), "times_ms": times_ms,
                 }));
             }
             (Cell::Skipped(why), _) | (Cell::Ran { .. }, Err(why)) => {
                 println!("  {:<3}{:<34}{why}", letter(k), name);
-                rows.push(json!({ "name": letter(k), "skipped": why }));
+                rows.push(json!({ "name": letter(k), "label": name, "skipped": why }));
             }
         }
     }

@@ -4,6 +4,8 @@
 mod ab;
 mod bench;
 mod commands;
+mod experiment;
+mod report;
 mod source;
 mod stats;
 
@@ -37,8 +39,9 @@ pub struct WeightsArgs {
     /// model.safetensors); the directory's config.json also configures the model.
     #[arg(long, required_unless_present = "random_weights")]
     weights: Option<PathBuf>,
-    /// Random weights (N(0, 0.02²), seeded by tensor name) instead of a checkpoint: for variants
-    /// that have none. Configure the model with --config and --set.
+    /// Random weights (as transformers initialises: N(0, 0.02²), norm gains 1, biases 0; seeded
+    /// by tensor name) instead of a checkpoint: for variants that have none. Configure the model
+    /// with --config and --set.
     #[arg(long, conflicts_with = "weights")]
     random_weights: bool,
     /// The seed of --random-weights.
@@ -141,28 +144,42 @@ enum Command {
     /// intervals from interleaved runs, and how far their outputs drift from the first's.
     Ab {
         /// Two or more of FILE:MODEL; after one, a bare name is a model or variant of that file
-        /// (`models/bert.model:BertModel BertALiBi`).
-        #[arg(required = true, num_args = 2..)]
+        /// (`models/bert.model:BertModel BertALiBi`). Or one experiment file (`.yaml`), which
+        /// names the variants, weights and workload itself (see models/experiments/).
+        #[arg(required = true, num_args = 1..)]
         variants: Vec<String>,
-        /// Every variant reads the same weights; random ones are seeded by tensor name, so the
-        /// variants share the values of the parameters they share.
-        #[command(flatten)]
-        weights: WeightsArgs,
-        /// Batch sizes to measure.
-        #[arg(long, value_delimiter = ',', default_value = "1")]
-        batch: Vec<usize>,
-        /// Sequence lengths to measure.
-        #[arg(long, value_delimiter = ',', default_value = "128")]
-        lengths: Vec<usize>,
-        /// Timed rounds per cell (each runs every variant once, in rotating order).
-        #[arg(long, default_value_t = 15)]
-        runs: usize,
-        /// Untimed rounds before them.
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
+        /// A safetensors checkpoint, or a `save_pretrained` directory, which every variant reads.
+        #[arg(long, conflicts_with = "random_weights")]
+        weights: Option<PathBuf>,
+        /// Random weights, seeded by tensor name, so the variants share the values of the
+        /// parameters they share.
+        #[arg(long)]
+        random_weights: bool,
+        /// The seed of --random-weights.
+        #[arg(long, default_value_t = 0, requires = "random_weights")]
+        seed: u64,
+        /// Batch sizes to measure [default: 1; with an experiment file, replaces its `batch`].
+        #[arg(long, value_delimiter = ',')]
+        batch: Option<Vec<usize>>,
+        /// Sequence lengths to measure [default: 128; replaces an experiment file's `lengths`].
+        #[arg(long, value_delimiter = ',')]
+        lengths: Option<Vec<usize>>,
+        /// Timed rounds per cell, each running every variant once in rotating order [default:
+        /// 15; replaces an experiment file's `runs`].
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Untimed rounds before them [default: 2; replaces an experiment file's `warmup`].
+        #[arg(long)]
+        warmup: Option<usize>,
         /// Also write the report as JSON.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
+        /// Also write one row per variant and size as CSV.
+        #[arg(long, value_name = "PATH")]
+        csv: Option<PathBuf>,
+        /// Also write a self-contained HTML report with charts.
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -254,21 +271,59 @@ fn run(cli: Cli) -> ExitCode {
         Command::Ab {
             variants,
             weights,
+            random_weights,
+            seed,
             batch,
             lengths,
             runs,
             warmup,
             json,
+            csv,
+            html,
             config,
         } => {
-            let weights = commands::Weights::new(weights.weights, weights.seed);
-            let work = ab::Workload {
-                batches: batch,
-                lengths,
-                runs,
-                warmup,
-            };
-            ab::ab(&variants, &weights, &config, &work, json.as_deref())
+            let reports = ab::Reports { json, csv, html };
+            match variants.as_slice() {
+                [file] if experiment::is_experiment_file(file) => {
+                    if weights.is_some() || random_weights || config.config.is_some() || !config.set.is_empty() {
+                        Err(commands::Failure::Message(
+                            "an experiment file names its weights and configuration itself: leave out --weights, --random-weights, --config and --set".into(),
+                        ))
+                    } else {
+                        experiment::load(std::path::Path::new(file)).and_then(|mut e| {
+                            // The command line replaces the file's workload where it is given:
+                            // `--lengths 128` for a quick look at a long sweep.
+                            let w = &mut e.work;
+                            w.batches = batch.unwrap_or(std::mem::take(&mut w.batches));
+                            w.lengths = lengths.unwrap_or(std::mem::take(&mut w.lengths));
+                            w.runs = runs.unwrap_or(w.runs);
+                            w.warmup = warmup.unwrap_or(w.warmup);
+                            ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
+                        })
+                    }
+                }
+                _ if weights.is_none() && !random_weights => Err(commands::Failure::Message(
+                    "give the variants' weights: --weights DIR (a checkpoint) or --random-weights".into(),
+                )),
+                _ => ab::resolve_specs(&variants).and_then(|specs| {
+                    let specs: Vec<ab::VariantSpec> = specs
+                        .into_iter()
+                        .map(|spec| ab::VariantSpec {
+                            spec,
+                            label: None,
+                            config: config.clone(),
+                        })
+                        .collect();
+                    let weights = commands::Weights::new(weights, seed);
+                    let work = ab::Workload {
+                        batches: batch.unwrap_or(vec![1]),
+                        lengths: lengths.unwrap_or(vec![128]),
+                        runs: runs.unwrap_or(15),
+                        warmup: warmup.unwrap_or(2),
+                    };
+                    ab::ab(None, &specs, &weights, &work, &reports)
+                }),
+            }
         }
     };
     match result {

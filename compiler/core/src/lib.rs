@@ -8,7 +8,7 @@ pub mod cost;
 pub mod interp;
 pub mod ir;
 pub mod program;
-mod suggest;
+pub mod suggest;
 pub mod value;
 
 pub use check::{check_model, model_names, CheckError, Checked};

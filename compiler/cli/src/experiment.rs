@@ -1,0 +1,264 @@
+//! `lmc ab EXPERIMENT.yaml`: an A/B experiment written down, so that it can be rerun and
+//! shared. The file names the variants (each a model or variant of a `.model` file, with its own
+//! `set` overrides if it needs them), the weights, and the workload grid; `lmc ab` then runs it
+//! as it runs variants named on the command line.
+//!
+//! ```yaml
+//! title: Position encodings on a small BERT
+//! variants:
+//!   - model: ../bert.model:BertModel      # paths are relative to this file
+//!     label: learned
+//!   - model: BertALiBi                    # a bare name: a model or variant of the file above
+//! weights: random                         # or a checkpoint directory
+//! seed: 1
+//! set: { hidden_size: 128 }               # for every variant; a variant's own `set` wins
+//! batch: [1]
+//! lengths: [128, 512]
+//! runs: 10
+//! warmup: 2
+//! ```
+//!
+//! Unknown keys are errors at their line and column, with the closest known key suggested.
+
+use crate::ab::{VariantSpec, Workload};
+use crate::commands::{Failure, Weights};
+use crate::source::split_model_ref;
+use crate::ConfigArgs;
+use lmc_grammar::{Diagnostic, SourceFile, SourceMap, Span};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file's top level.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExperimentFile {
+    title: Option<String>,
+    variants: Vec<VariantEntry>,
+    /// `random`, or a checkpoint (a `save_pretrained` directory or a safetensors file).
+    #[serde(default = "random")]
+    weights: String,
+    #[serde(default)]
+    seed: u64,
+    /// A `config.json`, or a directory holding one.
+    config: Option<String>,
+    #[serde(default)]
+    set: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default = "one_batch")]
+    batch: Vec<usize>,
+    #[serde(default = "one_length")]
+    lengths: Vec<usize>,
+    #[serde(default = "default_runs")]
+    runs: usize,
+    #[serde(default = "default_warmup")]
+    warmup: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantEntry {
+    /// `FILE.model:MODEL`, or a bare model or variant name of the file of the entry before.
+    model: String,
+    /// What the report calls it (the model's name by default).
+    label: Option<String>,
+    #[serde(default)]
+    set: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn random() -> String {
+    "random".into()
+}
+fn one_batch() -> Vec<usize> {
+    vec![1]
+}
+fn one_length() -> Vec<usize> {
+    vec![128]
+}
+fn default_runs() -> usize {
+    15
+}
+fn default_warmup() -> usize {
+    2
+}
+
+/// An experiment, ready for `ab::ab`.
+pub struct Experiment {
+    pub title: Option<String>,
+    pub variants: Vec<VariantSpec>,
+    pub weights: Weights,
+    pub work: Workload,
+}
+
+/// Whether a command-line argument names an experiment file rather than a variant.
+pub fn is_experiment_file(arg: &str) -> bool {
+    let path = Path::new(arg);
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+}
+
+/// Reads an experiment file. Malformed YAML, unknown keys and wrong value types are printed as
+/// diagnostics at their place in the file.
+pub fn load(path: &Path) -> Result<Experiment, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+    let file: ExperimentFile = serde_yaml::from_str(&text).map_err(|e| {
+        let mut sources = SourceMap::new();
+        let id = sources.add(SourceFile::new(path.display().to_string(), text.clone()));
+        let at = e.location().map_or(0, |l| l.index()).min(text.len());
+        let end = text[at..]
+            .find(|c: char| c.is_whitespace() || c == ':')
+            .map_or(text.len(), |n| at + n.max(1));
+        let (message, help) = explain(&e.to_string());
+        let mut d = Diagnostic::error("E0700", "bad experiment file", Span::new(id, at, end), message);
+        if let Some(h) = help {
+            d = d.with_help(h);
+        }
+        crate::source::print_diagnostics(&[d], &sources);
+        Failure::Reported
+    })?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let relative = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            tidy(&dir.join(p))
+        }
+    };
+    let bad = |m: String| Failure::Message(format!("{}: {m}", path.display()));
+    if file.variants.len() < 2 {
+        return Err(bad("`variants` needs two or more entries to compare".into()));
+    }
+    if file.batch.is_empty() || file.lengths.is_empty() || file.batch.contains(&0) || file.lengths.contains(&0) {
+        return Err(bad("`batch` and `lengths` need one or more sizes, each at least 1".into()));
+    }
+    let shared = set_pairs(&file.set).map_err(&bad)?;
+    let config = file.config.as_deref().map(relative);
+    let mut variants = Vec::new();
+    let mut model_file: Option<PathBuf> = None;
+    for (k, entry) in file.variants.iter().enumerate() {
+        let (file_part, name) = split_model_ref(&entry.model);
+        let spec = if file_part.extension().is_some_and(|e| e == "model") {
+            let full = relative(&file_part.to_string_lossy());
+            model_file = Some(full.clone());
+            match name {
+                Some(n) => format!("{}:{n}", full.display()),
+                None => full.display().to_string(),
+            }
+        } else {
+            match &model_file {
+                Some(f) => format!("{}:{}", f.display(), entry.model),
+                None => {
+                    return Err(bad(format!(
+                        "variant {}: `{}` is a bare name, but no `.model` file was named before it (write `model: path/to/file.model:{}`)",
+                        k + 1,
+                        entry.model,
+                        entry.model
+                    )))
+                }
+            }
+        };
+        let mut set: Vec<String> = shared.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        set.extend(set_pairs(&entry.set).map_err(&bad)?.into_iter().map(|(k, v)| format!("{k}={v}")));
+        variants.push(VariantSpec {
+            spec,
+            label: entry.label.clone(),
+            config: ConfigArgs {
+                config: config.clone(),
+                set,
+            },
+        });
+    }
+    let weights = match file.weights.as_str() {
+        "random" => Weights::Random(file.seed),
+        p => Weights::Checkpoint(relative(p)),
+    };
+    Ok(Experiment {
+        title: file.title,
+        variants,
+        weights,
+        work: Workload {
+            batches: file.batch,
+            lengths: file.lengths,
+            runs: file.runs,
+            warmup: file.warmup,
+        },
+    })
+}
+
+/// `a/b/../c` as `a/c` (lexically: the report shows paths as a person would write them).
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out.iter().collect()
+}
+
+/// `set` values as the text `--set` would take.
+fn set_pairs(set: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, String)>, String> {
+    set.iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::String(s) => s.clone(),
+                _ => return Err(format!("`set: {k}` must be a number, a boolean or a name")),
+            };
+            Ok((k.clone(), text))
+        })
+        .collect()
+}
+
+/// serde_yaml's message without its position (the diagnostic shows it), and a hint: the closest
+/// known key for an unknown one.
+fn explain(message: &str) -> (String, Option<String>) {
+    let message = message.split(" at line ").next().unwrap_or(message).to_string();
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return (message, None);
+    };
+    let unknown = rest.split('`').next().unwrap_or("");
+    let expected: Vec<&str> = rest
+        .split("expected ")
+        .nth(1)
+        .map(|list| list.split('`').skip(1).step_by(2).collect())
+        .unwrap_or_default();
+    let help = match lmc_core::suggest::did_you_mean(unknown, expected.iter().copied()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!(
+            "the keys here are {}",
+            expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    (format!("unknown key `{unknown}`"), Some(help))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_tidied_lexically() {
+        assert_eq!(
+            tidy(Path::new("models/experiments/../bert.model")),
+            PathBuf::from("models/bert.model")
+        );
+        assert_eq!(tidy(Path::new("./x/../../y")), PathBuf::from("../y"));
+    }
+
+    #[test]
+    fn unknown_keys_get_the_closest_known_one() {
+        let (m, help) = explain("variants[0]: unknown field `modle`, expected one of `model`, `label`, `set` at line 3 column 5");
+        assert_eq!(m, "unknown key `modle`");
+        assert_eq!(help.as_deref(), Some("did you mean `model`?"));
+        let (_, help) = explain("unknown field `zzz`, expected one of `title`, `variants` at line 1 column 1");
+        assert_eq!(help.as_deref(), Some("the keys here are `title`, `variants`"));
+        let (m, help) = explain("invalid type: string \"x\", expected usize at line 2 column 3");
+        assert_eq!((m.as_str(), help), ("invalid type: string \"x\", expected usize", None));
+    }
+}
