@@ -342,9 +342,21 @@ fn host_input_text(path: &Path) -> String {
     text
 }
 
+/// Runs the C host on `lib`. `LMC_HOST_WRAPPER` runs it under another program: the README's
+/// memory-safety check is `LMC_HOST_WRAPPER="valgrind --error-exitcode=99 ..."`.
 fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = Command::new(host)
+    let wrapper = std::env::var("LMC_HOST_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(host);
+            c
+        }
+        None => Command::new(host),
+    };
+    let mut child = command
         .arg(lib)
         .arg(root().join(CHECKPOINT))
         .stdin(std::process::Stdio::piped())
@@ -565,6 +577,26 @@ mod bad_input {
         });
         let (code, err) = run_embeddings(&dir, &fixture_inputs());
         expect_error(code, &err, &["embeddings.LayerNorm.weight", "I32", "F32"]);
+    }
+
+    /// NaN or infinite weights are a warning naming the tensor and the counts; the run goes on.
+    #[test]
+    fn non_finite_weights_are_a_warning() {
+        let dir = edited_checkpoint("non_finite", |t| {
+            let e = t.iter_mut().find(|(n, ..)| n == "embeddings.LayerNorm.weight").unwrap();
+            e.3[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            e.3[4..8].copy_from_slice(&f32::INFINITY.to_le_bytes());
+            e.3[8..12].copy_from_slice(&f32::NEG_INFINITY.to_le_bytes());
+        });
+        let (code, err) = run_embeddings(&dir, &fixture_inputs());
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("warning: parameter \"embeddings.LayerNorm.weight\" holds 1 NaN and 2 infinite value(s) of 36"),
+            "{err}"
+        );
+        let (code, err) = run_embeddings(&root().join(CHECKPOINT), &fixture_inputs());
+        assert_eq!(code, 0, "{err}");
+        assert!(!err.contains("NaN"), "{err}");
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub struct LoadedModel {
     /// One per manifest parameter, in manifest order.
     params: Vec<(Vec<usize>, ParamData)>,
     unused: Vec<String>,
+    non_finite: Vec<String>,
 }
 
 impl Module {
@@ -173,6 +174,7 @@ impl Module {
         }
         let manifest = self.manifest();
         let mut problems = Vec::new();
+        let mut non_finite = Vec::new();
         let mut params = Vec::with_capacity(manifest.params.len());
         for spec in &manifest.params {
             // Static and non-negative: the manifest was checked when the module was loaded.
@@ -218,6 +220,11 @@ impl Module {
                 )));
                 continue;
             }
+            if spec.dtype == DType::F32 {
+                if let Some(w) = non_finite_warning(&spec.name, t.bytes()) {
+                    non_finite.push(w);
+                }
+            }
             let data = if t.bytes().as_ptr().align_offset(spec.dtype.size_bytes()) == 0 {
                 ParamData::Mapped { file: fi }
             } else {
@@ -240,8 +247,26 @@ impl Module {
             files,
             params,
             unused,
+            non_finite,
         })
     }
+}
+
+/// A warning if an f32 tensor holds NaN or infinite values: the model still runs (a checkpoint
+/// may mean it, a `-inf` mask bias), but it is more often a corrupt or badly converted file.
+fn non_finite_warning(name: &str, bytes: &[u8]) -> Option<String> {
+    let (mut nan, mut inf) = (0usize, 0usize);
+    for chunk in bytes.chunks_exact(4) {
+        let v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        nan += usize::from(v.is_nan());
+        inf += usize::from(v.is_infinite());
+    }
+    (nan + inf > 0).then(|| {
+        format!(
+            "parameter \"{name}\" holds {nan} NaN and {inf} infinite value(s) of {}",
+            bytes.len() / 4
+        )
+    })
 }
 
 enum Problem<'a> {
@@ -345,6 +370,11 @@ impl LoadedModel {
     /// Names of tensors in the weights that no parameter uses, in file order (for a note).
     pub fn unused_tensors(&self) -> Vec<String> {
         self.unused.clone()
+    }
+
+    /// One line per f32 parameter holding NaN or infinite values (to warn about).
+    pub fn non_finite_parameters(&self) -> &[String] {
+        &self.non_finite
     }
 
     /// The weight files bound, in the order they were opened.

@@ -123,6 +123,9 @@ pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Re
         }
     };
     let model = module.bind_weights(source).map_err(|e| e.to_string())?;
+    for w in model.non_finite_parameters() {
+        eprintln!("warning: {spec}: {w}");
+    }
     Ok(Compiled { graph, model, compile_ms })
 }
 

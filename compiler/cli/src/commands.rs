@@ -208,6 +208,9 @@ pub fn run(
             Failure::Message(e.to_string())
         }
     })?;
+    for w in model.non_finite_parameters() {
+        eprintln!("warning: {w}");
+    }
     let unused = model.unused_tensors();
     if let (false, Some(weights)) = (unused.is_empty(), checkpoint) {
         eprintln!(

@@ -126,23 +126,35 @@ pub fn add_abi_glue<'ctx>(
     module.verify().map_err(|e| e.to_string())
 }
 
-/// The host CPU's features as LLVM spells them (`+avx2,+fma,...`).
-pub fn host_features() -> String {
-    TargetMachine::get_host_cpu_features().to_string_lossy().into_owned()
+/// `LMC_TARGET_CPU` names another CPU to generate code for (a debugging aid, not
+/// configuration): `LMC_TARGET_CPU=haswell` gives AVX2 code that valgrind, which does not know
+/// AVX-512, can run on an AVX-512 machine.
+fn cpu_override() -> Option<String> {
+    std::env::var("LMC_TARGET_CPU").ok().filter(|c| !c.is_empty())
 }
 
-/// A target machine for this host: its CPU and features, position-independent code.
+/// The features of the CPU code is generated for, as LLVM spells them (`+avx2,+fma,...`):
+/// the host's, or none beyond the CPU's own under `LMC_TARGET_CPU`.
+pub fn host_features() -> String {
+    match cpu_override() {
+        Some(_) => String::new(),
+        None => TargetMachine::get_host_cpu_features().to_string_lossy().into_owned(),
+    }
+}
+
+/// A target machine for this host (or `LMC_TARGET_CPU`): its CPU and features,
+/// position-independent code.
 pub fn host_target_machine() -> Result<TargetMachine, String> {
     Target::initialize_native(&InitializationConfig::default())?;
     let triple = TargetMachine::get_default_triple();
     let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
-    let cpu = TargetMachine::get_host_cpu_name();
-    let features = TargetMachine::get_host_cpu_features();
+    let cpu = cpu_override().unwrap_or_else(|| TargetMachine::get_host_cpu_name().to_string_lossy().into_owned());
+    let features = host_features();
     target
         .create_target_machine(
             &triple,
-            cpu.to_str().unwrap_or("generic"),
-            features.to_str().unwrap_or(""),
+            &cpu,
+            &features,
             OptimizationLevel::Aggressive,
             RelocMode::PIC,
             CodeModel::Default,
