@@ -35,6 +35,10 @@ const COLUMN_BLOCKS: i64 = 16;
 /// vector width): a tile's rows of `w`, 4 × 1024 floats, fit in L1.
 const K_BLOCK: i64 = 1024;
 
+/// How many rows of `x` a kernel takes at a time: a multiple of both tiles' rows (4 and 6),
+/// and 96 rows of a 1024-long block of `K` (384 KiB) stay in L2.
+const ROW_BLOCK: i64 = 96;
+
 /// The type of the block of the result one task fills: `[M, columns]`.
 const SLICE_TY: &str = "tensor<?x?xf32>";
 
@@ -337,7 +341,6 @@ impl Kernel {
             batch.to_vec()
         };
         let (rows_per_tile, cols_per_tile) = self.tile_shape(mm.layout);
-        let full_rows = self.round_down(m, rows_per_tile);
         let full_cols = self.round_down(size, cols_per_tile);
         let tile_step = self.index_const(cols_per_tile);
         let row_step = self.index_const(rows_per_tile);
@@ -373,12 +376,27 @@ impl Kernel {
             Some((_, lo, hi)) => (lo.clone(), hi.clone()),
             None => (c0.clone(), k.to_string()),
         };
+        // Rows a block at a time, so that the block of `x` stays in L2 while the columns pass
+        // it (BERT's 128 rows fit whole; 512 rows of RWKV's did not). Blocks are whole tiles
+        // long, so only the last has rows left over.
+        let row_block = self.index_const(ROW_BLOCK);
+        let (rows_res, block_lo, arg) = self.open_loop(&c0, m, &row_block, &filled, SLICE_TY);
+        filled = arg;
+        let block_end = self.fresh();
+        self.line(&format!("{block_end} = arith.addi {block_lo}, {row_block} : index"));
+        let block_hi = self.fresh();
+        self.line(&format!("{block_hi} = arith.minui {block_end}, {m} : index"));
+        let block_rows = self.fresh();
+        self.line(&format!("{block_rows} = arith.subi {block_hi}, {block_lo} : index"));
+        let whole_rows = self.round_down(&block_rows, rows_per_tile);
+        let full_rows = self.fresh();
+        self.line(&format!("{full_rows} = arith.addi {block_lo}, {whole_rows} : index"));
         for (from, to, step, whole) in col_groups {
             let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, SLICE_TY);
             let rhs_col = self.fresh();
             self.line(&format!("  {rhs_col} = arith.addi {col}, {lo} : index"));
             let mut inner = arg;
-            for (from, to, step, rows) in [(&c0, &full_rows, &row_step, rows_per_tile), (&full_rows, &m.to_string(), &c1, 1)] {
+            for (from, to, step, rows) in [(&block_lo, &full_rows, &row_step, rows_per_tile), (&full_rows, &block_hi, &c1, 1)] {
                 let (res, row, arg) = self.open_loop(from, to, step, &inner, SLICE_TY);
                 let at = TileAt {
                     batch,
@@ -400,6 +418,8 @@ impl Kernel {
             self.close_loop(&inner, SLICE_TY);
             filled = res;
         }
+        self.close_loop(&filled, SLICE_TY);
+        filled = rows_res;
         if let Some((res, ..)) = k_block {
             self.close_loop(&filled, SLICE_TY);
             filled = res;
