@@ -22,6 +22,8 @@ pub struct Workload {
     pub lengths: Vec<usize>,
     pub runs: usize,
     pub warmup: usize,
+    /// Threads for the kernels; libomp's default (one per core) when `None`.
+    pub threads: Option<usize>,
 }
 
 /// A variant to compare: `FILE.model:MODEL`, what the report calls it, and its configuration.
@@ -221,6 +223,11 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     if work.runs < 3 {
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
+    match work.threads {
+        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
+        Some(n) => lmc_codegen::llvm::set_threads(n),
+        None => {}
+    }
     install_interrupt_handler();
     if let Some(t) = title {
         println!("{t}");
@@ -241,7 +248,8 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
 
     // Static facts.
-    println!("\nvariants");
+    let threads = lmc_codegen::llvm::threads();
+    println!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" });
     let mut report_variants = Vec::new();
     for (k, v) in variants.iter().enumerate() {
         match &v.compiled {
@@ -296,7 +304,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     }
     let report = json!({
         "title": title, "generator": lmc_abi::generator_string(),
-        "runs": work.runs, "warmup": work.warmup, "interrupted": stopped,
+        "runs": work.runs, "warmup": work.warmup, "threads": lmc_codegen::llvm::threads(), "interrupted": stopped,
         "variants": report_variants, "cells": report_cells,
     });
     let write = |path: &Path, text: String| {

@@ -16,6 +16,7 @@
 //! lengths: [128, 512]
 //! runs: 10
 //! warmup: 2
+//! threads: 2                             # one per core by default
 //! ```
 //!
 //! Unknown keys are errors at their line and column, with the closest known key suggested.
@@ -52,6 +53,8 @@ struct ExperimentFile {
     runs: usize,
     #[serde(default = "default_warmup")]
     warmup: usize,
+    /// Threads for the kernels (one per core by default).
+    threads: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +183,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             lengths: file.lengths,
             runs: file.runs,
             warmup: file.warmup,
+            threads: file.threads,
         },
     })
 }

@@ -171,6 +171,10 @@ enum Command {
         /// Untimed rounds before them [default: 2; replaces an experiment file's `warmup`].
         #[arg(long)]
         warmup: Option<usize>,
+        /// Threads the kernels run on [default: `OMP_NUM_THREADS`, or one per core; replaces an
+        /// experiment file's `threads`].
+        #[arg(long)]
+        threads: Option<usize>,
         /// Also write the report as JSON.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -277,6 +281,7 @@ fn run(cli: Cli) -> ExitCode {
             lengths,
             runs,
             warmup,
+            threads,
             json,
             csv,
             html,
@@ -298,6 +303,7 @@ fn run(cli: Cli) -> ExitCode {
                             w.lengths = lengths.unwrap_or(std::mem::take(&mut w.lengths));
                             w.runs = runs.unwrap_or(w.runs);
                             w.warmup = warmup.unwrap_or(w.warmup);
+                            w.threads = threads.or(w.threads);
                             ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
                         })
                     }
@@ -320,6 +326,7 @@ fn run(cli: Cli) -> ExitCode {
                         lengths: lengths.unwrap_or(vec![128]),
                         runs: runs.unwrap_or(15),
                         warmup: warmup.unwrap_or(2),
+                        threads,
                     };
                     ab::ab(None, &specs, &weights, &work, &reports)
                 }),

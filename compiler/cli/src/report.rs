@@ -87,8 +87,9 @@ pub fn html(report: &Value) -> String {
     let _ = writeln!(h, "<h1>{}</h1>", escape(title));
     let _ = writeln!(
         h,
-        "<p class=\"meta\">{} · {} timed rounds per size after {} warm-up, variants interleaved · ratios are medians of paired per-round ratios with 95% bootstrap intervals</p>",
+        "<p class=\"meta\">{} · {} thread(s) · {} timed rounds per size after {} warm-up, variants interleaved · ratios are medians of paired per-round ratios with 95% bootstrap intervals</p>",
         escape(report["generator"].as_str().unwrap_or("")),
+        report["threads"],
         report["runs"],
         report["warmup"]
     );
