@@ -12,23 +12,13 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import tempfile
 import time
 
+from timing import median_ms
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def median_ms(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
 
 
 def main():

@@ -13,10 +13,10 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import tempfile
-import time
+
+from timing import median_ms
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -24,17 +24,6 @@ SHAPES = {
     "RWKV-4 169M": ("models/rwkv.model", {"hidden_size": 768, "num_hidden_layers": 12, "vocab_size": 50277}),
     "Mamba 130M": ("models/mamba.model", {"hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280}),
 }
-
-
-def median_ms(fn, runs, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
 
 
 def hf_model(name, settings):

@@ -1502,13 +1502,8 @@ fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
         UnaryOp::Cos => simple("math.cos"),
         // 1 / (1 + exp(-x))
         UnaryOp::Sigmoid => {
-            let mut lines = vec![format!("{tmp}0 = arith.negf {x} : f32")];
-            lines.extend(approx::exp(&format!("{tmp}0"), &format!("{tmp}1"), &format!("{tmp}e")));
-            lines.extend([
-                format!("{tmp}2 = arith.constant 1.0 : f32"),
-                format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
-                format!("{res} = arith.divf {tmp}2, {tmp}3 : f32"),
-            ]);
+            let mut lines = one_plus_exp_neg(x, tmp);
+            lines.push(format!("{res} = arith.divf {tmp}2, {tmp}3 : f32"));
             lines
         }
         UnaryOp::Relu => vec![
@@ -1517,13 +1512,8 @@ fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
         ],
         // x / (1 + exp(-x))
         UnaryOp::Silu => {
-            let mut lines = vec![format!("{tmp}0 = arith.negf {x} : f32")];
-            lines.extend(approx::exp(&format!("{tmp}0"), &format!("{tmp}1"), &format!("{tmp}e")));
-            lines.extend([
-                format!("{tmp}2 = arith.constant 1.0 : f32"),
-                format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
-                format!("{res} = arith.divf {x}, {tmp}3 : f32"),
-            ]);
+            let mut lines = one_plus_exp_neg(x, tmp);
+            lines.push(format!("{res} = arith.divf {x}, {tmp}3 : f32"));
             lines
         }
         // x * 0.5 * (1 + erf(x / sqrt(2)))
@@ -1543,6 +1533,17 @@ fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
             lines
         }
     }
+}
+
+/// `{tmp}3 = 1 + exp(-x)`, with `{tmp}2` the constant 1 (sigmoid's and SiLU's denominator).
+fn one_plus_exp_neg(x: &str, tmp: &str) -> Vec<String> {
+    let mut lines = vec![format!("{tmp}0 = arith.negf {x} : f32")];
+    lines.extend(approx::exp(&format!("{tmp}0"), &format!("{tmp}1"), &format!("{tmp}e")));
+    lines.extend([
+        format!("{tmp}2 = arith.constant 1.0 : f32"),
+        format!("{tmp}3 = arith.addf {tmp}1, {tmp}2 : f32"),
+    ]);
+    lines
 }
 
 /// An f32 literal MLIR accepts: always with a decimal point or exponent.

@@ -165,6 +165,13 @@ impl Kernel {
         let _ = writeln!(self.text, "    {text}");
     }
 
+    /// `a op b` on index values (`op`: `addi`, `minui`, ...); returns the result's name.
+    fn index_op(&mut self, op: &str, a: &str, b: &str) -> String {
+        let r = self.fresh();
+        self.line(&format!("{r} = arith.{op} {a}, {b} : index"));
+        r
+    }
+
     fn index_const(&mut self, n: i64) -> String {
         let c = self.fresh();
         self.line(&format!("{c} = arith.constant {n} : index"));
@@ -187,11 +194,8 @@ impl Kernel {
     /// `a - a % b` (the part of `a` that whole steps of `b` cover), as an index value.
     fn round_down(&mut self, a: &str, b: i64) -> String {
         let c = self.index_const(b);
-        let rem = self.fresh();
-        self.line(&format!("{rem} = arith.remui {a}, {c} : index"));
-        let full = self.fresh();
-        self.line(&format!("{full} = arith.subi {a}, {rem} : index"));
-        full
+        let rem = self.index_op("remui", a, &c);
+        self.index_op("subi", a, &rem)
     }
 
     /// Opens `scf.for iv = from to to step step` carrying one tensor; returns (result, iv, arg).
@@ -249,10 +253,8 @@ impl Kernel {
             let per_block = self.ceil_div(&n, COLUMN_BLOCKS);
             let tiles = self.ceil_div(&per_block, cols_per_tile);
             let tile_cols = self.index_const(cols_per_tile);
-            let width = self.fresh();
-            self.line(&format!("{width} = arith.muli {tiles}, {tile_cols} : index"));
-            let block = self.fresh();
-            self.line(&format!("{block} = arith.maxui {width}, {tile_cols} : index"));
+            let width = self.index_op("muli", &tiles, &tile_cols);
+            let block = self.index_op("maxui", &width, &tile_cols);
             let blocks = self.ceil_div_by(&n, &block);
             let (res, out) = (self.fresh(), self.fresh());
             let batch: Vec<String> = bounds.iter().map(|_| self.fresh()).collect();
@@ -267,12 +269,9 @@ impl Kernel {
                 upper.join(", "),
                 self.out
             ));
-            let lo = self.fresh();
-            self.line(&format!("{lo} = arith.muli {b}, {block} : index"));
-            let left = self.fresh();
-            self.line(&format!("{left} = arith.subi {n}, {lo} : index"));
-            let size = self.fresh();
-            self.line(&format!("{size} = arith.minui {left}, {block} : index"));
+            let lo = self.index_op("muli", &b, &block);
+            let left = self.index_op("subi", &n, &lo);
+            let size = self.index_op("minui", &left, &block);
             let (slice, at) = self.slice_of(&out, &ot, r, &batch, &m, &lo, &size);
             let filled = self.columns(mm, &batch, &slice, &lo, &size, &m, &k);
             self.line("scf.forall.in_parallel {");
@@ -365,10 +364,8 @@ impl Kernel {
             ));
             let block = self.index_const(K_BLOCK);
             let (res, k_lo, arg) = self.open_loop(&c0, k, &block, &zeroed, SLICE_TY);
-            let end = self.fresh();
-            self.line(&format!("{end} = arith.addi {k_lo}, {block} : index"));
-            let k_hi = self.fresh();
-            self.line(&format!("{k_hi} = arith.minui {end}, {k} : index"));
+            let end = self.index_op("addi", &k_lo, &block);
+            let k_hi = self.index_op("minui", &end, k);
             filled = arg;
             k_block = Some((res, k_lo, k_hi));
         }
@@ -382,15 +379,11 @@ impl Kernel {
         let row_block = self.index_const(ROW_BLOCK);
         let (rows_res, block_lo, arg) = self.open_loop(&c0, m, &row_block, &filled, SLICE_TY);
         filled = arg;
-        let block_end = self.fresh();
-        self.line(&format!("{block_end} = arith.addi {block_lo}, {row_block} : index"));
-        let block_hi = self.fresh();
-        self.line(&format!("{block_hi} = arith.minui {block_end}, {m} : index"));
-        let block_rows = self.fresh();
-        self.line(&format!("{block_rows} = arith.subi {block_hi}, {block_lo} : index"));
+        let block_end = self.index_op("addi", &block_lo, &row_block);
+        let block_hi = self.index_op("minui", &block_end, m);
+        let block_rows = self.index_op("subi", &block_hi, &block_lo);
         let whole_rows = self.round_down(&block_rows, rows_per_tile);
-        let full_rows = self.fresh();
-        self.line(&format!("{full_rows} = arith.addi {block_lo}, {whole_rows} : index"));
+        let full_rows = self.index_op("addi", &block_lo, &whole_rows);
         for (from, to, step, whole) in col_groups {
             let (res, col, arg) = self.open_loop(&from, &to, &step, &filled, SLICE_TY);
             let rhs_col = self.fresh();
@@ -443,9 +436,7 @@ impl Kernel {
 
     /// `ceil(a / b)`, as an index value.
     fn ceil_div_by(&mut self, a: &str, b: &str) -> String {
-        let q = self.fresh();
-        self.line(&format!("{q} = arith.ceildivui {a}, {b} : index"));
-        q
+        self.index_op("ceildivui", a, b)
     }
 
     /// One `rows × cols` tile of `x @ transpose(w)`: a vector of partial sums per element over
@@ -596,8 +587,7 @@ impl Kernel {
         let mut out = vec![base.to_string()];
         for i in 1..count {
             let c = self.index_const(i * stride);
-            let s = self.fresh();
-            self.line(&format!("{s} = arith.addi {base}, {c} : index"));
+            let s = self.index_op("addi", base, &c);
             out.push(s);
         }
         out
