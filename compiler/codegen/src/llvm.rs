@@ -195,9 +195,9 @@ pub fn write_object(module: &Module, machine: &TargetMachine, path: &Path) -> Re
     machine.write_to_file(module, FileType::Object, path).map_err(|e| e.to_string())
 }
 
-/// Makes the host process's symbols, and libomp's, visible to JIT'd code; idempotent. libomp
-/// is loaded by path: a program that links lmc but never calls OpenMP itself (a test binary)
-/// has no libomp loaded otherwise.
+/// Makes the host process's symbols, libomp's and the buffer allocator's visible to JIT'd code;
+/// idempotent. libomp is loaded by path: a program that links lmc but never calls OpenMP itself
+/// (a test binary) has no libomp loaded otherwise.
 pub fn expose_process_symbols() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     const LIBOMP: &str = concat!(env!("LMC_LIBOMP_DIR"), "/libomp.so\0");
@@ -206,6 +206,13 @@ pub fn expose_process_symbols() {
     ONCE.call_once(|| unsafe {
         LLVMLoadLibraryPermanently(std::ptr::null());
         LLVMLoadLibraryPermanently(LIBOMP.as_ptr().cast());
+        // The buffer allocator: a Rust program does not export its functions to dlsym, so they
+        // are registered by address.
+        for (name, address) in lmc_abi::buffers::symbols() {
+            if let Ok(name) = std::ffi::CString::new(name) {
+                inkwell::llvm_sys::support::LLVMAddSymbol(name.as_ptr(), address as *mut c_void);
+            }
+        }
     });
 }
 

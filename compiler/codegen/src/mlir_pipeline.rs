@@ -72,12 +72,12 @@ pub const PIPELINE: &str = concat!(
     "convert-scf-to-cf,",
     "expand-strided-metadata,",
     "lower-affine,",
-    "finalize-memref-to-llvm,",
+    "finalize-memref-to-llvm{use-generic-functions=1},",
     // Lane sums of the dot-product kernels as a shuffle tree, not a serial chain (P10).
     "convert-vector-to-llvm{reassociate-fp-reductions=1},",
     // Again: a masked store into a block of dynamic size reads the block's size (`memref.dim`),
     // which the vector lowering above creates.
-    "finalize-memref-to-llvm,",
+    "finalize-memref-to-llvm{use-generic-functions=1},",
     "convert-math-to-llvm,",
     "convert-math-to-libm,",
     "arith-expand,",

@@ -23,6 +23,8 @@
 //! bounds and index ranges before it calls one. (Gathers also clamp indices, so a caller that
 //! skips the runtime gets wrong numbers, never an out-of-bounds read.)
 
+pub mod buffers;
+
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the calling convention or the manifest schema changes incompatibly.
