@@ -1,11 +1,13 @@
 //! MLIR text → lowered MLIR (`llvm` dialect), in-process through melior. The pass pipeline lives
 //! here and only here.
 //!
-//! Bufferize (across functions: kernels and outlined ops are private functions that write into
-//! a destination argument), free temporaries, lower the remaining `linalg` to loops and the
-//! matmul kernels' vector ops to LLVM vectors, then everything to LLVM. Tiling and
-//! vectorization happen in the emitter (`emit_mlir::matmul`), not here; this stage's contract
-//! (text in, `llvm` dialect out) does not change with them.
+//! Apply the module's own schedule (the emitter's transform-dialect sequence, which tiles the
+//! ops it marked into parallel rows), bufferize (across functions: kernels and outlined ops are
+//! private functions that write into a destination argument), free temporaries, make parallel
+//! loops OpenMP, lower the remaining `linalg` to loops and the matmul kernels' vector ops to
+//! LLVM vectors, then everything to LLVM. What is tiled and vectorized how is decided in the
+//! emitter (`emit_mlir`, `emit_mlir::matmul`), not here; this stage's contract (text in, `llvm`
+//! dialect out) does not change with it.
 
 use melior::dialect::DialectRegistry;
 use melior::ir::operation::OperationLike;
@@ -57,8 +59,9 @@ pub const PIPELINE: &str = concat!(
     "builtin.module(",
     bufferize_passes!(),
     ",",
-    // The matmul kernels' parallel loops (`scf.forall`) become OpenMP worksharing loops:
-    // `__kmpc_*` calls into libomp, which the JIT's process and every linked library load.
+    // Parallel loops (`scf.forall`: the matmul kernels' column blocks, the tiled ops' rows)
+    // become OpenMP worksharing loops: `__kmpc_*` calls into libomp, which the JIT's process
+    // and every linked library load.
     "scf-forall-to-parallel,",
     "func.func(convert-linalg-to-loops),",
     "convert-scf-to-openmp,",
