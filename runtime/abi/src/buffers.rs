@@ -9,8 +9,10 @@
 //! goes back to the system. Nothing is ever returned early or shared: a cached buffer belongs to
 //! nobody until it is handed out again.
 //!
-//! Both the JIT (which codegen points at these functions) and generated shared libraries (which
-//! find them in the runtime library that loads them) use this one copy.
+//! The JIT points generated code at these functions. A generated shared library carries its own
+//! two-line malloc/free shim under the same names instead (codegen's `link.rs`): it may be
+//! loaded by a process that exports nothing (`lmc run --lib`), so it cannot count on finding
+//! these; it does not reuse buffers yet.
 
 use std::alloc::Layout;
 use std::collections::HashMap;
