@@ -34,7 +34,6 @@ pub struct VariantSpec {
 }
 
 /// Where `lmc ab` writes its report besides the terminal.
-#[derive(Default)]
 pub struct Reports {
     pub json: Option<PathBuf>,
     pub csv: Option<PathBuf>,
@@ -223,11 +222,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     if work.runs < 3 {
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
-    match work.threads {
-        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
-        Some(n) => lmc_codegen::llvm::set_threads(n),
-        None => {}
-    }
+    let threads = crate::commands::use_threads(work.threads)?;
     install_interrupt_handler();
     if let Some(t) = title {
         println!("{t}");
@@ -248,7 +243,6 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
 
     // Static facts.
-    let threads = lmc_codegen::llvm::threads();
     println!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" });
     let mut report_variants = Vec::new();
     for (k, v) in variants.iter().enumerate() {
@@ -304,7 +298,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     }
     let report = json!({
         "title": title, "generator": lmc_abi::generator_string(),
-        "runs": work.runs, "warmup": work.warmup, "threads": lmc_codegen::llvm::threads(), "interrupted": stopped,
+        "runs": work.runs, "warmup": work.warmup, "threads": threads, "interrupted": stopped,
         "variants": report_variants, "cells": report_cells,
     });
     let write = |path: &Path, text: String| {

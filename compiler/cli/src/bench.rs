@@ -41,12 +41,7 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
     if runs == 0 {
         return Err(Failure::Message("`--runs` must be at least 1".into()));
     }
-    match threads {
-        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
-        Some(n) => lmc_codegen::llvm::set_threads(n),
-        None => {}
-    }
-    let threads = lmc_codegen::llvm::threads();
+    let threads = crate::commands::use_threads(threads)?;
     let c = compile_variant(spec, weights, config).map_err(Failure::Message)?;
     if let Some(why) = length_limit(&c.graph, seq) {
         return Err(Failure::Message(format!("{spec} {why}")));

@@ -5,6 +5,17 @@ use crate::{ConfigArgs, MessageFormat, Stage};
 use lmc_core::{CheckError, ConfigOverrides};
 use std::path::{Path, PathBuf};
 
+/// Applies `--threads` (libomp's default, one per core, when `None`) for the kernels the calling
+/// thread starts; returns the count in effect.
+pub fn use_threads(threads: Option<usize>) -> Result<usize, Failure> {
+    match threads {
+        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
+        Some(n) => lmc_codegen::llvm::set_threads(n),
+        None => {}
+    }
+    Ok(lmc_codegen::llvm::threads())
+}
+
 /// How a command failed: diagnostics already printed, or one message still to print.
 pub enum Failure {
     Reported,

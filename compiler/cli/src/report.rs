@@ -250,16 +250,15 @@ fn nice_ceiling(x: f64) -> f64 {
     [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|v| *v >= x).unwrap_or(10.0 * p)
 }
 
+/// An axis label: at most two decimals, none trailing, with k or M for thousands and millions.
 fn fmt_tick(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.3}M", v / 1e6).trim_end_matches('0').trim_end_matches('.').to_string() + ""
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3).replace(".0k", "k")
-    } else if v >= 10.0 || v == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string()
-    }
+    let (value, suffix) = match v {
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    let digits = format!("{value:.2}");
+    format!("{}{suffix}", digits.trim_end_matches('0').trim_end_matches('.'))
 }
 
 fn svg_open(title: &str) -> String {
@@ -528,6 +527,12 @@ mod tests {
         assert!(page.contains("cannot run past 128"));
         // Latencies 1 ms to 33 ms span more than 20x: a log axis.
         assert!(page.contains("Latency (median, p10–p90) (log scale)"));
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        let labels: Vec<String> = [0.0, 0.25, 2.5, 12.0, 37500.0, 50000.0, 1.5e6].map(fmt_tick).to_vec();
+        assert_eq!(labels, ["0", "0.25", "2.5", "12", "37.5k", "50k", "1.5M"]);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
         g,
         target: *target,
         functions: Functions::default(),
+        row_tile_sizes: Vec::new(),
         in_scan_body: false,
         body: String::new(),
         tmp: 0,
@@ -46,6 +47,9 @@ struct Emitter<'a> {
     in_scan_body: bool,
     /// The private functions defined so far: matmul kernels and outlined ops.
     functions: Functions,
+    /// The distinct tile sizes [`mark_row_parallel`] has marked loop nests with, for the
+    /// [`schedule`].
+    row_tile_sizes: Vec<String>,
     body: String,
     tmp: usize,
     /// The innermost scan each node's body belongs to (`None`: the function body).
@@ -289,8 +293,9 @@ const ROW_PARALLEL_ATTR: &str = "lmc.row_parallel";
 /// Marks each `linalg.generic` of a top-level op's code to run in parallel over its leading
 /// parallel dimensions (rows), all but the innermost loop, which stays a sequential, vectorizable
 /// loop inside each task: `lmc.row_parallel = [1, 1, 0]` are the tile sizes [`schedule`] tiles
-/// it by. (Scan steps are never marked: they would start threads once per time step.)
-fn mark_row_parallel(text: &str) -> String {
+/// it by, added to `tile_sizes` when new. (Scan steps are never marked: they would start threads
+/// once per time step.)
+fn mark_row_parallel(text: &str, tile_sizes: &mut Vec<String>) -> String {
     const ITERATORS: &str = "iterator_types = [";
     let mut out = String::with_capacity(text.len() + 256);
     for line in text.split_inclusive('\n') {
@@ -306,12 +311,12 @@ fn mark_row_parallel(text: &str) -> String {
                 let tiled = leading.min(iterators.len().saturating_sub(1));
                 (tiled > 0).then(|| {
                     let sizes: Vec<&str> = (0..iterators.len()).map(|i| if i < tiled { "1" } else { "0" }).collect();
-                    format!(
-                        "{}, {ROW_PARALLEL_ATTR} = [{}]{}",
-                        &line[..=list_end],
-                        sizes.join(", "),
-                        &line[list_end + 1..]
-                    )
+                    let sizes = format!("[{}]", sizes.join(", "));
+                    let marked = format!("{}, {ROW_PARALLEL_ATTR} = {sizes}{}", &line[..=list_end], &line[list_end + 1..]);
+                    if !tile_sizes.contains(&sizes) {
+                        tile_sizes.push(sizes);
+                    }
+                    marked
                 })
             });
         out.push_str(marked.as_deref().unwrap_or(line));
@@ -319,21 +324,11 @@ fn mark_row_parallel(text: &str) -> String {
     out
 }
 
-/// The transform-dialect schedule that tiles every loop nest marked by [`mark_row_parallel`] into
-/// an `scf.forall` of one row per iteration (threads, through OpenMP, once lowered); empty when
-/// nothing is marked. It lives in the module until the pipeline applies and removes it.
-fn schedule(module_text: &str) -> String {
-    let mut tile_sizes: Vec<&str> = Vec::new();
-    let key = format!("{ROW_PARALLEL_ATTR} = [");
-    for (at, _) in module_text.match_indices(&key) {
-        let start = at + key.len() - 1;
-        if let Some(len) = module_text[start..].find(']') {
-            let sizes = &module_text[start..=start + len];
-            if !tile_sizes.contains(&sizes) {
-                tile_sizes.push(sizes);
-            }
-        }
-    }
+/// The transform-dialect schedule that tiles every loop nest marked by [`mark_row_parallel`]
+/// (with one of `tile_sizes`) into an `scf.forall` of one row per iteration (threads, through
+/// OpenMP, once lowered); empty when nothing is marked. It lives in the module until the
+/// pipeline applies and removes it.
+fn schedule(tile_sizes: &[String]) -> String {
     if tile_sizes.is_empty() {
         return String::new();
     }
@@ -482,7 +477,7 @@ impl Emitter<'_> {
         for function in self.functions.texts("op").chain(self.functions.texts("matmul")) {
             out.push_str(function);
         }
-        let schedule = schedule(&out);
+        let schedule = schedule(&self.row_tile_sizes);
         if !schedule.is_empty() {
             out = out.replacen("module {", "module attributes {transform.with_named_sequence} {", 1);
             out.push_str(&schedule);
@@ -558,7 +553,7 @@ impl Emitter<'_> {
         let first_tmp = self.tmp;
         let saved = std::mem::take(&mut self.body);
         self.emit_node(id);
-        let text = mark_row_parallel(&std::mem::replace(&mut self.body, saved));
+        let text = mark_row_parallel(&std::mem::replace(&mut self.body, saved), &mut self.row_tile_sizes);
         match outline(self.g, id, &text, first_tmp) {
             Some(f) => {
                 let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));

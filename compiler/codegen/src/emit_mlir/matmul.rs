@@ -374,7 +374,7 @@ impl Kernel {
             None => (c0.clone(), k.to_string()),
         };
         // Rows a block at a time, so that the block of `x` stays in L2 while the columns pass
-        // it (BERT's 128 rows fit whole; 512 rows of RWKV's did not). Blocks are whole tiles
+        // it (128 rows fit whole; 512 did not). Blocks are whole tiles
         // long, so only the last has rows left over.
         let row_block = self.index_const(ROW_BLOCK);
         let (rows_res, block_lo, arg) = self.open_loop(&c0, m, &row_block, &filled, SLICE_TY);
