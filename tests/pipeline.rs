@@ -915,7 +915,8 @@ fn llama_matches_hugging_face() {
     assert_matches_fixture("models/llama.model", "tests/fixtures/llama_tiny", 1e-4);
 }
 
-/// The lines inside every `scf.for` of a printed MLIR module (nested loops included).
+/// The lines inside every `scf.for` of a printed MLIR module (nested loops included; not
+/// `scf.forall`, the loop over a scan's blocks of lanes).
 fn loop_bodies(mlir: &str) -> Vec<&str> {
     let mut inside = Vec::new();
     let mut depth = 0i64;
@@ -926,7 +927,7 @@ fn loop_bodies(mlir: &str) -> Vec<&str> {
         }
         let opens = line.matches('{').count() as i64;
         let closes = line.matches('}').count() as i64;
-        if line.contains("scf.for") && opens > closes {
+        if line.contains("scf.for ") && opens > closes {
             loop_depths.push(depth);
         }
         depth += opens - closes;
@@ -937,14 +938,15 @@ fn loop_bodies(mlir: &str) -> Vec<&str> {
     inside
 }
 
-/// A scan is one loop over time whose steps allocate nothing: the body's temporaries are
-/// allocated once before the loop, states are updated in place, and each step's output is
-/// written into its slice of the result. Checked on the bufferized module of every model with a
+/// A scan is one loop over time (per block of lanes, where it has them) whose steps allocate
+/// nothing: the body's temporaries are allocated once before the loop, states are updated in
+/// place, and each step's output is written into its slice of the result. Checked on the bufferized module of every model with a
 /// scan, and snapshotted for the op corpus' scans.
 #[test]
 fn scan_steps_allocate_nothing() {
     for (spec, config) in [
         ("models/rwkv.model:RwkvForCausalLM", "tests/fixtures/rwkv_tiny"),
+        ("models/mamba.model:MambaForCausalLM", "tests/fixtures/mamba_tiny"),
         ("models/lstm.model:ElmoLstmEncoder", "tests/fixtures/lstm_tiny"),
         (
             "models/linear_transformer.model:LinearTransformerLM",
@@ -970,6 +972,39 @@ fn scan_steps_allocate_nothing() {
         "corpus_Recurrences_buffers",
         lmc_codegen::emit_buffers(&g, &lmc_codegen::Target::AVX2).unwrap()
     );
+}
+
+/// A scan whose recurrence is independent per channel is one loop over time per block of
+/// channels: an `scf.forall` over the blocks (threads, once lowered) around one `scf.for` over
+/// time, calling nothing. A step's chain of elementwise math is one loop nest: Mamba's step is
+/// two (the state update `exp(Δ·A)·h + Δ·B·x`, and `Σ_n h·C`); RWKV's WKV step keeps a nest
+/// for each value it reads more than once. Every layer's scan is split so.
+#[test]
+fn scans_are_fused_loops_per_block_of_channels() {
+    for (spec, config, layers, blocks, nests_per_step) in [
+        ("models/mamba.model:MambaForCausalLM", "tests/fixtures/mamba_tiny", 2, 3, 2),
+        ("models/rwkv.model:RwkvForCausalLM", "tests/fixtures/rwkv_tiny", 3, 2, 9),
+    ] {
+        let out = lmc(&["emit", "--stage", "mlir", spec, "--config", config]);
+        assert!(out.status.success(), "{spec}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            text.matches("= scf.forall (%s").count(),
+            layers,
+            "{spec}: one blocked scan per layer"
+        );
+        assert_eq!(text.matches("= scf.for %s").count(), layers, "{spec}: every scan is blocked");
+        let start = text.find("_blocks = arith.constant").expect("a blocked scan");
+        let end = start + text[start..].find("scf.forall.in_parallel").expect("the end of the blocks");
+        let scan = &text[start..end];
+        assert!(
+            scan.starts_with(&format!("_blocks = arith.constant {blocks} : index")),
+            "{spec}: {scan}"
+        );
+        assert_eq!(scan.matches("scf.for ").count(), 1, "{spec}: one loop over time");
+        assert_eq!(scan.matches("linalg.generic").count(), nests_per_step, "{spec}: {scan}");
+        assert!(!scan.contains("call @"), "{spec}: a scan step calls a function");
+    }
 }
 
 /// `lmc ab` compares variants on one checkpoint: a variant identical to the base (UniLM's

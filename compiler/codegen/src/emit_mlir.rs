@@ -20,6 +20,8 @@ use lmc_core::ir::{
 use std::fmt::Write as _;
 
 mod approx;
+mod fuse;
+mod lanes;
 mod matmul;
 
 /// The name of the generated function that implements `forward`.
@@ -27,15 +29,21 @@ pub const FORWARD_FUNC: &str = "forward";
 
 /// Emits the MLIR module for a graph's forward function, with kernels shaped for `target`.
 pub fn emit_module(g: &Graph, target: &Target) -> String {
+    let regions = g.enclosing_scans();
+    let uses = fuse::use_counts(g);
     let mut e = Emitter {
+        fully_fused: fuse::fully_fused(g, &regions, &uses),
+        uses,
         g,
         target: *target,
         functions: Functions::default(),
         row_tile_sizes: Vec::new(),
         in_scan_body: false,
+        block: None,
+        indent: 0,
         body: String::new(),
         tmp: 0,
-        regions: g.enclosing_scans(),
+        regions,
     };
     e.emit_function()
 }
@@ -45,6 +53,10 @@ struct Emitter<'a> {
     target: Target,
     /// Whether the node being emitted is in a scan's body.
     in_scan_body: bool,
+    /// The block of lanes the scan body being emitted works on, if it was split into blocks.
+    block: Option<Block>,
+    /// Extra indentation of the lines being emitted (two spaces each), inside a block's loop.
+    indent: usize,
     /// The private functions defined so far: matmul kernels and outlined ops.
     functions: Functions,
     /// The distinct tile sizes [`mark_row_parallel`] has marked loop nests with, for the
@@ -54,6 +66,29 @@ struct Emitter<'a> {
     tmp: usize,
     /// The innermost scan each node's body belongs to (`None`: the function body).
     regions: Vec<Option<ValueId>>,
+    /// How many times each value is read (see [`fuse`]).
+    uses: Vec<usize>,
+    /// The scan-body nodes computed only inside the ops that read them (see [`fuse`]).
+    fully_fused: std::collections::HashSet<ValueId>,
+}
+
+/// The inputs and body of a loop nest that computes a chain of fused ops (see [`fuse`]).
+#[derive(Default)]
+struct FusedBody {
+    /// The loop nest's number of dimensions.
+    rank: usize,
+    /// Each input once: its SSA name, tensor type, indexing map and element type.
+    inputs: Vec<(String, String, String, &'static str)>,
+    lines: Vec<String>,
+}
+
+/// One block of a scan's lanes (see [`lanes`]): inside it, every value with a lane axis has
+/// `lanes.block` elements along it, and the values defined outside the body are read through
+/// their block's slice.
+struct Block {
+    lanes: lanes::Lanes,
+    /// The SSA names of those slices.
+    slices: std::collections::HashMap<ValueId, String>,
 }
 
 /// The module's private functions, each distinct one defined once and named by its kind and
@@ -374,7 +409,28 @@ impl Emitter<'_> {
     }
 
     fn line(&mut self, text: &str) {
-        let _ = writeln!(self.body, "    {text}");
+        let _ = writeln!(self.body, "    {}{text}", "  ".repeat(self.indent));
+    }
+
+    /// A value's type where it is being emitted: within a block of lanes, its lane axis has the
+    /// block's length.
+    fn ty(&self, id: ValueId) -> TensorType {
+        let mut t = self.g.ty(id).clone();
+        if let Some(b) = &self.block {
+            if let Some(&axis) = b.lanes.axis.get(&id) {
+                t.dims[axis] = Dim::Static(b.lanes.block);
+            }
+        }
+        t
+    }
+
+    /// A value's SSA name where it is being read: within a block of lanes, a value defined
+    /// outside the scan body is read through its block's slice.
+    fn name(&self, id: ValueId) -> String {
+        self.block
+            .as_ref()
+            .and_then(|b| b.slices.get(&id).cloned())
+            .unwrap_or_else(|| v(id))
     }
 
     fn is_scalar(&self, id: ValueId) -> bool {
@@ -494,6 +550,9 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
+            if self.fully_fused.contains(&id) {
+                continue;
+            }
             self.in_scan_body = region.is_some();
             if region.is_none() && self.outlinable(id) {
                 self.emit_outlined(id);
@@ -610,10 +669,172 @@ impl Emitter<'_> {
         )
     }
 
-    /// A scan as an `scf.for` over the axis. The states and the stacked outputs are the loop's
-    /// iteration arguments; each step extracts its slices, runs the body and inserts its outputs.
-    /// The results are named after the `scan_result` nodes that follow the scan.
+    /// A scan: one loop over time per block of lanes when it has lanes (see
+    /// [`Emitter::emit_blocked_scan`]), otherwise one loop over time.
     fn emit_scan(&mut self, id: ValueId, s: &Scan, loc: &str) {
+        // Only a scan of the function body: one nested in another scan's body would start its
+        // threads once per step of the outer one.
+        if self.regions[id.0 as usize].is_none() {
+            if let Some(lanes) = lanes::plan(self.g, id, s, &self.regions) {
+                self.emit_blocked_scan(id, s, lanes, loc);
+                return;
+            }
+        }
+        let n = id.0 as usize;
+        let finals: Vec<String> = (0..s.init.len())
+            .map(|k| v(ValueId((n + 1 + s.outputs.len() + k) as u32)))
+            .collect();
+        let stacked: Vec<String> = (0..s.outputs.len()).map(|k| v(ValueId((n + 1 + k) as u32))).collect();
+        let inits: Vec<String> = s.init.iter().map(|i| self.name(*i)).collect();
+        self.emit_scan_loop(id, s, &inits, None, &finals, &stacked, loc);
+    }
+
+    /// A scan split into blocks of lanes: an `scf.forall` over the blocks (threads, once
+    /// lowered) whose body is the scan's loop over time on that block's slices, so a block's
+    /// states stay in cache for the whole sequence. Each block writes its slice of the results.
+    fn emit_blocked_scan(&mut self, id: ValueId, s: &Scan, lanes: lanes::Lanes, loc: &str) {
+        let g = self.g;
+        let n = id.0 as usize;
+        let start = s.body_start.0 as usize;
+        let prefix = format!("%s{n}");
+        let results: Vec<ValueId> = (0..s.result_count()).map(|k| ValueId((n + 1 + k) as u32)).collect();
+        let shared: Vec<String> = results.iter().map(|r| self.empty(g.ty(*r))).collect();
+        let blocks = match lanes.size {
+            Dim::Static(size) => {
+                self.line(&format!("{prefix}_blocks = arith.constant {} : index", size / lanes.block));
+                format!("{prefix}_blocks")
+            }
+            Dim::Symbol(sym) => format!("%sym{}", sym.0),
+        };
+        self.line(&format!("{prefix}_lanes = arith.constant {} : index", lanes.block));
+        let full_types: Vec<String> = results.iter().map(|r| tensor_ty(g.ty(*r))).collect();
+        let shared_outs: Vec<String> = shared.iter().enumerate().map(|(k, e)| format!("{prefix}_out{k} = {e}")).collect();
+        let names: Vec<String> = results.iter().map(|r| v(*r)).collect();
+        self.line(&format!(
+            "{} = scf.forall ({prefix}_block) in ({blocks}) shared_outs({}) -> ({}) {{",
+            names.join(", "),
+            shared_outs.join(", "),
+            full_types.join(", ")
+        ));
+        self.line(&format!("  {prefix}_at = arith.muli {prefix}_block, {prefix}_lanes : index"));
+        let at = format!("{prefix}_at");
+        // The slices of the values defined outside the body (the body's parameters included:
+        // they are read at the top of the function), in value order.
+        let mut outer: Vec<(ValueId, usize)> = lanes
+            .axis
+            .iter()
+            .map(|(v, a)| (*v, *a))
+            .filter(|(v, _)| {
+                let i = v.0 as usize;
+                i < start || (i < n && matches!(g.node(*v).op, Op::Param(_)))
+            })
+            .collect();
+        outer.sort_unstable();
+        let block_slice = |t: &TensorType, axis: usize| {
+            let mut offsets = vec!["0".to_string(); t.rank()];
+            offsets[axis] = at.clone();
+            let mut sizes: Vec<String> = t
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Static(k) => k.to_string(),
+                    Dim::Symbol(s) => format!("%sym{}", s.0),
+                })
+                .collect();
+            sizes[axis] = lanes.block.to_string();
+            format!(
+                "[{}] [{}] [{}]",
+                offsets.join(", "),
+                sizes.join(", "),
+                vec!["1"; t.rank()].join(", ")
+            )
+        };
+        let mut slices = std::collections::HashMap::new();
+        let mut result_slices = Vec::new();
+        {
+            let mut lines = Vec::new();
+            let blocked = |t: &TensorType, axis: usize| {
+                let mut b = t.clone();
+                b.dims[axis] = Dim::Static(lanes.block);
+                b
+            };
+            for (value, axis) in &outer {
+                let t = g.ty(*value);
+                let name = format!("{prefix}_in{}", value.0);
+                lines.push(format!(
+                    "{name} = tensor.extract_slice {}{} : {} to {}",
+                    v(*value),
+                    block_slice(t, *axis),
+                    tensor_ty(t),
+                    tensor_ty(&blocked(t, *axis))
+                ));
+                slices.insert(*value, name);
+            }
+            for (k, r) in results.iter().enumerate() {
+                let (t, axis) = (g.ty(*r), lanes.axis[r]);
+                let name = format!("{prefix}_part{k}");
+                lines.push(format!(
+                    "{name} = tensor.extract_slice {prefix}_out{k}{} : {} to {}",
+                    block_slice(t, axis),
+                    tensor_ty(t),
+                    tensor_ty(&blocked(t, axis))
+                ));
+                result_slices.push((name, block_slice(t, axis), tensor_ty(&blocked(t, axis)), tensor_ty(t)));
+            }
+            self.indent += 1;
+            for l in lines {
+                self.line(&l);
+            }
+        }
+        self.block = Some(Block { lanes, slices });
+        // Each state starts as a copy of its initial value in its final value's slice, where
+        // the loop then updates it in place.
+        let mut inits = Vec::new();
+        for (k, init) in s.init.iter().enumerate() {
+            let (part, _, ty, _) = &result_slices[s.outputs.len() + k];
+            let state = format!("{prefix}_init{k}");
+            self.line(&format!(
+                "{state} = linalg.copy ins({} : {ty}) outs({part} : {ty}) -> {ty}",
+                self.name(*init)
+            ));
+            inits.push(state);
+        }
+        let stacked: Vec<String> = result_slices[..s.outputs.len()].iter().map(|r| r.0.clone()).collect();
+        let finals: Vec<String> = (0..s.init.len()).map(|k| format!("{prefix}_final{k}")).collect();
+        let outputs: Vec<String> = (0..s.outputs.len()).map(|k| format!("{prefix}_stacked{k}")).collect();
+        self.emit_scan_loop(id, s, &inits, Some(&stacked), &finals, &outputs, loc);
+        self.block = None;
+        self.line("scf.forall.in_parallel {");
+        for (k, (_, slice, part_ty, full_ty)) in result_slices.iter().enumerate() {
+            let value = if k < s.outputs.len() {
+                &outputs[k]
+            } else {
+                &finals[k - s.outputs.len()]
+            };
+            self.line(&format!(
+                "  tensor.parallel_insert_slice {value} into {prefix}_out{k}{slice} : {part_ty} into {full_ty}"
+            ));
+        }
+        self.line("}");
+        self.indent -= 1;
+        self.line(&format!("}} {loc}"));
+    }
+
+    /// A scan's loop over time: an `scf.for` over the axis whose iteration arguments are the
+    /// states (starting from `inits`) and the stacked outputs (written into `accumulators`, or
+    /// new tensors); each step extracts its slices, runs the body and inserts its outputs. The
+    /// loop's results are named `finals` (the states) and `stacked` (the outputs).
+    #[allow(clippy::too_many_arguments)]
+    fn emit_scan_loop(
+        &mut self,
+        id: ValueId,
+        s: &Scan,
+        inits: &[String],
+        accumulators: Option<&[String]>,
+        finals: &[String],
+        stacked: &[String],
+        loc: &str,
+    ) {
         let g = self.g;
         let n = id.0 as usize;
         let start = s.body_start.0 as usize;
@@ -621,24 +842,24 @@ impl Emitter<'_> {
         self.line(&format!("{prefix}_c0 = arith.constant 0 : index"));
         self.line(&format!("{prefix}_c1 = arith.constant 1 : index"));
         let length = self.dim_value(g.ty(s.xs[0]).dims[s.axis]);
-        let result_ty = |k: usize| g.nodes[n + 1 + k].ty.clone();
-        let mut accumulators = Vec::new();
-        for k in 0..s.outputs.len() {
-            accumulators.push(self.empty(&result_ty(k)));
-        }
+        let result_ty = |e: &Self, k: usize| e.ty(ValueId((n + 1 + k) as u32));
+        let accumulators: Vec<String> = match accumulators {
+            Some(given) => given.to_vec(),
+            None => (0..s.outputs.len()).map(|k| self.empty(&result_ty(self, k))).collect(),
+        };
         let value_ty = |t: &TensorType| if t.rank() == 0 { elem(t.dtype).to_string() } else { tensor_ty(t) };
         let mut names = Vec::new();
         let mut iter_args = Vec::new();
         let mut types = Vec::new();
         for (k, init) in s.init.iter().enumerate() {
-            names.push(v(ValueId((n + 1 + s.outputs.len() + k) as u32)));
-            iter_args.push(format!("{} = {}", v(ValueId((start + k) as u32)), v(*init)));
-            types.push(value_ty(g.ty(*init)));
+            names.push(finals[k].clone());
+            iter_args.push(format!("{} = {}", v(ValueId((start + k) as u32)), inits[k]));
+            types.push(value_ty(&self.ty(*init)));
         }
         for (k, acc) in accumulators.iter().enumerate() {
-            names.push(v(ValueId((n + 1 + k) as u32)));
+            names.push(stacked[k].clone());
             iter_args.push(format!("{prefix}_acc{k} = {acc}"));
-            types.push(tensor_ty(&result_ty(k)));
+            types.push(tensor_ty(&result_ty(self, k)));
         }
         self.line(&format!(
             "{} = scf.for {prefix}_iv = {prefix}_c0 to {length} step {prefix}_c1 iter_args({}) -> ({}) {{",
@@ -649,23 +870,17 @@ impl Emitter<'_> {
         let iv = format!("{prefix}_iv");
         for (k, x) in s.xs.iter().enumerate() {
             let arg = ValueId((start + s.init.len() + k) as u32);
-            let (xt, at) = (g.ty(*x), g.ty(arg));
+            let (xt, at) = (&self.ty(*x), &self.ty(arg));
+            let x = &self.name(*x);
             if at.rank() == 0 {
                 let idx: Vec<String> = (0..xt.rank())
                     .map(|a| if a == s.axis { iv.clone() } else { format!("{prefix}_c0") })
                     .collect();
-                self.line(&format!(
-                    "{} = tensor.extract {}[{}] : {}",
-                    v(arg),
-                    v(*x),
-                    idx.join(", "),
-                    tensor_ty(xt)
-                ));
+                self.line(&format!("{} = tensor.extract {x}[{}] : {}", v(arg), idx.join(", "), tensor_ty(xt)));
             } else {
                 self.line(&format!(
-                    "{} = tensor.extract_slice {}{} : {} to {}",
+                    "{} = tensor.extract_slice {x}{} : {} to {}",
                     v(arg),
-                    v(*x),
                     self.step_slice(xt, s.axis, &iv),
                     tensor_ty(xt),
                     tensor_ty(at)
@@ -677,7 +892,7 @@ impl Emitter<'_> {
         // state's buffer in place instead of yielding a new buffer every step.
         let mut yields = Vec::new();
         for (k, next) in s.next.iter().enumerate() {
-            let t = g.ty(*next);
+            let t = &self.ty(*next);
             if t.rank() == 0 {
                 yields.push(v(*next));
                 continue;
@@ -692,7 +907,7 @@ impl Emitter<'_> {
             yields.push(updated);
         }
         for (k, out) in s.outputs.iter().enumerate() {
-            let (ot, st) = (g.ty(*out), result_ty(k));
+            let (ot, st) = (&self.ty(*out), result_ty(self, k));
             let updated = format!("{prefix}_upd{k}");
             if ot.rank() == 0 {
                 let idx: Vec<String> = (0..st.rank())
@@ -732,7 +947,7 @@ impl Emitter<'_> {
         let node = &g.nodes[id.0 as usize];
         let loc = self.loc(node.loc);
         let out = v(id);
-        let ty = &node.ty;
+        let ty = &self.ty(id);
         match &node.op {
             // Read at the top of the function (`emit_function`).
             Op::Param(_) => {}
@@ -755,16 +970,9 @@ impl Emitter<'_> {
                 self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
             }
             Op::Gather { table, indices } => self.emit_gather(id, *table, *indices, &loc),
+            Op::Binary { .. } | Op::Unary { .. } | Op::ToFloat { .. } if self.in_scan_body && ty.rank() > 0 => self.emit_fused(id, &loc),
             Op::Binary { op, lhs, rhs } => {
-                let name = match op {
-                    BinaryOp::Add => "arith.addf",
-                    BinaryOp::Sub => "arith.subf",
-                    BinaryOp::Mul => "arith.mulf",
-                    BinaryOp::Div => "arith.divf",
-                    BinaryOp::Max => "arith.maximumf",
-                    BinaryOp::Min => "arith.minimumf",
-                    BinaryOp::Pow => "math.powf",
-                };
+                let name = binary_op(*op);
                 self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| {
                     vec![format!("{res} = {name} {}, {} : f32", args[0], args[1])]
                 });
@@ -788,8 +996,8 @@ impl Emitter<'_> {
                 let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
                 self.line(&format!(
                     "{out} = linalg.transpose ins({} : {}) outs({e} : {}) permutation = [{}] {loc}",
-                    v(*x),
-                    tensor_ty(g.ty(*x)),
+                    self.name(*x),
+                    tensor_ty(&self.ty(*x)),
                     tensor_ty(ty),
                     perm.join(", ")
                 ));
@@ -799,7 +1007,7 @@ impl Emitter<'_> {
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
             Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
             Op::Slice { x, axis, start, length } => {
-                let xt = g.ty(*x).clone();
+                let xt = self.ty(*x);
                 let mut offsets = Vec::new();
                 let mut sizes = Vec::new();
                 for (k, d) in xt.dims.iter().enumerate() {
@@ -817,7 +1025,7 @@ impl Emitter<'_> {
                 let strides = vec!["1"; xt.rank()].join(", ");
                 self.line(&format!(
                     "{out} = tensor.extract_slice {}[{}] [{}] [{strides}] : {} to {} {loc}",
-                    v(*x),
+                    self.name(*x),
                     offsets.join(", "),
                     sizes.join(", "),
                     tensor_ty(&xt),
@@ -840,12 +1048,11 @@ impl Emitter<'_> {
 
     /// An elementwise op with numpy broadcasting. Scalar operands are captured, not iterated.
     fn emit_elementwise(&mut self, id: ValueId, operands: &[ValueId], loc: &str, body: &ScalarBody<'_>) {
-        let g = self.g;
-        let ty = &g.ty(id).clone();
+        let ty = &self.ty(id);
         let out = v(id);
         if ty.rank() == 0 {
             // All operands are scalars: plain arith at the top level.
-            let args: Vec<String> = operands.iter().map(|o| v(*o)).collect();
+            let args: Vec<String> = operands.iter().map(|o| self.name(*o)).collect();
             for l in body(&args, &out, &format!("{out}_")) {
                 self.line(&format!("{l} {loc}"));
             }
@@ -859,10 +1066,10 @@ impl Emitter<'_> {
         let mut body_args = Vec::new();
         for (k, o) in operands.iter().enumerate() {
             if self.is_scalar(*o) {
-                body_args.push(v(*o));
+                body_args.push(self.name(*o));
                 continue;
             }
-            let ot = g.ty(*o);
+            let ot = self.ty(*o);
             let offset = rank - ot.rank();
             let exprs: Vec<String> = ot
                 .dims
@@ -877,8 +1084,8 @@ impl Emitter<'_> {
                 })
                 .collect();
             maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), exprs.join(", ")));
-            ins.push(v(*o));
-            in_types.push(tensor_ty(ot));
+            ins.push(self.name(*o));
+            in_types.push(tensor_ty(&ot));
             block_args.push(format!("%a{k}: {}", elem(ot.dtype)));
             body_args.push(format!("%a{k}"));
         }
@@ -902,6 +1109,102 @@ impl Emitter<'_> {
         }
         self.line(&format!("  linalg.yield %r : {}", elem(ty.dtype)));
         self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
+    }
+
+    /// An elementwise op of a scan body as one loop nest that also computes the ops fused into
+    /// it (see [`fuse`]).
+    fn emit_fused(&mut self, id: ValueId, loc: &str) {
+        let ty = self.ty(id);
+        let rank = ty.rank();
+        let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
+        let mut fused = FusedBody {
+            rank,
+            ..FusedBody::default()
+        };
+        let value = self.fused_op(id, &identity, &mut fused);
+        let mut maps: Vec<String> = fused.inputs.iter().map(|i| i.2.clone()).collect();
+        maps.push(format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank)));
+        let e = self.empty(&ty);
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {}outs({e} : {}) {{",
+            v(id),
+            maps.join(", "),
+            parallel(rank),
+            ins_clause(&fused),
+            tensor_ty(&ty)
+        ));
+        let mut args: Vec<String> = fused.inputs.iter().enumerate().map(|(k, i)| format!("%a{k}: {}", i.3)).collect();
+        args.push(format!("%o: {}", elem(ty.dtype)));
+        self.line(&format!("^bb0({}):", args.join(", ")));
+        for l in &fused.lines {
+            self.line(&format!("  {l}"));
+        }
+        self.line(&format!("  linalg.yield {value} : {}", elem(ty.dtype)));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+    }
+
+    /// The element of `operand` that op `user` reads, where `at` indexes each of the operand's
+    /// axes in the loop nest's dimensions: computed in place when fused, else read from an input.
+    fn fused_value(&mut self, user: ValueId, operand: ValueId, at: &[String], body: &mut FusedBody) -> String {
+        if self.is_scalar(operand) {
+            return self.name(operand);
+        }
+        if fuse::fused_into(self.g, &self.regions, &self.uses, user, operand) {
+            if let Some((read, axes)) = fuse::view_axes(self.g, operand) {
+                let read_at: Vec<String> = axes.iter().map(|a| a.map_or("0".to_string(), |p| at[p].clone())).collect();
+                return self.fused_value(operand, read, &read_at, body);
+            }
+            return self.fused_op(operand, at, body);
+        }
+        let (name, ty) = (self.name(operand), self.ty(operand));
+        let map = format!("affine_map<{} -> ({})>", dims_list(body.rank), at.join(", "));
+        let key = (name.clone(), map.clone());
+        if let Some(k) = body.inputs.iter().position(|i| (i.0.clone(), i.2.clone()) == key) {
+            return format!("%a{k}");
+        }
+        body.inputs.push((name, tensor_ty(&ty), map, elem(ty.dtype)));
+        format!("%a{}", body.inputs.len() - 1)
+    }
+
+    /// The element of elementwise op `id` at `at`, computed from its operands' elements.
+    fn fused_op(&mut self, id: ValueId, at: &[String], body: &mut FusedBody) -> String {
+        let g = self.g;
+        let ty = self.ty(id);
+        let (res, tmp) = (format!("%f{}", id.0), format!("%f{}_", id.0));
+        match g.node(id).op {
+            Op::Binary { op, lhs, rhs } => {
+                let mut args = Vec::new();
+                for o in [lhs, rhs] {
+                    let ot = self.ty(o);
+                    let offset = ty.rank() - ot.rank();
+                    let read_at: Vec<String> = ot
+                        .dims
+                        .iter()
+                        .enumerate()
+                        .map(|(j, d)| {
+                            if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) {
+                                "0".to_string()
+                            } else {
+                                at[j + offset].clone()
+                            }
+                        })
+                        .collect();
+                    args.push(self.fused_value(id, o, &read_at, body));
+                }
+                body.lines.push(format!("{res} = {} {}, {} : f32", binary_op(op), args[0], args[1]));
+            }
+            Op::Unary { op, x } => {
+                let a = self.fused_value(id, x, at, body);
+                body.lines.extend(unary_body(op, &a, &res, &tmp));
+            }
+            Op::ToFloat { x } => {
+                let from = elem(g.ty(x).dtype);
+                let a = self.fused_value(id, x, at, body);
+                body.lines.push(format!("{res} = arith.sitofp {a} : {from} to f32"));
+            }
+            _ => unreachable!("only elementwise ops are fused (fuse::fused_into)"),
+        }
+        res
     }
 
     fn emit_gather(&mut self, id: ValueId, table: ValueId, indices: ValueId, loc: &str) {
@@ -952,8 +1255,7 @@ impl Emitter<'_> {
     }
 
     fn emit_reduce(&mut self, id: ValueId, op: ReduceOp, x: ValueId, axis: usize, keepdim: bool, loc: &str) {
-        let g = self.g;
-        let xt = g.ty(x).clone();
+        let xt = self.ty(x);
         let rank = xt.rank();
         let mut reduced = xt.clone();
         reduced.dims.remove(axis);
@@ -972,6 +1274,34 @@ impl Emitter<'_> {
             .map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" })
             .collect();
         let sum = self.fresh();
+        if self.in_scan_body && rank > 0 {
+            // The reduced value's ops are computed inside the reduction's loop nest.
+            let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
+            let mut fused = FusedBody {
+                rank,
+                ..FusedBody::default()
+            };
+            let value = self.fused_value(id, x, &identity, &mut fused);
+            let mut maps: Vec<String> = fused.inputs.iter().map(|i| i.2.clone()).collect();
+            maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), out_dims.join(", ")));
+            self.line(&format!(
+                "{sum} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {}outs({filled} : {}) {{",
+                maps.join(", "),
+                iters.join(", "),
+                ins_clause(&fused),
+                tensor_ty(&reduced)
+            ));
+            let mut args: Vec<String> = fused.inputs.iter().enumerate().map(|(k, i)| format!("%a{k}: {}", i.3)).collect();
+            args.push("%acc: f32".into());
+            self.line(&format!("^bb0({}):", args.join(", ")));
+            for l in &fused.lines {
+                self.line(&format!("  {l}"));
+            }
+            self.line(&format!("  %r = arith.addf {value}, %acc : f32"));
+            self.line("  linalg.yield %r : f32");
+            self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
+            return self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
+        }
         self.line(&format!(
             "{sum} = linalg.generic {{indexing_maps = [affine_map<{} -> {}>, affine_map<{} -> ({})>], iterator_types = [{}]}} ins({} : {}) outs({filled} : {}) {{",
             dims_list(rank),
@@ -979,7 +1309,7 @@ impl Emitter<'_> {
             dims_list(rank),
             out_dims.join(", "),
             iters.join(", "),
-            v(x),
+            self.name(x),
             tensor_ty(&xt),
             tensor_ty(&reduced)
         ));
@@ -987,6 +1317,15 @@ impl Emitter<'_> {
         self.line("  %r = arith.addf %a, %acc : f32");
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
+        self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
+    }
+
+    /// The rest of a reduction of `xt` whose sum is `sum`: the division of a mean, and the
+    /// result's shape.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_reduce(&mut self, id: ValueId, op: ReduceOp, xt: &TensorType, axis: usize, keepdim: bool, sum: String, loc: &str) {
+        let mut reduced = xt.clone();
+        reduced.dims.remove(axis);
         let mut result = sum;
         if op == ReduceOp::Mean {
             // Divide by the axis length, known now or read from a symbol.
@@ -1015,7 +1354,7 @@ impl Emitter<'_> {
             self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
             result = mean;
         }
-        let ty = g.ty(id).clone();
+        let ty = self.ty(id);
         let out = v(id);
         if ty.rank() == 0 {
             self.line(&format!("{out} = tensor.extract {result}[] : tensor<f32> {loc}"));
@@ -1100,7 +1439,7 @@ impl Emitter<'_> {
     /// alone (no inputs): emits the header, the block and one `linalg.index` per dimension,
     /// named `{prefix}0`, `{prefix}1`, ...; returns those names. The caller writes the body.
     fn open_index_generic(&mut self, id: ValueId, prefix: &str) -> Vec<String> {
-        let ty = self.g.ty(id).clone();
+        let ty = self.ty(id);
         let r = ty.rank();
         let e = self.empty(&ty);
         let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
@@ -1119,7 +1458,7 @@ impl Emitter<'_> {
     }
 
     fn emit_tabulate(&mut self, id: ValueId, f: &ScalarFn, loc: &str) {
-        let ty = self.g.ty(id).clone();
+        let ty = self.ty(id);
         let mut args = Vec::new();
         for (k, ix) in self.open_index_generic(id, "%ix").iter().enumerate() {
             self.line(&format!("  %i{k} = arith.index_cast {ix} : index to i64"));
@@ -1305,7 +1644,6 @@ impl Emitter<'_> {
     /// Emits an index function inside a generic body; `args` are the SSA values of its
     /// parameters (f32 for a score, i64 for indices). Returns the result's SSA name.
     fn emit_scalar_fn(&mut self, f: &ScalarFn, args: &[String], prefix: &str) -> String {
-        let g = self.g;
         let name = |k: usize| format!("{prefix}{k}");
         let ty_of = |t: ScalarType| match t {
             ScalarType::Int => "i64",
@@ -1323,7 +1661,8 @@ impl Emitter<'_> {
                 ScalarNode::F32(v) => vec![format!("{out} = arith.constant {} : f32", f32_literal(*v))],
                 ScalarNode::Bool(b) => vec![format!("{out} = arith.constant {b}")],
                 ScalarNode::Load { tensor, indices } => {
-                    let tt = g.ty(*tensor).clone();
+                    let tt = self.ty(*tensor);
+                    let tensor = self.name(*tensor);
                     let mut l = Vec::new();
                     let mut coords = Vec::new();
                     for (axis, i) in indices.iter().enumerate() {
@@ -1334,11 +1673,7 @@ impl Emitter<'_> {
                             }
                             Dim::Symbol(_) => {
                                 l.push(format!("{out}_a{axis} = arith.constant {axis} : index"));
-                                l.push(format!(
-                                    "{out}_d{axis} = tensor.dim {}, {out}_a{axis} : {}",
-                                    v(*tensor),
-                                    tensor_ty(&tt)
-                                ));
+                                l.push(format!("{out}_d{axis} = tensor.dim {tensor}, {out}_a{axis} : {}", tensor_ty(&tt)));
                                 l.push(format!("{out}_e{axis} = arith.index_cast {out}_d{axis} : index to i64"));
                                 l.push(format!("{out}_one{axis} = arith.constant 1 : i64"));
                                 l.push(format!("{out}_n{axis} = arith.subi {out}_e{axis}, {out}_one{axis} : i64"));
@@ -1358,15 +1693,13 @@ impl Emitter<'_> {
                     let elem_ty = elem(tt.dtype);
                     match tt.dtype {
                         lmc_abi::DType::F32 | lmc_abi::DType::I64 => l.push(format!(
-                            "{out} = tensor.extract {}[{}] : {}",
-                            v(*tensor),
+                            "{out} = tensor.extract {tensor}[{}] : {}",
                             coords.join(", "),
                             tensor_ty(&tt)
                         )),
                         lmc_abi::DType::I32 => {
                             l.push(format!(
-                                "{out}_raw = tensor.extract {}[{}] : {}",
-                                v(*tensor),
+                                "{out}_raw = tensor.extract {tensor}[{}] : {}",
                                 coords.join(", "),
                                 tensor_ty(&tt)
                             ));
@@ -1476,6 +1809,29 @@ impl Emitter<'_> {
             ScalarNode::Param(p) => args[p].clone(),
             _ => format!("{prefix}{k}"),
         }
+    }
+}
+
+/// `ins(...) ` of a fused loop nest's inputs, or nothing.
+fn ins_clause(fused: &FusedBody) -> String {
+    if fused.inputs.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = fused.inputs.iter().map(|i| i.0.as_str()).collect();
+    let types: Vec<&str> = fused.inputs.iter().map(|i| i.1.as_str()).collect();
+    format!("ins({} : {}) ", names.join(", "), types.join(", "))
+}
+
+/// The arith/math operation of an elementwise binary op on f32.
+fn binary_op(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "arith.addf",
+        BinaryOp::Sub => "arith.subf",
+        BinaryOp::Mul => "arith.mulf",
+        BinaryOp::Div => "arith.divf",
+        BinaryOp::Max => "arith.maximumf",
+        BinaryOp::Min => "arith.minimumf",
+        BinaryOp::Pow => "math.powf",
     }
 }
 
