@@ -25,64 +25,9 @@ use crate::ab::{VariantSpec, Workload};
 use crate::commands::{Failure, Weights};
 use crate::source::split_model_ref;
 use crate::ConfigArgs;
-use lmc_grammar::{Diagnostic, SourceFile, SourceMap, Span};
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use lmc::experiment_file::{self, set_pairs};
+use lmc_grammar::SourceMap;
 use std::path::{Path, PathBuf};
-
-/// The file's top level.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExperimentFile {
-    title: Option<String>,
-    variants: Vec<VariantEntry>,
-    /// `random`, or a checkpoint (a `save_pretrained` directory or a safetensors file).
-    #[serde(default = "random")]
-    weights: String,
-    #[serde(default)]
-    seed: u64,
-    /// A `config.json`, or a directory holding one.
-    config: Option<String>,
-    #[serde(default)]
-    set: BTreeMap<String, serde_yaml::Value>,
-    #[serde(default = "one_batch")]
-    batch: Vec<usize>,
-    #[serde(default = "one_length")]
-    lengths: Vec<usize>,
-    #[serde(default = "default_runs")]
-    runs: usize,
-    #[serde(default = "default_warmup")]
-    warmup: usize,
-    /// Threads for the kernels (one per core by default).
-    threads: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VariantEntry {
-    /// `FILE.model:MODEL`, or a bare model or variant name of the file of the entry before.
-    model: String,
-    /// What the report calls it (the model's name by default).
-    label: Option<String>,
-    #[serde(default)]
-    set: BTreeMap<String, serde_yaml::Value>,
-}
-
-fn random() -> String {
-    "random".into()
-}
-fn one_batch() -> Vec<usize> {
-    vec![1]
-}
-fn one_length() -> Vec<usize> {
-    vec![128]
-}
-fn default_runs() -> usize {
-    15
-}
-fn default_warmup() -> usize {
-    2
-}
 
 /// An experiment, ready for `ab::ab`.
 pub struct Experiment {
@@ -102,19 +47,9 @@ pub fn is_experiment_file(arg: &str) -> bool {
 /// diagnostics at their place in the file.
 pub fn load(path: &Path) -> Result<Experiment, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
-    let file: ExperimentFile = serde_yaml::from_str(&text).map_err(|e| {
-        let mut sources = SourceMap::new();
-        let id = sources.add(SourceFile::new(path.display().to_string(), text.clone()));
-        let at = e.location().map_or(0, |l| l.index()).min(text.len());
-        let end = text[at..]
-            .find(|c: char| c.is_whitespace() || c == ':')
-            .map_or(text.len(), |n| at + n.max(1));
-        let (message, help) = explain(&e.to_string());
-        let mut d = Diagnostic::error("E0700", "bad experiment file", Span::new(id, at, end), message);
-        if let Some(h) = help {
-            d = d.with_help(h);
-        }
-        crate::source::print_diagnostics(&[d], &sources);
+    let mut sources = SourceMap::new();
+    let file = experiment_file::parse(&mut sources, path.display().to_string(), &text).map_err(|d| {
+        crate::source::print_diagnostics(&[*d], &sources);
         Failure::Reported
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -204,44 +139,6 @@ fn tidy(path: &Path) -> PathBuf {
     out.iter().collect()
 }
 
-/// `set` values as the text `--set` would take.
-fn set_pairs(set: &BTreeMap<String, serde_yaml::Value>) -> Result<Vec<(String, String)>, String> {
-    set.iter()
-        .map(|(k, v)| {
-            let text = match v {
-                serde_yaml::Value::Bool(b) => b.to_string(),
-                serde_yaml::Value::Number(n) => n.to_string(),
-                serde_yaml::Value::String(s) => s.clone(),
-                _ => return Err(format!("`set: {k}` must be a number, a boolean or a name")),
-            };
-            Ok((k.clone(), text))
-        })
-        .collect()
-}
-
-/// serde_yaml's message without its position (the diagnostic shows it), and a hint: the closest
-/// known key for an unknown one.
-fn explain(message: &str) -> (String, Option<String>) {
-    let message = message.split(" at line ").next().unwrap_or(message).to_string();
-    let Some(rest) = message.split("unknown field `").nth(1) else {
-        return (message, None);
-    };
-    let unknown = rest.split('`').next().unwrap_or("");
-    let expected: Vec<&str> = rest
-        .split("expected ")
-        .nth(1)
-        .map(|list| list.split('`').skip(1).step_by(2).collect())
-        .unwrap_or_default();
-    let help = match lmc_core::suggest::did_you_mean(unknown, expected.iter().copied()) {
-        Some(s) => format!("did you mean `{s}`?"),
-        None => format!(
-            "the keys here are {}",
-            expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
-        ),
-    };
-    (format!("unknown key `{unknown}`"), Some(help))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,16 +150,5 @@ mod tests {
             PathBuf::from("models/bert.model")
         );
         assert_eq!(tidy(Path::new("./x/../../y")), PathBuf::from("../y"));
-    }
-
-    #[test]
-    fn unknown_keys_get_the_closest_known_one() {
-        let (m, help) = explain("variants[0]: unknown field `modle`, expected one of `model`, `label`, `set` at line 3 column 5");
-        assert_eq!(m, "unknown key `modle`");
-        assert_eq!(help.as_deref(), Some("did you mean `model`?"));
-        let (_, help) = explain("unknown field `zzz`, expected one of `title`, `variants` at line 1 column 1");
-        assert_eq!(help.as_deref(), Some("the keys here are `title`, `variants`"));
-        let (m, help) = explain("invalid type: string \"x\", expected usize at line 2 column 3");
-        assert_eq!((m.as_str(), help), ("invalid type: string \"x\", expected usize", None));
     }
 }
