@@ -40,6 +40,8 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
         row_tile_sizes: Vec::new(),
         in_scan_body: false,
         block: None,
+        block_rows: None,
+        block_keys: None,
         indent: 0,
         body: String::new(),
         tmp: 0,
@@ -55,6 +57,11 @@ struct Emitter<'a> {
     in_scan_body: bool,
     /// The block of lanes the scan body being emitted works on, if it was split into blocks.
     block: Option<Block>,
+    /// The SSA name of the length of the block of query rows an attention is computing, the
+    /// run-time size [`BLOCK_ROWS`] stands for.
+    block_rows: Option<String>,
+    /// Likewise, the number of keys a block of query rows attends to ([`BLOCK_KEYS`]).
+    block_keys: Option<String>,
     /// Extra indentation of the lines being emitted (two spaces each), inside a block's loop.
     indent: usize,
     /// The private functions defined so far: matmul kernels and outlined ops.
@@ -80,6 +87,23 @@ struct FusedBody {
     /// Each input once: its SSA name, tensor type, indexing map and element type.
     inputs: Vec<(String, String, String, &'static str)>,
     lines: Vec<String>,
+}
+
+/// The length of a block of query rows (see `Emitter::emit_attention`): not one of the
+/// graph's symbols, but a size known only inside the block.
+const BLOCK_ROWS: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX);
+
+/// The number of keys a block of query rows attends to (see `Emitter::emit_attention`).
+const BLOCK_KEYS: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX - 1);
+
+/// How many query rows an attention computes at a time: its scores are a `[QUERY_ROWS, keys]`
+/// block, never the whole `[heads, queries, keys]`.
+const QUERY_ROWS: i64 = 16;
+
+/// The block indices of attention block `p` (see `Emitter::emit_attention`): its batch, its
+/// head, its first query row and its first key.
+fn at_block(p: &str) -> [String; 4] {
+    [format!("{p}_b"), format!("{p}_h"), format!("{p}_i"), format!("{p}_k0")]
 }
 
 /// One block of a scan's lanes (see [`lanes`]): inside it, every value with a lane axis has
@@ -197,6 +221,19 @@ fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outli
                 temps.len() - 1
             });
             format!("%l{i}")
+        } else if let Some((base, suffix)) = name.split_once('_').filter(|(b, _)| {
+            b.strip_prefix("%t")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        }) {
+            // A family of names made from one temporary (`%t3_rows`): renamed with it.
+            if base[2..].parse::<usize>().map_or(true, |n| n <= first_tmp) {
+                return None;
+            }
+            let i = temps.iter().position(|t| t == base).unwrap_or_else(|| {
+                temps.push(base.to_string());
+                temps.len() - 1
+            });
+            format!("%l{i}_{suffix}")
         } else {
             name.to_string()
         };
@@ -442,6 +479,8 @@ impl Emitter<'_> {
         t.dims
             .iter()
             .filter_map(|d| match d {
+                Dim::Symbol(s) if *s == BLOCK_ROWS => self.block_rows.clone(),
+                Dim::Symbol(s) if *s == BLOCK_KEYS => self.block_keys.clone(),
                 Dim::Symbol(s) => Some(format!("%sym{}", s.0)),
                 Dim::Static(_) => None,
             })
@@ -612,7 +651,13 @@ impl Emitter<'_> {
         let first_tmp = self.tmp;
         let saved = std::mem::take(&mut self.body);
         self.emit_node(id);
-        let text = mark_row_parallel(&std::mem::replace(&mut self.body, saved), &mut self.row_tile_sizes);
+        let text = std::mem::replace(&mut self.body, saved);
+        // An attention is already a parallel loop over its blocks of rows.
+        let text = if matches!(self.g.node(id).op, Op::Attention { .. }) {
+            text
+        } else {
+            mark_row_parallel(&text, &mut self.row_tile_sizes)
+        };
         match outline(self.g, id, &text, first_tmp) {
             Some(f) => {
                 let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));
@@ -1512,6 +1557,10 @@ impl Emitter<'_> {
     /// Attention, materialised: scores, mask and score function, softmax, weighted sum. The
     /// flash-style kernel that never builds the score matrix replaces this with the performance
     /// work; the meaning stays.
+    /// Attention, one block of query rows at a time: an `scf.forall` over batch, heads and
+    /// blocks of [`QUERY_ROWS`] queries (threads, once lowered), each computing its rows'
+    /// scores against every key, their softmax and the weighted sum of values. Scores exist
+    /// only per block, so memory grows with the keys, not with queries × keys per head.
     fn emit_attention(
         &mut self,
         id: ValueId,
@@ -1524,11 +1573,176 @@ impl Emitter<'_> {
         let g = self.g;
         let (qt, kt, vt) = (g.ty(q).clone(), g.ty(k).clone(), g.ty(v_id).clone());
         let ty = g.ty(id).clone();
-        let (b, h, t, s) = (qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]);
         let group = match (qt.dims[1], kt.dims[1]) {
             (Dim::Static(hq), Dim::Static(hk)) if hq != hk => hq / hk,
             _ => 1,
         };
+        let p = self.fresh();
+        let batch = self.dim_value(qt.dims[0]);
+        let heads = self.dim_value(qt.dims[1]);
+        let queries = self.dim_value(qt.dims[2]);
+        self.line(&format!("{p}_rows = arith.constant {QUERY_ROWS} : index"));
+        self.line(&format!("{p}_blocks = arith.ceildivui {queries}, {p}_rows : index"));
+        let dest = self.empty(&ty);
+        let out_t = tensor_ty(&ty);
+        self.line(&format!(
+            "{} = scf.forall ({p}_b, {p}_h, {p}_q) in ({batch}, {heads}, {p}_blocks) shared_outs({p}_out = {dest}) -> ({out_t}) {{",
+            v(id)
+        ));
+        self.indent += 1;
+        self.line(&format!("{p}_i = arith.muli {p}_q, {p}_rows : index"));
+        self.line(&format!("{p}_left = arith.subi {queries}, {p}_i : index"));
+        self.line(&format!("{p}_n = arith.minui {p}_left, {p}_rows : index"));
+        let key_head = if group > 1 {
+            self.line(&format!("{p}_group = arith.constant {group} : index"));
+            self.line(&format!("{p}_kh = arith.divui {p}_h, {p}_group : index"));
+            format!("{p}_kh")
+        } else {
+            format!("{p}_h")
+        };
+        let size = |d: Dim| match d {
+            Dim::Static(n) => n.to_string(),
+            Dim::Symbol(s) => format!("%sym{}", s.0),
+        };
+        let rows = Dim::Symbol(BLOCK_ROWS);
+        let block =
+            |t: &TensorType, rows_or_keys: Dim| TensorType::new(t.dtype, vec![Dim::Static(1), Dim::Static(1), rows_or_keys, t.dims[3]]);
+        let (qb, kb, vb, ob) = (block(&qt, rows), block(&kt, kt.dims[2]), block(&vt, vt.dims[2]), block(&ty, rows));
+        let slice = |e: &mut Self, name: &str, of: ValueId, head: &str, start: &str, rows: &str, t: &TensorType, b: &TensorType| {
+            e.line(&format!(
+                "{name} = tensor.extract_slice {}[{p}_b, {head}, {start}, 0] [1, 1, {rows}, {}] [1, 1, 1, 1] : {} to {}",
+                v(of),
+                size(t.dims[3]),
+                tensor_ty(t),
+                tensor_ty(b)
+            ));
+        };
+        slice(
+            self,
+            &format!("{p}_qs"),
+            q,
+            &format!("{p}_h"),
+            &format!("{p}_i"),
+            &format!("{p}_n"),
+            &qt,
+            &qb,
+        );
+        // With a mask, the block reads only the keys from the first to the last one any of its
+        // rows may see: keys masked for the whole block (a causal mask's future, padding at the
+        // end) cost nothing.
+        let (first_key, keys, kb, vb) = match mask {
+            Some(f) => {
+                self.emit_key_range(&p, f, &kt, &at_block(&p));
+                let b = Dim::Symbol(BLOCK_KEYS);
+                (format!("{p}_k0"), format!("{p}_kn"), block(&kt, b), block(&vt, b))
+            }
+            None => {
+                self.line(&format!("{p}_k0 = arith.constant 0 : index"));
+                (format!("{p}_k0"), size(kt.dims[2]), kb, vb)
+            }
+        };
+        slice(self, &format!("{p}_ks"), k, &key_head, &first_key, &keys, &kt, &kb);
+        slice(self, &format!("{p}_vs"), v_id, &key_head, &first_key, &keys, &vt, &vb);
+        // Inside a block the matmuls are inlined loops, as in a scan step.
+        let (saved_scan, saved_rows) = (self.in_scan_body, self.block_rows.replace(format!("{p}_n")));
+        let saved_keys = if mask.is_some() {
+            self.block_keys.replace(format!("{p}_kn"))
+        } else {
+            self.block_keys.clone()
+        };
+        self.in_scan_body = true;
+        // The block's result is computed in its slice of the output, so the insert below
+        // writes in place (a copy between strided views would call MLIR's runner library).
+        self.line(&format!(
+            "{p}_os = tensor.extract_slice {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {out_t} to {}",
+            size(ty.dims[3]),
+            tensor_ty(&ob)
+        ));
+        let at = at_block(&p);
+        let result = self.attention_rows(
+            [(&format!("{p}_qs"), &qb), (&format!("{p}_ks"), &kb), (&format!("{p}_vs"), &vb)],
+            (&format!("{p}_os"), &ob),
+            &at,
+            scale,
+            mask,
+            score,
+            loc,
+        );
+        self.in_scan_body = saved_scan;
+        self.block_rows = saved_rows;
+        self.block_keys = saved_keys;
+        self.line("scf.forall.in_parallel {");
+        self.line(&format!(
+            "  tensor.parallel_insert_slice {result} into {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {} into {out_t}",
+            size(ty.dims[3]),
+            tensor_ty(&ob)
+        ));
+        self.line("}");
+        self.indent -= 1;
+        self.line(&format!("}} {loc}"));
+    }
+
+    /// The range of keys the rows of attention block `p` may see under `mask`: `{p}_k0`, the
+    /// first, and `{p}_kn`, how many from it (0 when the mask hides every key from every row).
+    /// One pass over the block's mask, far cheaper than the scores it saves.
+    fn emit_key_range(&mut self, p: &str, mask: &ScalarFn, kt: &TensorType, at: &[String; 4]) {
+        let keys = self.dim_value(kt.dims[2]);
+        self.line(&format!("{p}_c0 = arith.constant 0 : index"));
+        self.line(&format!("{p}_c1 = arith.constant 1 : index"));
+        self.line(&format!("{p}_none = arith.index_cast {keys} : index to i64"));
+        self.line(&format!("{p}_minus1 = arith.constant -1 : i64"));
+        self.line(&format!("{p}_one = arith.constant 1 : i64"));
+        self.line(&format!(
+            "{p}_lo, {p}_hi = scf.for {p}_r = {p}_c0 to {p}_n step {p}_c1 iter_args({p}_lo_r = {p}_none, {p}_hi_r = {p}_minus1) -> (i64, i64) {{"
+        ));
+        self.line(&format!("  {p}_row = arith.addi {}, {p}_r : index", at[2]));
+        self.line(&format!(
+            "  {p}_lo_k, {p}_hi_k = scf.for {p}_j = {p}_c0 to {keys} step {p}_c1 iter_args({p}_lo_j = {p}_lo_r, {p}_hi_j = {p}_hi_r) -> (i64, i64) {{"
+        ));
+        let mut idx = Vec::new();
+        for (k, index) in [at[0].clone(), at[1].clone(), format!("{p}_row"), format!("{p}_j")]
+            .iter()
+            .enumerate()
+        {
+            self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
+            idx.push(format!("%i{k}"));
+        }
+        let keep = self.emit_scalar_fn(mask, &idx, "%rg");
+        self.line(&format!("  {p}_lo_min = arith.minsi %i3, {p}_lo_j : i64"));
+        self.line(&format!("  {p}_hi_max = arith.maxsi %i3, {p}_hi_j : i64"));
+        self.line(&format!("  {p}_lo_new = arith.select {keep}, {p}_lo_min, {p}_lo_j : i64"));
+        self.line(&format!("  {p}_hi_new = arith.select {keep}, {p}_hi_max, {p}_hi_j : i64"));
+        self.line(&format!("  scf.yield {p}_lo_new, {p}_hi_new : i64, i64"));
+        self.line("}");
+        self.line(&format!("  scf.yield {p}_lo_k, {p}_hi_k : i64, i64"));
+        self.line("}");
+        self.line(&format!("{p}_span = arith.subi {p}_hi, {p}_lo : i64"));
+        self.line(&format!("{p}_count = arith.addi {p}_span, {p}_one : i64"));
+        self.line(&format!("{p}_zero = arith.constant 0 : i64"));
+        self.line(&format!("{p}_kept = arith.maxsi {p}_count, {p}_zero : i64"));
+        self.line(&format!("{p}_start = arith.minsi {p}_lo, {p}_none : i64"));
+        self.line(&format!("{p}_k0 = arith.index_cast {p}_start : i64 to index"));
+        self.line(&format!("{p}_kn = arith.index_cast {p}_kept : i64 to index"));
+    }
+
+    /// The attention of one block of query rows (`q`, `k`, `v` and the result `ty`, written
+    /// into `dest`, are `[1, 1, rows, ·]`); `at` are the block's batch, head and first row,
+    /// which index functions see added to the block's own indices. Returns the result's SSA
+    /// name.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows(
+        &mut self,
+        [(q, qt), (k, kt), (v_in, vt)]: [(&String, &TensorType); 3],
+        (dest, ty): (&String, &TensorType),
+        at: &[String; 4],
+        scale: f64,
+        mask: Option<&ScalarFn>,
+        score: Option<&ScalarFn>,
+        loc: &str,
+    ) -> String {
+        let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
+        let (b, h, t, s) = (qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]);
+        let group = 1;
         let scores_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t, s]);
         let rows_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t]);
         let st = tensor_ty(&scores_ty);
@@ -1554,7 +1768,7 @@ impl Emitter<'_> {
             out: scores_ty.clone(),
             group,
         };
-        self.emit_matmul_call(&raw, &v(q), &v(k), &scores, loc);
+        self.emit_matmul_call(&raw, q, k, &scores, loc);
         // 2. scale, score function, mask
         let empty = self.empty(&scores_ty);
         let scored = self.fresh();
@@ -1565,9 +1779,13 @@ impl Emitter<'_> {
         self.line("  %s0 = arith.mulf %raw, %scale : f32");
         let mut idx = Vec::new();
         if mask.is_some() || score.is_some() {
-            for k in 0..4 {
-                self.line(&format!("  %ix{k} = linalg.index {k} : index"));
-                self.line(&format!("  %i{k} = arith.index_cast %ix{k} : index to i64"));
+            // The block's batch and head, its first row plus the row, its first key plus the key.
+            self.line("  %ix2 = linalg.index 2 : index");
+            self.line(&format!("  %row = arith.addi {}, %ix2 : index", at[2]));
+            self.line("  %ix3 = linalg.index 3 : index");
+            self.line(&format!("  %key = arith.addi {}, %ix3 : index", at[3]));
+            for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
+                self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
                 idx.push(format!("%i{k}"));
             }
         }
@@ -1628,10 +1846,10 @@ impl Emitter<'_> {
             out: ty.clone(),
             group,
         };
-        self.emit_matmul_call(&weighted, &probs, &v(v_id), &values, loc);
+        self.emit_matmul_call(&weighted, &probs, v_in, &values, loc);
         // 7. normalise; an empty row stays zero
-        let empty = self.empty(&ty);
-        self.line(&format!("{} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({empty} : {out_t}) {{", v(id), parallel(4)));
+        let result = self.fresh();
+        self.line(&format!("{result} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({dest} : {out_t}) {{", parallel(4)));
         self.line("^bb0(%w: f32, %z: f32, %o: f32):");
         self.line("  %zero = arith.constant 0.0 : f32");
         self.line("  %none = arith.cmpf oeq, %z, %zero : f32");
@@ -1639,6 +1857,7 @@ impl Emitter<'_> {
         self.line("  %r = arith.select %none, %zero, %q : f32");
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {out_t} {loc}"));
+        result
     }
 
     /// Emits an index function inside a generic body; `args` are the SSA values of its
