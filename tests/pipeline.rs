@@ -1007,6 +1007,26 @@ fn scans_are_fused_loops_per_block_of_channels() {
     }
 }
 
+/// Buffers are freed right after their last use, not all at the end of the forward: in BERT's
+/// bufferized forward function, every dealloc but those of buffers read by the last op comes
+/// before that op.
+#[test]
+fn buffers_are_freed_after_their_last_use() {
+    let out = lmc(&["emit", "--stage", "buffers", "models/bert.model:BertModel"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let start = text.find("func.func @forward").expect("the forward function");
+    let forward: Vec<&str> = text[start..].lines().take_while(|l| *l != "  }").collect();
+    let last_call = forward.iter().rposition(|l| l.contains("call @")).expect("calls");
+    let deallocs: Vec<usize> = (0..forward.len()).filter(|&i| forward[i].contains("memref.dealloc")).collect();
+    let late = deallocs.iter().filter(|&&i| i > last_call).count();
+    assert!(
+        deallocs.len() > 100 && late <= 3,
+        "{late} of {} deallocs after the last call",
+        deallocs.len()
+    );
+}
+
 /// `lmc ab` compares variants on one checkpoint: a variant identical to the base (UniLM's
 /// bidirectional mask is BERT's) gives the same outputs; a different one (ALiBi) does not; a
 /// length past the learned position table is reported for that variant alone; a variant that
@@ -1157,6 +1177,7 @@ fn bench_reports_one_model() {
     );
     assert!(0.0 < p10 && p10 <= median && median <= p90, "{report}");
     assert!(report["gflop"].as_f64().unwrap() > 0.0);
+    assert!(report["activation_bytes"].as_u64().unwrap() > 0, "{report}");
     let mut args = vec!["bench", spec, "--seq", "41"];
     args.extend(common);
     let r = lmc(&args);

@@ -1,5 +1,6 @@
 //! `lmc bench FILE[:MODEL] --batch B --seq T`: one model's latency (median, p10–p90), GFLOP/s
-//! from the FLOPs counted in its IR, compile time and the process's peak resident memory. The
+//! from the FLOPs counted in its IR, compile time, the process's peak resident memory (overall,
+//! and while running), and the most memory the forward's buffers held at once (activations). The
 //! peers of `bench/peers/` read its JSON (`median_ms`) to print ratios against PyTorch and ONNX
 //! Runtime measured in the same run.
 
@@ -11,12 +12,21 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-/// The process's peak resident set, in bytes (`VmHWM`), where /proc tells it.
-fn peak_rss_bytes() -> Option<u64> {
+/// A field of `/proc/self/status` in bytes (`VmHWM`: the peak resident set; `VmRSS`: the
+/// current one), where /proc tells it.
+fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Resets the process's peak resident set to the current one (Linux: `5` into `clear_refs`), so
+/// the peak read afterwards is that of what runs next, not of compiling. False where it cannot.
+/// (The peak counts freed memory the runs reuse only once; the forward's own buffers are
+/// counted by `lmc_abi::buffers`.)
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// What `lmc bench` runs and how often.
@@ -51,6 +61,10 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
         Weights::Checkpoint(_) => 0,
     };
     let inputs = make_inputs(&c, batch, seq, seed).map_err(Failure::Message)?;
+    let rss = status_bytes("VmHWM:");
+    // From here on, the peaks are those of running: compiling is over.
+    let resettable = reset_peak_rss();
+    lmc_abi::buffers::reset_peak_live_bytes();
     let mut times = Vec::with_capacity(runs);
     for round in 0..warmup + runs {
         let started = Instant::now();
@@ -62,7 +76,9 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
     let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, seq));
     let params = lmc_core::cost::param_counts(&c.graph);
     let (median, p10, p90) = (quantile(&times, 0.5), quantile(&times, 0.1), quantile(&times, 0.9));
-    let rss = peak_rss_bytes();
+    let run_peak = status_bytes("VmHWM:").filter(|_| resettable);
+    let activations = lmc_abi::buffers::peak_live_bytes();
+    let rss = rss.max(run_peak);
     println!(
         "{spec}  batch {batch}, seq {seq}, {threads} thread{}",
         if threads == 1 { "" } else { "s" }
@@ -86,12 +102,20 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
             rss as f64 / 1048576.0
         );
     }
+    if let Some(peak) = run_peak {
+        println!("  running      {:.1} MiB peak RSS (the whole process)", peak as f64 / 1048576.0);
+    }
+    println!(
+        "  activations  {:.1} MiB (the most the forward's buffers held at once)",
+        activations as f64 / 1048576.0
+    );
     if let Some(path) = json_path {
         let report = json!({
             "model": spec, "batch": batch, "seq": seq, "threads": threads, "runs": runs, "warmup": warmup,
             "median_ms": median, "p10_ms": p10, "p90_ms": p90, "times_ms": times,
             "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / (median / 1e3),
             "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,
+            "run_peak_rss_bytes": run_peak, "activation_bytes": activations,
             "generator": lmc_abi::generator_string(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")

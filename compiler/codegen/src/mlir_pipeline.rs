@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Once;
 
-/// The passes of [`BUFFERIZE`], without the module wrapper, so [`PIPELINE`] can start with them.
+/// The passes of [`BUFFERIZE`], without the module wrapper.
 macro_rules! bufferize_passes {
     () => {
         concat!(
@@ -49,16 +49,15 @@ macro_rules! bufferize_passes {
     };
 }
 
-/// The first half of [`PIPELINE`], tensors to buffers: bufferize, hoist temporaries out of
+/// The first half of the lowering, tensors to buffers: bufferize, hoist temporaries out of
 /// loops, free what is allocated. What it leaves is
 /// `lmc emit --stage buffers`.
 pub const BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
 
-/// The lowering pipeline, tensors to the `llvm` dialect: [`BUFFERIZE`], then loops and LLVM.
-pub const PIPELINE: &str = concat!(
+/// The second half of the lowering, buffers to the `llvm` dialect: loops and LLVM. Between the
+/// halves, buffers are freed after their last use ([`crate::dealloc`]).
+pub const TO_LLVM: &str = concat!(
     "builtin.module(",
-    bufferize_passes!(),
-    ",",
     // Parallel loops (`scf.forall`: the matmul kernels' column blocks, the tiled ops' rows)
     // become OpenMP worksharing loops: `__kmpc_*` calls into libomp, which the JIT's process
     // and every linked library load.
@@ -148,16 +147,23 @@ pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, MlirErr
     with_diagnostics(context, "parsing the generated MLIR", || Module::parse(context, text))
 }
 
-/// Applies the module's schedule, then runs [`PIPELINE`], leaving it in the `llvm` dialect.
-pub fn lower(context: &Context, module: &mut Module) -> Result<(), MlirError> {
-    apply_schedule(context, module)?;
-    run(context, module, PIPELINE, "lowering MLIR to the llvm dialect")
+/// Bufferizes the module ([`bufferize`]), then runs [`TO_LLVM`], leaving it in the `llvm`
+/// dialect.
+pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
+    bufferize(context, module)?;
+    run(context, module, TO_LLVM, "lowering MLIR to the llvm dialect")
 }
 
-/// Applies the module's schedule, then runs [`BUFFERIZE`], leaving it on buffers and linalg ops.
-pub fn bufferize(context: &Context, module: &mut Module) -> Result<(), MlirError> {
+/// Applies the module's schedule, runs [`BUFFERIZE`], then moves each deallocation to just after
+/// its buffer's last use; leaves the module on buffers and linalg ops.
+pub fn bufferize<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
     apply_schedule(context, module)?;
-    run(context, module, BUFFERIZE, "bufferizing MLIR")
+    run(context, module, BUFFERIZE, "bufferizing MLIR")?;
+    let text = crate::dealloc::free_after_last_use(&module.as_operation().to_string());
+    *module = with_diagnostics(context, "parsing the module with early deallocations", || {
+        Module::parse(context, &text)
+    })?;
+    Ok(())
 }
 
 /// The name of the emitted schedule (a transform-dialect sequence; see `emit_mlir::schedule`).

@@ -16,7 +16,24 @@
 
 use std::alloc::Layout;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+/// Bytes of buffers handed out and not yet freed, and the most there have been at once since
+/// [`reset_peak_live_bytes`]: the activation memory of what generated code runs (the cache of
+/// freed buffers not counted).
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static PEAK_LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The most bytes of buffers held at once since the last [`reset_peak_live_bytes`] (or start).
+pub fn peak_live_bytes() -> usize {
+    PEAK_LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak from what is held now.
+pub fn reset_peak_live_bytes() {
+    PEAK_LIVE_BYTES.store(LIVE_BYTES.load(Ordering::Relaxed), Ordering::Relaxed);
+}
 
 /// Every buffer is aligned to this (MLIR asks for 64 at most) and starts this far into its
 /// block, after a header that records the block's size.
@@ -62,6 +79,8 @@ pub unsafe extern "C" fn _mlir_memref_to_llvm_alloc(size: usize) -> *mut u8 {
     if block.is_null() {
         return block;
     }
+    let live = LIVE_BYTES.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK_LIVE_BYTES.fetch_max(live, Ordering::Relaxed);
     // SAFETY: the block is `size + ALIGN` bytes aligned to ALIGN: the header fits before the
     // buffer, and the buffer after it stays aligned.
     unsafe {
@@ -84,6 +103,7 @@ pub unsafe extern "C" fn _mlir_memref_to_llvm_free(ptr: *mut u8) {
     // SAFETY: as above; the header was written at allocation.
     let size = unsafe { block.cast::<usize>().read() };
     let Some(layout) = layout(size) else { return };
+    LIVE_BYTES.fetch_sub(size, Ordering::Relaxed);
     let kept = {
         let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         let cache = guard.get_or_insert_with(|| Cache {
@@ -136,6 +156,20 @@ mod tests {
                 _mlir_memref_to_llvm_free(p);
             }
             _mlir_memref_to_llvm_free(std::ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn the_peak_of_live_buffers_is_counted() {
+        // Other tests allocate concurrently: only what this one holds is certain.
+        // SAFETY: every buffer is freed once.
+        unsafe {
+            reset_peak_live_bytes();
+            let a = _mlir_memref_to_llvm_alloc(4096);
+            let b = _mlir_memref_to_llvm_alloc(8192);
+            assert!(peak_live_bytes() >= 4096 + 8192);
+            _mlir_memref_to_llvm_free(a);
+            _mlir_memref_to_llvm_free(b);
         }
     }
 }
