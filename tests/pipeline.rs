@@ -1093,6 +1093,12 @@ fn ab_compares_variants() {
     }
     assert_eq!(long["variants"][1]["times_ms"].as_array().unwrap().len(), 5);
     assert!(long["comparisons"].as_array().unwrap().is_empty());
+    // Activation memory per variant: the same network holds the same buffers; a longer
+    // sequence holds more.
+    let bytes = |cell: &serde_json::Value, k: usize| cell["variants"][k]["activation_bytes"].as_u64().unwrap();
+    assert!(bytes(short, 0) > 0);
+    assert_eq!(bytes(short, 0), bytes(short, 2));
+    assert!(bytes(long, 1) > bytes(short, 1));
 }
 
 /// `lmc ab EXPERIMENT.yaml` runs what the file names: paths relative to it, a bare name after a
@@ -1143,7 +1149,7 @@ fn ab_runs_an_experiment_file() {
     assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
     assert!(csv.contains("\"two, ALiBi\""), "{csv}");
     let html = std::fs::read_to_string(&html).unwrap();
-    assert!(html.contains("<title>One layer against two</title>") && html.matches("<svg").count() == 3);
+    assert!(html.contains("<title>One layer against two</title>") && html.matches("<svg").count() == 4);
 
     let typo = dir.join("typo.yaml");
     std::fs::write(&typo, "variants:\n  - model: a.model:A\n  - model: B\nlenghts: [8]\n").unwrap();

@@ -70,6 +70,8 @@ enum Cell {
     Ran {
         times_ms: Vec<f64>,
         outputs: Vec<HostTensor>,
+        /// The most the forward's buffers held at once, over its runs (lmc's allocator counts).
+        activation_bytes: usize,
     },
     /// The variant cannot run at this size (a learned position table is too short), or failed.
     Skipped(String),
@@ -200,6 +202,18 @@ pub fn fmt_count(n: u64) -> String {
         n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
         n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
         n => n.to_string(),
+    }
+}
+
+/// `12.3 MiB`, `512 KiB`, `96 B`.
+pub fn fmt_bytes(bytes: usize) -> String {
+    let b = bytes as f64;
+    if b >= 1048576.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.0} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
     }
 }
 
@@ -372,6 +386,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                 cells.push(Cell::Ran {
                     times_ms: Vec::new(),
                     outputs: Vec::new(),
+                    activation_bytes: 0,
                 });
             }
             Err(why) => {
@@ -407,15 +422,26 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             if matches!(cells[k], Cell::Skipped(_)) {
                 continue;
             }
+            // Variants run one at a time, so the allocator's peak over one run is this one's.
+            lmc_abi::buffers::reset_peak_live_bytes();
             let started = Instant::now();
             let result = c.model.run(input);
             let ms = started.elapsed().as_secs_f64() * 1e3;
+            let peak = lmc_abi::buffers::peak_live_bytes();
             match (result, &mut cells[k]) {
-                (Ok(out), Cell::Ran { times_ms, outputs }) => {
+                (
+                    Ok(out),
+                    Cell::Ran {
+                        times_ms,
+                        outputs,
+                        activation_bytes,
+                    },
+                ) => {
                     if round >= work.warmup {
                         times_ms.push(ms);
                     }
                     *outputs = out;
+                    *activation_bytes = (*activation_bytes).max(peak);
                 }
                 (Err(e), cell) => *cell = Cell::Skipped(format!("failed: {e}")),
                 (Ok(_), Cell::Skipped(_)) => {}
@@ -439,29 +465,38 @@ fn progress_bar(done: usize, total: usize) -> String {
 fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize, letter: &dyn Fn(usize) -> String) -> serde_json::Value {
     println!("\nbatch {batch}, length {length}");
     println!(
-        "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}",
-        "", "model", "FLOPs/token", "median", "p10 – p90", "tokens/s"
+        "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}{:>13}",
+        "", "model", "FLOPs/token", "median", "p10 – p90", "tokens/s", "activations"
     );
     let tokens = (batch * length) as f64;
     let mut rows = Vec::new();
     for (k, (v, cell)) in variants.iter().zip(cells).enumerate() {
         let name = v.name();
         match (cell, &v.compiled) {
-            (Cell::Ran { times_ms, .. }, Ok(c)) => {
+            (
+                Cell::Ran {
+                    times_ms,
+                    activation_bytes,
+                    ..
+                },
+                Ok(c),
+            ) => {
                 let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, length));
                 let (median, p10, p90) = (quantile(times_ms, 0.5), quantile(times_ms, 0.1), quantile(times_ms, 0.9));
                 println!(
-                    "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}",
+                    "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}{:>13}",
                     letter(k),
                     name,
                     fmt_count((flops / tokens) as u64),
                     fmt_ms(median),
                     format!("{} – {}", fmt_ms(p10), fmt_ms(p90)),
-                    tokens / (median / 1e3)
+                    tokens / (median / 1e3),
+                    fmt_bytes(*activation_bytes)
                 );
                 rows.push(json!({
                     "name": letter(k), "label": name, "flops_per_token": flops / tokens, "median_ms": median,
                     "p10_ms": p10, "p90_ms": p90, "tokens_per_s": tokens / (median / 1e3), "times_ms": times_ms,
+                    "activation_bytes": activation_bytes,
                 }));
             }
             (Cell::Skipped(why), _) | (Cell::Ran { .. }, Err(why)) => {
@@ -477,13 +512,14 @@ fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize,
         let Cell::Ran {
             times_ms: base_times,
             outputs: base_out,
+            ..
         } = &cells[b]
         else {
             unreachable!()
         };
         let mut rng = Rng::new(0x5EED);
         for (k, cell) in cells.iter().enumerate().skip(b + 1) {
-            let Cell::Ran { times_ms, outputs } = cell else { continue };
+            let Cell::Ran { times_ms, outputs, .. } = cell else { continue };
             let r: Ratio = paired_ratio(base_times, times_ms, &mut rng);
             let mut line = format!("  {} vs {}: {}", letter(k), letter(b), verdict(&letter(k), r));
             let mut diverged = serde_json::Value::Null;

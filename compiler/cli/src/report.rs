@@ -17,7 +17,7 @@ fn colour(k: usize) -> &'static str {
 /// One row per variant and size: the measurements, and the comparison with the base variant.
 pub fn csv(report: &Value) -> String {
     let mut out = String::from(
-        "batch,length,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,skipped\n",
+        "batch,length,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,skipped\n",
     );
     for cell in array(&report["cells"]) {
         for row in array(&cell["variants"]) {
@@ -32,7 +32,7 @@ pub fn csv(report: &Value) -> String {
             let d = |key: &str| comparison.map_or(String::new(), |c| field(&c["divergence"][key]));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 field(&cell["batch"]),
                 field(&cell["length"]),
                 name,
@@ -42,6 +42,7 @@ pub fn csv(report: &Value) -> String {
                 field(&row["p10_ms"]),
                 field(&row["p90_ms"]),
                 field(&row["tokens_per_s"]),
+                field(&row["activation_bytes"]),
                 c("ratio"),
                 c("low"),
                 c("high"),
@@ -146,7 +147,10 @@ pub fn html(report: &Value) -> String {
                         .iter()
                         .map(|c| {
                             let row = array(&c["variants"]).find(|r| r["name"] == v["name"]);
-                            let value = row.and_then(|r| r[key].as_f64());
+                            let value = match key {
+                                "activation_mib" => row.and_then(|r| r["activation_bytes"].as_f64()).map(|b| b / 1048576.0),
+                                _ => row.and_then(|r| r[key].as_f64()),
+                            };
                             let band = row.and_then(|r| Some((r["p10_ms"].as_f64()?, r["p90_ms"].as_f64()?)));
                             (value, if key == "median_ms" { band } else { None })
                         })
@@ -156,6 +160,12 @@ pub fn html(report: &Value) -> String {
         };
         h.push_str(&line_chart("Latency (median, p10–p90)", "ms", &lengths, &series("median_ms")));
         h.push_str(&line_chart("Throughput", "tokens/s", &lengths, &series("tokens_per_s")));
+        h.push_str(&line_chart(
+            "Activations (peak held at once)",
+            "MiB",
+            &lengths,
+            &series("activation_mib"),
+        ));
         h.push_str(&forest_chart(&of_batch, &variants));
         h.push_str("</div>\n");
         for c in &of_batch {
@@ -436,14 +446,14 @@ fn cell_table(c: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "<h3>Batch {}, length {}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>against the base</th><th>output divergence</th></tr>",
+        "<h3>Batch {}, length {}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th></tr>",
         c["batch"], c["length"]
     );
     for row in array(&c["variants"]) {
         let name = row["name"].as_str().unwrap_or("");
         let label = format!("{name} {}", escape(row["label"].as_str().unwrap_or("")));
         if let Some(why) = row["skipped"].as_str() {
-            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"6\" class=\"warn\">{}</td></tr>", escape(why));
+            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"7\" class=\"warn\">{}</td></tr>", escape(why));
             continue;
         }
         let cmp = array(&c["comparisons"]).find(|x| x["name"].as_str() == Some(name));
@@ -461,12 +471,13 @@ fn cell_table(c: &Value) -> String {
         let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::ab::fmt_ms);
         let _ = writeln!(
             t,
-            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{verdict}</td><td>{divergence}</td></tr>",
+            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td></tr>",
             crate::ab::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
             ms("median_ms"),
             ms("p10_ms"),
             ms("p90_ms"),
-            row["tokens_per_s"].as_f64().unwrap_or(0.0)
+            row["tokens_per_s"].as_f64().unwrap_or(0.0),
+            row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::ab::fmt_bytes(b as usize))
         );
     }
     t.push_str("</table>\n");
@@ -488,8 +499,8 @@ mod tests {
             ],
             "cells": [
                 {"batch": 1, "length": 64, "variants": [
-                    {"name": "A", "label": "base", "flops_per_token": 2e6, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.2, "tokens_per_s": 64000.0},
-                    {"name": "B", "label": "other, quoted", "flops_per_token": 2e6, "median_ms": 1.5, "p10_ms": 1.4, "p90_ms": 1.7, "tokens_per_s": 42000.0},
+                    {"name": "A", "label": "base", "flops_per_token": 2e6, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.2, "tokens_per_s": 64000.0, "activation_bytes": 1048576},
+                    {"name": "B", "label": "other, quoted", "flops_per_token": 2e6, "median_ms": 1.5, "p10_ms": 1.4, "p90_ms": 1.7, "tokens_per_s": 42000.0, "activation_bytes": 2097152},
                     {"name": "C", "label": "broken", "skipped": "not compiled"},
                 ], "comparisons": [
                     {"name": "B", "against": "A", "ratio": 1.5, "low": 1.4, "high": 1.6, "verdict": "B is 1.50× slower [1.40, 1.60]",
@@ -497,7 +508,7 @@ mod tests {
                 ]},
                 {"batch": 1, "length": 512, "variants": [
                     {"name": "A", "label": "base", "skipped": "cannot run past 128"},
-                    {"name": "B", "label": "other, quoted", "flops_per_token": 3e6, "median_ms": 30.0, "p10_ms": 29.0, "p90_ms": 33.0, "tokens_per_s": 17000.0},
+                    {"name": "B", "label": "other, quoted", "flops_per_token": 3e6, "median_ms": 30.0, "p10_ms": 29.0, "p90_ms": 33.0, "tokens_per_s": 17000.0, "activation_bytes": 8388608},
                 ], "comparisons": []},
             ],
         })
@@ -509,7 +520,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1 + 5);
         assert!(lines[2].starts_with("1,64,B,\"other, quoted\",2000000.0,1.5,"), "{}", lines[2]);
-        assert!(lines[2].contains(",1.5,1.4,1.6,0.5,0.9,"), "{}", lines[2]);
+        assert!(lines[2].contains(",42000.0,2097152,1.5,1.4,1.6,0.5,0.9,"), "{}", lines[2]);
         assert!(lines[4].ends_with("cannot run past 128"), "{}", lines[4]);
     }
 
@@ -521,7 +532,8 @@ mod tests {
         // No scripts, and nothing fetched: the only address is the SVG namespace.
         assert!(!page.contains("<script"));
         assert_eq!(page.matches("http").count(), page.matches("http://www.w3.org/2000/svg").count());
-        assert_eq!(page.matches("<svg").count(), 3, "latency, throughput and ratio charts");
+        assert_eq!(page.matches("<svg").count(), 4, "latency, throughput, memory and ratio charts");
+        assert!(page.contains("<td>2.0 MiB</td>"), "activations in the table");
         assert!(page.contains("B vs A @ 64"));
         assert!(page.contains("not compiled: does not check"));
         assert!(page.contains("cannot run past 128"));
