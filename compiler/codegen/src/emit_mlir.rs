@@ -1115,19 +1115,8 @@ impl Emitter<'_> {
                 continue;
             }
             let ot = self.ty(*o);
-            let offset = rank - ot.rank();
-            let exprs: Vec<String> = ot
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(j, d)| {
-                    if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) {
-                        "0".to_string()
-                    } else {
-                        format!("d{}", j + offset)
-                    }
-                })
-                .collect();
+            let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
+            let exprs = broadcast_read(&ot, ty, &identity);
             maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), exprs.join(", ")));
             ins.push(self.name(*o));
             in_types.push(tensor_ty(&ot));
@@ -1220,20 +1209,7 @@ impl Emitter<'_> {
             Op::Binary { op, lhs, rhs } => {
                 let mut args = Vec::new();
                 for o in [lhs, rhs] {
-                    let ot = self.ty(o);
-                    let offset = ty.rank() - ot.rank();
-                    let read_at: Vec<String> = ot
-                        .dims
-                        .iter()
-                        .enumerate()
-                        .map(|(j, d)| {
-                            if *d == Dim::Static(1) && ty.dims[j + offset] != Dim::Static(1) {
-                                "0".to_string()
-                            } else {
-                                at[j + offset].clone()
-                            }
-                        })
-                        .collect();
+                    let read_at = broadcast_read(&self.ty(o), &ty, at);
                     args.push(self.fused_value(id, o, &read_at, body));
                 }
                 body.lines.push(format!("{res} = {} {}, {} : f32", binary_op(op), args[0], args[1]));
@@ -2029,6 +2005,25 @@ impl Emitter<'_> {
             _ => format!("{prefix}{k}"),
         }
     }
+}
+
+/// Where an operand of type `operand` is read for the element of a broadcasting op's result
+/// (`result`) at `at` (one index per result axis): numpy broadcasting aligns the axes on the
+/// right, and an axis of length 1 stretched over a longer one is read at 0.
+fn broadcast_read(operand: &TensorType, result: &TensorType, at: &[String]) -> Vec<String> {
+    let offset = result.rank() - operand.rank();
+    operand
+        .dims
+        .iter()
+        .enumerate()
+        .map(|(j, d)| {
+            if *d == Dim::Static(1) && result.dims[j + offset] != Dim::Static(1) {
+                "0".to_string()
+            } else {
+                at[j + offset].clone()
+            }
+        })
+        .collect()
 }
 
 /// `ins(...) ` of a fused loop nest's inputs, or nothing.
