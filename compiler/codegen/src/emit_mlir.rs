@@ -1190,7 +1190,12 @@ impl Emitter<'_> {
             }
             return self.fused_op(operand, at, body);
         }
-        let (name, ty) = (self.name(operand), self.ty(operand));
+        self.fused_input(operand, at, body)
+    }
+
+    /// The element of `value` at `at`, read from an input of the loop nest (each input once).
+    fn fused_input(&mut self, value: ValueId, at: &[String], body: &mut FusedBody) -> String {
+        let (name, ty) = (self.name(value), self.ty(value));
         let map = format!("affine_map<{} -> ({})>", dims_list(body.rank), at.join(", "));
         let key = (name.clone(), map.clone());
         if let Some(k) = body.inputs.iter().position(|i| (i.0.clone(), i.2.clone()) == key) {
@@ -1223,7 +1228,8 @@ impl Emitter<'_> {
                 let a = self.fused_value(id, x, at, body);
                 body.lines.push(format!("{res} = arith.sitofp {a} : {from} to f32"));
             }
-            _ => unreachable!("only elementwise ops are fused (fuse::fused_into)"),
+            // Only elementwise ops are fused (`fuse::fused_into`); anything else is read.
+            _ => return self.fused_input(id, at, body),
         }
         res
     }

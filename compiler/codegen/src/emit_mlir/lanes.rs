@@ -111,10 +111,12 @@ pub(super) fn plan(g: &Graph, id: ValueId, s: &Scan, regions: &[Option<ValueId>]
             u.unify((*out, d), (result, if d < s.axis { d } else { d + 1 }));
         }
     }
-    // Every state and every output must have the lane axis: a candidate is an axis of the first.
+    // Every state, every output and every result must have the lane axis (the emitter slices
+    // each result by it): a candidate is an axis of the first.
     let must_have: Vec<ValueId> = (0..s.init.len())
         .map(|k| ValueId((start + k) as u32))
         .chain(s.outputs.iter().copied())
+        .chain((0..s.result_count()).map(|k| ValueId((n + 1 + k) as u32)))
         .collect();
     let first = *must_have.first()?;
     let mut best: Option<(HashMap<ValueId, usize>, Dim)> = None;
