@@ -438,7 +438,10 @@ fn c_host_runs_the_shared_library() {
 
         let host = dir.join(format!("host_{model}"));
         let abi_macro = format!("LMC_{}_ABI_VERSION", model.to_uppercase());
-        let cc = Command::new("cc")
+        // `LMC_HOST_CC` and `LMC_HOST_CFLAGS` build the host otherwise: the README's
+        // AddressSanitizer run links it with `clang-22 -fsanitize=address`.
+        let cc = Command::new(std::env::var("LMC_HOST_CC").unwrap_or_else(|_| "cc".into()))
+            .args(std::env::var("LMC_HOST_CFLAGS").unwrap_or_default().split_whitespace())
             .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
             .arg(&host)
             .arg(root().join("tests/c_host/host.c"))
