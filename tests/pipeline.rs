@@ -1096,12 +1096,13 @@ fn ab_compares_variants() {
     }
     assert_eq!(long["variants"][1]["times_ms"].as_array().unwrap().len(), 5);
     assert!(long["comparisons"].as_array().unwrap().is_empty());
-    // Activation memory per variant: the same network holds the same buffers; a longer
-    // sequence holds more.
-    let bytes = |cell: &serde_json::Value, k: usize| cell["variants"][k]["activation_bytes"].as_u64().unwrap();
-    assert!(bytes(short, 0) > 0);
-    assert_eq!(bytes(short, 0), bytes(short, 2));
-    assert!(bytes(long, 1) > bytes(short, 1));
+    // Activation memory per variant: the same network holds the same buffers, up to the
+    // temporaries of parallel loops' iterations, which threads hold at the same time or not
+    // (a few percent here); six times the length holds more than three times as much.
+    let bytes = |cell: &serde_json::Value, k: usize| cell["variants"][k]["activation_bytes"].as_u64().unwrap() as f64;
+    assert!(bytes(short, 0) > 0.0);
+    assert!((bytes(short, 0) - bytes(short, 2)).abs() <= 0.1 * bytes(short, 0), "{short}");
+    assert!(bytes(long, 1) > 3.0 * bytes(short, 1), "{long}");
 }
 
 /// `lmc ab EXPERIMENT.yaml` runs what the file names: paths relative to it, a bare name after a

@@ -70,7 +70,8 @@ enum Cell {
     Ran {
         times_ms: Vec<f64>,
         outputs: Vec<HostTensor>,
-        /// The most the forward's buffers held at once, over its runs (lmc's allocator counts).
+        /// The most the forward's buffers held at once, over its runs (lmc's allocator counts;
+        /// the temporaries of parallel loops' iterations make it vary a little with threads).
         activation_bytes: usize,
     },
     /// The variant cannot run at this size (a learned position table is too short), or failed.

@@ -53,7 +53,9 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
 struct Emitter<'a> {
     g: &'a Graph,
     target: Target,
-    /// Whether the node being emitted is in a scan's body.
+    /// Whether the node being emitted is in a scan's body, where matmuls are inlined loops and
+    /// elementwise chains are fused; also set while an attention block is emitted, for its
+    /// inlined matmuls.
     in_scan_body: bool,
     /// The block of lanes the scan body being emitted works on, if it was split into blocks.
     block: Option<Block>,
