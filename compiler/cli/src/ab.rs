@@ -8,6 +8,7 @@
 use crate::commands::{Failure, Weights};
 use crate::source::{load_model, overrides, split_model_ref};
 use crate::stats::{divergence, paired_ratio, quantile, verdict, Ratio, Rng};
+use crate::units::{fmt_bytes, fmt_count, fmt_ms};
 use crate::ConfigArgs;
 use lmc_abi::{DType, Dim};
 use lmc_core::ir::Graph;
@@ -194,38 +195,6 @@ pub fn length_limit(g: &Graph, length: usize) -> Option<String> {
         Some(b) if (length as i64) > b.limit => Some(format!("cannot run past {} ({})", b.limit, b.reason)),
         _ => None,
     })
-}
-
-pub fn fmt_count(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000_000 => format!("{:.2}T", n as f64 / 1e12),
-        n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
-
-/// `12.3 MiB`, `512 KiB`, `96 B`.
-pub fn fmt_bytes(bytes: usize) -> String {
-    let b = bytes as f64;
-    if b >= 1048576.0 {
-        format!("{:.1} MiB", b / 1048576.0)
-    } else if b >= 1024.0 {
-        format!("{:.0} KiB", b / 1024.0)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-pub fn fmt_ms(ms: f64) -> String {
-    if ms >= 100.0 {
-        format!("{ms:.0} ms")
-    } else if ms >= 1.0 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{:.1} µs", ms * 1e3)
-    }
 }
 
 /// `lmc ab`: compiles every variant, measures the grid, prints the report and writes the

@@ -4,9 +4,10 @@
 //! peers of `bench/peers/` read its JSON (`median_ms`) to print ratios against PyTorch and ONNX
 //! Runtime measured in the same run.
 
-use crate::ab::{compile_variant, fmt_count, fmt_ms, length_limit, make_inputs, symbol_sizes};
+use crate::ab::{compile_variant, length_limit, make_inputs, symbol_sizes};
 use crate::commands::{Failure, Weights};
 use crate::stats::quantile;
+use crate::units::{fmt_count, fmt_ms};
 use crate::ConfigArgs;
 use serde_json::json;
 use std::path::Path;

@@ -8,6 +8,7 @@ mod experiment;
 mod report;
 mod source;
 mod stats;
+mod units;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

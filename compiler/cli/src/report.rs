@@ -118,9 +118,9 @@ pub fn html(report: &Value) -> String {
                 let _ = writeln!(
                     h,
                     "<tr><td>{swatch} {name}</td><td>{label}</td><td><code>{spec}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{:.2} s</td></tr>",
-                    crate::ab::fmt_count(total),
-                    crate::ab::fmt_count(embedding),
-                    crate::ab::fmt_count(total.saturating_sub(embedding)),
+                    crate::units::fmt_count(total),
+                    crate::units::fmt_count(embedding),
+                    crate::units::fmt_count(total.saturating_sub(embedding)),
                     v["compile_ms"].as_f64().unwrap_or(0.0) / 1e3
                 );
             }
@@ -468,16 +468,16 @@ fn cell_table(c: &Value) -> String {
                 ))
             })
             .unwrap_or_default();
-        let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::ab::fmt_ms);
+        let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::units::fmt_ms);
         let _ = writeln!(
             t,
             "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td></tr>",
-            crate::ab::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
+            crate::units::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
             ms("median_ms"),
             ms("p10_ms"),
             ms("p90_ms"),
             row["tokens_per_s"].as_f64().unwrap_or(0.0),
-            row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::ab::fmt_bytes(b as usize))
+            row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize))
         );
     }
     t.push_str("</table>\n");
