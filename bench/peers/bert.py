@@ -10,12 +10,12 @@ round's median. Prints them and the ratios lmc / peer. Needs the peers' venv
 """
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import tempfile
 import time
 
+from bert_model import export_onnx, last_hidden_state_model
 from timing import median_ms
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -32,23 +32,10 @@ def main():
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (about 35 s of compiling)")
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from transformers import BertConfig, BertModel
 
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(), add_pooling_layer=False).eval()
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-
-    model = LastHiddenState().eval()
+    model = last_hidden_state_model()
     ids = torch.randint(0, 30522, (args.batch, args.seq))
     mask = torch.ones_like(ids)
     types = torch.zeros_like(ids)
@@ -85,10 +72,7 @@ def main():
         import onnxruntime as ort
 
         onnx_path = pathlib.Path(tmp) / "bert.onnx"
-        with torch.no_grad():
-            torch.onnx.export(model, (ids, mask, types), str(onnx_path), input_names=["input_ids", "attention_mask", "token_type_ids"],
-                              dynamic_axes={n: {0: "b", 1: "t"} for n in ["input_ids", "attention_mask", "token_type_ids"]},
-                              dynamo=False)
+        export_onnx(model, ids, onnx_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

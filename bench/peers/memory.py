@@ -14,11 +14,12 @@ from transformers' BertModel here first. Needs the peers' venv
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import tempfile
+
+from bert_model import export_onnx, last_hidden_state_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -62,29 +63,13 @@ def main():
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = last_hidden_state_model()
     import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(), add_pooling_layer=False).eval()
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
 
     ids = torch.randint(0, 30522, (args.batch, args.seq))
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = pathlib.Path(tmp) / "bert.onnx"
-        with torch.no_grad():
-            torch.onnx.export(LastHiddenState().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_path),
-                              input_names=["input_ids", "attention_mask", "token_type_ids"],
-                              dynamic_axes={n: {0: "b", 1: "t"} for n in ["input_ids", "attention_mask", "token_type_ids"]},
-                              dynamo=False)
+        export_onnx(model, ids, onnx_path)
         ort_run = subprocess.run([sys.executable, "-c", ORT_PROCESS, str(onnx_path), str(args.batch), str(args.seq), str(args.runs)],
                                  check=True, capture_output=True, text=True)
         ort_mem = json.loads(ort_run.stdout.strip().splitlines()[-1])
