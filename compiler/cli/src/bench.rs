@@ -13,8 +13,8 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-/// A field of `/proc/self/status` in bytes (`VmHWM`: the peak resident set; `VmRSS`: the
-/// current one), where /proc tells it.
+/// A field of `/proc/self/status` in bytes (`VmHWM:`, the peak resident set), where /proc
+/// tells it.
 fn status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -24,8 +24,8 @@ fn status_bytes(field: &str) -> Option<u64> {
 
 /// Resets the process's peak resident set to the current one (Linux: `5` into `clear_refs`), so
 /// the peak read afterwards is that of what runs next, not of compiling. False where it cannot.
-/// (The peak counts freed memory the runs reuse only once; the forward's own buffers are
-/// counted by `lmc_abi::buffers`.)
+/// (Memory compiling freed and the runs reuse is not counted again: the forward's own buffers
+/// are counted by `lmc_abi::buffers`.)
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }

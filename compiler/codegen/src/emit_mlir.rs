@@ -81,6 +81,17 @@ struct Emitter<'a> {
     fully_fused: std::collections::HashSet<ValueId>,
 }
 
+/// The result side of a fused `linalg.generic`: its SSA name, output map (the part after
+/// `->`), iterator types, initial value and type, and the block argument of the output.
+struct Generic<'s> {
+    name: &'s str,
+    map: &'s str,
+    iterators: &'s str,
+    init: &'s str,
+    ty: &'s str,
+    arg: &'s str,
+}
+
 /// The inputs and body of a loop nest that computes a chain of fused ops (see [`fuse`]).
 #[derive(Default)]
 struct FusedBody {
@@ -702,10 +713,7 @@ impl Emitter<'_> {
                 sizes.push("1".to_string());
             } else {
                 offsets.push("0".to_string());
-                sizes.push(match d {
-                    Dim::Static(n) => n.to_string(),
-                    Dim::Symbol(s) => format!("%sym{}", s.0),
-                });
+                sizes.push(dim_size(*d));
             }
         }
         format!(
@@ -777,18 +785,13 @@ impl Emitter<'_> {
             })
             .collect();
         outer.sort_unstable();
+        let block = lanes.block;
+        // Offsets, sizes and strides of a value's slice for this block.
         let block_slice = |t: &TensorType, axis: usize| {
             let mut offsets = vec!["0".to_string(); t.rank()];
             offsets[axis] = at.clone();
-            let mut sizes: Vec<String> = t
-                .dims
-                .iter()
-                .map(|d| match d {
-                    Dim::Static(k) => k.to_string(),
-                    Dim::Symbol(s) => format!("%sym{}", s.0),
-                })
-                .collect();
-            sizes[axis] = lanes.block.to_string();
+            let mut sizes: Vec<String> = t.dims.iter().map(|d| dim_size(*d)).collect();
+            sizes[axis] = block.to_string();
             format!(
                 "[{}] [{}] [{}]",
                 offsets.join(", "),
@@ -796,44 +799,40 @@ impl Emitter<'_> {
                 vec!["1"; t.rank()].join(", ")
             )
         };
-        let mut slices = std::collections::HashMap::new();
-        let mut result_slices = Vec::new();
-        {
-            let mut lines = Vec::new();
-            let blocked = |t: &TensorType, axis: usize| {
-                let mut b = t.clone();
-                b.dims[axis] = Dim::Static(lanes.block);
-                b
-            };
-            for (value, axis) in &outer {
-                let t = g.ty(*value);
-                let name = format!("{prefix}_in{}", value.0);
-                lines.push(format!(
-                    "{name} = tensor.extract_slice {}{} : {} to {}",
-                    v(*value),
-                    block_slice(t, *axis),
-                    tensor_ty(t),
-                    tensor_ty(&blocked(t, *axis))
-                ));
-                slices.insert(*value, name);
-            }
-            for (k, r) in results.iter().enumerate() {
-                let (t, axis) = (g.ty(*r), lanes.axis[r]);
-                let name = format!("{prefix}_part{k}");
-                lines.push(format!(
-                    "{name} = tensor.extract_slice {prefix}_out{k}{} : {} to {}",
-                    block_slice(t, axis),
-                    tensor_ty(t),
-                    tensor_ty(&blocked(t, axis))
-                ));
-                result_slices.push((name, block_slice(t, axis), tensor_ty(&blocked(t, axis)), tensor_ty(t)));
-            }
-            self.indent += 1;
-            for l in lines {
-                self.line(&l);
+        let result_axes: Vec<usize> = results.iter().map(|r| lanes.axis[r]).collect();
+        // From here on `self.ty` gives the block's types.
+        self.block = Some(Block {
+            lanes,
+            slices: std::collections::HashMap::new(),
+        });
+        self.indent += 1;
+        for (value, axis) in outer {
+            let t = g.ty(value);
+            let name = format!("{prefix}_in{}", value.0);
+            let line = format!(
+                "{name} = tensor.extract_slice {}{} : {} to {}",
+                v(value),
+                block_slice(t, axis),
+                tensor_ty(t),
+                tensor_ty(&self.ty(value))
+            );
+            self.line(&line);
+            if let Some(b) = self.block.as_mut() {
+                b.slices.insert(value, name);
             }
         }
-        self.block = Some(Block { lanes, slices });
+        // Each result's slice for this block: (name, slice, block type, full type).
+        let mut result_slices = Vec::new();
+        for (k, (r, axis)) in results.iter().zip(result_axes).enumerate() {
+            let t = g.ty(*r);
+            let slice = block_slice(t, axis);
+            let name = format!("{prefix}_part{k}");
+            let (part_ty, full_ty) = (tensor_ty(&self.ty(*r)), tensor_ty(t));
+            self.line(&format!(
+                "{name} = tensor.extract_slice {prefix}_out{k}{slice} : {full_ty} to {part_ty}"
+            ));
+            result_slices.push((name, slice, part_ty, full_ty));
+        }
         // Each state starts as a copy of its initial value in its final value's slice, where
         // the loop then updates it in place.
         let mut inits = Vec::new();
@@ -1063,10 +1062,7 @@ impl Emitter<'_> {
                         sizes.push(length.to_string());
                     } else {
                         offsets.push("0".to_string());
-                        sizes.push(match d {
-                            Dim::Static(n) => n.to_string(),
-                            Dim::Symbol(s) => format!("%sym{}", s.0),
-                        });
+                        sizes.push(dim_size(*d));
                     }
                 }
                 let strides = vec!["1"; xt.rank()].join(", ");
@@ -1111,13 +1107,13 @@ impl Emitter<'_> {
         let mut in_types = Vec::new();
         let mut block_args = Vec::new();
         let mut body_args = Vec::new();
+        let identity = loop_indices(rank);
         for (k, o) in operands.iter().enumerate() {
             if self.is_scalar(*o) {
                 body_args.push(self.name(*o));
                 continue;
             }
             let ot = self.ty(*o);
-            let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
             let exprs = broadcast_read(&ot, ty, &identity);
             maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), exprs.join(", ")));
             ins.push(self.name(*o));
@@ -1152,31 +1148,45 @@ impl Emitter<'_> {
     fn emit_fused(&mut self, id: ValueId, loc: &str) {
         let ty = self.ty(id);
         let rank = ty.rank();
-        let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
         let mut fused = FusedBody {
             rank,
             ..FusedBody::default()
         };
-        let value = self.fused_op(id, &identity, &mut fused);
-        let mut maps: Vec<String> = fused.inputs.iter().map(|i| i.2.clone()).collect();
-        maps.push(format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank)));
+        let value = self.fused_op(id, &loop_indices(rank), &mut fused);
         let e = self.empty(&ty);
+        let out = Generic {
+            name: &v(id),
+            map: &dims_list(rank),
+            iterators: &parallel(rank),
+            init: &e,
+            ty: &tensor_ty(&ty),
+            arg: &format!("%o: {}", elem(ty.dtype)),
+        };
+        let tail = [format!("linalg.yield {value} : {}", elem(ty.dtype))];
+        self.emit_fused_generic(&fused, &out, &tail, loc);
+    }
+
+    /// A `linalg.generic` computing `fused` into `out`, its body ending with `tail`.
+    fn emit_fused_generic(&mut self, fused: &FusedBody, out: &Generic<'_>, tail: &[String], loc: &str) {
+        let rank = fused.rank;
+        let mut maps: Vec<String> = fused.inputs.iter().map(|i| i.2.clone()).collect();
+        maps.push(format!("affine_map<{} -> {}>", dims_list(rank), out.map));
         self.line(&format!(
-            "{} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {}outs({e} : {}) {{",
-            v(id),
+            "{} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {}outs({} : {}) {{",
+            out.name,
             maps.join(", "),
-            parallel(rank),
-            ins_clause(&fused),
-            tensor_ty(&ty)
+            out.iterators,
+            ins_clause(fused),
+            out.init,
+            out.ty
         ));
         let mut args: Vec<String> = fused.inputs.iter().enumerate().map(|(k, i)| format!("%a{k}: {}", i.3)).collect();
-        args.push(format!("%o: {}", elem(ty.dtype)));
+        args.push(out.arg.to_string());
         self.line(&format!("^bb0({}):", args.join(", ")));
-        for l in &fused.lines {
+        for l in fused.lines.iter().chain(tail) {
             self.line(&format!("  {l}"));
         }
-        self.line(&format!("  linalg.yield {value} : {}", elem(ty.dtype)));
-        self.line(&format!("}} -> {} {loc}", tensor_ty(&ty)));
+        self.line(&format!("}} -> {} {loc}", out.ty));
     }
 
     /// The element of `operand` that op `user` reads, where `at` indexes each of the operand's
@@ -1199,8 +1209,7 @@ impl Emitter<'_> {
     fn fused_input(&mut self, value: ValueId, at: &[String], body: &mut FusedBody) -> String {
         let (name, ty) = (self.name(value), self.ty(value));
         let map = format!("affine_map<{} -> ({})>", dims_list(body.rank), at.join(", "));
-        let key = (name.clone(), map.clone());
-        if let Some(k) = body.inputs.iter().position(|i| (i.0.clone(), i.2.clone()) == key) {
+        if let Some(k) = body.inputs.iter().position(|i| i.0 == name && i.2 == map) {
             return format!("%a{k}");
         }
         body.inputs.push((name, tensor_ty(&ty), map, elem(ty.dtype)));
@@ -1305,30 +1314,21 @@ impl Emitter<'_> {
         let sum = self.fresh();
         if self.in_scan_body && rank > 0 {
             // The reduced value's ops are computed inside the reduction's loop nest.
-            let identity: Vec<String> = (0..rank).map(|i| format!("d{i}")).collect();
             let mut fused = FusedBody {
                 rank,
                 ..FusedBody::default()
             };
-            let value = self.fused_value(id, x, &identity, &mut fused);
-            let mut maps: Vec<String> = fused.inputs.iter().map(|i| i.2.clone()).collect();
-            maps.push(format!("affine_map<{} -> ({})>", dims_list(rank), out_dims.join(", ")));
-            self.line(&format!(
-                "{sum} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} {}outs({filled} : {}) {{",
-                maps.join(", "),
-                iters.join(", "),
-                ins_clause(&fused),
-                tensor_ty(&reduced)
-            ));
-            let mut args: Vec<String> = fused.inputs.iter().enumerate().map(|(k, i)| format!("%a{k}: {}", i.3)).collect();
-            args.push("%acc: f32".into());
-            self.line(&format!("^bb0({}):", args.join(", ")));
-            for l in &fused.lines {
-                self.line(&format!("  {l}"));
-            }
-            self.line(&format!("  %r = arith.addf {value}, %acc : f32"));
-            self.line("  linalg.yield %r : f32");
-            self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
+            let value = self.fused_value(id, x, &loop_indices(rank), &mut fused);
+            let out = Generic {
+                name: &sum,
+                map: &format!("({})", out_dims.join(", ")),
+                iterators: &iters.join(", "),
+                init: &filled,
+                ty: &tensor_ty(&reduced),
+                arg: "%acc: f32",
+            };
+            let tail = [format!("%r = arith.addf {value}, %acc : f32"), "linalg.yield %r : f32".to_string()];
+            self.emit_fused_generic(&fused, &out, &tail, loc);
             return self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
         }
         self.line(&format!(
@@ -1403,14 +1403,7 @@ impl Emitter<'_> {
                     .map(|g| format!("[{}]", g.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")))
                     .collect()
             };
-            let sizes: Vec<String> = ty
-                .dims
-                .iter()
-                .map(|d| match d {
-                    Dim::Static(n) => n.to_string(),
-                    Dim::Symbol(s) => format!("%sym{}", s.0),
-                })
-                .collect();
+            let sizes: Vec<String> = ty.dims.iter().map(|d| dim_size(*d)).collect();
             self.line(&format!(
                 "{out} = tensor.expand_shape {result} [{}] output_shape [{}] : {} into {} {loc}",
                 groups.join(", "),
@@ -1538,9 +1531,6 @@ impl Emitter<'_> {
         });
     }
 
-    /// Attention, materialised: scores, mask and score function, softmax, weighted sum. The
-    /// flash-style kernel that never builds the score matrix replaces this with the performance
-    /// work; the meaning stays.
     /// Attention, one block of query rows at a time: an `scf.forall` over batch, heads and
     /// blocks of [`QUERY_ROWS`] queries (threads, once lowered), each computing its rows'
     /// scores against every key, their softmax and the weighted sum of values. Scores exist
@@ -1584,10 +1574,7 @@ impl Emitter<'_> {
         } else {
             format!("{p}_h")
         };
-        let size = |d: Dim| match d {
-            Dim::Static(n) => n.to_string(),
-            Dim::Symbol(s) => format!("%sym{}", s.0),
-        };
+        let size = dim_size;
         let rows = Dim::Symbol(BLOCK_ROWS);
         let block =
             |t: &TensorType, rows_or_keys: Dim| TensorType::new(t.dtype, vec![Dim::Static(1), Dim::Static(1), rows_or_keys, t.dims[3]]);
@@ -1628,13 +1615,12 @@ impl Emitter<'_> {
         slice(self, &format!("{p}_ks"), k, &key_head, &first_key, &keys, &kt, &kb);
         slice(self, &format!("{p}_vs"), v_id, &key_head, &first_key, &keys, &vt, &vb);
         // Inside a block the matmuls are inlined loops, as in a scan step.
-        let (saved_scan, saved_rows) = (self.in_scan_body, self.block_rows.replace(format!("{p}_n")));
-        let saved_keys = if mask.is_some() {
-            self.block_keys.replace(format!("{p}_kn"))
-        } else {
-            self.block_keys.clone()
-        };
+        let saved = (self.in_scan_body, self.block_rows.clone(), self.block_keys.clone());
         self.in_scan_body = true;
+        self.block_rows = Some(format!("{p}_n"));
+        if mask.is_some() {
+            self.block_keys = Some(format!("{p}_kn"));
+        }
         // The block's result is computed in its slice of the output, so the insert below
         // writes in place (a copy between strided views would call MLIR's runner library).
         self.line(&format!(
@@ -1652,9 +1638,7 @@ impl Emitter<'_> {
             score,
             loc,
         );
-        self.in_scan_body = saved_scan;
-        self.block_rows = saved_rows;
-        self.block_keys = saved_keys;
+        (self.in_scan_body, self.block_rows, self.block_keys) = saved;
         self.line("scf.forall.in_parallel {");
         self.line(&format!(
             "  tensor.parallel_insert_slice {result} into {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {} into {out_t}",
@@ -2013,6 +1997,19 @@ impl Emitter<'_> {
             _ => format!("{prefix}{k}"),
         }
     }
+}
+
+/// A dimension as a size in an op's text: its number, or its symbol's SSA value.
+fn dim_size(d: Dim) -> String {
+    match d {
+        Dim::Static(n) => n.to_string(),
+        Dim::Symbol(s) => format!("%sym{}", s.0),
+    }
+}
+
+/// The loop indices `d0, d1, ...` of a loop nest of `rank` dimensions.
+fn loop_indices(rank: usize) -> Vec<String> {
+    (0..rank).map(|i| format!("d{i}")).collect()
 }
 
 /// Where an operand of type `operand` is read for the element of a broadcasting op's result

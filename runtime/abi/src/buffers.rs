@@ -3,8 +3,8 @@
 //!
 //! A forward pass allocates the same buffers, of the same sizes, every time it runs, and frees
 //! them all by its end. With malloc, glibc handed the large ones back to the kernel at each free
-//! and mapped fresh, zeroed pages at each allocation: BERT-base at 512 tokens took about 240 000
-//! page faults and 40 `munmap`s per forward. Here a freed buffer waits, by size, for the next
+//! and mapped fresh, zeroed pages at each allocation: a 12-layer, 768-wide encoder at 512 tokens
+//! took about 240 000 page faults and 40 `munmap`s per forward. Here a freed buffer waits, by size, for the next
 //! request of that size (the next forward's), up to [`CACHE_LIMIT_BYTES`] in all; past that it
 //! goes back to the system. Nothing is ever returned early or shared: a cached buffer belongs to
 //! nobody until it is handed out again.

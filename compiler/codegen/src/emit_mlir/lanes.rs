@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn blocks_divide_the_lanes_and_fit_the_cache() {
-        // A Mamba-shaped state (1536 channels of 16): 16 blocks of 96, a multiple of 16.
+        // 1536 channels of 16 state elements: 16 blocks of 96, a multiple of 16.
         assert_eq!(block_size(1536, 16), 96);
         // One value per lane: still at least 16 blocks.
         assert_eq!(block_size(768, 1), 48);
