@@ -103,3 +103,30 @@ pub fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) -> f32 {
     }
     worst
 }
+
+/// JIT-compiles a graph and binds a checkpoint's weights: the model as `lmc run` would run it.
+pub fn jit_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
+    let jit = std::sync::Arc::new(lmc_codegen::jit(g).unwrap_or_else(|e| panic!("{}: {e}", g.model)));
+    let handle = jit.clone();
+    let lookup = move |name: &str| handle.lookup(name);
+    // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
+    // the code is the keep-alive.
+    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
+    module
+        .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
+        .unwrap_or_else(|e| panic!("{}: {e}", g.model))
+}
+
+/// Checks model `name` of a model file (relative to the repository root), configured by a
+/// checkpoint directory's config.json.
+pub fn checked_model(file: &str, name: &str, checkpoint: &Path) -> lmc_core::ir::Graph {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let dir = root().join(file).parent().unwrap().to_path_buf();
+    let program = lmc_core::load_source(file, &text, Some(&dir)).unwrap_or_else(|f| panic!("{file}: {:?}", f.diagnostics));
+    let config = std::fs::read_to_string(checkpoint.join("config.json")).unwrap();
+    let overrides = lmc_core::ConfigOverrides::default().with_checkpoint_json(&config).unwrap();
+    match lmc_core::check_model(&program, Some(name), &overrides) {
+        Ok(c) => c.graph,
+        Err(e) => panic!("{file}:{name} does not check: {e:?}"),
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod capi;
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod module;
 pub mod random;
@@ -21,6 +22,7 @@ pub mod tensor;
 pub mod validate;
 
 pub use error::{ErrorKind, RuntimeError};
+pub use generate::{greedy, Decoder};
 pub use lmc_abi::{DType, Dim, Manifest};
 pub use model::{weight_files, LoadedModel, WeightsSource};
 pub use module::Module;

@@ -26,11 +26,13 @@ struct AlignedBytes {
 }
 
 impl AlignedBytes {
-    fn zeroed(len: usize) -> AlignedBytes {
-        AlignedBytes {
-            chunks: vec![Chunk([0; CHUNK]); len.div_ceil(CHUNK)],
-            len,
-        }
+    /// `None` when the memory cannot be had (an allocation failure would otherwise abort).
+    fn zeroed(len: usize) -> Option<AlignedBytes> {
+        let n = len.div_ceil(CHUNK);
+        let mut chunks = Vec::new();
+        chunks.try_reserve_exact(n).ok()?;
+        chunks.resize(n, Chunk([0; CHUNK]));
+        Some(AlignedBytes { chunks, len })
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -97,12 +99,13 @@ impl HostTensor {
                 dtype.as_str()
             ))
         })?;
-        Ok(HostTensor {
-            name,
-            dtype,
-            shape,
-            data: AlignedBytes::zeroed(len),
-        })
+        let data = AlignedBytes::zeroed(len).ok_or_else(|| {
+            RuntimeError::invalid_argument(format!(
+                "tensor \"{name}\": cannot allocate {len} bytes for shape {shape:?} of {}",
+                dtype.as_str()
+            ))
+        })?;
+        Ok(HostTensor { name, dtype, shape, data })
     }
 
     /// Copies little-endian `bytes` into a new tensor; their length must match the shape.

@@ -63,6 +63,45 @@ pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
     if m.entries.is_empty() {
         return Err(bad("it lists no entry points".to_string()));
     }
+    if let Some(d) = &m.decode {
+        let input = |n: &str| m.inputs.iter().find(|s| s.name == n);
+        let output = |n: &str| m.outputs.iter().find(|s| s.name == n);
+        let scalar_position = input(&d.position).is_some_and(|s| s.dtype == DType::I64 && s.shape.is_empty());
+        let tokens = input(&d.tokens).is_some_and(|s| s.shape.len() == 2);
+        let logits = output(&d.logits).is_some_and(|s| s.shape.len() == 3);
+        if !scalar_position || !tokens || !logits || d.capacity < 1 {
+            return Err(bad("its decode description does not match its inputs and outputs".to_string()));
+        }
+        if let Some(c) = d.caches.iter().find(|c| input(c).is_none() || input(c) != output(c)) {
+            return Err(bad(format!("cache \"{c}\" is not an input and an output of the same type")));
+        }
+    }
+    Ok(())
+}
+
+/// For a decode step: the new tokens must fit in the caches after `position`.
+fn check_decode_room(m: &Manifest, inputs: &[Cow<'_, HostTensor>]) -> Result<(), RuntimeError> {
+    let Some(d) = &m.decode else { return Ok(()) };
+    let find = |name: &str| m.inputs.iter().position(|s| s.name == name).map(|k| &inputs[k]);
+    let position = find(&d.position)
+        .and_then(|t| t.as_i64())
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0);
+    let new = find(&d.tokens).map_or(0, |t| t.shape.get(1).copied().unwrap_or(0)) as i64;
+    if position < 0 {
+        return Err(RuntimeError::input(format!(
+            "input \"{}\" holds {position}; a position is at least 0",
+            d.position
+        )));
+    }
+    if position.checked_add(new).is_none_or(|end| end > d.capacity) {
+        return Err(RuntimeError::input(format!(
+            "decoding past the cache capacity: {new} new token(s) at position {position} need room for {} positions, \
+             but the caches hold {}; compile with a larger capacity",
+            position.saturating_add(new),
+            d.capacity
+        )));
+    }
     Ok(())
 }
 
@@ -177,6 +216,7 @@ pub fn validate_inputs<'a>(m: &Manifest, inputs: &'a [HostTensor]) -> Result<Bou
         }
         converted.push(t);
     }
+    check_decode_room(m, &converted)?;
     Ok(BoundInputs {
         inputs: converted,
         symbols,

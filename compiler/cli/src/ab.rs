@@ -110,6 +110,11 @@ pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Re
     };
     let o = overrides(config, checkpoint.filter(|p| p.is_dir())).map_err(message)?;
     let graph = load_model(spec, &o).map_err(message)?;
+    compile_graph(spec, graph, weights)
+}
+
+/// JIT-compiles a checked (or derived) graph and binds its weights.
+pub fn compile_graph(spec: &str, graph: Graph, weights: &Weights) -> Result<Compiled, String> {
     let started = Instant::now();
     let jit = std::sync::Arc::new(lmc_codegen::jit(&graph).map_err(|e| e.to_string())?);
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;

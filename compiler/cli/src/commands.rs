@@ -125,7 +125,7 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
 }
 
 /// `lmc emit --stage S FILE[:MODEL]`.
-pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
     if let Stage::Ast = stage {
         let (path, _) = crate::source::split_model_ref(spec);
         let program = load_program(&path)?;
@@ -133,7 +133,7 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, config: &ConfigArgs) -
         print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
         return Ok(());
     }
-    let graph = load_model(spec, &overrides(config, None)?)?;
+    let graph = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
     let target = lanes.map_or_else(lmc_codegen::Target::host, |lanes| lmc_codegen::Target { lanes });
     match stage {
         Stage::Ast => unreachable!(),
@@ -147,8 +147,8 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, config: &ConfigArgs) -
 }
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
-pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Failure> {
-    let graph = load_model(spec, &overrides(config, None)?)?;
+pub fn compile(spec: &str, output: &Path, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
+    let graph = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
@@ -158,6 +158,15 @@ pub fn compile(spec: &str, output: &Path, config: &ConfigArgs) -> Result<(), Fai
     let header = lmc_codegen::compile_shared_library(&graph, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
     Ok(())
+}
+
+/// The forward itself, or with a capacity the decode step derived from it.
+pub fn decode_step(forward: lmc_core::ir::Graph, capacity: Option<i64>) -> Result<lmc_core::ir::Graph, Failure> {
+    match capacity {
+        None => Ok(forward),
+        Some(c) => lmc_core::decode::derive_decode(&forward, c)
+            .map_err(|e| Failure::Message(format!("cannot derive decoding for {}: {e}", forward.model))),
+    }
 }
 
 /// Where a command takes its weights from.

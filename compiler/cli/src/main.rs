@@ -5,6 +5,7 @@ mod ab;
 mod bench;
 mod commands;
 mod experiment;
+mod generate;
 mod report;
 mod source;
 mod stats;
@@ -78,6 +79,9 @@ enum Command {
         /// of the host's
         #[arg(long, value_parser = clap::value_parser!(i64).range(4..=64))]
         lanes: Option<i64>,
+        /// Print the decode step derived from the forward, with caches for this many positions.
+        #[arg(long, value_name = "CAPACITY")]
+        decode: Option<i64>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -88,6 +92,10 @@ enum Command {
         /// The library to write, e.g. `libbert.so`; the header is written beside it (`libbert.h`).
         #[arg(short, long)]
         output: PathBuf,
+        /// Compile the decode step derived from the forward, with caches for this many
+        /// positions, instead of the forward (see `lmc generate`).
+        #[arg(long, value_name = "CAPACITY")]
+        decode: Option<i64>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -106,6 +114,36 @@ enum Command {
         /// Run this library from `lmc compile` instead of compiling MODEL in memory.
         #[arg(long, value_name = "LIB.so")]
         library: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Greedy decoding: derives the model's decode step from its forward (caches for the prompt
+    /// and the new tokens), runs the prompt, then one token per step; prints the new tokens, one
+    /// line per sequence.
+    Generate {
+        /// FILE or FILE:MODEL.
+        model: String,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        /// The prompt's token ids: `--input-ids 5,17,42`.
+        #[arg(long, value_delimiter = ',', conflicts_with = "inputs")]
+        input_ids: Option<Vec<i64>>,
+        /// A batch of prompts: a safetensors file with the tokens input (`input_ids`), [batch,
+        /// length], all of one length.
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        #[arg(long)]
+        max_new_tokens: usize,
+        /// Stop a sequence at this token (it is padded with it while others go on).
+        #[arg(long)]
+        eos_token_id: Option<i64>,
+        /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Write the sequences (each prompt followed by its new tokens, as Hugging Face's
+        /// `generate` returns them) to this safetensors file as `sequences` instead of printing.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -236,9 +274,15 @@ fn run(cli: Cli) -> ExitCode {
             stage,
             model,
             lanes,
+            decode,
             config,
-        } => commands::emit(stage, &model, lanes, &config),
-        Command::Compile { model, output, config } => commands::compile(&model, &output, &config),
+        } => commands::emit(stage, &model, lanes, decode, &config),
+        Command::Compile {
+            model,
+            output,
+            decode,
+            config,
+        } => commands::compile(&model, &output, decode, &config),
         Command::Run {
             model,
             weights,
@@ -249,6 +293,29 @@ fn run(cli: Cli) -> ExitCode {
         } => {
             let weights = commands::Weights::new(weights.weights, weights.seed);
             commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
+        }
+        Command::Generate {
+            model,
+            weights,
+            input_ids,
+            inputs,
+            max_new_tokens,
+            eos_token_id,
+            threads,
+            output,
+            config,
+        } => {
+            let weights = commands::Weights::new(weights.weights, weights.seed);
+            let prompt = generate::Prompt {
+                ids: input_ids.as_deref(),
+                file: inputs.as_deref(),
+            };
+            let options = generate::Options {
+                max_new_tokens,
+                eos: eos_token_id,
+                threads,
+            };
+            generate::generate(&model, &weights, &config, &prompt, &options, output.as_deref())
         }
         Command::Bench {
             model,

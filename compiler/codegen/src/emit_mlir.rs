@@ -453,6 +453,18 @@ impl Emitter<'_> {
         format!("loc(\"{}\":{}:{})", file, l.line, l.col)
     }
 
+    /// A dimension as an SSA `index` value: a symbol's is already one, a static size becomes a
+    /// constant named `name`.
+    fn index_value(&mut self, d: Dim, name: &str) -> String {
+        match d {
+            Dim::Static(n) => {
+                self.line(&format!("{name} = arith.constant {n} : index"));
+                name.to_string()
+            }
+            Dim::Symbol(s) => format!("%sym{}", s.0),
+        }
+    }
+
     fn fresh(&mut self) -> String {
         self.tmp += 1;
         format!("%t{}", self.tmp)
@@ -1075,6 +1087,7 @@ impl Emitter<'_> {
                     tensor_ty(ty)
                 ));
             }
+            Op::WriteRows { base, rows, axis, at } => self.emit_write_rows(id, [*base, *rows, *at], *axis, &loc),
             Op::Attention {
                 q,
                 k,
@@ -1477,6 +1490,60 @@ impl Emitter<'_> {
             self.line(&format!("  {name} = linalg.index {k} : index"));
         }
         idx
+    }
+
+    /// `write_rows`: one pass over the base that takes each element from the rows where they
+    /// land and from the base elsewhere. (Copying the base and inserting the rows as a slice
+    /// bufferizes to a strided `memref.copy`, which lowers to a call into MLIR's C runner
+    /// library, not linked here.)
+    fn emit_write_rows(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
+        let (bt, rt) = (self.ty(base), self.ty(rows));
+        let t = self.fresh();
+        // The first row's place, clamped into 0 ..= len - n so every write stays in bounds.
+        self.line(&format!("{t}_at = tensor.extract {}[] : tensor<i64>", self.name(at)));
+        self.line(&format!("{t}_i = arith.index_cast {t}_at : i64 to index"));
+        let len = self.index_value(bt.dims[axis], &format!("{t}_len"));
+        let n = self.index_value(rt.dims[axis], &format!("{t}_n"));
+        self.line(&format!("{t}_room = arith.subi {len}, {n} : index"));
+        self.line(&format!("{t}_zero = arith.constant 0 : index"));
+        self.line(&format!("{t}_one = arith.constant 1 : index"));
+        self.line(&format!("{t}_last = arith.subi {n}, {t}_one : index"));
+        self.line(&format!("{t}_lo = arith.maxsi {t}_i, {t}_zero : index"));
+        self.line(&format!("{t}_start = arith.minsi {t}_lo, {t}_room : index"));
+        let r = bt.rank();
+        let e = self.empty(&bt);
+        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
+        let et = elem(bt.dtype);
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({} : {}) outs({e} : {}) {{",
+            v(id),
+            parallel(r),
+            self.name(base),
+            tensor_ty(&bt),
+            tensor_ty(&bt)
+        ));
+        self.line(&format!("^bb0(%b: {et}, %o: {et}):"));
+        let idx: Vec<String> = (0..r).map(|k| format!("%w{k}")).collect();
+        for (k, name) in idx.iter().enumerate() {
+            self.line(&format!("  {name} = linalg.index {k} : index"));
+        }
+        self.line(&format!("  %row = arith.subi %w{axis}, {t}_start : index"));
+        self.line(&format!("  %after = arith.cmpi sge, %row, {t}_zero : index"));
+        self.line(&format!("  %before = arith.cmpi slt, %row, {n} : index"));
+        self.line("  %inside = arith.andi %after, %before : i1");
+        self.line(&format!("  %row_lo = arith.maxsi %row, {t}_zero : index"));
+        self.line(&format!("  %row_in = arith.minsi %row_lo, {t}_last : index"));
+        let mut at_rows = idx.clone();
+        at_rows[axis] = "%row_in".into();
+        self.line(&format!(
+            "  %new = tensor.extract {}[{}] : {}",
+            self.name(rows),
+            at_rows.join(", "),
+            tensor_ty(&rt)
+        ));
+        self.line(&format!("  %r = arith.select %inside, %new, %b : {et}"));
+        self.line(&format!("  linalg.yield %r : {et}"));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&bt)));
     }
 
     fn emit_tabulate(&mut self, id: ValueId, f: &ScalarFn, loc: &str) {

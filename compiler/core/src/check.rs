@@ -257,6 +257,14 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             t.dims[*axis] = Dim::Static(*length);
             t
         }
+        Op::WriteRows { base, rows, axis, at } => {
+            let (b, r) = (g.ty(*base), g.ty(*rows));
+            let same_elsewhere = b.rank() == r.rank() && b.dims.iter().zip(&r.dims).enumerate().all(|(k, (x, y))| k == *axis || x == y);
+            if *axis >= b.rank() || b.dtype != r.dtype || !same_elsewhere || g.ty(*at) != &TensorType::new(DType::I64, vec![]) {
+                return None;
+            }
+            b.clone()
+        }
         Op::Attention { q, v, .. } => {
             let (q, v) = (g.ty(*q), g.ty(*v));
             if q.rank() != 4 || v.rank() != 4 {
@@ -475,6 +483,7 @@ impl<'p> Elab<'p> {
                 inputs: Vec::new(),
                 nodes: Vec::new(),
                 outputs: Vec::new(),
+                decode: None,
             },
             instances: Vec::new(),
             errors: Vec::new(),

@@ -93,6 +93,7 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
         | Op::SplitHeads { .. }
         | Op::MergeHeads { .. }
         | Op::Slice { .. }
+        | Op::WriteRows { .. }
         | Op::Transpose { .. }
         | Op::ScanArg(_)
         | Op::ScanResult { .. } => 0.0,

@@ -308,6 +308,32 @@ impl Run<'_> {
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::WriteRows { base, rows, axis, at } => {
+                let (mut out, r) = (v(*base).clone(), v(*rows));
+                let (len, n) = (out.shape[*axis] as i64, r.shape[*axis] as i64);
+                let start = match &v(*at).data {
+                    Data::Int(a) => a[0].clamp(0, (len - n).max(0)) as usize,
+                    Data::F32(_) => unreachable!("the position is an integer scalar"),
+                };
+                let so = strides(&out.shape);
+                // `for_each_index` walks the rows in their row-major order: `src` counts along.
+                let mut src = 0;
+                for_each_index(&r.shape, |i| {
+                    let dst: usize = i
+                        .iter()
+                        .zip(&so)
+                        .enumerate()
+                        .map(|(d, (x, st))| (x + if d == *axis { start } else { 0 }) * st)
+                        .sum();
+                    match (&mut out.data, &r.data) {
+                        (Data::F32(o), Data::F32(x)) => o[dst] = x[src],
+                        (Data::Int(o), Data::Int(x)) => o[dst] = x[src],
+                        _ => unreachable!("the checker gives base and rows one dtype"),
+                    }
+                    src += 1;
+                });
+                out
+            }
             Op::Tabulate { f } => {
                 let mut out_f = Vec::new();
                 let mut out_i = Vec::new();

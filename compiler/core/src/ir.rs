@@ -287,6 +287,17 @@ pub enum Op {
     /// `tabulate d0, d1, ..., f`: the tensor whose element at `(i0, i1, ...)` is `f(i0, i1, ...)`;
     /// f32 when `f` gives an f32, i64 when it gives an integer.
     Tabulate { f: ScalarFn },
+    /// `write_rows base, rows, axis, at`: `base` with the `n` entries `at .. at + n` along `axis`
+    /// replaced by `rows`, which has base's type except `n` along that axis; `at` is an i64
+    /// scalar. The generated code clamps `at` into `0 ..= len - n` so it never writes out of
+    /// bounds; the runtime rejects an `at` that would need clamping before that can matter.
+    /// Decoding writes a step's keys and values into its cache with it.
+    WriteRows {
+        base: ValueId,
+        rows: ValueId,
+        axis: usize,
+        at: ValueId,
+    },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
@@ -347,6 +358,7 @@ impl Op {
             Op::Scan(ref s) => s.init.iter().chain(&s.xs).chain(&s.next).chain(&s.outputs).copied().collect(),
             Op::Gather { table, indices } => vec![table, indices],
             Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
+            Op::WriteRows { base, rows, at, .. } => vec![base, rows, at],
             Op::Unary { x, .. }
             | Op::Reduce { x, .. }
             | Op::Transpose { x }
@@ -436,6 +448,39 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Output name and the value it returns.
     pub outputs: Vec<(TensorDecl, ValueId)>,
+    /// For a decode-step function derived from a forward (`decode::derive_decode`): its
+    /// position input and caches.
+    pub decode: Option<DecodeInfo>,
+}
+
+/// How a derived decode-step function is called: see `crate::decode`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeInfo {
+    /// Positions every history cache has room for.
+    pub capacity: i64,
+    /// The input (an i64 scalar) holding the first new position of a call.
+    pub position: usize,
+    /// The input holding the new tokens, [batch, new positions].
+    pub tokens: usize,
+    /// The output holding their logits.
+    pub logits: usize,
+    pub caches: Vec<CacheSlot>,
+}
+
+/// One cache: an input and the output (of the same name) that replaces it after a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSlot {
+    pub input: usize,
+    pub output: usize,
+    pub kind: CacheKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheKind {
+    /// A value at every position so far, along this axis (`capacity` long).
+    History { axis: usize },
+    /// A scan's state after the last position.
+    State,
 }
 
 impl Graph {
@@ -637,6 +682,7 @@ impl Graph {
                 Op::MergeHeads { x } => format!("merge_heads {}", v(x)),
                 Op::Tabulate { f } => format!("tabulate {}", f.print()),
                 Op::Slice { x, axis, start, length } => format!("slice {}, axis {axis}, {start}..{}", v(x), start + length),
+                Op::WriteRows { base, rows, axis, at } => format!("write_rows {}, {}, axis {axis}, at {}", v(base), v(rows), v(at)),
                 Op::Attention {
                     q,
                     k,
@@ -681,6 +727,25 @@ impl Graph {
         }
         for (decl, v) in &self.outputs {
             let _ = writeln!(out, "  output {} = %{} : {}", decl.name, v.0, self.type_name(&decl.ty));
+        }
+        if let Some(d) = &self.decode {
+            let caches: Vec<String> = d
+                .caches
+                .iter()
+                .map(|c| match c.kind {
+                    CacheKind::History { axis } => format!("{} (history, axis {axis})", self.inputs[c.input].name),
+                    CacheKind::State => format!("{} (state)", self.inputs[c.input].name),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  decode capacity {}, position {}, tokens {}, logits {}, caches [{}]",
+                d.capacity,
+                self.inputs[d.position].name,
+                self.inputs[d.tokens].name,
+                self.outputs[d.logits].0.name,
+                caches.join(", ")
+            );
         }
         out
     }

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod config;
 pub mod cost;
+pub mod decode;
 pub mod interp;
 pub mod ir;
 pub mod program;
@@ -16,7 +17,7 @@ pub use config::ConfigOverrides;
 pub use program::{load_file, load_source, LoadFailure, Program};
 
 use ir::{ConfigValue, Dim, Graph, TensorDecl};
-use lmc_abi::{Entry, Manifest, SymbolSpec, TensorSpec};
+use lmc_abi::{DecodeSpec, Entry, Manifest, SymbolSpec, TensorSpec};
 
 /// The symbol an entry point is exported under.
 pub fn entry_symbol(entry: &str) -> String {
@@ -71,5 +72,12 @@ pub fn manifest(g: &Graph) -> Manifest {
             name: "forward".into(),
             symbol: entry_symbol("forward"),
         }],
+        decode: g.decode.as_ref().map(|d| DecodeSpec {
+            capacity: d.capacity,
+            position: g.inputs[d.position].name.clone(),
+            tokens: g.inputs[d.tokens].name.clone(),
+            logits: g.outputs[d.logits].0.name.clone(),
+            caches: d.caches.iter().map(|c| g.inputs[c.input].name.clone()).collect(),
+        }),
     }
 }

@@ -149,6 +149,29 @@ pub struct Manifest {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub entries: Vec<Entry>,
+    /// Present when the module is a decode step derived from a forward (`lmc compile --decode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<DecodeSpec>,
+}
+
+/// How to decode with a derived step function. A call computes the logits of the new tokens
+/// (`tokens` holds `[batch, n]`, starting at sequence position `position`) and, for every cache,
+/// returns its next value as the output of the same name; the first call (the prompt) has
+/// position 0 and zero-filled caches. The runtime checks `position + n <= capacity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeSpec {
+    /// Positions each cache holds: the longest sequence (prompt and generated tokens) a decode
+    /// can reach.
+    pub capacity: i64,
+    /// The i64 scalar input holding the first new position.
+    pub position: String,
+    /// The input holding the new tokens.
+    pub tokens: String,
+    /// The output holding their logits, `[batch, n, vocabulary]`.
+    pub logits: String,
+    /// Every cache: an input, and an output of the same name that replaces it.
+    pub caches: Vec<String>,
 }
 
 impl Manifest {

@@ -1,0 +1,228 @@
+//! Decoding with a derived step function (a module whose manifest has a `decode` section, from
+//! `lmc compile --decode`): the runtime owns the caches and feeds each call's new caches to the
+//! next.
+//!
+//! A [`Decoder`] holds one batch of sequences in flight. Its first [`Decoder::step`] is the
+//! prefill (the prompt, at position 0, with zero-filled caches); every later one appends tokens
+//! at the next position. [`greedy`] runs the usual loop: prefill, then one token per step, each
+//! the argmax of the last logits.
+
+use lmc_abi::{DType, DecodeSpec, Dim, TensorSpec};
+
+use crate::error::RuntimeError;
+use crate::model::LoadedModel;
+use crate::tensor::HostTensor;
+
+/// One batch of sequences being decoded.
+pub struct Decoder<'m> {
+    model: &'m LoadedModel,
+    spec: DecodeSpec,
+    batch: usize,
+    /// The next position to be written.
+    position: i64,
+    /// Every cache, by the name it has as an input and as an output.
+    caches: Vec<HostTensor>,
+}
+
+impl<'m> Decoder<'m> {
+    /// Starts decoding `batch` sequences; allocates zero-filled caches.
+    pub fn new(model: &'m LoadedModel, batch: usize) -> Result<Decoder<'m>, RuntimeError> {
+        let m = model.manifest();
+        let spec = m.decode.clone().ok_or_else(|| {
+            RuntimeError::invalid_argument(format!(
+                "{} is a forward, not a decode step; compile it with a cache capacity (`lmc compile --decode N`)",
+                m.model
+            ))
+        })?;
+        if batch == 0 {
+            return Err(RuntimeError::input("a batch of zero sequences has nothing to decode"));
+        }
+        let tokens = input_spec(model, &spec.tokens)?;
+        let batch_dim = tokens.shape.first().cloned();
+        let mut shapes = Vec::new();
+        let mut bytes: u128 = 0;
+        for name in &spec.caches {
+            let s = input_spec(model, name)?;
+            let shape = s
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Static(n) => usize::try_from(*n).map_err(|_| RuntimeError::internal("a negative cache dimension")),
+                    d if Some(d) == batch_dim.as_ref() => Ok(batch),
+                    d => Err(RuntimeError::invalid_argument(format!(
+                        "cache \"{name}\" has dimension {d}, which only the batch size may be; it cannot be allocated"
+                    ))),
+                })
+                .collect::<Result<Vec<usize>, _>>()?;
+            bytes += shape.iter().map(|&d| d as u128).product::<u128>() * s.dtype.size_bytes() as u128;
+            shapes.push((name.clone(), s.dtype, shape));
+        }
+        if let Some(total) = physical_memory() {
+            if bytes > total as u128 {
+                return Err(RuntimeError::invalid_argument(format!(
+                    "the caches for {} positions of {batch} sequence(s) need {:.1} GiB, more than this machine's {:.1} GiB",
+                    spec.capacity,
+                    bytes as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
+        let caches = shapes
+            .into_iter()
+            .map(|(name, dtype, shape)| HostTensor::zeros(name, dtype, shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Decoder {
+            model,
+            spec,
+            batch,
+            position: 0,
+            caches,
+        })
+    }
+
+    /// The next position a token goes to (the number of tokens decoded so far).
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// The positions the caches hold.
+    pub fn capacity(&self) -> i64 {
+        self.spec.capacity
+    }
+
+    /// Runs `tokens` (`[batch, n]`, row-major) at the next `n` positions; returns their logits
+    /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position and the caches must
+    /// be per-token masks (`[batch, n]` integers, like an `attention_mask`): they are all ones.
+    pub fn step(&mut self, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
+        if n == 0 || tokens.len() != self.batch * n {
+            return Err(RuntimeError::input(format!(
+                "a step takes [batch, n] tokens with n >= 1: {} token(s) given for a batch of {}",
+                tokens.len(),
+                self.batch
+            )));
+        }
+        let m = self.model.manifest();
+        let mut inputs = Vec::with_capacity(m.inputs.len());
+        let token_spec = input_spec(self.model, &self.spec.tokens)?;
+        for s in &m.inputs {
+            if s.name == self.spec.tokens {
+                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], tokens.to_vec())?);
+            } else if s.name == self.spec.position {
+                inputs.push(HostTensor::from_i64(s.name.clone(), Vec::<usize>::new(), vec![self.position])?);
+            } else if self.spec.caches.contains(&s.name) {
+                // Taken from `self.caches` below, without a copy.
+            } else if s.shape == token_spec.shape && s.dtype != DType::F32 {
+                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![1; self.batch * n])?);
+            } else {
+                return Err(RuntimeError::invalid_argument(format!(
+                    "input \"{}\" is neither the tokens, a per-token mask, the position nor a cache; the decoder cannot fill it",
+                    s.name
+                )));
+            }
+        }
+        inputs.append(&mut self.caches);
+        let result = self.model.run(&inputs);
+        // Whatever happened, the caches stay with the decoder: a failed step leaves them as they were.
+        let fresh = inputs.split_off(inputs.len() - self.spec.caches.len());
+        let mut outputs = match result {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.caches = fresh;
+                return Err(e);
+            }
+        };
+        let mut next = Vec::with_capacity(self.spec.caches.len());
+        for name in &self.spec.caches {
+            let k = outputs
+                .iter()
+                .position(|t| &t.name == name)
+                .ok_or_else(|| RuntimeError::internal(format!("the step did not return cache \"{name}\"")))?;
+            next.push(outputs.swap_remove(k));
+        }
+        self.caches = next;
+        self.position += n as i64;
+        let k = outputs
+            .iter()
+            .position(|t| t.name == self.spec.logits)
+            .ok_or_else(|| RuntimeError::internal("the step did not return its logits"))?;
+        Ok(outputs.swap_remove(k))
+    }
+}
+
+fn input_spec<'a>(model: &'a LoadedModel, name: &str) -> Result<&'a TensorSpec, RuntimeError> {
+    model
+        .manifest()
+        .inputs
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| RuntimeError::internal(format!("the decode section names input \"{name}\", which the manifest lacks")))
+}
+
+/// Total physical memory, where the system says (Linux).
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// For each row of `logits` `[batch, n, vocabulary]`, the index of the largest logit at the last
+/// position (the first one on ties, as `torch.argmax`).
+pub fn last_argmax(logits: &HostTensor) -> Result<Vec<i64>, RuntimeError> {
+    let (&[batch, n, vocab], Some(values)) = (logits.shape.as_slice(), logits.as_f32()) else {
+        return Err(RuntimeError::internal("logits are not f32 [batch, n, vocabulary]"));
+    };
+    Ok((0..batch)
+        .map(|b| {
+            let row = &values[(b * n + n - 1) * vocab..(b * n + n) * vocab];
+            let mut best = 0;
+            for (k, &x) in row.iter().enumerate() {
+                if x > row[best] {
+                    best = k;
+                }
+            }
+            best as i64
+        })
+        .collect())
+}
+
+/// Greedy decoding: the prompts (one per sequence, all the same length), then `max_new_tokens`
+/// tokens each, every one the argmax of the previous position's logits. With `eos`, a sequence
+/// that produced it is finished: it takes `eos` from then on (as Hugging Face pads it), and
+/// decoding stops once every sequence is. Returns the new tokens of each sequence.
+pub fn greedy(model: &LoadedModel, prompts: &[Vec<i64>], max_new_tokens: usize, eos: Option<i64>) -> Result<Vec<Vec<i64>>, RuntimeError> {
+    let length = prompts.first().map_or(0, Vec::len);
+    if length == 0 || prompts.iter().any(|p| p.len() != length) {
+        return Err(RuntimeError::input(
+            "greedy decoding needs at least one prompt, all of the same non-zero length (no padding yet)",
+        ));
+    }
+    if max_new_tokens == 0 {
+        return Err(RuntimeError::input("max_new_tokens must be at least 1"));
+    }
+    let mut decoder = Decoder::new(model, prompts.len())?;
+    let needed = length as u128 + max_new_tokens as u128 - 1;
+    if needed > decoder.capacity() as u128 {
+        return Err(RuntimeError::input(format!(
+            "a prompt of {length} and {max_new_tokens} new tokens need {needed} positions; the caches hold {}",
+            decoder.capacity()
+        )));
+    }
+    let flat: Vec<i64> = prompts.concat();
+    let mut next = last_argmax(&decoder.step(&flat, length)?)?;
+    let mut out: Vec<Vec<i64>> = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
+    let mut done = vec![false; prompts.len()];
+    loop {
+        for (b, t) in next.iter_mut().enumerate() {
+            if done[b] {
+                *t = eos.unwrap_or(*t);
+            }
+            out[b].push(*t);
+            done[b] |= Some(*t) == eos;
+        }
+        if out[0].len() == max_new_tokens || done.iter().all(|d| *d) {
+            return Ok(out);
+        }
+        next = last_argmax(&decoder.step(&next, 1)?)?;
+    }
+}

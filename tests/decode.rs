@@ -1,0 +1,252 @@
+//! Decoding with the step function the compiler derives from a forward (`lmc_core::decode`),
+//! compiled: at every position its logits are the forward's, and greedy decoding reproduces
+//! Hugging Face's `generate(do_sample=False)` token for token.
+
+use lmc_runtime::{Decoder, HostTensor};
+use lmc_tests::*;
+
+/// Causal models of the zoo with a checkpoint: every position scheme they use enters decoding
+/// differently (a learned table read at absolute positions, RoPE and ALiBi in index functions),
+/// and the recurrent ones carry scan states, token shifts and a causal convolution.
+const CASES: &[(&str, &str, &str)] = &[
+    ("models/gpt2.model", "GPT2LMHeadModel", "tests/fixtures/gpt2_tiny"),
+    ("models/gpt2.model", "GPT2ALiBi", "tests/fixtures/gpt2_tiny"),
+    ("models/gpt2.model", "GPT2RoPE", "tests/fixtures/gpt2_even"),
+    ("models/llama.model", "LlamaForCausalLM", "tests/fixtures/llama_tiny"),
+    ("models/rwkv.model", "RwkvForCausalLM", "tests/fixtures/rwkv_tiny"),
+    ("models/mamba.model", "MambaForCausalLM", "tests/fixtures/mamba_tiny"),
+];
+
+#[test]
+fn decode_steps_give_the_forward_logits_at_every_position() {
+    let (batch, length) = (2usize, 11usize);
+    for &(file, name, fixture) in CASES {
+        let weights = root().join(fixture);
+        let forward = checked_model(file, name, &weights);
+        let step = lmc_core::decode::derive_decode(&forward, length as i64).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vocab = match forward.outputs[0].0.ty.dims[2] {
+            lmc_core::ir::Dim::Static(v) => v as usize,
+            _ => unreachable!(),
+        };
+        let ids: Vec<i64> = (0..batch * length).map(|k| (k as i64 * 37 + 11) % vocab as i64).collect();
+        let full_model = jit_model(&forward, &weights);
+        let mut inputs = vec![HostTensor::from_i64("input_ids", [batch, length], ids.clone()).unwrap()];
+        if forward.inputs.iter().any(|i| i.name == "attention_mask") {
+            inputs.push(HostTensor::from_i64("attention_mask", [batch, length], vec![1; batch * length]).unwrap());
+        }
+        let full = full_model.run(&inputs).unwrap();
+        let full = full[0].as_f32().unwrap();
+
+        let step_model = jit_model(&step, &weights);
+        let mut decoder = Decoder::new(&step_model, batch).unwrap();
+        let mut worst = 0.0f32;
+        // A prompt, a chunk of two, then one token at a time.
+        for n in [4usize, 2, 1, 1, 1, 1, 1] {
+            let at = decoder.position() as usize;
+            let tokens: Vec<i64> = (0..batch)
+                .flat_map(|b| ids[b * length + at..b * length + at + n].to_vec())
+                .collect();
+            let logits = decoder.step(&tokens, n).unwrap();
+            assert_eq!(logits.shape, [batch, n, vocab]);
+            let got = logits.as_f32().unwrap();
+            for b in 0..batch {
+                for t in 0..n {
+                    let row = |v: &[f32], stride: usize, pos: usize| v[(b * stride + pos) * vocab..(b * stride + pos + 1) * vocab].to_vec();
+                    worst = worst.max(max_abs_diff(&row(got, n, t), &row(full, length, at + t)));
+                }
+            }
+        }
+        assert_eq!(decoder.position() as usize, length);
+        assert!(worst <= 1e-4, "{name}: decode logits differ from the forward's by {worst}");
+        // The caches are full: one more token is an error, and the decoder stays usable.
+        let e = decoder.step(&[1, 1], 1).unwrap_err();
+        assert!(e.message().contains("decoding past the cache capacity"), "{name}: {e}");
+        assert_eq!(decoder.position() as usize, length);
+    }
+}
+
+fn read_i64(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<i64>) {
+    let file = lmc_runtime::SafeTensorsFile::open(path).unwrap_or_else(|e| panic!("{e}"));
+    let t = file
+        .get(name)
+        .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+        .to_host()
+        .unwrap();
+    (t.shape.clone(), t.as_i64().expect("i64").to_vec())
+}
+
+#[test]
+fn greedy_decoding_matches_transformers_token_for_token() {
+    for &(file, name, fixture) in CASES.iter().filter(|c| !c.1.contains("ALiBi") && !c.1.contains("RoPE")) {
+        let dir = scratch(&format!("generate_{name}"));
+        let out = dir.join("sequences.safetensors");
+        let inputs = format!("{fixture}/generate_inputs.safetensors");
+        let (shape, want) = read_i64(&root().join(fixture).join("generate_expected.safetensors"), "sequences");
+        let (_, prompts) = read_i64(&root().join(&inputs), "input_ids");
+        let new = (shape[1] - prompts.len() / shape[0]).to_string();
+        let spec = format!("{file}:{name}");
+        let r = lmc(&[
+            "generate",
+            &spec,
+            "--weights",
+            fixture,
+            "--inputs",
+            &inputs,
+            "--max-new-tokens",
+            &new,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
+        let (got_shape, got) = read_i64(&out, "sequences");
+        assert_eq!((got_shape, got), (shape, want.clone()), "{name}: lmc generate vs transformers");
+    }
+    // One prompt on the command line prints the new tokens.
+    let (_, want) = read_i64(&root().join("tests/fixtures/llama_tiny/generate_expected.safetensors"), "sequences");
+    let r = lmc(&[
+        "generate",
+        "models/llama.model",
+        "--weights",
+        "tests/fixtures/llama_tiny",
+        "--input-ids",
+        &want[..5].iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+        "--max-new-tokens",
+        "12",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let printed: Vec<i64> = String::from_utf8_lossy(&r.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(printed, want[5..17]);
+}
+
+#[test]
+fn what_cannot_be_generated_is_a_clear_error() {
+    let gpt2 = [
+        "generate",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "--weights",
+        "tests/fixtures/gpt2_tiny",
+        "--input-ids",
+        "5,17,42",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = gpt2.to_vec();
+        a.extend_from_slice(extra);
+        let r = lmc(&a);
+        (r.status.code().unwrap_or(-1), String::from_utf8_lossy(&r.stderr).to_string())
+    };
+    let (code, err) = with(&["--max-new-tokens", "0"]);
+    expect_error(code, &err, &["--max-new-tokens` must be at least 1"]);
+    // Three prompt tokens and 30 new ones need 32 positions; GPT-2's table has 24.
+    let (code, err) = with(&["--max-new-tokens", "30"]);
+    expect_error(
+        code,
+        &err,
+        &["32 positions do not fit: the model runs at most 24 (rows of transformer.wpe.weight)"],
+    );
+    let (code, err) = with(&["--max-new-tokens", "99999999999999"]);
+    expect_error(code, &err, &["do not fit"]);
+
+    // No learned table bounds Mamba: absurd lengths are refused for the memory they need.
+    let r = lmc(&[
+        "generate",
+        "models/mamba.model",
+        "--weights",
+        "tests/fixtures/mamba_tiny",
+        "--input-ids",
+        "5",
+        "--max-new-tokens",
+        "99999999999999",
+    ]);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["the caches for", "GiB, more than this machine's"],
+    );
+
+    let r = lmc(&[
+        "generate",
+        "models/bert.model:BertModel",
+        "--random-weights",
+        "--input-ids",
+        "5,6",
+        "--max-new-tokens",
+        "2",
+    ]);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &[
+            "cannot derive decoding for BertModel: the attention at models/bert.model:",
+            "is not causal",
+        ],
+    );
+    let r = lmc(&[
+        "generate",
+        "models/t5.model",
+        "--weights",
+        "tests/fixtures/t5_tiny",
+        "--input-ids",
+        "5,6",
+        "--max-new-tokens",
+        "2",
+    ]);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["cannot derive decoding for T5ForConditionalGeneration", "the sequence on two axes"],
+    );
+}
+
+/// A cache of another model, or of another size, is refused by name before any code runs.
+#[test]
+fn a_step_checks_its_caches() {
+    let weights = root().join("tests/fixtures/gpt2_tiny");
+    let forward = checked_model("models/gpt2.model", "GPT2LMHeadModel", &weights);
+    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap();
+    let model = jit_model(&step, &weights);
+    let m = model.manifest();
+    let decode = m.decode.clone().expect("a decode section in the manifest");
+    assert_eq!(
+        (decode.capacity, decode.tokens.as_str(), decode.position.as_str()),
+        (6, "input_ids", "position")
+    );
+    let mut inputs = vec![
+        HostTensor::from_i64("input_ids", [1, 1], vec![3]).unwrap(),
+        HostTensor::from_i64("attention_mask", [1, 1], vec![1]).unwrap(),
+        HostTensor::from_i64("position", Vec::<usize>::new(), vec![0]).unwrap(),
+    ];
+    for (k, name) in decode.caches.iter().enumerate() {
+        let spec = m.inputs.iter().find(|s| &s.name == name).unwrap();
+        let mut shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .map(|d| if let lmc_runtime::Dim::Static(n) = d { *n as usize } else { 1 })
+            .collect();
+        if k == 0 {
+            // A cache with room for 8 positions: another model's, or another capacity's.
+            *shape.iter_mut().find(|d| **d == 6).unwrap() = 8;
+        }
+        inputs.push(HostTensor::zeros(name.clone(), spec.dtype, shape).unwrap());
+    }
+    let e = model.run(&inputs).unwrap_err();
+    assert!(e.message().contains(&format!("input \"{}\"", decode.caches[0])), "{e}");
+    let first = inputs.iter().position(|t| t.name == decode.caches[0]).unwrap();
+    let mut shape = inputs[first].shape.clone();
+    *shape.iter_mut().find(|d| **d == 8).unwrap() = 6;
+    inputs[first] = HostTensor::zeros(decode.caches[0].clone(), inputs[first].dtype, shape).unwrap();
+    model.run(&inputs).unwrap();
+    let position = inputs.iter().position(|t| t.name == "position").unwrap();
+    inputs[position] = HostTensor::from_i64("position", Vec::<usize>::new(), vec![6]).unwrap();
+    let e = model.run(&inputs).unwrap_err();
+    assert!(
+        e.message()
+            .contains("1 new token(s) at position 6 need room for 7 positions, but the caches hold 6"),
+        "{e}"
+    );
+    inputs[position] = HostTensor::from_i64("position", Vec::<usize>::new(), vec![-1]).unwrap();
+    let e = model.run(&inputs).unwrap_err();
+    assert!(e.message().contains("holds -1; a position is at least 0"), "{e}");
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Makes the greedy-decoding fixtures: what Hugging Face's `generate(do_sample=False)` produces
+from the causal fixtures' checkpoints (made by make_fixtures.py / make_mamba_fixture.py).
+
+Run by hand, never by CI (it needs torch and transformers; see ../../README.md, "Fixtures"):
+
+    python3 tests/reference/make_generate_fixtures.py
+
+For each fixture it writes `generate_inputs.safetensors` (`input_ids`: two prompts of one
+length) and `generate_expected.safetensors` (`sequences`: each prompt followed by exactly
+NEW_TOKENS greedy tokens; `min_new_tokens` keeps an end-of-sequence token from stopping early).
+`lmc generate --inputs ... -o ...` must reproduce `sequences` token for token.
+"""
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+HERE = pathlib.Path(__file__).resolve().parent
+FIXTURES = HERE.parent / "fixtures"
+NEW_TOKENS = 12
+PROMPT_LENGTH = 5
+# RWKV: transformers' cached CPU path sizes its state by hidden_size, not attention_hidden_size
+# (a shape error on this fixture, where they differ), so its reference runs without the cache:
+# the full forward for every new token, which is what the cache must reproduce anyway.
+WITHOUT_CACHE = {"rwkv_tiny"}
+
+
+def make(name):
+    out = FIXTURES / name
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    g = torch.Generator().manual_seed(7)
+    input_ids = torch.randint(1, model.config.vocab_size, (2, PROMPT_LENGTH), generator=g)
+    with torch.no_grad():
+        sequences = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=0,
+            use_cache=name not in WITHOUT_CACHE,
+        )
+    save_file({"input_ids": input_ids.contiguous()}, out / "generate_inputs.safetensors")
+    save_file({"sequences": sequences.contiguous()}, out / "generate_expected.safetensors")
+    print(name, sequences.tolist())
+
+
+if __name__ == "__main__":
+    for name in ["gpt2_tiny", "llama_tiny", "rwkv_tiny", "mamba_tiny"]:
+        make(name)
