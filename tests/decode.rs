@@ -5,9 +5,10 @@
 use lmc_runtime::{Decoder, HostTensor};
 use lmc_tests::*;
 
-/// Causal models of the zoo with a checkpoint: every position scheme they use enters decoding
-/// differently (a learned table read at absolute positions, RoPE and ALiBi in index functions),
-/// and the recurrent ones carry scan states, token shifts and a causal convolution.
+/// Generative models of the zoo with a checkpoint: every position scheme they use enters
+/// decoding differently (a learned table read at absolute positions, RoPE and ALiBi in index
+/// functions, T5's [query, key] bucket table), the recurrent ones carry scan states, token shifts
+/// and a causal convolution, and T5's decoder attends to an encoder that reads the prompt.
 const CASES: &[(&str, &str, &str)] = &[
     ("models/gpt2.model", "GPT2LMHeadModel", "tests/fixtures/gpt2_tiny"),
     ("models/gpt2.model", "GPT2ALiBi", "tests/fixtures/gpt2_tiny"),
@@ -15,7 +16,26 @@ const CASES: &[(&str, &str, &str)] = &[
     ("models/llama.model", "LlamaForCausalLM", "tests/fixtures/llama_tiny"),
     ("models/rwkv.model", "RwkvForCausalLM", "tests/fixtures/rwkv_tiny"),
     ("models/mamba.model", "MambaForCausalLM", "tests/fixtures/mamba_tiny"),
+    ("models/t5.model", "T5ForConditionalGeneration", "tests/fixtures/t5_untied"),
+    ("models/t5.model", "T5ALiBi", "tests/fixtures/t5_untied"),
 ];
+
+/// An encoder-decoder's: T5's decoder tokens follow an encoder input.
+fn is_encoder_decoder(name: &str) -> bool {
+    name.starts_with("T5")
+}
+
+/// The encoder's input and mask of an encoder-decoder, `[batch, 6]`; none for the others.
+fn encoder_context(name: &str, batch: usize, vocab: usize) -> Vec<HostTensor> {
+    if !is_encoder_decoder(name) {
+        return Vec::new();
+    }
+    let ids: Vec<i64> = (0..batch * 6).map(|k| (k as i64 * 13 + 5) % vocab as i64).collect();
+    vec![
+        HostTensor::from_i64("input_ids", [batch, 6], ids).unwrap(),
+        HostTensor::from_i64("attention_mask", [batch, 6], vec![1; batch * 6]).unwrap(),
+    ]
+}
 
 #[test]
 fn decode_steps_give_the_forward_logits_at_every_position() {
@@ -30,15 +50,18 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
         };
         let ids: Vec<i64> = (0..batch * length).map(|k| (k as i64 * 37 + 11) % vocab as i64).collect();
         let full_model = jit_model(&forward, &weights);
-        let mut inputs = vec![HostTensor::from_i64("input_ids", [batch, length], ids.clone()).unwrap()];
-        if forward.inputs.iter().any(|i| i.name == "attention_mask") {
+        let context = encoder_context(name, batch, vocab);
+        let tokens = &step.inputs[step.decode.as_ref().unwrap().tokens].name;
+        let mut inputs = context.clone();
+        inputs.push(HostTensor::from_i64(tokens.clone(), [batch, length], ids.clone()).unwrap());
+        if !is_encoder_decoder(name) && forward.inputs.iter().any(|i| i.name == "attention_mask") {
             inputs.push(HostTensor::from_i64("attention_mask", [batch, length], vec![1; batch * length]).unwrap());
         }
         let full = full_model.run(&inputs).unwrap();
         let full = full[0].as_f32().unwrap();
 
         let step_model = jit_model(&step, &weights);
-        let mut decoder = Decoder::new(&step_model, batch).unwrap();
+        let mut decoder = Decoder::new(&step_model, batch).unwrap().with_context(context);
         let mut worst = 0.0f32;
         // A prompt, a chunk of two, then one token at a time.
         for n in [4usize, 2, 1, 1, 1, 1, 1] {
@@ -46,7 +69,7 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
             let tokens: Vec<i64> = (0..batch)
                 .flat_map(|b| ids[b * length + at..b * length + at + n].to_vec())
                 .collect();
-            let logits = decoder.step(&tokens, n).unwrap();
+            let logits = decoder.step(&step_model, &tokens, n).unwrap();
             assert_eq!(logits.shape, [batch, n, vocab]);
             let got = logits.as_f32().unwrap();
             for b in 0..batch {
@@ -59,7 +82,7 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
         assert_eq!(decoder.position() as usize, length);
         assert!(worst <= 1e-4, "{name}: decode logits differ from the forward's by {worst}");
         // The caches are full: one more token is an error, and the decoder stays usable.
-        let e = decoder.step(&[1, 1], 1).unwrap_err();
+        let e = decoder.step(&step_model, &[1, 1], 1).unwrap_err();
         assert!(e.message().contains("decoding past the cache capacity"), "{name}: {e}");
         assert_eq!(decoder.position() as usize, length);
     }
@@ -78,12 +101,14 @@ fn read_i64(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<i64>) {
 #[test]
 fn greedy_decoding_matches_transformers_token_for_token() {
     for &(file, name, fixture) in CASES.iter().filter(|c| !c.1.contains("ALiBi") && !c.1.contains("RoPE")) {
+        // An encoder-decoder's sequences start with the decoder's start token, not the prompt.
+        let decoder_prompt = |prompt: usize| if is_encoder_decoder(name) { 1 } else { prompt };
         let dir = scratch(&format!("generate_{name}"));
         let out = dir.join("sequences.safetensors");
         let inputs = format!("{fixture}/generate_inputs.safetensors");
         let (shape, want) = read_i64(&root().join(fixture).join("generate_expected.safetensors"), "sequences");
         let (_, prompts) = read_i64(&root().join(&inputs), "input_ids");
-        let new = (shape[1] - prompts.len() / shape[0]).to_string();
+        let new = (shape[1] - decoder_prompt(prompts.len() / shape[0])).to_string();
         let spec = format!("{file}:{name}");
         let r = lmc(&[
             "generate",
@@ -183,11 +208,24 @@ fn what_cannot_be_generated_is_a_clear_error() {
             "is not causal",
         ],
     );
+    // An encoder-decoder needs its decoder's start token: the checkpoint's, or given.
+    let dir = scratch("t5_without_start");
+    std::fs::copy(
+        root().join("tests/fixtures/t5_tiny/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(root().join("tests/fixtures/t5_tiny/config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"decoder_start_token_id\"", "\"unused_start\""),
+    )
+    .unwrap();
     let r = lmc(&[
         "generate",
         "models/t5.model",
         "--weights",
-        "tests/fixtures/t5_tiny",
+        dir.to_str().unwrap(),
         "--input-ids",
         "5,6",
         "--max-new-tokens",
@@ -196,7 +234,7 @@ fn what_cannot_be_generated_is_a_clear_error() {
     expect_error(
         r.status.code().unwrap_or(-1),
         &String::from_utf8_lossy(&r.stderr),
-        &["cannot derive decoding for T5ForConditionalGeneration", "the sequence on two axes"],
+        &["give its first decoder token with --decoder-start-token-id"],
     );
 }
 
@@ -249,4 +287,76 @@ fn a_step_checks_its_caches() {
     inputs[position] = HostTensor::from_i64("position", Vec::<usize>::new(), vec![-1]).unwrap();
     let e = model.run(&inputs).unwrap_err();
     assert!(e.message().contains("holds -1; a position is at least 0"), "{e}");
+
+    // A decoder's caches go with the module that made them; a forward makes no decoder.
+    let other = jit_model(&lmc_core::decode::derive_decode(&forward, 7).unwrap(), &weights);
+    let mut decoder = Decoder::new(&other, 1).unwrap();
+    let e = decoder.step(&model, &[3], 1).unwrap_err();
+    assert!(
+        e.message()
+            .contains("this decoder's caches belong to another module (GPT2LMHeadModel)"),
+        "{e}"
+    );
+    decoder.step(&other, &[3], 1).unwrap();
+    let e = Decoder::new(&jit_model(&forward, &weights), 1).err().unwrap();
+    assert!(e.message().contains("is a forward, not a decode step"), "{e}");
+}
+
+/// The derived step of GPT-2, as `lmc emit --stage ir --decode 6` prints it: a change in what the
+/// derivation caches or how it rewrites positions shows up as a diff.
+#[test]
+fn derived_step_ir() {
+    let forward = checked_model("models/gpt2.model", "GPT2LMHeadModel", &root().join("tests/fixtures/gpt2_tiny"));
+    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap();
+    insta::assert_snapshot!("gpt2_decode_ir", step.print());
+}
+
+/// A C program decodes greedily through the runtime's C API with a library from `lmc compile
+/// --decode`, and gets Hugging Face's tokens; past the capacity it gets an error, not a crash.
+#[test]
+fn c_host_decodes_with_the_compiled_step() {
+    let dir = scratch("c_host_generate");
+    let lib = dir.join("libgpt2_step.so");
+    let fixture = "tests/fixtures/gpt2_tiny";
+    let (shape, want) = read_i64(&root().join(fixture).join("generate_expected.safetensors"), "sequences");
+    let (_, prompts) = read_i64(&root().join(fixture).join("generate_inputs.safetensors"), "input_ids");
+    let length = prompts.len() / shape[0];
+    let new = shape[1] - length;
+    let capacity = (length + new - 1).to_string();
+    let r = lmc(&[
+        "compile",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "--config",
+        fixture,
+        "--decode",
+        &capacity,
+        "-o",
+        lib.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let header = std::fs::read_to_string(dir.join("libgpt2_step.h")).unwrap();
+    assert!(header.contains("cache.0"), "the header lists the caches:\n{header}");
+
+    let host = dir.join("generate");
+    build_c_host("generate.c", &host, &lib, &[]);
+    let mut args = vec![
+        lib.to_str().unwrap().to_string(),
+        root().join(fixture).to_str().unwrap().to_string(),
+        new.to_string(),
+    ];
+    args.extend(prompts[..length].iter().map(i64::to_string));
+    let out = std::process::Command::new(&host).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "host failed: {stderr}");
+    let printed: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(printed, want[length..length + new], "C host vs transformers");
+    assert!(
+        stderr.contains(&format!(
+            "past the capacity at position {capacity}: 5: decoding past the cache capacity"
+        )),
+        "{stderr}"
+    );
 }

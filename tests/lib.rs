@@ -130,3 +130,31 @@ pub fn checked_model(file: &str, name: &str, checkpoint: &Path) -> lmc_core::ir:
         Err(e) => panic!("{file}:{name} does not check: {e:?}"),
     }
 }
+
+/// Builds a C host program from `tests/c_host/SOURCE` against the runtime's C API and the given
+/// library (with `-I` for its header's directory and `defines` as `-D`), asserting success.
+/// `LMC_HOST_CC` and `LMC_HOST_CFLAGS` build it otherwise: the README's AddressSanitizer run links
+/// it with `clang-22 -fsanitize=address`.
+pub fn build_c_host(source: &str, exe: &Path, library: &Path, defines: &[String]) {
+    let runtime_lib = profile_dir().join("liblmc_runtime.so");
+    assert!(
+        runtime_lib.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        runtime_lib.display()
+    );
+    let dir = library.parent().unwrap();
+    let cc = Command::new(std::env::var("LMC_HOST_CC").unwrap_or_else(|_| "cc".into()))
+        .args(std::env::var("LMC_HOST_CFLAGS").unwrap_or_default().split_whitespace())
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(exe)
+        .arg(root().join("tests/c_host").join(source))
+        .arg(format!("-I{}", root().join("runtime/include").display()))
+        .arg(format!("-I{}", dir.display()))
+        .args(defines.iter().map(|d| format!("-D{d}")))
+        .arg(library)
+        .arg(&runtime_lib)
+        .arg(format!("-Wl,-rpath,{}:{}", dir.display(), profile_dir().display()))
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+}

@@ -422,12 +422,6 @@ fn concurrent_runs_match_sequential_runs_bit_for_bit() {
 #[test]
 fn c_host_runs_the_shared_library() {
     let dir = scratch("c_host");
-    let runtime_lib = profile_dir().join("liblmc_runtime.so");
-    assert!(
-        runtime_lib.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        runtime_lib.display()
-    );
     for (model, fixture, _) in MODELS {
         let lib = dir.join(format!("lib{model}.so"));
         let spec = format!("models/bert.model:{model}");
@@ -438,23 +432,12 @@ fn c_host_runs_the_shared_library() {
 
         let host = dir.join(format!("host_{model}"));
         let abi_macro = format!("LMC_{}_ABI_VERSION", model.to_uppercase());
-        // `LMC_HOST_CC` and `LMC_HOST_CFLAGS` build the host otherwise: the README's
-        // AddressSanitizer run links it with `clang-22 -fsanitize=address`.
-        let cc = Command::new(std::env::var("LMC_HOST_CC").unwrap_or_else(|_| "cc".into()))
-            .args(std::env::var("LMC_HOST_CFLAGS").unwrap_or_default().split_whitespace())
-            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&host)
-            .arg(root().join("tests/c_host/host.c"))
-            .arg(format!("-I{}", root().join("runtime/include").display()))
-            .arg(format!("-I{}", dir.display()))
-            .arg(format!("-DMODEL_HEADER=\"lib{model}.h\""))
-            .arg(format!("-DMODEL_ABI_VERSION={abi_macro}"))
-            .arg(&lib)
-            .arg(&runtime_lib)
-            .arg(format!("-Wl,-rpath,{}:{}", dir.display(), profile_dir().display()))
-            .output()
-            .unwrap();
-        assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
+        build_c_host(
+            "host.c",
+            &host,
+            &lib,
+            &[format!("MODEL_HEADER=\"lib{model}.h\""), format!("MODEL_ABI_VERSION={abi_macro}")],
+        );
 
         let inputs = root().join(format!("{CHECKPOINT}/inputs_{fixture}.safetensors"));
         let out = run_host(&host, &lib, &host_input_text(&inputs));

@@ -115,6 +115,35 @@ int32_t lmc_outputs_get(const LmcOutputs *outputs, size_t index, LmcTensor *out)
 /* Frees outputs. NULL is ignored. */
 void lmc_outputs_free(LmcOutputs *outputs);
 
+/*
+ * Decoding. A library from `lmc compile --decode CAPACITY` holds the decode step the compiler
+ * derives from a model's forward; its caches (described in the manifest's "decode" section) are
+ * owned by an LmcDecoder, which carries one batch of sequences from step to step.
+ */
+typedef struct LmcDecoder LmcDecoder;
+
+/*
+ * Starts decoding `batch` sequences with `model` (a decode-step library): allocates its caches,
+ * zero-filled. On failure `*out` is NULL (a forward's library is LMC_ERR_INVALID_ARGUMENT).
+ */
+int32_t lmc_decoder_new(const LmcModel *model, size_t batch, LmcDecoder **out);
+
+/*
+ * Runs `n` new tokens of every sequence (`tokens`: batch * n ids, row-major) at the decoder's
+ * next positions: the first step is the prompt, later ones usually one token each. On success
+ * `*out` holds one tensor, the logits [batch, n, vocabulary]. Decoding past the capacity, or
+ * with another model than the decoder was made for, is an error that leaves the decoder as it
+ * was. A decoder is used by one thread at a time.
+ */
+int32_t lmc_decoder_step(const LmcModel *model, LmcDecoder *decoder, const int64_t *tokens,
+                         size_t n, LmcOutputs **out);
+
+/* The next position a decoder writes (the tokens run so far); -1 if `decoder` is NULL. */
+int64_t lmc_decoder_position(const LmcDecoder *decoder);
+
+/* Frees a decoder and its caches. NULL is ignored. */
+void lmc_decoder_free(LmcDecoder *decoder);
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use lmc_abi::{DType, ABI_VERSION};
 
 use crate::error::RuntimeError;
+use crate::generate::Decoder;
 use crate::model::{LoadedModel, WeightsSource};
 use crate::module::Module;
 use crate::tensor::{byte_size, HostTensor};
@@ -270,6 +271,118 @@ pub unsafe extern "C" fn lmc_model_run(
         unsafe { *out = Box::into_raw(boxed) };
         Ok(())
     })
+}
+
+/// The decoding state of one batch of sequences: the caches of a decode step (opaque to C).
+pub struct LmcDecoder {
+    decoder: Decoder,
+}
+
+/// Starts decoding `batch` sequences with a decode-step model (a library from `lmc compile
+/// --decode N`): allocates its caches, zero-filled, and stores the decoder in `*out` (NULL on
+/// failure). A forward's library is refused.
+///
+/// # Safety
+/// `model` must be NULL or a live model; `out` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lmc_decoder_new(model: *const LmcModel, batch: usize, out: *mut *mut LmcDecoder) -> i32 {
+    const F: &str = "lmc_decoder_new";
+    guard(|| {
+        if out.is_null() {
+            return Err(null_arg(F, "out"));
+        }
+        // SAFETY: non-null, and the caller promises it is writable.
+        unsafe { *out = std::ptr::null_mut() };
+        if model.is_null() {
+            return Err(null_arg(F, "model"));
+        }
+        // SAFETY: non-null, and the caller promises a live model.
+        let model = unsafe { &*model };
+        let boxed = Box::new(LmcDecoder {
+            decoder: Decoder::new(&model.model, batch)?,
+        });
+        // SAFETY: as above.
+        unsafe { *out = Box::into_raw(boxed) };
+        Ok(())
+    })
+}
+
+/// Runs `n` new tokens of every sequence (`tokens`: batch × n values, row-major) at the
+/// decoder's next positions, and stores their logits, `[batch, n, vocabulary]`, as the one
+/// tensor of `*out` (NULL on failure). The first step is the prompt. Decoding past the
+/// capacity the library was compiled with, or with another model than the decoder's, is an
+/// error that leaves the decoder as it was.
+///
+/// # Safety
+/// `model` and `decoder` must be NULL or live; `tokens` must be NULL or point to batch × n
+/// values; `out` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lmc_decoder_step(
+    model: *const LmcModel,
+    decoder: *mut LmcDecoder,
+    tokens: *const i64,
+    n: usize,
+    out: *mut *mut LmcOutputs,
+) -> i32 {
+    const F: &str = "lmc_decoder_step";
+    guard(|| {
+        if out.is_null() {
+            return Err(null_arg(F, "out"));
+        }
+        // SAFETY: non-null, and the caller promises it is writable.
+        unsafe { *out = std::ptr::null_mut() };
+        if model.is_null() {
+            return Err(null_arg(F, "model"));
+        }
+        if decoder.is_null() {
+            return Err(null_arg(F, "decoder"));
+        }
+        if tokens.is_null() {
+            return Err(null_arg(F, "tokens"));
+        }
+        // SAFETY: non-null, and the caller promises live objects.
+        let (model, decoder) = unsafe { (&*model, &mut (*decoder).decoder) };
+        let count = decoder
+            .batch()
+            .checked_mul(n)
+            .filter(|&c| c <= MAX_INPUTS * MAX_INPUTS)
+            .ok_or_else(|| RuntimeError::invalid_argument(format!("{F}: n is {n}; is it uninitialised?")))?;
+        // SAFETY: non-null; the caller promises batch × n values.
+        let tokens = unsafe { std::slice::from_raw_parts(tokens, count) };
+        let logits = decoder.step(&model.model, tokens, n)?;
+        let boxed = Box::new(LmcOutputs::new(vec![logits])?);
+        // SAFETY: as above.
+        unsafe { *out = Box::into_raw(boxed) };
+        Ok(())
+    })
+}
+
+/// The next position a decoder writes (the tokens it has run so far); -1 if `decoder` is NULL.
+///
+/// # Safety
+/// `decoder` must be NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn lmc_decoder_position(decoder: *const LmcDecoder) -> i64 {
+    if decoder.is_null() {
+        return -1;
+    }
+    // SAFETY: non-null, and the caller promises a live decoder.
+    unsafe { (*decoder).decoder.position() }
+}
+
+/// Frees a decoder and its caches; NULL is ignored.
+///
+/// # Safety
+/// `decoder` must be NULL or a pointer from `lmc_decoder_new` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn lmc_decoder_free(decoder: *mut LmcDecoder) {
+    if decoder.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller passes a pointer from `Box::into_raw` in `lmc_decoder_new`, once.
+        drop(unsafe { Box::from_raw(decoder) });
+    }));
 }
 
 /// Checks one C tensor and copies it into a [`HostTensor`].
@@ -675,6 +788,7 @@ mod tests {
                 name: "forward".into(),
                 symbol: "lmc_forward".into(),
             }],
+            decode: None,
         };
         let json = manifest.to_json().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
         let src = format!(

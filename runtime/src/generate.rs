@@ -7,26 +7,34 @@
 //! at the next position. [`greedy`] runs the usual loop: prefill, then one token per step, each
 //! the argmax of the last logits.
 
+use std::time::Instant;
+
 use lmc_abi::{DType, DecodeSpec, Dim, TensorSpec};
 
 use crate::error::RuntimeError;
 use crate::model::LoadedModel;
 use crate::tensor::HostTensor;
 
-/// One batch of sequences being decoded.
-pub struct Decoder<'m> {
-    model: &'m LoadedModel,
+/// One batch of sequences being decoded: its caches and its position. Every step runs with
+/// the model the decoder was made for (a step with another model is refused: its caches would
+/// mean nothing there).
+pub struct Decoder {
+    /// The module the caches belong to: its manifest, hashed.
+    module: u64,
+    model_name: String,
     spec: DecodeSpec,
     batch: usize,
     /// The next position to be written.
     position: i64,
     /// Every cache, by the name it has as an input and as an output.
     caches: Vec<HostTensor>,
+    /// Inputs given whole to every step: an encoder's input and its mask.
+    context: Vec<HostTensor>,
 }
 
-impl<'m> Decoder<'m> {
-    /// Starts decoding `batch` sequences; allocates zero-filled caches.
-    pub fn new(model: &'m LoadedModel, batch: usize) -> Result<Decoder<'m>, RuntimeError> {
+impl Decoder {
+    /// Starts decoding `batch` sequences with `model`; allocates zero-filled caches.
+    pub fn new(model: &LoadedModel, batch: usize) -> Result<Decoder, RuntimeError> {
         let m = model.manifest();
         let spec = m.decode.clone().ok_or_else(|| {
             RuntimeError::invalid_argument(format!(
@@ -72,17 +80,31 @@ impl<'m> Decoder<'m> {
             .map(|(name, dtype, shape)| HostTensor::zeros(name, dtype, shape))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Decoder {
-            model,
+            module: fingerprint(model),
+            model_name: m.model.clone(),
             spec,
             batch,
             position: 0,
             caches,
+            context: Vec::new(),
         })
+    }
+
+    /// Inputs that do not grow with the sequence, given whole to every step (an encoder's
+    /// tokens and mask); checked against the manifest at the first step.
+    pub fn with_context(mut self, context: Vec<HostTensor>) -> Decoder {
+        self.context = context;
+        self
     }
 
     /// The next position a token goes to (the number of tokens decoded so far).
     pub fn position(&self) -> i64 {
         self.position
+    }
+
+    /// The sequences decoded together.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// The positions the caches hold.
@@ -93,7 +115,13 @@ impl<'m> Decoder<'m> {
     /// Runs `tokens` (`[batch, n]`, row-major) at the next `n` positions; returns their logits
     /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position and the caches must
     /// be per-token masks (`[batch, n]` integers, like an `attention_mask`): they are all ones.
-    pub fn step(&mut self, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
+    pub fn step(&mut self, model: &LoadedModel, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
+        if fingerprint(model) != self.module {
+            return Err(RuntimeError::invalid_argument(format!(
+                "this decoder's caches belong to another module ({}); step it with the model it was made for",
+                self.model_name
+            )));
+        }
         if n == 0 || tokens.len() != self.batch * n {
             return Err(RuntimeError::input(format!(
                 "a step takes [batch, n] tokens with n >= 1: {} token(s) given for a batch of {}",
@@ -101,9 +129,9 @@ impl<'m> Decoder<'m> {
                 self.batch
             )));
         }
-        let m = self.model.manifest();
+        let m = model.manifest();
         let mut inputs = Vec::with_capacity(m.inputs.len());
-        let token_spec = input_spec(self.model, &self.spec.tokens)?;
+        let token_spec = input_spec(model, &self.spec.tokens)?;
         for s in &m.inputs {
             if s.name == self.spec.tokens {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], tokens.to_vec())?);
@@ -111,17 +139,19 @@ impl<'m> Decoder<'m> {
                 inputs.push(HostTensor::from_i64(s.name.clone(), Vec::<usize>::new(), vec![self.position])?);
             } else if self.spec.caches.contains(&s.name) {
                 // Taken from `self.caches` below, without a copy.
+            } else if let Some(t) = self.context.iter().find(|t| t.name == s.name) {
+                inputs.push(t.clone());
             } else if s.shape == token_spec.shape && s.dtype != DType::F32 {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![1; self.batch * n])?);
             } else {
                 return Err(RuntimeError::invalid_argument(format!(
-                    "input \"{}\" is neither the tokens, a per-token mask, the position nor a cache; the decoder cannot fill it",
+                    "input \"{}\" is neither the tokens, a per-token mask, the position nor a cache; give it as context (an encoder's input)",
                     s.name
                 )));
             }
         }
         inputs.append(&mut self.caches);
-        let result = self.model.run(&inputs);
+        let result = model.run(&inputs);
         // Whatever happened, the caches stay with the decoder: a failed step leaves them as they were.
         let fresh = inputs.split_off(inputs.len() - self.spec.caches.len());
         let mut outputs = match result {
@@ -147,6 +177,14 @@ impl<'m> Decoder<'m> {
             .ok_or_else(|| RuntimeError::internal("the step did not return its logits"))?;
         Ok(outputs.swap_remove(k))
     }
+}
+
+/// Identifies a module by its manifest (names, shapes, capacity and the lmc that made it).
+fn fingerprint(model: &LoadedModel) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    model.module().manifest_json().hash(&mut h);
+    h.finish()
 }
 
 fn input_spec<'a>(model: &'a LoadedModel, name: &str) -> Result<&'a TensorSpec, RuntimeError> {
@@ -186,11 +224,30 @@ pub fn last_argmax(logits: &HostTensor) -> Result<Vec<i64>, RuntimeError> {
         .collect())
 }
 
+/// What [`greedy`] produced, and how long its two phases took.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The new tokens of each sequence.
+    pub tokens: Vec<Vec<i64>>,
+    /// The prompt's step.
+    pub prefill: std::time::Duration,
+    /// Every later step together (one per new token after the first).
+    pub decode: std::time::Duration,
+    pub decode_steps: usize,
+}
+
 /// Greedy decoding: the prompts (one per sequence, all the same length), then `max_new_tokens`
 /// tokens each, every one the argmax of the previous position's logits. With `eos`, a sequence
 /// that produced it is finished: it takes `eos` from then on (as Hugging Face pads it), and
-/// decoding stops once every sequence is. Returns the new tokens of each sequence.
-pub fn greedy(model: &LoadedModel, prompts: &[Vec<i64>], max_new_tokens: usize, eos: Option<i64>) -> Result<Vec<Vec<i64>>, RuntimeError> {
+/// decoding stops once every sequence is. `context` goes to every step whole (see
+/// [`Decoder::with_context`]).
+pub fn greedy(
+    model: &LoadedModel,
+    prompts: &[Vec<i64>],
+    context: Vec<HostTensor>,
+    max_new_tokens: usize,
+    eos: Option<i64>,
+) -> Result<Generated, RuntimeError> {
     let length = prompts.first().map_or(0, Vec::len);
     if length == 0 || prompts.iter().any(|p| p.len() != length) {
         return Err(RuntimeError::input(
@@ -200,7 +257,7 @@ pub fn greedy(model: &LoadedModel, prompts: &[Vec<i64>], max_new_tokens: usize, 
     if max_new_tokens == 0 {
         return Err(RuntimeError::input("max_new_tokens must be at least 1"));
     }
-    let mut decoder = Decoder::new(model, prompts.len())?;
+    let mut decoder = Decoder::new(model, prompts.len())?.with_context(context);
     let needed = length as u128 + max_new_tokens as u128 - 1;
     if needed > decoder.capacity() as u128 {
         return Err(RuntimeError::input(format!(
@@ -208,21 +265,30 @@ pub fn greedy(model: &LoadedModel, prompts: &[Vec<i64>], max_new_tokens: usize, 
             decoder.capacity()
         )));
     }
-    let flat: Vec<i64> = prompts.concat();
-    let mut next = last_argmax(&decoder.step(&flat, length)?)?;
-    let mut out: Vec<Vec<i64>> = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
+    let started = Instant::now();
+    let mut next = last_argmax(&decoder.step(model, &prompts.concat(), length)?)?;
+    let prefill = started.elapsed();
+    let started = Instant::now();
+    let mut steps = 0;
+    let mut tokens: Vec<Vec<i64>> = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
     let mut done = vec![false; prompts.len()];
     loop {
         for (b, t) in next.iter_mut().enumerate() {
             if done[b] {
                 *t = eos.unwrap_or(*t);
             }
-            out[b].push(*t);
+            tokens[b].push(*t);
             done[b] |= Some(*t) == eos;
         }
-        if out[0].len() == max_new_tokens || done.iter().all(|d| *d) {
-            return Ok(out);
+        if tokens[0].len() == max_new_tokens || done.iter().all(|d| *d) {
+            return Ok(Generated {
+                tokens,
+                prefill,
+                decode: started.elapsed(),
+                decode_steps: steps,
+            });
         }
-        next = last_argmax(&decoder.step(&next, 1)?)?;
+        next = last_argmax(&decoder.step(model, &next, 1)?)?;
+        steps += 1;
     }
 }

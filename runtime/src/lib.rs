@@ -22,7 +22,7 @@ pub mod tensor;
 pub mod validate;
 
 pub use error::{ErrorKind, RuntimeError};
-pub use generate::{greedy, Decoder};
+pub use generate::{greedy, Decoder, Generated};
 pub use lmc_abi::{DType, Dim, Manifest};
 pub use model::{weight_files, LoadedModel, WeightsSource};
 pub use module::Module;

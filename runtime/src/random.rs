@@ -96,6 +96,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             entries: vec![],
+            decode: None,
         }
     }
 

@@ -408,6 +408,7 @@ pub(crate) mod tests {
                 name: "forward".into(),
                 symbol: "lmc_forward".into(),
             }],
+            decode: None,
         }
     }
 

@@ -8,14 +8,18 @@ Run by hand, never by CI (it needs torch and transformers; see ../../README.md, 
 
 For each fixture it writes `generate_inputs.safetensors` (`input_ids`: two prompts of one
 length) and `generate_expected.safetensors` (`sequences`: each prompt followed by exactly
-NEW_TOKENS greedy tokens; `min_new_tokens` keeps an end-of-sequence token from stopping early).
+NEW_TOKENS greedy tokens, each the argmax of the logits: the end-of-sequence token is switched
+off, so it neither stops a sequence nor is suppressed before a minimum length, as `lmc generate`
+without `--eos-token-id`).
+For T5 the prompts are the encoder's input, and `sequences` holds the decoder's start token and
+the new tokens, as transformers returns them.
 `lmc generate --inputs ... -o ...` must reproduce `sequences` token for token.
 """
 import pathlib
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
@@ -29,7 +33,9 @@ WITHOUT_CACHE = {"rwkv_tiny"}
 
 def make(name):
     out = FIXTURES / name
-    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    auto = AutoModelForSeq2SeqLM if name.startswith("t5") else AutoModelForCausalLM
+    model = auto.from_pretrained(out).eval()
+    model.generation_config.eos_token_id = None
     g = torch.Generator().manual_seed(7)
     input_ids = torch.randint(1, model.config.vocab_size, (2, PROMPT_LENGTH), generator=g)
     with torch.no_grad():
@@ -37,7 +43,6 @@ def make(name):
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
             do_sample=False,
             pad_token_id=0,
             use_cache=name not in WITHOUT_CACHE,
@@ -48,5 +53,7 @@ def make(name):
 
 
 if __name__ == "__main__":
-    for name in ["gpt2_tiny", "llama_tiny", "rwkv_tiny", "mamba_tiny"]:
+    # T5: the untied fixture; greedy decoding of t5_tiny and t5_gated gives the pad token at
+    # every step, which a wrong decoder could match by accident.
+    for name in ["gpt2_tiny", "llama_tiny", "rwkv_tiny", "mamba_tiny", "t5_untied"]:
         make(name)

@@ -7,7 +7,6 @@ use crate::commands::{use_threads, Failure, Weights};
 use crate::source::{load_model, overrides};
 use crate::ConfigArgs;
 use std::path::Path;
-use std::time::Instant;
 
 /// What to generate from.
 pub struct Prompt<'a> {
@@ -21,6 +20,10 @@ pub struct Options {
     pub max_new_tokens: usize,
     pub eos: Option<i64>,
     pub threads: Option<usize>,
+    /// `--decoder-start-token-id`: an encoder-decoder's first decoder token.
+    pub decoder_start: Option<i64>,
+    /// `--json PATH`: timings (`prefill_ms`, `decode_tokens_per_s`) for the benchmarks.
+    pub json: Option<std::path::PathBuf>,
 }
 
 pub fn generate(
@@ -40,12 +43,46 @@ pub fn generate(
         Weights::Random(_) => None,
     };
     let forward = load_model(spec, &overrides(config, checkpoint)?)?;
-    let tokens_name = forward
+    // The sequence axis is the logits' second; integer inputs without it are an encoder's.
+    let time = forward.outputs.first().and_then(|(d, _)| d.ty.dims.get(1).copied());
+    let is_int = |d: &&lmc_core::ir::TensorDecl| d.ty.dtype != lmc_abi::DType::F32;
+    let context_decls: Vec<&lmc_core::ir::TensorDecl> = forward
         .inputs
         .iter()
-        .find(|i| i.ty.dtype != lmc_abi::DType::F32 && i.ty.rank() == 2)
-        .map_or("input_ids".to_string(), |i| i.name.clone());
-    let prompts = read_prompts(prompt, &tokens_name)?;
+        .filter(is_int)
+        .filter(|d| time.is_none_or(|t| !d.ty.dims.contains(&t)))
+        .collect();
+    let prompt_name = match context_decls.first() {
+        Some(encoder) => encoder.name.clone(),
+        None => forward
+            .inputs
+            .iter()
+            .find(|d| is_int(d) && d.ty.rank() == 2)
+            .map_or("input_ids".to_string(), |d| d.name.clone()),
+    };
+    let prompts = read_prompts(prompt, &prompt_name)?;
+    // An encoder-decoder reads the prompt whole at every step (with all-ones masks beside it)
+    // and decodes from its start token.
+    let (context, prompts) = if context_decls.is_empty() {
+        (Vec::new(), prompts)
+    } else {
+        let start = decoder_start(o.decoder_start, checkpoint)?;
+        let (batch, length) = (prompts.len(), prompts[0].len());
+        let mut context = Vec::new();
+        for (k, d) in context_decls.iter().enumerate() {
+            let values = if k == 0 { prompts.concat() } else { vec![1; batch * length] };
+            if d.ty.rank() != 2 {
+                return Err(Failure::Message(format!(
+                    "input `{}` is neither the prompt nor a [batch, length] mask beside it; lmc generate cannot fill it",
+                    d.name
+                )));
+            }
+            context.push(
+                lmc_runtime::HostTensor::from_i64(d.name.clone(), [batch, length], values).map_err(|e| Failure::Message(e.to_string()))?,
+            );
+        }
+        (context, vec![vec![start]; batch])
+    };
     let length = prompts[0].len();
     // The last new token is returned, never fed back: the caches need one position less.
     let capacity = (length as u64)
@@ -58,16 +95,34 @@ pub fn generate(
         "compiled the decode step of {} in {:.0} ms (caches for {capacity} positions)",
         compiled.graph.model, compiled.compile_ms
     );
-    let started = Instant::now();
-    let generated = lmc_runtime::greedy(&compiled.model, &prompts, o.max_new_tokens, o.eos).map_err(|e| Failure::Message(e.to_string()))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let made: usize = generated.iter().map(Vec::len).sum();
+    let g =
+        lmc_runtime::greedy(&compiled.model, &prompts, context, o.max_new_tokens, o.eos).map_err(|e| Failure::Message(e.to_string()))?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    // Tokens per second of the steps after the prompt: one new token per sequence each.
+    let per_s = (g.decode_steps * prompts.len()) as f64 / g.decode.as_secs_f64();
     eprintln!(
-        "generated {made} token(s) for {} sequence(s) in {:.0} ms ({:.1} tokens/s, prefill included)",
+        "prefill of {length} token(s) x {}: {:.1} ms; then {} step(s): {:.1} ms each, {per_s:.1} tokens/s",
         prompts.len(),
-        seconds * 1e3,
-        made as f64 / seconds
+        ms(g.prefill),
+        g.decode_steps,
+        ms(g.decode) / g.decode_steps.max(1) as f64
     );
+    if let Some(path) = o.json.as_deref() {
+        let report = serde_json::json!({
+            "model": compiled.graph.model,
+            "batch": prompts.len(),
+            "prompt_tokens": length,
+            "new_tokens": g.tokens[0].len(),
+            "compile_ms": compiled.compile_ms,
+            "prefill_ms": ms(g.prefill),
+            "decode_steps": g.decode_steps,
+            "decode_ms_per_step": ms(g.decode) / g.decode_steps.max(1) as f64,
+            "decode_tokens_per_s": if g.decode_steps > 0 { per_s } else { 0.0 },
+            "cache_capacity": capacity,
+        });
+        std::fs::write(path, format!("{report:#}\n")).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let generated = g.tokens;
     match output {
         None => {
             for row in &generated {
@@ -76,7 +131,8 @@ pub fn generate(
             }
         }
         Some(path) => {
-            // As Hugging Face's `generate` returns them: each prompt followed by its new tokens.
+            // As Hugging Face's `generate` returns them: each prompt (an encoder-decoder's: the
+            // start token) followed by its new tokens.
             let width = length + generated[0].len();
             let sequences: Vec<u8> = prompts
                 .iter()
@@ -91,6 +147,25 @@ pub fn generate(
         }
     }
     Ok(())
+}
+
+/// An encoder-decoder's first decoder token: given, or the checkpoint's `decoder_start_token_id`.
+fn decoder_start(given: Option<i64>, checkpoint: Option<&Path>) -> Result<i64, Failure> {
+    if let Some(t) = given {
+        return Ok(t);
+    }
+    let from_config = checkpoint.and_then(|dir| {
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()?
+            .get("decoder_start_token_id")?
+            .as_i64()
+    });
+    from_config.ok_or_else(|| {
+        Failure::Message(
+            "the model is an encoder-decoder: give its first decoder token with --decoder-start-token-id (the checkpoint's config.json has none)".into(),
+        )
+    })
 }
 
 /// The prompts: the `--input-ids` sequence, or the rows of the tokens tensor of `--inputs`.

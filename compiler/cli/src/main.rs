@@ -137,6 +137,10 @@ enum Command {
         /// Stop a sequence at this token (it is padded with it while others go on).
         #[arg(long)]
         eos_token_id: Option<i64>,
+        /// An encoder-decoder's first decoder token (the prompt goes to the encoder); default:
+        /// the checkpoint's `decoder_start_token_id`.
+        #[arg(long)]
+        decoder_start_token_id: Option<i64>,
         /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -144,6 +148,9 @@ enum Command {
         /// `generate` returns them) to this safetensors file as `sequences` instead of printing.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Also write the timings as JSON (`prefill_ms`, `decode_tokens_per_s`, ...).
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -301,8 +308,10 @@ fn run(cli: Cli) -> ExitCode {
             inputs,
             max_new_tokens,
             eos_token_id,
+            decoder_start_token_id,
             threads,
             output,
+            json,
             config,
         } => {
             let weights = commands::Weights::new(weights.weights, weights.seed);
@@ -313,7 +322,9 @@ fn run(cli: Cli) -> ExitCode {
             let options = generate::Options {
                 max_new_tokens,
                 eos: eos_token_id,
+                decoder_start: decoder_start_token_id,
                 threads,
+                json,
             };
             generate::generate(&model, &weights, &config, &prompt, &options, output.as_deref())
         }

@@ -19,6 +19,8 @@
 //!   previous call left otherwise; its final state is the new state cache.
 //! - Positions in index functions (`arange(T)`, `t` in a tabulate, `i` in a mask or score) become
 //!   absolute: `position + t`.
+//! - A table a tabulate builds over (query, key) positions, `[T, T]`, is computed for the new
+//!   query rows against every key position of the caches: `[T, capacity]`.
 //!
 //! Each cache is an input and an output of the same name; the runtime feeds the outputs of one
 //! call to the next. The first call (the prompt, `position` 0) is the prefill; the same function
@@ -45,6 +47,11 @@ enum Kind {
     Fixed,
     /// Computed row by row along the sequence axis at this position.
     Rows(usize),
+    /// A table over (query, key) positions, `[.., T, .., T, ..]`: the sequence at the first axis
+    /// (computed for the new rows) and the keys at the second (all `capacity` of them, at
+    /// absolute positions). Only index functions build and read one, at exactly its query and
+    /// key: T5's relative-position bias.
+    Grid(usize, usize),
     /// Inside the body of a scan over the sequence: one step's values.
     Step,
     /// The final state of a scan over the sequence: only the state cache may read it.
@@ -170,24 +177,23 @@ impl<'g> Deriver<'g> {
         format!("{file}:{}:{}", loc.line, loc.col)
     }
 
-    /// The axis of `ty` that is the sequence, if any; an error if there are two.
-    fn time_axis(&self, ty: &TensorType, loc: Loc) -> Result<Option<usize>, String> {
-        let mut axes = ty
-            .dims
+    /// The axes of `ty` that are the sequence.
+    fn time_axes(&self, ty: &TensorType) -> Vec<usize> {
+        ty.dims
             .iter()
             .enumerate()
             .filter(|(_, d)| **d == Dim::Symbol(self.time))
-            .map(|(k, _)| k);
-        let first = axes.next();
-        if axes.next().is_some() {
-            return Err(format!(
-                "the value at {} is {}: the sequence on two axes (a [T, T] table) cannot be computed a few rows at a time; \
-                 write it as an attention mask or score function instead",
-                self.at(loc),
-                self.g.type_name(ty)
-            ));
-        }
-        Ok(first)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn two_axes_error(&self, ty: &TensorType, loc: Loc) -> String {
+        format!(
+            "the value at {} is {}: the sequence on two axes can only be a [query, key] table that a tabulate builds and \
+             index functions read at their own query and key; decoding cannot compute this one a few rows at a time",
+            self.at(loc),
+            self.g.type_name(ty)
+        )
     }
 
     fn node(&mut self, i: usize) -> Result<(), String> {
@@ -196,8 +202,14 @@ impl<'g> Deriver<'g> {
         }
         let node = &self.g.nodes[i];
         let loc = node.loc;
-        let axis = self.time_axis(&node.ty, loc)?;
+        let axes = self.time_axes(&node.ty);
         let in_step = self.regions[i].is_some_and(|s| self.scan_at_body.values().any(|&x| x == s.0 as usize));
+        let axis = match (axes.as_slice(), &node.op) {
+            ([], _) => None,
+            ([a], _) => Some(*a),
+            ([row, key], Op::Tabulate { f }) if !in_step => return self.grid(i, f, *row, *key),
+            _ => return Err(self.two_axes_error(&node.ty, loc)),
+        };
         let (op, kind) = match &node.op {
             Op::Arange(Dim::Symbol(s)) if *s == self.time => {
                 // Absolute positions: `position + t`.
@@ -273,6 +285,9 @@ impl<'g> Deriver<'g> {
             }
             op => {
                 let kinds: Vec<Kind> = op.operands().iter().map(|o| self.kind[o.0 as usize]).collect();
+                if let Some(o) = op.operands().iter().find(|o| matches!(self.kind[o.0 as usize], Kind::Grid(..))) {
+                    return Err(self.two_axes_error(self.g.ty(*o), loc));
+                }
                 if kinds.contains(&Kind::Final) {
                     return Err(format!(
                         "the value at {} reads the final state of a scan over the sequence; decoding keeps that state in its cache, so nothing else may read it",
@@ -299,6 +314,18 @@ impl<'g> Deriver<'g> {
         let id = self.push(op, node.ty.clone(), loc);
         self.map.push(id);
         self.kind.push(kind);
+        Ok(())
+    }
+
+    /// A tabulate over (query, key) positions: its new query rows against every key position.
+    fn grid(&mut self, i: usize, f: &ScalarFn, row: usize, key: usize) -> Result<(), String> {
+        let node = &self.g.nodes[i];
+        let mut ty = node.ty.clone();
+        ty.dims[key] = Dim::Static(self.capacity);
+        let f = self.rewrite_fn(f, Some(row), Some(key), &[], node.loc)?;
+        let id = self.push(Op::Tabulate { f }, ty, node.loc);
+        self.map.push(id);
+        self.kind.push(Kind::Grid(row, key));
         Ok(())
     }
 
@@ -333,7 +360,10 @@ impl<'g> Deriver<'g> {
             Op::Tabulate { f } => f.tensors(),
             op => op.operands(),
         };
-        if reads.iter().any(|o| matches!(self.kind[o.0 as usize], Kind::Rows(_) | Kind::Final)) {
+        if reads
+            .iter()
+            .any(|o| matches!(self.kind[o.0 as usize], Kind::Rows(_) | Kind::Grid(..) | Kind::Final))
+        {
             return Err(format!(
                 "the scan step at {} reads a whole sequence from outside the scan; pass it as a scanned input instead",
                 self.at(loc)
@@ -539,10 +569,12 @@ impl<'g> Deriver<'g> {
                 }
                 (self.history(qkv[1])?, self.history(qkv[2])?, Kind::Rows(2))
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "the attention at {} mixes the sequence axis into heads or features; decoding needs queries, keys and values [B, H, T, D]",
                 self.at(loc)
-            )),
+            ))
+            }
         };
         let own = (kind != Kind::Fixed).then_some(2);
         let mask = mask.map(|f| self.rewrite_fn(f, own, Some(3), &[], loc)).transpose()?;
@@ -638,6 +670,19 @@ impl<'g> Deriver<'g> {
                                     self.at(loc)
                                 ));
                             }
+                        }
+                        Kind::Grid(row, key_axis) => {
+                            let at = |axis: usize, p: Option<usize>| {
+                                p.is_some() && f.nodes[indices[axis]].0 == ScalarNode::Param(p.unwrap_or(0))
+                            };
+                            if !(at(row, own) && at(key_axis, key)) {
+                                return Err(format!(
+                                    "the index function at {} reads a [query, key] table elsewhere than at its own query and key",
+                                    self.at(loc)
+                                ));
+                            }
+                            new_indices[row] = raw_own.unwrap_or(0);
+                            self.map[tensor.0 as usize]
                         }
                         Kind::Step | Kind::Final => {
                             return Err(format!("the index function at {} reads a scan's state", self.at(loc)));
@@ -901,6 +946,14 @@ model Everywhere(c: C) {
   }
 }
 
+model Table(c: C) {
+  param table: f32[c.v, c.v]
+  forward(ids: i64[B, T]) -> (logits: f32[B, T, c.v]) {
+    distances = tabulate(T, T, (i, j) => float(i - j))
+    return gather(table, ids) + unsqueeze(sum(distances, axis = -1), -1)
+  }
+}
+
 model Bidirectional(c: C) {
   param table: f32[c.v, c.v]
   forward(ids: i64[B, T]) -> (logits: f32[B, T, c.v]) {
@@ -1024,7 +1077,12 @@ model Bidirectional(c: C) {
         let cases = [
             ("Ahead", "t.model:35:12", "may come after its own"),
             ("Everywhere", "t.model:43:16", "combines different positions"),
-            ("Bidirectional", "t.model:51:24", "is not causal"),
+            ("Bidirectional", "t.model:59:24", "is not causal"),
+            (
+                "Table",
+                "t.model:51:43",
+                "the sequence on two axes can only be a [query, key] table",
+            ),
         ];
         for (model, at, why) in cases {
             let e = derive_decode(&graph(model), 8).unwrap_err();
