@@ -238,7 +238,8 @@ fn what_cannot_be_generated_is_a_clear_error() {
     );
 }
 
-/// A cache of another model, or of another size, is refused by name before any code runs.
+/// Caches are carried in place; one of another model, or of another size, is refused by name
+/// before any code runs.
 #[test]
 fn a_step_checks_its_caches() {
     let weights = root().join("tests/fixtures/gpt2_tiny");
@@ -256,36 +257,59 @@ fn a_step_checks_its_caches() {
         HostTensor::from_i64("attention_mask", [1, 1], vec![1]).unwrap(),
         HostTensor::from_i64("position", Vec::<usize>::new(), vec![0]).unwrap(),
     ];
-    for (k, name) in decode.caches.iter().enumerate() {
-        let spec = m.inputs.iter().find(|s| &s.name == name).unwrap();
-        let mut shape: Vec<usize> = spec
-            .shape
-            .iter()
-            .map(|d| if let lmc_runtime::Dim::Static(n) = d { *n as usize } else { 1 })
-            .collect();
-        if k == 0 {
-            // A cache with room for 8 positions: another model's, or another capacity's.
-            *shape.iter_mut().find(|d| **d == 6).unwrap() = 8;
-        }
-        inputs.push(HostTensor::zeros(name.clone(), spec.dtype, shape).unwrap());
-    }
-    let e = model.run(&inputs).unwrap_err();
-    assert!(e.message().contains(&format!("input \"{}\"", decode.caches[0])), "{e}");
-    let first = inputs.iter().position(|t| t.name == decode.caches[0]).unwrap();
-    let mut shape = inputs[first].shape.clone();
+    let mut caches: Vec<HostTensor> = decode
+        .caches
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let spec = m.outputs.iter().find(|s| &s.name == name).unwrap();
+            let mut shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|d| if let lmc_runtime::Dim::Static(n) = d { *n as usize } else { 1 })
+                .collect();
+            if k == 0 {
+                // A cache with room for 8 positions: another model's, or another capacity's.
+                *shape.iter_mut().find(|d| **d == 6).unwrap() = 8;
+            }
+            HostTensor::zeros(name.clone(), spec.dtype, shape).unwrap()
+        })
+        .collect();
+    let e = model.run_carrying(&inputs, &mut caches).unwrap_err();
+    assert!(
+        e.message().contains(&format!(
+            "cache \"{}\" is f32 [1, 5, 8, 7]; this step needs f32 [1, 5, 6, 7]",
+            decode.caches[0]
+        )),
+        "{e}"
+    );
+    let mut shape = caches[0].shape.clone();
     *shape.iter_mut().find(|d| **d == 8).unwrap() = 6;
-    inputs[first] = HostTensor::zeros(decode.caches[0].clone(), inputs[first].dtype, shape).unwrap();
-    model.run(&inputs).unwrap();
+    caches[0] = HostTensor::zeros(decode.caches[0].clone(), caches[0].dtype, shape).unwrap();
+    // The step writes its key and value rows into the caches it was given, and returns the rest.
+    let outputs = model.run_carrying(&inputs, &mut caches).unwrap();
+    assert_eq!(outputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["logits"]);
+    assert!(
+        caches[0].as_f32().unwrap().iter().any(|&x| x != 0.0),
+        "the first key row is written in place"
+    );
+    let e = model
+        .run_carrying(
+            &inputs,
+            &mut [HostTensor::zeros("logits", lmc_runtime::DType::F32, [1, 1, 101]).unwrap()],
+        )
+        .unwrap_err();
+    assert!(e.message().contains("\"logits\" is not a cache of GPT2LMHeadModel"), "{e}");
     let position = inputs.iter().position(|t| t.name == "position").unwrap();
     inputs[position] = HostTensor::from_i64("position", Vec::<usize>::new(), vec![6]).unwrap();
-    let e = model.run(&inputs).unwrap_err();
+    let e = model.run_carrying(&inputs, &mut caches).unwrap_err();
     assert!(
         e.message()
             .contains("1 new token(s) at position 6 need room for 7 positions, but the caches hold 6"),
         "{e}"
     );
     inputs[position] = HostTensor::from_i64("position", Vec::<usize>::new(), vec![-1]).unwrap();
-    let e = model.run(&inputs).unwrap_err();
+    let e = model.run_carrying(&inputs, &mut caches).unwrap_err();
     assert!(e.message().contains("holds -1; a position is at least 0"), "{e}");
 
     // A decoder's caches go with the module that made them; a forward makes no decoder.

@@ -1,6 +1,6 @@
 //! Decoding with a derived step function (a module whose manifest has a `decode` section, from
-//! `lmc compile --decode`): the runtime owns the caches and feeds each call's new caches to the
-//! next.
+//! `lmc compile --decode`): the runtime owns the caches, outputs of the step that it passes
+//! back to every call holding what the last one left, and the step updates them in place.
 //!
 //! A [`Decoder`] holds one batch of sequences in flight. Its first [`Decoder::step`] is the
 //! prefill (the prompt, at position 0, with zero-filled caches); every later one appends tokens
@@ -50,7 +50,11 @@ impl Decoder {
         let mut shapes = Vec::new();
         let mut bytes: u128 = 0;
         for name in &spec.caches {
-            let s = input_spec(model, name)?;
+            let s = m
+                .outputs
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| RuntimeError::internal(format!("the decode section names cache \"{name}\", which the outputs lack")))?;
             let shape = s
                 .shape
                 .iter()
@@ -113,8 +117,9 @@ impl Decoder {
     }
 
     /// Runs `tokens` (`[batch, n]`, row-major) at the next `n` positions; returns their logits
-    /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position and the caches must
+    /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position and the context must
     /// be per-token masks (`[batch, n]` integers, like an `attention_mask`): they are all ones.
+    /// The caches are updated in place.
     pub fn step(&mut self, model: &LoadedModel, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
         if fingerprint(model) != self.module {
             return Err(RuntimeError::invalid_argument(format!(
@@ -137,39 +142,19 @@ impl Decoder {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], tokens.to_vec())?);
             } else if s.name == self.spec.position {
                 inputs.push(HostTensor::from_i64(s.name.clone(), Vec::<usize>::new(), vec![self.position])?);
-            } else if self.spec.caches.contains(&s.name) {
-                // Taken from `self.caches` below, without a copy.
             } else if let Some(t) = self.context.iter().find(|t| t.name == s.name) {
                 inputs.push(t.clone());
             } else if s.shape == token_spec.shape && s.dtype != DType::F32 {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![1; self.batch * n])?);
             } else {
                 return Err(RuntimeError::invalid_argument(format!(
-                    "input \"{}\" is neither the tokens, a per-token mask, the position nor a cache; give it as context (an encoder's input)",
+                    "input \"{}\" is neither the tokens, a per-token mask nor the position; give it as context (an encoder's input)",
                     s.name
                 )));
             }
         }
-        inputs.append(&mut self.caches);
-        let result = model.run(&inputs);
-        // Whatever happened, the caches stay with the decoder: a failed step leaves them as they were.
-        let fresh = inputs.split_off(inputs.len() - self.spec.caches.len());
-        let mut outputs = match result {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                self.caches = fresh;
-                return Err(e);
-            }
-        };
-        let mut next = Vec::with_capacity(self.spec.caches.len());
-        for name in &self.spec.caches {
-            let k = outputs
-                .iter()
-                .position(|t| &t.name == name)
-                .ok_or_else(|| RuntimeError::internal(format!("the step did not return cache \"{name}\"")))?;
-            next.push(outputs.swap_remove(k));
-        }
-        self.caches = next;
+        // Validation precedes any write: a failed step leaves the caches as they were.
+        let mut outputs = model.run_carrying(&inputs, &mut self.caches)?;
         self.position += n as i64;
         let k = outputs
             .iter()

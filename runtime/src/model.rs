@@ -388,17 +388,56 @@ impl LoadedModel {
     }
 
     /// Checks `inputs` against the manifest, allocates the outputs and runs entry point `entry`.
-    /// Returns the outputs in manifest order, named as the manifest names them.
+    /// Returns the outputs in manifest order, named as the manifest names them. (A decode step's
+    /// caches start from zeros: see [`LoadedModel::run_carrying`] to carry them.)
     pub fn run_entry(&self, entry: &str, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+        self.run_inner(entry, inputs, &mut [])
+    }
+
+    /// Runs a decode step's `forward` with its caches carried: each of `carried` is the output
+    /// of its name, passed in holding what the previous step left (zeros at first) and updated
+    /// in place. Returns the other outputs.
+    pub fn run_carrying(&self, inputs: &[HostTensor], carried: &mut [HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+        self.run_inner("forward", inputs, carried)
+    }
+
+    fn run_inner(&self, entry: &str, inputs: &[HostTensor], carried: &mut [HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
         let f = self.module.entry(entry)?;
         let m = self.module.manifest();
         let bound = validate_inputs(m, inputs)?;
-        let mut outputs = m
-            .outputs
-            .iter()
-            .zip(output_shapes(m, &bound.symbols)?)
-            .map(|(spec, shape)| HostTensor::zeros(spec.name.clone(), spec.dtype, shape))
-            .collect::<Result<Vec<_>, _>>()?;
+        let caches = m.decode.as_ref().map_or(&[][..], |d| d.caches.as_slice());
+        if let Some(t) = carried.iter().find(|t| !caches.contains(&t.name)) {
+            return Err(RuntimeError::invalid_argument(format!(
+                "\"{}\" is not a cache of {}; its caches are: {}",
+                t.name,
+                m.model,
+                caches.join(", ")
+            )));
+        }
+        // Every output, in manifest order: a carried cache's buffer, or a new one.
+        let mut fresh = Vec::new();
+        let mut buffers: Vec<(*mut u8, Vec<usize>)> = Vec::with_capacity(m.outputs.len());
+        for (spec, shape) in m.outputs.iter().zip(output_shapes(m, &bound.symbols)?) {
+            match carried.iter_mut().find(|t| t.name == spec.name) {
+                Some(t) => {
+                    if t.dtype != spec.dtype || t.shape != shape || !t.is_consistent() {
+                        return Err(RuntimeError::input(format!(
+                            "cache \"{}\" is {} {:?}; this step needs {} {shape:?} (a cache of another model, batch or capacity?)",
+                            t.name,
+                            t.dtype.as_str(),
+                            t.shape,
+                            spec.dtype.as_str()
+                        )));
+                    }
+                    buffers.push((t.bytes_mut().as_mut_ptr(), shape));
+                }
+                None => {
+                    let mut t = HostTensor::zeros(spec.name.clone(), spec.dtype, shape.clone())?;
+                    buffers.push((t.bytes_mut().as_mut_ptr(), shape));
+                    fresh.push(t);
+                }
+            }
+        }
 
         let mut descriptors: Vec<Vec<i64>> = Vec::with_capacity(m.arg_count());
         for (spec, (shape, data)) in m.params.iter().zip(&self.params) {
@@ -416,9 +455,8 @@ impl LoadedModel {
             // Entry points never write inputs.
             descriptors.push(descriptor(t.bytes().as_ptr().cast_mut(), &t.shape)?);
         }
-        for t in &mut outputs {
-            let shape = t.shape.clone();
-            descriptors.push(descriptor(t.bytes_mut().as_mut_ptr(), &shape)?);
+        for (ptr, shape) in &buffers {
+            descriptors.push(descriptor(*ptr, shape)?);
         }
         let mut args: Vec<*mut c_void> = descriptors.iter_mut().map(|d| d.as_mut_ptr().cast::<c_void>()).collect();
         // SAFETY: `f` is the module's entry point `void f(void **args)` (checked at load time
@@ -426,9 +464,10 @@ impl LoadedModel {
         // in manifest order, each describing a live buffer whose dtype and shape
         // `bind_weights`/`validate_inputs`/`output_shapes` checked against the manifest; all of
         // them (descriptors, weights, inputs, outputs) outlive the call. Only output buffers are
-        // written, and they are exclusively ours.
+        // written: the new ones (owned by `fresh`, whose heap buffers do not move when it grows)
+        // and the carried ones, borrowed exclusively from `carried` for the whole call.
         unsafe { f(args.as_mut_ptr()) };
-        Ok(outputs)
+        Ok(fresh)
     }
 }
 

@@ -1014,6 +1014,13 @@ impl Emitter<'_> {
                 memref_ty(ty),
                 tensor_ty(ty)
             )),
+            // A carried cache is read from its output's buffer, which the step may write: its
+            // new value is written there in place (`emit_write_rows`).
+            Op::Carry(k) => self.line(&format!(
+                "{out} = bufferization.to_tensor %output{k} restrict writable : {} to {} {loc}",
+                memref_ty(ty),
+                tensor_ty(ty)
+            )),
             Op::Constant(c) => self.line(&format!("{out} = arith.constant {} : f32 {loc}", f32_literal(*c))),
             Op::Arange(_) => {
                 let e = self.empty(ty);
@@ -1492,10 +1499,11 @@ impl Emitter<'_> {
         idx
     }
 
-    /// `write_rows`: one pass over the base that takes each element from the rows where they
-    /// land and from the base elsewhere. (Copying the base and inserting the rows as a slice
-    /// bufferizes to a strided `memref.copy`, which lowers to a call into MLIR's C runner
-    /// library, not linked here.)
+    /// `write_rows`. Into a carried cache, in place: the rows are copied into a slice of the
+    /// cache's own buffer, and nothing else of it is touched. Otherwise, one pass over the base
+    /// that takes each element from the rows where they land and from the base elsewhere
+    /// (inserting the rows into a copy of a read-only base bufferizes to a strided
+    /// `memref.copy`, which lowers to a call into MLIR's C runner library, not linked here).
     fn emit_write_rows(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
         let (bt, rt) = (self.ty(base), self.ty(rows));
         let t = self.fresh();
@@ -1511,6 +1519,25 @@ impl Emitter<'_> {
         self.line(&format!("{t}_lo = arith.maxsi {t}_i, {t}_zero : index"));
         self.line(&format!("{t}_start = arith.minsi {t}_lo, {t}_room : index"));
         let r = bt.rank();
+        if matches!(self.g.node(base).op, Op::Carry(_)) {
+            let offsets: Vec<String> = (0..r)
+                .map(|k| if k == axis { format!("{t}_start") } else { "0".to_string() })
+                .collect();
+            let sizes: Vec<String> = rt.dims.iter().map(|d| dim_size(*d)).collect();
+            let place = format!("[{}] [{}] [{}]", offsets.join(", "), sizes.join(", "), vec!["1"; r].join(", "));
+            let (bts, rts) = (tensor_ty(&bt), tensor_ty(&rt));
+            let base = self.name(base);
+            self.line(&format!("{t}_slot = tensor.extract_slice {base}{place} : {bts} to {rts}"));
+            self.line(&format!(
+                "{t}_rows = linalg.copy ins({} : {rts}) outs({t}_slot : {rts}) -> {rts}",
+                self.name(rows)
+            ));
+            self.line(&format!(
+                "{} = tensor.insert_slice {t}_rows into {base}{place} : {rts} into {bts} {loc}",
+                v(id)
+            ));
+            return;
+        }
         let e = self.empty(&bt);
         let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
         let et = elem(bt.dtype);

@@ -209,7 +209,7 @@ fn config_value(v: &CtValue) -> ConfigValue {
 /// inputs). Used by the checker and by [`Graph::verify`].
 pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
     Some(match op {
-        Op::Param(_) | Op::Input(_) => return None,
+        Op::Param(_) | Op::Input(_) | Op::Carry(_) => return None,
         Op::Constant(_) => TensorType::new(DType::F32, vec![]),
         Op::Arange(d) => TensorType::new(DType::I64, vec![*d]),
         Op::Gather { table, indices } => {

@@ -86,6 +86,7 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
         }
         Op::Param(_)
         | Op::Input(_)
+        | Op::Carry(_)
         | Op::Constant(_)
         | Op::Arange(_)
         | Op::Gather { .. }

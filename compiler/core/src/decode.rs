@@ -22,8 +22,9 @@
 //! - A table a tabulate builds over (query, key) positions, `[T, T]`, is computed for the new
 //!   query rows against every key position of the caches: `[T, capacity]`.
 //!
-//! Each cache is an input and an output of the same name; the runtime feeds the outputs of one
-//! call to the next. The first call (the prompt, `position` 0) is the prefill; the same function
+//! Each cache is an output that the step also reads ([`Op::Carry`]): the caller passes its
+//! buffer holding what the previous call left there (zeros at first), and the step writes only
+//! what changes: a history cache's new rows, a scan's state. The first call (the prompt, `position` 0) is the prefill; the same function
 //! with one new token is the decode step. What cannot be decoded this way (a sum over the whole
 //! sequence, a read of a later position, a value with the sequence on two axes) is an error that
 //! names the source line.
@@ -117,7 +118,8 @@ struct Deriver<'g> {
     history: HashMap<ValueId, ValueId>,
     position: ValueId,
     caches: Vec<CacheSlot>,
-    cache_outputs: Vec<(TensorDecl, ValueId)>,
+    /// Each cache slot's output: its declaration and its value once made.
+    cache_outputs: Vec<(TensorDecl, Option<ValueId>)>,
 }
 
 impl<'g> Deriver<'g> {
@@ -276,8 +278,7 @@ impl<'g> Deriver<'g> {
                 let id = self.push(op, node.ty.clone(), loc);
                 if kind == Kind::Final {
                     let slot = self.scan_slots[&(scan.0 as usize)][index - s.outputs.len()];
-                    let name = self.out.inputs[self.caches[slot].input].name.clone();
-                    self.cache_output(slot, name, id);
+                    self.cache_outputs[slot].1 = Some(id);
                 }
                 self.map.push(id);
                 self.kind.push(kind);
@@ -384,44 +385,32 @@ impl<'g> Deriver<'g> {
         let node = self.g.node(v);
         let mut ty = node.ty.clone();
         ty.dims[axis] = Dim::Static(self.capacity);
-        let name = format!("cache.{}", self.caches.len());
-        let (slot, input) = self.cache_input(name.clone(), ty.clone(), CacheKind::History { axis }, node.loc);
+        let (slot, carried) = self.cache(ty.clone(), CacheKind::History { axis }, node.loc);
         let op = Op::WriteRows {
-            base: input,
+            base: carried,
             rows: self.map[v.0 as usize],
             axis,
             at: self.position,
         };
         let written = self.push(op, ty, node.loc);
-        self.cache_output(slot, name, written);
+        self.cache_outputs[slot].1 = Some(written);
         self.history.insert(v, written);
         Ok(written)
     }
 
-    /// A new cache input; returns its slot and its node.
-    fn cache_input(&mut self, name: String, ty: TensorType, kind: CacheKind, loc: Loc) -> (usize, ValueId) {
-        self.out.inputs.push(TensorDecl {
-            name,
+    /// A new cache: an output (after the forward's) read as it was when the call began. Returns
+    /// its slot and that value.
+    fn cache(&mut self, ty: TensorType, kind: CacheKind, loc: Loc) -> (usize, ValueId) {
+        let slot = self.caches.len();
+        let output = self.g.outputs.len() + slot;
+        self.caches.push(CacheSlot { output, kind });
+        let decl = TensorDecl {
+            name: format!("cache.{slot}"),
             ty: ty.clone(),
             index_bound: None,
-        });
-        let input = self.out.inputs.len() - 1;
-        self.caches.push(CacheSlot { input, output: 0, kind });
-        let id = self.push(Op::Input(input), ty, loc);
-        (self.caches.len() - 1, id)
-    }
-
-    fn cache_output(&mut self, slot: usize, name: String, value: ValueId) {
-        let ty = self.out.node(value).ty.clone();
-        self.cache_outputs.push((
-            TensorDecl {
-                name,
-                ty,
-                index_bound: None,
-            },
-            value,
-        ));
-        self.caches[slot].output = self.cache_outputs.len() - 1;
+        };
+        self.cache_outputs.push((decl, None));
+        (slot, self.push(Op::Carry(output), ty, loc))
     }
 
     /// Before a scan's body: a state cache per state, and the state each call starts from.
@@ -443,8 +432,7 @@ impl<'g> Deriver<'g> {
             if ty.dtype != DType::F32 {
                 return Err(format!("internal: a scan state of type {}", self.g.type_name(&ty)));
             }
-            let name = format!("cache.{}", self.caches.len());
-            let (slot, state) = self.cache_input(name, ty.clone(), CacheKind::State, loc);
+            let (slot, state) = self.cache(ty.clone(), CacheKind::State, loc);
             // `if position == 0 { init } else { state }`, element by element.
             let rank = ty.rank();
             let mut nodes: Vec<(ScalarNode, ScalarType)> = (0..rank).map(|k| (ScalarNode::Param(k), ScalarType::Int)).collect();
@@ -719,10 +707,9 @@ impl<'g> Deriver<'g> {
 
     fn finish(mut self, tokens: usize, logits: usize) -> Result<Graph, String> {
         let mut outputs: Vec<(TensorDecl, ValueId)> = self.g.outputs.iter().map(|(d, v)| (d.clone(), self.map[v.0 as usize])).collect();
-        let first_cache = outputs.len();
-        outputs.append(&mut self.cache_outputs);
-        for c in &mut self.caches {
-            c.output += first_cache;
+        for (decl, value) in self.cache_outputs {
+            let value = value.ok_or("internal: a cache without its new value")?;
+            outputs.push((decl, value));
         }
         self.out.outputs = outputs;
         self.out.decode = Some(DecodeInfo {
@@ -825,7 +812,7 @@ fn remap(op: &Op, map: &[ValueId]) -> Op {
         ..f.clone()
     };
     match op {
-        Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
+        Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
         Op::Gather { table, indices } => Op::Gather {
             table: m(table),
             indices: m(indices),
@@ -894,7 +881,7 @@ fn remap(op: &Op, map: &[ValueId]) -> Op {
 mod tests {
     use super::*;
     use crate::config::ConfigOverrides;
-    use crate::interp::{evaluate, Data, Tensor};
+    use crate::interp::{evaluate, evaluate_carrying, Data, Tensor};
     use crate::program::load_source;
 
     /// Every way a position may look back: learned positions, a token shift, a causal
@@ -1025,33 +1012,33 @@ model Bidirectional(c: C) {
             5,
             "x (one history for the shift and the convolution), keys, values, the mask, the scan state"
         );
-        let mut caches: Vec<Tensor> = info
+        let mut caches: Vec<(usize, Tensor)> = info
             .caches
             .iter()
             .map(|c| {
-                let ty = &step.inputs[c.input].ty;
+                let ty = &step.outputs[c.output].0.ty;
                 let shape: Vec<usize> = ty
                     .dims
                     .iter()
                     .map(|d| if let Dim::Static(n) = d { *n as usize } else { batch })
                     .collect();
                 let n = shape.iter().product();
-                match ty.dtype {
+                let zeros = match ty.dtype {
                     DType::F32 => Tensor::f32(shape, vec![0.0; n]),
                     _ => Tensor::int(shape, vec![0; n]),
-                }
+                };
+                (c.output, zeros)
             })
             .collect();
         let mut at = 0;
         for n in [3usize, 1, 2, 1, 1, 1] {
             let cut = |v: &[i64]| -> Vec<i64> { (0..batch).flat_map(|b| v[b * length + at..b * length + at + n].to_vec()).collect() };
-            let mut inputs = vec![
+            let inputs = vec![
                 Tensor::int(vec![batch, n], cut(&ids)),
                 Tensor::int(vec![batch, n], cut(&keep)),
                 Tensor::int(vec![], vec![at as i64]),
             ];
-            inputs.extend(caches.iter().cloned());
-            let out = evaluate(&step, &params, &inputs);
+            let out = evaluate_carrying(&step, &params, &inputs, &caches);
             let logits = floats(&out[0]);
             for b in 0..batch {
                 for t in 0..n {
@@ -1066,7 +1053,7 @@ model Bidirectional(c: C) {
                     }
                 }
             }
-            caches = info.caches.iter().map(|c| out[c.output].clone()).collect();
+            caches = info.caches.iter().map(|c| (c.output, out[c.output].clone())).collect();
             at += n;
         }
         assert_eq!(at, length);

@@ -93,10 +93,17 @@ fn erf(x: f64) -> f64 {
 
 /// Evaluates a graph. Symbols are bound from the inputs' shapes.
 pub fn evaluate(g: &Graph, params: &[Tensor], inputs: &[Tensor]) -> Vec<Tensor> {
+    evaluate_carrying(g, params, inputs, &[])
+}
+
+/// [`evaluate`] for a graph that carries outputs from call to call ([`Op::Carry`]): `carried`
+/// holds, by output index, the values they had when the call began.
+pub fn evaluate_carrying(g: &Graph, params: &[Tensor], inputs: &[Tensor], carried: &[(usize, Tensor)]) -> Vec<Tensor> {
     let mut run = Run {
         g,
         params,
         inputs,
+        carried,
         regions: g.enclosing_scans(),
         values: vec![Tensor::f32(vec![], vec![]); g.nodes.len()],
     };
@@ -113,6 +120,7 @@ struct Run<'a> {
     g: &'a Graph,
     params: &'a [Tensor],
     inputs: &'a [Tensor],
+    carried: &'a [(usize, Tensor)],
     regions: Vec<Option<ValueId>>,
     values: Vec<Tensor>,
 }
@@ -198,6 +206,10 @@ impl Run<'_> {
         let result = match &node.op {
             Op::Param(i) => params[*i].clone(),
             Op::Input(i) => inputs[*i].clone(),
+            Op::Carry(k) => match self.carried.iter().find(|(o, _)| o == k) {
+                Some((_, t)) => t.clone(),
+                None => panic!("output {k} is carried but no value was given for it"),
+            },
             Op::Constant(c) => Tensor::f32(vec![], vec![*c as f32]),
             Op::Arange(_) => Tensor::int(shape.clone(), (0..shape[0] as i64).collect()),
             Op::Gather { table, indices } => {

@@ -240,6 +240,10 @@ pub enum Op {
     Param(usize),
     /// `input i`: the i-th entry of [`Graph::inputs`]. Type: the input's declared type.
     Input(usize),
+    /// `carry k`: the value output k held when the call began: a cache a decode step carries
+    /// from one call to the next in the output's own buffer (the caller passes it holding the
+    /// previous call's value). Type: output k's declared type.
+    Carry(usize),
     /// `constant v`: an f32 scalar (rank 0).
     Constant(f64),
     /// `arange n`: i64[n] with element k equal to k.
@@ -353,7 +357,7 @@ impl Op {
     /// The values this op reads.
     pub fn operands(&self) -> Vec<ValueId> {
         match *self {
-            Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => vec![],
+            Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => vec![],
             Op::ScanResult { scan, .. } => vec![scan],
             Op::Scan(ref s) => s.init.iter().chain(&s.xs).chain(&s.next).chain(&s.outputs).copied().collect(),
             Op::Gather { table, indices } => vec![table, indices],
@@ -467,10 +471,10 @@ pub struct DecodeInfo {
     pub caches: Vec<CacheSlot>,
 }
 
-/// One cache: an input and the output (of the same name) that replaces it after a call.
+/// One cache: an output that the step reads as it was when the call began ([`Op::Carry`]) and
+/// leaves updated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSlot {
-    pub input: usize,
     pub output: usize,
     pub kind: CacheKind,
 }
@@ -525,6 +529,9 @@ impl Graph {
             }
             match &node.op {
                 Op::Scan(s) => self.verify_scan(i, s)?,
+                Op::Carry(k) if self.outputs.get(*k).is_none_or(|(d, _)| d.ty != node.ty) => {
+                    return Err(format!("%{i} carries output {k}, which does not exist or has another type"))
+                }
                 Op::ScanArg(_) if regions[i].is_none() => return Err(format!("%{i}: scan_arg outside a scan body")),
                 _ => {}
             }
@@ -665,6 +672,7 @@ impl Graph {
             let body = match &n.op {
                 Op::Param(p) => format!("param {p}"),
                 Op::Input(p) => format!("input {p}"),
+                Op::Carry(k) => format!("carry {k}"),
                 Op::Constant(c) => format!("constant {c:e}"),
                 Op::Arange(d) => format!("arange {}", self.dim_name(*d)),
                 Op::Gather { table, indices } => format!("gather {}, {}", v(table), v(indices)),
@@ -733,8 +741,8 @@ impl Graph {
                 .caches
                 .iter()
                 .map(|c| match c.kind {
-                    CacheKind::History { axis } => format!("{} (history, axis {axis})", self.inputs[c.input].name),
-                    CacheKind::State => format!("{} (state)", self.inputs[c.input].name),
+                    CacheKind::History { axis } => format!("{} (history, axis {axis})", self.outputs[c.output].0.name),
+                    CacheKind::State => format!("{} (state)", self.outputs[c.output].0.name),
                 })
                 .collect();
             let _ = writeln!(

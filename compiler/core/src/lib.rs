@@ -77,7 +77,7 @@ pub fn manifest(g: &Graph) -> Manifest {
             position: g.inputs[d.position].name.clone(),
             tokens: g.inputs[d.tokens].name.clone(),
             logits: g.outputs[d.logits].0.name.clone(),
-            caches: d.caches.iter().map(|c| g.inputs[c.input].name.clone()).collect(),
+            caches: d.caches.iter().map(|c| g.outputs[c.output].0.name.clone()).collect(),
         }),
     }
 }

@@ -155,9 +155,10 @@ pub struct Manifest {
 }
 
 /// How to decode with a derived step function. A call computes the logits of the new tokens
-/// (`tokens` holds `[batch, n]`, starting at sequence position `position`) and, for every cache,
-/// returns its next value as the output of the same name; the first call (the prompt) has
-/// position 0 and zero-filled caches. The runtime checks `position + n <= capacity`.
+/// (`tokens` holds `[batch, n]`, starting at sequence position `position`) and updates every
+/// cache. Caches are outputs whose buffers carry state: the caller passes each holding what the
+/// previous call left there (zeros before the first call, the prompt at position 0), and the
+/// step reads it and writes only what changes. The runtime checks `position + n <= capacity`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeSpec {
@@ -170,7 +171,7 @@ pub struct DecodeSpec {
     pub tokens: String,
     /// The output holding their logits, `[batch, n, vocabulary]`.
     pub logits: String,
-    /// Every cache: an input, and an output of the same name that replaces it.
+    /// The outputs that are caches.
     pub caches: Vec<String>,
 }
 
