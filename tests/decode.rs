@@ -43,7 +43,8 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
     for &(file, name, fixture) in CASES {
         let weights = root().join(fixture);
         let forward = checked_model(file, name, &weights);
-        let step = lmc_core::decode::derive_decode(&forward, length as i64).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let decoding = lmc_core::decode::derive_decode(&forward, length as i64).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let step = decoding.step;
         let vocab = match forward.outputs[0].0.ty.dims[2] {
             lmc_core::ir::Dim::Static(v) => v as usize,
             _ => unreachable!(),
@@ -60,6 +61,17 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
         let full = full_model.run(&inputs).unwrap();
         let full = full[0].as_f32().unwrap();
 
+        // An encoder-decoder's step reads its encoder's keys and values, computed once.
+        assert_eq!(decoding.context.is_some(), is_encoder_decoder(name), "{name}: a context function");
+        let context = match &decoding.context {
+            Some(graph) => {
+                let mut values = jit_model(graph, &weights).run(&context).unwrap();
+                assert_eq!(values.len(), 4, "{name}: keys and values of two decoder layers");
+                values.extend(context);
+                values
+            }
+            None => context,
+        };
         let step_model = jit_model(&step, &weights);
         let mut decoder = Decoder::new(&step_model, batch).unwrap().with_context(context);
         let mut worst = 0.0f32;
@@ -244,7 +256,7 @@ fn what_cannot_be_generated_is_a_clear_error() {
 fn a_step_checks_its_caches() {
     let weights = root().join("tests/fixtures/gpt2_tiny");
     let forward = checked_model("models/gpt2.model", "GPT2LMHeadModel", &weights);
-    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap();
+    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap().step;
     let model = jit_model(&step, &weights);
     let m = model.manifest();
     let decode = m.decode.clone().expect("a decode section in the manifest");
@@ -313,7 +325,7 @@ fn a_step_checks_its_caches() {
     assert!(e.message().contains("holds -1; a position is at least 0"), "{e}");
 
     // A decoder's caches go with the module that made them; a forward makes no decoder.
-    let other = jit_model(&lmc_core::decode::derive_decode(&forward, 7).unwrap(), &weights);
+    let other = jit_model(&lmc_core::decode::derive_decode(&forward, 7).unwrap().step, &weights);
     let mut decoder = Decoder::new(&other, 1).unwrap();
     let e = decoder.step(&model, &[3], 1).unwrap_err();
     assert!(
@@ -326,13 +338,22 @@ fn a_step_checks_its_caches() {
     assert!(e.message().contains("is a forward, not a decode step"), "{e}");
 }
 
-/// The derived step of GPT-2, as `lmc emit --stage ir --decode 6` prints it: a change in what the
-/// derivation caches or how it rewrites positions shows up as a diff.
+/// The derived steps of GPT-2 and T5 (and T5's context function), as `lmc emit --stage ir
+/// --decode 6` prints a step: a change in what the derivation caches, computes once or how it
+/// rewrites positions shows up as a diff.
 #[test]
 fn derived_step_ir() {
     let forward = checked_model("models/gpt2.model", "GPT2LMHeadModel", &root().join("tests/fixtures/gpt2_tiny"));
-    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap();
+    let step = lmc_core::decode::derive_decode(&forward, 6).unwrap().step;
     insta::assert_snapshot!("gpt2_decode_ir", step.print());
+    let forward = checked_model(
+        "models/t5.model",
+        "T5ForConditionalGeneration",
+        &root().join("tests/fixtures/t5_untied"),
+    );
+    let decoding = lmc_core::decode::derive_decode(&forward, 6).unwrap();
+    insta::assert_snapshot!("t5_decode_ir", decoding.step.print());
+    insta::assert_snapshot!("t5_context_ir", decoding.context.unwrap().print());
 }
 
 /// A C program decodes greedily through the runtime's C API with a library from `lmc compile

@@ -138,6 +138,14 @@ int32_t lmc_decoder_new(const LmcModel *model, size_t batch, LmcDecoder **out);
 int32_t lmc_decoder_step(const LmcModel *model, LmcDecoder *decoder, const int64_t *tokens,
                          size_t n, LmcOutputs **out);
 
+/*
+ * Gives the decoder inputs it passes whole to every step: for an encoder-decoder, the outputs
+ * of its context library (`lmc compile --decode` writes it beside the step as *.context.so; run
+ * it once per prompt with lmc_model_run) and the encoder's attention mask. Copied; a later call
+ * replaces them all.
+ */
+int32_t lmc_decoder_set_context(LmcDecoder *decoder, const LmcTensor *inputs, size_t n_inputs);
+
 /* The next position a decoder writes (the tokens run so far); -1 if `decoder` is NULL. */
 int64_t lmc_decoder_position(const LmcDecoder *decoder);
 

@@ -261,7 +261,7 @@ pub unsafe extern "C" fn lmc_model_run(
             .iter()
             .enumerate()
             // SAFETY: the caller promises each tensor's pointers are valid.
-            .map(|(i, t)| unsafe { host_tensor_from_c(t, i) })
+            .map(|(i, t)| unsafe { host_tensor_from_c(t, i, F) })
             .collect::<Result<Vec<_>, _>>()?;
         // SAFETY: non-null, and the caller promises a live model.
         let model = unsafe { &*model };
@@ -303,6 +303,46 @@ pub unsafe extern "C" fn lmc_decoder_new(model: *const LmcModel, batch: usize, o
         });
         // SAFETY: as above.
         unsafe { *out = Box::into_raw(boxed) };
+        Ok(())
+    })
+}
+
+/// Gives the decoder inputs it passes whole to every step: an encoder-decoder's context (the
+/// outputs of its context library, `lmc compile --decode` writes it as `*.context.so`) and the
+/// encoder's mask. The tensors are copied; a later call replaces them all.
+///
+/// # Safety
+/// `decoder` must be NULL or live; `inputs` must point to `n_inputs` tensors whose pointers are
+/// valid as their fields describe.
+#[no_mangle]
+pub unsafe extern "C" fn lmc_decoder_set_context(decoder: *mut LmcDecoder, inputs: *const LmcTensor, n_inputs: usize) -> i32 {
+    const F: &str = "lmc_decoder_set_context";
+    guard(|| {
+        if decoder.is_null() {
+            return Err(null_arg(F, "decoder"));
+        }
+        if n_inputs > MAX_INPUTS {
+            return Err(RuntimeError::invalid_argument(format!(
+                "{F}: n_inputs is {n_inputs}; is it uninitialised?"
+            )));
+        }
+        let given: &[LmcTensor] = if n_inputs == 0 {
+            &[]
+        } else if inputs.is_null() {
+            return Err(null_arg(F, "inputs"));
+        } else {
+            // SAFETY: non-null, and the caller promises `n_inputs` tensors (bounded above).
+            unsafe { std::slice::from_raw_parts(inputs, n_inputs) }
+        };
+        let tensors = given
+            .iter()
+            .enumerate()
+            // SAFETY: the caller promises each tensor's pointers are valid.
+            .map(|(i, t)| unsafe { host_tensor_from_c(t, i, F) })
+            .collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: non-null, and the caller promises a live decoder.
+        let decoder = unsafe { &mut (*decoder).decoder };
+        decoder.set_context(tensors);
         Ok(())
     })
 }
@@ -389,8 +429,8 @@ pub unsafe extern "C" fn lmc_decoder_free(decoder: *mut LmcDecoder) {
 ///
 /// # Safety
 /// `t`'s pointers must be valid for what its fields describe.
-unsafe fn host_tensor_from_c(t: &LmcTensor, i: usize) -> Result<HostTensor, RuntimeError> {
-    let bad = |msg: String| RuntimeError::invalid_argument(format!("lmc_model_run: inputs[{i}]: {msg}"));
+unsafe fn host_tensor_from_c(t: &LmcTensor, i: usize, func: &str) -> Result<HostTensor, RuntimeError> {
+    let bad = |msg: String| RuntimeError::invalid_argument(format!("{func}: inputs[{i}]: {msg}"));
     if t.name.is_null() {
         return Err(bad("`name` is NULL".to_string()));
     }
@@ -398,7 +438,7 @@ unsafe fn host_tensor_from_c(t: &LmcTensor, i: usize) -> Result<HostTensor, Runt
     let name = unsafe { CStr::from_ptr(t.name) }
         .to_str()
         .map_err(|e| bad(format!("`name` is not valid UTF-8 ({e})")))?;
-    let bad = |msg: String| RuntimeError::invalid_argument(format!("lmc_model_run: inputs[{i}] (\"{name}\"): {msg}"));
+    let bad = |msg: String| RuntimeError::invalid_argument(format!("{func}: inputs[{i}] (\"{name}\"): {msg}"));
     let dtype =
         dtype_from_code(t.dtype).ok_or_else(|| bad(format!("dtype code {} is not LMC_F32 (0), LMC_I64 (1) or LMC_I32 (2)", t.dtype)))?;
     if !(0..=LMC_MAX_RANK).contains(&t.rank) {

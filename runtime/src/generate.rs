@@ -97,8 +97,13 @@ impl Decoder {
     /// Inputs that do not grow with the sequence, given whole to every step (an encoder's
     /// tokens and mask); checked against the manifest at the first step.
     pub fn with_context(mut self, context: Vec<HostTensor>) -> Decoder {
-        self.context = context;
+        self.set_context(context);
         self
+    }
+
+    /// Replaces the context (see [`Decoder::with_context`]).
+    pub fn set_context(&mut self, context: Vec<HostTensor>) {
+        self.context = context;
     }
 
     /// The next position a token goes to (the number of tokens decoded so far).

@@ -133,7 +133,7 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, c
         print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
         return Ok(());
     }
-    let graph = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
+    let (graph, _) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
     let target = lanes.map_or_else(lmc_codegen::Target::host, |lanes| lmc_codegen::Target { lanes });
     match stage {
         Stage::Ast => unreachable!(),
@@ -148,23 +148,38 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, c
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
 pub fn compile(spec: &str, output: &Path, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
-    let graph = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
             output.display()
         )));
     }
+    let (graph, context) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
     let header = lmc_codegen::compile_shared_library(&graph, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
+    if let Some(context) = context {
+        // `libt5.so` → `libt5.context.so`: what the step's context inputs are computed by.
+        let path = output.with_extension("context.so");
+        let header = lmc_codegen::compile_shared_library(&context, &path)?;
+        eprintln!(
+            "wrote {} and {} (its context function: run it once per prompt)",
+            path.display(),
+            header.display()
+        );
+    }
     Ok(())
 }
 
-/// The forward itself, or with a capacity the decode step derived from it.
-pub fn decode_step(forward: lmc_core::ir::Graph, capacity: Option<i64>) -> Result<lmc_core::ir::Graph, Failure> {
+/// The forward itself, or with a capacity the decode step derived from it (and, for an
+/// encoder-decoder, the context function that computes the step's encoder values).
+pub fn decode_step(
+    forward: lmc_core::ir::Graph,
+    capacity: Option<i64>,
+) -> Result<(lmc_core::ir::Graph, Option<lmc_core::ir::Graph>), Failure> {
     match capacity {
-        None => Ok(forward),
+        None => Ok((forward, None)),
         Some(c) => lmc_core::decode::derive_decode(&forward, c)
+            .map(|d| (d.step, d.context))
             .map_err(|e| Failure::Message(format!("cannot derive decoding for {}: {e}", forward.model))),
     }
 }

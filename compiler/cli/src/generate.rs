@@ -89,12 +89,25 @@ pub fn generate(
         .checked_add(o.max_new_tokens as u64 - 1)
         .and_then(|c| i64::try_from(c).ok())
         .ok_or_else(|| Failure::Message(format!("`--max-new-tokens {}` is too large", o.max_new_tokens)))?;
-    let step = crate::commands::decode_step(forward, Some(capacity))?;
-    let compiled = compile_graph(spec, step, weights).map_err(Failure::Message)?;
+    let model_name = forward.model.clone();
+    let decoding = lmc_core::decode::derive_decode(&forward, capacity)
+        .map_err(|e| Failure::Message(format!("cannot derive decoding for {model_name}: {e}")))?;
+    let compiled = compile_graph(spec, decoding.step, weights).map_err(Failure::Message)?;
     eprintln!(
-        "compiled the decode step of {} in {:.0} ms (caches for {capacity} positions)",
-        compiled.graph.model, compiled.compile_ms
+        "compiled the decode step of {model_name} in {:.0} ms (caches for {capacity} positions)",
+        compiled.compile_ms
     );
+    // An encoder-decoder's context (its encoder's keys and values) is computed once.
+    let context = match decoding.context {
+        None => context,
+        Some(graph) => {
+            let encoder = compile_graph(spec, graph, weights).map_err(Failure::Message)?;
+            let mut values = encoder.model.run(&context).map_err(|e| Failure::Message(e.to_string()))?;
+            eprintln!("compiled and ran its context function in {:.0} ms", encoder.compile_ms);
+            values.extend(context);
+            values
+        }
+    };
     let g =
         lmc_runtime::greedy(&compiled.model, &prompts, context, o.max_new_tokens, o.eos).map_err(|e| Failure::Message(e.to_string()))?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;

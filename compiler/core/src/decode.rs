@@ -22,6 +22,10 @@
 //! - A table a tabulate builds over (query, key) positions, `[T, T]`, is computed for the new
 //!   query rows against every key position of the caches: `[T, capacity]`.
 //!
+//! - A value that does not grow with the sequence but depends on other inputs (an encoder's
+//!   keys and values, read by cross-attention) is computed once, by a separate *context*
+//!   function, and given to every step as an input.
+//!
 //! Each cache is an output that the step also reads ([`Op::Carry`]): the caller passes its
 //! buffer holding what the previous call left there (zeros at first), and the step writes only
 //! what changes: a history cache's new rows, a scan's state. The first call (the prompt, `position` 0) is the prefill; the same function
@@ -59,9 +63,21 @@ enum Kind {
     Final,
 }
 
-/// Derives the decode-step function of `g` with caches for `capacity` positions. See the module
-/// documentation for what it computes and what it rejects.
-pub fn derive_decode(g: &Graph, capacity: i64) -> Result<Graph, String> {
+/// What decoding a model takes: the step, and for an encoder-decoder the context function.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    /// The decode step ([`Graph::decode`] describes its position, tokens and caches).
+    pub step: Graph,
+    /// Computes, once per prompt, the values the step reads that depend only on inputs other
+    /// than the tokens (an encoder's keys and values): a forward whose outputs are the step's
+    /// inputs of the same names ([`crate::ir::DecodeInfo::context`]). `None` when the step
+    /// reads no such value.
+    pub context: Option<Graph>,
+}
+
+/// Derives the decode step of `g` with caches for `capacity` positions, and its context
+/// function. See the module documentation for what it computes and what it rejects.
+pub fn derive_decode(g: &Graph, capacity: i64) -> Result<Decoding, String> {
     let (logits, logits_ty) = g.outputs.first().map(|(d, _)| (0, &d.ty)).ok_or("the model has no output")?;
     let time = match (logits_ty.dtype, logits_ty.dims.as_slice()) {
         (DType::F32, [_, Dim::Symbol(t), Dim::Static(_)]) => *t,
@@ -705,25 +721,232 @@ impl<'g> Deriver<'g> {
         })
     }
 
-    fn finish(mut self, tokens: usize, logits: usize) -> Result<Graph, String> {
+    fn finish(mut self, tokens: usize, logits: usize) -> Result<Decoding, String> {
         let mut outputs: Vec<(TensorDecl, ValueId)> = self.g.outputs.iter().map(|(d, v)| (d.clone(), self.map[v.0 as usize])).collect();
-        for (decl, value) in self.cache_outputs {
+        for (decl, value) in std::mem::take(&mut self.cache_outputs) {
             let value = value.ok_or("internal: a cache without its new value")?;
             outputs.push((decl, value));
         }
         self.out.outputs = outputs;
+        let context_values = self.context_values();
+        let context = if context_values.is_empty() {
+            None
+        } else {
+            let mut c = self.out.clone();
+            c.outputs = context_values
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let decl = TensorDecl {
+                        name: format!("context.{k}"),
+                        ty: c.node(*v).ty.clone(),
+                        index_bound: None,
+                    };
+                    (decl, *v)
+                })
+                .collect();
+            c.model = format!("{}Context", self.g.model);
+            Some(prune(c)?)
+        };
+        // In the step, each context value is an input; what only computed it goes.
+        let mut context_inputs = Vec::new();
+        for (k, v) in context_values.iter().enumerate() {
+            let ty = self.out.node(*v).ty.clone();
+            self.out.inputs.push(TensorDecl {
+                name: format!("context.{k}"),
+                ty,
+                index_bound: None,
+            });
+            context_inputs.push(self.out.inputs.len() - 1);
+            self.out.nodes[v.0 as usize].op = Op::Input(self.out.inputs.len() - 1);
+        }
         self.out.decode = Some(DecodeInfo {
             capacity: self.capacity,
             position: self.out.inputs.iter().position(|i| i.name == POSITION_INPUT).unwrap_or(0),
             tokens,
             logits,
             caches: self.caches,
+            context: context_inputs,
         });
-        self.out
-            .verify()
+        let step = prune(self.out)?;
+        if let Some(c) = &context {
+            c.verify()
+                .map_err(|e| format!("internal: the derived context function is malformed: {e}"))?;
+        }
+        step.verify()
             .map_err(|e| format!("internal: the derived step function is malformed: {e}"))?;
-        Ok(self.out)
+        Ok(Decoding { step, context })
     }
+
+    /// The values the step reads that do not change from step to step but depend on inputs:
+    /// fixed values (not inputs themselves) read by a value that grows with the sequence.
+    fn context_values(&self) -> Vec<ValueId> {
+        let n = self.out.nodes.len();
+        let mut fixed = vec![false; n];
+        for (v, k) in self.map.iter().zip(&self.kind) {
+            fixed[v.0 as usize] = *k == Kind::Fixed;
+        }
+        let mut from_inputs = vec![false; n];
+        let mut context = Vec::new();
+        for (i, node) in self.out.nodes.iter().enumerate() {
+            let reads = node.op.operands();
+            from_inputs[i] = matches!(node.op, Op::Input(_)) || reads.iter().any(|r| from_inputs[r.0 as usize]);
+            if fixed[i] {
+                continue;
+            }
+            for r in reads {
+                let r = r.0 as usize;
+                if fixed[r] && from_inputs[r] && !matches!(self.out.nodes[r].op, Op::Input(_)) && !context.contains(&ValueId(r as u32)) {
+                    context.push(ValueId(r as u32));
+                }
+            }
+        }
+        context.sort();
+        context
+    }
+}
+
+/// `g` without what its outputs do not need: dead nodes, unused inputs and symbols (each
+/// symbol then read from the first input left that has it).
+fn prune(mut g: Graph) -> Result<Graph, String> {
+    let n = g.nodes.len();
+    let mut live = vec![false; n];
+    for (_, v) in &g.outputs {
+        live[v.0 as usize] = true;
+    }
+    for i in (0..n).rev() {
+        if !live[i] {
+            continue;
+        }
+        match &g.nodes[i].op {
+            // A live scan keeps its whole body, and every result (they must follow it).
+            Op::Scan(s) => {
+                for l in live.iter_mut().take(i).skip(s.body_start.0 as usize) {
+                    *l = true;
+                }
+                for l in live.iter_mut().skip(i + 1).take(s.result_count()) {
+                    *l = true;
+                }
+            }
+            op => {
+                for o in op.operands() {
+                    live[o.0 as usize] = true;
+                }
+            }
+        }
+        if let Op::Scan(s) = &g.nodes[i].op {
+            for o in s.init.iter().chain(&s.xs) {
+                live[o.0 as usize] = true;
+            }
+        }
+    }
+    // Renumber the nodes kept, then the inputs they read.
+    let mut map = vec![ValueId(u32::MAX); n];
+    let mut nodes = Vec::with_capacity(n);
+    for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
+        map[i] = ValueId(nodes.len() as u32);
+        nodes.push(Node {
+            op: remap(&node.op, &map),
+            ..node.clone()
+        });
+    }
+    let used_inputs: Vec<usize> = (0..g.inputs.len())
+        .filter(|k| nodes.iter().any(|node: &Node| node.op == Op::Input(*k)))
+        .collect();
+    let input_index = |k: usize| used_inputs.iter().position(|u| *u == k);
+    for node in &mut nodes {
+        if let Op::Input(k) = node.op {
+            node.op = Op::Input(input_index(k).ok_or("internal: a live input was dropped")?);
+        }
+    }
+    g.inputs = used_inputs.iter().map(|k| g.inputs[*k].clone()).collect();
+    if let Some(d) = &mut g.decode {
+        d.position = input_index(d.position).ok_or("internal: the step lost its position")?;
+        d.tokens = input_index(d.tokens).ok_or("internal: the step lost its tokens")?;
+        d.context = d.context.iter().filter_map(|k| input_index(*k)).collect();
+    }
+    for (_, v) in &mut g.outputs {
+        *v = map[v.0 as usize];
+    }
+    g.nodes = nodes;
+    // Symbols: those still used, each read from the first input that has it.
+    let mut used = vec![false; g.symbols.len()];
+    let mut mark = |t: &TensorType| {
+        for d in &t.dims {
+            if let Dim::Symbol(s) = d {
+                used[s.0 as usize] = true;
+            }
+        }
+    };
+    g.nodes.iter().for_each(|node| mark(&node.ty));
+    g.inputs.iter().for_each(|d| mark(&d.ty));
+    g.outputs.iter().for_each(|(d, _)| mark(&d.ty));
+    for node in &g.nodes {
+        let fns: Vec<&ScalarFn> = match &node.op {
+            Op::Tabulate { f } => vec![f],
+            Op::Attention { mask, score, .. } => mask.iter().chain(score.iter()).collect(),
+            Op::Arange(Dim::Symbol(s)) => {
+                used[s.0 as usize] = true;
+                vec![]
+            }
+            _ => vec![],
+        };
+        for f in fns {
+            for (sn, _) in &f.nodes {
+                if let ScalarNode::Symbol(s) = sn {
+                    used[s.0 as usize] = true;
+                }
+            }
+        }
+    }
+    let kept: Vec<usize> = (0..g.symbols.len()).filter(|s| used[*s]).collect();
+    let new_id = |s: SymbolId| SymbolId(kept.iter().position(|k| *k == s.0 as usize).unwrap_or(0) as u32);
+    let rename = |t: &mut TensorType| {
+        for d in &mut t.dims {
+            if let Dim::Symbol(s) = d {
+                *s = new_id(*s);
+            }
+        }
+    };
+    for node in &mut g.nodes {
+        rename(&mut node.ty);
+        let fns: Vec<&mut ScalarFn> = match &mut node.op {
+            Op::Tabulate { f } => vec![f],
+            Op::Attention { mask, score, .. } => mask.iter_mut().chain(score.iter_mut()).collect(),
+            Op::Arange(Dim::Symbol(s)) => {
+                *s = new_id(*s);
+                vec![]
+            }
+            _ => vec![],
+        };
+        for f in fns {
+            for (sn, _) in &mut f.nodes {
+                if let ScalarNode::Symbol(s) = sn {
+                    *s = new_id(*s);
+                }
+            }
+        }
+    }
+    g.inputs.iter_mut().for_each(|d| rename(&mut d.ty));
+    g.outputs.iter_mut().for_each(|(d, _)| rename(&mut d.ty));
+    let mut symbols = Vec::with_capacity(kept.len());
+    for (new, &old) in kept.iter().enumerate() {
+        let mut symbol = g.symbols[old].clone();
+        symbol.source = g
+            .inputs
+            .iter()
+            .enumerate()
+            .find_map(|(k, d)| {
+                d.ty.dims
+                    .iter()
+                    .position(|x| *x == Dim::Symbol(SymbolId(new as u32)))
+                    .map(|axis| (k, axis))
+            })
+            .ok_or_else(|| format!("{} is used, but no input of the derived function has it", symbol.name))?;
+        symbols.push(symbol);
+    }
+    g.symbols = symbols;
+    Ok(g)
 }
 
 /// Whether a mask keeps only keys at or before the query: a conjunction with `j <= i` or `j < i`
@@ -977,7 +1200,7 @@ model Bidirectional(c: C) {
     fn decoding_in_chunks_gives_the_forward_at_every_position() {
         let forward = graph("Mix");
         let capacity = 9;
-        let step = derive_decode(&forward, capacity).unwrap();
+        let step = derive_decode(&forward, capacity).unwrap().step;
         let params: Vec<Tensor> = forward
             .params
             .iter()

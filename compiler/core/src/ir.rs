@@ -469,6 +469,8 @@ pub struct DecodeInfo {
     /// The output holding their logits.
     pub logits: usize,
     pub caches: Vec<CacheSlot>,
+    /// The inputs that the context function computes (`decode::Decoding::context`).
+    pub context: Vec<usize>,
 }
 
 /// One cache: an output that the step reads as it was when the call began ([`Op::Carry`]) and
@@ -745,14 +747,16 @@ impl Graph {
                     CacheKind::State => format!("{} (state)", self.outputs[c.output].0.name),
                 })
                 .collect();
+            let context: Vec<&str> = d.context.iter().map(|k| self.inputs[*k].name.as_str()).collect();
             let _ = writeln!(
                 out,
-                "  decode capacity {}, position {}, tokens {}, logits {}, caches [{}]",
+                "  decode capacity {}, position {}, tokens {}, logits {}, caches [{}], context [{}]",
                 d.capacity,
                 self.inputs[d.position].name,
                 self.inputs[d.tokens].name,
                 self.outputs[d.logits].0.name,
-                caches.join(", ")
+                caches.join(", "),
+                context.join(", ")
             );
         }
         out

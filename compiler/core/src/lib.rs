@@ -78,6 +78,7 @@ pub fn manifest(g: &Graph) -> Manifest {
             tokens: g.inputs[d.tokens].name.clone(),
             logits: g.outputs[d.logits].0.name.clone(),
             caches: d.caches.iter().map(|c| g.outputs[c.output].0.name.clone()).collect(),
+            context: d.context.iter().map(|k| g.inputs[*k].name.clone()).collect(),
         }),
     }
 }

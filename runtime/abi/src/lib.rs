@@ -173,6 +173,10 @@ pub struct DecodeSpec {
     pub logits: String,
     /// The outputs that are caches.
     pub caches: Vec<String>,
+    /// The inputs that an encoder-decoder's context module computes once per prompt (its
+    /// outputs of the same names), given to every step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
 }
 
 impl Manifest {
