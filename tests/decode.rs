@@ -405,3 +405,75 @@ fn c_host_decodes_with_the_compiled_step() {
         "{stderr}"
     );
 }
+
+/// `lmc ab --decode N` times whole generations (prompt, then N new tokens through the derived
+/// step); a prompt past a learned table's room is skipped with the reason, and an encoder that
+/// cannot decode says why.
+#[test]
+fn ab_times_generation() {
+    let dir = scratch("ab_decode");
+    let json = dir.join("r.json");
+    let small = ["n_embd=32", "n_layer=1", "n_head=2", "n_positions=24", "vocab_size=50"];
+    let mut args = vec!["ab", "models/gpt2.model:GPT2LMHeadModel", "GPT2ALiBi", "--random-weights"];
+    for s in &small {
+        args.extend(["--set", s]);
+    }
+    args.extend([
+        "--decode",
+        "4",
+        "--lengths",
+        "4,30",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = lmc(&args);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("prompt of 4, then 4 new tokens"), "{stdout}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells[0]["decode"], 4);
+    for row in cells[0]["variants"].as_array().unwrap() {
+        assert!(row["median_ms"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    // 30 prompt tokens and 3 fed back need 33 positions; the learned table has 24.
+    assert!(
+        cells[1]["variants"][0]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("cannot decode past 24 positions"),
+        "{}",
+        cells[1]
+    );
+    assert!(
+        cells[1]["variants"][1]["median_ms"].as_f64().is_some(),
+        "ALiBi has no table: {}",
+        cells[1]
+    );
+    // Same weights, different positions: the last logits diverge.
+    assert!(cells[0]["comparisons"][0]["divergence"]["max_abs_diff"].as_f64().unwrap() > 0.0);
+
+    let r = lmc(&[
+        "ab",
+        "models/bert.model:BertModel",
+        "BertALiBi",
+        "--random-weights",
+        "--set",
+        "num_hidden_layers=1",
+        "--decode",
+        "2",
+        "--lengths",
+        "4",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("cannot decode: the attention at models/bert.model:"), "{stdout}");
+}

@@ -25,6 +25,9 @@ pub struct Workload {
     pub warmup: usize,
     /// Threads for the kernels; libomp's default (one per core) when `None`.
     pub threads: Option<usize>,
+    /// Time generation instead of the forward: a prompt of each length, then this many new
+    /// tokens decoded greedily with the derived decode step.
+    pub decode: Option<usize>,
 }
 
 /// A variant to compare: `FILE.model:MODEL`, what the report calls it, and its configuration.
@@ -46,6 +49,84 @@ struct Variant {
     spec: String,
     label: Option<String>,
     compiled: Result<Compiled, String>,
+    /// With a decode workload: its decode step (or why it has none).
+    decoding: Option<Result<DecodeModels, String>>,
+}
+
+/// A variant's derived decode step and, for an encoder-decoder, its context function.
+struct DecodeModels {
+    step: Compiled,
+    context: Option<Compiled>,
+}
+
+impl DecodeModels {
+    /// Derives and compiles the decoding of `forward`, with caches for the longest prompt and
+    /// `new` tokens (within a learned position table; longer prompts are skipped).
+    fn compile(spec: &str, forward: &Graph, weights: &Weights, lengths: &[usize], new: usize) -> Result<DecodeModels, String> {
+        let longest = lengths.iter().max().copied().unwrap_or(1) + new - 1;
+        let limit = forward.outputs.first().and_then(|(d, _)| match d.ty.dims.get(1) {
+            Some(lmc_core::ir::Dim::Symbol(t)) => forward.symbols[t.0 as usize].max.as_ref().map(|b| b.limit as usize),
+            _ => None,
+        });
+        let capacity = limit.map_or(longest, |l| longest.min(l)) as i64;
+        let mut decoding = lmc_core::decode::derive_decode(forward, capacity)?;
+        if decoding.context.is_some() && capacity != new as i64 {
+            // An encoder-decoder's prompt goes to the encoder: its decoder holds the new tokens.
+            decoding = lmc_core::decode::derive_decode(forward, new as i64)?;
+        }
+        let step = compile_graph(spec, decoding.step, weights)?;
+        let context = decoding.context.map(|g| compile_graph(spec, g, weights)).transpose()?;
+        Ok(DecodeModels { step, context })
+    }
+
+    /// Generates `new` tokens greedily after the prompt in `forward_inputs` (the forward's
+    /// inputs of this size); returns the last step's logits.
+    fn generate(&self, forward_inputs: &[HostTensor], batch: usize, new: usize) -> Result<Vec<HostTensor>, String> {
+        let manifest = self.step.model.manifest();
+        let spec = manifest.decode.as_ref().ok_or("not a decode step")?;
+        let (context, prompt, length) = match &self.context {
+            Some(encoder) => {
+                let wanted = &encoder.model.manifest().inputs;
+                let inputs: Vec<HostTensor> = forward_inputs
+                    .iter()
+                    .filter(|t| wanted.iter().any(|w| w.name == t.name))
+                    .cloned()
+                    .collect();
+                let mut values = encoder.model.run(&inputs).map_err(|e| e.to_string())?;
+                values.extend(forward_inputs.iter().cloned());
+                // The decoder starts from token 0 (T5's start token, its padding).
+                (values, vec![0; batch], 1)
+            }
+            None => {
+                let tokens = forward_inputs
+                    .iter()
+                    .find(|t| t.name == spec.tokens)
+                    .ok_or("the prompt has no tokens")?;
+                let ids = tokens
+                    .as_i64()
+                    .map(<[i64]>::to_vec)
+                    .or_else(|| tokens.as_i32().map(|v| v.iter().map(|&x| i64::from(x)).collect()));
+                (Vec::new(), ids.ok_or("the tokens are not integers")?, tokens.shape[1])
+            }
+        };
+        let model = &self.step.model;
+        let mut decoder = lmc_runtime::Decoder::new(model, batch)
+            .map_err(|e| e.to_string())?
+            .with_context(context);
+        let mut logits = decoder.step(model, &prompt, length).map_err(|e| e.to_string())?;
+        for _ in 1..new {
+            let next = lmc_runtime::generate::last_argmax(&logits).map_err(|e| e.to_string())?;
+            logits = decoder.step(model, &next, 1).map_err(|e| e.to_string())?;
+        }
+        Ok(vec![logits])
+    }
+
+    /// Why a prompt of `length` does not fit the caches, if it does not.
+    fn too_long(&self, length: usize, new: usize) -> Option<String> {
+        let capacity = self.step.model.manifest().decode.as_ref().map_or(0, |d| d.capacity) as usize;
+        let needed = if self.context.is_some() { new } else { length + new - 1 };
+        (needed > capacity).then(|| format!("cannot decode past {capacity} positions (its position table)"))
+    }
 }
 
 impl Variant {
@@ -223,10 +304,23 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         if let Err(e) = &compiled {
             eprintln!("  {} is left out: {e}", v.spec);
         }
+        let decoding = match (work.decode, &compiled) {
+            (None, _) => None,
+            (Some(0), _) => return Err(Failure::Message("`decode` must be at least 1 new token".into())),
+            (Some(_), Err(e)) => Some(Err(e.clone())),
+            (Some(new), Ok(c)) => {
+                let d = DecodeModels::compile(&v.spec, &c.graph, weights, &work.lengths, new);
+                if let Err(e) = &d {
+                    eprintln!("  {} cannot decode: {e}", v.spec);
+                }
+                Some(d)
+            }
+        };
         variants.push(Variant {
             spec: v.spec.clone(),
             label: v.label.clone(),
             compiled,
+            decoding,
         });
     }
     let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
@@ -275,7 +369,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         }
         let progress = format!("[{}/{}] batch {batch}, length {length}", i + 1, sizes.len());
         let cells = measure(&variants, batch, length, work, seed, &progress);
-        report_cells.push(print_cell(&variants, &cells, batch, length, &letter));
+        report_cells.push(print_cell(&variants, &cells, (batch, length), work.decode, &letter));
     }
     let stopped = interrupted();
     if stopped {
@@ -348,9 +442,14 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
     let mut cells: Vec<Cell> = Vec::new();
     let mut inputs: Vec<Option<Vec<HostTensor>>> = Vec::new();
     for v in variants {
-        let prepared = match &v.compiled {
-            Err(_) => Err("not compiled".to_string()),
-            Ok(c) => match length_limit(&c.graph, length) {
+        let prepared = match (&v.compiled, &v.decoding, work.decode) {
+            (Err(_), _, _) => Err("not compiled".to_string()),
+            (Ok(_), Some(Err(why)), _) => Err(format!("cannot decode: {why}")),
+            (Ok(c), Some(Ok(d)), Some(new)) => match d.too_long(length, new) {
+                Some(why) => Err(why),
+                None => make_inputs(c, batch, length, seed),
+            },
+            (Ok(c), _, _) => match length_limit(&c.graph, length) {
                 Some(why) => Err(why),
                 None => make_inputs(c, batch, length, seed),
             },
@@ -400,7 +499,10 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             // Variants run one at a time, so the allocator's peak over one run is this one's.
             lmc_abi::buffers::reset_peak_live_bytes();
             let started = Instant::now();
-            let result = c.model.run(input);
+            let result = match (&variants[k].decoding, work.decode) {
+                (Some(Ok(d)), Some(new)) => d.generate(input, batch, new),
+                _ => c.model.run(input).map_err(|e| e.to_string()),
+            };
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let peak = lmc_abi::buffers::peak_live_bytes();
             match (result, &mut cells[k]) {
@@ -437,13 +539,30 @@ fn progress_bar(done: usize, total: usize) -> String {
 }
 
 /// Prints one cell of the grid and returns it for the JSON report.
-fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize, letter: &dyn Fn(usize) -> String) -> serde_json::Value {
-    println!("\nbatch {batch}, length {length}");
+fn print_cell(
+    variants: &[Variant],
+    cells: &[Cell],
+    (batch, length): (usize, usize),
+    decode: Option<usize>,
+    letter: &dyn Fn(usize) -> String,
+) -> serde_json::Value {
+    match decode {
+        None => println!("\nbatch {batch}, length {length}"),
+        Some(new) => println!("\nbatch {batch}, prompt of {length}, then {new} new tokens (times: the whole generation)"),
+    }
     println!(
         "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}{:>13}",
-        "", "model", "FLOPs/token", "median", "p10 – p90", "tokens/s", "activations"
+        "",
+        "model",
+        "FLOPs/token",
+        "median",
+        "p10 – p90",
+        if decode.is_some() { "new tokens/s" } else { "tokens/s" },
+        "activations"
     );
-    let tokens = (batch * length) as f64;
+    // Tokens per second: of the forward's positions, or of the new tokens generated.
+    let tokens = (batch * decode.unwrap_or(length)) as f64;
+    let forward_tokens = (batch * length) as f64;
     let mut rows = Vec::new();
     for (k, (v, cell)) in variants.iter().zip(cells).enumerate() {
         let name = v.name();
@@ -462,14 +581,14 @@ fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize,
                     "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}{:>13}",
                     letter(k),
                     name,
-                    fmt_count((flops / tokens) as u64),
+                    fmt_count((flops / forward_tokens) as u64),
                     fmt_ms(median),
                     format!("{} – {}", fmt_ms(p10), fmt_ms(p90)),
                     tokens / (median / 1e3),
                     fmt_bytes(*activation_bytes)
                 );
                 rows.push(json!({
-                    "name": letter(k), "label": name, "flops_per_token": flops / tokens, "median_ms": median,
+                    "name": letter(k), "label": name, "flops_per_token": flops / forward_tokens, "median_ms": median,
                     "p10_ms": p10, "p90_ms": p90, "tokens_per_s": tokens / (median / 1e3), "times_ms": times_ms,
                     "activation_bytes": activation_bytes,
                 }));
@@ -514,5 +633,5 @@ fn print_cell(variants: &[Variant], cells: &[Cell], batch: usize, length: usize,
             }));
         }
     }
-    json!({ "batch": batch, "length": length, "variants": rows, "comparisons": comparisons })
+    json!({ "batch": batch, "length": length, "decode": decode, "variants": rows, "comparisons": comparisons })
 }

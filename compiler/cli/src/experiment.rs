@@ -17,6 +17,7 @@
 //! runs: 10
 //! warmup: 2
 //! threads: 2                             # one per core by default
+//! decode: 32                             # time a prompt of each length and 32 new tokens
 //! ```
 //!
 //! Unknown keys are errors at their line and column, with the closest known key suggested.
@@ -119,6 +120,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             runs: file.runs,
             warmup: file.warmup,
             threads: file.threads,
+            decode: file.decode,
         },
     })
 }

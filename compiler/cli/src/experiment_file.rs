@@ -31,6 +31,9 @@ pub struct ExperimentFile {
     pub warmup: usize,
     /// Threads for the kernels (one per core by default).
     pub threads: Option<usize>,
+    /// Time generation instead of the forward: each length is a prompt, then this many new
+    /// tokens decoded greedily one at a time.
+    pub decode: Option<usize>,
 }
 
 #[derive(Deserialize)]

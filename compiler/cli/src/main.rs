@@ -221,6 +221,11 @@ enum Command {
         /// experiment file's `threads`].
         #[arg(long)]
         threads: Option<usize>,
+        /// Time generation instead of the forward: each length is a prompt (an encoder-decoder's
+        /// encoder input), then N new tokens decoded greedily one at a time by the derived
+        /// decode step [replaces an experiment file's `decode`].
+        #[arg(long, value_name = "N")]
+        decode: Option<usize>,
         /// Also write the report as JSON.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -361,6 +366,7 @@ fn run(cli: Cli) -> ExitCode {
             runs,
             warmup,
             threads,
+            decode,
             json,
             csv,
             html,
@@ -383,6 +389,7 @@ fn run(cli: Cli) -> ExitCode {
                             w.runs = runs.unwrap_or(w.runs);
                             w.warmup = warmup.unwrap_or(w.warmup);
                             w.threads = threads.or(w.threads);
+                            w.decode = decode.or(w.decode);
                             ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
                         })
                     }
@@ -406,6 +413,7 @@ fn run(cli: Cli) -> ExitCode {
                         runs: runs.unwrap_or(15),
                         warmup: warmup.unwrap_or(2),
                         threads,
+                        decode,
                     };
                     ab::ab(None, &specs, &weights, &work, &reports)
                 }),

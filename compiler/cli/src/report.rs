@@ -17,7 +17,7 @@ fn colour(k: usize) -> &'static str {
 /// One row per variant and size: the measurements, and the comparison with the base variant.
 pub fn csv(report: &Value) -> String {
     let mut out = String::from(
-        "batch,length,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,skipped\n",
+        "batch,length,new_tokens,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,skipped\n",
     );
     for cell in array(&report["cells"]) {
         for row in array(&cell["variants"]) {
@@ -32,9 +32,10 @@ pub fn csv(report: &Value) -> String {
             let d = |key: &str| comparison.map_or(String::new(), |c| field(&c["divergence"][key]));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 field(&cell["batch"]),
                 field(&cell["length"]),
+                field(&cell["decode"]),
                 name,
                 field(&row["label"]),
                 field(&row["flops_per_token"]),
@@ -135,6 +136,14 @@ pub fn html(report: &Value) -> String {
         let of_batch: Vec<&Value> = cells.iter().copied().filter(|c| c["batch"].as_u64() == Some(batch)).collect();
         let lengths: Vec<u64> = of_batch.iter().filter_map(|c| c["length"].as_u64()).collect();
         let _ = writeln!(h, "<h2>Batch {batch}</h2>");
+        // A decode workload times whole generations: a prompt of each length, then new tokens.
+        let decode = of_batch.iter().find_map(|c| c["decode"].as_u64());
+        if let Some(new) = decode {
+            let _ = writeln!(
+                h,
+                "<p>Generation: a prompt of each length (an encoder-decoder's encoder input), then {new} new tokens decoded one at a time.</p>"
+            );
+        }
         h.push_str("<div class=\"charts\">\n");
         let series = |key: &str| -> Vec<Series> {
             variants
@@ -158,8 +167,12 @@ pub fn html(report: &Value) -> String {
                 })
                 .collect()
         };
-        h.push_str(&line_chart("Latency (median, p10–p90)", "ms", &lengths, &series("median_ms")));
-        h.push_str(&line_chart("Throughput", "tokens/s", &lengths, &series("tokens_per_s")));
+        let (latency, throughput) = match decode {
+            Some(_) => ("Generation time (median, p10–p90)", "New tokens per second"),
+            None => ("Latency (median, p10–p90)", "Throughput"),
+        };
+        h.push_str(&line_chart(latency, "ms", &lengths, &series("median_ms")));
+        h.push_str(&line_chart(throughput, "tokens/s", &lengths, &series("tokens_per_s")));
         h.push_str(&line_chart(
             "Activations (peak held at once)",
             "MiB",
@@ -446,8 +459,10 @@ fn cell_table(c: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "<h3>Batch {}, length {}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th></tr>",
-        c["batch"], c["length"]
+        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th></tr>",
+        c["batch"],
+        c["length"],
+        c["decode"].as_u64().map_or(String::new(), |n| format!(", then {n} new tokens"))
     );
     for row in array(&c["variants"]) {
         let name = row["name"].as_str().unwrap_or("");
