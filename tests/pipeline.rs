@@ -1149,6 +1149,63 @@ fn ab_runs_an_experiment_file() {
     );
 }
 
+/// `lmc ab --eval-text` scores each variant on a text with the checkpoint's tokenizer: the loss
+/// transformers computes on the same windows, and its exponential; a checkpoint without a
+/// tokenizer is an error before anything is compiled.
+#[test]
+fn ab_scores_a_text() {
+    let dir = scratch("ab_eval");
+    let json = dir.join("r.json");
+    let fixture = "tests/fixtures/gpt2_tiny";
+    let r = lmc(&[
+        "ab",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "GPT2ALiBi",
+        "--weights",
+        fixture,
+        "--eval-text",
+        &format!("{fixture}/eval.txt"),
+        "--lengths",
+        "8,16",
+        "--runs",
+        "3",
+        "--warmup",
+        "0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join(fixture).join("eval_expected.json")).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for cell in report["cells"].as_array().unwrap() {
+        let want = &expected[cell["length"].to_string()];
+        let base = &cell["variants"][0];
+        let loss = base["loss"].as_f64().unwrap();
+        assert!((loss - want["loss"].as_f64().unwrap()).abs() < 1e-4, "{loss} vs {want}");
+        assert_eq!(base["eval_windows"], want["windows"]);
+        assert!((base["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-9);
+        // ALiBi on GPT-2's weights predicts otherwise.
+        assert_ne!(cell["variants"][1]["loss"], base["loss"]);
+    }
+
+    let r = lmc(&[
+        "ab",
+        "models/bert.model:BertModel",
+        "BertALiBi",
+        "--weights",
+        CHECKPOINT,
+        "--eval-text",
+        "tests/fixtures/gpt2_tiny/eval.txt",
+    ]);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["tokenizer.json: the checkpoint has no tokenizer"],
+    );
+}
+
 /// `lmc bench` times one model and writes its numbers (`median_ms` for the peers' scripts); a
 /// length past the learned position table is an error naming the table.
 #[test]

@@ -28,6 +28,8 @@ pub struct Workload {
     /// Time generation instead of the forward: a prompt of each length, then this many new
     /// tokens decoded greedily with the derived decode step.
     pub decode: Option<usize>,
+    /// A text to score every variant on, per length (loss and perplexity): `--eval-text`.
+    pub eval_text: Option<PathBuf>,
 }
 
 /// A variant to compare: `FILE.model:MODEL`, what the report calls it, and its configuration.
@@ -293,6 +295,18 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
     let threads = crate::commands::use_threads(work.threads)?;
+    let text = match &work.eval_text {
+        None => None,
+        Some(path) => {
+            let checkpoint = match weights {
+                Weights::Checkpoint(p) => Some(p.as_path()),
+                Weights::Random(_) => None,
+            };
+            let t = crate::eval::load(path, checkpoint).map_err(Failure::Message)?;
+            eprintln!("scoring on {} ({} tokens)", path.display(), t.ids.len());
+            Some(t)
+        }
+    };
     install_interrupt_handler();
     if let Some(t) = title {
         println!("{t}");
@@ -369,7 +383,23 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         }
         let progress = format!("[{}/{}] batch {batch}, length {length}", i + 1, sizes.len());
         let cells = measure(&variants, batch, length, work, seed, &progress);
-        report_cells.push(print_cell(&variants, &cells, (batch, length), work.decode, &letter));
+        let scores: Option<Vec<Result<crate::eval::Score, String>>> = text.as_ref().map(|t| {
+            variants
+                .iter()
+                .map(|v| match &v.compiled {
+                    Err(e) => Err(e.clone()),
+                    Ok(c) => match length_limit(&c.graph, length) {
+                        Some(why) => Err(why),
+                        None => crate::eval::score(c, t, length),
+                    },
+                })
+                .collect()
+        });
+        let mut cell = print_cell(&variants, &cells, (batch, length), work.decode, &letter);
+        if let (Some(scores), Some(t)) = (&scores, &text) {
+            print_scores(&variants, scores, t, length, &letter, &mut cell);
+        }
+        report_cells.push(cell);
     }
     let stopped = interrupted();
     if stopped {
@@ -381,6 +411,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     }
     let report = json!({
         "title": title, "generator": lmc_abi::generator_string(),
+        "eval_text": text.as_ref().map(|t| json!({ "path": t.path.display().to_string(), "tokens": t.ids.len() })),
         "runs": work.runs, "warmup": work.warmup, "threads": threads, "interrupted": stopped,
         "variants": report_variants, "cells": report_cells,
     });
@@ -529,6 +560,46 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
         eprint!("\r{}\r", " ".repeat(progress.len() + 40));
     }
     cells
+}
+
+/// Prints each variant's loss and perplexity on the text at one length, and adds them to the
+/// cell's report rows.
+fn print_scores(
+    variants: &[Variant],
+    scores: &[Result<crate::eval::Score, String>],
+    text: &crate::eval::EvalText,
+    length: usize,
+    letter: &dyn Fn(usize) -> String,
+    cell: &mut serde_json::Value,
+) {
+    println!("  on {} (windows of {length} tokens):", text.path.display());
+    for (k, (v, score)) in variants.iter().zip(scores).enumerate() {
+        let row = cell["variants"].as_array_mut().and_then(|rows| rows.get_mut(k));
+        match score {
+            Ok(s) => {
+                println!(
+                    "    {}  {:<34} loss {:.4}, perplexity {:.2} ({} window{})",
+                    letter(k),
+                    v.name(),
+                    s.loss,
+                    s.perplexity,
+                    s.windows,
+                    if s.windows == 1 { "" } else { "s" }
+                );
+                if let Some(r) = row {
+                    r["loss"] = json!(s.loss);
+                    r["perplexity"] = json!(s.perplexity);
+                    r["eval_windows"] = json!(s.windows);
+                }
+            }
+            Err(why) => {
+                println!("    {}  {:<34} no score: {why}", letter(k), v.name());
+                if let Some(r) = row {
+                    r["eval_skipped"] = json!(why);
+                }
+            }
+        }
+    }
 }
 
 /// `[=====     ]` for `done` of `total`.

@@ -18,6 +18,7 @@
 //! warmup: 2
 //! threads: 2                             # one per core by default
 //! decode: 32                             # time a prompt of each length and 32 new tokens
+//! eval_text: wiki.txt                    # loss and perplexity per length (a checkpoint's tokenizer)
 //! ```
 //!
 //! Unknown keys are errors at their line and column, with the closest known key suggested.
@@ -121,6 +122,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             warmup: file.warmup,
             threads: file.threads,
             decode: file.decode,
+            eval_text: file.eval_text.as_deref().map(relative),
         },
     })
 }

@@ -34,6 +34,9 @@ pub struct ExperimentFile {
     /// Time generation instead of the forward: each length is a prompt, then this many new
     /// tokens decoded greedily one at a time.
     pub decode: Option<usize>,
+    /// A text to score the variants on (relative to this file); needs a checkpoint with a
+    /// `tokenizer.json`.
+    pub eval_text: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 mod ab;
 mod bench;
 mod commands;
+mod eval;
 mod experiment;
 mod generate;
 mod report;
@@ -226,6 +227,11 @@ enum Command {
         /// decode step [replaces an experiment file's `decode`].
         #[arg(long, value_name = "N")]
         decode: Option<usize>,
+        /// Score every variant on this text at each length: loss and perplexity of next-token
+        /// prediction, tokenized with the checkpoint's `tokenizer.json` (needs --weights DIR)
+        /// [replaces an experiment file's `eval_text`].
+        #[arg(long, value_name = "FILE")]
+        eval_text: Option<PathBuf>,
         /// Also write the report as JSON.
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
@@ -367,6 +373,7 @@ fn run(cli: Cli) -> ExitCode {
             warmup,
             threads,
             decode,
+            eval_text,
             json,
             csv,
             html,
@@ -390,6 +397,7 @@ fn run(cli: Cli) -> ExitCode {
                             w.warmup = warmup.unwrap_or(w.warmup);
                             w.threads = threads.or(w.threads);
                             w.decode = decode.or(w.decode);
+                            w.eval_text = eval_text.or(w.eval_text.take());
                             ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
                         })
                     }
@@ -414,6 +422,7 @@ fn run(cli: Cli) -> ExitCode {
                         warmup: warmup.unwrap_or(2),
                         threads,
                         decode,
+                        eval_text,
                     };
                     ab::ab(None, &specs, &weights, &work, &reports)
                 }),

@@ -17,7 +17,7 @@ fn colour(k: usize) -> &'static str {
 /// One row per variant and size: the measurements, and the comparison with the base variant.
 pub fn csv(report: &Value) -> String {
     let mut out = String::from(
-        "batch,length,new_tokens,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,skipped\n",
+        "batch,length,new_tokens,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,loss,perplexity,skipped\n",
     );
     for cell in array(&report["cells"]) {
         for row in array(&cell["variants"]) {
@@ -32,7 +32,7 @@ pub fn csv(report: &Value) -> String {
             let d = |key: &str| comparison.map_or(String::new(), |c| field(&c["divergence"][key]));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 field(&cell["batch"]),
                 field(&cell["length"]),
                 field(&cell["decode"]),
@@ -49,6 +49,8 @@ pub fn csv(report: &Value) -> String {
                 c("high"),
                 d("max_abs_diff"),
                 d("cosine"),
+                field(&row["loss"]),
+                field(&row["perplexity"]),
                 field(&row["skipped"]),
             );
         }
@@ -179,6 +181,9 @@ pub fn html(report: &Value) -> String {
             &lengths,
             &series("activation_mib"),
         ));
+        if of_batch.iter().any(|c| array(&c["variants"]).any(|r| r["perplexity"].is_number())) {
+            h.push_str(&line_chart("Perplexity on the text", "perplexity", &lengths, &series("perplexity")));
+        }
         h.push_str(&forest_chart(&of_batch, &variants));
         h.push_str("</div>\n");
         for c in &of_batch {
@@ -459,7 +464,7 @@ fn cell_table(c: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th></tr>",
+        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th><th>perplexity</th></tr>",
         c["batch"],
         c["length"],
         c["decode"].as_u64().map_or(String::new(), |n| format!(", then {n} new tokens"))
@@ -468,7 +473,7 @@ fn cell_table(c: &Value) -> String {
         let name = row["name"].as_str().unwrap_or("");
         let label = format!("{name} {}", escape(row["label"].as_str().unwrap_or("")));
         if let Some(why) = row["skipped"].as_str() {
-            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"7\" class=\"warn\">{}</td></tr>", escape(why));
+            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"8\" class=\"warn\">{}</td></tr>", escape(why));
             continue;
         }
         let cmp = array(&c["comparisons"]).find(|x| x["name"].as_str() == Some(name));
@@ -486,13 +491,18 @@ fn cell_table(c: &Value) -> String {
         let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::units::fmt_ms);
         let _ = writeln!(
             t,
-            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td></tr>",
+            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td><td>{}</td></tr>",
             crate::units::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
             ms("median_ms"),
             ms("p10_ms"),
             ms("p90_ms"),
             row["tokens_per_s"].as_f64().unwrap_or(0.0),
-            row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize))
+            row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize)),
+            match (row["perplexity"].as_f64(), row["eval_skipped"].as_str()) {
+                (Some(p), _) => format!("{p:.2}"),
+                (None, Some(why)) => escape(why),
+                (None, None) => String::new(),
+            }
         );
     }
     t.push_str("</table>\n");
