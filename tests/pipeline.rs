@@ -1189,6 +1189,11 @@ fn ab_scores_a_text() {
         // ALiBi on GPT-2's weights predicts otherwise.
         assert_ne!(cell["variants"][1]["loss"], base["loss"]);
     }
+    // Peak RSS per variant, where Linux lets a process reset its peak: at least its weights.
+    if std::fs::write("/proc/self/clear_refs", "5").is_ok() {
+        let rss = report["cells"][0]["variants"][0]["peak_rss_bytes"].as_u64().unwrap();
+        assert!(rss > 141_628, "peak RSS {rss} is below the checkpoint's size");
+    }
 
     let r = lmc(&[
         "ab",

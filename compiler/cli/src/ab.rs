@@ -157,6 +157,10 @@ enum Cell {
         /// The most the forward's buffers held at once, over its runs (lmc's allocator counts;
         /// the temporaries of parallel loops' iterations make it vary a little with threads).
         activation_bytes: usize,
+        /// The process's peak resident set during its runs (every variant's weights and code
+        /// are loaded: differences between variants are what their runs add). `None` where
+        /// Linux's `clear_refs` is not writable.
+        peak_rss: Option<u64>,
     },
     /// The variant cannot run at this size (a learned position table is too short), or failed.
     Skipped(String),
@@ -492,6 +496,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                     times_ms: Vec::new(),
                     outputs: Vec::new(),
                     activation_bytes: 0,
+                    peak_rss: None,
                 });
             }
             Err(why) => {
@@ -527,8 +532,10 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             if matches!(cells[k], Cell::Skipped(_)) {
                 continue;
             }
-            // Variants run one at a time, so the allocator's peak over one run is this one's.
+            // Variants run one at a time, so the allocator's peak over one run is this one's, and
+            // so is the resident set's peak after a reset.
             lmc_abi::buffers::reset_peak_live_bytes();
+            let resettable = crate::process::reset_peak_rss();
             let started = Instant::now();
             let result = match (&variants[k].decoding, work.decode) {
                 (Some(Ok(d)), Some(new)) => d.generate(input, batch, new),
@@ -536,6 +543,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             };
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let peak = lmc_abi::buffers::peak_live_bytes();
+            let rss = crate::process::status_bytes("VmHWM:").filter(|_| resettable);
             match (result, &mut cells[k]) {
                 (
                     Ok(out),
@@ -543,6 +551,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                         times_ms,
                         outputs,
                         activation_bytes,
+                        peak_rss,
                     },
                 ) => {
                     if round >= work.warmup {
@@ -550,6 +559,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                     }
                     *outputs = out;
                     *activation_bytes = (*activation_bytes).max(peak);
+                    *peak_rss = rss.map(|r| peak_rss.map_or(r, |p| p.max(r)));
                 }
                 (Err(e), cell) => *cell = Cell::Skipped(format!("failed: {e}")),
                 (Ok(_), Cell::Skipped(_)) => {}
@@ -622,14 +632,15 @@ fn print_cell(
         Some(new) => println!("\nbatch {batch}, prompt of {length}, then {new} new tokens (times: the whole generation)"),
     }
     println!(
-        "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}{:>13}",
+        "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}{:>13}{:>11}",
         "",
         "model",
         "FLOPs/token",
         "median",
         "p10 – p90",
         if decode.is_some() { "new tokens/s" } else { "tokens/s" },
-        "activations"
+        "activations",
+        "peak RSS"
     );
     // Tokens per second: of the forward's positions, or of the new tokens generated.
     let tokens = (batch * decode.unwrap_or(length)) as f64;
@@ -642,6 +653,7 @@ fn print_cell(
                 Cell::Ran {
                     times_ms,
                     activation_bytes,
+                    peak_rss,
                     ..
                 },
                 Ok(c),
@@ -649,19 +661,20 @@ fn print_cell(
                 let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, length));
                 let (median, p10, p90) = (quantile(times_ms, 0.5), quantile(times_ms, 0.1), quantile(times_ms, 0.9));
                 println!(
-                    "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}{:>13}",
+                    "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}{:>13}{:>11}",
                     letter(k),
                     name,
                     fmt_count((flops / forward_tokens) as u64),
                     fmt_ms(median),
                     format!("{} – {}", fmt_ms(p10), fmt_ms(p90)),
                     tokens / (median / 1e3),
-                    fmt_bytes(*activation_bytes)
+                    fmt_bytes(*activation_bytes),
+                    peak_rss.map_or("?".to_string(), |b| fmt_bytes(b as usize))
                 );
                 rows.push(json!({
                     "name": letter(k), "label": name, "flops_per_token": flops / forward_tokens, "median_ms": median,
                     "p10_ms": p10, "p90_ms": p90, "tokens_per_s": tokens / (median / 1e3), "times_ms": times_ms,
-                    "activation_bytes": activation_bytes,
+                    "activation_bytes": activation_bytes, "peak_rss_bytes": peak_rss,
                 }));
             }
             (Cell::Skipped(why), _) | (Cell::Ran { .. }, Err(why)) => {

@@ -7,6 +7,7 @@ mod commands;
 mod eval;
 mod experiment;
 mod generate;
+mod process;
 mod report;
 mod source;
 mod stats;

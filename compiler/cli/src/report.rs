@@ -17,7 +17,7 @@ fn colour(k: usize) -> &'static str {
 /// One row per variant and size: the measurements, and the comparison with the base variant.
 pub fn csv(report: &Value) -> String {
     let mut out = String::from(
-        "batch,length,new_tokens,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,loss,perplexity,skipped\n",
+        "batch,length,new_tokens,variant,label,flops_per_token,median_ms,p10_ms,p90_ms,tokens_per_s,activation_bytes,peak_rss_bytes,ratio_vs_base,ratio_low,ratio_high,max_abs_diff,cosine,loss,perplexity,skipped\n",
     );
     for cell in array(&report["cells"]) {
         for row in array(&cell["variants"]) {
@@ -32,7 +32,7 @@ pub fn csv(report: &Value) -> String {
             let d = |key: &str| comparison.map_or(String::new(), |c| field(&c["divergence"][key]));
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 field(&cell["batch"]),
                 field(&cell["length"]),
                 field(&cell["decode"]),
@@ -44,6 +44,7 @@ pub fn csv(report: &Value) -> String {
                 field(&row["p90_ms"]),
                 field(&row["tokens_per_s"]),
                 field(&row["activation_bytes"]),
+                field(&row["peak_rss_bytes"]),
                 c("ratio"),
                 c("low"),
                 c("high"),
@@ -464,7 +465,7 @@ fn cell_table(c: &Value) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>against the base</th><th>output divergence</th><th>perplexity</th></tr>",
+        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>peak RSS</th><th>against the base</th><th>output divergence</th><th>perplexity</th></tr>",
         c["batch"],
         c["length"],
         c["decode"].as_u64().map_or(String::new(), |n| format!(", then {n} new tokens"))
@@ -473,7 +474,7 @@ fn cell_table(c: &Value) -> String {
         let name = row["name"].as_str().unwrap_or("");
         let label = format!("{name} {}", escape(row["label"].as_str().unwrap_or("")));
         if let Some(why) = row["skipped"].as_str() {
-            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"8\" class=\"warn\">{}</td></tr>", escape(why));
+            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"9\" class=\"warn\">{}</td></tr>", escape(why));
             continue;
         }
         let cmp = array(&c["comparisons"]).find(|x| x["name"].as_str() == Some(name));
@@ -491,13 +492,14 @@ fn cell_table(c: &Value) -> String {
         let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::units::fmt_ms);
         let _ = writeln!(
             t,
-            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td><td>{}</td></tr>",
+            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td><td>{}</td></tr>",
             crate::units::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
             ms("median_ms"),
             ms("p10_ms"),
             ms("p90_ms"),
             row["tokens_per_s"].as_f64().unwrap_or(0.0),
             row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize)),
+            row["peak_rss_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize)),
             match (row["perplexity"].as_f64(), row["eval_skipped"].as_str()) {
                 (Some(p), _) => format!("{p:.2}"),
                 (None, Some(why)) => escape(why),
