@@ -187,34 +187,30 @@ fn what_cannot_be_generated_is_a_clear_error() {
     expect_error(code, &err, &["do not fit"]);
 
     // No learned table bounds Mamba: absurd lengths are refused for the memory they need.
-    let r = lmc(&[
-        "generate",
-        "models/mamba.model",
-        "--weights",
-        "tests/fixtures/mamba_tiny",
-        "--input-ids",
-        "5",
-        "--max-new-tokens",
-        "99999999999999",
-    ]);
-    expect_error(
-        r.status.code().unwrap_or(-1),
-        &String::from_utf8_lossy(&r.stderr),
+    lmc_fails(
+        &[
+            "generate",
+            "models/mamba.model",
+            "--weights",
+            "tests/fixtures/mamba_tiny",
+            "--input-ids",
+            "5",
+            "--max-new-tokens",
+            "99999999999999",
+        ],
         &["the caches for", "GiB, more than this machine's"],
     );
 
-    let r = lmc(&[
-        "generate",
-        "models/bert.model:BertModel",
-        "--random-weights",
-        "--input-ids",
-        "5,6",
-        "--max-new-tokens",
-        "2",
-    ]);
-    expect_error(
-        r.status.code().unwrap_or(-1),
-        &String::from_utf8_lossy(&r.stderr),
+    lmc_fails(
+        &[
+            "generate",
+            "models/bert.model:BertModel",
+            "--random-weights",
+            "--input-ids",
+            "5,6",
+            "--max-new-tokens",
+            "2",
+        ],
         &[
             "cannot derive decoding for BertModel: the attention at models/bert.model:",
             "is not causal",
@@ -233,19 +229,17 @@ fn what_cannot_be_generated_is_a_clear_error() {
         config.replace("\"decoder_start_token_id\"", "\"unused_start\""),
     )
     .unwrap();
-    let r = lmc(&[
-        "generate",
-        "models/t5.model",
-        "--weights",
-        dir.to_str().unwrap(),
-        "--input-ids",
-        "5,6",
-        "--max-new-tokens",
-        "2",
-    ]);
-    expect_error(
-        r.status.code().unwrap_or(-1),
-        &String::from_utf8_lossy(&r.stderr),
+    lmc_fails(
+        &[
+            "generate",
+            "models/t5.model",
+            "--weights",
+            dir.to_str().unwrap(),
+            "--input-ids",
+            "5,6",
+            "--max-new-tokens",
+            "2",
+        ],
         &["give its first decoder token with --decoder-start-token-id"],
     );
 }

@@ -82,6 +82,12 @@ pub fn expect_error(code: i32, stderr: &str, needles: &[&str]) {
     }
 }
 
+/// Runs `lmc` with `args` and asserts it failed cleanly with every needle in its stderr.
+pub fn lmc_fails(args: &[&str], needles: &[&str]) {
+    let r = lmc(args);
+    expect_error(r.status.code().unwrap_or(-1), &String::from_utf8_lossy(&r.stderr), needles);
+}
+
 /// Runs `spec` on a fixture directory (`inputs.safetensors` → `expected.safetensors`), compares
 /// every output with the reference, and gives the largest error.
 pub fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) -> f32 {

@@ -244,25 +244,8 @@ pub unsafe extern "C" fn lmc_model_run(
         if model.is_null() {
             return Err(null_arg(F, "model"));
         }
-        if n_inputs > MAX_INPUTS {
-            return Err(RuntimeError::invalid_argument(format!(
-                "{F}: n_inputs is {n_inputs}; is it uninitialised?"
-            )));
-        }
-        let given: &[LmcTensor] = if n_inputs == 0 {
-            &[]
-        } else if inputs.is_null() {
-            return Err(null_arg(F, "inputs"));
-        } else {
-            // SAFETY: non-null, and the caller promises `n_inputs` tensors (bounded above).
-            unsafe { std::slice::from_raw_parts(inputs, n_inputs) }
-        };
-        let tensors = given
-            .iter()
-            .enumerate()
-            // SAFETY: the caller promises each tensor's pointers are valid.
-            .map(|(i, t)| unsafe { host_tensor_from_c(t, i, F) })
-            .collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: the caller promises `n_inputs` tensors whose pointers are valid.
+        let tensors = unsafe { host_tensors_from_c(inputs, n_inputs, F) }?;
         // SAFETY: non-null, and the caller promises a live model.
         let model = unsafe { &*model };
         let outputs = model.model.run(&tensors)?;
@@ -321,25 +304,8 @@ pub unsafe extern "C" fn lmc_decoder_set_context(decoder: *mut LmcDecoder, input
         if decoder.is_null() {
             return Err(null_arg(F, "decoder"));
         }
-        if n_inputs > MAX_INPUTS {
-            return Err(RuntimeError::invalid_argument(format!(
-                "{F}: n_inputs is {n_inputs}; is it uninitialised?"
-            )));
-        }
-        let given: &[LmcTensor] = if n_inputs == 0 {
-            &[]
-        } else if inputs.is_null() {
-            return Err(null_arg(F, "inputs"));
-        } else {
-            // SAFETY: non-null, and the caller promises `n_inputs` tensors (bounded above).
-            unsafe { std::slice::from_raw_parts(inputs, n_inputs) }
-        };
-        let tensors = given
-            .iter()
-            .enumerate()
-            // SAFETY: the caller promises each tensor's pointers are valid.
-            .map(|(i, t)| unsafe { host_tensor_from_c(t, i, F) })
-            .collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: the caller promises `n_inputs` tensors whose pointers are valid.
+        let tensors = unsafe { host_tensors_from_c(inputs, n_inputs, F) }?;
         // SAFETY: non-null, and the caller promises a live decoder.
         let decoder = unsafe { &mut (*decoder).decoder };
         decoder.set_context(tensors);
@@ -423,6 +389,33 @@ pub unsafe extern "C" fn lmc_decoder_free(decoder: *mut LmcDecoder) {
         // SAFETY: the caller passes a pointer from `Box::into_raw` in `lmc_decoder_new`, once.
         drop(unsafe { Box::from_raw(decoder) });
     }));
+}
+
+/// Checks an array of C tensors and copies them into [`HostTensor`]s.
+///
+/// # Safety
+/// `inputs` must be NULL or point to `n_inputs` tensors whose pointers are valid as their
+/// fields describe.
+unsafe fn host_tensors_from_c(inputs: *const LmcTensor, n_inputs: usize, func: &str) -> Result<Vec<HostTensor>, RuntimeError> {
+    if n_inputs > MAX_INPUTS {
+        return Err(RuntimeError::invalid_argument(format!(
+            "{func}: n_inputs is {n_inputs}; is it uninitialised?"
+        )));
+    }
+    let given: &[LmcTensor] = if n_inputs == 0 {
+        &[]
+    } else if inputs.is_null() {
+        return Err(null_arg(func, "inputs"));
+    } else {
+        // SAFETY: non-null, and the caller promises `n_inputs` tensors (bounded above).
+        unsafe { std::slice::from_raw_parts(inputs, n_inputs) }
+    };
+    given
+        .iter()
+        .enumerate()
+        // SAFETY: the caller promises each tensor's pointers are valid.
+        .map(|(i, t)| unsafe { host_tensor_from_c(t, i, func) })
+        .collect()
 }
 
 /// Checks one C tensor and copies it into a [`HostTensor`].

@@ -546,8 +546,9 @@ mod tests {
         let text = csv(&report());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1 + 5);
-        assert!(lines[2].starts_with("1,64,B,\"other, quoted\",2000000.0,1.5,"), "{}", lines[2]);
-        assert!(lines[2].contains(",42000.0,2097152,1.5,1.4,1.6,0.5,0.9,"), "{}", lines[2]);
+        // No decode workload (an empty new_tokens), no peak RSS, no text scored.
+        assert!(lines[2].starts_with("1,64,,B,\"other, quoted\",2000000.0,1.5,"), "{}", lines[2]);
+        assert!(lines[2].contains(",42000.0,2097152,,1.5,1.4,1.6,0.5,0.9,,,"), "{}", lines[2]);
         assert!(lines[4].ends_with("cannot run past 128"), "{}", lines[4]);
     }
 

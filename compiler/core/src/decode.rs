@@ -214,6 +214,19 @@ impl<'g> Deriver<'g> {
         )
     }
 
+    /// Whether node `i` is in the body of a scan over the sequence (directly, or in a scan
+    /// nested in one).
+    fn in_step(&self, i: usize) -> bool {
+        let mut region = self.regions[i];
+        while let Some(s) = region {
+            if self.scan_at_body.values().any(|&x| x == s.0 as usize) {
+                return true;
+            }
+            region = self.regions[s.0 as usize];
+        }
+        false
+    }
+
     fn node(&mut self, i: usize) -> Result<(), String> {
         if let Some(&scan) = self.scan_at_body.get(&i) {
             self.state_prelude(scan)?;
@@ -221,7 +234,7 @@ impl<'g> Deriver<'g> {
         let node = &self.g.nodes[i];
         let loc = node.loc;
         let axes = self.time_axes(&node.ty);
-        let in_step = self.regions[i].is_some_and(|s| self.scan_at_body.values().any(|&x| x == s.0 as usize));
+        let in_step = self.in_step(i);
         let axis = match (axes.as_slice(), &node.op) {
             ([], _) => None,
             ([a], _) => Some(*a),
@@ -255,7 +268,7 @@ impl<'g> Deriver<'g> {
                 };
                 (Op::Tabulate { f }, Kind::Rows(0))
             }
-            Op::Tabulate { f } if in_step => {
+            Op::Tabulate { .. } if in_step => {
                 self.step_reads_outside(&node.op, loc)?;
                 (remap(&node.op, &self.map), Kind::Step)
             }
@@ -558,8 +571,8 @@ impl<'g> Deriver<'g> {
     ) -> Result<(), String> {
         let node = &self.g.nodes[i];
         let loc = node.loc;
-        let [q, k, v] = qkv.map(|x| self.kind[x.0 as usize]);
-        let (k, v, kind) = match (q, k, v) {
+        let [q, k_kind, v] = qkv.map(|x| self.kind[x.0 as usize]);
+        let (k, v, kind) = match (q, k_kind, v) {
             (Kind::Fixed, Kind::Fixed, Kind::Fixed) => (self.map[qkv[1].0 as usize], self.map[qkv[2].0 as usize], Kind::Fixed),
             // Cross-attention: the keys do not grow with the sequence.
             (Kind::Rows(2), Kind::Fixed, Kind::Fixed) => (self.map[qkv[1].0 as usize], self.map[qkv[2].0 as usize], Kind::Rows(2)),
@@ -580,10 +593,13 @@ impl<'g> Deriver<'g> {
             ))
             }
         };
+        // Queries walk the new rows; keys walk the history caches of a self-attention (an
+        // encoder's keys in a cross-attention are not positions of the sequence).
         let own = (kind != Kind::Fixed).then_some(2);
-        let mask = mask.map(|f| self.rewrite_fn(f, own, Some(3), &[], loc)).transpose()?;
+        let key = matches!(k_kind, Kind::Rows(_)).then_some(3);
+        let mask = mask.map(|f| self.rewrite_fn(f, own, key, &[], loc)).transpose()?;
         let score = score
-            .map(|f| self.rewrite_fn(f, own.map(|p| p + 1), Some(4), &[], loc))
+            .map(|f| self.rewrite_fn(f, own.map(|p| p + 1), key.map(|p| p + 1), &[], loc))
             .transpose()?;
         let op = Op::Attention {
             q: self.map[qkv[0].0 as usize],
