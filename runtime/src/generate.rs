@@ -169,6 +169,17 @@ impl Decoder {
     }
 }
 
+/// An encoder-decoder's context for [`Decoder::with_context`]: runs the context module (its
+/// encoder, from `lmc compile --decode`'s `*.context.so` or the JIT) on those of `given` it
+/// reads, and returns its outputs followed by `given` (the step reads the encoder's mask too).
+pub fn context(encoder: &LoadedModel, given: Vec<HostTensor>) -> Result<Vec<HostTensor>, RuntimeError> {
+    let wanted = &encoder.manifest().inputs;
+    let inputs: Vec<HostTensor> = given.iter().filter(|t| wanted.iter().any(|w| w.name == t.name)).cloned().collect();
+    let mut values = encoder.run(&inputs)?;
+    values.extend(given);
+    Ok(values)
+}
+
 /// Identifies a module by its manifest (names, shapes, capacity and the lmc that made it).
 fn fingerprint(model: &LoadedModel) -> u64 {
     use std::hash::{Hash, Hasher};

@@ -3,9 +3,8 @@
 //! into windows of each length, and each window's next-token loss is computed from the forward's
 //! logits: loss is the mean negative log-likelihood (nats per token), perplexity its exponential.
 
-use crate::ab::Compiled;
 use lmc_abi::{DType, Dim};
-use lmc_runtime::HostTensor;
+use lmc_runtime::{HostTensor, LoadedModel};
 use std::path::{Path, PathBuf};
 
 /// Windows of each length evaluated at most (consecutive, from the start of the text).
@@ -58,8 +57,8 @@ pub fn load(path: &Path, checkpoint: Option<&Path>) -> Result<EvalText, String> 
 
 /// The variant's loss on up to [`MAX_WINDOWS`] windows of `length` tokens (predicting each
 /// token after the first from those before it), or why it has none.
-pub fn score(c: &Compiled, text: &EvalText, length: usize) -> Result<Score, String> {
-    let m = c.model.manifest();
+pub fn score(model: &LoadedModel, text: &EvalText, length: usize) -> Result<Score, String> {
+    let m = model.manifest();
     let logits = m.outputs.first().filter(|o| o.dtype == DType::F32 && o.shape.len() == 3);
     let (Some(logits), true) = (logits, length >= 2) else {
         return Err("no next-token logits to score".into());
@@ -93,7 +92,7 @@ pub fn score(c: &Compiled, text: &EvalText, length: usize) -> Result<Score, Stri
             };
             inputs.push(HostTensor::from_i64(spec.name.clone(), [1, length], values).map_err(|e| e.to_string())?);
         }
-        let out = c.model.run(&inputs).map_err(|e| e.to_string())?;
+        let out = model.run(&inputs).map_err(|e| e.to_string())?;
         let values = out[0].as_f32().ok_or("logits are not f32")?;
         for t in 0..length - 1 {
             let row = &values[t * vocab..(t + 1) * vocab];

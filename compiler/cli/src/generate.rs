@@ -61,8 +61,8 @@ pub fn generate(
             .map_or("input_ids".to_string(), |d| d.name.clone()),
     };
     let prompts = read_prompts(prompt, &prompt_name)?;
-    // An encoder-decoder reads the prompt whole at every step (with all-ones masks beside it)
-    // and decodes from its start token.
+    // An encoder-decoder's prompt (with all-ones masks beside it) goes to its encoder, whose
+    // values are computed once below; its decoder starts from its start token.
     let (context, prompts) = if context_decls.is_empty() {
         (Vec::new(), prompts)
     } else {
@@ -102,10 +102,8 @@ pub fn generate(
         None => context,
         Some(graph) => {
             let encoder = compile_graph(spec, graph, weights).map_err(Failure::Message)?;
-            let mut values = encoder.model.run(&context).map_err(|e| Failure::Message(e.to_string()))?;
-            eprintln!("compiled and ran its context function in {:.0} ms", encoder.compile_ms);
-            values.extend(context);
-            values
+            eprintln!("compiled its context function in {:.0} ms", encoder.compile_ms);
+            lmc_runtime::generate::context(&encoder.model, context).map_err(|e| Failure::Message(e.to_string()))?
         }
     };
     let g =
