@@ -1173,9 +1173,16 @@ fn ab_scores_a_text() {
         "0",
         "--json",
         json.to_str().unwrap(),
+        "--html",
+        dir.join("r.html").to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
+    let html = std::fs::read_to_string(dir.join("r.html")).unwrap();
+    assert!(
+        html.contains("Perplexity on the text") && html.contains("<th>perplexity</th>"),
+        "the HTML report shows the scores"
+    );
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join(fixture).join("eval_expected.json")).unwrap()).unwrap();
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

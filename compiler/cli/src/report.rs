@@ -462,19 +462,27 @@ fn forest_chart(cells: &[&Value], variants: &[&Value]) -> String {
 
 /// One size's numbers as a table.
 fn cell_table(c: &Value) -> String {
+    // A perplexity column only where a text was scored.
+    let scored = array(&c["variants"]).any(|r| r["perplexity"].is_number() || r["eval_skipped"].is_string());
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>peak RSS</th><th>against the base</th><th>output divergence</th><th>perplexity</th></tr>",
+        "<h3>Batch {}, length {}{}</h3>\n<table><tr><th>variant</th><th>FLOPs/token</th><th>median</th><th>p10 – p90</th><th>tokens/s</th><th>activations</th><th>peak RSS</th><th>against the base</th><th>output divergence</th>{}</tr>",
         c["batch"],
         c["length"],
-        c["decode"].as_u64().map_or(String::new(), |n| format!(", then {n} new tokens"))
+        c["decode"].as_u64().map_or(String::new(), |n| format!(", then {n} new tokens")),
+        if scored { "<th>perplexity</th>" } else { "" }
     );
     for row in array(&c["variants"]) {
         let name = row["name"].as_str().unwrap_or("");
         let label = format!("{name} {}", escape(row["label"].as_str().unwrap_or("")));
         if let Some(why) = row["skipped"].as_str() {
-            let _ = writeln!(t, "<tr><td>{label}</td><td colspan=\"9\" class=\"warn\">{}</td></tr>", escape(why));
+            let _ = writeln!(
+                t,
+                "<tr><td>{label}</td><td colspan=\"{}\" class=\"warn\">{}</td></tr>",
+                if scored { 9 } else { 8 },
+                escape(why)
+            );
             continue;
         }
         let cmp = array(&c["comparisons"]).find(|x| x["name"].as_str() == Some(name));
@@ -489,10 +497,15 @@ fn cell_table(c: &Value) -> String {
                 ))
             })
             .unwrap_or_default();
+        let perplexity = match (scored, row["perplexity"].as_f64(), row["eval_skipped"].as_str()) {
+            (false, _, _) => String::new(),
+            (true, Some(p), _) => format!("<td>{p:.2}</td>"),
+            (true, None, why) => format!("<td>{}</td>", escape(why.unwrap_or(""))),
+        };
         let ms = |k: &str| row[k].as_f64().map_or(String::new(), crate::units::fmt_ms);
         let _ = writeln!(
             t,
-            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td><td>{}</td></tr>",
+            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>{} – {}</td><td>{:.0}</td><td>{}</td><td>{}</td><td>{verdict}</td><td>{divergence}</td>{perplexity}</tr>",
             crate::units::fmt_count(row["flops_per_token"].as_f64().unwrap_or(0.0) as u64),
             ms("median_ms"),
             ms("p10_ms"),
@@ -500,11 +513,6 @@ fn cell_table(c: &Value) -> String {
             row["tokens_per_s"].as_f64().unwrap_or(0.0),
             row["activation_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize)),
             row["peak_rss_bytes"].as_u64().map_or(String::new(), |b| crate::units::fmt_bytes(b as usize)),
-            match (row["perplexity"].as_f64(), row["eval_skipped"].as_str()) {
-                (Some(p), _) => format!("{p:.2}"),
-                (None, Some(why)) => escape(why),
-                (None, None) => String::new(),
-            }
         );
     }
     t.push_str("</table>\n");
