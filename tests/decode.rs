@@ -186,7 +186,25 @@ fn what_cannot_be_generated_is_a_clear_error() {
     let (code, err) = with(&["--max-new-tokens", "99999999999999"]);
     expect_error(code, &err, &["do not fit"]);
 
-    // No learned table bounds Mamba: absurd lengths are refused for the memory they need.
+    // LLaMA's RoPE has no table: a billion positions are refused for the caches they need.
+    lmc_fails(
+        &[
+            "generate",
+            "models/llama.model",
+            "--weights",
+            "tests/fixtures/llama_tiny",
+            "--input-ids",
+            "5",
+            "--max-new-tokens",
+            "1000000000",
+        ],
+        &[
+            "the caches for 1000000000 positions of 1 sequence(s) need",
+            "GiB, more than this machine's",
+        ],
+    );
+    // No learned table bounds Mamba, and its caches keep a few rows: absurd lengths are refused
+    // for the memory their tokens need.
     lmc_fails(
         &[
             "generate",
@@ -198,7 +216,10 @@ fn what_cannot_be_generated_is_a_clear_error() {
             "--max-new-tokens",
             "99999999999999",
         ],
-        &["the caches for", "GiB, more than this machine's"],
+        &[
+            "new tokens for 1 sequence(s) would need",
+            "GiB for the tokens alone, more than this machine's",
+        ],
     );
 
     lmc_fails(

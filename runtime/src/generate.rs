@@ -258,6 +258,16 @@ pub fn greedy(
     if max_new_tokens == 0 {
         return Err(RuntimeError::input("max_new_tokens must be at least 1"));
     }
+    // The tokens themselves must fit (a recurrent model's caches do not grow with them).
+    let token_bytes = prompts.len() as u128 * max_new_tokens as u128 * 8;
+    if let Some(total) = physical_memory().filter(|t| token_bytes > *t as u128) {
+        return Err(RuntimeError::input(format!(
+            "{max_new_tokens} new tokens for {} sequence(s) would need {:.1} GiB for the tokens alone, more than this machine's {:.1} GiB",
+            prompts.len(),
+            token_bytes as f64 / (1u64 << 30) as f64,
+            total as f64 / (1u64 << 30) as f64
+        )));
+    }
     let mut decoder = Decoder::new(model, prompts.len())?.with_context(context);
     let needed = length as u128 + max_new_tokens as u128 - 1;
     if needed > decoder.capacity() as u128 {
@@ -271,7 +281,7 @@ pub fn greedy(
     let prefill = started.elapsed();
     let started = Instant::now();
     let mut steps = 0;
-    let mut tokens: Vec<Vec<i64>> = vec![Vec::with_capacity(max_new_tokens); prompts.len()];
+    let mut tokens: Vec<Vec<i64>> = vec![Vec::with_capacity(max_new_tokens.min(1 << 16)); prompts.len()];
     let mut done = vec![false; prompts.len()];
     loop {
         for (b, t) in next.iter_mut().enumerate() {

@@ -1095,6 +1095,7 @@ impl Emitter<'_> {
                 ));
             }
             Op::WriteRows { base, rows, axis, at } => self.emit_write_rows(id, [*base, *rows, *at], *axis, &loc),
+            Op::WriteRing { base, rows, axis, at } => self.emit_write_ring(id, [*base, *rows, *at], *axis, &loc),
             Op::Attention {
                 q,
                 k,
@@ -1570,6 +1571,59 @@ impl Emitter<'_> {
         ));
         self.line(&format!("  %r = arith.select %inside, %new, %b : {et}"));
         self.line(&format!("  linalg.yield %r : {et}"));
+        self.line(&format!("}} -> {} {loc}", tensor_ty(&bt)));
+    }
+
+    /// `write_ring`: one pass over the ring (a few rows) in its own buffer; entry c takes the
+    /// last row r < n with (at + r) mod len = c, if there is one: r0 = (c - at) mod len, and
+    /// r = r0 + len * ((n - 1 - r0) div len) when r0 < n.
+    fn emit_write_ring(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
+        let (bt, rt) = (self.ty(base), self.ty(rows));
+        let t = self.fresh();
+        self.line(&format!("{t}_at = tensor.extract {}[] : tensor<i64>", self.name(at)));
+        self.line(&format!("{t}_i = arith.index_cast {t}_at : i64 to index"));
+        let len = self.index_value(bt.dims[axis], &format!("{t}_len"));
+        let n = self.index_value(rt.dims[axis], &format!("{t}_n"));
+        self.line(&format!("{t}_one = arith.constant 1 : index"));
+        self.line(&format!("{t}_last = arith.subi {n}, {t}_one : index"));
+        let r = bt.rank();
+        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
+        let et = elem(bt.dtype);
+        self.line(&format!(
+            "{} = linalg.generic {{indexing_maps = [{map}], iterator_types = [{}]}} outs({} : {}) {{",
+            v(id),
+            parallel(r),
+            self.name(base),
+            tensor_ty(&bt)
+        ));
+        self.line(&format!("^bb0(%o: {et}):"));
+        let idx: Vec<String> = (0..r).map(|k| format!("%w{k}")).collect();
+        for (k, name) in idx.iter().enumerate() {
+            self.line(&format!("  {name} = linalg.index {k} : index"));
+        }
+        self.line(&format!("  %back = arith.subi %w{axis}, {t}_i : index"));
+        self.line(&format!("  %r0 = arith.remsi %back, {len} : index"));
+        self.line("  %zero = arith.constant 0 : index");
+        self.line("  %neg = arith.cmpi slt, %r0, %zero : index");
+        self.line(&format!("  %wrapped = arith.addi %r0, {len} : index"));
+        self.line("  %first = arith.select %neg, %wrapped, %r0 : index");
+        self.line(&format!("  %written = arith.cmpi slt, %first, {n} : index"));
+        self.line(&format!("  %left = arith.subi {t}_last, %first : index"));
+        self.line(&format!("  %laps = arith.divsi %left, {len} : index"));
+        self.line(&format!("  %skip = arith.muli %laps, {len} : index"));
+        self.line("  %latest = arith.addi %first, %skip : index");
+        self.line(&format!("  %row = arith.minsi %latest, {t}_last : index"));
+        self.line("  %row_in = arith.maxsi %row, %zero : index");
+        let mut at_rows = idx.clone();
+        at_rows[axis] = "%row_in".into();
+        self.line(&format!(
+            "  %new = tensor.extract {}[{}] : {}",
+            self.name(rows),
+            at_rows.join(", "),
+            tensor_ty(&rt)
+        ));
+        self.line(&format!("  %res = arith.select %written, %new, %o : {et}"));
+        self.line(&format!("  linalg.yield %res : {et}"));
         self.line(&format!("}} -> {} {loc}", tensor_ty(&bt)));
     }
 

@@ -257,7 +257,7 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             t.dims[*axis] = Dim::Static(*length);
             t
         }
-        Op::WriteRows { base, rows, axis, at } => {
+        Op::WriteRows { base, rows, axis, at } | Op::WriteRing { base, rows, axis, at } => {
             let (b, r) = (g.ty(*base), g.ty(*rows));
             let same_elsewhere = b.rank() == r.rank() && b.dims.iter().zip(&r.dims).enumerate().all(|(k, (x, y))| k == *axis || x == y);
             if *axis >= b.rank() || b.dtype != r.dtype || !same_elsewhere || g.ty(*at) != &TensorType::new(DType::I64, vec![]) {

@@ -95,6 +95,7 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
         | Op::MergeHeads { .. }
         | Op::Slice { .. }
         | Op::WriteRows { .. }
+        | Op::WriteRing { .. }
         | Op::Transpose { .. }
         | Op::ScanArg(_)
         | Op::ScanResult { .. } => 0.0,

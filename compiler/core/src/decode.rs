@@ -132,6 +132,10 @@ struct Deriver<'g> {
     scan_slots: HashMap<usize, Vec<usize>>,
     /// Forward value → its history cache after this call's write.
     history: HashMap<ValueId, ValueId>,
+    /// Forward values read back only a few positions (by index functions at `t - c`): how many.
+    windows: HashMap<ValueId, i64>,
+    /// For each of those read so far: its ring as the call began, and its cache slot.
+    rings: HashMap<ValueId, (ValueId, usize)>,
     position: ValueId,
     caches: Vec<CacheSlot>,
     /// Each cache slot's output: its declaration and its value once made.
@@ -176,6 +180,8 @@ impl<'g> Deriver<'g> {
             scan_init: HashMap::new(),
             scan_slots: HashMap::new(),
             history: HashMap::new(),
+            windows: windows(g, time),
+            rings: HashMap::new(),
             position: ValueId(0),
             caches: Vec::new(),
             cache_outputs: Vec::new(),
@@ -425,6 +431,24 @@ impl<'g> Deriver<'g> {
         self.cache_outputs[slot].1 = Some(written);
         self.history.insert(v, written);
         Ok(written)
+    }
+
+    /// The ring of the last `length` rows of `v` as the call began (made at its first reader;
+    /// the call's rows are written into it at the end, after every read).
+    fn ring(&mut self, v: ValueId, length: i64) -> Result<(ValueId, usize), String> {
+        if let Some(&r) = self.rings.get(&v) {
+            return Ok(r);
+        }
+        let Kind::Rows(axis) = self.kind[v.0 as usize] else {
+            return Err("internal: a window of a value that has no sequence axis".into());
+        };
+        let node = self.g.node(v);
+        let mut ty = node.ty.clone();
+        ty.dims[axis] = Dim::Static(length);
+        let r = self.cache(ty, CacheKind::Window { axis, length }, node.loc);
+        let r = (r.1, r.0);
+        self.rings.insert(v, r);
+        Ok(r)
     }
 
     /// A new cache: an output (after the forward's) read as it was when the call began. Returns
@@ -681,6 +705,22 @@ impl<'g> Deriver<'g> {
                                 // Its own row: read from this call's rows.
                                 new_indices[axis] = raw_own.unwrap_or(0);
                                 self.map[tensor.0 as usize]
+                            } else if let (Some(&length), false) = (self.windows.get(tensor), is_param(key)) {
+                                // A read a few positions back: from this call's rows, or from
+                                // the ring of the last `length` rows before them.
+                                let (ring, _) = self.ring(*tensor, length)?;
+                                let rows = self.map[tensor.0 as usize];
+                                let at = push_ring_read(&mut nodes, new_indices, axis, [rows, ring, self.position], length, *t);
+                                nodes.push((
+                                    ScalarNode::Select {
+                                        cond: at.0,
+                                        a: at.1,
+                                        b: at.2,
+                                    },
+                                    *t,
+                                ));
+                                map.push(nodes.len() - 1);
+                                continue;
                             } else if is_param(key) || looks_back(f, index, own.unwrap_or(0), ranges) {
                                 self.history(*tensor)?
                             } else {
@@ -738,6 +778,23 @@ impl<'g> Deriver<'g> {
     }
 
     fn finish(mut self, tokens: usize, logits: usize) -> Result<Decoding, String> {
+        // Each ring takes this call's rows last, once everything has read its older rows.
+        let mut rings: Vec<(ValueId, (ValueId, usize))> = self.rings.iter().map(|(v, r)| (*v, *r)).collect();
+        rings.sort();
+        for (v, (ring, slot)) in rings {
+            let Kind::Rows(axis) = self.kind[v.0 as usize] else {
+                return Err("internal: a window of a value that has no sequence axis".into());
+            };
+            let op = Op::WriteRing {
+                base: ring,
+                rows: self.map[v.0 as usize],
+                axis,
+                at: self.position,
+            };
+            let ty = self.out.node(ring).ty.clone();
+            let written = self.push(op, ty, self.g.node(v).loc);
+            self.cache_outputs[slot].1 = Some(written);
+        }
         let mut outputs: Vec<(TensorDecl, ValueId)> = self.g.outputs.iter().map(|(d, v)| (d.clone(), self.map[v.0 as usize])).collect();
         for (decl, value) in std::mem::take(&mut self.cache_outputs) {
             let value = value.ok_or("internal: a cache without its new value")?;
@@ -965,6 +1022,132 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
     Ok(g)
 }
 
+/// Appends to `nodes` a read of `rows` (this call's rows of a value, along `axis`) at the
+/// absolute position in `indices[axis]`, falling back to `ring` (its last `length` rows before
+/// the call, entry p mod length for position p) for a position before the call; `elem` is the
+/// element's type. A position before 0 reads position 0, as the forward's clamped read does.
+/// Returns the nodes of the condition (in this call's rows), the new-rows read and the ring
+/// read, for a `Select`.
+fn push_ring_read(
+    nodes: &mut Vec<(ScalarNode, ScalarType)>,
+    indices: Vec<usize>,
+    axis: usize,
+    [rows, ring, position]: [ValueId; 3],
+    length: i64,
+    elem: ScalarType,
+) -> (usize, usize, usize) {
+    let mut push = |n: ScalarNode, t: ScalarType| {
+        nodes.push((n, t));
+        nodes.len() - 1
+    };
+    let zero = push(ScalarNode::Int(0), ScalarType::Int);
+    let at = push(
+        ScalarNode::Binary {
+            op: ScalarBinary::Max,
+            a: indices[axis],
+            b: zero,
+        },
+        ScalarType::Int,
+    );
+    let first = push(
+        ScalarNode::Load {
+            tensor: position,
+            indices: vec![],
+        },
+        ScalarType::Int,
+    );
+    let fresh = push(
+        ScalarNode::Binary {
+            op: ScalarBinary::Ge,
+            a: at,
+            b: first,
+        },
+        ScalarType::Bool,
+    );
+    let row = push(
+        ScalarNode::Binary {
+            op: ScalarBinary::Sub,
+            a: at,
+            b: first,
+        },
+        ScalarType::Int,
+    );
+    let len = push(ScalarNode::Int(length), ScalarType::Int);
+    let entry = push(
+        ScalarNode::Binary {
+            op: ScalarBinary::Rem,
+            a: at,
+            b: len,
+        },
+        ScalarType::Int,
+    );
+    let mut new_indices = indices.clone();
+    new_indices[axis] = row;
+    let mut ring_indices = indices;
+    ring_indices[axis] = entry;
+    let a = push(
+        ScalarNode::Load {
+            tensor: rows,
+            indices: new_indices,
+        },
+        elem,
+    );
+    let b = push(
+        ScalarNode::Load {
+            tensor: ring,
+            indices: ring_indices,
+        },
+        elem,
+    );
+    (fresh, a, b)
+}
+
+/// The values of `g` that only index functions read back, each at most a few positions before
+/// its own (`t - c` with `0 <= c <= k` over its other indices' ranges), with the most `k` they
+/// read back (at least 1): a window of them is enough. A value read any other way (an
+/// attention's keys, a read at an expression that is not `t` plus a bounded offset) keeps its
+/// whole history.
+fn windows(g: &Graph, time: SymbolId) -> HashMap<ValueId, i64> {
+    let axis_of = |t: &TensorType| t.dims.iter().position(|d| *d == Dim::Symbol(time));
+    let mut back: HashMap<ValueId, i64> = HashMap::new();
+    let mut whole: Vec<ValueId> = Vec::new();
+    for node in &g.nodes {
+        match &node.op {
+            Op::Tabulate { f } => {
+                let own = axis_of(&node.ty);
+                let ranges: Vec<Option<i64>> = node
+                    .ty
+                    .dims
+                    .iter()
+                    .map(|d| if let Dim::Static(n) = d { Some(n - 1) } else { None })
+                    .collect();
+                for (n, _) in &f.nodes {
+                    let ScalarNode::Load { tensor, indices } = n else { continue };
+                    let Some(axis) = axis_of(g.ty(*tensor)) else { continue };
+                    let index = indices[axis];
+                    match own.map(|p| (p, affine(f, index, p, &ranges))) {
+                        Some((p, _)) if f.nodes[index].0 == ScalarNode::Param(p) => {}
+                        Some((_, Some((1, lo, hi)))) if hi <= 0 => {
+                            let k = back.entry(*tensor).or_insert(1);
+                            *k = (*k).max(-lo);
+                        }
+                        _ => whole.push(*tensor),
+                    }
+                }
+            }
+            Op::Attention { k, v, mask, score, .. } => {
+                whole.extend([*k, *v]);
+                for f in mask.iter().chain(score.iter()) {
+                    whole.extend(f.tensors());
+                }
+            }
+            _ => {}
+        }
+    }
+    back.retain(|v, _| !whole.contains(v));
+    back
+}
+
 /// Whether a mask keeps only keys at or before the query: a conjunction with `j <= i` or `j < i`
 /// in it (parameters 2 and 3 are the query and the key).
 fn is_causal(mask: &ScalarFn) -> bool {
@@ -1098,6 +1281,12 @@ fn remap(op: &Op, map: &[ValueId]) -> Op {
             axis: *axis,
             at: m(at),
         },
+        Op::WriteRing { base, rows, axis, at } => Op::WriteRing {
+            base: m(base),
+            rows: m(rows),
+            axis: *axis,
+            at: m(at),
+        },
         Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
         Op::Transpose { x } => Op::Transpose { x: m(x) },
         Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
@@ -1121,6 +1310,7 @@ mod tests {
     use super::*;
     use crate::config::ConfigOverrides;
     use crate::interp::{evaluate, evaluate_carrying, Data, Tensor};
+    use crate::ir::CacheKind;
     use crate::program::load_source;
 
     /// Every way a position may look back: learned positions, a token shift, a causal
@@ -1249,8 +1439,10 @@ model Bidirectional(c: C) {
         assert_eq!(
             info.caches.len(),
             5,
-            "x (one history for the shift and the convolution), keys, values, the mask, the scan state"
+            "x (one window for the shift and the convolution), keys, values, the mask, the scan state"
         );
+        // The shift reads one position back, the convolution two: a window of two rows.
+        assert_eq!(info.caches[0].kind, CacheKind::Window { axis: 1, length: 2 });
         let mut caches: Vec<(usize, Tensor)> = info
             .caches
             .iter()

@@ -346,6 +346,33 @@ impl Run<'_> {
                 });
                 out
             }
+            Op::WriteRing { base, rows, axis, at } => {
+                let (mut out, r) = (v(*base).clone(), v(*rows));
+                let len = out.shape[*axis];
+                let start = match &v(*at).data {
+                    Data::Int(a) => a[0],
+                    Data::F32(_) => unreachable!("the position is an integer scalar"),
+                };
+                let so = strides(&out.shape);
+                // Rows in order: a later row that lands on the same entry replaces an earlier one.
+                let mut src = 0;
+                for_each_index(&r.shape, |i| {
+                    let slot = (start + i[*axis] as i64).rem_euclid(len as i64) as usize;
+                    let dst: usize = i
+                        .iter()
+                        .zip(&so)
+                        .enumerate()
+                        .map(|(d, (x, st))| if d == *axis { slot * st } else { x * st })
+                        .sum();
+                    match (&mut out.data, &r.data) {
+                        (Data::F32(o), Data::F32(x)) => o[dst] = x[src],
+                        (Data::Int(o), Data::Int(x)) => o[dst] = x[src],
+                        _ => unreachable!("the checker gives base and rows one dtype"),
+                    }
+                    src += 1;
+                });
+                out
+            }
             Op::Tabulate { f } => {
                 let mut out_f = Vec::new();
                 let mut out_i = Vec::new();

@@ -302,6 +302,16 @@ pub enum Op {
         axis: usize,
         at: ValueId,
     },
+    /// `write_ring base, rows, axis, at`: `base` as a ring of `len` entries along `axis` with the
+    /// `n` rows written at `(at + r) mod len` in order (so with `n > len` only the last `len`
+    /// rows remain); `rows` has base's type except `n` along that axis. Decoding keeps the last
+    /// few rows that a token shift or a causal convolution reads back with it.
+    WriteRing {
+        base: ValueId,
+        rows: ValueId,
+        axis: usize,
+        at: ValueId,
+    },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
@@ -362,7 +372,7 @@ impl Op {
             Op::Scan(ref s) => s.init.iter().chain(&s.xs).chain(&s.next).chain(&s.outputs).copied().collect(),
             Op::Gather { table, indices } => vec![table, indices],
             Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
-            Op::WriteRows { base, rows, at, .. } => vec![base, rows, at],
+            Op::WriteRows { base, rows, at, .. } | Op::WriteRing { base, rows, at, .. } => vec![base, rows, at],
             Op::Unary { x, .. }
             | Op::Reduce { x, .. }
             | Op::Transpose { x }
@@ -485,6 +495,9 @@ pub struct CacheSlot {
 pub enum CacheKind {
     /// A value at every position so far, along this axis (`capacity` long).
     History { axis: usize },
+    /// The last `length` values along this axis, as a ring: entry `p mod length` holds
+    /// position p.
+    Window { axis: usize, length: i64 },
     /// A scan's state after the last position.
     State,
 }
@@ -693,6 +706,7 @@ impl Graph {
                 Op::Tabulate { f } => format!("tabulate {}", f.print()),
                 Op::Slice { x, axis, start, length } => format!("slice {}, axis {axis}, {start}..{}", v(x), start + length),
                 Op::WriteRows { base, rows, axis, at } => format!("write_rows {}, {}, axis {axis}, at {}", v(base), v(rows), v(at)),
+                Op::WriteRing { base, rows, axis, at } => format!("write_ring {}, {}, axis {axis}, at {}", v(base), v(rows), v(at)),
                 Op::Attention {
                     q,
                     k,
@@ -744,6 +758,7 @@ impl Graph {
                 .iter()
                 .map(|c| match c.kind {
                     CacheKind::History { axis } => format!("{} (history, axis {axis})", self.outputs[c.output].0.name),
+                    CacheKind::Window { axis, length } => format!("{} (last {length}, axis {axis})", self.outputs[c.output].0.name),
                     CacheKind::State => format!("{} (state)", self.outputs[c.output].0.name),
                 })
                 .collect();
