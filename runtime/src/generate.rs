@@ -26,9 +26,9 @@ pub struct Decoder {
     batch: usize,
     /// The next position to be written.
     position: i64,
-    /// Every cache, by the name it has as an input and as an output.
+    /// Every cache (an output of the step, passed back to every step), in manifest order.
     caches: Vec<HostTensor>,
-    /// Inputs given whole to every step: an encoder's input and its mask.
+    /// Inputs given whole to every step: an encoder's values and its mask.
     context: Vec<HostTensor>,
 }
 
