@@ -11,13 +11,13 @@ part of the test command.
 """
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import tempfile
 import time
 
 from recurrent import SHAPES, hf_model
+from timing import offline_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROMPT = 8
@@ -73,11 +73,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch = offline_torch()
     bandwidth = read_bandwidth(torch)
     print(f"batch 1, prompt {PROMPT}, {args.new} new tokens, fp32, 2 threads, best of {args.rounds} interleaved rounds; "
           f"read bandwidth {bandwidth / 1e9:.1f} GB/s")

@@ -11,12 +11,11 @@ median. Needs the peers' venv (`../shared/peers/setup_venv.sh`); never part of t
 """
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import tempfile
 
-from timing import median_ms
+from timing import median_ms, offline_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -47,11 +46,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch = offline_torch()
     print(f"batch 1, {args.seq} tokens, fp32, 2 threads, best of {args.rounds} interleaved rounds")
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "lmc.json"

@@ -13,3 +13,15 @@ def median_ms(fn, runs, warmup):
         fn()
         times.append((time.perf_counter() - started) * 1e3)
     return statistics.median(times)
+
+
+def offline_torch(threads=2, seed=0):
+    """torch, set up as every peer script runs it: offline, `threads` threads, seeded."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return torch

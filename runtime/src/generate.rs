@@ -28,8 +28,11 @@ pub struct Decoder {
     position: i64,
     /// Every cache (an output of the step, passed back to every step), in manifest order.
     caches: Vec<HostTensor>,
-    /// Inputs given whole to every step: an encoder's values and its mask.
+    /// Inputs given whole to every step: an encoder's values and its mask (only those the
+    /// step reads).
     context: Vec<HostTensor>,
+    /// The step's input names, to keep only the context it reads.
+    inputs: Vec<String>,
 }
 
 impl Decoder {
@@ -91,6 +94,7 @@ impl Decoder {
             position: 0,
             caches,
             context: Vec::new(),
+            inputs: m.inputs.iter().map(|i| i.name.clone()).collect(),
         })
     }
 
@@ -101,8 +105,10 @@ impl Decoder {
         self
     }
 
-    /// Replaces the context (see [`Decoder::with_context`]).
-    pub fn set_context(&mut self, context: Vec<HostTensor>) {
+    /// Replaces the context (see [`Decoder::with_context`]); tensors the step does not read
+    /// are dropped.
+    pub fn set_context(&mut self, mut context: Vec<HostTensor>) {
+        context.retain(|t| self.inputs.contains(&t.name));
         self.context = context;
     }
 
@@ -147,8 +153,8 @@ impl Decoder {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], tokens.to_vec())?);
             } else if s.name == self.spec.position {
                 inputs.push(HostTensor::from_i64(s.name.clone(), Vec::<usize>::new(), vec![self.position])?);
-            } else if let Some(t) = self.context.iter().find(|t| t.name == s.name) {
-                inputs.push(t.clone());
+            } else if self.context.iter().any(|t| t.name == s.name) {
+                // Moved in below, without a copy.
             } else if s.shape == token_spec.shape && s.dtype != DType::F32 {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![1; self.batch * n])?);
             } else {
@@ -158,8 +164,14 @@ impl Decoder {
                 )));
             }
         }
-        // Validation precedes any write: a failed step leaves the caches as they were.
-        let mut outputs = model.run_carrying(&inputs, &mut self.caches)?;
+        // The context goes in and comes back out whole (an encoder's keys and values are large:
+        // no copy per step). Validation precedes any write: a failed step leaves the caches as
+        // they were.
+        let own = inputs.len();
+        inputs.append(&mut self.context);
+        let result = model.run_carrying(&inputs, &mut self.caches);
+        self.context = inputs.split_off(own);
+        let mut outputs = result?;
         self.position += n as i64;
         let k = outputs
             .iter()

@@ -89,7 +89,8 @@ impl DecodeModels {
         let (context, prompt, length) = match &self.context {
             Some(encoder) => {
                 let values = lmc_runtime::generate::context(&encoder.model, forward_inputs.to_vec()).map_err(|e| e.to_string())?;
-                // The decoder starts from token 0 (T5's start token, its padding).
+                // The decoder starts from token 0: what its first token is does not change the
+                // work a generation does, which is what is timed here.
                 (values, vec![0; batch], 1)
             }
             None => {

@@ -158,7 +158,7 @@ pub fn compile(spec: &str, output: &Path, decode: Option<i64>, config: &ConfigAr
     let header = lmc_codegen::compile_shared_library(&graph, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
     if let Some(context) = context {
-        // `libt5.so` → `libt5.context.so`: what the step's context inputs are computed by.
+        // `libx.so` → `libx.context.so`: what the step's context inputs are computed by.
         let path = output.with_extension("context.so");
         let header = lmc_codegen::compile_shared_library(&context, &path)?;
         eprintln!(

@@ -1500,78 +1500,49 @@ impl Emitter<'_> {
         idx
     }
 
-    /// `write_rows`. Into a carried cache, in place: the rows are copied into a slice of the
-    /// cache's own buffer, and nothing else of it is touched. Otherwise, one pass over the base
-    /// that takes each element from the rows where they land and from the base elsewhere
-    /// (inserting the rows into a copy of a read-only base bufferizes to a strided
-    /// `memref.copy`, which lowers to a call into MLIR's C runner library, not linked here).
-    fn emit_write_rows(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
-        let (bt, rt) = (self.ty(base), self.ty(rows));
+    /// What `write_rows` and `write_ring` both start from: the first row's position `{t}_i`,
+    /// the lengths along the axis of the base (`len`) and of the rows (`n`), and `{t}_zero`,
+    /// `{t}_last` (= n - 1). Returns `(t, len, n)`.
+    fn row_write_prelude(&mut self, at: ValueId, bt: &TensorType, rt: &TensorType, axis: usize) -> (String, String, String) {
         let t = self.fresh();
-        // The first row's place, clamped into 0 ..= len - n so every write stays in bounds.
         self.line(&format!("{t}_at = tensor.extract {}[] : tensor<i64>", self.name(at)));
         self.line(&format!("{t}_i = arith.index_cast {t}_at : i64 to index"));
         let len = self.index_value(bt.dims[axis], &format!("{t}_len"));
         let n = self.index_value(rt.dims[axis], &format!("{t}_n"));
-        self.line(&format!("{t}_room = arith.subi {len}, {n} : index"));
         self.line(&format!("{t}_zero = arith.constant 0 : index"));
         self.line(&format!("{t}_one = arith.constant 1 : index"));
         self.line(&format!("{t}_last = arith.subi {n}, {t}_one : index"));
+        (t, len, n)
+    }
+
+    /// `write_rows`, into a carried cache (the verifier admits no other base), in place: the
+    /// rows are copied into a slice of the cache's own buffer and nothing else of it is touched.
+    /// (Inserting a separate tensor would bufferize to a strided `memref.copy`, which lowers to
+    /// a call into MLIR's C runner library, not linked here.)
+    fn emit_write_rows(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
+        let (bt, rt) = (self.ty(base), self.ty(rows));
+        let (t, len, n) = self.row_write_prelude(at, &bt, &rt, axis);
+        // The first row's place, clamped into 0 ..= len - n so every write stays in bounds.
+        self.line(&format!("{t}_room = arith.subi {len}, {n} : index"));
         self.line(&format!("{t}_lo = arith.maxsi {t}_i, {t}_zero : index"));
         self.line(&format!("{t}_start = arith.minsi {t}_lo, {t}_room : index"));
         let r = bt.rank();
-        if matches!(self.g.node(base).op, Op::Carry(_)) {
-            let offsets: Vec<String> = (0..r)
-                .map(|k| if k == axis { format!("{t}_start") } else { "0".to_string() })
-                .collect();
-            let sizes: Vec<String> = rt.dims.iter().map(|d| dim_size(*d)).collect();
-            let place = format!("[{}] [{}] [{}]", offsets.join(", "), sizes.join(", "), vec!["1"; r].join(", "));
-            let (bts, rts) = (tensor_ty(&bt), tensor_ty(&rt));
-            let base = self.name(base);
-            self.line(&format!("{t}_slot = tensor.extract_slice {base}{place} : {bts} to {rts}"));
-            self.line(&format!(
-                "{t}_rows = linalg.copy ins({} : {rts}) outs({t}_slot : {rts}) -> {rts}",
-                self.name(rows)
-            ));
-            self.line(&format!(
-                "{} = tensor.insert_slice {t}_rows into {base}{place} : {rts} into {bts} {loc}",
-                v(id)
-            ));
-            return;
-        }
-        let e = self.empty(&bt);
-        let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
-        let et = elem(bt.dtype);
+        let offsets: Vec<String> = (0..r)
+            .map(|k| if k == axis { format!("{t}_start") } else { "0".to_string() })
+            .collect();
+        let sizes: Vec<String> = rt.dims.iter().map(|d| dim_size(*d)).collect();
+        let place = format!("[{}] [{}] [{}]", offsets.join(", "), sizes.join(", "), vec!["1"; r].join(", "));
+        let (bts, rts) = (tensor_ty(&bt), tensor_ty(&rt));
+        let base = self.name(base);
+        self.line(&format!("{t}_slot = tensor.extract_slice {base}{place} : {bts} to {rts}"));
         self.line(&format!(
-            "{} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({} : {}) outs({e} : {}) {{",
-            v(id),
-            parallel(r),
-            self.name(base),
-            tensor_ty(&bt),
-            tensor_ty(&bt)
+            "{t}_rows = linalg.copy ins({} : {rts}) outs({t}_slot : {rts}) -> {rts}",
+            self.name(rows)
         ));
-        self.line(&format!("^bb0(%b: {et}, %o: {et}):"));
-        let idx: Vec<String> = (0..r).map(|k| format!("%w{k}")).collect();
-        for (k, name) in idx.iter().enumerate() {
-            self.line(&format!("  {name} = linalg.index {k} : index"));
-        }
-        self.line(&format!("  %row = arith.subi %w{axis}, {t}_start : index"));
-        self.line(&format!("  %after = arith.cmpi sge, %row, {t}_zero : index"));
-        self.line(&format!("  %before = arith.cmpi slt, %row, {n} : index"));
-        self.line("  %inside = arith.andi %after, %before : i1");
-        self.line(&format!("  %row_lo = arith.maxsi %row, {t}_zero : index"));
-        self.line(&format!("  %row_in = arith.minsi %row_lo, {t}_last : index"));
-        let mut at_rows = idx.clone();
-        at_rows[axis] = "%row_in".into();
         self.line(&format!(
-            "  %new = tensor.extract {}[{}] : {}",
-            self.name(rows),
-            at_rows.join(", "),
-            tensor_ty(&rt)
+            "{} = tensor.insert_slice {t}_rows into {base}{place} : {rts} into {bts} {loc}",
+            v(id)
         ));
-        self.line(&format!("  %r = arith.select %inside, %new, %b : {et}"));
-        self.line(&format!("  linalg.yield %r : {et}"));
-        self.line(&format!("}} -> {} {loc}", tensor_ty(&bt)));
     }
 
     /// `write_ring`: one pass over the ring (a few rows) in its own buffer; entry c takes the
@@ -1579,13 +1550,7 @@ impl Emitter<'_> {
     /// r = r0 + len * ((n - 1 - r0) div len) when r0 < n.
     fn emit_write_ring(&mut self, id: ValueId, [base, rows, at]: [ValueId; 3], axis: usize, loc: &str) {
         let (bt, rt) = (self.ty(base), self.ty(rows));
-        let t = self.fresh();
-        self.line(&format!("{t}_at = tensor.extract {}[] : tensor<i64>", self.name(at)));
-        self.line(&format!("{t}_i = arith.index_cast {t}_at : i64 to index"));
-        let len = self.index_value(bt.dims[axis], &format!("{t}_len"));
-        let n = self.index_value(rt.dims[axis], &format!("{t}_n"));
-        self.line(&format!("{t}_one = arith.constant 1 : index"));
-        self.line(&format!("{t}_last = arith.subi {n}, {t}_one : index"));
+        let (t, len, n) = self.row_write_prelude(at, &bt, &rt, axis);
         let r = bt.rank();
         let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
         let et = elem(bt.dtype);
@@ -1597,14 +1562,13 @@ impl Emitter<'_> {
             tensor_ty(&bt)
         ));
         self.line(&format!("^bb0(%o: {et}):"));
-        let idx: Vec<String> = (0..r).map(|k| format!("%w{k}")).collect();
-        for (k, name) in idx.iter().enumerate() {
+        let mut at_rows: Vec<String> = (0..r).map(|k| format!("%w{k}")).collect();
+        for (k, name) in at_rows.iter().enumerate() {
             self.line(&format!("  {name} = linalg.index {k} : index"));
         }
         self.line(&format!("  %back = arith.subi %w{axis}, {t}_i : index"));
         self.line(&format!("  %r0 = arith.remsi %back, {len} : index"));
-        self.line("  %zero = arith.constant 0 : index");
-        self.line("  %neg = arith.cmpi slt, %r0, %zero : index");
+        self.line(&format!("  %neg = arith.cmpi slt, %r0, {t}_zero : index"));
         self.line(&format!("  %wrapped = arith.addi %r0, {len} : index"));
         self.line("  %first = arith.select %neg, %wrapped, %r0 : index");
         self.line(&format!("  %written = arith.cmpi slt, %first, {n} : index"));
@@ -1613,8 +1577,7 @@ impl Emitter<'_> {
         self.line(&format!("  %skip = arith.muli %laps, {len} : index"));
         self.line("  %latest = arith.addi %first, %skip : index");
         self.line(&format!("  %row = arith.minsi %latest, {t}_last : index"));
-        self.line("  %row_in = arith.maxsi %row, %zero : index");
-        let mut at_rows = idx.clone();
+        self.line(&format!("  %row_in = arith.maxsi %row, {t}_zero : index"));
         at_rows[axis] = "%row_in".into();
         self.line(&format!(
             "  %new = tensor.extract {}[{}] : {}",

@@ -55,7 +55,7 @@ enum Kind {
     /// A table over (query, key) positions, `[.., T, .., T, ..]`: the sequence at the first axis
     /// (computed for the new rows) and the keys at the second (all `capacity` of them, at
     /// absolute positions). Only index functions build and read one, at exactly its query and
-    /// key: T5's relative-position bias.
+    /// key: a relative-position bias table.
     Grid(usize, usize),
     /// Inside the body of a scan over the sequence: one step's values.
     Step,
@@ -134,8 +134,8 @@ struct Deriver<'g> {
     history: HashMap<ValueId, ValueId>,
     /// Forward values read back only a few positions (by index functions at `t - c`): how many.
     windows: HashMap<ValueId, i64>,
-    /// For each of those read so far: its ring as the call began, and its cache slot.
-    rings: HashMap<ValueId, (ValueId, usize)>,
+    /// For each of those read so far: its ring as the call began, its cache slot and axis.
+    rings: HashMap<ValueId, (ValueId, usize, usize)>,
     position: ValueId,
     caches: Vec<CacheSlot>,
     /// Each cache slot's output: its declaration and its value once made.
@@ -414,20 +414,14 @@ impl<'g> Deriver<'g> {
         if let Some(&h) = self.history.get(&v) {
             return Ok(h);
         }
-        let Kind::Rows(axis) = self.kind[v.0 as usize] else {
-            return Err("internal: a history of a value that has no sequence axis".into());
-        };
-        let node = self.g.node(v);
-        let mut ty = node.ty.clone();
-        ty.dims[axis] = Dim::Static(self.capacity);
-        let (slot, carried) = self.cache(ty.clone(), CacheKind::History { axis }, node.loc);
+        let (slot, carried, axis) = self.cache_of(v, self.capacity, |axis| CacheKind::History { axis })?;
         let op = Op::WriteRows {
             base: carried,
             rows: self.map[v.0 as usize],
             axis,
             at: self.position,
         };
-        let written = self.push(op, ty, node.loc);
+        let written = self.push(op, self.out.node(carried).ty.clone(), self.g.node(v).loc);
         self.cache_outputs[slot].1 = Some(written);
         self.history.insert(v, written);
         Ok(written)
@@ -435,20 +429,26 @@ impl<'g> Deriver<'g> {
 
     /// The ring of the last `length` rows of `v` as the call began (made at its first reader;
     /// the call's rows are written into it at the end, after every read).
-    fn ring(&mut self, v: ValueId, length: i64) -> Result<(ValueId, usize), String> {
-        if let Some(&r) = self.rings.get(&v) {
-            return Ok(r);
+    fn ring(&mut self, v: ValueId, length: i64) -> Result<ValueId, String> {
+        if let Some(&(ring, ..)) = self.rings.get(&v) {
+            return Ok(ring);
         }
+        let (slot, carried, axis) = self.cache_of(v, length, |axis| CacheKind::Window { axis, length })?;
+        self.rings.insert(v, (carried, slot, axis));
+        Ok(carried)
+    }
+
+    /// A cache of `length` rows of `v` along its sequence axis: its slot, its value as the call
+    /// began, and the axis.
+    fn cache_of(&mut self, v: ValueId, length: i64, kind: impl Fn(usize) -> CacheKind) -> Result<(usize, ValueId, usize), String> {
         let Kind::Rows(axis) = self.kind[v.0 as usize] else {
-            return Err("internal: a window of a value that has no sequence axis".into());
+            return Err("internal: a cache of a value that has no sequence axis".into());
         };
         let node = self.g.node(v);
         let mut ty = node.ty.clone();
         ty.dims[axis] = Dim::Static(length);
-        let r = self.cache(ty, CacheKind::Window { axis, length }, node.loc);
-        let r = (r.1, r.0);
-        self.rings.insert(v, r);
-        Ok(r)
+        let (slot, carried) = self.cache(ty, kind(axis), node.loc);
+        Ok((slot, carried, axis))
     }
 
     /// A new cache: an output (after the forward's) read as it was when the call began. Returns
@@ -708,7 +708,7 @@ impl<'g> Deriver<'g> {
                             } else if let (Some(&length), false) = (self.windows.get(tensor), is_param(key)) {
                                 // A read a few positions back: from this call's rows, or from
                                 // the ring of the last `length` rows before them.
-                                let (ring, _) = self.ring(*tensor, length)?;
+                                let ring = self.ring(*tensor, length)?;
                                 let rows = self.map[tensor.0 as usize];
                                 let at = push_ring_read(&mut nodes, new_indices, axis, [rows, ring, self.position], length, *t);
                                 nodes.push((
@@ -779,12 +779,9 @@ impl<'g> Deriver<'g> {
 
     fn finish(mut self, tokens: usize, logits: usize) -> Result<Decoding, String> {
         // Each ring takes this call's rows last, once everything has read its older rows.
-        let mut rings: Vec<(ValueId, (ValueId, usize))> = self.rings.iter().map(|(v, r)| (*v, *r)).collect();
+        let mut rings: Vec<(ValueId, (ValueId, usize, usize))> = self.rings.iter().map(|(v, r)| (*v, *r)).collect();
         rings.sort();
-        for (v, (ring, slot)) in rings {
-            let Kind::Rows(axis) = self.kind[v.0 as usize] else {
-                return Err("internal: a window of a value that has no sequence axis".into());
-            };
+        for (v, (ring, slot, axis)) in rings {
             let op = Op::WriteRing {
                 base: ring,
                 rows: self.map[v.0 as usize],

@@ -51,6 +51,38 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// Calls `f` with every multi-index of `shape`, in row-major order.
+/// The value of an integer scalar (a position).
+fn int_scalar(t: &Tensor) -> i64 {
+    match &t.data {
+        Data::Int(a) => a[0],
+        Data::F32(_) => unreachable!("the checker makes positions integer scalars"),
+    }
+}
+
+/// `base` with each row r of `rows` (along `axis`, in order, so a later row that lands on the
+/// same entry replaces an earlier one) written at entry `entry(r)`.
+fn write_rows(base: &Tensor, rows: &Tensor, axis: usize, entry: impl Fn(i64) -> usize) -> Tensor {
+    let mut out = base.clone();
+    let so = strides(&out.shape);
+    // `for_each_index` walks the rows in their row-major order: `src` counts along.
+    let mut src = 0;
+    for_each_index(&rows.shape, |i| {
+        let dst: usize = i
+            .iter()
+            .zip(&so)
+            .enumerate()
+            .map(|(d, (x, st))| if d == axis { entry(*x as i64) * st } else { x * st })
+            .sum();
+        match (&mut out.data, &rows.data) {
+            (Data::F32(o), Data::F32(x)) => o[dst] = x[src],
+            (Data::Int(o), Data::Int(x)) => o[dst] = x[src],
+            _ => unreachable!("the checker gives base and rows one dtype"),
+        }
+        src += 1;
+    });
+    out
+}
+
 fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     if shape.contains(&0) {
         return;
@@ -321,57 +353,14 @@ impl Run<'_> {
                 Tensor::f32(shape.clone(), out)
             }
             Op::WriteRows { base, rows, axis, at } => {
-                let (mut out, r) = (v(*base).clone(), v(*rows));
-                let (len, n) = (out.shape[*axis] as i64, r.shape[*axis] as i64);
-                let start = match &v(*at).data {
-                    Data::Int(a) => a[0].clamp(0, (len - n).max(0)) as usize,
-                    Data::F32(_) => unreachable!("the position is an integer scalar"),
-                };
-                let so = strides(&out.shape);
-                // `for_each_index` walks the rows in their row-major order: `src` counts along.
-                let mut src = 0;
-                for_each_index(&r.shape, |i| {
-                    let dst: usize = i
-                        .iter()
-                        .zip(&so)
-                        .enumerate()
-                        .map(|(d, (x, st))| (x + if d == *axis { start } else { 0 }) * st)
-                        .sum();
-                    match (&mut out.data, &r.data) {
-                        (Data::F32(o), Data::F32(x)) => o[dst] = x[src],
-                        (Data::Int(o), Data::Int(x)) => o[dst] = x[src],
-                        _ => unreachable!("the checker gives base and rows one dtype"),
-                    }
-                    src += 1;
-                });
-                out
+                let (len, n) = (v(*base).shape[*axis] as i64, v(*rows).shape[*axis] as i64);
+                let start = int_scalar(v(*at)).clamp(0, (len - n).max(0));
+                write_rows(v(*base), v(*rows), *axis, |r| (start + r) as usize)
             }
             Op::WriteRing { base, rows, axis, at } => {
-                let (mut out, r) = (v(*base).clone(), v(*rows));
-                let len = out.shape[*axis];
-                let start = match &v(*at).data {
-                    Data::Int(a) => a[0],
-                    Data::F32(_) => unreachable!("the position is an integer scalar"),
-                };
-                let so = strides(&out.shape);
-                // Rows in order: a later row that lands on the same entry replaces an earlier one.
-                let mut src = 0;
-                for_each_index(&r.shape, |i| {
-                    let slot = (start + i[*axis] as i64).rem_euclid(len as i64) as usize;
-                    let dst: usize = i
-                        .iter()
-                        .zip(&so)
-                        .enumerate()
-                        .map(|(d, (x, st))| if d == *axis { slot * st } else { x * st })
-                        .sum();
-                    match (&mut out.data, &r.data) {
-                        (Data::F32(o), Data::F32(x)) => o[dst] = x[src],
-                        (Data::Int(o), Data::Int(x)) => o[dst] = x[src],
-                        _ => unreachable!("the checker gives base and rows one dtype"),
-                    }
-                    src += 1;
-                });
-                out
+                let len = v(*base).shape[*axis] as i64;
+                let start = int_scalar(v(*at));
+                write_rows(v(*base), v(*rows), *axis, |r| (start + r).rem_euclid(len) as usize)
             }
             Op::Tabulate { f } => {
                 let mut out_f = Vec::new();

@@ -295,7 +295,8 @@ pub enum Op {
     /// replaced by `rows`, which has base's type except `n` along that axis; `at` is an i64
     /// scalar. The generated code clamps `at` into `0 ..= len - n` so it never writes out of
     /// bounds; the runtime rejects an `at` that would need clamping before that can matter.
-    /// Decoding writes a step's keys and values into its cache with it.
+    /// `base` is a carried cache ([`Op::Carry`]), written in place. Decoding writes a step's
+    /// keys and values into its cache with it.
     WriteRows {
         base: ValueId,
         rows: ValueId,
@@ -544,6 +545,9 @@ impl Graph {
             }
             match &node.op {
                 Op::Scan(s) => self.verify_scan(i, s)?,
+                Op::WriteRows { base, .. } if !matches!(self.node(*base).op, Op::Carry(_)) => {
+                    return Err(format!("%{i} writes rows into %{}, which is not a carried cache", base.0))
+                }
                 Op::Carry(k) if self.outputs.get(*k).is_none_or(|(d, _)| d.ty != node.ty) => {
                     return Err(format!("%{i} carries output {k}, which does not exist or has another type"))
                 }
