@@ -110,8 +110,13 @@ const BLOCK_ROWS: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX);
 const BLOCK_KEYS: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX - 1);
 
 /// How many query rows an attention computes at a time: its scores are a `[QUERY_ROWS, keys]`
-/// block, never the whole `[heads, queries, keys]`.
-const QUERY_ROWS: i64 = 16;
+/// block, never the whole `[heads, queries, keys]`. A multiple of every vector width: a tall
+/// block's rows are whole vectors (see `Emitter::attention_rows_tall`).
+const QUERY_ROWS: i64 = 32;
+
+/// The fewest rows a block of queries computes with its scores keys by queries
+/// (`Emitter::attention_rows_tall`); fewer, and most lanes of its vectors would be padding.
+const TALL_MIN_ROWS: i64 = 8;
 
 /// The block indices of attention block `p` (see `Emitter::emit_attention`): its batch, its
 /// head, its first query row and its first key.
@@ -1456,6 +1461,7 @@ impl Emitter<'_> {
             rhs: g.ty(rhs).clone(),
             out: g.ty(id).clone(),
             group: 1,
+            x_transposed: false,
         };
         self.emit_matmul_call(&v(id), &v(lhs), &v(rhs), &mm, loc);
     }
@@ -1740,15 +1746,21 @@ impl Emitter<'_> {
             tensor_ty(&ob)
         ));
         let at = at_block(&p);
-        let result = self.attention_rows(
-            [(&format!("{p}_qs"), &qb), (&format!("{p}_ks"), &kb), (&format!("{p}_vs"), &vb)],
-            (&format!("{p}_os"), &ob),
-            &at,
-            scale,
-            mask,
-            score,
-            loc,
-        );
+        // A block of many rows keeps its scores keys by queries (`attention_rows_tall`); a few
+        // rows (a decode step's new tokens) would waste most of its vectors' lanes, and keep
+        // them queries by keys.
+        let operands = [(&format!("{p}_qs"), &qb), (&format!("{p}_ks"), &kb), (&format!("{p}_vs"), &vb)];
+        let dest = (&format!("{p}_os"), &ob);
+        let result = format!("{p}_block");
+        self.line(&format!("{p}_tall_min = arith.constant {TALL_MIN_ROWS} : index"));
+        self.line(&format!("{p}_tall = arith.cmpi uge, {p}_n, {p}_tall_min : index"));
+        self.line(&format!("{result} = scf.if {p}_tall -> ({}) {{", tensor_ty(&ob)));
+        let tall = self.attention_rows_tall(operands, dest, &at, scale, mask, score, loc);
+        self.line(&format!("  scf.yield {tall} : {}", tensor_ty(&ob)));
+        self.line("} else {");
+        let short = self.attention_rows(operands, dest, &at, scale, mask, score, loc);
+        self.line(&format!("  scf.yield {short} : {}", tensor_ty(&ob)));
+        self.line("}");
         (self.in_scan_body, self.block_rows, self.block_keys) = saved;
         self.line("scf.forall.in_parallel {");
         self.line(&format!(
@@ -1763,45 +1775,66 @@ impl Emitter<'_> {
 
     /// The range of keys the rows of attention block `p` may see under `mask`: `{p}_k0`, the
     /// first, and `{p}_kn`, how many from it (0 when the mask hides every key from every row).
-    /// One pass over the block's mask, far cheaper than the scores it saves.
+    /// Scans inwards from both ends and stops at the first key some row keeps: padding's mask
+    /// is evaluated for one key at each end, a causal mask only for the keys the block skips.
     fn emit_key_range(&mut self, p: &str, mask: &ScalarFn, kt: &TensorType, at: &[String; 4]) {
         let keys = self.dim_value(kt.dims[2]);
         self.line(&format!("{p}_c0 = arith.constant 0 : index"));
         self.line(&format!("{p}_c1 = arith.constant 1 : index"));
-        self.line(&format!("{p}_none = arith.index_cast {keys} : index to i64"));
-        self.line(&format!("{p}_minus1 = arith.constant -1 : i64"));
-        self.line(&format!("{p}_one = arith.constant 1 : i64"));
+        self.line(&format!("{p}_false = arith.constant false"));
+        // The first key some row keeps (`keys` if none), then one past the last (scanning down
+        // no further than the first).
+        self.line(&format!("{p}_k0 = scf.while ({p}_lj = {p}_c0) : (index) -> index {{"));
+        self.line(&format!("  {p}_lin = arith.cmpi ult, {p}_lj, {keys} : index"));
+        let seen = self.any_row_keeps(p, "l", mask, at, &format!("{p}_lin"), &format!("{p}_lj"));
+        self.line(&format!("  {p}_lgo = arith.cmpi ugt, {p}_lin, {seen} : i1"));
+        self.line(&format!("  scf.condition({p}_lgo) {p}_lj : index"));
+        self.line("} do {");
+        self.line(&format!("^bb0({p}_lnext: index):"));
+        self.line(&format!("  {p}_lstep = arith.addi {p}_lnext, {p}_c1 : index"));
+        self.line(&format!("  scf.yield {p}_lstep : index"));
+        self.line("}");
+        self.line(&format!("{p}_kend = scf.while ({p}_hj = {keys}) : (index) -> index {{"));
+        self.line(&format!("  {p}_hin = arith.cmpi ugt, {p}_hj, {p}_k0 : index"));
+        self.line(&format!("  {p}_hprev = arith.subi {p}_hj, {p}_c1 : index"));
+        let seen = self.any_row_keeps(p, "h", mask, at, &format!("{p}_hin"), &format!("{p}_hprev"));
+        self.line(&format!("  {p}_hgo = arith.cmpi ugt, {p}_hin, {seen} : i1"));
+        self.line(&format!("  scf.condition({p}_hgo) {p}_hj : index"));
+        self.line("} do {");
+        self.line(&format!("^bb0({p}_hnext: index):"));
+        self.line(&format!("  {p}_hstep = arith.subi {p}_hnext, {p}_c1 : index"));
+        self.line(&format!("  scf.yield {p}_hstep : index"));
+        self.line("}");
+        self.line(&format!("{p}_span = arith.subi {p}_kend, {p}_k0 : index"));
+        self.line(&format!("{p}_kn = arith.maxsi {p}_span, {p}_c0 : index"));
+    }
+
+    /// Inside a key scan of [`Emitter::emit_key_range`]: whether any row of block `p` keeps key
+    /// `key` under `mask`, evaluated only when `valid` (the key is in range). Returns the i1.
+    fn any_row_keeps(&mut self, p: &str, side: &str, mask: &ScalarFn, at: &[String; 4], valid: &str, key: &str) -> String {
+        let any = format!("{p}_{side}any");
+        self.line(&format!("  {any} = scf.if {valid} -> (i1) {{"));
         self.line(&format!(
-            "{p}_lo, {p}_hi = scf.for {p}_r = {p}_c0 to {p}_n step {p}_c1 iter_args({p}_lo_r = {p}_none, {p}_hi_r = {p}_minus1) -> (i64, i64) {{"
+            "    {p}_{side}kept = scf.for {p}_{side}r = {p}_c0 to {p}_n step {p}_c1 iter_args({p}_{side}acc = {p}_false) -> (i1) {{"
         ));
-        self.line(&format!("  {p}_row = arith.addi {}, {p}_r : index", at[2]));
-        self.line(&format!(
-            "  {p}_lo_k, {p}_hi_k = scf.for {p}_j = {p}_c0 to {keys} step {p}_c1 iter_args({p}_lo_j = {p}_lo_r, {p}_hi_j = {p}_hi_r) -> (i64, i64) {{"
-        ));
+        self.line(&format!("      {p}_{side}row = arith.addi {}, {p}_{side}r : index", at[2]));
         let mut idx = Vec::new();
-        for (k, index) in [at[0].clone(), at[1].clone(), format!("{p}_row"), format!("{p}_j")]
+        for (k, index) in [at[0].clone(), at[1].clone(), format!("{p}_{side}row"), key.to_string()]
             .iter()
             .enumerate()
         {
-            self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
+            self.line(&format!("      %i{k} = arith.index_cast {index} : index to i64"));
             idx.push(format!("%i{k}"));
         }
         let keep = self.emit_scalar_fn(mask, &idx, "%rg");
-        self.line(&format!("  {p}_lo_min = arith.minsi %i3, {p}_lo_j : i64"));
-        self.line(&format!("  {p}_hi_max = arith.maxsi %i3, {p}_hi_j : i64"));
-        self.line(&format!("  {p}_lo_new = arith.select {keep}, {p}_lo_min, {p}_lo_j : i64"));
-        self.line(&format!("  {p}_hi_new = arith.select {keep}, {p}_hi_max, {p}_hi_j : i64"));
-        self.line(&format!("  scf.yield {p}_lo_new, {p}_hi_new : i64, i64"));
-        self.line("}");
-        self.line(&format!("  scf.yield {p}_lo_k, {p}_hi_k : i64, i64"));
-        self.line("}");
-        self.line(&format!("{p}_span = arith.subi {p}_hi, {p}_lo : i64"));
-        self.line(&format!("{p}_count = arith.addi {p}_span, {p}_one : i64"));
-        self.line(&format!("{p}_zero = arith.constant 0 : i64"));
-        self.line(&format!("{p}_kept = arith.maxsi {p}_count, {p}_zero : i64"));
-        self.line(&format!("{p}_start = arith.minsi {p}_lo, {p}_none : i64"));
-        self.line(&format!("{p}_k0 = arith.index_cast {p}_start : i64 to index"));
-        self.line(&format!("{p}_kn = arith.index_cast {p}_kept : i64 to index"));
+        self.line(&format!("      {p}_{side}or = arith.ori {p}_{side}acc, {keep} : i1"));
+        self.line(&format!("      scf.yield {p}_{side}or : i1"));
+        self.line("    }");
+        self.line(&format!("    scf.yield {p}_{side}kept : i1"));
+        self.line("  } else {");
+        self.line(&format!("    scf.yield {p}_false : i1"));
+        self.line("  }");
+        any
     }
 
     /// The attention of one block of query rows (`q`, `k`, `v` and the result `ty`, written
@@ -1846,6 +1879,7 @@ impl Emitter<'_> {
             rhs: kt.clone(),
             out: scores_ty.clone(),
             group,
+            x_transposed: false,
         };
         self.emit_matmul_call(&raw, q, k, &scores, loc);
         // 2. scale, score function, mask
@@ -1924,11 +1958,236 @@ impl Emitter<'_> {
             rhs: vt.clone(),
             out: ty.clone(),
             group,
+            x_transposed: false,
         };
         self.emit_matmul_call(&weighted, &probs, v_in, &values, loc);
         // 7. normalise; an empty row stays zero
         let result = self.fresh();
         self.line(&format!("{result} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({dest} : {out_t}) {{", parallel(4)));
+        self.line("^bb0(%w: f32, %z: f32, %o: f32):");
+        self.line("  %zero = arith.constant 0.0 : f32");
+        self.line("  %none = arith.cmpf oeq, %z, %zero : f32");
+        self.line("  %q = arith.divf %w, %z : f32");
+        self.line("  %r = arith.select %none, %zero, %q : f32");
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {out_t} {loc}"));
+        result
+    }
+
+    /// The attention of one block of query rows (as [`Emitter::attention_rows`]), its scores
+    /// kept keys by queries: `sᵀ = k · qᵀ` as `[keys, QUERY_ROWS]`, the block's queries
+    /// transposed into zero-padded columns. Every step is then vectors across queries: both
+    /// matmuls are the axpy tile (`k` rows against whole vectors of queries, `pᵀ` read
+    /// transposed against `v`), and the softmax's maximum and sum run down the keys, with no
+    /// sums across lanes. Scores of the padding columns are never masked, read or written out.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows_tall(
+        &mut self,
+        [(q, qt), (k, kt), (v_in, vt)]: [(&String, &TensorType); 3],
+        (dest, ty): (&String, &TensorType),
+        at: &[String; 4],
+        scale: f64,
+        mask: Option<&ScalarFn>,
+        score: Option<&ScalarFn>,
+        loc: &str,
+    ) -> String {
+        let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
+        let lanes = self.target.lanes;
+        let vectors = (QUERY_ROWS / lanes) as usize;
+        let vec = format!("vector<{lanes}xf32>");
+        let x = self.fresh();
+        let n = self.block_rows.clone().unwrap_or_default();
+        let keys = match kt.dims[2] {
+            Dim::Symbol(s) if s == BLOCK_KEYS => self.block_keys.clone().unwrap_or_default(),
+            d => self.dim_value(d),
+        };
+        let (b, h, d) = (qt.dims[0], qt.dims[1], qt.dims[3]);
+        let wide = Dim::Static(QUERY_ROWS);
+        let qtt = TensorType::new(qt.dtype, vec![b, h, d, wide]);
+        let st = TensorType::new(lmc_abi::DType::F32, vec![b, h, kt.dims[2], wide]);
+        let (qtt_s, st_s) = (tensor_ty(&qtt), tensor_ty(&st));
+        // 1. the block's queries as columns, zero past its rows
+        self.line(&format!("{x}_c0 = arith.constant 0 : index"));
+        self.line(&format!("{x}_c1 = arith.constant 1 : index"));
+        self.line(&format!("{x}_zero = arith.constant 0.0 : f32"));
+        let empty = self.empty(&qtt);
+        self.line(&format!(
+            "{x}_qz = linalg.fill ins({x}_zero : f32) outs({empty} : {qtt_s}) -> {qtt_s}"
+        ));
+        let cols = TensorType::new(qt.dtype, vec![b, h, d, Dim::Symbol(BLOCK_ROWS)]);
+        let cols_at = format!("[0, 0, 0, 0] [1, 1, {}, {n}] [1, 1, 1, 1]", dim_size(d));
+        self.line(&format!(
+            "{x}_qcols = tensor.extract_slice {x}_qz{cols_at} : {qtt_s} to {}",
+            tensor_ty(&cols)
+        ));
+        self.line(&format!(
+            "{x}_qtr = linalg.transpose ins({q} : {}) outs({x}_qcols : {}) permutation = [0, 1, 3, 2] {loc}",
+            tensor_ty(&qt),
+            tensor_ty(&cols)
+        ));
+        self.line(&format!(
+            "{x}_qt = tensor.insert_slice {x}_qtr into {x}_qz{cols_at} : {} into {qtt_s}",
+            tensor_ty(&cols)
+        ));
+        // 2. raw scores, keys by queries
+        let scores = matmul::MatMul {
+            layout: matmul::RhsLayout::RowMajor,
+            x: kt.clone(),
+            rhs: qtt.clone(),
+            out: st.clone(),
+            group: 1,
+            x_transposed: false,
+        };
+        self.emit_matmul_call(&format!("{x}_raw"), k, &format!("{x}_qt"), &scores, loc);
+        // 3. scale, score function and mask, on the block's own columns. Without either, the
+        // scale (when positive, so that it keeps the maximum) is folded into step 5.
+        let fold_scale = mask.is_none() && score.is_none() && scale > 0.0;
+        let mut s = format!("{x}_raw");
+        if !fold_scale {
+            let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, kt.dims[2], Dim::Symbol(BLOCK_ROWS)]);
+            let own_s = tensor_ty(&own);
+            let key_size = match kt.dims[2] {
+                Dim::Symbol(s) if s == BLOCK_KEYS => keys.clone(),
+                d => dim_size(d),
+            };
+            let own_at = format!("[0, 0, 0, 0] [1, 1, {key_size}, {n}] [1, 1, 1, 1]");
+            self.line(&format!("{x}_own = tensor.extract_slice {s}{own_at} : {st_s} to {own_s}"));
+            let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+            self.line(&format!(
+                "{x}_scored = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_own : {own_s}) {{",
+                parallel(4)
+            ));
+            self.line("^bb0(%raw: f32):");
+            self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
+            self.line("  %s0 = arith.mulf %raw, %scale : f32");
+            let mut idx = Vec::new();
+            if mask.is_some() || score.is_some() {
+                // The block's batch and head, its first row plus the column, its first key plus
+                // the row.
+                self.line("  %ix3 = linalg.index 3 : index");
+                self.line(&format!("  %row = arith.addi {}, %ix3 : index", at[2]));
+                self.line("  %ix2 = linalg.index 2 : index");
+                self.line(&format!("  %key = arith.addi {}, %ix2 : index", at[3]));
+                for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
+                    self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
+                    idx.push(format!("%i{k}"));
+                }
+            }
+            let mut current = "%s0".to_string();
+            if let Some(f) = score {
+                let mut args = vec![current.clone()];
+                args.extend(idx.iter().cloned());
+                current = self.emit_scalar_fn(f, &args, "%sc");
+            }
+            if let Some(f) = mask {
+                let keep = self.emit_scalar_fn(f, &idx, "%mk");
+                self.line("  %neginf = arith.constant 0xFF800000 : f32");
+                self.line(&format!("  %masked = arith.select {keep}, {current}, %neginf : f32"));
+                current = "%masked".into();
+            }
+            self.line(&format!("  linalg.yield {current} : f32"));
+            self.line(&format!("}} -> {own_s} {loc}"));
+            self.line(&format!(
+                "{x}_s = tensor.insert_slice {x}_scored into {s}{own_at} : {own_s} into {st_s}"
+            ));
+            s = format!("{x}_s");
+        }
+        // 4. each query's maximum, down the keys
+        let cols: Vec<String> = (0..vectors).map(|c| format!("{x}_col{c}")).collect();
+        for (c, col) in cols.iter().enumerate() {
+            self.line(&format!("{col} = arith.constant {} : index", c as i64 * lanes));
+        }
+        self.line(&format!("{x}_ninf = arith.constant dense<0xFF800000> : {vec}"));
+        self.line(&format!("{x}_vzero = arith.constant dense<0.0> : {vec}"));
+        let types = vec![vec.as_str(); vectors].join(", ");
+        let inits = |name: &str, init: &str| {
+            (0..vectors)
+                .map(|c| format!("{x}_{name}{c} = {init}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        self.line(&format!(
+            "{x}_max:{vectors} = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({}) -> ({types}) {{",
+            inits("macc", &format!("{x}_ninf"))
+        ));
+        for (c, col) in cols.iter().enumerate() {
+            self.line(&format!(
+                "  {x}_ms{c} = vector.transfer_read {s}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
+            ));
+            self.line(&format!("  {x}_mx{c} = arith.maximumf {x}_macc{c}, {x}_ms{c} : {vec}"));
+        }
+        let maxes: Vec<String> = (0..vectors).map(|c| format!("{x}_mx{c}")).collect();
+        self.line(&format!("  scf.yield {} : {types}", maxes.join(", ")));
+        self.line("}");
+        // A query that sees no key (maximum -inf) gets zeros, not NaN.
+        let mask_ty = format!("vector<{lanes}xi1>");
+        let factor = if fold_scale { scale } else { 1.0 };
+        self.line(&format!("{x}_factor = arith.constant dense<{}> : {vec}", f32_literal(factor)));
+        for c in 0..vectors {
+            self.line(&format!("{x}_none{c} = arith.cmpf oeq, {x}_max#{c}, {x}_ninf : {vec}"));
+            self.line(&format!(
+                "{x}_safe{c} = arith.select {x}_none{c}, {x}_vzero, {x}_max#{c} : {mask_ty}, {vec}"
+            ));
+            self.line(&format!("{x}_shift{c} = arith.mulf {x}_safe{c}, {x}_factor : {vec}"));
+            self.line(&format!("{x}_neg{c} = arith.negf {x}_shift{c} : {vec}"));
+        }
+        // 5. probabilities exp(factor·s - factor·max) in place, and their sums
+        let st_ty = st_s.as_str();
+        self.line(&format!(
+            "{x}_exp:{} = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({}, {x}_pacc = {s}) -> ({types}, {st_ty}) {{",
+            vectors + 1,
+            inits("sacc", &format!("{x}_vzero"))
+        ));
+        let mut p = format!("{x}_pacc");
+        for (c, col) in cols.iter().enumerate() {
+            self.line(&format!(
+                "  {x}_es{c} = vector.transfer_read {p}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
+            ));
+            self.line(&format!("  {x}_ed{c} = math.fma {x}_es{c}, {x}_factor, {x}_neg{c} : {vec}"));
+            for l in approx::exp_of(&format!("{x}_ed{c}"), &format!("{x}_ee{c}"), &format!("{x}_et{c}_"), Some(lanes)) {
+                self.line(&format!("  {l}"));
+            }
+            self.line(&format!("  {x}_esum{c} = arith.addf {x}_sacc{c}, {x}_ee{c} : {vec}"));
+            self.line(&format!(
+                "  {x}_ep{c} = vector.transfer_write {x}_ee{c}, {p}[{x}_c0, {x}_c0, {x}_j, {col}] {{in_bounds = [true]}} : {vec}, {st_s}"
+            ));
+            p = format!("{x}_ep{c}");
+        }
+        let sums: Vec<String> = (0..vectors).map(|c| format!("{x}_esum{c}")).collect();
+        self.line(&format!("  scf.yield {}, {p} : {types}, {st_ty}", sums.join(", ")));
+        self.line("}");
+        // 6. the weighted sum of values, the probabilities read transposed
+        let values = matmul::MatMul {
+            layout: matmul::RhsLayout::RowMajor,
+            x: st.clone(),
+            rhs: vt.clone(),
+            out: ty.clone(),
+            group: 1,
+            x_transposed: true,
+        };
+        self.emit_matmul_call(&format!("{x}_weighted"), &format!("{x}_exp#{vectors}"), v_in, &values, loc);
+        // 7. normalise by the sums (of the block's own rows); a query that sees no key stays zero
+        let sums_ty = format!("tensor<{QUERY_ROWS}xf32>");
+        self.line(&format!("{x}_sums0 = tensor.empty() : {sums_ty}"));
+        let mut sums_t = format!("{x}_sums0");
+        for (c, col) in cols.iter().enumerate() {
+            self.line(&format!(
+                "{x}_sums{} = vector.transfer_write {x}_exp#{c}, {sums_t}[{col}] {{in_bounds = [true]}} : {vec}, {sums_ty}",
+                c + 1
+            ));
+            sums_t = format!("{x}_sums{}", c + 1);
+        }
+        self.line(&format!(
+            "{x}_rowsums = tensor.extract_slice {sums_t}[0] [{n}] [1] : {sums_ty} to tensor<?xf32>"
+        ));
+        let out_t = tensor_ty(&ty);
+        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+        let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
+        let result = format!("{x}_result");
+        self.line(&format!(
+            "{result} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({x}_weighted, {x}_rowsums : {out_t}, tensor<?xf32>) outs({dest} : {out_t}) {{",
+            parallel(4)
+        ));
         self.line("^bb0(%w: f32, %z: f32, %o: f32):");
         self.line("  %zero = arith.constant 0.0 : f32");
         self.line("  %none = arith.cmpf oeq, %z, %zero : f32");

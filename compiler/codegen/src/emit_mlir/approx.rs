@@ -13,25 +13,28 @@
 /// exponent bits, so that results overflow to `inf` and underflow through subnormals to 0 as
 /// libm's do. NaN stays NaN.
 pub(super) fn exp(x: &str, res: &str, tmp: &str) -> Vec<String> {
+    exp_of(x, res, tmp, None)
+}
+
+/// [`exp`] of every lane of a `vector<lanes x f32>` (of one `f32` when `lanes` is `None`).
+pub(super) fn exp_of(x: &str, res: &str, tmp: &str, lanes: Option<i64>) -> Vec<String> {
     let t = |i: usize| format!("{tmp}{i}");
+    let (f, i) = (of("f32", lanes), of("i32", lanes));
     let mut lines = Vec::new();
     let mut line = |s: String| lines.push(s);
+    let mut constant = |name: String, value: &str, ty: &str| {
+        line(format!("{name} = arith.constant {} : {ty}", literal(value, lanes)));
+        name
+    };
     // Past ±104 the result is 0 or inf whatever the polynomial says; the clamp keeps `n` an
     // integer the exponent bits can hold (two halves of at most 76 each).
-    line(format!("{} = arith.constant -104.0 : f32", t(0)));
-    line(format!("{} = arith.constant 89.0 : f32", t(1)));
-    line(format!("{} = arith.maximumf {x}, {} : f32", t(2), t(0)));
-    line(format!("{} = arith.minimumf {}, {} : f32", t(3), t(2), t(1)));
-    line(format!("{} = arith.constant 1.44269504088896341 : f32", t(4)));
-    line(format!("{} = arith.constant 0.5 : f32", t(5)));
-    line(format!("{} = math.fma {}, {}, {} : f32", t(6), t(3), t(4), t(5)));
-    line(format!("{} = math.floor {} : f32", t(7), t(6)));
+    let lo = constant(t(0), "-104.0", &f);
+    let hi = constant(t(1), "89.0", &f);
+    let log2e = constant(t(4), "1.44269504088896341", &f);
+    let half = constant(t(5), "0.5", &f);
     // r = x - n·ln 2, with ln 2 split in two so that n·C1 is exact.
-    line(format!("{} = arith.constant -0.693359375 : f32", t(8)));
-    line(format!("{} = arith.constant 2.12194440e-4 : f32", t(9)));
-    line(format!("{} = math.fma {}, {}, {} : f32", t(10), t(7), t(8), t(3)));
-    line(format!("{} = math.fma {}, {}, {} : f32", t(11), t(7), t(9), t(10)));
-    let r = t(11);
+    let c1 = constant(t(8), "-0.693359375", &f);
+    let c2 = constant(t(9), "2.12194440e-4", &f);
     let coefficients = [
         "1.9875691500e-4",
         "1.3981999507e-3",
@@ -40,47 +43,78 @@ pub(super) fn exp(x: &str, res: &str, tmp: &str) -> Vec<String> {
         "1.6666665459e-1",
         "5.0000001201e-1",
     ];
-    let mut p = t(12);
-    line(format!("{p} = arith.constant {} : f32", coefficients[0]));
+    let mut p = constant(t(12), coefficients[0], &f);
     let mut next = 13;
+    let mut ks = Vec::new();
     for c in &coefficients[1..] {
-        let (k, q) = (t(next), t(next + 1));
-        line(format!("{k} = arith.constant {c} : f32"));
-        line(format!("{q} = math.fma {p}, {r}, {k} : f32"));
-        p = q;
+        ks.push(constant(t(next), c, &f));
         next += 2;
     }
+    let one = constant(t(next + 2), "1.0", &f);
+    let shift = constant(t(next + 5), "1", &i);
+    let bias = constant(t(next + 8), "127", &i);
+    let c23 = constant(t(next + 9), "23", &i);
+    line(format!("{} = arith.maximumf {x}, {lo} : {f}", t(2)));
+    line(format!("{} = arith.minimumf {}, {hi} : {f}", t(3), t(2)));
+    line(format!("{} = math.fma {}, {log2e}, {half} : {f}", t(6), t(3)));
+    line(format!("{} = math.floor {} : {f}", t(7), t(6)));
+    line(format!("{} = math.fma {}, {c1}, {} : {f}", t(10), t(7), t(3)));
+    line(format!("{} = math.fma {}, {c2}, {} : {f}", t(11), t(7), t(10)));
+    let r = t(11);
+    for (j, k) in ks.iter().enumerate() {
+        let q = t(14 + 2 * j);
+        line(format!("{q} = math.fma {p}, {r}, {k} : {f}"));
+        p = q;
+    }
     // exp(r) = 1 + r + r²·p
-    let (r2, y0, one, y) = (t(next), t(next + 1), t(next + 2), t(next + 3));
-    line(format!("{r2} = arith.mulf {r}, {r} : f32"));
-    line(format!("{y0} = math.fma {r2}, {p}, {r} : f32"));
-    line(format!("{one} = arith.constant 1.0 : f32"));
-    line(format!("{y} = arith.addf {y0}, {one} : f32"));
-    next += 4;
+    let (r2, y0, y) = (t(next), t(next + 1), t(next + 3));
+    line(format!("{r2} = arith.mulf {r}, {r} : {f}"));
+    line(format!("{y0} = math.fma {r2}, {p}, {r} : {f}"));
+    line(format!("{y} = arith.addf {y0}, {one} : {f}"));
     // 2^n = 2^a · 2^b with a = n >> 1, b = n - a; 2^a is the float with exponent bits a + 127.
-    let (n, c1, a, b, bias, c23) = (t(next), t(next + 1), t(next + 2), t(next + 3), t(next + 4), t(next + 5));
-    line(format!("{n} = arith.fptosi {} : f32 to i32", t(7)));
-    line(format!("{c1} = arith.constant 1 : i32"));
-    line(format!("{a} = arith.shrsi {n}, {c1} : i32"));
-    line(format!("{b} = arith.subi {n}, {a} : i32"));
-    line(format!("{bias} = arith.constant 127 : i32"));
-    line(format!("{c23} = arith.constant 23 : i32"));
-    next += 6;
+    let (n, a, b) = (t(next + 4), t(next + 6), t(next + 7));
+    line(format!("{n} = arith.fptosi {} : {f} to {i}", t(7)));
+    line(format!("{a} = arith.shrsi {n}, {shift} : {i}"));
+    line(format!("{b} = arith.subi {n}, {a} : {i}"));
+    next += 10;
     let mut scaled = y;
-    for half in [a, b] {
+    for part in [a, b] {
         let (biased, bits, pow, product) = (t(next), t(next + 1), t(next + 2), t(next + 3));
-        line(format!("{biased} = arith.addi {half}, {bias} : i32"));
-        line(format!("{bits} = arith.shli {biased}, {c23} : i32"));
-        line(format!("{pow} = arith.bitcast {bits} : i32 to f32"));
-        line(format!("{product} = arith.mulf {scaled}, {pow} : f32"));
+        line(format!("{biased} = arith.addi {part}, {bias} : {i}"));
+        line(format!("{bits} = arith.shli {biased}, {c23} : {i}"));
+        line(format!("{pow} = arith.bitcast {bits} : {i} to {f}"));
+        line(format!("{product} = arith.mulf {scaled}, {pow} : {f}"));
         scaled = product;
         next += 4;
     }
     // NaN in, NaN out (the integer path above says nothing useful about it).
     let nan = t(next);
-    line(format!("{nan} = arith.cmpf uno, {x}, {x} : f32"));
-    line(format!("{res} = arith.select {nan}, {x}, {scaled} : f32"));
+    line(format!("{nan} = arith.cmpf uno, {x}, {x} : {f}"));
+    line(format!(
+        "{res} = arith.select {nan}, {x}, {scaled} : {}{f}",
+        if lanes.is_some() {
+            format!("{}, ", of("i1", lanes))
+        } else {
+            String::new()
+        }
+    ));
     lines
+}
+
+/// An element type, or a vector of `lanes` of it.
+fn of(elem: &str, lanes: Option<i64>) -> String {
+    match lanes {
+        Some(n) => format!("vector<{n}x{elem}>"),
+        None => elem.to_string(),
+    }
+}
+
+/// A constant's literal: the value, or a vector splat of it.
+fn literal(value: &str, lanes: Option<i64>) -> String {
+    match lanes {
+        Some(_) => format!("dense<{value}>"),
+        None => value.to_string(),
+    }
 }
 
 /// `erf(x)`, odd, from `|x|`: below 0.5 its Maclaurin series to `x^13` (relative error below

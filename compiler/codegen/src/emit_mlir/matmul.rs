@@ -71,6 +71,10 @@ pub(super) struct MatMul {
     pub rhs: TensorType,
     pub out: TensorType,
     pub group: i64,
+    /// `x` is stored `[..., K, M]` and read as its transpose (attention's probabilities when
+    /// its scores are kept keys by queries). Only the axpy tile (a right operand in
+    /// [`RhsLayout::RowMajor`]) reads `x` one element at a time, so only it supports this.
+    pub x_transposed: bool,
 }
 
 /// Where a tile is emitted.
@@ -442,6 +446,7 @@ impl Kernel {
     /// One `rows × cols` tile of `x @ transpose(w)`: a vector of partial sums per element over
     /// `k` a vector at a time, the last, partial vector masked, then summed across lanes.
     fn dot_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, cols: i64) -> String {
+        debug_assert!(!mm.x_transposed, "the dot tile reads rows of x as vectors");
         let (xt, wt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
@@ -543,7 +548,11 @@ impl Kernel {
         for (i, row) in row_ix.iter().enumerate() {
             let (a, splat) = (self.fresh(), self.fresh());
             let mut idx = at.batch.to_vec();
-            idx.extend([row.clone(), kk.clone()]);
+            if mm.x_transposed {
+                idx.extend([kk.clone(), row.clone()]);
+            } else {
+                idx.extend([row.clone(), kk.clone()]);
+            }
             self.line(&format!("  {a} = tensor.extract {}[{}] : {xt}", self.x, idx.join(", ")));
             self.line(&format!("  {splat} = vector.broadcast {a} : f32 to {vec}"));
             for (j, bv) in bs.iter().enumerate() {
