@@ -39,7 +39,7 @@ fn encoder_context(name: &str, batch: usize, vocab: usize) -> Vec<HostTensor> {
 
 #[test]
 fn decode_steps_give_the_forward_logits_at_every_position() {
-    let (batch, length) = (2usize, 11usize);
+    let (batch, length) = (2usize, 16usize);
     for &(file, name, fixture) in CASES {
         let weights = root().join(fixture);
         let forward = checked_model(file, name, &weights);
@@ -75,8 +75,9 @@ fn decode_steps_give_the_forward_logits_at_every_position() {
         let step_model = jit_model(&step, &weights);
         let mut decoder = Decoder::new(&step_model, batch).unwrap().with_context(context);
         let mut worst = 0.0f32;
-        // A prompt, a chunk of two, then one token at a time.
-        for n in [4usize, 2, 1, 1, 1, 1, 1] {
+        // A prompt (of 8 rows or more: attention computes its scores keys by queries), a chunk
+        // of two (queries by keys), then one token at a time.
+        for n in [9usize, 2, 1, 1, 1, 1, 1] {
             let at = decoder.position() as usize;
             let tokens: Vec<i64> = (0..batch)
                 .flat_map(|b| ids[b * length + at..b * length + at + n].to_vec())
