@@ -500,6 +500,31 @@ impl Kernel {
             sums = (0..count).map(|i| format!("{res}#{i}")).collect();
         }
         let mut acc = at.acc.to_string();
+        if cols > 1 {
+            // A whole tile: each row's lane sums at once, added to its columns as one vector.
+            let cv = format!("vector<{cols}xf32>");
+            for (i, row) in row_ix.iter().enumerate() {
+                let row_sums = sums[i * cols as usize..(i + 1) * cols as usize].to_vec();
+                let folded = self.lane_sums(&row_sums, &zero);
+                let (picked, before, total, next) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+                let first: Vec<String> = (0..cols).map(|c| c.to_string()).collect();
+                self.line(&format!(
+                    "{picked} = vector.shuffle {folded}, {folded} [{}] : {vec}, {vec}",
+                    first.join(", ")
+                ));
+                self.line(&format!(
+                    "{before} = vector.transfer_read {acc}[{row}, {}], {pad} {{in_bounds = [true]}} : {SLICE_TY}, {cv}",
+                    col_ix[0]
+                ));
+                self.line(&format!("{total} = arith.addf {before}, {picked} : {cv}"));
+                self.line(&format!(
+                    "{next} = vector.transfer_write {total}, {acc}[{row}, {}] {{in_bounds = [true]}} : {cv}, {SLICE_TY}",
+                    col_ix[0]
+                ));
+                acc = next;
+            }
+            return acc;
+        }
         for (i, row) in row_ix.iter().enumerate() {
             for (j, col) in col_ix.iter().enumerate() {
                 let s = self.fresh();
@@ -515,6 +540,54 @@ impl Kernel {
             }
         }
         acc
+    }
+
+    /// The lane sums of `vectors` (each a vector of partial sums) as the first lanes of one
+    /// vector, in order: a tree of shuffles that halves the partials of two vectors at a time
+    /// (an unpaired vector pairs with `zero`), instead of one shuffle tree per vector. Returns
+    /// the vector's name.
+    fn lane_sums(&mut self, vectors: &[String], zero: &str) -> String {
+        let lanes = self.lanes as usize;
+        debug_assert!(vectors.len() <= lanes, "more sums than lanes");
+        let vec = format!("vector<{lanes}xf32>");
+        // Each vector holds `groups` sums, lanes `[g·partials, (g+1)·partials)` for sum g.
+        let (mut level, mut partials) = (vectors.to_vec(), lanes);
+        while partials > 1 || level.len() > 1 {
+            let half = partials / 2;
+            let mut next = Vec::new();
+            for pair in level.chunks(2) {
+                let (v, w) = (&pair[0], pair.get(1).map_or(zero, String::as_str));
+                let groups = lanes / partials;
+                // Sum g of v, then sum g of w (lanes offset by `lanes` in the shuffle).
+                let pick = |second_half: bool| -> Vec<String> {
+                    (0..2 * groups)
+                        .flat_map(|g| {
+                            let base = if g < groups {
+                                g * partials
+                            } else {
+                                lanes + (g - groups) * partials
+                            };
+                            let from = base + if second_half { half } else { 0 };
+                            (from..from + half).map(|l| l.to_string())
+                        })
+                        .collect()
+                };
+                let (lo, hi, sum) = (self.fresh(), self.fresh(), self.fresh());
+                self.line(&format!(
+                    "{lo} = vector.shuffle {v}, {w} [{}] : {vec}, {vec}",
+                    pick(false).join(", ")
+                ));
+                self.line(&format!(
+                    "{hi} = vector.shuffle {v}, {w} [{}] : {vec}, {vec}",
+                    pick(true).join(", ")
+                ));
+                self.line(&format!("{sum} = arith.addf {lo}, {hi} : {vec}"));
+                next.push(sum);
+            }
+            level = next;
+            partials = half;
+        }
+        level.remove(0)
     }
 
     /// One `rows × (2 vectors)` tile of `x @ b`, accumulated over every `k`; a tile that is not
