@@ -1840,7 +1840,9 @@ impl Emitter<'_> {
     /// The attention of one block of query rows (`q`, `k`, `v` and the result `ty`, written
     /// into `dest`, are `[1, 1, rows, ·]`); `at` are the block's batch, head and first row,
     /// which index functions see added to the block's own indices. Returns the result's SSA
-    /// name.
+    /// name. Scores are queries by keys: `q · kᵀ` as dot products, then the softmax along each
+    /// row; the layout for blocks of fewer than [`TALL_MIN_ROWS`] rows (a decode step's new
+    /// tokens), where [`Emitter::attention_rows_tall`] would waste most lanes.
     #[allow(clippy::too_many_arguments)]
     fn attention_rows(
         &mut self,
