@@ -1890,32 +1890,7 @@ impl Emitter<'_> {
         let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
         self.line(&format!("{scored} = linalg.generic {{indexing_maps = [{map4}, {map4}], iterator_types = [{}]}} ins({raw} : {st}) outs({empty} : {st}) {{", parallel(4)));
         self.line("^bb0(%raw: f32, %o: f32):");
-        self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
-        self.line("  %s0 = arith.mulf %raw, %scale : f32");
-        let mut idx = Vec::new();
-        if mask.is_some() || score.is_some() {
-            // The block's batch and head, its first row plus the row, its first key plus the key.
-            self.line("  %ix2 = linalg.index 2 : index");
-            self.line(&format!("  %row = arith.addi {}, %ix2 : index", at[2]));
-            self.line("  %ix3 = linalg.index 3 : index");
-            self.line(&format!("  %key = arith.addi {}, %ix3 : index", at[3]));
-            for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
-                self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
-                idx.push(format!("%i{k}"));
-            }
-        }
-        let mut current = "%s0".to_string();
-        if let Some(f) = score {
-            let mut args = vec![current.clone()];
-            args.extend(idx.iter().cloned());
-            current = self.emit_scalar_fn(f, &args, "%sc");
-        }
-        if let Some(f) = mask {
-            let keep = self.emit_scalar_fn(f, &idx, "%mk");
-            self.line("  %neginf = arith.constant 0xFF800000 : f32");
-            self.line(&format!("  %masked = arith.select {keep}, {current}, %neginf : f32"));
-            current = "%masked".into();
-        }
+        let current = self.scored_element(at, scale, mask, score, (2, 3));
         self.line(&format!("  linalg.yield {current} : f32"));
         self.line(&format!("}} -> {st} {loc}"));
         // 3. row maximum
@@ -1965,14 +1940,7 @@ impl Emitter<'_> {
         self.emit_matmul_call(&weighted, &probs, v_in, &values, loc);
         // 7. normalise; an empty row stays zero
         let result = self.fresh();
-        self.line(&format!("{result} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {rt}) outs({dest} : {out_t}) {{", parallel(4)));
-        self.line("^bb0(%w: f32, %z: f32, %o: f32):");
-        self.line("  %zero = arith.constant 0.0 : f32");
-        self.line("  %none = arith.cmpf oeq, %z, %zero : f32");
-        self.line("  %q = arith.divf %w, %z : f32");
-        self.line("  %r = arith.select %none, %zero, %q : f32");
-        self.line("  linalg.yield %r : f32");
-        self.line(&format!("}} -> {out_t} {loc}"));
+        self.normalise(&result, (&weighted, &out_t), (&sums, &rt, row_map), dest, loc);
         result
     }
 
@@ -2060,33 +2028,7 @@ impl Emitter<'_> {
                 parallel(4)
             ));
             self.line("^bb0(%raw: f32):");
-            self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
-            self.line("  %s0 = arith.mulf %raw, %scale : f32");
-            let mut idx = Vec::new();
-            if mask.is_some() || score.is_some() {
-                // The block's batch and head, its first row plus the column, its first key plus
-                // the row.
-                self.line("  %ix3 = linalg.index 3 : index");
-                self.line(&format!("  %row = arith.addi {}, %ix3 : index", at[2]));
-                self.line("  %ix2 = linalg.index 2 : index");
-                self.line(&format!("  %key = arith.addi {}, %ix2 : index", at[3]));
-                for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
-                    self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
-                    idx.push(format!("%i{k}"));
-                }
-            }
-            let mut current = "%s0".to_string();
-            if let Some(f) = score {
-                let mut args = vec![current.clone()];
-                args.extend(idx.iter().cloned());
-                current = self.emit_scalar_fn(f, &args, "%sc");
-            }
-            if let Some(f) = mask {
-                let keep = self.emit_scalar_fn(f, &idx, "%mk");
-                self.line("  %neginf = arith.constant 0xFF800000 : f32");
-                self.line(&format!("  %masked = arith.select {keep}, {current}, %neginf : f32"));
-                current = "%masked".into();
-            }
+            let current = self.scored_element(at, scale, mask, score, (3, 2));
             self.line(&format!("  linalg.yield {current} : f32"));
             self.line(&format!("}} -> {own_s} {loc}"));
             self.line(&format!(
@@ -2182,12 +2124,73 @@ impl Emitter<'_> {
         self.line(&format!(
             "{x}_rowsums = tensor.extract_slice {sums_t}[0] [{n}] [1] : {sums_ty} to tensor<?xf32>"
         ));
-        let out_t = tensor_ty(&ty);
-        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
-        let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
         let result = format!("{x}_result");
+        let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
+        let (weighted, rowsums) = (format!("{x}_weighted"), format!("{x}_rowsums"));
+        self.normalise(
+            &result,
+            (&weighted, &tensor_ty(&ty)),
+            (&rowsums, "tensor<?xf32>", row_map),
+            dest,
+            loc,
+        );
+        result
+    }
+
+    /// Inside an attention's scores generic (its element `%raw`): the scaled score, through
+    /// the score function, `-inf` where the mask hides it. `(row, key)` are the generic's
+    /// dimensions of the block's query rows and keys, which index functions see offset by the
+    /// block's first row and key (`at`). Returns the value's SSA name.
+    fn scored_element(
+        &mut self,
+        at: &[String; 4],
+        scale: f64,
+        mask: Option<&ScalarFn>,
+        score: Option<&ScalarFn>,
+        (row, key): (usize, usize),
+    ) -> String {
+        self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
+        self.line("  %s0 = arith.mulf %raw, %scale : f32");
+        let mut idx = Vec::new();
+        if mask.is_some() || score.is_some() {
+            // The block's batch and head, its first row plus the row, its first key plus the key.
+            self.line(&format!("  %ixr = linalg.index {row} : index"));
+            self.line(&format!("  %row = arith.addi {}, %ixr : index", at[2]));
+            self.line(&format!("  %ixk = linalg.index {key} : index"));
+            self.line(&format!("  %key = arith.addi {}, %ixk : index", at[3]));
+            for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
+                self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
+                idx.push(format!("%i{k}"));
+            }
+        }
+        let mut current = "%s0".to_string();
+        if let Some(f) = score {
+            let mut args = vec![current.clone()];
+            args.extend(idx.iter().cloned());
+            current = self.emit_scalar_fn(f, &args, "%sc");
+        }
+        if let Some(f) = mask {
+            let keep = self.emit_scalar_fn(f, &idx, "%mk");
+            self.line("  %neginf = arith.constant 0xFF800000 : f32");
+            self.line(&format!("  %masked = arith.select {keep}, {current}, %neginf : f32"));
+            current = "%masked".into();
+        }
+        current
+    }
+
+    /// `result = weighted / sums` into `dest` (`[1, 1, rows, ·]`), the sums read through
+    /// `sums_map`; a row whose sum is 0 (it saw no key) stays zero.
+    fn normalise(
+        &mut self,
+        result: &str,
+        (weighted, out_t): (&str, &str),
+        (sums, sums_t, sums_map): (&str, &str, &str),
+        dest: &str,
+        loc: &str,
+    ) {
+        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
         self.line(&format!(
-            "{result} = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({x}_weighted, {x}_rowsums : {out_t}, tensor<?xf32>) outs({dest} : {out_t}) {{",
+            "{result} = linalg.generic {{indexing_maps = [{map4}, {sums_map}, {map4}], iterator_types = [{}]}} ins({weighted}, {sums} : {out_t}, {sums_t}) outs({dest} : {out_t}) {{",
             parallel(4)
         ));
         self.line("^bb0(%w: f32, %z: f32, %o: f32):");
@@ -2197,7 +2200,6 @@ impl Emitter<'_> {
         self.line("  %r = arith.select %none, %zero, %q : f32");
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {out_t} {loc}"));
-        result
     }
 
     /// Emits an index function inside a generic body; `args` are the SSA values of its
