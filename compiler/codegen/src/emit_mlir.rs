@@ -33,6 +33,7 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     let uses = fuse::use_counts(g);
     let mut e = Emitter {
         fully_fused: fuse::fully_fused(g, &regions, &uses),
+        biased: fuse::bias_epilogues(g, &regions),
         uses,
         g,
         target: *target,
@@ -79,6 +80,9 @@ struct Emitter<'a> {
     uses: Vec<usize>,
     /// The scan-body nodes computed only inside the ops that read them (see [`fuse`]).
     fully_fused: std::collections::HashSet<ValueId>,
+    /// The adds of a bias to a matmul that the matmul kernel computes (at the add; the matmul
+    /// itself emits nothing): add → (matmul, bias). See [`fuse::bias_epilogues`].
+    biased: std::collections::HashMap<ValueId, (ValueId, ValueId)>,
 }
 
 /// The result side of a fused `linalg.generic`: its SSA name, output map (the part after
@@ -619,7 +623,13 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
-            if self.fully_fused.contains(&id) {
+            if self.fully_fused.contains(&id) || self.biased.values().any(|&(m, _)| m == id) {
+                continue;
+            }
+            if let Some(&(m, bias)) = self.biased.get(&id) {
+                let Op::MatMul { lhs, rhs } = self.g.node(m).op else { continue };
+                let loc = self.loc(self.g.node(id).loc);
+                self.emit_matmul(id, (lhs, rhs), Some(bias), &loc);
                 continue;
             }
             self.in_scan_body = region.is_some();
@@ -1072,7 +1082,7 @@ impl Emitter<'_> {
                     perm.join(", ")
                 ));
             }
-            Op::MatMul { lhs, rhs } => self.emit_matmul(id, *lhs, *rhs, &loc),
+            Op::MatMul { lhs, rhs } => self.emit_matmul(id, (*lhs, *rhs), None, &loc),
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
             Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
@@ -1446,7 +1456,9 @@ impl Emitter<'_> {
         }
     }
 
-    fn emit_matmul(&mut self, id: ValueId, lhs: ValueId, rhs: ValueId, loc: &str) {
+    /// `id = lhs @ rhs`, plus `bias` along the last axis when given (see
+    /// [`fuse::bias_epilogues`]).
+    fn emit_matmul(&mut self, id: ValueId, (lhs, rhs): (ValueId, ValueId), bias: Option<ValueId>, loc: &str) {
         let g = self.g;
         // `x @ transpose(w)` (every Linear: checkpoints store weights `[out, in]`) reads `w`
         // in place with the dot-product kernel: no transposed copy per call. The unused
@@ -1462,8 +1474,10 @@ impl Emitter<'_> {
             out: g.ty(id).clone(),
             group: 1,
             x_transposed: false,
+            bias: bias.map(|b| g.ty(b).clone()),
         };
-        self.emit_matmul_call(&v(id), &v(lhs), &v(rhs), &mm, loc);
+        let bias = bias.map(v);
+        self.emit_matmul_call(&v(id), [&v(lhs), &v(rhs)], bias.as_deref(), &mm, loc);
     }
 }
 
@@ -1882,8 +1896,9 @@ impl Emitter<'_> {
             out: scores_ty.clone(),
             group,
             x_transposed: false,
+            bias: None,
         };
-        self.emit_matmul_call(&raw, q, k, &scores, loc);
+        self.emit_matmul_call(&raw, [q, k], None, &scores, loc);
         // 2. scale, score function, mask
         let empty = self.empty(&scores_ty);
         let scored = self.fresh();
@@ -1936,8 +1951,9 @@ impl Emitter<'_> {
             out: ty.clone(),
             group,
             x_transposed: false,
+            bias: None,
         };
-        self.emit_matmul_call(&weighted, &probs, v_in, &values, loc);
+        self.emit_matmul_call(&weighted, [&probs, v_in], None, &values, loc);
         // 7. normalise; an empty row stays zero
         let result = self.fresh();
         self.normalise(&result, (&weighted, &out_t), (&sums, &rt, row_map), dest, loc);
@@ -2007,8 +2023,9 @@ impl Emitter<'_> {
             out: st.clone(),
             group: 1,
             x_transposed: false,
+            bias: None,
         };
-        self.emit_matmul_call(&format!("{x}_raw"), k, &format!("{x}_qt"), &scores, loc);
+        self.emit_matmul_call(&format!("{x}_raw"), [k, &format!("{x}_qt")], None, &scores, loc);
         // 3. scale, score function and mask, on the block's own columns. Without either, the
         // scale (when positive, so that it keeps the maximum) is folded into step 5.
         let fold_scale = mask.is_none() && score.is_none() && scale > 0.0;
@@ -2108,8 +2125,9 @@ impl Emitter<'_> {
             out: ty.clone(),
             group: 1,
             x_transposed: true,
+            bias: None,
         };
-        self.emit_matmul_call(&format!("{x}_weighted"), &format!("{x}_exp#{vectors}"), v_in, &values, loc);
+        self.emit_matmul_call(&format!("{x}_weighted"), [&format!("{x}_exp#{vectors}"), v_in], None, &values, loc);
         // 7. normalise by the sums (of the block's own rows); a query that sees no key stays zero
         let sums_ty = format!("tensor<{QUERY_ROWS}xf32>");
         self.line(&format!("{x}_sums0 = tensor.empty() : {sums_ty}"));

@@ -9,10 +9,11 @@
 //!   by any number of ops: each reader reads the underlying value directly.
 //!
 //! Readers that can take fused operands are elementwise math and reductions. Only scan bodies
-//! are fused: the function body's ops are each outlined into a function of their own.
+//! are fused: the function body's ops are each outlined into a function of their own, except
+//! that a matmul's bias is added by the matmul kernel itself ([`bias_epilogues`]).
 
-use lmc_core::ir::{Dim, Graph, Op, ScalarFn, ScalarNode, ValueId};
-use std::collections::HashSet;
+use lmc_core::ir::{BinaryOp, Dim, Graph, Op, ScalarFn, ScalarNode, ValueId};
+use std::collections::{HashMap, HashSet};
 
 /// For a view: the index of the view's axis that each axis of the value it reads is read at,
 /// or `None` for an axis of length 1 read at 0.
@@ -113,4 +114,42 @@ pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize]
             regions[id.0 as usize].is_some() && !rs.is_empty() && rs.iter().all(|&r| fused_into(g, regions, uses, r, id))
         })
         .collect()
+}
+
+/// The function body's `x @ transpose(w) + b` (a Linear with a bias), keyed by the add: the
+/// matmul and the bias `b: [N]`. The dot-product kernel then starts each block of the result
+/// from the bias instead of zeros, which saves a pass over the result; the matmul must have no
+/// other reader (nor be an output), and the add must not broadcast it.
+pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>]) -> HashMap<ValueId, (ValueId, ValueId)> {
+    let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        for r in node.op.operands() {
+            readers[r.0 as usize].push(ValueId(i as u32));
+        }
+    }
+    let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    let mut fused = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let m = ValueId(i as u32);
+        let Op::MatMul { rhs, .. } = node.op else { continue };
+        let transposed = matches!(g.node(rhs).op, Op::Transpose { x } if g.ty(x).rank() == 2);
+        let [add] = readers[i].as_slice() else { continue };
+        if !transposed || regions[i].is_some() || regions[add.0 as usize].is_some() || outputs.contains(&m) {
+            continue;
+        }
+        let Op::Binary {
+            op: BinaryOp::Add,
+            lhs,
+            rhs,
+        } = g.node(*add).op
+        else {
+            continue;
+        };
+        let bias = if lhs == m { rhs } else { lhs };
+        let (bt, mt) = (g.ty(bias), g.ty(m));
+        if bias != m && bt.rank() == 1 && bt.dtype == mt.dtype && bt.dims.last() == mt.dims.last() && g.ty(*add).dims == mt.dims {
+            fused.insert(*add, (m, bias));
+        }
+    }
+    fused
 }

@@ -78,6 +78,10 @@ pub(super) struct MatMul {
     /// its scores are kept keys by queries). Only the axpy tile (a right operand in
     /// [`RhsLayout::RowMajor`]) reads `x` one element at a time, so only it supports this.
     pub x_transposed: bool,
+    /// A bias `[N]` added to every row of the result (a Linear's), by starting each block of
+    /// the result from it instead of zeros. Only the dot kernel (a right operand in
+    /// [`RhsLayout::Transposed`], outside scan steps) takes one.
+    pub bias: Option<TensorType>,
 }
 
 /// Where a tile is emitted.
@@ -111,13 +115,17 @@ struct Kernel {
     x: String,
     rhs: String,
     out: String,
+    /// The name of the bias, if the kernel adds one.
+    bias: Option<String>,
 }
 
 impl Emitter<'_> {
     /// Emits `result = x @ rhs` as a call to the tiled kernel for these types (defining it on
     /// first use).
-    pub(super) fn emit_matmul_call(&mut self, result: &str, x: &str, rhs: &str, mm: &MatMul, loc: &str) {
+    pub(super) fn emit_matmul_call(&mut self, result: &str, [x, rhs]: [&str; 2], bias: Option<&str>, mm: &MatMul, loc: &str) {
+        debug_assert_eq!(bias.is_some(), mm.bias.is_some(), "a bias's name and type come together");
         if self.in_scan_body {
+            debug_assert!(bias.is_none(), "scan steps add no bias in the kernel");
             // Inside a scan step the loops are inlined: a step calls nothing.
             let out = self.empty(&mm.out);
             let prefix = format!("{}_", self.fresh());
@@ -129,22 +137,29 @@ impl Emitter<'_> {
             return;
         }
         let key = format!(
-            "{:?} {} {} {} {}",
+            "{:?} {} {} {} {} {:?}",
             mm.layout,
             tensor_ty(&mm.x),
             tensor_ty(&mm.rhs),
             tensor_ty(&mm.out),
-            mm.group
+            mm.group,
+            mm.bias.as_ref().map(tensor_ty)
         );
         let lanes = self.target.lanes;
         let name = self.functions.get_or_define("matmul", key, |name| {
-            Kernel::new("%k", lanes, ["%x", "%rhs", "%out"]).function(name, mm)
+            let mut kernel = Kernel::new("%k", lanes, ["%x", "%rhs", "%out"]);
+            kernel.bias = mm.bias.as_ref().map(|_| "%bias".to_string());
+            kernel.function(name, mm)
         });
         let (x, rhs) = (self.contiguous(x), self.contiguous(rhs));
         let init = self.empty(&mm.out);
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let (bias_arg, bias_ty) = match (bias, &mm.bias) {
+            (Some(b), Some(t)) => (format!("{b}, "), format!("{}, ", tensor_ty(t))),
+            _ => (String::new(), String::new()),
+        };
         self.line(&format!(
-            "{result} = func.call {name}({x}, {rhs}, {init}) : ({xt}, {rt}, {ot}) -> {ot} {loc}"
+            "{result} = func.call {name}({x}, {rhs}, {bias_arg}{init}) : ({xt}, {rt}, {bias_ty}{ot}) -> {ot} {loc}"
         ));
     }
 }
@@ -160,6 +175,7 @@ impl Kernel {
             x: x.to_string(),
             rhs: rhs.to_string(),
             out: out.to_string(),
+            bias: None,
         }
     }
 
@@ -223,10 +239,14 @@ impl Kernel {
     fn function(mut self, name: &str, mm: &MatMul) -> String {
         let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
         let filled = self.body(mm, true);
+        let bias = match (&self.bias, &mm.bias) {
+            (Some(b), Some(t)) => format!("{b}: {}, ", tensor_ty(t)),
+            _ => String::new(),
+        };
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "  func.func private {name}(%x: {xt}, %rhs: {rt}, %out: {ot}) -> {ot} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{"
+            "  func.func private {name}(%x: {xt}, %rhs: {rt}, {bias}%out: {ot}) -> {ot} attributes {{llvm.linkage = #llvm.linkage<internal>}} {{"
         );
         text.push_str(&self.text);
         let _ = writeln!(text, "    return {filled} : {ot}");
@@ -363,12 +383,32 @@ impl Kernel {
         let mut filled = slice.to_string();
         let mut k_block = None;
         if mm.layout == RhsLayout::Transposed {
-            let zero = self.fresh();
-            self.line(&format!("{zero} = arith.constant 0.0 : f32"));
-            let zeroed = self.fresh();
-            self.line(&format!(
-                "{zeroed} = linalg.fill ins({zero} : f32) outs({slice} : {SLICE_TY}) -> {SLICE_TY}"
-            ));
+            let zeroed = match (&self.bias.clone(), &mm.bias) {
+                // Every row starts from the bias of its columns.
+                (Some(bias), Some(bt)) => {
+                    let (zeroed, part) = (self.fresh(), self.fresh());
+                    self.line(&format!(
+                        "{part} = tensor.extract_slice {bias}[{lo}] [{size}] [1] : {} to tensor<?xf32>",
+                        tensor_ty(bt)
+                    ));
+                    self.line(&format!(
+                        "{zeroed} = linalg.generic {{indexing_maps = [affine_map<(d0, d1) -> (d1)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = [\"parallel\", \"parallel\"]}} ins({part} : tensor<?xf32>) outs({slice} : {SLICE_TY}) {{"
+                    ));
+                    self.line("^bb0(%b: f32, %o: f32):");
+                    self.line("  linalg.yield %b : f32");
+                    self.line(&format!("}} -> {SLICE_TY}"));
+                    zeroed
+                }
+                _ => {
+                    let zero = self.fresh();
+                    self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+                    let zeroed = self.fresh();
+                    self.line(&format!(
+                        "{zeroed} = linalg.fill ins({zero} : f32) outs({slice} : {SLICE_TY}) -> {SLICE_TY}"
+                    ));
+                    zeroed
+                }
+            };
             let block = self.index_const(K_BLOCK);
             let (res, k_lo, arg) = self.open_loop(&c0, k, &block, &zeroed, SLICE_TY);
             let end = self.index_op("addi", &k_lo, &block);
