@@ -31,9 +31,13 @@ pub const FORWARD_FUNC: &str = "forward";
 pub fn emit_module(g: &Graph, target: &Target) -> String {
     let regions = g.enclosing_scans();
     let uses = fuse::use_counts(g);
+    let biased = fuse::bias_epilogues(g, &regions);
+    let mut fully_fused = fuse::fully_fused(g, &regions, &uses);
+    // A matmul whose bias its kernel adds is computed where the add is.
+    fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
     let mut e = Emitter {
-        fully_fused: fuse::fully_fused(g, &regions, &uses),
-        biased: fuse::bias_epilogues(g, &regions),
+        fully_fused,
+        biased,
         uses,
         g,
         target: *target,
@@ -78,7 +82,8 @@ struct Emitter<'a> {
     regions: Vec<Option<ValueId>>,
     /// How many times each value is read (see [`fuse`]).
     uses: Vec<usize>,
-    /// The scan-body nodes computed only inside the ops that read them (see [`fuse`]).
+    /// The nodes computed only inside the ops that read them: scan-body nodes (see [`fuse`]) and
+    /// the matmuls of [`Emitter::biased`].
     fully_fused: std::collections::HashSet<ValueId>,
     /// The adds of a bias to a matmul that the matmul kernel computes (at the add; the matmul
     /// itself emits nothing): add → (matmul, bias). See [`fuse::bias_epilogues`].
@@ -121,6 +126,22 @@ const QUERY_ROWS: i64 = 32;
 /// The fewest rows a block of queries computes with its scores keys by queries
 /// (`Emitter::attention_rows_tall`); fewer, and most lanes of its vectors would be padding.
 const TALL_MIN_ROWS: i64 = 8;
+
+/// One block of query rows of an attention, as both block layouts take it: the block's slices
+/// of `q`, `k` and `v` and of the result (`dest`, computed in place), each `[1, 1, rows, ·]` with
+/// its SSA name; the block's indices ([`at_block`]), which index functions see added to the
+/// block's own; and the attention's scale, mask and score functions.
+struct AttentionBlock<'a> {
+    q: (&'a String, &'a TensorType),
+    k: (&'a String, &'a TensorType),
+    v: (&'a String, &'a TensorType),
+    dest: (&'a String, &'a TensorType),
+    at: &'a [String; 4],
+    scale: f64,
+    mask: Option<&'a ScalarFn>,
+    score: Option<&'a ScalarFn>,
+    loc: &'a str,
+}
 
 /// The block indices of attention block `p` (see `Emitter::emit_attention`): its batch, its
 /// head, its first query row and its first key.
@@ -623,7 +644,7 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
-            if self.fully_fused.contains(&id) || self.biased.values().any(|&(m, _)| m == id) {
+            if self.fully_fused.contains(&id) {
                 continue;
             }
             if let Some(&(m, bias)) = self.biased.get(&id) {
@@ -1763,16 +1784,26 @@ impl Emitter<'_> {
         // A block of many rows keeps its scores keys by queries (`attention_rows_tall`); a few
         // rows (a decode step's new tokens) would waste most of its vectors' lanes, and keep
         // them queries by keys.
-        let operands = [(&format!("{p}_qs"), &qb), (&format!("{p}_ks"), &kb), (&format!("{p}_vs"), &vb)];
-        let dest = (&format!("{p}_os"), &ob);
+        let names = [format!("{p}_qs"), format!("{p}_ks"), format!("{p}_vs"), format!("{p}_os")];
+        let block = AttentionBlock {
+            q: (&names[0], &qb),
+            k: (&names[1], &kb),
+            v: (&names[2], &vb),
+            dest: (&names[3], &ob),
+            at: &at,
+            scale,
+            mask,
+            score,
+            loc,
+        };
         let result = format!("{p}_block");
         self.line(&format!("{p}_tall_min = arith.constant {TALL_MIN_ROWS} : index"));
         self.line(&format!("{p}_tall = arith.cmpi uge, {p}_n, {p}_tall_min : index"));
         self.line(&format!("{result} = scf.if {p}_tall -> ({}) {{", tensor_ty(&ob)));
-        let tall = self.attention_rows_tall(operands, dest, &at, scale, mask, score, loc);
+        let tall = self.attention_rows_tall(&block);
         self.line(&format!("  scf.yield {tall} : {}", tensor_ty(&ob)));
         self.line("} else {");
-        let short = self.attention_rows(operands, dest, &at, scale, mask, score, loc);
+        let short = self.attention_rows(&block);
         self.line(&format!("  scf.yield {short} : {}", tensor_ty(&ob)));
         self.line("}");
         (self.in_scan_body, self.block_rows, self.block_keys) = saved;
@@ -1851,23 +1882,22 @@ impl Emitter<'_> {
         any
     }
 
-    /// The attention of one block of query rows (`q`, `k`, `v` and the result `ty`, written
-    /// into `dest`, are `[1, 1, rows, ·]`); `at` are the block's batch, head and first row,
-    /// which index functions see added to the block's own indices. Returns the result's SSA
+    /// The attention of one block of query rows ([`AttentionBlock`]). Returns the result's SSA
     /// name. Scores are queries by keys: `q · kᵀ` as dot products, then the softmax along each
     /// row; the layout for blocks of fewer than [`TALL_MIN_ROWS`] rows (a decode step's new
     /// tokens), where [`Emitter::attention_rows_tall`] would waste most lanes.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_rows(
-        &mut self,
-        [(q, qt), (k, kt), (v_in, vt)]: [(&String, &TensorType); 3],
-        (dest, ty): (&String, &TensorType),
-        at: &[String; 4],
-        scale: f64,
-        mask: Option<&ScalarFn>,
-        score: Option<&ScalarFn>,
-        loc: &str,
-    ) -> String {
+    fn attention_rows(&mut self, block: &AttentionBlock<'_>) -> String {
+        let AttentionBlock {
+            q: (q, qt),
+            k: (k, kt),
+            v: (v_in, vt),
+            dest: (dest, ty),
+            at,
+            scale,
+            mask,
+            score,
+            loc,
+        } = *block;
         let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
         let (b, h, t, s) = (qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]);
         let group = 1;
@@ -1966,17 +1996,18 @@ impl Emitter<'_> {
     /// matmuls are the axpy tile (`k` rows against whole vectors of queries, `pᵀ` read
     /// transposed against `v`), and the softmax's maximum and sum run down the keys, with no
     /// sums across lanes. Scores of the padding columns are never masked, read or written out.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_rows_tall(
-        &mut self,
-        [(q, qt), (k, kt), (v_in, vt)]: [(&String, &TensorType); 3],
-        (dest, ty): (&String, &TensorType),
-        at: &[String; 4],
-        scale: f64,
-        mask: Option<&ScalarFn>,
-        score: Option<&ScalarFn>,
-        loc: &str,
-    ) -> String {
+    fn attention_rows_tall(&mut self, block: &AttentionBlock<'_>) -> String {
+        let AttentionBlock {
+            q: (q, qt),
+            k: (k, kt),
+            v: (v_in, vt),
+            dest: (dest, ty),
+            at,
+            scale,
+            mask,
+            score,
+            loc,
+        } = *block;
         let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
         let lanes = self.target.lanes;
         let vectors = (QUERY_ROWS / lanes) as usize;

@@ -279,12 +279,7 @@ impl<'g> Deriver<'g> {
                 (remap(&node.op, &self.map), Kind::Step)
             }
             Op::Tabulate { f } => {
-                let ranges: Vec<Option<i64>> = node
-                    .ty
-                    .dims
-                    .iter()
-                    .map(|d| if let Dim::Static(n) = d { Some(n - 1) } else { None })
-                    .collect();
+                let ranges = index_maxima(&node.ty);
                 let f = self.rewrite_fn(f, axis, None, &ranges, loc)?;
                 (Op::Tabulate { f }, axis.map_or(Kind::Fixed, Kind::Rows))
             }
@@ -1112,12 +1107,7 @@ fn windows(g: &Graph, time: SymbolId) -> HashMap<ValueId, i64> {
         match &node.op {
             Op::Tabulate { f } => {
                 let own = axis_of(&node.ty);
-                let ranges: Vec<Option<i64>> = node
-                    .ty
-                    .dims
-                    .iter()
-                    .map(|d| if let Dim::Static(n) = d { Some(n - 1) } else { None })
-                    .collect();
+                let ranges = index_maxima(&node.ty);
                 for (n, _) in &f.nodes {
                     let ScalarNode::Load { tensor, indices } = n else { continue };
                     let Some(axis) = axis_of(g.ty(*tensor)) else { continue };
@@ -1190,6 +1180,15 @@ fn looks_back(f: &ScalarFn, k: usize, own: usize, ranges: &[Option<i64>]) -> boo
         // `coef · t + offset` with offset <= 0 is at most t for every t >= 0.
         _ => matches!(affine(f, k, own, ranges), Some((0 | 1, _, hi)) if hi <= 0),
     }
+}
+
+/// The largest value each index of a tabulate over `ty` takes: its size less one where the
+/// size is fixed, unknown where it is a symbol.
+fn index_maxima(ty: &TensorType) -> Vec<Option<i64>> {
+    ty.dims
+        .iter()
+        .map(|d| if let Dim::Static(n) = d { Some(n - 1) } else { None })
+        .collect()
 }
 
 /// Index `k` as `coef · t + [lo, hi]` over the other parameters' ranges, when it is that simple.
