@@ -123,6 +123,10 @@ const BLOCK_KEYS: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX - 1);
 /// block's rows are whole vectors (see `Emitter::attention_rows_tall`).
 const QUERY_ROWS: i64 = 32;
 
+/// How many keys a tall block of queries scores at a time (`Emitter::attention_rows_tall`):
+/// its scores, `[KEY_TILE, QUERY_ROWS]` f32 (32 KiB), stay in L1 whatever the length.
+const KEY_TILE: i64 = 256;
+
 /// The fewest rows a block of queries computes with its scores keys by queries
 /// (`Emitter::attention_rows_tall`); fewer, and most lanes of its vectors would be padding.
 const TALL_MIN_ROWS: i64 = 8;
@@ -1996,6 +2000,11 @@ impl Emitter<'_> {
     /// matmuls are the axpy tile (`k` rows against whole vectors of queries, `pᵀ` read
     /// transposed against `v`), and the softmax's maximum and sum run down the keys, with no
     /// sums across lanes. Scores of the padding columns are never masked, read or written out.
+    ///
+    /// Keys are taken [`KEY_TILE`] at a time with an online softmax: each tile's scores raise
+    /// the running maximum, the sums and weighted values so far are rescaled by
+    /// `exp(old max - new max)`, and the tile's own are added. A block's scores are then never
+    /// more than one tile, whatever the length.
     fn attention_rows_tall(&mut self, block: &AttentionBlock<'_>) -> String {
         let AttentionBlock {
             q: (q, qt),
@@ -2021,8 +2030,15 @@ impl Emitter<'_> {
         let (b, h, d) = (qt.dims[0], qt.dims[1], qt.dims[3]);
         let wide = Dim::Static(QUERY_ROWS);
         let qtt = TensorType::new(qt.dtype, vec![b, h, d, wide]);
-        let st = TensorType::new(lmc_abi::DType::F32, vec![b, h, kt.dims[2], wide]);
-        let (qtt_s, st_s) = (tensor_ty(&qtt), tensor_ty(&st));
+        let qtt_s = tensor_ty(&qtt);
+        // A tile's keys, values and scores: `BLOCK_KEYS` stands for the tile's key count inside
+        // the tile loop.
+        let tile_keys = Dim::Symbol(BLOCK_KEYS);
+        let ktile = TensorType::new(kt.dtype, vec![b, h, tile_keys, kt.dims[3]]);
+        let vtile = TensorType::new(vt.dtype, vec![b, h, tile_keys, vt.dims[3]]);
+        let st = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, wide]);
+        let st_s = tensor_ty(&st);
+        let ty_s = tensor_ty(&ty);
         // 1. the block's queries as columns, zero past its rows
         self.line(&format!("{x}_c0 = arith.constant 0 : index"));
         self.line(&format!("{x}_c1 = arith.constant 1 : index"));
@@ -2031,44 +2047,81 @@ impl Emitter<'_> {
         self.line(&format!(
             "{x}_qz = linalg.fill ins({x}_zero : f32) outs({empty} : {qtt_s}) -> {qtt_s}"
         ));
-        let cols = TensorType::new(qt.dtype, vec![b, h, d, Dim::Symbol(BLOCK_ROWS)]);
+        let cols_t = TensorType::new(qt.dtype, vec![b, h, d, Dim::Symbol(BLOCK_ROWS)]);
         let cols_at = format!("[0, 0, 0, 0] [1, 1, {}, {n}] [1, 1, 1, 1]", dim_size(d));
         self.line(&format!(
             "{x}_qcols = tensor.extract_slice {x}_qz{cols_at} : {qtt_s} to {}",
-            tensor_ty(&cols)
+            tensor_ty(&cols_t)
         ));
         self.line(&format!(
             "{x}_qtr = linalg.transpose ins({q} : {}) outs({x}_qcols : {}) permutation = [0, 1, 3, 2] {loc}",
             tensor_ty(&qt),
-            tensor_ty(&cols)
+            tensor_ty(&cols_t)
         ));
         self.line(&format!(
             "{x}_qt = tensor.insert_slice {x}_qtr into {x}_qz{cols_at} : {} into {qtt_s}",
-            tensor_ty(&cols)
+            tensor_ty(&cols_t)
         ));
-        // 2. raw scores, keys by queries
+        let cols: Vec<String> = (0..vectors).map(|c| format!("{x}_col{c}")).collect();
+        for (c, col) in cols.iter().enumerate() {
+            self.line(&format!("{col} = arith.constant {} : index", c as i64 * lanes));
+        }
+        self.line(&format!("{x}_ninf = arith.constant dense<0xFF800000> : {vec}"));
+        self.line(&format!("{x}_vzero = arith.constant dense<0.0> : {vec}"));
+        // Without a mask or score function, the scale (when positive, so that it keeps the
+        // maximum) is folded into the exponentials.
+        let fold_scale = mask.is_none() && score.is_none() && scale > 0.0;
+        let factor = if fold_scale { scale } else { 1.0 };
+        self.line(&format!("{x}_factor = arith.constant dense<{}> : {vec}", f32_literal(factor)));
+        let mask_ty = format!("vector<{lanes}xi1>");
+        let types = vec![vec.as_str(); vectors].join(", ");
+        let names = |name: &str| (0..vectors).map(|c| format!("{x}_{name}{c}")).collect::<Vec<_>>();
+        let inits = |name: &str, init: &str| names(name).iter().map(|a| format!("{a} = {init}")).collect::<Vec<_>>().join(", ");
+        // The weighted values so far, queries by the value's width: zero before the first tile.
+        let acc0 = self.empty(&ty);
+        self.line(&format!(
+            "{x}_acc0 = linalg.fill ins({x}_zero : f32) outs({acc0} : {ty_s}) -> {ty_s}"
+        ));
+        self.line(&format!("{x}_tile = arith.constant {KEY_TILE} : index"));
+        // The loop carries each query's running maximum and sum (vectors across queries) and
+        // the weighted values.
+        self.line(&format!(
+            "{x}_run:{} = scf.for {x}_t = {x}_c0 to {keys} step {x}_tile iter_args({}, {}, {x}_acc = {x}_acc0) -> ({types}, {types}, {ty_s}) {{",
+            2 * vectors + 1,
+            inits("m", &format!("{x}_ninf")),
+            inits("l", &format!("{x}_vzero"))
+        ));
+        self.line(&format!("{x}_tleft = arith.subi {keys}, {x}_t : index"));
+        self.line(&format!("{x}_tn = arith.minui {x}_tleft, {x}_tile : index"));
+        let saved_keys = self.block_keys.replace(format!("{x}_tn"));
+        for (name, of, t, tile) in [("kt", k, &kt, &ktile), ("vt", v_in, &vt, &vtile)] {
+            self.line(&format!(
+                "{x}_{name} = tensor.extract_slice {of}[0, 0, {x}_t, 0] [1, 1, {x}_tn, {}] [1, 1, 1, 1] : {} to {}",
+                dim_size(t.dims[3]),
+                tensor_ty(t),
+                tensor_ty(tile)
+            ));
+        }
+        // Index functions see the tile's keys offset by its first.
+        self.line(&format!("{x}_tk0 = arith.addi {}, {x}_t : index", at[3]));
+        let tile_at = [at[0].clone(), at[1].clone(), at[2].clone(), format!("{x}_tk0")];
+        // 2. raw scores of the tile, keys by queries
         let scores = matmul::MatMul {
             layout: matmul::RhsLayout::RowMajor,
-            x: kt.clone(),
+            x: ktile.clone(),
             rhs: qtt.clone(),
             out: st.clone(),
             group: 1,
             x_transposed: false,
             bias: None,
         };
-        self.emit_matmul_call(&format!("{x}_raw"), [k, &format!("{x}_qt")], None, &scores, loc);
-        // 3. scale, score function and mask, on the block's own columns. Without either, the
-        // scale (when positive, so that it keeps the maximum) is folded into step 5.
-        let fold_scale = mask.is_none() && score.is_none() && scale > 0.0;
+        self.emit_matmul_call(&format!("{x}_raw"), [&format!("{x}_kt"), &format!("{x}_qt")], None, &scores, loc);
+        // 3. scale, score function and mask, on the block's own columns
         let mut s = format!("{x}_raw");
         if !fold_scale {
-            let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, kt.dims[2], Dim::Symbol(BLOCK_ROWS)]);
+            let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
             let own_s = tensor_ty(&own);
-            let key_size = match kt.dims[2] {
-                Dim::Symbol(s) if s == BLOCK_KEYS => keys.clone(),
-                d => dim_size(d),
-            };
-            let own_at = format!("[0, 0, 0, 0] [1, 1, {key_size}, {n}] [1, 1, 1, 1]");
+            let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
             self.line(&format!("{x}_own = tensor.extract_slice {s}{own_at} : {st_s} to {own_s}"));
             let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
             self.line(&format!(
@@ -2076,7 +2129,7 @@ impl Emitter<'_> {
                 parallel(4)
             ));
             self.line("^bb0(%raw: f32):");
-            let current = self.scored_element(at, scale, mask, score, (3, 2));
+            let current = self.scored_element(&tile_at, scale, mask, score, (3, 2));
             self.line(&format!("  linalg.yield {current} : f32"));
             self.line(&format!("}} -> {own_s} {loc}"));
             self.line(&format!(
@@ -2084,23 +2137,13 @@ impl Emitter<'_> {
             ));
             s = format!("{x}_s");
         }
-        // 4. each query's maximum, down the keys
-        let cols: Vec<String> = (0..vectors).map(|c| format!("{x}_col{c}")).collect();
-        for (c, col) in cols.iter().enumerate() {
-            self.line(&format!("{col} = arith.constant {} : index", c as i64 * lanes));
-        }
-        self.line(&format!("{x}_ninf = arith.constant dense<0xFF800000> : {vec}"));
-        self.line(&format!("{x}_vzero = arith.constant dense<0.0> : {vec}"));
-        let types = vec![vec.as_str(); vectors].join(", ");
-        let inits = |name: &str, init: &str| {
+        // 4. each query's maximum down the tile's keys, and the running maximum
+        self.line(&format!(
+            "{x}_max:{vectors} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}) -> ({types}) {{",
             (0..vectors)
-                .map(|c| format!("{x}_{name}{c} = {init}"))
+                .map(|c| format!("{x}_macc{c} = {x}_m{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
-        self.line(&format!(
-            "{x}_max:{vectors} = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({}) -> ({types}) {{",
-            inits("macc", &format!("{x}_ninf"))
         ));
         for (c, col) in cols.iter().enumerate() {
             self.line(&format!(
@@ -2108,13 +2151,10 @@ impl Emitter<'_> {
             ));
             self.line(&format!("  {x}_mx{c} = arith.maximumf {x}_macc{c}, {x}_ms{c} : {vec}"));
         }
-        let maxes: Vec<String> = (0..vectors).map(|c| format!("{x}_mx{c}")).collect();
-        self.line(&format!("  scf.yield {} : {types}", maxes.join(", ")));
+        self.line(&format!("  scf.yield {} : {types}", names("mx").join(", ")));
         self.line("}");
-        // A query that sees no key (maximum -inf) gets zeros, not NaN.
-        let mask_ty = format!("vector<{lanes}xi1>");
-        let factor = if fold_scale { scale } else { 1.0 };
-        self.line(&format!("{x}_factor = arith.constant dense<{}> : {vec}", f32_literal(factor)));
+        // A query that has seen no key yet (maximum -inf) shifts by 0, so its exponentials are
+        // 0, not NaN; the rescaling of what it had (nothing) is then 0 as well.
         for c in 0..vectors {
             self.line(&format!("{x}_none{c} = arith.cmpf oeq, {x}_max#{c}, {x}_ninf : {vec}"));
             self.line(&format!(
@@ -2122,11 +2162,15 @@ impl Emitter<'_> {
             ));
             self.line(&format!("{x}_shift{c} = arith.mulf {x}_safe{c}, {x}_factor : {vec}"));
             self.line(&format!("{x}_neg{c} = arith.negf {x}_shift{c} : {vec}"));
+            // exp(factor·old max - factor·new max)
+            self.line(&format!("{x}_rd{c} = math.fma {x}_m{c}, {x}_factor, {x}_neg{c} : {vec}"));
+            for l in approx::exp_of(&format!("{x}_rd{c}"), &format!("{x}_re{c}"), &format!("{x}_rt{c}_"), Some(lanes)) {
+                self.line(&l);
+            }
         }
         // 5. probabilities exp(factor·s - factor·max) in place, and their sums
-        let st_ty = st_s.as_str();
         self.line(&format!(
-            "{x}_exp:{} = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({}, {x}_pacc = {s}) -> ({types}, {st_ty}) {{",
+            "{x}_exp:{} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}, {x}_pacc = {s}) -> ({types}, {st_s}) {{",
             vectors + 1,
             inits("sacc", &format!("{x}_vzero"))
         ));
@@ -2145,45 +2189,85 @@ impl Emitter<'_> {
             ));
             p = format!("{x}_ep{c}");
         }
-        let sums: Vec<String> = (0..vectors).map(|c| format!("{x}_esum{c}")).collect();
-        self.line(&format!("  scf.yield {}, {p} : {types}, {st_ty}", sums.join(", ")));
+        self.line(&format!("  scf.yield {}, {p} : {types}, {st_s}", names("esum").join(", ")));
         self.line("}");
-        // 6. the weighted sum of values, the probabilities read transposed
+        // The running sums: the old ones rescaled, plus the tile's.
+        for c in 0..vectors {
+            self.line(&format!("{x}_ln{c} = math.fma {x}_l{c}, {x}_re{c}, {x}_exp#{c} : {vec}"));
+        }
+        // 6. the tile's weighted sum of values, the probabilities read transposed
         let values = matmul::MatMul {
             layout: matmul::RhsLayout::RowMajor,
             x: st.clone(),
-            rhs: vt.clone(),
+            rhs: vtile.clone(),
             out: ty.clone(),
             group: 1,
             x_transposed: true,
             bias: None,
         };
-        self.emit_matmul_call(&format!("{x}_weighted"), [&format!("{x}_exp#{vectors}"), v_in], None, &values, loc);
-        // 7. normalise by the sums (of the block's own rows); a query that sees no key stays zero
-        let sums_ty = format!("tensor<{QUERY_ROWS}xf32>");
-        self.line(&format!("{x}_sums0 = tensor.empty() : {sums_ty}"));
-        let mut sums_t = format!("{x}_sums0");
-        for (c, col) in cols.iter().enumerate() {
-            self.line(&format!(
-                "{x}_sums{} = vector.transfer_write {x}_exp#{c}, {sums_t}[{col}] {{in_bounds = [true]}} : {vec}, {sums_ty}",
-                c + 1
-            ));
-            sums_t = format!("{x}_sums{}", c + 1);
-        }
-        self.line(&format!(
-            "{x}_rowsums = tensor.extract_slice {sums_t}[0] [{n}] [1] : {sums_ty} to tensor<?xf32>"
-        ));
-        let result = format!("{x}_result");
+        self.emit_matmul_call(
+            &format!("{x}_weighted"),
+            [&format!("{x}_exp#{vectors}"), &format!("{x}_vt")],
+            None,
+            &values,
+            loc,
+        );
+        // ... added to the running weighted values rescaled, each query (row) by its factor
+        let rescale = self.vectors_to_rows(&x, "re", &names("re"));
         let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
-        let (weighted, rowsums) = (format!("{x}_weighted"), format!("{x}_rowsums"));
+        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+        self.line(&format!(
+            "{x}_accn = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({x}_weighted, {rescale} : {ty_s}, tensor<?xf32>) outs({x}_acc : {ty_s}) {{",
+            parallel(4)
+        ));
+        self.line("^bb0(%w: f32, %r: f32, %a: f32):");
+        self.line("  %kept = arith.mulf %a, %r : f32");
+        self.line("  %sum = arith.addf %kept, %w : f32");
+        self.line("  linalg.yield %sum : f32");
+        self.line(&format!("}} -> {ty_s} {loc}"));
+        self.block_keys = saved_keys;
+        self.line(&format!(
+            "scf.yield {}, {}, {x}_accn : {types}, {types}, {ty_s}",
+            (0..vectors).map(|c| format!("{x}_max#{c}")).collect::<Vec<_>>().join(", "),
+            names("ln").join(", ")
+        ));
+        self.line("}");
+        // 7. normalise by the sums (of the block's own rows); a query that sees no key stays zero
+        let sums: Vec<String> = (0..vectors).map(|c| format!("{x}_run#{}", vectors + c)).collect();
+        let rowsums = self.vectors_to_rows(&x, "sums", &sums);
+        let result = format!("{x}_result");
         self.normalise(
             &result,
-            (&weighted, &tensor_ty(&ty)),
+            (&format!("{x}_run#{}", 2 * vectors), &ty_s),
             (&rowsums, "tensor<?xf32>", row_map),
             dest,
             loc,
         );
         result
+    }
+
+    /// Per-query values held as vectors across the block's queries, written out as a
+    /// `tensor<?xf32>` of the block's own rows (`{x}_{name}` and temporaries after it). Returns
+    /// its name.
+    fn vectors_to_rows(&mut self, x: &str, name: &str, vectors: &[String]) -> String {
+        let lanes = self.target.lanes;
+        let vec = format!("vector<{lanes}xf32>");
+        let n = self.block_rows.clone().unwrap_or_default();
+        let all_ty = format!("tensor<{QUERY_ROWS}xf32>");
+        self.line(&format!("{x}_{name}_0 = tensor.empty() : {all_ty}"));
+        let mut t = format!("{x}_{name}_0");
+        for (c, v) in vectors.iter().enumerate() {
+            self.line(&format!("{x}_{name}_at{c} = arith.constant {} : index", c as i64 * lanes));
+            self.line(&format!(
+                "{x}_{name}_{} = vector.transfer_write {v}, {t}[{x}_{name}_at{c}] {{in_bounds = [true]}} : {vec}, {all_ty}",
+                c + 1
+            ));
+            t = format!("{x}_{name}_{}", c + 1);
+        }
+        self.line(&format!(
+            "{x}_{name} = tensor.extract_slice {t}[0] [{n}] [1] : {all_ty} to tensor<?xf32>"
+        ));
+        format!("{x}_{name}")
     }
 
     /// Inside an attention's scores generic (its element `%raw`): the scaled score, through

@@ -28,7 +28,7 @@ const AXPY_VECTORS: i64 = 2;
 /// Rows of the broadcast tile for a vector register file: AVX2's 16 registers hold 6×2
 /// accumulators, 2 vectors of `b` and a broadcast (the 6×16 tile of the notes); AVX-512's 32
 /// hold 8×2 (19). On AVX-512, 8 rows against 6, both compiled modules run in turn in one
-/// process: attention alone (12 heads × 64, 512 tokens, 2 threads) 4–5% faster with and without
+/// process: attention alone (12 heads × 64, 512 tokens, 2 threads) 2–6% faster with and without
 /// a causal mask, since its `p · v` has 32 rows, four whole 8-row tiles where 6 rows left two
 /// single rows; BERT-base, where attention is a small part, within noise (three runs at 512
 /// tokens between 2.6% faster and 1.7% slower).
