@@ -30,8 +30,8 @@ const AXPY_VECTORS: i64 = 2;
 /// hold 8×2 (19). On AVX-512, 8 rows against 6, both compiled modules run in turn in one
 /// process: attention alone (12 heads × 64, 512 tokens, 2 threads) 2–6% faster with and without
 /// a causal mask, since its `p · v` has 32 rows, four whole 8-row tiles where 6 rows left two
-/// single rows; BERT-base, where attention is a small part, within noise (three runs at 512
-/// tokens between 2.6% faster and 1.7% slower).
+/// single rows; a whole 12-layer, 768-wide encoder, where attention is a small part, within
+/// noise (three runs at 512 tokens between 2.6% faster and 1.7% slower).
 fn axpy_rows(lanes: i64) -> i64 {
     if lanes >= 16 {
         8
