@@ -30,9 +30,10 @@ pub const FORWARD_FUNC: &str = "forward";
 /// Emits the MLIR module for a graph's forward function, with kernels shaped for `target`.
 pub fn emit_module(g: &Graph, target: &Target) -> String {
     let regions = g.enclosing_scans();
-    let uses = fuse::use_counts(g);
-    let biased = fuse::bias_epilogues(g, &regions);
-    let mut fully_fused = fuse::fully_fused(g, &regions, &uses);
+    let readers = fuse::readers(g);
+    let uses: Vec<usize> = readers.iter().map(Vec::len).collect();
+    let biased = fuse::bias_epilogues(g, &regions, &readers);
+    let mut fully_fused = fuse::fully_fused(g, &regions, &uses, &readers);
     // A matmul whose bias its kernel adds is computed where the add is.
     fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
     let mut e = Emitter {
@@ -2213,7 +2214,7 @@ impl Emitter<'_> {
             loc,
         );
         // ... added to the running weighted values rescaled, each query (row) by its factor
-        let rescale = self.vectors_to_rows(&x, "re", &names("re"));
+        let rescale = self.vectors_to_rows(&x, "re", &names("re"), &cols);
         let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
         let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
         self.line(&format!(
@@ -2234,7 +2235,7 @@ impl Emitter<'_> {
         self.line("}");
         // 7. normalise by the sums (of the block's own rows); a query that sees no key stays zero
         let sums: Vec<String> = (0..vectors).map(|c| format!("{x}_run#{}", vectors + c)).collect();
-        let rowsums = self.vectors_to_rows(&x, "sums", &sums);
+        let rowsums = self.vectors_to_rows(&x, "sums", &sums, &cols);
         let result = format!("{x}_result");
         self.normalise(
             &result,
@@ -2246,20 +2247,19 @@ impl Emitter<'_> {
         result
     }
 
-    /// Per-query values held as vectors across the block's queries, written out as a
-    /// `tensor<?xf32>` of the block's own rows (`{x}_{name}` and temporaries after it). Returns
-    /// its name.
-    fn vectors_to_rows(&mut self, x: &str, name: &str, vectors: &[String]) -> String {
+    /// Per-query values held as vectors across the block's queries (vector `c` at query
+    /// `cols[c]`), written out as a `tensor<?xf32>` of the block's own rows (`{x}_{name}` and
+    /// temporaries after it). Returns its name.
+    fn vectors_to_rows(&mut self, x: &str, name: &str, vectors: &[String], cols: &[String]) -> String {
         let lanes = self.target.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let n = self.block_rows.clone().unwrap_or_default();
         let all_ty = format!("tensor<{QUERY_ROWS}xf32>");
         self.line(&format!("{x}_{name}_0 = tensor.empty() : {all_ty}"));
         let mut t = format!("{x}_{name}_0");
-        for (c, v) in vectors.iter().enumerate() {
-            self.line(&format!("{x}_{name}_at{c} = arith.constant {} : index", c as i64 * lanes));
+        for (c, (v, col)) in vectors.iter().zip(cols).enumerate() {
             self.line(&format!(
-                "{x}_{name}_{} = vector.transfer_write {v}, {t}[{x}_{name}_at{c}] {{in_bounds = [true]}} : {vec}, {all_ty}",
+                "{x}_{name}_{} = vector.transfer_write {v}, {t}[{col}] {{in_bounds = [true]}} : {vec}, {all_ty}",
                 c + 1
             ));
             t = format!("{x}_{name}_{}", c + 1);

@@ -69,20 +69,21 @@ pub(super) fn fused_into(g: &Graph, regions: &[Option<ValueId>], uses: &[usize],
     is_elementwise(&g.node(operand).op) && uses[o] == 1 && g.ty(operand).dims == space.dims
 }
 
-/// How many times each value is read (by ops, index functions and scans' states and outputs).
-pub(super) fn use_counts(g: &Graph) -> Vec<usize> {
-    let mut uses = vec![0; g.nodes.len()];
-    for node in &g.nodes {
+/// The readers of each value, one entry per read (by ops, every load of an index function,
+/// scans' states and outputs): a value's use count is its number of entries.
+pub(super) fn readers(g: &Graph) -> Vec<Vec<ValueId>> {
+    let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
         let reads = match &node.op {
             // Every load counts: `f.tensors()` merges repeated reads.
             Op::Tabulate { f } => loads(f),
             op => op.operands(),
         };
         for r in reads {
-            uses[r.0 as usize] += 1;
+            readers[r.0 as usize].push(ValueId(i as u32));
         }
     }
-    uses
+    readers
 }
 
 fn loads(f: &ScalarFn) -> Vec<ValueId> {
@@ -96,17 +97,7 @@ fn loads(f: &ScalarFn) -> Vec<ValueId> {
 }
 
 /// The scan-body nodes that are not emitted on their own: every read of them is fused.
-pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize]) -> HashSet<ValueId> {
-    let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
-    for (i, node) in g.nodes.iter().enumerate() {
-        let reads = match &node.op {
-            Op::Tabulate { f } => loads(f),
-            op => op.operands(),
-        };
-        for r in reads {
-            readers[r.0 as usize].push(ValueId(i as u32));
-        }
-    }
+pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize], readers: &[Vec<ValueId>]) -> HashSet<ValueId> {
     (0..g.nodes.len())
         .map(|i| ValueId(i as u32))
         .filter(|&id| {
@@ -120,13 +111,7 @@ pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize]
 /// matmul and the bias `b: [N]`. The dot-product kernel then starts each block of the result
 /// from the bias instead of zeros, which saves a pass over the result; the matmul must have no
 /// other reader (nor be an output), and the add must not broadcast it.
-pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>]) -> HashMap<ValueId, (ValueId, ValueId)> {
-    let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
-    for (i, node) in g.nodes.iter().enumerate() {
-        for r in node.op.operands() {
-            readers[r.0 as usize].push(ValueId(i as u32));
-        }
-    }
+pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>]) -> HashMap<ValueId, (ValueId, ValueId)> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let mut fused = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
