@@ -91,8 +91,8 @@ pub(super) struct MatMul {
     /// its scores are kept keys by queries). Only the axpy tile (a right operand in
     /// [`RhsLayout::RowMajor`]) reads `x` one element at a time, so only it supports this.
     pub x_transposed: bool,
-    /// A bias `[N]` added to every row of the result (a Linear's), by starting each block of
-    /// the result from it instead of zeros. Only the dot kernel (a right operand in
+    /// A bias `[N]` added to every row of the result (a Linear's): the first block of `K` adds
+    /// its sums to the bias instead of zero. Only the dot kernel (a right operand in
     /// [`RhsLayout::Transposed`], outside scan steps) takes one.
     pub bias: Option<TensorType>,
 }
@@ -391,39 +391,16 @@ impl Kernel {
             (c0.clone(), full_cols.clone(), tile_step, true),
             (full_cols, size.to_string(), leftover_step, false),
         ];
-        // The dot tile sums `K` a block at a time into a zeroed result: the tile's rows of `w`
-        // then stay in L1 while rows of `x` pass (FFN-down's K = 3072 spills it otherwise).
+        // The dot tile sums `K` a block at a time: the tile's rows of `w` then stay in L1 while
+        // rows of `x` pass (FFN-down's K = 3072 spills it otherwise). The first block writes its
+        // sums onto the bias (or zero) and later blocks add theirs, so the result needs no pass
+        // of its own to clear it first. At least one block, so that `K = 0` still writes it.
         let mut filled = slice.to_string();
         let mut k_block = None;
         if mm.layout == RhsLayout::Transposed {
-            let zeroed = match (&self.bias.clone(), &mm.bias) {
-                // Every row starts from the bias of its columns.
-                (Some(bias), Some(bt)) => {
-                    let (zeroed, part) = (self.fresh(), self.fresh());
-                    self.line(&format!(
-                        "{part} = tensor.extract_slice {bias}[{lo}] [{size}] [1] : {} to tensor<?xf32>",
-                        tensor_ty(bt)
-                    ));
-                    self.line(&format!(
-                        "{zeroed} = linalg.generic {{indexing_maps = [affine_map<(d0, d1) -> (d1)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = [\"parallel\", \"parallel\"]}} ins({part} : tensor<?xf32>) outs({slice} : {SLICE_TY}) {{"
-                    ));
-                    self.line("^bb0(%b: f32, %o: f32):");
-                    self.line("  linalg.yield %b : f32");
-                    self.line(&format!("}} -> {SLICE_TY}"));
-                    zeroed
-                }
-                _ => {
-                    let zero = self.fresh();
-                    self.line(&format!("{zero} = arith.constant 0.0 : f32"));
-                    let zeroed = self.fresh();
-                    self.line(&format!(
-                        "{zeroed} = linalg.fill ins({zero} : f32) outs({slice} : {SLICE_TY}) -> {SLICE_TY}"
-                    ));
-                    zeroed
-                }
-            };
             let block = self.index_const(K_BLOCK);
-            let (res, k_lo, arg) = self.open_loop(&c0, k, &block, &zeroed, SLICE_TY);
+            let blocks_end = self.index_op("maxui", k, &c1);
+            let (res, k_lo, arg) = self.open_loop(&c0, &blocks_end, &block, slice, SLICE_TY);
             let end = self.index_op("addi", &k_lo, &block);
             let k_hi = self.index_op("minui", &end, k);
             filled = arg;
@@ -553,22 +530,22 @@ impl Kernel {
             sums = (0..count).map(|i| format!("{res}#{i}")).collect();
         }
         let mut acc = at.acc.to_string();
+        let c0 = self.index_const(0);
+        let first_block = self.fresh();
+        self.line(&format!("{first_block} = arith.cmpi eq, {}, {c0} : index", at.k_lo));
         if cols > 1 {
             // A whole tile: each row's lane sums at once, added to its columns as one vector.
             let cv = format!("vector<{cols}xf32>");
             for (i, row) in row_ix.iter().enumerate() {
                 let row_sums = sums[i * cols as usize..(i + 1) * cols as usize].to_vec();
                 let folded = self.lane_sums(&row_sums, &zero);
-                let (picked, before, total, next) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+                let (picked, total, next) = (self.fresh(), self.fresh(), self.fresh());
                 let first: Vec<String> = (0..cols).map(|c| c.to_string()).collect();
                 self.line(&format!(
                     "{picked} = vector.shuffle {folded}, {folded} [{}] : {vec}, {vec}",
                     first.join(", ")
                 ));
-                self.line(&format!(
-                    "{before} = vector.transfer_read {acc}[{row}, {}], {pad} {{in_bounds = [true]}} : {SLICE_TY}, {cv}",
-                    col_ix[0]
-                ));
+                let before = self.sum_start(mm, [&first_block, &pad], &acc, [row, &col_ix[0]], &rhs_col_ix[0], cols);
                 self.line(&format!("{total} = arith.addf {before}, {picked} : {cv}"));
                 self.line(&format!(
                     "{next} = vector.transfer_write {total}, {acc}[{row}, {}] {{in_bounds = [true]}} : {cv}, {SLICE_TY}",
@@ -585,14 +562,57 @@ impl Kernel {
                     "{s} = vector.reduction <add>, {} : {vec} into f32",
                     sums[i * cols as usize + j]
                 ));
-                let (before, total, next) = (self.fresh(), self.fresh(), self.fresh());
-                self.line(&format!("{before} = tensor.extract {acc}[{row}, {col}] : {SLICE_TY}"));
+                let (total, next) = (self.fresh(), self.fresh());
+                let before = self.sum_start(mm, [&first_block, &pad], &acc, [row, col], &rhs_col_ix[j], 1);
                 self.line(&format!("{total} = arith.addf {before}, {s} : f32"));
                 self.line(&format!("{next} = tensor.insert {total} into {acc}[{row}, {col}] : {SLICE_TY}"));
                 acc = next;
             }
         }
         acc
+    }
+
+    /// What `cols` sums of one row of a dot tile are added to, as a `vector<cols x f32>` (an
+    /// `f32` for one column): in the first block of `K` the bias of their columns (zero
+    /// without one), after it the result so far at `acc[at]`. `rhs_col` is the first column's
+    /// index in the whole result (the bias's index).
+    fn sum_start(
+        &mut self,
+        mm: &MatMul,
+        [first_block, pad]: [&str; 2],
+        acc: &str,
+        [row, col]: [&String; 2],
+        rhs_col: &str,
+        cols: i64,
+    ) -> String {
+        let ty = if cols > 1 {
+            format!("vector<{cols}xf32>")
+        } else {
+            "f32".to_string()
+        };
+        let (start, before, so_far) = (self.fresh(), self.fresh(), self.fresh());
+        self.line(&format!("{before} = scf.if {first_block} -> ({ty}) {{"));
+        match (&self.bias.clone(), &mm.bias, cols > 1) {
+            (Some(bias), Some(bt), true) => self.line(&format!(
+                "  {start} = vector.transfer_read {bias}[{rhs_col}], {pad} {{in_bounds = [true]}} : {}, {ty}",
+                tensor_ty(bt)
+            )),
+            (Some(bias), Some(bt), false) => self.line(&format!("  {start} = tensor.extract {bias}[{rhs_col}] : {}", tensor_ty(bt))),
+            (_, _, true) => self.line(&format!("  {start} = arith.constant dense<0.0> : {ty}")),
+            (_, _, false) => self.line(&format!("  {start} = arith.constant 0.0 : f32")),
+        }
+        self.line(&format!("  scf.yield {start} : {ty}"));
+        self.line("} else {");
+        if cols > 1 {
+            self.line(&format!(
+                "  {so_far} = vector.transfer_read {acc}[{row}, {col}], {pad} {{in_bounds = [true]}} : {SLICE_TY}, {ty}"
+            ));
+        } else {
+            self.line(&format!("  {so_far} = tensor.extract {acc}[{row}, {col}] : {SLICE_TY}"));
+        }
+        self.line(&format!("  scf.yield {so_far} : {ty}"));
+        self.line("}");
+        before
     }
 
     /// The lane sums of `vectors` (each a vector of partial sums) as the first lanes of one
