@@ -59,7 +59,10 @@ mod stages {
                     lmc_codegen::emit_llvm_ir(&g, &lmc_codegen::Target::AVX2).unwrap()
                 );
             }
-            insta::assert_snapshot!(format!("{model}_manifest"), lmc_core::manifest(&g).to_json());
+            insta::assert_snapshot!(
+                format!("{model}_manifest"),
+                lmc_codegen::manifest(&g, &lmc_codegen::Target::AVX2).to_json()
+            );
         }
     }
 }

@@ -800,6 +800,7 @@ mod tests {
             dtype: DType::F32,
             shape,
             index_bound: None,
+            packing: None,
         };
         let n = || Dim::Symbol("N".into());
         let manifest = Manifest {

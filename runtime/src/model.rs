@@ -138,7 +138,9 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
 enum ParamData {
     /// Borrowed from `files[file]` at run time (looked up by the parameter's name).
     Mapped { file: usize },
-    /// Copied because the mapped bytes were not aligned to the element size.
+    /// Copied: from an in-memory file (freed once bound), because the mapped bytes were not
+    /// aligned to the element size, or packed for the module (a manifest
+    /// [`lmc_abi::Packing`]).
     Copied(HostTensor),
 }
 
@@ -225,7 +227,21 @@ impl Module {
                     non_finite.push(w);
                 }
             }
-            let data = if t.bytes().as_ptr().align_offset(spec.dtype.size_bytes()) == 0 {
+            if let (Some(packing), &[n, k]) = (spec.packing, want.as_slice()) {
+                // The module reads this matrix in panels (checked f32 [n, k] above).
+                let values: Vec<f32> = t
+                    .bytes()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let shape = packing.packed_shape(n, k).to_vec();
+                let packed = HostTensor::from_f32(spec.name.clone(), shape.clone(), packing.pack(&values, n, k))?;
+                params.push((shape, ParamData::Copied(packed)));
+                file.release_mapped(&spec.name);
+                continue;
+            }
+            // An in-memory file is freed below, once copied out.
+            let data = if t.bytes().as_ptr().align_offset(spec.dtype.size_bytes()) == 0 && !file.is_in_memory() {
                 ParamData::Mapped { file: fi }
             } else {
                 ParamData::Copied(HostTensor::from_bytes(spec.name.clone(), spec.dtype, want.clone(), t.bytes())?)
@@ -242,6 +258,11 @@ impl Module {
             .filter(|t| !used.contains(t.name.as_str()))
             .map(|t| t.name.clone())
             .collect();
+        drop(owner);
+        let mut files = files;
+        for f in &mut files {
+            f.free_in_memory_bytes();
+        }
         Ok(LoadedModel {
             module: self,
             files,

@@ -241,6 +241,7 @@ pub(crate) mod tests {
             dtype: DType::F32,
             shape: vec![Dim::Static(1)],
             index_bound: None,
+            packing: None,
         });
         m.entries = vec![Entry {
             name: "forward".into(),

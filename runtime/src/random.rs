@@ -106,6 +106,7 @@ mod tests {
             dtype: DType::F32,
             shape: shape.iter().map(|&n| Dim::Static(n)).collect(),
             index_bound: None,
+            packing: None,
         }
     }
 

@@ -308,6 +308,43 @@ impl SafeTensorsFile {
         self.by_name.contains_key(name)
     }
 
+    /// Whether the tensors' bytes live in memory the file owns (an in-memory file, such as
+    /// random weights), not in a mapping of a file on disk.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.backing, Backing::Owned(_))
+    }
+
+    /// Frees an in-memory file's bytes once the tensors it holds have been copied out (see
+    /// [`SafeTensorsFile::is_in_memory`]): afterwards it only names its tensors, and
+    /// [`SafeTensorsFile::get`] finds none. A mapped file keeps its mapping.
+    pub fn free_in_memory_bytes(&mut self) {
+        if let Backing::Owned(bytes) = &mut self.backing {
+            *bytes = Vec::new();
+            self.by_name.clear();
+        }
+    }
+
+    /// Tells the kernel that the mapped pages wholly inside tensor `name` will not be read
+    /// again (a packed copy replaced it), so that they stop counting as this process's
+    /// memory. They stay valid: a later read maps them from the file again.
+    pub fn release_mapped(&self, name: &str) {
+        let (Backing::Mapped(map), Some(&i)) = (&self.backing, self.by_name.get(name)) else {
+            return;
+        };
+        let range = &self.tensors[i].range;
+        let (start, end) = (self.data_start + range.start, self.data_start + range.end);
+        let page = 4096;
+        let first = start.div_ceil(page) * page;
+        let last = end / page * page;
+        if last > first {
+            // SAFETY: the mapping is read-only and private, and nothing ever wrote it, so
+            // MADV_DONTNEED only drops pages that the next access reads from the file again,
+            // with the same bytes: no reference into the mapping sees a change. A failure only
+            // leaves the pages resident.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first) };
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
         let info = &self.tensors[*self.by_name.get(name)?];
         let bytes = self.backing.bytes();

@@ -15,7 +15,8 @@ use crate::tensor::{byte_size, HostTensor};
 
 /// Checks that a manifest is internally consistent, so that binding and running can rely on it:
 /// static dimensions are non-negative, parameters have static shapes, names are unique within
-/// each list, and every symbol an output uses is bound by some input.
+/// each list, packed parameters are f32 matrices, and every symbol an output uses is bound by
+/// some input.
 pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
     let bad = |msg: String| RuntimeError::library(format!("{source} has an invalid manifest: {msg}"));
     for (list, what) in [(&m.params, "parameter"), (&m.inputs, "input"), (&m.outputs, "output")] {
@@ -36,6 +37,16 @@ pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+    for spec in &m.params {
+        if let Some(p) = spec.packing {
+            if spec.dtype != DType::F32 || spec.shape.len() != 2 || p.panel < 1 {
+                return Err(bad(format!(
+                    "parameter \"{}\" is packed in panels of {}, which needs an f32 matrix and a panel of at least 1",
+                    spec.name, p.panel
+                )));
             }
         }
     }
@@ -365,6 +376,7 @@ pub(crate) mod tests {
             dtype,
             shape: shape.to_vec(),
             index_bound: None,
+            packing: None,
         }
     }
 
@@ -576,9 +588,17 @@ pub(crate) mod tests {
             "m.so has an invalid manifest: output \"last_hidden_state\" uses symbol H, which \
              no input's shape binds"
         );
-        let mut bad = m;
+        let mut bad = m.clone();
         bad.inputs[1].name = "input_ids".into();
         assert!(check_manifest(&bad, "m.so").unwrap_err().to_string().contains("listed twice"));
+        let mut packed = m;
+        packed.params[0].packing = Some(lmc_abi::Packing { panel: 32 });
+        check_manifest(&packed, "m.so").unwrap();
+        packed.params[0].packing = Some(lmc_abi::Packing { panel: 0 });
+        assert!(check_manifest(&packed, "m.so")
+            .unwrap_err()
+            .to_string()
+            .contains("\"embeddings.word_embeddings.weight\" is packed in panels of 0"));
     }
 
     #[test]

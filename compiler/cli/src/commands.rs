@@ -141,7 +141,7 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, c
         Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph, &target)),
         Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph, &target)?),
         Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph, &target)?),
-        Stage::Manifest => println!("{}", lmc_core::manifest(&graph).to_json()),
+        Stage::Manifest => println!("{}", lmc_codegen::manifest(&graph, &target).to_json()),
     }
     Ok(())
 }

@@ -24,6 +24,8 @@ mod fuse;
 mod lanes;
 mod matmul;
 
+pub(crate) use matmul::param_packing;
+
 /// The name of the generated function that implements `forward`.
 pub const FORWARD_FUNC: &str = "forward";
 
@@ -37,6 +39,7 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     // A matmul whose bias its kernel adds is computed where the add is.
     fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
     let mut e = Emitter {
+        packing: param_packing(g, target.lanes),
         fully_fused,
         biased,
         uses,
@@ -89,6 +92,8 @@ struct Emitter<'a> {
     /// The adds of a bias to a matmul that the matmul kernel computes (at the add; the matmul
     /// itself emits nothing): add → (matmul, bias). See [`fuse::bias_epilogues`].
     biased: std::collections::HashMap<ValueId, (ValueId, ValueId)>,
+    /// Per parameter, how it is passed packed ([`param_packing`]), if it is.
+    packing: Vec<Option<lmc_abi::Packing>>,
 }
 
 /// The result side of a fused `linalg.generic`: its SSA name, output map (the part after
@@ -558,8 +563,8 @@ impl Emitter<'_> {
     fn emit_function(&mut self) -> String {
         let g = self.g;
         let mut args = Vec::new();
-        for (i, p) in g.params.iter().enumerate() {
-            args.push(format!("%param{i}: {}", memref_ty(&p.ty)));
+        for i in 0..g.params.len() {
+            args.push(format!("%param{i}: {}", memref_ty(&self.param_ty(i))));
         }
         for (i, p) in g.inputs.iter().enumerate() {
             args.push(format!("%input{i}: {}", memref_ty(&p.ty)));
@@ -584,7 +589,7 @@ impl Emitter<'_> {
         let mut first_read: Vec<Option<ValueId>> = vec![None; g.params.len()];
         for (n, node) in g.nodes.iter().enumerate() {
             let Op::Param(i) = node.op else { continue };
-            let (id, ty, loc) = (ValueId(n as u32), &node.ty, self.loc(node.loc));
+            let (id, ty, loc) = (ValueId(n as u32), &self.param_ty(i), self.loc(node.loc));
             match first_read[i] {
                 None => {
                     first_read[i] = Some(id);
@@ -649,7 +654,7 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
-            if self.fully_fused.contains(&id) {
+            if self.fully_fused.contains(&id) || self.reads_packed(id).is_some() {
                 continue;
             }
             if let Some(&(m, bias)) = self.biased.get(&id) {
@@ -664,6 +669,25 @@ impl Emitter<'_> {
             } else {
                 self.emit_node(id);
             }
+        }
+    }
+
+    /// The type parameter `i` is passed as: packed ([`param_packing`]) or as declared.
+    fn param_ty(&self, i: usize) -> TensorType {
+        let ty = &self.g.params[i].ty;
+        match self.packing[i] {
+            Some(p) => matmul::packed_ty(ty, p),
+            None => ty.clone(),
+        }
+    }
+
+    /// The packed parameter `w` if `id` is `transpose(w)`: the matmul kernel reads `w` as it
+    /// is passed, so the transpose emits nothing.
+    fn reads_packed(&self, id: ValueId) -> Option<usize> {
+        let Op::Transpose { x } = self.g.node(id).op else { return None };
+        match self.g.node(x).op {
+            Op::Param(i) if self.packing[i].is_some() => Some(i),
+            _ => None,
         }
     }
 
@@ -1486,17 +1510,19 @@ impl Emitter<'_> {
     /// [`fuse::bias_epilogues`]).
     fn emit_matmul(&mut self, id: ValueId, (lhs, rhs): (ValueId, ValueId), bias: Option<ValueId>, loc: &str) {
         let g = self.g;
-        // `x @ transpose(w)` (every Linear: checkpoints store weights `[out, in]`) reads `w`
-        // in place with the dot-product kernel: no transposed copy per call. The unused
-        // transpose is removed as dead code.
-        let (rhs, layout) = match g.node(rhs).op {
-            Op::Transpose { x } if g.ty(x).rank() == 2 => (x, matmul::RhsLayout::Transposed),
-            _ => (rhs, matmul::RhsLayout::RowMajor),
+        // `x @ transpose(w)` reads `w` as it is passed: a Linear's weight (checkpoints store
+        // `[out, in]`) in the panels the runtime packed it in ([`param_packing`]), any other
+        // `w` in place with the dot-product kernel. Neither makes a transposed copy per call;
+        // an unused transpose is removed as dead code.
+        let (rhs, layout, rhs_ty) = match (&g.node(rhs).op, self.reads_packed(rhs)) {
+            (&Op::Transpose { x }, Some(param)) => (x, matmul::RhsLayout::Packed, self.param_ty(param)),
+            (&Op::Transpose { x }, None) if g.ty(x).rank() == 2 => (x, matmul::RhsLayout::Transposed, g.ty(x).clone()),
+            _ => (rhs, matmul::RhsLayout::RowMajor, g.ty(rhs).clone()),
         };
         let mm = matmul::MatMul {
             layout,
             x: g.ty(lhs).clone(),
-            rhs: g.ty(rhs).clone(),
+            rhs: rhs_ty,
             out: g.ty(id).clone(),
             group: 1,
             x_transposed: false,

@@ -53,9 +53,16 @@ pub fn c_header(manifest: &Manifest, library: &Path) -> String {
                 .as_ref()
                 .map(|b| format!("  values < {} ({})", b.limit, b.reason))
                 .unwrap_or_default();
+            let packed = match (t.packing, t.shape.as_slice()) {
+                (Some(p), &[lmc_abi::Dim::Static(n), lmc_abi::Dim::Static(k)]) => {
+                    let [panels, k, panel] = p.packed_shape(n as usize, k as usize);
+                    format!("  passed packed: [{panels}, {k}, {panel}] (lmc_abi::Packing)")
+                }
+                _ => String::new(),
+            };
             let _ = writeln!(
                 h,
-                " *   {index:>3}  {kind:<6} {}: {}[{}]{bound}",
+                " *   {index:>3}  {kind:<6} {}: {}[{}]{bound}{packed}",
                 t.name,
                 t.dtype.as_str(),
                 dims.join(", ")

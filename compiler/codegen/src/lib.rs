@@ -67,6 +67,16 @@ impl Target {
     }
 }
 
+/// Describes a graph's calling convention for the runtime, as compiled for `target`: the
+/// graph's own ([`lmc_core::manifest`]) with the parameters that its matmul kernels read packed.
+pub fn manifest(g: &Graph, target: &Target) -> lmc_abi::Manifest {
+    let mut manifest = lmc_core::manifest(g);
+    for (spec, packing) in manifest.params.iter_mut().zip(emit_mlir::param_packing(g, target.lanes)) {
+        spec.packing = packing;
+    }
+    manifest
+}
+
 /// `lmc emit --stage mlir`: the module as emitted, before any pass.
 pub fn emit_mlir(g: &Graph, target: &Target) -> String {
     emit_mlir::emit_module(g, target)
@@ -96,7 +106,7 @@ fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph, target: &Target) -
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
     mlir_pipeline::lower(&mlir, &mut module)?;
     let llvm_module = llvm::translate(context, &module)?;
-    let manifest = lmc_core::manifest(g);
+    let manifest = manifest(g, target);
     let nargs = manifest.arg_count();
     let entries: Vec<(String, String, usize)> = manifest
         .entries
@@ -176,7 +186,7 @@ pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::Pa
     let _ = std::fs::remove_file(&object);
     linked.map_err(CodegenError::Output)?;
     let header_path = so_path.with_extension("h");
-    let manifest = lmc_core::manifest(g);
+    let manifest = manifest(g, &Target::host());
     std::fs::write(&header_path, c_header(&manifest, so_path))
         .map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
     Ok(header_path)

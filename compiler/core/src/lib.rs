@@ -39,6 +39,7 @@ pub fn manifest(g: &Graph) -> Manifest {
             })
             .collect(),
         index_bound: d.index_bound.clone(),
+        packing: None,
     };
     Manifest {
         abi_version: lmc_abi::ABI_VERSION,

@@ -11,7 +11,8 @@
 //! | one per [`Entry`] | `void lmc_<entry>(void **args)` | runs the entry point |
 //!
 //! An entry point takes one array of pointers, `args`, in the order of [`Entry::args`]: every
-//! parameter, then every input, then every output. Each pointer points to a *memref descriptor*
+//! parameter (a parameter with a [`Packing`] in its packed shape), then every input, then every
+//! output. Each pointer points to a *memref descriptor*
 //! (the MLIR strided-memref layout), whose length depends on the rank `r`:
 //!
 //! ```c
@@ -28,7 +29,7 @@ pub mod buffers;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the calling convention or the manifest schema changes incompatibly.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 pub const ABI_VERSION_SYMBOL: &str = "lmc_abi_version";
 pub const MANIFEST_SYMBOL: &str = "lmc_manifest";
 
@@ -105,6 +106,50 @@ pub struct TensorSpec {
     /// For integer inputs used as indices: every value must be in `0..index_bound.limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_bound: Option<Bound>,
+    /// For parameters the module reads in another layout than the checkpoint's `shape`: the
+    /// caller passes the tensor packed this way (the runtime packs it when it binds weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<Packing>,
+}
+
+/// A `[N, K]` f32 matrix stored as panels of `panel` of its rows, each panel `K` by `panel`
+/// (row `k` of panel `p` holds elements `k` of rows `p·panel ..`), zero past row `N`: the
+/// layout `[ceil(N / panel), K, panel]`. A matmul kernel that multiplies by the matrix's
+/// transpose then reads `panel` contiguous columns per step of `K` (see the codegen's
+/// `matmul.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packing {
+    pub panel: i64,
+}
+
+impl Packing {
+    /// The packed shape of a `[n, k]` matrix.
+    pub fn packed_shape(&self, n: usize, k: usize) -> [usize; 3] {
+        let panel = self.panel_len();
+        [n.div_ceil(panel), k, panel]
+    }
+
+    /// `panel` as a length (at least 1).
+    fn panel_len(&self) -> usize {
+        usize::try_from(self.panel).unwrap_or(1).max(1)
+    }
+
+    /// Packs a row-major `[n, k]` matrix (`w.len() == n * k`).
+    pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        debug_assert_eq!(w.len(), n * k, "a [n, k] matrix");
+        let panel = self.panel_len();
+        let [panels, ..] = self.packed_shape(n, k);
+        let mut out = vec![0.0; panels * k * panel];
+        for (row, values) in w.chunks_exact(k.max(1)).enumerate().take(n) {
+            let (p, c) = (row / panel, row % panel);
+            let base = p * k * panel + c;
+            for (kk, &x) in values.iter().enumerate() {
+                out[base + kk * panel] = x;
+            }
+        }
+        out
+    }
 }
 
 /// An upper limit and why it exists, phrased for an error message.
@@ -197,4 +242,24 @@ impl Manifest {
 /// The version string every manifest carries, to name the producer of a mismatched library.
 pub fn generator_string() -> String {
     format!("lmc {}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Packing;
+
+    #[test]
+    fn packing_puts_rows_side_by_side_and_pads_with_zeros() {
+        // Rows 0..5 of a [5, 3] matrix, element (r, k) = 10 r + k, in panels of 2 rows.
+        let w: Vec<f32> = (0..5).flat_map(|r| (0..3).map(move |k| (10 * r + k) as f32)).collect();
+        let p = Packing { panel: 2 };
+        assert_eq!(p.packed_shape(5, 3), [3, 3, 2]);
+        #[rustfmt::skip]
+        let want = [
+            0.0, 10.0,  1.0, 11.0,  2.0, 12.0,
+            20.0, 30.0, 21.0, 31.0, 22.0, 32.0,
+            40.0, 0.0,  41.0, 0.0,  42.0, 0.0,
+        ];
+        assert_eq!(p.pack(&w, 5, 3), want);
+    }
 }
