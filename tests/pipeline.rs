@@ -636,6 +636,30 @@ mod bad_input {
     }
 }
 
+/// A reader that stops early (`lmc emit ... | head`) ends `lmc` quietly, not with a crash report.
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    use std::io::Read;
+    let mut child = Command::new(lmc_bin())
+        .args(["emit", "models/bert.model:BertModel", "--stage", "mlir"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lmc");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // The pipe's read end is dropped here, with most of the module unwritten.
+    let out = child.wait_with_output().expect("wait for lmc");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("crashed") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// Each `tests/ui/*.model` is checked with `lmc check`; its stderr must equal the `.stderr` file
 /// beside it. `LMC_BLESS=1` rewrites the expectations.
 #[test]

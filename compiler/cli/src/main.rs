@@ -274,6 +274,10 @@ pub enum MessageFormat {
 const STACK_BYTES: usize = 256 << 20;
 
 fn main() -> ExitCode {
+    // Writing to a closed pipe (`lmc emit ... | head`) ends the process quietly, as it does
+    // other Unix tools, instead of failing the print with a panic: Rust ignores SIGPIPE.
+    // SAFETY: sets the default disposition of one signal, before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
     match worker.map(|w| w.join()) {
