@@ -141,11 +141,14 @@ impl Packing {
         let panel = self.panel_len();
         let [panels, ..] = self.packed_shape(n, k);
         let mut out = vec![0.0; panels * k * panel];
-        for (row, values) in w.chunks_exact(k.max(1)).enumerate().take(n) {
-            let (p, c) = (row / panel, row % panel);
-            let base = p * k * panel + c;
-            for (kk, &x) in values.iter().enumerate() {
-                out[base + kk * panel] = x;
+        // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
+        // rather than scattered one element per cache line.
+        for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
+            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n)).map(|r| &w[r * k..(r + 1) * k]).collect();
+            for (kk, step) in packed.chunks_exact_mut(panel).enumerate() {
+                for (x, row) in step.iter_mut().zip(&rows) {
+                    *x = row[kk];
+                }
             }
         }
         out
