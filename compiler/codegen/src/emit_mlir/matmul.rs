@@ -5,14 +5,16 @@
 //! with the transform dialect so that the kernel shape is ours to choose and compile time stays
 //! small and predictable (see `MLIR-CODEGEN-NOTES.md`, §1 and pitfalls P1, P5, P12).
 //!
-//! Two shapes, by the right operand's layout:
-//! - `x @ transpose(w)` with `w: [..., N, K]` (every Linear: checkpoints store `[out, in]`; and
-//!   attention's `q · kᵀ`): each result element is a dot product of two contiguous rows. A tile
-//!   of rows of `x` by rows of `w` keeps one vector of partial sums per element and sums its
-//!   lanes at the end.
-//! - `x @ b` with `b: [..., K, N]` (attention's `p · v`): a tile of 6 or 8 rows by two
-//!   vectors of columns; each step broadcasts one element of `x` per row and multiplies it with
-//!   contiguous elements of `b`.
+//! Three kernels, by the right operand's layout:
+//! - `x @ transpose(w)` with `w` a parameter `[N, K]` (a Linear's weight: checkpoints store
+//!   `[out, in]`), passed packed into panels of two vectors of columns ([`param_packing`]): a
+//!   tile of 12 (AVX2: 6) rows by one panel; each step of `K` broadcasts one element of `x` per
+//!   row and multiplies it with the panel's two contiguous vectors, prefetched ahead.
+//! - Any other `x @ transpose(w)`, `w: [..., N, K]` (attention's `q · kᵀ`): each result
+//!   element is a dot product of two contiguous rows. A tile of rows of `x` by rows of `w`
+//!   keeps one vector of partial sums per element and sums its lanes at the end.
+//! - `x @ b` with `b: [..., K, N]` (attention's `p · v`): the broadcast tile of 6 or 8 rows by
+//!   two vectors of columns, reading `b` in place.
 //!
 //! Vectors are as wide as the target's registers ([`crate::Target`]): 8 lanes on AVX2, 16 with
 //! AVX-512. Each distinct kernel (layout and operand types) is one private function, called from
@@ -182,8 +184,8 @@ pub(super) struct MatMul {
     /// [`RhsLayout::RowMajor`]) reads `x` one element at a time, so only it supports this.
     pub x_transposed: bool,
     /// A bias `[N]` added to every row of the result (a Linear's): the first block of `K` adds
-    /// its sums to the bias instead of zero. Only the dot kernel (a right operand in
-    /// [`RhsLayout::Transposed`], outside scan steps) takes one.
+    /// its sums to the bias instead of zero. Only the packed and dot kernels (a right operand
+    /// in [`RhsLayout::Packed`] or [`RhsLayout::Transposed`], outside scan steps) take one.
     pub bias: Option<TensorType>,
 }
 
@@ -367,15 +369,16 @@ impl Kernel {
         let r = mm.out.rank();
         let c0 = self.index_const(0);
         let c1 = self.index_const(1);
+        // The right operand's axes of `N` and `K`; a packed one, `[panels, K, panel]`, pads
+        // `N`, so `N` is the result's.
         let (n, k) = match mm.layout {
-            RhsLayout::Transposed => (mm.rhs.rank() - 2, mm.rhs.rank() - 1),
-            RhsLayout::RowMajor => (mm.rhs.rank() - 1, mm.rhs.rank() - 2),
-            // `[panels, K, panel]`: `N` is the result's.
-            RhsLayout::Packed => (usize::MAX, 1),
+            RhsLayout::Transposed => (Some(mm.rhs.rank() - 2), mm.rhs.rank() - 1),
+            RhsLayout::RowMajor => (Some(mm.rhs.rank() - 1), mm.rhs.rank() - 2),
+            RhsLayout::Packed => (None, 1),
         };
         let n = match n {
-            usize::MAX => self.dim(&self.out.clone(), &mm.out, r - 1),
-            axis => self.dim(&self.rhs.clone(), &mm.rhs, axis),
+            Some(axis) => self.dim(&self.rhs.clone(), &mm.rhs, axis),
+            None => self.dim(&self.out.clone(), &mm.out, r - 1),
         };
         let k = self.dim(&self.rhs.clone(), &mm.rhs, k);
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
