@@ -625,7 +625,7 @@ impl Kernel {
     /// `k_lo..k` of `K`: starts from the bias (or zero) in the first block and from the result
     /// so far after it; a tile that is not `whole` masks the columns past `N`.
     fn packed_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
-        let (xt, wt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
+        let wt = tensor_ty(&mm.rhs);
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let bounds = if whole { "true" } else { "false" };
@@ -710,27 +710,49 @@ impl Kernel {
             .iter()
             .map(|lane| self.read_vector(&self.rhs.clone(), &wt, &panel_prefix, [&kk, lane], &pad, true))
             .collect();
-        let mut next = Vec::with_capacity(count);
+        let next = self.broadcast_step(mm, at.batch, &row_ix, &kk, &bs, &args);
+        self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
+        self.line("}");
+        self.write_tile(at.acc, &res, [&row_ix, &col_ix], whole)
+    }
+
+    /// One step `kk` of a broadcast tile: for each row, `x[row, kk]` (`x[kk, row]` when
+    /// `x_transposed`) broadcast and multiplied with each vector of `bs`, added to the row's
+    /// accumulators `acc` (row-major, `bs.len()` per row). Returns the new accumulators.
+    fn broadcast_step(&mut self, mm: &MatMul, batch: &[String], row_ix: &[String], kk: &str, bs: &[String], acc: &[String]) -> Vec<String> {
+        let xt = tensor_ty(&mm.x);
+        let vec = format!("vector<{}xf32>", self.lanes);
+        let mut next = Vec::with_capacity(acc.len());
         for (i, row) in row_ix.iter().enumerate() {
             let (a, splat) = (self.fresh(), self.fresh());
-            let mut idx = at.batch.to_vec();
-            idx.extend([row.clone(), kk.clone()]);
+            let mut idx = batch.to_vec();
+            if mm.x_transposed {
+                idx.extend([kk.to_string(), row.clone()]);
+            } else {
+                idx.extend([row.clone(), kk.to_string()]);
+            }
             self.line(&format!("  {a} = tensor.extract {}[{}] : {xt}", self.x, idx.join(", ")));
             self.line(&format!("  {splat} = vector.broadcast {a} : f32 to {vec}"));
             for (j, bv) in bs.iter().enumerate() {
                 let f = self.fresh();
-                self.line(&format!("  {f} = vector.fma {splat}, {bv}, {} : {vec}", args[i * bs.len() + j]));
+                self.line(&format!("  {f} = vector.fma {splat}, {bv}, {} : {vec}", acc[i * bs.len() + j]));
                 next.push(f);
             }
         }
-        self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
-        self.line("}");
-        let mut acc = at.acc.to_string();
+        next
+    }
+
+    /// Writes a broadcast tile's accumulators, the results of `res` (row-major), into `acc` at
+    /// rows `row_ix` and columns `col_ix` (each a vector's first); columns past the end are
+    /// masked off unless the tile is `whole`. Returns the updated tensor.
+    fn write_tile(&mut self, acc: &str, res: &str, [row_ix, col_ix]: [&[String]; 2], whole: bool) -> String {
+        let vec = format!("vector<{}xf32>", self.lanes);
+        let mut acc = acc.to_string();
         for (i, row) in row_ix.iter().enumerate() {
             for (j, col) in col_ix.iter().enumerate() {
                 let written = self.fresh();
                 self.line(&format!(
-                    "{written} = vector.transfer_write {res}#{}, {acc}[{row}, {col}] {{in_bounds = [{bounds}]}} : {vec}, {SLICE_TY}",
+                    "{written} = vector.transfer_write {res}#{}, {acc}[{row}, {col}] {{in_bounds = [{whole}]}} : {vec}, {SLICE_TY}",
                     i * col_ix.len() + j,
                 ));
                 acc = written;
@@ -940,10 +962,9 @@ impl Kernel {
     /// One `rows × (2 vectors)` tile of `x @ b`, accumulated over every `k`; a tile that is not
     /// `whole` masks the columns past `N`.
     fn axpy_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
-        let (xt, bt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
+        let bt = tensor_ty(&mm.rhs);
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
-        let bounds = if whole { "true" } else { "false" };
         let row_ix = self.offsets(at.row, rows, 1);
         let col_ix = self.offsets(at.col, AXPY_VECTORS, lanes);
         let rhs_col_ix = self.offsets(at.rhs_col, AXPY_VECTORS, lanes);
@@ -967,37 +988,10 @@ impl Kernel {
             .iter()
             .map(|col| self.read_vector(&self.rhs.clone(), &bt, at.rhs_batch, [&kk, col], &pad, whole))
             .collect();
-        let mut next = Vec::with_capacity(count);
-        for (i, row) in row_ix.iter().enumerate() {
-            let (a, splat) = (self.fresh(), self.fresh());
-            let mut idx = at.batch.to_vec();
-            if mm.x_transposed {
-                idx.extend([kk.clone(), row.clone()]);
-            } else {
-                idx.extend([row.clone(), kk.clone()]);
-            }
-            self.line(&format!("  {a} = tensor.extract {}[{}] : {xt}", self.x, idx.join(", ")));
-            self.line(&format!("  {splat} = vector.broadcast {a} : f32 to {vec}"));
-            for (j, bv) in bs.iter().enumerate() {
-                let f = self.fresh();
-                self.line(&format!("  {f} = vector.fma {splat}, {bv}, {} : {vec}", args[i * vectors + j]));
-                next.push(f);
-            }
-        }
+        let next = self.broadcast_step(mm, at.batch, &row_ix, &kk, &bs, &args);
         self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
         self.line("}");
-        let mut acc = at.acc.to_string();
-        for (i, row) in row_ix.iter().enumerate() {
-            for (j, col) in col_ix.iter().enumerate() {
-                let written = self.fresh();
-                self.line(&format!(
-                    "{written} = vector.transfer_write {res}#{}, {acc}[{row}, {col}] {{in_bounds = [{bounds}]}} : {vec}, {SLICE_TY}",
-                    i * vectors + j,
-                ));
-                acc = written;
-            }
-        }
-        acc
+        self.write_tile(at.acc, &res, [&row_ix, &col_ix], whole)
     }
 
     /// `operand[prefix..., at[0], at[1]...]` as one vector register (a load; masked, with `pad`
