@@ -333,6 +333,7 @@ impl SafeTensorsFile {
         };
         let range = &self.tensors[i].range;
         let (start, end) = (self.data_start + range.start, self.data_start + range.end);
+        // 4 KiB pages; where they are larger, the advice fails and the pages stay resident.
         let page = 4096;
         let first = start.div_ceil(page) * page;
         let last = end / page * page;

@@ -144,7 +144,10 @@ impl Packing {
         // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
         // rather than scattered one element per cache line.
         for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
-            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n)).map(|r| &w[r * k..(r + 1) * k]).collect();
+            // (A `w` shorter than `[n, k]` leaves the missing rows zero rather than panic.)
+            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
+                .filter_map(|r| w.get(r * k..(r + 1) * k))
+                .collect();
             for (kk, step) in packed.chunks_exact_mut(panel).enumerate() {
                 for (x, row) in step.iter_mut().zip(&rows) {
                     *x = row[kk];
