@@ -26,6 +26,10 @@ mod matmul;
 
 pub(crate) use matmul::param_packing;
 
+/// The start of every matmul kernel function's name (`lmc_matmul0`, ...): the pipeline gives
+/// their parallel loops a schedule of their own (`mlir_pipeline::schedule_kernels_dynamically`).
+pub const MATMUL_KERNEL_PREFIX: &str = "lmc_matmul";
+
 /// The name of the generated function that implements `forward`.
 pub const FORWARD_FUNC: &str = "forward";
 

@@ -10,7 +10,9 @@
 //! dialect out) does not change with it.
 
 use melior::dialect::DialectRegistry;
-use melior::ir::operation::OperationLike;
+use melior::ir::attribute::{AttributeLike, StringAttribute};
+use melior::ir::operation::{OperationLike, WalkOrder, WalkResult};
+use melior::ir::Attribute;
 use melior::ir::BlockLike;
 use melior::ir::Module;
 use melior::pass::PassManager;
@@ -54,16 +56,23 @@ macro_rules! bufferize_passes {
 /// `lmc emit --stage buffers`.
 pub const BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
 
-/// The second half of the lowering, buffers to the `llvm` dialect: loops and LLVM. Between the
-/// halves, buffers are freed after their last use ([`crate::dealloc`]).
-pub const TO_LLVM: &str = concat!(
+/// The second half of the lowering, buffers to the `llvm` dialect, begins here: parallel loops
+/// (`scf.forall`: the matmul kernels' column blocks, the tiled ops' rows) become OpenMP
+/// worksharing loops, `__kmpc_*` calls into libomp, which the JIT's process and every linked
+/// library load. Between the halves, buffers are freed after their last use
+/// ([`crate::dealloc`]).
+pub const TO_OPENMP: &str = concat!(
     "builtin.module(",
-    // Parallel loops (`scf.forall`: the matmul kernels' column blocks, the tiled ops' rows)
-    // become OpenMP worksharing loops: `__kmpc_*` calls into libomp, which the JIT's process
-    // and every linked library load.
     "scf-forall-to-parallel,",
     "func.func(convert-linalg-to-loops),",
-    "convert-scf-to-openmp,",
+    "convert-scf-to-openmp",
+    ")"
+);
+
+/// The rest of the second half, after [`TO_OPENMP`] and [`schedule_kernels_dynamically`]:
+/// loops and LLVM.
+pub const OPENMP_TO_LLVM: &str = concat!(
+    "builtin.module(",
     // The OpenMP conversion wraps each loop body in a `memref.alloca_scope`, which
     // `convert-scf-to-cf` would make multi-block, an error when it is lowered (notes, P6). Ours
     // allocate nothing, so canonicalize inlines them. (Running `finalize-memref-to-llvm` first,
@@ -147,11 +156,55 @@ pub fn parse<'c>(context: &'c Context, text: &str) -> Result<Module<'c>, MlirErr
     with_diagnostics(context, "parsing the generated MLIR", || Module::parse(context, text))
 }
 
-/// Bufferizes the module ([`bufferize`]), then runs [`TO_LLVM`], leaving it in the `llvm`
-/// dialect.
+/// Bufferizes the module ([`bufferize`]), then runs [`TO_OPENMP`] and [`OPENMP_TO_LLVM`],
+/// leaving it in the `llvm` dialect.
 pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
     bufferize(context, module)?;
-    run(context, module, TO_LLVM, "lowering MLIR to the llvm dialect")
+    run(context, module, TO_OPENMP, "lowering parallel loops to OpenMP")?;
+    schedule_kernels_dynamically(context, module)?;
+    run(context, module, OPENMP_TO_LLVM, "lowering MLIR to the llvm dialect")
+}
+
+/// Gives the matmul kernels' worksharing loops a dynamic schedule (one task at a time, to
+/// whichever thread is free), where every other loop keeps the static one (an equal share per
+/// thread, decided up front). A kernel's tasks are a few dozen blocks of columns, each long
+/// (a tenth of a millisecond or more), so handing them out costs nothing measurable, and a
+/// thread that runs slower (this machine's two virtual CPUs often do not run at the same
+/// speed) no longer holds the other up at the end. The tiled ops' rows are many short tasks,
+/// for which a dispatch each would cost more than it saves.
+fn schedule_kernels_dynamically<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
+    let dynamic = Attribute::parse(context, "#omp<schedulekind dynamic>").ok_or_else(|| MlirError {
+        stage: "parsing the dynamic schedule attribute",
+        diagnostics: Vec::new(),
+    })?;
+    let body = module.body();
+    let mut op = body.first_operation();
+    while let Some(function) = op {
+        let is_kernel = function
+            .attribute("sym_name")
+            .ok()
+            .and_then(|name| StringAttribute::try_from(name).ok())
+            .is_some_and(|name| name.value().starts_with(crate::emit_mlir::MATMUL_KERNEL_PREFIX));
+        if is_kernel {
+            let mut loops = Vec::new();
+            function.walk(WalkOrder::PreOrder, |nested| {
+                if nested.name().as_string_ref().as_str() == Ok("omp.wsloop") {
+                    loops.push(nested.to_raw());
+                }
+                WalkResult::Advance
+            });
+            for wsloop in loops {
+                // SAFETY: `wsloop` is a live operation of the module, which `module` borrows
+                // mutably here, and `dynamic` an attribute of the module's context; setting an
+                // inherent attribute changes nothing else.
+                unsafe {
+                    mlir_sys::mlirOperationSetInherentAttributeByName(wsloop, StringRef::new("schedule_kind").to_raw(), dynamic.to_raw());
+                }
+            }
+        }
+        op = function.next_in_block();
+    }
+    Ok(())
 }
 
 /// Applies the module's schedule, runs [`BUFFERIZE`], then moves each deallocation to just after
