@@ -24,7 +24,11 @@ mod fuse;
 mod lanes;
 mod matmul;
 
-pub(crate) use matmul::param_packing;
+/// Per parameter, how the kernels emitted for `target` read it packed ([`lmc_abi::Packing`]),
+/// if they do (see `matmul::param_packing`): what the manifest tells the runtime.
+pub(crate) fn param_packing(g: &Graph, target: &Target) -> Vec<Option<lmc_abi::Packing>> {
+    matmul::param_packing(g, &g.enclosing_scans(), &fuse::readers(g), target.lanes)
+}
 
 /// The start of every matmul kernel function's name (`lmc_matmul0`, ...): the pipeline gives
 /// their parallel loops a schedule of their own (`mlir_pipeline::schedule_kernels_dynamically`).
@@ -42,8 +46,9 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     let mut fully_fused = fuse::fully_fused(g, &regions, &uses, &readers);
     // A matmul whose bias its kernel adds is computed where the add is.
     fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
+    let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
     let mut e = Emitter {
-        packing: param_packing(g, target.lanes),
+        packing,
         fully_fused,
         biased,
         uses,
@@ -96,7 +101,7 @@ struct Emitter<'a> {
     /// The adds of a bias to a matmul that the matmul kernel computes (at the add; the matmul
     /// itself emits nothing): add → (matmul, bias). See [`fuse::bias_epilogues`].
     biased: std::collections::HashMap<ValueId, (ValueId, ValueId)>,
-    /// Per parameter, how it is passed packed ([`param_packing`]), if it is.
+    /// Per parameter, how it is passed packed (`matmul::param_packing`), if it is.
     packing: Vec<Option<lmc_abi::Packing>>,
 }
 
@@ -676,7 +681,7 @@ impl Emitter<'_> {
         }
     }
 
-    /// The type parameter `i` is passed as: packed ([`param_packing`]) or as declared.
+    /// The type parameter `i` is passed as: packed (`matmul::param_packing`) or as declared.
     fn param_ty(&self, i: usize) -> TensorType {
         let ty = &self.g.params[i].ty;
         match self.packing[i] {
@@ -1515,7 +1520,7 @@ impl Emitter<'_> {
     fn emit_matmul(&mut self, id: ValueId, (lhs, rhs): (ValueId, ValueId), bias: Option<ValueId>, loc: &str) {
         let g = self.g;
         // `x @ transpose(w)` reads `w` as it is passed: a Linear's weight (checkpoints store
-        // `[out, in]`) in the panels the runtime packed it in ([`param_packing`]), any other
+        // `[out, in]`) in the panels the runtime packed it in (`matmul::param_packing`), any other
         // `w` in place with the dot-product kernel. Neither makes a transposed copy per call;
         // an unused transpose is removed as dead code.
         let (rhs, layout, rhs_ty) = match (&g.node(rhs).op, self.reads_packed(rhs)) {

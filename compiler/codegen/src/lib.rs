@@ -71,7 +71,7 @@ impl Target {
 /// graph's own ([`lmc_core::manifest`]) with the parameters that its matmul kernels read packed.
 pub fn manifest(g: &Graph, target: &Target) -> lmc_abi::Manifest {
     let mut manifest = lmc_core::manifest(g);
-    for (spec, packing) in manifest.params.iter_mut().zip(emit_mlir::param_packing(g, target.lanes)) {
+    for (spec, packing) in manifest.params.iter_mut().zip(emit_mlir::param_packing(g, target)) {
         spec.packing = packing;
     }
     manifest

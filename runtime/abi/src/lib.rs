@@ -135,16 +135,15 @@ impl Packing {
         usize::try_from(self.panel).unwrap_or(1).max(1)
     }
 
-    /// Packs a row-major `[n, k]` matrix (`w.len() == n * k`).
+    /// Packs a row-major `[n, k]` matrix (`w.len() == n * k`; rows missing from a shorter `w`
+    /// are packed as zeros).
     pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-        debug_assert_eq!(w.len(), n * k, "a [n, k] matrix");
         let panel = self.panel_len();
         let [panels, ..] = self.packed_shape(n, k);
         let mut out = vec![0.0; panels * k * panel];
         // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
         // rather than scattered one element per cache line.
         for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
-            // (A `w` shorter than `[n, k]` leaves the missing rows zero rather than panic.)
             let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
                 .filter_map(|r| w.get(r * k..(r + 1) * k))
                 .collect();

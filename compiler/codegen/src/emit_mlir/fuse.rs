@@ -108,9 +108,9 @@ pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize]
 }
 
 /// The function body's `x @ transpose(w) + b` (a Linear with a bias), keyed by the add: the
-/// matmul and the bias `b: [N]`. The dot-product kernel then starts each block of the result
-/// from the bias instead of zeros, which saves a pass over the result; the matmul must have no
-/// other reader (nor be an output), and the add must not broadcast it.
+/// matmul and the bias `b: [N]`. The matmul kernel (packed or dot-product) then adds its first
+/// block of `K` to the bias instead of to zero, which saves a pass over the result; the matmul
+/// must have no other reader (nor be an output), and the add must not broadcast it.
 pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>]) -> HashMap<ValueId, (ValueId, ValueId)> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let mut fused = HashMap::new();

@@ -114,9 +114,7 @@ pub(super) enum RhsLayout {
 /// lane sums are needed (the dot tile's) and `w` is read in the order it is stored (the
 /// row-major broadcast tile strides a whole row of `b` per step). A matrix also read another
 /// way (a tied embedding table's gather, inside a scan step) stays as it is.
-pub(crate) fn param_packing(g: &Graph, lanes: i64) -> Vec<Option<Packing>> {
-    let regions = g.enclosing_scans();
-    let readers = super::fuse::readers(g);
+pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], lanes: i64) -> Vec<Option<Packing>> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let in_body = |id: ValueId| regions[id.0 as usize].is_none() && !outputs.contains(&id);
     let read_as_weight = |param: ValueId| {
@@ -493,18 +491,12 @@ impl Kernel {
             (c0.clone(), full_cols.clone(), tile_step, true),
             (full_cols, size.to_string(), leftover_step, false),
         ];
-        // The dot tile sums `K` a block at a time: the tile's rows of `w` then stay in L1 while
-        // rows of `x` pass (FFN-down's K = 3072 spills it otherwise). The first block writes its
-        // sums onto the bias (or zero) and later blocks add theirs, so the result needs no pass
-        // of its own to clear it first. At least one block, so that `K = 0` still writes it.
+        // The dot tile sums `K` a block at a time ([`Kernel::open_k_blocks`]): the tile's rows
+        // of `w` then stay in L1 while rows of `x` pass (K = 3072 spills it otherwise).
         let mut filled = slice.to_string();
         let mut k_block = None;
         if mm.layout == RhsLayout::Transposed {
-            let block = self.index_const(K_BLOCK);
-            let blocks_end = self.index_op("maxui", k, &c1);
-            let (res, k_lo, arg) = self.open_loop(&c0, &blocks_end, &block, slice, SLICE_TY);
-            let end = self.index_op("addi", &k_lo, &block);
-            let k_hi = self.index_op("minui", &end, k);
+            let (res, k_lo, k_hi, arg) = self.open_k_blocks(k, K_BLOCK, [&c0, &c1], slice);
             filled = arg;
             k_block = Some((res, k_lo, k_hi));
         }
@@ -559,6 +551,20 @@ impl Kernel {
         filled
     }
 
+    /// Opens the loop over blocks of `K`, `block` long, carrying the result block `init`;
+    /// returns (result, first `k` of the block, its end, carried value). A tile adds the first
+    /// block's sums to the bias (or zero) and later blocks' to the result so far, so the result
+    /// needs no pass of its own to clear it. At least one block runs, so that `K = 0` still
+    /// writes the bias.
+    fn open_k_blocks(&mut self, k: &str, block: i64, [c0, c1]: [&str; 2], init: &str) -> (String, String, String, String) {
+        let block = self.index_const(block);
+        let blocks_end = self.index_op("maxui", k, c1);
+        let (res, k_lo, arg) = self.open_loop(c0, &blocks_end, &block, init, SLICE_TY);
+        let end = self.index_op("addi", &k_lo, &block);
+        let k_hi = self.index_op("minui", &end, k);
+        (res, k_lo, k_hi, arg)
+    }
+
     /// Rows and columns of this layout's tile.
     fn tile_shape(&self, layout: RhsLayout) -> (i64, i64) {
         match layout {
@@ -579,14 +585,7 @@ impl Kernel {
         let panel = AXPY_VECTORS * self.lanes;
         let panel_step = self.index_const(panel);
         let full_cols = self.round_down(size, panel);
-        // The first block adds its sums to the bias (or zero), later ones to the result so
-        // far. At least one block, so that `K = 0` still writes the bias.
-        let block = self.index_const(PACKED_K_BLOCK);
-        let blocks_end = self.index_op("maxui", k, &c1);
-        let (res, k_lo, arg) = self.open_loop(&c0, &blocks_end, &block, slice, SLICE_TY);
-        let end = self.index_op("addi", &k_lo, &block);
-        let k_hi = self.index_op("minui", &end, k);
-        let mut filled = arg;
+        let (res, k_lo, k_hi, mut filled) = self.open_k_blocks(k, PACKED_K_BLOCK, [&c0, &c1], slice);
         // Rows: whole tiles of each height in turn, down to single rows.
         let mut row_lo = c0.clone();
         for rows in packed_rows(self.lanes) {
