@@ -522,8 +522,12 @@ mod bad_input {
         dir
     }
 
+    /// Runs the embeddings on `weights`, writing the outputs to a scratch directory of the
+    /// call's own (never beside the weights: the checkpoint is a committed fixture).
     fn run_embeddings(weights: &Path, inputs: &Path) -> (i32, String) {
-        let out = weights.join("out.safetensors");
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = scratch(&format!("embeddings_out_{call}")).join("out.safetensors");
         let r = lmc(&[
             "run",
             "models/bert.model:BertEmbeddings",
