@@ -47,8 +47,13 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     // A matmul whose bias its kernel adds is computed where the add is.
     fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
     let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
+    let bias_adds = biased.keys().copied().collect();
+    let row_groups = fuse::row_groups(g, &regions, &readers, &bias_adds);
     let mut e = Emitter {
         packing,
+        row_groups,
+        in_row_group: false,
+        row_group_schedules: Vec::new(),
         fully_fused,
         biased,
         uses,
@@ -103,6 +108,13 @@ struct Emitter<'a> {
     biased: std::collections::HashMap<ValueId, (ValueId, ValueId)>,
     /// Per parameter, how it is passed packed (`matmul::param_packing`), if it is.
     packing: Vec<Option<lmc_abi::Packing>>,
+    /// The function body's ops computed row by row together (see [`fuse::row_groups`]).
+    row_groups: fuse::RowGroups,
+    /// Whether the ops of a row group are being emitted (see [`Emitter::emit_row_group`]).
+    in_row_group: bool,
+    /// The distinct schedules of the row groups' functions so far: the root's tile sizes and
+    /// the number of ops fused into its loop (see [`schedule`]).
+    row_group_schedules: Vec<(String, usize)>,
 }
 
 /// The result side of a fused `linalg.generic`: its SSA name, output map (the part after
@@ -124,6 +136,9 @@ struct FusedBody {
     /// Each input once: its SSA name, tensor type, indexing map and element type.
     inputs: Vec<(String, String, String, &'static str)>,
     lines: Vec<String>,
+    /// The fused ops computed so far, with where: an op read twice at the same element (a row
+    /// group's `x - mean` squared) is computed once.
+    computed: Vec<(ValueId, Vec<String>)>,
 }
 
 /// The length of a block of query rows (see `Emitter::emit_attention`): not one of the
@@ -240,12 +255,20 @@ impl Outlined {
 }
 
 /// Rewrites the code of node `id` as the body of a function: the node values and symbols it
-/// reads become arguments `%in0, %in1, ...`, its result `%result`, its temporaries `%l0, ...`.
-/// `None` when it reads something that cannot be passed (a temporary of another node, an
-/// integer scalar).
-fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outlined> {
+/// reads become arguments `%in0, %in1, ...`, its result `%result`, its temporaries and the
+/// nodes in `locals` (computed by the code too) `%l0, ...`, the names inside fused loop bodies
+/// (`%f12`) `%e0, ...`. `None` when it reads something that cannot be passed (a temporary of
+/// another node, an integer scalar).
+fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize, locals: &[ValueId]) -> Option<Outlined> {
     let mut args: Vec<(String, String)> = Vec::new();
     let mut temps: Vec<String> = Vec::new();
+    let mut fused_names: Vec<String> = Vec::new();
+    let local = |names: &mut Vec<String>, name: &str| {
+        names.iter().position(|t| t == name).unwrap_or_else(|| {
+            names.push(name.to_string());
+            names.len() - 1
+        })
+    };
     let mut body = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('%') {
@@ -263,6 +286,8 @@ fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outli
         let canonical = if let Some(n) = numbered("%v") {
             if n == id.0 as usize {
                 "%result".to_string()
+            } else if locals.contains(&ValueId(n as u32)) {
+                format!("%l{}", local(&mut temps, name))
             } else {
                 let t = g.ty(ValueId(n as u32));
                 let ty = match (t.rank(), t.dtype) {
@@ -278,11 +303,9 @@ fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outli
             if n <= first_tmp {
                 return None;
             }
-            let i = temps.iter().position(|t| t == name).unwrap_or_else(|| {
-                temps.push(name.to_string());
-                temps.len() - 1
-            });
-            format!("%l{i}")
+            format!("%l{}", local(&mut temps, name))
+        } else if numbered("%f").is_some() {
+            format!("%e{}", local(&mut fused_names, name))
         } else if let Some((base, suffix)) = name.split_once('_').filter(|(b, _)| {
             b.strip_prefix("%t")
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
@@ -291,11 +314,13 @@ fn outline(g: &Graph, id: ValueId, text: &str, first_tmp: usize) -> Option<Outli
             if base[2..].parse::<usize>().map_or(true, |n| n <= first_tmp) {
                 return None;
             }
-            let i = temps.iter().position(|t| t == base).unwrap_or_else(|| {
-                temps.push(base.to_string());
-                temps.len() - 1
-            });
-            format!("%l{i}_{suffix}")
+            format!("%l{}_{suffix}", local(&mut temps, base))
+        } else if let Some((base, suffix)) = name.split_once('_').filter(|(b, _)| {
+            b.strip_prefix("%f")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        }) {
+            // The temporaries of a fused op's math (`%f12_3`).
+            format!("%e{}_{suffix}", local(&mut fused_names, base))
         } else {
             name.to_string()
         };
@@ -458,12 +483,63 @@ fn mark_row_parallel(text: &str, tile_sizes: &mut Vec<String>) -> String {
     out
 }
 
+/// Marks a row group's function body (see `Emitter::emit_row_group`) for the [`schedule`]: its
+/// root, the loop nest that defines `%result`, with `lmc.row_group = tile_sizes`, and every other
+/// loop nest (and accumulator fill) with `lmc.row_fused = k`, numbered from the last back, the
+/// order in which they are fused into the root's loop (each is fused into its readers, which
+/// must be in the loop already). Returns the text and how many are fused; `None` when no loop
+/// nest defines `%result`.
+fn tag_row_group(body: &str, tile_sizes: &str) -> Option<(String, usize)> {
+    const GENERIC: &str = " = linalg.generic {indexing_maps = ";
+    const FILL: &str = " = linalg.fill ins(";
+    let is_root = |line: &str| line.trim_start().starts_with("%result = linalg.generic {");
+    if !body.lines().any(is_root) {
+        return None;
+    }
+    let fused = body
+        .lines()
+        .filter(|l| !is_root(l) && (l.contains(GENERIC) || l.contains(FILL)))
+        .count();
+    let mut k = fused;
+    let mut out = String::with_capacity(body.len() + 64 * (fused + 1));
+    for line in body.split_inclusive('\n') {
+        let attribute = if is_root(line) {
+            format!("lmc.row_group = {tile_sizes}")
+        } else if line.contains(GENERIC) || line.contains(FILL) {
+            k -= 1;
+            format!("lmc.row_fused = {k}")
+        } else {
+            out.push_str(line);
+            continue;
+        };
+        if let Some(at) = line.find(FILL) {
+            out.push_str(&format!(
+                "{} = linalg.fill {{{attribute}}} ins({}",
+                &line[..at],
+                &line[at + FILL.len()..]
+            ));
+        } else {
+            // After the generic's iterator types, the last entry of its attribute dictionary.
+            let list = line.find("iterator_types = [").map(|i| i + line[i..].find(']').unwrap_or(0));
+            match list {
+                Some(end) => out.push_str(&format!("{}, {attribute}{}", &line[..=end], &line[end + 1..])),
+                None => out.push_str(line),
+            }
+        }
+    }
+    Some((out, fused))
+}
+
 /// The transform-dialect schedule that tiles every loop nest marked by [`mark_row_parallel`]
 /// (with one of `tile_sizes`) into an `scf.forall` of one row per iteration (threads, through
 /// OpenMP, once lowered); empty when nothing is marked. It lives in the module until the
 /// pipeline applies and removes it.
-fn schedule(tile_sizes: &[String]) -> String {
-    if tile_sizes.is_empty() {
+///
+/// Each row group's function (`row_groups`: the root's tile sizes, how many ops are fused) has
+/// its root tiled the same way and the ops marked by [`tag_row_group`] fused into the root's
+/// loop, in the order of their numbers.
+fn schedule(tile_sizes: &[String], row_groups: &[(String, usize)]) -> String {
+    if tile_sizes.is_empty() && row_groups.is_empty() {
         return String::new();
     }
     let mut text = String::new();
@@ -480,6 +556,47 @@ fn schedule(tile_sizes: &[String]) -> String {
             text,
             "    %tiled{i}:2 = transform.structured.tile_using_forall %ops{i} tile_sizes {sizes} : (!transform.any_op) -> (!transform.any_op, !transform.any_op)"
         );
+    }
+    // One loop per tile sizes over the roots that have them, fusing as many ops as the
+    // largest group (a smaller group's extra matches are empty).
+    let mut by_sizes: Vec<(&str, usize)> = Vec::new();
+    for (sizes, fused) in row_groups {
+        match by_sizes.iter_mut().find(|(s, _)| s == sizes) {
+            Some(entry) => entry.1 = entry.1.max(*fused),
+            None => by_sizes.push((sizes, *fused)),
+        }
+    }
+    const ANY: &str = "!transform.any_op";
+    for (i, (sizes, fused)) in by_sizes.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "    %groups{i} = transform.structured.match attributes {{lmc.row_group = {sizes}}} in %root : ({ANY}) -> {ANY}"
+        );
+        let _ = writeln!(text, "    transform.foreach %groups{i} : {ANY} {{");
+        let _ = writeln!(text, "    ^bb0(%group: {ANY}):");
+        let _ = writeln!(
+            text,
+            "      %tiled, %rows = transform.structured.tile_using_forall %group tile_sizes {sizes} : ({ANY}) -> ({ANY}, {ANY})"
+        );
+        if *fused > 0 {
+            let _ = writeln!(
+                text,
+                "      %func = transform.get_parent_op %rows {{op_name = \"func.func\"}} : ({ANY}) -> {ANY}"
+            );
+            for k in 0..*fused {
+                let _ = writeln!(
+                    text,
+                    "      %op{k} = transform.structured.match attributes {{lmc.row_fused = {k}}} in %func : ({ANY}) -> {ANY}"
+                );
+            }
+            let ops: Vec<String> = (0..*fused).map(|k| format!("%op{k}")).collect();
+            let _ = writeln!(text, "      %ops = transform.merge_handles {} : {ANY}", ops.join(", "));
+            let _ = writeln!(
+                text,
+                "      %fused, %fused_rows = transform.structured.fuse_into_containing_op %ops into %rows : ({ANY}, {ANY}) -> ({ANY}, {ANY})"
+            );
+        }
+        let _ = writeln!(text, "    }}");
     }
     let _ = writeln!(text, "    transform.yield");
     let _ = writeln!(text, "  }}");
@@ -646,7 +763,7 @@ impl Emitter<'_> {
         for function in self.functions.texts("op").chain(self.functions.texts("matmul")) {
             out.push_str(function);
         }
-        let schedule = schedule(&self.row_tile_sizes);
+        let schedule = schedule(&self.row_tile_sizes, &self.row_group_schedules);
         if !schedule.is_empty() {
             out = out.replacen("module {", "module attributes {transform.with_named_sequence} {", 1);
             out.push_str(&schedule);
@@ -663,7 +780,11 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
-            if self.fully_fused.contains(&id) || self.reads_packed(id).is_some() {
+            if self.fully_fused.contains(&id) || self.reads_packed(id).is_some() || self.row_groups.root_of.contains_key(&id) {
+                continue;
+            }
+            if region.is_none() && self.row_groups.members.contains_key(&id) {
+                self.emit_row_group(id);
                 continue;
             }
             if let Some(&(m, bias)) = self.biased.get(&id) {
@@ -757,24 +878,67 @@ impl Emitter<'_> {
         } else {
             mark_row_parallel(&text, &mut self.row_tile_sizes)
         };
-        match outline(self.g, id, &text, first_tmp) {
-            Some(f) => {
-                let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));
-                let mut args: Vec<String> = f.args.iter().map(|(a, _)| self.contiguous(a)).collect();
-                let mut types: Vec<&str> = f.args.iter().map(|(_, t)| t.as_str()).collect();
-                args.push(self.empty(self.g.ty(id)));
-                types.push(&f.result_ty);
-                self.line(&format!(
-                    "{} = func.call {name}({}) : ({}) -> {} {}",
-                    v(id),
-                    args.join(", "),
-                    types.join(", "),
-                    f.result_ty,
-                    self.loc(self.g.node(id).loc)
-                ));
-            }
+        match outline(self.g, id, &text, first_tmp, &[]) {
+            Some(f) => self.call_outlined(id, &f),
             None => self.body.push_str(&text),
         }
+    }
+
+    /// Calls the function `f` computes node `id` with (defined on first use).
+    fn call_outlined(&mut self, id: ValueId, f: &Outlined) {
+        let name = self.functions.get_or_define("op", f.key.clone(), |name| f.define(name));
+        let mut args: Vec<String> = f.args.iter().map(|(a, _)| self.contiguous(a)).collect();
+        let mut types: Vec<&str> = f.args.iter().map(|(_, t)| t.as_str()).collect();
+        args.push(self.empty(self.g.ty(id)));
+        types.push(&f.result_ty);
+        self.line(&format!(
+            "{} = func.call {name}({}) : ({}) -> {} {}",
+            v(id),
+            args.join(", "),
+            types.join(", "),
+            f.result_ty,
+            self.loc(self.g.node(id).loc)
+        ));
+    }
+
+    /// A row group (see [`fuse::row_groups`]) as a call to a function of its own. The function
+    /// computes the group's ops one after the other, each over the whole tensor (those the
+    /// others compute inside their own loops left out), and the schedule then tiles the root
+    /// into a parallel loop over rows and fuses the others into it: each row is computed from
+    /// start to end while it is in cache, in one parallel loop instead of one per op.
+    fn emit_row_group(&mut self, root: ValueId) {
+        let first_tmp = self.tmp;
+        let saved = std::mem::take(&mut self.body);
+        let members = self.row_groups.members.get(&root).cloned().unwrap_or_default();
+        self.in_row_group = true;
+        for &m in &members {
+            if !self.row_groups.inlined.contains(&m) {
+                self.emit_node(m);
+            }
+        }
+        self.emit_node(root);
+        self.in_row_group = false;
+        let text = std::mem::replace(&mut self.body, saved);
+        let Some(mut f) = outline(self.g, root, &text, first_tmp, &members) else {
+            self.body.push_str(&text);
+            return;
+        };
+        let rank = self.g.ty(root).rank();
+        let sizes: Vec<&str> = (0..rank).map(|i| if i + 1 < rank { "1" } else { "0" }).collect();
+        let sizes = format!("[{}]", sizes.join(", "));
+        match tag_row_group(&f.body, &sizes) {
+            Some((tagged, fused)) => {
+                f.body = tagged;
+                let schedule = (sizes, fused);
+                if !self.row_group_schedules.contains(&schedule) {
+                    self.row_group_schedules.push(schedule);
+                }
+            }
+            // The root is not a loop nest of its own (never for an elementwise root): each op
+            // gets its own parallel loop instead.
+            None => f.body = mark_row_parallel(&f.body, &mut self.row_tile_sizes),
+        }
+        self.call_outlined(root, &f);
     }
 
     /// A dimension as an `index` SSA value (or constant).
@@ -1109,7 +1273,10 @@ impl Emitter<'_> {
                 self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
             }
             Op::Gather { table, indices } => self.emit_gather(id, *table, *indices, &loc),
-            Op::Binary { .. } | Op::Unary { .. } | Op::ToFloat { .. } if self.in_scan_body && ty.rank() > 0 => self.emit_fused(id, &loc),
+            Op::Binary { .. } | Op::Unary { .. } | Op::ToFloat { .. } if (self.in_scan_body || self.in_row_group) && ty.rank() > 0 => {
+                self.emit_fused(id, &loc)
+            }
+            Op::Reduce { op, x, .. } if self.in_row_group => self.emit_row_reduce(id, *op, *x, &loc),
             Op::Binary { op, lhs, rhs } => {
                 let name = binary_op(*op);
                 self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| {
@@ -1290,6 +1457,9 @@ impl Emitter<'_> {
         if self.is_scalar(operand) {
             return self.name(operand);
         }
+        if self.row_groups.inlined.contains(&operand) {
+            return self.fused_op(operand, at, body);
+        }
         if fuse::fused_into(self.g, &self.regions, &self.uses, user, operand) {
             if let Some((read, axes)) = fuse::view_axes(self.g, operand) {
                 let read_at: Vec<String> = axes.iter().map(|a| a.map_or("0".to_string(), |p| at[p].clone())).collect();
@@ -1316,6 +1486,9 @@ impl Emitter<'_> {
         let g = self.g;
         let ty = self.ty(id);
         let (res, tmp) = (format!("%f{}", id.0), format!("%f{}_", id.0));
+        if body.computed.iter().any(|(c, c_at)| *c == id && c_at == at) {
+            return res;
+        }
         match g.node(id).op {
             Op::Binary { op, lhs, rhs } => {
                 let mut args = Vec::new();
@@ -1337,6 +1510,7 @@ impl Emitter<'_> {
             // Only elementwise ops are fused (`fuse::fused_into`); anything else is read.
             _ => return self.fused_input(id, at, body),
         }
+        body.computed.push((id, at.to_vec()));
         res
     }
 
@@ -1444,6 +1618,74 @@ impl Emitter<'_> {
         self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
     }
 
+    /// A row group's reduction of the last axis, keeping it (see [`fuse::row_groups`]): the
+    /// loop nest has one more dimension than the result, the kept axis (length 1) and the
+    /// reduced one after it, so that the result is written as it is typed, `[rows..., 1]`,
+    /// and no reshape stands between it and the ops the schedule fuses.
+    fn emit_row_reduce(&mut self, id: ValueId, op: ReduceOp, x: ValueId, loc: &str) {
+        let ty = self.ty(id);
+        let xt = self.ty(x);
+        let rank = ty.rank();
+        let e = self.empty(&ty);
+        let zero = self.fresh();
+        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        let filled = self.fresh();
+        let t = tensor_ty(&ty);
+        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {t}) -> {t}"));
+        let mut fused = FusedBody {
+            rank: rank + 1,
+            ..FusedBody::default()
+        };
+        let mut at: Vec<String> = (0..rank - 1).map(|i| format!("d{i}")).collect();
+        at.push(format!("d{rank}"));
+        let value = self.fused_value(id, x, &at, &mut fused);
+        let sum = if op == ReduceOp::Mean { self.fresh() } else { v(id) };
+        let mut iterators = vec!["\"parallel\""; rank];
+        iterators.push("\"reduction\"");
+        let out = Generic {
+            name: &sum,
+            map: &dims_list(rank),
+            iterators: &iterators.join(", "),
+            init: &filled,
+            ty: &t,
+            arg: "%acc: f32",
+        };
+        let tail = [
+            format!("%r = arith.addf {value}, %acc fastmath<reassoc> : f32"),
+            "linalg.yield %r : f32".to_string(),
+        ];
+        self.emit_fused_generic(&fused, &out, &tail, loc);
+        if op == ReduceOp::Mean {
+            let n = self.axis_length(xt.dims[rank - 1]);
+            let e2 = self.empty(&ty);
+            let map = format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank));
+            self.line(&format!(
+                "{} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({sum} : {t}) outs({e2} : {t}) {{",
+                v(id),
+                parallel(rank)
+            ));
+            self.line("^bb0(%a: f32, %o: f32):");
+            self.line(&format!("  %r = arith.divf %a, {n} : f32"));
+            self.line("  linalg.yield %r : f32");
+            self.line(&format!("}} -> {t} {loc}"));
+        }
+    }
+
+    /// The length of an axis as an `f32` SSA value, known now or read from a symbol: what a
+    /// mean divides by.
+    fn axis_length(&mut self, d: Dim) -> String {
+        let n = self.fresh();
+        match d {
+            Dim::Static(k) => self.line(&format!("{n} = arith.constant {} : f32", f32_literal(k as f64))),
+            Dim::Symbol(s) => {
+                let as_int = self.fresh();
+                self.line(&format!("{as_int} = arith.index_cast %sym{} : index to i64", s.0));
+                self.line(&format!("{n} = arith.sitofp {as_int} : i64 to f32"));
+            }
+        }
+        n
+    }
+
     /// The rest of a reduction of `xt` whose sum is `sum`: the division of a mean, and the
     /// result's shape.
     #[allow(clippy::too_many_arguments)]
@@ -1452,16 +1694,7 @@ impl Emitter<'_> {
         reduced.dims.remove(axis);
         let mut result = sum;
         if op == ReduceOp::Mean {
-            // Divide by the axis length, known now or read from a symbol.
-            let n = self.fresh();
-            match xt.dims[axis] {
-                Dim::Static(k) => self.line(&format!("{n} = arith.constant {} : f32", f32_literal(k as f64))),
-                Dim::Symbol(s) => {
-                    let as_int = self.fresh();
-                    self.line(&format!("{as_int} = arith.index_cast %sym{} : index to i64", s.0));
-                    self.line(&format!("{n} = arith.sitofp {as_int} : i64 to f32"));
-                }
-            }
+            let n = self.axis_length(xt.dims[axis]);
             let r = reduced.rank();
             let e2 = self.empty(&reduced);
             let mean = self.fresh();

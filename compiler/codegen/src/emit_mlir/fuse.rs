@@ -8,9 +8,10 @@
 //! - views, index functions that only read another value at their indices (`unsqueeze`), read
 //!   by any number of ops: each reader reads the underlying value directly.
 //!
-//! Readers that can take fused operands are elementwise math and reductions. Only scan bodies
-//! are fused: the function body's ops are each outlined into a function of their own, except
-//! that a matmul's bias is added by the matmul kernel itself ([`bias_epilogues`]).
+//! Readers that can take fused operands are elementwise math and reductions. In the function
+//! body, ops are each outlined into a function of their own, except that a matmul's bias is
+//! added by the matmul kernel itself ([`bias_epilogues`]) and that a reduction over the last
+//! axis and the elementwise math around it run row by row in one loop ([`row_groups`]).
 
 use lmc_core::ir::{BinaryOp, Dim, Graph, Op, ScalarFn, ScalarNode, ValueId};
 use std::collections::{HashMap, HashSet};
@@ -137,4 +138,90 @@ pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>], readers: &[
         }
     }
     fused
+}
+
+/// The function body's groups of ops that run row by row in one loop nest: a reduction over the
+/// last axis, the elementwise math around it and the elementwise op that reads them all (a
+/// normalisation, with the residual add before it), tiled into one parallel loop over rows
+/// where each op was a loop, and a pass over memory, of its own. See [`row_groups`].
+#[derive(Default)]
+pub(super) struct RowGroups {
+    /// Each group's ops but its last (its root), in node order, keyed by the root.
+    pub members: HashMap<ValueId, Vec<ValueId>>,
+    /// The root of the group each member belongs to.
+    pub root_of: HashMap<ValueId, ValueId>,
+    /// Members computed inside the loop nests of the members that read them (elementwise ops
+    /// read element for element, or by a reduction), instead of into a temporary of their own.
+    pub inlined: HashSet<ValueId>,
+}
+
+/// The row groups of the function body. Every op of a group is elementwise math whose type is
+/// `[rows..., n]` or `[rows..., 1]` for the root's `[rows..., n]` (the same leading axes), or a
+/// reduction of the last axis that keeps it; its readers are all in the group, and it is not
+/// an output. The last axis is the one a row's loop walks; the leading ones are what the
+/// group's loop is parallel over (the schedule tiles the root and fuses the others into it),
+/// so a member may read anything from outside the group, broadcasting as it likes.
+///
+/// Found from the last node back: a node not yet in a group that could be a root starts one,
+/// which takes in the operands that qualify, in decreasing node order, so that every reader of
+/// an operand (a later node) has been decided before it. A root that takes in nothing stays an
+/// op of its own. `excluded`: nodes computed elsewhere (a matmul's bias add).
+pub(super) fn row_groups(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], excluded: &HashSet<ValueId>) -> RowGroups {
+    let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
+    let mut groups = RowGroups::default();
+    for root in (0..g.nodes.len()).rev().map(|i| ValueId(i as u32)) {
+        if groups.root_of.contains_key(&root) || regions[root.0 as usize].is_some() || excluded.contains(&root) {
+            continue;
+        }
+        let rt = g.ty(root);
+        if !is_elementwise(&g.node(root).op) || rt.rank() < 2 || rt.dtype != lmc_abi::DType::F32 {
+            continue;
+        }
+        let leading = &rt.dims[..rt.rank() - 1];
+        let row = rt.dims[rt.rank() - 1];
+        let mut members: HashSet<ValueId> = HashSet::from([root]);
+        let mut pending: std::collections::BTreeSet<ValueId> = g.node(root).op.operands().into_iter().collect();
+        while let Some(o) = pending.pop_last() {
+            let (i, ot) = (o.0 as usize, g.ty(o));
+            let node = &g.node(o).op;
+            let shaped = ot.rank() == rt.rank()
+                && ot.dtype == lmc_abi::DType::F32
+                && &ot.dims[..ot.rank() - 1] == leading
+                && (ot.dims[ot.rank() - 1] == row || ot.dims[ot.rank() - 1] == Dim::Static(1));
+            let row_op = match node {
+                op if is_elementwise(op) => true,
+                Op::Reduce { x, axis, keepdim, .. } => *keepdim && *axis + 1 == g.ty(*x).rank() && ot.dims[ot.rank() - 1] == Dim::Static(1),
+                _ => false,
+            };
+            let free = regions[i].is_none()
+                && !excluded.contains(&o)
+                && !outputs.contains(&o)
+                && !groups.root_of.contains_key(&o)
+                && !members.contains(&o)
+                && !readers[i].is_empty()
+                && readers[i].iter().all(|r| members.contains(r));
+            if shaped && row_op && free {
+                members.insert(o);
+                pending.extend(node.operands());
+            }
+        }
+        if members.len() < 2 {
+            continue;
+        }
+        let mut ordered: Vec<ValueId> = members.iter().copied().filter(|&m| m != root).collect();
+        ordered.sort_unstable();
+        for &m in &ordered {
+            groups.root_of.insert(m, root);
+            let inline_everywhere = is_elementwise(&g.node(m).op)
+                && readers[m.0 as usize].iter().all(|&r| match &g.node(r).op {
+                    Op::Reduce { x, .. } => *x == m,
+                    op => is_elementwise(op) && g.ty(r).dims == g.ty(m).dims,
+                });
+            if inline_everywhere {
+                groups.inlined.insert(m);
+            }
+        }
+        groups.members.insert(root, ordered);
+    }
+    groups
 }
