@@ -112,8 +112,8 @@ struct Emitter<'a> {
     row_groups: fuse::RowGroups,
     /// Whether the ops of a row group are being emitted (see [`Emitter::emit_row_group`]).
     in_row_group: bool,
-    /// The distinct schedules of the row groups' functions so far: the root's tile sizes and
-    /// the number of ops fused into its loop (see [`schedule`]).
+    /// Per distinct tile sizes of the row groups' roots so far, the most ops any of their
+    /// functions fuses into the root's loop (see [`schedule`]).
     row_group_schedules: Vec<(String, usize)>,
 }
 
@@ -520,7 +520,7 @@ fn tag_row_group(body: &str, tile_sizes: &str) -> Option<(String, usize)> {
             ));
         } else {
             // After the generic's iterator types, the last entry of its attribute dictionary.
-            let list = line.find("iterator_types = [").map(|i| i + line[i..].find(']').unwrap_or(0));
+            let list = line.find("iterator_types = [").and_then(|i| line[i..].find(']').map(|j| i + j));
             match list {
                 Some(end) => out.push_str(&format!("{}, {attribute}{}", &line[..=end], &line[end + 1..])),
                 None => out.push_str(line),
@@ -535,9 +535,10 @@ fn tag_row_group(body: &str, tile_sizes: &str) -> Option<(String, usize)> {
 /// OpenMP, once lowered); empty when nothing is marked. It lives in the module until the
 /// pipeline applies and removes it.
 ///
-/// Each row group's function (`row_groups`: the root's tile sizes, how many ops are fused) has
-/// its root tiled the same way and the ops marked by [`tag_row_group`] fused into the root's
-/// loop, in the order of their numbers.
+/// Each row group's function has its root tiled the same way and the ops marked by
+/// [`tag_row_group`] fused into the root's loop, in the order of their numbers: one loop over
+/// the roots of each tile sizes in `row_groups`, matching as many numbers as the largest group
+/// fuses (a smaller group's extra matches are empty).
 fn schedule(tile_sizes: &[String], row_groups: &[(String, usize)]) -> String {
     if tile_sizes.is_empty() && row_groups.is_empty() {
         return String::new();
@@ -557,17 +558,8 @@ fn schedule(tile_sizes: &[String], row_groups: &[(String, usize)]) -> String {
             "    %tiled{i}:2 = transform.structured.tile_using_forall %ops{i} tile_sizes {sizes} : (!transform.any_op) -> (!transform.any_op, !transform.any_op)"
         );
     }
-    // One loop per tile sizes over the roots that have them, fusing as many ops as the
-    // largest group (a smaller group's extra matches are empty).
-    let mut by_sizes: Vec<(&str, usize)> = Vec::new();
-    for (sizes, fused) in row_groups {
-        match by_sizes.iter_mut().find(|(s, _)| s == sizes) {
-            Some(entry) => entry.1 = entry.1.max(*fused),
-            None => by_sizes.push((sizes, *fused)),
-        }
-    }
     const ANY: &str = "!transform.any_op";
-    for (i, (sizes, fused)) in by_sizes.iter().enumerate() {
+    for (i, (sizes, fused)) in row_groups.iter().enumerate() {
         let _ = writeln!(
             text,
             "    %groups{i} = transform.structured.match attributes {{lmc.row_group = {sizes}}} in %root : ({ANY}) -> {ANY}"
@@ -780,7 +772,7 @@ impl Emitter<'_> {
                 continue;
             }
             let id = ValueId(i as u32);
-            if self.fully_fused.contains(&id) || self.reads_packed(id).is_some() || self.row_groups.root_of.contains_key(&id) {
+            if self.fully_fused.contains(&id) || self.reads_packed(id).is_some() || self.row_groups.grouped.contains(&id) {
                 continue;
             }
             if region.is_none() && self.row_groups.members.contains_key(&id) {
@@ -929,9 +921,9 @@ impl Emitter<'_> {
         match tag_row_group(&f.body, &sizes) {
             Some((tagged, fused)) => {
                 f.body = tagged;
-                let schedule = (sizes, fused);
-                if !self.row_group_schedules.contains(&schedule) {
-                    self.row_group_schedules.push(schedule);
+                match self.row_group_schedules.iter_mut().find(|(s, _)| *s == sizes) {
+                    Some(entry) => entry.1 = entry.1.max(fused),
+                    None => self.row_group_schedules.push((sizes, fused)),
                 }
             }
             // The root is not a loop nest of its own (never for an elementwise root): each op
@@ -1657,18 +1649,26 @@ impl Emitter<'_> {
         self.emit_fused_generic(&fused, &out, &tail, loc);
         if op == ReduceOp::Mean {
             let n = self.axis_length(xt.dims[rank - 1]);
-            let e2 = self.empty(&ty);
-            let map = format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank));
-            self.line(&format!(
-                "{} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({sum} : {t}) outs({e2} : {t}) {{",
-                v(id),
-                parallel(rank)
-            ));
-            self.line("^bb0(%a: f32, %o: f32):");
-            self.line(&format!("  %r = arith.divf %a, {n} : f32"));
-            self.line("  linalg.yield %r : f32");
-            self.line(&format!("}} -> {t} {loc}"));
+            self.emit_divide(&sum, &ty, &n, Some(v(id)), loc);
         }
+    }
+
+    /// `sum / n` elementwise (`sum` of type `t`, `n` an `f32`): a mean's division. Named `out`,
+    /// or a fresh name after its destination's; returns the name.
+    fn emit_divide(&mut self, sum: &str, t: &TensorType, n: &str, out: Option<String>, loc: &str) -> String {
+        let e = self.empty(t);
+        let out = out.unwrap_or_else(|| self.fresh());
+        let (rank, ty) = (t.rank(), tensor_ty(t));
+        let map = format!("affine_map<{} -> {}>", dims_list(rank), dims_list(rank));
+        self.line(&format!(
+            "{out} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({sum} : {ty}) outs({e} : {ty}) {{",
+            parallel(rank)
+        ));
+        self.line("^bb0(%a: f32, %o: f32):");
+        self.line(&format!("  %r = arith.divf %a, {n} : f32"));
+        self.line("  linalg.yield %r : f32");
+        self.line(&format!("}} -> {ty} {loc}"));
+        out
     }
 
     /// The length of an axis as an `f32` SSA value, known now or read from a symbol: what a
@@ -1695,21 +1695,7 @@ impl Emitter<'_> {
         let mut result = sum;
         if op == ReduceOp::Mean {
             let n = self.axis_length(xt.dims[axis]);
-            let r = reduced.rank();
-            let e2 = self.empty(&reduced);
-            let mean = self.fresh();
-            let map = format!("affine_map<{} -> {}>", dims_list(r), dims_list(r));
-            self.line(&format!(
-                "{mean} = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [{}]}} ins({result} : {}) outs({e2} : {}) {{",
-                parallel(r),
-                tensor_ty(&reduced),
-                tensor_ty(&reduced)
-            ));
-            self.line("^bb0(%a: f32, %o: f32):");
-            self.line(&format!("  %r = arith.divf %a, {n} : f32"));
-            self.line("  linalg.yield %r : f32");
-            self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
-            result = mean;
+            result = self.emit_divide(&result, &reduced, &n, None, loc);
         }
         let ty = self.ty(id);
         let out = v(id);

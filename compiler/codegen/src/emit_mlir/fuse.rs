@@ -148,8 +148,8 @@ pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>], readers: &[
 pub(super) struct RowGroups {
     /// Each group's ops but its last (its root), in node order, keyed by the root.
     pub members: HashMap<ValueId, Vec<ValueId>>,
-    /// The root of the group each member belongs to.
-    pub root_of: HashMap<ValueId, ValueId>,
+    /// Every group's members but the roots: the ops emitted by their group's root.
+    pub grouped: HashSet<ValueId>,
     /// Members computed inside the loop nests of the members that read them (elementwise ops
     /// read element for element, or by a reduction), instead of into a temporary of their own.
     pub inlined: HashSet<ValueId>,
@@ -170,7 +170,7 @@ pub(super) fn row_groups(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let mut groups = RowGroups::default();
     for root in (0..g.nodes.len()).rev().map(|i| ValueId(i as u32)) {
-        if groups.root_of.contains_key(&root) || regions[root.0 as usize].is_some() || excluded.contains(&root) {
+        if groups.grouped.contains(&root) || regions[root.0 as usize].is_some() || excluded.contains(&root) {
             continue;
         }
         let rt = g.ty(root);
@@ -181,6 +181,8 @@ pub(super) fn row_groups(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<
         let row = rt.dims[rt.rank() - 1];
         let mut members: HashSet<ValueId> = HashSet::from([root]);
         let mut pending: std::collections::BTreeSet<ValueId> = g.node(root).op.operands().into_iter().collect();
+        // Each operand is decided once: an op's operands are earlier nodes, so once `o` is
+        // taken off, nothing taken in later can read it.
         while let Some(o) = pending.pop_last() {
             let (i, ot) = (o.0 as usize, g.ty(o));
             let node = &g.node(o).op;
@@ -196,8 +198,7 @@ pub(super) fn row_groups(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<
             let free = regions[i].is_none()
                 && !excluded.contains(&o)
                 && !outputs.contains(&o)
-                && !groups.root_of.contains_key(&o)
-                && !members.contains(&o)
+                && !groups.grouped.contains(&o)
                 && !readers[i].is_empty()
                 && readers[i].iter().all(|r| members.contains(r));
             if shaped && row_op && free {
@@ -211,7 +212,7 @@ pub(super) fn row_groups(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<
         let mut ordered: Vec<ValueId> = members.iter().copied().filter(|&m| m != root).collect();
         ordered.sort_unstable();
         for &m in &ordered {
-            groups.root_of.insert(m, root);
+            groups.grouped.insert(m);
             let inline_everywhere = is_elementwise(&g.node(m).op)
                 && readers[m.0 as usize].iter().all(|&r| match &g.node(r).op {
                     Op::Reduce { x, .. } => *x == m,
