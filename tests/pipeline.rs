@@ -179,7 +179,7 @@ mod corpus {
         let dir = scratch("approximations");
         let weights = dir.join("none.safetensors");
         lmc_runtime::write_safetensors(&weights, &[]).unwrap();
-        for target in [lmc_codegen::Target::AVX2, lmc_codegen::Target { lanes: 16 }] {
+        for target in [lmc_codegen::Target::AVX2, lmc_codegen::Target::AVX512] {
             let jit = std::sync::Arc::new(lmc_codegen::jit_for(&g, &target).unwrap());
             let handle = jit.clone();
             let lookup = move |name: &str| handle.lookup(name);
@@ -229,13 +229,29 @@ mod corpus {
         }
     }
 
+    /// The GPU's forms of the ops (`--target cuda`: plain loop nests, transposed weights, a
+    /// whole attention), as its MLIR is emitted.
+    #[test]
+    fn cuda_mlir_snapshots() {
+        for g in graphs()
+            .into_iter()
+            .filter(|g| ["Contractions", "Attentions", "Recurrences"].contains(&g.model.as_str()))
+        {
+            insta::assert_snapshot!(
+                format!("corpus_{}_cuda_mlir", g.model),
+                lmc_codegen::emit_mlir(&g, &lmc_codegen::Target::CUDA)
+            );
+        }
+    }
+
     /// Both kernel shapes (AVX2's 8 lanes and AVX-512's 16) run on any x86-64 host: LLVM splits
-    /// vectors wider than the machine's.
+    /// vectors wider than the machine's. So do the GPU's forms of the ops, lowered for the host
+    /// (`None` below; see `lmc_codegen::jit_gpu_forms_on_host`).
     #[test]
     fn compiled_code_matches_the_interpreter() {
         let dir = scratch("corpus");
         let mut rng = Lcg(42);
-        let targets = [lmc_codegen::Target::AVX2, lmc_codegen::Target { lanes: 16 }];
+        let targets = [Some(lmc_codegen::Target::AVX2), Some(lmc_codegen::Target::AVX512), None];
         for (g, target) in graphs().into_iter().flat_map(|g| targets.map(|t| (g.clone(), t))) {
             let params: Vec<Tensor> = g
                 .params
@@ -264,13 +280,18 @@ mod corpus {
                 .collect();
             lmc_runtime::write_safetensors(&weights, &refs).unwrap();
 
-            let jit = std::sync::Arc::new(lmc_codegen::jit_for(&g, &target).unwrap());
+            let jit = match target {
+                Some(target) => lmc_codegen::jit_for(&g, &target),
+                None => lmc_codegen::jit_gpu_forms_on_host(&g),
+            };
+            let jit = std::sync::Arc::new(jit.unwrap_or_else(|e| panic!("{}: {e}", g.model)));
             let handle = jit.clone();
             let lookup = move |name: &str| handle.lookup(name);
             // SAFETY: the symbols come from the module just generated for this ABI; the JIT
             // that owns the code is the keep-alive.
             let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
             let model = module.bind_weights(weights.as_path().into()).unwrap();
+            let shape = target.map_or("the GPU's loop nests".to_string(), |t| format!("{} lanes", t.lanes));
             let host_inputs: Vec<HostTensor> = g.inputs.iter().zip(&inputs).map(|(p, t)| to_host(&p.name, p.ty.dtype, t)).collect();
             let outputs = model.run(&host_inputs).unwrap();
             assert_eq!(outputs.len(), expected.len());
@@ -282,10 +303,9 @@ mod corpus {
                 let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
                 assert!(
                     err <= 1e-5 * scale,
-                    "{}.{} ({} lanes): compiled code and interpreter differ by {err} (largest value {scale})",
+                    "{}.{} ({shape}): compiled code and interpreter differ by {err} (largest value {scale})",
                     g.model,
-                    decl.name,
-                    target.lanes
+                    decl.name
                 );
             }
         }

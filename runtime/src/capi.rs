@@ -823,6 +823,7 @@ mod tests {
                 symbol: "lmc_forward".into(),
             }],
             decode: None,
+            device: Default::default(),
         };
         let json = manifest.to_json().replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
         let src = format!(

@@ -12,6 +12,7 @@
 //! builds, through `include/lmc_runtime.h`).
 
 pub mod capi;
+pub mod cuda;
 pub mod error;
 pub mod generate;
 pub mod model;

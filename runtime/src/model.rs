@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use lmc_abi::{DType, Dim, Manifest};
 
+use crate::cuda::DeviceBuffer;
 use crate::error::RuntimeError;
 use crate::module::Module;
 use crate::safetensors::SafeTensorsFile;
@@ -153,6 +154,8 @@ pub struct LoadedModel {
     params: Vec<(Vec<usize>, ParamData)>,
     unused: Vec<String>,
     non_finite: Vec<String>,
+    /// A CUDA module's parameters, copied to the GPU once, in manifest order.
+    device_params: Vec<DeviceBuffer>,
 }
 
 impl Module {
@@ -263,13 +266,25 @@ impl Module {
         for f in &mut files {
             f.free_in_memory_bytes();
         }
-        Ok(LoadedModel {
+        let mut model = LoadedModel {
             module: self,
             files,
             params,
             unused,
             non_finite,
-        })
+            device_params: Vec::new(),
+        };
+        if model.manifest().device == lmc_abi::Device::Cuda {
+            let mut on_device = Vec::with_capacity(model.params.len());
+            for (i, spec) in model.manifest().params.iter().enumerate() {
+                on_device.push(DeviceBuffer::upload(
+                    model.param_bytes(i)?,
+                    &format!("parameter \"{}\"", spec.name),
+                )?);
+            }
+            model.device_params = on_device;
+        }
+        Ok(model)
     }
 }
 
@@ -460,17 +475,13 @@ impl LoadedModel {
             }
         }
 
+        if m.device == lmc_abi::Device::Cuda {
+            return self.run_on_device(f, &bound, fresh, carried);
+        }
         let mut descriptors: Vec<Vec<i64>> = Vec::with_capacity(m.arg_count());
-        for (spec, (shape, data)) in m.params.iter().zip(&self.params) {
-            let bytes = match data {
-                ParamData::Mapped { file } => self.files[*file]
-                    .get(&spec.name)
-                    .ok_or_else(|| RuntimeError::internal("a bound parameter vanished"))?
-                    .bytes(),
-                ParamData::Copied(t) => t.bytes(),
-            };
+        for (i, (shape, _)) in self.params.iter().enumerate() {
             // Entry points never write parameters, so a pointer into the read-only mapping is fine.
-            descriptors.push(descriptor(bytes.as_ptr().cast_mut(), shape)?);
+            descriptors.push(descriptor(self.param_bytes(i)?.as_ptr().cast_mut(), shape)?);
         }
         for t in &bound.inputs {
             // Entry points never write inputs.
@@ -488,6 +499,81 @@ impl LoadedModel {
         // written: the new ones (owned by `fresh`, whose heap buffers do not move when it grows)
         // and the carried ones, borrowed exclusively from `carried` for the whole call.
         unsafe { f(args.as_mut_ptr()) };
+        Ok(fresh)
+    }
+}
+
+impl LoadedModel {
+    /// Parameter `i`'s bytes, as bound.
+    fn param_bytes(&self, i: usize) -> Result<&[u8], RuntimeError> {
+        let spec = &self.module.manifest().params[i];
+        Ok(match &self.params[i].1 {
+            ParamData::Mapped { file } => self.files[*file]
+                .get(&spec.name)
+                .ok_or_else(|| RuntimeError::internal("a bound parameter vanished"))?
+                .bytes(),
+            ParamData::Copied(t) => t.bytes(),
+        })
+    }
+
+    /// Runs a CUDA module's entry point: the inputs and outputs (a carried cache with what it
+    /// holds, a new output as zeros) are copied to the GPU, the entry point launches the
+    /// kernels, and the outputs are copied back into `fresh` and `carried`.
+    fn run_on_device(
+        &self,
+        f: crate::module::EntryFn,
+        bound: &crate::validate::BoundInputs<'_>,
+        mut fresh: Vec<HostTensor>,
+        carried: &mut [HostTensor],
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
+        let m = self.module.manifest();
+        let mut descriptors: Vec<Vec<i64>> = Vec::with_capacity(m.arg_count());
+        for ((shape, _), buffer) in self.params.iter().zip(&self.device_params) {
+            descriptors.push(descriptor(buffer.as_mut_ptr(), shape)?);
+        }
+        let mut inputs = Vec::with_capacity(bound.inputs.len());
+        for t in &bound.inputs {
+            let what = format!("input \"{}\"", t.name);
+            let buffer = if t.shape.is_empty() {
+                DeviceBuffer::host_mapped(t.bytes(), &what)?
+            } else {
+                DeviceBuffer::upload(t.bytes(), &what)?
+            };
+            descriptors.push(descriptor(buffer.as_mut_ptr(), &t.shape)?);
+            inputs.push(buffer);
+        }
+        // Outputs in manifest order: each is in `carried` or in `fresh`.
+        let mut outputs = Vec::with_capacity(m.outputs.len());
+        for spec in &m.outputs {
+            let host = carried
+                .iter()
+                .chain(fresh.iter())
+                .find(|t| t.name == spec.name)
+                .ok_or_else(|| RuntimeError::internal(format!("output \"{}\" has no buffer", spec.name)))?;
+            let what = format!("output \"{}\"", spec.name);
+            let buffer = if host.shape.is_empty() {
+                DeviceBuffer::host_mapped(host.bytes(), &what)?
+            } else {
+                DeviceBuffer::upload(host.bytes(), &what)?
+            };
+            descriptors.push(descriptor(buffer.as_mut_ptr(), &host.shape)?);
+            outputs.push((spec.name.clone(), buffer));
+        }
+        let mut args: Vec<*mut c_void> = descriptors.iter_mut().map(|d| d.as_mut_ptr().cast::<c_void>()).collect();
+        crate::cuda::take_error()?;
+        // SAFETY: as for the host call in `run_inner`, except that every descriptor describes a
+        // device buffer of the checked size (owned by `self.device_params`, `inputs` and
+        // `outputs`, which outlive the call and the synchronisation in `download`); the entry
+        // point only launches kernels on them and never reads them on the host.
+        unsafe { f(args.as_mut_ptr()) };
+        for (name, buffer) in &outputs {
+            let host = carried
+                .iter_mut()
+                .chain(fresh.iter_mut())
+                .find(|t| &t.name == name)
+                .ok_or_else(|| RuntimeError::internal(format!("output \"{name}\" has no buffer")))?;
+            buffer.download(host.bytes_mut(), &format!("output \"{name}\""))?;
+        }
         Ok(fresh)
     }
 }

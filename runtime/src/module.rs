@@ -24,6 +24,10 @@ use crate::validate::check_manifest;
 pub(crate) type EntryFn = unsafe extern "C" fn(*mut *mut c_void);
 
 type AbiVersionFn = unsafe extern "C" fn() -> u32;
+/// `lmc_device_init`/`lmc_device_fini` of a CUDA module.
+type DeviceHookFn = unsafe extern "C" fn();
+/// `lmc_device_bind(table)`.
+type DeviceBindFn = unsafe extern "C" fn(*const *const c_void);
 type ManifestFn = unsafe extern "C" fn() -> *const c_char;
 
 /// A loaded generated module: its manifest and its entry points, with whatever owns their code
@@ -38,6 +42,9 @@ pub struct Module {
     entries: Vec<(String, EntryFn)>,
     /// What to call the module in messages: the library path, or "the JIT-compiled module".
     source: String,
+    /// A CUDA module's `lmc_device_fini`, called when the module is dropped (its kernels were
+    /// loaded onto the device when it was resolved).
+    device_fini: Option<DeviceHookFn>,
     // Declared last so it is dropped last: the function pointers above point into it.
     _owner: Box<dyn Any + Send + Sync>,
 }
@@ -57,6 +64,7 @@ struct Resolved {
     manifest: Manifest,
     manifest_json: String,
     entries: Vec<(String, EntryFn)>,
+    device_fini: Option<DeviceHookFn>,
 }
 
 impl Module {
@@ -100,6 +108,7 @@ impl Module {
             manifest_json: r.manifest_json,
             entries: r.entries,
             source,
+            device_fini: r.device_fini,
             _owner: owner,
         }
     }
@@ -194,11 +203,67 @@ unsafe fn resolve(lookup: &dyn Fn(&str) -> Option<*const c_void>, source: &str) 
         let f = unsafe { std::mem::transmute::<*const c_void, EntryFn>(ptr) };
         entries.push((entry.name.clone(), f));
     }
+    let device_fini = match manifest.device {
+        lmc_abi::Device::Cpu => None,
+        // SAFETY: forwarded from our caller's contract.
+        lmc_abi::Device::Cuda => Some(unsafe { start_on_device(lookup, source) }?),
+    };
     Ok(Resolved {
         manifest,
         manifest_json,
         entries,
+        device_fini,
     })
+}
+
+/// Binds a CUDA module to the device layer and loads its kernels onto the GPU; returns its
+/// `lmc_device_fini`. Fails, saying what is missing, without a GPU or driver.
+///
+/// # Safety
+/// As for [`Module::from_symbols`]: the device symbols must have the ABI's signatures.
+unsafe fn start_on_device(lookup: &dyn Fn(&str) -> Option<*const c_void>, source: &str) -> Result<DeviceHookFn, RuntimeError> {
+    let cuda = crate::cuda::cuda().map_err(|e| RuntimeError::library(format!("{source} runs on an NVIDIA GPU: {}", e.message())))?;
+    let symbol = |name: &str| {
+        lookup(name)
+            .filter(|p| !p.is_null())
+            .ok_or_else(|| RuntimeError::library(format!("{source} is a CUDA module but does not export {name}")))
+    };
+    let (bind, init, fini) = (
+        symbol(lmc_abi::DEVICE_BIND_SYMBOL)?,
+        symbol(lmc_abi::DEVICE_INIT_SYMBOL)?,
+        symbol(lmc_abi::DEVICE_FINI_SYMBOL)?,
+    );
+    // SAFETY: the caller promises the ABI's signatures for these symbols.
+    let (bind, init, fini) = unsafe {
+        (
+            std::mem::transmute::<*const c_void, DeviceBindFn>(bind),
+            std::mem::transmute::<*const c_void, DeviceHookFn>(init),
+            std::mem::transmute::<*const c_void, DeviceHookFn>(fini),
+        )
+    };
+    // The module keeps the table's address: it must live as long as the process.
+    static TABLE: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| crate::cuda::device_table().into_iter().map(|p| p as usize).collect());
+    // SAFETY: the table has one function per name of DEVICE_FUNCTIONS, with MLIR's signatures,
+    // and lives for the process; init then loads the module's kernels through it.
+    unsafe {
+        bind(table.as_ptr().cast());
+        init();
+    }
+    cuda.synchronize()
+        .map_err(|e| RuntimeError::library(format!("{source}: loading its kernels onto {}: {}", cuda.name, e.message())))?;
+    Ok(fini)
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        if let Some(fini) = self.device_fini {
+            // SAFETY: the module's own `lmc_device_fini`, whose code `_owner` still holds; it
+            // unloads the kernels `lmc_device_init` loaded.
+            unsafe { fini() };
+            let _ = crate::cuda::take_error();
+        }
+    }
 }
 
 /// Calls `lmc_manifest` and copies the string out.

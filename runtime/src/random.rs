@@ -97,6 +97,7 @@ mod tests {
             outputs: vec![],
             entries: vec![],
             decode: None,
+            device: Default::default(),
         }
     }
 

@@ -421,6 +421,7 @@ pub(crate) mod tests {
                 symbol: "lmc_forward".into(),
             }],
             decode: None,
+            device: Default::default(),
         }
     }
 

@@ -125,7 +125,14 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
 }
 
 /// `lmc emit --stage S FILE[:MODEL]`.
-pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn emit(
+    stage: Stage,
+    spec: &str,
+    lanes: Option<i64>,
+    device: lmc_codegen::Device,
+    decode: Option<i64>,
+    config: &ConfigArgs,
+) -> Result<(), Failure> {
     if let Stage::Ast = stage {
         let (path, _) = crate::source::split_model_ref(spec);
         let program = load_program(&path)?;
@@ -134,20 +141,31 @@ pub fn emit(stage: Stage, spec: &str, lanes: Option<i64>, decode: Option<i64>, c
         return Ok(());
     }
     let (graph, _) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
-    let target = lanes.map_or_else(lmc_codegen::Target::host, |lanes| lmc_codegen::Target { lanes });
+    let mut target = lmc_codegen::Target::for_device(device);
+    if let Some(lanes) = lanes {
+        target.lanes = lanes;
+    }
     match stage {
         Stage::Ast => unreachable!(),
         Stage::Ir => print!("{}", graph.print()),
         Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph, &target)),
         Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph, &target)?),
         Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph, &target)?),
+        Stage::Ptx if !target.is_gpu() => {
+            return Err(Failure::Message("--stage ptx needs --target cuda: CPU code has no PTX".into()));
+        }
+        Stage::Ptx => {
+            for (name, ptx) in lmc_codegen::emit_ptx(&graph)? {
+                println!("// kernel module {name}\n{ptx}");
+            }
+        }
         Stage::Manifest => println!("{}", lmc_codegen::manifest(&graph, &target).to_json()),
     }
     Ok(())
 }
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
-pub fn compile(spec: &str, output: &Path, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn compile(spec: &str, output: &Path, device: lmc_codegen::Device, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
@@ -155,12 +173,13 @@ pub fn compile(spec: &str, output: &Path, decode: Option<i64>, config: &ConfigAr
         )));
     }
     let (graph, context) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
-    let header = lmc_codegen::compile_shared_library(&graph, output)?;
+    let target = lmc_codegen::Target::for_device(device);
+    let header = lmc_codegen::compile_shared_library(&graph, &target, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
     if let Some(context) = context {
         // `libx.so` → `libx.context.so`: what the step's context inputs are computed by.
         let path = output.with_extension("context.so");
-        let header = lmc_codegen::compile_shared_library(&context, &path)?;
+        let header = lmc_codegen::compile_shared_library(&context, &target, &path)?;
         eprintln!(
             "wrote {} and {} (its context function: run it once per prompt)",
             path.display(),
@@ -208,6 +227,7 @@ pub fn run(
     inputs: &Path,
     output: &Path,
     library: Option<&Path>,
+    device: lmc_codegen::Device,
     config: &ConfigArgs,
 ) -> Result<(), Failure> {
     let (checkpoint, seed) = match weights {
@@ -220,7 +240,7 @@ pub fn run(
             let checkpoint_dir = checkpoint.filter(|w| w.is_dir());
             let graph = load_model(spec, &overrides(config, checkpoint_dir)?)?;
             let started = std::time::Instant::now();
-            let jit = std::sync::Arc::new(lmc_codegen::jit(&graph)?);
+            let jit = std::sync::Arc::new(lmc_codegen::jit_for(&graph, &lmc_codegen::Target::for_device(device))?);
             eprintln!("compiled {} in {:.0} ms", graph.model, started.elapsed().as_secs_f64() * 1e3);
             let in_jit = jit.clone();
             let lookup = move |name: &str| in_jit.lookup(name);

@@ -81,6 +81,9 @@ enum Command {
         /// of the host's
         #[arg(long, value_parser = clap::value_parser!(i64).range(4..=64))]
         lanes: Option<i64>,
+        /// The device the model is compiled for.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        target: DeviceArg,
         /// Print the decode step derived from the forward, with caches for this many positions.
         #[arg(long, value_name = "CAPACITY")]
         decode: Option<i64>,
@@ -94,6 +97,10 @@ enum Command {
         /// The library to write, e.g. `libbert.so`; the header is written beside it (`libbert.h`).
         #[arg(short, long)]
         output: PathBuf,
+        /// The device the library runs the model on: the host's cores, or an NVIDIA GPU
+        /// (sm_90; the library's host code launches the kernels through lmc's runtime).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        target: DeviceArg,
         /// Compile the decode step derived from the forward, with caches for this many
         /// positions, instead of the forward (see `lmc generate`).
         #[arg(long, value_name = "CAPACITY")]
@@ -116,6 +123,9 @@ enum Command {
         /// Run this library from `lmc compile` instead of compiling MODEL in memory.
         #[arg(long, value_name = "LIB.so")]
         library: Option<PathBuf>,
+        /// Where to run the model (the JIT compiles for it).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -259,8 +269,28 @@ pub enum Stage {
     Buffers,
     /// The LLVM module with the ABI glue, before LLVM's optimizer.
     Llvm,
+    /// The PTX of every GPU kernel (`--target cuda` only).
+    Ptx,
     /// The manifest the library exports.
     Manifest,
+}
+
+/// A device to compile for or run on.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The host's cores.
+    Cpu,
+    /// An NVIDIA GPU of compute capability 9.0 (H100, H200).
+    Cuda,
+}
+
+impl DeviceArg {
+    pub fn device(self) -> lmc_codegen::Device {
+        match self {
+            DeviceArg::Cpu => lmc_codegen::Device::Cpu,
+            DeviceArg::Cuda => lmc_codegen::Device::Cuda,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,25 +327,28 @@ fn run(cli: Cli) -> ExitCode {
             stage,
             model,
             lanes,
+            target,
             decode,
             config,
-        } => commands::emit(stage, &model, lanes, decode, &config),
+        } => commands::emit(stage, &model, lanes, target.device(), decode, &config),
         Command::Compile {
             model,
             output,
+            target,
             decode,
             config,
-        } => commands::compile(&model, &output, decode, &config),
+        } => commands::compile(&model, &output, target.device(), decode, &config),
         Command::Run {
             model,
             weights,
             inputs,
             output,
             library,
+            device,
             config,
         } => {
             let weights = commands::Weights::new(weights.weights, weights.seed);
-            commands::run(&model, &weights, &inputs, &output, library.as_deref(), &config)
+            commands::run(&model, &weights, &inputs, &output, library.as_deref(), device.device(), &config)
         }
         Command::Generate {
             model,

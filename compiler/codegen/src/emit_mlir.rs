@@ -27,7 +27,26 @@ mod matmul;
 /// Per parameter, how the kernels emitted for `target` read it packed ([`lmc_abi::Packing`]),
 /// if they do (see `matmul::param_packing`): what the manifest tells the runtime.
 pub(crate) fn param_packing(g: &Graph, target: &Target) -> Vec<Option<lmc_abi::Packing>> {
-    matmul::param_packing(g, &g.enclosing_scans(), &fuse::readers(g), target.lanes)
+    let packing = matmul::param_packing(g, &g.enclosing_scans(), &fuse::readers(g), target.lanes);
+    if target.is_gpu() {
+        return transposed_for_gpu(g, packing);
+    }
+    packing
+}
+
+/// For a GPU, a Linear's weight `[N, K]` is passed transposed, as one panel `[1, K, N]`: a
+/// block's threads compute consecutive columns `n`, so at each step of `K` they read
+/// consecutive elements of the weight (one coalesced load per warp) instead of elements a row
+/// apart.
+fn transposed_for_gpu(g: &Graph, packing: Vec<Option<lmc_abi::Packing>>) -> Vec<Option<lmc_abi::Packing>> {
+    packing
+        .into_iter()
+        .zip(&g.params)
+        .map(|(p, param)| match (p, param.ty.dims.first()) {
+            (Some(_), Some(&Dim::Static(n))) => Some(lmc_abi::Packing { panel: n }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The start of every matmul kernel function's name (`lmc_matmul0`, ...): the pipeline gives
@@ -42,13 +61,21 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     let regions = g.enclosing_scans();
     let readers = fuse::readers(g);
     let uses: Vec<usize> = readers.iter().map(Vec::len).collect();
-    let biased = fuse::bias_epilogues(g, &regions, &readers);
     let mut fully_fused = fuse::fully_fused(g, &regions, &uses, &readers);
-    // A matmul whose bias its kernel adds is computed where the add is.
-    fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
-    let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
-    let bias_adds = biased.keys().copied().collect();
-    let row_groups = fuse::row_groups(g, &regions, &readers, &bias_adds);
+    // For a GPU, every op is a plain loop nest (each one becomes a kernel): the CPU kernels'
+    // panels, bias epilogues and row groups are CPU schedules.
+    let (biased, packing, row_groups) = if target.is_gpu() {
+        let packing = transposed_for_gpu(g, matmul::param_packing(g, &regions, &readers, target.lanes));
+        (Default::default(), packing, fuse::RowGroups::default())
+    } else {
+        let biased = fuse::bias_epilogues(g, &regions, &readers);
+        // A matmul whose bias its kernel adds is computed where the add is.
+        fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
+        let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
+        let bias_adds = biased.keys().copied().collect();
+        let row_groups = fuse::row_groups(g, &regions, &readers, &bias_adds);
+        (biased, packing, row_groups)
+    };
     let mut e = Emitter {
         packing,
         row_groups,
@@ -170,7 +197,12 @@ struct AttentionBlock<'a> {
     k: (&'a String, &'a TensorType),
     v: (&'a String, &'a TensorType),
     dest: (&'a String, &'a TensorType),
+    /// Block indices (see [`at_block`]); empty for a whole attention (a GPU's), whose batch
+    /// and head are its loop nests' first two indices and whose rows and keys start at 0.
     at: &'a [String; 4],
+    /// Query heads per key head (grouped-query attention) when the keys are not sliced per
+    /// head (a whole attention); 1 for a block.
+    group: i64,
     scale: f64,
     mask: Option<&'a ScalarFn>,
     score: Option<&'a ScalarFn>,
@@ -864,8 +896,9 @@ impl Emitter<'_> {
         let saved = std::mem::take(&mut self.body);
         self.emit_node(id);
         let text = std::mem::replace(&mut self.body, saved);
-        // An attention is already a parallel loop over its blocks of rows.
-        let text = if matches!(self.g.node(id).op, Op::Attention { .. }) {
+        // An attention is already a parallel loop over its blocks of rows; on a GPU every loop
+        // nest is parallel already.
+        let text = if matches!(self.g.node(id).op, Op::Attention { .. }) || self.target.is_gpu() {
             text
         } else {
             mark_row_parallel(&text, &mut self.row_tile_sizes)
@@ -971,7 +1004,8 @@ impl Emitter<'_> {
     fn emit_scan(&mut self, id: ValueId, s: &Scan, loc: &str) {
         // Only a scan of the function body: one nested in another scan's body would start its
         // threads once per step of the outer one.
-        if self.regions[id.0 as usize].is_none() {
+        // On a GPU, each step's ops are parallel loops of their own.
+        if self.regions[id.0 as usize].is_none() && !self.target.is_gpu() {
             if let Some(lanes) = lanes::plan(self.g, id, s, &self.regions) {
                 self.emit_blocked_scan(id, s, lanes, loc);
                 return;
@@ -1962,6 +1996,10 @@ impl Emitter<'_> {
             (Dim::Static(hq), Dim::Static(hk)) if hq != hk => hq / hk,
             _ => 1,
         };
+        if self.target.is_gpu() {
+            self.emit_whole_attention(id, [q, k, v_id], group, (scale, mask, score), loc);
+            return;
+        }
         let p = self.fresh();
         let batch = self.dim_value(qt.dims[0]);
         let heads = self.dim_value(qt.dims[1]);
@@ -2050,6 +2088,7 @@ impl Emitter<'_> {
             v: (&names[2], &vb),
             dest: (&names[3], &ob),
             at: &at,
+            group: 1,
             scale,
             mask,
             score,
@@ -2075,6 +2114,39 @@ impl Emitter<'_> {
         self.line("}");
         self.indent -= 1;
         self.line(&format!("}} {loc}"));
+    }
+
+    /// A whole attention in loop nests over all its heads, rows and keys at once (for a GPU,
+    /// where each nest is one kernel): the steps of [`Emitter::attention_rows`] on the whole
+    /// `[batch, heads, queries, keys]` scores. Memory grows with the square of the length; a
+    /// fused attention kernel for GPUs is not written yet.
+    fn emit_whole_attention(
+        &mut self,
+        id: ValueId,
+        [q, k, v_id]: [ValueId; 3],
+        group: i64,
+        (scale, mask, score): (f64, Option<&ScalarFn>, Option<&ScalarFn>),
+        loc: &str,
+    ) {
+        let g = self.g;
+        let (qt, kt, vt, ty) = (g.ty(q).clone(), g.ty(k).clone(), g.ty(v_id).clone(), g.ty(id).clone());
+        let names = [self.name(q), self.name(k), self.name(v_id), self.empty(&ty)];
+        let whole = [String::new(), String::new(), String::new(), String::new()];
+        let block = AttentionBlock {
+            q: (&names[0], &qt),
+            k: (&names[1], &kt),
+            v: (&names[2], &vt),
+            dest: (&names[3], &ty),
+            at: &whole,
+            group,
+            scale,
+            mask,
+            score,
+            loc,
+        };
+        let result = self.attention_rows(&block);
+        let t = tensor_ty(&ty);
+        self.line(&format!("{} = tensor.cast {result} : {t} to {t} {loc}", v(id)));
     }
 
     /// The range of keys the rows of attention block `p` may see under `mask`: `{p}_k0`, the
@@ -2152,6 +2224,7 @@ impl Emitter<'_> {
             v: (v_in, vt),
             dest: (dest, ty),
             at,
+            group,
             scale,
             mask,
             score,
@@ -2159,7 +2232,6 @@ impl Emitter<'_> {
         } = *block;
         let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
         let (b, h, t, s) = (qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]);
-        let group = 1;
         let scores_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t, s]);
         let rows_ty = TensorType::new(lmc_abi::DType::F32, vec![b, h, t]);
         let st = tensor_ty(&scores_ty);
@@ -2271,6 +2343,7 @@ impl Emitter<'_> {
             mask,
             score,
             loc,
+            ..
         } = *block;
         let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
         let lanes = self.target.lanes;
@@ -2540,12 +2613,26 @@ impl Emitter<'_> {
         self.line("  %s0 = arith.mulf %raw, %scale : f32");
         let mut idx = Vec::new();
         if mask.is_some() || score.is_some() {
-            // The block's batch and head, its first row plus the row, its first key plus the key.
-            self.line(&format!("  %ixr = linalg.index {row} : index"));
-            self.line(&format!("  %row = arith.addi {}, %ixr : index", at[2]));
-            self.line(&format!("  %ixk = linalg.index {key} : index"));
-            self.line(&format!("  %key = arith.addi {}, %ixk : index", at[3]));
-            for (k, index) in [at[0].as_str(), at[1].as_str(), "%row", "%key"].iter().enumerate() {
+            let whole = at.iter().all(String::is_empty);
+            if whole {
+                // The whole attention: the loop nest's own batch, head, row and key.
+                for (k, name) in ["%bat", "%head", "%row", "%key"].iter().enumerate() {
+                    self.line(&format!("  {name} = linalg.index {} : index", [0, 1, row, key][k]));
+                }
+            } else {
+                // The block's batch and head, its first row plus the row, its first key plus
+                // the key.
+                self.line(&format!("  %ixr = linalg.index {row} : index"));
+                self.line(&format!("  %row = arith.addi {}, %ixr : index", at[2]));
+                self.line(&format!("  %ixk = linalg.index {key} : index"));
+                self.line(&format!("  %key = arith.addi {}, %ixk : index", at[3]));
+            }
+            let (bat, head) = if whole {
+                ("%bat", "%head")
+            } else {
+                (at[0].as_str(), at[1].as_str())
+            };
+            for (k, index) in [bat, head, "%row", "%key"].iter().enumerate() {
                 self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
                 idx.push(format!("%i{k}"));
             }

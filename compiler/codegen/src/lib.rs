@@ -4,6 +4,7 @@
 
 mod dealloc;
 pub mod emit_mlir;
+pub mod gpu;
 mod header;
 mod link;
 pub mod llvm;
@@ -47,23 +48,57 @@ impl From<MlirError> for CodegenError {
     }
 }
 
-/// What the generated kernels are shaped for. Code is always compiled for the host; a fixed
-/// target exists so that printed stages (and their snapshots) do not depend on the machine.
+/// What the generated kernels are shaped for. CPU code is always compiled for the host; a fixed
+/// CPU target exists so that printed stages (and their snapshots) do not depend on the machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// f32 lanes of one vector register: 8 with AVX2, 16 with AVX-512.
+    /// f32 lanes of one vector register: 8 with AVX2, 16 with AVX-512. (CPU kernels only.)
     pub lanes: i64,
+    /// Where the model's ops run.
+    pub device: Device,
 }
+
+pub use lmc_abi::Device;
 
 impl Target {
     /// An AVX2 machine (the printed stages of the snapshot tests).
-    pub const AVX2: Target = Target { lanes: 8 };
+    pub const AVX2: Target = Target {
+        lanes: 8,
+        device: Device::Cpu,
+    };
+
+    /// An AVX-512 machine.
+    pub const AVX512: Target = Target {
+        lanes: 16,
+        device: Device::Cpu,
+    };
+
+    /// An NVIDIA GPU of compute capability 9.0 (H100, H200), with a host of this machine's kind.
+    pub const CUDA: Target = Target {
+        lanes: 8,
+        device: Device::Cuda,
+    };
 
     /// The machine lmc runs on.
     pub fn host() -> Target {
         let features = llvm::host_features();
-        let lanes = if features.split(',').any(|f| f == "+avx512f") { 16 } else { 8 };
-        Target { lanes }
+        if features.split(',').any(|f| f == "+avx512f") {
+            Target::AVX512
+        } else {
+            Target::AVX2
+        }
+    }
+
+    /// The device's target: the host's for [`Device::Cpu`].
+    pub fn for_device(device: Device) -> Target {
+        match device {
+            Device::Cpu => Target::host(),
+            Device::Cuda => Target::CUDA,
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.device == Device::Cuda
     }
 }
 
@@ -71,6 +106,7 @@ impl Target {
 /// graph's own ([`lmc_core::manifest`]) with the parameters that its matmul kernels read packed.
 pub fn manifest(g: &Graph, target: &Target) -> lmc_abi::Manifest {
     let mut manifest = lmc_core::manifest(g);
+    manifest.device = target.device;
     for (spec, packing) in manifest.params.iter_mut().zip(emit_mlir::param_packing(g, target)) {
         spec.packing = packing;
     }
@@ -92,6 +128,15 @@ pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> 
     Ok(module.as_operation().to_string())
 }
 
+/// `lmc emit --stage ptx`: the PTX of every GPU kernel of the graph, as `(name, PTX)`.
+pub fn emit_ptx(g: &Graph) -> Result<Vec<(String, String)>, CodegenError> {
+    let text = emit_mlir::emit_module(g, &Target::CUDA);
+    let mlir = mlir_pipeline::new_context();
+    let mut module = mlir_pipeline::parse(&mlir, &text)?;
+    gpu::lower(&mlir, &mut module)?;
+    Ok(gpu::ptx_of(&module))
+}
+
 /// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
 pub fn emit_llvm_ir(g: &Graph, target: &Target) -> Result<String, CodegenError> {
     let context = Context::create();
@@ -101,12 +146,30 @@ pub fn emit_llvm_ir(g: &Graph, target: &Target) -> Result<String, CodegenError> 
 
 /// Runs the whole pipeline up to an unoptimized LLVM module in `context`.
 fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph, target: &Target) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
+    build_llvm_module_on(context, g, target, target.device)
+}
+
+/// [`build_llvm_module`], with the ops emitted for `target` and lowered for `device`: a GPU's
+/// loop nests can also be lowered for the host's cores ([`jit_gpu_forms_on_host`]).
+fn build_llvm_module_on<'ctx>(
+    context: &'ctx Context,
+    g: &Graph,
+    target: &Target,
+    device: Device,
+) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
     let text = emit_mlir::emit_module(g, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
-    mlir_pipeline::lower(&mlir, &mut module)?;
+    match device {
+        Device::Cuda => gpu::lower(&mlir, &mut module)?,
+        Device::Cpu => mlir_pipeline::lower(&mlir, &mut module)?,
+    }
     let llvm_module = llvm::translate(context, &module)?;
-    let manifest = manifest(g, target);
+    if device == Device::Cuda {
+        llvm::bind_device_functions(context, &llvm_module).map_err(CodegenError::Llvm)?;
+    }
+    let mut manifest = manifest(g, target);
+    manifest.device = device;
     let nargs = manifest.arg_count();
     let entries: Vec<(String, String, usize)> = manifest
         .entries
@@ -173,11 +236,24 @@ pub fn jit_for(g: &Graph, target: &Target) -> Result<JitModule, CodegenError> {
     Ok(JitModule { cell })
 }
 
+/// Compiles the ops a GPU would run (the loop nests and weight layouts of [`Target::CUDA`]) for
+/// the host's cores instead: where no GPU is present, this checks the GPU's forms of the ops
+/// (its matmuls, its whole attention, its scans) against the same references as the CPU's.
+pub fn jit_gpu_forms_on_host(g: &Graph) -> Result<JitModule, CodegenError> {
+    let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
+        let module = build_llvm_module_on(context, g, &Target::CUDA, Device::Cpu)?;
+        let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
+        llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
+        llvm::jit_engine(&module).map_err(CodegenError::Llvm)
+    })?;
+    Ok(JitModule { cell })
+}
+
 /// Compiles a graph to a shared library at `so_path` and its C header beside it (same stem,
 /// `.h`). Returns the header's path.
-pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
+pub fn compile_shared_library(g: &Graph, target: &Target, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
     let context = Context::create();
-    let module = build_llvm_module(&context, g, &Target::host())?;
+    let module = build_llvm_module(&context, g, target)?;
     let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
     llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
     let object = so_path.with_extension("o");
@@ -186,7 +262,7 @@ pub fn compile_shared_library(g: &Graph, so_path: &Path) -> Result<std::path::Pa
     let _ = std::fs::remove_file(&object);
     linked.map_err(CodegenError::Output)?;
     let header_path = so_path.with_extension("h");
-    let manifest = manifest(g, &Target::host());
+    let manifest = manifest(g, target);
     std::fs::write(&header_path, c_header(&manifest, so_path))
         .map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
     Ok(header_path)

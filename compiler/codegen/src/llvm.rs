@@ -286,3 +286,96 @@ pub fn write_perf_map(module: &Module, engine: &ExecutionEngine) {
 pub fn lookup(engine: &ExecutionEngine, name: &str) -> Option<*const c_void> {
     engine.get_function_address(name).ok().map(|a| a as *const c_void)
 }
+
+/// Connects a GPU module's host code to the runtime's device layer. The `mgpu*` functions that
+/// MLIR's `gpu-to-llvm` lowering calls are declared, not defined: each gets a body that calls
+/// the function at its index of [`lmc_abi::DEVICE_FUNCTIONS`] in the table
+/// `lmc_device_bind(table)` stored. The kernels' loads and unloads, which the translation made
+/// global constructors and destructors (they would run at `dlopen`, before the table is
+/// bound), become `lmc_device_init` and `lmc_device_fini`, which the runtime calls.
+pub fn bind_device_functions<'ctx>(context: &'ctx Context, module: &Module<'ctx>) -> Result<(), String> {
+    use inkwell::llvm_sys::core::{LLVMGetNumOperands, LLVMGetOperand, LLVMGetValueName2};
+    use inkwell::values::{AsValueRef, BasicMetadataValueEnum};
+    let builder = context.create_builder();
+    let ptr = context.ptr_type(AddressSpace::default());
+    let void_fn = context.void_type().fn_type(&[], false);
+    let table = module.add_global(ptr, None, "lmc_device_table");
+    table.set_initializer(&ptr.const_null());
+    table.set_linkage(Linkage::Internal);
+
+    let bind = module.add_function(lmc_abi::DEVICE_BIND_SYMBOL, context.void_type().fn_type(&[ptr.into()], false), None);
+    builder.position_at_end(context.append_basic_block(bind, "entry"));
+    let given = bind.get_nth_param(0).ok_or("lmc_device_bind has no parameter")?;
+    builder.build_store(table.as_pointer_value(), given).map_err(|e| e.to_string())?;
+    builder.build_return(None).map_err(|e| e.to_string())?;
+
+    for f in module.get_functions() {
+        let name = f.get_name().to_string_lossy().into_owned();
+        if !name.starts_with("mgpu") || f.count_basic_blocks() > 0 {
+            continue;
+        }
+        let index = lmc_abi::DEVICE_FUNCTIONS
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| format!("the GPU host code calls {name}, which lmc's runtime does not provide"))?;
+        f.set_linkage(Linkage::Internal);
+        builder.position_at_end(context.append_basic_block(f, "entry"));
+        let functions = builder
+            .build_load(ptr, table.as_pointer_value(), "table")
+            .map_err(|e| e.to_string())?
+            .into_pointer_value();
+        // SAFETY (of the generated code): the runtime binds a table with one entry per name of
+        // DEVICE_FUNCTIONS before it calls anything else.
+        let slot = unsafe { builder.build_in_bounds_gep(ptr, functions, &[context.i64_type().const_int(index as u64, false)], "slot") }
+            .map_err(|e| e.to_string())?;
+        let target = builder.build_load(ptr, slot, "fn").map_err(|e| e.to_string())?.into_pointer_value();
+        let args: Vec<BasicMetadataValueEnum> = f.get_param_iter().map(Into::into).collect();
+        let call = builder
+            .build_indirect_call(f.get_type(), target, &args, "")
+            .map_err(|e| e.to_string())?;
+        match call.try_as_basic_value().basic() {
+            Some(value) => builder.build_return(Some(&value)),
+            None => builder.build_return(None),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+
+    for (list, symbol) in [
+        ("llvm.global_ctors", lmc_abi::DEVICE_INIT_SYMBOL),
+        ("llvm.global_dtors", lmc_abi::DEVICE_FINI_SYMBOL),
+    ] {
+        let mut names = Vec::new();
+        if let Some(global) = module.get_global(list) {
+            if let Some(init) = global.get_initializer() {
+                let array = init.as_value_ref();
+                // SAFETY: `array` is the live initializer of the module's constructor list, an
+                // array of `{ i32 priority, ptr function, ptr data }` structs; reading operands and
+                // names does not change it.
+                unsafe {
+                    for i in 0..LLVMGetNumOperands(array) {
+                        let function = LLVMGetOperand(LLVMGetOperand(array, i as u32), 1);
+                        let mut len = 0usize;
+                        let name = LLVMGetValueName2(function, &mut len);
+                        if !name.is_null() {
+                            let bytes = std::slice::from_raw_parts(name.cast::<u8>(), len);
+                            names.push(String::from_utf8_lossy(bytes).into_owned());
+                        }
+                    }
+                }
+            }
+            // SAFETY: the list is referenced by nothing (LLVM reads it by name), and is not used
+            // after this.
+            unsafe { global.delete() };
+        }
+        let caller = module.add_function(symbol, void_fn, None);
+        builder.position_at_end(context.append_basic_block(caller, "entry"));
+        for name in &names {
+            let callee = module
+                .get_function(name)
+                .ok_or_else(|| format!("the GPU module's constructor list names {name}, which it does not define"))?;
+            builder.build_call(callee, &[], "").map_err(|e| e.to_string())?;
+        }
+        builder.build_return(None).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

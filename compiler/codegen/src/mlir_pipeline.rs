@@ -250,6 +250,11 @@ fn apply_schedule(context: &Context, module: &mut Module) -> Result<(), MlirErro
     Ok(())
 }
 
+/// Runs a textual pass pipeline on the module.
+pub(crate) fn run_pipeline(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
+    run(context, module, pipeline, stage)
+}
+
 fn run(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
     with_diagnostics(context, stage, || {
         let pm = PassManager::new(context);

@@ -81,5 +81,6 @@ pub fn manifest(g: &Graph) -> Manifest {
             caches: d.caches.iter().map(|c| g.outputs[c.output].0.name.clone()).collect(),
             context: d.context.iter().map(|k| g.inputs[*k].name.clone()).collect(),
         }),
+        device: Default::default(),
     }
 }

@@ -202,7 +202,71 @@ pub struct Manifest {
     /// Present when the module is a decode step derived from a forward (`lmc compile --decode`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode: Option<DecodeSpec>,
+    /// Where the module runs its ops. A [`Device::Cuda`] module's entry points take device
+    /// pointers in their descriptors, and its host code calls the runtime's device layer
+    /// through the table [`DEVICE_BIND_SYMBOL`] binds (see [`DEVICE_FUNCTIONS`]).
+    #[serde(default, skip_serializing_if = "Device::is_cpu")]
+    pub device: Device,
 }
+
+/// Where a module runs its ops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The host's cores.
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (compute capability 9.0), through the CUDA driver.
+    Cuda,
+}
+
+impl Device {
+    pub fn is_cpu(&self) -> bool {
+        *self == Device::Cpu
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// `void lmc_device_bind(void *const *table)`, exported by a [`Device::Cuda`] module: gives it
+/// the runtime's device functions, one pointer per name of [`DEVICE_FUNCTIONS`], in that order.
+/// Called once, before [`DEVICE_INIT_SYMBOL`].
+pub const DEVICE_BIND_SYMBOL: &str = "lmc_device_bind";
+/// `void lmc_device_init(void)`: loads the module's kernels onto the device (what MLIR's
+/// lowering would have run as global constructors, which would run before the table is bound).
+pub const DEVICE_INIT_SYMBOL: &str = "lmc_device_init";
+/// `void lmc_device_fini(void)`: unloads them.
+pub const DEVICE_FINI_SYMBOL: &str = "lmc_device_fini";
+
+/// The host-side GPU functions that MLIR's `gpu-to-llvm` lowering calls (the `mgpu*` API of
+/// MLIR's CUDA runtime wrappers, with the same C signatures), which a [`Device::Cuda`] module
+/// reaches through the table it is bound to. The order is the table's.
+pub const DEVICE_FUNCTIONS: &[&str] = &[
+    "mgpuModuleLoad",
+    "mgpuModuleLoadJIT",
+    "mgpuModuleUnload",
+    "mgpuModuleGetFunction",
+    "mgpuLaunchKernel",
+    "mgpuStreamCreate",
+    "mgpuStreamDestroy",
+    "mgpuStreamSynchronize",
+    "mgpuStreamWaitEvent",
+    "mgpuEventCreate",
+    "mgpuEventDestroy",
+    "mgpuEventSynchronize",
+    "mgpuEventRecord",
+    "mgpuMemAlloc",
+    "mgpuMemFree",
+    "mgpuMemcpy",
+    "mgpuMemset32",
+    "mgpuMemset16",
+    "mgpuSetDefaultDevice",
+];
 
 /// How to decode with a derived step function. A call computes the logits of the new tokens
 /// (`tokens` holds `[batch, n]`, starting at sequence position `position`) and updates every

@@ -227,6 +227,10 @@ impl Emitter<'_> {
     /// first use).
     pub(super) fn emit_matmul_call(&mut self, result: &str, [x, rhs]: [&str; 2], bias: Option<&str>, mm: &MatMul, loc: &str) {
         debug_assert_eq!(bias.is_some(), mm.bias.is_some(), "a bias's name and type come together");
+        if self.target.is_gpu() {
+            self.emit_matmul_loops(result, [x, rhs], mm, loc);
+            return;
+        }
         if self.in_scan_body {
             debug_assert!(bias.is_none(), "scan steps add no bias in the kernel");
             // Inside a scan step the loops are inlined: a step calls nothing.
@@ -264,6 +268,62 @@ impl Emitter<'_> {
         self.line(&format!(
             "{result} = func.call {name}({x}, {rhs}, {bias_arg}{init}) : ({xt}, {rt}, {bias_ty}{ot}) -> {ot} {loc}"
         ));
+    }
+}
+
+impl Emitter<'_> {
+    /// Emits `result = x @ rhs` as one `linalg.generic` over the result's axes and `k` (for a
+    /// GPU, where it becomes one kernel: a thread per result element, summing over `k`).
+    /// A packed right operand is read as one panel, the transpose (the GPU's packing, see
+    /// `transposed_for_gpu`).
+    fn emit_matmul_loops(&mut self, result: &str, [x, rhs]: [&str; 2], mm: &MatMul, loc: &str) {
+        let rank = mm.out.rank();
+        let d = |i: usize| format!("d{i}");
+        let (m, n, k) = (d(rank - 2), d(rank - 1), d(rank));
+        let batch: Vec<String> = (0..rank - 2).map(d).collect();
+        let with_batch = |tail: [&str; 2], batched: bool, group: i64| -> String {
+            let mut axes: Vec<String> = if batched { batch.clone() } else { Vec::new() };
+            if group > 1 && axes.len() > 1 {
+                axes[1] = format!("{} floordiv {group}", axes[1]);
+            }
+            axes.extend(tail.iter().map(|s| s.to_string()));
+            axes.join(", ")
+        };
+        let x_map = if mm.x_transposed { [&*k, &*m] } else { [&*m, &*k] };
+        let rhs_map = match mm.layout {
+            RhsLayout::Transposed => [&*n, &*k],
+            RhsLayout::RowMajor | RhsLayout::Packed => [&*k, &*n],
+        };
+        let dims = (0..=rank).map(d).collect::<Vec<_>>().join(", ");
+        let rhs_axes = match mm.layout {
+            // A GPU's packed weight is its transpose, one panel `[1, K, N]`.
+            RhsLayout::Packed => format!("0, {k}, {n}"),
+            _ => with_batch(rhs_map, mm.rhs.rank() == rank, mm.group),
+        };
+        let maps = [
+            with_batch(x_map, mm.x.rank() == rank, 1),
+            rhs_axes,
+            (0..rank).map(d).collect::<Vec<_>>().join(", "),
+        ];
+        let maps: Vec<String> = maps.iter().map(|m| format!("affine_map<({dims}) -> ({m})>")).collect();
+        let mut iterators = vec!["\"parallel\""; rank];
+        iterators.push("\"reduction\"");
+        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let empty = self.empty(&mm.out);
+        let zero = self.fresh();
+        let init = self.fresh();
+        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        self.line(&format!("{init} = linalg.fill ins({zero} : f32) outs({empty} : {ot}) -> {ot}"));
+        self.line(&format!(
+            "{result} = linalg.generic {{indexing_maps = [{}], iterator_types = [{}]}} ins({x}, {rhs} : {xt}, {rt}) outs({init} : {ot}) {{",
+            maps.join(", "),
+            iterators.join(", ")
+        ));
+        self.line("^bb0(%a: f32, %b: f32, %acc: f32):");
+        self.line("  %p = arith.mulf %a, %b : f32");
+        self.line("  %s = arith.addf %acc, %p : f32");
+        self.line("  linalg.yield %s : f32");
+        self.line(&format!("}} -> {ot} {loc}"));
     }
 }
 
