@@ -142,13 +142,7 @@ fn gpu_forms_match_hugging_face_on_the_host() {
     for &(fixture, file, model, inputs, expected) in ZOO {
         let dir = root().join("tests/fixtures").join(fixture);
         let g = graph(fixture, file, model);
-        let jit = std::sync::Arc::new(lmc_codegen::jit_gpu_forms_on_host(&g).unwrap_or_else(|e| panic!("{model}: {e}")));
-        let handle = jit.clone();
-        let lookup = move |name: &str| handle.lookup(name);
-        // SAFETY: the symbols come from the module just generated for this ABI; the JIT that
-        // owns the code is the keep-alive.
-        let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
-        let loaded = module.bind_weights(lmc_runtime::WeightsSource::Path(dir.clone())).unwrap();
+        let loaded = host_model(&g, &dir);
         let outputs = loaded.run(&read_inputs(&dir.join(format!("{inputs}.safetensors")))).unwrap();
         let want = read_f32_tensors(&dir.join(format!("{expected}.safetensors")));
         for got in &outputs {
@@ -191,6 +185,61 @@ fn cpu_and_gpu_agree_on_every_zoo_model() {
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Greedy decoding with the GPU's decode steps gives Hugging Face's tokens: their forms lowered
+/// for the host always, and on the GPU (its caches kept on the device between steps) when
+/// there is one.
+#[test]
+fn gpu_greedy_decoding_matches_transformers() {
+    let on_gpu = match lmc_runtime::cuda::cuda() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("note: {} (the GPU forms are checked on the host only)", e.message());
+            false
+        }
+    };
+    for (fixture, file, model) in [
+        ("gpt2_tiny", "models/gpt2.model", "GPT2LMHeadModel"),
+        ("llama_tiny", "models/llama.model", "LlamaForCausalLM"),
+        ("mamba_tiny", "models/mamba.model", "MambaForCausalLM"),
+        ("rwkv_tiny", "models/rwkv.model", "RwkvForCausalLM"),
+    ] {
+        let dir = root().join("tests/fixtures").join(fixture);
+        let want = read_inputs(&dir.join("generate_expected.safetensors"));
+        let want = want.iter().find(|t| t.name == "sequences").unwrap();
+        let prompts = read_inputs(&dir.join("generate_inputs.safetensors"));
+        let prompts = prompts.iter().find(|t| t.name == "input_ids").unwrap();
+        let (batch, length) = (prompts.shape[0], prompts.shape[1]);
+        let total = want.shape[1];
+        let step = lmc_core::decode::derive_decode(&graph(fixture, file, model), total as i64)
+            .unwrap_or_else(|e| panic!("{model}: {e}"))
+            .step;
+        let ids = prompts.as_i64().unwrap();
+        let rows: Vec<Vec<i64>> = (0..batch).map(|b| ids[b * length..(b + 1) * length].to_vec()).collect();
+        let want: Vec<Vec<i64>> = want.as_i64().unwrap().chunks(total).map(|s| s[length..].to_vec()).collect();
+        let mut runs = vec![("on the host", host_model(&step, &dir))];
+        if on_gpu {
+            runs.push(("on the GPU", jit_model_for(&step, &dir, lmc_codegen::Target::CUDA)));
+        }
+        for (place, loaded) in runs {
+            let got = lmc_runtime::greedy(&loaded, &rows, Vec::new(), total - length, None).unwrap_or_else(|e| panic!("{model}: {e}"));
+            assert_eq!(got.tokens, want, "{model}: the GPU's decode step {place} vs transformers");
+        }
+    }
+}
+
+/// A graph's GPU forms, lowered for the host, with a checkpoint's weights bound.
+fn host_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
+    let jit = std::sync::Arc::new(lmc_codegen::jit_gpu_forms_on_host(g).unwrap_or_else(|e| panic!("{}: {e}", g.model)));
+    let handle = jit.clone();
+    let lookup = move |name: &str| handle.lookup(name);
+    // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
+    // the code is the keep-alive.
+    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap_or_else(|e| panic!("{}: {e}", g.model));
+    module
+        .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
+        .unwrap_or_else(|e| panic!("{}: {e}", g.model))
 }
 
 fn jit_model_for(g: &lmc_core::ir::Graph, weights: &Path, target: lmc_codegen::Target) -> lmc_runtime::LoadedModel {

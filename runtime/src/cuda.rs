@@ -316,7 +316,20 @@ impl DeviceBuffer {
     pub fn host_mapped(data: &[u8], what: &str) -> Result<DeviceBuffer, RuntimeError> {
         let cuda = cuda()?;
         cuda.make_current();
-        let bytes = data.len().max(1);
+        if data.len() <= PINNED_BLOCK {
+            // A scalar: one of the blocks pinned before (pinning costs a system call).
+            let pooled = PINNED.lock().ok().and_then(|mut free| free.pop());
+            if let Some(block) = pooled {
+                // SAFETY: a free pinned block of PINNED_BLOCK bytes, now ours.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), block as *mut u8, data.len()) };
+                return Ok(DeviceBuffer {
+                    ptr: block as CuDevicePtr,
+                    bytes: PINNED_BLOCK,
+                    host_mapped: true,
+                });
+            }
+        }
+        let bytes = data.len().max(PINNED_BLOCK);
         let mut host = std::ptr::null_mut();
         // SAFETY: an out-pointer to a local; flags PORTABLE (1) | DEVICEMAP (2).
         let code = unsafe { (cuda.driver.mem_host_alloc)(&mut host, bytes, 3) };
@@ -396,11 +409,16 @@ impl Drop for DeviceBuffer {
             cuda.make_current();
             if self.host_mapped {
                 // Kernels queued before the drop may still read it.
-                // SAFETY: our stream; then pinned memory cuMemHostAlloc returned, freed once.
-                unsafe {
-                    (cuda.driver.stream_synchronize)(cuda.stream);
-                    (cuda.driver.mem_free_host)(self.ptr as usize as *mut c_void);
+                // SAFETY: our stream.
+                unsafe { (cuda.driver.stream_synchronize)(cuda.stream) };
+                if self.bytes == PINNED_BLOCK {
+                    if let Ok(mut free) = PINNED.lock() {
+                        free.push(self.ptr as usize);
+                        return;
+                    }
                 }
+                // SAFETY: pinned memory cuMemHostAlloc returned, freed once.
+                unsafe { (cuda.driver.mem_free_host)(self.ptr as usize as *mut c_void) };
                 return;
             }
             // SAFETY: a pointer cuMemAllocAsync returned, freed once, in stream order.
@@ -409,6 +427,10 @@ impl Drop for DeviceBuffer {
         }
     }
 }
+
+/// The size of the pinned blocks scalars are passed in, and the free ones.
+const PINNED_BLOCK: usize = 64;
+static PINNED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// The table a CUDA module is bound with: one function per name of
 /// `lmc_abi::DEVICE_FUNCTIONS`, in that order.

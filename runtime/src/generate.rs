@@ -28,6 +28,9 @@ pub struct Decoder {
     position: i64,
     /// Every cache (an output of the step, passed back to every step), in manifest order.
     caches: Vec<HostTensor>,
+    /// A CUDA module's caches, on the GPU from the first step on (then `caches` keeps its
+    /// zeros): a step copies none of them to or from the device.
+    device_caches: Vec<crate::cuda::DeviceBuffer>,
     /// Inputs given whole to every step: an encoder's values and its mask (only those the
     /// step reads).
     context: Vec<HostTensor>,
@@ -93,6 +96,7 @@ impl Decoder {
             batch,
             position: 0,
             caches,
+            device_caches: Vec::new(),
             context: Vec::new(),
             inputs: m.inputs.iter().map(|i| i.name.clone()).collect(),
         })
@@ -169,7 +173,7 @@ impl Decoder {
         // they were.
         let own = inputs.len();
         inputs.append(&mut self.context);
-        let result = model.run_carrying(&inputs, &mut self.caches);
+        let result = model.run_carrying_resident(&inputs, &mut self.caches, &mut self.device_caches);
         self.context = inputs.split_off(own);
         let mut outputs = result?;
         self.position += n as i64;

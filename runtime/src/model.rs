@@ -427,17 +427,35 @@ impl LoadedModel {
     /// Returns the outputs in manifest order, named as the manifest names them. (A decode step's
     /// caches start from zeros: see [`LoadedModel::run_carrying`] to carry them.)
     pub fn run_entry(&self, entry: &str, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        self.run_inner(entry, inputs, &mut [])
+        self.run_inner(entry, inputs, &mut [], None)
     }
 
     /// Runs a decode step's `forward` with its caches carried: each of `carried` is the output
     /// of its name, passed in holding what the previous step left (zeros at first) and updated
     /// in place. Returns the other outputs.
     pub fn run_carrying(&self, inputs: &[HostTensor], carried: &mut [HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        self.run_inner("forward", inputs, carried)
+        self.run_inner("forward", inputs, carried, None)
     }
 
-    fn run_inner(&self, entry: &str, inputs: &[HostTensor], carried: &mut [HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+    /// As [`LoadedModel::run_carrying`], for a decoder: a CUDA module's caches stay on the GPU
+    /// between steps, in `on_device` (empty before the first step, which uploads `carried`;
+    /// `carried` is not updated after that). A CPU module ignores `on_device`.
+    pub(crate) fn run_carrying_resident(
+        &self,
+        inputs: &[HostTensor],
+        carried: &mut [HostTensor],
+        on_device: &mut Vec<DeviceBuffer>,
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
+        self.run_inner("forward", inputs, carried, Some(on_device))
+    }
+
+    fn run_inner(
+        &self,
+        entry: &str,
+        inputs: &[HostTensor],
+        carried: &mut [HostTensor],
+        resident: Option<&mut Vec<DeviceBuffer>>,
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
         let f = self.module.entry(entry)?;
         let m = self.module.manifest();
         let bound = validate_inputs(m, inputs)?;
@@ -476,7 +494,7 @@ impl LoadedModel {
         }
 
         if m.device == lmc_abi::Device::Cuda {
-            return self.run_on_device(f, &bound, fresh, carried);
+            return self.run_on_device(f, &bound, fresh, carried, resident);
         }
         let mut descriptors: Vec<Vec<i64>> = Vec::with_capacity(m.arg_count());
         for (i, (shape, _)) in self.params.iter().enumerate() {
@@ -525,6 +543,7 @@ impl LoadedModel {
         bound: &crate::validate::BoundInputs<'_>,
         mut fresh: Vec<HostTensor>,
         carried: &mut [HostTensor],
+        resident: Option<&mut Vec<DeviceBuffer>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
         let m = self.module.manifest();
         let mut descriptors: Vec<Vec<i64>> = Vec::with_capacity(m.arg_count());
@@ -542,9 +561,25 @@ impl LoadedModel {
             descriptors.push(descriptor(buffer.as_mut_ptr(), &t.shape)?);
             inputs.push(buffer);
         }
-        // Outputs in manifest order: each is in `carried` or in `fresh`.
+        // Outputs in manifest order: each is in `carried` or in `fresh`. Resident caches (a
+        // decoder's, after its first step) are already on the device, in `carried`'s order.
+        let mut resident = resident;
+        let keep_resident = resident.is_some();
+        let mut uploaded_carried = Vec::new();
         let mut outputs = Vec::with_capacity(m.outputs.len());
         for spec in &m.outputs {
+            if let Some(k) = carried.iter().position(|t| t.name == spec.name) {
+                if let Some(buffers) = resident.as_deref_mut().filter(|b| b.len() == carried.len()) {
+                    descriptors.push(descriptor(buffers[k].as_mut_ptr(), &carried[k].shape)?);
+                    continue;
+                }
+                if keep_resident {
+                    let buffer = DeviceBuffer::upload(carried[k].bytes(), &format!("cache \"{}\"", spec.name))?;
+                    descriptors.push(descriptor(buffer.as_mut_ptr(), &carried[k].shape)?);
+                    uploaded_carried.push((k, buffer));
+                    continue;
+                }
+            }
             let host = carried
                 .iter()
                 .chain(fresh.iter())
@@ -573,6 +608,10 @@ impl LoadedModel {
                 .find(|t| &t.name == name)
                 .ok_or_else(|| RuntimeError::internal(format!("output \"{name}\" has no buffer")))?;
             buffer.download(host.bytes_mut(), &format!("output \"{name}\""))?;
+        }
+        if let Some(buffers) = resident.filter(|_| !uploaded_carried.is_empty()) {
+            uploaded_carried.sort_by_key(|(k, _)| *k);
+            *buffers = uploaded_carried.into_iter().map(|(_, b)| b).collect();
         }
         Ok(fresh)
     }

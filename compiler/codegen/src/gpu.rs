@@ -27,6 +27,11 @@ use std::path::PathBuf;
 /// Threads per block along a nest's innermost axis.
 pub const THREADS_PER_BLOCK: usize = 128;
 
+/// Threads per block along a nest's next axis: a matmul's block computes this many rows of
+/// the same columns, whose threads read the same elements of the right operand at the same
+/// step (one load from memory, the others from the block's L1 cache).
+pub const ROWS_PER_BLOCK: usize = 4;
+
 /// The compute capability kernels are compiled for, and the PTX version that has it.
 pub const CHIP: &str = "sm_90";
 const PTX_FEATURES: &str = "+ptx80";
@@ -151,12 +156,12 @@ fn unescape(s: &str) -> String {
 const TO_LOOPS: &str = "builtin.module(func.func(convert-linalg-to-parallel-loops),canonicalize)";
 
 /// Tiles each nest's first (after [`innermost_first`], innermost) axis by
-/// [`THREADS_PER_BLOCK`] with a bounds check instead of a shorter last tile (launch sizes must
+/// [`THREADS_PER_BLOCK`] and its second by [`ROWS_PER_BLOCK`], with a bounds check instead of a shorter last tile (launch sizes must
 /// be known before the launch), maps the tiles to blocks and their elements to threads, and
 /// outlines the launches as kernels.
 fn to_kernels() -> String {
     format!(
-        "builtin.module(func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={THREADS_PER_BLOCK} no-min-max-bounds=1}}),\
+        "builtin.module(func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={THREADS_PER_BLOCK},{ROWS_PER_BLOCK} no-min-max-bounds=1}}),\
          func.func(gpu-map-parallel-loops),convert-parallel-loops-to-gpu,canonicalize,gpu-kernel-outlining)"
     )
 }
