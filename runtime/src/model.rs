@@ -597,9 +597,10 @@ impl LoadedModel {
         let mut args: Vec<*mut c_void> = descriptors.iter_mut().map(|d| d.as_mut_ptr().cast::<c_void>()).collect();
         crate::cuda::take_error()?;
         // SAFETY: as for the host call in `run_inner`, except that every descriptor describes a
-        // device buffer of the checked size (owned by `self.device_params`, `inputs` and
-        // `outputs`, which outlive the call and the synchronisation in `download`); the entry
-        // point only launches kernels on them and never reads them on the host.
+        // device buffer of the checked size (owned by `self.device_params`, `inputs`, `outputs`,
+        // `uploaded_carried` and the resident caches, which outlive the call and the
+        // synchronisation in `download`), or a scalar in pinned memory the device maps; the
+        // entry point launches kernels on them and reads only the scalars on the host.
         unsafe { f(args.as_mut_ptr()) };
         for (name, buffer) in &outputs {
             let host = carried

@@ -18,7 +18,7 @@
 //! Every kernel is a loop nest with one thread per result element; there are no tensor-core
 //! matmuls, fused attention or fused elementwise chains yet.
 
-use crate::mlir_pipeline::{self, MlirError};
+use crate::mlir_pipeline::{self, run, MlirError};
 use crate::CodegenError;
 use melior::ir::Module;
 use melior::Context;
@@ -178,10 +178,6 @@ fn to_nvvm(libdevice: Option<&std::path::Path>) -> String {
 }
 
 const TO_BINARY: &str = "builtin.module(gpu-module-to-binary{format=isa})";
-
-fn run<'c>(context: &'c Context, module: &mut Module<'c>, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
-    mlir_pipeline::run_pipeline(context, module, pipeline, stage)
-}
 
 /// Rewrites the module's text with `f` and parses it back.
 fn rewrite<'c>(context: &'c Context, module: &mut Module<'c>, f: fn(&str) -> String, stage: &'static str) -> Result<(), MlirError> {

@@ -251,11 +251,7 @@ fn apply_schedule(context: &Context, module: &mut Module) -> Result<(), MlirErro
 }
 
 /// Runs a textual pass pipeline on the module.
-pub(crate) fn run_pipeline(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
-    run(context, module, pipeline, stage)
-}
-
-fn run(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
+pub(crate) fn run(context: &Context, module: &mut Module, pipeline: &str, stage: &'static str) -> Result<(), MlirError> {
     with_diagnostics(context, stage, || {
         let pm = PassManager::new(context);
         parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline).ok()?;
