@@ -231,19 +231,20 @@ fn gpu_greedy_decoding_matches_transformers() {
 
 /// A graph's GPU forms, lowered for the host, with a checkpoint's weights bound.
 fn host_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
-    let jit = std::sync::Arc::new(lmc_codegen::jit_gpu_forms_on_host(g).unwrap_or_else(|e| panic!("{}: {e}", g.model)));
-    let handle = jit.clone();
-    let lookup = move |name: &str| handle.lookup(name);
-    // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
-    // the code is the keep-alive.
-    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap_or_else(|e| panic!("{}: {e}", g.model));
-    module
-        .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
-        .unwrap_or_else(|e| panic!("{}: {e}", g.model))
+    bind(g, lmc_codegen::jit_gpu_forms_on_host(g), weights)
 }
 
+/// A graph compiled for `target`, with a checkpoint's weights bound.
 fn jit_model_for(g: &lmc_core::ir::Graph, weights: &Path, target: lmc_codegen::Target) -> lmc_runtime::LoadedModel {
-    let jit = std::sync::Arc::new(lmc_codegen::jit_for(g, &target).unwrap_or_else(|e| panic!("{}: {e}", g.model)));
+    bind(g, lmc_codegen::jit_for(g, &target), weights)
+}
+
+fn bind(
+    g: &lmc_core::ir::Graph,
+    jit: Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>,
+    weights: &Path,
+) -> lmc_runtime::LoadedModel {
+    let jit = std::sync::Arc::new(jit.unwrap_or_else(|e| panic!("{}: {e}", g.model)));
     let handle = jit.clone();
     let lookup = move |name: &str| handle.lookup(name);
     // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns

@@ -374,6 +374,16 @@ impl DeviceBuffer {
         Ok(buffer)
     }
 
+    /// A device copy of a tensor the generated code reads or writes: a scalar in pinned host
+    /// memory ([`DeviceBuffer::host_mapped`]), anything else in device memory.
+    pub fn for_tensor(t: &crate::HostTensor, what: &str) -> Result<DeviceBuffer, RuntimeError> {
+        if t.shape.is_empty() {
+            DeviceBuffer::host_mapped(t.bytes(), what)
+        } else {
+            DeviceBuffer::upload(t.bytes(), what)
+        }
+    }
+
     /// Copies the buffer into `out` (as many bytes as both have), after everything queued.
     pub fn download(&self, out: &mut [u8], what: &str) -> Result<(), RuntimeError> {
         let cuda = cuda()?;

@@ -552,12 +552,7 @@ impl LoadedModel {
         }
         let mut inputs = Vec::with_capacity(bound.inputs.len());
         for t in &bound.inputs {
-            let what = format!("input \"{}\"", t.name);
-            let buffer = if t.shape.is_empty() {
-                DeviceBuffer::host_mapped(t.bytes(), &what)?
-            } else {
-                DeviceBuffer::upload(t.bytes(), &what)?
-            };
+            let buffer = DeviceBuffer::for_tensor(t, &format!("input \"{}\"", t.name))?;
             descriptors.push(descriptor(buffer.as_mut_ptr(), &t.shape)?);
             inputs.push(buffer);
         }
@@ -585,12 +580,7 @@ impl LoadedModel {
                 .chain(fresh.iter())
                 .find(|t| t.name == spec.name)
                 .ok_or_else(|| RuntimeError::internal(format!("output \"{}\" has no buffer", spec.name)))?;
-            let what = format!("output \"{}\"", spec.name);
-            let buffer = if host.shape.is_empty() {
-                DeviceBuffer::host_mapped(host.bytes(), &what)?
-            } else {
-                DeviceBuffer::upload(host.bytes(), &what)?
-            };
+            let buffer = DeviceBuffer::for_tensor(host, &format!("output \"{}\"", spec.name))?;
             descriptors.push(descriptor(buffer.as_mut_ptr(), &host.shape)?);
             outputs.push((spec.name.clone(), buffer));
         }
