@@ -27,7 +27,12 @@ mod matmul;
 /// Per parameter, how the kernels emitted for `target` read it packed ([`lmc_abi::Packing`]),
 /// if they do (see `matmul::param_packing`): what the manifest tells the runtime.
 pub(crate) fn param_packing(g: &Graph, target: &Target) -> Vec<Option<lmc_abi::Packing>> {
-    let packing = matmul::param_packing(g, &g.enclosing_scans(), &fuse::readers(g), target.lanes);
+    packing_for(g, &g.enclosing_scans(), &fuse::readers(g), target)
+}
+
+/// [`param_packing`], from the regions and readers the emitter has computed.
+fn packing_for(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], target: &Target) -> Vec<Option<lmc_abi::Packing>> {
+    let packing = matmul::param_packing(g, regions, readers, target.lanes);
     if target.is_gpu() {
         return transposed_for_gpu(g, packing);
     }
@@ -64,17 +69,16 @@ pub fn emit_module(g: &Graph, target: &Target) -> String {
     let mut fully_fused = fuse::fully_fused(g, &regions, &uses, &readers);
     // For a GPU, every op is a plain loop nest (each one becomes a kernel): the CPU kernels'
     // panels, bias epilogues and row groups are CPU schedules.
-    let (biased, packing, row_groups) = if target.is_gpu() {
-        let packing = transposed_for_gpu(g, matmul::param_packing(g, &regions, &readers, target.lanes));
-        (Default::default(), packing, fuse::RowGroups::default())
+    let packing = packing_for(g, &regions, &readers, target);
+    let (biased, row_groups) = if target.is_gpu() {
+        (Default::default(), fuse::RowGroups::default())
     } else {
         let biased = fuse::bias_epilogues(g, &regions, &readers);
         // A matmul whose bias its kernel adds is computed where the add is.
         fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
-        let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
         let bias_adds = biased.keys().copied().collect();
         let row_groups = fuse::row_groups(g, &regions, &readers, &bias_adds);
-        (biased, packing, row_groups)
+        (biased, row_groups)
     };
     let mut e = Emitter {
         packing,
