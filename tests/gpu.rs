@@ -261,3 +261,34 @@ fn read_inputs(path: &Path) -> Vec<lmc_runtime::HostTensor> {
         .map(|info| file.get(&info.name).unwrap().to_host().unwrap())
         .collect()
 }
+
+/// What cannot run on a GPU says so and exits 1, never a crash: `--stage ptx` without the
+/// CUDA target, and (on a machine without a GPU or driver) running a model on one.
+#[test]
+fn gpu_requests_that_cannot_be_met_are_clear_errors() {
+    lmc_fails(
+        &["emit", "--stage", "ptx", "models/gpt2.model:GPT2LMHeadModel"],
+        &["--stage ptx needs --target cuda"],
+    );
+    if lmc_runtime::cuda::cuda().is_ok() {
+        return;
+    }
+    let dir = scratch("no_gpu");
+    let out = dir.join("out.safetensors");
+    lmc_fails(
+        &[
+            "run",
+            "--device",
+            "cuda",
+            "models/bert.model:BertModel",
+            "--weights",
+            "tests/fixtures/bert_tiny",
+            "--inputs",
+            "tests/fixtures/bert_tiny/inputs_model.safetensors",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &["runs on an NVIDIA GPU", "use --device cpu"],
+    );
+    assert!(!out.exists(), "no output without a GPU");
+}
