@@ -265,7 +265,7 @@ fn read_inputs(path: &Path) -> Vec<lmc_runtime::HostTensor> {
 /// What cannot run on a GPU says so and exits 1, never a crash: `--stage ptx` without the
 /// CUDA target, and (on a machine without a GPU or driver) running a model on one.
 #[test]
-fn gpu_requests_that_cannot_be_met_are_clear_errors() {
+fn cuda_requests_that_cannot_be_met_are_clear_errors() {
     lmc_fails(
         &["emit", "--stage", "ptx", "models/gpt2.model:GPT2LMHeadModel"],
         &["--stage ptx needs --target cuda"],
