@@ -143,7 +143,7 @@ fn gpu_forms_match_hugging_face_on_the_host() {
         let dir = root().join("tests/fixtures").join(fixture);
         let g = graph(fixture, file, model);
         let loaded = host_model(&g, &dir);
-        let outputs = loaded.run(&read_inputs(&dir.join(format!("{inputs}.safetensors")))).unwrap();
+        let outputs = loaded.run(&read_host_tensors(&dir.join(format!("{inputs}.safetensors")))).unwrap();
         let want = read_f32_tensors(&dir.join(format!("{expected}.safetensors")));
         for got in &outputs {
             let Some((_, shape, values)) = want.iter().find(|(n, _, _)| *n == got.name) else {
@@ -168,7 +168,7 @@ fn cpu_and_gpu_agree_on_every_zoo_model() {
         let g = graph(fixture, file, model);
         let cpu = jit_model_for(&g, &dir, lmc_codegen::Target::host());
         let gpu = jit_model_for(&g, &dir, lmc_codegen::Target::CUDA);
-        let inputs = read_inputs(&dir.join(format!("{inputs}.safetensors")));
+        let inputs = read_host_tensors(&dir.join(format!("{inputs}.safetensors")));
         let want = read_f32_tensors(&dir.join(format!("{expected}.safetensors")));
         let on_cpu = cpu.run(&inputs).unwrap_or_else(|e| panic!("{model} on the CPU: {e}"));
         let on_gpu = gpu.run(&inputs).unwrap_or_else(|e| panic!("{model} on the GPU: {e}"));
@@ -206,9 +206,9 @@ fn gpu_greedy_decoding_matches_transformers() {
         ("rwkv_tiny", "models/rwkv.model", "RwkvForCausalLM"),
     ] {
         let dir = root().join("tests/fixtures").join(fixture);
-        let want = read_inputs(&dir.join("generate_expected.safetensors"));
+        let want = read_host_tensors(&dir.join("generate_expected.safetensors"));
         let want = want.iter().find(|t| t.name == "sequences").unwrap();
-        let prompts = read_inputs(&dir.join("generate_inputs.safetensors"));
+        let prompts = read_host_tensors(&dir.join("generate_inputs.safetensors"));
         let prompts = prompts.iter().find(|t| t.name == "input_ids").unwrap();
         let (batch, length) = (prompts.shape[0], prompts.shape[1]);
         let total = want.shape[1];
@@ -231,35 +231,12 @@ fn gpu_greedy_decoding_matches_transformers() {
 
 /// A graph's GPU forms, lowered for the host, with a checkpoint's weights bound.
 fn host_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
-    bind(g, lmc_codegen::jit_gpu_forms_on_host(g), weights)
+    bind_jit(g, lmc_codegen::jit_gpu_forms_on_host(g), weights)
 }
 
 /// A graph compiled for `target`, with a checkpoint's weights bound.
 fn jit_model_for(g: &lmc_core::ir::Graph, weights: &Path, target: lmc_codegen::Target) -> lmc_runtime::LoadedModel {
-    bind(g, lmc_codegen::jit_for(g, &target), weights)
-}
-
-fn bind(
-    g: &lmc_core::ir::Graph,
-    jit: Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>,
-    weights: &Path,
-) -> lmc_runtime::LoadedModel {
-    let jit = std::sync::Arc::new(jit.unwrap_or_else(|e| panic!("{}: {e}", g.model)));
-    let handle = jit.clone();
-    let lookup = move |name: &str| handle.lookup(name);
-    // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
-    // the code is the keep-alive.
-    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap_or_else(|e| panic!("{}: {e}", g.model));
-    module
-        .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
-        .unwrap_or_else(|e| panic!("{}: {e}", g.model))
-}
-
-fn read_inputs(path: &Path) -> Vec<lmc_runtime::HostTensor> {
-    let file = lmc_runtime::SafeTensorsFile::open(path).unwrap();
-    file.tensors()
-        .map(|info| file.get(&info.name).unwrap().to_host().unwrap())
-        .collect()
+    bind_jit(g, lmc_codegen::jit_for(g, &target), weights)
 }
 
 /// What cannot run on a GPU says so and exits 1, never a crash: `--stage ptx` without the

@@ -112,15 +112,32 @@ pub fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) -> f32 {
 
 /// JIT-compiles a graph and binds a checkpoint's weights: the model as `lmc run` would run it.
 pub fn jit_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
-    let jit = std::sync::Arc::new(lmc_codegen::jit(g).unwrap_or_else(|e| panic!("{}: {e}", g.model)));
+    bind_jit(g, lmc_codegen::jit(g), weights)
+}
+
+/// Loads a module the JIT compiled for graph `g` and binds a checkpoint's weights.
+pub fn bind_jit(
+    g: &lmc_core::ir::Graph,
+    jit: Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>,
+    weights: &Path,
+) -> lmc_runtime::LoadedModel {
+    let jit = std::sync::Arc::new(jit.unwrap_or_else(|e| panic!("{}: {e}", g.model)));
     let handle = jit.clone();
     let lookup = move |name: &str| handle.lookup(name);
     // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
     // the code is the keep-alive.
-    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap();
+    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap_or_else(|e| panic!("{}: {e}", g.model));
     module
         .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
         .unwrap_or_else(|e| panic!("{}: {e}", g.model))
+}
+
+/// Reads every tensor of a safetensors file as it is (any dtype).
+pub fn read_host_tensors(path: &Path) -> Vec<lmc_runtime::HostTensor> {
+    let file = lmc_runtime::SafeTensorsFile::open(path).unwrap_or_else(|e| panic!("{e}"));
+    file.tensors()
+        .map(|info| file.get(&info.name).unwrap().to_host().unwrap())
+        .collect()
 }
 
 /// Checks model `name` of a model file (relative to the repository root), configured by a

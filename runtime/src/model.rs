@@ -556,24 +556,26 @@ impl LoadedModel {
             descriptors.push(descriptor(buffer.as_mut_ptr(), &t.shape)?);
             inputs.push(buffer);
         }
-        // Outputs in manifest order: each is in `carried` or in `fresh`. Resident caches (a
-        // decoder's, after its first step) are already on the device, in `carried`'s order.
-        let mut resident = resident;
-        let keep_resident = resident.is_some();
-        let mut uploaded_carried = Vec::new();
+        // Resident caches (a decoder's) are uploaded at its first step, then stay on the device,
+        // in `carried`'s order.
+        let resident = match resident {
+            Some(buffers) => {
+                if buffers.len() != carried.len() {
+                    *buffers = carried
+                        .iter()
+                        .map(|t| DeviceBuffer::upload(t.bytes(), &format!("cache \"{}\"", t.name)))
+                        .collect::<Result<_, _>>()?;
+                }
+                Some(&*buffers)
+            }
+            None => None,
+        };
+        // Outputs in manifest order: each is a resident cache, or in `carried` or `fresh`.
         let mut outputs = Vec::with_capacity(m.outputs.len());
         for spec in &m.outputs {
-            if let Some(k) = carried.iter().position(|t| t.name == spec.name) {
-                if let Some(buffers) = resident.as_deref_mut().filter(|b| b.len() == carried.len()) {
-                    descriptors.push(descriptor(buffers[k].as_mut_ptr(), &carried[k].shape)?);
-                    continue;
-                }
-                if keep_resident {
-                    let buffer = DeviceBuffer::upload(carried[k].bytes(), &format!("cache \"{}\"", spec.name))?;
-                    descriptors.push(descriptor(buffer.as_mut_ptr(), &carried[k].shape)?);
-                    uploaded_carried.push((k, buffer));
-                    continue;
-                }
+            if let (Some(buffers), Some(k)) = (resident, carried.iter().position(|t| t.name == spec.name)) {
+                descriptors.push(descriptor(buffers[k].as_mut_ptr(), &carried[k].shape)?);
+                continue;
             }
             let host = carried
                 .iter()
@@ -587,8 +589,8 @@ impl LoadedModel {
         let mut args: Vec<*mut c_void> = descriptors.iter_mut().map(|d| d.as_mut_ptr().cast::<c_void>()).collect();
         crate::cuda::take_error()?;
         // SAFETY: as for the host call in `run_inner`, except that every descriptor describes a
-        // device buffer of the checked size (owned by `self.device_params`, `inputs`, `outputs`,
-        // `uploaded_carried` and the resident caches, which outlive the call and the
+        // device buffer of the checked size (owned by `self.device_params`, `inputs`, `outputs`
+        // and the resident caches, which outlive the call and the
         // synchronisation in `download`), or a scalar in pinned memory the device maps; the
         // entry point launches kernels on them and reads only the scalars on the host.
         unsafe { f(args.as_mut_ptr()) };
@@ -599,10 +601,6 @@ impl LoadedModel {
                 .find(|t| &t.name == name)
                 .ok_or_else(|| RuntimeError::internal(format!("output \"{name}\" has no buffer")))?;
             buffer.download(host.bytes_mut(), &format!("output \"{name}\""))?;
-        }
-        if let Some(buffers) = resident.filter(|_| !uploaded_carried.is_empty()) {
-            uploaded_carried.sort_by_key(|(k, _)| *k);
-            *buffers = uploaded_carried.into_iter().map(|(_, b)| b).collect();
         }
         Ok(fresh)
     }

@@ -1325,18 +1325,8 @@ impl Emitter<'_> {
                 });
             }
             Op::Transpose { x } => {
-                let e = self.empty(ty);
-                let r = ty.rank();
-                let mut perm: Vec<usize> = (0..r).collect();
-                perm.swap(r - 1, r - 2);
-                let perm: Vec<String> = perm.iter().map(|p| p.to_string()).collect();
-                self.line(&format!(
-                    "{out} = linalg.transpose ins({} : {}) outs({e} : {}) permutation = [{}] {loc}",
-                    self.name(*x),
-                    tensor_ty(&self.ty(*x)),
-                    tensor_ty(ty),
-                    perm.join(", ")
-                ));
+                let (x, xt) = (self.name(*x), self.ty(*x));
+                self.emit_transpose(Some(&out), &x, &xt, &loc);
             }
             Op::MatMul { lhs, rhs } => self.emit_matmul(id, (*lhs, *rhs), None, &loc),
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
@@ -1379,6 +1369,25 @@ impl Emitter<'_> {
             // Defined by their scan: the loop's iteration arguments, slices and results.
             Op::ScanArg(_) | Op::ScanResult { .. } => {}
         }
+    }
+
+    /// `x` with its last two axes swapped, named `out` (or a fresh name); returns the result's
+    /// name and type.
+    fn emit_transpose(&mut self, out: Option<&str>, x: &str, xt: &TensorType, loc: &str) -> (String, TensorType) {
+        let mut ty = xt.clone();
+        let r = ty.rank();
+        ty.dims.swap(r - 1, r - 2);
+        let mut perm: Vec<String> = (0..r).map(|p| p.to_string()).collect();
+        perm.swap(r - 1, r - 2);
+        let e = self.empty(&ty);
+        let out = out.map_or_else(|| self.fresh(), str::to_string);
+        self.line(&format!(
+            "{out} = linalg.transpose ins({x} : {}) outs({e} : {}) permutation = [{}] {loc}",
+            tensor_ty(xt),
+            tensor_ty(&ty),
+            perm.join(", ")
+        ));
+        (out, ty)
     }
 
     /// An elementwise op with numpy broadcasting. Scalar operands are captured, not iterated.

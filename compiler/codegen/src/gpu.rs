@@ -72,8 +72,12 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
     run(context, module, TO_LOOPS, "lowering linalg to parallel loops")?;
     rewrite(context, module, innermost_first, "ordering parallel loops innermost first")?;
     run(context, module, &to_kernels(), "mapping parallel loops to GPU kernels")?;
-    check_host_code(module)?;
-    rewrite(context, module, allocate_on_device, "allocating host buffers on the device")?;
+    let text = module.as_operation().to_string();
+    check_host_code(&text)?;
+    *module = mlir_pipeline::parse(context, &allocate_on_device(&text)).map_err(|e| MlirError {
+        stage: "allocating host buffers on the device",
+        ..e
+    })?;
     let libdevice = libdevice();
     run(
         context,
@@ -247,10 +251,9 @@ fn innermost_first(text: &str) -> String {
 /// and crash; this turns that compiler bug into an error naming the op. The one exception is a
 /// scalar argument (`memref.load %argN[]`: a decode step's position, which places slices; or a
 /// scalar output's store), which the runtime passes in host memory that the device also reads.
-fn check_host_code(module: &Module) -> Result<(), MlirError> {
-    let text = module.as_operation().to_string();
+fn check_host_code(text: &str) -> Result<(), MlirError> {
     let mut problems = Vec::new();
-    for (line, host) in host_lines(&text) {
+    for (line, host) in host_lines(text) {
         let op = line.trim_start();
         let op = op.split_once(" = ").map_or(op, |(_, rhs)| rhs);
         let scalar_argument = (op.starts_with("memref.load %arg") || (op.starts_with("memref.store ") && op.contains(", %arg")))

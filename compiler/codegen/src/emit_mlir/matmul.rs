@@ -282,19 +282,7 @@ impl Emitter<'_> {
             // loads would be a row apart each. A transposed copy costs one pass over `rhs`
             // (a tied embedding table of 50k tokens by 768: 154 MB, a fraction of a millisecond
             // on a GPU) and makes every load of the matmul consecutive.
-            let mut t = mm.rhs.clone();
-            let r = t.rank();
-            t.dims.swap(r - 1, r - 2);
-            let mut perm: Vec<String> = (0..r).map(|i| i.to_string()).collect();
-            perm.swap(r - 1, r - 2);
-            let dest = self.empty(&t);
-            let transposed = self.fresh();
-            self.line(&format!(
-                "{transposed} = linalg.transpose ins({rhs} : {}) outs({dest} : {}) permutation = [{}] {loc}",
-                tensor_ty(&mm.rhs),
-                tensor_ty(&t),
-                perm.join(", ")
-            ));
+            let (transposed, t) = self.emit_transpose(None, rhs, &mm.rhs, loc);
             let row_major = MatMul {
                 layout: RhsLayout::RowMajor,
                 rhs: t,
