@@ -234,6 +234,45 @@ fn host_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedMod
     bind_jit(g, lmc_codegen::jit_gpu_forms_on_host(g), weights)
 }
 
+/// The GPU's loop nests are fused: a matmul's bias and activation run in the matmul's kernel,
+/// their intermediates never stored, and a layer takes a fraction of the kernels its ops
+/// would. (Numerics of the fused nests: `gpu_forms_match_hugging_face_on_the_host`, and the
+/// op corpus against the interpreter in `pipeline.rs`.)
+#[test]
+fn kernels_fuse_elementwise_chains_into_their_producers() {
+    let g = graph("gpt2_tiny", "models/gpt2.model", "GPT2LMHeadModel");
+    let loops = lmc_codegen::emit_fused_loops(&g).unwrap_or_else(|e| panic!("{e}"));
+    let nests: Vec<String> = top_level_nests(&loops);
+    let activations: Vec<&String> = nests.iter().filter(|n| n.contains("math.tanh")).collect();
+    assert!(!activations.is_empty(), "no GELU nest:\n{loops}");
+    for nest in &activations {
+        // The matmul's sum, carried in a register, then its bias and GELU, stored once.
+        assert!(nest.contains("iter_args("), "GELU not fused into its matmul:\n{nest}");
+        assert_eq!(nest.matches("memref.store ").count(), 1, "{nest}");
+    }
+    let ops = g.nodes.len();
+    assert!(nests.len() * 3 < ops * 2, "{} kernels for {ops} ops", nests.len());
+}
+
+/// The top-level `scf.parallel` nests of a function, each as its text.
+fn top_level_nests(text: &str) -> Vec<String> {
+    let mut nests = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some((depth, nest)) = &mut current {
+            nest.push_str(line);
+            nest.push('\n');
+            if indent == *depth && line.trim() == "}" {
+                nests.extend(current.take().map(|(_, n)| n));
+            }
+        } else if line.trim_start().starts_with("scf.parallel ") {
+            current = Some((indent, format!("{line}\n")));
+        }
+    }
+    nests
+}
+
 /// A graph compiled for `target`, with a checkpoint's weights bound.
 fn jit_model_for(g: &lmc_core::ir::Graph, weights: &Path, target: lmc_codegen::Target) -> lmc_runtime::LoadedModel {
     bind_jit(g, lmc_codegen::jit_for(g, &target), weights)
@@ -246,6 +285,10 @@ fn cuda_requests_that_cannot_be_met_are_clear_errors() {
     lmc_fails(
         &["emit", "--stage", "ptx", "models/gpt2.model:GPT2LMHeadModel"],
         &["--stage ptx needs --target cuda"],
+    );
+    lmc_fails(
+        &["emit", "--stage", "loops", "models/gpt2.model:GPT2LMHeadModel"],
+        &["--stage loops needs --target cuda"],
     );
     if lmc_runtime::cuda::cuda().is_ok() {
         return;

@@ -244,6 +244,21 @@ mod corpus {
         }
     }
 
+    /// The same models' GPU loop nests after fusion, one per kernel (`lmc emit --stage loops`):
+    /// a change in what fuses shows here.
+    #[test]
+    fn cuda_loops_snapshots() {
+        for g in graphs()
+            .into_iter()
+            .filter(|g| ["Contractions", "Attentions", "Recurrences"].contains(&g.model.as_str()))
+        {
+            insta::assert_snapshot!(
+                format!("corpus_{}_cuda_loops", g.model),
+                lmc_codegen::emit_fused_loops(&g).unwrap_or_else(|e| panic!("{e}"))
+            );
+        }
+    }
+
     /// Both kernel shapes (AVX2's 8 lanes and AVX-512's 16) run on any x86-64 host: LLVM splits
     /// vectors wider than the machine's. So do the GPU's forms of the ops, lowered for the host
     /// (`None` below; see `lmc_codegen::jit_gpu_forms_on_host`).

@@ -154,6 +154,12 @@ pub fn emit(
         Stage::Ptx if !target.is_gpu() => {
             return Err(Failure::Message("--stage ptx needs --target cuda: CPU code has no PTX".into()));
         }
+        Stage::Loops if !target.is_gpu() => {
+            return Err(Failure::Message(
+                "--stage loops needs --target cuda: it shows the GPU kernels' loop nests (for the CPU's, see --stage buffers)".into(),
+            ));
+        }
+        Stage::Loops => print!("{}", lmc_codegen::emit_fused_loops(&graph)?),
         Stage::Ptx => {
             for (name, ptx) in lmc_codegen::emit_ptx(&graph)? {
                 println!("// kernel module {name}\n{ptx}");

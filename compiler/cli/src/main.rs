@@ -267,6 +267,9 @@ pub enum Stage {
     Mlir,
     /// The MLIR module after bufferization: where memory is allocated, copied and freed.
     Buffers,
+    /// The GPU lowering's loop nests after fusion, before they become kernels: one
+    /// `scf.parallel` per kernel (`--target cuda` only).
+    Loops,
     /// The LLVM module with the ABI glue, before LLVM's optimizer.
     Llvm,
     /// The PTX of every GPU kernel (`--target cuda` only).

@@ -8,6 +8,8 @@
 //! 1. bufferize as for a CPU ([`mlir_pipeline::bufferize`]); copies that bufferization inserts
 //!    become `linalg.copy`, so that they run on the device too;
 //! 2. every `linalg` op becomes an `scf.parallel` nest (reductions: a sequential loop inside);
+//!    the ops the emitter outlined are inlined, and neighbouring nests over the same elements
+//!    fuse ([`crate::loop_fusion`]): a matmul with its bias and activation is one kernel;
 //! 3. each nest's axes are put innermost first ([`innermost_first`]), tiled by
 //!    [`THREADS_PER_BLOCK`] and mapped onto blocks and threads, so that a block's threads read
 //!    consecutive elements of the innermost axis; nests become `gpu.launch`, then kernels;
@@ -16,8 +18,9 @@
 //!    is needed: the driver compiles the PTX when the runtime loads it), the host code to LLVM.
 //!
 //! Every kernel is a loop nest with one thread per result element; there are no tensor-core
-//! matmuls, fused attention or fused elementwise chains yet.
+//! matmuls or fused attention kernel yet.
 
+use crate::loop_fusion;
 use crate::mlir_pipeline::{self, run, MlirError};
 use crate::CodegenError;
 use melior::ir::Module;
@@ -67,9 +70,7 @@ fn cuda_tools_dir() -> Option<PathBuf> {
 
 /// Lowers an emitted GPU module to the `llvm` dialect with its kernels as PTX (`gpu.binary`).
 pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), CodegenError> {
-    mlir_pipeline::bufferize(context, module)?;
-    rewrite(context, module, copies_as_linalg, "making copies loop nests")?;
-    run(context, module, TO_LOOPS, "lowering linalg to parallel loops")?;
+    to_fused_loops(context, module)?;
     rewrite(context, module, innermost_first, "ordering parallel loops innermost first")?;
     run(context, module, &to_kernels(), "mapping parallel loops to GPU kernels")?;
     let text = module.as_operation().to_string();
@@ -102,6 +103,47 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
     }
     run(context, module, TO_BINARY, "compiling the kernels to PTX")?;
     Ok(())
+}
+
+/// Steps 1 and 2 of [`lower`]: the emitted module as `scf.parallel` nests on buffers, fused
+/// (`lmc emit --stage loops --target cuda`). The GPU forms lowered for the host's cores
+/// (`jit_gpu_forms_on_host`) take the same steps, so that tests on a machine without a GPU run
+/// the nests the kernels are made of.
+pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
+    mlir_pipeline::bufferize(context, module)?;
+    rewrite(context, module, copies_as_linalg, "making copies loop nests")?;
+    run(context, module, TO_LOOPS, "lowering linalg to parallel loops")?;
+    // The ops the emitter outlined as functions (one per distinct op, called wherever it
+    // recurs) go back into their callers, where neighbouring nests can fuse.
+    run(context, module, INLINE, "inlining the outlined ops")?;
+    rewrite(
+        context,
+        module,
+        loop_fusion::gather_fusable_loops,
+        "gathering parallel loops to fuse",
+    )?;
+    run(context, module, FUSE, "fusing parallel loops")?;
+    // Fusion merges a reduction's initial store into its loop's nest; once the sum is carried
+    // in a register, the nests that read it can join too.
+    rewrite(
+        context,
+        module,
+        loop_fusion::accumulate_in_registers,
+        "carrying reductions in registers",
+    )?;
+    rewrite(
+        context,
+        module,
+        loop_fusion::gather_fusable_loops,
+        "gathering parallel loops to fuse",
+    )?;
+    run(context, module, FUSE, "fusing parallel loops")?;
+    rewrite(
+        context,
+        module,
+        loop_fusion::temporaries_in_registers,
+        "keeping fused intermediates in registers",
+    )
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
@@ -158,6 +200,11 @@ fn unescape(s: &str) -> String {
 }
 
 const TO_LOOPS: &str = "builtin.module(func.func(convert-linalg-to-parallel-loops),canonicalize)";
+
+const INLINE: &str = "builtin.module(inline,symbol-dce,canonicalize,cse)";
+
+/// `cse` first: fusion needs two nests' bounds to be the same SSA values.
+const FUSE: &str = "builtin.module(cse,func.func(scf-parallel-loop-fusion),canonicalize,cse)";
 
 /// Tiles each nest's first (after [`innermost_first`], innermost) axis by
 /// [`THREADS_PER_BLOCK`] and its second by [`ROWS_PER_BLOCK`], with a bounds check instead of a shorter last tile (launch sizes must

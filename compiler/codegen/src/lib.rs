@@ -8,6 +8,7 @@ pub mod gpu;
 mod header;
 mod link;
 pub mod llvm;
+mod loop_fusion;
 pub mod mlir_pipeline;
 
 pub use header::c_header;
@@ -128,6 +129,15 @@ pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> 
     Ok(module.as_operation().to_string())
 }
 
+/// `lmc emit --stage loops`: the GPU lowering's fused `scf.parallel` nests, one per kernel.
+pub fn emit_fused_loops(g: &Graph) -> Result<String, CodegenError> {
+    let text = emit_mlir::emit_module(g, &Target::CUDA);
+    let mlir = mlir_pipeline::new_context();
+    let mut module = mlir_pipeline::parse(&mlir, &text)?;
+    gpu::to_fused_loops(&mlir, &mut module)?;
+    Ok(module.as_operation().to_string())
+}
+
 /// `lmc emit --stage ptx`: the PTX of every GPU kernel of the graph, as `(name, PTX)`.
 pub fn emit_ptx(g: &Graph) -> Result<Vec<(String, String)>, CodegenError> {
     let text = emit_mlir::emit_module(g, &Target::CUDA);
@@ -162,6 +172,10 @@ fn build_llvm_module_on<'ctx>(
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
     match device {
         Device::Cuda => gpu::lower(&mlir, &mut module)?,
+        Device::Cpu if target.is_gpu() => {
+            gpu::to_fused_loops(&mlir, &mut module)?;
+            mlir_pipeline::lower_loops(&mlir, &mut module)?;
+        }
         Device::Cpu => mlir_pipeline::lower(&mlir, &mut module)?,
     }
     let llvm_module = llvm::translate(context, &module)?;

@@ -165,6 +165,14 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Ml
     run(context, module, OPENMP_TO_LLVM, "lowering MLIR to the llvm dialect")
 }
 
+/// The second half of [`lower`] alone, for a module already on buffers and loops: the GPU forms
+/// lowered for the host's cores after the GPU lowering's own first steps
+/// (`gpu::to_fused_loops`), which leave no matmul kernels to schedule.
+pub fn lower_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
+    run(context, module, TO_OPENMP, "lowering parallel loops to OpenMP")?;
+    run(context, module, OPENMP_TO_LLVM, "lowering MLIR to the llvm dialect")
+}
+
 /// Gives the matmul kernels' worksharing loops a dynamic schedule (one task at a time, to
 /// whichever thread is free), where every other loop keeps the static one (an equal share per
 /// thread, decided up front). A kernel's tasks are a few dozen blocks of columns, each long
