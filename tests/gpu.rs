@@ -278,8 +278,9 @@ fn jit_model_for(g: &lmc_core::ir::Graph, weights: &Path, target: lmc_codegen::T
     bind_jit(g, lmc_codegen::jit_for(g, &target), weights)
 }
 
-/// What cannot run on a GPU says so and exits 1, never a crash: `--stage ptx` without the
-/// CUDA target, and (on a machine without a GPU or driver) running a model on one.
+/// What cannot run on a GPU says so and exits 1, never a crash: `--stage ptx` or `loops` without
+/// the CUDA target, and (on a machine without a GPU or driver) running, timing, comparing or
+/// decoding a model on one.
 #[test]
 fn cuda_requests_that_cannot_be_met_are_clear_errors() {
     lmc_fails(
@@ -311,4 +312,32 @@ fn cuda_requests_that_cannot_be_met_are_clear_errors() {
         &["runs on an NVIDIA GPU", "use --device cpu"],
     );
     assert!(!out.exists(), "no output without a GPU");
+    // The commands that time and compare models check for the GPU before compiling anything.
+    let json = dir.join("report.json");
+    let commands: [&[&str]; 3] = [
+        &[
+            "ab",
+            "models/bert.model:BertModel",
+            "BertALiBi",
+            "--random-weights",
+            "--lengths",
+            "8",
+        ],
+        &["bench", "models/bert.model:BertModel", "--seq", "8"],
+        &[
+            "generate",
+            "models/gpt2.model",
+            "--random-weights",
+            "--input-ids",
+            "1,2",
+            "--max-new-tokens",
+            "2",
+        ],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--device", "cuda", "--json", json.to_str().unwrap()]);
+        lmc_fails(&args, &["--device cuda: no", "use --device cpu"]);
+        assert!(!json.exists(), "{command:?} wrote a report without a GPU");
+    }
 }

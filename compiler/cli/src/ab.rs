@@ -30,6 +30,8 @@ pub struct Workload {
     pub decode: Option<usize>,
     /// A text to score every variant on, per length (loss and perplexity): `--eval-text`.
     pub eval_text: Option<PathBuf>,
+    /// Where the variants run: `--device`.
+    pub device: lmc_codegen::Device,
 }
 
 /// A variant to compare: `FILE.model:MODEL`, what the report calls it, and its configuration.
@@ -64,7 +66,8 @@ struct DecodeModels {
 impl DecodeModels {
     /// Derives and compiles the decoding of `forward`, with caches for the longest prompt and
     /// `new` tokens (within a learned position table; longer prompts are skipped).
-    fn compile(spec: &str, forward: &Graph, weights: &Weights, lengths: &[usize], new: usize) -> Result<DecodeModels, String> {
+    fn compile(spec: &str, forward: &Graph, weights: &Weights, work: &Workload, new: usize) -> Result<DecodeModels, String> {
+        let lengths = &work.lengths;
         let longest = lengths.iter().max().copied().unwrap_or(1) + new - 1;
         let limit = forward.outputs.first().and_then(|(d, _)| match d.ty.dims.get(1) {
             Some(lmc_core::ir::Dim::Symbol(t)) => forward.symbols[t.0 as usize].max.as_ref().map(|b| b.limit as usize),
@@ -76,8 +79,8 @@ impl DecodeModels {
             // An encoder-decoder's prompt goes to the encoder: its decoder holds the new tokens.
             decoding = lmc_core::decode::derive_decode(forward, new as i64)?;
         }
-        let step = compile_graph(spec, decoding.step, weights)?;
-        let context = decoding.context.map(|g| compile_graph(spec, g, weights)).transpose()?;
+        let step = compile_graph(spec, decoding.step, weights, work.device)?;
+        let context = decoding.context.map(|g| compile_graph(spec, g, weights, work.device)).transpose()?;
         Ok(DecodeModels { step, context })
     }
 
@@ -150,7 +153,8 @@ enum Cell {
         outputs: Vec<HostTensor>,
         /// The most the forward's buffers held at once, over its runs (lmc's allocator counts;
         /// the temporaries of parallel loops' iterations make it vary a little with threads).
-        activation_bytes: usize,
+        /// `None` on a GPU, whose buffers the driver's pool holds.
+        activation_bytes: Option<usize>,
         /// The process's peak resident set during its runs (every variant's weights and code
         /// are loaded: differences between variants are what their runs add). `None` where
         /// Linux's `clear_refs` is not writable.
@@ -184,20 +188,21 @@ pub fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
     Ok(out)
 }
 
-pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs) -> Result<Compiled, String> {
+pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs, device: lmc_codegen::Device) -> Result<Compiled, String> {
     let checkpoint = match weights {
         Weights::Checkpoint(p) => Some(p.as_path()),
         Weights::Random(_) => None,
     };
     let o = overrides(config, checkpoint.filter(|p| p.is_dir())).map_err(message)?;
     let graph = load_model(spec, &o).map_err(message)?;
-    compile_graph(spec, graph, weights)
+    compile_graph(spec, graph, weights, device)
 }
 
-/// JIT-compiles a checked (or derived) graph and binds its weights.
-pub fn compile_graph(spec: &str, graph: Graph, weights: &Weights) -> Result<Compiled, String> {
+/// JIT-compiles a checked (or derived) graph for `device` and binds its weights.
+pub fn compile_graph(spec: &str, graph: Graph, weights: &Weights, device: lmc_codegen::Device) -> Result<Compiled, String> {
     let started = Instant::now();
-    let jit = std::sync::Arc::new(lmc_codegen::jit(&graph).map_err(|e| e.to_string())?);
+    let target = lmc_codegen::Target::for_device(device);
+    let jit = std::sync::Arc::new(lmc_codegen::jit_for(&graph, &target).map_err(|e| e.to_string())?);
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let in_jit = jit.clone();
     let lookup = move |name: &str| in_jit.lookup(name);
@@ -293,6 +298,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
     let threads = crate::commands::use_threads(work.threads)?;
+    crate::commands::require_device(work.device)?;
     let text = match &work.eval_text {
         None => None,
         Some(path) => {
@@ -312,7 +318,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     let mut variants = Vec::new();
     for (k, v) in specs.iter().enumerate() {
         eprintln!("[{}/{}] compiling {}", k + 1, specs.len(), v.spec);
-        let compiled = compile_variant(&v.spec, weights, &v.config);
+        let compiled = compile_variant(&v.spec, weights, &v.config, work.device);
         if let Err(e) = &compiled {
             eprintln!("  {} is left out: {e}", v.spec);
         }
@@ -321,7 +327,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
             (Some(0), _) => return Err(Failure::Message("`decode` must be at least 1 new token".into())),
             (Some(_), Err(e)) => Some(Err(e.clone())),
             (Some(new), Ok(c)) => {
-                let d = DecodeModels::compile(&v.spec, &c.graph, weights, &work.lengths, new);
+                let d = DecodeModels::compile(&v.spec, &c.graph, weights, work, new);
                 if let Err(e) = &d {
                     eprintln!("  {} cannot decode: {e}", v.spec);
                 }
@@ -338,7 +344,10 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
 
     // Static facts.
-    println!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" });
+    match work.device {
+        lmc_codegen::Device::Cpu => println!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" }),
+        lmc_codegen::Device::Cuda => println!("\nvariants (kernels on the GPU)"),
+    }
     let mut report_variants = Vec::new();
     for (k, v) in variants.iter().enumerate() {
         match &v.compiled {
@@ -416,7 +425,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     let report = json!({
         "title": title, "generator": lmc_abi::generator_string(),
         "eval_text": text.as_ref().map(|t| json!({ "path": t.path.display().to_string(), "tokens": t.ids.len() })),
-        "runs": work.runs, "warmup": work.warmup, "threads": threads, "interrupted": stopped,
+        "runs": work.runs, "warmup": work.warmup, "threads": threads, "device": work.device.as_str(), "interrupted": stopped,
         "variants": report_variants, "cells": report_cells,
     });
     let write = |path: &Path, text: String| {
@@ -495,7 +504,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                 cells.push(Cell::Ran {
                     times_ms: Vec::new(),
                     outputs: Vec::new(),
-                    activation_bytes: 0,
+                    activation_bytes: None,
                     peak_rss: None,
                 });
             }
@@ -558,7 +567,9 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                         times_ms.push(ms);
                     }
                     *outputs = out;
-                    *activation_bytes = (*activation_bytes).max(peak);
+                    if work.device == lmc_codegen::Device::Cpu {
+                        *activation_bytes = Some(activation_bytes.unwrap_or(0).max(peak));
+                    }
                     *peak_rss = rss.map(|r| peak_rss.map_or(r, |p| p.max(r)));
                 }
                 (Err(e), cell) => *cell = Cell::Skipped(format!("failed: {e}")),
@@ -668,7 +679,7 @@ fn print_cell(
                     fmt_ms(median),
                     format!("{} – {}", fmt_ms(p10), fmt_ms(p90)),
                     tokens / (median / 1e3),
-                    fmt_bytes(*activation_bytes),
+                    activation_bytes.map_or("on GPU".to_string(), fmt_bytes),
                     peak_rss.map_or("?".to_string(), |b| fmt_bytes(b as usize))
                 );
                 rows.push(json!({

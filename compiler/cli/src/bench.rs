@@ -23,6 +23,8 @@ pub struct Work {
     pub threads: Option<usize>,
     pub runs: usize,
     pub warmup: usize,
+    /// Where the model runs: `--device`.
+    pub device: lmc_codegen::Device,
 }
 
 pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, json_path: Option<&Path>) -> Result<(), Failure> {
@@ -32,12 +34,14 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
         threads,
         runs,
         warmup,
+        device,
     } = *work;
     if runs == 0 {
         return Err(Failure::Message("`--runs` must be at least 1".into()));
     }
     let threads = crate::commands::use_threads(threads)?;
-    let c = compile_variant(spec, weights, config).map_err(Failure::Message)?;
+    crate::commands::require_device(device)?;
+    let c = compile_variant(spec, weights, config, device).map_err(Failure::Message)?;
     if let Some(why) = length_limit(&c.graph, seq) {
         return Err(Failure::Message(format!("{spec} {why}")));
     }

@@ -16,6 +16,17 @@ pub fn use_threads(threads: Option<usize>) -> Result<usize, Failure> {
     Ok(lmc_codegen::llvm::threads())
 }
 
+/// Fails at once, saying what is missing, when `device` is a GPU that this machine does not have
+/// (no driver, no GPU): before anything is compiled.
+pub fn require_device(device: lmc_codegen::Device) -> Result<(), Failure> {
+    match device {
+        lmc_codegen::Device::Cpu => Ok(()),
+        lmc_codegen::Device::Cuda => lmc_runtime::cuda::cuda()
+            .map(|_| ())
+            .map_err(|e| Failure::Message(format!("--device cuda: {}", e.message()))),
+    }
+}
+
 /// How a command failed: diagnostics already printed, or one message still to print.
 pub enum Failure {
     Reported,

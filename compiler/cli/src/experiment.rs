@@ -123,6 +123,9 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             threads: file.threads,
             decode: file.decode,
             eval_text: file.eval_text.as_deref().map(relative),
+            // The command line's `--device`: where to run is the machine's business, not the
+            // experiment's.
+            device: lmc_codegen::Device::Cpu,
         },
     })
 }

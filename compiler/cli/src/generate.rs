@@ -24,6 +24,8 @@ pub struct Options {
     pub decoder_start: Option<i64>,
     /// `--json PATH`: timings (`prefill_ms`, `decode_tokens_per_s`) for the benchmarks.
     pub json: Option<std::path::PathBuf>,
+    /// Where the decode step runs: `--device`.
+    pub device: lmc_codegen::Device,
 }
 
 pub fn generate(
@@ -38,6 +40,7 @@ pub fn generate(
         return Err(Failure::Message("`--max-new-tokens` must be at least 1".into()));
     }
     use_threads(o.threads)?;
+    crate::commands::require_device(o.device)?;
     let checkpoint = match weights {
         Weights::Checkpoint(p) => Some(p.as_path()).filter(|p| p.is_dir()),
         Weights::Random(_) => None,
@@ -92,7 +95,7 @@ pub fn generate(
     let model_name = forward.model.clone();
     let decoding = lmc_core::decode::derive_decode(&forward, capacity)
         .map_err(|e| Failure::Message(format!("cannot derive decoding for {model_name}: {e}")))?;
-    let compiled = compile_graph(spec, decoding.step, weights).map_err(Failure::Message)?;
+    let compiled = compile_graph(spec, decoding.step, weights, o.device).map_err(Failure::Message)?;
     eprintln!(
         "compiled the decode step of {model_name} in {:.0} ms (caches for {capacity} positions)",
         compiled.compile_ms
@@ -101,7 +104,7 @@ pub fn generate(
     let context = match decoding.context {
         None => context,
         Some(graph) => {
-            let encoder = compile_graph(spec, graph, weights).map_err(Failure::Message)?;
+            let encoder = compile_graph(spec, graph, weights, o.device).map_err(Failure::Message)?;
             eprintln!("compiled its context function in {:.0} ms", encoder.compile_ms);
             lmc_runtime::generate::context(&encoder.model, context).map_err(|e| Failure::Message(e.to_string()))?
         }

@@ -156,6 +156,9 @@ enum Command {
         /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Where to run (the JIT compiles for it): `cuda` for an NVIDIA GPU.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Write the sequences (each prompt followed by its new tokens, as Hugging Face's
         /// `generate` returns them) to this safetensors file as `sequences` instead of printing.
         #[arg(short, long)]
@@ -186,6 +189,9 @@ enum Command {
         /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Where to run (the JIT compiles for it): `cuda` for an NVIDIA GPU.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Timed runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
@@ -238,6 +244,10 @@ enum Command {
         /// decode step [replaces an experiment file's `decode`].
         #[arg(long, value_name = "N")]
         decode: Option<usize>,
+        /// Where the variants run (the JIT compiles for it): `cuda` for an NVIDIA GPU [applies to
+        /// an experiment file too].
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// Score every variant on this text at each length: loss and perplexity of next-token
         /// prediction, tokenized with the checkpoint's `tokenizer.json` (needs --weights DIR)
         /// [replaces an experiment file's `eval_text`].
@@ -362,6 +372,7 @@ fn run(cli: Cli) -> ExitCode {
             eos_token_id,
             decoder_start_token_id,
             threads,
+            device,
             output,
             json,
             config,
@@ -377,6 +388,7 @@ fn run(cli: Cli) -> ExitCode {
                 decoder_start: decoder_start_token_id,
                 threads,
                 json,
+                device: device.device(),
             };
             generate::generate(&model, &weights, &config, &prompt, &options, output.as_deref())
         }
@@ -388,6 +400,7 @@ fn run(cli: Cli) -> ExitCode {
             batch,
             seq,
             threads,
+            device,
             runs,
             warmup,
             json,
@@ -400,6 +413,7 @@ fn run(cli: Cli) -> ExitCode {
                 threads,
                 runs,
                 warmup,
+                device: device.device(),
             };
             bench::bench(&model, &weights, &config, &work, json.as_deref())
         }
@@ -414,6 +428,7 @@ fn run(cli: Cli) -> ExitCode {
             warmup,
             threads,
             decode,
+            device,
             eval_text,
             json,
             csv,
@@ -439,6 +454,7 @@ fn run(cli: Cli) -> ExitCode {
                             w.threads = threads.or(w.threads);
                             w.decode = decode.or(w.decode);
                             w.eval_text = eval_text.or(w.eval_text.take());
+                            w.device = device.device();
                             ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
                         })
                     }
@@ -464,6 +480,7 @@ fn run(cli: Cli) -> ExitCode {
                         threads,
                         decode,
                         eval_text,
+                        device: device.device(),
                     };
                     ab::ab(None, &specs, &weights, &work, &reports)
                 }),
