@@ -12,7 +12,8 @@
 //!    fuse ([`crate::loop_fusion`]): a matmul with its bias and activation is one kernel;
 //! 3. each nest's axes are put innermost first ([`innermost_first`]), tiled by
 //!    [`THREADS_PER_BLOCK`] and mapped onto blocks and threads, so that a block's threads read
-//!    consecutive elements of the innermost axis; nests become `gpu.launch`, then kernels;
+//!    consecutive elements of the innermost axis; nests become `gpu.launch`, then kernels, each
+//!    distinct one kept once ([`deduplicate_kernels`]);
 //! 4. host allocations become device allocations ([`allocate_on_device`]);
 //! 5. the kernels go to NVVM and PTX (`gpu-module-to-binary{format=isa}`, so no CUDA toolkit
 //!    is needed: the driver compiles the PTX when the runtime loads it), the host code to LLVM.
@@ -73,7 +74,7 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
     to_fused_loops(context, module)?;
     rewrite(context, module, innermost_first, "ordering parallel loops innermost first")?;
     run(context, module, &to_kernels(), "mapping parallel loops to GPU kernels")?;
-    let text = module.as_operation().to_string();
+    let text = deduplicate_kernels(&module.as_operation().to_string());
     check_host_code(&text)?;
     *module = mlir_pipeline::parse(context, &allocate_on_device(&text)).map_err(|e| MlirError {
         stage: "allocating host buffers on the device",
@@ -293,6 +294,60 @@ fn innermost_first(text: &str) -> String {
     out
 }
 
+/// Keeps one of each set of identical kernels and launches it wherever any of the set was.
+/// Outlining makes a kernel module per launch site, and fusion inlined the ops that recur (every
+/// layer's same ops), so without this a 12-layer model would carry, and the driver compile at
+/// load, twelve copies of each of its layer's kernels. Kernels take their buffers and sizes as
+/// arguments, so the same op in another layer is the same text.
+fn deduplicate_kernels(text: &str) -> String {
+    const HEAD: &str = "  gpu.module @";
+    let lines: Vec<&str> = text.lines().collect();
+    // Each kernel module: (name, first line, line after its end).
+    let mut modules = Vec::new();
+    let mut k = 0;
+    while k < lines.len() {
+        let Some(name) = lines[k].strip_prefix(HEAD).and_then(|rest| rest.strip_suffix(" {")) else {
+            k += 1;
+            continue;
+        };
+        let end = (k + 1..lines.len()).find(|&j| lines[j] == "  }").map_or(lines.len(), |j| j + 1);
+        modules.push((name, k, end));
+        k = end;
+    }
+    let mut first_of: std::collections::HashMap<&[&str], &str> = std::collections::HashMap::new();
+    let mut replaced_by: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut dropped = vec![false; lines.len()];
+    for &(name, start, end) in &modules {
+        let body = &lines[start + 1..end];
+        match first_of.get(body) {
+            Some(&kept) => {
+                replaced_by.insert(name, kept);
+                dropped[start..end].iter_mut().for_each(|d| *d = true);
+            }
+            None => {
+                first_of.insert(body, name);
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for (line, dropped) in lines.iter().zip(dropped) {
+        if dropped {
+            continue;
+        }
+        let launched = line
+            .find("gpu.launch_func ")
+            .and_then(|at| {
+                let rest = line[at..].split_once('@')?.1;
+                let name = rest.split_once("::")?.0;
+                Some((name, replaced_by.get(name)?))
+            })
+            .map(|(name, kept)| line.replacen(&format!("@{name}::"), &format!("@{kept}::"), 1));
+        out.push_str(launched.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// Host code (outside `gpu.module`s and `gpu.launch`es) must not touch memory: every buffer is
 /// on the device. A loop nest that did not become a kernel would read device memory on the host
 /// and crash; this turns that compiler bug into an error naming the op. The one exception is a
@@ -393,6 +448,52 @@ mod tests {
         assert!(out.contains("%a = gpu.alloc (%d) : memref<?xf32>"), "{out}");
         assert!(out.contains("%t = memref.alloc() : memref<4xf32>"), "{out}");
         assert!(out.contains("gpu.dealloc %a : memref<?xf32>"), "{out}");
+    }
+
+    #[test]
+    fn identical_kernels_are_kept_once() {
+        let text = "\
+module attributes {gpu.container_module} {
+  func.func @forward(%a: memref<?xf32>, %b: memref<?xf32>) {
+    gpu.launch_func  @forward_kernel::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%a : memref<?xf32>)
+    gpu.launch_func  @forward_kernel_0::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%b : memref<?xf32>)
+    gpu.launch_func  @forward_kernel_1::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%b : memref<?xf32>)
+    return
+  }
+  gpu.module @forward_kernel {
+    gpu.func @forward_kernel(%arg0: memref<?xf32>) kernel {
+      gpu.return
+    }
+  }
+  gpu.module @forward_kernel_0 {
+    gpu.func @forward_kernel(%arg0: memref<?xf32>) kernel {
+      gpu.return
+    }
+  }
+  gpu.module @forward_kernel_1 {
+    gpu.func @forward_kernel(%arg0: memref<?xf64>) kernel {
+      gpu.return
+    }
+  }
+}
+";
+        let out = deduplicate_kernels(text);
+        assert!(!out.contains("gpu.module @forward_kernel_0 "), "{out}");
+        assert!(
+            out.contains("gpu.module @forward_kernel {") && out.contains("gpu.module @forward_kernel_1 {"),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("gpu.launch_func  @forward_kernel::@forward_kernel ").count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(
+            out.matches("gpu.launch_func  @forward_kernel_1::@forward_kernel ").count(),
+            1,
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), text.lines().count() - 5);
     }
 
     #[test]
