@@ -121,15 +121,24 @@ pub fn bind_jit(
     jit: Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>,
     weights: &Path,
 ) -> lmc_runtime::LoadedModel {
+    bind_jit_with(g, jit, |_| lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
+}
+
+/// Loads a module the JIT compiled for graph `g` and binds the weights `weights` gives for its
+/// manifest (random ones, say).
+pub fn bind_jit_with(
+    g: &lmc_core::ir::Graph,
+    jit: Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>,
+    weights: impl FnOnce(&lmc_abi::Manifest) -> lmc_runtime::WeightsSource,
+) -> lmc_runtime::LoadedModel {
     let jit = std::sync::Arc::new(jit.unwrap_or_else(|e| panic!("{}: {e}", g.model)));
     let handle = jit.clone();
     let lookup = move |name: &str| handle.lookup(name);
     // SAFETY: the symbols come from the module just generated for this ABI; the JIT that owns
     // the code is the keep-alive.
     let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.unwrap_or_else(|e| panic!("{}: {e}", g.model));
-    module
-        .bind_weights(lmc_runtime::WeightsSource::Path(weights.to_path_buf()))
-        .unwrap_or_else(|e| panic!("{}: {e}", g.model))
+    let source = weights(module.manifest());
+    module.bind_weights(source).unwrap_or_else(|e| panic!("{}: {e}", g.model))
 }
 
 /// Reads every tensor of a safetensors file as it is (any dtype).

@@ -21,9 +21,9 @@
 //! Every kernel is a loop nest with one thread per result element; there are no tensor-core
 //! matmuls or fused attention kernel yet.
 
-use crate::loop_fusion;
 use crate::mlir_pipeline::{self, run, MlirError};
 use crate::CodegenError;
+use crate::{loop_fusion, split_k};
 use melior::ir::Module;
 use melior::Context;
 use std::path::PathBuf;
@@ -144,7 +144,9 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
         module,
         loop_fusion::temporaries_in_registers,
         "keeping fused intermediates in registers",
-    )
+    )?;
+    // Last, so that a split sum's second nest keeps the epilogue fused into it.
+    rewrite(context, module, split_k::split_sums, "splitting long sums")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.

@@ -10,6 +10,7 @@ mod link;
 pub mod llvm;
 mod loop_fusion;
 pub mod mlir_pipeline;
+mod split_k;
 
 pub use header::c_header;
 pub use mlir_pipeline::MlirError;

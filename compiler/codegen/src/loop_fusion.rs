@@ -140,14 +140,14 @@ fn join(lines: Vec<String>) -> String {
     text
 }
 
-fn indent_of(line: &str) -> usize {
+pub(crate) fn indent_of(line: &str) -> usize {
     line.len() - line.trim_start().len()
 }
 
 /// Splits a block's lines (all at one indentation for its ops) into ops: a line at that
 /// indentation and the lines after it that are deeper, or at the same indentation and start with
 /// `}` (a region's end, `} else {`).
-fn split_ops<S: AsRef<str>>(lines: &[S]) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn split_ops<S: AsRef<str>>(lines: &[S]) -> Vec<std::ops::Range<usize>> {
     let mut ops = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -277,7 +277,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 /// Every `%name` in `text`, in order.
-fn ssa_names(text: &str) -> Vec<&str> {
+pub(crate) fn ssa_names(text: &str) -> Vec<&str> {
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find('%') {
