@@ -5,9 +5,9 @@
 //! another. Here such a nest becomes two:
 //!
 //! 1. partial sums: `S` threads per output, thread `s` summing its chunk of `ceil(K / S)`
-//!    products into `partial[s·X + i, ...]` (the chunk index merged with the nest's first axis,
-//!    so the nest keeps at most three axes, which the GPU mapping gives all to blocks and
-//!    threads);
+//!    products into `partial[..., s·Y + i, n]` (the chunk index merged with the axis next to
+//!    the innermost, so the nest keeps at most three axes, which the GPU mapping gives all to
+//!    blocks and threads);
 //! 2. the original nest, whose sum is now over the `S` partial sums, then its epilogue.
 //!
 //! `S` is chosen at run time, from the nest's size: enough threads to fill the GPU
@@ -150,7 +150,12 @@ fn split(op: &[&str], constants: &HashMap<&str, (&str, &str)>, n: usize) -> Opti
     let c = |name: &str| format!("%lmc_c{name}_{n}");
     let inner = format!("{indent}  ");
     let deeper = format!("{indent}    ");
-    let first_axis = upper[0];
+    // The axis the chunks share: the one next to the innermost, which the GPU's mapping spreads
+    // over a block's rows (the innermost goes across its threads). A nest of one row (a token
+    // being decoded) then still fills its blocks, with chunks, and a nest of many rows that
+    // gets one chunk keeps its shape.
+    let merged = ivs.len() - 2;
+    let merged_size = upper[merged];
     let mut host = vec![
         format!("{indent}{} = arith.constant 0 : index", c("0")),
         format!("{indent}{} = arith.constant 1 : index", c("1")),
@@ -170,45 +175,42 @@ fn split(op: &[&str], constants: &HashMap<&str, (&str, &str)>, n: usize) -> Opti
         format!("{indent}%lmc_atleast{n} = arith.maxui %lmc_want{n}, {} : index", c("1")),
         format!("{indent}{s} = arith.minui %lmc_atleast{n}, {} : index", c("most")),
         format!("{indent}{chunk} = arith.ceildivui {}, {s} : index", c("k")),
-        format!("{indent}{rows} = arith.muli {s}, {first_axis} : index"),
+        format!("{indent}{rows} = arith.muli {s}, {merged_size} : index"),
     ]);
-    // The partial sums' buffer: [S·X, ...the other axes].
-    let dynamic: Vec<&str> = std::iter::once(rows.as_str())
-        .chain(upper[1..].iter().copied().filter(|u| index_constant(constants, u).is_none()))
+    // The partial sums' buffer: the nest's shape, its shared axis S times longer.
+    let sizes: Vec<&str> = upper
+        .iter()
+        .enumerate()
+        .map(|(a, u)| if a == merged { rows.as_str() } else { u })
         .collect();
-    let shape: Vec<String> = std::iter::once("?".to_string())
-        .chain(
-            upper[1..]
-                .iter()
-                .map(|u| index_constant(constants, u).map_or("?".to_string(), |v| v.to_string())),
-        )
+    let dynamic: Vec<&str> = sizes.iter().copied().filter(|u| index_constant(constants, u).is_none()).collect();
+    let shape: Vec<String> = sizes
+        .iter()
+        .map(|u| index_constant(constants, u).map_or("?".to_string(), |v| v.to_string()))
         .collect();
     let partial_ty = format!("memref<{}xf32>", shape.join("x"));
     host.push(format!(
         "{indent}{partial} = memref.alloc({}) {{alignment = 64 : i64}} : {partial_ty}",
         dynamic.join(", ")
     ));
-    // Nest 1: the chunk index merged with the first axis, placed second so that the GPU's
-    // mapping (innermost axis across a block's threads, the next by rows of a block) gives the
-    // chunks the block's rows: a nest of one row (decoding) still fills its blocks.
-    let mut nest1_ivs: Vec<String> = ivs.iter().map(|s| s.to_string()).collect();
-    nest1_ivs[0] = j.clone();
-    let mut nest1_upper: Vec<String> = upper.iter().map(|s| s.to_string()).collect();
-    nest1_upper[0] = rows.clone();
-    if ivs.len() == 3 {
-        nest1_ivs.swap(0, 1);
-        nest1_upper.swap(0, 1);
-    }
+    // Nest 1: each thread sums its chunk of one output's products.
+    let with = |at: &str| -> String {
+        ivs.iter()
+            .enumerate()
+            .map(|(a, iv)| if a == merged { at } else { iv })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let zeros = vec![c("0"); ivs.len()].join(", ");
     let ones = vec![c("1"); ivs.len()].join(", ");
     let mut nest1 = vec![format!(
         "{indent}scf.parallel ({}) = ({zeros}) to ({}) step ({ones}) {{",
-        nest1_ivs.join(", "),
-        nest1_upper.join(", ")
+        with(&j),
+        sizes.join(", ")
     )];
     nest1.extend([
-        format!("{inner}%lmc_which{n} = arith.divui {j}, {first_axis} : index"),
-        format!("{inner}{} = arith.remui {j}, {first_axis} : index", ivs[0]),
+        format!("{inner}%lmc_which{n} = arith.divui {j}, {merged_size} : index"),
+        format!("{inner}{} = arith.remui {j}, {merged_size} : index", ivs[merged]),
         format!("{inner}{lo} = arith.muli %lmc_which{n}, {chunk} : index"),
         format!("{inner}%lmc_end{n} = arith.addi {lo}, {chunk} : index"),
         format!("{inner}{hi} = arith.minui %lmc_end{n}, {} : index", c("k")),
@@ -219,27 +221,23 @@ fn split(op: &[&str], constants: &HashMap<&str, (&str, &str)>, n: usize) -> Opti
     ]);
     nest1.extend(for_body.iter().map(|l| l.to_string()));
     nest1.push(sum[sum.len() - 1].to_string());
-    let mut at = vec![j.clone()];
-    at.extend(ivs[1..].iter().map(|s| s.to_string()));
-    nest1.push(format!(
-        "{inner}memref.store %lmc_psum{n}, {partial}[{}] : {partial_ty}",
-        at.join(", ")
-    ));
+    nest1.push(format!("{inner}memref.store %lmc_psum{n}, {partial}[{}] : {partial_ty}", with(&j)));
     nest1.push(format!("{inner}scf.reduce"));
     nest1.push(closing.to_string());
     // Nest 2: the original, summing the partial sums.
     let mut nest2 = vec![header.to_string()];
-    let mut at = vec![format!("%lmc_row{n}")];
-    at.extend(ivs[1..].iter().map(|s| s.to_string()));
     nest2.extend([
         format!(
             "{inner}{sum_name} = scf.for %lmc_s{n} = {} to {s} step {} iter_args(%lmc_acc{n} = {init}) -> (f32) {{",
             c("0"),
             c("1")
         ),
-        format!("{deeper}%lmc_base{n} = arith.muli %lmc_s{n}, {first_axis} : index"),
-        format!("{deeper}%lmc_row{n} = arith.addi %lmc_base{n}, {} : index", ivs[0]),
-        format!("{deeper}%lmc_p{n} = memref.load {partial}[{}] : {partial_ty}", at.join(", ")),
+        format!("{deeper}%lmc_base{n} = arith.muli %lmc_s{n}, {merged_size} : index"),
+        format!("{deeper}%lmc_row{n} = arith.addi %lmc_base{n}, {} : index", ivs[merged]),
+        format!(
+            "{deeper}%lmc_p{n} = memref.load {partial}[{}] : {partial_ty}",
+            with(&format!("%lmc_row{n}"))
+        ),
         format!("{deeper}%lmc_total{n} = arith.addf %lmc_acc{n}, %lmc_p{n} : f32"),
         format!("{deeper}scf.yield %lmc_total{n} : f32"),
         format!("{inner}}}"),
@@ -293,18 +291,19 @@ module {
             "{out}"
         );
         assert!(out.contains("%lmc_cmost_0 = arith.constant 8 : index"), "{out}");
-        // Nest 1: chunks merged with the first axis, placed second; each sums its chunk.
+        // Nest 1: chunks merged with the axis next to the innermost; each sums its chunk.
         assert!(
-            out.contains("scf.parallel (%t, %lmc_part0, %n) = (%lmc_c0_0, %lmc_c0_0, %lmc_c0_0) to (%dim_0, %lmc_split_rows0, %c64)"),
+            out.contains("scf.parallel (%i, %lmc_part0, %n) = (%lmc_c0_0, %lmc_c0_0, %lmc_c0_0) to (%dim, %lmc_split_rows0, %c64)"),
             "{out}"
         );
-        assert!(out.contains("%i = arith.remui %lmc_part0, %dim : index"), "{out}");
+        assert!(out.contains("%lmc_split_rows0 = arith.muli %lmc_split0, %dim_0 : index"), "{out}");
+        assert!(out.contains("%t = arith.remui %lmc_part0, %dim_0 : index"), "{out}");
         assert!(
             out.contains("%lmc_psum0 = scf.for %k = %lmc_lo0 to %lmc_hi0 step %lmc_c1_0 iter_args(%acc = %cst) -> (f32) {"),
             "{out}"
         );
         assert!(
-            out.contains("memref.store %lmc_psum0, %lmc_partial0[%lmc_part0, %t, %n] : memref<?x?x64xf32>"),
+            out.contains("memref.store %lmc_psum0, %lmc_partial0[%i, %lmc_part0, %n] : memref<?x?x64xf32>"),
             "{out}"
         );
         // Nest 2: the original, its sum over the partial sums, then its epilogue.
@@ -313,7 +312,7 @@ module {
             "{out}"
         );
         assert!(
-            out.contains("%lmc_p0 = memref.load %lmc_partial0[%lmc_row0, %t, %n] : memref<?x?x64xf32>"),
+            out.contains("%lmc_p0 = memref.load %lmc_partial0[%i, %lmc_row0, %n] : memref<?x?x64xf32>"),
             "{out}"
         );
         assert!(out.contains("      %1 = math.tanh %0 : f32"), "{out}");
