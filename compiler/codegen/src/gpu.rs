@@ -146,7 +146,8 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
         "keeping fused intermediates in registers",
     )?;
     // Last, so that a split sum's second nest keeps the epilogue fused into it.
-    rewrite(context, module, split_k::split_sums, "splitting long sums")
+    rewrite(context, module, split_k::split_sums, "splitting long sums")?;
+    run(context, module, TIDY, "simplifying the split sums")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
@@ -203,6 +204,8 @@ fn unescape(s: &str) -> String {
 }
 
 const TO_LOOPS: &str = "builtin.module(func.func(convert-linalg-to-parallel-loops),canonicalize)";
+
+const TIDY: &str = "builtin.module(canonicalize,cse)";
 
 const INLINE: &str = "builtin.module(inline,symbol-dce,canonicalize,cse)";
 
