@@ -230,7 +230,8 @@ mod corpus {
     }
 
     /// The GPU's forms of the ops (`--target cuda`: plain loop nests, transposed weights, a
-    /// whole attention), as its MLIR is emitted.
+    /// whole attention), as its MLIR is emitted, and its loop nests after fusion, one per kernel
+    /// (`lmc emit --stage loops`): a change in what fuses shows here.
     #[test]
     fn cuda_mlir_snapshots() {
         for g in graphs()
@@ -241,17 +242,6 @@ mod corpus {
                 format!("corpus_{}_cuda_mlir", g.model),
                 lmc_codegen::emit_mlir(&g, &lmc_codegen::Target::CUDA)
             );
-        }
-    }
-
-    /// The same models' GPU loop nests after fusion, one per kernel (`lmc emit --stage loops`):
-    /// a change in what fuses shows here.
-    #[test]
-    fn cuda_loops_snapshots() {
-        for g in graphs()
-            .into_iter()
-            .filter(|g| ["Contractions", "Attentions", "Recurrences"].contains(&g.model.as_str()))
-        {
             insta::assert_snapshot!(
                 format!("corpus_{}_cuda_loops", g.model),
                 lmc_codegen::emit_fused_loops(&g).unwrap_or_else(|e| panic!("{e}"))

@@ -117,13 +117,7 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
     // The ops the emitter outlined as functions (one per distinct op, called wherever it
     // recurs) go back into their callers, where neighbouring nests can fuse.
     run(context, module, INLINE, "inlining the outlined ops")?;
-    rewrite(
-        context,
-        module,
-        loop_fusion::gather_fusable_loops,
-        "gathering parallel loops to fuse",
-    )?;
-    run(context, module, FUSE, "fusing parallel loops")?;
+    fuse_neighbours(context, module)?;
     // Fusion merges a reduction's initial store into its loop's nest; once the sum is carried
     // in a register, the nests that read it can join too.
     rewrite(
@@ -132,13 +126,7 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
         loop_fusion::accumulate_in_registers,
         "carrying reductions in registers",
     )?;
-    rewrite(
-        context,
-        module,
-        loop_fusion::gather_fusable_loops,
-        "gathering parallel loops to fuse",
-    )?;
-    run(context, module, FUSE, "fusing parallel loops")?;
+    fuse_neighbours(context, module)?;
     rewrite(
         context,
         module,
@@ -148,6 +136,18 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
     // Last, so that a split sum's second nest keeps the epilogue fused into it.
     rewrite(context, module, split_k::split_sums, "splitting long sums")?;
     run(context, module, TIDY, "simplifying the split sums")
+}
+
+/// Fuses each run of neighbouring nests over the same elements, once the allocations between
+/// them are moved out of the way.
+fn fuse_neighbours<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
+    rewrite(
+        context,
+        module,
+        loop_fusion::gather_fusable_loops,
+        "gathering parallel loops to fuse",
+    )?;
+    run(context, module, FUSE, "fusing parallel loops")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
