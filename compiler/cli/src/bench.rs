@@ -66,12 +66,16 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
     let params = lmc_core::cost::param_counts(&c.graph);
     let (median, p10, p90) = (quantile(&times, 0.5), quantile(&times, 0.1), quantile(&times, 0.9));
     let run_peak = status_bytes("VmHWM:").filter(|_| resettable);
-    let activations = lmc_abi::buffers::peak_live_bytes();
+    // On a GPU the buffers are the driver's, which lmc's allocator does not see.
+    let activations = device.is_cpu().then(lmc_abi::buffers::peak_live_bytes);
     let rss = rss.max(run_peak);
-    println!(
-        "{spec}  batch {batch}, seq {seq}, {threads} thread{}",
-        if threads == 1 { "" } else { "s" }
-    );
+    match device {
+        lmc_codegen::Device::Cpu => println!(
+            "{spec}  batch {batch}, seq {seq}, {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        ),
+        lmc_codegen::Device::Cuda => println!("{spec}  batch {batch}, seq {seq}, on the GPU"),
+    }
     println!("  parameters   {}", fmt_count(params.total));
     println!("  compile      {}", fmt_ms(c.compile_ms));
     println!(
@@ -94,17 +98,20 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
     if let Some(peak) = run_peak {
         println!("  running      {:.1} MiB peak RSS (the whole process)", peak as f64 / 1048576.0);
     }
-    println!(
-        "  activations  {:.1} MiB (the most the forward's buffers held at once)",
-        activations as f64 / 1048576.0
-    );
+    match activations {
+        Some(bytes) => println!(
+            "  activations  {:.1} MiB (the most the forward's buffers held at once)",
+            bytes as f64 / 1048576.0
+        ),
+        None => println!("  activations  not counted on a GPU (the driver's memory pool holds the buffers)"),
+    }
     if let Some(path) = json_path {
         let report = json!({
             "model": spec, "batch": batch, "seq": seq, "threads": threads, "runs": runs, "warmup": warmup,
             "median_ms": median, "p10_ms": p10, "p90_ms": p90, "times_ms": times,
             "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / (median / 1e3),
             "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,
-            "run_peak_rss_bytes": run_peak, "activation_bytes": activations,
+            "run_peak_rss_bytes": run_peak, "activation_bytes": activations, "device": device.as_str(),
             "generator": lmc_abi::generator_string(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default() + "\n")

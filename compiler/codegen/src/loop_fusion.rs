@@ -5,7 +5,7 @@
 //! nests over the same iteration space when each reads what the one before wrote only at its own
 //! index, but it stops at anything with a memory effect between them (an allocation, a
 //! deallocation) and at a buffer written twice (a reduction's initial value, then its sum).
-//! The two rewrites here remove those obstacles:
+//! The rewrites here remove those obstacles, and the memory traffic fusion leaves:
 //!
 //! - [`gather_fusable_loops`]: in a run of nests over one iteration space, the buffers the run
 //!   allocates are allocated before it and the ones it frees are freed after it;
@@ -17,7 +17,7 @@
 //!   element only inside one nest's body (an intermediate of a fused chain) is not allocated;
 //!   its reads take the value written.
 //!
-//! Both work on the printed module, like [`crate::dealloc`]: MLIR prints one op per line, and an
+//! All three work on the printed module, like [`crate::dealloc`]: MLIR prints one op per line, and an
 //! op's regions are the lines indented deeper than it, up to its closing brace at its own
 //! indentation. A block they do not understand (one with block labels) is left as it is.
 
@@ -58,8 +58,9 @@ pub fn temporaries_in_registers(text: &str) -> String {
     }
     let all: Vec<&str> = text.lines().collect();
     let mut temporaries: Vec<Temporary> = mentions.iter().filter_map(|(buffer, at)| temporary(&all, buffer, at)).collect();
-    // Last first: a later temporary's reads may be renamed to a value an earlier one's reads
-    // then rename again, which applies both.
+    // Last first: a later temporary may store what an earlier one's read gave, so its reads are
+    // renamed to that read first, and the earlier temporary's renaming then takes them on to
+    // the value the earlier store wrote.
     temporaries.sort_by_key(|t| std::cmp::Reverse(t.store));
     for t in temporaries {
         for k in &t.removed {

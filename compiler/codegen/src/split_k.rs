@@ -21,8 +21,8 @@
 use crate::loop_fusion::{indent_of, split_ops, ssa_names};
 use std::collections::HashMap;
 
-/// Threads that keep a GPU of compute capability 9.0 busy: 132 multiprocessors (H100 SXM has
-/// 132, H200 132) of 2048 resident threads each.
+/// Threads that keep a GPU of compute capability 9.0 busy: 132 multiprocessors (H100 SXM and
+/// H200 have 132) of 2048 resident threads each.
 pub const TARGET_THREADS: i64 = 132 * 2048;
 
 /// The fewest products a chunk sums.
@@ -31,7 +31,8 @@ pub const MIN_CHUNK: i64 = 64;
 /// The shortest sum that is split.
 pub const MIN_K: i64 = 256;
 
-/// Splits every qualifying sum of every function of the module.
+/// Splits every qualifying sum in the nests of each function's body (not those inside loops,
+/// such as a scan's steps).
 pub fn split_sums(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let mut out: Vec<String> = Vec::with_capacity(lines.len());
