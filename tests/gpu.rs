@@ -240,9 +240,10 @@ fn gpu_greedy_decoding_matches_transformers() {
 /// GPU) give the CPU's results. The fixtures are too narrow to split (`K` under 256), so this
 /// widens GPT-2 to 258 (two heads of 129; sums of 258 and 1032 products, in chunks of 65 with a
 /// shorter last one), on seeded random weights: its GPU forms lowered for the host against its
-/// CPU kernels, the forward and greedy decoding through the derived decode step.
+/// CPU kernels, the forward and greedy decoding through the derived decode step; with a GPU,
+/// the same on the GPU.
 #[test]
-fn split_sums_match_the_cpu() {
+fn gpu_split_sums_match_the_cpu() {
     let dir = scratch("wide_gpt2");
     let fixture = root().join("tests/fixtures/gpt2_tiny");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
@@ -262,26 +263,40 @@ fn split_sums_match_the_cpu() {
         lmc_runtime::HostTensor::from_i64("input_ids", vec![batch, length], ids.clone()).unwrap(),
         lmc_runtime::HostTensor::from_i64("attention_mask", vec![batch, length], vec![1; batch * length]).unwrap(),
     ];
+    let on_gpu = lmc_runtime::cuda::cuda().is_ok();
+    let splits = |g: &lmc_core::ir::Graph| {
+        let mut runs = vec![("on the host", bind_jit_with(g, lmc_codegen::jit_gpu_forms_on_host(g), random))];
+        if on_gpu {
+            runs.push((
+                "on the GPU",
+                bind_jit_with(g, lmc_codegen::jit_for(g, &lmc_codegen::Target::CUDA), random),
+            ));
+        }
+        runs
+    };
     let cpu = bind_jit_with(&g, lmc_codegen::jit(&g), random);
-    let split = bind_jit_with(&g, lmc_codegen::jit_gpu_forms_on_host(&g), random);
-    let (want, got) = (cpu.run(&inputs).unwrap(), split.run(&inputs).unwrap());
-    let (want, got) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
+    let want = cpu.run(&inputs).unwrap();
+    let want = want[0].as_f32().unwrap();
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let err = max_abs_diff(want, got);
-    assert!(
-        err <= 1e-5 * scale,
-        "split sums differ from the CPU's by {err} (outputs up to {scale})"
-    );
+    for (place, split) in splits(&g) {
+        let got = split.run(&inputs).unwrap();
+        let err = max_abs_diff(want, got[0].as_f32().unwrap());
+        assert!(
+            err <= 1e-5 * scale,
+            "split sums {place} differ from the CPU's by {err} (outputs up to {scale})"
+        );
+    }
     // Decoding: one position per step, the case split sums are for.
     let step = lmc_core::decode::derive_decode(&g, (length + 5) as i64)
         .unwrap_or_else(|e| panic!("{e}"))
         .step;
     let rows: Vec<Vec<i64>> = ids.chunks(length).map(<[i64]>::to_vec).collect();
     let cpu = bind_jit_with(&step, lmc_codegen::jit(&step), random);
-    let split = bind_jit_with(&step, lmc_codegen::jit_gpu_forms_on_host(&step), random);
     let want = lmc_runtime::greedy(&cpu, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
-    let got = lmc_runtime::greedy(&split, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got.tokens, want.tokens, "greedy decoding with split sums");
+    for (place, split) in splits(&step) {
+        let got = lmc_runtime::greedy(&split, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.tokens, want.tokens, "greedy decoding with split sums {place}");
+    }
 }
 
 /// A graph's GPU forms, lowered for the host, with a checkpoint's weights bound.
