@@ -1,10 +1,11 @@
 //! The GPU target (`--target cuda`), in two parts.
 //!
 //! Without a GPU (CI): every zoo model lowers to PTX for sm_90, each distinct kernel once, and
-//! each kernel's PTX assembles
-//! with `ptxas` (from the PyPI package `nvidia-cuda-nvcc-cu12`, which `scripts/setup.sh`
-//! unpacks; the test says so and skips the assembly when it is missing); the host code of a
-//! CUDA module links into a shared library that exports the device ABI.
+//! each kernel's PTX assembles with `ptxas` (from the PyPI package `nvidia-cuda-nvcc-cu12`,
+//! which `scripts/setup.sh` unpacks; the test says so and skips the assembly when it is
+//! missing); the host code of a CUDA module links into a shared library that exports the device
+//! ABI; the GPU's forms of the ops, fused and with split sums, lowered for the host, match
+//! Hugging Face and the CPU's kernels.
 //!
 //! With a GPU: every zoo model, compiled for the GPU and for the CPU, runs on its Hugging Face
 //! fixture's inputs, and the two agree within 1e-3 (absolute, on outputs of order 1-10), and
