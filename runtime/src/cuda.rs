@@ -415,25 +415,24 @@ impl Drop for DeviceBuffer {
         if self.ptr == 0 {
             return;
         }
+        if !self.host_mapped {
+            // SAFETY: a pointer cuMemAllocAsync returned, freed once.
+            unsafe { free_device(self.ptr) };
+            return;
+        }
         if let Ok(cuda) = cuda() {
             cuda.make_current();
-            if self.host_mapped {
-                // Kernels queued before the drop may still read it.
-                // SAFETY: our stream.
-                unsafe { (cuda.driver.stream_synchronize)(cuda.stream) };
-                if self.bytes == PINNED_BLOCK {
-                    if let Ok(mut free) = PINNED.lock() {
-                        free.push(self.ptr as usize);
-                        return;
-                    }
+            // Kernels queued before the drop may still read it.
+            // SAFETY: our stream.
+            unsafe { (cuda.driver.stream_synchronize)(cuda.stream) };
+            if self.bytes == PINNED_BLOCK {
+                if let Ok(mut free) = PINNED.lock() {
+                    free.push(self.ptr as usize);
+                    return;
                 }
-                // SAFETY: pinned memory cuMemHostAlloc returned, freed once.
-                unsafe { (cuda.driver.mem_free_host)(self.ptr as usize as *mut c_void) };
-                return;
             }
-            // SAFETY: a pointer cuMemAllocAsync returned, freed once, in stream order.
-            let code = unsafe { (cuda.driver.mem_free_async)(self.ptr, cuda.stream) };
-            cuda.record("freeing device memory", code);
+            // SAFETY: pinned memory cuMemHostAlloc returned, freed once.
+            unsafe { (cuda.driver.mem_free_host)(self.ptr as usize as *mut c_void) };
         }
     }
 }
@@ -490,14 +489,22 @@ extern "C" fn mgpu_module_load(data: *const c_void, _size: usize) -> Handle {
     mgpu_module_load_jit(data, 0)
 }
 
+/// A handle the driver makes through an out-pointer (`make`), or null, with the failure
+/// recorded, when it does not (or something failed before).
+fn made(what: &str, make: impl FnOnce(&Cuda, *mut Handle) -> CuResult) -> Handle {
+    let Some(cuda) = live() else { return std::ptr::null_mut() };
+    let mut handle = std::ptr::null_mut();
+    let code = make(cuda, &mut handle);
+    cuda.record(what, code);
+    handle
+}
+
 /// Loads a kernel module from NUL-terminated PTX; the driver compiles it for the device.
 extern "C" fn mgpu_module_load_jit(data: *const c_void, _opt_level: c_int) -> Handle {
-    let Some(cuda) = live() else { return std::ptr::null_mut() };
-    let mut module = std::ptr::null_mut();
-    // SAFETY: `data` is the module's embedded PTX, NUL-terminated.
-    let code = unsafe { (cuda.driver.module_load_data)(&mut module, data) };
-    cuda.record("loading a kernel module (PTX)", code);
-    module
+    // SAFETY: `data` is the module's embedded PTX, NUL-terminated; the out-pointer is `made`'s.
+    made("loading a kernel module (PTX)", |cuda, module| unsafe {
+        (cuda.driver.module_load_data)(module, data)
+    })
 }
 
 extern "C" fn mgpu_module_unload(module: Handle) {
@@ -513,12 +520,11 @@ extern "C" fn mgpu_module_unload(module: Handle) {
 }
 
 extern "C" fn mgpu_module_get_function(module: Handle, name: *const c_char) -> Handle {
-    let Some(cuda) = live() else { return std::ptr::null_mut() };
-    let mut function = std::ptr::null_mut();
-    // SAFETY: a loaded module and a NUL-terminated kernel name from the generated code.
-    let code = unsafe { (cuda.driver.module_get_function)(&mut function, module, name) };
-    cuda.record("finding a kernel", code);
-    function
+    // SAFETY: a loaded module and a NUL-terminated kernel name from the generated code; the
+    // out-pointer is `made`'s.
+    made("finding a kernel", |cuda, function| unsafe {
+        (cuda.driver.module_get_function)(function, module, name)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -588,12 +594,8 @@ extern "C" fn mgpu_stream_wait_event(_stream: Handle, event: Handle) {
 }
 
 extern "C" fn mgpu_event_create() -> Handle {
-    let Some(cuda) = live() else { return std::ptr::null_mut() };
-    let mut event = std::ptr::null_mut();
-    // SAFETY: an out-pointer to a local; flag 2 is CU_EVENT_DISABLE_TIMING.
-    let code = unsafe { (cuda.driver.event_create)(&mut event, 2) };
-    cuda.record("creating an event", code);
-    event
+    // SAFETY: the out-pointer is `made`'s; flag 2 is CU_EVENT_DISABLE_TIMING.
+    made("creating an event", |cuda, event| unsafe { (cuda.driver.event_create)(event, 2) })
 }
 
 extern "C" fn mgpu_event_destroy(event: Handle) {
@@ -641,13 +643,22 @@ extern "C" fn mgpu_mem_alloc(bytes: u64, _stream: Handle, _host_shared: u8) -> *
 }
 
 extern "C" fn mgpu_mem_free(ptr: *mut c_void, _stream: Handle) {
-    if ptr.is_null() {
+    // SAFETY: a pointer mgpuMemAlloc returned, freed once.
+    unsafe { free_device(ptr as usize as CuDevicePtr) };
+}
+
+/// Frees device memory in stream order (after the work queued before).
+///
+/// # Safety
+/// `ptr` is null or came from `cuMemAllocAsync` and is not freed already.
+unsafe fn free_device(ptr: CuDevicePtr) {
+    if ptr == 0 {
         return;
     }
     if let Ok(cuda) = cuda() {
         cuda.make_current();
-        // SAFETY: a pointer mgpuMemAlloc returned, freed once, in stream order.
-        let code = unsafe { (cuda.driver.mem_free_async)(ptr as usize as CuDevicePtr, cuda.stream) };
+        // SAFETY: the caller's.
+        let code = unsafe { (cuda.driver.mem_free_async)(ptr, cuda.stream) };
         cuda.record("freeing device memory", code);
     }
 }

@@ -44,20 +44,21 @@ const PTX_FEATURES: &str = "+ptx80";
 /// package `nvidia-cuda-nvcc-cu12`) has NVIDIA's libdevice, the bitcode library that implements
 /// the math functions (`exp`, `tanh`, `erf`, ...) on the device.
 pub fn libdevice() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LMC_CUDA_LIBDEVICE") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let candidate = cuda_tools_dir()?.join("nvvm/libdevice/libdevice.10.bc");
-    candidate.is_file().then_some(candidate)
+    cuda_tool("LMC_CUDA_LIBDEVICE", "nvvm/libdevice/libdevice.10.bc")
 }
 
 /// `ptxas`, to check PTX (tests): `LMC_PTXAS`, or lmc's cache (see [`libdevice`]).
 pub fn ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LMC_PTXAS") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    cuda_tool("LMC_PTXAS", "bin/ptxas")
+}
+
+/// The file `$variable` names, else `path` in the CUDA tools' directory, if it exists.
+fn cuda_tool(variable: &str, path: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(cuda_tools_dir()?.join(path)),
     }
-    let candidate = cuda_tools_dir()?.join("bin/ptxas");
-    candidate.is_file().then_some(candidate)
+    .filter(|p| p.is_file())
 }
 
 /// `$LMC_CUDA_TOOLS`, or `~/.cache/lmc/cuda-nvcc/nvidia/cuda_nvcc` (the unpacked PyPI wheel).
@@ -72,7 +73,7 @@ fn cuda_tools_dir() -> Option<PathBuf> {
 /// Lowers an emitted GPU module to the `llvm` dialect with its kernels as PTX (`gpu.binary`).
 pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), CodegenError> {
     to_fused_loops(context, module)?;
-    rewrite(context, module, innermost_first, "ordering parallel loops innermost first")?;
+    rewrite(context, module, &[innermost_first], "ordering parallel loops innermost first")?;
     run(context, module, &to_kernels(), "mapping parallel loops to GPU kernels")?;
     let text = deduplicate_kernels(&module.as_operation().to_string());
     check_host_code(&text)?;
@@ -112,42 +113,36 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
 /// the nests the kernels are made of.
 pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
     mlir_pipeline::bufferize(context, module)?;
-    rewrite(context, module, copies_as_linalg, "making copies loop nests")?;
+    rewrite(context, module, &[copies_as_linalg], "making copies loop nests")?;
     run(context, module, TO_LOOPS, "lowering linalg to parallel loops")?;
     // The ops the emitter outlined as functions (one per distinct op, called wherever it
-    // recurs) go back into their callers, where neighbouring nests can fuse.
+    // recurs) go back into their callers, where neighbouring nests can fuse once the
+    // allocations between them are moved out of the way.
     run(context, module, INLINE, "inlining the outlined ops")?;
-    fuse_neighbours(context, module)?;
+    rewrite(
+        context,
+        module,
+        &[loop_fusion::gather_fusable_loops],
+        "gathering parallel loops to fuse",
+    )?;
+    run(context, module, FUSE, "fusing parallel loops")?;
     // Fusion merges a reduction's initial store into its loop's nest; once the sum is carried
     // in a register, the nests that read it can join too.
     rewrite(
         context,
         module,
-        loop_fusion::accumulate_in_registers,
-        "carrying reductions in registers",
+        &[loop_fusion::accumulate_in_registers, loop_fusion::gather_fusable_loops],
+        "carrying reductions in registers and gathering parallel loops to fuse",
     )?;
-    fuse_neighbours(context, module)?;
+    run(context, module, FUSE, "fusing parallel loops")?;
+    // Splitting sums last, so that a split sum's second nest keeps the epilogue fused into it.
     rewrite(
         context,
         module,
-        loop_fusion::temporaries_in_registers,
-        "keeping fused intermediates in registers",
+        &[loop_fusion::temporaries_in_registers, split_k::split_sums],
+        "keeping fused intermediates in registers and splitting long sums",
     )?;
-    // Last, so that a split sum's second nest keeps the epilogue fused into it.
-    rewrite(context, module, split_k::split_sums, "splitting long sums")?;
     run(context, module, TIDY, "simplifying the split sums")
-}
-
-/// Fuses each run of neighbouring nests over the same elements, once the allocations between
-/// them are moved out of the way.
-fn fuse_neighbours<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
-    rewrite(
-        context,
-        module,
-        loop_fusion::gather_fusable_loops,
-        "gathering parallel loops to fuse",
-    )?;
-    run(context, module, FUSE, "fusing parallel loops")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
@@ -213,9 +208,9 @@ const INLINE: &str = "builtin.module(inline,symbol-dce,canonicalize,cse)";
 const FUSE: &str = "builtin.module(cse,func.func(scf-parallel-loop-fusion),canonicalize,cse)";
 
 /// Tiles each nest's first (after [`innermost_first`], innermost) axis by
-/// [`THREADS_PER_BLOCK`] and its second by [`ROWS_PER_BLOCK`], with a bounds check instead of a shorter last tile (launch sizes must
-/// be known before the launch), maps the tiles to blocks and their elements to threads, and
-/// outlines the launches as kernels.
+/// [`THREADS_PER_BLOCK`] and its second by [`ROWS_PER_BLOCK`], with a bounds check instead of a
+/// shorter last tile (launch sizes must be known before the launch), maps the tiles to blocks
+/// and their elements to threads, and outlines the launches as kernels.
 fn to_kernels() -> String {
     format!(
         "builtin.module(func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={THREADS_PER_BLOCK},{ROWS_PER_BLOCK} no-min-max-bounds=1}}),\
@@ -236,9 +231,17 @@ fn to_nvvm(libdevice: Option<&std::path::Path>) -> String {
 
 const TO_BINARY: &str = "builtin.module(gpu-module-to-binary{format=isa})";
 
-/// Rewrites the module's text with `f` and parses it back.
-fn rewrite<'c>(context: &'c Context, module: &mut Module<'c>, f: fn(&str) -> String, stage: &'static str) -> Result<(), MlirError> {
-    let text = f(&module.as_operation().to_string());
+/// Rewrites the module's text with each of `rewrites` in turn and parses the result back.
+fn rewrite<'c>(
+    context: &'c Context,
+    module: &mut Module<'c>,
+    rewrites: &[fn(&str) -> String],
+    stage: &'static str,
+) -> Result<(), MlirError> {
+    let mut text = module.as_operation().to_string();
+    for f in rewrites {
+        text = f(&text);
+    }
     *module = mlir_pipeline::parse(context, &text).map_err(|e| MlirError { stage, ..e })?;
     Ok(())
 }

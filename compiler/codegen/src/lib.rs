@@ -123,29 +123,38 @@ pub fn emit_mlir(g: &Graph, target: &Target) -> String {
 /// `lmc emit --stage buffers`: the module after bufferization (see
 /// [`mlir_pipeline::BUFFERIZE`]): where memory is allocated, copied and freed.
 pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> {
+    with_emitted(g, target, |mlir, module| {
+        mlir_pipeline::bufferize(mlir, module)?;
+        Ok(module.as_operation().to_string())
+    })
+}
+
+/// Emits the graph's MLIR for `target`, parses it in a fresh MLIR context and hands both to `f`.
+fn with_emitted<T>(
+    g: &Graph,
+    target: &Target,
+    f: impl for<'c> FnOnce(&'c melior::Context, &mut melior::ir::Module<'c>) -> Result<T, CodegenError>,
+) -> Result<T, CodegenError> {
     let text = emit_mlir::emit_module(g, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
-    mlir_pipeline::bufferize(&mlir, &mut module)?;
-    Ok(module.as_operation().to_string())
+    f(&mlir, &mut module)
 }
 
 /// `lmc emit --stage loops`: the GPU lowering's fused `scf.parallel` nests, one per kernel.
 pub fn emit_fused_loops(g: &Graph) -> Result<String, CodegenError> {
-    let text = emit_mlir::emit_module(g, &Target::CUDA);
-    let mlir = mlir_pipeline::new_context();
-    let mut module = mlir_pipeline::parse(&mlir, &text)?;
-    gpu::to_fused_loops(&mlir, &mut module)?;
-    Ok(module.as_operation().to_string())
+    with_emitted(g, &Target::CUDA, |mlir, module| {
+        gpu::to_fused_loops(mlir, module)?;
+        Ok(module.as_operation().to_string())
+    })
 }
 
 /// `lmc emit --stage ptx`: the PTX of every GPU kernel of the graph, as `(name, PTX)`.
 pub fn emit_ptx(g: &Graph) -> Result<Vec<(String, String)>, CodegenError> {
-    let text = emit_mlir::emit_module(g, &Target::CUDA);
-    let mlir = mlir_pipeline::new_context();
-    let mut module = mlir_pipeline::parse(&mlir, &text)?;
-    gpu::lower(&mlir, &mut module)?;
-    Ok(gpu::ptx_of(&module))
+    with_emitted(g, &Target::CUDA, |mlir, module| {
+        gpu::lower(mlir, module)?;
+        Ok(gpu::ptx_of(module))
+    })
 }
 
 /// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
@@ -168,18 +177,17 @@ fn build_llvm_module_on<'ctx>(
     target: &Target,
     device: Device,
 ) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
-    let text = emit_mlir::emit_module(g, target);
-    let mlir = mlir_pipeline::new_context();
-    let mut module = mlir_pipeline::parse(&mlir, &text)?;
-    match device {
-        Device::Cuda => gpu::lower(&mlir, &mut module)?,
-        Device::Cpu if target.is_gpu() => {
-            gpu::to_fused_loops(&mlir, &mut module)?;
-            mlir_pipeline::lower_loops(&mlir, &mut module)?;
+    let llvm_module = with_emitted(g, target, |mlir, module| {
+        match device {
+            Device::Cuda => gpu::lower(mlir, module)?,
+            Device::Cpu if target.is_gpu() => {
+                gpu::to_fused_loops(mlir, module)?;
+                mlir_pipeline::lower_loops(mlir, module)?;
+            }
+            Device::Cpu => mlir_pipeline::lower(mlir, module)?,
         }
-        Device::Cpu => mlir_pipeline::lower(&mlir, &mut module)?,
-    }
-    let llvm_module = llvm::translate(context, &module)?;
+        Ok(llvm::translate(context, module)?)
+    })?;
     if device == Device::Cuda {
         llvm::bind_device_functions(context, &llvm_module).map_err(CodegenError::Llvm)?;
     }
@@ -234,8 +242,20 @@ pub fn jit(g: &Graph) -> Result<JitModule, CodegenError> {
 /// on one machine. With `LMC_PERF_MAP` set, every function stays a symbol of its own and
 /// `/tmp/perf-PID.map` names them for `perf report` (a profiling aid).
 pub fn jit_for(g: &Graph, target: &Target) -> Result<JitModule, CodegenError> {
+    jit_on(g, target, target.device)
+}
+
+/// Compiles the ops a GPU would run (the loop nests and weight layouts of [`Target::CUDA`]) for
+/// the host's cores instead: where no GPU is present, this checks the GPU's forms of the ops
+/// (its matmuls, its whole attention, its scans) against the same references as the CPU's.
+pub fn jit_gpu_forms_on_host(g: &Graph) -> Result<JitModule, CodegenError> {
+    jit_on(g, &Target::CUDA, Device::Cpu)
+}
+
+/// [`jit_for`], with the ops emitted for `target` and lowered for `device`.
+fn jit_on(g: &Graph, target: &Target, device: Device) -> Result<JitModule, CodegenError> {
     let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
-        let module = build_llvm_module(context, g, target)?;
+        let module = build_llvm_module_on(context, g, target, device)?;
         let perf_map = std::env::var_os("LMC_PERF_MAP").is_some();
         if perf_map {
             llvm::keep_functions_visible(&module);
@@ -247,19 +267,6 @@ pub fn jit_for(g: &Graph, target: &Target) -> Result<JitModule, CodegenError> {
             llvm::write_perf_map(&module, &engine);
         }
         Ok(engine)
-    })?;
-    Ok(JitModule { cell })
-}
-
-/// Compiles the ops a GPU would run (the loop nests and weight layouts of [`Target::CUDA`]) for
-/// the host's cores instead: where no GPU is present, this checks the GPU's forms of the ops
-/// (its matmuls, its whole attention, its scans) against the same references as the CPU's.
-pub fn jit_gpu_forms_on_host(g: &Graph) -> Result<JitModule, CodegenError> {
-    let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
-        let module = build_llvm_module_on(context, g, &Target::CUDA, Device::Cpu)?;
-        let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
-        llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
-        llvm::jit_engine(&module).map_err(CodegenError::Llvm)
     })?;
     Ok(JitModule { cell })
 }

@@ -135,7 +135,8 @@ fn temporary(lines: &[&str], buffer: &str, at: &[usize]) -> Option<Temporary> {
     })
 }
 
-fn join(lines: Vec<String>) -> String {
+/// Lines back into a module's text.
+pub(crate) fn join(lines: Vec<String>) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     text

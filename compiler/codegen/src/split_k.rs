@@ -18,7 +18,7 @@
 //! constant `K` of at least [`MIN_K`]); the order of summation changes, as it does between the
 //! CPU's kernels and the GPU. Like [`crate::loop_fusion`], this works on the printed module.
 
-use crate::loop_fusion::{indent_of, split_ops, ssa_names};
+use crate::loop_fusion::{indent_of, join, split_ops, ssa_names};
 use std::collections::HashMap;
 
 /// Threads that keep a GPU of compute capability 9.0 busy: 132 multiprocessors (H100 SXM and
@@ -61,9 +61,7 @@ pub fn split_sums(text: &str) -> String {
         out.push(line.to_string());
         k += 1;
     }
-    let mut text = out.join("\n");
-    text.push('\n');
-    text
+    join(out)
 }
 
 /// A function's constants: name → (value as printed, type).

@@ -307,10 +307,8 @@ impl Emitter<'_> {
             axes.join(", ")
         };
         let x_map = if mm.x_transposed { [&*k, &*m] } else { [&*m, &*k] };
-        let rhs_map = match mm.layout {
-            RhsLayout::Transposed => [&*n, &*k],
-            RhsLayout::RowMajor | RhsLayout::Packed => [&*k, &*n],
-        };
+        // Row-major or packed: a transposed operand was copied row-major above.
+        let rhs_map = [&*k, &*n];
         let dims = (0..=rank).map(d).collect::<Vec<_>>().join(", ");
         let rhs_axes = match mm.layout {
             // A GPU's packed weight is its transpose, one panel `[1, K, N]`.
