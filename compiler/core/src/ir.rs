@@ -8,6 +8,9 @@
 use lmc_abi::{Bound, DType};
 use std::fmt::Write as _;
 
+mod typing;
+pub use typing::{broadcast, infer_type};
+
 /// Index of a node in [`Graph::nodes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ValueId(pub u32);
@@ -554,7 +557,7 @@ impl Graph {
                 Op::ScanArg(_) if regions[i].is_none() => return Err(format!("%{i}: scan_arg outside a scan body")),
                 _ => {}
             }
-            if let Some(expected) = crate::check::infer_type(self, &node.op) {
+            if let Some(expected) = infer_type(self, &node.op) {
                 if expected != node.ty {
                     return Err(format!(
                         "%{i} has type {} but its operands give {}",
