@@ -11,7 +11,7 @@ the host too (`.cpu()`), and with its inputs already on the GPU. Each is the med
 timed calls after WARMUP untimed ones. lmc's outputs are also compared with PyTorch's (max abs
 difference), so a fast wrong answer shows.
 
-Usage (see README, "GPU"):
+Usage (see docs/gpu.md):
   lmc compile --target cuda models/bert.model:BertModel -o bert_cuda.so
   lmc compile --target cuda --decode 128 models/gpt2.model:GPT2LMHeadModel -o gpt2_cuda.so
   python3 bench/gpu.py --runtime target/release/liblmc_runtime.so \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the README's "GPU" section, for a GPU machine that has no Rust toolchain
+# The GPU checks of docs/gpu.md, for a GPU machine that has no Rust toolchain
 # and no LLVM (only an NVIDIA driver, Python with torch and transformers, and xz):
 #
 #   bash scripts/gpu_check.sh pack   # here: builds everything into .gpu/ (about 40 MB)

@@ -165,7 +165,7 @@ pub fn checked_model(file: &str, name: &str, checkpoint: &Path) -> lmc_core::ir:
 
 /// Builds a C host program from `tests/c_host/SOURCE` against the runtime's C API and the given
 /// library (with `-I` for its header's directory and `defines` as `-D`), asserting success.
-/// `LMC_HOST_CC` and `LMC_HOST_CFLAGS` build it otherwise: the README's AddressSanitizer run links
+/// `LMC_HOST_CC` and `LMC_HOST_CFLAGS` build it otherwise: docs/testing.md's AddressSanitizer run links
 /// it with `clang-22 -fsanitize=address`.
 pub fn build_c_host(source: &str, exe: &Path, library: &Path, defines: &[String]) {
     let runtime_lib = profile_dir().join("liblmc_runtime.so");

@@ -370,7 +370,7 @@ fn host_input_text(path: &Path) -> String {
     text
 }
 
-/// Runs the C host on `lib`. `LMC_HOST_WRAPPER` runs it under another program: the README's
+/// Runs the C host on `lib`. `LMC_HOST_WRAPPER` runs it under another program: docs/testing.md's
 /// memory-safety check is `LMC_HOST_WRAPPER="valgrind --error-exitcode=99 ..."`.
 fn run_host(host: &Path, lib: &Path, input: &str) -> std::process::Output {
     use std::io::Write;

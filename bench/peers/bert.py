@@ -4,7 +4,7 @@
 Each runs the same shape on random weights; lmc through `lmc bench --json`, the peers in this
 process, in interleaved rounds (lmc, eager, compiled, ORT, lmc, ...); each keeps its best
 round's median. Prints them and the ratios lmc / peer. Needs the peers' venv
-(`../shared/peers/setup_venv.sh`); never part of the test command.
+(`bench/peers/setup_venv.sh`); never part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/bert.py [--seq 128] [--batch 1] [--runs 5] [--rounds 3]
 """

@@ -4,7 +4,7 @@
 in lmc (`lmc generate --json`, the decode step the compiler derives) and in Hugging Face
 transformers (`generate` with its cache), in interleaved rounds of one run; and the memory
 bandwidth bound: the fp32 weight bytes a step reads, divided by the read bandwidth measured
-here (a 2-thread sum over 1 GiB). Needs the peers' venv (`../shared/peers/setup_venv.sh`); never
+here (a 2-thread sum over 1 GiB). Needs the peers' venv (`bench/peers/setup_venv.sh`); never
 part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/decode.py [--new 64] [--rounds 2]

@@ -6,7 +6,7 @@ Each shape is `x @ transpose(w)` with `w: [N, K]`, as a Linear stores it. lmc ru
 `lmc bench --json` on a one-line model written to a temporary directory; OpenBLAS in this
 process. Rounds alternate (lmc, OpenBLAS, lmc, ...) so that both see the same machine; the
 best round of each is compared, since on a shared machine the slow rounds are other work's.
-Needs the peers' venv (`../shared/peers/setup_venv.sh`); never part of the test command.
+Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/matmul.py [--threads 2] [--rounds 5]
 """

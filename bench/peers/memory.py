@@ -7,7 +7,7 @@ running, measured after resetting the peak once compiling is over; and its activ
 Runtime in a Python process that imports only onnxruntime and numpy, measured the same two ways
 (whole process, and while running after the session is created). The ONNX model is exported
 from transformers' BertModel here first. Needs the peers' venv
-(`../shared/peers/setup_venv.sh`); never part of the test command.
+(`bench/peers/setup_venv.sh`); never part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/memory.py [--seq 512] [--batch 1] [--runs 3]
 """

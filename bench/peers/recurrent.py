@@ -5,7 +5,7 @@ lmc and in Hugging Face transformers' CPU path, in interleaved rounds of one run
 Both run random weights at the same shapes (transformers' own initialisation; lmc's seeded
 one); the work is the same whatever the values. lmc runs through `lmc bench --json`,
 transformers in this process with `torch.set_num_threads(2)`. Each keeps its best round's
-median. Needs the peers' venv (`../shared/peers/setup_venv.sh`); never part of the test command.
+median. Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/recurrent.py [--seq 512] [--runs 3] [--rounds 2]
 """

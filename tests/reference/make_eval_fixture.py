@@ -5,7 +5,7 @@
 (`eval_expected.json`: per window length, up to 8 consecutive windows from the text's start,
 each window's loss from `GPT2LMHeadModel(x, labels=x)`, averaged over windows).
 
-Run by hand, never by CI (it needs torch, transformers and tokenizers; see ../../README.md,
+Run by hand, never by CI (it needs torch, transformers and tokenizers; see docs/testing.md,
 "Fixtures"):
 
     python3 tests/reference/make_eval_fixture.py

@@ -2,7 +2,7 @@
 """Makes the greedy-decoding fixtures: what Hugging Face's `generate(do_sample=False)` produces
 from the causal fixtures' checkpoints (made by make_fixtures.py / make_mamba_fixture.py).
 
-Run by hand, never by CI (it needs torch and transformers; see ../../README.md, "Fixtures"):
+Run by hand, never by CI (it needs torch and transformers; see docs/testing.md, "Fixtures"):
 
     python3 tests/reference/make_generate_fixtures.py
 

