@@ -15,6 +15,7 @@ mod split_k;
 pub use header::c_header;
 pub use mlir_pipeline::MlirError;
 
+use emit_mlir::Plan;
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use lmc_core::ir::Graph;
@@ -107,35 +108,42 @@ impl Target {
 /// Describes a graph's calling convention for the runtime, as compiled for `target`: the
 /// graph's own ([`lmc_core::manifest`]) with the parameters that its matmul kernels read packed.
 pub fn manifest(g: &Graph, target: &Target) -> lmc_abi::Manifest {
+    manifest_of(g, target, &Plan::new(g, target))
+}
+
+/// [`manifest`], with the packing `plan` decided for the kernels.
+fn manifest_of(g: &Graph, target: &Target, plan: &Plan) -> lmc_abi::Manifest {
     let mut manifest = lmc_core::manifest(g);
     manifest.device = target.device;
-    for (spec, packing) in manifest.params.iter_mut().zip(emit_mlir::param_packing(g, target)) {
-        spec.packing = packing;
+    for (spec, packing) in manifest.params.iter_mut().zip(&plan.packing) {
+        spec.packing = *packing;
     }
     manifest
 }
 
 /// `lmc emit --stage mlir`: the module as emitted, before any pass.
 pub fn emit_mlir(g: &Graph, target: &Target) -> String {
-    emit_mlir::emit_module(g, target)
+    emit_mlir::emit_module(g, &Plan::new(g, target), target)
 }
 
 /// `lmc emit --stage buffers`: the module after bufferization (see
 /// [`mlir_pipeline::BUFFERIZE`]): where memory is allocated, copied and freed.
 pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> {
-    with_emitted(g, target, |mlir, module| {
+    with_emitted(g, target, &Plan::new(g, target), |mlir, module| {
         mlir_pipeline::bufferize(mlir, module)?;
         Ok(module.as_operation().to_string())
     })
 }
 
-/// Emits the graph's MLIR for `target`, parses it in a fresh MLIR context and hands both to `f`.
+/// Emits the graph's MLIR for `target` as `plan` decided, parses it in a fresh MLIR context and
+/// hands both to `f`.
 fn with_emitted<T>(
     g: &Graph,
     target: &Target,
+    plan: &Plan,
     f: impl for<'c> FnOnce(&'c melior::Context, &mut melior::ir::Module<'c>) -> Result<T, CodegenError>,
 ) -> Result<T, CodegenError> {
-    let text = emit_mlir::emit_module(g, target);
+    let text = emit_mlir::emit_module(g, plan, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;
     f(&mlir, &mut module)
@@ -143,7 +151,7 @@ fn with_emitted<T>(
 
 /// `lmc emit --stage loops`: the GPU lowering's fused `scf.parallel` nests, one per kernel.
 pub fn emit_fused_loops(g: &Graph) -> Result<String, CodegenError> {
-    with_emitted(g, &Target::CUDA, |mlir, module| {
+    with_emitted(g, &Target::CUDA, &Plan::new(g, &Target::CUDA), |mlir, module| {
         gpu::to_fused_loops(mlir, module)?;
         Ok(module.as_operation().to_string())
     })
@@ -151,7 +159,7 @@ pub fn emit_fused_loops(g: &Graph) -> Result<String, CodegenError> {
 
 /// `lmc emit --stage ptx`: the PTX of every GPU kernel of the graph, as `(name, PTX)`.
 pub fn emit_ptx(g: &Graph) -> Result<Vec<(String, String)>, CodegenError> {
-    with_emitted(g, &Target::CUDA, |mlir, module| {
+    with_emitted(g, &Target::CUDA, &Plan::new(g, &Target::CUDA), |mlir, module| {
         gpu::lower(mlir, module)?;
         Ok(gpu::ptx_of(module))
     })
@@ -160,12 +168,17 @@ pub fn emit_ptx(g: &Graph) -> Result<Vec<(String, String)>, CodegenError> {
 /// `lmc emit --stage llvm`: the LLVM module with its ABI glue, before LLVM's optimizer.
 pub fn emit_llvm_ir(g: &Graph, target: &Target) -> Result<String, CodegenError> {
     let context = Context::create();
-    let module = build_llvm_module(&context, g, target)?;
+    let (module, _) = build_llvm_module(&context, g, target)?;
     Ok(module.print_to_string().to_string())
 }
 
-/// Runs the whole pipeline up to an unoptimized LLVM module in `context`.
-fn build_llvm_module<'ctx>(context: &'ctx Context, g: &Graph, target: &Target) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
+/// Runs the whole pipeline up to an unoptimized LLVM module in `context`; also returns the
+/// manifest embedded in it.
+fn build_llvm_module<'ctx>(
+    context: &'ctx Context,
+    g: &Graph,
+    target: &Target,
+) -> Result<(inkwell::module::Module<'ctx>, lmc_abi::Manifest), CodegenError> {
     build_llvm_module_on(context, g, target, target.device)
 }
 
@@ -176,8 +189,9 @@ fn build_llvm_module_on<'ctx>(
     g: &Graph,
     target: &Target,
     device: Device,
-) -> Result<inkwell::module::Module<'ctx>, CodegenError> {
-    let llvm_module = with_emitted(g, target, |mlir, module| {
+) -> Result<(inkwell::module::Module<'ctx>, lmc_abi::Manifest), CodegenError> {
+    let plan = Plan::new(g, target);
+    let llvm_module = with_emitted(g, target, &plan, |mlir, module| {
         match device {
             Device::Cuda => gpu::lower(mlir, module)?,
             Device::Cpu if target.is_gpu() => {
@@ -191,7 +205,7 @@ fn build_llvm_module_on<'ctx>(
     if device == Device::Cuda {
         llvm::bind_device_functions(context, &llvm_module).map_err(CodegenError::Llvm)?;
     }
-    let mut manifest = manifest(g, target);
+    let mut manifest = manifest_of(g, target, &plan);
     manifest.device = device;
     let nargs = manifest.arg_count();
     let entries: Vec<(String, String, usize)> = manifest
@@ -200,7 +214,7 @@ fn build_llvm_module_on<'ctx>(
         .map(|e| (e.symbol.clone(), emit_mlir::FORWARD_FUNC.to_string(), nargs))
         .collect();
     llvm::add_abi_glue(context, &llvm_module, &manifest.to_json(), &entries).map_err(CodegenError::Llvm)?;
-    Ok(llvm_module)
+    Ok((llvm_module, manifest))
 }
 
 type Engine<'ctx> = ExecutionEngine<'ctx>;
@@ -255,7 +269,7 @@ pub fn jit_gpu_forms_on_host(g: &Graph) -> Result<JitModule, CodegenError> {
 /// [`jit_for`], with the ops emitted for `target` and lowered for `device`.
 fn jit_on(g: &Graph, target: &Target, device: Device) -> Result<JitModule, CodegenError> {
     let cell = JitCell::try_new(Context::create(), |context| -> Result<Engine<'_>, CodegenError> {
-        let module = build_llvm_module_on(context, g, target, device)?;
+        let (module, _) = build_llvm_module_on(context, g, target, device)?;
         let perf_map = std::env::var_os("LMC_PERF_MAP").is_some();
         if perf_map {
             llvm::keep_functions_visible(&module);
@@ -275,7 +289,7 @@ fn jit_on(g: &Graph, target: &Target, device: Device) -> Result<JitModule, Codeg
 /// `.h`). Returns the header's path.
 pub fn compile_shared_library(g: &Graph, target: &Target, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
     let context = Context::create();
-    let module = build_llvm_module(&context, g, target)?;
+    let (module, manifest) = build_llvm_module(&context, g, target)?;
     let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
     llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
     let object = so_path.with_extension("o");
@@ -284,7 +298,6 @@ pub fn compile_shared_library(g: &Graph, target: &Target, so_path: &Path) -> Res
     let _ = std::fs::remove_file(&object);
     linked.map_err(CodegenError::Output)?;
     let header_path = so_path.with_extension("h");
-    let manifest = manifest(g, target);
     std::fs::write(&header_path, c_header(&manifest, so_path))
         .map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", header_path.display())))?;
     Ok(header_path)
