@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lmc::experiment_file::{parse, set_pairs};
+use lmc_lab::experiment_file::{parse, set_pairs};
 use lmc_grammar::SourceMap;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,43 +1,10 @@
 //! The subcommands.
 
-use crate::source::{load_model, load_program, overrides, print_diagnostics};
-use crate::{ConfigArgs, MessageFormat, Stage};
+use crate::{MessageFormat, Stage};
 use lmc_core::{CheckError, ConfigOverrides};
+use lmc_lab::source::{load_model, load_program, overrides, print_diagnostics};
+use lmc_lab::{ConfigSource, Failure, Weights};
 use std::path::{Path, PathBuf};
-
-/// Applies `--threads` (libomp's default, one per core, when `None`) for the kernels the calling
-/// thread starts; returns the count in effect.
-pub fn use_threads(threads: Option<usize>) -> Result<usize, Failure> {
-    match threads {
-        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
-        Some(n) => lmc_codegen::llvm::set_threads(n),
-        None => {}
-    }
-    Ok(lmc_codegen::llvm::threads())
-}
-
-/// Fails at once, saying what is missing, when `device` is a GPU that this machine does not have
-/// (no driver, no GPU): before anything is compiled.
-pub fn require_device(device: lmc_codegen::Device) -> Result<(), Failure> {
-    match device {
-        lmc_codegen::Device::Cpu => Ok(()),
-        lmc_codegen::Device::Cuda => lmc_runtime::cuda::cuda()
-            .map(|_| ())
-            .map_err(|e| Failure::Message(format!("--device cuda: {}", e.message()))),
-    }
-}
-
-/// How a command failed: diagnostics already printed, or one message still to print.
-pub enum Failure {
-    Reported,
-    Message(String),
-}
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Message(e.to_string())
-    }
-}
 
 /// `lmc check FILE...`: loads each file with its imports and checks every model and variant in
 /// it, configured by its defaults.
@@ -142,10 +109,10 @@ pub fn emit(
     lanes: Option<i64>,
     device: lmc_codegen::Device,
     decode: Option<i64>,
-    config: &ConfigArgs,
+    config: &ConfigSource,
 ) -> Result<(), Failure> {
     if let Stage::Ast = stage {
-        let (path, _) = crate::source::split_model_ref(spec);
+        let (path, _) = lmc_lab::source::split_model_ref(spec);
         let program = load_program(&path)?;
         let module = &program.modules[0];
         print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
@@ -182,7 +149,7 @@ pub fn emit(
 }
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
-pub fn compile(spec: &str, output: &Path, device: lmc_codegen::Device, decode: Option<i64>, config: &ConfigArgs) -> Result<(), Failure> {
+pub fn compile(spec: &str, output: &Path, device: lmc_codegen::Device, decode: Option<i64>, config: &ConfigSource) -> Result<(), Failure> {
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
@@ -220,23 +187,6 @@ pub fn decode_step(
     }
 }
 
-/// Where a command takes its weights from.
-pub enum Weights {
-    Checkpoint(PathBuf),
-    /// `--random-weights --seed N`.
-    Random(u64),
-}
-
-impl Weights {
-    /// A checkpoint when one is given, otherwise random weights with `seed`.
-    pub fn new(checkpoint: Option<PathBuf>, seed: u64) -> Weights {
-        match checkpoint {
-            Some(path) => Weights::Checkpoint(path),
-            None => Weights::Random(seed),
-        }
-    }
-}
-
 /// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.
 pub fn run(
     spec: &str,
@@ -245,7 +195,7 @@ pub fn run(
     output: &Path,
     library: Option<&Path>,
     device: lmc_codegen::Device,
-    config: &ConfigArgs,
+    config: &ConfigSource,
 ) -> Result<(), Failure> {
     let (checkpoint, seed) = match weights {
         Weights::Checkpoint(p) => (Some(p.as_path()), None),

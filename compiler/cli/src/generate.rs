@@ -2,10 +2,9 @@
 //! decoding with the decode step the compiler derives from the model's forward
 //! (`lmc_core::decode`), its caches sized for exactly the prompt and the new tokens.
 
-use crate::ab::compile_graph;
-use crate::commands::{use_threads, Failure, Weights};
-use crate::source::{load_model, overrides};
-use crate::ConfigArgs;
+use lmc_lab::ab::compile_graph;
+use lmc_lab::source::{load_model, overrides};
+use lmc_lab::{require_device, use_threads, ConfigSource, Failure, Weights};
 use std::path::Path;
 
 /// What to generate from.
@@ -31,7 +30,7 @@ pub struct Options {
 pub fn generate(
     spec: &str,
     weights: &Weights,
-    config: &ConfigArgs,
+    config: &ConfigSource,
     prompt: &Prompt<'_>,
     o: &Options,
     output: Option<&Path>,
@@ -40,7 +39,7 @@ pub fn generate(
         return Err(Failure::Message("`--max-new-tokens` must be at least 1".into()));
     }
     use_threads(o.threads)?;
-    crate::commands::require_device(o.device)?;
+    require_device(o.device)?;
     let checkpoint = match weights {
         Weights::Checkpoint(p) => Some(p.as_path()).filter(|p| p.is_dir()),
         Weights::Random(_) => None,

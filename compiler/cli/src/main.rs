@@ -1,17 +1,10 @@
 //! `lmc`: the command line. Each subcommand drives the pipeline stages from the other crates;
 //! nothing here knows about any particular model.
 
-mod ab;
-mod bench;
 mod commands;
-mod eval;
-mod experiment;
 mod generate;
-mod process;
-mod report;
-mod source;
-mod stats;
-mod units;
+
+use lmc_lab::{ab, bench, experiment, Failure, Weights};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -34,6 +27,16 @@ pub struct ConfigArgs {
     /// Override one config value: `--set hidden_size=256` (repeatable; wins over --config).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The configuration these options name, for the library crates.
+    pub fn source(&self) -> lmc_lab::ConfigSource {
+        lmc_lab::ConfigSource {
+            config: self.config.clone(),
+            set: self.set.clone(),
+        }
+    }
 }
 
 /// Where a command takes its weights from: a checkpoint, or seeded random values.
@@ -343,14 +346,14 @@ fn run(cli: Cli) -> ExitCode {
             target,
             decode,
             config,
-        } => commands::emit(stage, &model, lanes, target.device(), decode, &config),
+        } => commands::emit(stage, &model, lanes, target.device(), decode, &config.source()),
         Command::Compile {
             model,
             output,
             target,
             decode,
             config,
-        } => commands::compile(&model, &output, target.device(), decode, &config),
+        } => commands::compile(&model, &output, target.device(), decode, &config.source()),
         Command::Run {
             model,
             weights,
@@ -360,8 +363,16 @@ fn run(cli: Cli) -> ExitCode {
             device,
             config,
         } => {
-            let weights = commands::Weights::new(weights.weights, weights.seed);
-            commands::run(&model, &weights, &inputs, &output, library.as_deref(), device.device(), &config)
+            let weights = Weights::new(weights.weights, weights.seed);
+            commands::run(
+                &model,
+                &weights,
+                &inputs,
+                &output,
+                library.as_deref(),
+                device.device(),
+                &config.source(),
+            )
         }
         Command::Generate {
             model,
@@ -377,7 +388,7 @@ fn run(cli: Cli) -> ExitCode {
             json,
             config,
         } => {
-            let weights = commands::Weights::new(weights.weights, weights.seed);
+            let weights = Weights::new(weights.weights, weights.seed);
             let prompt = generate::Prompt {
                 ids: input_ids.as_deref(),
                 file: inputs.as_deref(),
@@ -390,7 +401,7 @@ fn run(cli: Cli) -> ExitCode {
                 json,
                 device: device.device(),
             };
-            generate::generate(&model, &weights, &config, &prompt, &options, output.as_deref())
+            generate::generate(&model, &weights, &config.source(), &prompt, &options, output.as_deref())
         }
         Command::Bench {
             model,
@@ -406,7 +417,7 @@ fn run(cli: Cli) -> ExitCode {
             json,
             config,
         } => {
-            let weights = commands::Weights::new(weights, seed);
+            let weights = Weights::new(weights, seed);
             let work = bench::Work {
                 batch,
                 seq,
@@ -415,7 +426,7 @@ fn run(cli: Cli) -> ExitCode {
                 warmup,
                 device: device.device(),
             };
-            bench::bench(&model, &weights, &config, &work, json.as_deref())
+            bench::bench(&model, &weights, &config.source(), &work, json.as_deref())
         }
         Command::Ab {
             variants,
@@ -439,7 +450,7 @@ fn run(cli: Cli) -> ExitCode {
             match variants.as_slice() {
                 [file] if experiment::is_experiment_file(file) => {
                     if weights.is_some() || random_weights || config.config.is_some() || !config.set.is_empty() {
-                        Err(commands::Failure::Message(
+                        Err(Failure::Message(
                             "an experiment file names its weights and configuration itself: leave out --weights, --random-weights, --config and --set".into(),
                         ))
                     } else {
@@ -459,7 +470,7 @@ fn run(cli: Cli) -> ExitCode {
                         })
                     }
                 }
-                _ if weights.is_none() && !random_weights => Err(commands::Failure::Message(
+                _ if weights.is_none() && !random_weights => Err(Failure::Message(
                     "give the variants' weights: --weights DIR (a checkpoint) or --random-weights".into(),
                 )),
                 _ => ab::resolve_specs(&variants).and_then(|specs| {
@@ -468,10 +479,10 @@ fn run(cli: Cli) -> ExitCode {
                         .map(|spec| ab::VariantSpec {
                             spec,
                             label: None,
-                            config: config.clone(),
+                            config: config.source(),
                         })
                         .collect();
-                    let weights = commands::Weights::new(weights, seed);
+                    let weights = Weights::new(weights, seed);
                     let work = ab::Workload {
                         batches: batch.unwrap_or(vec![1]),
                         lengths: lengths.unwrap_or(vec![128]),
@@ -489,8 +500,8 @@ fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(commands::Failure::Reported) => ExitCode::FAILURE,
-        Err(commands::Failure::Message(m)) => {
+        Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Message(m)) => {
             eprintln!("error: {m}");
             ExitCode::FAILURE
         }

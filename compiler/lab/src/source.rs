@@ -1,8 +1,8 @@
 //! Loading a model for a command: `FILE[:MODEL]`, reading the file and its imports, applying
 //! config overrides, and checking it. Diagnostics are printed here, once.
 
-use crate::commands::Failure;
-use crate::ConfigArgs;
+use crate::ConfigSource;
+use crate::Failure;
 use lmc_core::{CheckError, ConfigOverrides, LoadFailure, Program};
 use lmc_grammar::{Diagnostic, SourceMap};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub fn report_load_failure(f: LoadFailure) -> Failure {
 
 /// Builds config overrides from `--config` (a config.json or a directory with one) or a
 /// checkpoint directory, and `--set`.
-pub fn overrides(args: &ConfigArgs, checkpoint_dir: Option<&Path>) -> Result<ConfigOverrides, Failure> {
+pub fn overrides(args: &ConfigSource, checkpoint_dir: Option<&Path>) -> Result<ConfigOverrides, Failure> {
     let mut set = Vec::new();
     for kv in &args.set {
         let (k, v) = kv

@@ -5,11 +5,11 @@
 //! Runtime measured in the same run.
 
 use crate::ab::{compile_variant, length_limit, make_inputs, symbol_sizes};
-use crate::commands::{Failure, Weights};
 use crate::process::{reset_peak_rss, status_bytes};
 use crate::stats::quantile;
 use crate::units::{fmt_count, fmt_ms};
-use crate::ConfigArgs;
+use crate::ConfigSource;
+use crate::{Failure, Weights};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -27,7 +27,7 @@ pub struct Work {
     pub device: lmc_codegen::Device,
 }
 
-pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, json_path: Option<&Path>) -> Result<(), Failure> {
+pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, json_path: Option<&Path>) -> Result<(), Failure> {
     let Work {
         batch,
         seq,
@@ -39,8 +39,8 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigArgs, work: &Work, js
     if runs == 0 {
         return Err(Failure::Message("`--runs` must be at least 1".into()));
     }
-    let threads = crate::commands::use_threads(threads)?;
-    crate::commands::require_device(device)?;
+    let threads = crate::use_threads(threads)?;
+    crate::require_device(device)?;
     let c = compile_variant(spec, weights, config, device).map_err(Failure::Message)?;
     if let Some(why) = length_limit(&c.graph, seq) {
         return Err(Failure::Message(format!("{spec} {why}")));

@@ -24,10 +24,10 @@
 //! Unknown keys are errors at their line and column, with the closest known key suggested.
 
 use crate::ab::{VariantSpec, Workload};
-use crate::commands::{Failure, Weights};
+use crate::experiment_file::{self, set_pairs};
 use crate::source::split_model_ref;
-use crate::ConfigArgs;
-use lmc::experiment_file::{self, set_pairs};
+use crate::ConfigSource;
+use crate::{Failure, Weights};
 use lmc_grammar::SourceMap;
 use std::path::{Path, PathBuf};
 
@@ -101,7 +101,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
         variants.push(VariantSpec {
             spec,
             label: entry.label.clone(),
-            config: ConfigArgs {
+            config: ConfigSource {
                 config: config.clone(),
                 set,
             },

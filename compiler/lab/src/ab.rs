@@ -5,11 +5,11 @@
 //! and latency percentiles; per other variant, its latency ratio to the first with a bootstrap
 //! interval and a verdict, and how far its outputs are from the first's.
 
-use crate::commands::{Failure, Weights};
 use crate::source::{load_model, overrides, split_model_ref};
 use crate::stats::{divergence, paired_ratio, quantile, verdict, Ratio, Rng};
 use crate::units::{fmt_bytes, fmt_count, fmt_ms};
-use crate::ConfigArgs;
+use crate::ConfigSource;
+use crate::{Failure, Weights};
 use lmc_abi::{DType, Dim};
 use lmc_core::ir::Graph;
 use lmc_runtime::{HostTensor, LoadedModel};
@@ -38,7 +38,7 @@ pub struct Workload {
 pub struct VariantSpec {
     pub spec: String,
     pub label: Option<String>,
-    pub config: ConfigArgs,
+    pub config: ConfigSource,
 }
 
 /// Where `lmc ab` writes its report besides the terminal.
@@ -188,7 +188,7 @@ pub fn resolve_specs(specs: &[String]) -> Result<Vec<String>, Failure> {
     Ok(out)
 }
 
-pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigArgs, device: lmc_codegen::Device) -> Result<Compiled, String> {
+pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigSource, device: lmc_codegen::Device) -> Result<Compiled, String> {
     let checkpoint = match weights {
         Weights::Checkpoint(p) => Some(p.as_path()),
         Weights::Random(_) => None,
@@ -297,8 +297,8 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     if work.runs < 3 {
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
-    let threads = crate::commands::use_threads(work.threads)?;
-    crate::commands::require_device(work.device)?;
+    let threads = crate::use_threads(work.threads)?;
+    crate::require_device(work.device)?;
     let text = match &work.eval_text {
         None => None,
         Some(path) => {

@@ -1,0 +1,77 @@
+//! `lmc-lab`: the research tools that drive the pipeline rather than belong to it. `lmc ab`
+//! ([`ab`]: variants compiled once and run interleaved, with [`stats`] for their intervals and
+//! verdicts, [`eval`] for losses on a text, [`experiment`] files and the [`report`] pages),
+//! `lmc bench` ([`bench`]), and what front ends share to load and compile a model ([`source`]).
+//! The command line is a thin front over this crate.
+
+pub mod ab;
+pub mod bench;
+pub mod eval;
+pub mod experiment;
+pub mod experiment_file;
+pub mod process;
+pub mod report;
+pub mod source;
+pub mod stats;
+pub mod units;
+
+use std::path::PathBuf;
+
+/// How a command failed: diagnostics already printed, or one message still to print.
+pub enum Failure {
+    Reported,
+    Message(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Message(e.to_string())
+    }
+}
+
+/// What configures a model: a checkpoint's `config.json` (or a directory holding one), and
+/// `KEY=VALUE` overrides that win over it.
+#[derive(Clone, Default)]
+pub struct ConfigSource {
+    pub config: Option<PathBuf>,
+    pub set: Vec<String>,
+}
+
+/// Where a command takes its weights from.
+pub enum Weights {
+    Checkpoint(PathBuf),
+    /// `--random-weights --seed N`.
+    Random(u64),
+}
+
+impl Weights {
+    /// A checkpoint when one is given, otherwise random weights with `seed`.
+    pub fn new(checkpoint: Option<PathBuf>, seed: u64) -> Weights {
+        match checkpoint {
+            Some(path) => Weights::Checkpoint(path),
+            None => Weights::Random(seed),
+        }
+    }
+}
+
+/// Applies a thread count (libomp's default, one per core, when `None`) for the kernels the
+/// calling thread starts; returns the count in effect.
+pub fn use_threads(threads: Option<usize>) -> Result<usize, Failure> {
+    match threads {
+        Some(0) => return Err(Failure::Message("`--threads` must be at least 1".into())),
+        Some(n) => lmc_codegen::llvm::set_threads(n),
+        None => {}
+    }
+    Ok(lmc_codegen::llvm::threads())
+}
+
+/// Fails at once, saying what is missing, when `device` is a GPU that this machine does not have
+/// (no driver, no GPU): before anything is compiled.
+pub fn require_device(device: lmc_codegen::Device) -> Result<(), Failure> {
+    match device {
+        lmc_codegen::Device::Cpu => Ok(()),
+        lmc_codegen::Device::Cuda => lmc_runtime::cuda::cuda()
+            .map(|_| ())
+            .map_err(|e| Failure::Message(format!("--device cuda: {}", e.message()))),
+    }
+}
