@@ -6,8 +6,6 @@
 
 use std::fmt;
 
-use crate::safetensors::WeightsError;
-
 /// What went wrong, coarsely: each kind is one C status code (see [`ErrorKind::status_code`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -109,12 +107,6 @@ impl fmt::Display for RuntimeError {
 }
 
 impl std::error::Error for RuntimeError {}
-
-impl From<WeightsError> for RuntimeError {
-    fn from(e: WeightsError) -> RuntimeError {
-        RuntimeError::new(ErrorKind::Weights, e.to_string())
-    }
-}
 
 #[cfg(test)]
 mod tests {

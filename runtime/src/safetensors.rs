@@ -25,6 +25,7 @@ use lmc_abi::DType;
 use memmap2::Mmap;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::error::{ErrorKind, RuntimeError};
 use crate::tensor::HostTensor;
 
 /// The largest header we accept, the same limit the reference implementation uses: a larger
@@ -98,6 +99,12 @@ impl fmt::Display for WeightsError {
 impl std::error::Error for WeightsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_ref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<WeightsError> for RuntimeError {
+    fn from(e: WeightsError) -> RuntimeError {
+        RuntimeError::new(ErrorKind::Weights, e.to_string())
     }
 }
 
