@@ -149,7 +149,14 @@ pub fn emit(
 }
 
 /// `lmc compile FILE[:MODEL] -o libx.so`.
-pub fn compile(spec: &str, output: &Path, device: lmc_codegen::Device, decode: Option<i64>, config: &ConfigSource) -> Result<(), Failure> {
+pub fn compile(
+    spec: &str,
+    output: &Path,
+    device: lmc_codegen::Device,
+    cpu: lmc_codegen::Cpu,
+    decode: Option<i64>,
+    config: &ConfigSource,
+) -> Result<(), Failure> {
     if output.extension().is_none_or(|e| e != "so") {
         return Err(Failure::Message(format!(
             "{}: the output must be a shared library named *.so",
@@ -157,7 +164,16 @@ pub fn compile(spec: &str, output: &Path, device: lmc_codegen::Device, decode: O
         )));
     }
     let (graph, context) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
-    let target = lmc_codegen::Target::for_device(device);
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Failure::Message(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let target = match device {
+        lmc_codegen::Device::Cpu => lmc_codegen::Target::for_cpu(cpu),
+        lmc_codegen::Device::Cuda => lmc_codegen::Target {
+            cpu,
+            ..lmc_codegen::Target::CUDA
+        },
+    };
     let header = lmc_codegen::compile_shared_library(&graph, &target, output)?;
     eprintln!("wrote {} and {}", output.display(), header.display());
     if let Some(context) = context {

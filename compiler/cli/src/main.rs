@@ -104,6 +104,11 @@ enum Command {
         /// (sm_90; the library's host code launches the kernels through lmc's runtime).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         target: DeviceArg,
+        /// The x86-64 CPU to generate code for: this machine's (`host`), or a level every
+        /// machine that loads the library meets (`x86-64-v3` for a cluster of mixed nodes;
+        /// `x86-64-v2`, `x86-64-v4`).
+        #[arg(long, value_name = "NAME", default_value = "host", value_parser = parse_cpu)]
+        target_cpu: lmc_codegen::Cpu,
         /// Compile the decode step derived from the forward, with caches for this many
         /// positions, instead of the forward (see `lmc generate`).
         #[arg(long, value_name = "CAPACITY")]
@@ -309,6 +314,11 @@ impl DeviceArg {
     }
 }
 
+/// `--target-cpu NAME`.
+fn parse_cpu(name: &str) -> Result<lmc_codegen::Cpu, String> {
+    lmc_codegen::Cpu::parse(name)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MessageFormat {
     Human,
@@ -351,9 +361,10 @@ fn run(cli: Cli) -> ExitCode {
             model,
             output,
             target,
+            target_cpu,
             decode,
             config,
-        } => commands::compile(&model, &output, target.device(), decode, &config.source()),
+        } => commands::compile(&model, &output, target.device(), target_cpu, decode, &config.source()),
         Command::Run {
             model,
             weights,

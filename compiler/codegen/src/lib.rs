@@ -51,14 +51,56 @@ impl From<MlirError> for CodegenError {
     }
 }
 
-/// What the generated kernels are shaped for. CPU code is always compiled for the host; a fixed
-/// CPU target exists so that printed stages (and their snapshots) do not depend on the machine.
+/// What the generated kernels are shaped for. JIT code is always compiled for the host; a
+/// library can be compiled for an x86-64 microarchitecture level ([`Cpu`]) so that it runs on
+/// every machine of a cluster. A fixed CPU target exists so that printed stages (and their
+/// snapshots) do not depend on the machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// f32 lanes of one vector register: 8 with AVX2, 16 with AVX-512. (CPU kernels only.)
+    /// f32 lanes of one vector register: 4 with SSE, 8 with AVX2, 16 with AVX-512. (CPU kernels
+    /// only.)
     pub lanes: i64,
     /// Where the model's ops run.
     pub device: Device,
+    /// The CPU the code (a GPU target's host code included) is generated for.
+    pub cpu: Cpu,
+}
+
+/// The x86-64 CPU code is generated for: this machine's, or a microarchitecture level that
+/// every CPU of a cluster meets (`x86-64-v2`: SSE4.2; `x86-64-v3`: AVX2 and FMA, Haswell and
+/// Zen on; `x86-64-v4`: AVX-512).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cpu {
+    Host,
+    X86_64V2,
+    X86_64V3,
+    X86_64V4,
+}
+
+impl Cpu {
+    /// The names `--target-cpu` takes, as LLVM and GCC spell the levels.
+    pub const NAMES: [&'static str; 4] = ["host", "x86-64-v2", "x86-64-v3", "x86-64-v4"];
+
+    /// Reads a name of [`Cpu::NAMES`].
+    pub fn parse(name: &str) -> Result<Cpu, String> {
+        match name {
+            "host" | "native" => Ok(Cpu::Host),
+            "x86-64-v2" => Ok(Cpu::X86_64V2),
+            "x86-64-v3" => Ok(Cpu::X86_64V3),
+            "x86-64-v4" => Ok(Cpu::X86_64V4),
+            other => Err(format!("unknown CPU `{other}`: expected one of {}", Cpu::NAMES.join(", "))),
+        }
+    }
+
+    /// LLVM's name of the level; `None` for the host.
+    pub fn llvm_name(self) -> Option<&'static str> {
+        match self {
+            Cpu::Host => None,
+            Cpu::X86_64V2 => Some("x86-64-v2"),
+            Cpu::X86_64V3 => Some("x86-64-v3"),
+            Cpu::X86_64V4 => Some("x86-64-v4"),
+        }
+    }
 }
 
 pub use lmc_abi::Device;
@@ -68,18 +110,21 @@ impl Target {
     pub const AVX2: Target = Target {
         lanes: 8,
         device: Device::Cpu,
+        cpu: Cpu::Host,
     };
 
     /// An AVX-512 machine.
     pub const AVX512: Target = Target {
         lanes: 16,
         device: Device::Cpu,
+        cpu: Cpu::Host,
     };
 
     /// An NVIDIA GPU of compute capability 9.0 (H100, H200), with a host of this machine's kind.
     pub const CUDA: Target = Target {
         lanes: 8,
         device: Device::Cuda,
+        cpu: Cpu::Host,
     };
 
     /// The machine lmc runs on.
@@ -89,6 +134,22 @@ impl Target {
             Target::AVX512
         } else {
             Target::AVX2
+        }
+    }
+
+    /// Kernels for `cpu`'s vectors, generated for it: the host's, or a level's (whose vector
+    /// width the kernels are shaped for: 4 lanes at `x86-64-v2`, 8 at `v3`, 16 at `v4`).
+    pub fn for_cpu(cpu: Cpu) -> Target {
+        let lanes = match cpu {
+            Cpu::Host => return Target::host(),
+            Cpu::X86_64V2 => 4,
+            Cpu::X86_64V3 => 8,
+            Cpu::X86_64V4 => 16,
+        };
+        Target {
+            lanes,
+            device: Device::Cpu,
+            cpu,
         }
     }
 
@@ -274,7 +335,7 @@ fn jit_on(g: &Graph, target: &Target, device: Device) -> Result<JitModule, Codeg
         if perf_map {
             llvm::keep_functions_visible(&module);
         }
-        let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
+        let machine = llvm::target_machine(Cpu::Host).map_err(CodegenError::Llvm)?;
         llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
         let engine = llvm::jit_engine(&module).map_err(CodegenError::Llvm)?;
         if perf_map {
@@ -290,7 +351,7 @@ fn jit_on(g: &Graph, target: &Target, device: Device) -> Result<JitModule, Codeg
 pub fn compile_shared_library(g: &Graph, target: &Target, so_path: &Path) -> Result<std::path::PathBuf, CodegenError> {
     let context = Context::create();
     let (module, manifest) = build_llvm_module(&context, g, target)?;
-    let machine = llvm::host_target_machine().map_err(CodegenError::Llvm)?;
+    let machine = llvm::target_machine(target.cpu).map_err(CodegenError::Llvm)?;
     llvm::optimize(&module, &machine).map_err(CodegenError::Llvm)?;
     let object = so_path.with_extension("o");
     llvm::write_object(&module, &machine, &object).map_err(|e| CodegenError::Output(format!("cannot write {}: {e}", object.display())))?;

@@ -22,16 +22,45 @@ __attribute__((visibility(\"hidden\"))) void *_mlir_memref_to_llvm_alloc(size_t 
 __attribute__((visibility(\"hidden\"))) void _mlir_memref_to_llvm_free(void *p) { free(p); }
 ";
 
+/// The OpenMP runtime that parallel kernels call, by the name a library records for it (its
+/// soname), and the directory lmc was built against it in.
+const LIBOMP: &str = "libomp.so.5";
+const LIBOMP_DIR: &str = env!("LMC_LIBOMP_DIR");
+
 /// Links `object` into the shared library `output`, with the allocator of [`ALLOCATOR_C`]. The
-/// generated code needs libc, libm and libomp (parallel kernels), found where it was when lmc
-/// was built.
+/// generated code needs libc, libm and libomp (parallel kernels). The library looks for libomp
+/// beside itself (`$ORIGIN`) before the system's paths, and a copy is put there: no path of
+/// the machine that compiled it is recorded, so the directory can be moved to another machine.
 pub fn link_shared_library(object: &Path, output: &Path) -> Result<(), String> {
     let soname = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let allocator = object.with_extension("allocator.c");
     std::fs::write(&allocator, ALLOCATOR_C).map_err(|e| format!("cannot write {}: {e}", allocator.display()))?;
     let linked = link_with(object, &allocator, output, &soname);
     let _ = std::fs::remove_file(&allocator);
-    linked
+    linked?;
+    copy_openmp_beside(output)
+}
+
+/// Puts libomp beside `library` (unless an identical copy is there), written under a temporary
+/// name and renamed, so a library already loaded from that directory never sees half a file.
+fn copy_openmp_beside(library: &Path) -> Result<(), String> {
+    let source = Path::new(LIBOMP_DIR).join(LIBOMP);
+    let dir = match library.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dest = dir.join(LIBOMP);
+    let bytes = std::fs::read(&source).map_err(|e| format!("cannot read the OpenMP runtime {}: {e}", source.display()))?;
+    if std::fs::read(&dest).is_ok_and(|existing| existing == bytes) {
+        return Ok(());
+    }
+    let partial = dir.join(format!(".{LIBOMP}.{}", std::process::id()));
+    std::fs::write(&partial, &bytes)
+        .and_then(|()| std::fs::rename(&partial, &dest))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            format!("cannot write {}: {e}", dest.display())
+        })
 }
 
 fn link_with(object: &Path, allocator: &Path, output: &Path, soname: &str) -> Result<(), String> {
@@ -47,9 +76,9 @@ fn link_with(object: &Path, allocator: &Path, output: &Path, soname: &str) -> Re
             .arg(allocator)
             .arg(format!("-Wl,-soname,{soname}"))
             .arg("-lm")
-            .arg(format!("-L{}", env!("LMC_LIBOMP_DIR")))
-            .arg(format!("-Wl,-rpath,{}", env!("LMC_LIBOMP_DIR")))
-            .arg("-lomp")
+            .arg(format!("-L{LIBOMP_DIR}"))
+            .arg("-Wl,-rpath,$ORIGIN")
+            .arg(format!("-l:{LIBOMP}"))
             .output();
         match result {
             Ok(out) if out.status.success() => return Ok(()),

@@ -142,14 +142,19 @@ pub fn host_features() -> String {
     }
 }
 
-/// A target machine for this host (or `LMC_TARGET_CPU`): its CPU and features,
-/// position-independent code.
-pub fn host_target_machine() -> Result<TargetMachine, String> {
+/// A target machine for `cpu`: the host's CPU and features (or `LMC_TARGET_CPU`'s), or a
+/// microarchitecture level with its own features; position-independent code.
+pub fn target_machine(cpu: crate::Cpu) -> Result<TargetMachine, String> {
     Target::initialize_native(&InitializationConfig::default())?;
     let triple = TargetMachine::get_default_triple();
     let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
-    let cpu = cpu_override().unwrap_or_else(|| TargetMachine::get_host_cpu_name().to_string_lossy().into_owned());
-    let features = host_features();
+    let (cpu, features) = match cpu.llvm_name() {
+        Some(level) => (level.to_string(), String::new()),
+        None => (
+            cpu_override().unwrap_or_else(|| TargetMachine::get_host_cpu_name().to_string_lossy().into_owned()),
+            host_features(),
+        ),
+    };
     target
         .create_target_machine(
             &triple,
@@ -162,7 +167,7 @@ pub fn host_target_machine() -> Result<TargetMachine, String> {
         .ok_or_else(|| format!("LLVM cannot create a target machine for {}", triple.as_str().to_string_lossy()))
 }
 
-/// Runs LLVM's O2 pipeline for the host. Not O3: on today's untiled loops O3's unrolling made
+/// Runs LLVM's O2 pipeline for the machine's CPU. Not O3: on today's untiled loops O3's unrolling made
 /// compiling 4× slower (tiny T5: 47 s against 11 s) and the code no faster (1.4 ms against
 /// 1.1 ms). The performance work revisits this with tiled, vectorized kernels.
 pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), String> {
