@@ -2,7 +2,6 @@
 //! LLVM. One file per step: `emit_mlir` (IR → MLIR text), `mlir_pipeline` (passes, melior),
 //! `llvm` (translation, ABI glue, JIT and objects), `link` (shared library), `header` (C header).
 
-mod dealloc;
 pub mod emit_mlir;
 pub mod gpu;
 mod header;

@@ -17,7 +17,7 @@
 //!   element only inside one nest's body (an intermediate of a fused chain) is not allocated;
 //!   its reads take the value written.
 //!
-//! All three work on the printed module, like [`crate::dealloc`]: MLIR prints one op per line, and an
+//! All three work on the printed module: MLIR prints one op per line, and an
 //! op's regions are the lines indented deeper than it, up to its closing brace at its own
 //! indentation. A block they do not understand (one with block labels) is left as it is.
 

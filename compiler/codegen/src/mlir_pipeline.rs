@@ -46,21 +46,26 @@ macro_rules! bufferize_passes {
             // A scan body's temporaries have loop-invariant sizes: allocate them once, before
             // its loop.
             "func.func(buffer-hoisting,buffer-loop-hoisting),",
-            "buffer-deallocation-pipeline"
+            "buffer-deallocation-pipeline,",
+            // The pipeline frees a buffer at the end of the block that allocated it: in a
+            // forward function, the end of the whole forward, so every layer's intermediates
+            // would be alive at once. Each dealloc moves to just after the last use of its
+            // buffer or a view of it; lmc's allocator (`lmc_abi::buffers`) hands the freed
+            // buffer to the next request of its size, so the peak is what is live at once.
+            "func.func(optimize-allocation-liveness)"
         )
     };
 }
 
 /// The first half of the lowering, tensors to buffers: bufferize, hoist temporaries out of
-/// loops, free what is allocated. What it leaves is
+/// loops, free what is allocated right after its last use. What it leaves is
 /// `lmc emit --stage buffers`.
 pub const BUFFERIZE: &str = concat!("builtin.module(", bufferize_passes!(), ")");
 
 /// The second half of the lowering, buffers to the `llvm` dialect, begins here: parallel loops
 /// (`scf.forall`: the matmul kernels' column blocks, the tiled ops' rows) become OpenMP
 /// worksharing loops, `__kmpc_*` calls into libomp, which the JIT's process and every linked
-/// library load. Between the halves, buffers are freed after their last use
-/// ([`crate::dealloc`]).
+/// library load.
 pub const TO_OPENMP: &str = concat!(
     "builtin.module(",
     "scf-forall-to-parallel,",
@@ -215,15 +220,11 @@ fn schedule_kernels_dynamically<'c>(context: &'c Context, module: &mut Module<'c
     Ok(())
 }
 
-/// Applies the module's schedule, runs [`BUFFERIZE`], then moves each deallocation to just after
-/// its buffer's last use; leaves the module on buffers and linalg ops.
+/// Applies the module's schedule, then runs [`BUFFERIZE`]; leaves the module on buffers and
+/// linalg ops.
 pub fn bufferize<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
     apply_schedule(context, module)?;
     run(context, module, BUFFERIZE, "bufferizing MLIR")?;
-    let text = crate::dealloc::free_after_last_use(&module.as_operation().to_string());
-    *module = with_diagnostics(context, "parsing the module with early deallocations", || {
-        Module::parse(context, &text)
-    })?;
     Ok(())
 }
 
