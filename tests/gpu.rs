@@ -1,16 +1,19 @@
 //! The GPU target (`--target cuda`), in two parts.
 //!
-//! Without a GPU (CI): every zoo model lowers to PTX for sm_90, each distinct kernel once, and
-//! each kernel's PTX assembles with `ptxas` (from the PyPI package `nvidia-cuda-nvcc-cu12`,
-//! which `scripts/setup.sh` unpacks; the test says so and skips the assembly when it is
-//! missing); the host code of a CUDA module links into a shared library that exports the device
+//! Without a GPU (CI), ordinary tests: every zoo model lowers to PTX for sm_90, each distinct
+//! kernel once, and each kernel's PTX assembles with `ptxas` (from the PyPI package
+//! `nvidia-cuda-nvcc-cu12`, which `scripts/setup.sh` unpacks; without it the test fails and
+//! says so); the host code of a CUDA module links into a shared library that exports the device
 //! ABI; the GPU's forms of the ops, fused and with split sums, lowered for the host, match
-//! Hugging Face and the CPU's kernels.
+//! Hugging Face and the CPU's kernels, forward and greedy decoding.
 //!
-//! With a GPU: every zoo model, compiled for the GPU and for the CPU, runs on its Hugging Face
-//! fixture's inputs, and the two agree within 1e-3 (absolute, on outputs of order 1-10), and
-//! the GPU's outputs match the Hugging Face reference as the CPU's do. Without one the test
-//! says why and passes.
+//! With a GPU, the tests marked `#[ignore = "needs an NVIDIA GPU..."]`: every zoo model,
+//! compiled for the GPU and for the CPU, runs on its Hugging Face fixture's inputs, and the two
+//! agree within 1e-3 (absolute, on outputs of order 1-10); GPU greedy decoding gives
+//! transformers' tokens; split sums on the GPU give the CPU's results. They run only when asked
+//! for (`cargo test --release -p lmc-tests --test gpu -- --ignored`, which
+//! `scripts/gpu_check.sh run` does), and without a GPU they fail, saying why: a run without one
+//! never counts them as passes.
 
 use lmc_tests::*;
 use std::path::Path;
@@ -59,10 +62,10 @@ fn graph(fixture: &str, file: &str, model: &str) -> lmc_core::ir::Graph {
 
 #[test]
 fn every_zoo_model_lowers_to_ptx_that_assembles() {
-    let ptxas = lmc_codegen::gpu::ptxas();
-    if ptxas.is_none() {
-        eprintln!("note: no ptxas (run scripts/setup.sh, or set LMC_PTXAS): PTX is generated but not assembled");
-    }
+    // The GPU target already needs the same package's libdevice; without ptxas the PTX would
+    // be generated but not assembled, and the test would check much less than it says.
+    let ptxas = lmc_codegen::gpu::ptxas()
+        .unwrap_or_else(|| panic!("no ptxas: run scripts/setup.sh (it unpacks the PyPI package nvidia-cuda-nvcc-cu12), or set LMC_PTXAS"));
     for &(fixture, file, model, _, _) in ZOO {
         let kernels = lmc_codegen::emit_ptx(&graph(fixture, file, model)).unwrap_or_else(|e| panic!("{model}: {e}"));
         assert!(!kernels.is_empty(), "{model}: no kernels");
@@ -76,12 +79,11 @@ fn every_zoo_model_lowers_to_ptx_that_assembles() {
             assert!(ptx.contains(".target sm_90"), "{model}: {name} is not for sm_90");
             assert!(ptx.contains(".entry "), "{model}: {name} has no kernel entry");
         }
-        let Some(ptxas) = &ptxas else { continue };
         let dir = scratch(&format!("ptx_{fixture}"));
         for (name, ptx) in &kernels {
             let path = dir.join(format!("{name}.ptx"));
             std::fs::write(&path, ptx).unwrap();
-            let out = std::process::Command::new(ptxas)
+            let out = std::process::Command::new(&ptxas)
                 .args(["-arch=sm_90", "-o", "/dev/null"])
                 .arg(&path)
                 .output()
@@ -113,7 +115,15 @@ fn a_cuda_library_exports_the_device_abi() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let header = std::fs::read_to_string(lib.with_extension("h")).unwrap();
-    assert!(header.contains("GPT2LMHeadModel"), "{header}");
+    // The header every library has (its first line names the model whatever it holds): the
+    // entry point and the arguments' indices.
+    for line in [
+        "void lmc_forward(void **args);",
+        "#define LMC_GPT2LMHEADMODEL_INPUT_INPUT_IDS 28",
+        "#define LMC_GPT2LMHEADMODEL_OUTPUT_LOGITS 30",
+    ] {
+        assert!(header.lines().any(|l| l == line), "`{line}` is not in the header:\n{header}");
+    }
     let symbols = std::process::Command::new("nm")
         .arg("-D")
         .arg("--defined-only")
@@ -164,12 +174,12 @@ fn gpu_forms_match_hugging_face_on_the_host() {
     }
 }
 
+/// Every zoo model, compiled for the GPU and for the CPU, agrees on its Hugging Face fixture's
+/// inputs (the report gives each output's distance from Hugging Face too).
 #[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu_check.sh"]
 fn cpu_and_gpu_agree_on_every_zoo_model() {
-    if let Err(e) = lmc_runtime::cuda::cuda() {
-        eprintln!("skipped: {} (the GPU numerics need an NVIDIA GPU)", e.message());
-        return;
-    }
+    require_gpu();
     let mut report = Vec::new();
     for &(fixture, file, model, inputs, expected) in ZOO {
         let dir = root().join("tests/fixtures").join(fixture);
@@ -180,6 +190,7 @@ fn cpu_and_gpu_agree_on_every_zoo_model() {
         let want = read_f32_tensors(&dir.join(format!("{expected}.safetensors")));
         let on_cpu = cpu.run(&inputs).unwrap_or_else(|e| panic!("{model} on the CPU: {e}"));
         let on_gpu = gpu.run(&inputs).unwrap_or_else(|e| panic!("{model} on the GPU: {e}"));
+        assert_eq!(on_cpu.len(), on_gpu.len(), "{model}: outputs");
         for (c, g) in on_cpu.iter().zip(&on_gpu) {
             let (c_values, g_values) = (c.as_f32().unwrap(), g.as_f32().unwrap());
             let err = max_abs_diff(c_values, g_values);
@@ -195,24 +206,18 @@ fn cpu_and_gpu_agree_on_every_zoo_model() {
     eprintln!("{}", report.join("\n"));
 }
 
-/// Greedy decoding with the GPU's decode steps gives Hugging Face's tokens: their forms lowered
-/// for the host always, and on the GPU (its caches kept on the device between steps) when
-/// there is one.
-#[test]
-fn gpu_greedy_decoding_matches_transformers() {
-    let on_gpu = match lmc_runtime::cuda::cuda() {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("note: {} (the GPU forms are checked on the host only)", e.message());
-            false
-        }
-    };
-    for (fixture, file, model) in [
-        ("gpt2_tiny", "models/gpt2.model", "GPT2LMHeadModel"),
-        ("llama_tiny", "models/llama.model", "LlamaForCausalLM"),
-        ("mamba_tiny", "models/mamba.model", "MambaForCausalLM"),
-        ("rwkv_tiny", "models/rwkv.model", "RwkvForCausalLM"),
-    ] {
+/// The causal zoo models whose greedy decoding is compared with transformers' tokens.
+const DECODERS: [(&str, &str, &str); 4] = [
+    ("gpt2_tiny", "models/gpt2.model", "GPT2LMHeadModel"),
+    ("llama_tiny", "models/llama.model", "LlamaForCausalLM"),
+    ("mamba_tiny", "models/mamba.model", "MambaForCausalLM"),
+    ("rwkv_tiny", "models/rwkv.model", "RwkvForCausalLM"),
+];
+
+/// Greedy decoding with the GPU's decode steps, loaded by `load` (`place` says where they run),
+/// gives Hugging Face's tokens.
+fn greedy_decoding_matches_transformers(place: &str, load: impl Fn(&lmc_core::ir::Graph, &Path) -> lmc_runtime::LoadedModel) {
+    for (fixture, file, model) in DECODERS {
         let dir = root().join("tests/fixtures").join(fixture);
         let want = read_host_tensors(&dir.join("generate_expected.safetensors"));
         let want = want.iter().find(|t| t.name == "sequences").unwrap();
@@ -226,25 +231,31 @@ fn gpu_greedy_decoding_matches_transformers() {
         let ids = prompts.as_i64().unwrap();
         let rows: Vec<Vec<i64>> = (0..batch).map(|b| ids[b * length..(b + 1) * length].to_vec()).collect();
         let want: Vec<Vec<i64>> = want.as_i64().unwrap().chunks(total).map(|s| s[length..].to_vec()).collect();
-        let mut runs = vec![("on the host", host_model(&step, &dir))];
-        if on_gpu {
-            runs.push(("on the GPU", jit_model_for(&step, &dir, lmc_codegen::Target::CUDA)));
-        }
-        for (place, loaded) in runs {
-            let got = lmc_runtime::greedy(&loaded, &rows, Vec::new(), total - length, None).unwrap_or_else(|e| panic!("{model}: {e}"));
-            assert_eq!(got.tokens, want, "{model}: the GPU's decode step {place} vs transformers");
-        }
+        let loaded = load(&step, &dir);
+        let got = lmc_runtime::greedy(&loaded, &rows, Vec::new(), total - length, None).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(got.tokens, want, "{model}: the GPU's decode step {place} vs transformers");
     }
 }
 
-/// Split sums (a matmul's `K` shared among threads when its outputs are too few to fill the
-/// GPU) give the CPU's results. The fixtures are too narrow to split (`K` under 256), so this
-/// widens GPT-2 to 258 (two heads of 129; sums of 258 and 1032 products, in chunks of 65 with a
-/// shorter last one), on seeded random weights: its GPU forms lowered for the host against its
-/// CPU kernels, the forward and greedy decoding through the derived decode step; with a GPU,
-/// the same on the GPU.
+/// The GPU's decode steps, lowered for the host, decode greedily as transformers does.
 #[test]
-fn gpu_split_sums_match_the_cpu() {
+fn gpu_forms_decode_greedily_as_transformers_on_the_host() {
+    greedy_decoding_matches_transformers("on the host", host_model);
+}
+
+/// The same on the GPU, its caches kept on the device between steps.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu_check.sh"]
+fn gpu_greedy_decoding_matches_transformers() {
+    require_gpu();
+    greedy_decoding_matches_transformers("on the GPU", |g, dir| jit_model_for(g, dir, lmc_codegen::Target::CUDA));
+}
+
+/// GPT-2 widened to 258 (two heads of 129; sums of 258 and 1032 products, in chunks of 65 with
+/// a shorter last one), one layer: wide enough that the GPU splits its matmuls' sums (`K`
+/// shared among threads when its outputs are too few to fill the GPU; the fixtures are too
+/// narrow, `K` under 256).
+fn wide_gpt2() -> lmc_core::ir::Graph {
     let dir = scratch("wide_gpt2");
     let fixture = root().join("tests/fixtures/gpt2_tiny");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap()).unwrap();
@@ -252,9 +263,14 @@ fn gpu_split_sums_match_the_cpu() {
     config["n_head"] = 2.into();
     config["n_layer"] = 1.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let g = checked_model("models/gpt2.model", "GPT2LMHeadModel", &dir);
-    let loops = lmc_codegen::emit_fused_loops(&g).unwrap_or_else(|e| panic!("{e}"));
-    assert!(loops.contains("arith.ceildivui"), "no sum was split:\n{loops}");
+    checked_model("models/gpt2.model", "GPT2LMHeadModel", &dir)
+}
+
+/// Split sums (`jit` compiles a graph with them; `place` says where it runs) give the CPU's
+/// results on the widened GPT-2 with seeded random weights: the forward, and greedy decoding
+/// through the derived decode step.
+fn split_sums_match_the_cpu(place: &str, jit: impl Fn(&lmc_core::ir::Graph) -> Result<lmc_codegen::JitModule, lmc_codegen::CodegenError>) {
+    let g = wide_gpt2();
     let random = |manifest: &lmc_abi::Manifest| {
         lmc_runtime::WeightsSource::Files(vec![lmc_runtime::random_weights(manifest, 7).unwrap_or_else(|e| panic!("{e}"))])
     };
@@ -264,29 +280,17 @@ fn gpu_split_sums_match_the_cpu() {
         lmc_runtime::HostTensor::from_i64("input_ids", vec![batch, length], ids.clone()).unwrap(),
         lmc_runtime::HostTensor::from_i64("attention_mask", vec![batch, length], vec![1; batch * length]).unwrap(),
     ];
-    let on_gpu = lmc_runtime::cuda::cuda().is_ok();
-    let splits = |g: &lmc_core::ir::Graph| {
-        let mut runs = vec![("on the host", bind_jit_with(g, lmc_codegen::jit_gpu_forms_on_host(g), random))];
-        if on_gpu {
-            runs.push((
-                "on the GPU",
-                bind_jit_with(g, lmc_codegen::jit_for(g, &lmc_codegen::Target::CUDA), random),
-            ));
-        }
-        runs
-    };
     let cpu = bind_jit_with(&g, lmc_codegen::jit(&g), random);
     let want = cpu.run(&inputs).unwrap();
     let want = want[0].as_f32().unwrap();
     let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
-    for (place, split) in splits(&g) {
-        let got = split.run(&inputs).unwrap();
-        let err = max_abs_diff(want, got[0].as_f32().unwrap());
-        assert!(
-            err <= 1e-5 * scale,
-            "split sums {place} differ from the CPU's by {err} (outputs up to {scale})"
-        );
-    }
+    let split = bind_jit_with(&g, jit(&g), random);
+    let got = split.run(&inputs).unwrap();
+    let err = max_abs_diff(want, got[0].as_f32().unwrap());
+    assert!(
+        err <= 1e-5 * scale,
+        "split sums {place} differ from the CPU's by {err} (outputs up to {scale})"
+    );
     // Decoding: one position per step, the case split sums are for.
     let step = lmc_core::decode::derive_decode(&g, (length + 5) as i64)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -294,9 +298,35 @@ fn gpu_split_sums_match_the_cpu() {
     let rows: Vec<Vec<i64>> = ids.chunks(length).map(<[i64]>::to_vec).collect();
     let cpu = bind_jit_with(&step, lmc_codegen::jit(&step), random);
     let want = lmc_runtime::greedy(&cpu, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
-    for (place, split) in splits(&step) {
-        let got = lmc_runtime::greedy(&split, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(got.tokens, want.tokens, "greedy decoding with split sums {place}");
+    let split = bind_jit_with(&step, jit(&step), random);
+    let got = lmc_runtime::greedy(&split, &rows, Vec::new(), 6, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.tokens, want.tokens, "greedy decoding with split sums {place}");
+}
+
+/// The widened GPT-2's sums are split, and its GPU forms with them, lowered for the host, give
+/// the CPU's kernels' results.
+#[test]
+fn gpu_split_sums_match_the_cpu_on_the_host() {
+    let loops = lmc_codegen::emit_fused_loops(&wide_gpt2()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loops.contains("arith.ceildivui"), "no sum was split:\n{loops}");
+    split_sums_match_the_cpu("on the host", lmc_codegen::jit_gpu_forms_on_host);
+}
+
+/// The same on the GPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/gpu_check.sh"]
+fn gpu_split_sums_match_the_cpu() {
+    require_gpu();
+    split_sums_match_the_cpu("on the GPU", |g| lmc_codegen::jit_for(g, &lmc_codegen::Target::CUDA));
+}
+
+/// The tests marked `#[ignore]` need a GPU: asked for without one, they fail, saying why.
+fn require_gpu() {
+    if let Err(e) = lmc_runtime::cuda::cuda() {
+        panic!(
+            "this test needs an NVIDIA GPU, and there is none: {} (run it on a GPU machine: scripts/gpu_check.sh, or `cargo test --release -p lmc-tests --test gpu -- --ignored` there)",
+            e.message()
+        );
     }
 }
 

@@ -190,3 +190,288 @@ pub fn build_c_host(source: &str, exe: &Path, library: &Path, defines: &[String]
         .unwrap();
     assert!(cc.status.success(), "cc failed: {}", String::from_utf8_lossy(&cc.stderr));
 }
+
+/// Focused checks of emitted text, in the manner of LLVM's FileCheck: each pattern is matched
+/// against one line, in order, each after the line the previous one matched. Within a pattern,
+/// `{{.*}}` matches any run of characters of the line (SSA names, say), and the rest is matched
+/// literally, anywhere in the line. A pattern may start with a directive:
+///
+/// - `LABEL: p`: a line matching `p`; the patterns after it, up to the next `LABEL:`, must match
+///   before that label's line (one function's checks stay in that function);
+/// - `NEXT: p`: the line right after the previous match;
+/// - `NOT: p`: no line matches `p` between the previous match (or the label, or the start) and
+///   the next one (or the next label, or the end);
+/// - `COUNT-n: p`: `n` lines match `p`, each after the last (`n` more, not exactly `n`: follow
+///   with `NOT: p` for that).
+///
+/// A failure names the pattern, where the search started and the text that follows, and the
+/// nearest line (the one that matches the longest start of the pattern).
+#[track_caller]
+pub fn check_lines<P: AsRef<str>>(what: &str, text: &str, patterns: &[P]) {
+    if let Err(e) = try_check_lines(text, patterns) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// How many lines of `text` match `pattern` (a [`check_lines`] pattern, without a directive).
+pub fn count_lines(text: &str, pattern: &str) -> usize {
+    text.lines().filter(|l| line_matches(l, pattern)).count()
+}
+
+/// The top-level functions of a printed MLIR module, as (name, text from its `func.func` line
+/// to its closing brace), in order.
+pub fn mlir_functions(module: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in module.lines() {
+        if let Some((_, body)) = &mut current {
+            body.push_str(line);
+            body.push('\n');
+            if line == "  }" {
+                out.extend(current.take());
+            }
+        } else if line.starts_with("  func.func ") {
+            let name = line.split('@').nth(1).and_then(|s| s.split('(').next()).unwrap_or_default();
+            current = Some((name.to_string(), format!("{line}\n")));
+        }
+    }
+    out
+}
+
+/// The text of the function `name` of a printed MLIR module.
+#[track_caller]
+pub fn mlir_function<'a>(functions: &'a [(String, String)], name: &str) -> &'a str {
+    functions
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, body)| body.as_str())
+        .unwrap_or_else(|| panic!("no function @{name}"))
+}
+
+/// Whether one line matches a pattern: its pieces between `{{.*}}` in order.
+fn line_matches(line: &str, pattern: &str) -> bool {
+    matched_prefix(line, pattern) == pattern.split("{{.*}}").count()
+}
+
+/// How many of a pattern's pieces (between `{{.*}}`) a line matches, in order.
+fn matched_prefix(line: &str, pattern: &str) -> usize {
+    let mut rest = line;
+    let mut matched = 0;
+    for piece in pattern.split("{{.*}}") {
+        match rest.find(piece) {
+            Some(at) => {
+                rest = &rest[at + piece.len()..];
+                matched += 1;
+            }
+            None => break,
+        }
+    }
+    matched
+}
+
+/// How long a start of a pattern a line matches, in characters: the pieces it matches whole,
+/// then the longest start of the next one found after them.
+fn matched_chars(line: &str, pattern: &str) -> usize {
+    let mut rest = line;
+    let mut matched = 0;
+    for piece in pattern.split("{{.*}}") {
+        if let Some(at) = rest.find(piece) {
+            rest = &rest[at + piece.len()..];
+            matched += piece.len();
+            continue;
+        }
+        let cuts: Vec<usize> = piece.char_indices().map(|(i, _)| i).skip(1).collect();
+        matched += cuts.iter().rev().find(|&&k| rest.contains(&piece[..k])).copied().unwrap_or(0);
+        break;
+    }
+    matched
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Directive {
+    Plain,
+    Label,
+    Next,
+    Not,
+    Count(usize),
+}
+
+fn directive(pattern: &str) -> (Directive, &str) {
+    for (prefix, d) in [
+        ("LABEL: ", Directive::Label),
+        ("NEXT: ", Directive::Next),
+        ("NOT: ", Directive::Not),
+    ] {
+        if let Some(p) = pattern.strip_prefix(prefix) {
+            return (d, p);
+        }
+    }
+    if let Some(rest) = pattern.strip_prefix("COUNT-") {
+        if let Some((n, p)) = rest.split_once(": ") {
+            if let Ok(n) = n.parse() {
+                return (Directive::Count(n), p);
+            }
+        }
+    }
+    (Directive::Plain, pattern)
+}
+
+/// [`check_lines`], with the failure as a message.
+pub fn try_check_lines<P: AsRef<str>>(text: &str, patterns: &[P]) -> Result<(), String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let patterns: Vec<&str> = patterns.iter().map(AsRef::as_ref).collect();
+    let parsed: Vec<(Directive, &str)> = patterns.iter().map(|p| directive(p)).collect();
+    // The labels first: each bounds the search of the patterns before it.
+    let mut label_at = vec![None; parsed.len()];
+    let mut from = 0;
+    for (i, (d, p)) in parsed.iter().enumerate() {
+        if *d == Directive::Label {
+            let Some(at) = (from..lines.len()).find(|&l| line_matches(lines[l], p)) else {
+                return Err(failure(&lines, patterns[i], i, from, lines.len(), None));
+            };
+            label_at[i] = Some(at);
+            from = at + 1;
+        }
+    }
+    let limit_after = |i: usize| label_at[i + 1..].iter().flatten().next().copied().unwrap_or(lines.len());
+    let mut pos = 0; // the first line the next pattern may match
+    let mut last: Option<usize> = None; // the line the previous pattern matched
+    let mut nots: Vec<usize> = Vec::new(); // NOT patterns waiting for the next match
+    let check_nots = |nots: &mut Vec<usize>, from: usize, to: usize| -> Result<(), String> {
+        for &n in nots.iter() {
+            let p = parsed[n].1;
+            if let Some(l) = (from..to).find(|&l| line_matches(lines[l], p)) {
+                return Err(format!(
+                    "pattern {} `{}` matches line {}, which it must not:\n{}",
+                    n + 1,
+                    patterns[n],
+                    l + 1,
+                    excerpt(&lines, l, l + 1)
+                ));
+            }
+        }
+        nots.clear();
+        Ok(())
+    };
+    for (i, &(d, p)) in parsed.iter().enumerate() {
+        let limit = limit_after(i);
+        match d {
+            Directive::Label => {
+                let at = label_at[i].unwrap();
+                check_nots(&mut nots, pos, at)?;
+                pos = at + 1;
+                last = Some(at);
+            }
+            Directive::Not => nots.push(i),
+            Directive::Next => {
+                let want = last.map_or(0, |l| l + 1);
+                if want >= limit || !line_matches(lines[want], p) {
+                    return Err(failure(&lines, patterns[i], i, want, (want + 1).min(lines.len()), last));
+                }
+                check_nots(&mut nots, pos, want)?;
+                pos = want + 1;
+                last = Some(want);
+            }
+            Directive::Plain | Directive::Count(_) => {
+                let times = if let Directive::Count(n) = d { n } else { 1 };
+                let start = pos;
+                for k in 0..times {
+                    let Some(at) = (pos..limit).find(|&l| line_matches(lines[l], p)) else {
+                        let what = if times > 1 {
+                            format!("{} (match {} of {times})", patterns[i], k + 1)
+                        } else {
+                            patterns[i].to_string()
+                        };
+                        return Err(failure(&lines, &what, i, pos, limit, last));
+                    };
+                    if k == 0 {
+                        check_nots(&mut nots, start, at)?;
+                    }
+                    pos = at + 1;
+                    last = Some(at);
+                }
+            }
+        }
+    }
+    let end = parsed.len().checked_sub(1).map_or(lines.len(), limit_after);
+    check_nots(&mut nots, pos, end)
+}
+
+/// The message of a pattern not found between lines `from` and `to`.
+fn failure(lines: &[&str], pattern: &str, index: usize, from: usize, to: usize, last: Option<usize>) -> String {
+    let bare = directive(pattern).1;
+    let after = last.map_or("from the start".to_string(), |l| format!("after line {}", l + 1));
+    let mut message = format!(
+        "pattern {} `{pattern}` not found in lines {}..{} ({after}); the text from there:\n{}",
+        index + 1,
+        from + 1,
+        to,
+        excerpt(lines, from, (from + 8).min(to.max(from + 1)))
+    );
+    // The nearest line: the one that matches the longest start of the pattern, then the first.
+    let best = (from..to.min(lines.len()))
+        .map(|l| (matched_chars(lines[l], bare), l))
+        .filter(|&(m, _)| m > 0)
+        .max_by_key(|&(m, l)| (m, std::cmp::Reverse(l)));
+    match best {
+        Some((_, l)) => message.push_str(&format!("\nthe nearest line:\n{}", excerpt(lines, l, l + 1))),
+        None => message.push_str("\nno line there matches even the start of the pattern"),
+    }
+    message
+}
+
+/// Lines `from..to` (1-based numbers), each cut at 200 characters.
+fn excerpt(lines: &[&str], from: usize, to: usize) -> String {
+    lines[from.min(lines.len())..to.min(lines.len())]
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let cut: String = l.chars().take(200).collect();
+            let more = if cut.len() < l.len() { " ..." } else { "" };
+            format!("  {:>6} | {cut}{more}", from + k + 1)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "func @a\n  x = add 1\n  y = mul x\nfunc @b\n  z = add 2\n";
+
+    #[test]
+    fn patterns_match_in_order() {
+        try_check_lines(TEXT, &["add 1", "NEXT: y = mul", "func @b", "z = {{.*}} 2"]).unwrap();
+        assert!(try_check_lines(TEXT, &["mul", "add 1"]).is_err(), "out of order");
+        assert!(try_check_lines(TEXT, &["add 1", "NEXT: func @b"]).is_err(), "not the next line");
+        assert!(try_check_lines(TEXT, &["z = {{.*}} 3"]).is_err());
+    }
+
+    #[test]
+    fn labels_keep_checks_in_their_block() {
+        try_check_lines(TEXT, &["LABEL: func @a", "mul", "LABEL: func @b", "add 2"]).unwrap();
+        let e = try_check_lines(TEXT, &["LABEL: func @a", "add 2", "LABEL: func @b"]).unwrap_err();
+        assert!(e.contains("pattern 2 `add 2` not found in lines 2..3"), "{e}");
+        assert!(e.contains("the nearest line:\n       2 |   x = add 1"), "{e}");
+    }
+
+    #[test]
+    fn not_and_count() {
+        try_check_lines(TEXT, &["COUNT-2: = add", "NOT: = add"]).unwrap();
+        assert!(try_check_lines(TEXT, &["COUNT-3: = add"]).is_err());
+        assert!(try_check_lines(TEXT, &["= add", "NOT: = add"]).is_err());
+        try_check_lines(TEXT, &["LABEL: func @a", "NOT: add 2", "LABEL: func @b"]).unwrap();
+        let e = try_check_lines(TEXT, &["func @a", "NOT: mul", "func @b"]).unwrap_err();
+        assert!(e.contains("matches line 3, which it must not"), "{e}");
+        assert_eq!(count_lines(TEXT, "= add"), 2);
+    }
+
+    #[test]
+    fn functions_of_a_module() {
+        let module = "module {\n  func.func @forward(%a: i32) {\n    return\n  }\n  func.func private @f() {\n  }\n}\n";
+        let f = mlir_functions(module);
+        assert_eq!(f.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["forward", "f"]);
+        assert_eq!(mlir_function(&f, "forward").lines().count(), 3);
+    }
+}
