@@ -1,5 +1,5 @@
-//! MLIR text → lowered MLIR (`llvm` dialect), in-process through melior. The pass pipeline lives
-//! here and only here.
+//! MLIR text → lowered MLIR (`llvm` dialect), in-process through melior. The pass pipelines, the
+//! CPU's and the GPU lowering's, live here and only here.
 //!
 //! Apply the module's own schedule (the emitter's transform-dialect sequence, which tiles the
 //! ops it marked into parallel rows), bufferize (across functions: kernels and outlined ops are
@@ -105,6 +105,48 @@ pub const OPENMP_TO_LLVM: &str = concat!(
     "reconcile-unrealized-casts",
     ")"
 );
+
+/// The GPU lowering's pipelines, in the order `gpu::lower` runs them (with its own rewrites of
+/// operations between them). First, every `linalg` op becomes an `scf.parallel` nest.
+pub const GPU_TO_LOOPS: &str = "builtin.module(func.func(convert-linalg-to-parallel-loops),canonicalize)";
+
+/// The ops the emitter outlined as functions go back into their callers, where neighbouring
+/// nests can fuse.
+pub const GPU_INLINE: &str = "builtin.module(inline,symbol-dce,canonicalize,cse)";
+
+/// Neighbouring nests over the same elements fuse. `cse` first: fusion needs two nests' bounds
+/// to be the same SSA values.
+pub const GPU_FUSE: &str = "builtin.module(cse,func.func(scf-parallel-loop-fusion),canonicalize,cse)";
+
+/// Simplifies the split sums' constants and sizes.
+pub const GPU_TIDY: &str = "builtin.module(canonicalize,cse)";
+
+/// Tiles each nest's first (once `gpu::rewrite::innermost_first` has run, innermost) axis by
+/// `threads` and its second by `rows`, with a bounds check instead of a shorter last tile
+/// (launch sizes must be known before the launch), maps the tiles to blocks and their elements
+/// to threads, and outlines the launches as kernels.
+pub fn gpu_kernels(threads: usize, rows: usize) -> String {
+    format!(
+        "builtin.module(func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={threads},{rows} no-min-max-bounds=1}}),\
+         func.func(gpu-map-parallel-loops),convert-parallel-loops-to-gpu,canonicalize,gpu-kernel-outlining)"
+    )
+}
+
+/// Kernels to NVVM for `chip` (linking `libdevice` where given), host code to LLVM.
+/// `gpu-async-region` makes the host's GPU ops asynchronous on a stream: `gpu-to-llvm` lowers
+/// device allocations only in that form.
+pub fn gpu_to_nvvm(chip: &str, features: &str, libdevice: Option<&std::path::Path>) -> String {
+    let link = libdevice.map_or(String::new(), |p| format!(" l={}", p.display()));
+    format!(
+        "builtin.module(func.func(gpu-async-region),nvvm-attach-target{{chip={chip} features={features} O=3{link}}},\
+         convert-scf-to-cf,expand-strided-metadata,lower-affine,gpu.module(convert-gpu-to-nvvm),\
+         convert-to-llvm,gpu-to-llvm,reconcile-unrealized-casts,canonicalize,cse)"
+    )
+}
+
+/// Every kernel module's PTX, into the module (`format=isa`: no CUDA toolkit is needed; the
+/// driver compiles the PTX when the runtime loads it).
+pub const GPU_TO_BINARY: &str = "builtin.module(gpu-module-to-binary{format=isa})";
 
 /// A failure inside MLIR: our emitter produced something MLIR rejects. Always a compiler bug,
 /// reported with MLIR's own diagnostics.

@@ -6,15 +6,16 @@
 //!
 //! Steps, each checked by MLIR's verifier:
 //! 1. bufferize as for a CPU ([`mlir_pipeline::bufferize`]); copies that bufferization inserts
-//!    become `linalg.copy`, so that they run on the device too;
+//!    become `linalg.copy` ([`rewrite::copies_as_linalg`]), so that they run on the device too;
 //! 2. every `linalg` op becomes an `scf.parallel` nest (reductions: a sequential loop inside);
 //!    the ops the emitter outlined are inlined, and neighbouring nests over the same elements
 //!    fuse ([`crate::loop_fusion`]): a matmul with its bias and activation is one kernel;
-//! 3. each nest's axes are put innermost first ([`innermost_first`]), tiled by
+//! 3. each nest's axes are put innermost first ([`rewrite::innermost_first`]), tiled by
 //!    [`THREADS_PER_BLOCK`] and mapped onto blocks and threads, so that a block's threads read
 //!    consecutive elements of the innermost axis; nests become `gpu.launch`, then kernels, each
-//!    distinct one kept once ([`deduplicate_kernels`]);
-//! 4. host allocations become device allocations ([`allocate_on_device`]);
+//!    distinct one kept once ([`rewrite::deduplicate_kernels`]);
+//! 4. host code is checked to read no device memory ([`rewrite::check_host_code`]), and host
+//!    allocations become device allocations ([`rewrite::allocate_on_device`]);
 //! 5. the kernels go to NVVM and PTX (`gpu-module-to-binary{format=isa}`, so no CUDA toolkit
 //!    is needed: the driver compiles the PTX when the runtime loads it), the host code to LLVM.
 //!
@@ -24,6 +25,8 @@
 use crate::mlir_pipeline::{self, run, MlirError};
 use crate::CodegenError;
 use crate::{loop_fusion, split_k};
+
+mod rewrite;
 use melior::ir::Module;
 use melior::Context;
 use std::path::PathBuf;
@@ -73,19 +76,21 @@ fn cuda_tools_dir() -> Option<PathBuf> {
 /// Lowers an emitted GPU module to the `llvm` dialect with its kernels as PTX (`gpu.binary`).
 pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), CodegenError> {
     to_fused_loops(context, module)?;
-    rewrite(context, module, &[innermost_first], "ordering parallel loops innermost first")?;
-    run(context, module, &to_kernels(), "mapping parallel loops to GPU kernels")?;
-    let text = deduplicate_kernels(&module.as_operation().to_string());
-    check_host_code(&text)?;
-    *module = mlir_pipeline::parse(context, &allocate_on_device(&text)).map_err(|e| MlirError {
-        stage: "allocating host buffers on the device",
-        ..e
-    })?;
+    rewrite::innermost_first(module)?;
+    run(
+        context,
+        module,
+        &mlir_pipeline::gpu_kernels(THREADS_PER_BLOCK, ROWS_PER_BLOCK),
+        "mapping parallel loops to GPU kernels",
+    )?;
+    rewrite::deduplicate_kernels(context, module)?;
+    rewrite::check_host_code(module)?;
+    rewrite::allocate_on_device(context, module)?;
     let libdevice = libdevice();
     run(
         context,
         module,
-        &to_nvvm(libdevice.as_deref()),
+        &mlir_pipeline::gpu_to_nvvm(CHIP, PTX_FEATURES, libdevice.as_deref()),
         "lowering kernels to NVVM and host code to LLVM",
     )?;
     if libdevice.is_none() {
@@ -103,7 +108,7 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
             )));
         }
     }
-    run(context, module, TO_BINARY, "compiling the kernels to PTX")?;
+    run(context, module, mlir_pipeline::GPU_TO_BINARY, "compiling the kernels to PTX")?;
     Ok(())
 }
 
@@ -113,36 +118,36 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
 /// the nests the kernels are made of.
 pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), MlirError> {
     mlir_pipeline::bufferize(context, module)?;
-    rewrite(context, module, &[copies_as_linalg], "making copies loop nests")?;
-    run(context, module, TO_LOOPS, "lowering linalg to parallel loops")?;
+    rewrite::copies_as_linalg(context, module)?;
+    run(context, module, mlir_pipeline::GPU_TO_LOOPS, "lowering linalg to parallel loops")?;
     // The ops the emitter outlined as functions (one per distinct op, called wherever it
     // recurs) go back into their callers, where neighbouring nests can fuse once the
     // allocations between them are moved out of the way.
-    run(context, module, INLINE, "inlining the outlined ops")?;
-    rewrite(
+    run(context, module, mlir_pipeline::GPU_INLINE, "inlining the outlined ops")?;
+    rewrite_text(
         context,
         module,
         &[loop_fusion::gather_fusable_loops],
         "gathering parallel loops to fuse",
     )?;
-    run(context, module, FUSE, "fusing parallel loops")?;
+    run(context, module, mlir_pipeline::GPU_FUSE, "fusing parallel loops")?;
     // Fusion merges a reduction's initial store into its loop's nest; once the sum is carried
     // in a register, the nests that read it can join too.
-    rewrite(
+    rewrite_text(
         context,
         module,
         &[loop_fusion::accumulate_in_registers, loop_fusion::gather_fusable_loops],
         "carrying reductions in registers and gathering parallel loops to fuse",
     )?;
-    run(context, module, FUSE, "fusing parallel loops")?;
+    run(context, module, mlir_pipeline::GPU_FUSE, "fusing parallel loops")?;
     // Splitting sums last, so that a split sum's second nest keeps the epilogue fused into it.
-    rewrite(
+    rewrite_text(
         context,
         module,
         &[loop_fusion::temporaries_in_registers, split_k::split_sums],
         "keeping fused intermediates in registers and splitting long sums",
     )?;
-    run(context, module, TIDY, "simplifying the split sums")
+    run(context, module, mlir_pipeline::GPU_TIDY, "simplifying the split sums")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
@@ -198,41 +203,10 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const TO_LOOPS: &str = "builtin.module(func.func(convert-linalg-to-parallel-loops),canonicalize)";
-
-const TIDY: &str = "builtin.module(canonicalize,cse)";
-
-const INLINE: &str = "builtin.module(inline,symbol-dce,canonicalize,cse)";
-
-/// `cse` first: fusion needs two nests' bounds to be the same SSA values.
-const FUSE: &str = "builtin.module(cse,func.func(scf-parallel-loop-fusion),canonicalize,cse)";
-
-/// Tiles each nest's first (after [`innermost_first`], innermost) axis by
-/// [`THREADS_PER_BLOCK`] and its second by [`ROWS_PER_BLOCK`], with a bounds check instead of a
-/// shorter last tile (launch sizes must be known before the launch), maps the tiles to blocks
-/// and their elements to threads, and outlines the launches as kernels.
-fn to_kernels() -> String {
-    format!(
-        "builtin.module(func.func(scf-parallel-loop-tiling{{parallel-loop-tile-sizes={THREADS_PER_BLOCK},{ROWS_PER_BLOCK} no-min-max-bounds=1}}),\
-         func.func(gpu-map-parallel-loops),convert-parallel-loops-to-gpu,canonicalize,gpu-kernel-outlining)"
-    )
-}
-
-/// Kernels to NVVM, host code to LLVM. `gpu-async-region` makes the host's GPU ops
-/// asynchronous on a stream: `gpu-to-llvm` lowers device allocations only in that form.
-fn to_nvvm(libdevice: Option<&std::path::Path>) -> String {
-    let link = libdevice.map_or(String::new(), |p| format!(" l={}", p.display()));
-    format!(
-        "builtin.module(func.func(gpu-async-region),nvvm-attach-target{{chip={CHIP} features={PTX_FEATURES} O=3{link}}},\
-         convert-scf-to-cf,expand-strided-metadata,lower-affine,gpu.module(convert-gpu-to-nvvm),\
-         convert-to-llvm,gpu-to-llvm,reconcile-unrealized-casts,canonicalize,cse)"
-    )
-}
-
-const TO_BINARY: &str = "builtin.module(gpu-module-to-binary{format=isa})";
-
-/// Rewrites the module's text with each of `rewrites` in turn and parses the result back.
-fn rewrite<'c>(
+/// Rewrites the module's text with each of `rewrites` in turn and parses the result back: the
+/// fusion and split-sum rewrites of [`loop_fusion`] and [`split_k`], which still work on the
+/// printed module.
+fn rewrite_text<'c>(
     context: &'c Context,
     module: &mut Module<'c>,
     rewrites: &[fn(&str) -> String],
@@ -246,272 +220,9 @@ fn rewrite<'c>(
     Ok(())
 }
 
-/// `memref.copy %a, %b : A to B` → `linalg.copy ins(%a : A) outs(%b : B)`: a loop nest, which
-/// becomes a kernel, where `memref.copy` would be a host `memcpy` of device memory.
-fn copies_as_linalg(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let trimmed = line.trim_start();
-        let indent = &line[..line.len() - trimmed.len()];
-        let rewritten = trimmed.strip_prefix("memref.copy ").and_then(|rest| {
-            let (operands, types) = rest.split_once(" : ")?;
-            let (a, b) = operands.split_once(", ")?;
-            let (ta, tb) = types.split_once(" to ")?;
-            Some(format!("{indent}linalg.copy ins({a} : {ta}) outs({b} : {tb})"))
-        });
-        out.push_str(rewritten.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Reverses the axes of every `scf.parallel`: `(%i, %j) = (..) to (%n, %m)` becomes
-/// `(%j, %i) = (..) to (%m, %n)`. The loop body names its induction variables, so this changes
-/// only which axis the mapping sees first: the innermost, whose elements are consecutive in
-/// memory, becomes the threads of a block.
-fn innermost_first(text: &str) -> String {
-    const HEAD: &str = "scf.parallel (";
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let reversed = line.find(HEAD).and_then(|at| {
-            let (before, rest) = line.split_at(at);
-            let rest = &rest[HEAD.len()..];
-            let (ivs, rest) = rest.split_once(") = (")?;
-            let (lower, rest) = rest.split_once(") to (")?;
-            let (upper, rest) = rest.split_once(") step (")?;
-            let (step, rest) = rest.split_once(')')?;
-            let rev = |list: &str| {
-                let mut items: Vec<&str> = list.split(", ").collect();
-                items.reverse();
-                items.join(", ")
-            };
-            if [ivs, lower, upper, step].iter().any(|l| l.contains('(')) {
-                return None;
-            }
-            Some(format!(
-                "{before}{HEAD}{}) = ({}) to ({}) step ({}){rest}",
-                rev(ivs),
-                rev(lower),
-                rev(upper),
-                rev(step)
-            ))
-        });
-        out.push_str(reversed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Keeps one of each set of identical kernels and launches it wherever any of the set was.
-/// Outlining makes a kernel module per launch site, and fusion inlined the ops that recur (every
-/// layer's same ops), so without this a 12-layer model would carry, and the driver compile at
-/// load, twelve copies of each of its layer's kernels. Kernels take their buffers and sizes as
-/// arguments, so the same op in another layer is the same text.
-fn deduplicate_kernels(text: &str) -> String {
-    const HEAD: &str = "  gpu.module @";
-    let lines: Vec<&str> = text.lines().collect();
-    // Each kernel module: (name, first line, line after its end).
-    let mut modules = Vec::new();
-    let mut k = 0;
-    while k < lines.len() {
-        let Some(name) = lines[k].strip_prefix(HEAD).and_then(|rest| rest.strip_suffix(" {")) else {
-            k += 1;
-            continue;
-        };
-        let end = (k + 1..lines.len()).find(|&j| lines[j] == "  }").map_or(lines.len(), |j| j + 1);
-        modules.push((name, k, end));
-        k = end;
-    }
-    let mut first_of: std::collections::HashMap<&[&str], &str> = std::collections::HashMap::new();
-    let mut replaced_by: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    let mut dropped = vec![false; lines.len()];
-    for &(name, start, end) in &modules {
-        let body = &lines[start + 1..end];
-        match first_of.get(body) {
-            Some(&kept) => {
-                replaced_by.insert(name, kept);
-                dropped[start..end].iter_mut().for_each(|d| *d = true);
-            }
-            None => {
-                first_of.insert(body, name);
-            }
-        }
-    }
-    let mut out = String::with_capacity(text.len());
-    for (line, dropped) in lines.iter().zip(dropped) {
-        if dropped {
-            continue;
-        }
-        let launched = line
-            .find("gpu.launch_func ")
-            .and_then(|at| {
-                let rest = line[at..].split_once('@')?.1;
-                let name = rest.split_once("::")?.0;
-                Some((name, replaced_by.get(name)?))
-            })
-            .map(|(name, kept)| line.replacen(&format!("@{name}::"), &format!("@{kept}::"), 1));
-        out.push_str(launched.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// Host code (outside `gpu.module`s and `gpu.launch`es) must not touch memory: every buffer is
-/// on the device. A loop nest that did not become a kernel would read device memory on the host
-/// and crash; this turns that compiler bug into an error naming the op. The one exception is a
-/// scalar argument (`memref.load %argN[]`: a decode step's position, which places slices; or a
-/// scalar output's store), which the runtime passes in host memory that the device also reads.
-fn check_host_code(text: &str) -> Result<(), MlirError> {
-    let mut problems = Vec::new();
-    for (line, host) in host_lines(text) {
-        let op = line.trim_start();
-        let op = op.split_once(" = ").map_or(op, |(_, rhs)| rhs);
-        let scalar_argument = (op.starts_with("memref.load %arg") || (op.starts_with("memref.store ") && op.contains(", %arg")))
-            && op.contains("[] : memref<");
-        if host
-            && !scalar_argument
-            && ["memref.load", "memref.store", "memref.copy", "linalg.", "scf.parallel", "vector."]
-                .iter()
-                .any(|p| op.starts_with(p))
-        {
-            problems.push(line.trim().to_string());
-        }
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    problems.truncate(5);
-    Err(MlirError {
-        stage: "mapping loop nests to GPU kernels (host code would read device memory)",
-        diagnostics: problems,
-    })
-}
-
-/// The module's lines, each with whether it is host code: outside `gpu.module` and
-/// `gpu.launch` regions (by brace depth; MLIR prints one op per line).
-fn host_lines(text: &str) -> impl Iterator<Item = (&str, bool)> {
-    let mut depth = 0i64;
-    let mut device_from: Option<i64> = None;
-    text.lines().map(move |line| {
-        let trimmed = line.trim_start();
-        let op = trimmed.split_once(" = ").map_or(trimmed, |(_, rhs)| rhs);
-        if device_from.is_none() && (op.starts_with("gpu.module ") || op.starts_with("gpu.launch ")) {
-            device_from = Some(depth);
-        }
-        let host = device_from.is_none();
-        depth += line.matches('{').count() as i64 - line.matches('}').count() as i64;
-        if device_from.is_some_and(|d| depth <= d) {
-            device_from = None;
-        }
-        (line, host)
-    })
-}
-
-/// Host `memref.alloc`/`memref.dealloc` → `gpu.alloc`/`gpu.dealloc`: every buffer the host
-/// code allocates is read and written only by kernels.
-fn allocate_on_device(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (line, host) in host_lines(text) {
-        let rewritten = if host { on_device(line) } else { None };
-        out.push_str(rewritten.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// One host line's allocation or deallocation on the device, if it is one.
-fn on_device(line: &str) -> Option<String> {
-    if let Some(at) = line.find("memref.dealloc ") {
-        return Some(format!("{}gpu.dealloc {}", &line[..at], &line[at + "memref.dealloc ".len()..]));
-    }
-    let at = line.find("memref.alloc(")?;
-    let rest = &line[at + "memref.alloc(".len()..];
-    let (sizes, rest) = rest.split_once(')')?;
-    // Drop an alignment attribute (`{alignment = 64 : i64}`): gpu.alloc takes none, and device
-    // allocations are 256-byte aligned.
-    let rest = match rest.strip_prefix(" {").and_then(|r| r.split_once('}')) {
-        Some((_, after)) => after,
-        None => rest,
-    };
-    Some(format!("{}gpu.alloc ({sizes}){rest}", &line[..at]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parallel_loops_innermost_first() {
-        let text = "    scf.parallel (%a, %b, %c) = (%c0, %c0, %c0) to (%d, %e, %c768) step (%c1, %c1, %c1) {\n      x\n";
-        assert_eq!(
-            innermost_first(text),
-            "    scf.parallel (%c, %b, %a) = (%c0, %c0, %c0) to (%c768, %e, %d) step (%c1, %c1, %c1) {\n      x\n"
-        );
-    }
-
-    #[test]
-    fn host_allocations_only() {
-        let text = "func.func @f() {\n  %a = memref.alloc(%d) {alignment = 64 : i64} : memref<?xf32>\n  gpu.launch blocks(%x) {\n    %t = memref.alloc() : memref<4xf32>\n  }\n  memref.dealloc %a : memref<?xf32>\n}\n";
-        let out = allocate_on_device(text);
-        assert!(out.contains("%a = gpu.alloc (%d) : memref<?xf32>"), "{out}");
-        assert!(out.contains("%t = memref.alloc() : memref<4xf32>"), "{out}");
-        assert!(out.contains("gpu.dealloc %a : memref<?xf32>"), "{out}");
-    }
-
-    #[test]
-    fn identical_kernels_are_kept_once() {
-        let text = "\
-module attributes {gpu.container_module} {
-  func.func @forward(%a: memref<?xf32>, %b: memref<?xf32>) {
-    gpu.launch_func  @forward_kernel::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%a : memref<?xf32>)
-    gpu.launch_func  @forward_kernel_0::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%b : memref<?xf32>)
-    gpu.launch_func  @forward_kernel_1::@forward_kernel blocks in (%c1, %c1, %c1) threads in (%c128, %c1, %c1)  args(%b : memref<?xf32>)
-    return
-  }
-  gpu.module @forward_kernel {
-    gpu.func @forward_kernel(%arg0: memref<?xf32>) kernel {
-      gpu.return
-    }
-  }
-  gpu.module @forward_kernel_0 {
-    gpu.func @forward_kernel(%arg0: memref<?xf32>) kernel {
-      gpu.return
-    }
-  }
-  gpu.module @forward_kernel_1 {
-    gpu.func @forward_kernel(%arg0: memref<?xf64>) kernel {
-      gpu.return
-    }
-  }
-}
-";
-        let out = deduplicate_kernels(text);
-        assert!(!out.contains("gpu.module @forward_kernel_0 "), "{out}");
-        assert!(
-            out.contains("gpu.module @forward_kernel {") && out.contains("gpu.module @forward_kernel_1 {"),
-            "{out}"
-        );
-        assert_eq!(
-            out.matches("gpu.launch_func  @forward_kernel::@forward_kernel ").count(),
-            2,
-            "{out}"
-        );
-        assert_eq!(
-            out.matches("gpu.launch_func  @forward_kernel_1::@forward_kernel ").count(),
-            1,
-            "{out}"
-        );
-        assert_eq!(out.lines().count(), text.lines().count() - 5);
-    }
-
-    #[test]
-    fn copies_become_loop_nests() {
-        let text = "    memref.copy %a, %b : memref<?x4xf32> to memref<?x4xf32, strided<[8, 1]>>\n";
-        assert_eq!(
-            copies_as_linalg(text),
-            "    linalg.copy ins(%a : memref<?x4xf32>) outs(%b : memref<?x4xf32, strided<[8, 1]>>)\n"
-        );
-    }
 
     #[test]
     fn mlir_strings_unescaped() {
