@@ -2021,7 +2021,12 @@ fn ab_compares_variants() {
     ]);
     let stdout = String::from_utf8_lossy(&r.stdout);
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{stdout}\n{stderr}");
+    // A variant that does not compile is reported, the others measured, and the run fails.
+    assert_eq!(r.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("error: 1 variant(s) failed: D (models/bert.model:NoSuchModel)"),
+        "{stderr}"
+    );
     assert!(stdout.contains("cannot run past 40"), "{stdout}");
     assert!(stdout.contains("not compiled"), "{stdout}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -157,6 +157,36 @@ pub enum Severity {
     Warning,
 }
 
+/// The SGR sequences a rendering uses: all empty without colour.
+struct Style {
+    severity: &'static str,
+    blue: &'static str,
+    bold: &'static str,
+    reset: &'static str,
+}
+
+impl Style {
+    fn new(color: bool, severity: Severity) -> Style {
+        if !color {
+            return Style {
+                severity: "",
+                blue: "",
+                bold: "",
+                reset: "",
+            };
+        }
+        Style {
+            severity: match severity {
+                Severity::Error => "\x1b[1;31m",
+                Severity::Warning => "\x1b[1;33m",
+            },
+            blue: "\x1b[1;34m",
+            bold: "\x1b[1m",
+            reset: "\x1b[0m",
+        }
+    }
+}
+
 /// A span with the words printed under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {
@@ -211,12 +241,23 @@ impl Diagnostic {
         self
     }
 
-    /// Renders the diagnostic as text, rustc style, for a terminal or a UI test.
+    /// Renders the diagnostic as text, rustc style, for a UI test or a file: no colours.
     pub fn render(&self, sources: &SourceMap) -> String {
+        self.render_styled(sources, false)
+    }
+
+    /// Renders the diagnostic as [`render`](Self::render) does, coloured for a terminal when
+    /// `color` is true, as rustc colours it: the severity bold red (an error) or yellow (a
+    /// warning), the message bold, line numbers, gutters and secondary labels bold blue, the
+    /// primary label in the severity's colour. Without colour the text is that of `render`,
+    /// byte for byte.
+    pub fn render_styled(&self, sources: &SourceMap, color: bool) -> String {
         let kind = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        let s = Style::new(color, self.severity);
+        let (blue, bold, reset) = (s.blue, s.bold, s.reset);
         let mut labels = vec![(&self.primary, '^')];
         labels.extend(self.secondary.iter().map(|l| (l, '-')));
         let max_line = labels
@@ -228,9 +269,10 @@ impl Diagnostic {
         let pad = " ".repeat(gutter);
 
         let mut out = String::new();
-        let _ = writeln!(out, "{kind}[{}]: {}", self.code, self.message);
-        let _ = writeln!(out, "{pad}--> {}", sources.location(self.primary.span));
-        let _ = writeln!(out, "{pad} |");
+        let severity = s.severity;
+        let _ = writeln!(out, "{severity}{kind}[{}]{reset}{bold}: {}{reset}", self.code, self.message);
+        let _ = writeln!(out, "{pad}{blue}-->{reset} {}", sources.location(self.primary.span));
+        let _ = writeln!(out, "{pad} {blue}|{reset}");
         // The primary's file first, then other files; within a file, labels in source order,
         // and a line with several labels printed once with one underline row per label.
         let primary_file = self.primary.span.file;
@@ -244,7 +286,7 @@ impl Diagnostic {
                 continue;
             }
             if label.span.file != previous.0 {
-                let _ = writeln!(out, "{pad}::: {}", sources.location(label.span));
+                let _ = writeln!(out, "{pad}{blue}:::{reset} {}", sources.location(label.span));
                 previous = (label.span.file, 0);
             }
             let (l, c) = source.line_col(label.span.start);
@@ -257,16 +299,22 @@ impl Diagnostic {
             };
             if l != previous.1 {
                 window = Window::around(text, c);
-                let _ = writeln!(out, "{l:>gutter$} | {}", window.show(text));
+                let _ = writeln!(out, "{blue}{l:>gutter$} |{reset} {}", window.show(text));
                 previous.1 = l;
             }
             let (col, width) = window.place(c, width);
             let underline = mark.to_string().repeat(width);
-            let _ = writeln!(out, "{pad} | {}{underline} {}", " ".repeat(col - 1), label.message);
+            let mark_color = if mark == '^' { s.severity } else { blue };
+            let _ = writeln!(
+                out,
+                "{pad} {blue}|{reset} {}{mark_color}{underline} {}{reset}",
+                " ".repeat(col - 1),
+                label.message
+            );
         }
         if let Some(help) = &self.help {
-            let _ = writeln!(out, "{pad} |");
-            let _ = writeln!(out, "{pad} = help: {help}");
+            let _ = writeln!(out, "{pad} {blue}|{reset}");
+            let _ = writeln!(out, "{pad} {blue}={reset} {bold}help{reset}: {help}");
         }
         out
     }
@@ -290,5 +338,43 @@ impl Diagnostic {
             "secondary": self.secondary.iter().map(label).collect::<Vec<_>>(),
             "help": self.help,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the escape sequences, the coloured rendering is the plain one, byte for byte.
+    #[test]
+    fn colours_only_add_escape_sequences() {
+        let mut sources = SourceMap::new();
+        let a = sources.add(SourceFile::new("a.model", "config C {\n  a = 1\n  b = a + x\n}\n"));
+        let b = sources.add(SourceFile::new("b.model", "x = 2\n"));
+        let d = Diagnostic::error("E0100", "unknown name", Span::new(a, 28, 29), "not defined")
+            .with_secondary(Span::new(a, 13, 14), "defined here")
+            .with_secondary(Span::new(b, 0, 1), "elsewhere")
+            .with_help("did you mean `a`?");
+        for d in [d.clone(), Diagnostic::warning("W0001", "unused", Span::new(a, 13, 14), "here")] {
+            let plain = d.render(&sources);
+            let colored = d.render_styled(&sources, true);
+            assert_eq!(plain, d.render_styled(&sources, false));
+            assert_ne!(plain, colored);
+            let mut stripped = String::new();
+            let mut rest = colored.as_str();
+            while let Some(at) = rest.find('\x1b') {
+                stripped.push_str(&rest[..at]);
+                let end = rest[at..].find('m').expect("an SGR sequence ends in m");
+                rest = &rest[at + end + 1..];
+            }
+            stripped.push_str(rest);
+            assert_eq!(stripped, plain);
+        }
+        let colored = d.render_styled(&sources, true);
+        assert!(
+            colored.starts_with("\x1b[1;31merror[E0100]\x1b[0m\x1b[1m: unknown name\x1b[0m\n"),
+            "{colored:?}"
+        );
+        assert!(colored.contains("\x1b[1;34m3 |\x1b[0m"), "{colored:?}");
     }
 }

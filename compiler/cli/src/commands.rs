@@ -6,15 +6,16 @@ use lmc_lab::source::{load_model, load_program, overrides, print_diagnostics};
 use lmc_lab::{ConfigSource, Failure, Weights};
 use std::path::{Path, PathBuf};
 
-/// `lmc check FILE...`: loads each file with its imports and checks every model and variant in
-/// it, configured by its defaults.
+/// `lmc check FILE|DIR...`: loads each file (each `*.model` file under a directory) with its
+/// imports and checks every model and variant in it, configured by its defaults.
 pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
+    let files = model_files(files)?;
     let mut failed = false;
-    for path in files {
+    for path in &files {
         let (sources, diags) = match lmc_core::load_file(path) {
             Err(f) => {
                 for m in &f.io {
-                    eprintln!("error: {m}");
+                    lmc_lab::output::error(m);
                 }
                 failed = true;
                 (f.sources, f.diagnostics)
@@ -26,7 +27,7 @@ pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
                         Ok(c) => diags.extend(c.warnings),
                         Err(CheckError::Diagnostics(d)) => diags.extend(d),
                         Err(CheckError::Selection(m)) => {
-                            eprintln!("error: {m}");
+                            lmc_lab::output::error(&m);
                             failed = true;
                         }
                     }
@@ -58,38 +59,85 @@ pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
     }
 }
 
-/// `lmc fmt FILE...`: rewrites each file in the canonical layout, or with `--check` only says
-/// which are not.
-pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
-    let mut unformatted = Vec::new();
-    for path in files {
-        let text = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
-        let text = String::from_utf8(text).map_err(|_| Failure::Message(format!("{}: not valid UTF-8", path.display())))?;
-        if text.len() > lmc_core::program::MAX_SOURCE_BYTES {
-            return Err(Failure::Message(format!(
-                "{}: too large for a model file ({} bytes; the limit is {})",
-                path.display(),
-                text.len(),
-                lmc_core::program::MAX_SOURCE_BYTES
-            )));
+/// The files a list of paths stands for: a file itself, and a directory every `*.model` file
+/// under it (recursively, skipping hidden entries and not following links to directories),
+/// sorted so that every run takes them in the same order.
+pub fn model_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Failure> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
         }
-        let mut sources = lmc_grammar::SourceMap::new();
-        let id = sources.add(lmc_grammar::SourceFile::new(path.display().to_string(), text));
-        let source = sources.get(id);
-        let file = match lmc_grammar::parse_file(&source.text, id) {
-            Ok(f) => f,
-            Err(d) => {
-                print_diagnostics(&[d], &sources);
-                return Err(Failure::Reported);
+        let mut found = Vec::new();
+        collect_model_files(path, &mut found)?;
+        if found.is_empty() {
+            return Err(Failure::Message(format!("{}: no `.model` files in this directory", path.display())));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+fn collect_model_files(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), Failure> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Failure::Message(format!("cannot list {}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Failure::Message(format!("cannot list {}: {e}", dir.display())))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir {
+            collect_model_files(&path, found)?;
+        } else if path.extension().is_some_and(|e| e == "model") && path.is_file() {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// What `lmc fmt` reads stdin as: `-`.
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// `lmc fmt FILE|DIR...`: rewrites each file in the canonical layout, or with `--check` prints
+/// a diff of what would change. `lmc fmt -` formats stdin to stdout.
+pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
+    if files.iter().any(|p| is_stdin(p)) {
+        if files.len() > 1 {
+            return Err(Failure::Message("`lmc fmt -` formats stdin alone: give `-` without files".into()));
+        }
+        let mut text = Vec::new();
+        let limit = lmc_core::program::MAX_SOURCE_BYTES;
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin().lock(), limit as u64 + 1), &mut text)
+            .map_err(|e| Failure::Message(format!("cannot read stdin: {e}")))?;
+        let formatted = format_text("<stdin>", text)?;
+        return match formatted {
+            Formatted::Same(text) if !check_only => write_stdout(&text),
+            Formatted::Changed { new, .. } if !check_only => write_stdout(&new),
+            Formatted::Same(_) => Ok(()),
+            Formatted::Changed { old, new } => {
+                write_stdout(&unified_diff("<stdin>", &old, &new, lmc_lab::output::stdout_colors()))?;
+                Err(Failure::Message("<stdin> is not formatted (run `lmc fmt -` on it)".into()))
             }
         };
-        let formatted = lmc_grammar::format_file(&file, source);
-        if formatted != source.text {
-            if check_only {
-                unformatted.push(path.display().to_string());
-            } else {
-                std::fs::write(path, formatted).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
-            }
+    }
+    let files = model_files(files)?;
+    let mut unformatted = Vec::new();
+    for path in &files {
+        let text = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+        let name = path.display().to_string();
+        let Formatted::Changed { old, new } = format_text(&name, text)? else {
+            continue;
+        };
+        if check_only {
+            write_stdout(&unified_diff(&name, &old, &new, lmc_lab::output::stdout_colors()))?;
+            unformatted.push(name);
+        } else {
+            std::fs::write(path, new).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
         }
     }
     if unformatted.is_empty() {
@@ -100,6 +148,84 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> Result<(), Failure> {
             unformatted.join(", ")
         )))
     }
+}
+
+/// A model file's text, and whether formatting changes it.
+enum Formatted {
+    Same(String),
+    Changed { old: String, new: String },
+}
+
+/// Formats the text of a model file named `name` (in diagnostics).
+fn format_text(name: &str, text: Vec<u8>) -> Result<Formatted, Failure> {
+    let limit = lmc_core::program::MAX_SOURCE_BYTES;
+    if text.len() > limit {
+        return Err(Failure::Message(format!("{name}: too large for a model file (over {limit} bytes)")));
+    }
+    let text = String::from_utf8(text).map_err(|_| Failure::Message(format!("{name}: not valid UTF-8")))?;
+    let mut sources = lmc_grammar::SourceMap::new();
+    let id = sources.add(lmc_grammar::SourceFile::new(name, text));
+    let source = sources.get(id);
+    let file = match lmc_grammar::parse_file(&source.text, id) {
+        Ok(f) => f,
+        Err(d) => {
+            print_diagnostics(&[d], &sources);
+            return Err(Failure::Reported);
+        }
+    };
+    let formatted = lmc_grammar::format_file(&file, source);
+    if formatted == source.text {
+        Ok(Formatted::Same(formatted))
+    } else {
+        Ok(Formatted::Changed {
+            old: source.text.clone(),
+            new: formatted,
+        })
+    }
+}
+
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::Message(format!("cannot write to stdout: {e}")))
+}
+
+/// A unified diff (`---`/`+++` headers, `@@ -l,n +l,n @@` hunks with three lines of context)
+/// from a file's text to its formatted text; coloured as `git diff` colours it when `color`.
+pub fn unified_diff(name: &str, old: &str, new: &str, color: bool) -> String {
+    use lmc_lab::output::ansi;
+    use similar::ChangeTag;
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("{code}{text}{}", ansi::RESET)
+        } else {
+            text.to_string()
+        }
+    };
+    let diff = similar::TextDiff::from_lines(old, new);
+    let mut out = String::new();
+    out.push_str(&paint(ansi::BOLD, &format!("--- {name}\n+++ {name} (formatted)")));
+    out.push('\n');
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        out.push_str(&paint(ansi::CYAN, &hunk.header().to_string()));
+        out.push('\n');
+        for change in hunk.iter_changes() {
+            let (sign, code) = match change.tag() {
+                ChangeTag::Delete => ('-', ansi::RED),
+                ChangeTag::Insert => ('+', ansi::GREEN),
+                ChangeTag::Equal => (' ', ""),
+            };
+            let line = format!("{sign}{}", change.value().strip_suffix('\n').unwrap_or(change.value()));
+            out.push_str(&if code.is_empty() { line } else { paint(code, &line) });
+            out.push('\n');
+            if change.missing_newline() {
+                out.push_str("\\ No newline at end of file\n");
+            }
+        }
+    }
+    out
 }
 
 /// `lmc emit --stage S FILE[:MODEL]`.
@@ -213,6 +339,12 @@ pub fn run(
     device: lmc_codegen::Device,
     config: &ConfigSource,
 ) -> Result<(), Failure> {
+    // What is missing is said before anything is compiled.
+    weights.check("--weights")?;
+    lmc_lab::check_input_file("--inputs", inputs)?;
+    if let Some(lib) = library {
+        lmc_lab::check_input_file("--library", lib)?;
+    }
     let (checkpoint, seed) = match weights {
         Weights::Checkpoint(p) => (Some(p.as_path()), None),
         Weights::Random(s) => (None, Some(*s)),
@@ -247,7 +379,7 @@ pub fn run(
         }
     })?;
     for w in model.non_finite_parameters() {
-        eprintln!("warning: {w}");
+        lmc_lab::output::warning(w);
     }
     let unused = model.unused_tensors();
     if let (false, Some(weights)) = (unused.is_empty(), checkpoint) {

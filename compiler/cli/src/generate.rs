@@ -21,7 +21,8 @@ pub struct Options {
     pub threads: Option<usize>,
     /// `--decoder-start-token-id`: an encoder-decoder's first decoder token.
     pub decoder_start: Option<i64>,
-    /// `--json PATH`: timings (`prefill_ms`, `decode_tokens_per_s`) for the benchmarks.
+    /// `--json PATH`: timings (`prefill_ms`, `decode_tokens_per_s`) for the benchmarks; `-`
+    /// writes them to stdout, with the tokens, and prints to stderr what would go to stdout.
     pub json: Option<std::path::PathBuf>,
     /// Where the decode step runs: `--device`.
     pub device: lmc_codegen::Device,
@@ -37,6 +38,15 @@ pub fn generate(
 ) -> Result<(), Failure> {
     if o.max_new_tokens == 0 {
         return Err(Failure::Message("`--max-new-tokens` must be at least 1".into()));
+    }
+    let json_to_stdout = o.json.as_deref().is_some_and(lmc_lab::output::is_stdout);
+    if json_to_stdout {
+        lmc_lab::output::reserve_stdout();
+    }
+    // What is missing is said before anything is compiled.
+    weights.check("--weights")?;
+    if let Some(path) = prompt.file {
+        lmc_lab::check_input_file("--inputs", path)?;
     }
     use_threads(o.threads)?;
     require_device(o.device)?;
@@ -132,15 +142,16 @@ pub fn generate(
             "decode_ms_per_step": ms(g.decode) / g.decode_steps.max(1) as f64,
             "decode_tokens_per_s": if g.decode_steps > 0 { per_s } else { 0.0 },
             "cache_capacity": capacity,
+            "tokens": g.tokens,
         });
-        std::fs::write(path, format!("{report:#}\n")).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+        lmc_lab::output::write_report(path, &format!("{report:#}\n"))?;
     }
     let generated = g.tokens;
     match output {
         None => {
             for row in &generated {
                 let ids: Vec<String> = row.iter().map(i64::to_string).collect();
-                println!("{}", ids.join(" "));
+                lmc_lab::outln!("{}", ids.join(" "));
             }
         }
         Some(path) => {

@@ -6,15 +6,88 @@ mod generate;
 
 use lmc_lab::{ab, bench, experiment, Failure, Weights};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "lmc", version, about = "A compiler for language-model architectures")]
 struct Cli {
+    /// When to colour diagnostics and `error:` lines (`auto`: on a terminal, unless `NO_COLOR`
+    /// is set).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "WHEN",
+        default_value_t = ColorArg::Auto,
+        help_heading = "Global options"
+    )]
+    color: ColorArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--color WHEN`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorArg {
+    fn choice(self) -> lmc_lab::output::ColorChoice {
+        match self {
+            ColorArg::Auto => lmc_lab::output::ColorChoice::Auto,
+            ColorArg::Always => lmc_lab::output::ColorChoice::Always,
+            ColorArg::Never => lmc_lab::output::ColorChoice::Never,
+        }
+    }
+}
+
+/// What `lmc --version` says: `0.1.0 (commit abc1234, LLVM 22.1.8)`; the commit is the one
+/// built from (`-dirty` with uncommitted changes, `unknown` outside git), LLVM's version is
+/// what the linked LLVM reports.
+fn version() -> String {
+    format!(
+        "{} (commit {}, LLVM {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("LMC_COMMIT"),
+        lmc_codegen::version::llvm_version()
+    )
+}
+
+/// `--color` as the command line gives it, read before clap parses, so that clap's own help
+/// and errors follow it too.
+fn color_from_args(args: &[std::ffi::OsString]) -> Option<ColorArg> {
+    let mut value = None;
+    let mut iter = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            break;
+        }
+        let given = match arg.strip_prefix("--color") {
+            Some("") => iter.next().map(|v| v.into_owned()),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => continue,
+        };
+        value = given.and_then(|v| ColorArg::from_str(&v, false).ok()).or(value);
+    }
+    value
+}
+
+/// Parses the command line (exiting with clap's message on an error or for `--help`).
+fn parse_args() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let color = match color_from_args(&args) {
+        Some(ColorArg::Always) => clap::ColorChoice::Always,
+        Some(ColorArg::Never) => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
+    };
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let matches = Cli::command().version(version).color(color).get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Options that configure a model: a checkpoint's config.json and command-line overrides.
@@ -60,7 +133,8 @@ pub struct WeightsArgs {
 enum Command {
     /// Parse and check model files; exit 1 if any has an error.
     Check {
-        #[arg(required = true)]
+        /// Model files, or directories: every `*.model` file under one, in sorted order.
+        #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
         /// Diagnostics as text (default) or one JSON object per line.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
@@ -68,9 +142,12 @@ enum Command {
     },
     /// Rewrite model files in the canonical layout (comments kept).
     Fmt {
-        #[arg(required = true)]
+        /// Model files, or directories: every `*.model` file under one, in sorted order. `-`
+        /// reads a model from stdin and writes it formatted to stdout.
+        #[arg(required = true, value_name = "FILE|DIR|-")]
         files: Vec<PathBuf>,
-        /// Change nothing; exit 1 if a file is not formatted.
+        /// Change nothing: print a diff of what would change, and exit 1 if a file is not
+        /// formatted.
         #[arg(long)]
         check: bool,
     },
@@ -171,7 +248,8 @@ enum Command {
         /// `generate` returns them) to this safetensors file as `sequences` instead of printing.
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Also write the timings as JSON (`prefill_ms`, `decode_tokens_per_s`, ...).
+        /// Also write the timings as JSON (`prefill_ms`, `decode_tokens_per_s`, ...); `-` writes
+        /// it to stdout (the tokens go into it, and what is printed goes to stderr).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
         #[command(flatten)]
@@ -190,10 +268,12 @@ enum Command {
         /// The seed of the random weights (when no --weights).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        #[arg(long, default_value_t = 128)]
-        seq: usize,
+        /// The batch size (one: `lmc ab` compares several).
+        #[arg(long, value_name = "B", value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// The sequence length (one: `lmc ab` sweeps several). `--seq` is an old name for it.
+        #[arg(long, alias = "seq", value_name = "T", value_delimiter = ',', default_value = "128")]
+        lengths: Vec<usize>,
         /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).
         #[arg(long)]
         threads: Option<usize>,
@@ -206,7 +286,8 @@ enum Command {
         /// Untimed runs before them.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
-        /// Also write the numbers as JSON (`median_ms`, `gflop_per_s`, ...).
+        /// Also write the numbers as JSON (`median_ms`, `gflop_per_s`, ...); `-` writes it to
+        /// stdout (and the table to stderr).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
         #[command(flatten)]
@@ -214,6 +295,10 @@ enum Command {
     },
     /// Compare variants side by side: parameters, FLOPs, compile time, latency with confidence
     /// intervals from interleaved runs, and how far their outputs drift from the first's.
+    ///
+    /// Exits 1 when a variant fails (it does not compile, or a run fails), after printing and
+    /// writing the report; a size a variant cannot run by design (past a learned position
+    /// table, a model that cannot decode) is reported in the table, not failed.
     Ab {
         /// Two or more of FILE:MODEL; after one, a bare name is a model or variant of that file
         /// (`models/bert.model:BertModel BertALiBi`). Or one experiment file (`.yaml`), which
@@ -231,10 +316,10 @@ enum Command {
         #[arg(long, default_value_t = 0, requires = "random_weights")]
         seed: u64,
         /// Batch sizes to measure [default: 1; with an experiment file, replaces its `batch`].
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_name = "B,...", value_delimiter = ',')]
         batch: Option<Vec<usize>>,
         /// Sequence lengths to measure [default: 128; replaces an experiment file's `lengths`].
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_name = "T,...", value_delimiter = ',')]
         lengths: Option<Vec<usize>>,
         /// Timed rounds per cell, each running every variant once in rotating order [default:
         /// 15; replaces an experiment file's `runs`].
@@ -261,13 +346,13 @@ enum Command {
         /// [replaces an experiment file's `eval_text`].
         #[arg(long, value_name = "FILE")]
         eval_text: Option<PathBuf>,
-        /// Also write the report as JSON.
+        /// Also write the report as JSON; `-` writes it to stdout (and the tables to stderr).
         #[arg(long, value_name = "PATH")]
         json: Option<PathBuf>,
-        /// Also write one row per variant and size as CSV.
+        /// Also write one row per variant and size as CSV (`-`: to stdout).
         #[arg(long, value_name = "PATH")]
         csv: Option<PathBuf>,
-        /// Also write a self-contained HTML report with charts.
+        /// Also write a self-contained HTML report with charts (`-`: to stdout).
         #[arg(long, value_name = "PATH")]
         html: Option<PathBuf>,
         #[command(flatten)]
@@ -334,12 +419,13 @@ fn main() -> ExitCode {
     // other Unix tools, instead of failing the print with a panic: Rust ignores SIGPIPE.
     // SAFETY: sets the default disposition of one signal, before any other thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    let cli = parse_args();
+    lmc_lab::output::set_color(cli.color.choice());
     let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
     match worker.map(|w| w.join()) {
         Ok(Ok(code)) => code,
         _ => {
-            eprintln!("error: internal compiler error (lmc crashed); please report it with the input that caused it");
+            lmc_lab::output::error("internal compiler error (lmc crashed); please report it with the input that caused it");
             ExitCode::from(101)
         }
     }
@@ -420,25 +506,27 @@ fn run(cli: Cli) -> ExitCode {
             random_weights: _,
             seed,
             batch,
-            seq,
+            lengths,
             threads,
             device,
             runs,
             warmup,
             json,
             config,
-        } => {
-            let weights = Weights::new(weights, seed);
-            let work = bench::Work {
-                batch,
-                seq,
-                threads,
-                runs,
-                warmup,
-                device: device.device(),
-            };
-            bench::bench(&model, &weights, &config.source(), &work, json.as_deref())
-        }
+        } => one_size(&batch, "batch", "batch size")
+            .and_then(|batch| Ok((batch, one_size(&lengths, "lengths", "length")?)))
+            .and_then(|(batch, length)| {
+                let weights = Weights::new(weights, seed);
+                let work = bench::Work {
+                    batch,
+                    length,
+                    threads,
+                    runs,
+                    warmup,
+                    device: device.device(),
+                };
+                bench::bench(&model, &weights, &config.source(), &work, json.as_deref())
+            }),
         Command::Ab {
             variants,
             weights,
@@ -513,8 +601,58 @@ fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported) => ExitCode::FAILURE,
         Err(Failure::Message(m)) => {
-            eprintln!("error: {m}");
+            lmc_lab::output::error(&m);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The one size `lmc bench` times, of `--batch` or `--lengths` (which `lmc ab` takes as lists).
+fn one_size(values: &[usize], option: &str, what: &str) -> Result<usize, Failure> {
+    match values {
+        [v] => Ok(*v),
+        _ => {
+            let list: Vec<String> = values.iter().map(usize::to_string).collect();
+            let list = list.join(",");
+            Err(Failure::Message(format!(
+                "`--{option} {list}`: lmc bench times one {what}; `lmc ab` sweeps several (`lmc ab FILE:MODEL VARIANT --{option} {list}`)"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn color(args: &[&str]) -> Option<ColorArg> {
+        let args: Vec<std::ffi::OsString> = std::iter::once("lmc").chain(args.iter().copied()).map(Into::into).collect();
+        color_from_args(&args)
+    }
+
+    #[test]
+    fn color_is_read_before_clap_parses() {
+        assert!(color(&["check", "x.model"]).is_none());
+        assert!(color(&["--color", "never", "check"]) == Some(ColorArg::Never));
+        assert!(color(&["check", "--color=always", "x"]) == Some(ColorArg::Always));
+        // The last one wins, as it does for clap; a bad value is left to clap to report.
+        assert!(color(&["--color=never", "--color", "always"]) == Some(ColorArg::Always));
+        assert!(color(&["--color", "sometimes"]).is_none());
+        // After `--` it is an argument, not an option.
+        assert!(color(&["fmt", "--", "--color=never"]).is_none());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_times_one_size() {
+        assert!(matches!(one_size(&[8], "lengths", "length"), Ok(8)));
+        let Err(Failure::Message(m)) = one_size(&[8, 16], "lengths", "length") else {
+            panic!("a list was taken")
+        };
+        assert!(m.contains("`--lengths 8,16`") && m.contains("lmc ab"), "{m}");
     }
 }

@@ -10,6 +10,7 @@ pub mod llvm;
 mod loop_fusion;
 pub mod mlir_pipeline;
 mod split_k;
+pub mod version;
 
 pub use header::c_header;
 pub use mlir_pipeline::MlirError;

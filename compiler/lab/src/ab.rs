@@ -53,8 +53,11 @@ struct Variant {
     spec: String,
     label: Option<String>,
     compiled: Result<Compiled, String>,
-    /// With a decode workload: its decode step (or why it has none).
+    /// With a decode workload: its decode step (or why it has none: "cannot decode: ...", or
+    /// "failed: ...").
     decoding: Option<Result<DecodeModels, String>>,
+    /// Whether it failed: did not compile, or a run failed (`lmc ab` then exits 1).
+    failed: bool,
 }
 
 /// A variant's derived decode step and, for an encoder-decoder, its context function.
@@ -63,10 +66,19 @@ struct DecodeModels {
     context: Option<Compiled>,
 }
 
+/// Why a variant has no decode step.
+enum NoDecoding {
+    /// Its forward cannot be decoded (a bidirectional attention, say): a limit of the
+    /// architecture, reported in each cell.
+    Underivable(String),
+    /// The step was derived but did not compile: a failure of the variant.
+    Failed(String),
+}
+
 impl DecodeModels {
     /// Derives and compiles the decoding of `forward`, with caches for the longest prompt and
     /// `new` tokens (within a learned position table; longer prompts are skipped).
-    fn compile(spec: &str, forward: &Graph, weights: &Weights, work: &Workload, new: usize) -> Result<DecodeModels, String> {
+    fn compile(spec: &str, forward: &Graph, weights: &Weights, work: &Workload, new: usize) -> Result<DecodeModels, NoDecoding> {
         let lengths = &work.lengths;
         let longest = lengths.iter().max().copied().unwrap_or(1) + new - 1;
         let limit = forward.outputs.first().and_then(|(d, _)| match d.ty.dims.get(1) {
@@ -74,13 +86,18 @@ impl DecodeModels {
             _ => None,
         });
         let capacity = limit.map_or(longest, |l| longest.min(l)) as i64;
-        let mut decoding = lmc_core::decode::derive_decode(forward, capacity)?;
+        let underivable = NoDecoding::Underivable;
+        let mut decoding = lmc_core::decode::derive_decode(forward, capacity).map_err(underivable)?;
         if decoding.context.is_some() && capacity != new as i64 {
             // An encoder-decoder's prompt goes to the encoder: its decoder holds the new tokens.
-            decoding = lmc_core::decode::derive_decode(forward, new as i64)?;
+            decoding = lmc_core::decode::derive_decode(forward, new as i64).map_err(underivable)?;
         }
-        let step = compile_graph(spec, decoding.step, weights, work.device)?;
-        let context = decoding.context.map(|g| compile_graph(spec, g, weights, work.device)).transpose()?;
+        let step = compile_graph(spec, decoding.step, weights, work.device).map_err(NoDecoding::Failed)?;
+        let context = decoding
+            .context
+            .map(|g| compile_graph(spec, g, weights, work.device))
+            .transpose()
+            .map_err(NoDecoding::Failed)?;
         Ok(DecodeModels { step, context })
     }
 
@@ -160,8 +177,11 @@ enum Cell {
         /// Linux's `clear_refs` is not writable.
         peak_rss: Option<u64>,
     },
-    /// The variant cannot run at this size (a learned position table is too short), or failed.
+    /// The variant cannot run at this size (a learned position table is too short, say): a limit
+    /// by design, not a failure.
     Skipped(String),
+    /// The variant failed: it did not compile, or a run failed.
+    Failed(String),
 }
 
 /// Turns `A B C` into full `FILE:MODEL` specs: a bare name is a model or variant of the file
@@ -220,7 +240,7 @@ pub fn compile_graph(spec: &str, graph: Graph, weights: &Weights, device: lmc_co
     };
     let model = module.bind_weights(source).map_err(|e| e.to_string())?;
     for w in model.non_finite_parameters() {
-        eprintln!("warning: {spec}: {w}");
+        crate::output::warning(&format!("{spec}: {w}"));
     }
     Ok(Compiled { graph, model, compile_ms })
 }
@@ -297,6 +317,28 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     if work.runs < 3 {
         return Err(Failure::Message("`--runs` must be at least 3 for an interval".into()));
     }
+    if work.batches.is_empty() || work.lengths.is_empty() || work.batches.contains(&0) || work.lengths.contains(&0) {
+        return Err(Failure::Message(
+            "`--batch` and `--lengths` need one or more sizes, each at least 1".into(),
+        ));
+    }
+    if work.decode == Some(0) {
+        return Err(Failure::Message("`decode` must be at least 1 new token".into()));
+    }
+    let to_stdout = [&reports.json, &reports.csv, &reports.html]
+        .iter()
+        .filter(|p| p.as_deref().is_some_and(crate::output::is_stdout))
+        .count();
+    if to_stdout > 1 {
+        return Err(Failure::Message(
+            "only one of --json, --csv and --html can be `-` (stdout); write the others to files".into(),
+        ));
+    }
+    if to_stdout == 1 {
+        // The table goes to stderr, so that stdout is the report alone.
+        crate::output::reserve_stdout();
+    }
+    weights.check("--weights")?;
     let threads = crate::use_threads(work.threads)?;
     crate::require_device(work.device)?;
     let text = match &work.eval_text {
@@ -313,7 +355,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     };
     install_interrupt_handler();
     if let Some(t) = title {
-        println!("{t}");
+        crate::outln!("{t}");
     }
     let mut variants = Vec::new();
     for (k, v) in specs.iter().enumerate() {
@@ -322,31 +364,37 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         if let Err(e) = &compiled {
             eprintln!("  {} is left out: {e}", v.spec);
         }
+        let mut failed = compiled.is_err();
         let decoding = match (work.decode, &compiled) {
             (None, _) => None,
-            (Some(0), _) => return Err(Failure::Message("`decode` must be at least 1 new token".into())),
             (Some(_), Err(e)) => Some(Err(e.clone())),
-            (Some(new), Ok(c)) => {
-                let d = DecodeModels::compile(&v.spec, &c.graph, weights, work, new);
-                if let Err(e) = &d {
+            (Some(new), Ok(c)) => match DecodeModels::compile(&v.spec, &c.graph, weights, work, new) {
+                Ok(d) => Some(Ok(d)),
+                Err(NoDecoding::Underivable(e)) => {
                     eprintln!("  {} cannot decode: {e}", v.spec);
+                    Some(Err(format!("cannot decode: {e}")))
                 }
-                Some(d)
-            }
+                Err(NoDecoding::Failed(e)) => {
+                    eprintln!("  {}: its decode step did not compile: {e}", v.spec);
+                    failed = true;
+                    Some(Err(format!("failed: its decode step did not compile: {e}")))
+                }
+            },
         };
         variants.push(Variant {
             spec: v.spec.clone(),
             label: v.label.clone(),
             compiled,
             decoding,
+            failed,
         });
     }
     let letter = |k: usize| ((b'A' + (k % 26) as u8) as char).to_string();
 
     // Static facts.
     match work.device {
-        lmc_codegen::Device::Cpu => println!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" }),
-        lmc_codegen::Device::Cuda => println!("\nvariants (kernels on the GPU)"),
+        lmc_codegen::Device::Cpu => crate::outln!("\nvariants (kernels on {threads} thread{})", if threads == 1 { "" } else { "s" }),
+        lmc_codegen::Device::Cuda => crate::outln!("\nvariants (kernels on the GPU)"),
     }
     let mut report_variants = Vec::new();
     for (k, v) in variants.iter().enumerate() {
@@ -358,7 +406,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
                     Some(Ok(d)) => Some(d.step.compile_ms + d.context.as_ref().map_or(0.0, |c| c.compile_ms)),
                     _ => None,
                 };
-                println!(
+                crate::outln!(
                     "  {}  {:<44} params {:>9} (embedding {:>9}, other {:>9})  compiled in {}{}",
                     letter(k),
                     describe(v),
@@ -374,7 +422,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
                 }));
             }
             Err(e) => {
-                println!("  {}  {:<44} not compiled: {e}", letter(k), describe(v));
+                crate::outln!("  {}  {:<44} not compiled: {e}", letter(k), describe(v));
                 report_variants.push(json!({ "name": letter(k), "label": v.name(), "spec": v.spec, "error": e }));
             }
         }
@@ -396,6 +444,9 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         }
         let progress = format!("[{}/{}] batch {batch}, length {length}", i + 1, sizes.len());
         let cells = measure(&variants, batch, length, work, seed, &progress);
+        for (v, cell) in variants.iter_mut().zip(&cells) {
+            v.failed |= matches!(cell, Cell::Failed(_));
+        }
         let scores: Option<Vec<Result<crate::eval::Score, String>>> = text.as_ref().map(|t| {
             variants
                 .iter()
@@ -429,8 +480,9 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         "variants": report_variants, "cells": report_cells,
     });
     let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
-        eprintln!("wrote {}", path.display());
+        if crate::output::write_report(path, &text)? {
+            eprintln!("wrote {}", path.display());
+        }
         Ok::<(), Failure>(())
     };
     if let Some(path) = &reports.json {
@@ -442,13 +494,21 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     if let Some(path) = &reports.html {
         write(path, crate::report::html(&report))?;
     }
-    if variants.iter().all(|v| v.compiled.is_err()) {
-        return Err(Failure::Message("no variant compiled".into()));
+    // A variant that failed (did not compile, or a run failed) fails the command, after the
+    // report; one that cannot run a size by design (past a learned table) does not.
+    let failed: Vec<String> = variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.failed)
+        .map(|(k, v)| format!("{} ({})", letter(k), v.spec))
+        .collect();
+    let failed = (!failed.is_empty()).then(|| format!("{} variant(s) failed: {}", failed.len(), failed.join(", ")));
+    match (stopped, failed) {
+        (false, None) => Ok(()),
+        (false, Some(f)) => Err(Failure::Message(f)),
+        (true, None) => Err(Failure::Message("interrupted".into())),
+        (true, Some(f)) => Err(Failure::Message(format!("interrupted; {f}"))),
     }
-    if stopped {
-        return Err(Failure::Message("interrupted".into()));
-    }
-    Ok(())
 }
 
 /// A variant's line in the table: its spec, and its label when it has one.
@@ -471,7 +531,7 @@ fn install_interrupt_handler() {
         eprintln!("\nstopping after this run (Ctrl-C again to quit now)");
     });
     if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will end lmc without a report ({e})");
+        crate::output::warning(&format!("Ctrl-C will end lmc without a report ({e})"));
     }
 }
 
@@ -488,14 +548,14 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
     for v in variants {
         let prepared = match (&v.compiled, &v.decoding, work.decode) {
             (Err(_), _, _) => Err("not compiled".to_string()),
-            (Ok(_), Some(Err(why)), _) => Err(format!("cannot decode: {why}")),
+            (Ok(_), Some(Err(why)), _) => Err(why.clone()),
             (Ok(c), Some(Ok(d)), Some(new)) => match d.too_long(length, new) {
                 Some(why) => Err(why),
-                None => make_inputs(c, batch, length, seed),
+                None => make_inputs(c, batch, length, seed).map_err(|e| format!("failed: {e}")),
             },
             (Ok(c), _, _) => match length_limit(&c.graph, length) {
                 Some(why) => Err(why),
-                None => make_inputs(c, batch, length, seed),
+                None => make_inputs(c, batch, length, seed).map_err(|e| format!("failed: {e}")),
             },
         };
         match prepared {
@@ -510,7 +570,11 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             }
             Err(why) => {
                 inputs.push(None);
-                cells.push(Cell::Skipped(why));
+                cells.push(if why.starts_with("failed: ") {
+                    Cell::Failed(why)
+                } else {
+                    Cell::Skipped(why)
+                });
             }
         }
     }
@@ -538,7 +602,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
             let (Ok(c), Some(input)) = (&variants[k].compiled, &inputs[k]) else {
                 continue;
             };
-            if matches!(cells[k], Cell::Skipped(_)) {
+            if !matches!(cells[k], Cell::Ran { .. }) {
                 continue;
             }
             // Variants run one at a time, so the allocator's peak over one run is this one's, and
@@ -572,8 +636,8 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
                     }
                     *peak_rss = rss.map(|r| peak_rss.map_or(r, |p| p.max(r)));
                 }
-                (Err(e), cell) => *cell = Cell::Skipped(format!("failed: {e}")),
-                (Ok(_), Cell::Skipped(_)) => {}
+                (Err(e), cell) => *cell = Cell::Failed(format!("failed: {e}")),
+                (Ok(_), _) => {}
             }
         }
     }
@@ -593,12 +657,12 @@ fn print_scores(
     letter: &dyn Fn(usize) -> String,
     cell: &mut serde_json::Value,
 ) {
-    println!("  on {} (windows of {length} tokens):", text.path.display());
+    crate::outln!("  on {} (windows of {length} tokens):", text.path.display());
     for (k, (v, score)) in variants.iter().zip(scores).enumerate() {
         let row = cell["variants"].as_array_mut().and_then(|rows| rows.get_mut(k));
         match score {
             Ok(s) => {
-                println!(
+                crate::outln!(
                     "    {}  {:<34} loss {:.4}, perplexity {:.2} ({} window{})",
                     letter(k),
                     v.name(),
@@ -614,7 +678,7 @@ fn print_scores(
                 }
             }
             Err(why) => {
-                println!("    {}  {:<34} no score: {why}", letter(k), v.name());
+                crate::outln!("    {}  {:<34} no score: {why}", letter(k), v.name());
                 if let Some(r) = row {
                     r["eval_skipped"] = json!(why);
                 }
@@ -639,10 +703,10 @@ fn print_cell(
     letter: &dyn Fn(usize) -> String,
 ) -> serde_json::Value {
     match decode {
-        None => println!("\nbatch {batch}, length {length}"),
-        Some(new) => println!("\nbatch {batch}, prompt of {length}, then {new} new tokens (times: the whole generation)"),
+        None => crate::outln!("\nbatch {batch}, length {length}"),
+        Some(new) => crate::outln!("\nbatch {batch}, prompt of {length}, then {new} new tokens (times: the whole generation)"),
     }
-    println!(
+    crate::outln!(
         "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14}{:>13}{:>11}",
         "",
         "model",
@@ -671,7 +735,7 @@ fn print_cell(
             ) => {
                 let flops = lmc_core::cost::flops(&c.graph, &symbol_sizes(&c.graph, batch, length));
                 let (median, p10, p90) = (quantile(times_ms, 0.5), quantile(times_ms, 0.1), quantile(times_ms, 0.9));
-                println!(
+                crate::outln!(
                     "  {:<3}{:<34}{:>13}{:>12}{:>22}{:>14.0}{:>13}{:>11}",
                     letter(k),
                     name,
@@ -688,9 +752,13 @@ fn print_cell(
                     "activation_bytes": activation_bytes, "peak_rss_bytes": peak_rss,
                 }));
             }
-            (Cell::Skipped(why), _) | (Cell::Ran { .. }, Err(why)) => {
-                println!("  {:<3}{:<34}{why}", letter(k), name);
+            (Cell::Skipped(why), _) => {
+                crate::outln!("  {:<3}{:<34}{why}", letter(k), name);
                 rows.push(json!({ "name": letter(k), "label": name, "skipped": why }));
+            }
+            (Cell::Failed(why), _) | (Cell::Ran { .. }, Err(why)) => {
+                crate::outln!("  {:<3}{:<34}{why}", letter(k), name);
+                rows.push(json!({ "name": letter(k), "label": name, "skipped": why, "failed": true }));
             }
         }
     }
@@ -721,7 +789,7 @@ fn print_cell(
                     }
                 }
             }
-            println!("{line}");
+            crate::outln!("{line}");
             comparisons.push(json!({
                 "name": letter(k), "against": letter(b), "ratio": r.estimate, "low": r.low, "high": r.high,
                 "verdict": verdict(&letter(k), r), "divergence": diverged,

@@ -111,6 +111,8 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
         "random" => Weights::Random(file.seed),
         p => Weights::Checkpoint(relative(p)),
     };
+    // A checkpoint that is not there fails now, not after compiling every variant.
+    weights.check(&format!("{}: weights", path.display()))?;
     Ok(Experiment {
         title: file.title,
         variants,

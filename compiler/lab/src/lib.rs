@@ -9,6 +9,7 @@ pub mod bench;
 pub mod eval;
 pub mod experiment;
 pub mod experiment_file;
+pub mod output;
 pub mod process;
 pub mod report;
 pub mod source;
@@ -51,6 +52,42 @@ impl Weights {
             Some(path) => Weights::Checkpoint(path),
             None => Weights::Random(seed),
         }
+    }
+
+    /// Fails at once, before anything is compiled, when a checkpoint path does not exist or is
+    /// a directory without a checkpoint in it. `what` names where the path was given
+    /// (`--weights`, or an experiment file's `weights`).
+    pub fn check(&self, what: &str) -> Result<(), Failure> {
+        let Weights::Checkpoint(path) = self else { return Ok(()) };
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Failure::Message(format!("{what} {shown}: no such file or directory")))
+            }
+            Err(e) => Err(Failure::Message(format!("{what} {shown}: cannot read it: {e}"))),
+            Ok(m) if m.is_dir() => match lmc_runtime::weight_files(path) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    // "weights directory DIR holds no ..." → "--weights DIR: holds no ...".
+                    let prefix = format!("weights directory {shown} ");
+                    let why = e.message().strip_prefix(&prefix).unwrap_or(e.message());
+                    Err(Failure::Message(format!("{what} {shown}: {why}")))
+                }
+            },
+            Ok(_) => Ok(()),
+        }
+    }
+}
+
+/// Fails at once, before anything is compiled, when an input file does not exist.
+pub fn check_input_file(what: &str, path: &std::path::Path) -> Result<(), Failure> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(Failure::Message(format!("{what} {}: not a file", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Failure::Message(format!("{what} {}: no such file or directory", path.display())))
+        }
+        Err(e) => Err(Failure::Message(format!("{what} {}: cannot read it: {e}", path.display()))),
     }
 }
 

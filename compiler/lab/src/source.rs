@@ -17,7 +17,7 @@ pub fn split_model_ref(spec: &str) -> (PathBuf, Option<String>) {
 
 pub fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap) {
     for d in diags {
-        eprint!("{}", d.render(sources));
+        eprint!("{}", d.render_styled(sources, crate::output::stderr_colors()));
         eprintln!();
     }
 }
