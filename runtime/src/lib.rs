@@ -21,6 +21,7 @@ pub mod random;
 pub mod safetensors;
 pub mod tensor;
 pub mod validate;
+pub mod widen;
 
 pub use error::{ErrorKind, RuntimeError};
 pub use generate::{greedy, Decoder, Generated};

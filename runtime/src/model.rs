@@ -17,9 +17,10 @@ use lmc_abi::{DType, Dim, Manifest};
 use crate::cuda::DeviceBuffer;
 use crate::error::RuntimeError;
 use crate::module::Module;
-use crate::safetensors::SafeTensorsFile;
+use crate::safetensors::{SafeTensorsFile, StDType};
 use crate::tensor::HostTensor;
 use crate::validate::{output_shapes, shape_str, validate_inputs};
+use crate::widen::Half;
 
 /// The name of a single-file checkpoint inside a model directory (Hugging Face convention).
 pub const SINGLE_FILE_NAME: &str = "model.safetensors";
@@ -154,6 +155,9 @@ pub struct LoadedModel {
     params: Vec<(Vec<usize>, ParamData)>,
     unused: Vec<String>,
     non_finite: Vec<String>,
+    /// The safetensors dtype the f32 parameters are stored in (`F32`, `BF16`, `F16`); `None`
+    /// without float parameters.
+    weights_dtype: Option<String>,
     /// A CUDA module's parameters, copied to the GPU once, in manifest order.
     device_params: Vec<DeviceBuffer>,
 }
@@ -181,6 +185,8 @@ impl Module {
         let mut problems = Vec::new();
         let mut non_finite = Vec::new();
         let mut params = Vec::with_capacity(manifest.params.len());
+        // Each floating-point dtype the f32 parameters are stored in, with a parameter in it.
+        let mut float_dtypes: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
         for spec in &manifest.params {
             // Static and non-negative: the manifest was checked when the module was loaded.
             let want: Vec<usize> = spec
@@ -208,7 +214,12 @@ impl Module {
                 continue;
             };
             let path = file.path().display();
-            if t.dtype().as_dtype() != Some(spec.dtype) {
+            // A half-precision checkpoint's tensors are widened to the model's f32.
+            let half = match t.dtype() {
+                StDType::Other(name) if spec.dtype == DType::F32 => Half::from_name(name),
+                _ => None,
+            };
+            if t.dtype().as_dtype() != Some(spec.dtype) && half.is_none() {
                 problems.push(Problem::Other(format!(
                     "parameter \"{}\": {path} has dtype {}, the model expects {}",
                     spec.name,
@@ -226,20 +237,34 @@ impl Module {
                 continue;
             }
             if spec.dtype == DType::F32 {
-                if let Some(w) = non_finite_warning(&spec.name, t.bytes()) {
+                float_dtypes
+                    .entry(t.dtype().name().to_string())
+                    .or_insert_with(|| spec.name.clone());
+            }
+            let widened = half.map(|h| h.widen(t.bytes()));
+            if spec.dtype == DType::F32 {
+                let values = match &widened {
+                    Some(values) => std::borrow::Cow::Borrowed(values.as_slice()),
+                    None => std::borrow::Cow::Owned(f32_values(t.bytes())),
+                };
+                if let Some(w) = non_finite_warning(&spec.name, &values) {
                     non_finite.push(w);
                 }
             }
             if let (Some(packing), &[n, k]) = (spec.packing, want.as_slice()) {
                 // The module reads this matrix in panels (checked f32 [n, k] above).
-                let values: Vec<f32> = t
-                    .bytes()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let values = widened.unwrap_or_else(|| f32_values(t.bytes()));
                 let shape = packing.packed_shape(n, k).to_vec();
                 let packed = HostTensor::from_f32(spec.name.clone(), shape.clone(), packing.pack(&values, n, k))?;
                 params.push((shape, ParamData::Copied(packed)));
+                file.release_mapped(&spec.name);
+                continue;
+            }
+            if let Some(values) = widened {
+                params.push((
+                    want.clone(),
+                    ParamData::Copied(HostTensor::from_f32(spec.name.clone(), want, values)?),
+                ));
                 file.release_mapped(&spec.name);
                 continue;
             }
@@ -254,6 +279,19 @@ impl Module {
         if !problems.is_empty() {
             return Err(RuntimeError::weights(describe_problems(&problems, manifest, &files, &owner)));
         }
+        let weights_dtype = match float_dtypes.len() {
+            0 => None,
+            1 => float_dtypes.into_keys().next(),
+            _ => {
+                let examples: Vec<String> = float_dtypes.iter().map(|(d, name)| format!("{d} (e.g. \"{name}\")")).collect();
+                return Err(RuntimeError::weights(format!(
+                    "the weights store the model's f32 parameters in {}: one floating-point dtype \
+                     throughout is expected (convert the checkpoint, e.g. `model.to(torch.bfloat16)` \
+                     before `save_pretrained`)",
+                    examples.join(" and ")
+                )));
+            }
+        };
         let used: std::collections::HashSet<&str> = manifest.params.iter().map(|p| p.name.as_str()).collect();
         let unused = files
             .iter()
@@ -272,6 +310,7 @@ impl Module {
             params,
             unused,
             non_finite,
+            weights_dtype,
             device_params: Vec::new(),
         };
         if model.manifest().device == lmc_abi::Device::Cuda {
@@ -288,21 +327,26 @@ impl Module {
     }
 }
 
-/// A warning if an f32 tensor holds NaN or infinite values: the model still runs (a checkpoint
-/// may mean it, a `-inf` mask bias), but it is more often a corrupt or badly converted file.
-fn non_finite_warning(name: &str, bytes: &[u8]) -> Option<String> {
-    let (mut nan, mut inf) = (0usize, 0usize);
-    for chunk in bytes.chunks_exact(4) {
-        let v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        nan += usize::from(v.is_nan());
-        inf += usize::from(v.is_infinite());
-    }
+/// A warning if an f32 parameter holds NaN or infinite values: the model still runs (a
+/// checkpoint may mean it, a `-inf` mask bias), but it is more often a corrupt or badly converted
+/// file.
+fn non_finite_warning(name: &str, values: &[f32]) -> Option<String> {
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
     (nan + inf > 0).then(|| {
         format!(
             "parameter \"{name}\" holds {nan} NaN and {inf} infinite value(s) of {}",
-            bytes.len() / 4
+            values.len()
         )
     })
+}
+
+/// Little-endian f32 elements.
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 enum Problem<'a> {
@@ -406,6 +450,13 @@ impl LoadedModel {
     /// Names of tensors in the weights that no parameter uses, in file order (for a note).
     pub fn unused_tensors(&self) -> Vec<String> {
         self.unused.clone()
+    }
+
+    /// The safetensors dtype the model's f32 parameters were stored in: `F32`, or `BF16` or
+    /// `F16`, which were widened to f32 (exactly) when bound. `None` when the model has no float
+    /// parameters.
+    pub fn weights_dtype(&self) -> Option<&str> {
+        self.weights_dtype.as_deref()
     }
 
     /// One line per f32 parameter holding NaN or infinite values (to warn about).

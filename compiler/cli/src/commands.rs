@@ -381,6 +381,9 @@ pub fn run(
     for w in model.non_finite_parameters() {
         lmc_lab::output::warning(w);
     }
+    if let (Some(dtype), Some(weights)) = (model.weights_dtype(), checkpoint) {
+        eprintln!("weights: {} in {dtype}{}", weights.display(), lmc_lab::widened(dtype));
+    }
     let unused = model.unused_tensors();
     if let (false, Some(weights)) = (unused.is_empty(), checkpoint) {
         eprintln!(

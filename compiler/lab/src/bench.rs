@@ -86,6 +86,9 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, 
         lmc_codegen::Device::Cuda => crate::outln!("{spec}  batch {batch}, length {length}, on the GPU"),
     }
     crate::outln!("  parameters   {}", fmt_count(params.total));
+    if let (Some(dtype), Weights::Checkpoint(_)) = (c.model.weights_dtype(), weights) {
+        crate::outln!("  weights      {dtype}{}", crate::widened(dtype));
+    }
     crate::outln!("  compile      {}", fmt_ms(c.compile_ms));
     crate::outln!(
         "  latency      {} median, {} – {} (p10 – p90, {runs} runs)",
@@ -121,6 +124,7 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, 
             "gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / (median / 1e3),
             "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,
             "run_peak_rss_bytes": run_peak, "activation_bytes": activations, "device": device.as_str(),
+            "weights_dtype": match weights { Weights::Checkpoint(_) => c.model.weights_dtype(), Weights::Random(_) => None },
             "generator": lmc_abi::generator_string(),
         });
         crate::output::write_report(path, &(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;

@@ -91,6 +91,15 @@ pub fn check_input_file(what: &str, path: &std::path::Path) -> Result<(), Failur
     }
 }
 
+/// How a checkpoint's floating-point dtype reaches the kernels, for reports: nothing to say for
+/// f32; half precision is widened to f32 when the weights are bound.
+pub fn widened(dtype: &str) -> &'static str {
+    match dtype {
+        "F32" => "",
+        _ => ", widened to f32 when bound",
+    }
+}
+
 /// Applies a thread count (libomp's default, one per core, when `None`) for the kernels the
 /// calling thread starts; returns the count in effect.
 pub fn use_threads(threads: Option<usize>) -> Result<usize, Failure> {

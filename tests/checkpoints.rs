@@ -1,0 +1,284 @@
+//! Checkpoints as users have them: half-precision (bf16, f16) copies of the fixtures run, widened
+//! to f32 when bound, and give the f32 checkpoint's outputs within what the rounding of the
+//! weights allows; a checkpoint that mixes floating-point dtypes is refused, naming a tensor of
+//! each.
+
+use lmc_tests::{lmc, max_abs_diff, read_f32_tensors, root, scratch};
+use std::path::{Path, PathBuf};
+
+/// A safetensors file's f32 tensors: (name, shape, values), in file order.
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// The f32 tensors of a fixture's `model.safetensors`.
+fn fixture_weights(fixture: &str) -> Tensors {
+    read_f32_tensors(&root().join("tests/fixtures").join(fixture).join("model.safetensors"))
+}
+
+/// f32 → bf16 bits, rounding to nearest, ties to even (as `torch.Tensor.to(torch.bfloat16)`).
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16
+}
+
+/// f32 → IEEE binary16 bits, rounding to nearest, ties to even (for the values of a small
+/// model's weights: normal and subnormal f16 range, no overflow).
+fn f16_bits(x: f32) -> u16 {
+    let sign = ((x.to_bits() >> 16) & 0x8000) as u16;
+    let a = x.abs();
+    assert!(a < 65504.0, "{x} overflows f16");
+    // Scale so that one unit in the last place of the f16 result is 1.0, then round.
+    let exponent = if a < 6.103_515_6e-5 { -14 } else { a.log2().floor() as i32 };
+    let ulp = 2f64.powi(exponent - 10);
+    let units = (f64::from(a) / ulp).round_ties_even() as u32;
+    let bits = if exponent == -14 && units < 1024 {
+        units
+    } else {
+        // A carry may bump the exponent (units == 2048): the formula below absorbs it.
+        (((exponent + 15) as u32) << 10) + (units - 1024)
+    };
+    sign | bits as u16
+}
+
+/// Writes a safetensors file of 16-bit tensors of `dtype` (`BF16`, `F16`).
+fn write_half(path: &Path, dtype: &str, tensors: &[(String, Vec<usize>, Vec<u16>)]) {
+    write_raw(
+        path,
+        &tensors
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.clone(),
+                    dtype.to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|h| h.to_le_bytes()).collect(),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Writes a safetensors file as `save_pretrained` lays it out: a little-endian header length,
+/// the JSON header (padded with spaces to 8 bytes), then the tensors' bytes in order.
+fn write_raw(path: &Path, tensors: &[(String, String, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }),
+        );
+    }
+    let mut text = serde_json::to_string(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(path, file).unwrap();
+}
+
+/// A checkpoint directory: `fixture`'s config.json beside the given weights.
+fn checkpoint_dir(name: &str, fixture: &str) -> PathBuf {
+    let dir = scratch(name);
+    std::fs::copy(
+        root().join("tests/fixtures").join(fixture).join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    dir
+}
+
+/// `lmc run` on a checkpoint directory; the outputs and what it printed on stderr.
+fn run(spec: &str, weights: &Path, inputs: &Path) -> (Tensors, String) {
+    let out = weights.join("out.safetensors");
+    let r = lmc(&[
+        "run",
+        spec,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(r.status.success(), "{spec} on {}: {stderr}", weights.display());
+    (read_f32_tensors(&out), stderr)
+}
+
+/// Largest difference between two runs' outputs, and the largest magnitude of the reference.
+fn distance(got: &Tensors, want: &Tensors) -> (f32, f32) {
+    assert_eq!(got.len(), want.len());
+    let mut worst = (0.0f32, 0.0f32);
+    for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(want) {
+        assert_eq!((gn, gs), (wn, ws));
+        worst.0 = worst.0.max(max_abs_diff(gv, wv));
+        worst.1 = worst.1.max(wv.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+    }
+    worst
+}
+
+/// (fixture, model, inputs, transformers' outputs)
+const CASES: [(&str, &str, &str, &str); 2] = [
+    ("llama_tiny", "models/llama.model:LlamaForCausalLM", "inputs", "expected"),
+    ("bert_tiny", "models/bert.model:BertModel", "inputs_model", "expected_model"),
+];
+
+/// The error rounding the weights allows, relative to the outputs' largest magnitude: eight
+/// units of the format's rounding (2^-9 for bf16's 8 significant bits, 2^-12 for f16's 11),
+/// for the rounding errors of a few layers that add up.
+const BF16_ALLOWED: f32 = 8.0 / 512.0;
+const F16_ALLOWED: f32 = 8.0 / 4096.0;
+
+#[test]
+fn half_precision_checkpoints_run_widened_to_f32() {
+    for (fixture, spec, inputs, expected) in CASES {
+        let weights = fixture_weights(fixture);
+        let inputs = root().join("tests/fixtures").join(fixture).join(format!("{inputs}.safetensors"));
+        let reference = read_f32_tensors(&root().join("tests/fixtures").join(fixture).join(format!("{expected}.safetensors")));
+
+        // bf16, and the same rounded values stored as f32: widening is exact, so the two runs
+        // compute the same numbers, bit for bit.
+        let bf16 = checkpoint_dir(&format!("bf16_{fixture}"), fixture);
+        let halves: Vec<_> = weights
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), v.iter().map(|&x| bf16_bits(x)).collect::<Vec<_>>()))
+            .collect();
+        write_half(&bf16.join("model.safetensors"), "BF16", &halves);
+        let rounded = checkpoint_dir(&format!("bf16_as_f32_{fixture}"), fixture);
+        let as_f32: Vec<_> = halves
+            .iter()
+            .map(|(n, s, h)| {
+                (
+                    n.clone(),
+                    "F32".to_string(),
+                    s.clone(),
+                    h.iter().flat_map(|&b| f32::from_bits(u32::from(b) << 16).to_le_bytes()).collect(),
+                )
+            })
+            .collect();
+        write_raw(&rounded.join("model.safetensors"), &as_f32);
+        let (from_bf16, stderr) = run(spec, &bf16, &inputs);
+        assert!(stderr.contains("in BF16, widened to f32 when bound"), "{stderr}");
+        let (from_rounded, stderr) = run(spec, &rounded, &inputs);
+        assert!(!stderr.contains("widened"), "{stderr}");
+        for ((name, _, a), (_, _, b)) in from_bf16.iter().zip(&from_rounded) {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{spec}: {name} from BF16 weights differs from the same values stored as F32");
+        }
+        let (err, scale) = distance(&from_bf16, &reference);
+        eprintln!("{spec}: bf16 weights give transformers' f32 outputs within {err:.2e} (outputs up to {scale:.2})");
+        assert!(err <= BF16_ALLOWED * scale, "{spec}: bf16 weights are {err} from the f32 outputs");
+
+        // f16: three more bits of mantissa, so closer still.
+        let f16 = checkpoint_dir(&format!("f16_{fixture}"), fixture);
+        let halves: Vec<_> = weights
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), v.iter().map(|&x| f16_bits(x)).collect::<Vec<_>>()))
+            .collect();
+        write_half(&f16.join("model.safetensors"), "F16", &halves);
+        let (from_f16, stderr) = run(spec, &f16, &inputs);
+        assert!(stderr.contains("in F16, widened to f32 when bound"), "{stderr}");
+        let (err16, _) = distance(&from_f16, &reference);
+        eprintln!("{spec}: f16 weights give transformers' f32 outputs within {err16:.2e}");
+        assert!(
+            err16 <= F16_ALLOWED * scale && err16 < err,
+            "{spec}: f16 weights are {err16} from the f32 outputs (bf16: {err})"
+        );
+    }
+}
+
+#[test]
+fn f16_rounding_of_the_test_matches_the_format() {
+    // The test's own f32 → f16 rounding, against values whose f16 bits are known.
+    for (x, bits) in [
+        (1.0f32, 0x3c00u16),
+        (-2.0, 0xc000),
+        (0.333_333_34, 0x3555),
+        (65504.0 - 1.0, 0x7bff),
+        (6.0e-8, 0x0001),
+        (1e-4, 0x068e),
+    ] {
+        assert_eq!(f16_bits(x), bits, "{x}");
+    }
+    assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80, "a tie rounds to even");
+    assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82, "a tie rounds to even");
+}
+
+#[test]
+fn a_checkpoint_mixing_float_dtypes_is_refused() {
+    let weights = fixture_weights("gpt2_tiny");
+    let dir = checkpoint_dir("mixed_dtypes", "gpt2_tiny");
+    let tensors: Vec<_> = weights
+        .iter()
+        .enumerate()
+        .map(|(k, (n, s, v))| {
+            if k == 0 {
+                (
+                    n.clone(),
+                    "BF16".to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|&x| bf16_bits(x).to_le_bytes()).collect(),
+                )
+            } else {
+                (
+                    n.clone(),
+                    "F32".to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            }
+        })
+        .collect();
+    write_raw(&dir.join("model.safetensors"), &tensors);
+    let out = dir.join("out.safetensors");
+    let r = lmc(&[
+        "run",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "--weights",
+        dir.to_str().unwrap(),
+        "--inputs",
+        "tests/fixtures/gpt2_tiny/inputs.safetensors",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("BF16 (e.g. \"{}\")", weights[0].0)), "{stderr}");
+    assert!(stderr.contains("F32 (e.g. \""), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bench_reports_the_weights_dtype() {
+    let dir = checkpoint_dir("bench_bf16", "gpt2_tiny");
+    let halves: Vec<_> = fixture_weights("gpt2_tiny")
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.iter().map(|&x| bf16_bits(x)).collect::<Vec<_>>()))
+        .collect();
+    write_half(&dir.join("model.safetensors"), "BF16", &halves);
+    let r = lmc(&[
+        "bench",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "--weights",
+        dir.to_str().unwrap(),
+        "--lengths",
+        "8",
+        "--runs",
+        "2",
+        "--warmup",
+        "0",
+        "--json",
+        "-",
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("weights      BF16, widened to f32 when bound"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(report["weights_dtype"], "BF16");
+}
