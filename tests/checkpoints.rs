@@ -3,7 +3,7 @@
 //! weights allows; a checkpoint that mixes floating-point dtypes is refused, naming a tensor of
 //! each.
 
-use lmc_tests::{lmc, max_abs_diff, read_f32_tensors, root, scratch};
+use lmc_tests::{bf16_bits, lmc, max_abs_diff, read_f32_tensors, root, scratch, write_half, write_raw};
 use std::path::{Path, PathBuf};
 
 /// A safetensors file's f32 tensors: (name, shape, values), in file order.
@@ -12,13 +12,6 @@ type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 /// The f32 tensors of a fixture's `model.safetensors`.
 fn fixture_weights(fixture: &str) -> Tensors {
     read_f32_tensors(&root().join("tests/fixtures").join(fixture).join("model.safetensors"))
-}
-
-/// f32 → bf16 bits, rounding to nearest, ties to even (as `torch.Tensor.to(torch.bfloat16)`).
-fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
-    (rounded >> 16) as u16
 }
 
 /// f32 → IEEE binary16 bits, rounding to nearest, ties to even (for the values of a small
@@ -38,48 +31,6 @@ fn f16_bits(x: f32) -> u16 {
         (((exponent + 15) as u32) << 10) + (units - 1024)
     };
     sign | bits as u16
-}
-
-/// Writes a safetensors file of 16-bit tensors of `dtype` (`BF16`, `F16`).
-fn write_half(path: &Path, dtype: &str, tensors: &[(String, Vec<usize>, Vec<u16>)]) {
-    write_raw(
-        path,
-        &tensors
-            .iter()
-            .map(|(n, s, v)| {
-                (
-                    n.clone(),
-                    dtype.to_string(),
-                    s.clone(),
-                    v.iter().flat_map(|h| h.to_le_bytes()).collect(),
-                )
-            })
-            .collect::<Vec<_>>(),
-    );
-}
-
-/// Writes a safetensors file as `save_pretrained` lays it out: a little-endian header length,
-/// the JSON header (padded with spaces to 8 bytes), then the tensors' bytes in order.
-fn write_raw(path: &Path, tensors: &[(String, String, Vec<usize>, Vec<u8>)]) {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
-    let mut data = Vec::new();
-    for (name, dtype, shape, bytes) in tensors {
-        let start = data.len();
-        data.extend_from_slice(bytes);
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }),
-        );
-    }
-    let mut text = serde_json::to_string(&header).unwrap();
-    while !text.len().is_multiple_of(8) {
-        text.push(' ');
-    }
-    let mut file = (text.len() as u64).to_le_bytes().to_vec();
-    file.extend_from_slice(text.as_bytes());
-    file.extend_from_slice(&data);
-    std::fs::write(path, file).unwrap();
 }
 
 /// A checkpoint directory: `fixture`'s config.json beside the given weights.

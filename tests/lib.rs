@@ -434,6 +434,55 @@ fn excerpt(lines: &[&str], from: usize, to: usize) -> String {
         .join("\n")
 }
 
+/// f32 → bf16 bits, rounding to nearest, ties to even (as `torch.Tensor.to(torch.bfloat16)`).
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16
+}
+
+/// Writes a safetensors file of 16-bit tensors of `dtype` (`BF16`, `F16`).
+pub fn write_half(path: &Path, dtype: &str, tensors: &[(String, Vec<usize>, Vec<u16>)]) {
+    write_raw(
+        path,
+        &tensors
+            .iter()
+            .map(|(n, s, v)| {
+                (
+                    n.clone(),
+                    dtype.to_string(),
+                    s.clone(),
+                    v.iter().flat_map(|h| h.to_le_bytes()).collect(),
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// Writes a safetensors file as `save_pretrained` lays it out: a little-endian header length,
+/// the JSON header (padded with spaces to 8 bytes), then the tensors' bytes in order.
+pub fn write_raw(path: &Path, tensors: &[(String, String, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [start, data.len()] }),
+        );
+    }
+    let mut text = serde_json::to_string(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(path, file).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

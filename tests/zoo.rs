@@ -890,6 +890,51 @@ fn minilm_matches_pytorch() {
         dir.display()
     );
     assert!(err <= 1e-4, "max abs error {err} > 1e-4");
+
+    // The same checkpoint in bf16, as most checkpoints on the Hub are stored: widened to f32
+    // when bound, within eight units of bf16's rounding (2^-9) of the outputs' size.
+    let bf16 = scratch("minilm_bf16");
+    std::fs::copy(dir.join("config.json"), bf16.join("config.json")).unwrap();
+    // Floating-point tensors become BF16; integer ones (the position ids buffer) stay as they
+    // are, as `model.to(torch.bfloat16)` leaves them.
+    let file = lmc_runtime::SafeTensorsFile::open(&dir.join("model.safetensors")).unwrap();
+    let tensors: Vec<_> = file
+        .tensors()
+        .map(|info| {
+            let t = file.get(&info.name).unwrap();
+            let (dtype, bytes) = match t.dtype().as_dtype() {
+                Some(DType::F32) => (
+                    "BF16".to_string(),
+                    t.bytes()
+                        .chunks_exact(4)
+                        .flat_map(|b| bf16_bits(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+                        .collect(),
+                ),
+                _ => (t.dtype().name().to_string(), t.bytes().to_vec()),
+            };
+            (info.name.clone(), dtype, info.shape.clone(), bytes)
+        })
+        .collect();
+    write_raw(&bf16.join("model.safetensors"), &tensors);
+    let got = run_outputs(
+        "models/bert.model:BertModel",
+        bf16.to_str().unwrap(),
+        fixture.join("inputs.safetensors").to_str().unwrap(),
+        &bf16.join("outputs.safetensors"),
+        &[],
+    );
+    let scale = wv.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&got[0].2, wv);
+    let dot: f64 = got[0].2.iter().zip(wv).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let cosine = dot / (norm(&got[0].2) * norm(wv));
+    println!("all-MiniLM-L6-v2 in bf16: max abs error {err:.1e} (outputs up to {scale:.1}), cosine {cosine:.6}");
+    // Six layers of bf16's rounding (2^-9 per weight): sixteen units of the outputs' size, and
+    // the same direction.
+    assert!(
+        err <= 16.0 / 512.0 * scale && cosine >= 0.9999,
+        "bf16: max abs error {err}, cosine {cosine}"
+    );
 }
 
 /// The skip is reserved for an unreachable registry: pip's other failures are not mistaken for it.
