@@ -44,9 +44,12 @@ fn checkpoint_dir(name: &str, fixture: &str) -> PathBuf {
     dir
 }
 
-/// `lmc run` on a checkpoint directory; the outputs and what it printed on stderr.
+/// `lmc run` on a checkpoint directory; the outputs and what it printed on stderr. The outputs
+/// go to a scratch directory of their own, never beside a committed fixture.
 fn run(spec: &str, weights: &Path, inputs: &Path) -> (Tensors, String) {
-    let out = weights.join("out.safetensors");
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = scratch(&format!("checkpoint_run_{k}")).join("out.safetensors");
     let r = lmc(&[
         "run",
         spec,
@@ -232,4 +235,90 @@ fn bench_reports_the_weights_dtype() {
     assert!(stderr.contains("weights      BF16, widened to f32 when bound"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(report["weights_dtype"], "BF16");
+}
+
+/// `lmc run` with the given integer inputs (taken from a fixture's inputs file), on the fixture's
+/// checkpoint; the outputs.
+fn run_with_inputs(spec: &str, fixture: &str, inputs_file: &str, keep: &[&str], name: &str) -> Tensors {
+    let dir = scratch(name);
+    let file = lmc_runtime::SafeTensorsFile::open(&root().join("tests/fixtures").join(fixture).join(inputs_file)).unwrap();
+    let tensors: Vec<_> = keep.iter().map(|n| file.get(n).unwrap().to_host().unwrap()).collect();
+    let table: Vec<_> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes()))
+        .collect();
+    let inputs = dir.join("inputs.safetensors");
+    lmc_runtime::write_safetensors(&inputs, &table).unwrap();
+    let weights = root().join("tests/fixtures").join(fixture);
+    run(spec, &weights, &inputs).0
+}
+
+/// A model's optional inputs default as Hugging Face's do: a causal LM or BERT given
+/// `input_ids` alone computes what it computes with an all-ones `attention_mask` (and BERT with
+/// all-zero `token_type_ids`), bit for bit.
+#[test]
+fn inputs_left_out_take_huggingface_defaults() {
+    for (spec, fixture, inputs, defaulted) in [
+        (
+            "models/gpt2.model:GPT2LMHeadModel",
+            "gpt2_tiny",
+            "inputs.safetensors",
+            &["attention_mask"][..],
+        ),
+        (
+            "models/llama.model:LlamaForCausalLM",
+            "llama_tiny",
+            "inputs.safetensors",
+            &["attention_mask"][..],
+        ),
+        (
+            "models/bert.model:BertModel",
+            "bert_tiny",
+            "inputs_model.safetensors",
+            &["attention_mask", "token_type_ids"][..],
+        ),
+    ] {
+        let alone = run_with_inputs(spec, fixture, inputs, &["input_ids"], &format!("alone_{fixture}"));
+        // The same ids with the defaults written out.
+        let dir = scratch(&format!("explicit_{fixture}"));
+        let file = lmc_runtime::SafeTensorsFile::open(&root().join("tests/fixtures").join(fixture).join(inputs)).unwrap();
+        let ids = file.get("input_ids").unwrap().to_host().unwrap();
+        let count = ids.shape.iter().product::<usize>();
+        let ones: Vec<u8> = std::iter::repeat_n(1i64, count).flat_map(|v| v.to_le_bytes()).collect();
+        let zeros = vec![0u8; count * 8];
+        let mut table = vec![("input_ids", ids.dtype, ids.shape.as_slice(), ids.bytes())];
+        for name in defaulted {
+            let bytes = if *name == "attention_mask" { &ones } else { &zeros };
+            table.push((name, lmc_abi::DType::I64, ids.shape.as_slice(), bytes));
+        }
+        let explicit = dir.join("inputs.safetensors");
+        lmc_runtime::write_safetensors(&explicit, &table).unwrap();
+        let (spelled_out, _) = run(spec, &root().join("tests/fixtures").join(fixture), &explicit);
+        assert_eq!(alone.len(), spelled_out.len());
+        for ((name, shape, a), (_, _, b)) in alone.iter().zip(&spelled_out) {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{spec}: {name} {shape:?} with {defaulted:?} left out differs from it written out"
+            );
+        }
+    }
+    // An input without a default is still required, and the message says which.
+    let dir = scratch("no_ids");
+    let inputs = dir.join("inputs.safetensors");
+    let mask: Vec<u8> = std::iter::repeat_n(1i64, 4).flat_map(|v| v.to_le_bytes()).collect();
+    lmc_runtime::write_safetensors(&inputs, &[("attention_mask", lmc_abi::DType::I64, &[1, 4], &mask)]).unwrap();
+    let r = lmc(&[
+        "run",
+        "models/gpt2.model:GPT2LMHeadModel",
+        "--weights",
+        "tests/fixtures/gpt2_tiny",
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "-o",
+        dir.join("out.safetensors").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing input \"input_ids\" (i64 [B, T])"), "{stderr}");
 }

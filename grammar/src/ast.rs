@@ -197,6 +197,9 @@ pub enum Outputs {
 pub struct InputDecl {
     pub name: Ident,
     pub ty: InputType,
+    /// `= ones`: what a model input is when the caller leaves it out (`ones`, `zeros`,
+    /// `arange`); the checker decides which names mean something.
+    pub default: Option<Ident>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

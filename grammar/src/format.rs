@@ -302,7 +302,14 @@ impl Formatter<'_> {
                 span,
             } => self.member_if(cond, then, otherwise, span.start, span.end, ""),
             Member::Forward(f) => {
-                let inputs: Vec<String> = f.inputs.iter().map(|i| format!("{}: {}", i.name.name, input_type(&i.ty))).collect();
+                let inputs: Vec<String> = f
+                    .inputs
+                    .iter()
+                    .map(|i| match &i.default {
+                        Some(d) => format!("{}: {} = {}", i.name.name, input_type(&i.ty), d.name),
+                        None => format!("{}: {}", i.name.name, input_type(&i.ty)),
+                    })
+                    .collect();
                 let outputs = match &f.outputs {
                     Outputs::Single(t) => tensor_type(t),
                     Outputs::Named(os) => format!(

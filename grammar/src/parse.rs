@@ -344,7 +344,8 @@ impl Builder {
                     } else {
                         InputType::IndexFn(self.span(&t))
                     };
-                    inputs.push(InputDecl { name, ty });
+                    let default = p.next().map(|d| self.ident(d));
+                    inputs.push(InputDecl { name, ty, default });
                 }
                 Rule::outputs => {
                     let parts: Vec<_> = part.into_inner().collect();

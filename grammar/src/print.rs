@@ -123,7 +123,8 @@ impl Printer<'_> {
                     self.line(depth, f.span.start, "forward");
                     for i in &f.inputs {
                         let t = crate::format::input_type_with(&i.ty, expr);
-                        self.line(depth + 1, i.name.span.start, &format!("input {}: {t}", i.name.name));
+                        let default = i.default.as_ref().map_or(String::new(), |d| format!(" = {}", d.name));
+                        self.line(depth + 1, i.name.span.start, &format!("input {}: {t}{default}", i.name.name));
                     }
                     match &f.outputs {
                         Outputs::Single(t) => self.line(depth + 1, t.span.start, &format!("output {}", ty(t))),

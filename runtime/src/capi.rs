@@ -801,6 +801,7 @@ mod tests {
             shape,
             index_bound: None,
             packing: None,
+            default: None,
         };
         let n = || Dim::Symbol("N".into());
         let manifest = Manifest {

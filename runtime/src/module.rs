@@ -307,6 +307,7 @@ pub(crate) mod tests {
             shape: vec![Dim::Static(1)],
             index_bound: None,
             packing: None,
+            default: None,
         });
         m.entries = vec![Entry {
             name: "forward".into(),

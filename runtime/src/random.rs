@@ -108,6 +108,7 @@ mod tests {
             shape: shape.iter().map(|&n| Dim::Static(n)).collect(),
             index_bound: None,
             packing: None,
+            default: None,
         }
     }
 

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lmc_abi::{DType, Dim, Manifest, TensorSpec};
+use lmc_abi::{DType, Dim, InputDefault, Manifest, TensorSpec};
 
 use crate::error::RuntimeError;
 use crate::tensor::{byte_size, HostTensor};
@@ -128,7 +128,9 @@ pub struct BoundInputs<'a> {
 
 /// Checks `inputs` against the manifest's inputs and binds the symbolic dimensions.
 ///
-/// Inputs may come in any order; each manifest input must be given exactly once. Dtypes must
+/// Inputs may come in any order; each manifest input must be given exactly once, except that an
+/// input with a default may be left out (it is then made as its default says, in the sizes the
+/// given inputs bind). Dtypes must
 /// match, except that i32 is accepted for i64 (widened) and i64 for i32 (range-checked). Static
 /// dimensions must match; a symbol takes its value from its first occurrence (in manifest order)
 /// and every later occurrence must agree; every symbol must be at least 1 and within its `max`.
@@ -151,7 +153,7 @@ pub fn validate_inputs<'a>(m: &Manifest, inputs: &'a [HostTensor]) -> Result<Bou
     let missing: Vec<String> = m
         .inputs
         .iter()
-        .filter(|s| !given.contains_key(s.name.as_str()))
+        .filter(|s| !given.contains_key(s.name.as_str()) && s.default.is_none())
         .map(|s| format!("\"{}\" ({} {})", s.name, s.dtype.as_str(), shape_str(&s.shape)))
         .collect();
     if !missing.is_empty() {
@@ -166,9 +168,13 @@ pub fn validate_inputs<'a>(m: &Manifest, inputs: &'a [HostTensor]) -> Result<Bou
     let mut symbols: BTreeMap<String, usize> = BTreeMap::new();
     // Symbol → the input that bound it, for disagreement messages.
     let mut bound_by: HashMap<&str, &str> = HashMap::new();
-    let mut converted = Vec::with_capacity(m.inputs.len());
+    let mut converted: Vec<Option<Cow<'a, HostTensor>>> = Vec::with_capacity(m.inputs.len());
     for spec in &m.inputs {
-        let t = given[spec.name.as_str()];
+        let Some(&t) = given.get(spec.name.as_str()) else {
+            // Left out, with a default: made below, once the given inputs have bound the sizes.
+            converted.push(None);
+            continue;
+        };
         if !t.is_consistent() {
             return Err(RuntimeError::invalid_argument(format!(
                 "input \"{}\": shape {:?} of {} needs {} bytes, but the tensor holds {}",
@@ -225,13 +231,53 @@ pub fn validate_inputs<'a>(m: &Manifest, inputs: &'a [HostTensor]) -> Result<Bou
         if let Some(bound) = &spec.index_bound {
             check_indices(spec, &t, bound.limit, &bound.reason)?;
         }
-        converted.push(t);
+        converted.push(Some(t));
     }
+    let mut inputs = Vec::with_capacity(m.inputs.len());
+    for (spec, t) in m.inputs.iter().zip(converted) {
+        let t = match (t, spec.default) {
+            (Some(t), _) => t,
+            (None, Some(default)) => Cow::Owned(default_input(spec, default, &symbols)?),
+            (None, None) => unreachable!("a missing input without a default was reported above"),
+        };
+        if let (Some(bound), Some(_)) = (&spec.index_bound, spec.default) {
+            check_indices(spec, &t, bound.limit, &bound.reason)?;
+        }
+        inputs.push(t);
+    }
+    let converted = inputs;
     check_decode_room(m, &converted)?;
     Ok(BoundInputs {
         inputs: converted,
         symbols,
     })
+}
+
+/// The input a caller left out, as its default makes it, in the sizes the given inputs bound.
+fn default_input(spec: &TensorSpec, default: InputDefault, symbols: &BTreeMap<String, usize>) -> Result<HostTensor, RuntimeError> {
+    let shape = spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Static(n) => Ok(*n as usize),
+            Dim::Symbol(s) => symbols.get(s).copied().ok_or_else(|| {
+                RuntimeError::input(format!(
+                    "input \"{}\" was left out, and no given input sets its size {s}: give \"{}\" ({})",
+                    spec.name,
+                    spec.name,
+                    shape_str(&spec.shape)
+                ))
+            }),
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
+    let count: usize = shape.iter().product();
+    let last = shape.last().copied().unwrap_or(1);
+    let values = (0..count).map(|flat| default.value(flat, last));
+    match spec.dtype {
+        DType::I64 => HostTensor::from_i64(spec.name.clone(), shape, values.collect()),
+        DType::I32 => HostTensor::from_i32(spec.name.clone(), shape, values.map(|v| v as i32).collect()),
+        DType::F32 => HostTensor::from_f32(spec.name.clone(), shape, values.map(|v| v as f32).collect()),
+    }
 }
 
 fn check_symbol(m: &Manifest, sym: &str, value: usize, input: &str, axis: usize) -> Result<(), RuntimeError> {
@@ -377,6 +423,7 @@ pub(crate) mod tests {
             shape: shape.to_vec(),
             index_bound: None,
             packing: None,
+            default: None,
         }
     }
 
@@ -462,6 +509,41 @@ pub(crate) mod tests {
         assert_eq!(e, "unknown input \"input_idz\"; the model's inputs are: input_ids, token_type_ids");
         let e = err(&m, &[ids("input_ids", &[1, 3], vec![0; 3]), ids("input_ids", &[1, 3], vec![0; 3])]);
         assert_eq!(e, "input \"input_ids\" is given twice");
+    }
+
+    #[test]
+    fn inputs_left_out_take_their_defaults() {
+        let mut m = bert_like();
+        m.inputs[1].default = Some(InputDefault::Zeros);
+        let mut mask = spec("attention_mask", DType::I64, &[sym("B"), sym("T")]);
+        mask.default = Some(InputDefault::Ones);
+        let mut positions = spec("position_ids", DType::I32, &[sym("B"), sym("T")]);
+        positions.default = Some(InputDefault::Arange);
+        positions.index_bound = Some(Bound {
+            limit: 8,
+            reason: "rows of embeddings.position_embeddings.weight".into(),
+        });
+        m.inputs.push(mask);
+        m.inputs.push(positions);
+        let given = [ids("input_ids", &[2, 3], vec![1, 2, 3, 4, 5, 6])];
+        let bound = validate_inputs(&m, &given).unwrap();
+        let names: Vec<&str> = bound.inputs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["input_ids", "token_type_ids", "attention_mask", "position_ids"]);
+        assert_eq!(bound.inputs[1].as_i64().unwrap(), [0; 6]);
+        assert_eq!(bound.inputs[2].as_i64().unwrap(), [1; 6]);
+        assert_eq!(bound.inputs[3].as_i32().unwrap(), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(bound.inputs[3].shape, [2, 3]);
+        // Given, a defaulted input is taken as it is.
+        let given = [ids("input_ids", &[1, 2], vec![1, 2]), ids("attention_mask", &[1, 2], vec![1, 0])];
+        assert_eq!(validate_inputs(&m, &given).unwrap().inputs[2].as_i64().unwrap(), [1, 0]);
+        // A size that only a left-out input would give cannot be made up.
+        let mut m = bert_like();
+        m.inputs[1].shape = vec![sym("B"), sym("S")];
+        m.inputs[1].default = Some(InputDefault::Zeros);
+        assert_eq!(
+            err(&m, &[ids("input_ids", &[1, 2], vec![1, 2])]),
+            "input \"token_type_ids\" was left out, and no given input sets its size S: give \"token_type_ids\" ([B, S])"
+        );
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl<'g> Deriver<'g> {
             // The runtime checks `position + new tokens <= capacity` (the manifest's decode
             // section), which says more than a bound on the position alone.
             index_bound: None,
+            default: None,
         });
         let regions = g.enclosing_scans();
         let mut scan_at_body = HashMap::new();
@@ -456,6 +457,7 @@ impl<'g> Deriver<'g> {
             name: format!("cache.{slot}"),
             ty: ty.clone(),
             index_bound: None,
+            default: None,
         };
         self.cache_outputs.push((decl, None));
         (slot, self.push(Op::Carry(output), ty, loc))
@@ -806,6 +808,7 @@ impl<'g> Deriver<'g> {
                         name: format!("context.{k}"),
                         ty: c.node(*v).ty.clone(),
                         index_bound: None,
+                        default: None,
                     };
                     (decl, *v)
                 })
@@ -821,6 +824,7 @@ impl<'g> Deriver<'g> {
                 name: format!("context.{k}"),
                 ty,
                 index_bound: None,
+                default: None,
             });
             context_inputs.push(self.out.inputs.len() - 1);
             self.out.nodes[v.0 as usize].op = Op::Input(self.out.inputs.len() - 1);

@@ -430,6 +430,8 @@ pub struct TensorDecl {
     pub ty: TensorType,
     /// For integer inputs used as gather indices: values must be below this.
     pub index_bound: Option<Bound>,
+    /// For model inputs the caller may leave out: what they hold then.
+    pub default: Option<lmc_abi::InputDefault>,
 }
 
 /// A compile-time config value after defaults and overrides.
@@ -676,7 +678,8 @@ impl Graph {
                 Some(b) => format!("  # values < {} ({})", b.limit, b.reason),
                 None => String::new(),
             };
-            let _ = writeln!(out, "  input {i} {}: {}{bound}", p.name, self.type_name(&p.ty));
+            let default = p.default.map_or(String::new(), |d| format!(" = {}", d.name()));
+            let _ = writeln!(out, "  input {i} {}: {}{default}{bound}", p.name, self.type_name(&p.ty));
         }
         let regions = self.enclosing_scans();
         let depth = |mut r: Option<ValueId>| {

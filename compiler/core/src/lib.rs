@@ -40,6 +40,7 @@ pub fn manifest(g: &Graph) -> Manifest {
             .collect(),
         index_bound: d.index_bound.clone(),
         packing: None,
+        default: d.default,
     };
     Manifest {
         abi_version: lmc_abi::ABI_VERSION,

@@ -110,6 +110,55 @@ pub struct TensorSpec {
     /// caller passes the tensor packed this way (the runtime packs it when it binds weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packing: Option<Packing>,
+    /// For inputs the caller may leave out: the values the runtime passes instead, shaped by the
+    /// symbols the given inputs bind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<InputDefault>,
+}
+
+/// What an input the caller leaves out holds (`attention_mask: i64[B, T] = ones`), as Hugging
+/// Face's models default their optional inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputDefault {
+    /// Every element 1 (an attention mask that masks nothing).
+    Ones,
+    /// Every element 0 (token type ids of a single segment).
+    Zeros,
+    /// Each element its index along the last axis (position ids `0..T` for every row).
+    Arange,
+}
+
+impl InputDefault {
+    /// The names a `.model` file writes after `=`.
+    pub const NAMES: [&'static str; 3] = ["ones", "zeros", "arange"];
+
+    pub fn from_name(name: &str) -> Option<InputDefault> {
+        match name {
+            "ones" => Some(InputDefault::Ones),
+            "zeros" => Some(InputDefault::Zeros),
+            "arange" => Some(InputDefault::Arange),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InputDefault::Ones => "ones",
+            InputDefault::Zeros => "zeros",
+            InputDefault::Arange => "arange",
+        }
+    }
+
+    /// The value of the element at flat index `flat` of a tensor whose last axis has `last`
+    /// elements.
+    pub fn value(self, flat: usize, last: usize) -> i64 {
+        match self {
+            InputDefault::Ones => 1,
+            InputDefault::Zeros => 0,
+            InputDefault::Arange => (flat % last.max(1)) as i64,
+        }
+    }
 }
 
 /// A `[N, K]` f32 matrix stored as panels of `panel` of its rows, each panel `K` by `panel`

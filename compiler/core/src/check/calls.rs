@@ -120,6 +120,15 @@ impl<'p> Elab<'p> {
         let mut callee = Frame::new(inst);
         let mut ellipsis: Option<Vec<Dim>> = None;
         for (input, g) in forward.inputs.iter().zip(given) {
+            if let Some(d) = &input.default {
+                return Err(Diagnostic::error(
+                    "E0210",
+                    format!("input `{}` of block `{block}` has a default", input.name.name),
+                    d.span,
+                    "a default",
+                )
+                .with_help("only a model's inputs can be left out by its caller; a block's caller passes every input"));
+            }
             let Some((v, aspan)) = g else {
                 return Err(Diagnostic::error(
                     "E0202",

@@ -57,10 +57,33 @@ impl<'p> Elab<'p> {
                 }
             }
             let ty = TensorType::new(abi_dtype(input_ty.dtype), dims);
+            let default = input
+                .default
+                .as_ref()
+                .and_then(|d| match lmc_abi::InputDefault::from_name(&d.name) {
+                    Some(default) => Some(default),
+                    None => {
+                        let help = match did_you_mean(&d.name, lmc_abi::InputDefault::NAMES.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => format!("an input's default is one of {}", lmc_abi::InputDefault::NAMES.join(", ")),
+                        };
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0210",
+                                format!("unknown default `{}` for input `{}`", d.name, input.name.name),
+                                d.span,
+                                "not a default",
+                            )
+                            .with_help(help),
+                        );
+                        None
+                    }
+                });
             self.graph.inputs.push(TensorDecl {
                 name: input.name.name.clone(),
                 ty: ty.clone(),
                 index_bound: None,
+                default,
             });
             match self.push(Op::Input(index), ty, input.name.span) {
                 Ok(id) => {
@@ -69,6 +92,7 @@ impl<'p> Elab<'p> {
                 Err(e) => self.errors.push(e),
             }
         }
+        self.check_defaults_are_shaped(forward);
         if !self.errors.is_empty() {
             return;
         }
@@ -142,9 +166,43 @@ impl<'p> Elab<'p> {
                     name: out.name.name.clone(),
                     ty: declared,
                     index_bound: None,
+                    default: None,
                 },
                 value,
             ));
+        }
+    }
+
+    /// An input the caller may leave out is made by the runtime in the shape the other inputs
+    /// give: each of its symbolic dimensions must be one that an input without a default has.
+    fn check_defaults_are_shaped(&mut self, forward: &'p ast::ForwardDecl) {
+        let required: Vec<Dim> = self
+            .graph
+            .inputs
+            .iter()
+            .filter(|i| i.default.is_none())
+            .flat_map(|i| i.ty.dims.iter().copied())
+            .collect();
+        for (decl, input) in self.graph.inputs.iter().zip(&forward.inputs) {
+            let (Some(_), Some(d)) = (decl.default, &input.default) else {
+                continue;
+            };
+            for dim in &decl.ty.dims {
+                if let Dim::Symbol(s) = dim {
+                    if !required.contains(dim) {
+                        let name = &self.graph.symbols[s.0 as usize].name;
+                        self.errors.push(
+                            Diagnostic::error(
+                                "E0210",
+                                format!("input `{}` may be left out, but no other input gives its size `{name}`", decl.name),
+                                d.span,
+                                "its default needs the size from another input",
+                            )
+                            .with_help(format!("drop the default, or declare `{name}` in an input without one")),
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -698,6 +756,7 @@ impl<'p> Elab<'p> {
                     name: name.join("."),
                     ty: ty.clone(),
                     index_bound: None,
+                    default: None,
                 });
                 self.instances[inst].params[k].index = Some(index);
                 index
