@@ -2,7 +2,7 @@
 //! record no path of the machine that built them, find the OpenMP runtime beside themselves,
 //! and run after their directory has moved.
 
-use lmc_tests::{lmc, max_abs_diff, read_f32_tensors, root, scratch};
+use lmc_tests::{lmc, lmc_run, max_abs_diff, read_f32_tensors, root, scratch};
 use std::path::Path;
 
 /// (model, checkpoint, inputs, expected outputs, tolerance, CPU level)
@@ -77,18 +77,13 @@ fn libraries_built_for_a_cpu_level_run_after_moving() {
         );
 
         let out = moved.join("out.safetensors");
-        let r = lmc(&[
-            "run",
+        let r = lmc_run(
             spec,
-            "--library",
-            lib.to_str().unwrap(),
-            "--weights",
             checkpoint,
-            "--inputs",
             &format!("{checkpoint}/{inputs}"),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+            &out,
+            &["--library", lib.to_str().unwrap()],
+        );
         assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
         let got = read_f32_tensors(&out);
         let want = read_f32_tensors(&root().join(checkpoint).join(expected));

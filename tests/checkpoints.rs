@@ -3,7 +3,7 @@
 //! weights allows; a checkpoint that mixes floating-point dtypes is refused, naming a tensor of
 //! each.
 
-use lmc_tests::{bf16_bits, lmc, max_abs_diff, read_f32_tensors, root, scratch, write_half, write_raw};
+use lmc_tests::{bf16_bits, lmc, lmc_run, max_abs_diff, read_f32_tensors, root, scratch, write_half, write_raw};
 use std::path::{Path, PathBuf};
 
 /// A safetensors file's f32 tensors: (name, shape, values), in file order.
@@ -50,16 +50,7 @@ fn run(spec: &str, weights: &Path, inputs: &Path) -> (Tensors, String) {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = scratch(&format!("checkpoint_run_{k}")).join("out.safetensors");
-    let r = lmc(&[
-        "run",
-        spec,
-        "--weights",
-        weights.to_str().unwrap(),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let r = lmc_run(spec, weights.to_str().unwrap(), inputs.to_str().unwrap(), &out, &[]);
     let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
     assert!(r.status.success(), "{spec} on {}: {stderr}", weights.display());
     (read_f32_tensors(&out), stderr)
@@ -191,16 +182,13 @@ fn a_checkpoint_mixing_float_dtypes_is_refused() {
         .collect();
     write_raw(&dir.join("model.safetensors"), &tensors);
     let out = dir.join("out.safetensors");
-    let r = lmc(&[
-        "run",
+    let r = lmc_run(
         "models/gpt2.model:GPT2LMHeadModel",
-        "--weights",
         dir.to_str().unwrap(),
-        "--inputs",
         "tests/fixtures/gpt2_tiny/inputs.safetensors",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(&format!("BF16 (e.g. \"{}\")", weights[0].0)), "{stderr}");
@@ -308,16 +296,13 @@ fn inputs_left_out_take_huggingface_defaults() {
     let inputs = dir.join("inputs.safetensors");
     let mask: Vec<u8> = std::iter::repeat_n(1i64, 4).flat_map(|v| v.to_le_bytes()).collect();
     lmc_runtime::write_safetensors(&inputs, &[("attention_mask", lmc_abi::DType::I64, &[1, 4], &mask)]).unwrap();
-    let r = lmc(&[
-        "run",
+    let r = lmc_run(
         "models/gpt2.model:GPT2LMHeadModel",
-        "--weights",
         "tests/fixtures/gpt2_tiny",
-        "--inputs",
         inputs.to_str().unwrap(),
-        "-o",
-        dir.join("out.safetensors").to_str().unwrap(),
-    ]);
+        &dir.join("out.safetensors"),
+        &[],
+    );
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing input \"input_ids\" (i64 [B, T])"), "{stderr}");

@@ -63,12 +63,16 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// `lmc run SPEC --weights WEIGHTS --inputs INPUTS -o OUT [extra...]`, asserting success, and the
-/// outputs it wrote (sorted by name).
-pub fn run_outputs(spec: &str, weights: &str, inputs: &str, out: &Path, extra: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+/// `lmc run SPEC --weights WEIGHTS --inputs INPUTS -o OUT [extra...]`.
+pub fn lmc_run(spec: &str, weights: &str, inputs: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["run", spec, "--weights", weights, "--inputs", inputs, "-o", out.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let r = lmc(&args);
+    lmc(&args)
+}
+
+/// [`lmc_run`], asserting success, and the outputs it wrote (sorted by name).
+pub fn run_outputs(spec: &str, weights: &str, inputs: &str, out: &Path, extra: &[&str]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let r = lmc_run(spec, weights, inputs, out, extra);
     assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
     read_f32_tensors(out)
 }

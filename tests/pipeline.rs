@@ -362,6 +362,11 @@ mod focused {
         names.iter().map(|n| mlir_function(functions, n)).collect()
     }
 
+    /// A location in the op corpus, as the emitted MLIR names it: `"tests/corpus/ops.model":L:C`.
+    fn corpus_at(line_col: &str) -> String {
+        format!("\"tests/corpus/ops.model\":{line_col}")
+    }
+
     /// The one function `@forward` calls at `at`.
     fn called_at<'a>(functions: &'a [(String, String)], at: &str) -> &'a str {
         let called = calls_at(functions, at);
@@ -402,7 +407,18 @@ mod focused {
         scored: &'a [&'a str],
     }
 
-    impl Attention<'_> {
+    impl<'a> Attention<'a> {
+        /// A masked attention scaled by 1/2 (the corpus's head width of 4), with `scored` lines.
+        fn masked(scored: &'a [&'a str]) -> Attention<'a> {
+            Attention {
+                masked: true,
+                group: None,
+                scale: "5.0e-1",
+                folded: false,
+                scored,
+            }
+        }
+
         fn patterns(&self) -> Vec<String> {
             let mut p: Vec<String> = Vec::new();
             let mut push = |lines: &[&str]| p.extend(lines.iter().map(|l| l.to_string()));
@@ -514,14 +530,7 @@ mod focused {
     fn tiled_attention() {
         let mlir = corpus::corpus_mlir("TiledAttention");
         let functions = mlir_functions(&mlir);
-        let at = |line: &str| called_at(&functions, &format!("\"tests/corpus/ops.model\":{line}"));
-        let masked = |scored| Attention {
-            masked: true,
-            group: None,
-            scale: "5.0e-1",
-            folded: false,
-            scored,
-        };
+        let at = |line: &str| called_at(&functions, &corpus_at(line));
         RISING.check("rising", at("230:14"));
         // falling: keys scored down, no mask
         Attention {
@@ -538,7 +547,7 @@ mod focused {
         }
         .check("falling", at("237:15"));
         // late: even rows see only keys from 256 on
-        masked(&[
+        Attention::masked(&[
             "arith.constant 256 : i64",
             "arith.cmpi sge, %i3, ",
             "arith.floordivsi %i2, ",
@@ -548,9 +557,10 @@ mod focused {
         ])
         .check("late", at("238:12"));
         // padded: the mask reads the input `keep` element by element
-        masked(&["tensor.extract %in2[", "arith.constant 50 : i64", "arith.cmpi slt, ", MASKED]).check("padded", at("244:14"));
+        Attention::masked(&["tensor.extract %in2[", "arith.constant 50 : i64", "arith.cmpi slt, ", MASKED]).check("padded", at("244:14"));
         // window: keys hidden at both ends of a block
-        masked(&[CAUSAL, "arith.subi %i2, %i3 : i64", "arith.constant 7 : i64", "arith.andi ", MASKED]).check("window", at("245:14"));
+        Attention::masked(&[CAUSAL, "arith.subi %i2, %i3 : i64", "arith.constant 7 : i64", "arith.andi ", MASKED])
+            .check("window", at("245:14"));
         // full: no mask, the scale folded into the exponentials
         Attention {
             masked: false,
@@ -577,19 +587,13 @@ mod focused {
     fn long_attention() {
         let mlir = corpus::corpus_mlir("LongAttention");
         let functions = mlir_functions(&mlir);
-        let at = |line: &str| called_at(&functions, &format!("\"tests/corpus/ops.model\":{line}"));
-        let masked = |scored| Attention {
-            masked: true,
-            group: None,
-            scale: "5.0e-1",
-            folded: false,
-            scored,
-        };
-        masked(&[CAUSAL, MASKED]).check("causal", at("205:14"));
-        masked(&[CAUSAL, "arith.subi %i2, %i3 : i64", "arith.constant 7 : i64", "arith.andi ", MASKED]).check("window", at("206:14"));
-        masked(&["tensor.extract %in2[", "arith.constant 50 : i64", "arith.cmpi slt, ", MASKED]).check("padded", at("207:14"));
+        let at = |line: &str| called_at(&functions, &corpus_at(line));
+        Attention::masked(&[CAUSAL, MASKED]).check("causal", at("205:14"));
+        Attention::masked(&[CAUSAL, "arith.subi %i2, %i3 : i64", "arith.constant 7 : i64", "arith.andi ", MASKED])
+            .check("window", at("206:14"));
+        Attention::masked(&["tensor.extract %in2[", "arith.constant 50 : i64", "arith.cmpi slt, ", MASKED]).check("padded", at("207:14"));
         // every key hidden: the range is empty, the rows zeros
-        masked(&["arith.constant 100 : i64", "arith.cmpi sgt, %i3, ", MASKED]).check("hidden", at("208:14"));
+        Attention::masked(&["arith.constant 100 : i64", "arith.cmpi sgt, %i3, ", MASKED]).check("hidden", at("208:14"));
         Attention {
             masked: false,
             group: None,
@@ -689,15 +693,8 @@ mod focused {
         let functions = mlir_functions(&mlir);
         let attends = calls_at(&functions, "\"tests/corpus/ops.model\":340:12");
         assert_eq!(attends.len(), 2, "one attention per call of the block");
-        let masked = |scored| Attention {
-            masked: true,
-            group: None,
-            scale: "5.0e-1",
-            folded: false,
-            scored,
-        };
         // causal() or not padding(keep)
-        masked(&[
+        Attention::masked(&[
             CAUSAL,
             "tensor.extract %in3[",
             "arith.cmpi ne, ",
@@ -707,7 +704,7 @@ mod focused {
         ])
         .check("either", attends[0]);
         // padding(keep) and sliding_window(2)
-        masked(&[
+        Attention::masked(&[
             "tensor.extract %in3[",
             "arith.cmpi ne, ",
             CAUSAL,
@@ -1173,7 +1170,7 @@ mod focused {
         let edit = |text: &str, from: &str, to: &str| edit_line(text, from, from, to);
         let mlir = corpus::corpus_mlir("TiledAttention");
         let functions = mlir_functions(&mlir);
-        let at = |line: &str| called_at(&functions, &format!("\"tests/corpus/ops.model\":{line}"));
+        let at = |line: &str| called_at(&functions, &corpus_at(line));
         let rising = at("230:14");
         let full = at("246:12");
         let full_checks = Attention {
