@@ -307,3 +307,34 @@ fn inputs_left_out_take_huggingface_defaults() {
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing input \"input_ids\" (i64 [B, T])"), "{stderr}");
 }
+
+/// A checkpoint of another architecture is refused by its `model_type`, before any tensor is
+/// compared: a BERT file given a GPT-2 checkpoint says so, at the config's `for`.
+#[test]
+fn a_checkpoint_of_another_model_type_is_refused() {
+    let dir = scratch("wrong_model_type");
+    let r = lmc_run(
+        "models/bert.model:BertModel",
+        "tests/fixtures/gpt2_tiny",
+        "tests/fixtures/bert_tiny/inputs_model.safetensors",
+        &dir.join("out.safetensors"),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error[E0108]: the checkpoint's config.json is for model_type \"gpt2\", but config `BertConfig` reads \"bert\" or \"electra\" checkpoints"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--> models/bert.model:10:"), "{stderr}");
+    // Variants and other models of the same file read the same checkpoints.
+    let r = lmc(&[
+        "emit",
+        "--stage",
+        "ir",
+        "models/electra.model:ElectraForPreTraining",
+        "--config",
+        "tests/fixtures/electra_discriminator",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

@@ -49,10 +49,13 @@ pub struct UseDecl {
     pub span: Span,
 }
 
-/// `config Name { fields }`: named compile-time values with their defaults.
+/// `config Name for "type" { fields }`: named compile-time values with their defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDecl {
     pub name: Ident,
+    /// `for "gpt2" or "gpt2-like"`: the `model_type`s of the checkpoints this config reads; a
+    /// checkpoint of another type is an error. Empty: any.
+    pub model_types: Vec<StringLit>,
     pub fields: Vec<ConfigField>,
     pub span: Span,
 }

@@ -195,7 +195,7 @@ impl Formatter<'_> {
             }
             Item::Config(c) => {
                 let l = self.line_of(c.span.start);
-                self.line(&format!("config {} {{", c.name.name), l);
+                self.line(&format!("config {}{} {{", c.name.name, model_types(c)), l);
                 self.indent += 1;
                 for (k, field) in c.fields.iter().enumerate() {
                     if k > 0 && self.blank_line_before(field.name.span.start) {
@@ -682,4 +682,13 @@ fn operand(e: &Expr, p: u8, right: bool) -> String {
         Some(q) if q < p || (right && q == p) => format!("({})", expr(e)),
         _ => expr(e),
     }
+}
+
+/// ` for "a" or "b"`, or nothing: a config's model types as written.
+pub(crate) fn model_types(c: &ConfigDecl) -> String {
+    if c.model_types.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = c.model_types.iter().map(|t| format!("\"{}\"", t.value)).collect();
+    format!(" for {}", names.join(" or "))
 }

@@ -162,7 +162,16 @@ impl Builder {
         let span = self.span(&pair);
         let mut inner = pair.into_inner();
         let name = self.ident(inner.next().unwrap());
-        let fields = inner
+        let mut model_types = Vec::new();
+        let mut fields_pairs = Vec::new();
+        for part in inner {
+            match part.as_rule() {
+                Rule::string => model_types.push(self.string(part)),
+                _ => fields_pairs.push(part),
+            }
+        }
+        let fields = fields_pairs
+            .into_iter()
             .map(|field| {
                 let mut name = None;
                 let mut ty = None;
@@ -193,7 +202,12 @@ impl Builder {
                 }
             })
             .collect();
-        ConfigDecl { name, fields, span }
+        ConfigDecl {
+            name,
+            model_types,
+            fields,
+            span,
+        }
     }
 
     fn block_decl(&self, pair: Pair<'_, Rule>) -> BlockDecl {

@@ -19,7 +19,7 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                 p.line(0, u.span.start, &format!("use {} {{{}}}", module.join("."), names.join(", ")));
             }
             Item::Config(c) => {
-                p.line(0, c.span.start, &format!("config {}", c.name.name));
+                p.line(0, c.span.start, &format!("config {}{}", c.name.name, crate::format::model_types(c)));
                 for f in &c.fields {
                     let ty = match &f.ty {
                         None => String::new(),

@@ -79,6 +79,30 @@ pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: 
         Some(s) => format!("did you mean `{s}`?"),
         None => format!("the fields of `{}` are: {}", decl.name.name, names.join(", ")),
     };
+    if let (Some(first), Some(serde_json::Value::String(found))) = (
+        decl.model_types.first(),
+        overrides.checkpoint.iter().find(|(k, _)| k == "model_type").map(|(_, v)| v),
+    ) {
+        if !decl.model_types.iter().any(|t| &t.value == found) {
+            let expected: Vec<String> = decl.model_types.iter().map(|t| format!("\"{}\"", t.value)).collect();
+            errors.push(
+                Diagnostic::error(
+                    "E0108",
+                    format!(
+                        "the checkpoint's config.json is for model_type \"{found}\", but config `{}` reads {} checkpoints",
+                        decl.name.name,
+                        expected.join(" or ")
+                    ),
+                    first.span,
+                    "the checkpoints this config is for",
+                )
+                .with_help(format!(
+                    "give a {} checkpoint, or a model written for \"{found}\" checkpoints",
+                    expected.join(" or ")
+                )),
+            );
+        }
+    }
     for (key, _) in &overrides.set {
         if !names.contains(&key.as_str()) {
             errors.push(
