@@ -338,3 +338,39 @@ fn a_checkpoint_of_another_model_type_is_refused() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// A config.json key that the model does not read but computes as if it had a value (its
+/// config's `assume "key" = value`) is a warning when the checkpoint sets another value, and
+/// an error under `--strict`; an unchanged checkpoint gets neither.
+#[test]
+fn a_key_the_model_assumes_otherwise_is_reported() {
+    let dir = checkpoint_dir("rope_scaling", "llama_tiny");
+    std::fs::copy(
+        root().join("tests/fixtures/llama_tiny/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["rope_scaling"] = serde_json::json!({ "type": "linear", "factor": 2.0 });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let spec = "models/llama.model:LlamaForCausalLM";
+    let inputs = "tests/fixtures/llama_tiny/inputs.safetensors";
+    let out = scratch("rope_scaling_out").join("out.safetensors");
+
+    let r = lmc_run(spec, dir.to_str().unwrap(), inputs, &out, &[]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning[W0101]: config.json sets `rope_scaling` to {\"factor\":2.0,\"type\":\"linear\"}, which config `LlamaConfig` does not read: the model computes as if it were null"),
+        "{stderr}"
+    );
+
+    let r = lmc_run(spec, dir.to_str().unwrap(), inputs, &out, &["--strict"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[E0109]: config.json sets `rope_scaling`"), "{stderr}");
+
+    let r = lmc_run(spec, "tests/fixtures/llama_tiny", inputs, &out, &["--strict"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success() && !stderr.contains("W0101"), "{stderr}");
+}

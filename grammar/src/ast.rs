@@ -57,6 +57,18 @@ pub struct ConfigDecl {
     /// checkpoint of another type is an error. Empty: any.
     pub model_types: Vec<StringLit>,
     pub fields: Vec<ConfigField>,
+    /// `assume "key" = value`: keys of config.json the model does not read, with the value it
+    /// computes as if they had.
+    pub assumptions: Vec<ConfigAssumption>,
+    pub span: Span,
+}
+
+/// `assume "rope_scaling" = null`, `assume "head_dim" = hidden_size / num_heads`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigAssumption {
+    pub key: StringLit,
+    /// The value assumed; `None` for `null` (the key absent or null).
+    pub value: Option<Expr>,
     pub span: Span,
 }
 

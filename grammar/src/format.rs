@@ -197,11 +197,28 @@ impl Formatter<'_> {
                 let l = self.line_of(c.span.start);
                 self.line(&format!("config {}{} {{", c.name.name, model_types(c)), l);
                 self.indent += 1;
-                for (k, field) in c.fields.iter().enumerate() {
-                    if k > 0 && self.blank_line_before(field.name.span.start) {
+                // Fields and assumptions, in the order they are written.
+                let mut entries: Vec<(usize, Result<&ConfigField, &ConfigAssumption>)> = c
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.span.start, Ok(f)))
+                    .chain(c.assumptions.iter().map(|a| (a.span.start, Err(a))))
+                    .collect();
+                entries.sort_by_key(|(start, _)| *start);
+                for (k, (start, entry)) in entries.into_iter().enumerate() {
+                    if k > 0 && self.blank_line_before(start) {
                         self.out.push('\n');
                     }
-                    self.flush_before(field.name.span.start);
+                    self.flush_before(start);
+                    let field = match entry {
+                        Ok(field) => field,
+                        Err(a) => {
+                            let value = a.value.as_ref().map_or("null".to_string(), expr);
+                            let l = self.line_of(a.value.as_ref().map_or(a.key.span.end, |v| v.span.end));
+                            self.line(&format!("assume \"{}\" = {value}", a.key.value), l);
+                            continue;
+                        }
+                    };
                     let ty = match &field.ty {
                         None => String::new(),
                         Some(ConfigType::Int(_)) => ": int".into(),

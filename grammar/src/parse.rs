@@ -112,6 +112,7 @@ impl Builder {
             // So do those that end in an optional `else` or `along` part, or `fn` items.
             Rule::use_decl
             | Rule::config_field
+            | Rule::config_assume
             | Rule::param_decl
             | Rule::instance_decl
             | Rule::assign_stmt
@@ -164,9 +165,17 @@ impl Builder {
         let name = self.ident(inner.next().unwrap());
         let mut model_types = Vec::new();
         let mut fields_pairs = Vec::new();
+        let mut assumptions = Vec::new();
         for part in inner {
             match part.as_rule() {
                 Rule::string => model_types.push(self.string(part)),
+                Rule::config_assume => {
+                    let span = self.span(&part);
+                    let mut p = part.into_inner();
+                    let key = self.string(p.next().unwrap());
+                    let value = p.next().filter(|v| v.as_rule() == Rule::expr).map(|v| self.expr(v));
+                    assumptions.push(ConfigAssumption { key, value, span });
+                }
                 _ => fields_pairs.push(part),
             }
         }
@@ -206,6 +215,7 @@ impl Builder {
             name,
             model_types,
             fields,
+            assumptions,
             span,
         }
     }
@@ -663,6 +673,8 @@ fn rule_name(rule: Rule) -> &'static str {
         Rule::scan_over | Rule::scan_carry => "a scan binding (`x_t in x` or `state = initial`)",
         Rule::module_path => "a module name",
         Rule::config_field => "a config field (`name = value`)",
+        Rule::config_assume => "an assumption (`assume \"key\" = value`)",
+        Rule::null_lit => "`null`",
         Rule::enum_type => "an enum type (`a | b | c`)",
         Rule::scalar_type => "a type (`int`, `float`, `bool`)",
         Rule::block_param => "a block parameter (`name: int`)",

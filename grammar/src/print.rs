@@ -37,6 +37,10 @@ pub fn print_ast(file: &File, source: &SourceFile) -> String {
                         &format!("field {}{ty} = {}{from}", f.name.name, expr(&f.value)),
                     );
                 }
+                for a in &c.assumptions {
+                    let value = a.value.as_ref().map_or("null".to_string(), expr);
+                    p.line(1, a.span.start, &format!("assume {:?} = {value}", a.key.value));
+                }
             }
             Item::Block(b) => {
                 let params: Vec<String> = b

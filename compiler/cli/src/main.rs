@@ -100,6 +100,10 @@ pub struct ConfigArgs {
     /// Override one config value: `--set hidden_size=256` (repeatable; wins over --config).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Make a config.json key that the model computes otherwise (its config's `assume "key" =
+    /// value`; `rope_scaling` on a model without it, say) an error rather than a warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl ConfigArgs {
@@ -108,6 +112,7 @@ impl ConfigArgs {
         lmc_lab::ConfigSource {
             config: self.config.clone(),
             set: self.set.clone(),
+            strict: self.strict,
         }
     }
 }

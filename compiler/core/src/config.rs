@@ -18,6 +18,8 @@ pub struct ConfigOverrides {
     pub checkpoint: Vec<(String, serde_json::Value)>,
     /// `--set key=value` from the command line. Unknown keys are errors.
     pub set: Vec<(String, String)>,
+    /// `--strict`: a checkpoint key that a config assumes otherwise is an error, not a warning.
+    pub strict: bool,
 }
 
 impl ConfigOverrides {
@@ -72,7 +74,12 @@ impl FieldType {
 }
 
 /// Evaluates a config block with a variant's overrides and the command line's.
-pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: &ConfigOverrides) -> Result<ConfigRecord, Vec<Diagnostic>> {
+/// Evaluates a config: its record, and warnings about keys of the checkpoint it assumes.
+pub fn evaluate_config(
+    decl: &ConfigDecl,
+    variant: &[(Ident, Expr)],
+    overrides: &ConfigOverrides,
+) -> Result<(ConfigRecord, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let names: Vec<&str> = decl.fields.iter().map(|f| f.name.name.as_str()).collect();
     let unknown = |key: &str| match did_you_mean(key, names.iter().copied()) {
@@ -262,11 +269,68 @@ pub fn evaluate_config(decl: &ConfigDecl, variant: &[(Ident, Expr)], overrides: 
         }
         record.fields.push((name.clone(), value));
     }
+    let warnings = check_assumptions(decl, &record, overrides, &mut errors);
     if errors.is_empty() {
-        Ok(record)
+        Ok((record, warnings))
     } else {
         Err(errors)
     }
+}
+
+/// The config's `assume "key" = value` lines against the checkpoint's config.json: a key set to
+/// another value is a warning (W0101), or an error (E0109) under `strict`, since the model
+/// computes as if it had the assumed value. An absent key is taken to have it.
+fn check_assumptions(
+    decl: &ConfigDecl,
+    record: &ConfigRecord,
+    overrides: &ConfigOverrides,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    let lookup = |p: &lmc_grammar::ast::Path| match p.segments.as_slice() {
+        [one] => record.get(&one.name).cloned(),
+        _ => None,
+    };
+    for a in &decl.assumptions {
+        let key = a.key.value.as_str();
+        let Some(found) = checkpoint_value(&overrides.checkpoint, key) else {
+            continue;
+        };
+        let assumed = match &a.value {
+            None => None,
+            Some(e) => match eval(e, &lookup, None) {
+                Ok(v) => Some(v),
+                Err(d) => {
+                    errors.push(d);
+                    continue;
+                }
+            },
+        };
+        let holds = match (assumed.clone(), json_value(found)) {
+            (None, _) | (Some(_), Err(_)) => false,
+            (Some(CtValue::Int(a)), Ok(CtValue::Float(f))) | (Some(CtValue::Float(f)), Ok(CtValue::Int(a))) => a as f64 == f,
+            (Some(CtValue::Enum { value, .. }), Ok(CtValue::Str(s))) => value == s,
+            (Some(v), Ok(j)) => v == j,
+        };
+        if holds {
+            continue;
+        }
+        let assumed_text = assumed.as_ref().map_or("null".to_string(), |v| v.to_string());
+        let message = format!(
+            "config.json sets `{key}` to {found}, which config `{}` does not read: the model computes as if it were {assumed_text}",
+            decl.name.name
+        );
+        let help = "the outputs will not match transformers'; use a checkpoint without it, or a model that reads it";
+        if overrides.strict {
+            errors.push(Diagnostic::error("E0109", message, a.key.span, "assumed here").with_help(help));
+        } else {
+            warnings.push(
+                Diagnostic::warning("W0101", message, a.key.span, "assumed here")
+                    .with_help(format!("{help} (`--strict` makes this an error)")),
+            );
+        }
+    }
+    warnings
 }
 
 /// A `config.json` value by key; a dotted key walks nested objects (`rope_parameters.rope_theta`).

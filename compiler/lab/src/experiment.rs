@@ -104,6 +104,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             config: ConfigSource {
                 config: config.clone(),
                 set,
+                strict: false,
             },
         });
     }

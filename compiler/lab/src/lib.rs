@@ -36,6 +36,9 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub struct ConfigSource {
     pub config: Option<PathBuf>,
     pub set: Vec<String>,
+    /// A checkpoint key that the model's config assumes otherwise (`assume "key" = value`) is an
+    /// error rather than a warning.
+    pub strict: bool,
 }
 
 /// Where a command takes its weights from.

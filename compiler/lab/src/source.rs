@@ -45,7 +45,11 @@ pub fn overrides(args: &ConfigSource, checkpoint_dir: Option<&Path>) -> Result<C
             .ok_or_else(|| Failure::Message(format!("`--set {kv}`: expected KEY=VALUE, e.g. `--set hidden_size=256`")))?;
         set.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let mut o = ConfigOverrides { set, ..Default::default() };
+    let mut o = ConfigOverrides {
+        set,
+        strict: args.strict,
+        ..Default::default()
+    };
     let config_path = match (&args.config, checkpoint_dir) {
         (Some(p), _) if p.is_dir() => Some(p.join("config.json")),
         (Some(p), _) => Some(p.clone()),

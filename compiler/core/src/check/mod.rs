@@ -145,7 +145,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let Item::Config(config_decl) = p.item(config_ref) else {
         unreachable!()
     };
-    let config = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
+    let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
 
     let mut e = Elab::new(p, &name);
     e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
@@ -166,7 +166,8 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         return Err(CheckError::Diagnostics(unique));
     }
     debug_assert_eq!(e.graph.verify(), Ok(()));
-    let warnings = e.unused_param_warnings();
+    let mut warnings = config_warnings;
+    warnings.extend(e.unused_param_warnings());
     Ok(Checked { graph: e.graph, warnings })
 }
 
