@@ -17,201 +17,313 @@
 //!   element only inside one nest's body (an intermediate of a fused chain) is not allocated;
 //!   its reads take the value written.
 //!
-//! All three work on the printed module: MLIR prints one op per line, and an
-//! op's regions are the lines indented deeper than it, up to its closing brace at its own
-//! indentation. A block they do not understand (one with block labels) is left as it is.
+//! No upstream pass does these on `scf` loops over `memref`s: `mem2reg` promotes only
+//! single-element `memref.alloca`s, `affine-scalrep` forwards only `affine` loads and stores,
+//! `loop-invariant-subset-hoisting` hoists only subsets of loop-carried values (tensors), and
+//! `buffer-hoisting` moves an allocation to where it dominates its uses, not ahead of a run of
+//! loops (nor deallocations after it).
+//!
+//! Each rewrite walks the module's operations (through melior and MLIR's C API) and changes
+//! them in place; what it leaves is checked by MLIR's verifier when the next pass pipeline runs.
+//! An operation it matches that is not in the shape its dialect defines (a store without a
+//! buffer, a parallel loop whose bounds do not come in threes) is an error; a block without the
+//! pattern is left as it is.
+
+use crate::mlir_pipeline::MlirError;
+use melior::ir::operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult};
+use melior::ir::r#type::{MemRefType, ShapedTypeLike, TypeLike};
+use melior::ir::{Location, Module, Region, Type, Value, ValueLike};
+use mlir_sys::{MlirBlock, MlirOperation, MlirValue};
 
 /// Moves allocations and deallocations out of runs of `scf.parallel` nests over the same
 /// iteration space, in every block of the module, so that nothing with a memory effect separates
 /// the nests.
-pub fn gather_fusable_loops(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut out = Vec::with_capacity(lines.len());
-    rewrite_block(&lines, &mut out, &gather_block);
-    join(out)
+pub fn gather_fusable_loops(module: &mut Module) -> Result<(), MlirError> {
+    for block in blocks(module, WalkOrder::PreOrder) {
+        gather_block(block)?;
+    }
+    Ok(())
 }
 
 /// Rewrites every reduction loop that accumulates into one element of a fresh buffer so that the
-/// running value is a loop-carried value, stored once after the loop.
-pub fn accumulate_in_registers(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let fresh = Fresh::of(text);
-    let counter = std::cell::Cell::new(0usize);
-    let mut out = Vec::with_capacity(lines.len());
-    rewrite_block(&lines, &mut out, &|ops: Vec<Vec<String>>| accumulate_block(ops, &fresh, &counter));
-    join(out)
+/// running value is a loop-carried value, stored once after the loop. Inner blocks are rewritten
+/// before the blocks around them.
+pub fn accumulate_in_registers(module: &mut Module) -> Result<(), MlirError> {
+    for block in blocks(module, WalkOrder::PostOrder) {
+        // The op before the one looked at, as rewritten so far: a rewritten loop's store.
+        let mut previous = None;
+        let mut next = block.first();
+        while let Some(op) = next {
+            next = op.next();
+            previous = Some(accumulated(op, previous)?.unwrap_or(op));
+        }
+    }
+    Ok(())
 }
 
 /// Removes the buffers that one block writes once and then only reads back at the same element,
-/// and that nothing else mentions but their allocation and deallocation: the reads become the
-/// value written.
-pub fn temporaries_in_registers(text: &str) -> String {
-    let mut lines: Vec<Option<String>> = text.lines().map(|l| Some(l.to_string())).collect();
-    let fresh = Fresh::of(text);
-    let mut mentions: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
-    for (k, line) in text.lines().enumerate() {
-        for name in ssa_names(line) {
-            if fresh.names.contains(name) {
-                mentions.entry(name).or_default().push(k);
-            }
+/// and that nothing else uses but their allocation and deallocation: the reads become the value
+/// written.
+pub fn temporaries_in_registers(module: &mut Module) -> Result<(), MlirError> {
+    let mut temporaries = Vec::new();
+    for alloc in operations(module, WalkOrder::PreOrder) {
+        if alloc.is("memref.alloc") {
+            temporaries.extend(temporary(alloc)?);
         }
     }
-    let all: Vec<&str> = text.lines().collect();
-    let mut temporaries: Vec<Temporary> = mentions.iter().filter_map(|(buffer, at)| temporary(&all, buffer, at)).collect();
-    // Last first: a later temporary may store what an earlier one's read gave, so its reads are
-    // renamed to that read first, and the earlier temporary's renaming then takes them on to
-    // the value the earlier store wrote.
-    temporaries.sort_by_key(|t| std::cmp::Reverse(t.store));
+    // All are found before any is removed: removing one leaves the others' ops as they were,
+    // except that the store of one may have stored a load of another, and then stores what that
+    // load read. So each store's value is read when its temporary is removed.
     for t in temporaries {
-        for k in &t.removed {
-            lines[*k] = None;
+        let (value, _, _) = store_parts(t.store).map_err(|e| failed(TEMPORARIES, e, t.store))?;
+        for &load in &t.loads {
+            // The stored value dominates the store, and so the loads after it in its block, and
+            // every use of their results.
+            load.result(0).map_err(|e| failed(TEMPORARIES, e, load))?.replace_uses_with(value);
         }
-        for line in lines[t.store + 1..t.block_end].iter_mut().flatten() {
-            for load in &t.loads {
-                if line.contains(load.as_str()) {
-                    *line = rename(line, load, &t.value);
+        for &op in t.loads.iter().chain([&t.store]).chain(&t.deallocs).chain([&t.alloc]) {
+            op.erase().map_err(|e| failed(TEMPORARIES, e, op))?;
+        }
+    }
+    Ok(())
+}
+
+const GATHER: &str = "gathering parallel loops to fuse";
+const ACCUMULATE: &str = "carrying reductions in registers";
+const TEMPORARIES: &str = "keeping fused intermediates in registers";
+
+/// An error of `stage` at `op`.
+fn failed(stage: &'static str, what: impl std::fmt::Display, op: Op) -> MlirError {
+    MlirError {
+        stage,
+        diagnostics: vec![format!("{what}: {}", op.get())],
+    }
+}
+
+/// An operation of the module that one of the rewrites here borrows mutably. They make these
+/// only from that module's operations and use none after destroying it, so every one they use
+/// is alive.
+#[derive(Clone, Copy, Debug)]
+struct Op(MlirOperation);
+
+impl PartialEq for Op {
+    fn eq(&self, other: &Op) -> bool {
+        self.0.ptr == other.0.ptr
+    }
+}
+
+/// A value of the module a rewrite borrows, alive like an [`Op`].
+#[derive(Clone, Copy, Debug)]
+struct Val(MlirValue);
+
+impl PartialEq for Val {
+    fn eq(&self, other: &Val) -> bool {
+        self.0.ptr == other.0.ptr
+    }
+}
+
+/// A block of the module a rewrite borrows, alive like an [`Op`].
+#[derive(Clone, Copy, Debug)]
+struct Blk(MlirBlock);
+
+impl PartialEq for Blk {
+    fn eq(&self, other: &Blk) -> bool {
+        self.0.ptr == other.0.ptr
+    }
+}
+
+/// Null handles (no operation, no block) as `None`.
+fn op_or_none(raw: MlirOperation) -> Option<Op> {
+    (!raw.ptr.is_null()).then_some(Op(raw))
+}
+
+fn block_or_none(raw: MlirBlock) -> Option<Blk> {
+    (!raw.ptr.is_null()).then_some(Blk(raw))
+}
+
+/// The module's operations (the module's own included) in `order`.
+fn operations(module: &Module, order: WalkOrder) -> Vec<Op> {
+    let mut found = Vec::new();
+    module.as_operation().walk(order, |op| {
+        found.push(Op(op.to_raw()));
+        WalkResult::Advance
+    });
+    found
+}
+
+/// The blocks of the module's operations' regions, with the operations in `order`: post-order
+/// gives every block after the blocks nested in it.
+fn blocks(module: &Module, order: WalkOrder) -> Vec<Blk> {
+    operations(module, order).into_iter().flat_map(Op::blocks).collect()
+}
+
+impl Op {
+    fn get<'c, 'a>(self) -> OperationRef<'c, 'a> {
+        // SAFETY: a live operation (see `Op`).
+        unsafe { OperationRef::from_raw(self.0) }
+    }
+
+    fn is(self, name: &str) -> bool {
+        self.get().name().as_string_ref().as_str() == Ok(name)
+    }
+
+    fn operands(self) -> Vec<Val> {
+        self.get().operands().map(|v| Val(v.to_raw())).collect()
+    }
+
+    fn result(self, k: usize) -> Result<Val, melior::Error> {
+        Ok(Val(self.get().result(k)?.to_raw()))
+    }
+
+    fn result_count(self) -> usize {
+        self.get().result_count()
+    }
+
+    fn region_count(self) -> usize {
+        self.get().region_count()
+    }
+
+    fn block(self) -> Option<Blk> {
+        // SAFETY: reads a live operation's block.
+        block_or_none(unsafe { mlir_sys::mlirOperationGetBlock(self.0) })
+    }
+
+    fn next(self) -> Option<Op> {
+        // SAFETY: reads a live operation's successor in its block.
+        op_or_none(unsafe { mlir_sys::mlirOperationGetNextInBlock(self.0) })
+    }
+
+    fn parent(self) -> Option<Op> {
+        // SAFETY: reads a live operation's parent.
+        op_or_none(unsafe { mlir_sys::mlirOperationGetParentOperation(self.0) })
+    }
+
+    /// Whether `ancestor` holds this operation in one of its regions, at any depth.
+    fn is_inside(self, ancestor: Op) -> bool {
+        std::iter::successors(self.parent(), |op| op.parent()).any(|op| op == ancestor)
+    }
+
+    /// Whether this operation comes before `other` in their block.
+    fn is_before(self, other: Op) -> bool {
+        // SAFETY: reads two live operations of one block.
+        unsafe { mlir_sys::mlirOperationIsBeforeInBlock(self.0, other.0) }
+    }
+
+    /// The blocks of the operation's regions, in order.
+    fn blocks(self) -> Vec<Blk> {
+        let mut found = Vec::new();
+        // SAFETY: reads a live operation's regions and their blocks.
+        unsafe {
+            for k in 0..mlir_sys::mlirOperationGetNumRegions(self.0) {
+                let region = mlir_sys::mlirOperationGetRegion(self.0, k);
+                let mut block = block_or_none(mlir_sys::mlirRegionGetFirstBlock(region));
+                while let Some(b) = block {
+                    found.push(b);
+                    block = block_or_none(mlir_sys::mlirBlockGetNextInRegion(b.0));
                 }
             }
         }
+        found
     }
-    join(lines.into_iter().flatten().collect())
-}
 
-/// A buffer [`temporaries_in_registers`] removes.
-struct Temporary {
-    /// The line of its one store.
-    store: usize,
-    /// The value stored.
-    value: String,
-    /// The names its loads define.
-    loads: Vec<String>,
-    /// Its lines: allocation, store, loads, deallocations.
-    removed: Vec<usize>,
-    /// The line after the store's block.
-    block_end: usize,
-}
-
-/// `buffer` as a [`Temporary`], given the lines that mention it, if it is one.
-fn temporary(lines: &[&str], buffer: &str, at: &[usize]) -> Option<Temporary> {
-    let mut store = None;
-    let mut loads = Vec::new();
-    for &k in at {
-        let line = lines[k].trim_start();
-        if let Some(rest) = line.strip_prefix("memref.store ") {
-            let (value, target) = rest.split_once(", ")?;
-            let (b, indices, ty) = access(target)?;
-            if b != buffer || store.is_some() {
-                return None;
-            }
-            store = Some((k, value, indices, ty));
-        } else if let Some((name, rest)) = line.split_once(" = memref.load ") {
-            loads.push((k, name, access(rest)?));
-        } else if !(line.starts_with("memref.dealloc ") || line.split_once(" = ").is_some_and(|(_, rhs)| rhs.starts_with("memref.alloc(")))
-        {
-            return None;
-        }
+    /// Moves the operation to just after `other`, in `other`'s block.
+    fn move_after(self, other: Op) {
+        // SAFETY: two live operations; `other` is in a block, which the moved operation joins.
+        unsafe { mlir_sys::mlirOperationMoveAfter(self.0, other.0) }
     }
-    let (store, value, indices, ty) = store?;
-    let depth = indent_of(lines[store]);
-    let block_end = (store + 1..lines.len())
-        .find(|&k| {
-            let d = indent_of(lines[k]);
-            d < depth || (d == depth && lines[k].trim_start().starts_with('}'))
-        })
-        .unwrap_or(lines.len());
-    // Every load reads the stored element, after the store, at the top level of its block.
-    for (k, _, (b, i, t)) in &loads {
-        let top_level = (store..*k).all(|j| indent_of(lines[j]) >= depth) && indent_of(lines[*k]) == depth;
-        if *k <= store || *k >= block_end || !top_level || *b != buffer || *i != indices || *t != ty {
-            return None;
-        }
+
+    /// Moves the operation to just before `other`, in `other`'s block.
+    fn move_before(self, other: Op) {
+        // SAFETY: as in `move_after`.
+        unsafe { mlir_sys::mlirOperationMoveBefore(self.0, other.0) }
     }
-    Some(Temporary {
-        store,
-        value: value.to_string(),
-        loads: loads.iter().map(|(_, name, _)| name.to_string()).collect(),
-        removed: at.to_vec(),
-        block_end,
-    })
-}
 
-/// Lines back into a module's text.
-pub(crate) fn join(lines: Vec<String>) -> String {
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
-}
-
-pub(crate) fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-/// Splits a block's lines (all at one indentation for its ops) into ops: a line at that
-/// indentation and the lines after it that are deeper, or at the same indentation and start with
-/// `}` (a region's end, `} else {`).
-pub(crate) fn split_ops<S: AsRef<str>>(lines: &[S]) -> Vec<std::ops::Range<usize>> {
-    let mut ops = Vec::new();
-    let mut i = 0;
-    while i < lines.len() {
-        let depth = indent_of(lines[i].as_ref());
-        let mut j = i + 1;
-        while j < lines.len() {
-            let line = lines[j].as_ref();
-            let d = indent_of(line);
-            if d > depth || (d == depth && line.trim_start().starts_with('}')) || line.trim().is_empty() {
-                j += 1;
-            } else {
-                break;
+    /// Removes the operation from its block and destroys it; an error, changing nothing, while
+    /// any of its results is used.
+    fn erase(self) -> Result<(), &'static str> {
+        for k in 0..self.result_count() {
+            if !self.result(k).map_err(|_| "a result that is not there")?.users().is_empty() {
+                return Err("removing an operation whose result is still used");
             }
         }
-        ops.push(i..j);
-        i = j;
+        // SAFETY: a live operation whose results nothing uses; removed from its block first, it
+        // is ours to destroy, and no `Op` of it is used afterwards.
+        unsafe {
+            mlir_sys::mlirOperationRemoveFromParent(self.0);
+            mlir_sys::mlirOperationDestroy(self.0);
+        }
+        Ok(())
     }
-    ops
 }
 
-/// A rewrite of one block's list of ops, each op its lines.
-type BlockRewrite<'a> = dyn Fn(Vec<Vec<String>>) -> Vec<Vec<String>> + 'a;
-
-/// Rewrites a block: first each op's regions (recursively), then the block's own list of ops
-/// with `f`. `lines` is a whole block (or the whole module, whose single op is `module`).
-fn rewrite_block(lines: &[&str], out: &mut Vec<String>, f: &BlockRewrite) {
-    let mut ops = Vec::new();
-    for range in split_ops(lines) {
-        ops.push(rewrite_regions(&lines[range], f));
+impl Val {
+    fn get<'c, 'a>(self) -> Value<'c, 'a> {
+        // SAFETY: a live value (see `Val`).
+        unsafe { Value::from_raw(self.0) }
     }
-    // A block with labels (`^bb1:`) has more than one block; leave its order alone.
-    let labelled = ops.iter().any(|op| op.first().is_some_and(|l| l.trim_start().starts_with('^')));
-    let ops = if labelled { ops } else { f(ops) };
-    out.extend(ops.into_iter().flatten());
+
+    fn r#type<'c>(self) -> Type<'c> {
+        self.get::<'c, '_>().r#type()
+    }
+
+    /// The operations that use the value, each with the operand it is (once per use).
+    fn users(self) -> Vec<(Op, usize)> {
+        let mut found = Vec::new();
+        // SAFETY: reads a live value's uses.
+        unsafe {
+            let mut operand = mlir_sys::mlirValueGetFirstUse(self.0);
+            while !mlir_sys::mlirOpOperandIsNull(operand) {
+                found.push((
+                    Op(mlir_sys::mlirOpOperandGetOwner(operand)),
+                    mlir_sys::mlirOpOperandGetOperandNumber(operand) as usize,
+                ));
+                operand = mlir_sys::mlirOpOperandGetNextUse(operand);
+            }
+        }
+        found
+    }
+
+    /// The operation whose result the value is (none for a block argument).
+    fn defining_op(self) -> Option<Op> {
+        // SAFETY: reads a live value's owner, once it is known to be an operation's result.
+        unsafe { mlir_sys::mlirValueIsAOpResult(self.0).then(|| Op(mlir_sys::mlirOpResultGetOwner(self.0))) }
+    }
+
+    fn replace_uses_with(self, other: Val) {
+        // SAFETY: two live values of the same type; `other` dominates the uses it takes over
+        // (each rewrite's reason is at its call).
+        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(self.0, other.0) }
+    }
 }
 
-/// One op's lines with each of its regions' blocks rewritten.
-fn rewrite_regions(op: &[&str], f: &BlockRewrite) -> Vec<String> {
-    let mut out = vec![op[0].to_string()];
-    let depth = indent_of(op[0]);
-    let mut i = 1;
-    while i < op.len() {
-        // A region's block: the deeper lines up to the next line at the op's own indentation.
-        let start = i;
-        while i < op.len() && (indent_of(op[i]) > depth || op[i].trim().is_empty()) {
-            i += 1;
-        }
-        if start < i {
-            rewrite_block(&op[start..i], &mut out, f);
-        }
-        if i < op.len() {
-            out.push(op[i].to_string());
-            i += 1;
+impl Blk {
+    fn first(self) -> Option<Op> {
+        // SAFETY: reads a live block's first operation.
+        op_or_none(unsafe { mlir_sys::mlirBlockGetFirstOperation(self.0) })
+    }
+
+    fn ops(self) -> Vec<Op> {
+        std::iter::successors(self.first(), |op| op.next()).collect()
+    }
+
+    fn argument(self, k: usize) -> Option<Val> {
+        // SAFETY: reads a live block's argument, once `k` is known to be one.
+        unsafe {
+            (k < mlir_sys::mlirBlockGetNumArguments(self.0) as usize).then(|| Val(mlir_sys::mlirBlockGetArgument(self.0, k as isize)))
         }
     }
-    out
+
+    /// Adds an argument of type `r#type` after the block's arguments.
+    fn add_argument(self, r#type: Type, location: Location) -> Val {
+        // SAFETY: a live block; the type and location are of its context.
+        Val(unsafe { mlir_sys::mlirBlockAddArgument(self.0, r#type.to_raw(), location.to_raw()) })
+    }
 }
 
 /// What kind of op a block's op is, for [`gather_block`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// An `scf.parallel` nest; its iteration space is the header's text after `=`.
+    /// An `scf.parallel` nest (without results); its iteration space is its operands.
     Loop,
     Alloc,
     Dealloc,
@@ -220,118 +332,62 @@ enum Kind {
     Other,
 }
 
-const PURE_OPS: [&str; 10] = [
-    "memref.dim ",
-    "memref.subview ",
-    "memref.expand_shape ",
-    "memref.collapse_shape ",
-    "memref.cast ",
-    "memref.reinterpret_cast ",
-    "arith.",
-    "affine.apply ",
-    "index.",
-    "math.",
+/// The ops, besides those of [`PURE_DIALECTS`], that [`Kind::Pure`] takes.
+const PURE_OPS: [&str; 7] = [
+    "memref.dim",
+    "memref.subview",
+    "memref.expand_shape",
+    "memref.collapse_shape",
+    "memref.cast",
+    "memref.reinterpret_cast",
+    "affine.apply",
 ];
 
-fn kind(op: &[String]) -> Kind {
-    let line = op[0].trim_start();
-    let rhs = line.split_once(" = ").map_or(line, |(_, rhs)| rhs);
-    if line.starts_with("scf.parallel ") {
+const PURE_DIALECTS: [&str; 3] = ["arith.", "index.", "math."];
+
+fn kind(op: Op) -> Kind {
+    let name = op.get().name();
+    let name = name.as_string_ref().as_str().unwrap_or_default();
+    if name == "scf.parallel" && op.result_count() == 0 {
         Kind::Loop
-    } else if op.len() > 1 {
+    } else if op.region_count() > 0 {
         Kind::Other
-    } else if rhs.starts_with("memref.alloc(") {
+    } else if name == "memref.alloc" {
         Kind::Alloc
-    } else if line.starts_with("memref.dealloc ") {
+    } else if name == "memref.dealloc" {
         Kind::Dealloc
-    } else if line.contains(" = ") && PURE_OPS.iter().any(|p| rhs.starts_with(p)) {
+    } else if op.result_count() > 0 && (PURE_OPS.contains(&name) || PURE_DIALECTS.iter().any(|d| name.starts_with(d))) {
         Kind::Pure
     } else {
         Kind::Other
     }
 }
 
-/// A loop's iteration space: `(lower) to (upper) step (steps)`, as printed.
-fn iteration_space(header: &str) -> &str {
-    let rest = header.split_once(") = ").map_or("", |(_, rest)| rest);
-    rest.rsplit_once(" {").map_or(rest, |(space, _)| space)
-}
-
-/// The SSA names an op line defines (`%a, %b = ...` or `%a:2 = ...`).
-fn defined_names(line: &str) -> Vec<&str> {
-    let Some((lhs, _)) = line.trim_start().split_once(" = ") else {
-        return Vec::new();
-    };
-    lhs.split(", ")
-        .map(|n| n.split(':').next().unwrap_or(n))
-        .filter(|n| n.starts_with('%'))
-        .collect()
-}
-
-/// The SSA names a line uses (after its `=`, or the whole line if it defines nothing).
-fn used_names(line: &str) -> Vec<&str> {
-    let rhs = line.split_once(" = ").map_or(line, |(_, rhs)| rhs);
-    ssa_names(rhs)
-}
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.' | '-')
-}
-
-/// Every `%name` in `text`, in order.
-pub(crate) fn ssa_names(text: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('%') {
-        let tail = &rest[at..];
-        let end = tail[1..].find(|c: char| !is_name_char(c)).map_or(tail.len(), |e| e + 1);
-        if end > 1 {
-            names.push(&tail[..end]);
+/// [`gather_fusable_loops`] on one block.
+fn gather_block(block: Blk) -> Result<(), MlirError> {
+    let ops = block.ops();
+    let kinds: Vec<Kind> = ops.iter().map(|&op| kind(op)).collect();
+    for (&op, _) in ops.iter().zip(&kinds).filter(|(_, k)| **k == Kind::Loop) {
+        if op.operands().len() % 3 != 0 {
+            return Err(failed(GATHER, "a parallel loop whose bounds and steps do not come in threes", op));
         }
-        rest = &tail[end..];
     }
-    names
-}
-
-/// Replaces the SSA name `from` (whole names only) with `to`.
-fn rename(line: &str, from: &str, to: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut rest = line;
-    while let Some(at) = rest.find(from) {
-        let after = &rest[at + from.len()..];
-        out.push_str(&rest[..at]);
-        if after.chars().next().is_some_and(is_name_char) {
-            out.push_str(from);
-        } else {
-            out.push_str(to);
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
-}
-
-/// [`gather_fusable_loops`] on one block's ops.
-fn gather_block(ops: Vec<Vec<String>>) -> Vec<Vec<String>> {
-    let kinds: Vec<Kind> = ops.iter().map(|op| kind(op)).collect();
-    let mut out: Vec<Vec<String>> = Vec::with_capacity(ops.len());
-    let mut ops = ops.into_iter().map(Some).collect::<Vec<_>>();
+    let mut order = Vec::with_capacity(ops.len());
     let mut i = 0;
     while i < ops.len() {
         if kinds[i] != Kind::Loop {
-            out.extend(ops[i].take());
+            order.push(ops[i]);
             i += 1;
             continue;
         }
         // The run: from this nest to the last nest over the same space that only allocations,
         // deallocations and pure ops separate from it.
-        let space = ops[i].as_ref().map_or(String::new(), |op| iteration_space(&op[0]).to_string());
+        let space = ops[i].operands();
         let mut last = i;
         let mut j = i + 1;
         while j < ops.len() && kinds[j] != Kind::Other {
             if kinds[j] == Kind::Loop {
-                let same = ops[j].as_ref().is_some_and(|op| iteration_space(&op[0]) == space);
-                if !same {
+                if ops[j].operands() != space {
                     break;
                 }
                 last = j;
@@ -343,239 +399,321 @@ fn gather_block(ops: Vec<Vec<String>>) -> Vec<Vec<String>> {
         let mut before = Vec::new();
         let mut inside = Vec::new();
         let mut after = Vec::new();
-        let mut defined_inside: Vec<String> = Vec::new();
         for k in i..=last {
-            let Some(op) = ops[k].take() else { continue };
+            let op = ops[k];
+            let sized_inside = || op.operands().iter().any(|v| v.defining_op().is_some_and(|d| inside.contains(&d)));
             match kinds[k] {
-                Kind::Alloc if !used_names(&op[0]).iter().any(|n| defined_inside.iter().any(|d| d == n)) => before.push(op),
+                Kind::Alloc if !sized_inside() => before.push(op),
                 Kind::Dealloc => after.push(op),
-                _ => {
-                    defined_inside.extend(defined_names(&op[0]).into_iter().map(str::to_string));
-                    inside.push(op);
-                }
+                _ => inside.push(op),
             }
         }
-        out.extend(before);
-        out.extend(inside);
-        out.extend(after);
+        order.extend(before);
+        order.extend(inside);
+        order.extend(after);
         i = last + 1;
     }
-    out
+    // Each op after the one before it in the new order: the block ends up in that order.
+    for pair in order.windows(2) {
+        if pair[0].next() != Some(pair[1]) {
+            pair[1].move_after(pair[0]);
+        }
+    }
+    Ok(())
 }
 
-/// The module's fresh buffers (results of `memref.alloc`) that no view is taken of: nothing can
-/// read such a buffer except through its own name.
-struct Fresh {
-    names: std::collections::HashSet<String>,
+/// `memref.store`'s value, buffer and indices.
+fn store_parts(store: Op) -> Result<(Val, Val, Vec<Val>), &'static str> {
+    match store.operands().as_slice() {
+        [value, buffer, indices @ ..] => Ok((*value, *buffer, indices.to_vec())),
+        _ => Err("a store without a value and a buffer"),
+    }
 }
 
-impl Fresh {
-    fn of(text: &str) -> Fresh {
-        let mut allocated = std::collections::HashSet::new();
-        let mut viewed = std::collections::HashSet::new();
-        for line in text.lines() {
-            let trimmed = line.trim_start();
-            let Some((lhs, rhs)) = trimmed.split_once(" = ") else { continue };
-            if rhs.starts_with("memref.alloc(") || rhs.starts_with("memref.alloca(") {
-                allocated.insert(lhs.to_string());
-            } else if !rhs.starts_with("memref.load ") && !rhs.starts_with("memref.dim ") {
-                // Any other op that takes a buffer (a view, a call, a cast) may alias it.
-                for name in ssa_names(rhs) {
-                    viewed.insert(name.to_string());
-                }
+/// `memref.load`'s buffer and indices.
+fn load_parts(load: Op) -> Result<(Val, Vec<Val>), &'static str> {
+    match load.operands().as_slice() {
+        [buffer, indices @ ..] if load.result_count() == 1 => Ok((*buffer, indices.to_vec())),
+        _ => Err("a load without a buffer or without one result"),
+    }
+}
+
+/// A buffer [`temporaries_in_registers`] removes.
+struct Temporary {
+    alloc: Op,
+    /// Its one store.
+    store: Op,
+    loads: Vec<Op>,
+    deallocs: Vec<Op>,
+}
+
+/// `alloc`'s buffer as a [`Temporary`], if it is one: besides its deallocations, it is stored
+/// to once and every load reads the stored element in the straight-line code that follows the
+/// store in its block (not in a region nested in it, nor after an op that has one).
+fn temporary(alloc: Op) -> Result<Option<Temporary>, MlirError> {
+    let buffer = alloc.result(0).map_err(|e| failed(TEMPORARIES, e, alloc))?;
+    let mut store = None;
+    let mut loads = Vec::new();
+    let mut deallocs = Vec::new();
+    for (user, operand) in buffer.users() {
+        if user.is("memref.store") && operand == 1 {
+            if store.is_some() {
+                return Ok(None);
             }
-        }
-        Fresh {
-            names: allocated.difference(&viewed).cloned().collect(),
-        }
-    }
-}
-
-/// `memref.load %buf[%i, %j] : T` → (`%buf`, `%i, %j`, `T`).
-fn access(text: &str) -> Option<(&str, &str, &str)> {
-    let (buffer, rest) = text.split_once('[')?;
-    let (indices, ty) = rest.split_once("] : ")?;
-    Some((buffer.trim(), indices, ty.trim()))
-}
-
-/// A memref type's element type: `memref<?x768xf32, strided<..>>` → `f32`.
-fn element_type(memref: &str) -> Option<&str> {
-    let inner = memref.strip_prefix("memref<")?;
-    let shape = inner.split([',', '>']).next()?;
-    shape.rsplit('x').next()
-}
-
-/// [`accumulate_in_registers`] on one block's ops.
-/// `counter` numbers the loop-carried values, which are named after it.
-fn accumulate_block(ops: Vec<Vec<String>>, fresh: &Fresh, counter: &std::cell::Cell<usize>) -> Vec<Vec<String>> {
-    let mut out: Vec<Vec<String>> = Vec::with_capacity(ops.len());
-    for op in ops {
-        match accumulated(&op, out.last(), fresh, counter.get()) {
-            Some((replaces_previous, rewritten)) => {
-                if replaces_previous {
-                    out.pop();
-                }
-                counter.set(counter.get() + 1);
-                out.extend(rewritten);
-            }
-            None => out.push(op),
+            store = Some(user);
+        } else if user.is("memref.load") && operand == 0 {
+            loads.push(user);
+        } else if user.is("memref.dealloc") {
+            deallocs.push(user);
+        } else {
+            return Ok(None);
         }
     }
-    out
+    let Some(store) = store else { return Ok(None) };
+    let (_, _, indices) = store_parts(store).map_err(|e| failed(TEMPORARIES, e, store))?;
+    // The straight-line code after the store: up to the first op with regions (a loop).
+    let end = std::iter::successors(store.next(), |op| op.next()).find(|op| op.region_count() > 0);
+    for &load in &loads {
+        let (_, at) = load_parts(load).map_err(|e| failed(TEMPORARIES, e, load))?;
+        if load.block() != store.block() || !store.is_before(load) || end.is_some_and(|end| end.is_before(load)) || at != indices {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Temporary {
+        alloc,
+        store,
+        loads,
+        deallocs,
+    }))
 }
 
-/// If `op` is an `scf.for` whose body loads one element of a fresh buffer and, as its last op,
-/// stores the next value to the same element, and mentions the buffer nowhere else, the loop
-/// that carries the value instead: `(whether it replaces the previous op, the new ops)`. The
-/// previous op is replaced when it is the store of the element's initial value.
-fn accumulated(op: &[String], previous: Option<&Vec<String>>, fresh: &Fresh, n: usize) -> Option<(bool, Vec<Vec<String>>)> {
-    let header = op.first()?;
-    let indent = &header[..indent_of(header)];
-    let head = header.trim_start().strip_prefix("scf.for ")?;
-    let (iv, _) = head.split_once(" = ")?;
-    if head.contains(" iter_args(") || head.contains(" : ") || !head.ends_with(" {") || op.len() < 3 {
-        return None;
+/// A buffer that nothing can read except through its own value: the result of `memref.alloc`
+/// or `memref.alloca` that no op with results takes but loads and sizes (no view, no cast).
+fn is_fresh(buffer: Val) -> bool {
+    buffer.defining_op().is_some_and(|d| d.is("memref.alloc") || d.is("memref.alloca"))
+        && buffer
+            .users()
+            .iter()
+            .all(|(user, _)| user.result_count() == 0 || user.is("memref.load") || user.is("memref.dim"))
+}
+
+/// If `op` is an `scf.for` (over `index`, without results or attributes) whose body loads one
+/// element of a fresh buffer and, as its last op, stores the next value to the same element,
+/// and uses the buffer nowhere else, rewrites it to carry the value and returns the store, now
+/// after the loop. The element's initial value is what the op before the loop (`previous`)
+/// stores to it, that store then going, or else a load of the element before the loop.
+fn accumulated(op: Op, previous: Option<Op>) -> Result<Option<Op>, MlirError> {
+    let bounds = op.operands();
+    if !op.is("scf.for") || op.result_count() != 0 || bounds.len() != 3 || op.get().attribute_count() != 0 {
+        return Ok(None);
     }
-    let closing = op.last()?;
-    if closing.trim() != "}" {
-        return None;
+    let body = match op.blocks().as_slice() {
+        [body] => *body,
+        _ => return Err(failed(ACCUMULATE, "a loop without one block", op)),
+    };
+    let iv = body
+        .argument(0)
+        .ok_or_else(|| failed(ACCUMULATE, "a loop without an induction variable", op))?;
+    if !iv.r#type().is_index() {
+        return Ok(None);
     }
-    let body = &op[1..op.len() - 1];
-    let body_ops = split_ops(body);
-    let last = body_ops.last()?.clone();
-    let store = body[last.start].trim_start().strip_prefix("memref.store ")?;
-    if last.len() != 1 {
-        return None;
+    let ops = body.ops();
+    let [.., store, terminator] = ops.as_slice() else {
+        return Ok(None);
+    };
+    let (store, terminator) = (*store, *terminator);
+    if !terminator.is("scf.yield") || !terminator.operands().is_empty() {
+        return Err(failed(
+            ACCUMULATE,
+            "a loop without results whose body does not end in an empty yield",
+            op,
+        ));
     }
-    let (value, target) = store.split_once(", ")?;
-    let (buffer, indices, ty) = access(target)?;
-    if !fresh.names.contains(buffer) {
-        return None;
+    if !store.is("memref.store") {
+        return Ok(None);
     }
-    // Exactly one load of the same element, at the body's top level, and no other mention of the
-    // buffer anywhere in the body.
+    let (_, buffer, indices) = store_parts(store).map_err(|e| failed(ACCUMULATE, e, store))?;
+    if !is_fresh(buffer) {
+        return Ok(None);
+    }
+    // Exactly one load of the same element, in the body's block, and no other use of the buffer
+    // anywhere in the body.
     let mut load = None;
-    for range in &body_ops {
-        for line in &body[range.clone()] {
-            if !ssa_names(line).contains(&buffer) {
-                continue;
-            }
-            let trimmed = line.trim_start();
-            let is_load = trimmed
-                .split_once(" = memref.load ")
-                .and_then(|(name, rest)| Some((name, access(rest)?)))
-                .filter(|(_, (b, i, t))| range.len() == 1 && *b == buffer && *i == indices && *t == ty)
-                .map(|(name, _)| name);
-            match is_load {
-                Some(name) if load.is_none() => load = Some((range.start, name)),
-                _ if range.start == last.start => {}
-                _ => return None,
-            }
+    for (user, _) in buffer.users() {
+        if user == store || !user.is_inside(op) {
+            continue;
         }
+        let same_element =
+            user.is("memref.load") && user.block() == Some(body) && load_parts(user).map_err(|e| failed(ACCUMULATE, e, user))?.1 == indices;
+        if !same_element || load.is_some() {
+            return Ok(None);
+        }
+        load = Some(user);
     }
-    let (load_at, loaded) = load?;
+    let Some(load) = load else { return Ok(None) };
     // The element's indices must not change inside the loop.
-    let defined_in_body: Vec<&str> = body.iter().flat_map(|l| defined_names(l)).collect();
-    if ssa_names(indices).iter().any(|i| *i == iv || defined_in_body.contains(i)) {
-        return None;
+    if indices
+        .iter()
+        .any(|&i| i == iv || i.defining_op().is_some_and(|d| d.block() == Some(body)))
+    {
+        return Ok(None);
     }
-    let element = element_type(ty)?;
-    let (acc, acc_in) = (format!("%lmc_acc{n}"), format!("%lmc_acc_in{n}"));
-    let element_store = |v: &str| format!("memref.store {v}, {buffer}[{indices}] : {ty}");
-    // The initial value: the store just before the loop, or the element as it is.
-    let initial = previous.filter(|p| p.len() == 1).and_then(|p| {
-        let (v, target) = p[0].trim_start().strip_prefix("memref.store ")?.split_once(", ")?;
-        (access(target)? == (buffer, indices, ty)).then(|| v.to_string())
-    });
-    let mut new_ops = Vec::new();
-    let init = match &initial {
-        Some(v) => v.clone(),
+    let element = MemRefType::try_from(buffer.r#type())
+        .map_err(|_| failed(ACCUMULATE, "a store to something other than a memref", store))?
+        .element();
+    let initial = match previous.filter(|p| p.is("memref.store")) {
+        Some(p) => {
+            let (value, b, i) = store_parts(p).map_err(|e| failed(ACCUMULATE, e, p))?;
+            (b == buffer && i == indices).then_some((p, value))
+        }
+        None => None,
+    };
+
+    // The body takes the running value as its second argument, in place of the load, and
+    // yields what it stored.
+    let location = op.get().location();
+    let carried = body.add_argument(element, load.get().location());
+    let loaded = load.result(0).map_err(|e| failed(ACCUMULATE, e, load))?;
+    // The argument is the body's, where every use of the load is.
+    loaded.replace_uses_with(carried);
+    let next = store.operands()[0];
+    let yielded = OperationBuilder::new("scf.yield", store.get().location())
+        .add_operands(&[next.get()])
+        .build()
+        .map_err(|e| failed(ACCUMULATE, e, store))?;
+    // SAFETY: the new yield is owned here and given to the body's block, before its old
+    // terminator, which nothing uses (it has no results) and is then removed.
+    unsafe { mlir_sys::mlirBlockInsertOwnedOperationBefore(body.0, terminator.0, yielded.into_raw()) };
+    terminator.erase().map_err(|e| failed(ACCUMULATE, e, terminator))?;
+    let init = match initial {
+        Some((_, value)) => value,
         None => {
-            let name = format!("%lmc_acc_init{n}");
-            new_ops.push(vec![format!("{indent}{name} = memref.load {buffer}[{indices}] : {ty}")]);
-            name
+            // The load, before the loop, reads the initial value: its buffer and indices are
+            // defined outside the loop.
+            load.move_before(op);
+            loaded
         }
     };
-    let head_without_brace = head.strip_suffix(" {")?;
-    let mut looped = vec![format!(
-        "{indent}{acc} = scf.for {head_without_brace} iter_args({acc_in} = {init}) -> ({element}) {{"
-    )];
-    let body_indent = &body[last.start][..indent_of(&body[last.start])];
-    for (k, line) in body.iter().enumerate() {
-        if k == load_at {
-            continue;
-        }
-        if k == last.start {
-            looped.push(format!("{body_indent}scf.yield {} : {element}", rename(value, loaded, &acc_in)));
-            continue;
-        }
-        looped.push(rename(line, loaded, &acc_in));
+    let looped = OperationBuilder::new("scf.for", location)
+        .add_operands(&[bounds[0].get(), bounds[1].get(), bounds[2].get(), init.get()])
+        .add_results(&[element])
+        .add_regions([Region::new()])
+        .build()
+        .map_err(|e| failed(ACCUMULATE, e, op))?;
+    let looped = looped.into_raw();
+    // SAFETY: the new loop is owned here and given to the old loop's block, before it; the old
+    // loop's body (its one region's blocks) moves into the new loop's empty region; the old loop,
+    // left without a body and without results, is removed below.
+    unsafe {
+        let block = mlir_sys::mlirOperationGetBlock(op.0);
+        mlir_sys::mlirBlockInsertOwnedOperationBefore(block, op.0, looped);
+        mlir_sys::mlirRegionTakeBody(
+            mlir_sys::mlirOperationGetRegion(looped, 0),
+            mlir_sys::mlirOperationGetRegion(op.0, 0),
+        );
     }
-    looped.push(closing.clone());
-    new_ops.push(looped);
-    new_ops.push(vec![format!("{indent}{}", element_store(&acc))]);
-    Some((initial.is_some(), new_ops))
+    let looped = Op(looped);
+    // The store, after the loop, stores its result.
+    store.move_after(looped);
+    let sum = looped.result(0).map_err(|e| failed(ACCUMULATE, e, looped))?;
+    // SAFETY: the store is live and has a value operand (`store_parts`); the loop's result, of
+    // the element's type, is defined just before it.
+    unsafe { mlir_sys::mlirOperationSetOperand(store.0, 0, sum.0) };
+    op.erase().map_err(|e| failed(ACCUMULATE, e, op))?;
+    if let Some((previous, _)) = initial {
+        previous.erase().map_err(|e| failed(ACCUMULATE, e, previous))?;
+        load.erase().map_err(|e| failed(ACCUMULATE, e, load))?;
+    }
+    Ok(Some(store))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mlir_pipeline::{new_context, parse};
+
+    type Rewrite = fn(&mut Module) -> Result<(), MlirError>;
+
+    /// `text` parsed, rewritten by `f`, verified and printed.
+    fn rewritten(text: &str, f: impl FnOnce(&mut Module) -> Result<(), MlirError>) -> String {
+        let context = new_context();
+        let mut module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
+        f(&mut module).unwrap_or_else(|e| panic!("{e}"));
+        assert!(module.as_operation().verify(), "the rewritten module does not verify");
+        module.as_operation().to_string()
+    }
+
+    /// `text` as MLIR prints it, for comparing with a rewrite that changed nothing.
+    fn printed(text: &str) -> String {
+        let context = new_context();
+        let module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
+        module.as_operation().to_string()
+    }
+
+    /// The function's ops, each as the first two words of its first line.
+    fn top_level(printed: &str) -> Vec<String> {
+        printed
+            .lines()
+            .filter(|l| l.len() - l.trim_start().len() == 4 && !l.trim_start().starts_with('}'))
+            .map(|l| l.trim_start().split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
 
     const MATMUL_THEN_BIAS: &str = "\
-  func.func @f(%a: memref<?x8xf32>, %w: memref<8x4xf32>, %b: memref<4xf32>, %n: index) {
-    %alloc = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
-      memref.store %cst, %alloc[%i, %j] : memref<?x4xf32>
-      scf.for %k = %c0 to %c8 step %c1 {
-        %0 = memref.load %a[%i, %k] : memref<?x8xf32>
-        %1 = memref.load %w[%k, %j] : memref<8x4xf32>
-        %2 = memref.load %alloc[%i, %j] : memref<?x4xf32>
-        %3 = arith.mulf %0, %1 : f32
-        %4 = arith.addf %2, %3 : f32
-        memref.store %4, %alloc[%i, %j] : memref<?x4xf32>
-      }
-      scf.reduce 
+func.func @f(%a: memref<?x8xf32>, %w: memref<8x4xf32>, %b: memref<4xf32>, %n: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  %c8 = arith.constant 8 : index
+  %cst = arith.constant 0.0 : f32
+  %alloc = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
+  scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
+    memref.store %cst, %alloc[%i, %j] : memref<?x4xf32>
+    scf.for %k = %c0 to %c8 step %c1 {
+      %0 = memref.load %a[%i, %k] : memref<?x8xf32>
+      %1 = memref.load %w[%k, %j] : memref<8x4xf32>
+      %2 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+      %3 = arith.mulf %0, %1 : f32
+      %4 = arith.addf %2, %3 : f32
+      memref.store %4, %alloc[%i, %j] : memref<?x4xf32>
     }
-    %dim = memref.dim %alloc, %c0 : memref<?x4xf32>
-    memref.dealloc %a : memref<?x8xf32>
-    %alloc_1 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
-      %0 = memref.load %alloc[%i, %j] : memref<?x4xf32>
-      %1 = memref.load %b[%j] : memref<4xf32>
-      %2 = arith.addf %0, %1 : f32
-      memref.store %2, %alloc_1[%i, %j] : memref<?x4xf32>
-      scf.reduce 
-    }
-    memref.dealloc %alloc : memref<?x4xf32>
-    return
+    scf.reduce
   }
+  %dim = memref.dim %alloc, %c0 : memref<?x4xf32>
+  memref.dealloc %a : memref<?x8xf32>
+  %alloc_1 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
+  scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
+    %0 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+    %1 = memref.load %b[%j] : memref<4xf32>
+    %2 = arith.addf %0, %1 : f32
+    memref.store %2, %alloc_1[%i, %j] : memref<?x4xf32>
+    scf.reduce
+  }
+  memref.dealloc %alloc : memref<?x4xf32>
+  return
+}
 ";
 
     #[test]
     fn allocations_and_deallocations_leave_runs_of_nests() {
-        let out = gather_fusable_loops(MATMUL_THEN_BIAS);
-        let order: Vec<String> = out
-            .lines()
-            .filter(|l| indent_of(l) == 4 && !l.trim_start().starts_with('}'))
-            .map(|l| l.trim_start().split(' ').take(2).collect::<Vec<_>>().join(" "))
-            .collect();
+        let out = rewritten(MATMUL_THEN_BIAS, gather_fusable_loops);
         assert_eq!(
-            order,
+            top_level(&out)[5..],
             [
                 "%alloc =",
-                "%alloc_1 =",
-                "scf.parallel (%i,",
+                "%alloc_0 =",
+                "scf.parallel (%arg4,",
                 "%dim =",
-                "scf.parallel (%i,",
-                "memref.dealloc %a",
+                "scf.parallel (%arg4,",
+                "memref.dealloc %arg0",
                 "memref.dealloc %alloc",
                 "return",
             ]
         );
         // Nothing inside the nests moved.
-        assert_eq!(out.lines().count(), MATMUL_THEN_BIAS.lines().count());
+        assert_eq!(out.lines().count(), printed(MATMUL_THEN_BIAS).lines().count());
         assert!(
-            out.contains("      memref.store %cst, %alloc[%i, %j] : memref<?x4xf32>\n      scf.for %k"),
+            out.contains("      memref.store %cst, %alloc[%arg4, %arg5] : memref<?x4xf32>\n      scf.for %arg6"),
             "{out}"
         );
     }
@@ -583,26 +721,54 @@ mod tests {
     #[test]
     fn nests_over_other_spaces_end_the_run() {
         let text = MATMUL_THEN_BIAS.replace(
-            "to (%n, %c4) step (%c1, %c1) {\n      %0 = memref.load %alloc",
-            "to (%n, %c8) step (%c1, %c1) {\n      %0 = memref.load %alloc",
+            "to (%n, %c4) step (%c1, %c1) {\n    %0 = memref.load %alloc",
+            "to (%n, %c8) step (%c1, %c1) {\n    %0 = memref.load %alloc",
         );
-        let out = gather_fusable_loops(&text);
-        assert_eq!(out, text, "a run of one nest is left as it is");
+        assert_ne!(text, MATMUL_THEN_BIAS);
+        assert_eq!(
+            rewritten(&text, gather_fusable_loops),
+            printed(&text),
+            "a run of one nest is left as it is"
+        );
+    }
+
+    #[test]
+    fn an_allocation_sized_inside_the_run_stays_in_it() {
+        let text = MATMUL_THEN_BIAS
+            .replace(
+                "%dim = memref.dim %alloc, %c0 : memref<?x4xf32>",
+                "%dim = memref.dim %a, %c0 : memref<?x8xf32>",
+            )
+            .replace("%alloc_1 = memref.alloc(%n)", "%alloc_1 = memref.alloc(%dim)");
+        let out = rewritten(&text, gather_fusable_loops);
+        assert_eq!(
+            top_level(&out)[5..],
+            [
+                "%alloc =",
+                "scf.parallel (%arg4,",
+                "%dim =",
+                "%alloc_0 =",
+                "scf.parallel (%arg4,",
+                "memref.dealloc %arg0",
+                "memref.dealloc %alloc",
+                "return",
+            ]
+        );
     }
 
     #[test]
     fn a_reduction_carries_its_sum() {
-        let out = accumulate_in_registers(MATMUL_THEN_BIAS);
-        let expected = "\
-    scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
-      %lmc_acc0 = scf.for %k = %c0 to %c8 step %c1 iter_args(%lmc_acc_in0 = %cst) -> (f32) {
-        %0 = memref.load %a[%i, %k] : memref<?x8xf32>
-        %1 = memref.load %w[%k, %j] : memref<8x4xf32>
-        %3 = arith.mulf %0, %1 : f32
-        %4 = arith.addf %lmc_acc_in0, %3 : f32
+        let out = rewritten(MATMUL_THEN_BIAS, accumulate_in_registers);
+        let expected = "
+    scf.parallel (%arg4, %arg5) = (%c0, %c0) to (%arg3, %c4) step (%c1, %c1) {
+      %0 = scf.for %arg6 = %c0 to %c8 step %c1 iter_args(%arg7 = %cst) -> (f32) {
+        %1 = memref.load %arg0[%arg4, %arg6] : memref<?x8xf32>
+        %2 = memref.load %arg1[%arg6, %arg5] : memref<8x4xf32>
+        %3 = arith.mulf %1, %2 : f32
+        %4 = arith.addf %arg7, %3 : f32
         scf.yield %4 : f32
       }
-      memref.store %lmc_acc0, %alloc[%i, %j] : memref<?x4xf32>
+      memref.store %0, %alloc[%arg4, %arg5] : memref<?x4xf32>
       scf.reduce 
     }
 ";
@@ -611,82 +777,220 @@ mod tests {
 
     #[test]
     fn a_reduction_without_initial_store_loads_it() {
-        let text = MATMUL_THEN_BIAS.replace("      memref.store %cst, %alloc[%i, %j] : memref<?x4xf32>\n", "");
-        let out = accumulate_in_registers(&text);
-        assert!(out.contains("      %lmc_acc_init0 = memref.load %alloc[%i, %j] : memref<?x4xf32>\n      %lmc_acc0 = scf.for %k = %c0 to %c8 step %c1 iter_args(%lmc_acc_in0 = %lmc_acc_init0) -> (f32) {"), "{out}");
+        let text = MATMUL_THEN_BIAS.replace("    memref.store %cst, %alloc[%i, %j] : memref<?x4xf32>\n", "");
+        assert_ne!(text, MATMUL_THEN_BIAS);
+        let out = rewritten(&text, accumulate_in_registers);
+        assert!(
+            out.contains(
+                "      %0 = memref.load %alloc[%arg4, %arg5] : memref<?x4xf32>
+      %1 = scf.for %arg6 = %c0 to %c8 step %c1 iter_args(%arg7 = %0) -> (f32) {"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("      memref.store %1, %alloc[%arg4, %arg5] : memref<?x4xf32>\n      scf.reduce"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn consecutive_reductions_of_one_element_chain() {
+        // The second loop starts from what the first stored, which goes.
+        let first = "    scf.for %k = %c0 to %c8 step %c1 {
+      %0 = memref.load %a[%i, %k] : memref<?x8xf32>
+      %1 = memref.load %w[%k, %j] : memref<8x4xf32>
+      %2 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+      %3 = arith.mulf %0, %1 : f32
+      %4 = arith.addf %2, %3 : f32
+      memref.store %4, %alloc[%i, %j] : memref<?x4xf32>
+    }
+";
+        let text = MATMUL_THEN_BIAS.replace(first, &format!("{first}{first}"));
+        let out = rewritten(&text, accumulate_in_registers);
+        assert!(
+            out.contains("iter_args(%arg7 = %cst) -> (f32) {") && out.contains("iter_args(%arg7 = %0) -> (f32) {"),
+            "{out}"
+        );
+        assert_eq!(out.matches("memref.store").count(), 2, "{out}");
     }
 
     #[test]
     fn buffers_that_may_be_aliased_are_left_alone() {
         // A view of the buffer could be read inside the loop under another name.
         let viewed = MATMUL_THEN_BIAS.replace(
-            "    %dim = memref.dim %alloc, %c0 : memref<?x4xf32>\n",
-            "    %view = memref.subview %alloc[0, 0] [%n, 2] [1, 1] : memref<?x4xf32> to memref<?x2xf32, strided<[4, 1]>>\n",
+            "  %dim = memref.dim %alloc, %c0 : memref<?x4xf32>\n",
+            "  %view = memref.subview %alloc[0, 0] [%n, 2] [1, 1] : memref<?x4xf32> to memref<?x2xf32, strided<[4, 1]>>\n",
         );
-        assert_eq!(accumulate_in_registers(&viewed), viewed);
+        assert_ne!(viewed, MATMUL_THEN_BIAS);
+        assert_eq!(rewritten(&viewed, accumulate_in_registers), printed(&viewed));
         // An index that changes inside the loop: not one element.
         let moving = MATMUL_THEN_BIAS
             .replace("%2 = memref.load %alloc[%i, %j]", "%2 = memref.load %alloc[%i, %k]")
             .replace("memref.store %4, %alloc[%i, %j]", "memref.store %4, %alloc[%i, %k]");
-        assert_eq!(accumulate_in_registers(&moving), moving);
+        assert_ne!(moving, MATMUL_THEN_BIAS);
+        assert_eq!(rewritten(&moving, accumulate_in_registers), printed(&moving));
         // A second read of the buffer in the loop.
         let twice = MATMUL_THEN_BIAS.replace(
             "%3 = arith.mulf %0, %1 : f32",
-            "%5 = memref.load %alloc[%i, %c0] : memref<?x4xf32>\n        %3 = arith.mulf %0, %5 : f32",
+            "%5 = memref.load %alloc[%i, %c0] : memref<?x4xf32>\n      %3 = arith.mulf %0, %5 : f32",
         );
-        assert_eq!(accumulate_in_registers(&twice), twice);
+        assert_ne!(twice, MATMUL_THEN_BIAS);
+        assert_eq!(rewritten(&twice, accumulate_in_registers), printed(&twice));
     }
+
+    const FUSED_CHAIN: &str = "\
+func.func @f(%a: memref<?x4xf32>, %n: index) -> memref<?x4xf32> {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  %alloc = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
+  %alloc_1 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
+  %alloc_2 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
+  scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
+    %0 = memref.load %a[%i, %j] : memref<?x4xf32>
+    %1 = arith.mulf %0, %0 : f32
+    memref.store %1, %alloc[%i, %j] : memref<?x4xf32>
+    %2 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+    memref.store %2, %alloc_1[%i, %j] : memref<?x4xf32>
+    %3 = memref.load %alloc_1[%i, %j] : memref<?x4xf32>
+    %4 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+    %5 = arith.addf %3, %4 : f32
+    memref.store %5, %alloc_2[%i, %j] : memref<?x4xf32>
+    scf.reduce
+  }
+  memref.dealloc %alloc : memref<?x4xf32>
+  memref.dealloc %alloc_1 : memref<?x4xf32>
+  return %alloc_2 : memref<?x4xf32>
+}
+";
 
     #[test]
     fn fused_intermediates_stay_in_registers() {
-        let text = "\
-  func.func @f(%a: memref<?x4xf32>, %n: index) {
-    %alloc = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    %alloc_1 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    %alloc_2 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
-      %0 = memref.load %a[%i, %j] : memref<?x4xf32>
-      %1 = arith.mulf %0, %0 : f32
-      memref.store %1, %alloc[%i, %j] : memref<?x4xf32>
-      %2 = memref.load %alloc[%i, %j] : memref<?x4xf32>
-      memref.store %2, %alloc_1[%i, %j] : memref<?x4xf32>
-      %3 = memref.load %alloc_1[%i, %j] : memref<?x4xf32>
-      %4 = memref.load %alloc[%i, %j] : memref<?x4xf32>
-      %5 = arith.addf %3, %4 : f32
-      memref.store %5, %alloc_2[%i, %j] : memref<?x4xf32>
-      scf.reduce 
-    }
-    memref.dealloc %alloc : memref<?x4xf32>
-    memref.dealloc %alloc_1 : memref<?x4xf32>
-    return %alloc_2 : memref<?x4xf32>
-  }
-";
         let expected = "\
-  func.func @f(%a: memref<?x4xf32>, %n: index) {
-    %alloc_2 = memref.alloc(%n) {alignment = 64 : i64} : memref<?x4xf32>
-    scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
-      %0 = memref.load %a[%i, %j] : memref<?x4xf32>
+module {
+  func.func @f(%arg0: memref<?x4xf32>, %arg1: index) -> memref<?x4xf32> {
+    %c0 = arith.constant 0 : index
+    %c1 = arith.constant 1 : index
+    %c4 = arith.constant 4 : index
+    %alloc = memref.alloc(%arg1) {alignment = 64 : i64} : memref<?x4xf32>
+    scf.parallel (%arg2, %arg3) = (%c0, %c0) to (%arg1, %c4) step (%c1, %c1) {
+      %0 = memref.load %arg0[%arg2, %arg3] : memref<?x4xf32>
       %1 = arith.mulf %0, %0 : f32
-      %5 = arith.addf %1, %1 : f32
-      memref.store %5, %alloc_2[%i, %j] : memref<?x4xf32>
+      %2 = arith.addf %1, %1 : f32
+      memref.store %2, %alloc[%arg2, %arg3] : memref<?x4xf32>
       scf.reduce 
     }
-    return %alloc_2 : memref<?x4xf32>
+    return %alloc : memref<?x4xf32>
   }
+}
 ";
-        assert_eq!(temporaries_in_registers(text), expected);
-        // Read elsewhere (another nest, another element): kept.
-        let other_element = text.replace("%4 = memref.load %alloc[%i, %j]", "%4 = memref.load %alloc[%i, %c0]");
-        assert!(temporaries_in_registers(&other_element).contains("%alloc = memref.alloc"));
-        let returned = text.replace("return %alloc_2", "return %alloc");
-        assert!(temporaries_in_registers(&returned).contains("%alloc = memref.alloc"));
+        assert_eq!(rewritten(FUSED_CHAIN, temporaries_in_registers), expected);
+        // Read elsewhere (another element, after the nest): kept.
+        let other_element = FUSED_CHAIN.replace("%4 = memref.load %alloc[%i, %j]", "%4 = memref.load %alloc[%i, %c0]");
+        assert_eq!(
+            rewritten(&other_element, temporaries_in_registers).matches("memref.alloc").count(),
+            2
+        );
+        // Returned: kept (and the buffer that is now only written goes too).
+        let returned = FUSED_CHAIN.replace("return %alloc_2", "return %alloc");
+        let out = rewritten(&returned, temporaries_in_registers);
+        assert_eq!(out.matches("memref.alloc").count(), 1, "{out}");
+        assert!(
+            out.contains("memref.store %1, %alloc[%arg2, %arg3]") && out.contains("return %alloc :"),
+            "{out}"
+        );
+        // Read in a loop inside the nest, not in the store's block: kept.
+        let nested = FUSED_CHAIN.replace(
+            "    %4 = memref.load %alloc[%i, %j] : memref<?x4xf32>\n",
+            "    %4 = scf.for %k = %c0 to %c4 step %c1 iter_args(%s = %3) -> (f32) {
+      %l = memref.load %alloc[%i, %j] : memref<?x4xf32>
+      scf.yield %l : f32
+    }
+",
+        );
+        assert_ne!(nested, FUSED_CHAIN);
+        assert_eq!(rewritten(&nested, temporaries_in_registers).matches("memref.alloc").count(), 2);
+        // Read after a loop that follows the store: kept.
+        let after_loop = FUSED_CHAIN.replace(
+            "    %4 = memref.load %alloc[%i, %j] : memref<?x4xf32>\n",
+            "    %s = scf.for %k = %c0 to %c4 step %c1 iter_args(%t = %3) -> (f32) {
+      %u = arith.addf %t, %t : f32
+      scf.yield %u : f32
+    }
+    %4 = memref.load %alloc[%i, %j] : memref<?x4xf32>
+",
+        );
+        assert_ne!(after_loop, FUSED_CHAIN);
+        assert_eq!(rewritten(&after_loop, temporaries_in_registers).matches("memref.alloc").count(), 2);
     }
 
     #[test]
-    fn names_are_renamed_whole() {
-        assert_eq!(rename("%2 = arith.addf %2, %20 : f32", "%2", "%x"), "%x = arith.addf %x, %20 : f32");
-        assert_eq!(ssa_names("memref.load %alloc_1[%i, %c0]"), ["%alloc_1", "%i", "%c0"]);
-        assert_eq!(element_type("memref<?x?x768xf32, strided<[?, 1]>>"), Some("f32"));
-        assert_eq!(element_type("memref<f32>"), Some("f32"));
+    fn a_module_without_the_patterns_is_unchanged() {
+        let text = "\
+func.func @f(%a: memref<?x4xf32>, %out: memref<?x4xf32>, %n: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  scf.parallel (%i, %j) = (%c0, %c0) to (%n, %c4) step (%c1, %c1) {
+    %0 = memref.load %a[%i, %j] : memref<?x4xf32>
+    %1 = scf.for %k = %c0 to %c4 step %c1 iter_args(%s = %0) -> (f32) {
+      %2 = arith.addf %s, %s : f32
+      scf.yield %2 : f32
+    }
+    memref.store %1, %out[%i, %j] : memref<?x4xf32>
+    scf.reduce
+  }
+  return
+}
+";
+        let rewrites: [Rewrite; 3] = [gather_fusable_loops, accumulate_in_registers, temporaries_in_registers];
+        for f in rewrites {
+            assert_eq!(rewritten(text, f), printed(text));
+        }
+    }
+
+    fn first_named(module: &Module, name: &str) -> Op {
+        operations(module, WalkOrder::PreOrder).into_iter().find(|op| op.is(name)).unwrap()
+    }
+
+    /// Inserts `new`, which may be malformed (nothing verifies an op built in the generic form),
+    /// before `op`.
+    fn insert_before(op: Op, new: melior::ir::Operation) {
+        // SAFETY: the new op is owned here and given to the live op's block.
+        unsafe { mlir_sys::mlirBlockInsertOwnedOperationBefore(op.block().unwrap().0, op.0, new.into_raw()) };
+    }
+
+    #[test]
+    fn malformed_ops_are_errors() {
+        let context = new_context();
+        let location = Location::unknown(&context);
+        // A store without operands just before a reduction loop, where its initial value would
+        // be stored.
+        let mut module = parse(&context, MATMUL_THEN_BIAS).unwrap();
+        insert_before(
+            first_named(&module, "scf.for"),
+            OperationBuilder::new("memref.store", location).build().unwrap(),
+        );
+        let e = accumulate_in_registers(&mut module).unwrap_err();
+        assert!(e.diagnostics[0].contains("a store without a value and a buffer"), "{e}");
+        // A load of a temporary without a result.
+        let mut module = parse(&context, FUSED_CHAIN).unwrap();
+        let buffer = first_named(&module, "memref.alloc").result(0).unwrap();
+        let load = OperationBuilder::new("memref.load", location)
+            .add_operands(&[buffer.get()])
+            .build()
+            .unwrap();
+        insert_before(first_named(&module, "scf.reduce"), load);
+        let e = temporaries_in_registers(&mut module).unwrap_err();
+        assert!(e.diagnostics[0].contains("a load without a buffer or without one result"), "{e}");
+        // A parallel loop whose bounds do not come in threes.
+        let mut module = parse(&context, FUSED_CHAIN).unwrap();
+        let nest = first_named(&module, "scf.parallel");
+        let mut operands: Vec<MlirValue> = nest.operands().iter().map(|v| v.0).collect();
+        operands.push(operands[0]);
+        // SAFETY: a live op, given one operand more (which nothing verifies before the rewrite).
+        unsafe { mlir_sys::mlirOperationSetOperands(nest.0, operands.len() as isize, operands.as_ptr()) };
+        let e = gather_fusable_loops(&mut module).unwrap_err();
+        assert!(e.diagnostics[0].contains("do not come in threes"), "{e}");
     }
 }

@@ -16,9 +16,10 @@
 //!
 //! Only plain sums qualify (`arith.addf` into a loop-carried value that starts at 0.0, over a
 //! constant `K` of at least [`MIN_K`]); the order of summation changes, as it does between the
-//! CPU's kernels and the GPU. Like [`crate::loop_fusion`], this works on the printed module.
+//! CPU's kernels and the GPU. This works on the printed module: MLIR prints one op per line,
+//! and an op's regions are the lines indented deeper than it, up to its closing brace at its own
+//! indentation.
 
-use crate::loop_fusion::{indent_of, join, split_ops, ssa_names};
 use std::collections::HashMap;
 
 /// Threads that keep a GPU of compute capability 9.0 busy: 132 multiprocessors (H100 SXM and
@@ -250,6 +251,60 @@ fn split(op: &[&str], constants: &HashMap<&str, (&str, &str)>, n: usize) -> Opti
     Some(out)
 }
 
+/// Lines back into a module's text.
+fn join(lines: Vec<String>) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// Splits a block's lines (all at one indentation for its ops) into ops: a line at that
+/// indentation and the lines after it that are deeper, or at the same indentation and start with
+/// `}` (a region's end, `} else {`).
+fn split_ops<S: AsRef<str>>(lines: &[S]) -> Vec<std::ops::Range<usize>> {
+    let mut ops = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let depth = indent_of(lines[i].as_ref());
+        let mut j = i + 1;
+        while j < lines.len() {
+            let line = lines[j].as_ref();
+            let d = indent_of(line);
+            if d > depth || (d == depth && line.trim_start().starts_with('}')) || line.trim().is_empty() {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        ops.push(i..j);
+        i = j;
+    }
+    ops
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.' | '-')
+}
+
+/// Every `%name` in `text`, in order.
+fn ssa_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('%') {
+        let tail = &rest[at..];
+        let end = tail[1..].find(|c: char| !is_name_char(c)).map_or(tail.len(), |e| e + 1);
+        if end > 1 {
+            names.push(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +386,10 @@ module {
         assert_eq!(split_sums(&not_from_zero), not_from_zero);
         let reused = MATMUL.replace("%4 = arith.mulf %2, %3 : f32", "%4 = arith.mulf %acc, %3 : f32");
         assert_eq!(split_sums(&reused), reused);
+    }
+
+    #[test]
+    fn names_are_read_whole() {
+        assert_eq!(ssa_names("memref.load %alloc_1[%i, %c0]"), ["%alloc_1", "%i", "%c0"]);
     }
 }

@@ -124,29 +124,16 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
     // recurs) go back into their callers, where neighbouring nests can fuse once the
     // allocations between them are moved out of the way.
     run(context, module, mlir_pipeline::GPU_INLINE, "inlining the outlined ops")?;
-    rewrite_text(
-        context,
-        module,
-        &[loop_fusion::gather_fusable_loops],
-        "gathering parallel loops to fuse",
-    )?;
+    loop_fusion::gather_fusable_loops(module)?;
     run(context, module, mlir_pipeline::GPU_FUSE, "fusing parallel loops")?;
     // Fusion merges a reduction's initial store into its loop's nest; once the sum is carried
     // in a register, the nests that read it can join too.
-    rewrite_text(
-        context,
-        module,
-        &[loop_fusion::accumulate_in_registers, loop_fusion::gather_fusable_loops],
-        "carrying reductions in registers and gathering parallel loops to fuse",
-    )?;
+    loop_fusion::accumulate_in_registers(module)?;
+    loop_fusion::gather_fusable_loops(module)?;
     run(context, module, mlir_pipeline::GPU_FUSE, "fusing parallel loops")?;
+    loop_fusion::temporaries_in_registers(module)?;
     // Splitting sums last, so that a split sum's second nest keeps the epilogue fused into it.
-    rewrite_text(
-        context,
-        module,
-        &[loop_fusion::temporaries_in_registers, split_k::split_sums],
-        "keeping fused intermediates in registers and splitting long sums",
-    )?;
+    rewrite_text(context, module, &[split_k::split_sums], "splitting long sums")?;
     run(context, module, mlir_pipeline::GPU_TIDY, "simplifying the split sums")
 }
 
@@ -204,8 +191,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// Rewrites the module's text with each of `rewrites` in turn and parses the result back: the
-/// fusion and split-sum rewrites of [`loop_fusion`] and [`split_k`], which still work on the
-/// printed module.
+/// split sums of [`split_k`], the one rewrite that still works on the printed module.
 fn rewrite_text<'c>(
     context: &'c Context,
     module: &mut Module<'c>,
