@@ -243,17 +243,15 @@ impl Module {
             }
             let widened = half.map(|h| h.widen(t.bytes()));
             if spec.dtype == DType::F32 {
-                let values = match &widened {
-                    Some(values) => std::borrow::Cow::Borrowed(values.as_slice()),
-                    None => std::borrow::Cow::Owned(f32_values(t.bytes())),
+                let warning = match &widened {
+                    Some(values) => non_finite_warning(&spec.name, values.iter().copied()),
+                    None => non_finite_warning(&spec.name, f32_elements(t.bytes())),
                 };
-                if let Some(w) = non_finite_warning(&spec.name, &values) {
-                    non_finite.push(w);
-                }
+                non_finite.extend(warning);
             }
             if let (Some(packing), &[n, k]) = (spec.packing, want.as_slice()) {
                 // The module reads this matrix in panels (checked f32 [n, k] above).
-                let values = widened.unwrap_or_else(|| f32_values(t.bytes()));
+                let values = widened.unwrap_or_else(|| f32_elements(t.bytes()).collect());
                 let shape = packing.packed_shape(n, k).to_vec();
                 let packed = HostTensor::from_f32(spec.name.clone(), shape.clone(), packing.pack(&values, n, k))?;
                 params.push((shape, ParamData::Copied(packed)));
@@ -330,23 +328,19 @@ impl Module {
 /// A warning if an f32 parameter holds NaN or infinite values: the model still runs (a
 /// checkpoint may mean it, a `-inf` mask bias), but it is more often a corrupt or badly converted
 /// file.
-fn non_finite_warning(name: &str, values: &[f32]) -> Option<String> {
-    let nan = values.iter().filter(|v| v.is_nan()).count();
-    let inf = values.iter().filter(|v| v.is_infinite()).count();
-    (nan + inf > 0).then(|| {
-        format!(
-            "parameter \"{name}\" holds {nan} NaN and {inf} infinite value(s) of {}",
-            values.len()
-        )
-    })
+fn non_finite_warning(name: &str, values: impl Iterator<Item = f32>) -> Option<String> {
+    let (mut nan, mut inf, mut count) = (0usize, 0usize, 0usize);
+    for v in values {
+        nan += usize::from(v.is_nan());
+        inf += usize::from(v.is_infinite());
+        count += 1;
+    }
+    (nan + inf > 0).then(|| format!("parameter \"{name}\" holds {nan} NaN and {inf} infinite value(s) of {count}"))
 }
 
 /// Little-endian f32 elements.
-fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+fn f32_elements(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 enum Problem<'a> {
