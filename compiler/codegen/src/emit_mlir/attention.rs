@@ -87,107 +87,115 @@ impl Emitter<'_> {
             "{} = scf.forall ({p}_b, {p}_h, {p}_q) in ({batch}, {heads}, {p}_blocks) shared_outs({p}_out = {dest}) -> ({out_t}) {{",
             v(id)
         ));
-        self.indent += 1;
-        self.line(&format!("{p}_i = arith.muli {p}_q, {p}_rows : index"));
-        self.line(&format!("{p}_left = arith.subi {queries}, {p}_i : index"));
-        self.line(&format!("{p}_n = arith.minui {p}_left, {p}_rows : index"));
-        let key_head = if group > 1 {
-            self.line(&format!("{p}_group = arith.constant {group} : index"));
-            self.line(&format!("{p}_kh = arith.divui {p}_h, {p}_group : index"));
-            format!("{p}_kh")
-        } else {
-            format!("{p}_h")
-        };
-        let size = dim_size;
-        let rows = Dim::Symbol(BLOCK_ROWS);
-        let block =
-            |t: &TensorType, rows_or_keys: Dim| TensorType::new(t.dtype, vec![Dim::Static(1), Dim::Static(1), rows_or_keys, t.dims[3]]);
-        let (qb, kb, vb, ob) = (block(&qt, rows), block(&kt, kt.dims[2]), block(&vt, vt.dims[2]), block(&ty, rows));
-        let slice = |e: &mut Self, name: &str, of: ValueId, head: &str, start: &str, rows: &str, t: &TensorType, b: &TensorType| {
-            e.line(&format!(
-                "{name} = tensor.extract_slice {}[{p}_b, {head}, {start}, 0] [1, 1, {rows}, {}] [1, 1, 1, 1] : {} to {}",
-                v(of),
-                size(t.dims[3]),
-                tensor_ty(t),
-                tensor_ty(b)
-            ));
-        };
-        slice(
-            self,
-            &format!("{p}_qs"),
-            q,
-            &format!("{p}_h"),
-            &format!("{p}_i"),
-            &format!("{p}_n"),
-            &qt,
-            &qb,
+        self.within(
+            |mode| mode.indent += 1,
+            |e| {
+                e.line(&format!("{p}_i = arith.muli {p}_q, {p}_rows : index"));
+                e.line(&format!("{p}_left = arith.subi {queries}, {p}_i : index"));
+                e.line(&format!("{p}_n = arith.minui {p}_left, {p}_rows : index"));
+                let key_head = if group > 1 {
+                    e.line(&format!("{p}_group = arith.constant {group} : index"));
+                    e.line(&format!("{p}_kh = arith.divui {p}_h, {p}_group : index"));
+                    format!("{p}_kh")
+                } else {
+                    format!("{p}_h")
+                };
+                let size = dim_size;
+                let rows = Dim::Symbol(BLOCK_ROWS);
+                let block =
+                    |t: &TensorType, rows_or_keys: Dim| TensorType::new(t.dtype, vec![Dim::Static(1), Dim::Static(1), rows_or_keys, t.dims[3]]);
+                let (qb, kb, vb, ob) = (block(&qt, rows), block(&kt, kt.dims[2]), block(&vt, vt.dims[2]), block(&ty, rows));
+                let slice = |e: &mut Self, name: &str, of: ValueId, head: &str, start: &str, rows: &str, t: &TensorType, b: &TensorType| {
+                    e.line(&format!(
+                        "{name} = tensor.extract_slice {}[{p}_b, {head}, {start}, 0] [1, 1, {rows}, {}] [1, 1, 1, 1] : {} to {}",
+                        v(of),
+                        size(t.dims[3]),
+                        tensor_ty(t),
+                        tensor_ty(b)
+                    ));
+                };
+                slice(
+                    e,
+                    &format!("{p}_qs"),
+                    q,
+                    &format!("{p}_h"),
+                    &format!("{p}_i"),
+                    &format!("{p}_n"),
+                    &qt,
+                    &qb,
+                );
+                // With a mask, the block reads only the keys from the first to the last one any of its
+                // rows may see: keys masked for the whole block (a causal mask's future, padding at the
+                // end) cost nothing.
+                let (first_key, keys, kb, vb) = match mask {
+                    Some(f) => {
+                        e.emit_key_range(&p, f, &kt, &at_block(&p));
+                        let b = Dim::Symbol(BLOCK_KEYS);
+                        (format!("{p}_k0"), format!("{p}_kn"), block(&kt, b), block(&vt, b))
+                    }
+                    None => {
+                        e.line(&format!("{p}_k0 = arith.constant 0 : index"));
+                        (format!("{p}_k0"), size(kt.dims[2]), kb, vb)
+                    }
+                };
+                slice(e, &format!("{p}_ks"), k, &key_head, &first_key, &keys, &kt, &kb);
+                slice(e, &format!("{p}_vs"), v_id, &key_head, &first_key, &keys, &vt, &vb);
+                // Inside a block the matmuls are inlined loops, as in a scan step.
+                let result = e.within(
+                    |mode| {
+                        mode.in_scan_body = true;
+                        mode.block_rows = Some(format!("{p}_n"));
+                        if mask.is_some() {
+                            mode.block_keys = Some(format!("{p}_kn"));
+                        }
+                    },
+                    |e| {
+                        // The block's result is computed in its slice of the output, so the insert below
+                        // writes in place (a copy between strided views would call MLIR's runner library).
+                        e.line(&format!(
+                            "{p}_os = tensor.extract_slice {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {out_t} to {}",
+                            size(ty.dims[3]),
+                            tensor_ty(&ob)
+                        ));
+                        let at = at_block(&p);
+                        // A block of many rows keeps its scores keys by queries (`attention_rows_tall`); a few
+                        // rows (a decode step's new tokens) would waste most of its vectors' lanes, and keep
+                        // them queries by keys.
+                        let names = [format!("{p}_qs"), format!("{p}_ks"), format!("{p}_vs"), format!("{p}_os")];
+                        let block = AttentionBlock {
+                            q: (&names[0], &qb),
+                            k: (&names[1], &kb),
+                            v: (&names[2], &vb),
+                            dest: (&names[3], &ob),
+                            at: &at,
+                            group: 1,
+                            scale,
+                            mask,
+                            score,
+                            loc,
+                        };
+                        let result = format!("{p}_block");
+                        e.line(&format!("{p}_tall_min = arith.constant {TALL_MIN_ROWS} : index"));
+                        e.line(&format!("{p}_tall = arith.cmpi uge, {p}_n, {p}_tall_min : index"));
+                        e.line(&format!("{result} = scf.if {p}_tall -> ({}) {{", tensor_ty(&ob)));
+                        let tall = e.attention_rows_tall(&block);
+                        e.line(&format!("  scf.yield {tall} : {}", tensor_ty(&ob)));
+                        e.line("} else {");
+                        let short = e.attention_rows(&block);
+                        e.line(&format!("  scf.yield {short} : {}", tensor_ty(&ob)));
+                        e.line("}");
+                        result
+                    },
+                );
+                e.line("scf.forall.in_parallel {");
+                e.line(&format!(
+                    "  tensor.parallel_insert_slice {result} into {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {} into {out_t}",
+                    size(ty.dims[3]),
+                    tensor_ty(&ob)
+                ));
+                e.line("}");
+            },
         );
-        // With a mask, the block reads only the keys from the first to the last one any of its
-        // rows may see: keys masked for the whole block (a causal mask's future, padding at the
-        // end) cost nothing.
-        let (first_key, keys, kb, vb) = match mask {
-            Some(f) => {
-                self.emit_key_range(&p, f, &kt, &at_block(&p));
-                let b = Dim::Symbol(BLOCK_KEYS);
-                (format!("{p}_k0"), format!("{p}_kn"), block(&kt, b), block(&vt, b))
-            }
-            None => {
-                self.line(&format!("{p}_k0 = arith.constant 0 : index"));
-                (format!("{p}_k0"), size(kt.dims[2]), kb, vb)
-            }
-        };
-        slice(self, &format!("{p}_ks"), k, &key_head, &first_key, &keys, &kt, &kb);
-        slice(self, &format!("{p}_vs"), v_id, &key_head, &first_key, &keys, &vt, &vb);
-        // Inside a block the matmuls are inlined loops, as in a scan step.
-        let saved = (self.in_scan_body, self.block_rows.clone(), self.block_keys.clone());
-        self.in_scan_body = true;
-        self.block_rows = Some(format!("{p}_n"));
-        if mask.is_some() {
-            self.block_keys = Some(format!("{p}_kn"));
-        }
-        // The block's result is computed in its slice of the output, so the insert below
-        // writes in place (a copy between strided views would call MLIR's runner library).
-        self.line(&format!(
-            "{p}_os = tensor.extract_slice {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {out_t} to {}",
-            size(ty.dims[3]),
-            tensor_ty(&ob)
-        ));
-        let at = at_block(&p);
-        // A block of many rows keeps its scores keys by queries (`attention_rows_tall`); a few
-        // rows (a decode step's new tokens) would waste most of its vectors' lanes, and keep
-        // them queries by keys.
-        let names = [format!("{p}_qs"), format!("{p}_ks"), format!("{p}_vs"), format!("{p}_os")];
-        let block = AttentionBlock {
-            q: (&names[0], &qb),
-            k: (&names[1], &kb),
-            v: (&names[2], &vb),
-            dest: (&names[3], &ob),
-            at: &at,
-            group: 1,
-            scale,
-            mask,
-            score,
-            loc,
-        };
-        let result = format!("{p}_block");
-        self.line(&format!("{p}_tall_min = arith.constant {TALL_MIN_ROWS} : index"));
-        self.line(&format!("{p}_tall = arith.cmpi uge, {p}_n, {p}_tall_min : index"));
-        self.line(&format!("{result} = scf.if {p}_tall -> ({}) {{", tensor_ty(&ob)));
-        let tall = self.attention_rows_tall(&block);
-        self.line(&format!("  scf.yield {tall} : {}", tensor_ty(&ob)));
-        self.line("} else {");
-        let short = self.attention_rows(&block);
-        self.line(&format!("  scf.yield {short} : {}", tensor_ty(&ob)));
-        self.line("}");
-        (self.in_scan_body, self.block_rows, self.block_keys) = saved;
-        self.line("scf.forall.in_parallel {");
-        self.line(&format!(
-            "  tensor.parallel_insert_slice {result} into {p}_out[{p}_b, {p}_h, {p}_i, 0] [1, 1, {p}_n, {}] [1, 1, 1, 1] : {} into {out_t}",
-            size(ty.dims[3]),
-            tensor_ty(&ob)
-        ));
-        self.line("}");
-        self.indent -= 1;
         self.line(&format!("}} {loc}"));
     }
 
@@ -425,9 +433,9 @@ impl Emitter<'_> {
         let vectors = (QUERY_ROWS / lanes) as usize;
         let vec = format!("vector<{lanes}xf32>");
         let x = self.fresh();
-        let n = self.block_rows.clone().unwrap_or_default();
+        let n = self.mode.block_rows.clone().unwrap_or_default();
         let keys = match kt.dims[2] {
-            Dim::Symbol(s) if s == BLOCK_KEYS => self.block_keys.clone().unwrap_or_default(),
+            Dim::Symbol(s) if s == BLOCK_KEYS => self.mode.block_keys.clone().unwrap_or_default(),
             d => self.dim_value(d),
         };
         let (b, h, d) = (qt.dims[0], qt.dims[1], qt.dims[3]);
@@ -496,139 +504,142 @@ impl Emitter<'_> {
         ));
         self.line(&format!("{x}_tleft = arith.subi {keys}, {x}_t : index"));
         self.line(&format!("{x}_tn = arith.minui {x}_tleft, {x}_tile : index"));
-        let saved_keys = self.block_keys.replace(format!("{x}_tn"));
-        for (name, of, t, tile) in [("kt", k, &kt, &ktile), ("vt", v_in, &vt, &vtile)] {
-            self.line(&format!(
-                "{x}_{name} = tensor.extract_slice {of}[0, 0, {x}_t, 0] [1, 1, {x}_tn, {}] [1, 1, 1, 1] : {} to {}",
-                dim_size(t.dims[3]),
-                tensor_ty(t),
-                tensor_ty(tile)
-            ));
-        }
-        // Index functions see the tile's keys offset by its first.
-        self.line(&format!("{x}_tk0 = arith.addi {}, {x}_t : index", at[3]));
-        let tile_at = [at[0].clone(), at[1].clone(), at[2].clone(), format!("{x}_tk0")];
-        // 2. raw scores of the tile, keys by queries
-        let scores = matmul::MatMul {
-            layout: matmul::RhsLayout::RowMajor,
-            x: ktile.clone(),
-            rhs: qtt.clone(),
-            out: st.clone(),
-            group: 1,
-            x_transposed: false,
-            bias: None,
-        };
-        self.emit_matmul_call(&format!("{x}_raw"), [&format!("{x}_kt"), &format!("{x}_qt")], None, &scores, loc);
-        // 3. scale, score function and mask, on the block's own columns
-        let mut s = format!("{x}_raw");
-        if !fold_scale {
-            let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
-            let own_s = tensor_ty(&own);
-            let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
-            self.line(&format!("{x}_own = tensor.extract_slice {s}{own_at} : {st_s} to {own_s}"));
-            let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
-            self.line(&format!(
-                "{x}_scored = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_own : {own_s}) {{",
-                parallel(4)
-            ));
-            self.line("^bb0(%raw: f32):");
-            let current = self.scored_element(&tile_at, scale, mask, score, (3, 2));
-            self.line(&format!("  linalg.yield {current} : f32"));
-            self.line(&format!("}} -> {own_s} {loc}"));
-            self.line(&format!(
-                "{x}_s = tensor.insert_slice {x}_scored into {s}{own_at} : {own_s} into {st_s}"
-            ));
-            s = format!("{x}_s");
-        }
-        // 4. each query's maximum down the tile's keys, and the running maximum
-        self.line(&format!(
-            "{x}_max:{vectors} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}) -> ({types}) {{",
-            (0..vectors)
-                .map(|c| format!("{x}_macc{c} = {x}_m{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        for (c, col) in cols.iter().enumerate() {
-            self.line(&format!(
-                "  {x}_ms{c} = vector.transfer_read {s}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
-            ));
-            self.line(&format!("  {x}_mx{c} = arith.maximumf {x}_macc{c}, {x}_ms{c} : {vec}"));
-        }
-        self.line(&format!("  scf.yield {} : {types}", names("mx").join(", ")));
-        self.line("}");
-        // A query that has seen no key yet (maximum -inf) shifts by 0, so its exponentials are
-        // 0, not NaN; the rescaling of what it had (nothing) is then 0 as well.
-        for c in 0..vectors {
-            self.line(&format!("{x}_none{c} = arith.cmpf oeq, {x}_max#{c}, {x}_ninf : {vec}"));
-            self.line(&format!(
-                "{x}_safe{c} = arith.select {x}_none{c}, {x}_vzero, {x}_max#{c} : {mask_ty}, {vec}"
-            ));
-            self.line(&format!("{x}_shift{c} = arith.mulf {x}_safe{c}, {x}_factor : {vec}"));
-            self.line(&format!("{x}_neg{c} = arith.negf {x}_shift{c} : {vec}"));
-            // exp(factor·old max - factor·new max)
-            self.line(&format!("{x}_rd{c} = math.fma {x}_m{c}, {x}_factor, {x}_neg{c} : {vec}"));
-            for l in approx::exp_of(&format!("{x}_rd{c}"), &format!("{x}_re{c}"), &format!("{x}_rt{c}_"), Some(lanes)) {
-                self.line(&l);
-            }
-        }
-        // 5. probabilities exp(factor·s - factor·max) in place, and their sums
-        self.line(&format!(
-            "{x}_exp:{} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}, {x}_pacc = {s}) -> ({types}, {st_s}) {{",
-            vectors + 1,
-            inits("sacc", &format!("{x}_vzero"))
-        ));
-        let mut p = format!("{x}_pacc");
-        for (c, col) in cols.iter().enumerate() {
-            self.line(&format!(
-                "  {x}_es{c} = vector.transfer_read {p}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
-            ));
-            self.line(&format!("  {x}_ed{c} = math.fma {x}_es{c}, {x}_factor, {x}_neg{c} : {vec}"));
-            for l in approx::exp_of(&format!("{x}_ed{c}"), &format!("{x}_ee{c}"), &format!("{x}_et{c}_"), Some(lanes)) {
-                self.line(&format!("  {l}"));
-            }
-            self.line(&format!("  {x}_esum{c} = arith.addf {x}_sacc{c}, {x}_ee{c} : {vec}"));
-            self.line(&format!(
-                "  {x}_ep{c} = vector.transfer_write {x}_ee{c}, {p}[{x}_c0, {x}_c0, {x}_j, {col}] {{in_bounds = [true]}} : {vec}, {st_s}"
-            ));
-            p = format!("{x}_ep{c}");
-        }
-        self.line(&format!("  scf.yield {}, {p} : {types}, {st_s}", names("esum").join(", ")));
-        self.line("}");
-        // The running sums: the old ones rescaled, plus the tile's.
-        for c in 0..vectors {
-            self.line(&format!("{x}_ln{c} = math.fma {x}_l{c}, {x}_re{c}, {x}_exp#{c} : {vec}"));
-        }
-        // 6. the tile's weighted sum of values, the probabilities read transposed
-        let values = matmul::MatMul {
-            layout: matmul::RhsLayout::RowMajor,
-            x: st.clone(),
-            rhs: vtile.clone(),
-            out: ty.clone(),
-            group: 1,
-            x_transposed: true,
-            bias: None,
-        };
-        self.emit_matmul_call(
-            &format!("{x}_weighted"),
-            [&format!("{x}_exp#{vectors}"), &format!("{x}_vt")],
-            None,
-            &values,
-            loc,
-        );
-        // ... added to the running weighted values rescaled, each query (row) by its factor
-        let rescale = self.vectors_to_rows(&x, "re", &names("re"), &cols);
         let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
         let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
-        self.line(&format!(
-            "{x}_accn = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({x}_weighted, {rescale} : {ty_s}, tensor<?xf32>) outs({x}_acc : {ty_s}) {{",
-            parallel(4)
-        ));
-        self.line("^bb0(%w: f32, %r: f32, %a: f32):");
-        self.line("  %kept = arith.mulf %a, %r : f32");
-        self.line("  %sum = arith.addf %kept, %w : f32");
-        self.line("  linalg.yield %sum : f32");
-        self.line(&format!("}} -> {ty_s} {loc}"));
-        self.block_keys = saved_keys;
+        self.within(
+            |mode| mode.block_keys = Some(format!("{x}_tn")),
+            |e| {
+                for (name, of, t, tile) in [("kt", k, &kt, &ktile), ("vt", v_in, &vt, &vtile)] {
+                    e.line(&format!(
+                        "{x}_{name} = tensor.extract_slice {of}[0, 0, {x}_t, 0] [1, 1, {x}_tn, {}] [1, 1, 1, 1] : {} to {}",
+                        dim_size(t.dims[3]),
+                        tensor_ty(t),
+                        tensor_ty(tile)
+                    ));
+                }
+                // Index functions see the tile's keys offset by its first.
+                e.line(&format!("{x}_tk0 = arith.addi {}, {x}_t : index", at[3]));
+                let tile_at = [at[0].clone(), at[1].clone(), at[2].clone(), format!("{x}_tk0")];
+                // 2. raw scores of the tile, keys by queries
+                let scores = matmul::MatMul {
+                    layout: matmul::RhsLayout::RowMajor,
+                    x: ktile.clone(),
+                    rhs: qtt.clone(),
+                    out: st.clone(),
+                    group: 1,
+                    x_transposed: false,
+                    bias: None,
+                };
+                e.emit_matmul_call(&format!("{x}_raw"), [&format!("{x}_kt"), &format!("{x}_qt")], None, &scores, loc);
+                // 3. scale, score function and mask, on the block's own columns
+                let mut s = format!("{x}_raw");
+                if !fold_scale {
+                    let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
+                    let own_s = tensor_ty(&own);
+                    let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
+                    e.line(&format!("{x}_own = tensor.extract_slice {s}{own_at} : {st_s} to {own_s}"));
+                        e.line(&format!(
+                        "{x}_scored = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_own : {own_s}) {{",
+                        parallel(4)
+                    ));
+                    e.line("^bb0(%raw: f32):");
+                    let current = e.scored_element(&tile_at, scale, mask, score, (3, 2));
+                    e.line(&format!("  linalg.yield {current} : f32"));
+                    e.line(&format!("}} -> {own_s} {loc}"));
+                    e.line(&format!(
+                        "{x}_s = tensor.insert_slice {x}_scored into {s}{own_at} : {own_s} into {st_s}"
+                    ));
+                    s = format!("{x}_s");
+                }
+                // 4. each query's maximum down the tile's keys, and the running maximum
+                e.line(&format!(
+                    "{x}_max:{vectors} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}) -> ({types}) {{",
+                    (0..vectors)
+                        .map(|c| format!("{x}_macc{c} = {x}_m{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                for (c, col) in cols.iter().enumerate() {
+                    e.line(&format!(
+                        "  {x}_ms{c} = vector.transfer_read {s}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
+                    ));
+                    e.line(&format!("  {x}_mx{c} = arith.maximumf {x}_macc{c}, {x}_ms{c} : {vec}"));
+                }
+                e.line(&format!("  scf.yield {} : {types}", names("mx").join(", ")));
+                e.line("}");
+                // A query that has seen no key yet (maximum -inf) shifts by 0, so its exponentials are
+                // 0, not NaN; the rescaling of what it had (nothing) is then 0 as well.
+                for c in 0..vectors {
+                    e.line(&format!("{x}_none{c} = arith.cmpf oeq, {x}_max#{c}, {x}_ninf : {vec}"));
+                    e.line(&format!(
+                        "{x}_safe{c} = arith.select {x}_none{c}, {x}_vzero, {x}_max#{c} : {mask_ty}, {vec}"
+                    ));
+                    e.line(&format!("{x}_shift{c} = arith.mulf {x}_safe{c}, {x}_factor : {vec}"));
+                    e.line(&format!("{x}_neg{c} = arith.negf {x}_shift{c} : {vec}"));
+                    // exp(factor·old max - factor·new max)
+                    e.line(&format!("{x}_rd{c} = math.fma {x}_m{c}, {x}_factor, {x}_neg{c} : {vec}"));
+                    for l in approx::exp_of(&format!("{x}_rd{c}"), &format!("{x}_re{c}"), &format!("{x}_rt{c}_"), Some(lanes)) {
+                        e.line(&l);
+                    }
+                }
+                // 5. probabilities exp(factor·s - factor·max) in place, and their sums
+                e.line(&format!(
+                    "{x}_exp:{} = scf.for {x}_j = {x}_c0 to {x}_tn step {x}_c1 iter_args({}, {x}_pacc = {s}) -> ({types}, {st_s}) {{",
+                    vectors + 1,
+                    inits("sacc", &format!("{x}_vzero"))
+                ));
+                let mut p = format!("{x}_pacc");
+                for (c, col) in cols.iter().enumerate() {
+                    e.line(&format!(
+                        "  {x}_es{c} = vector.transfer_read {p}[{x}_c0, {x}_c0, {x}_j, {col}], {x}_zero {{in_bounds = [true]}} : {st_s}, {vec}"
+                    ));
+                    e.line(&format!("  {x}_ed{c} = math.fma {x}_es{c}, {x}_factor, {x}_neg{c} : {vec}"));
+                    for l in approx::exp_of(&format!("{x}_ed{c}"), &format!("{x}_ee{c}"), &format!("{x}_et{c}_"), Some(lanes)) {
+                        e.line(&format!("  {l}"));
+                    }
+                    e.line(&format!("  {x}_esum{c} = arith.addf {x}_sacc{c}, {x}_ee{c} : {vec}"));
+                    e.line(&format!(
+                        "  {x}_ep{c} = vector.transfer_write {x}_ee{c}, {p}[{x}_c0, {x}_c0, {x}_j, {col}] {{in_bounds = [true]}} : {vec}, {st_s}"
+                    ));
+                    p = format!("{x}_ep{c}");
+                }
+                e.line(&format!("  scf.yield {}, {p} : {types}, {st_s}", names("esum").join(", ")));
+                e.line("}");
+                // The running sums: the old ones rescaled, plus the tile's.
+                for c in 0..vectors {
+                    e.line(&format!("{x}_ln{c} = math.fma {x}_l{c}, {x}_re{c}, {x}_exp#{c} : {vec}"));
+                }
+                // 6. the tile's weighted sum of values, the probabilities read transposed
+                let values = matmul::MatMul {
+                    layout: matmul::RhsLayout::RowMajor,
+                    x: st.clone(),
+                    rhs: vtile.clone(),
+                    out: ty.clone(),
+                    group: 1,
+                    x_transposed: true,
+                    bias: None,
+                };
+                e.emit_matmul_call(
+                    &format!("{x}_weighted"),
+                    [&format!("{x}_exp#{vectors}"), &format!("{x}_vt")],
+                    None,
+                    &values,
+                    loc,
+                );
+                // ... added to the running weighted values rescaled, each query (row) by its factor
+                let rescale = e.vectors_to_rows(&x, "re", &names("re"), &cols);
+                let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+                e.line(&format!(
+                    "{x}_accn = linalg.generic {{indexing_maps = [{map4}, {row_map}, {map4}], iterator_types = [{}]}} ins({x}_weighted, {rescale} : {ty_s}, tensor<?xf32>) outs({x}_acc : {ty_s}) {{",
+                    parallel(4)
+                ));
+                e.line("^bb0(%w: f32, %r: f32, %a: f32):");
+                e.line("  %kept = arith.mulf %a, %r : f32");
+                e.line("  %sum = arith.addf %kept, %w : f32");
+                e.line("  linalg.yield %sum : f32");
+                e.line(&format!("}} -> {ty_s} {loc}"));
+            },
+        );
         self.line(&format!(
             "scf.yield {}, {}, {x}_accn : {types}, {types}, {ty_s}",
             (0..vectors).map(|c| format!("{x}_max#{c}")).collect::<Vec<_>>().join(", "),
@@ -655,7 +666,7 @@ impl Emitter<'_> {
     pub(super) fn vectors_to_rows(&mut self, x: &str, name: &str, vectors: &[String], cols: &[String]) -> String {
         let lanes = self.target.lanes;
         let vec = format!("vector<{lanes}xf32>");
-        let n = self.block_rows.clone().unwrap_or_default();
+        let n = self.mode.block_rows.clone().unwrap_or_default();
         let all_ty = format!("tensor<{QUERY_ROWS}xf32>");
         self.line(&format!("{x}_{name}_0 = tensor.empty() : {all_ty}"));
         let mut t = format!("{x}_{name}_0");

@@ -206,7 +206,7 @@ impl Emitter<'_> {
             .map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" })
             .collect();
         let sum = self.fresh();
-        if self.in_scan_body && rank > 0 {
+        if self.mode.in_scan_body && rank > 0 {
             // The reduced value's ops are computed inside the reduction's loop nest.
             let mut fused = FusedBody {
                 rank,

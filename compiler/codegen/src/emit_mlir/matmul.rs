@@ -231,7 +231,7 @@ impl Emitter<'_> {
             self.emit_matmul_loops(result, [x, rhs], mm, loc);
             return;
         }
-        if self.in_scan_body {
+        if self.mode.in_scan_body {
             debug_assert!(bias.is_none(), "scan steps add no bias in the kernel");
             // Inside a scan step the loops are inlined: a step calls nothing.
             let out = self.empty(&mm.out);

@@ -52,32 +52,30 @@ pub const FORWARD_FUNC: &str = "forward";
 pub fn emit_module(g: &Graph, plan: &Plan, target: &Target) -> String {
     let mut e = Emitter {
         plan,
-        in_row_group: false,
+        mode: Mode::default(),
         row_group_schedules: Vec::new(),
         g,
         target: *target,
         functions: Functions::default(),
         row_tile_sizes: Vec::new(),
-        in_scan_body: false,
-        block: None,
-        block_rows: None,
-        block_keys: None,
-        indent: 0,
         body: String::new(),
         tmp: 0,
     };
     e.emit_function()
 }
 
-struct Emitter<'a> {
-    g: &'a Graph,
-    /// What was decided before emitting: fusion sets, bias epilogues, row groups, packing.
-    plan: &'a Plan,
-    target: Target,
+/// Where the node being emitted is: in a scan's body or an attention block (matmuls are inlined
+/// loops, elementwise chains fused), in a row group, in a block of a scan's lanes; the names of
+/// the sizes a block's symbols stand for, and the extra indentation of its lines.
+/// [`Emitter::within`] sets a mode for a region and restores the outer one after it.
+#[derive(Clone, Default)]
+struct Mode {
     /// Whether the node being emitted is in a scan's body, where matmuls are inlined loops and
     /// elementwise chains are fused; also set while an attention block is emitted, for its
     /// inlined matmuls.
     in_scan_body: bool,
+    /// Whether the ops of a row group are being emitted (see [`Emitter::emit_row_group`]).
+    in_row_group: bool,
     /// The block of lanes the scan body being emitted works on, if it was split into blocks.
     block: Option<Block>,
     /// The SSA name of the length of the block of query rows an attention is computing, the
@@ -87,6 +85,15 @@ struct Emitter<'a> {
     block_keys: Option<String>,
     /// Extra indentation of the lines being emitted (two spaces each), inside a block's loop.
     indent: usize,
+}
+
+struct Emitter<'a> {
+    g: &'a Graph,
+    /// Where the node being emitted is (see [`Mode`]).
+    mode: Mode,
+    /// What was decided before emitting: fusion sets, bias epilogues, row groups, packing.
+    plan: &'a Plan,
+    target: Target,
     /// The private functions defined so far: matmul kernels and outlined ops.
     functions: Functions,
     /// The distinct tile sizes [`mark_row_parallel`] has marked loop nests with, for the
@@ -94,8 +101,6 @@ struct Emitter<'a> {
     row_tile_sizes: Vec<String>,
     body: String,
     tmp: usize,
-    /// Whether the ops of a row group are being emitted (see [`Emitter::emit_row_group`]).
-    in_row_group: bool,
     /// Per distinct tile sizes of the row groups' roots so far, the most ops any of their
     /// functions fuses into the root's loop (see [`schedule`]).
     row_group_schedules: Vec<(String, usize)>,
@@ -128,6 +133,7 @@ struct FusedBody {
 /// One block of a scan's lanes (see [`lanes`]): inside it, every value with a lane axis has
 /// `lanes.block` elements along it, and the values defined outside the body are read through
 /// their block's slice.
+#[derive(Clone)]
 struct Block {
     lanes: lanes::Lanes,
     /// The SSA names of those slices.
@@ -160,20 +166,36 @@ impl Emitter<'_> {
         }
     }
 
+    /// Emits with the mode `change` makes of the current one, then restores the current one.
+    fn within<T>(&mut self, change: impl FnOnce(&mut Mode), emit: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = self.mode.clone();
+        change(&mut self.mode);
+        let result = emit(self);
+        self.mode = outer;
+        result
+    }
+
+    /// The lines `emit` emits, kept apart from the body emitted so far.
+    fn emitted_apart(&mut self, emit: impl FnOnce(&mut Self)) -> String {
+        let outer = std::mem::take(&mut self.body);
+        emit(self);
+        std::mem::replace(&mut self.body, outer)
+    }
+
     fn fresh(&mut self) -> String {
         self.tmp += 1;
         format!("%t{}", self.tmp)
     }
 
     fn line(&mut self, text: &str) {
-        let _ = writeln!(self.body, "    {}{text}", "  ".repeat(self.indent));
+        let _ = writeln!(self.body, "    {}{text}", "  ".repeat(self.mode.indent));
     }
 
     /// A value's type where it is being emitted: within a block of lanes, its lane axis has the
     /// block's length.
     fn ty(&self, id: ValueId) -> TensorType {
         let mut t = self.g.ty(id).clone();
-        if let Some(b) = &self.block {
+        if let Some(b) = &self.mode.block {
             if let Some(&axis) = b.lanes.axis.get(&id) {
                 t.dims[axis] = Dim::Static(b.lanes.block);
             }
@@ -184,7 +206,8 @@ impl Emitter<'_> {
     /// A value's SSA name where it is being read: within a block of lanes, a value defined
     /// outside the scan body is read through its block's slice.
     fn name(&self, id: ValueId) -> String {
-        self.block
+        self.mode
+            .block
             .as_ref()
             .and_then(|b| b.slices.get(&id).cloned())
             .unwrap_or_else(|| v(id))
@@ -199,8 +222,8 @@ impl Emitter<'_> {
         t.dims
             .iter()
             .filter_map(|d| match d {
-                Dim::Symbol(s) if *s == BLOCK_ROWS => self.block_rows.clone(),
-                Dim::Symbol(s) if *s == BLOCK_KEYS => self.block_keys.clone(),
+                Dim::Symbol(s) if *s == BLOCK_ROWS => self.mode.block_rows.clone(),
+                Dim::Symbol(s) if *s == BLOCK_KEYS => self.mode.block_keys.clone(),
                 Dim::Symbol(s) => Some(format!("%sym{}", s.0)),
                 Dim::Static(_) => None,
             })
@@ -322,7 +345,7 @@ impl Emitter<'_> {
                 self.emit_matmul(id, (lhs, rhs), Some(bias), &loc);
                 continue;
             }
-            self.in_scan_body = region.is_some();
+            self.mode.in_scan_body = region.is_some();
             if region.is_none() && self.outlinable(id) {
                 self.emit_outlined(id);
             } else {
@@ -416,10 +439,12 @@ impl Emitter<'_> {
                 self.line(&format!("}} -> {} {loc}", tensor_ty(ty)));
             }
             Op::Gather { table, indices } => self.emit_gather(id, *table, *indices, &loc),
-            Op::Binary { .. } | Op::Unary { .. } | Op::ToFloat { .. } if (self.in_scan_body || self.in_row_group) && ty.rank() > 0 => {
+            Op::Binary { .. } | Op::Unary { .. } | Op::ToFloat { .. }
+                if (self.mode.in_scan_body || self.mode.in_row_group) && ty.rank() > 0 =>
+            {
                 self.emit_fused(id, &loc)
             }
-            Op::Reduce { op, x, .. } if self.in_row_group => self.emit_row_reduce(id, *op, *x, &loc),
+            Op::Reduce { op, x, .. } if self.mode.in_row_group => self.emit_row_reduce(id, *op, *x, &loc),
             Op::Binary { op, lhs, rhs } => {
                 let name = binary_op(*op);
                 self.emit_elementwise(id, &[*lhs, *rhs], &loc, &|args, res, _| {

@@ -245,9 +245,7 @@ impl Emitter<'_> {
     /// fraction of the time.
     pub(super) fn emit_outlined(&mut self, id: ValueId) {
         let first_tmp = self.tmp;
-        let saved = std::mem::take(&mut self.body);
-        self.emit_node(id);
-        let text = std::mem::replace(&mut self.body, saved);
+        let text = self.emitted_apart(|e| e.emit_node(id));
         // An attention is already a parallel loop over its blocks of rows; on a GPU every loop
         // nest is parallel already.
         let text = if matches!(self.g.node(id).op, Op::Attention { .. }) || self.target.is_gpu() {

@@ -103,69 +103,73 @@ impl Emitter<'_> {
             )
         };
         let result_axes: Vec<usize> = results.iter().map(|r| lanes.axis[r]).collect();
-        // From here on `self.ty` gives the block's types.
-        self.block = Some(Block {
-            lanes,
-            slices: std::collections::HashMap::new(),
-        });
-        self.indent += 1;
-        for (value, axis) in outer {
-            let t = g.ty(value);
-            let name = format!("{prefix}_in{}", value.0);
-            let line = format!(
-                "{name} = tensor.extract_slice {}{} : {} to {}",
-                v(value),
-                block_slice(t, axis),
-                tensor_ty(t),
-                tensor_ty(&self.ty(value))
-            );
-            self.line(&line);
-            if let Some(b) = self.block.as_mut() {
-                b.slices.insert(value, name);
-            }
-        }
-        // Each result's slice for this block: (name, slice, block type, full type).
-        let mut result_slices = Vec::new();
-        for (k, (r, axis)) in results.iter().zip(result_axes).enumerate() {
-            let t = g.ty(*r);
-            let slice = block_slice(t, axis);
-            let name = format!("{prefix}_part{k}");
-            let (part_ty, full_ty) = (tensor_ty(&self.ty(*r)), tensor_ty(t));
-            self.line(&format!(
-                "{name} = tensor.extract_slice {prefix}_out{k}{slice} : {full_ty} to {part_ty}"
-            ));
-            result_slices.push((name, slice, part_ty, full_ty));
-        }
-        // Each state starts as a copy of its initial value in its final value's slice, where
-        // the loop then updates it in place.
-        let mut inits = Vec::new();
-        for (k, init) in s.init.iter().enumerate() {
-            let (part, _, ty, _) = &result_slices[s.outputs.len() + k];
-            let state = format!("{prefix}_init{k}");
-            self.line(&format!(
-                "{state} = linalg.copy ins({} : {ty}) outs({part} : {ty}) -> {ty}",
-                self.name(*init)
-            ));
-            inits.push(state);
-        }
-        let stacked: Vec<String> = result_slices[..s.outputs.len()].iter().map(|r| r.0.clone()).collect();
-        let finals: Vec<String> = (0..s.init.len()).map(|k| format!("{prefix}_final{k}")).collect();
-        let outputs: Vec<String> = (0..s.outputs.len()).map(|k| format!("{prefix}_stacked{k}")).collect();
-        self.emit_scan_loop(id, s, &inits, Some(&stacked), &finals, &outputs, loc);
-        self.block = None;
-        self.line("scf.forall.in_parallel {");
-        for (k, (_, slice, part_ty, full_ty)) in result_slices.iter().enumerate() {
-            let value = if k < s.outputs.len() {
-                &outputs[k]
-            } else {
-                &finals[k - s.outputs.len()]
-            };
-            self.line(&format!(
-                "  tensor.parallel_insert_slice {value} into {prefix}_out{k}{slice} : {part_ty} into {full_ty}"
-            ));
-        }
-        self.line("}");
-        self.indent -= 1;
+        // Inside the block's loop, `self.ty` gives the block's types.
+        self.within(
+            |mode| {
+                mode.block = Some(Block {
+                    lanes,
+                    slices: std::collections::HashMap::new(),
+                });
+                mode.indent += 1;
+            },
+            |e| {
+                for (value, axis) in outer {
+                    let t = g.ty(value);
+                    let name = format!("{prefix}_in{}", value.0);
+                    let line = format!(
+                        "{name} = tensor.extract_slice {}{} : {} to {}",
+                        v(value),
+                        block_slice(t, axis),
+                        tensor_ty(t),
+                        tensor_ty(&e.ty(value))
+                    );
+                    e.line(&line);
+                    if let Some(b) = e.mode.block.as_mut() {
+                        b.slices.insert(value, name);
+                    }
+                }
+                // Each result's slice for this block: (name, slice, block type, full type).
+                let mut result_slices = Vec::new();
+                for (k, (r, axis)) in results.iter().zip(result_axes).enumerate() {
+                    let t = g.ty(*r);
+                    let slice = block_slice(t, axis);
+                    let name = format!("{prefix}_part{k}");
+                    let (part_ty, full_ty) = (tensor_ty(&e.ty(*r)), tensor_ty(t));
+                    e.line(&format!(
+                        "{name} = tensor.extract_slice {prefix}_out{k}{slice} : {full_ty} to {part_ty}"
+                    ));
+                    result_slices.push((name, slice, part_ty, full_ty));
+                }
+                // Each state starts as a copy of its initial value in its final value's slice, where
+                // the loop then updates it in place.
+                let mut inits = Vec::new();
+                for (k, init) in s.init.iter().enumerate() {
+                    let (part, _, ty, _) = &result_slices[s.outputs.len() + k];
+                    let state = format!("{prefix}_init{k}");
+                    e.line(&format!(
+                        "{state} = linalg.copy ins({} : {ty}) outs({part} : {ty}) -> {ty}",
+                        e.name(*init)
+                    ));
+                    inits.push(state);
+                }
+                let stacked: Vec<String> = result_slices[..s.outputs.len()].iter().map(|r| r.0.clone()).collect();
+                let finals: Vec<String> = (0..s.init.len()).map(|k| format!("{prefix}_final{k}")).collect();
+                let outputs: Vec<String> = (0..s.outputs.len()).map(|k| format!("{prefix}_stacked{k}")).collect();
+                e.emit_scan_loop(id, s, &inits, Some(&stacked), &finals, &outputs, loc);
+                e.line("scf.forall.in_parallel {");
+                for (k, (_, slice, part_ty, full_ty)) in result_slices.iter().enumerate() {
+                    let value = if k < s.outputs.len() {
+                        &outputs[k]
+                    } else {
+                        &finals[k - s.outputs.len()]
+                    };
+                    e.line(&format!(
+                        "  tensor.parallel_insert_slice {value} into {prefix}_out{k}{slice} : {part_ty} into {full_ty}"
+                    ));
+                }
+                e.line("}");
+            },
+        );
         self.line(&format!("}} {loc}"));
     }
 

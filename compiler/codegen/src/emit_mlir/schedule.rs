@@ -160,17 +160,20 @@ impl Emitter<'_> {
     /// start to end while it is in cache, in one parallel loop instead of one per op.
     pub(super) fn emit_row_group(&mut self, root: ValueId) {
         let first_tmp = self.tmp;
-        let saved = std::mem::take(&mut self.body);
         let members = self.plan.row_groups.members.get(&root).cloned().unwrap_or_default();
-        self.in_row_group = true;
-        for &m in &members {
-            if !self.plan.row_groups.inlined.contains(&m) {
-                self.emit_node(m);
-            }
-        }
-        self.emit_node(root);
-        self.in_row_group = false;
-        let text = std::mem::replace(&mut self.body, saved);
+        let text = self.emitted_apart(|e| {
+            e.within(
+                |mode| mode.in_row_group = true,
+                |e| {
+                    for &m in &members {
+                        if !e.plan.row_groups.inlined.contains(&m) {
+                            e.emit_node(m);
+                        }
+                    }
+                    e.emit_node(root);
+                },
+            )
+        });
         let Some(mut f) = outline(self.g, root, &text, first_tmp, &members) else {
             self.body.push_str(&text);
             return;
