@@ -8,6 +8,7 @@ mod header;
 mod link;
 pub mod llvm;
 mod loop_fusion;
+mod mlir_ops;
 pub mod mlir_pipeline;
 mod split_k;
 pub mod version;

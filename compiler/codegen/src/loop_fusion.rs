@@ -29,11 +29,11 @@
 //! buffer, a parallel loop whose bounds do not come in threes) is an error; a block without the
 //! pattern is left as it is.
 
+use crate::mlir_ops::{blocks, operations, Blk, Op, Val};
 use crate::mlir_pipeline::MlirError;
-use melior::ir::operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult};
+use melior::ir::operation::{OperationBuilder, OperationLike, WalkOrder};
 use melior::ir::r#type::{MemRefType, ShapedTypeLike, TypeLike};
-use melior::ir::{Location, Module, Region, Type, Value, ValueLike};
-use mlir_sys::{MlirBlock, MlirOperation, MlirValue};
+use melior::ir::{Module, Region};
 
 /// Moves allocations and deallocations out of runs of `scf.parallel` nests over the same
 /// iteration space, in every block of the module, so that nothing with a memory effect separates
@@ -97,226 +97,6 @@ fn failed(stage: &'static str, what: impl std::fmt::Display, op: Op) -> MlirErro
     MlirError {
         stage,
         diagnostics: vec![format!("{what}: {}", op.get())],
-    }
-}
-
-/// An operation of the module that one of the rewrites here borrows mutably. They make these
-/// only from that module's operations and use none after destroying it, so every one they use
-/// is alive.
-#[derive(Clone, Copy, Debug)]
-struct Op(MlirOperation);
-
-impl PartialEq for Op {
-    fn eq(&self, other: &Op) -> bool {
-        self.0.ptr == other.0.ptr
-    }
-}
-
-/// A value of the module a rewrite borrows, alive like an [`Op`].
-#[derive(Clone, Copy, Debug)]
-struct Val(MlirValue);
-
-impl PartialEq for Val {
-    fn eq(&self, other: &Val) -> bool {
-        self.0.ptr == other.0.ptr
-    }
-}
-
-/// A block of the module a rewrite borrows, alive like an [`Op`].
-#[derive(Clone, Copy, Debug)]
-struct Blk(MlirBlock);
-
-impl PartialEq for Blk {
-    fn eq(&self, other: &Blk) -> bool {
-        self.0.ptr == other.0.ptr
-    }
-}
-
-/// Null handles (no operation, no block) as `None`.
-fn op_or_none(raw: MlirOperation) -> Option<Op> {
-    (!raw.ptr.is_null()).then_some(Op(raw))
-}
-
-fn block_or_none(raw: MlirBlock) -> Option<Blk> {
-    (!raw.ptr.is_null()).then_some(Blk(raw))
-}
-
-/// The module's operations (the module's own included) in `order`.
-fn operations(module: &Module, order: WalkOrder) -> Vec<Op> {
-    let mut found = Vec::new();
-    module.as_operation().walk(order, |op| {
-        found.push(Op(op.to_raw()));
-        WalkResult::Advance
-    });
-    found
-}
-
-/// The blocks of the module's operations' regions, with the operations in `order`: post-order
-/// gives every block after the blocks nested in it.
-fn blocks(module: &Module, order: WalkOrder) -> Vec<Blk> {
-    operations(module, order).into_iter().flat_map(Op::blocks).collect()
-}
-
-impl Op {
-    fn get<'c, 'a>(self) -> OperationRef<'c, 'a> {
-        // SAFETY: a live operation (see `Op`).
-        unsafe { OperationRef::from_raw(self.0) }
-    }
-
-    fn is(self, name: &str) -> bool {
-        self.get().name().as_string_ref().as_str() == Ok(name)
-    }
-
-    fn operands(self) -> Vec<Val> {
-        self.get().operands().map(|v| Val(v.to_raw())).collect()
-    }
-
-    fn result(self, k: usize) -> Result<Val, melior::Error> {
-        Ok(Val(self.get().result(k)?.to_raw()))
-    }
-
-    fn result_count(self) -> usize {
-        self.get().result_count()
-    }
-
-    fn region_count(self) -> usize {
-        self.get().region_count()
-    }
-
-    fn block(self) -> Option<Blk> {
-        // SAFETY: reads a live operation's block.
-        block_or_none(unsafe { mlir_sys::mlirOperationGetBlock(self.0) })
-    }
-
-    fn next(self) -> Option<Op> {
-        // SAFETY: reads a live operation's successor in its block.
-        op_or_none(unsafe { mlir_sys::mlirOperationGetNextInBlock(self.0) })
-    }
-
-    fn parent(self) -> Option<Op> {
-        // SAFETY: reads a live operation's parent.
-        op_or_none(unsafe { mlir_sys::mlirOperationGetParentOperation(self.0) })
-    }
-
-    /// Whether `ancestor` holds this operation in one of its regions, at any depth.
-    fn is_inside(self, ancestor: Op) -> bool {
-        std::iter::successors(self.parent(), |op| op.parent()).any(|op| op == ancestor)
-    }
-
-    /// Whether this operation comes before `other` in their block.
-    fn is_before(self, other: Op) -> bool {
-        // SAFETY: reads two live operations of one block.
-        unsafe { mlir_sys::mlirOperationIsBeforeInBlock(self.0, other.0) }
-    }
-
-    /// The blocks of the operation's regions, in order.
-    fn blocks(self) -> Vec<Blk> {
-        let mut found = Vec::new();
-        // SAFETY: reads a live operation's regions and their blocks.
-        unsafe {
-            for k in 0..mlir_sys::mlirOperationGetNumRegions(self.0) {
-                let region = mlir_sys::mlirOperationGetRegion(self.0, k);
-                let mut block = block_or_none(mlir_sys::mlirRegionGetFirstBlock(region));
-                while let Some(b) = block {
-                    found.push(b);
-                    block = block_or_none(mlir_sys::mlirBlockGetNextInRegion(b.0));
-                }
-            }
-        }
-        found
-    }
-
-    /// Moves the operation to just after `other`, in `other`'s block.
-    fn move_after(self, other: Op) {
-        // SAFETY: two live operations; `other` is in a block, which the moved operation joins.
-        unsafe { mlir_sys::mlirOperationMoveAfter(self.0, other.0) }
-    }
-
-    /// Moves the operation to just before `other`, in `other`'s block.
-    fn move_before(self, other: Op) {
-        // SAFETY: as in `move_after`.
-        unsafe { mlir_sys::mlirOperationMoveBefore(self.0, other.0) }
-    }
-
-    /// Removes the operation from its block and destroys it; an error, changing nothing, while
-    /// any of its results is used.
-    fn erase(self) -> Result<(), &'static str> {
-        for k in 0..self.result_count() {
-            if !self.result(k).map_err(|_| "a result that is not there")?.users().is_empty() {
-                return Err("removing an operation whose result is still used");
-            }
-        }
-        // SAFETY: a live operation whose results nothing uses; removed from its block first, it
-        // is ours to destroy, and no `Op` of it is used afterwards.
-        unsafe {
-            mlir_sys::mlirOperationRemoveFromParent(self.0);
-            mlir_sys::mlirOperationDestroy(self.0);
-        }
-        Ok(())
-    }
-}
-
-impl Val {
-    fn get<'c, 'a>(self) -> Value<'c, 'a> {
-        // SAFETY: a live value (see `Val`).
-        unsafe { Value::from_raw(self.0) }
-    }
-
-    fn r#type<'c>(self) -> Type<'c> {
-        self.get::<'c, '_>().r#type()
-    }
-
-    /// The operations that use the value, each with the operand it is (once per use).
-    fn users(self) -> Vec<(Op, usize)> {
-        let mut found = Vec::new();
-        // SAFETY: reads a live value's uses.
-        unsafe {
-            let mut operand = mlir_sys::mlirValueGetFirstUse(self.0);
-            while !mlir_sys::mlirOpOperandIsNull(operand) {
-                found.push((
-                    Op(mlir_sys::mlirOpOperandGetOwner(operand)),
-                    mlir_sys::mlirOpOperandGetOperandNumber(operand) as usize,
-                ));
-                operand = mlir_sys::mlirOpOperandGetNextUse(operand);
-            }
-        }
-        found
-    }
-
-    /// The operation whose result the value is (none for a block argument).
-    fn defining_op(self) -> Option<Op> {
-        // SAFETY: reads a live value's owner, once it is known to be an operation's result.
-        unsafe { mlir_sys::mlirValueIsAOpResult(self.0).then(|| Op(mlir_sys::mlirOpResultGetOwner(self.0))) }
-    }
-
-    fn replace_uses_with(self, other: Val) {
-        // SAFETY: two live values of the same type; `other` dominates the uses it takes over
-        // (each rewrite's reason is at its call).
-        unsafe { mlir_sys::mlirValueReplaceAllUsesOfWith(self.0, other.0) }
-    }
-}
-
-impl Blk {
-    fn first(self) -> Option<Op> {
-        // SAFETY: reads a live block's first operation.
-        op_or_none(unsafe { mlir_sys::mlirBlockGetFirstOperation(self.0) })
-    }
-
-    fn ops(self) -> Vec<Op> {
-        std::iter::successors(self.first(), |op| op.next()).collect()
-    }
-
-    fn argument(self, k: usize) -> Option<Val> {
-        // SAFETY: reads a live block's argument, once `k` is known to be one.
-        unsafe {
-            (k < mlir_sys::mlirBlockGetNumArguments(self.0) as usize).then(|| Val(mlir_sys::mlirBlockGetArgument(self.0, k as isize)))
-        }
-    }
-
-    /// Adds an argument of type `r#type` after the block's arguments.
-    fn add_argument(self, r#type: Type, location: Location) -> Val {
-        // SAFETY: a live block; the type and location are of its context.
-        Val(unsafe { mlir_sys::mlirBlockAddArgument(self.0, r#type.to_raw(), location.to_raw()) })
     }
 }
 
@@ -631,23 +411,16 @@ fn accumulated(op: Op, previous: Option<Op>) -> Result<Option<Op>, MlirError> {
 mod tests {
     use super::*;
     use crate::mlir_pipeline::{new_context, parse};
+    use melior::ir::Location;
+    use mlir_sys::MlirValue;
 
     type Rewrite = fn(&mut Module) -> Result<(), MlirError>;
 
+    use crate::mlir_ops::testing::printed;
+
     /// `text` parsed, rewritten by `f`, verified and printed.
     fn rewritten(text: &str, f: impl FnOnce(&mut Module) -> Result<(), MlirError>) -> String {
-        let context = new_context();
-        let mut module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
-        f(&mut module).unwrap_or_else(|e| panic!("{e}"));
-        assert!(module.as_operation().verify(), "the rewritten module does not verify");
-        module.as_operation().to_string()
-    }
-
-    /// `text` as MLIR prints it, for comparing with a rewrite that changed nothing.
-    fn printed(text: &str) -> String {
-        let context = new_context();
-        let module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
-        module.as_operation().to_string()
+        crate::mlir_ops::testing::rewritten(text, |_, module| f(module))
     }
 
     /// The function's ops, each as the first two words of its first line.

@@ -94,13 +94,7 @@ pub fn lower<'c>(context: &'c Context, module: &mut Module<'c>) -> Result<(), Co
         "lowering kernels to NVVM and host code to LLVM",
     )?;
     if libdevice.is_none() {
-        let text = module.as_operation().to_string();
-        let mut missing: Vec<&str> = text
-            .match_indices("llvm.func @__nv_")
-            .filter_map(|(i, _)| text[i + "llvm.func @".len()..].split('(').next())
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
+        let missing = rewrite::undefined_libdevice_functions(module);
         if !missing.is_empty() {
             return Err(CodegenError::Output(format!(
                 "the model's GPU kernels call libdevice's {}, and no libdevice.10.bc was found: run scripts/setup.sh (it unpacks the PyPI package nvidia-cuda-nvcc-cu12 into ~/.cache/lmc/cuda-nvcc), or set LMC_CUDA_LIBDEVICE to the file",
@@ -133,86 +127,11 @@ pub fn to_fused_loops<'c>(context: &'c Context, module: &mut Module<'c>) -> Resu
     run(context, module, mlir_pipeline::GPU_FUSE, "fusing parallel loops")?;
     loop_fusion::temporaries_in_registers(module)?;
     // Splitting sums last, so that a split sum's second nest keeps the epilogue fused into it.
-    rewrite_text(context, module, &[split_k::split_sums], "splitting long sums")?;
+    split_k::split_sums(context, module)?;
     run(context, module, mlir_pipeline::GPU_TIDY, "simplifying the split sums")
 }
 
 /// Each kernel's PTX, from a module [`lower`] returned: `(kernel module name, PTX)`.
 pub fn ptx_of(module: &Module) -> Vec<(String, String)> {
-    let text = module.as_operation().to_string();
-    let mut out = Vec::new();
-    for (at, _) in text.match_indices("gpu.binary @") {
-        let rest = &text[at + "gpu.binary @".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-        let Some(start) = rest.find("assembly = \"") else { continue };
-        let body = &rest[start + "assembly = \"".len()..];
-        let Some(end) = closing_quote(body) else { continue };
-        out.push((name, unescape(&body[..end])));
-    }
-    out
-}
-
-/// The index of the quote that ends an MLIR string literal.
-fn closing_quote(s: &str) -> Option<usize> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// Undoes MLIR's string escapes (`\0A`, `\22`, `\\`).
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 1 < bytes.len() {
-            if bytes[i + 1] == b'\\' {
-                out.push(b'\\');
-                i += 2;
-                continue;
-            }
-            if let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Rewrites the module's text with each of `rewrites` in turn and parses the result back: the
-/// split sums of [`split_k`], the one rewrite that still works on the printed module.
-fn rewrite_text<'c>(
-    context: &'c Context,
-    module: &mut Module<'c>,
-    rewrites: &[fn(&str) -> String],
-    stage: &'static str,
-) -> Result<(), MlirError> {
-    let mut text = module.as_operation().to_string();
-    for f in rewrites {
-        text = f(&text);
-    }
-    *module = mlir_pipeline::parse(context, &text).map_err(|e| MlirError { stage, ..e })?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mlir_strings_unescaped() {
-        assert_eq!(unescape(r"a\0Ab\22c\\d"), "a\nb\"c\\d");
-        assert_eq!(closing_quote(r#"x\"y" rest"#), Some(4));
-    }
+    rewrite::ptx_of(module)
 }

@@ -328,18 +328,61 @@ pub fn allocate_on_device(context: &Context, module: &mut Module) -> Result<(), 
     Ok(())
 }
 
+/// Each kernel module's PTX, from the `gpu.binary` ops that `gpu-module-to-binary{format=isa}`
+/// leaves: `(kernel module name, PTX)`, read from each binary's `#gpu.object`.
+pub fn ptx_of(module: &Module) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for raw in operations_named(module, "gpu.binary", false) {
+        // SAFETY: collected above from `module`, which is borrowed here.
+        let binary = unsafe { op(raw) };
+        let Some(name) = symbol_name(&binary) else { continue };
+        let Ok(objects) = binary.attribute("objects") else { continue };
+        // SAFETY: `objects` is an attribute of a live operation; an array's elements are read by
+        // index below its length, and only `#gpu.object` elements are asked for their object.
+        unsafe {
+            let objects = objects.to_raw();
+            if !mlir_sys::mlirAttributeIsAArray(objects) {
+                continue;
+            }
+            for k in 0..mlir_sys::mlirArrayAttrGetNumElements(objects) {
+                let object = mlir_sys::mlirArrayAttrGetElement(objects, k);
+                if !mlir_sys::mlirAttributeIsAGPUObjectAttr(object) {
+                    continue;
+                }
+                let text = mlir_sys::mlirGPUObjectAttrGetObject(object);
+                let bytes = std::slice::from_raw_parts(text.data.cast::<u8>(), text.length);
+                out.push((name.clone(), String::from_utf8_lossy(bytes).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The libdevice functions (`__nv_expf`, ...) the kernels call, declared and not defined: what a
+/// module lowered without libdevice lacks.
+pub fn undefined_libdevice_functions(module: &Module) -> Vec<String> {
+    let mut missing = Vec::new();
+    module.as_operation().walk(WalkOrder::PreOrder, |op| {
+        let name = op.name();
+        if name.as_string_ref().as_str() == Ok("llvm.func") {
+            let declared_only = op.region(0).is_ok_and(|r| r.first_block().is_none());
+            if let Some(f) = symbol_name(&op).filter(|f| f.starts_with("__nv_") && declared_only) {
+                missing.push(f);
+            }
+        }
+        WalkResult::Advance
+    });
+    missing.sort_unstable();
+    missing.dedup();
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mlir_pipeline::{new_context, parse};
 
-    fn rewritten(text: &str, f: impl FnOnce(&Context, &mut Module) -> Result<(), MlirError>) -> String {
-        let context = new_context();
-        let mut module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
-        f(&context, &mut module).unwrap_or_else(|e| panic!("{e}"));
-        assert!(module.as_operation().verify(), "the rewritten module does not verify");
-        module.as_operation().to_string()
-    }
+    use crate::mlir_ops::testing::rewritten;
 
     #[test]
     fn parallel_loops_innermost_first() {
@@ -441,6 +484,26 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("memref.copy"), "{out}");
+    }
+
+    #[test]
+    fn ptx_and_missing_libdevice_functions_are_read_from_operations() {
+        let text = r#"module attributes {gpu.container_module} {
+  gpu.binary @forward_kernel [#gpu.object<#nvvm.target<chip = "sm_90">, assembly = "//\0A.version 8.0\0A.target sm_90\0A">]
+  llvm.func @__nv_expf(f32) -> f32
+  llvm.func @__nv_tanhf(f32) -> f32
+  llvm.func @__nv_local(%x: f32) -> f32 {
+    llvm.return %x : f32
+  }
+}"#;
+        let context = new_context();
+        let module = parse(&context, text).unwrap_or_else(|e| panic!("{e}"));
+        let ptx = ptx_of(&module);
+        assert_eq!(
+            ptx,
+            [("forward_kernel".to_string(), "//\n.version 8.0\n.target sm_90\n".to_string())]
+        );
+        assert_eq!(undefined_libdevice_functions(&module), ["__nv_expf", "__nv_tanhf"]);
     }
 
     #[test]
