@@ -362,7 +362,8 @@ fn ab_fails_when_a_variant_fails() {
         ),
     )
     .unwrap();
-    let json = dir.join("r.json");
+    // A report's directory is made if it is not there: the measurements are not lost to it.
+    let json = dir.join("reports").join("r.json");
     let r = lmc(&["ab", yaml.to_str().unwrap(), "--csv", "-", "--json", json.to_str().unwrap()]);
     let (stdout, stderr) = (text(&r.stdout), text(&r.stderr));
     expect_error(

@@ -134,8 +134,8 @@ macro_rules! outln {
     };
 }
 
-/// Writes a report's text to `path`, or to stdout when it is `-`. Returns whether it went to a
-/// file (for the caller's "wrote PATH").
+/// Writes a report's text to `path` (creating its directory), or to stdout when it is `-`.
+/// Returns whether it went to a file (for the caller's "wrote PATH").
 pub fn write_report(path: &Path, text: &str) -> Result<bool, Failure> {
     if is_stdout(path) {
         let mut out = std::io::stdout().lock();
@@ -143,6 +143,9 @@ pub fn write_report(path: &Path, text: &str) -> Result<bool, Failure> {
             .and_then(|()| out.flush())
             .map_err(|e| Failure::Message(format!("cannot write the report to stdout: {e}")))?;
         return Ok(false);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Failure::Message(format!("cannot create {}: {e}", dir.display())))?;
     }
     std::fs::write(path, text).map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
     Ok(true)
