@@ -382,6 +382,27 @@ fn ab_fails_when_a_variant_fails() {
     assert!(report["cells"][0]["variants"][0]["median_ms"].as_f64().is_some(), "{report}");
 }
 
+/// `lmc check --config DIR`: per model, the config.json keys its config reads, assumes a value
+/// of, and ignores.
+#[test]
+fn check_lists_the_config_keys() {
+    let r = lmc(&["check", "--config", "tests/fixtures/llama_tiny", "models/llama.model"]);
+    let stdout = text(&r.stdout);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    for line in [
+        "LlamaForCausalLM",
+        "  reads    model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_parameters.rope_theta, hidden_act, max_position_embeddings",
+        "  assumes  attention_bias, mlp_bias, pretraining_tp, tie_word_embeddings",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "`{line}` not in:\n{stdout}");
+    }
+    let ignores = stdout.lines().find(|l| l.starts_with("  ignores  ")).unwrap_or_default();
+    assert!(ignores.contains("architectures") && !ignores.contains("hidden_size"), "{stdout}");
+    // Without --config, nothing is listed.
+    let r = lmc(&["check", "models/llama.model"]);
+    assert!(r.status.success() && text(&r.stdout).is_empty(), "{}", text(&r.stdout));
+}
+
 // 6. `--version`.
 
 /// `lmc --version`: the version, the commit built from, and the LLVM linked.

@@ -1,15 +1,16 @@
 //! The subcommands.
 
 use crate::{MessageFormat, Stage};
-use lmc_core::{CheckError, ConfigOverrides};
+use lmc_core::CheckError;
 use lmc_lab::source::{load_model, load_program, overrides, print_diagnostics};
 use lmc_lab::{ConfigSource, Failure, Weights};
 use std::path::{Path, PathBuf};
 
 /// `lmc check FILE|DIR...`: loads each file (each `*.model` file under a directory) with its
 /// imports and checks every model and variant in it, configured by its defaults.
-pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
+pub fn check(files: &[PathBuf], format: MessageFormat, config: &ConfigSource) -> Result<(), Failure> {
     let files = model_files(files)?;
+    let overrides = overrides(config, None)?;
     let mut failed = false;
     for path in &files {
         let (sources, diags) = match lmc_core::load_file(path) {
@@ -23,8 +24,13 @@ pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
             Ok(program) => {
                 let mut diags = Vec::new();
                 for name in lmc_core::model_names(&program) {
-                    match lmc_core::check_model(&program, Some(&name), &ConfigOverrides::default()) {
-                        Ok(c) => diags.extend(c.warnings),
+                    match lmc_core::check_model(&program, Some(&name), &overrides) {
+                        Ok(c) => {
+                            if config.config.is_some() && format == MessageFormat::Human {
+                                print_key_usage(&name, &c.config_keys);
+                            }
+                            diags.extend(c.warnings)
+                        }
                         Err(CheckError::Diagnostics(d)) => diags.extend(d),
                         Err(CheckError::Selection(m)) => {
                             lmc_lab::output::error(&m);
@@ -57,6 +63,16 @@ pub fn check(files: &[PathBuf], format: MessageFormat) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// `lmc check --config`: which of the checkpoint's config.json keys a model's config reads,
+/// assumes a value of, and ignores.
+fn print_key_usage(model: &str, keys: &lmc_core::config::KeyUsage) {
+    let list = |keys: &[String]| if keys.is_empty() { "none".to_string() } else { keys.join(", ") };
+    println!("{model}");
+    println!("  reads    {}", list(&keys.read));
+    println!("  assumes  {}", list(&keys.assumed));
+    println!("  ignores  {}", list(&keys.ignored));
 }
 
 /// The files a list of paths stands for: a file itself, and a directory every `*.model` file

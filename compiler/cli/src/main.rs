@@ -144,6 +144,13 @@ enum Command {
         /// Diagnostics as text (default) or one JSON object per line.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
+        /// Check each model configured by this `config.json` (or a directory holding one), and
+        /// list the keys its config reads, assumes and ignores.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// A key the config assumes otherwise is an error rather than a warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Rewrite model files in the canonical layout (comments kept).
     Fmt {
@@ -438,7 +445,20 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Check { files, message_format } => commands::check(&files, message_format),
+        Command::Check {
+            files,
+            message_format,
+            config,
+            strict,
+        } => commands::check(
+            &files,
+            message_format,
+            &lmc_lab::ConfigSource {
+                config,
+                set: Vec::new(),
+                strict,
+            },
+        ),
         Command::Fmt { files, check } => commands::fmt(&files, check),
         Command::Emit {
             stage,

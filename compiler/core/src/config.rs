@@ -333,6 +333,57 @@ fn check_assumptions(
     warnings
 }
 
+/// Which keys of a checkpoint's `config.json` a config reads (its fields' keys, and
+/// `model_type` when it names the types it is `for`), which it assumes a value of (`assume`),
+/// and which it ignores: what `lmc check --config` lists.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KeyUsage {
+    pub read: Vec<String>,
+    pub assumed: Vec<String>,
+    pub ignored: Vec<String>,
+}
+
+/// [`KeyUsage`] of `decl` for the checkpoint's keys in `overrides`.
+pub fn key_usage(decl: &ConfigDecl, overrides: &ConfigOverrides) -> KeyUsage {
+    let present = |key: &str| {
+        let mut parts = key.split('.');
+        let Some(first) = parts.next() else { return false };
+        let Some(mut value) = overrides.checkpoint.iter().find(|(k, _)| k == first).map(|(_, v)| v) else {
+            return false;
+        };
+        for part in parts {
+            match value.as_object().and_then(|o| o.get(part)) {
+                Some(v) => value = v,
+                None => return false,
+            }
+        }
+        true
+    };
+    let mut read: Vec<String> = Vec::new();
+    if !decl.model_types.is_empty() && present("model_type") {
+        read.push("model_type".into());
+    }
+    for field in &decl.fields {
+        let keys: Vec<&str> = if field.hf_keys.is_empty() {
+            vec![field.name.name.as_str()]
+        } else {
+            field.hf_keys.iter().map(|k| k.value.as_str()).collect()
+        };
+        if let Some(key) = keys.into_iter().find(|k| present(k)) {
+            read.push(key.to_string());
+        }
+    }
+    let assumed: Vec<String> = decl
+        .assumptions
+        .iter()
+        .map(|a| a.key.value.clone())
+        .filter(|k| present(k))
+        .collect();
+    let used = |key: &str| read.iter().chain(&assumed).any(|k| k == key || k.split('.').next() == Some(key));
+    let ignored = overrides.checkpoint.iter().map(|(k, _)| k.clone()).filter(|k| !used(k)).collect();
+    KeyUsage { read, assumed, ignored }
+}
+
 /// A `config.json` value by key; a dotted key walks nested objects (`rope_parameters.rope_theta`).
 /// A JSON `null` counts as absent: the default stands.
 fn checkpoint_value<'a>(checkpoint: &'a [(String, serde_json::Value)], key: &str) -> Option<&'a serde_json::Value> {

@@ -41,6 +41,8 @@ pub enum CheckError {
 pub struct Checked {
     pub graph: Graph,
     pub warnings: Vec<Diagnostic>,
+    /// Which keys of the checkpoint's config.json the model's config read, assumed and ignored.
+    pub config_keys: crate::config::KeyUsage,
 }
 
 /// Instances may nest this deep (a guard against runaway instantiation).
@@ -146,6 +148,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         unreachable!()
     };
     let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
+    let config_keys = crate::config::key_usage(config_decl, overrides);
 
     let mut e = Elab::new(p, &name);
     e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
@@ -168,7 +171,11 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     debug_assert_eq!(e.graph.verify(), Ok(()));
     let mut warnings = config_warnings;
     warnings.extend(e.unused_param_warnings());
-    Ok(Checked { graph: e.graph, warnings })
+    Ok(Checked {
+        graph: e.graph,
+        warnings,
+        config_keys,
+    })
 }
 
 /// Follows a variant to its model, collecting overrides base first.
