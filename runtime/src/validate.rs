@@ -238,7 +238,12 @@ pub fn validate_inputs<'a>(m: &Manifest, inputs: &'a [HostTensor]) -> Result<Bou
         let t = match (t, spec.default) {
             (Some(t), _) => t,
             (None, Some(default)) => Cow::Owned(default_input(spec, default, &symbols)?),
-            (None, None) => unreachable!("a missing input without a default was reported above"),
+            (None, None) => {
+                return Err(RuntimeError::internal(format!(
+                    "input \"{}\" is neither given nor defaulted, yet was not reported missing",
+                    spec.name
+                )))
+            }
         };
         if let (Some(bound), Some(_)) = (&spec.index_bound, spec.default) {
             check_indices(spec, &t, bound.limit, &bound.reason)?;
@@ -512,7 +517,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn inputs_left_out_take_their_defaults() {
+    fn inputs_left_out_take_their_defaults() -> Result<(), RuntimeError> {
         let mut m = bert_like();
         m.inputs[1].default = Some(InputDefault::Zeros);
         let mut mask = spec("attention_mask", DType::I64, &[sym("B"), sym("T")]);
@@ -526,16 +531,16 @@ pub(crate) mod tests {
         m.inputs.push(mask);
         m.inputs.push(positions);
         let given = [ids("input_ids", &[2, 3], vec![1, 2, 3, 4, 5, 6])];
-        let bound = validate_inputs(&m, &given).unwrap();
+        let bound = validate_inputs(&m, &given)?;
         let names: Vec<&str> = bound.inputs.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["input_ids", "token_type_ids", "attention_mask", "position_ids"]);
-        assert_eq!(bound.inputs[1].as_i64().unwrap(), [0; 6]);
-        assert_eq!(bound.inputs[2].as_i64().unwrap(), [1; 6]);
-        assert_eq!(bound.inputs[3].as_i32().unwrap(), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(bound.inputs[1].as_i64(), Some(&[0i64; 6][..]));
+        assert_eq!(bound.inputs[2].as_i64(), Some(&[1i64; 6][..]));
+        assert_eq!(bound.inputs[3].as_i32(), Some(&[0, 1, 2, 0, 1, 2][..]));
         assert_eq!(bound.inputs[3].shape, [2, 3]);
         // Given, a defaulted input is taken as it is.
         let given = [ids("input_ids", &[1, 2], vec![1, 2]), ids("attention_mask", &[1, 2], vec![1, 0])];
-        assert_eq!(validate_inputs(&m, &given).unwrap().inputs[2].as_i64().unwrap(), [1, 0]);
+        assert_eq!(validate_inputs(&m, &given)?.inputs[2].as_i64(), Some(&[1i64, 0][..]));
         // A size that only a left-out input would give cannot be made up.
         let mut m = bert_like();
         m.inputs[1].shape = vec![sym("B"), sym("S")];
@@ -544,6 +549,7 @@ pub(crate) mod tests {
             err(&m, &[ids("input_ids", &[1, 2], vec![1, 2])]),
             "input \"token_type_ids\" was left out, and no given input sets its size S: give \"token_type_ids\" ([B, S])"
         );
+        Ok(())
     }
 
     #[test]

@@ -168,10 +168,7 @@ pub fn evaluate_config(
             Some(FieldType::Enum(vs)) => Some(vs.clone()),
             _ => None,
         };
-        let lookup = |p: &lmc_grammar::ast::Path| match p.segments.as_slice() {
-            [one] => record.get(&one.name).cloned(),
-            _ => None,
-        };
+        let lookup = |p: &lmc_grammar::ast::Path| field_value(&record, p);
         let value = match eval(&field.value, &lookup, hint.as_ref()) {
             Ok(v) => v,
             Err(d) => {
@@ -287,10 +284,7 @@ fn check_assumptions(
     errors: &mut Vec<Diagnostic>,
 ) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
-    let lookup = |p: &lmc_grammar::ast::Path| match p.segments.as_slice() {
-        [one] => record.get(&one.name).cloned(),
-        _ => None,
-    };
+    let lookup = |p: &lmc_grammar::ast::Path| field_value(record, p);
     for a in &decl.assumptions {
         let key = a.key.value.as_str();
         let Some(found) = checkpoint_value(&overrides.checkpoint, key) else {
@@ -345,20 +339,7 @@ pub struct KeyUsage {
 
 /// [`KeyUsage`] of `decl` for the checkpoint's keys in `overrides`.
 pub fn key_usage(decl: &ConfigDecl, overrides: &ConfigOverrides) -> KeyUsage {
-    let present = |key: &str| {
-        let mut parts = key.split('.');
-        let Some(first) = parts.next() else { return false };
-        let Some(mut value) = overrides.checkpoint.iter().find(|(k, _)| k == first).map(|(_, v)| v) else {
-            return false;
-        };
-        for part in parts {
-            match value.as_object().and_then(|o| o.get(part)) {
-                Some(v) => value = v,
-                None => return false,
-            }
-        }
-        true
-    };
+    let present = |key: &str| checkpoint_entry(&overrides.checkpoint, key).is_some();
     let mut read: Vec<String> = Vec::new();
     if !decl.model_types.is_empty() && present("model_type") {
         read.push("model_type".into());
@@ -387,13 +368,26 @@ pub fn key_usage(decl: &ConfigDecl, overrides: &ConfigOverrides) -> KeyUsage {
 /// A `config.json` value by key; a dotted key walks nested objects (`rope_parameters.rope_theta`).
 /// A JSON `null` counts as absent: the default stands.
 fn checkpoint_value<'a>(checkpoint: &'a [(String, serde_json::Value)], key: &str) -> Option<&'a serde_json::Value> {
+    checkpoint_entry(checkpoint, key).filter(|v| !v.is_null())
+}
+
+/// A `config.json` entry by key, `null` included; a dotted key walks nested objects.
+fn checkpoint_entry<'a>(checkpoint: &'a [(String, serde_json::Value)], key: &str) -> Option<&'a serde_json::Value> {
     let mut parts = key.split('.');
     let first = parts.next()?;
     let mut value = checkpoint.iter().find(|(k, _)| k == first).map(|(_, v)| v)?;
     for part in parts {
         value = value.as_object()?.get(part)?;
     }
-    (!value.is_null()).then_some(value)
+    Some(value)
+}
+
+/// A config field by name, as config expressions read earlier fields.
+fn field_value(record: &ConfigRecord, path: &lmc_grammar::ast::Path) -> Option<CtValue> {
+    match path.segments.as_slice() {
+        [one] => record.get(&one.name).cloned(),
+        _ => None,
+    }
 }
 
 fn parse_cli_value(text: &str) -> CtValue {

@@ -240,8 +240,8 @@ impl Emitter<'_> {
 
     /// Emits a node as a call to a private function that computes it from the values it
     /// reads. Nodes that compute the same thing from values of the same types (a layer's ops,
-    /// repeated in every layer) share one function: BERT-base's forward function shrinks twelve
-    /// times, and LLVM, whose time grows faster than a function's size, compiles it in a
+    /// repeated in every layer) share one function: a 12-layer model's forward function shrinks
+    /// twelve times, and LLVM, whose time grows faster than a function's size, compiles it in a
     /// fraction of the time.
     pub(super) fn emit_outlined(&mut self, id: ValueId) {
         let first_tmp = self.tmp;

@@ -3,7 +3,7 @@
 //! builds is checked by MLIR's verifier when the next pass pipeline runs.
 
 use crate::mlir_pipeline::MlirError;
-use melior::ir::attribute::{Attribute, AttributeLike, DenseI32ArrayAttribute};
+use melior::ir::attribute::{AttributeLike, DenseI32ArrayAttribute};
 use melior::ir::operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult};
 use melior::ir::r#type::{MemRefType, ShapedTypeLike};
 use melior::ir::{Block, BlockLike, Identifier, Module, Region, RegionLike, Type, Value, ValueLike};
@@ -195,18 +195,20 @@ pub fn deduplicate_kernels(context: &Context, module: &mut Module) -> Result<(),
         let kernel = launch
             .attribute("kernel")
             .map_err(|_| failed(STAGE, format!("a launch without a kernel: {launch}")))?
-            .to_string();
-        let Some((module_name, function)) = kernel.strip_prefix('@').and_then(|k| k.split_once("::")) else {
-            return Err(failed(STAGE, format!("a launch's kernel is not @module::@function: {kernel}")));
-        };
-        if let Some(kept) = replaced_by.get(module_name) {
-            let attribute = Attribute::parse(context, &format!("@{kept}::{function}"))
-                .ok_or_else(|| failed(STAGE, format!("cannot refer to @{kept}::{function}")))?;
-            // SAFETY: `launch` refers to a live operation of `module`; an attribute of the same
-            // kind replaces its kernel.
-            unsafe {
-                mlir_sys::mlirOperationSetAttributeByName(launch.to_raw(), melior::StringRef::new("kernel").to_raw(), attribute.to_raw())
-            };
+            .to_raw();
+        // SAFETY: reads a live operation's attribute, once it is known to be a symbol reference;
+        // a replacement `@kept::@function` is made in the same context, with the same nested
+        // reference, and set in place of the old one.
+        unsafe {
+            if !mlir_sys::mlirAttributeIsASymbolRef(kernel) || mlir_sys::mlirSymbolRefAttrGetNumNestedReferences(kernel) != 1 {
+                return Err(failed(STAGE, format!("a launch's kernel is not @module::@function: {launch}")));
+            }
+            let root = mlir_sys::mlirSymbolRefAttrGetRootReference(kernel);
+            let root = std::str::from_utf8(std::slice::from_raw_parts(root.data.cast::<u8>(), root.length)).unwrap_or_default();
+            let Some(kept) = replaced_by.get(root) else { continue };
+            let function = mlir_sys::mlirSymbolRefAttrGetNestedReference(kernel, 0);
+            let replacement = mlir_sys::mlirSymbolRefAttrGet(context.to_raw(), melior::StringRef::new(kept).to_raw(), 1, &function);
+            mlir_sys::mlirOperationSetAttributeByName(launch.to_raw(), melior::StringRef::new("kernel").to_raw(), replacement);
         }
     }
     for raw in duplicates {
