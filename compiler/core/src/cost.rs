@@ -75,6 +75,28 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
             let functions = mask.iter().chain(score.iter()).map(arithmetic).sum::<usize>() as f64;
             scores * (2.0 * (size(q.dims[3]) + size(v.dims[3])) + 5.0 + functions)
         }
+        Op::MatMulTN { lhs, rhs } => {
+            let n = g.ty(*rhs).dims.last().map_or(1.0, |d| size(*d));
+            2.0 * elements(*lhs) * n
+        }
+        Op::ScatterAdd { values, .. } => elements(*values),
+        Op::AttentionLse { q, k, mask, score, .. } => {
+            let (q, k) = (g.ty(*q), g.ty(*k));
+            let scores = size(q.dims[0]) * size(q.dims[1]) * size(q.dims[2]) * size(k.dims[2]);
+            let functions = mask.iter().chain(score.iter()).map(arithmetic).sum::<usize>() as f64;
+            scores * (2.0 * size(q.dims[3]) + 3.0 + functions)
+        }
+        Op::AttentionGrad(a) => {
+            let (q, k, v) = (g.ty(a.q), g.ty(a.k), g.ty(a.v));
+            let scores = size(q.dims[0]) * size(q.dims[1]) * size(q.dims[2]) * size(k.dims[2]);
+            let functions = a.functions().map(arithmetic).sum::<usize>() as f64;
+            // Scores and probabilities again, `dout · v`, and the product the operand needs.
+            let product = match a.wrt {
+                crate::ir::AttentionInput::Value => size(v.dims[3]),
+                _ => size(q.dims[3]),
+            };
+            scores * (2.0 * (size(q.dims[3]) + size(v.dims[3]) + product) + 6.0 + functions)
+        }
         Op::Tabulate { f } => elements(this) * arithmetic(f) as f64,
         Op::Scan(s) => {
             let steps = size(g.ty(s.xs[0]).dims[s.axis]);

@@ -277,7 +277,7 @@ impl<'g> Deriver<'g> {
             }
             Op::Tabulate { .. } if in_step => {
                 self.step_reads_outside(&node.op, loc)?;
-                (remap(&node.op, &self.map), Kind::Step)
+                (Op::remapped(&node.op, &self.map), Kind::Step)
             }
             Op::Tabulate { f } => {
                 let ranges = index_maxima(&node.ty);
@@ -340,7 +340,7 @@ impl<'g> Deriver<'g> {
                 } else {
                     axis.map_or(Kind::Fixed, Kind::Rows)
                 };
-                (remap(op, &self.map), kind)
+                (Op::remapped(op, &self.map), kind)
             }
         };
         let id = self.push(op, node.ty.clone(), loc);
@@ -554,7 +554,7 @@ impl<'g> Deriver<'g> {
                     self.at(loc)
                 ));
             }
-            let id = self.push(remap(&self.g.nodes[i].op, &self.map), self.g.nodes[i].ty.clone(), loc);
+            let id = self.push(Op::remapped(&self.g.nodes[i].op, &self.map), self.g.nodes[i].ty.clone(), loc);
             self.map.push(id);
             self.kind.push(if in_step { Kind::Step } else { Kind::Fixed });
             return Ok(());
@@ -915,7 +915,7 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
     for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
         map[i] = ValueId(nodes.len() as u32);
         nodes.push(Node {
-            op: remap(&node.op, &map),
+            op: Op::remapped(&node.op, &map),
             ..node.clone()
         });
     }
@@ -1210,98 +1210,6 @@ fn affine(f: &ScalarFn, k: usize, own: usize, ranges: &[Option<i64>]) -> Option<
             }
         }
         _ => None,
-    }
-}
-
-/// `op` with its operands (and the values its index functions read) renamed by `map`.
-fn remap(op: &Op, map: &[ValueId]) -> Op {
-    let m = |v: &ValueId| map[v.0 as usize];
-    let f = |f: &ScalarFn| ScalarFn {
-        nodes: f
-            .nodes
-            .iter()
-            .map(|(n, t)| match n {
-                ScalarNode::Load { tensor, indices } => (
-                    ScalarNode::Load {
-                        tensor: m(tensor),
-                        indices: indices.clone(),
-                    },
-                    *t,
-                ),
-                n => (n.clone(), *t),
-            })
-            .collect(),
-        ..f.clone()
-    };
-    match op {
-        Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
-        Op::Gather { table, indices } => Op::Gather {
-            table: m(table),
-            indices: m(indices),
-        },
-        Op::Binary { op, lhs, rhs } => Op::Binary {
-            op: *op,
-            lhs: m(lhs),
-            rhs: m(rhs),
-        },
-        Op::Unary { op, x } => Op::Unary { op: *op, x: m(x) },
-        Op::Reduce { op, x, axis, keepdim } => Op::Reduce {
-            op: *op,
-            x: m(x),
-            axis: *axis,
-            keepdim: *keepdim,
-        },
-        Op::ToFloat { x } => Op::ToFloat { x: m(x) },
-        Op::SplitHeads { x, heads } => Op::SplitHeads { x: m(x), heads: *heads },
-        Op::MergeHeads { x } => Op::MergeHeads { x: m(x) },
-        Op::Attention {
-            q,
-            k,
-            v,
-            scale,
-            mask,
-            score,
-        } => Op::Attention {
-            q: m(q),
-            k: m(k),
-            v: m(v),
-            scale: *scale,
-            mask: mask.as_ref().map(f),
-            score: score.as_ref().map(f),
-        },
-        Op::Slice { x, axis, start, length } => Op::Slice {
-            x: m(x),
-            axis: *axis,
-            start: *start,
-            length: *length,
-        },
-        Op::WriteRows { base, rows, axis, at } => Op::WriteRows {
-            base: m(base),
-            rows: m(rows),
-            axis: *axis,
-            at: m(at),
-        },
-        Op::WriteRing { base, rows, axis, at } => Op::WriteRing {
-            base: m(base),
-            rows: m(rows),
-            axis: *axis,
-            at: m(at),
-        },
-        Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
-        Op::Transpose { x } => Op::Transpose { x: m(x) },
-        Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
-        Op::Scan(s) => Op::Scan(Box::new(Scan {
-            axis: s.axis,
-            init: s.init.iter().map(m).collect(),
-            xs: s.xs.iter().map(m).collect(),
-            body_start: m(&s.body_start),
-            next: s.next.iter().map(m).collect(),
-            outputs: s.outputs.iter().map(m).collect(),
-        })),
-        Op::ScanResult { scan, index } => Op::ScanResult {
-            scan: m(scan),
-            index: *index,
-        },
     }
 }
 

@@ -2,7 +2,9 @@
 //! loops, and the compiled code is compared against it (differential tests). `lmc run` never
 //! uses it.
 
-use crate::ir::{BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, Scan, UnaryOp, ValueId};
+use crate::ir::{
+    AttentionGrad, AttentionInput, BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, Scan, UnaryOp, ValueId,
+};
 use lmc_abi::DType;
 
 /// A dense row-major tensor.
@@ -305,11 +307,12 @@ impl Run<'_> {
                 let mut out = Vec::new();
                 for_each_index(&reduced_shape, |i| {
                     let base: usize = i.iter().zip(&st).map(|(a, b)| a * b).sum();
-                    let mut acc = 0.0f32;
-                    for k in 0..n {
-                        acc += t.floats()[base + k * st[*axis]];
-                    }
-                    out.push(if *op == ReduceOp::Mean { acc / n as f32 } else { acc });
+                    let elements = (0..n).map(|k| t.floats()[base + k * st[*axis]]);
+                    out.push(match op {
+                        ReduceOp::Sum => elements.sum(),
+                        ReduceOp::Mean => elements.sum::<f32>() / n as f32,
+                        ReduceOp::Max => elements.fold(f32::NEG_INFINITY, f32::max),
+                    });
                 });
                 Tensor::f32(shape.clone(), out)
             }
@@ -467,11 +470,150 @@ impl Run<'_> {
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::MatMulTN { lhs, rhs } => {
+                let (a, b) = (v(*lhs), v(*rhs));
+                let (k, n) = (shape[0], shape[1]);
+                let rows = a.floats().len() / k.max(1);
+                let mut out = vec![0.0f32; k * n];
+                for r in 0..rows {
+                    for kk in 0..k {
+                        let x = a.floats()[r * k + kk];
+                        for nn in 0..n {
+                            out[kk * n + nn] += x * b.floats()[r * n + nn];
+                        }
+                    }
+                }
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::ScatterAdd { indices, values, .. } => {
+                let (ix, vals) = (v(*indices), v(*values));
+                let Data::Int(ids) = &ix.data else { panic!("indices are integers") };
+                let row: usize = shape[1..].iter().product();
+                let rows = shape[0] as i64;
+                let mut out = vec![0.0f32; shape[0] * row];
+                for (i, &id) in ids.iter().enumerate() {
+                    let r = id.clamp(0, rows - 1) as usize;
+                    for d in 0..row {
+                        out[r * row + d] += vals.floats()[i * row + d];
+                    }
+                }
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::AttentionLse { q, k, scale, mask, score } => {
+                let (qt, kt) = (v(*q), v(*k));
+                let (b_n, h_n, t_n) = (qt.shape[0], qt.shape[1], qt.shape[2]);
+                let mut out = Vec::with_capacity(b_n * h_n * t_n);
+                for b in 0..b_n {
+                    for h in 0..h_n {
+                        for i in 0..t_n {
+                            let scores = attention_scores(qt, kt, (b, h, i), *scale, (mask.as_ref(), score.as_ref()), values, &symbols);
+                            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                            out.push(if m == f32::NEG_INFINITY {
+                                0.0
+                            } else {
+                                m + scores.iter().map(|s| (s - m).exp()).sum::<f32>().ln()
+                            });
+                        }
+                    }
+                }
+                Tensor::f32(shape.clone(), out)
+            }
+            Op::AttentionGrad(a) => attention_grad(a, |id| v(id), &shape, values, &symbols),
             Op::Scan(_) | Op::ScanArg(_) | Op::ScanResult { .. } => unreachable!("scan structure is evaluated by `node`"),
         };
         debug_assert_eq!(node.ty.dtype == DType::F32, matches!(result.data, Data::F32(_)));
         result
     }
+}
+
+/// The scores of query row `(b, h, i)` of an attention against every key, `-inf` where the mask
+/// excludes a key.
+fn attention_scores(
+    q: &Tensor,
+    k: &Tensor,
+    (b, h, i): (usize, usize, usize),
+    scale: f64,
+    (mask, score): (Option<&ScalarFn>, Option<&ScalarFn>),
+    values: &[Tensor],
+    symbols: &[i64],
+) -> Vec<f32> {
+    let (h_n, t_n, d_n) = (q.shape[1], q.shape[2], q.shape[3]);
+    let (g_n, s_n) = (k.shape[1], k.shape[2]);
+    let g = h / (h_n / g_n);
+    (0..s_n)
+        .map(|j| {
+            let idx = [b as i64, h as i64, i as i64, j as i64];
+            if mask.is_some_and(|m| !scalar_eval(m, None, &idx, values, symbols).as_bool()) {
+                return f32::NEG_INFINITY;
+            }
+            let qi = &q.floats()[((b * h_n + h) * t_n + i) * d_n..][..d_n];
+            let kj = &k.floats()[((b * g_n + g) * s_n + j) * d_n..][..d_n];
+            let s = qi.iter().zip(kj).map(|(x, y)| x * y).sum::<f32>() * scale as f32;
+            match score {
+                Some(f) => scalar_eval(f, Some(s), &idx, values, symbols).as_f32(),
+                None => s,
+            }
+        })
+        .collect()
+}
+
+/// [`AttentionGrad`]'s meaning, directly: every probability recomputed from the row statistics.
+fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shape: &[usize], values: &[Tensor], symbols: &[i64]) -> Tensor {
+    let (qt, kt, vt, lse, delta, dout) = (v(a.q), v(a.k), v(a.v), v(a.lse), v(a.delta), v(a.dout));
+    let (b_n, h_n, t_n, d_n) = (qt.shape[0], qt.shape[1], qt.shape[2], qt.shape[3]);
+    let (g_n, s_n, e_n) = (kt.shape[1], kt.shape[2], vt.shape[3]);
+    let mut out = vec![0.0f32; shape.iter().product()];
+    for b in 0..b_n {
+        for h in 0..h_n {
+            let g = h / (h_n / g_n);
+            for i in 0..t_n {
+                let row = (b * h_n + h) * t_n + i;
+                let scores = attention_scores(qt, kt, (b, h, i), a.scale, (a.mask.as_ref(), a.score.as_ref()), values, symbols);
+                let douti = &dout.floats()[row * e_n..][..e_n];
+                for (j, &s) in scores.iter().enumerate() {
+                    if s == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let p = (s - lse.floats()[row]).exp();
+                    let key = (b * g_n + g) * s_n + j;
+                    let vj = &vt.floats()[key * e_n..][..e_n];
+                    let dp: f32 = douti.iter().zip(vj).map(|(x, y)| x * y).sum();
+                    let slope = match &a.dscore {
+                        Some(f) => {
+                            let idx = [b as i64, h as i64, i as i64, j as i64];
+                            let raw = qt.floats()[row * d_n..][..d_n]
+                                .iter()
+                                .zip(&kt.floats()[key * d_n..][..d_n])
+                                .map(|(x, y)| x * y)
+                                .sum::<f32>()
+                                * a.scale as f32;
+                            scalar_eval(f, Some(raw), &idx, values, symbols).as_f32()
+                        }
+                        None => 1.0,
+                    };
+                    let ds = p * (dp - delta.floats()[row]) * slope;
+                    match a.wrt {
+                        AttentionInput::Query => {
+                            for d in 0..d_n {
+                                out[row * d_n + d] += a.scale as f32 * ds * kt.floats()[key * d_n + d];
+                            }
+                        }
+                        AttentionInput::Key => {
+                            for d in 0..d_n {
+                                out[key * d_n + d] += a.scale as f32 * ds * qt.floats()[row * d_n + d];
+                            }
+                        }
+                        AttentionInput::Value => {
+                            for e in 0..e_n {
+                                out[key * e_n + e] += p * douti[e];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Tensor::f32(shape.to_vec(), out)
 }
 
 /// The slice of `t` at `index` along `axis`, without that axis.

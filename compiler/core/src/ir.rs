@@ -95,6 +95,50 @@ pub enum UnaryOp {
 pub enum ReduceOp {
     Sum,
     Mean,
+    /// The largest element (`-inf` for none); a numerically stable log-sum-exp subtracts it.
+    Max,
+}
+
+/// Which operand of an attention an [`AttentionGrad`] gives the gradient of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionInput {
+    Query,
+    Key,
+    Value,
+}
+
+/// `attention_grad`: the gradient of one operand of `attention q, k, v` (same scale, mask and
+/// score) given the gradient `dout` of its result, computed as flash attention's backward does:
+/// each probability `p[i, j] = exp(score(scale · q_i·k_j) − lse[i])` is recomputed from the row
+/// statistics `lse` ([`Op::AttentionLse`]) and never stored. With `dp[i, j] = dout_i · v_j`,
+/// `delta[i] = Σ_e dout[i, e] · out[i, e]` and `ds[i, j] = p[i, j] (dp[i, j] − delta[i]) ·
+/// dscore(s, b, h, i, j)` (1 without `dscore`; masked keys have `p = 0`):
+/// - `Query`: `dq_i = scale Σ_j ds[i, j] k_j`, `f32[B, H, T, D]`;
+/// - `Key`: `dk_j = scale Σ_{h in j's group} Σ_i ds[i, j] q_i`, `f32[B, G, S, D]`;
+/// - `Value`: `dv_j = Σ_{h in j's group} Σ_i p[i, j] dout_i`, `f32[B, G, S, E]`.
+///
+/// `lse: f32[B, H, T]`, `delta: f32[B, H, T]`, `dout: f32[B, H, T, E]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionGrad {
+    pub q: ValueId,
+    pub k: ValueId,
+    pub v: ValueId,
+    pub lse: ValueId,
+    pub delta: ValueId,
+    pub dout: ValueId,
+    pub scale: f64,
+    pub mask: Option<ScalarFn>,
+    pub score: Option<ScalarFn>,
+    /// The derivative of `score` by its first argument, with the same arguments.
+    pub dscore: Option<ScalarFn>,
+    pub wrt: AttentionInput,
+}
+
+impl AttentionGrad {
+    /// The index functions it evaluates per element.
+    pub fn functions(&self) -> impl Iterator<Item = &ScalarFn> {
+        self.mask.iter().chain(&self.score).chain(&self.dscore)
+    }
 }
 
 /// The type of a value inside an index function.
@@ -318,6 +362,26 @@ pub enum Op {
     },
     /// `transpose x`: swaps the last two axes (rank ≥ 2).
     Transpose { x: ValueId },
+    /// `scatter_add indices, values, rows`: the gradient of a gather. `indices: i64[I...]`,
+    /// `values: f32[I..., D...]` → `f32[rows, D...]`; `out[r, d...]` is the sum of
+    /// `values[i..., d...]` over every `i...` whose index, clamped to `0..rows` as a gather
+    /// clamps it, is `r` (0 where none is).
+    ScatterAdd { indices: ValueId, values: ValueId, rows: Dim },
+    /// `matmul_tn a, b`: `a: f32[P..., M, K]`, `b: f32[P..., M, N]` → `f32[K, N]`,
+    /// `out[k, n] = Σ_{p, m} a[p, m, k] · b[p, m, n]`: the gradient of a matmul's right operand.
+    MatMulTN { lhs: ValueId, rhs: ValueId },
+    /// `attention_lse q, k`: the row statistics of `attention q, k, v` with the same scale, mask
+    /// and score: `f32[B, H, T]`, `lse[b, h, i] = log Σ_j exp(s[i, j])` over the keys the mask
+    /// keeps, or 0 for a row that keeps none.
+    AttentionLse {
+        q: ValueId,
+        k: ValueId,
+        scale: f64,
+        mask: Option<ScalarFn>,
+        score: Option<ScalarFn>,
+    },
+    /// See [`AttentionGrad`].
+    AttentionGrad(Box<AttentionGrad>),
     /// `matmul a, b`: `a: f32[P..., M, K]`, `b: f32[K, N]` → `f32[P..., M, N]`,
     /// `out[p, m, n] = Σ_k a[p, m, k] · b[k, n]`.
     MatMul { lhs: ValueId, rhs: ValueId },
@@ -368,6 +432,124 @@ impl Scan {
 }
 
 impl Op {
+    /// `op` with its operands (and the values its index functions read) renamed by `map`.
+    pub fn remapped(op: &Op, map: &[ValueId]) -> Op {
+    let m = |v: &ValueId| map[v.0 as usize];
+    let f = |f: &ScalarFn| ScalarFn {
+        nodes: f
+            .nodes
+            .iter()
+            .map(|(n, t)| match n {
+                ScalarNode::Load { tensor, indices } => (
+                    ScalarNode::Load {
+                        tensor: m(tensor),
+                        indices: indices.clone(),
+                    },
+                    *t,
+                ),
+                n => (n.clone(), *t),
+            })
+            .collect(),
+        ..f.clone()
+    };
+    match op {
+        Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
+        Op::Gather { table, indices } => Op::Gather {
+            table: m(table),
+            indices: m(indices),
+        },
+        Op::Binary { op, lhs, rhs } => Op::Binary {
+            op: *op,
+            lhs: m(lhs),
+            rhs: m(rhs),
+        },
+        Op::Unary { op, x } => Op::Unary { op: *op, x: m(x) },
+        Op::Reduce { op, x, axis, keepdim } => Op::Reduce {
+            op: *op,
+            x: m(x),
+            axis: *axis,
+            keepdim: *keepdim,
+        },
+        Op::ToFloat { x } => Op::ToFloat { x: m(x) },
+        Op::SplitHeads { x, heads } => Op::SplitHeads { x: m(x), heads: *heads },
+        Op::MergeHeads { x } => Op::MergeHeads { x: m(x) },
+        Op::Attention {
+            q,
+            k,
+            v,
+            scale,
+            mask,
+            score,
+        } => Op::Attention {
+            q: m(q),
+            k: m(k),
+            v: m(v),
+            scale: *scale,
+            mask: mask.as_ref().map(f),
+            score: score.as_ref().map(f),
+        },
+        Op::Slice { x, axis, start, length } => Op::Slice {
+            x: m(x),
+            axis: *axis,
+            start: *start,
+            length: *length,
+        },
+        Op::WriteRows { base, rows, axis, at } => Op::WriteRows {
+            base: m(base),
+            rows: m(rows),
+            axis: *axis,
+            at: m(at),
+        },
+        Op::WriteRing { base, rows, axis, at } => Op::WriteRing {
+            base: m(base),
+            rows: m(rows),
+            axis: *axis,
+            at: m(at),
+        },
+        Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
+        Op::Transpose { x } => Op::Transpose { x: m(x) },
+        Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
+        Op::MatMulTN { lhs, rhs } => Op::MatMulTN { lhs: m(lhs), rhs: m(rhs) },
+        Op::ScatterAdd { indices, values, rows } => Op::ScatterAdd {
+            indices: m(indices),
+            values: m(values),
+            rows: *rows,
+        },
+        Op::AttentionLse { q, k, scale, mask, score } => Op::AttentionLse {
+            q: m(q),
+            k: m(k),
+            scale: *scale,
+            mask: mask.as_ref().map(f),
+            score: score.as_ref().map(f),
+        },
+        Op::AttentionGrad(a) => Op::AttentionGrad(Box::new(AttentionGrad {
+            q: m(&a.q),
+            k: m(&a.k),
+            v: m(&a.v),
+            lse: m(&a.lse),
+            delta: m(&a.delta),
+            dout: m(&a.dout),
+            scale: a.scale,
+            mask: a.mask.as_ref().map(f),
+            score: a.score.as_ref().map(f),
+            dscore: a.dscore.as_ref().map(f),
+            wrt: a.wrt,
+        })),
+        Op::Scan(s) => Op::Scan(Box::new(Scan {
+            axis: s.axis,
+            init: s.init.iter().map(m).collect(),
+            xs: s.xs.iter().map(m).collect(),
+            body_start: m(&s.body_start),
+            next: s.next.iter().map(m).collect(),
+            outputs: s.outputs.iter().map(m).collect(),
+        })),
+        Op::ScanResult { scan, index } => Op::ScanResult {
+            scan: m(scan),
+            index: *index,
+        },
+    }
+    }
+
     /// The values this op reads.
     pub fn operands(&self) -> Vec<ValueId> {
         match *self {
@@ -375,7 +557,24 @@ impl Op {
             Op::ScanResult { scan, .. } => vec![scan],
             Op::Scan(ref s) => s.init.iter().chain(&s.xs).chain(&s.next).chain(&s.outputs).copied().collect(),
             Op::Gather { table, indices } => vec![table, indices],
-            Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } => vec![lhs, rhs],
+            Op::Binary { lhs, rhs, .. } | Op::MatMul { lhs, rhs } | Op::MatMulTN { lhs, rhs } => vec![lhs, rhs],
+            Op::ScatterAdd { indices, values, .. } => vec![indices, values],
+            Op::AttentionLse {
+                q, k, ref mask, ref score, ..
+            } => {
+                let mut ops = vec![q, k];
+                for f in mask.iter().chain(score.iter()) {
+                    ops.extend(f.tensors());
+                }
+                ops
+            }
+            Op::AttentionGrad(ref a) => {
+                let mut ops = vec![a.q, a.k, a.v, a.lse, a.delta, a.dout];
+                for f in a.functions() {
+                    ops.extend(f.tensors());
+                }
+                ops
+            }
             Op::WriteRows { base, rows, at, .. } | Op::WriteRing { base, rows, at, .. } => vec![base, rows, at],
             Op::Unary { x, .. }
             | Op::Reduce { x, .. }
@@ -735,6 +934,40 @@ impl Graph {
                     s
                 }
                 Op::MatMul { lhs, rhs } => format!("matmul {}, {}", v(lhs), v(rhs)),
+                Op::MatMulTN { lhs, rhs } => format!("matmul_tn {}, {}", v(lhs), v(rhs)),
+                Op::ScatterAdd { indices, values, rows } => {
+                    format!("scatter_add {}, {}, rows {}", v(indices), v(values), self.dim_name(*rows))
+                }
+                Op::AttentionLse { q, k, scale, mask, score } => {
+                    let mut s = format!("attention_lse {}, {}, scale {scale:e}", v(q), v(k));
+                    if let Some(m) = mask {
+                        s.push_str(&format!(", mask {}", m.print()));
+                    }
+                    if let Some(f) = score {
+                        s.push_str(&format!(", score {}", f.print()));
+                    }
+                    s
+                }
+                Op::AttentionGrad(a) => {
+                    let mut s = format!(
+                        "attention_grad {:?}, {}, {}, {}, lse {}, delta {}, dout {}, scale {:e}",
+                        a.wrt,
+                        v(&a.q),
+                        v(&a.k),
+                        v(&a.v),
+                        v(&a.lse),
+                        v(&a.delta),
+                        v(&a.dout),
+                        a.scale
+                    )
+                    .to_lowercase();
+                    for (name, f) in [("mask", &a.mask), ("score", &a.score), ("dscore", &a.dscore)] {
+                        if let Some(f) = f {
+                            s.push_str(&format!(", {name} {}", f.print()));
+                        }
+                    }
+                    s
+                }
                 Op::ScanArg(k) => format!("scan_arg {k}"),
                 Op::ScanResult { scan, index } => format!("scan_result {}, {index}", v(scan)),
                 Op::Scan(s) => format!(

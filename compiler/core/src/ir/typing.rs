@@ -101,6 +101,41 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             *dims.last_mut().unwrap() = b.dims[1];
             TensorType::new(DType::F32, dims)
         }
+        Op::MatMulTN { lhs, rhs } => {
+            let (a, b) = (g.ty(*lhs), g.ty(*rhs));
+            let r = a.rank();
+            if r < 2 || b.rank() != r || a.dims[..r - 1] != b.dims[..r - 1] {
+                return None;
+            }
+            TensorType::new(DType::F32, vec![a.dims[r - 1], b.dims[r - 1]])
+        }
+        Op::ScatterAdd { indices, values, rows } => {
+            let (i, v) = (g.ty(*indices), g.ty(*values));
+            if i.dtype != DType::I64 || v.dtype != DType::F32 || v.rank() <= i.rank() || v.dims[..i.rank()] != i.dims[..] {
+                return None;
+            }
+            let mut dims = vec![*rows];
+            dims.extend_from_slice(&v.dims[i.rank()..]);
+            TensorType::new(DType::F32, dims)
+        }
+        Op::AttentionLse { q, .. } => {
+            let q = g.ty(*q);
+            if q.rank() != 4 {
+                return None;
+            }
+            TensorType::new(DType::F32, q.dims[..3].to_vec())
+        }
+        Op::AttentionGrad(a) => {
+            let (q, k, v) = (g.ty(a.q), g.ty(a.k), g.ty(a.v));
+            if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+                return None;
+            }
+            match a.wrt {
+                AttentionInput::Query => q.clone(),
+                AttentionInput::Key => k.clone(),
+                AttentionInput::Value => v.clone(),
+            }
+        }
         // A body argument's type comes from its scan, which `Graph::verify` checks.
         Op::ScanArg(_) => return None,
         Op::Scan(_) => TensorType::new(DType::F32, vec![]),
