@@ -20,6 +20,9 @@ pub struct ConfigOverrides {
     pub set: Vec<(String, String)>,
     /// `--strict`: a checkpoint key that a config assumes otherwise is an error, not a warning.
     pub strict: bool,
+    /// The inputs declared `= absent` that this compile is given (`labels` for a loss): each
+    /// becomes an input, and `given(name)` is true in the forward. The others are left out.
+    pub given: Vec<String>,
 }
 
 impl ConfigOverrides {

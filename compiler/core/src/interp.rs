@@ -3,7 +3,8 @@
 //! uses it.
 
 use crate::ir::{
-    AttentionGrad, AttentionInput, BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, Scan, UnaryOp, ValueId,
+    AttentionGrad, AttentionInput, BinaryOp, Dim, Graph, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarUnary, Scan, UnaryOp,
+    ValueId,
 };
 use lmc_abi::DType;
 

@@ -434,120 +434,120 @@ impl Scan {
 impl Op {
     /// `op` with its operands (and the values its index functions read) renamed by `map`.
     pub fn remapped(op: &Op, map: &[ValueId]) -> Op {
-    let m = |v: &ValueId| map[v.0 as usize];
-    let f = |f: &ScalarFn| ScalarFn {
-        nodes: f
-            .nodes
-            .iter()
-            .map(|(n, t)| match n {
-                ScalarNode::Load { tensor, indices } => (
-                    ScalarNode::Load {
-                        tensor: m(tensor),
-                        indices: indices.clone(),
-                    },
-                    *t,
-                ),
-                n => (n.clone(), *t),
-            })
-            .collect(),
-        ..f.clone()
-    };
-    match op {
-        Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
-        Op::Gather { table, indices } => Op::Gather {
-            table: m(table),
-            indices: m(indices),
-        },
-        Op::Binary { op, lhs, rhs } => Op::Binary {
-            op: *op,
-            lhs: m(lhs),
-            rhs: m(rhs),
-        },
-        Op::Unary { op, x } => Op::Unary { op: *op, x: m(x) },
-        Op::Reduce { op, x, axis, keepdim } => Op::Reduce {
-            op: *op,
-            x: m(x),
-            axis: *axis,
-            keepdim: *keepdim,
-        },
-        Op::ToFloat { x } => Op::ToFloat { x: m(x) },
-        Op::SplitHeads { x, heads } => Op::SplitHeads { x: m(x), heads: *heads },
-        Op::MergeHeads { x } => Op::MergeHeads { x: m(x) },
-        Op::Attention {
-            q,
-            k,
-            v,
-            scale,
-            mask,
-            score,
-        } => Op::Attention {
-            q: m(q),
-            k: m(k),
-            v: m(v),
-            scale: *scale,
-            mask: mask.as_ref().map(f),
-            score: score.as_ref().map(f),
-        },
-        Op::Slice { x, axis, start, length } => Op::Slice {
-            x: m(x),
-            axis: *axis,
-            start: *start,
-            length: *length,
-        },
-        Op::WriteRows { base, rows, axis, at } => Op::WriteRows {
-            base: m(base),
-            rows: m(rows),
-            axis: *axis,
-            at: m(at),
-        },
-        Op::WriteRing { base, rows, axis, at } => Op::WriteRing {
-            base: m(base),
-            rows: m(rows),
-            axis: *axis,
-            at: m(at),
-        },
-        Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
-        Op::Transpose { x } => Op::Transpose { x: m(x) },
-        Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
-        Op::MatMulTN { lhs, rhs } => Op::MatMulTN { lhs: m(lhs), rhs: m(rhs) },
-        Op::ScatterAdd { indices, values, rows } => Op::ScatterAdd {
-            indices: m(indices),
-            values: m(values),
-            rows: *rows,
-        },
-        Op::AttentionLse { q, k, scale, mask, score } => Op::AttentionLse {
-            q: m(q),
-            k: m(k),
-            scale: *scale,
-            mask: mask.as_ref().map(f),
-            score: score.as_ref().map(f),
-        },
-        Op::AttentionGrad(a) => Op::AttentionGrad(Box::new(AttentionGrad {
-            q: m(&a.q),
-            k: m(&a.k),
-            v: m(&a.v),
-            lse: m(&a.lse),
-            delta: m(&a.delta),
-            dout: m(&a.dout),
-            scale: a.scale,
-            mask: a.mask.as_ref().map(f),
-            score: a.score.as_ref().map(f),
-            dscore: a.dscore.as_ref().map(f),
-            wrt: a.wrt,
-        })),
-        Op::Scan(s) => Op::Scan(Box::new(Scan {
-            axis: s.axis,
-            init: s.init.iter().map(m).collect(),
-            xs: s.xs.iter().map(m).collect(),
-            body_start: m(&s.body_start),
-            next: s.next.iter().map(m).collect(),
-            outputs: s.outputs.iter().map(m).collect(),
-        })),
-        Op::ScanResult { scan, index } => Op::ScanResult {
-            scan: m(scan),
-            index: *index,
-        },
-    }
+        let m = |v: &ValueId| map[v.0 as usize];
+        let f = |f: &ScalarFn| ScalarFn {
+            nodes: f
+                .nodes
+                .iter()
+                .map(|(n, t)| match n {
+                    ScalarNode::Load { tensor, indices } => (
+                        ScalarNode::Load {
+                            tensor: m(tensor),
+                            indices: indices.clone(),
+                        },
+                        *t,
+                    ),
+                    n => (n.clone(), *t),
+                })
+                .collect(),
+            ..f.clone()
+        };
+        match op {
+            Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
+            Op::Gather { table, indices } => Op::Gather {
+                table: m(table),
+                indices: m(indices),
+            },
+            Op::Binary { op, lhs, rhs } => Op::Binary {
+                op: *op,
+                lhs: m(lhs),
+                rhs: m(rhs),
+            },
+            Op::Unary { op, x } => Op::Unary { op: *op, x: m(x) },
+            Op::Reduce { op, x, axis, keepdim } => Op::Reduce {
+                op: *op,
+                x: m(x),
+                axis: *axis,
+                keepdim: *keepdim,
+            },
+            Op::ToFloat { x } => Op::ToFloat { x: m(x) },
+            Op::SplitHeads { x, heads } => Op::SplitHeads { x: m(x), heads: *heads },
+            Op::MergeHeads { x } => Op::MergeHeads { x: m(x) },
+            Op::Attention {
+                q,
+                k,
+                v,
+                scale,
+                mask,
+                score,
+            } => Op::Attention {
+                q: m(q),
+                k: m(k),
+                v: m(v),
+                scale: *scale,
+                mask: mask.as_ref().map(f),
+                score: score.as_ref().map(f),
+            },
+            Op::Slice { x, axis, start, length } => Op::Slice {
+                x: m(x),
+                axis: *axis,
+                start: *start,
+                length: *length,
+            },
+            Op::WriteRows { base, rows, axis, at } => Op::WriteRows {
+                base: m(base),
+                rows: m(rows),
+                axis: *axis,
+                at: m(at),
+            },
+            Op::WriteRing { base, rows, axis, at } => Op::WriteRing {
+                base: m(base),
+                rows: m(rows),
+                axis: *axis,
+                at: m(at),
+            },
+            Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
+            Op::Transpose { x } => Op::Transpose { x: m(x) },
+            Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
+            Op::MatMulTN { lhs, rhs } => Op::MatMulTN { lhs: m(lhs), rhs: m(rhs) },
+            Op::ScatterAdd { indices, values, rows } => Op::ScatterAdd {
+                indices: m(indices),
+                values: m(values),
+                rows: *rows,
+            },
+            Op::AttentionLse { q, k, scale, mask, score } => Op::AttentionLse {
+                q: m(q),
+                k: m(k),
+                scale: *scale,
+                mask: mask.as_ref().map(f),
+                score: score.as_ref().map(f),
+            },
+            Op::AttentionGrad(a) => Op::AttentionGrad(Box::new(AttentionGrad {
+                q: m(&a.q),
+                k: m(&a.k),
+                v: m(&a.v),
+                lse: m(&a.lse),
+                delta: m(&a.delta),
+                dout: m(&a.dout),
+                scale: a.scale,
+                mask: a.mask.as_ref().map(f),
+                score: a.score.as_ref().map(f),
+                dscore: a.dscore.as_ref().map(f),
+                wrt: a.wrt,
+            })),
+            Op::Scan(s) => Op::Scan(Box::new(Scan {
+                axis: s.axis,
+                init: s.init.iter().map(m).collect(),
+                xs: s.xs.iter().map(m).collect(),
+                body_start: m(&s.body_start),
+                next: s.next.iter().map(m).collect(),
+                outputs: s.outputs.iter().map(m).collect(),
+            })),
+            Op::ScanResult { scan, index } => Op::ScanResult {
+                scan: m(scan),
+                index: *index,
+            },
+        }
     }
 
     /// The values this op reads.

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod cost;
 pub mod decode;
+pub mod grad;
 pub mod interp;
 pub mod ir;
 pub mod program;

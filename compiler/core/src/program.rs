@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The standard library's files, as compiled in.
-pub const STD_FILES: &[(&str, &str)] = &[("std/nn.model", include_str!("../../../models/std/nn.model"))];
+pub const STD_FILES: &[(&str, &str)] = &[
+    ("std/nn.model", include_str!("../../../models/std/nn.model")),
+    ("std/losses.model", include_str!("../../../models/std/losses.model")),
+];
 
 /// The largest `.model` file accepted. Real models are a few kilobytes; the limit keeps every
 /// input, however large, answered within a second.

@@ -91,7 +91,7 @@ impl<'p> Elab<'p> {
         let positional: Vec<&'p Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
         let named: Vec<(&ast::Ident, &'p Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
         let allowed_named: &[&str] = match name {
-            "mean" | "sum" => &["axis", "keepdim"],
+            "mean" | "sum" | "max" => &["axis", "keepdim"],
             "attention" => &["mask", "score", "scale"],
             "slice" => &["axis"],
             _ => &[],
@@ -349,7 +349,26 @@ impl<'p> Elab<'p> {
                 };
                 self.push(op, ty, span).map(Val::Tensor)
             }
-            "mean" | "sum" => {
+            "given" => {
+                let [x] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 1 argument, found {}", positional.len())));
+                };
+                let ExprKind::Path(p) = &x.kind else {
+                    return Err(arity_error("the argument is the name of an input".into()));
+                };
+                match frame.locals.get(&p.segments[0].name) {
+                    Some(Binding::Absent) => Ok(Val::Const(CtValue::Bool(false))),
+                    Some(_) if p.segments.len() == 1 => Ok(Val::Const(CtValue::Bool(true))),
+                    _ => Err(Diagnostic::error(
+                        "E0100",
+                        format!("unknown input `{}`", p.dotted()),
+                        x.span,
+                        "not an input of this forward",
+                    )
+                    .with_help("`given(name)` asks whether an input declared `= absent` was given")),
+                }
+            }
+            "mean" | "sum" | "max" => {
                 let (x, axis_expr) = match positional.as_slice() {
                     [x] => (*x, named.iter().find(|(n, _)| n.name == "axis").map(|(_, e)| *e)),
                     [x, axis] => (*x, Some(*axis)),
@@ -397,7 +416,11 @@ impl<'p> Elab<'p> {
                         }
                     },
                 };
-                let op = if name == "mean" { ReduceOp::Mean } else { ReduceOp::Sum };
+                let op = match name {
+                    "mean" => ReduceOp::Mean,
+                    "max" => ReduceOp::Max,
+                    _ => ReduceOp::Sum,
+                };
                 let mut dims = self.ty(x).dims.clone();
                 if keepdim {
                     dims[axis] = Dim::Static(1);
@@ -682,6 +705,8 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("arange", "arange(n)"),
     ("mean", "mean(x, axis = -1, keepdim = false)"),
     ("sum", "sum(x, axis = -1, keepdim = false)"),
+    ("max", "max(x, axis = -1, keepdim = false)"),
+    ("given", "given(input)"),
     ("sqrt", "sqrt(x)"),
     ("rsqrt", "rsqrt(x)"),
     ("exp", "exp(x)"),

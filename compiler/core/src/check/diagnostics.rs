@@ -20,6 +20,7 @@ pub(super) fn describe(v: &Val) -> String {
         Val::Instance(_) => "a block".into(),
         Val::Array(_) => "an array of blocks".into(),
         Val::Fn(_) => "an index function".into(),
+        Val::Absent => "`absent`".into(),
     }
 }
 

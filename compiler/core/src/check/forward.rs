@@ -29,7 +29,8 @@ impl<'p> Elab<'p> {
             return;
         };
         let mut frame = Frame::new(root);
-        for (index, input) in forward.inputs.iter().enumerate() {
+        for input in forward.inputs.iter() {
+            let index = self.graph.inputs.len();
             if frame.locals.contains_key(&input.name.name) {
                 self.errors.push(Diagnostic::error(
                     "E0101",
@@ -49,6 +50,11 @@ impl<'p> Elab<'p> {
                     continue;
                 }
             };
+            let absent = input.default.as_ref().is_some_and(|d| d.name == "absent");
+            if absent && !self.given.contains(&input.name.name) {
+                frame.locals.insert(input.name.name.clone(), Binding::Absent);
+                continue;
+            }
             let mut dims = Vec::new();
             for (axis, d) in input_ty.dims.iter().enumerate() {
                 match self.model_input_dim(d, index, axis, &mut frame) {
@@ -60,6 +66,7 @@ impl<'p> Elab<'p> {
             let default = input
                 .default
                 .as_ref()
+                .filter(|_| !absent)
                 .and_then(|d| match lmc_abi::InputDefault::from_name(&d.name) {
                     Some(default) => Some(default),
                     None => {
@@ -115,6 +122,8 @@ impl<'p> Elab<'p> {
             return;
         }
         for ((value, vspan), out) in values.into_iter().zip(outputs) {
+            // An output that returns `absent` (a loss without its labels) is left out.
+            let Some(value) = value else { continue };
             let mut dims = Vec::new();
             for d in &out.ty.dims {
                 match self.signature_dim(&frame, d) {
@@ -264,7 +273,8 @@ impl<'p> Elab<'p> {
     }
 
     /// Runs a forward body; returns the values of its `return` with their spans.
-    pub(super) fn run_body(&mut self, frame: &mut Frame, forward: &'p ast::ForwardDecl) -> Option<Vec<(ValueId, Span)>> {
+    /// Runs a forward body; each returned value is a tensor, or `None` for `absent`.
+    pub(super) fn run_body(&mut self, frame: &mut Frame, forward: &'p ast::ForwardDecl) -> Option<Vec<(Option<ValueId>, Span)>> {
         let (last, rest) = match forward.body.split_last() {
             Some((last @ Stmt::Return { .. }, rest)) => (last, rest),
             _ => {
@@ -287,9 +297,10 @@ impl<'p> Elab<'p> {
         let mut out = Vec::new();
         for v in values {
             match self.expr(frame, v) {
-                Some(Val::Tuple(ids)) if values.len() == 1 => out.extend(ids.into_iter().map(|i| (i, v.span))),
+                Some(Val::Tuple(ids)) if values.len() == 1 => out.extend(ids.into_iter().map(|i| (Some(i), v.span))),
+                Some(Val::Absent) => out.push((None, v.span)),
                 Some(val) => match self.tensor_of(val, v.span) {
-                    Ok(id) => out.push((id, v.span)),
+                    Ok(id) => out.push((Some(id), v.span)),
                     Err(d) => self.report(d),
                 },
                 None => {}
@@ -324,6 +335,7 @@ impl<'p> Elab<'p> {
                             Val::Instance(i) => Binding::Instance(i),
                             Val::Array(a) => Binding::Array(a),
                             Val::Fn(k) => Binding::Fn(k),
+                            Val::Absent => Binding::Absent,
                         };
                         frame.locals.insert(one.name.clone(), b);
                     }
@@ -578,6 +590,13 @@ impl<'p> Elab<'p> {
     pub(super) fn tensor_of(&mut self, v: Val, span: Span) -> Result<ValueId, Diagnostic> {
         match v {
             Val::Tensor(id) => Ok(id),
+            Val::Absent => Err(Diagnostic::error(
+                "E0211",
+                "this value is `absent`: an input this compile is not given",
+                span,
+                "absent here",
+            )
+            .with_help("use such an input under `if given(name) { ... } else { absent }`")),
             Val::Const(c) => match c.as_f64() {
                 Some(x) => self.push(Op::Constant(x), TensorType::new(DType::F32, vec![]), span),
                 None => Err(Diagnostic::error(
@@ -626,7 +645,11 @@ impl<'p> Elab<'p> {
                 Binding::Dim(d) => Ok(Val::Dim(d)),
                 Binding::Array(a) => Ok(Val::Array(a)),
                 Binding::Fn(k) => Ok(Val::Fn(k)),
+                Binding::Absent => Ok(Val::Absent),
             };
+        }
+        if first == "absent" && rest.is_empty() {
+            return Ok(Val::Absent);
         }
         if frame.fn_module.is_some() {
             let d = Diagnostic::error(

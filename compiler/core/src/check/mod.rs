@@ -151,6 +151,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let config_keys = crate::config::key_usage(config_decl, overrides);
 
     let mut e = Elab::new(p, &name);
+    e.given = overrides.given.clone();
     e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
     let root = e.instantiate_model(model_ref, decl, Rc::new(config));
     if e.errors.is_empty() {
@@ -281,6 +282,8 @@ enum Binding {
     Fn(usize),
     /// A name whose definition failed to check; uses of it are not reported again.
     Poisoned,
+    /// An input declared `= absent` that this compile is not given.
+    Absent,
 }
 
 /// What an expression evaluates to.
@@ -294,6 +297,9 @@ enum Val {
     Array(Vec<usize>),
     /// An index function: an entry of [`Elab::fns`].
     Fn(usize),
+    /// `absent`, or an input declared `= absent` that this compile is not given: a model output
+    /// that returns it is left out.
+    Absent,
 }
 
 /// A local scope while running a forward body (or evaluating an `fn` item).
@@ -345,6 +351,8 @@ struct Elab<'p> {
     fns: Vec<IndexFn<'p>>,
     /// How many scan bodies are open: values made inside one are not visible after it.
     scan_depth: usize,
+    /// See [`ConfigOverrides::given`].
+    given: Vec<String>,
 }
 
 impl<'p> Elab<'p> {
@@ -370,6 +378,7 @@ impl<'p> Elab<'p> {
             current_parent: None,
             fns: Vec::new(),
             scan_depth: 0,
+            given: Vec::new(),
         }
     }
 

@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Makes the training fixtures: losses, gradients and an AdamW trajectory computed by PyTorch
+and Hugging Face transformers, for lmc's backward pass and optimizer.
+
+Run by hand, never by CI (it needs torch and transformers; see docs/testing.md, "Fixtures"):
+
+    ~/.cache/lmc-peers/venv/bin/python tests/reference/make_grad_fixtures.py
+
+Made with torch 2.15.0 (CPU, one thread, deterministic algorithms) and transformers 5.25.0 (the
+script prints the versions it runs with). Every tensor is float32 except the integer inputs
+(int64). Both models have every dropout at 0.0; the gradients were computed in train mode and
+checked to equal eval mode's.
+
+`gpt2_grad/`: GPT2LMHeadModel (vocab 101, 24 positions, width 35, 2 layers, 5 heads of 7,
+gelu_new, LayerNorm eps 1e-5, head tied to `transformer.wte.weight`), seed 0, LayerNorm weights
+and biases perturbed by 0.1 * randn.
+- `config.json`, `generation_config.json`, `model.safetensors`: the unmodified `save_pretrained`
+  checkpoint. transformers 5 stores a tied tensor once, under the name it is tied to:
+  `model.safetensors` holds `transformer.wte.weight` and no `lm_head.weight`.
+- `inputs_grad.safetensors`: `input_ids` [2, 9], `attention_mask` [2, 9] (row 1 right-padded:
+  its last 3 positions are 0), `labels` [2, 9] (= input_ids, but -100 at row 1's padding and at
+  row 0, position 4).
+- `expected_grad.safetensors`: `loss` (scalar, shape []), `logits` [2, 9, 101], and for every
+  tensor of `model.safetensors`, under that same name and shape, d loss / d tensor (the tied
+  `transformer.wte.weight` gets both uses: embedding and head). transformers' causal LM loss
+  shifts the labels: loss = mean over (b, t) with labels[b, t + 1] != -100 of
+  cross_entropy(logits[b, t], labels[b, t + 1]) (here 7 + 5 = 12 terms; each AdamW
+  step's loss is defined the same way).
+- `adamw_inputs.safetensors`: `input_ids`, `attention_mask`, `labels`, each [6, 2, 9]: six
+  batches of two right-padded rows (labels = input_ids, -100 at padding).
+- `adamw_expected.safetensors`: from the checkpoint above, six steps of
+  torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False),
+  batch i at step i, constant learning rate, no gradient clipping, no accumulation:
+  `losses` [6] (step i's loss, before its update) and `final.<name>` for every tensor of
+  `model.safetensors` (the weights after the sixth update). torch's AdamW decays every
+  parameter, biases, LayerNorm and embeddings included (no exclusion list), decoupled:
+      p *= 1 - lr * wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+      p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+  The tied embedding/head is one parameter with one (m, v) and one decay.
+
+`bert_mlm/`: BertForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, intermediate 37,
+40 positions, 3 token types, LayerNorm eps 1e-12, exact (erf) gelu), seed 0, LayerNorm weights
+and biases perturbed by 0.1 * randn.
+- `config.json`, `model.safetensors`: the `save_pretrained` checkpoint. It holds neither
+  `cls.predictions.decoder.weight` (tied to `bert.embeddings.word_embeddings.weight`) nor
+  `cls.predictions.decoder.bias` (tied to `cls.predictions.bias`).
+- `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask` (row 1
+  right-padded by 2), `labels` (-100 except 4 positions per row, none on padding; most of those
+  positions' input ids are replaced by token 3, playing [MASK]), each [2, 7].
+- `expected_grad.safetensors`: `loss` (scalar: mean cross-entropy over the 8 labelled positions,
+  no shift), `logits` [2, 7, 99] and one gradient per tensor of `model.safetensors`, under its
+  stored name (`bert.embeddings.word_embeddings.weight` gets the decoder's use too,
+  `cls.predictions.bias` is the decoder's bias).
+"""
+import pathlib
+
+import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+HERE = pathlib.Path(__file__).resolve().parent
+FIXTURES = HERE.parent / "fixtures"
+
+LR, BETAS, EPS, WEIGHT_DECAY, STEPS = 1e-2, (0.9, 0.999), 1e-8, 0.01, 6
+
+
+def stored_names(out):
+    with safe_open(out / "model.safetensors", "pt") as f:
+        return sorted(f.keys())
+
+
+def gradients(model, names):
+    """d loss / d tensor for each checkpoint name, f32, zeros where the grad is None."""
+    grads = {}
+    for name in names:
+        p = model.get_parameter(name)
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        grads[name] = g.detach().float().contiguous()
+    return grads
+
+
+def loss_and_grads(model, inputs, names, train):
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    out = model(**inputs)
+    out.loss.backward()
+    result = {"loss": out.loss.detach().float().reshape(()), "logits": out.logits.detach().float().contiguous()}
+    result.update(gradients(model, names))
+    model.zero_grad(set_to_none=True)
+    return result
+
+
+def compare(a, b, what, atol=0.0):
+    assert a.keys() == b.keys(), what
+    worst = max((x - b[k]).abs().max().item() for k, x in a.items())
+    print(f"  {what}: max |difference| {worst:.3g}")
+    assert worst <= atol, f"{what} differ by {worst}"
+
+
+def check_reload(cls, out, inputs, expected_logits, tied):
+    """The saved checkpoint, loaded back, computes the same logits and keeps its ties."""
+    reloaded = cls.from_pretrained(out).eval()
+    for a, b in tied:
+        assert reloaded.get_parameter(a) is reloaded.get_parameter(b), f"{a} not tied to {b} after reload"
+    with torch.no_grad():
+        logits = reloaded(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    diff = (logits - expected_logits).abs().max().item()
+    print(f"  from_pretrained({out.name}) logits: max |difference| {diff:.3g}")
+    assert diff <= 1e-6, f"{out.name}: reloaded logits differ by {diff}"
+    return reloaded
+
+
+def report_names(model, names, tied):
+    print(f"  model.safetensors holds {len(names)} tensors:")
+    for n in names:
+        print(f"    {n} {list(model.get_parameter(n).shape)}")
+    for a, b in tied:
+        print(f"  {a}: {'STORED' if a in names else 'not stored'} (tied to {b}: {'stored' if b in names else 'NOT STORED'})")
+        assert model.get_parameter(a) is model.get_parameter(b), f"{a} is not tied to {b}"
+    param_ids = {id(p) for p in model.parameters()}
+    assert {id(model.get_parameter(n)) for n in names} == param_ids, "stored names do not cover every parameter once"
+
+
+def gpt2_model():
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=101,
+        n_positions=24,
+        n_embd=35,
+        n_layer=2,
+        n_head=5,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def gpt2_grad():
+    out = FIXTURES / "gpt2_grad"
+    print("gpt2_grad")
+    model = gpt2_model()
+    model.save_pretrained(out, safe_serialization=True)
+    names = stored_names(out)
+    tied = [("lm_head.weight", "transformer.wte.weight")]
+    report_names(model, names, tied)
+
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, 101, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 6:] = 0
+    labels = input_ids.clone()
+    labels[1, 6:] = -100
+    labels[0, 4] = -100
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    expected = loss_and_grads(model, inputs, names, train=True)
+    compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+    reloaded = check_reload(GPT2LMHeadModel, out, inputs, expected["logits"], tied)
+    compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+    adamw(out, names)
+
+
+def adamw(out, names):
+    g = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(0, 101, (STEPS, 2, 9), generator=g)
+    attention_mask = torch.ones(STEPS, 2, 9, dtype=torch.int64)
+    # Real lengths per (step, row): every step has padding somewhere, some rows are full.
+    lengths = [(9, 6), (7, 9), (5, 8), (9, 9), (8, 4), (6, 7)]
+    for step, row_lengths in enumerate(lengths):
+        for row, n in enumerate(row_lengths):
+            attention_mask[step, row, n:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    save_file(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
+        out / "adamw_inputs.safetensors",
+    )
+
+    model = GPT2LMHeadModel.from_pretrained(out).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, amsgrad=False, foreach=False
+    )
+    # An independent AdamW in float64, fed the same gradients, checks the formula in the docstring.
+    params = {n: model.get_parameter(n) for n in names}
+    mine = {n: p.detach().double().clone() for n, p in params.items()}
+    m = {n: torch.zeros_like(p) for n, p in mine.items()}
+    v = {n: torch.zeros_like(p) for n, p in mine.items()}
+    losses = []
+    for step in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(
+            input_ids=input_ids[step], attention_mask=attention_mask[step], labels=labels[step]
+        ).loss
+        loss.backward()
+        losses.append(loss.item())
+        t = step + 1
+        for n, p in params.items():
+            grad = p.grad.double()
+            mine[n].mul_(1 - LR * WEIGHT_DECAY)
+            m[n].mul_(BETAS[0]).add_((1 - BETAS[0]) * grad)
+            v[n].mul_(BETAS[1]).add_((1 - BETAS[1]) * grad * grad)
+            denom = v[n].sqrt() / (1 - BETAS[1] ** t) ** 0.5 + EPS
+            mine[n].sub_(LR / (1 - BETAS[0] ** t) * m[n] / denom)
+        optimizer.step()
+        worst = max((params[n].detach().double() - mine[n]).abs().max().item() for n in names)
+        print(f"  AdamW step {t}: loss {losses[-1]:.8f}, float64 re-implementation differs by {worst:.3g}")
+        assert worst < 1e-5, f"AdamW step {t} differs from the formula by {worst}"
+    final = {f"final.{n}": params[n].detach().float().contiguous() for n in names}
+    save_file({"losses": torch.tensor(losses, dtype=torch.float32), **final}, out / "adamw_expected.safetensors")
+
+
+def bert_mlm():
+    out = FIXTURES / "bert_mlm"
+    print("bert_mlm")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=3,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = BertForMaskedLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    names = stored_names(out)
+    tied = [
+        ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+        ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    ]
+    report_names(model, names, tied)
+
+    g = torch.Generator().manual_seed(1)
+    original = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    mask_token = 3
+    labels = torch.full((2, 7), -100, dtype=torch.int64)
+    input_ids = original.clone()
+    # (row, position, replaced by [MASK]?): 4 labelled positions a row, none on row 1's padding;
+    # one labelled position a row keeps its own token, as BERT's 80/10/10 recipe sometimes does.
+    for row, pos, masked in [(0, 0, True), (0, 2, True), (0, 3, False), (0, 6, True),
+                             (1, 1, True), (1, 2, False), (1, 3, True), (1, 4, True)]:
+        labels[row, pos] = original[row, pos]
+        if masked:
+            input_ids[row, pos] = mask_token
+    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+
+    expected = loss_and_grads(model, inputs, names, train=True)
+    compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+    reloaded = check_reload(BertForMaskedLM, out, inputs, expected["logits"], tied)
+    compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+
+
+def main():
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    gpt2_grad()
+    bert_mlm()
+    for name in ["gpt2_grad", "bert_mlm"]:
+        for f in sorted((FIXTURES / name).iterdir()):
+            print(f"  {name}/{f.name}: {f.stat().st_size / 1024:.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()
