@@ -301,21 +301,23 @@ impl Deriv<'_> {
                         (ga, gb)
                     }
                     BinaryOp::Max | BinaryOp::Min => {
-                        // The gradient goes to the operand that was chosen (the left one on ties).
+                        // The gradient goes to the operand that was chosen, half to each on a
+                        // tie, as torch's `maximum` and `minimum` share it.
                         let out_dims = node.ty.dims.clone();
                         let side = |first: bool, this: &mut Self| {
                             let mut f = ScalarBuilder::new(out_dims.len());
                             let x = f.load_broadcast(a, &fwd.ty(a).dims, &out_dims);
                             let y = f.load_broadcast(b, &fwd.ty(b).dims, &out_dims);
-                            let cmp = if *op == BinaryOp::Max { ScalarBinary::Ge } else { ScalarBinary::Le };
-                            let chosen = f.binary(cmp, x, y, ScalarType::Bool);
+                            let (mine, theirs) = if first { (x, y) } else { (y, x) };
+                            let wins = if *op == BinaryOp::Max { ScalarBinary::Gt } else { ScalarBinary::Lt };
+                            let won = f.binary(wins, mine, theirs, ScalarType::Bool);
+                            let tied = f.binary(ScalarBinary::Eq, mine, theirs, ScalarType::Bool);
                             let gv = f.load_broadcast(g, &out_dims, &out_dims);
+                            let half = f.float(0.5);
+                            let shared = f.binary(ScalarBinary::Mul, gv, half, ScalarType::F32);
                             let zero = f.float(0.0);
-                            let r = if first {
-                                f.select(chosen, gv, zero)
-                            } else {
-                                f.select(chosen, zero, gv)
-                            };
+                            let on_tie = f.select(tied, shared, zero);
+                            let r = f.select(won, gv, on_tie);
                             this.tabulate(out_dims.clone(), f.finish(r))
                         };
                         let ga = needs(&a).then(|| side(true, self));
@@ -385,13 +387,30 @@ impl Deriv<'_> {
                         f.binary(ScalarBinary::Div, gv, n, ScalarType::F32)
                     }
                     ReduceOp::Max => {
-                        // To every element equal to the maximum (a stable log-sum-exp subtracts
-                        // it, and there its gradient cancels).
-                        let xv = f.load(*x, (0..xt.rank()).collect());
-                        let top = f.load(this, indices);
-                        let hit = f.binary(ScalarBinary::Eq, xv, top, ScalarType::Bool);
-                        let zero = f.float(0.0);
-                        f.select(hit, gv, zero)
+                        // Shared evenly among the elements equal to the maximum, as torch's
+                        // `amax` does (a stable log-sum-exp subtracts it; there it cancels).
+                        let mut m = ScalarBuilder::new(xt.rank());
+                        let xv = m.load(*x, (0..xt.rank()).collect());
+                        let reduced: Vec<usize> = (0..xt.rank())
+                            .filter(|k| *k != *axis || *keepdim)
+                            .map(|k| if k == *axis { m.int(0) } else { k })
+                            .collect();
+                        let top = m.load(this, reduced);
+                        let hit = m.binary(ScalarBinary::Eq, xv, top, ScalarType::Bool);
+                        let (one, zero) = (m.float(1.0), m.float(0.0));
+                        let r = m.select(hit, one, zero);
+                        let hits = self.tabulate(xt.dims.clone(), m.finish(r));
+                        let count = self.push(Op::Reduce {
+                            op: ReduceOp::Sum,
+                            x: hits,
+                            axis: *axis,
+                            keepdim: true,
+                        });
+                        let hit = f.load(hits, (0..xt.rank()).collect());
+                        let at_axis = f.int(0);
+                        let n = f.load(count, (0..xt.rank()).map(|k| if k == *axis { at_axis } else { k }).collect());
+                        let share = f.binary(ScalarBinary::Div, gv, n, ScalarType::F32);
+                        f.binary(ScalarBinary::Mul, hit, share, ScalarType::F32)
                     }
                 };
                 let gx = self.tabulate(xt.dims.clone(), f.finish(r));
@@ -895,5 +914,170 @@ mod tests {
     #[test]
     fn bert_masked_lm_gradients_match_torch() {
         matches_torch("models/bert.model", "BertForMaskedLM", "bert_mlm");
+    }
+
+    /// Gradients of a small model by central finite differences of its loss, against the
+    /// derived backward, run by the reference interpreter, for every parameter element.
+    fn matches_finite_differences(source: &str, given: &[&str], inputs: Vec<Tensor>) {
+        let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+        let overrides = ConfigOverrides {
+            given: given.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let g = crate::check_model(&program, None, &overrides)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .graph;
+        let grad = derive_grad(&g, "loss").unwrap_or_else(|e| panic!("{e:?}"));
+        let mut seed = 7u64;
+        let mut random = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut params: Vec<Tensor> = g
+            .params
+            .iter()
+            .map(|p| {
+                let shape: Vec<usize> =
+                    p.ty.dims
+                        .iter()
+                        .map(|d| if let Dim::Static(n) = d { *n as usize } else { panic!() })
+                        .collect();
+                let n = shape.iter().product();
+                Tensor::f32(shape, (0..n).map(|_| random()).collect())
+            })
+            .collect();
+        let loss_of = |params: &[Tensor]| -> f64 {
+            let out = evaluate(&g, params, &inputs);
+            let k = g.outputs.iter().position(|(d, _)| d.name == "loss").unwrap();
+            out[k].floats()[0] as f64
+        };
+        let derived = evaluate(&grad, &params, &inputs);
+        let eps = 3e-3f32;
+        for (k, p) in g.params.iter().enumerate() {
+            let want = derived[1 + k].floats().to_vec();
+            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for e in 0..want.len() {
+                let Data::F32(values) = &mut params[k].data else { panic!() };
+                let x = values[e];
+                values[e] = x + eps;
+                let up = loss_of(&params);
+                let Data::F32(values) = &mut params[k].data else { panic!() };
+                values[e] = x - eps;
+                let down = loss_of(&params);
+                let Data::F32(values) = &mut params[k].data else { panic!() };
+                values[e] = x;
+                let fd = ((up - down) / (2.0 * eps as f64)) as f32;
+                let bound = 2e-2 * scale + 2e-3;
+                assert!(
+                    (fd - want[e]).abs() <= bound,
+                    "{}[{e}]: derived {} but finite differences give {fd}",
+                    p.name,
+                    want[e]
+                );
+            }
+        }
+    }
+
+    const HEAD: &str = "config C { n = 1 }\n";
+
+    fn ids() -> Vec<Tensor> {
+        vec![Tensor::int(vec![2, 3], vec![0, 2, 2, 1, 0, 2])]
+    }
+
+    #[test]
+    fn elementwise_derivatives_match_finite_differences() {
+        let source = format!(
+            "{HEAD}model M(c: C) {{
+  param x: f32[3, 4]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    p = x * x + 1.0
+    y = exp(x) + log(p) + sqrt(p) + rsqrt(p) + abs(x) + tanh(x) + erf(x) + sin(x) + cos(x)
+    y = y + sigmoid(x) + relu(x) + silu(x) + gelu(x) - x
+    w = tabulate(3, 4, (i, j) => float(i * 4 + j) / 7.0 - 0.8)
+    return sum(sum(y * w * y, axis = -1), axis = -1)
+  }}
+}}"
+        );
+        matches_finite_differences(&source, &[], ids());
+    }
+
+    #[test]
+    fn broadcasting_derivatives_match_finite_differences() {
+        let source = format!(
+            "{HEAD}model M(c: C) {{
+  param a: f32[3, 4]
+  param row: f32[4]
+  param column: f32[3, 1]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    y = (a + row) * column - a / (row * row + 1.0) + maximum(a, row) - minimum(a, column)
+    y = y + pow(a * a + 1.0, column) + 2.0 * a
+    w = tabulate(3, 4, (i, j) => float(j * 3 + i) / 5.0 - 1.0)
+    return sum(sum(y * w, axis = -1), axis = -1)
+  }}
+}}"
+        );
+        matches_finite_differences(&source, &[], ids());
+    }
+
+    #[test]
+    fn reduction_and_layout_derivatives_match_finite_differences() {
+        let source = format!(
+            "{HEAD}model M(c: C) {{
+  param table: f32[3, 6]
+  param w: f32[6, 4]
+  param u: f32[5, 6]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    x = gather(table, ids)
+    h = merge_heads(split_heads(x, 2))
+    y = h @ w + slice(h @ transpose(u), 1, 4)
+    m = max(y, axis = 1, keepdim = true) + mean(y, axis = -1, keepdim = true)
+    z = y * m + sum(y, axis = 0) * 0.5
+    return sum(sum(sum(z * z, axis = -1), axis = -1), axis = -1) + max(mean(sum(y, axis = -1), axis = -1), axis = 0)
+  }}
+}}"
+        );
+        matches_finite_differences(&source, &[], ids());
+    }
+
+    #[test]
+    fn attention_derivatives_match_finite_differences() {
+        let source = format!(
+            "{HEAD}model M(c: C) {{
+  param x: f32[2, 5, 8]
+  param wq: f32[8, 8]
+  param wk: f32[8, 4]
+  param wv: f32[8, 6]
+  forward(keep: i64[B, T]) -> (loss: f32[]) {{
+    q = split_heads(x @ wq, 2)
+    k = split_heads(x @ wk, 1)
+    v = split_heads(x @ wv, 1)
+    slopes = tabulate(2, (h) => 0.5 * float(h + 1))
+    o = attention(q, k, v, mask = (b, h, i, j) => j <= i and keep[b, j] != 0, score = (s, b, h, i, j) => 2.0 * s - slopes[h] * float(i - j))
+    w = tabulate(2, 2, 5, 6, (b, h, i, e) => float(b + 2 * h + i - e) / 4.0)
+    return sum(sum(sum(sum(o * w, axis = -1), axis = -1), axis = -1), axis = -1)
+  }}
+}}"
+        );
+        matches_finite_differences(&source, &[], vec![Tensor::int(vec![2, 5], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0])]);
+    }
+
+    #[test]
+    fn what_has_no_backward_is_reported_where_it_is() {
+        let source = format!(
+            "{HEAD}model M(c: C) {{
+  param x: f32[2, 3]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    y = tabulate(2, 3, (i, j) => x[i, 2 - j])
+    return sum(sum(y, axis = -1), axis = -1)
+  }}
+}}"
+        );
+        let program = crate::load_source("t.model", &source, None).unwrap();
+        let g = crate::check_model(&program, None, &ConfigOverrides::default()).unwrap().graph;
+        let e = derive_grad(&g, "loss").unwrap_err();
+        assert!(e.message.contains("`tabulate` reads"), "{e:?}");
+        assert_eq!((e.loc.line, e.loc.col), (5, 9));
+        let e = derive_grad(&g, "logits").unwrap_err();
+        assert!(e.message.contains("no `logits` output"), "{e:?}");
     }
 }

@@ -37,7 +37,7 @@ impl Tensor {
         }
     }
 
-    fn floats(&self) -> &[f32] {
+    pub fn floats(&self) -> &[f32] {
         match &self.data {
             Data::F32(v) => v,
             Data::Int(_) => panic!("the checker guarantees an f32 operand here"),
