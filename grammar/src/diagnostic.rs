@@ -37,6 +37,13 @@ impl SourceFile {
         (line, col)
     }
 
+    /// The byte offset of a 1-based line and column (in characters), clamped to the text.
+    pub fn offset(&self, line: usize, col: usize) -> usize {
+        let start = self.line_starts.get(line.max(1) - 1).copied().unwrap_or(self.text.len());
+        let rest = &self.text[start..];
+        start + rest.char_indices().nth(col.max(1) - 1).map_or(rest.len(), |(k, _)| k)
+    }
+
     /// The text of a 1-based line, without its newline.
     fn line_text(&self, line: usize) -> &str {
         self.text.split('\n').nth(line - 1).unwrap_or("").trim_end_matches('\r')

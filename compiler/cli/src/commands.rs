@@ -245,12 +245,22 @@ pub fn unified_diff(name: &str, old: &str, new: &str, color: bool) -> String {
 }
 
 /// `lmc emit --stage S FILE[:MODEL]`.
+/// Which function of a model a command compiles: its forward, or one derived from it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Derived {
+    Forward,
+    /// The decode step, with caches for this many positions.
+    Decode(i64),
+    /// The backward pass: the loss and every parameter's gradient.
+    Grad,
+}
+
 pub fn emit(
     stage: Stage,
     spec: &str,
     lanes: Option<i64>,
     device: lmc_codegen::Device,
-    decode: Option<i64>,
+    derived: Derived,
     config: &ConfigSource,
 ) -> Result<(), Failure> {
     if let Stage::Ast = stage {
@@ -260,7 +270,11 @@ pub fn emit(
         print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
         return Ok(());
     }
-    let (graph, _) = decode_step(load_model(spec, &overrides(config, None)?)?, decode)?;
+    let graph = match derived {
+        Derived::Forward => load_model(spec, &overrides(config, None)?)?,
+        Derived::Decode(capacity) => decode_step(load_model(spec, &overrides(config, None)?)?, Some(capacity))?.0,
+        Derived::Grad => lmc_lab::source::load_grad_model(spec, &overrides(config, None)?)?,
+    };
     let mut target = lmc_codegen::Target::for_device(device);
     if let Some(lanes) = lanes {
         target.lanes = lanes;
@@ -345,7 +359,9 @@ pub fn decode_step(
     }
 }
 
-/// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`.
+/// `lmc run FILE[:MODEL] --weights W --inputs IN -o OUT`, and `lmc grad` (`derived`: the
+/// backward pass).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &str,
     weights: &Weights,
@@ -354,6 +370,7 @@ pub fn run(
     library: Option<&Path>,
     device: lmc_codegen::Device,
     config: &ConfigSource,
+    derived: Derived,
 ) -> Result<(), Failure> {
     // What is missing is said before anything is compiled.
     weights.check("--weights")?;
@@ -369,7 +386,15 @@ pub fn run(
         Some(lib) => lmc_runtime::Module::open_library(lib)?,
         None => {
             let checkpoint_dir = checkpoint.filter(|w| w.is_dir());
-            let graph = load_model(spec, &overrides(config, checkpoint_dir)?)?;
+            let mut overrides = overrides(config, checkpoint_dir)?;
+            let graph = if derived == Derived::Grad {
+                lmc_lab::source::load_grad_model(spec, &overrides)?
+            } else {
+                // Inputs the model may be left without (`labels`) are compiled in when given.
+                let file = lmc_runtime::safetensors::SafeTensorsFile::open(inputs)?;
+                overrides.given = lmc_core::Given::Named(file.tensors().map(|t| t.name.clone()).collect());
+                load_model(spec, &overrides)?
+            };
             let started = std::time::Instant::now();
             let jit = std::sync::Arc::new(lmc_codegen::jit_for(&graph, &lmc_codegen::Target::for_device(device))?);
             eprintln!("compiled {} in {:.0} ms", graph.model, started.elapsed().as_secs_f64() * 1e3);

@@ -179,6 +179,10 @@ enum Command {
         /// Print the decode step derived from the forward, with caches for this many positions.
         #[arg(long, value_name = "CAPACITY")]
         decode: Option<i64>,
+        /// Print the backward pass derived from the forward: its loss and every parameter's
+        /// gradient (the graph `lmc grad` runs).
+        #[arg(long, conflicts_with = "decode")]
+        grad: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -223,6 +227,23 @@ enum Command {
         /// Where to run the model (the JIT compiles for it).
         #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
         device: DeviceArg,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// The loss and the gradient of every parameter: derives the backward pass from the
+    /// forward, compiles it in memory and runs it on a batch with `labels`; writes `loss` and
+    /// one gradient per checkpoint tensor, named as in the checkpoint.
+    Grad {
+        /// FILE or FILE:MODEL.
+        model: String,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        /// The batch, as a safetensors file named as the model's inputs, `labels` included.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write `loss` and the gradients (safetensors).
+        #[arg(short, long)]
+        output: PathBuf,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -466,8 +487,16 @@ fn run(cli: Cli) -> ExitCode {
             lanes,
             target,
             decode,
+            grad,
             config,
-        } => commands::emit(stage, &model, lanes, target.device(), decode, &config.source()),
+        } => {
+            let derived = match (decode, grad) {
+                (Some(capacity), _) => commands::Derived::Decode(capacity),
+                (None, true) => commands::Derived::Grad,
+                (None, false) => commands::Derived::Forward,
+            };
+            commands::emit(stage, &model, lanes, target.device(), derived, &config.source())
+        }
         Command::Compile {
             model,
             output,
@@ -494,6 +523,26 @@ fn run(cli: Cli) -> ExitCode {
                 library.as_deref(),
                 device.device(),
                 &config.source(),
+                commands::Derived::Forward,
+            )
+        }
+        Command::Grad {
+            model,
+            weights,
+            inputs,
+            output,
+            config,
+        } => {
+            let weights = Weights::new(weights.weights, weights.seed);
+            commands::run(
+                &model,
+                &weights,
+                &inputs,
+                &output,
+                None,
+                lmc_codegen::Device::Cpu,
+                &config.source(),
+                commands::Derived::Grad,
             )
         }
         Command::Generate {

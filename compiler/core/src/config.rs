@@ -22,7 +22,29 @@ pub struct ConfigOverrides {
     pub strict: bool,
     /// The inputs declared `= absent` that this compile is given (`labels` for a loss): each
     /// becomes an input, and `given(name)` is true in the forward. The others are left out.
-    pub given: Vec<String>,
+    pub given: Given,
+}
+
+/// Which inputs declared `= absent` a compile is given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Given {
+    /// None of them.
+    #[default]
+    None,
+    /// Those named: the inputs a caller passes.
+    Named(Vec<String>),
+    /// All of them: the compile a backward pass is derived from.
+    All,
+}
+
+impl Given {
+    pub fn contains(&self, input: &str) -> bool {
+        match self {
+            Given::Named(names) => names.iter().any(|n| n == input),
+            Given::None => false,
+            Given::All => true,
+        }
+    }
 }
 
 impl ConfigOverrides {

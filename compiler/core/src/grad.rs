@@ -871,7 +871,7 @@ mod tests {
         let program = crate::load_source(file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
         let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
         let mut overrides = ConfigOverrides::default().with_checkpoint_json(&config).unwrap();
-        overrides.given = given.iter().map(|s| s.to_string()).collect();
+        overrides.given = crate::config::Given::Named(given.iter().map(|s| s.to_string()).collect());
         crate::check_model(&program, Some(model), &overrides)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .graph
@@ -921,7 +921,7 @@ mod tests {
     fn matches_finite_differences(source: &str, given: &[&str], inputs: Vec<Tensor>) {
         let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
         let overrides = ConfigOverrides {
-            given: given.iter().map(|s| s.to_string()).collect(),
+            given: crate::config::Given::Named(given.iter().map(|s| s.to_string()).collect()),
             ..Default::default()
         };
         let g = crate::check_model(&program, None, &overrides)

@@ -14,7 +14,7 @@ pub mod suggest;
 pub mod value;
 
 pub use check::{check_model, model_names, CheckError, Checked};
-pub use config::ConfigOverrides;
+pub use config::{ConfigOverrides, Given};
 pub use program::{load_file, load_source, LoadFailure, Program};
 
 use ir::{ConfigValue, Dim, Graph, TensorDecl};

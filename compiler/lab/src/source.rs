@@ -67,12 +67,43 @@ pub fn overrides(args: &ConfigSource, checkpoint_dir: Option<&Path>) -> Result<C
 
 /// Loads the file and checks the selected model or variant; prints diagnostics (and warnings).
 pub fn load_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
+    load_checked(spec, overrides).map(|(_, graph)| graph)
+}
+
+/// Loads a model with every input it may be left without given (`labels`), and derives its
+/// backward pass: the loss and the gradient of every parameter (`lmc_core::grad`). What has no
+/// backward is a diagnostic at its place in the model file.
+pub fn load_grad_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
+    let overrides = ConfigOverrides {
+        given: lmc_core::Given::All,
+        ..overrides.clone()
+    };
+    let (program, forward) = load_checked(spec, &overrides)?;
+    lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {
+        let file = e.loc.file;
+        let offset = program.sources.try_get(file).map_or(0, |s| s.offset(e.loc.line, e.loc.col));
+        let span = lmc_grammar::Span::new(file, offset, offset + 1);
+        let mut d = Diagnostic::error(
+            "E0400",
+            format!("cannot differentiate {}: {}", forward.model, e.message),
+            span,
+            "here",
+        );
+        if !e.help.is_empty() {
+            d = d.with_help(e.help);
+        }
+        print_diagnostics(&[d], &program.sources);
+        Failure::Reported
+    })
+}
+
+fn load_checked(spec: &str, overrides: &ConfigOverrides) -> Result<(Program, lmc_core::ir::Graph), Failure> {
     let (path, name) = split_model_ref(spec);
     let program = load_program(&path)?;
     match lmc_core::check_model(&program, name.as_deref(), overrides) {
         Ok(checked) => {
             print_diagnostics(&checked.warnings, &program.sources);
-            Ok(checked.graph)
+            Ok((program, checked.graph))
         }
         Err(CheckError::Diagnostics(d)) => {
             print_diagnostics(&d, &program.sources);

@@ -55,6 +55,11 @@ impl Emitter<'_> {
                     }
                     let elem_ty = elem(tt.dtype);
                     match tt.dtype {
+                        // A rank-0 value is an SSA scalar already (`Emitter::is_scalar`).
+                        lmc_abi::DType::F32 | lmc_abi::DType::I64 if tt.rank() == 0 => {
+                            l.push(format!("{out}_always = arith.constant true"));
+                            l.push(format!("{out} = arith.select {out}_always, {tensor}, {tensor} : {elem_ty}"));
+                        }
                         lmc_abi::DType::F32 | lmc_abi::DType::I64 => l.push(format!(
                             "{out} = tensor.extract {tensor}[{}] : {}",
                             coords.join(", "),

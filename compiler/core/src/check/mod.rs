@@ -352,7 +352,7 @@ struct Elab<'p> {
     /// How many scan bodies are open: values made inside one are not visible after it.
     scan_depth: usize,
     /// See [`ConfigOverrides::given`].
-    given: Vec<String>,
+    given: crate::config::Given,
 }
 
 impl<'p> Elab<'p> {
@@ -378,7 +378,7 @@ impl<'p> Elab<'p> {
             current_parent: None,
             fns: Vec::new(),
             scan_depth: 0,
-            given: Vec::new(),
+            given: Default::default(),
         }
     }
 

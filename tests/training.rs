@@ -1,0 +1,121 @@
+//! Training: the backward pass derived from the forward, compiled and run (`lmc grad`), against
+//! PyTorch's `loss.backward()` on the fixtures of tests/reference/make_grad_fixtures.py, and the
+//! loss a forward returns when it is given labels (`lmc run`).
+
+use lmc_tests::*;
+
+/// `lmc grad` on a fixture: the loss within 1e-5 and every gradient within 1e-3 of the largest
+/// element of PyTorch's, per tensor; one gradient per checkpoint tensor, named as stored.
+fn grad_matches_torch(spec: &str, fixture: &str) {
+    let dir = format!("tests/fixtures/{fixture}");
+    let out = scratch(&format!("grad_{fixture}")).join("grads.safetensors");
+    let r = lmc(&[
+        "grad",
+        spec,
+        "--weights",
+        &dir,
+        "--inputs",
+        &format!("{dir}/inputs_grad.safetensors"),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
+    let got = read_f32_tensors(&out);
+    let want: Vec<_> = read_f32_tensors(&root().join(&dir).join("expected_grad.safetensors"))
+        .into_iter()
+        .filter(|(n, _, _)| n != "logits")
+        .collect();
+    let stored: Vec<String> = read_f32_tensors(&root().join(&dir).join("model.safetensors"))
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(got.len(), stored.len() + 1, "{spec}: loss and one gradient per stored tensor");
+    for ((gn, gs, gv), (wn, ws, wv)) in got.iter().zip(&want) {
+        assert_eq!((gn, gs), (wn, ws), "{spec}: gradient name and shape");
+        let scale = wv.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let bound = if gn == "loss" { 1e-5 * scale } else { 1e-3 * scale + 1e-6 };
+        let err = max_abs_diff(gv, wv);
+        assert!(err <= bound, "{spec}: {gn}: max |lmc - torch| {err:e} > {bound:e}");
+    }
+}
+
+#[test]
+fn gpt2_gradients_match_torch() {
+    grad_matches_torch("models/gpt2.model:GPT2LMHeadModel", "gpt2_grad");
+}
+
+#[test]
+fn bert_masked_lm_gradients_match_torch() {
+    grad_matches_torch("models/bert.model:BertForMaskedLM", "bert_mlm");
+}
+
+/// Given labels, the forward also returns the loss transformers computes; without them, only
+/// the logits.
+#[test]
+fn run_returns_the_loss_when_given_labels() {
+    let dir = "tests/fixtures/gpt2_grad";
+    let out = scratch("run_loss").join("out.safetensors");
+    let got = run_outputs(
+        "models/gpt2.model:GPT2LMHeadModel",
+        dir,
+        &format!("{dir}/inputs_grad.safetensors"),
+        &out,
+        &[],
+    );
+    let want = read_f32_tensors(&root().join(dir).join("expected_grad.safetensors"));
+    let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["logits", "loss"]);
+    for (name, _, values) in &got {
+        let (_, _, expected) = want.iter().find(|(n, _, _)| n == name).unwrap();
+        assert!(max_abs_diff(values, expected) <= 1e-4, "{name}");
+    }
+    let got = run_outputs(
+        "models/gpt2.model:GPT2LMHeadModel",
+        "tests/fixtures/gpt2_tiny",
+        "tests/fixtures/gpt2_tiny/inputs.safetensors",
+        &out,
+        &[],
+    );
+    assert_eq!(got.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["logits"]);
+}
+
+/// What has no backward yet is a diagnostic at its place in the model file, never a crash.
+#[test]
+fn what_cannot_be_differentiated_is_reported_where_it_is() {
+    let r = lmc(&["emit", "--stage", "ir", "--grad", "models/llama.model:LlamaForCausalLM"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &stderr,
+        &["error[E0400]", "tabulate", "std/nn.model:"],
+    );
+    // A model without a loss says so.
+    lmc_fails(
+        &["emit", "--stage", "ir", "--grad", "models/bert.model:BertModel"],
+        &["no `loss` output"],
+    );
+}
+
+/// `lmc emit --grad` prints the derived graph: the loss, then a gradient per parameter, with
+/// attention's backward from its row statistics.
+#[test]
+fn emit_prints_the_backward_pass() {
+    let r = lmc(&["emit", "--stage", "ir", "--grad", "models/gpt2.model", "--set", "n_layer=1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ir = String::from_utf8_lossy(&r.stdout);
+    check_lines(
+        "gpt2 backward",
+        &ir,
+        &[
+            "input 2 labels: i64[B, T]",
+            "attention_lse",
+            "attention_grad query",
+            "attention_grad key",
+            "attention_grad value",
+            "matmul_tn",
+            "scatter_add",
+            "output loss = ",
+            "output transformer.wte.weight = ",
+        ],
+    );
+}
