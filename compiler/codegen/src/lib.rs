@@ -2,6 +2,8 @@
 //! LLVM. One file per step: `emit_mlir` (IR → MLIR text), `mlir_pipeline` (passes, melior),
 //! `llvm` (translation, ABI glue, JIT and objects), `link` (shared library), `header` (C header).
 
+#[cfg(test)]
+mod backward_tests;
 pub mod emit_mlir;
 pub mod gpu;
 mod header;

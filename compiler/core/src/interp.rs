@@ -492,7 +492,7 @@ impl Run<'_> {
                 let row: usize = shape[1..].iter().product();
                 let rows = shape[0] as i64;
                 let mut out = vec![0.0f32; shape[0] * row];
-                for (i, &id) in ids.iter().enumerate() {
+                for (i, &id) in ids.iter().enumerate().filter(|_| rows > 0) {
                     let r = id.clamp(0, rows - 1) as usize;
                     for d in 0..row {
                         out[r * row + d] += vals.floats()[i * row + d];

@@ -191,16 +191,17 @@ impl Emitter<'_> {
         let rank = xt.rank();
         let mut reduced = xt.clone();
         reduced.dims.remove(axis);
-        // Sum into a zero-filled accumulator.
+        // Combine into an accumulator filled with the combination's identity.
         let e = self.empty(&reduced);
-        let zero = self.fresh();
-        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        let identity = self.fresh();
+        self.line(&format!("{identity} = arith.constant {} : f32", reduce_identity(op)));
         let filled = self.fresh();
         self.line(&format!(
-            "{filled} = linalg.fill ins({zero} : f32) outs({e} : {}) -> {}",
+            "{filled} = linalg.fill ins({identity} : f32) outs({e} : {}) -> {}",
             tensor_ty(&reduced),
             tensor_ty(&reduced)
         ));
+        let combine = reduce_combine(op);
         let out_dims: Vec<String> = (0..rank).filter(|&i| i != axis).map(|i| format!("d{i}")).collect();
         let iters: Vec<&str> = (0..rank)
             .map(|i| if i == axis { "\"reduction\"" } else { "\"parallel\"" })
@@ -221,7 +222,7 @@ impl Emitter<'_> {
                 ty: &tensor_ty(&reduced),
                 arg: "%acc: f32",
             };
-            let tail = [format!("%r = arith.addf {value}, %acc : f32"), "linalg.yield %r : f32".to_string()];
+            let tail = [format!("%r = {combine} {value}, %acc : f32"), "linalg.yield %r : f32".to_string()];
             self.emit_fused_generic(&fused, &out, &tail, loc);
             return self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
         }
@@ -237,7 +238,7 @@ impl Emitter<'_> {
             tensor_ty(&reduced)
         ));
         self.line("^bb0(%a: f32, %acc: f32):");
-        self.line("  %r = arith.addf %a, %acc : f32");
+        self.line(&format!("  %r = {combine} %a, %acc : f32"));
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {} {loc}", tensor_ty(&reduced)));
         self.finish_reduce(id, op, &xt, axis, keepdim, sum, loc);
@@ -252,11 +253,11 @@ impl Emitter<'_> {
         let xt = self.ty(x);
         let rank = ty.rank();
         let e = self.empty(&ty);
-        let zero = self.fresh();
-        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        let identity = self.fresh();
+        self.line(&format!("{identity} = arith.constant {} : f32", reduce_identity(op)));
         let filled = self.fresh();
         let t = tensor_ty(&ty);
-        self.line(&format!("{filled} = linalg.fill ins({zero} : f32) outs({e} : {t}) -> {t}"));
+        self.line(&format!("{filled} = linalg.fill ins({identity} : f32) outs({e} : {t}) -> {t}"));
         let mut fused = FusedBody {
             rank: rank + 1,
             ..FusedBody::default()
@@ -275,10 +276,12 @@ impl Emitter<'_> {
             ty: &t,
             arg: "%acc: f32",
         };
-        let tail = [
-            format!("%r = arith.addf {value}, %acc fastmath<reassoc> : f32"),
-            "linalg.yield %r : f32".to_string(),
-        ];
+        // A sum's `reassoc` lets LLVM vectorise it; a maximum is exact in any order anyway.
+        let combined = match op {
+            ReduceOp::Sum | ReduceOp::Mean => format!("%r = arith.addf {value}, %acc fastmath<reassoc> : f32"),
+            ReduceOp::Max => format!("%r = arith.maximumf {value}, %acc : f32"),
+        };
+        let tail = [combined, "linalg.yield %r : f32".to_string()];
         self.emit_fused_generic(&fused, &out, &tail, loc);
         if op == ReduceOp::Mean {
             let n = self.axis_length(xt.dims[rank - 1]);
@@ -319,7 +322,7 @@ impl Emitter<'_> {
         n
     }
 
-    /// The rest of a reduction of `xt` whose sum is `sum`: the division of a mean, and the
+    /// The rest of a reduction of `xt` whose combined value is `sum`: the division of a mean, and the
     /// result's shape.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_reduce(&mut self, id: ValueId, op: ReduceOp, xt: &TensorType, axis: usize, keepdim: bool, sum: String, loc: &str) {
@@ -365,5 +368,21 @@ impl Emitter<'_> {
                 tensor_ty(&ty)
             ));
         }
+    }
+}
+
+/// The value a reduction's accumulator starts from: 0 for a sum (or mean), `-inf` for a maximum.
+pub(super) fn reduce_identity(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => "0.0",
+        ReduceOp::Max => "0xFF800000",
+    }
+}
+
+/// The `arith` op that adds one element to a reduction's accumulator.
+pub(super) fn reduce_combine(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => "arith.addf",
+        ReduceOp::Max => "arith.maximumf",
     }
 }

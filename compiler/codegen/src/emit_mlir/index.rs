@@ -231,3 +231,249 @@ impl Emitter<'_> {
         });
     }
 }
+
+/// How many columns of a `scatter_add`'s rows one thread adds up (the blocks of columns are
+/// what its `scf.forall` shares out: no two threads add into the same element).
+const SCATTER_COLUMNS: i64 = 64;
+
+/// A product of sizes known only at run time (printed `?`; its value is read with
+/// `tensor.dim`): not one of the graph's symbols.
+const FLATTENED: lmc_core::ir::SymbolId = lmc_core::ir::SymbolId(u32::MAX - 2);
+
+/// `t` seen as `[prod(dims[..split]), prod(dims[split..])]` (or one axis when `split` is 0 or
+/// the rank): a product of sizes is static when all of them are.
+pub(super) fn flattened(t: &TensorType, split: usize) -> TensorType {
+    let product = |dims: &[Dim]| {
+        dims.iter().try_fold(1i64, |acc, d| match d {
+            Dim::Static(n) => Some(acc * n),
+            Dim::Symbol(_) => None,
+        })
+    };
+    let mut dims = Vec::new();
+    for part in [&t.dims[..split], &t.dims[split..]] {
+        if !part.is_empty() {
+            dims.push(product(part).map_or(Dim::Symbol(FLATTENED), Dim::Static));
+        }
+    }
+    TensorType::new(t.dtype, dims)
+}
+
+impl Emitter<'_> {
+    /// `x` (of type `t`) collapsed to `[prod(t[..split]), prod(t[split..])]` (one axis when a
+    /// part is empty; a rank-0 `x` becomes `[1]`). Collapsing a contiguous tensor is free.
+    pub(super) fn collapsed(&mut self, x: &str, t: &TensorType, split: usize) -> (String, String) {
+        if t.rank() == 0 {
+            let ty = format!("tensor<1x{}>", elem(t.dtype));
+            let name = self.fresh();
+            self.line(&format!(
+                "{name} = tensor.expand_shape {x} [] output_shape [1] : {} into {ty}",
+                tensor_ty(t)
+            ));
+            return (name, ty);
+        }
+        let flat = flattened(t, split);
+        let groups: Vec<Vec<usize>> = [(0..split).collect::<Vec<_>>(), (split..t.rank()).collect()]
+            .into_iter()
+            .filter(|g| !g.is_empty())
+            .collect();
+        let ty = tensor_ty(&flat);
+        if groups.iter().all(|g| g.len() == 1) {
+            return (x.to_string(), ty);
+        }
+        let reassociation: Vec<String> = groups
+            .iter()
+            .map(|g| format!("[{}]", g.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")))
+            .collect();
+        let name = self.fresh();
+        self.line(&format!(
+            "{name} = tensor.collapse_shape {x} [{}] : {} into {ty}",
+            reassociation.join(", "),
+            tensor_ty(t)
+        ));
+        (name, ty)
+    }
+
+    /// `scatter_add indices, values, rows`: the values' rows `[n, width]` (indices and the
+    /// value's trailing axes each flattened) added into a zero-filled `[rows, width]`, position
+    /// by position in order (rows may repeat), each index clamped into `0..rows` as a gather
+    /// clamps it. Threads take blocks of columns, so none adds into another's elements. A GPU
+    /// gets one loop nest over the result, each element summing the positions whose index
+    /// is its row.
+    pub(super) fn emit_scatter_add(&mut self, id: ValueId, [indices, values]: [ValueId; 2], loc: &str) {
+        let g = self.g;
+        let (it, vt, ty) = (g.ty(indices).clone(), g.ty(values).clone(), g.ty(id).clone());
+        let k = it.rank();
+        let values_name = self.contiguous(&self.name(values));
+        let indices_name = self.contiguous(&self.name(indices));
+        let (ix, ix_t) = self.collapsed(&indices_name, &it, k);
+        // Values `[n, width]`: rank-0 indices stand for one position.
+        let (vals, vals_t) = if k == 0 {
+            let mut one = vt.clone();
+            one.dims.insert(0, Dim::Static(1));
+            let name = self.fresh();
+            let groups: Vec<String> = (0..vt.rank())
+                .map(|a| if a == 0 { "[0, 1]".to_string() } else { format!("[{}]", a + 1) })
+                .collect();
+            let sizes: Vec<String> = one.dims.iter().map(|d| dim_size(*d)).collect();
+            self.line(&format!(
+                "{name} = tensor.expand_shape {values_name} [{}] output_shape [{}] : {} into {}",
+                groups.join(", "),
+                sizes.join(", "),
+                tensor_ty(&vt),
+                tensor_ty(&one)
+            ));
+            self.collapsed(&name, &one, 1)
+        } else {
+            self.collapsed(&values_name, &vt, k)
+        };
+        let flat = flattened(&ty, 1);
+        let flat_t = tensor_ty(&flat);
+        let p = self.fresh();
+        self.line(&format!("{p}_c0 = arith.constant 0 : index"));
+        self.line(&format!("{p}_c1 = arith.constant 1 : index"));
+        self.line(&format!("{p}_zero = arith.constant 0.0 : f32"));
+        let rows = self.dim_value(ty.dims[0]);
+        self.line(&format!("{p}_width = tensor.dim {vals}, {p}_c1 : {vals_t}"));
+        let mut sizes = Vec::new();
+        if let Dim::Symbol(_) = ty.dims[0] {
+            sizes.push(rows.clone());
+        }
+        if let Dim::Symbol(_) = flat.dims[1] {
+            sizes.push(format!("{p}_width"));
+        }
+        self.line(&format!("{p}_empty = tensor.empty({}) : {flat_t}", sizes.join(", ")));
+        self.line(&format!(
+            "{p}_zeros = linalg.fill ins({p}_zero : f32) outs({p}_empty : {flat_t}) -> {flat_t}"
+        ));
+        let sums = format!("{p}_sums");
+        if self.target.is_gpu() {
+            self.scatter_loops(&p, &sums, (&ix, &ix_t), (&vals, &vals_t), &flat_t, &rows, loc);
+        } else {
+            self.scatter_blocks(&p, &sums, (&ix, &ix_t), (&vals, &vals_t), &flat_t, &rows, loc);
+        }
+        let out = v(id);
+        if ty.rank() == 2 {
+            self.line(&format!("{out} = tensor.cast {sums} : {flat_t} to {} {loc}", tensor_ty(&ty)));
+            return;
+        }
+        let groups: Vec<String> = std::iter::once("[0]".to_string())
+            .chain(std::iter::once(format!(
+                "[{}]",
+                (1..ty.rank()).map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            )))
+            .collect();
+        let out_sizes: Vec<String> = ty.dims.iter().map(|d| dim_size(*d)).collect();
+        self.line(&format!(
+            "{out} = tensor.expand_shape {sums} [{}] output_shape [{}] : {flat_t} into {} {loc}",
+            groups.join(", "),
+            out_sizes.join(", "),
+            tensor_ty(&ty)
+        ));
+    }
+}
+
+impl Emitter<'_> {
+    /// A CPU's `scatter_add` into `{p}_zeros` (`[rows, width]`), named `sums`: an `scf.forall`
+    /// over blocks of [`SCATTER_COLUMNS`] columns, each adding every position's row, in order,
+    /// into its block.
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_blocks(
+        &mut self,
+        p: &str,
+        sums: &str,
+        (ix, ix_t): (&str, &str),
+        (vals, vals_t): (&str, &str),
+        flat_t: &str,
+        rows: &str,
+        loc: &str,
+    ) {
+        self.line(&format!("{p}_n = tensor.dim {ix}, {p}_c0 : {ix_t}"));
+        // No rows: nothing to add into (a clamped index would still point outside).
+        self.line(&format!("{p}_norows = arith.cmpi eq, {rows}, {p}_c0 : index"));
+        self.line(&format!("{p}_count = arith.select {p}_norows, {p}_c0, {p}_n : index"));
+        self.line(&format!("{p}_last = arith.subi {rows}, {p}_c1 : index"));
+        self.line(&format!("{p}_bw = arith.constant {SCATTER_COLUMNS} : index"));
+        self.line(&format!("{p}_blocks = arith.ceildivui {p}_width, {p}_bw : index"));
+        self.line(&format!(
+            "{sums} = scf.forall ({p}_blk) in ({p}_blocks) shared_outs({p}_out = {p}_zeros) -> ({flat_t}) {{"
+        ));
+        let block_t = "tensor<?x?xf32>";
+        let row_t = "tensor<?xf32>";
+        self.line(&format!("  {p}_lo = arith.muli {p}_blk, {p}_bw : index"));
+        self.line(&format!("  {p}_left = arith.subi {p}_width, {p}_lo : index"));
+        self.line(&format!("  {p}_w = arith.minui {p}_left, {p}_bw : index"));
+        let at = format!("[0, {p}_lo] [{rows}, {p}_w] [1, 1]");
+        self.line(&format!("  {p}_block = tensor.extract_slice {p}_out{at} : {flat_t} to {block_t}"));
+        self.line(&format!(
+            "  {p}_added = scf.for {p}_i = {p}_c0 to {p}_count step {p}_c1 iter_args({p}_acc = {p}_block) -> ({block_t}) {{"
+        ));
+        self.line(&format!("    {p}_idx = tensor.extract {ix}[{p}_i] : {ix_t}"));
+        self.line(&format!("    {p}_ii = arith.index_cast {p}_idx : i64 to index"));
+        // Clamp, as a gather does: no index writes out of bounds.
+        self.line(&format!("    {p}_hi = arith.minsi {p}_ii, {p}_last : index"));
+        self.line(&format!("    {p}_row = arith.maxsi {p}_hi, {p}_c0 : index"));
+        let row_at = format!("[{p}_row, 0] [1, {p}_w] [1, 1]");
+        self.line(&format!(
+            "    {p}_dst = tensor.extract_slice {p}_acc{row_at} : {block_t} to {row_t}"
+        ));
+        self.line(&format!(
+            "    {p}_src = tensor.extract_slice {vals}[{p}_i, {p}_lo] [1, {p}_w] [1, 1] : {vals_t} to {row_t}"
+        ));
+        let map = "affine_map<(d0) -> (d0)>";
+        self.line(&format!(
+            "    {p}_sum = linalg.generic {{indexing_maps = [{map}, {map}], iterator_types = [\"parallel\"]}} ins({p}_src : {row_t}) outs({p}_dst : {row_t}) {{"
+        ));
+        self.line("    ^bb0(%a: f32, %o: f32):");
+        self.line("      %r = arith.addf %o, %a : f32");
+        self.line("      linalg.yield %r : f32");
+        self.line(&format!("    }} -> {row_t} {loc}"));
+        self.line(&format!(
+            "    {p}_put = tensor.insert_slice {p}_sum into {p}_acc{row_at} : {row_t} into {block_t}"
+        ));
+        self.line(&format!("    scf.yield {p}_put : {block_t}"));
+        self.line("  }");
+        self.line("  scf.forall.in_parallel {");
+        self.line(&format!(
+            "    tensor.parallel_insert_slice {p}_added into {p}_out{at} : {block_t} into {flat_t}"
+        ));
+        self.line("  }");
+        self.line(&format!("}} {loc}"));
+    }
+
+    /// A GPU's `scatter_add` into `{p}_zeros`, named `sums`: one loop nest over the result's
+    /// elements (a thread each), each summing, in order, the positions whose clamped index is
+    /// its row. Every thread reads every index: the work grows with rows × positions, the
+    /// price of needing no atomic adds.
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_loops(
+        &mut self,
+        p: &str,
+        sums: &str,
+        (ix, ix_t): (&str, &str),
+        (vals, vals_t): (&str, &str),
+        flat_t: &str,
+        rows: &str,
+        loc: &str,
+    ) {
+        self.line(&format!("{p}_last = arith.subi {rows}, {p}_c1 : index"));
+        let maps = [
+            "affine_map<(d0, d1, d2) -> (d2)>",
+            "affine_map<(d0, d1, d2) -> (d2, d1)>",
+            "affine_map<(d0, d1, d2) -> (d0, d1)>",
+        ];
+        self.line(&format!(
+            "{sums} = linalg.generic {{indexing_maps = [{}], iterator_types = [\"parallel\", \"parallel\", \"reduction\"]}} ins({ix}, {vals} : {ix_t}, {vals_t}) outs({p}_zeros : {flat_t}) {{",
+            maps.join(", ")
+        ));
+        self.line("^bb0(%idx: i64, %a: f32, %acc: f32):");
+        self.line("  %ii = arith.index_cast %idx : i64 to index");
+        self.line(&format!("  %hi = arith.minsi %ii, {p}_last : index"));
+        self.line(&format!("  %row = arith.maxsi %hi, {p}_c0 : index"));
+        self.line("  %r = linalg.index 0 : index");
+        self.line("  %mine = arith.cmpi eq, %row, %r : index");
+        self.line("  %sum = arith.addf %acc, %a : f32");
+        self.line("  %res = arith.select %mine, %sum, %acc : f32");
+        self.line("  linalg.yield %res : f32");
+        self.line(&format!("}} -> {flat_t} {loc}"));
+    }
+}

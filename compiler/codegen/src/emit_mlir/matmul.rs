@@ -244,8 +244,9 @@ impl Emitter<'_> {
             return;
         }
         let key = format!(
-            "{:?} {} {} {} {} {:?}",
+            "{:?} {} {} {} {} {} {:?}",
             mm.layout,
+            mm.x_transposed,
             tensor_ty(&mm.x),
             tensor_ty(&mm.rhs),
             tensor_ty(&mm.out),

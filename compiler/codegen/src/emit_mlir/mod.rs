@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 
 mod approx;
 mod attention;
+mod attention_grad;
 mod elementwise;
 mod fuse;
 mod index;
@@ -467,6 +468,12 @@ impl Emitter<'_> {
                 self.emit_transpose(Some(&out), &x, &xt, &loc);
             }
             Op::MatMul { lhs, rhs } => self.emit_matmul(id, (*lhs, *rhs), None, &loc),
+            Op::MatMulTN { lhs, rhs } => self.emit_matmul_tn(id, (*lhs, *rhs), &loc),
+            Op::ScatterAdd { indices, values, .. } => self.emit_scatter_add(id, [*indices, *values], &loc),
+            Op::AttentionLse { q, k, scale, mask, score } => {
+                self.emit_attention_lse(id, [*q, *k], *scale, (mask.as_ref(), score.as_ref()), &loc)
+            }
+            Op::AttentionGrad(a) => self.emit_attention_grad(id, a, &loc),
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
             Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
@@ -533,6 +540,53 @@ impl Emitter<'_> {
         };
         let bias = bias.map(v);
         self.emit_matmul_call(&v(id), [&v(lhs), &v(rhs)], bias.as_deref(), &mm, loc);
+    }
+
+    /// `id = Σ_{p, m} lhs[p, m, :]ᵀ rhs[p, m, :]` (`[K, N]`): both operands' leading axes
+    /// collapsed into one, `[M, K]` and `[M, N]` (free for contiguous tensors). On a CPU the
+    /// left operand is transposed into `[K, M]` first, one pass over it, and the broadcast-tile
+    /// kernel of `x @ b` runs on it: reading it in place, transposed, one element per row and
+    /// step a row of `[M, K]` apart, ran at half the speed (4096 × 768 by 768: 89 ms against
+    /// 45 ms). A GPU's loop nest and a scan step's inlined loops read it transposed in place.
+    fn emit_matmul_tn(&mut self, id: ValueId, (lhs, rhs): (ValueId, ValueId), loc: &str) {
+        let g = self.g;
+        let (at, bt) = (g.ty(lhs).clone(), g.ty(rhs).clone());
+        let (a, b) = (self.contiguous(&v(lhs)), self.contiguous(&v(rhs)));
+        let (a, a_t) = self.collapsed(&a, &at, at.rank() - 1);
+        let (b, _) = self.collapsed(&b, &bt, bt.rank() - 1);
+        let matrix = |t: &TensorType| index::flattened(t, t.rank() - 1);
+        let (x, x_ty, x_transposed) = if self.target.is_gpu() || self.mode.in_scan_body {
+            (a, matrix(&at), true)
+        } else {
+            let flat = matrix(&at);
+            let mut ty = flat.clone();
+            ty.dims.swap(0, 1);
+            let (rows, c0) = (self.fresh(), self.fresh());
+            self.line(&format!("{c0} = arith.constant 0 : index"));
+            self.line(&format!("{rows} = tensor.dim {a}, {c0} : {a_t}"));
+            let dynamic = if matches!(flat.dims[0], Dim::Static(_)) {
+                String::new()
+            } else {
+                rows
+            };
+            let (empty, transposed) = (self.fresh(), self.fresh());
+            let t = tensor_ty(&ty);
+            self.line(&format!("{empty} = tensor.empty({dynamic}) : {t}"));
+            self.line(&format!(
+                "{transposed} = linalg.transpose ins({a} : {a_t}) outs({empty} : {t}) permutation = [1, 0] {loc}"
+            ));
+            (transposed, ty, false)
+        };
+        let mm = matmul::MatMul {
+            layout: matmul::RhsLayout::RowMajor,
+            x: x_ty,
+            rhs: matrix(&bt),
+            out: g.ty(id).clone(),
+            group: 1,
+            x_transposed,
+            bias: None,
+        };
+        self.emit_matmul_call(&v(id), [&x, &b], None, &mm, loc);
     }
 }
 

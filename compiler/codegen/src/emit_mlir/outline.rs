@@ -218,8 +218,9 @@ pub(super) fn strip_locations(text: &str) -> String {
 impl Emitter<'_> {
     /// Whether a node of the function body becomes a call to a function of its own: every
     /// op that is a loop nest. Not views (slices), transposes that a matmul reads through,
-    /// matmuls (already calls), scalars, scans (their bodies use the enclosing function's
-    /// values) or the function's arguments.
+    /// matmuls and `matmul_tn` (already calls), `scatter_add` (a loop over positions into a
+    /// zero-filled result, which a function would copy into its destination), scalars, scans
+    /// (their bodies use the enclosing function's values) or the function's arguments.
     pub(super) fn outlinable(&self, id: ValueId) -> bool {
         let node = self.g.node(id);
         node.ty.rank() > 0
@@ -234,6 +235,8 @@ impl Emitter<'_> {
                     | Op::SplitHeads { .. }
                     | Op::MergeHeads { .. }
                     | Op::Attention { .. }
+                    | Op::AttentionLse { .. }
+                    | Op::AttentionGrad(_)
                     | Op::Arange(_)
             )
     }
@@ -246,9 +249,13 @@ impl Emitter<'_> {
     pub(super) fn emit_outlined(&mut self, id: ValueId) {
         let first_tmp = self.tmp;
         let text = self.emitted_apart(|e| e.emit_node(id));
-        // An attention is already a parallel loop over its blocks of rows; on a GPU every loop
-        // nest is parallel already.
-        let text = if matches!(self.g.node(id).op, Op::Attention { .. }) || self.target.is_gpu() {
+        // An attention (forward or backward) is already a parallel loop over its blocks of
+        // rows; on a GPU every loop nest is parallel already.
+        let attention = matches!(
+            self.g.node(id).op,
+            Op::Attention { .. } | Op::AttentionLse { .. } | Op::AttentionGrad(_)
+        );
+        let text = if attention || self.target.is_gpu() {
             text
         } else {
             mark_row_parallel(&text, &mut self.row_tile_sizes)
