@@ -55,8 +55,9 @@ impl Emitter<'_> {
                     }
                     let elem_ty = elem(tt.dtype);
                     match tt.dtype {
-                        // A rank-0 value is an SSA scalar already (`Emitter::is_scalar`).
-                        lmc_abi::DType::F32 | lmc_abi::DType::I64 if tt.rank() == 0 => {
+                        // A rank-0 f32 value is an SSA scalar already (`Emitter::is_scalar`, and
+                        // outlined functions take it as `f32`); a rank-0 integer is a tensor.
+                        lmc_abi::DType::F32 if tt.rank() == 0 => {
                             l.push(format!("{out}_always = arith.constant true"));
                             l.push(format!("{out} = arith.select {out}_always, {tensor}, {tensor} : {elem_ty}"));
                         }
