@@ -378,6 +378,7 @@ pub fn run(
     if let Some(lib) = library {
         lmc_lab::check_input_file("--library", lib)?;
     }
+    let input_file = lmc_runtime::safetensors::SafeTensorsFile::open(inputs)?;
     let (checkpoint, seed) = match weights {
         Weights::Checkpoint(p) => (Some(p.as_path()), None),
         Weights::Random(s) => (None, Some(*s)),
@@ -391,8 +392,7 @@ pub fn run(
                 lmc_lab::source::load_grad_model(spec, &overrides)?
             } else {
                 // Inputs the model may be left without (`labels`) are compiled in when given.
-                let file = lmc_runtime::safetensors::SafeTensorsFile::open(inputs)?;
-                overrides.given = lmc_core::Given::Named(file.tensors().map(|t| t.name.clone()).collect());
+                overrides.given = lmc_core::Given::Named(input_file.tensors().map(|t| t.name.clone()).collect());
                 load_model(spec, &overrides)?
             };
             let started = std::time::Instant::now();
@@ -435,10 +435,9 @@ pub fn run(
             unused[0]
         );
     }
-    let file = lmc_runtime::safetensors::SafeTensorsFile::open(inputs)?;
     let mut host = Vec::new();
-    for info in file.tensors() {
-        host.push(file.get(&info.name).expect("listed tensor exists").to_host()?);
+    for info in input_file.tensors() {
+        host.push(input_file.get(&info.name).expect("listed tensor exists").to_host()?);
     }
     let started = std::time::Instant::now();
     let outputs = model.run(&host)?;

@@ -12,11 +12,12 @@
 use crate::ir::*;
 use lmc_abi::DType;
 
-/// Why a graph cannot be differentiated: a message and the source location of the op.
+/// Why a graph cannot be differentiated: a message, and the source location of the op that has
+/// no backward (none for what concerns the whole model, such as a missing loss).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GradError {
     pub message: String,
-    pub loc: Loc,
+    pub loc: Option<Loc>,
     pub help: String,
 }
 
@@ -25,7 +26,7 @@ pub struct GradError {
 pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
     let no_loc = |message: String, help: &str| GradError {
         message,
-        loc: Loc::default(),
+        loc: None,
         help: help.to_string(),
     };
     let Some((decl, loss_id)) = g.outputs.iter().find(|(d, _)| d.name == loss) else {
@@ -51,7 +52,6 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
         },
         needs: std::rc::Rc::new(needs_grad(g)),
         adjoint: vec![None; g.nodes.len()],
-        param_grads: vec![None; g.params.len()],
         loc: Loc::default(),
     };
     let seed = d.push(Op::Constant(1.0));
@@ -65,8 +65,18 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
         d.backward(i, adj)?;
     }
     d.out.outputs.push((decl.clone(), *loss_id));
+    // A parameter read in several places (a tied one) sums the gradients of its reads.
+    let mut param_grads: Vec<Option<ValueId>> = vec![None; g.params.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        if let (Op::Param(k), Some(grad)) = (&node.op, d.adjoint[i]) {
+            param_grads[*k] = Some(match param_grads[*k] {
+                Some(prev) => d.binary(BinaryOp::Add, prev, grad),
+                None => grad,
+            });
+        }
+    }
     for (k, p) in g.params.iter().enumerate() {
-        let grad = match d.param_grads[k] {
+        let grad = match param_grads[k] {
             Some(v) => v,
             None => {
                 // A parameter the loss does not read: its gradient is zero.
@@ -112,7 +122,6 @@ struct Deriv<'g> {
     needs: std::rc::Rc<Vec<bool>>,
     /// Per forward node, the sum so far of the gradients its users pass back.
     adjoint: Vec<Option<ValueId>>,
-    param_grads: Vec<Option<ValueId>>,
     /// The forward op being differentiated: where its backward nodes come from.
     loc: Loc,
 }
@@ -222,10 +231,16 @@ impl Deriv<'_> {
         self.push_typed(Op::Tabulate { f }, TensorType::new(DType::F32, dims))
     }
 
+    /// Where forward value `v` was made, as `file:line:col`.
+    fn place(&self, v: ValueId) -> String {
+        let loc = self.fwd.node(v).loc;
+        format!("{}:{}:{}", self.fwd.files[loc.file as usize], loc.line, loc.col)
+    }
+
     fn fail<T>(&self, message: String, help: &str) -> Result<T, GradError> {
         Err(GradError {
             message,
-            loc: self.loc,
+            loc: Some(self.loc),
             help: help.to_string(),
         })
     }
@@ -236,16 +251,6 @@ impl Deriv<'_> {
         if !self.needs[i] {
             return;
         }
-        let grad = if let Op::Param(k) = self.fwd.nodes[i].op {
-            let sum = match self.param_grads[k] {
-                Some(prev) => self.binary(BinaryOp::Add, prev, grad),
-                None => grad,
-            };
-            self.param_grads[k] = Some(sum);
-            return;
-        } else {
-            grad
-        };
         self.adjoint[i] = Some(match self.adjoint[i] {
             Some(prev) => self.binary(BinaryOp::Add, prev, grad),
             None => grad,
@@ -283,8 +288,7 @@ impl Deriv<'_> {
         let flags = std::rc::Rc::clone(&self.needs);
         let needs = |v: &ValueId| flags[v.0 as usize];
         match &node.op {
-            Op::Param(_) => unreachable!("parameters receive gradients in `accumulate`"),
-            Op::Input(_) | Op::Constant(_) | Op::Arange(_) | Op::ToFloat { .. } => {}
+            Op::Param(_) | Op::Input(_) | Op::Constant(_) | Op::Arange(_) | Op::ToFloat { .. } => {}
             Op::Binary { op, lhs, rhs } => {
                 let (a, b) = (*lhs, *rhs);
                 let (ga, gb): (Option<ValueId>, Option<ValueId>) = match op {
@@ -358,14 +362,8 @@ impl Deriv<'_> {
                 let xt = fwd.ty(*x).clone();
                 let mut f = ScalarBuilder::new(xt.rank());
                 let indices: Vec<usize> = (0..xt.rank())
-                    .filter_map(|k| match (k == *axis, keepdim) {
-                        (false, _) => Some(k),
-                        (true, true) => Some(usize::MAX),
-                        (true, false) => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .map(|k| if k == usize::MAX { f.int(0) } else { k })
+                    .filter(|k| k != axis || *keepdim)
+                    .map(|k| if k == *axis { f.int(0) } else { k })
                     .collect();
                 let gv = f.load(g, indices.clone());
                 let r = match op {
@@ -392,7 +390,7 @@ impl Deriv<'_> {
                         let mut m = ScalarBuilder::new(xt.rank());
                         let xv = m.load(*x, (0..xt.rank()).collect());
                         let reduced: Vec<usize> = (0..xt.rank())
-                            .filter(|k| *k != *axis || *keepdim)
+                            .filter(|k| k != axis || *keepdim)
                             .map(|k| if k == *axis { m.int(0) } else { k })
                             .collect();
                         let top = m.load(this, reduced);
@@ -481,11 +479,11 @@ impl Deriv<'_> {
                     if let Some(t) = f.tensors().into_iter().find(|t| needs(t)) {
                         return self.fail(
                             format!(
-                                "this attention's mask or score function reads %{}, which depends on parameters; \
-                                 differentiating through an index function's reads is not supported yet",
-                                t.0
+                                "this attention's mask or score function reads a value that depends on parameters \
+                                 (made at {}); differentiating through an index function's reads is not supported yet",
+                                self.place(t)
                             ),
-                            "a score bias learned as a parameter (T5's relative positions) has no backward yet",
+                            "a score bias computed from parameters has no backward yet",
                         );
                     }
                 }
@@ -534,18 +532,18 @@ impl Deriv<'_> {
                 if let Some(t) = f.tensors().into_iter().find(|t| needs(t)) {
                     return self.fail(
                         format!(
-                            "this `tabulate` reads %{}, which depends on parameters; differentiating \
-                             through an index function's reads is not supported yet",
-                            t.0
+                            "this `tabulate` reads a value that depends on parameters (made at {}); \
+                             differentiating through an index function's reads is not supported yet",
+                            self.place(t)
                         ),
-                        "rotary embeddings and token shifts written with `tabulate` have no backward yet",
+                        "a `tabulate` that rearranges a parameter-dependent tensor (a rotation, a shift) has no backward yet",
                     );
                 }
             }
             Op::Scan(_) | Op::ScanArg(_) | Op::ScanResult { .. } => {
                 return self.fail(
                     "a `scan` cannot be differentiated yet".into(),
-                    "recurrent models (RWKV, Mamba, LSTM) have no backward pass yet",
+                    "a recurrence has no backward pass yet",
                 )
             }
             Op::Carry(_) | Op::WriteRows { .. } | Op::WriteRing { .. } => {
@@ -839,31 +837,18 @@ mod tests {
 
     /// The f32 and i64 tensors of a safetensors file, by name.
     fn read(path: &Path) -> HashMap<String, Tensor> {
-        let bytes = std::fs::read(path).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        let data = &bytes[8 + n..];
-        let mut out = HashMap::new();
-        for (name, info) in header.as_object().unwrap() {
-            if name == "__metadata__" {
-                continue;
-            }
-            let shape: Vec<usize> = info["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            let [a, b] = [0, 1].map(|k| info["data_offsets"][k].as_u64().unwrap() as usize);
-            let raw = &data[a..b];
-            let t = match info["dtype"].as_str().unwrap() {
-                "F32" => Tensor::f32(shape, raw.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-                "I64" => Tensor::int(shape, raw.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-                other => panic!("{name}: {other}"),
-            };
-            out.insert(name.clone(), t);
-        }
-        out
+        let file = lmc_runtime::SafeTensorsFile::open(path).unwrap_or_else(|e| panic!("{e}"));
+        file.tensors()
+            .map(|info| {
+                let t = file.get(&info.name).unwrap().to_host().unwrap();
+                let tensor = match (t.as_f32(), t.as_i64()) {
+                    (Some(v), _) => Tensor::f32(t.shape.clone(), v.to_vec()),
+                    (_, Some(v)) => Tensor::int(t.shape.clone(), v.to_vec()),
+                    _ => panic!("{}: neither f32 nor i64", info.name),
+                };
+                (info.name.clone(), tensor)
+            })
+            .collect()
     }
 
     fn checked(file: &str, model: &str, fixture: &Path, given: &[&str]) -> Graph {
@@ -1076,8 +1061,8 @@ mod tests {
         let g = crate::check_model(&program, None, &ConfigOverrides::default()).unwrap().graph;
         let e = derive_grad(&g, "loss").unwrap_err();
         assert!(e.message.contains("`tabulate` reads"), "{e:?}");
-        assert_eq!((e.loc.line, e.loc.col), (5, 9));
+        assert_eq!(e.loc.map(|l| (l.line, l.col)), Some((5, 9)));
         let e = derive_grad(&g, "logits").unwrap_err();
-        assert!(e.message.contains("no `logits` output"), "{e:?}");
+        assert!(e.message.contains("no `logits` output") && e.loc.is_none(), "{e:?}");
     }
 }

@@ -80,15 +80,18 @@ pub fn load_grad_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_co
     };
     let (program, forward) = load_checked(spec, &overrides)?;
     lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {
-        let file = e.loc.file;
-        let offset = program.sources.try_get(file).map_or(0, |s| s.offset(e.loc.line, e.loc.col));
-        let span = lmc_grammar::Span::new(file, offset, offset + 1);
-        let mut d = Diagnostic::error(
-            "E0400",
-            format!("cannot differentiate {}: {}", forward.model, e.message),
-            span,
-            "here",
-        );
+        let message = format!("cannot differentiate {}: {}", forward.model, e.message);
+        let Some(loc) = e.loc else {
+            let help = if e.help.is_empty() {
+                String::new()
+            } else {
+                format!("\nhelp: {}", e.help)
+            };
+            return Failure::Message(format!("{message}{help}"));
+        };
+        let offset = program.sources.try_get(loc.file).map_or(0, |s| s.offset(loc.line, loc.col));
+        let span = lmc_grammar::Span::new(loc.file, offset, offset + 1);
+        let mut d = Diagnostic::error("E0400", message, span, "no backward for this");
         if !e.help.is_empty() {
             d = d.with_help(e.help);
         }

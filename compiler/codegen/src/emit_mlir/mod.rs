@@ -545,9 +545,9 @@ impl Emitter<'_> {
     /// `id = Σ_{p, m} lhs[p, m, :]ᵀ rhs[p, m, :]` (`[K, N]`): both operands' leading axes
     /// collapsed into one, `[M, K]` and `[M, N]` (free for contiguous tensors). On a CPU the
     /// left operand is transposed into `[K, M]` first, one pass over it, and the broadcast-tile
-    /// kernel of `x @ b` runs on it: reading it in place, transposed, one element per row and
-    /// step a row of `[M, K]` apart, ran at half the speed (4096 × 768 by 768: 89 ms against
-    /// 45 ms). A GPU's loop nest and a scan step's inlined loops read it transposed in place.
+    /// kernel of `x @ b` runs on it: reading it in place, transposed (a row of `[M, K]` apart
+    /// per step), is slower (docs/performance.md). A GPU's loop nest and a scan step's inlined
+    /// loops read it transposed in place.
     fn emit_matmul_tn(&mut self, id: ValueId, (lhs, rhs): (ValueId, ValueId), loc: &str) {
         let g = self.g;
         let (at, bt) = (g.ty(lhs).clone(), g.ty(rhs).clone());

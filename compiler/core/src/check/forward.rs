@@ -192,8 +192,10 @@ impl<'p> Elab<'p> {
             .filter(|i| i.default.is_none())
             .flat_map(|i| i.ty.dims.iter().copied())
             .collect();
-        for (decl, input) in self.graph.inputs.iter().zip(&forward.inputs) {
-            let (Some(_), Some(d)) = (decl.default, &input.default) else {
+        // By name: an input declared `= absent` and not given has no graph input.
+        for decl in &self.graph.inputs {
+            let input = forward.inputs.iter().find(|i| i.name.name == decl.name);
+            let (Some(_), Some(d)) = (decl.default, input.and_then(|i| i.default.as_ref())) else {
                 continue;
             };
             for dim in &decl.ty.dims {
