@@ -270,10 +270,11 @@ pub fn emit(
         print!("{}", lmc_grammar::print_ast(&module.ast, program.sources.get(module.file)));
         return Ok(());
     }
+    let overrides = overrides(config, None)?;
     let graph = match derived {
-        Derived::Forward => load_model(spec, &overrides(config, None)?)?,
-        Derived::Decode(capacity) => decode_step(load_model(spec, &overrides(config, None)?)?, Some(capacity))?.0,
-        Derived::Grad => lmc_lab::source::load_grad_model(spec, &overrides(config, None)?)?,
+        Derived::Forward => load_model(spec, &overrides)?,
+        Derived::Decode(capacity) => decode_step(load_model(spec, &overrides)?, Some(capacity))?.0,
+        Derived::Grad => lmc_lab::source::load_grad_model(spec, &overrides)?,
     };
     let mut target = lmc_codegen::Target::for_device(device);
     if let Some(lanes) = lanes {

@@ -277,7 +277,7 @@ impl<'g> Deriver<'g> {
             }
             Op::Tabulate { .. } if in_step => {
                 self.step_reads_outside(&node.op, loc)?;
-                (Op::remapped(&node.op, &self.map), Kind::Step)
+                (node.op.remapped(&self.map), Kind::Step)
             }
             Op::Tabulate { f } => {
                 let ranges = index_maxima(&node.ty);
@@ -340,7 +340,7 @@ impl<'g> Deriver<'g> {
                 } else {
                     axis.map_or(Kind::Fixed, Kind::Rows)
                 };
-                (Op::remapped(op, &self.map), kind)
+                (op.remapped(&self.map), kind)
             }
         };
         let id = self.push(op, node.ty.clone(), loc);
@@ -554,7 +554,7 @@ impl<'g> Deriver<'g> {
                     self.at(loc)
                 ));
             }
-            let id = self.push(Op::remapped(&self.g.nodes[i].op, &self.map), self.g.nodes[i].ty.clone(), loc);
+            let id = self.push(self.g.nodes[i].op.remapped(&self.map), self.g.nodes[i].ty.clone(), loc);
             self.map.push(id);
             self.kind.push(if in_step { Kind::Step } else { Kind::Fixed });
             return Ok(());
@@ -915,7 +915,7 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
     for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
         map[i] = ValueId(nodes.len() as u32);
         nodes.push(Node {
-            op: Op::remapped(&node.op, &map),
+            op: node.op.remapped(&map),
             ..node.clone()
         });
     }

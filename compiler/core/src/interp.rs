@@ -391,33 +391,14 @@ impl Run<'_> {
                 score,
             } => {
                 let (qt, kt, vt) = (v(*q), v(*k), v(*val));
-                let (b_n, h_n, t_n, d_n) = (qt.shape[0], qt.shape[1], qt.shape[2], qt.shape[3]);
+                let (b_n, h_n, t_n) = (qt.shape[0], qt.shape[1], qt.shape[2]);
                 let (g_n, s_n, e_n) = (kt.shape[1], kt.shape[2], vt.shape[3]);
-                let group = h_n / g_n;
                 let mut out = vec![0.0f32; b_n * h_n * t_n * e_n];
                 for b in 0..b_n {
                     for h in 0..h_n {
-                        let g = h / group;
+                        let g = h / (h_n / g_n);
                         for i in 0..t_n {
-                            let mut scores = vec![f32::NEG_INFINITY; s_n];
-                            for (j, score_j) in scores.iter_mut().enumerate() {
-                                let idx = [b as i64, h as i64, i as i64, j as i64];
-                                if let Some(m) = mask {
-                                    if !scalar_eval(m, None, &idx, values, &symbols).as_bool() {
-                                        continue;
-                                    }
-                                }
-                                let mut acc = 0.0f32;
-                                for d in 0..d_n {
-                                    acc +=
-                                        qt.floats()[((b * h_n + h) * t_n + i) * d_n + d] * kt.floats()[((b * g_n + g) * s_n + j) * d_n + d];
-                                }
-                                let mut s = acc * *scale as f32;
-                                if let Some(f) = score {
-                                    s = scalar_eval(f, Some(s), &idx, values, &symbols).as_f32();
-                                }
-                                *score_j = s;
-                            }
+                            let scores = attention_scores(qt, kt, (b, h, i), *scale, (mask.as_ref(), score.as_ref()), values, &symbols);
                             let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                             if m == f32::NEG_INFINITY {
                                 continue;

@@ -433,7 +433,7 @@ impl Scan {
 
 impl Op {
     /// `op` with its operands (and the values its index functions read) renamed by `map`.
-    pub fn remapped(op: &Op, map: &[ValueId]) -> Op {
+    pub fn remapped(&self, map: &[ValueId]) -> Op {
         let m = |v: &ValueId| map[v.0 as usize];
         let f = |f: &ScalarFn| ScalarFn {
             nodes: f
@@ -452,8 +452,8 @@ impl Op {
                 .collect(),
             ..f.clone()
         };
-        match op {
-            Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => op.clone(),
+        match self {
+            Op::Param(_) | Op::Input(_) | Op::Carry(_) | Op::Constant(_) | Op::Arange(_) | Op::ScanArg(_) => self.clone(),
             Op::Gather { table, indices } => Op::Gather {
                 table: m(table),
                 indices: m(indices),

@@ -162,20 +162,17 @@ impl<'p> Elab<'p> {
         let result = self.run_body(&mut callee, forward);
         self.attach_context(before, inst, "while running");
         self.call_depth -= 1;
-        let values = result.ok_or_else(poisoned)?;
-        let mut present = Vec::with_capacity(values.len());
-        for (id, vspan) in values {
-            match id {
-                Some(id) => present.push((id, vspan)),
-                None => {
-                    return Err(
-                        Diagnostic::error("E0211", format!("the forward of `{block}` returns `absent`"), vspan, "absent here")
-                            .with_help("only a model's outputs may be `absent`; a block returns tensors"),
-                    )
-                }
-            }
-        }
-        let values = present;
+        let values = result
+            .ok_or_else(poisoned)?
+            .into_iter()
+            .map(|(id, vspan)| match id {
+                Some(id) => Ok((id, vspan)),
+                None => Err(
+                    Diagnostic::error("E0211", format!("the forward of `{block}` returns `absent`"), vspan, "absent here")
+                        .with_help("only a model's outputs may be `absent`; a block returns tensors"),
+                ),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let declared: Vec<(&ast::TensorType, Option<&str>)> = match &forward.outputs {
             ast::Outputs::Single(t) => vec![(t, None)],
             ast::Outputs::Named(os) => os.iter().map(|o| (&o.ty, Some(o.name.name.as_str()))).collect(),

@@ -274,8 +274,8 @@ impl<'p> Elab<'p> {
         }
     }
 
-    /// Runs a forward body; returns the values of its `return` with their spans.
-    /// Runs a forward body; each returned value is a tensor, or `None` for `absent`.
+    /// Runs a forward body; returns the values of its `return` with their spans, each a tensor
+    /// or `None` for `absent`.
     pub(super) fn run_body(&mut self, frame: &mut Frame, forward: &'p ast::ForwardDecl) -> Option<Vec<(Option<ValueId>, Span)>> {
         let (last, rest) = match forward.body.split_last() {
             Some((last @ Stmt::Return { .. }, rest)) => (last, rest),
