@@ -567,6 +567,52 @@ impl LoadedModel {
 }
 
 impl LoadedModel {
+    /// Replaces f32 parameter `name`'s values with `values`, given in the checkpoint's layout
+    /// (row-major over the manifest shape): packed again where the module reads it packed, copied
+    /// to the GPU for a CUDA module. What training uses between steps; takes `&mut self`, so no
+    /// run can be reading the old values.
+    pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<(), RuntimeError> {
+        let m = self.module.manifest();
+        let i = m
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| RuntimeError::invalid_argument(format!("{} has no parameter \"{name}\"", m.model)))?;
+        let spec = &m.params[i];
+        if spec.dtype != DType::F32 {
+            return Err(RuntimeError::invalid_argument(format!(
+                "parameter \"{name}\" is {}, not f32",
+                spec.dtype.as_str()
+            )));
+        }
+        let shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Static(n) => usize::try_from(*n).unwrap_or(0),
+                Dim::Symbol(_) => 0,
+            })
+            .collect();
+        if values.len() != shape.iter().product::<usize>() {
+            return Err(RuntimeError::invalid_argument(format!(
+                "parameter \"{name}\" has {} elements ({shape:?}); {} given",
+                shape.iter().product::<usize>(),
+                values.len()
+            )));
+        }
+        let tensor = match (spec.packing, shape.as_slice()) {
+            (Some(packing), &[n, k]) => HostTensor::from_f32(name, packing.packed_shape(n, k).to_vec(), packing.pack(values, n, k))?,
+            _ => HostTensor::from_f32(name, shape, values.to_vec())?,
+        };
+        if m.device == lmc_abi::Device::Cuda {
+            self.device_params[i] = DeviceBuffer::upload(tensor.bytes(), &format!("parameter \"{name}\""))?;
+        }
+        self.params[i] = (tensor.shape.clone(), ParamData::Copied(tensor));
+        Ok(())
+    }
+}
+
+impl LoadedModel {
     /// Parameter `i`'s bytes, as bound.
     fn param_bytes(&self, i: usize) -> Result<&[u8], RuntimeError> {
         let spec = &self.module.manifest().params[i];

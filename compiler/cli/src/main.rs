@@ -3,6 +3,7 @@
 
 mod commands;
 mod generate;
+mod train;
 
 use lmc_lab::{ab, bench, experiment, Failure, Weights};
 
@@ -247,6 +248,10 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Trains a model: derives its backward pass, runs it on one batch per step and updates the
+    /// weights with AdamW (options as transformers' TrainingArguments); saves checkpoints that
+    /// transformers loads and that --resume continues.
+    Train(train::TrainArgs),
     /// Greedy decoding: derives the model's decode step from its forward (caches for the prompt
     /// and the new tokens), runs the prompt, then one token per step; prints the new tokens, one
     /// line per sequence.
@@ -545,6 +550,7 @@ fn run(cli: Cli) -> ExitCode {
                 commands::Derived::Grad,
             )
         }
+        Command::Train(args) => train::train(args),
         Command::Generate {
             model,
             weights,

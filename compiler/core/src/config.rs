@@ -299,6 +299,65 @@ pub fn evaluate_config(
     }
 }
 
+/// The config as a checkpoint's `config.json` states it, for a checkpoint lmc writes (`lmc
+/// train`): `model_type` (the first the config is `for`), every field under the key it is read
+/// from (its first `from` key, else its name; a dotted key as nested objects) with its value, and
+/// every `assume`d key with the value assumed (`null` for an absent one), so that a reader of the
+/// file computes what the model computed.
+pub fn checkpoint_json(decl: &ConfigDecl, record: &ConfigRecord) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    if let Some(t) = decl.model_types.first() {
+        out.insert("model_type".into(), serde_json::Value::String(t.value.clone()));
+    }
+    for field in &decl.fields {
+        let Some(value) = record.get(&field.name.name).and_then(ct_json) else {
+            continue;
+        };
+        let key = field.hf_keys.first().map_or(field.name.name.as_str(), |k| k.value.as_str());
+        insert_dotted(&mut out, key, value);
+    }
+    let lookup = |p: &lmc_grammar::ast::Path| field_value(record, p);
+    for a in &decl.assumptions {
+        let value = match &a.value {
+            None => Some(serde_json::Value::Null),
+            Some(e) => eval(e, &lookup, None).ok().as_ref().and_then(ct_json),
+        };
+        if let Some(value) = value {
+            insert_dotted(&mut out, &a.key.value, value);
+        }
+    }
+    out
+}
+
+fn ct_json(v: &CtValue) -> Option<serde_json::Value> {
+    Some(match v {
+        CtValue::Int(i) => serde_json::Value::from(*i),
+        CtValue::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number)?,
+        CtValue::Bool(b) => serde_json::Value::Bool(*b),
+        CtValue::Str(s) | CtValue::Enum { value: s, .. } => serde_json::Value::String(s.clone()),
+        CtValue::Config(_) => return None,
+    })
+}
+
+fn insert_dotted(out: &mut serde_json::Map<String, serde_json::Value>, key: &str, value: serde_json::Value) {
+    match key.split_once('.') {
+        None => {
+            out.insert(key.to_string(), value);
+        }
+        Some((first, rest)) => {
+            let inner = out
+                .entry(first.to_string())
+                .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+            if !inner.is_object() {
+                *inner = serde_json::Value::Object(serde_json::Map::new());
+            }
+            if let serde_json::Value::Object(map) = inner {
+                insert_dotted(map, rest, value);
+            }
+        }
+    }
+}
+
 /// The config's `assume "key" = value` lines against the checkpoint's config.json: a key set to
 /// another value is a warning (W0101), or an error (E0109) under `strict`, since the model
 /// computes as if it had the assumed value. An absent key is taken to have it.

@@ -221,14 +221,8 @@ pub fn compile_variant(spec: &str, weights: &Weights, config: &ConfigSource, dev
 /// JIT-compiles a checked (or derived) graph for `device` and binds its weights.
 pub fn compile_graph(spec: &str, graph: Graph, weights: &Weights, device: lmc_codegen::Device) -> Result<Compiled, String> {
     let started = Instant::now();
-    let target = lmc_codegen::Target::for_device(device);
-    let jit = std::sync::Arc::new(lmc_codegen::jit_for(&graph, &target).map_err(|e| e.to_string())?);
+    let module = crate::jit_module(&graph, device)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-    let in_jit = jit.clone();
-    let lookup = move |name: &str| in_jit.lookup(name);
-    // SAFETY: the symbols come from a module lmc just generated for this ABI, and the JIT that
-    // holds their code is handed over as the keep-alive.
-    let module = unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.map_err(|e| e.to_string())?;
     let source = match weights {
         Weights::Checkpoint(p) => lmc_runtime::WeightsSource::Path(p.clone()),
         Weights::Random(seed) => {

@@ -14,6 +14,7 @@ pub mod process;
 pub mod report;
 pub mod source;
 pub mod stats;
+pub mod train;
 pub mod units;
 
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// What configures a model: a checkpoint's `config.json` (or a directory holding one), and
 /// `KEY=VALUE` overrides that win over it.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ConfigSource {
     pub config: Option<PathBuf>,
     pub set: Vec<String>,
@@ -123,4 +124,15 @@ pub fn require_device(device: lmc_codegen::Device) -> Result<(), Failure> {
             .map(|_| ())
             .map_err(|e| Failure::Message(format!("--device cuda: {}", e.message()))),
     }
+}
+
+/// JIT-compiles a checked (or derived) graph for `device` into a runtime module.
+pub fn jit_module(graph: &lmc_core::ir::Graph, device: lmc_codegen::Device) -> Result<lmc_runtime::Module, String> {
+    let target = lmc_codegen::Target::for_device(device);
+    let jit = std::sync::Arc::new(lmc_codegen::jit_for(graph, &target).map_err(|e| e.to_string())?);
+    let in_jit = jit.clone();
+    let lookup = move |name: &str| in_jit.lookup(name);
+    // SAFETY: the symbols come from a module lmc just generated for this ABI, and the JIT that
+    // holds their code is handed over as the keep-alive.
+    unsafe { lmc_runtime::Module::from_symbols(&lookup, Box::new(jit)) }.map_err(|e| e.to_string())
 }

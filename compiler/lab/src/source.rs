@@ -67,19 +67,33 @@ pub fn overrides(args: &ConfigSource, checkpoint_dir: Option<&Path>) -> Result<C
 
 /// Loads the file and checks the selected model or variant; prints diagnostics (and warnings).
 pub fn load_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
-    load_checked(spec, overrides).map(|(_, graph)| graph)
+    load_checked(spec, overrides).map(|(_, checked)| checked.graph)
 }
 
 /// Loads a model with every input it may be left without given (`labels`), and derives its
 /// backward pass: the loss and the gradient of every parameter (`lmc_core::grad`). What has no
 /// backward is a diagnostic at its place in the model file.
 pub fn load_grad_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
+    load_training_model(spec, overrides).map(|t| t.grad)
+}
+
+/// What training compiles: the backward pass, the forward with its loss (for evaluation), and
+/// the config as a checkpoint's config.json states it.
+pub struct TrainingModel {
+    pub grad: lmc_core::ir::Graph,
+    pub forward: lmc_core::ir::Graph,
+    pub checkpoint_config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// As [`load_grad_model`], keeping the forward and the config.
+pub fn load_training_model(spec: &str, overrides: &ConfigOverrides) -> Result<TrainingModel, Failure> {
     let overrides = ConfigOverrides {
         given: lmc_core::Given::All,
         ..overrides.clone()
     };
-    let (program, forward) = load_checked(spec, &overrides)?;
-    lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {
+    let (program, checked) = load_checked(spec, &overrides)?;
+    let forward = checked.graph;
+    let grad = lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {
         let message = format!("cannot differentiate {}: {}", forward.model, e.message);
         let Some(loc) = e.loc else {
             let help = if e.help.is_empty() {
@@ -97,16 +111,21 @@ pub fn load_grad_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_co
         }
         print_diagnostics(&[d], &program.sources);
         Failure::Reported
+    })?;
+    Ok(TrainingModel {
+        grad,
+        forward,
+        checkpoint_config: checked.checkpoint_config,
     })
 }
 
-fn load_checked(spec: &str, overrides: &ConfigOverrides) -> Result<(Program, lmc_core::ir::Graph), Failure> {
+fn load_checked(spec: &str, overrides: &ConfigOverrides) -> Result<(Program, lmc_core::Checked), Failure> {
     let (path, name) = split_model_ref(spec);
     let program = load_program(&path)?;
     match lmc_core::check_model(&program, name.as_deref(), overrides) {
         Ok(checked) => {
             print_diagnostics(&checked.warnings, &program.sources);
-            Ok((program, checked.graph))
+            Ok((program, checked))
         }
         Err(CheckError::Diagnostics(d)) => {
             print_diagnostics(&d, &program.sources);

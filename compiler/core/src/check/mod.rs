@@ -43,6 +43,9 @@ pub struct Checked {
     pub warnings: Vec<Diagnostic>,
     /// Which keys of the checkpoint's config.json the model's config read, assumed and ignored.
     pub config_keys: crate::config::KeyUsage,
+    /// The config as a `config.json` states it (`config::checkpoint_json`), and the model's
+    /// name as `architectures` lists it: what a checkpoint lmc writes says about its model.
+    pub checkpoint_config: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Instances may nest this deep (a guard against runaway instantiation).
@@ -149,6 +152,8 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     };
     let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
     let config_keys = crate::config::key_usage(config_decl, overrides);
+    let mut checkpoint_config = crate::config::checkpoint_json(config_decl, &config);
+    checkpoint_config.insert("architectures".into(), serde_json::json!([decl.name.name]));
 
     let mut e = Elab::new(p, &name);
     e.given = overrides.given.clone();
@@ -176,6 +181,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         graph: e.graph,
         warnings,
         config_keys,
+        checkpoint_config,
     })
 }
 

@@ -1,0 +1,403 @@
+//! What `lmc train` feeds the model, one batch per step: a safetensors file of batches made
+//! beforehand (`input_ids [steps, batch, seq]`, and any other input of the model shaped alike,
+//! `labels` among them), consumed in order; or a text, tokenized, cut into windows of
+//! `--seq-len` tokens and drawn in a shuffled order that is a function of the seed and the epoch
+//! alone (so a resumed run draws what the stopped one would have). Labels the data does not
+//! hold are made by the objective. Every random choice is a function of (seed, step), never of
+//! a generator's history.
+
+use lmc_runtime::safetensors::SafeTensorsFile;
+use lmc_runtime::HostTensor;
+use std::path::{Path, PathBuf};
+
+/// How labels are made when the data has none (`--objective`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Objective {
+    /// Next-token prediction: `labels = input_ids` (a causal LM shifts them itself).
+    Causal,
+    /// Masked LM as transformers' `DataCollatorForLanguageModeling`: each token chosen with
+    /// probability `mlm_probability`; a chosen one becomes the mask token (80%), a random token
+    /// (10%) or stays (10%), and only chosen tokens are labelled.
+    Masked {
+        mlm_probability: f64,
+        mask_token_id: i64,
+        vocab: i64,
+    },
+}
+
+/// Where batches come from.
+pub enum Source {
+    Batches {
+        file: SafeTensorsFile,
+        /// The tensors' names, in file order.
+        names: Vec<String>,
+        steps: usize,
+        batch: usize,
+        seq: usize,
+    },
+    Text {
+        ids: Vec<i64>,
+        seq_len: usize,
+        batch: usize,
+        windows: usize,
+    },
+}
+
+/// The training (or evaluation) data.
+pub struct Data {
+    pub path: PathBuf,
+    pub source: Source,
+    pub objective: Option<Objective>,
+    pub seed: u64,
+    /// Whether a text's windows are drawn shuffled (training) or in order (evaluation).
+    pub shuffle: bool,
+    /// The sha256 of the file (hex), recorded with a checkpoint so a resumed run can check it
+    /// reads the same data.
+    pub sha256: String,
+}
+
+/// The counter-based random numbers behind every choice: SplitMix64 of a key.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn uniform(key: u64) -> f64 {
+    (mix(key) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The order of `n` windows in `epoch` (a Fisher–Yates shuffle keyed by seed and epoch).
+fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let key = mix(seed ^ mix(epoch.wrapping_add(0x5EED)));
+    for i in (1..n).rev() {
+        let j = (mix(key.wrapping_add(i as u64)) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+impl Data {
+    /// Opens a safetensors file of batches.
+    pub fn batches(path: &Path, objective: Option<Objective>, seed: u64) -> Result<Data, String> {
+        let file = SafeTensorsFile::open(path).map_err(|e| e.to_string())?;
+        let Some(ids) = file.get("input_ids") else {
+            let names: Vec<&str> = file.tensors().map(|t| t.name.as_str()).collect();
+            return Err(format!(
+                "{} holds no `input_ids` (it holds: {}); batches are `input_ids [steps, batch, seq]`",
+                path.display(),
+                if names.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        };
+        let &[steps, batch, seq] = ids.shape() else {
+            return Err(format!(
+                "{}: `input_ids` has shape {:?}; batches are [steps, batch, seq]",
+                path.display(),
+                ids.shape()
+            ));
+        };
+        if steps == 0 || batch == 0 || seq == 0 {
+            return Err(format!(
+                "{}: `input_ids` has shape {:?}: not one batch",
+                path.display(),
+                ids.shape()
+            ));
+        }
+        let mut names = Vec::new();
+        for t in file.tensors() {
+            if t.shape.len() < 2 || t.shape[0] != steps || t.shape[1] != batch {
+                return Err(format!(
+                    "{}: `{}` has shape {:?}; every tensor is [steps, batch, ...] as `input_ids` [{steps}, {batch}, {seq}]",
+                    path.display(),
+                    t.name,
+                    t.shape
+                ));
+            }
+            if t.dtype.as_dtype().is_none() {
+                return Err(format!(
+                    "{}: `{}` has dtype {}, which lmc does not read",
+                    path.display(),
+                    t.name,
+                    t.dtype
+                ));
+            }
+            names.push(t.name.clone());
+        }
+        Ok(Data {
+            path: path.to_path_buf(),
+            sha256: sha256_file(path)?,
+            source: Source::Batches {
+                file,
+                names,
+                steps,
+                batch,
+                seq,
+            },
+            objective,
+            seed,
+            shuffle: true,
+        })
+    }
+
+    /// Tokenizes a text with `tokenizer` and cuts it into windows of `seq_len` tokens (the rest
+    /// dropped, as transformers' `group_texts` does), `batch` per step; for evaluation
+    /// (`shrink`), fewer when the text has fewer windows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn text(
+        path: &Path,
+        tokenizer: &tokenizers::Tokenizer,
+        seq_len: usize,
+        batch: usize,
+        shrink: bool,
+        objective: Option<Objective>,
+        seed: u64,
+    ) -> Result<Data, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        let encoding = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| format!("cannot tokenize {}: {e}", path.display()))?;
+        let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
+        let windows = ids.len() / seq_len;
+        let batch = if shrink { batch.min(windows.max(1)) } else { batch };
+        if windows < batch {
+            return Err(format!(
+                "{} is {} tokens: fewer than one batch of {batch} windows of {seq_len} tokens ({} needed); \
+                 give a longer text, or a smaller --per-device-train-batch-size or --seq-len",
+                path.display(),
+                ids.len(),
+                batch * seq_len
+            ));
+        }
+        Ok(Data {
+            path: path.to_path_buf(),
+            sha256: sha256_file(path)?,
+            source: Source::Text {
+                ids,
+                seq_len,
+                batch,
+                windows,
+            },
+            objective,
+            seed,
+            shuffle: true,
+        })
+    }
+
+    /// Batches the data holds, when it is read once in order (`None`: a text, drawn epoch after
+    /// epoch).
+    pub fn steps(&self) -> Option<usize> {
+        match &self.source {
+            Source::Batches { steps, .. } => Some(*steps),
+            Source::Text { .. } => None,
+        }
+    }
+
+    /// Batches in one pass over the data.
+    pub fn batches_per_epoch(&self) -> usize {
+        match &self.source {
+            Source::Batches { steps, .. } => *steps,
+            Source::Text { windows, batch, .. } => windows.div_ceil(*batch),
+        }
+    }
+
+    /// Batches an evaluation reads: every batch of the file, or every whole batch of a text's
+    /// windows in order.
+    pub fn eval_batches(&self) -> usize {
+        match &self.source {
+            Source::Batches { steps, .. } => *steps,
+            Source::Text { windows, batch, .. } => windows / batch,
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        match &self.source {
+            Source::Batches { batch, .. } | Source::Text { batch, .. } => *batch,
+        }
+    }
+
+    pub fn seq_len(&self) -> usize {
+        match &self.source {
+            Source::Batches { seq, .. } => *seq,
+            Source::Text { seq_len, .. } => *seq_len,
+        }
+    }
+
+    /// What `describe` prints: "42 windows of 64 tokens from wiki.txt" and so on.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Batches {
+                steps, batch, seq, names, ..
+            } => format!("{}: {steps} batches of {batch} × {seq} ({})", self.path.display(), names.join(", ")),
+            Source::Text { ids, seq_len, windows, .. } => {
+                format!("{}: {} tokens, {windows} windows of {seq_len}", self.path.display(), ids.len())
+            }
+        }
+    }
+
+    /// Tensors that are not among `inputs` (a misnamed column would otherwise be dropped).
+    pub fn unknown_tensors(&self, inputs: &[String]) -> Vec<String> {
+        match &self.source {
+            Source::Batches { names, .. } => names.iter().filter(|n| !inputs.contains(n)).cloned().collect(),
+            Source::Text { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether the data holds labels itself.
+    pub fn has_labels(&self) -> bool {
+        matches!(&self.source, Source::Batches { names, .. } if names.iter().any(|n| n == "labels"))
+    }
+
+    /// The batch of `step` (counted from 0), named as the model's inputs; `labels` made by the
+    /// objective when the data has none.
+    pub fn batch(&self, step: u64) -> Result<Vec<HostTensor>, String> {
+        let mut tensors = match &self.source {
+            Source::Batches { file, names, steps, .. } => {
+                // Read in order, again from the first batch after the last.
+                let s = (step % *steps as u64) as usize;
+                let mut out = Vec::new();
+                for name in names {
+                    let t = file.get(name).expect("listed tensor exists");
+                    let row = t.bytes().len() / steps;
+                    let bytes = &t.bytes()[s * row..(s + 1) * row];
+                    let dtype = t.dtype().as_dtype().expect("checked when opened");
+                    out.push(HostTensor::from_bytes(name.clone(), dtype, t.shape()[1..].to_vec(), bytes).map_err(|e| e.to_string())?);
+                }
+                out
+            }
+            Source::Text {
+                ids,
+                seq_len,
+                batch,
+                windows,
+            } => {
+                let mut values = Vec::with_capacity(batch * seq_len);
+                for j in 0..*batch as u64 {
+                    let sample = step * *batch as u64 + j;
+                    let epoch = sample / *windows as u64;
+                    let within = (sample % *windows as u64) as usize;
+                    let w = if self.shuffle {
+                        permutation(*windows, self.seed, epoch)[within]
+                    } else {
+                        within
+                    };
+                    values.extend_from_slice(&ids[w * seq_len..(w + 1) * seq_len]);
+                }
+                vec![HostTensor::from_i64("input_ids", vec![*batch, *seq_len], values).map_err(|e| e.to_string())?]
+            }
+        };
+        if !tensors.iter().any(|t| t.name == "labels") {
+            let Some(objective) = self.objective else {
+                return Err(format!(
+                    "{} has no `labels`: say how to make them with --objective causal (labels = input_ids; a causal LM shifts them) or --objective masked (masked LM, as transformers' DataCollatorForLanguageModeling)",
+                    self.path.display()
+                ));
+            };
+            let ids = tensors
+                .iter_mut()
+                .find(|t| t.name == "input_ids")
+                .expect("every batch has input_ids");
+            let (inputs, labels) = make_labels(ids, objective, self.seed, step)?;
+            *ids = inputs;
+            tensors.push(labels);
+        }
+        Ok(tensors)
+    }
+}
+
+/// The inputs and labels of a batch without labels, by the objective.
+fn make_labels(ids: &HostTensor, objective: Objective, seed: u64, step: u64) -> Result<(HostTensor, HostTensor), String> {
+    let values = ids.as_i64().ok_or("`input_ids` must be i64 to make labels from")?;
+    let shape = ids.shape.clone();
+    match objective {
+        Objective::Causal => Ok((
+            ids.clone(),
+            HostTensor::from_i64("labels", shape, values.to_vec()).map_err(|e| e.to_string())?,
+        )),
+        Objective::Masked {
+            mlm_probability,
+            mask_token_id,
+            vocab,
+        } => {
+            let key = mix(seed ^ mix(step ^ 0x4D41_534B));
+            let mut inputs = values.to_vec();
+            let mut labels = vec![-100i64; values.len()];
+            for (i, (input, label)) in inputs.iter_mut().zip(labels.iter_mut()).enumerate() {
+                let k = key.wrapping_add(3 * i as u64);
+                if uniform(k) >= mlm_probability {
+                    continue;
+                }
+                *label = *input;
+                let r = uniform(k + 1);
+                if r < 0.8 {
+                    *input = mask_token_id;
+                } else if r < 0.9 {
+                    *input = (mix(k + 2) % vocab as u64) as i64;
+                }
+            }
+            Ok((
+                HostTensor::from_i64("input_ids", shape.clone(), inputs).map_err(|e| e.to_string())?,
+                HostTensor::from_i64("labels", shape, labels).map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+}
+
+/// The sha256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hex_digest(&bytes))
+}
+
+/// Hex of the sha256 of `bytes`.
+pub fn hex_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_permutations_and_differ_by_epoch() {
+        let a = permutation(50, 7, 0);
+        let b = permutation(50, 7, 1);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        assert_ne!(a, b);
+        assert_eq!(a, permutation(50, 7, 0));
+    }
+
+    #[test]
+    fn masking_labels_only_what_it_chose() {
+        let ids = HostTensor::from_i64("input_ids", vec![4, 250], (0..1000).map(|i| 5 + i % 90).collect()).unwrap();
+        let objective = Objective::Masked {
+            mlm_probability: 0.15,
+            mask_token_id: 3,
+            vocab: 99,
+        };
+        let (inputs, labels) = make_labels(&ids, objective, 1, 0).unwrap();
+        let (inputs, labels, original) = (inputs.as_i64().unwrap(), labels.as_i64().unwrap(), ids.as_i64().unwrap());
+        let chosen = labels.iter().filter(|&&l| l != -100).count();
+        assert!((100..200).contains(&chosen), "{chosen} of 1000 chosen");
+        let masked = inputs.iter().filter(|&&t| t == 3).count();
+        assert!(masked as f64 > 0.6 * chosen as f64 && (masked as f64) < 0.95 * chosen as f64);
+        for ((i, l), o) in inputs.iter().zip(labels).zip(original) {
+            if *l == -100 {
+                assert_eq!(i, o, "an unchosen token is left as it was");
+            } else {
+                assert_eq!(l, o, "a chosen token is labelled with itself");
+            }
+        }
+    }
+}
