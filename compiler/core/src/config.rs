@@ -303,21 +303,38 @@ pub fn evaluate_config(
 /// train`): `model_type` (the first the config is `for`), every field under the key it is read
 /// from (its first `from` key, else its name; a dotted key as nested objects) with its value, and
 /// every `assume`d key with the value assumed (`null` for an absent one), so that a reader of the
-/// file computes what the model computed.
-pub fn checkpoint_json(decl: &ConfigDecl, record: &ConfigRecord) -> serde_json::Map<String, serde_json::Value> {
+/// file computes what the model computed. What the checkpoint's config.json (in `overrides`)
+/// already says is left out unless the variant or `--set` changed it, so that a key the
+/// checkpoint leaves `null` (meaning its default) stays as the checkpoint has it.
+pub fn checkpoint_json(
+    decl: &ConfigDecl,
+    record: &ConfigRecord,
+    variant: &[(Ident, Expr)],
+    overrides: &ConfigOverrides,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     if let Some(t) = decl.model_types.first() {
         out.insert("model_type".into(), serde_json::Value::String(t.value.clone()));
     }
+    let in_checkpoint = |key: &str| checkpoint_entry(&overrides.checkpoint, key).is_some();
     for field in &decl.fields {
-        let Some(value) = record.get(&field.name.name).and_then(ct_json) else {
+        let name = field.name.name.as_str();
+        let changed = variant.iter().any(|(k, _)| k.name == name) || overrides.set.iter().any(|(k, _)| k == name);
+        let keys: Vec<&str> = if field.hf_keys.is_empty() {
+            vec![name]
+        } else {
+            field.hf_keys.iter().map(|k| k.value.as_str()).collect()
+        };
+        if !changed && keys.iter().any(|k| in_checkpoint(k)) {
+            continue;
+        }
+        let Some(value) = record.get(name).and_then(ct_json) else {
             continue;
         };
-        let key = field.hf_keys.first().map_or(field.name.name.as_str(), |k| k.value.as_str());
-        insert_dotted(&mut out, key, value);
+        insert_dotted(&mut out, keys[0], value);
     }
     let lookup = |p: &lmc_grammar::ast::Path| field_value(record, p);
-    for a in &decl.assumptions {
+    for a in decl.assumptions.iter().filter(|a| !in_checkpoint(&a.key.value)) {
         let value = match &a.value {
             None => Some(serde_json::Value::Null),
             Some(e) => eval(e, &lookup, None).ok().as_ref().and_then(ct_json),

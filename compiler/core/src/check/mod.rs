@@ -152,7 +152,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     };
     let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
     let config_keys = crate::config::key_usage(config_decl, overrides);
-    let mut checkpoint_config = crate::config::checkpoint_json(config_decl, &config);
+    let mut checkpoint_config = crate::config::checkpoint_json(config_decl, &config, &variant_overrides, overrides);
     checkpoint_config.insert("architectures".into(), serde_json::json!([decl.name.name]));
 
     let mut e = Elab::new(p, &name);
