@@ -347,7 +347,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
             Some(t)
         }
     };
-    install_interrupt_handler();
+    crate::interrupt::arm("stopping after this run (Ctrl-C again to quit now)", "without a report");
     if let Some(t) = title {
         crate::outln!("{t}");
     }
@@ -433,7 +433,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         .flat_map(|&b| work.lengths.iter().map(move |&l| (b, l)))
         .collect();
     for (i, &(batch, length)) in sizes.iter().enumerate() {
-        if interrupted() {
+        if crate::interrupt::interrupted() {
             break;
         }
         let progress = format!("[{}/{}] batch {batch}, length {length}", i + 1, sizes.len());
@@ -459,7 +459,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
         }
         report_cells.push(cell);
     }
-    let stopped = interrupted();
+    let stopped = crate::interrupt::interrupted();
     if stopped {
         eprintln!(
             "interrupted: reporting the {} of {} sizes measured",
@@ -513,26 +513,6 @@ fn describe(v: &Variant) -> String {
     }
 }
 
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The first Ctrl-C stops the measuring after the run under way (the report keeps what was
-/// measured); a second one ends the process.
-fn install_interrupt_handler() {
-    let installed = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this run (Ctrl-C again to quit now)");
-    });
-    if let Err(e) = installed {
-        crate::output::warning(&format!("Ctrl-C will end lmc without a report ({e})"));
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 /// Runs every variant at one size: warm-ups, then interleaved timed rounds.
 fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, seed: u64, progress: &str) -> Vec<Cell> {
     use std::io::{IsTerminal, Write};
@@ -575,7 +555,7 @@ fn measure(variants: &[Variant], batch: usize, length: usize, work: &Workload, s
     let n = variants.len();
     let rounds = work.warmup + work.runs;
     for round in 0..rounds {
-        if interrupted() {
+        if crate::interrupt::interrupted() {
             // Every variant keeps the same number of rounds, so runs stay paired.
             for cell in &mut cells {
                 if let Cell::Ran { times_ms, .. } = cell {

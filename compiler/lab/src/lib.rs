@@ -9,6 +9,7 @@ pub mod bench;
 pub mod eval;
 pub mod experiment;
 pub mod experiment_file;
+pub mod interrupt;
 pub mod output;
 pub mod process;
 pub mod report;

@@ -16,7 +16,6 @@ use optim::{AdamW, Schedule};
 use progress::Progress;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// How labels are made when the data holds none (`--objective`).
@@ -121,22 +120,6 @@ pub struct TrainSummary {
     pub output: PathBuf,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// The first Ctrl-C stops after the step under way and saves a checkpoint; a second one ends
-/// the process at once.
-fn install_interrupt_handler() {
-    let installed = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nsaving a checkpoint after this step (Ctrl-C again to quit without one)");
-    });
-    if let Err(e) = installed {
-        crate::output::warning(&format!("Ctrl-C will end lmc without saving ({e})"));
-    }
-}
-
 /// Trains; see the module's documentation and `docs/commands.md`.
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
     let setup::Run {
@@ -154,7 +137,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         grad_index,
         loss_index,
     } = setup::prepare(opts)?;
-    install_interrupt_handler();
+    crate::interrupt::arm(
+        "saving a checkpoint after this step (Ctrl-C again to quit without one)",
+        "without saving",
+    );
     let mut progress = Progress::new(max_steps, state.global_step, opts.logging_steps);
     let save = |state: &TrainerState, params: &[ParamState]| -> Result<PathBuf, Failure> {
         let dir = checkpoint::checkpoint_dir(&opts.output, state.global_step);
@@ -244,7 +230,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
                 eval_loss = Some(l);
             }
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = crate::interrupt::interrupted();
         if last || interrupted || (opts.save_steps > 0 && state.global_step.is_multiple_of(opts.save_steps)) {
             let dir = save(&state, &params)?;
             if interrupted {
