@@ -45,6 +45,11 @@ fn gpt2_gradients_match_torch() {
 }
 
 #[test]
+fn llama_gradients_match_torch() {
+    grad_matches_torch("models/llama.model:LlamaForCausalLM", "llama_grad");
+}
+
+#[test]
 fn bert_masked_lm_gradients_match_torch() {
     grad_matches_torch("models/bert.model:BertForMaskedLM", "bert_mlm");
 }
@@ -82,12 +87,19 @@ fn run_returns_the_loss_when_given_labels() {
 /// What has no backward yet is a diagnostic at its place in the model file, never a crash.
 #[test]
 fn what_cannot_be_differentiated_is_reported_where_it_is() {
-    let r = lmc(&["emit", "--stage", "ir", "--grad", "models/llama.model:LlamaForCausalLM"]);
+    // A token shift written as an index function over a parameter-dependent value.
+    let model = scratch("grad_e0400").join("shift.model");
+    std::fs::write(
+        &model,
+        "config C { v = 11  d = 4 }\n\nmodel M(c: C) {\n  param table: f32[c.v, c.d]\n\n  forward(ids: i64[B, T]) -> (loss: f32[]) {\n    h = gather(table, ids)\n    shifted = tabulate(B, T, c.d, (b, t, i) => if t == 0 { 0.0 } else { h[b, t - 1, i] })\n    return sum(sum(sum(shifted, axis = -1), axis = -1), axis = -1)\n  }\n}\n",
+    )
+    .unwrap();
+    let r = lmc(&["emit", "--stage", "ir", "--grad", model.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     expect_error(
         r.status.code().unwrap_or(-1),
         &stderr,
-        &["error[E0400]", "tabulate", "std/nn.model:"],
+        &["error[E0400]", "tabulate", "shift.model:8:15"],
     );
     // A model without a loss says so.
     lmc_fails(

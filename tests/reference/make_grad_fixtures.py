@@ -4,7 +4,9 @@ and Hugging Face transformers, for lmc's backward pass and optimizer.
 
 Run by hand, never by CI (it needs torch and transformers; see docs/testing.md, "Fixtures"):
 
-    ~/.cache/lmc-peers/venv/bin/python tests/reference/make_grad_fixtures.py
+    ~/.cache/lmc-peers/venv/bin/python tests/reference/make_grad_fixtures.py [FIXTURE ...]
+
+(all of them when none is named).
 
 Made with torch 2.15.0 (CPU, one thread, deterministic algorithms) and transformers 5.25.0 (the
 script prints the versions it runs with). Every tensor is float32 except the integer inputs
@@ -38,6 +40,15 @@ and biases perturbed by 0.1 * randn.
       p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
   The tied embedding/head is one parameter with one (m, v) and one decay.
 
+`llama_grad/`: LlamaForCausalLM (vocab 97, width 42, 2 layers, 3 query heads of 14 sharing one
+key/value head, SwiGLU intermediate 37, RMSNorm eps 1e-6, rotary positions with theta 500,
+untied head), seed 0, RMSNorm weights perturbed by 0.1 * randn.
+- `config.json`, `generation_config.json`, `model.safetensors`: the `save_pretrained` checkpoint.
+- `inputs_grad.safetensors`: `input_ids`, `attention_mask` (row 1 right-padded by 2), `labels`
+  (= input_ids, -100 at row 1's padding and at row 0, position 3), each [2, 9].
+- `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
+  `model.safetensors` (causal LM loss as gpt2_grad's).
+
 `bert_mlm/`: BertForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, intermediate 37,
 40 positions, 3 token types, LayerNorm eps 1e-12, exact (erf) gelu), seed 0, LayerNorm weights
 and biases perturbed by 0.1 * randn.
@@ -53,12 +64,13 @@ and biases perturbed by 0.1 * randn.
   `cls.predictions.bias` is the decoder's bias).
 """
 import pathlib
+import sys
 
 import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
@@ -277,13 +289,61 @@ def bert_mlm():
     compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
 
 
+def llama_grad():
+    out = FIXTURES / "llama_grad"
+    print("llama_grad")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=42,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    names = stored_names(out)
+    report_names(model, names, [])
+
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 7:] = 0
+    labels = input_ids.clone()
+    labels[1, 7:] = -100
+    labels[0, 3] = -100
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    expected = loss_and_grads(model, inputs, names, train=True)
+    compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+    reloaded = check_reload(LlamaForCausalLM, out, inputs, expected["logits"], [])
+    compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+
+
+FIXTURE_MAKERS = {"gpt2_grad": lambda: gpt2_grad(), "bert_mlm": lambda: bert_mlm(), "llama_grad": lambda: llama_grad()}
+
+
 def main():
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
-    gpt2_grad()
-    bert_mlm()
-    for name in ["gpt2_grad", "bert_mlm"]:
+    chosen = sys.argv[1:] or list(FIXTURE_MAKERS)
+    for name in chosen:
+        FIXTURE_MAKERS[name]()
+    for name in chosen:
         for f in sorted((FIXTURES / name).iterdir()):
             print(f"  {name}/{f.name}: {f.stat().st_size / 1024:.1f} KiB")
 
