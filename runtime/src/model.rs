@@ -600,9 +600,28 @@ impl LoadedModel {
                 values.len()
             )));
         }
-        let tensor = match (spec.packing, shape.as_slice()) {
-            (Some(packing), &[n, k]) => HostTensor::from_f32(name, packing.packed_shape(n, k).to_vec(), packing.pack(values, n, k))?,
-            _ => HostTensor::from_f32(name, shape, values.to_vec())?,
+        let packed = match (spec.packing, shape.as_slice()) {
+            (Some(packing), &[n, k]) => Some((packing, n, k)),
+            _ => None,
+        };
+        let stored_shape = packed.map_or(shape.clone(), |(p, n, k)| p.packed_shape(n, k).to_vec());
+        // Written over the values bound before when they are a copy of the same shape (every
+        // step of training), else into a new copy.
+        if let (ParamData::Copied(t), lmc_abi::Device::Cpu) = (&mut self.params[i].1, m.device) {
+            if t.shape == stored_shape {
+                let out = t
+                    .as_f32_mut()
+                    .ok_or_else(|| RuntimeError::internal("an f32 parameter is stored as another type"))?;
+                match packed {
+                    Some((packing, n, k)) => packing.pack_into(values, n, k, out),
+                    None => out.copy_from_slice(values),
+                }
+                return Ok(());
+            }
+        }
+        let tensor = match packed {
+            Some((packing, n, k)) => HostTensor::from_f32(name, stored_shape, packing.pack(values, n, k))?,
+            None => HostTensor::from_f32(name, shape, values.to_vec())?,
         };
         if m.device == lmc_abi::Device::Cuda {
             self.device_params[i] = DeviceBuffer::upload(tensor.bytes(), &format!("parameter \"{name}\""))?;

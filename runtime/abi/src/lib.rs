@@ -187,9 +187,16 @@ impl Packing {
     /// Packs a row-major `[n, k]` matrix (`w.len() == n * k`; rows missing from a shorter `w`
     /// are packed as zeros).
     pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-        let panel = self.panel_len();
-        let [panels, ..] = self.packed_shape(n, k);
+        let [panels, _, panel] = self.packed_shape(n, k);
         let mut out = vec![0.0; panels * k * panel];
+        self.pack_into(w, n, k, &mut out);
+        out
+    }
+
+    /// As [`Packing::pack`], into `out` (`out.len()` the packed shape's size; every element of
+    /// it is written).
+    pub fn pack_into(&self, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+        let panel = self.panel_len();
         // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
         // rather than scattered one element per cache line.
         for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
@@ -200,9 +207,11 @@ impl Packing {
                 for (x, row) in step.iter_mut().zip(&rows) {
                     *x = row[kk];
                 }
+                for x in step.iter_mut().skip(rows.len()) {
+                    *x = 0.0;
+                }
             }
         }
-        out
     }
 }
 

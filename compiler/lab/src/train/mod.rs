@@ -170,6 +170,8 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
     let mut losses = Vec::new();
     let mut eval_loss = None;
     let tokens_per_step = (data.batch_size() * data.seq_len()) as f64;
+    // The kernels' thread count, for the optimizer too.
+    let threads = lmc_codegen::llvm::threads();
     while state.global_step < max_steps {
         let step = state.global_step;
         let t0 = Instant::now();
@@ -200,7 +202,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         for (p, &gi) in params.iter_mut().zip(&grad_index) {
             let grad = outputs[gi].as_f32().expect("gradients are f32");
             opts.optimizer
-                .update(step + 1, lr, scale, &mut p.values, grad, &mut p.exp_avg, &mut p.exp_avg_sq);
+                .update_threaded(threads, step + 1, lr, scale, &mut p.values, grad, &mut p.exp_avg, &mut p.exp_avg_sq);
             bound.set_parameter(&p.name, &p.values)?;
         }
         state.global_step += 1;
