@@ -393,6 +393,16 @@ enum Command {
         /// Also write a self-contained HTML report with charts (`-`: to stdout).
         #[arg(long, value_name = "PATH")]
         html: Option<PathBuf>,
+        /// An experiment with a `train` section: where the training runs go (`runs/LABEL/seed-S/`;
+        /// a finished run is reused, an interrupted one resumed). Default: `out/` and the
+        /// experiment file's name.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// An experiment with a `train` section: train only the runs whose index is I modulo N
+        /// (an array job's task, e.g. `--shard $SLURM_ARRAY_TASK_ID/$N`); a last call without
+        /// it reports.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -466,6 +476,20 @@ fn main() -> ExitCode {
             lmc_lab::output::error("internal compiler error (lmc crashed); please report it with the input that caused it");
             ExitCode::from(101)
         }
+    }
+}
+
+/// `--shard I/N`: 0 ≤ I < N.
+fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>, Failure> {
+    let Some(text) = text else { return Ok(None) };
+    let parsed = text
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n > 0 && i < n => Ok(Some((i, n))),
+        _ => Err(Failure::Message(format!(
+            "--shard {text}: expected I/N with 0 <= I < N (e.g. 0/4 for the first of four)"
+        ))),
     }
 }
 
@@ -623,6 +647,8 @@ fn run(cli: Cli) -> ExitCode {
             json,
             csv,
             html,
+            out,
+            shard,
             config,
         } => {
             let reports = ab::Reports { json, csv, html };
@@ -645,10 +671,28 @@ fn run(cli: Cli) -> ExitCode {
                             w.decode = decode.or(w.decode);
                             w.eval_text = eval_text.or(w.eval_text.take());
                             w.device = device.device();
-                            ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports)
+                            match &e.quality {
+                                Some(plan) => {
+                                    let file = std::path::Path::new(file);
+                                    let out = out
+                                        .clone()
+                                        .unwrap_or_else(|| std::path::Path::new("out").join(file.file_stem().unwrap_or_default()));
+                                    parse_shard(shard.as_deref()).and_then(|shard| {
+                                        let sweep = lmc_lab::quality::Sweep { out, shard };
+                                        lmc_lab::quality::run(e.title.as_deref(), file, &e.variants, plan, &e.work, &reports, &sweep)
+                                    })
+                                }
+                                None if out.is_some() || shard.is_some() => Err(Failure::Message(
+                                    "--out and --shard are for an experiment with a `train` section".into(),
+                                )),
+                                None => ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports),
+                            }
                         })
                     }
                 }
+                _ if out.is_some() || shard.is_some() => Err(Failure::Message(
+                    "--out and --shard are for an experiment file with a `train` section".into(),
+                )),
                 _ if weights.is_none() && !random_weights => Err(Failure::Message(
                     "give the variants' weights: --weights DIR (a checkpoint) or --random-weights".into(),
                 )),

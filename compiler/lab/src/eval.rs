@@ -58,6 +58,32 @@ pub fn load(path: &Path, checkpoint: Option<&Path>) -> Result<EvalText, String> 
 /// The variant's loss on up to [`MAX_WINDOWS`] windows of `length` tokens (predicting each
 /// token after the first from those before it), or why it has none.
 pub fn score(model: &LoadedModel, text: &EvalText, length: usize) -> Result<Score, String> {
+    let s = score_windows(model, text, length, MAX_WINDOWS)?;
+    let loss = s.loss();
+    Ok(Score {
+        loss,
+        perplexity: loss.exp(),
+        windows: s.window_losses.len(),
+    })
+}
+
+/// Losses on consecutive windows of a text: each window's mean, and the sum and count of the
+/// losses at each position (the loss of predicting token t + 1 from tokens 0..=t).
+pub struct WindowScores {
+    pub window_losses: Vec<f64>,
+    pub position_sums: Vec<f64>,
+    pub position_counts: Vec<usize>,
+}
+
+impl WindowScores {
+    /// The mean loss over every predicted token.
+    pub fn loss(&self) -> f64 {
+        self.position_sums.iter().sum::<f64>() / self.position_counts.iter().sum::<usize>().max(1) as f64
+    }
+}
+
+/// [`score`]'s computation on up to `max_windows` windows, kept per window and per position.
+pub fn score_windows(model: &LoadedModel, text: &EvalText, length: usize, max_windows: usize) -> Result<WindowScores, String> {
     let m = model.manifest();
     let logits = m.outputs.first().filter(|o| o.dtype == DType::F32 && o.shape.len() == 3);
     let (Some(logits), true) = (logits, length >= 2) else {
@@ -72,11 +98,15 @@ pub fn score(model: &LoadedModel, text: &EvalText, length: usize) -> Result<Scor
         Dim::Static(v) => v as usize,
         Dim::Symbol(_) => return Err("its vocabulary is not fixed".into()),
     };
-    let windows = (text.ids.len() / length).min(MAX_WINDOWS);
+    let windows = (text.ids.len() / length).min(max_windows);
     if windows == 0 {
         return Err(format!("the text has {} tokens, fewer than {length}", text.ids.len()));
     }
-    let (mut total, mut count) = (0.0f64, 0usize);
+    let mut out = WindowScores {
+        window_losses: Vec::with_capacity(windows),
+        position_sums: vec![0.0; length - 1],
+        position_counts: vec![0; length - 1],
+    };
     for w in text.ids.chunks_exact(length).take(windows) {
         if let Some(bad) = w.iter().find(|&&t| tokens.index_bound.as_ref().is_some_and(|b| t >= b.limit)) {
             return Err(format!("the tokenizer gave id {bad}, past its vocabulary"));
@@ -92,20 +122,19 @@ pub fn score(model: &LoadedModel, text: &EvalText, length: usize) -> Result<Scor
             };
             inputs.push(HostTensor::from_i64(spec.name.clone(), [1, length], values).map_err(|e| e.to_string())?);
         }
-        let out = model.run(&inputs).map_err(|e| e.to_string())?;
-        let values = out[0].as_f32().ok_or("logits are not f32")?;
+        let result = model.run(&inputs).map_err(|e| e.to_string())?;
+        let values = result[0].as_f32().ok_or("logits are not f32")?;
+        let mut total = 0.0;
         for t in 0..length - 1 {
             let row = &values[t * vocab..(t + 1) * vocab];
             let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
             let log_sum = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
-            total += log_sum - row[w[t + 1] as usize] as f64;
-            count += 1;
+            let loss = log_sum - row[w[t + 1] as usize] as f64;
+            out.position_sums[t] += loss;
+            out.position_counts[t] += 1;
+            total += loss;
         }
+        out.window_losses.push(total / (length - 1) as f64);
     }
-    let loss = total / count as f64;
-    Ok(Score {
-        loss,
-        perplexity: loss.exp(),
-        windows,
-    })
+    Ok(out)
 }

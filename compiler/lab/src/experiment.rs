@@ -31,12 +31,15 @@ use crate::{Failure, Weights};
 use lmc_grammar::SourceMap;
 use std::path::{Path, PathBuf};
 
-/// An experiment, ready for `ab::ab`.
+/// An experiment, ready for `ab::ab` (or, with a `train` section, `quality::run`).
 pub struct Experiment {
     pub title: Option<String>,
     pub variants: Vec<VariantSpec>,
     pub weights: Weights,
     pub work: Workload,
+    pub quality: Option<crate::quality::Plan>,
+    /// The experiment file, for the report.
+    pub path: PathBuf,
 }
 
 /// Whether a command-line argument names an experiment file rather than a variant.
@@ -114,6 +117,31 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
     };
     // A checkpoint that is not there fails now, not after compiling every variant.
     weights.check(&format!("{}: weights", path.display()))?;
+    let quality = match (&file.train, &file.seeds) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(bad(
+                "`seeds` are for training: add a `train` section (how each variant is trained)".into()
+            ))
+        }
+        (Some(train), seeds) => {
+            if !matches!(weights, Weights::Random(_)) {
+                return Err(bad(
+                    "`train` trains every variant from its own random initialisation: leave out `weights`".into(),
+                ));
+            }
+            let eval_text = file
+                .eval_text
+                .as_deref()
+                .map(relative)
+                .ok_or_else(|| bad("`train` needs `eval_text`: the held-out text the trained variants are compared on".into()))?;
+            let seeds = seeds.clone().unwrap_or_else(|| vec![file.seed]);
+            if seeds.is_empty() {
+                return Err(bad("`seeds` needs one or more seeds".into()));
+            }
+            Some(crate::quality::Plan::new(train, seeds, eval_text, &relative).map_err(&bad)?)
+        }
+    };
     Ok(Experiment {
         title: file.title,
         variants,
@@ -130,6 +158,8 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             // experiment's.
             device: lmc_codegen::Device::Cpu,
         },
+        quality,
+        path: path.to_path_buf(),
     })
 }
 

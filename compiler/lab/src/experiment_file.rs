@@ -35,8 +35,37 @@ pub struct ExperimentFile {
     /// tokens decoded greedily one at a time.
     pub decode: Option<usize>,
     /// A text to score the variants on (relative to this file); needs a checkpoint with a
-    /// `tokenizer.json`.
+    /// `tokenizer.json`, or the `train` section's tokenizer.
     pub eval_text: Option<String>,
+    /// Train every variant once per seed, each from its own random initialisation, and compare
+    /// them by their loss on `eval_text` (the quality A/B).
+    pub seeds: Option<Vec<u64>>,
+    pub train: Option<TrainSection>,
+}
+
+/// How each variant is trained (`lmc train`'s options, under `TrainingArguments`' names).
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// The training text or batches (relative to the experiment file).
+    pub data: String,
+    pub tokenizer: Option<String>,
+    pub objective: Option<String>,
+    pub seq_len: Option<usize>,
+    pub max_steps: Option<u64>,
+    pub num_train_epochs: Option<f64>,
+    pub per_device_train_batch_size: Option<usize>,
+    pub learning_rate: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub adam_beta1: Option<f64>,
+    pub adam_beta2: Option<f64>,
+    pub adam_epsilon: Option<f64>,
+    pub max_grad_norm: Option<f64>,
+    pub lr_scheduler_type: Option<String>,
+    pub warmup_steps: Option<u64>,
+    pub mlm_probability: Option<f64>,
+    #[serde(default)]
+    pub no_dropout: bool,
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,8 @@ pub mod experiment_file;
 pub mod interrupt;
 pub mod output;
 pub mod process;
+pub mod quality;
+pub mod quality_report;
 pub mod report;
 pub mod source;
 pub mod stats;

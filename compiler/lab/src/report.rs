@@ -10,7 +10,7 @@ const PALETTE: &[&str] = &[
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
 ];
 
-fn colour(k: usize) -> &'static str {
+pub(crate) fn colour(k: usize) -> &'static str {
     PALETTE[k % PALETTE.len()]
 }
 
@@ -72,7 +72,7 @@ fn array(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().map(|a| a.iter()).into_iter().flatten()
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -195,19 +195,19 @@ pub fn html(report: &Value) -> String {
     h
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{padding:0.25em 0.8em;border-bottom:1px solid #ddd;text-align:left}\
 th{background:#f4f4f4}.meta{color:#666}.warn{color:#b00}.swatch{display:inline-block;width:0.8em;height:0.8em;border-radius:2px}\
 .charts{display:flex;flex-wrap:wrap;gap:1em}svg{background:#fff;border:1px solid #eee}code{font-size:90%}";
 
 /// A value at one length (`None` where the variant did not run), with an optional p10–p90 band.
-type Point = (Option<f64>, Option<(f64, f64)>);
+pub(crate) type Point = (Option<f64>, Option<(f64, f64)>);
 
 /// One variant's values over the lengths.
-struct Series {
-    name: String,
-    colour: &'static str,
-    points: Vec<Point>,
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) colour: &'static str,
+    pub(crate) points: Vec<Point>,
 }
 
 const W: f64 = 520.0;
@@ -222,6 +222,8 @@ struct Axis {
     log: bool,
     lo: f64,
     hi: f64,
+    /// A linear axis's tick step (1, 2 or 5 times a power of ten).
+    step: f64,
 }
 
 impl Axis {
@@ -233,20 +235,32 @@ impl Axis {
                 log: false,
                 lo: 0.0,
                 hi: 1.0,
+                step: 0.25,
             };
         }
         if max / min > 20.0 {
-            Axis {
+            return Axis {
                 log: true,
                 lo: 10f64.powf(min.log10().floor()),
                 hi: 10f64.powf(max.log10().ceil()),
-            }
+                step: 0.0,
+            };
+        }
+        // From zero when the values come near it; otherwise around them, so that differences
+        // between close values (losses, perplexities) show.
+        let floor = if min < 0.3 * max {
+            0.0
         } else {
-            Axis {
-                log: false,
-                lo: 0.0,
-                hi: nice_ceiling(max * 1.1),
-            }
+            min - 0.1 * (max - min).max(max * 0.01)
+        };
+        let step = nice_ceiling((max * 1.05 - floor) / 4.0);
+        let lo = (floor / step).floor() * step;
+        let hi = lo + step * ((max * 1.02 - lo) / step).ceil().max(1.0);
+        Axis {
+            log: false,
+            lo: lo.max(0.0),
+            hi,
+            step,
         }
     }
 
@@ -265,8 +279,18 @@ impl Axis {
             let (a, b) = (self.lo.log10().round() as i32, self.hi.log10().round() as i32);
             (a..=b).map(|e| 10f64.powi(e)).collect()
         } else {
-            (0..=4).map(|i| self.lo + (self.hi - self.lo) * i as f64 / 4.0).collect()
+            let n = ((self.hi - self.lo) / self.step).round() as usize;
+            (0..=n).map(|i| self.lo + self.step * i as f64).collect()
         }
+    }
+
+    /// A tick's label, with as many decimals as the step needs (0.05 → two).
+    fn label(&self, v: f64) -> String {
+        if self.log || self.step >= 1.0 || v >= 1e3 {
+            return fmt_tick(v);
+        }
+        let decimals = (-self.step.log10().floor()).max(0.0) as usize;
+        format!("{v:.decimals$}")
     }
 }
 
@@ -299,8 +323,16 @@ fn svg_open(title: &str) -> String {
     )
 }
 
-/// Values against sequence length, one line per variant; lengths are equally spaced categories.
+/// Values against sequence length, one line per variant; lengths are equally spaced categories
+/// (a log scale for lengths that double).
 fn line_chart(title: &str, unit: &str, lengths: &[u64], series: &[Series]) -> String {
+    let categories: Vec<String> = lengths.iter().map(u64::to_string).collect();
+    category_chart(title, unit, "sequence length", &categories, series)
+}
+
+/// Values against equally spaced categories (lengths, position ranges, steps), one line per
+/// series, with an interval drawn where a point has one.
+pub(crate) fn category_chart(title: &str, unit: &str, x_label: &str, lengths: &[String], series: &[Series]) -> String {
     let axis = Axis::fit(series.iter().flat_map(|s| {
         s.points
             .iter()
@@ -317,7 +349,7 @@ fn line_chart(title: &str, unit: &str, lengths: &[u64], series: &[Series]) -> St
             W - RIGHT,
             LEFT - 6.0,
             y + 4.0,
-            fmt_tick(t)
+            axis.label(t)
         );
     }
     let base = H - BOTTOM;
@@ -331,9 +363,10 @@ fn line_chart(title: &str, unit: &str, lengths: &[u64], series: &[Series]) -> St
     }
     let _ = writeln!(
         s,
-        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">sequence length</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
         LEFT + plot_w / 2.0,
         base + 32.0,
+        escape(x_label),
         TOP + (base - TOP) / 2.0,
         TOP + (base - TOP) / 2.0,
         escape(unit)
@@ -362,15 +395,16 @@ fn line_chart(title: &str, unit: &str, lengths: &[u64], series: &[Series]) -> St
                 series.colour
             );
         }
-        let ly = base + 50.0 + (k / 3) as f64 * 14.0;
-        let lx = LEFT + (k % 3) as f64 * 150.0;
+        // Two legend entries a row, wide enough for a long label.
+        let ly = base + 50.0 + (k / 2) as f64 * 14.0;
+        let lx = LEFT + (k % 2) as f64 * 220.0;
         let _ = writeln!(
             s,
             "<rect x=\"{lx}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{ly:.1}\">{}</text>",
             ly - 9.0,
             series.colour,
             lx + 14.0,
-            escape(&shorten(&series.name, 22))
+            escape(&shorten(&series.name, 34))
         );
     }
     s.push_str("</svg>\n");
@@ -587,8 +621,20 @@ mod tests {
     fn axes_are_round_and_log_only_for_wide_ranges() {
         assert_eq!(nice_ceiling(7.3), 10.0);
         assert_eq!(nice_ceiling(1.2), 2.0);
+        // Values that come near zero: from zero, in round steps.
         let linear = Axis::fit([1.0, 5.0].into_iter());
-        assert!(!linear.log && linear.hi == 10.0);
+        assert!(!linear.log && linear.lo == 0.0 && linear.hi == 6.0, "{}..{}", linear.lo, linear.hi);
+        assert_eq!(linear.ticks(), [0.0, 2.0, 4.0, 6.0]);
+        // Close values (losses): around them, labelled to the step's digit.
+        let close = Axis::fit([2.31, 2.62].into_iter());
+        assert!(
+            close.lo > 2.0 && close.lo <= 2.31 && close.hi >= 2.62 && close.hi < 3.0,
+            "{}..{}",
+            close.lo,
+            close.hi
+        );
+        let labels: Vec<String> = close.ticks().iter().map(|t| close.label(*t)).collect();
+        assert_eq!(labels, ["2.2", "2.4", "2.6", "2.8"]);
         let log = Axis::fit([0.5, 300.0].into_iter());
         assert!(log.log && log.lo == 0.1 && log.hi == 1000.0);
         assert!(log.y(log.hi) < log.y(log.lo));

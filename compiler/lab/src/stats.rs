@@ -151,3 +151,48 @@ mod tests {
         assert!((cos + 1.0).abs() < 1e-12);
     }
 }
+
+/// Student's t quantile for a two-sided 95% interval with `df` degrees of freedom (a table to
+/// 30; 1.96 past it).
+fn t_95(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101,
+        2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        d if d <= 30 => TABLE[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// The mean of `values` and its 95% t-interval (mean ± t · s / √n); the interval is the mean
+/// itself for a single value.
+pub fn t_interval(values: &[f64]) -> (f64, f64, f64) {
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    if n == 1 {
+        return (mean, mean, mean);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = t_95(n - 1) * (var / n as f64).sqrt();
+    (mean, mean - half, mean + half)
+}
+
+#[cfg(test)]
+mod t_tests {
+    use super::*;
+
+    #[test]
+    fn t_interval_of_three_values() {
+        // mean 2, s = 1, n = 3: 2 ± 4.303 / √3.
+        let (m, lo, hi) = t_interval(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((hi - m - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert!((m - lo - 4.303 / 3f64.sqrt()).abs() < 1e-12);
+        assert_eq!(t_interval(&[5.0]), (5.0, 5.0, 5.0));
+    }
+}

@@ -1,0 +1,494 @@
+//! The quality A/B: `lmc ab EXPERIMENT.yaml` with a `train` section. Every variant is trained
+//! once per seed from its own random initialisation (`lmc train`, the same data, steps and
+//! schedule for all), then scored on a held-out text at every length of the experiment,
+//! including lengths past the training length: mean next-token loss, perplexity, and loss by
+//! position (the extrapolation curve). Seeds give the intervals: a t-interval over the seeds'
+//! mean losses, and for each variant against the first, over the seeds' paired differences.
+//!
+//! A sweep is variants × seeds training runs, each in its own directory under `--out`
+//! (`runs/LABEL/seed-S/`); a finished run is reused, an interrupted one resumed. `--shard I/N`
+//! trains only the runs whose index is I modulo N (an array job's task), and a last call without
+//! `--shard` trains what is missing and reports.
+
+use crate::ab::{Reports, VariantSpec, Workload};
+use crate::experiment_file::TrainSection;
+use crate::train::optim::Schedule;
+use crate::train::{ObjectiveArg, TrainOptions};
+use crate::Failure;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Report format of the quality section; bumped when a field changes meaning.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Windows of each length scored at most, per trained run.
+pub const MAX_WINDOWS: usize = 32;
+
+/// Buckets of positions in the loss-by-position curve of each length.
+pub const POSITION_BUCKETS: usize = 8;
+
+/// How an experiment trains and scores its variants.
+pub struct Plan {
+    pub seeds: Vec<u64>,
+    /// `lmc train`'s options shared by every run (model, seed and output set per run).
+    pub train: TrainOptions,
+    pub eval_text: PathBuf,
+}
+
+impl Plan {
+    /// From an experiment file's `train` section; paths resolved by `relative`.
+    pub fn new(section: &TrainSection, seeds: Vec<u64>, eval_text: PathBuf, relative: &dyn Fn(&str) -> PathBuf) -> Result<Plan, String> {
+        let mut t = TrainOptions::new("", relative(&section.data), "");
+        t.tokenizer = section.tokenizer.as_deref().map(relative);
+        t.objective = match section.objective.as_deref() {
+            None => None,
+            Some("causal") => Some(ObjectiveArg::Causal),
+            Some("masked") => Some(ObjectiveArg::Masked),
+            Some(other) => return Err(format!("train: objective `{other}`: expected causal or masked")),
+        };
+        t.seq_len = section.seq_len;
+        t.max_steps = section.max_steps;
+        if let Some(e) = section.num_train_epochs {
+            t.num_train_epochs = e;
+        }
+        t.per_device_train_batch_size = section.per_device_train_batch_size;
+        if let Some(v) = section.learning_rate {
+            t.learning_rate = v;
+        }
+        let o = &mut t.optimizer;
+        o.weight_decay = section.weight_decay.unwrap_or(o.weight_decay);
+        o.beta1 = section.adam_beta1.unwrap_or(o.beta1);
+        o.beta2 = section.adam_beta2.unwrap_or(o.beta2);
+        o.epsilon = section.adam_epsilon.unwrap_or(o.epsilon);
+        t.max_grad_norm = section.max_grad_norm.unwrap_or(t.max_grad_norm);
+        if let Some(name) = &section.lr_scheduler_type {
+            t.lr_scheduler_type = Schedule::parse(name)
+                .ok_or_else(|| format!("train: lr_scheduler_type `{name}`: expected one of {}", Schedule::NAMES.join(", ")))?;
+        }
+        t.warmup_steps = section.warmup_steps.unwrap_or(0);
+        t.mlm_probability = section.mlm_probability.unwrap_or(t.mlm_probability);
+        t.no_dropout = section.no_dropout;
+        // A checkpoint at the end; the runs are short, and an interrupted one resumes from its
+        // last checkpoint.
+        t.save_steps = 0;
+        t.logging_steps = 100;
+        Ok(Plan {
+            seeds,
+            train: t,
+            eval_text,
+        })
+    }
+}
+
+/// Where a sweep writes, and which part of it this process runs.
+pub struct Sweep {
+    pub out: PathBuf,
+    /// `--shard I/N`: the runs whose index is I modulo N, and no report.
+    pub shard: Option<(usize, usize)>,
+}
+
+/// A variant's name in the report and on disk.
+fn label(v: &VariantSpec) -> String {
+    v.label
+        .clone()
+        .unwrap_or_else(|| crate::source::split_model_ref(&v.spec).1.unwrap_or_else(|| v.spec.clone()))
+}
+
+fn slug(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+}
+
+fn run_dir(out: &Path, v: &VariantSpec, seed: u64) -> PathBuf {
+    out.join("runs").join(slug(&label(v))).join(format!("seed-{seed}"))
+}
+
+/// Whether a run directory holds a finished training: the trained model at its top, and its
+/// last checkpoint at the last step.
+fn finished(dir: &Path) -> bool {
+    let Some((_, last)) = crate::train::checkpoint::checkpoints(dir).pop() else {
+        return false;
+    };
+    let Ok(resumed) = crate::train::checkpoint::load(&last) else {
+        return false;
+    };
+    dir.join(lmc_runtime::model::SINGLE_FILE_NAME).is_file() && resumed.state.global_step >= resumed.state.max_steps
+}
+
+/// Runs the quality A/B; see the module's documentation.
+pub fn run(
+    title: Option<&str>,
+    experiment: &Path,
+    variants: &[VariantSpec],
+    plan: &Plan,
+    work: &Workload,
+    reports: &Reports,
+    sweep: &Sweep,
+) -> Result<(), Failure> {
+    crate::check_input_file("eval_text", &plan.eval_text)?;
+    let threads = crate::use_threads(work.threads)?;
+    let jobs: Vec<(usize, u64)> = (0..variants.len()).flat_map(|v| plan.seeds.iter().map(move |&s| (v, s))).collect();
+    let mut failures: Vec<Option<String>> = vec![None; variants.len()];
+    for (index, &(vi, seed)) in jobs.iter().enumerate() {
+        if sweep.shard.is_some_and(|(i, n)| index % n != i) {
+            continue;
+        }
+        let v = &variants[vi];
+        let dir = run_dir(&sweep.out, v, seed);
+        if finished(&dir) {
+            eprintln!("{} seed {seed}: trained already ({})", label(v), dir.display());
+            continue;
+        }
+        if failures[vi].is_some() {
+            continue;
+        }
+        let mut opts = plan.train.clone();
+        opts.spec = v.spec.clone();
+        opts.config = v.config.clone();
+        opts.seed = seed;
+        opts.device = work.device;
+        opts.log_json = Some(dir.with_extension("log.jsonl"));
+        opts.resume = (!crate::train::checkpoint::checkpoints(&dir).is_empty()).then(|| dir.clone());
+        opts.output = dir.clone();
+        eprintln!("training {} with seed {seed} ({} of {})", label(v), index + 1, jobs.len());
+        if let Err(e) = crate::train::train(&opts) {
+            if crate::interrupt::interrupted() {
+                return Err(Failure::Message(
+                    "the sweep was interrupted; the same command continues it (finished runs are kept, the interrupted one resumes)".into(),
+                ));
+            }
+            let message = match e {
+                Failure::Message(m) => m,
+                Failure::Reported => "its model has errors (above)".to_string(),
+            };
+            crate::output::warning(&format!("{} cannot be trained: {message}", label(v)));
+            failures[vi] = Some(message);
+        }
+    }
+    if let Some((i, n)) = sweep.shard {
+        eprintln!(
+            "shard {i}/{n} done; when every shard is, `lmc ab {}` without --shard (same --out) reports",
+            experiment.display()
+        );
+        return Ok(());
+    }
+    let report = evaluate(title, experiment, variants, plan, work, sweep, &failures, threads)?;
+    print_report(&report);
+    let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+    if let Some(path) = &reports.json {
+        crate::output::write_report(path, &format!("{text}\n"))?;
+    }
+    if let Some(path) = &reports.csv {
+        crate::output::write_report(path, &crate::quality_report::csv(&report))?;
+    }
+    if let Some(path) = &reports.html {
+        crate::output::write_report(path, &crate::quality_report::html(&report))?;
+    }
+    if failures.iter().any(Option::is_some) {
+        return Err(Failure::Message("some variants could not be trained (above)".into()));
+    }
+    Ok(())
+}
+
+/// Scores every trained run, and summarises over seeds.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    title: Option<&str>,
+    experiment: &Path,
+    variants: &[VariantSpec],
+    plan: &Plan,
+    work: &Workload,
+    sweep: &Sweep,
+    failures: &[Option<String>],
+    threads: usize,
+) -> Result<Value, Failure> {
+    let mut out_variants = Vec::new();
+    for (vi, v) in variants.iter().enumerate() {
+        if let Some(e) = &failures[vi] {
+            out_variants.push(json!({"label": label(v), "spec": v.spec, "set": v.config.set, "error": e}));
+            continue;
+        }
+        let mut runs = Vec::new();
+        for &seed in &plan.seeds {
+            let dir = run_dir(&sweep.out, v, seed);
+            if !finished(&dir) {
+                return Err(Failure::Message(format!(
+                    "{} seed {seed} is not trained ({}): run the shards first, or without --shard",
+                    label(v),
+                    dir.display()
+                )));
+            }
+            runs.push(score_run(v, &dir, seed, plan, work)?);
+        }
+        let summary = summarise(&runs, &work.lengths);
+        out_variants.push(json!({
+            "label": label(v),
+            "spec": v.spec,
+            "set": v.config.set,
+            "config": runs.first().map_or(Value::Null, |r| r["config"].clone()),
+            "runs": runs,
+            "summary": summary,
+        }));
+    }
+    let verdicts = compare(&out_variants, &work.lengths);
+    let text_sha = crate::train::data::sha256_file(&plan.eval_text).map_err(Failure::Message)?;
+    let data_sha = crate::train::data::sha256_file(&plan.train.data).map_err(Failure::Message)?;
+    Ok(json!({
+        "schema_version": SCHEMA_VERSION,
+        "kind": "quality",
+        "title": title.unwrap_or("lmc ab"),
+        "experiment": experiment.display().to_string(),
+        "generator": format!("lmc {}", env!("CARGO_PKG_VERSION")),
+        "commit": env!("LMC_COMMIT"),
+        "date": date_utc(),
+        "cpu": cpu_model(),
+        "threads": threads,
+        "seeds": plan.seeds,
+        "interval": "95% t-interval over seeds (of each seed's mean loss; of paired per-seed differences against the first variant)",
+        "train": {
+            "data": {"path": plan.train.data.display().to_string(), "sha256": data_sha},
+            "seq_len": plan.train.seq_len,
+            "max_steps": plan.train.max_steps,
+            "per_device_train_batch_size": plan.train.per_device_train_batch_size,
+            "learning_rate": plan.train.learning_rate,
+            "lr_scheduler_type": plan.train.lr_scheduler_type.name(),
+            "warmup_steps": plan.train.warmup_steps,
+            "weight_decay": plan.train.optimizer.weight_decay,
+            "max_grad_norm": plan.train.max_grad_norm,
+        },
+        "eval_text": {"path": plan.eval_text.display().to_string(), "sha256": text_sha},
+        "lengths": work.lengths,
+        "variants": out_variants,
+        "verdicts": verdicts,
+    }))
+}
+
+/// One trained run: its training curve and speed, and its scores at every length.
+fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workload) -> Result<Value, Failure> {
+    let state = crate::train::checkpoint::load(&crate::train::checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
+        .map_err(Failure::Message)?
+        .state;
+    let curve: Vec<(u64, f64)> = state
+        .log_history
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r["loss"].as_f64()?)))
+        .collect();
+    let mut speeds: Vec<f64> = state
+        .log_history
+        .iter()
+        .skip(1)
+        .filter_map(|r| r["tokens_per_s"].as_f64())
+        .collect();
+    speeds.sort_by(f64::total_cmp);
+    let tokens_per_s = speeds.get(speeds.len() / 2).copied();
+    let text = crate::eval::load(&plan.eval_text, Some(dir)).map_err(Failure::Message)?;
+    let compiled = crate::ab::compile_variant(&v.spec, &crate::Weights::Checkpoint(dir.to_path_buf()), &v.config, work.device)
+        .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
+    let mut lengths = serde_json::Map::new();
+    for &length in &work.lengths {
+        let entry = match crate::ab::length_limit(&compiled.graph, length) {
+            Some(why) => json!({"error": why}),
+            None => match crate::eval::score_windows(&compiled.model, &text, length, MAX_WINDOWS) {
+                Ok(s) => {
+                    let width = (length - 1).div_ceil(POSITION_BUCKETS).max(1);
+                    let buckets: Vec<Value> = (0..length - 1)
+                        .step_by(width)
+                        .map(|start| {
+                            let end = (start + width).min(length - 1);
+                            let sum: f64 = s.position_sums[start..end].iter().sum();
+                            let count: usize = s.position_counts[start..end].iter().sum();
+                            json!({"from": start, "to": end, "loss": sum / count.max(1) as f64})
+                        })
+                        .collect();
+                    json!({"loss": s.loss(), "windows": s.window_losses.len(), "window_losses": s.window_losses, "by_position": buckets})
+                }
+                Err(e) => json!({"error": e}),
+            },
+        };
+        lengths.insert(length.to_string(), entry);
+    }
+    Ok(json!({
+        "seed": seed,
+        "dir": dir.display().to_string(),
+        "config": compiled.graph.config.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+        "final_loss": curve.last().map(|(_, l)| *l),
+        "train_tokens_per_s": tokens_per_s,
+        "curve": curve,
+        "lengths": lengths,
+    }))
+}
+
+/// Per length: the mean over seeds of each seed's loss, its t-interval and perplexity.
+fn summarise(runs: &[Value], lengths: &[usize]) -> Value {
+    let mut out = serde_json::Map::new();
+    for length in lengths {
+        let key = length.to_string();
+        let losses: Vec<f64> = runs.iter().filter_map(|r| r["lengths"][&key]["loss"].as_f64()).collect();
+        if losses.len() < runs.len() {
+            let why = runs
+                .iter()
+                .find_map(|r| r["lengths"][&key]["error"].as_str())
+                .unwrap_or("not scored");
+            out.insert(key, json!({"error": why}));
+            continue;
+        }
+        let (mean, lo, hi) = crate::stats::t_interval(&losses);
+        out.insert(
+            key,
+            json!({"loss": mean, "low": lo, "high": hi, "perplexity": mean.exp(), "seeds": losses.len()}),
+        );
+    }
+    let speeds: Vec<f64> = runs.iter().filter_map(|r| r["train_tokens_per_s"].as_f64()).collect();
+    out.insert(
+        "train_tokens_per_s".into(),
+        json!(if speeds.is_empty() {
+            None
+        } else {
+            Some(speeds.iter().sum::<f64>() / speeds.len() as f64)
+        }),
+    );
+    Value::Object(out)
+}
+
+/// Each variant against the baseline, per length: the mean paired difference of loss (same
+/// seed) with its t-interval, a verdict, and the training time ratio. The baseline is the first
+/// variant, or at a length it cannot run, the first that can (the verdict says so).
+fn compare(variants: &[Value], lengths: &[usize]) -> Vec<Value> {
+    let scored = |v: &Value, key: &str| v["summary"][key]["loss"].is_f64();
+    let mut out = Vec::new();
+    for length in lengths {
+        let key = length.to_string();
+        let Some(b) = variants.iter().position(|v| scored(v, &key)) else {
+            continue;
+        };
+        let base = &variants[b];
+        let replaces = (b > 0).then(|| {
+            let why = variants[0]["summary"][&key]["error"]
+                .as_str()
+                .or(variants[0]["error"].as_str())
+                .unwrap_or("not scored");
+            format!("{} at {length}: {why}", variants[0]["label"].as_str().unwrap_or(""))
+        });
+        for v in variants.iter().skip(b + 1).filter(|v| scored(v, &key)) {
+            let pairs: Vec<f64> = array_of(&v["runs"])
+                .zip(array_of(&base["runs"]))
+                .filter_map(|(a, b)| Some(a["lengths"][&key]["loss"].as_f64()? - b["lengths"][&key]["loss"].as_f64()?))
+                .collect();
+            let (mean, lo, hi) = crate::stats::t_interval(&pairs);
+            let verdict = if pairs.len() < 2 {
+                "one seed: no interval"
+            } else if hi < 0.0 {
+                "better"
+            } else if lo > 0.0 {
+                "worse"
+            } else {
+                "no clear difference"
+            };
+            let time_ratio = match (
+                base["summary"]["train_tokens_per_s"].as_f64(),
+                v["summary"]["train_tokens_per_s"].as_f64(),
+            ) {
+                (Some(b), Some(s)) if s > 0.0 => Some(b / s),
+                _ => None,
+            };
+            out.push(json!({
+                "variant": v["label"], "baseline": base["label"], "baseline_replaces": replaces, "length": length,
+                "loss_difference": mean, "low": lo, "high": hi, "verdict": verdict,
+                "train_time_ratio": time_ratio,
+            }));
+        }
+    }
+    out
+}
+
+fn array_of(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+fn print_report(report: &Value) {
+    let lengths: Vec<String> = report["lengths"].as_array().into_iter().flatten().map(|l| l.to_string()).collect();
+    crate::output::line(format_args!(
+        "{}: {} variant(s) × {} seed(s), held-out loss (nats/token) on {}, {}",
+        report["title"].as_str().unwrap_or(""),
+        report["variants"].as_array().map_or(0, Vec::len),
+        report["seeds"].as_array().map_or(0, Vec::len),
+        report["eval_text"]["path"].as_str().unwrap_or(""),
+        report["interval"].as_str().unwrap_or("")
+    ));
+    for v in report["variants"].as_array().into_iter().flatten() {
+        let name = v["label"].as_str().unwrap_or("");
+        if let Some(e) = v["error"].as_str() {
+            crate::output::line(format_args!("  {name}: not trained: {e}"));
+            continue;
+        }
+        let mut cells = Vec::new();
+        for l in &lengths {
+            let s = &v["summary"][l];
+            cells.push(match s["loss"].as_f64() {
+                Some(m) => format!(
+                    "{l}: {m:.3} [{:.3}, {:.3}] ppl {:.2}",
+                    s["low"].as_f64().unwrap_or(m),
+                    s["high"].as_f64().unwrap_or(m),
+                    s["perplexity"].as_f64().unwrap_or(f64::NAN)
+                ),
+                None => format!("{l}: {}", s["error"].as_str().unwrap_or("-")),
+            });
+        }
+        let speed = v["summary"]["train_tokens_per_s"]
+            .as_f64()
+            .map_or(String::new(), |s| format!(" · trains at {s:.0} tokens/s"));
+        crate::output::line(format_args!("  {name}: {}{speed}", cells.join(" · ")));
+    }
+    for d in report["verdicts"].as_array().into_iter().flatten() {
+        let time = d["train_time_ratio"].as_f64().map_or(String::new(), |r| {
+            if r >= 1.0 {
+                format!(", {r:.2}× slower to train")
+            } else {
+                format!(", {:.2}× faster to train", 1.0 / r)
+            }
+        });
+        let replaces = d["baseline_replaces"].as_str().map_or(String::new(), |r| {
+            format!(" (baseline {}: {r})", d["baseline"].as_str().unwrap_or(""))
+        });
+        crate::output::line(format_args!(
+            "  {} vs {} at {}: loss {:+.3} [{:+.3}, {:+.3}]: {}{time}{replaces}",
+            d["variant"].as_str().unwrap_or(""),
+            d["baseline"].as_str().unwrap_or(""),
+            d["length"],
+            d["loss_difference"].as_f64().unwrap_or(f64::NAN),
+            d["low"].as_f64().unwrap_or(f64::NAN),
+            d["high"].as_f64().unwrap_or(f64::NAN),
+            d["verdict"].as_str().unwrap_or("")
+        ));
+    }
+}
+
+/// `YYYY-MM-DD` (UTC), from the system clock.
+fn date_utc() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The CPU's model name, as /proc/cpuinfo gives it.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,256 @@
+//! The quality A/B's report as CSV and as a self-contained HTML page, both from the one JSON
+//! report (`quality::run`), so that the three never disagree.
+
+use crate::report::{category_chart, colour, escape, Series, STYLE};
+use serde_json::Value;
+use std::fmt::Write;
+
+fn array(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn num(v: &Value) -> String {
+    v.as_f64().map_or(String::new(), |x| format!("{x}"))
+}
+
+/// One row per variant and length: the mean loss over seeds, its interval and perplexity, and
+/// the training speed; then one row per seed.
+pub fn csv(report: &Value) -> String {
+    let mut out = String::from("variant,seed,length,loss,low,high,perplexity,train_tokens_per_s,note\n");
+    let lengths: Vec<String> = array(&report["lengths"]).map(|l| l.to_string()).collect();
+    for v in array(&report["variants"]) {
+        let name = quote(v["label"].as_str().unwrap_or(""));
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(out, "{name},,,,,,,,{}", quote(&format!("not trained: {e}")));
+            continue;
+        }
+        let speed = num(&v["summary"]["train_tokens_per_s"]);
+        for l in &lengths {
+            let s = &v["summary"][l];
+            let _ = writeln!(
+                out,
+                "{name},all,{l},{},{},{},{},{speed},{}",
+                num(&s["loss"]),
+                num(&s["low"]),
+                num(&s["high"]),
+                num(&s["perplexity"]),
+                quote(s["error"].as_str().unwrap_or(""))
+            );
+        }
+        for r in array(&v["runs"]) {
+            for l in &lengths {
+                let s = &r["lengths"][l];
+                let _ = writeln!(
+                    out,
+                    "{name},{},{l},{},,,{},{},{}",
+                    r["seed"],
+                    num(&s["loss"]),
+                    s["loss"].as_f64().map_or(String::new(), |x| format!("{}", x.exp())),
+                    num(&r["train_tokens_per_s"]),
+                    quote(s["error"].as_str().unwrap_or(""))
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The page: what was trained and how, held-out loss against length (intervals over seeds),
+/// loss by position at the longest length, the training curves, and each variant's verdict
+/// against the first.
+pub fn html(report: &Value) -> String {
+    let title = report["title"].as_str().unwrap_or("lmc ab");
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{}</style></head><body>\n<h1>{}</h1>\n",
+        escape(title),
+        STYLE,
+        escape(title)
+    );
+    let train = &report["train"];
+    let _ = writeln!(
+        h,
+        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · seeds {} · trained on <code>{}</code> (sha256 {}) for {} steps of {} × {} tokens, learning rate {} ({}) · scored on <code>{}</code> (sha256 {}) · {}</p>",
+        escape(report["generator"].as_str().unwrap_or("")),
+        escape(report["commit"].as_str().unwrap_or("")),
+        escape(report["date"].as_str().unwrap_or("")),
+        escape(report["cpu"].as_str().unwrap_or("")),
+        report["threads"],
+        escape(&report["seeds"].to_string()),
+        escape(train["data"]["path"].as_str().unwrap_or("")),
+        escape(&train["data"]["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>()),
+        train["max_steps"],
+        train["per_device_train_batch_size"],
+        train["seq_len"],
+        train["learning_rate"],
+        escape(train["lr_scheduler_type"].as_str().unwrap_or("")),
+        escape(report["eval_text"]["path"].as_str().unwrap_or("")),
+        escape(&report["eval_text"]["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>()),
+        escape(report["interval"].as_str().unwrap_or(""))
+    );
+    let variants: Vec<&Value> = array(&report["variants"]).collect();
+    let lengths: Vec<String> = array(&report["lengths"]).map(|l| l.to_string()).collect();
+
+    h.push_str("<h2>Variants</h2>\n<table><tr><th>variant</th><th>model</th><th>set</th><th>final training loss (mean over seeds)</th><th>training tokens/s</th></tr>\n");
+    for (k, v) in variants.iter().enumerate() {
+        let swatch = format!("<span class=\"swatch\" style=\"background:{}\"></span>", colour(k));
+        let name = escape(v["label"].as_str().unwrap_or(""));
+        let spec = escape(v["spec"].as_str().unwrap_or(""));
+        let set = escape(&array(&v["set"]).filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
+        if let Some(e) = v["error"].as_str() {
+            let _ = writeln!(h, "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td colspan=\"2\" class=\"warn\">not trained: {}</td></tr>", escape(e));
+            continue;
+        }
+        let finals: Vec<f64> = array(&v["runs"]).filter_map(|r| r["final_loss"].as_f64()).collect();
+        let final_loss = finals.iter().sum::<f64>() / finals.len().max(1) as f64;
+        let speed = v["summary"]["train_tokens_per_s"]
+            .as_f64()
+            .map_or("-".to_string(), |s| format!("{s:.0}"));
+        let _ = writeln!(
+            h,
+            "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td>{final_loss:.4}</td><td>{speed}</td></tr>"
+        );
+    }
+    h.push_str("</table>\n<div class=\"charts\">\n");
+
+    // Held-out loss against length, each point the mean over seeds with its interval.
+    let series: Vec<Series> = variants
+        .iter()
+        .enumerate()
+        .map(|(k, v)| Series {
+            name: v["label"].as_str().unwrap_or("").to_string(),
+            colour: colour(k),
+            points: lengths
+                .iter()
+                .map(|l| {
+                    let s = &v["summary"][l];
+                    (s["loss"].as_f64(), s["low"].as_f64().zip(s["high"].as_f64()))
+                })
+                .collect(),
+        })
+        .collect();
+    h.push_str(&category_chart(
+        "Held-out loss by evaluation length",
+        "loss (nats/token)",
+        "evaluation length (tokens)",
+        &lengths,
+        &series,
+    ));
+
+    // Loss by position at the longest length every trained variant ran.
+    let longest = lengths.iter().rev().find(|l| {
+        variants
+            .iter()
+            .all(|v| v["error"].is_string() || v["summary"][l.as_str()]["loss"].is_f64())
+    });
+    if let Some(l) = longest {
+        let buckets: Vec<String> = variants
+            .iter()
+            .find_map(|v| v["runs"][0]["lengths"][l.as_str()]["by_position"].as_array())
+            .map(|b| b.iter().map(|x| format!("{}–{}", x["from"], x["to"])).collect())
+            .unwrap_or_default();
+        let series: Vec<Series> = variants
+            .iter()
+            .enumerate()
+            .map(|(k, v)| Series {
+                name: v["label"].as_str().unwrap_or("").to_string(),
+                colour: colour(k),
+                points: (0..buckets.len())
+                    .map(|b| {
+                        let per_seed: Vec<f64> = array(&v["runs"])
+                            .filter_map(|r| r["lengths"][l.as_str()]["by_position"][b]["loss"].as_f64())
+                            .collect();
+                        let mean = (!per_seed.is_empty()).then(|| per_seed.iter().sum::<f64>() / per_seed.len() as f64);
+                        (mean, None)
+                    })
+                    .collect(),
+            })
+            .collect();
+        h.push_str(&category_chart(
+            &format!("Loss by position, windows of {l} tokens (mean over seeds)"),
+            "loss (nats/token)",
+            "positions",
+            &buckets,
+            &series,
+        ));
+    }
+
+    // Training curves: the mean over seeds at up to ten steps.
+    let steps: Vec<u64> = variants
+        .iter()
+        .find_map(|v| v["runs"][0]["curve"].as_array())
+        .map(|c| {
+            let all: Vec<u64> = c.iter().filter_map(|p| p[0].as_u64()).collect();
+            let every = all.len().div_ceil(10).max(1);
+            all.iter()
+                .copied()
+                .enumerate()
+                .filter(|(i, _)| (i + 1) % every == 0 || *i == 0)
+                .map(|(_, s)| s)
+                .collect()
+        })
+        .unwrap_or_default();
+    let series: Vec<Series> = variants
+        .iter()
+        .enumerate()
+        .map(|(k, v)| Series {
+            name: v["label"].as_str().unwrap_or("").to_string(),
+            colour: colour(k),
+            points: steps
+                .iter()
+                .map(|&step| {
+                    let at: Vec<f64> = array(&v["runs"])
+                        .filter_map(|r| array(&r["curve"]).find(|p| p[0].as_u64() == Some(step)).and_then(|p| p[1].as_f64()))
+                        .collect();
+                    let lo = at.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = at.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let mean = (!at.is_empty()).then(|| at.iter().sum::<f64>() / at.len() as f64);
+                    (mean, (at.len() > 1).then_some((lo, hi)))
+                })
+                .collect(),
+        })
+        .collect();
+    let step_labels: Vec<String> = steps.iter().map(u64::to_string).collect();
+    h.push_str(&category_chart(
+        "Training loss (mean over seeds; bars: lowest to highest seed)",
+        "loss (nats/token)",
+        "step",
+        &step_labels,
+        &series,
+    ));
+    h.push_str("</div>\n");
+
+    h.push_str("<h2>Against the baseline</h2>\n<table><tr><th>variant</th><th>baseline</th><th>length</th><th>loss difference (95% interval)</th><th>verdict</th><th>training time</th></tr>\n");
+    for d in array(&report["verdicts"]) {
+        let time = d["train_time_ratio"].as_f64().map_or("-".to_string(), |r| format!("{r:.2}×"));
+        let baseline = match d["baseline_replaces"].as_str() {
+            Some(r) => format!(
+                "{} <span class=\"warn\">(instead of {})</span>",
+                escape(d["baseline"].as_str().unwrap_or("")),
+                escape(r)
+            ),
+            None => escape(d["baseline"].as_str().unwrap_or("")),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{baseline}</td><td>{}</td><td>{:+.4} [{:+.4}, {:+.4}]</td><td>{}</td><td>{time}</td></tr>",
+            escape(d["variant"].as_str().unwrap_or("")),
+            d["length"],
+            d["loss_difference"].as_f64().unwrap_or(f64::NAN),
+            d["low"].as_f64().unwrap_or(f64::NAN),
+            d["high"].as_f64().unwrap_or(f64::NAN),
+            escape(d["verdict"].as_str().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>\n</body></html>\n");
+    h
+}

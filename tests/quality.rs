@@ -1,0 +1,140 @@
+//! The quality A/B: an experiment file with a `train` section trains every variant per seed,
+//! scores them on a held-out text per length, and reports intervals over seeds; a sweep split
+//! into shards trains each run once.
+
+use lmc_tests::*;
+use std::path::Path;
+
+/// A text of the tiny GPT-2 tokenizer's words, `words` long.
+fn word_text(path: &Path, words: usize, seed: u64) {
+    let mut x = seed;
+    let mut text = String::new();
+    for _ in 0..words {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        text.push_str(&format!("w{} ", (x >> 33) % 30));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn experiment(dir: &Path, extra: &str) -> std::path::PathBuf {
+    word_text(&dir.join("train.txt"), 3000, 1);
+    word_text(&dir.join("held_out.txt"), 600, 2);
+    let root = root();
+    let yaml = format!(
+        "title: Positions, trained\n\
+         variants:\n  - model: {gpt2}:GPT2LMHeadModel\n    label: learned\n  - model: GPT2ALiBi\n    label: ALiBi\n\
+         set: {{ vocab_size: 101, n_positions: 32, n_embd: 16, n_layer: 1, n_head: 2 }}\n\
+         seeds: [1, 2]\n\
+         train:\n  data: train.txt\n  tokenizer: {tok}\n  objective: causal\n  seq_len: 32\n  per_device_train_batch_size: 4\n  max_steps: 25\n  learning_rate: 3.0e-3\n  no_dropout: true\n\
+         eval_text: held_out.txt\n\
+         lengths: [32, 64]\n{extra}",
+        gpt2 = root.join("models/gpt2.model").display(),
+        tok = root.join("tests/fixtures/gpt2_tiny/tokenizer.json").display(),
+    );
+    let path = dir.join("experiment.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Two shards train two runs each; the call without `--shard` reuses all four and reports:
+/// the loss per variant and length with an interval over the two seeds, the learned table's
+/// limit said at 64, the verdict against the first variant, and a self-describing JSON report.
+#[test]
+fn a_sharded_sweep_trains_each_run_once_and_reports_with_intervals() {
+    let dir = scratch("quality_sweep");
+    let file = experiment(&dir, "");
+    let out = dir.join("out");
+    let (f, o) = (file.to_str().unwrap(), out.to_str().unwrap());
+    for shard in ["0/2", "1/2"] {
+        let r = lmc(&["ab", f, "--out", o, "--shard", shard]);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "shard {shard}: {stderr}");
+        assert_eq!(stderr.matches(" with seed ").count(), 2, "shard {shard} trains two runs: {stderr}");
+    }
+    let json = dir.join("report.json");
+    let html = dir.join("report.html");
+    let csv = dir.join("report.csv");
+    let r = lmc(&[
+        "ab",
+        f,
+        "--out",
+        o,
+        "--json",
+        json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("trained already").count(), 4, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["seeds"], serde_json::json!([1, 2]));
+    for key in ["commit", "cpu", "date", "generator"] {
+        assert!(report[key].as_str().is_some_and(|s| !s.is_empty()), "{key}");
+    }
+    assert_eq!(report["train"]["data"]["sha256"].as_str().unwrap().len(), 64);
+    let variants = report["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2);
+    for v in variants {
+        let s = &v["summary"]["32"];
+        let (loss, lo, hi) = (s["loss"].as_f64().unwrap(), s["low"].as_f64().unwrap(), s["high"].as_f64().unwrap());
+        assert!(lo <= loss && loss <= hi, "{s}");
+        // Trained: below the uniform guess over 101 tokens.
+        assert!(loss < 101f64.ln() - 0.3, "{}: {loss}", v["label"]);
+        assert_eq!(v["runs"].as_array().unwrap().len(), 2);
+        let seed_losses: Vec<f64> = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["lengths"]["32"]["loss"].as_f64().unwrap())
+            .collect();
+        assert!((seed_losses.iter().sum::<f64>() / 2.0 - loss).abs() < 1e-12, "the mean over seeds");
+        assert_eq!(v["runs"][0]["lengths"]["32"]["by_position"].as_array().unwrap().len(), 8);
+        assert_eq!(v["runs"][0]["curve"].as_array().unwrap().len(), 25);
+    }
+    assert!(variants[0]["summary"]["64"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot run past 32"));
+    assert!(variants[1]["summary"]["64"]["loss"].is_f64(), "ALiBi runs past its training length");
+    let verdicts = report["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 1, "ALiBi against learned at 32; at 64 no other variant runs");
+    assert_eq!(verdicts[0]["variant"], "ALiBi");
+    assert_eq!(verdicts[0]["length"], 32);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<svg").count(), 3, "loss by length, by position, training curves");
+    assert!(std::fs::read_to_string(&csv).unwrap().starts_with("variant,seed,length,loss"));
+}
+
+/// What is wrong with a quality experiment is said before anything trains.
+#[test]
+fn bad_quality_experiments_are_clear_errors() {
+    let dir = scratch("quality_errors");
+    let file = experiment(&dir, "");
+    let f = file.to_str().unwrap();
+    lmc_fails(&["ab", f, "--shard", "2/2"], &["--shard 2/2: expected I/N"]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("eval_text: held_out.txt\n", "")).unwrap();
+    lmc_fails(&["ab", f], &["`train` needs `eval_text`"]);
+    let no_train: String = text
+        .lines()
+        .take_while(|l| !l.starts_with("train:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, format!("{no_train}lengths: [32]\n")).unwrap();
+    lmc_fails(&["ab", f], &["`seeds` are for training"]);
+    lmc_fails(
+        &[
+            "ab",
+            "models/gpt2.model:GPT2LMHeadModel",
+            "GPT2ALiBi",
+            "--random-weights",
+            "--shard",
+            "0/2",
+        ],
+        &["--out and --shard are for an experiment file"],
+    );
+}
