@@ -139,30 +139,37 @@ pub fn html(report: &Value) -> String {
         })
         .collect();
     h.push_str(&category_chart(
-        "Held-out loss by evaluation length",
+        "Held-out loss by length",
         "loss (nats/token)",
         "evaluation length (tokens)",
         &lengths,
         &series,
     ));
 
-    // Loss by position at the longest length every trained variant ran.
-    let longest = lengths.iter().rev().find(|l| {
-        variants
-            .iter()
-            .all(|v| v["error"].is_string() || v["summary"][l.as_str()]["loss"].is_f64())
-    });
+    // Loss by position at the longest length any variant ran (the extrapolation curve); a
+    // variant that cannot run it has no line.
+    let longest = lengths
+        .iter()
+        .rev()
+        .find(|l| variants.iter().any(|v| v["summary"][l.as_str()]["loss"].is_f64()));
     if let Some(l) = longest {
         let buckets: Vec<String> = variants
             .iter()
-            .find_map(|v| v["runs"][0]["lengths"][l.as_str()]["by_position"].as_array())
+            .find_map(|v| {
+                v["runs"][0]["lengths"][l.as_str()]["by_position"]
+                    .as_array()
+                    .filter(|b| !b.is_empty())
+            })
             .map(|b| b.iter().map(|x| format!("{}–{}", x["from"], x["to"])).collect())
             .unwrap_or_default();
         let series: Vec<Series> = variants
             .iter()
             .enumerate()
             .map(|(k, v)| Series {
-                name: v["label"].as_str().unwrap_or("").to_string(),
+                name: match v["summary"][l.as_str()]["loss"].is_f64() {
+                    true => v["label"].as_str().unwrap_or("").to_string(),
+                    false => format!("{} (cannot run {l})", v["label"].as_str().unwrap_or("")),
+                },
                 colour: colour(k),
                 points: (0..buckets.len())
                     .map(|b| {
@@ -176,7 +183,7 @@ pub fn html(report: &Value) -> String {
             })
             .collect();
         h.push_str(&category_chart(
-            &format!("Loss by position, windows of {l} tokens (mean over seeds)"),
+            &format!("Loss by position in windows of {l}"),
             "loss (nats/token)",
             "positions",
             &buckets,
@@ -221,7 +228,7 @@ pub fn html(report: &Value) -> String {
         .collect();
     let step_labels: Vec<String> = steps.iter().map(u64::to_string).collect();
     h.push_str(&category_chart(
-        "Training loss (mean over seeds; bars: lowest to highest seed)",
+        "Training loss (bars: the seeds' range)",
         "loss (nats/token)",
         "step",
         &step_labels,
