@@ -104,6 +104,18 @@ fn a_sharded_sweep_trains_each_run_once_and_reports_with_intervals() {
     assert_eq!(verdicts.len(), 1, "ALiBi against learned at 32; at 64 no other variant runs");
     assert_eq!(verdicts[0]["variant"], "ALiBi");
     assert_eq!(verdicts[0]["length"], 32);
+    // Runs trained otherwise than the file now says are not reused silently.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("learning_rate: 3.0e-3", "learning_rate: 1.0e-3")).unwrap();
+    lmc_fails(
+        &["ab", f, "--out", o],
+        &["was trained otherwise", "learning_rate: 0.003 there, 0.001 now"],
+    );
+    std::fs::write(&file, text.replace("n_embd: 16", "n_embd: 18")).unwrap();
+    lmc_fails(
+        &["ab", f, "--out", o],
+        &["was trained otherwise", "config `n_embd`: 16 there, 18 now"],
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg").count(), 3, "loss by length, by position, training curves");
     assert!(std::fs::read_to_string(&csv).unwrap().starts_with("variant,seed,length,loss"));

@@ -114,6 +114,68 @@ fn finished(dir: &Path) -> bool {
     dir.join(lmc_runtime::model::SINGLE_FILE_NAME).is_file() && resumed.state.global_step >= resumed.state.max_steps
 }
 
+/// What a finished run was trained with that differs from what the experiment asks now (the
+/// settings it names, the data, the model and its config), one line each: such a run is not
+/// reused silently.
+fn differences(dir: &Path, v: &VariantSpec, plan: &Plan, data_sha: &str) -> Result<Vec<String>, Failure> {
+    use crate::train::checkpoint;
+    let state = checkpoint::load(&checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
+        .map_err(Failure::Message)?
+        .state;
+    let (a, t) = (&state.args, &plan.train);
+    let mut out = Vec::new();
+    let mut check = |name: &str, there: String, now: String| {
+        if there != now {
+            out.push(format!("{name}: {there} there, {now} now"));
+        }
+    };
+    check("learning_rate", a.learning_rate.to_string(), t.learning_rate.to_string());
+    check("weight_decay", a.weight_decay.to_string(), t.optimizer.weight_decay.to_string());
+    check("adam_beta1", a.adam_beta1.to_string(), t.optimizer.beta1.to_string());
+    check("adam_beta2", a.adam_beta2.to_string(), t.optimizer.beta2.to_string());
+    check("adam_epsilon", a.adam_epsilon.to_string(), t.optimizer.epsilon.to_string());
+    check("max_grad_norm", a.max_grad_norm.to_string(), t.max_grad_norm.to_string());
+    check(
+        "lr_scheduler_type",
+        a.lr_scheduler_type.clone(),
+        t.lr_scheduler_type.name().to_string(),
+    );
+    check("warmup_steps", a.warmup_steps.to_string(), t.warmup_steps.to_string());
+    check(
+        "objective",
+        a.objective.clone(),
+        t.objective.map_or("labels", ObjectiveArg::name).to_string(),
+    );
+    if let Some(n) = t.seq_len {
+        check("seq_len", a.seq_len.to_string(), n.to_string());
+    }
+    if let Some(n) = t.per_device_train_batch_size {
+        check(
+            "per_device_train_batch_size",
+            a.per_device_train_batch_size.to_string(),
+            n.to_string(),
+        );
+    }
+    if let Some(n) = t.max_steps {
+        check("max_steps", state.max_steps.to_string(), n.to_string());
+    }
+    if state.data.sha256 != data_sha {
+        out.push(format!(
+            "the training data: {} (sha256 {}) there",
+            state.data.path,
+            &state.data.sha256[..12]
+        ));
+    }
+    // The model as this experiment configures it (from random weights, as it was trained).
+    let overrides = crate::source::overrides(&v.config, None)?;
+    let model = crate::source::load_training_model(&v.spec, &overrides)?;
+    out.extend(checkpoint::identity_differences(
+        &state.model,
+        &crate::train::setup::identity(&model.grad),
+    ));
+    Ok(out)
+}
+
 /// Runs the quality A/B; see the module's documentation.
 pub fn run(
     title: Option<&str>,
@@ -127,6 +189,7 @@ pub fn run(
     crate::check_input_file("eval_text", &plan.eval_text)?;
     let threads = crate::use_threads(work.threads)?;
     let jobs: Vec<(usize, u64)> = (0..variants.len()).flat_map(|v| plan.seeds.iter().map(move |&s| (v, s))).collect();
+    let data_sha = crate::train::data::sha256_file(&plan.train.data).map_err(Failure::Message)?;
     let mut failures: Vec<Option<String>> = vec![None; variants.len()];
     for (index, &(vi, seed)) in jobs.iter().enumerate() {
         if sweep.shard.is_some_and(|(i, n)| index % n != i) {
@@ -135,6 +198,14 @@ pub fn run(
         let v = &variants[vi];
         let dir = run_dir(&sweep.out, v, seed);
         if finished(&dir) {
+            let differ = differences(&dir, v, plan, &data_sha)?;
+            if !differ.is_empty() {
+                return Err(Failure::Message(format!(
+                    "{} was trained otherwise than the experiment now says ({}); remove it to train it again, or give another --out",
+                    dir.display(),
+                    differ.join("; ")
+                )));
+            }
             eprintln!("{} seed {seed}: trained already ({})", label(v), dir.display());
             continue;
         }

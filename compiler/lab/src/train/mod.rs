@@ -7,7 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod optim;
 mod progress;
-mod setup;
+pub(crate) mod setup;
 
 use crate::{ConfigSource, Failure};
 use checkpoint::{ParamState, Snapshot, TrainerState};
@@ -26,7 +26,7 @@ pub enum ObjectiveArg {
 }
 
 impl ObjectiveArg {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ObjectiveArg::Causal => "causal",
             ObjectiveArg::Masked => "masked",

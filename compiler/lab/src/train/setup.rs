@@ -486,7 +486,7 @@ fn fresh_state(opts: &TrainOptions, data: &Data, model: ModelIdentity, max_steps
 /// settings are only warned about.
 /// The model a checkpoint belongs to, from its backward pass: its name, resolved config and
 /// parameters.
-fn identity(grad: &lmc_core::ir::Graph) -> ModelIdentity {
+pub(crate) fn identity(grad: &lmc_core::ir::Graph) -> ModelIdentity {
     let shape = |t: &lmc_core::ir::TensorType| -> Vec<usize> {
         t.dims
             .iter()
