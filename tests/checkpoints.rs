@@ -3,7 +3,9 @@
 //! weights allows; a checkpoint that mixes floating-point dtypes is refused, naming a tensor of
 //! each.
 
-use lmc_tests::{bf16_bits, lmc, lmc_run, max_abs_diff, read_f32_tensors, root, scratch, write_half, write_raw};
+use lmc_tests::{
+    assert_matches_fixture, bf16_bits, lmc, lmc_run, max_abs_diff, read_f32_tensors, root, run_outputs, scratch, write_half, write_raw,
+};
 use std::path::{Path, PathBuf};
 
 /// A safetensors file's f32 tensors: (name, shape, values), in file order.
@@ -373,4 +375,27 @@ fn a_key_the_model_assumes_otherwise_is_reported() {
     let r = lmc_run(spec, "tests/fixtures/llama_tiny", inputs, &out, &["--strict"]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success() && !stderr.contains("W0101"), "{stderr}");
+}
+
+/// The LLaMA file reads its relatives' checkpoints as transformers does: Qwen2 (biased query,
+/// key and value projections, the head tied to the embedding) and Mistral (a sliding window of 4
+/// keys, shorter than the 9-token inputs, so a model without it is off by 0.19).
+#[test]
+fn llama_relatives_match_transformers() {
+    for fixture in ["tests/fixtures/qwen2_tiny", "tests/fixtures/mistral_tiny"] {
+        assert_matches_fixture("models/llama.model:LlamaForCausalLM", fixture, 1e-4);
+    }
+    let dir = scratch("mistral_without_window");
+    let got = run_outputs(
+        "models/llama.model:LlamaForCausalLM",
+        "tests/fixtures/mistral_tiny",
+        "tests/fixtures/mistral_tiny/inputs.safetensors",
+        &dir.join("out.safetensors"),
+        &["--set", "sliding_window=0"],
+    );
+    let want = read_f32_tensors(&root().join("tests/fixtures/mistral_tiny/expected.safetensors"));
+    assert!(
+        max_abs_diff(&got[0].2, &want[0].2) > 1e-2,
+        "the fixture's window changes its logits"
+    );
 }

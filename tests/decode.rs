@@ -14,6 +14,8 @@ const CASES: &[(&str, &str, &str)] = &[
     ("models/gpt2.model", "GPT2ALiBi", "tests/fixtures/gpt2_tiny"),
     ("models/gpt2.model", "GPT2RoPE", "tests/fixtures/gpt2_even"),
     ("models/llama.model", "LlamaForCausalLM", "tests/fixtures/llama_tiny"),
+    ("models/llama.model", "LlamaForCausalLM", "tests/fixtures/qwen2_tiny"),
+    ("models/llama.model", "LlamaForCausalLM", "tests/fixtures/mistral_tiny"),
     ("models/rwkv.model", "RwkvForCausalLM", "tests/fixtures/rwkv_tiny"),
     ("models/mamba.model", "MambaForCausalLM", "tests/fixtures/mamba_tiny"),
     ("models/t5.model", "T5ForConditionalGeneration", "tests/fixtures/t5_untied"),
@@ -116,7 +118,7 @@ fn greedy_decoding_matches_transformers_token_for_token() {
     for &(file, name, fixture) in CASES.iter().filter(|c| !c.1.contains("ALiBi") && !c.1.contains("RoPE")) {
         // An encoder-decoder's sequences start with the decoder's start token, not the prompt.
         let decoder_prompt = |prompt: usize| if is_encoder_decoder(name) { 1 } else { prompt };
-        let dir = scratch(&format!("generate_{name}"));
+        let dir = scratch(&format!("generate_{name}_{}", fixture.rsplit('/').next().unwrap_or(fixture)));
         let out = dir.join("sequences.safetensors");
         let inputs = format!("{fixture}/generate_inputs.safetensors");
         let (shape, want) = read_i64(&root().join(fixture).join("generate_expected.safetensors"), "sequences");

@@ -244,6 +244,52 @@ def llama_tiny():
     save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
 
 
+def llama_family_tiny(name, config_cls, model_cls, seed, **settings):
+    """A LLaMA relative (Qwen2, Mistral) at odd sizes with grouped-query attention: logits for a
+    padded batch of 9 tokens."""
+    out = FIXTURES / name
+    torch.manual_seed(seed)
+    config = config_cls(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=50,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        **settings,
+    )
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or pname.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
+def qwen2_tiny():
+    """Qwen2ForCausalLM: biased query/key/value projections, the head tied to the embedding."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    llama_family_tiny("qwen2_tiny", Qwen2Config, Qwen2ForCausalLM, 21, tie_word_embeddings=True)
+
+
+def mistral_tiny():
+    """MistralForCausalLM with a sliding window of 4 keys (shorter than the 9-token inputs)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    llama_family_tiny("mistral_tiny", MistralConfig, MistralForCausalLM, 23, sliding_window=4, head_dim=16)
+
+
 def t5_tiny(name, **overrides):
     """T5ForConditionalGeneration at odd sizes, a deeper encoder than decoder: logits."""
     from transformers import T5Config, T5ForConditionalGeneration
@@ -503,6 +549,8 @@ if __name__ == "__main__":
     gpt2_tiny()
     gpt2_even()
     llama_tiny()
+    qwen2_tiny()
+    mistral_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     t5_tiny("t5_untied", untied=True)

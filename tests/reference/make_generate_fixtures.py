@@ -4,7 +4,7 @@ from the causal fixtures' checkpoints (made by make_fixtures.py / make_mamba_fix
 
 Run by hand, never by CI (it needs torch and transformers; see docs/testing.md, "Fixtures"):
 
-    python3 tests/reference/make_generate_fixtures.py
+    python3 tests/reference/make_generate_fixtures.py [FIXTURE ...]
 
 For each fixture it writes `generate_inputs.safetensors` (`input_ids`: two prompts of one
 length) and `generate_expected.safetensors` (`sequences`: each prompt followed by exactly
@@ -55,5 +55,8 @@ def make(name):
 if __name__ == "__main__":
     # T5: the untied fixture; greedy decoding of t5_tiny and t5_gated gives the pad token at
     # every step, which a wrong decoder could match by accident.
-    for name in ["gpt2_tiny", "llama_tiny", "rwkv_tiny", "mamba_tiny", "t5_untied"]:
+    import sys
+
+    names = sys.argv[1:] or ["gpt2_tiny", "llama_tiny", "qwen2_tiny", "mistral_tiny", "rwkv_tiny", "mamba_tiny", "t5_untied"]
+    for name in names:
         make(name)

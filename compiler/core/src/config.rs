@@ -452,7 +452,9 @@ pub fn key_usage(decl: &ConfigDecl, overrides: &ConfigOverrides) -> KeyUsage {
             field.hf_keys.iter().map(|k| k.value.as_str()).collect()
         };
         if let Some(key) = keys.into_iter().find(|k| present(k)) {
-            read.push(key.to_string());
+            if !read.iter().any(|r| r == key) {
+                read.push(key.to_string());
+            }
         }
     }
     let assumed: Vec<String> = decl
