@@ -495,3 +495,137 @@ fn ab_times_generation() {
     assert!(r.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&r.stderr));
     assert!(stdout.contains("cannot decode: the attention at models/bert.model:"), "{stdout}");
 }
+
+/// `--prompt` takes text through the checkpoint's tokenizer and prints text: the words of the
+/// tiny GPT-2's word-level tokenizer are `w0` … `w100`, ids 0 … 100, so transformers' greedy
+/// sequences of the generate fixture, written as words, are what lmc must print.
+#[test]
+fn text_prompts_generate_text_as_transformers_does() {
+    let fixture = "tests/fixtures/gpt2_tiny";
+    let (shape, want) = read_i64(&root().join(fixture).join("generate_expected.safetensors"), "sequences");
+    let (_, prompts) = read_i64(&root().join(fixture).join("generate_inputs.safetensors"), "input_ids");
+    let length = prompts.len() / shape[0];
+    let words = |ids: &[i64]| ids.iter().map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    let new = (shape[1] - length).to_string();
+    let r = lmc(&[
+        "generate",
+        "models/gpt2.model",
+        "--weights",
+        fixture,
+        "--prompt",
+        &words(&prompts[..length]),
+        "--max-new-tokens",
+        &new,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), words(&want[..shape[1]]));
+
+    // Sampling: the same seed draws the same text, top-k 1 is the argmax, and a checkpoint's
+    // generation_config.json ends a sequence at its eos_token_id.
+    let prompt = words(&prompts[..length]);
+    let sample = |seed: &str, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "models/gpt2.model",
+            "--weights",
+            fixture,
+            "--prompt",
+            &prompt,
+            "--max-new-tokens",
+            "12",
+            "--do-sample",
+            "--seed",
+            seed,
+        ];
+        args.extend_from_slice(extra);
+        let r = lmc(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).trim().to_string()
+    };
+    assert_eq!(sample("7", &["--temperature", "2"]), sample("7", &["--temperature", "2"]));
+    assert_ne!(
+        sample("7", &["--temperature", "2"]),
+        sample("8", &["--temperature", "2"]),
+        "another seed, another draw"
+    );
+    assert_eq!(shape[1] - length, 12, "the fixture's 12 new tokens");
+    assert_eq!(sample("7", &["--top-k", "1"]), words(&want[..shape[1]]), "top-k 1 is the argmax");
+
+    let dir = scratch("generate_eos");
+    for entry in std::fs::read_dir(root().join(fixture)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let first_new = want[length];
+    std::fs::write(
+        dir.join("generation_config.json"),
+        format!("{{\"eos_token_id\": [50256, {first_new}], \"pad_token_id\": 0}}"),
+    )
+    .unwrap();
+    let r = lmc(&[
+        "generate",
+        "models/gpt2.model",
+        "--weights",
+        dir.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--max-new-tokens",
+        "12",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout).trim(),
+        words(&want[..length + 1]),
+        "stopped at the checkpoint's eos"
+    );
+}
+
+/// Sampling options without sampling, and a text prompt without a tokenizer, are errors.
+#[test]
+fn generation_options_that_change_nothing_are_refused() {
+    let fixture = "tests/fixtures/gpt2_tiny";
+    lmc_fails(
+        &[
+            "generate",
+            "models/gpt2.model",
+            "--weights",
+            fixture,
+            "--prompt",
+            "w1 w2",
+            "--max-new-tokens",
+            "2",
+            "--temperature",
+            "0.5",
+        ],
+        &["are for sampling: add --do-sample"],
+    );
+    lmc_fails(
+        &[
+            "generate",
+            "models/gpt2.model",
+            "--weights",
+            fixture,
+            "--input-ids",
+            "1,2",
+            "--max-new-tokens",
+            "2",
+            "--seed",
+            "3",
+        ],
+        &["--seed seeds sampling"],
+    );
+    lmc_fails(
+        &[
+            "generate",
+            "models/gpt2.model",
+            "--random-weights",
+            "--config",
+            fixture,
+            "--prompt",
+            "w1",
+            "--max-new-tokens",
+            "2",
+        ],
+        &["give its tokenizer with --tokenizer"],
+    );
+}

@@ -221,6 +221,14 @@ fn physical_memory() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// Each sequence's logits at the last position of `logits` `[batch, n, vocabulary]`.
+fn last_rows(logits: &HostTensor) -> Result<Vec<&[f32]>, RuntimeError> {
+    let (&[batch, n, vocab], Some(values)) = (logits.shape.as_slice(), logits.as_f32()) else {
+        return Err(RuntimeError::internal("logits are not f32 [batch, n, vocabulary]"));
+    };
+    Ok((0..batch).map(|b| &values[(b * n + n - 1) * vocab..(b * n + n) * vocab]).collect())
+}
+
 /// For each row of `logits` `[batch, n, vocabulary]`, the index of the largest logit at the last
 /// position (the first one on ties, as `torch.argmax`).
 pub fn last_argmax(logits: &HostTensor) -> Result<Vec<i64>, RuntimeError> {
@@ -255,9 +263,8 @@ pub struct Generated {
 
 /// Greedy decoding: the prompts (one per sequence, all the same length), then `max_new_tokens`
 /// tokens each, every one the argmax of the previous position's logits. With `eos`, a sequence
-/// that produced it is finished: it takes `eos` from then on (as Hugging Face pads it), and
-/// decoding stops once every sequence is. `context` goes to every step whole (see
-/// [`Decoder::with_context`]).
+/// that produced it is finished: it takes `eos` from then on, and decoding stops once every
+/// sequence is. `context` goes to every step whole (see [`Decoder::with_context`]).
 pub fn greedy(
     model: &LoadedModel,
     prompts: &[Vec<i64>],
@@ -265,10 +272,39 @@ pub fn greedy(
     max_new_tokens: usize,
     eos: Option<i64>,
 ) -> Result<Generated, RuntimeError> {
+    let stop = Stop {
+        eos: eos.into_iter().collect(),
+        pad: eos,
+    };
+    generate(model, prompts, context, max_new_tokens, &stop, None)
+}
+
+/// When a sequence is finished, as transformers' `generate` decides it.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Any of these ends a sequence (`eos_token_id`, one or several).
+    pub eos: Vec<i64>,
+    /// What a finished sequence takes from then on (`pad_token_id`; transformers uses the first
+    /// end-of-sequence token when there is none).
+    pub pad: Option<i64>,
+}
+
+/// Decoding: the prompts (one per sequence, all the same length), then up to `max_new_tokens`
+/// tokens each, every one the argmax of the previous position's logits, or drawn by `sampler`.
+/// A sequence that produced an end-of-sequence token is finished and takes `stop.pad` from
+/// then on; decoding stops once every sequence is.
+pub fn generate(
+    model: &LoadedModel,
+    prompts: &[Vec<i64>],
+    context: Vec<HostTensor>,
+    max_new_tokens: usize,
+    stop: &Stop,
+    mut sampler: Option<&mut crate::sampling::Sampler>,
+) -> Result<Generated, RuntimeError> {
     let length = prompts.first().map_or(0, Vec::len);
     if length == 0 || prompts.iter().any(|p| p.len() != length) {
         return Err(RuntimeError::input(
-            "greedy decoding needs at least one prompt, all of the same non-zero length (no padding yet)",
+            "decoding needs at least one prompt, all of the same non-zero length (no padding yet)",
         ));
     }
     if max_new_tokens == 0 {
@@ -292,8 +328,15 @@ pub fn greedy(
             decoder.capacity()
         )));
     }
+    let mut choose = |logits: &HostTensor| -> Result<Vec<i64>, RuntimeError> {
+        match sampler.as_deref_mut() {
+            None => last_argmax(logits),
+            Some(s) => Ok(last_rows(logits)?.into_iter().map(|row| s.sample(row)).collect()),
+        }
+    };
+    let pad = stop.pad.or(stop.eos.first().copied());
     let started = Instant::now();
-    let mut next = last_argmax(&decoder.step(model, &prompts.concat(), length)?)?;
+    let mut next = choose(&decoder.step(model, &prompts.concat(), length)?)?;
     let prefill = started.elapsed();
     let started = Instant::now();
     let mut steps = 0;
@@ -302,10 +345,10 @@ pub fn greedy(
     loop {
         for (b, t) in next.iter_mut().enumerate() {
             if done[b] {
-                *t = eos.unwrap_or(*t);
+                *t = pad.unwrap_or(*t);
             }
             tokens[b].push(*t);
-            done[b] |= Some(*t) == eos;
+            done[b] |= stop.eos.contains(t);
         }
         if tokens[0].len() == max_new_tokens || done.iter().all(|d| *d) {
             return Ok(Generated {
@@ -315,7 +358,7 @@ pub fn greedy(
                 decode_steps: steps,
             });
         }
-        next = last_argmax(&decoder.step(model, &next, 1)?)?;
+        next = choose(&decoder.step(model, &next, 1)?)?;
         steps += 1;
     }
 }

@@ -19,12 +19,13 @@ pub mod model;
 pub mod module;
 pub mod random;
 pub mod safetensors;
+pub mod sampling;
 pub mod tensor;
 pub mod validate;
 pub mod widen;
 
 pub use error::{ErrorKind, RuntimeError};
-pub use generate::{greedy, Decoder, Generated};
+pub use generate::{generate, greedy, Decoder, Generated, Stop};
 pub use lmc_abi::{DType, Dim, Manifest};
 pub use model::{weight_files, LoadedModel, WeightsSource};
 pub use module::Module;

@@ -1,6 +1,9 @@
-//! `lmc generate FILE[:MODEL] --weights DIR --input-ids 5,17,42 --max-new-tokens N`: greedy
-//! decoding with the decode step the compiler derives from the model's forward
-//! (`lmc_core::decode`), its caches sized for exactly the prompt and the new tokens.
+//! `lmc generate FILE[:MODEL] --weights DIR (--prompt TEXT | --input-ids 5,17,42) --max-new-tokens
+//! N`: decoding with the decode step the compiler derives from the model's forward
+//! (`lmc_core::decode`), its caches sized for exactly the prompt and the new tokens; greedy, or
+//! sampled as transformers samples, with the end-of-sequence and padding tokens and the
+//! sampling settings of the checkpoint's `generation_config.json` unless the command line says
+//! otherwise.
 
 use lmc_lab::ab::compile_graph;
 use lmc_lab::source::{load_model, overrides};
@@ -9,15 +12,31 @@ use std::path::Path;
 
 /// What to generate from.
 pub struct Prompt<'a> {
+    /// `--prompt TEXT`: one sequence, tokenized (special tokens added as the tokenizer adds them).
+    pub text: Option<&'a str>,
+    /// `--tokenizer FILE`; the checkpoint's `tokenizer.json` by default.
+    pub tokenizer: Option<&'a Path>,
     /// `--input-ids 5,17,42`: one sequence.
     pub ids: Option<&'a [i64]>,
     /// `--inputs FILE`: a safetensors file whose tokens input (`input_ids`) is `[batch, length]`.
     pub file: Option<&'a Path>,
 }
 
+/// How tokens are chosen, as the command line says (the checkpoint's generation_config.json
+/// fills in what it leaves out).
+pub struct SamplingArgs {
+    pub do_sample: bool,
+    pub greedy: bool,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+}
+
 pub struct Options {
     pub max_new_tokens: usize,
     pub eos: Option<i64>,
+    pub sampling: SamplingArgs,
     pub threads: Option<usize>,
     /// `--decoder-start-token-id`: an encoder-decoder's first decoder token.
     pub decoder_start: Option<i64>,
@@ -72,7 +91,37 @@ pub fn generate(
             .find(|d| is_int(d) && d.ty.rank() == 2)
             .map_or("input_ids".to_string(), |d| d.name.clone()),
     };
-    let prompts = read_prompts(prompt, &prompt_name)?;
+    let tokenizer = match prompt.text {
+        Some(_) => Some(load_tokenizer(prompt.tokenizer, checkpoint)?),
+        None => None,
+    };
+    let prompts = match (prompt.text, &tokenizer) {
+        (Some(text), Some(t)) => {
+            let encoding = t
+                .encode(text, true)
+                .map_err(|e| Failure::Message(format!("cannot tokenize the prompt: {e}")))?;
+            let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
+            if ids.is_empty() {
+                return Err(Failure::Message("the prompt is empty once tokenized".into()));
+            }
+            vec![ids]
+        }
+        _ => read_prompts(prompt, &prompt_name)?,
+    };
+    let generation = GenerationConfig::read(checkpoint)?;
+    let stop = lmc_runtime::Stop {
+        eos: match o.eos {
+            Some(t) => vec![t],
+            None => generation.eos.clone(),
+        },
+        pad: generation.pad,
+    };
+    let mut sampler = sampler(&o.sampling, &generation)?;
+    if sampler.is_none() && o.sampling.seed.is_some() && matches!(weights, Weights::Checkpoint(_)) {
+        return Err(Failure::Message(
+            "--seed seeds sampling (and --random-weights); without either it changes nothing".into(),
+        ));
+    }
     // An encoder-decoder's prompt (with all-ones masks beside it) goes to its encoder, whose
     // values are computed once below; its decoder starts from its start token.
     let (context, prompts) = if context_decls.is_empty() {
@@ -118,8 +167,8 @@ pub fn generate(
             lmc_runtime::generate::context(&encoder.model, context).map_err(|e| Failure::Message(e.to_string()))?
         }
     };
-    let g =
-        lmc_runtime::greedy(&compiled.model, &prompts, context, o.max_new_tokens, o.eos).map_err(|e| Failure::Message(e.to_string()))?;
+    let g = lmc_runtime::generate(&compiled.model, &prompts, context, o.max_new_tokens, &stop, sampler.as_mut())
+        .map_err(|e| Failure::Message(e.to_string()))?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     // Tokens per second of the steps after the prompt: one new token per sequence each.
     let per_s = (g.decode_steps * prompts.len()) as f64 / g.decode.as_secs_f64();
@@ -148,6 +197,16 @@ pub fn generate(
     }
     let generated = g.tokens;
     match output {
+        None if tokenizer.is_some() => {
+            let t = tokenizer.as_ref().expect("checked");
+            for (p, row) in prompts.iter().zip(&generated) {
+                let ids: Vec<u32> = p.iter().chain(row).map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+                let text = t
+                    .decode(&ids, true)
+                    .map_err(|e| Failure::Message(format!("cannot decode the tokens: {e}")))?;
+                lmc_lab::outln!("{text}");
+            }
+        }
         None => {
             for row in &generated {
                 let ids: Vec<String> = row.iter().map(i64::to_string).collect();
@@ -222,7 +281,99 @@ fn read_prompts(prompt: &Prompt<'_>, tokens_name: &str) -> Result<Vec<Vec<i64>>,
             }
         }
         _ => Err(Failure::Message(
-            "give the prompt: --input-ids 5,17,42, or --inputs FILE with a [batch, length] tensor".into(),
+            "give the prompt: --prompt TEXT, --input-ids 5,17,42, or --inputs FILE with a [batch, length] tensor".into(),
         )),
     }
+}
+
+/// `--tokenizer`, or the checkpoint's `tokenizer.json`.
+fn load_tokenizer(given: Option<&Path>, checkpoint: Option<&Path>) -> Result<tokenizers::Tokenizer, Failure> {
+    let path = match (given, checkpoint) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(dir)) if dir.join("tokenizer.json").is_file() => dir.join("tokenizer.json"),
+        _ => {
+            return Err(Failure::Message(
+                "--prompt is text: give its tokenizer with --tokenizer tokenizer.json, or a checkpoint directory that has one".into(),
+            ))
+        }
+    };
+    lmc_lab::check_input_file("--tokenizer", &path)?;
+    tokenizers::Tokenizer::from_file(&path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))
+}
+
+/// What the checkpoint says about generating (`generation_config.json`, and `config.json` for the
+/// special tokens it does not name), as transformers reads them.
+#[derive(Default)]
+struct GenerationConfig {
+    eos: Vec<i64>,
+    pad: Option<i64>,
+    do_sample: bool,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+}
+
+impl GenerationConfig {
+    fn read(checkpoint: Option<&Path>) -> Result<GenerationConfig, Failure> {
+        let Some(dir) = checkpoint else {
+            return Ok(GenerationConfig::default());
+        };
+        let read = |name: &str| -> Result<Option<serde_json::Value>, Failure> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Failure::Message(format!("{}: {e}", path.display())))
+        };
+        let generation = read("generation_config.json")?.unwrap_or(serde_json::Value::Null);
+        let config = read("config.json")?.unwrap_or(serde_json::Value::Null);
+        let key = |k: &str| -> &serde_json::Value {
+            match &generation[k] {
+                serde_json::Value::Null => &config[k],
+                v => v,
+            }
+        };
+        let ids = |v: &serde_json::Value| -> Vec<i64> {
+            match v {
+                serde_json::Value::Array(a) => a.iter().filter_map(serde_json::Value::as_i64).collect(),
+                v => v.as_i64().into_iter().collect(),
+            }
+        };
+        Ok(GenerationConfig {
+            eos: ids(key("eos_token_id")),
+            pad: key("pad_token_id").as_i64(),
+            do_sample: generation["do_sample"].as_bool().unwrap_or(false),
+            temperature: generation["temperature"].as_f64().map(|t| t as f32),
+            top_k: generation["top_k"].as_u64().map(|k| k as usize),
+            top_p: generation["top_p"].as_f64().map(|p| p as f32),
+        })
+    }
+}
+
+/// The sampler the command line and the checkpoint ask for, or none (the argmax).
+fn sampler(args: &SamplingArgs, generation: &GenerationConfig) -> Result<Option<lmc_runtime::sampling::Sampler>, Failure> {
+    let sampling = !args.greedy && (args.do_sample || generation.do_sample);
+    if !sampling {
+        if args.temperature.is_some() || args.top_k.is_some() || args.top_p.is_some() {
+            return Err(Failure::Message(
+                "--temperature, --top-k and --top-p are for sampling: add --do-sample".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if !args.do_sample {
+        eprintln!("sampling, as the checkpoint's generation_config.json says (--greedy for the argmax)");
+    }
+    let settings = lmc_runtime::sampling::Sampling {
+        temperature: args.temperature.or(generation.temperature).unwrap_or(1.0),
+        top_k: args.top_k.or(generation.top_k).unwrap_or(50),
+        top_p: args.top_p.or(generation.top_p).unwrap_or(1.0),
+        seed: args.seed.unwrap_or(0),
+    };
+    lmc_runtime::sampling::Sampler::new(settings)
+        .map(Some)
+        .map_err(|e| Failure::Message(e.message().to_string()))
 }

@@ -130,9 +130,22 @@ pub struct WeightsArgs {
     /// with --config and --set.
     #[arg(long, conflicts_with = "weights")]
     random_weights: bool,
-    /// The seed of --random-weights.
-    #[arg(long, default_value_t = 0, requires = "random_weights")]
-    seed: u64,
+    /// The seed of --random-weights (default 0); `lmc generate` also samples with it.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl WeightsArgs {
+    /// The weights these options name. `--seed` seeds random weights; with a checkpoint it would
+    /// change nothing, and is refused unless the command has another use for it (`uses_seed`).
+    fn resolve(&self, uses_seed: bool) -> Result<Weights, Failure> {
+        if self.weights.is_some() && self.seed.is_some() && !uses_seed {
+            return Err(Failure::Message(
+                "--seed seeds --random-weights; with --weights it changes nothing".into(),
+            ));
+        }
+        Ok(Weights::new(self.weights.clone(), self.seed.unwrap_or(0)))
+    }
 }
 
 #[derive(Subcommand)]
@@ -260,6 +273,13 @@ enum Command {
         model: String,
         #[command(flatten)]
         weights: WeightsArgs,
+        /// The prompt as text, tokenized with --tokenizer or the checkpoint's tokenizer.json;
+        /// the output is then text too.
+        #[arg(long, conflicts_with_all = ["input_ids", "inputs"])]
+        prompt: Option<String>,
+        /// A Hugging Face tokenizer.json for --prompt (default: the checkpoint's).
+        #[arg(long, value_name = "FILE")]
+        tokenizer: Option<PathBuf>,
         /// The prompt's token ids: `--input-ids 5,17,42`.
         #[arg(long, value_delimiter = ',', conflicts_with = "inputs")]
         input_ids: Option<Vec<i64>>,
@@ -269,9 +289,28 @@ enum Command {
         inputs: Option<PathBuf>,
         #[arg(long)]
         max_new_tokens: usize,
-        /// Stop a sequence at this token (it is padded with it while others go on).
+        /// Stop a sequence at this token (it is padded while others go on); default: the
+        /// checkpoint's `eos_token_id` (generation_config.json, else config.json), as
+        /// transformers reads it.
         #[arg(long)]
         eos_token_id: Option<i64>,
+        /// Draw each token as transformers' `do_sample=True` does (temperature, then top-k, then
+        /// top-p; seeded by --seed); default: as the checkpoint's generation_config.json says.
+        #[arg(long, conflicts_with = "greedy")]
+        do_sample: bool,
+        /// The argmax at every step, whatever generation_config.json says.
+        #[arg(long)]
+        greedy: bool,
+        /// Sampling's temperature (default: generation_config.json's, else 1).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Keep the k most likely tokens when sampling; 0 keeps all (default: generation_config.json's, else 50).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Keep the most likely tokens up to this much probability when sampling (default:
+        /// generation_config.json's, else 1: all).
+        #[arg(long)]
+        top_p: Option<f32>,
         /// An encoder-decoder's first decoder token (the prompt goes to the encoder); default:
         /// the checkpoint's `decoder_start_token_id`.
         #[arg(long)]
@@ -542,8 +581,7 @@ fn run(cli: Cli) -> ExitCode {
             library,
             device,
             config,
-        } => {
-            let weights = Weights::new(weights.weights, weights.seed);
+        } => weights.resolve(false).and_then(|weights| {
             commands::run(
                 &model,
                 &weights,
@@ -554,15 +592,14 @@ fn run(cli: Cli) -> ExitCode {
                 &config.source(),
                 commands::Derived::Forward,
             )
-        }
+        }),
         Command::Grad {
             model,
             weights,
             inputs,
             output,
             config,
-        } => {
-            let weights = Weights::new(weights.weights, weights.seed);
+        } => weights.resolve(false).and_then(|weights| {
             commands::run(
                 &model,
                 &weights,
@@ -573,24 +610,32 @@ fn run(cli: Cli) -> ExitCode {
                 &config.source(),
                 commands::Derived::Grad,
             )
-        }
+        }),
         Command::Train(args) => train::train(args),
         Command::Generate {
             model,
             weights,
+            prompt,
+            tokenizer,
             input_ids,
             inputs,
             max_new_tokens,
             eos_token_id,
+            do_sample,
+            greedy,
+            temperature,
+            top_k,
+            top_p,
             decoder_start_token_id,
             threads,
             device,
             output,
             json,
             config,
-        } => {
-            let weights = Weights::new(weights.weights, weights.seed);
+        } => weights.resolve(true).and_then(|resolved| {
             let prompt = generate::Prompt {
+                text: prompt.as_deref(),
+                tokenizer: tokenizer.as_deref(),
                 ids: input_ids.as_deref(),
                 file: inputs.as_deref(),
             };
@@ -598,12 +643,20 @@ fn run(cli: Cli) -> ExitCode {
                 max_new_tokens,
                 eos: eos_token_id,
                 decoder_start: decoder_start_token_id,
+                sampling: generate::SamplingArgs {
+                    do_sample,
+                    greedy,
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed: weights.seed,
+                },
                 threads,
                 json,
                 device: device.device(),
             };
-            generate::generate(&model, &weights, &config.source(), &prompt, &options, output.as_deref())
-        }
+            generate::generate(&model, &resolved, &config.source(), &prompt, &options, output.as_deref())
+        }),
         Command::Bench {
             model,
             weights,
