@@ -382,8 +382,13 @@ fn a_key_the_model_assumes_otherwise_is_reported() {
 /// keys, shorter than the 9-token inputs, so a model without it is off by 0.19).
 #[test]
 fn llama_relatives_match_transformers() {
-    for fixture in ["tests/fixtures/qwen2_tiny", "tests/fixtures/mistral_tiny"] {
-        assert_matches_fixture("models/llama.model:LlamaForCausalLM", fixture, 1e-4);
+    for (name, fixture) in [
+        ("LlamaForCausalLM", "tests/fixtures/qwen2_tiny"),
+        ("Qwen2ForCausalLM", "tests/fixtures/qwen2_tiny"),
+        ("LlamaForCausalLM", "tests/fixtures/mistral_tiny"),
+        ("MistralForCausalLM", "tests/fixtures/mistral_tiny"),
+    ] {
+        assert_matches_fixture(&format!("models/llama.model:{name}"), fixture, 1e-4);
     }
     let dir = scratch("mistral_without_window");
     let got = run_outputs(
