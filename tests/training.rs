@@ -50,6 +50,12 @@ fn llama_gradients_match_torch() {
 }
 
 #[test]
+fn electra_gradients_match_torch() {
+    grad_matches_torch("models/electra.model:ElectraForPreTraining", "electra_discriminator");
+    grad_matches_torch("models/electra.model:ElectraForMaskedLM", "electra_generator");
+}
+
+#[test]
 fn bert_masked_lm_gradients_match_torch() {
     grad_matches_torch("models/bert.model:BertForMaskedLM", "bert_mlm");
 }

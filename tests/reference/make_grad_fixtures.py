@@ -49,6 +49,14 @@ untied head), seed 0, RMSNorm weights perturbed by 0.1 * randn.
 - `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
   `model.safetensors` (causal LM loss as gpt2_grad's).
 
+`electra_discriminator/`, `electra_generator/` (the checkpoints of make_fixtures.py): loss and
+gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 padded by 2.
+- `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask`, `labels`: for the
+  discriminator (ElectraForPreTraining) 0/1 per position, padding included, which transformers'
+  loss leaves out by the attention mask (BCEWithLogitsLoss over the active positions); for the
+  generator (ElectraForMaskedLM) the token at 3 positions a row and -100 elsewhere.
+- `expected_grad.safetensors`: `loss`, `logits` and one gradient per stored tensor.
+
 `bert_mlm/`: BertForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, intermediate 37,
 40 positions, 3 token types, LayerNorm eps 1e-12, exact (erf) gelu), seed 0, LayerNorm weights
 and biases perturbed by 0.1 * randn.
@@ -70,7 +78,16 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
@@ -333,7 +350,48 @@ def llama_grad():
     compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
 
 
-FIXTURE_MAKERS = {"gpt2_grad": lambda: gpt2_grad(), "bert_mlm": lambda: bert_mlm(), "llama_grad": lambda: llama_grad()}
+def electra_grad(name, cls, labels_for):
+    """Loss and gradients of an ELECTRA fixture checkpoint (made by make_fixtures.py), in eval
+    mode (its config keeps dropout 0.1): `inputs_grad.safetensors` and `expected_grad.safetensors`
+    beside it."""
+    out = FIXTURES / name
+    print(name)
+    model = cls.from_pretrained(out)
+    names = stored_names(out)
+    g = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(5, model.config.vocab_size, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, model.config.type_vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    labels = labels_for(input_ids, attention_mask, g)
+    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+    expected = loss_and_grads(model, inputs, names, train=False)
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+
+
+def replaced_labels(input_ids, attention_mask, g):
+    """ELECTRA's discriminator: 1 where a token was replaced; padding positions are labelled too
+    (transformers leaves them out of the loss by the attention mask)."""
+    return torch.randint(0, 2, input_ids.shape, generator=g)
+
+
+def masked_labels(input_ids, attention_mask, g):
+    """ELECTRA's generator: the token at 3 positions a row, -100 elsewhere (none on padding)."""
+    labels = torch.full_like(input_ids, -100)
+    for row, positions in [(0, [1, 4, 6]), (1, [0, 2, 3])]:
+        labels[row, positions] = input_ids[row, positions]
+    return labels
+
+
+FIXTURE_MAKERS = {
+    "gpt2_grad": lambda: gpt2_grad(),
+    "bert_mlm": lambda: bert_mlm(),
+    "llama_grad": lambda: llama_grad(),
+    "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
+    "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
+}
 
 
 def main():
