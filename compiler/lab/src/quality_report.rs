@@ -1,7 +1,7 @@
 //! The quality A/B's report as CSV and as a self-contained HTML page, both from the one JSON
 //! report (`quality::run`), so that the three never disagree.
 
-use crate::report::{category_chart, colour, escape, Series, STYLE};
+use crate::report::{category_chart, colour, escape, scatter_chart, ScatterPoint, Series, STYLE};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -189,6 +189,32 @@ pub fn html(report: &Value) -> String {
             &buckets,
             &series,
         ));
+    }
+
+    // Quality against speed, at the first length (the training length, usually).
+    if let Some(first) = lengths.first() {
+        let points: Vec<ScatterPoint> = variants
+            .iter()
+            .enumerate()
+            .filter_map(|(k, v)| {
+                let s = &v["summary"][first.as_str()];
+                Some((
+                    v["label"].as_str().unwrap_or("").to_string(),
+                    colour(k),
+                    v["summary"]["train_tokens_per_s"].as_f64()?,
+                    s["loss"].as_f64()?,
+                    s["low"].as_f64().zip(s["high"].as_f64()),
+                ))
+            })
+            .collect();
+        if !points.is_empty() {
+            h.push_str(&scatter_chart(
+                &format!("Loss at {first} against training speed"),
+                "training tokens/s (right: faster)",
+                "loss (nats/token; down: better)",
+                &points,
+            ));
+        }
     }
 
     // Training curves: the mean over seeds at up to ten steps.

@@ -264,14 +264,19 @@ impl Axis {
         }
     }
 
-    /// The y pixel of `v`.
-    fn y(&self, v: f64) -> f64 {
+    /// Where `v` lies between the axis's ends, 0 to 1.
+    fn fraction(&self, v: f64) -> f64 {
         let f = if self.log {
             (v.max(self.lo).log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
         } else {
             (v - self.lo) / (self.hi - self.lo)
         };
-        TOP + (H - TOP - BOTTOM) * (1.0 - f.clamp(0.0, 1.0))
+        f.clamp(0.0, 1.0)
+    }
+
+    /// The y pixel of `v`.
+    fn y(&self, v: f64) -> f64 {
+        TOP + (H - TOP - BOTTOM) * (1.0 - self.fraction(v))
     }
 
     fn ticks(&self) -> Vec<f64> {
@@ -405,6 +410,75 @@ pub(crate) fn category_chart(title: &str, unit: &str, x_label: &str, lengths: &[
             series.colour,
             lx + 14.0,
             escape(&shorten(&series.name, 34))
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A labelled point of [`scatter_chart`]: its name, colour, x, y and y's interval.
+pub(crate) type ScatterPoint = (String, &'static str, f64, f64, Option<(f64, f64)>);
+
+/// One labelled point per variant: `x` against `y`, with `y`'s interval as a bar (quality
+/// against speed: the variants on the lower right of the cloud are the Pareto front).
+pub(crate) fn scatter_chart(title: &str, x_unit: &str, y_unit: &str, points: &[ScatterPoint]) -> String {
+    let x_axis = Axis::fit(points.iter().map(|p| p.2));
+    let y_axis = Axis::fit(
+        points
+            .iter()
+            .flat_map(|p| [p.3].into_iter().chain(p.4.iter().flat_map(|(a, b)| [*a, *b]))),
+    );
+    let mut s = svg_open(title);
+    let plot_w = W - LEFT - RIGHT;
+    let x = |v: f64| LEFT + plot_w * x_axis.fraction(v);
+    let base = H - BOTTOM;
+    for t in y_axis.ticks() {
+        let y = y_axis.y(t);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            y_axis.label(t)
+        );
+    }
+    for t in x_axis.ticks() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x(t),
+            base + 16.0,
+            x_axis.label(t)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{base}\" y2=\"{base}\" stroke=\"#444\"/><text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text><text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">{}</text>",
+        W - RIGHT,
+        LEFT + plot_w / 2.0,
+        base + 32.0,
+        escape(x_unit),
+        TOP + (base - TOP) / 2.0,
+        TOP + (base - TOP) / 2.0,
+        escape(y_unit)
+    );
+    for (name, colour, px, py, band) in points {
+        let (cx, cy) = (x(*px), y_axis.y(*py));
+        if let Some((lo, hi)) = band {
+            let _ = writeln!(
+                s,
+                "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-width=\"2\" opacity=\"0.5\"/>",
+                y_axis.y(*lo),
+                y_axis.y(*hi)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4.5\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            cx + 7.0,
+            cy - 6.0,
+            escape(&shorten(name, 24))
         );
     }
     s.push_str("</svg>\n");
