@@ -117,7 +117,11 @@ fn a_sharded_sweep_trains_each_run_once_and_reports_with_intervals() {
         &["was trained otherwise", "config `n_embd`: 16 there, 18 now"],
     );
     let page = std::fs::read_to_string(&html).unwrap();
-    assert_eq!(page.matches("<svg").count(), 3, "loss by length, by position, training curves");
+    assert_eq!(
+        page.matches("<svg").count(),
+        4,
+        "loss by length, by position, against speed, training curves"
+    );
     assert!(std::fs::read_to_string(&csv).unwrap().starts_with("variant,seed,length,loss"));
 }
 
