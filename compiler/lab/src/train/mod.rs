@@ -282,7 +282,9 @@ pub(crate) fn check_labels(batch: &[lmc_runtime::HostTensor], vocab: Option<i64>
 
 fn write_log(log: &mut Option<std::fs::File>, record: &serde_json::Value, path: Option<&Path>) -> Result<(), Failure> {
     if let (Some(f), Some(path)) = (log.as_mut(), path) {
-        writeln!(f, "{record}").map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
+        // One write per line, so that a reader following the file never sees half a record.
+        f.write_all(format!("{record}\n").as_bytes())
+            .map_err(|e| Failure::Message(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
 }
