@@ -28,32 +28,50 @@ fn logged_so_far(path: &Path, key: &str) -> Vec<f64> {
         .collect()
 }
 
-/// The six AdamW steps of the fixture (weight decay 0.01, constant, no clipping) at `lr`
-/// (the fixture's is 1e-2).
+/// The fixture's data and schedule: six constant-rate steps, weight decay 0.01, no clipping.
+const FIXTURE_RUN: &[&str] = &[
+    "--data",
+    "tests/fixtures/gpt2_grad/adamw_inputs.safetensors",
+    "--max-steps",
+    "6",
+    "--weight-decay",
+    "0.01",
+    "--max-grad-norm",
+    "0",
+    "--lr-scheduler-type",
+    "constant",
+    "--no-dropout",
+];
+
+/// The six AdamW steps of the fixture at `lr` (the fixture's is 1e-2).
 fn train_fixture(out: &Path, lr: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "train",
         GPT2,
         "--weights",
         FIXTURE,
-        "--data",
-        "tests/fixtures/gpt2_grad/adamw_inputs.safetensors",
-        "--max-steps",
-        "6",
         "--learning-rate",
         lr,
-        "--weight-decay",
-        "0.01",
-        "--max-grad-norm",
-        "0",
-        "--lr-scheduler-type",
-        "constant",
-        "--no-dropout",
         "-o",
         out.to_str().unwrap(),
     ];
+    args.extend_from_slice(FIXTURE_RUN);
     args.extend_from_slice(extra);
     lmc(&args)
+}
+
+/// A safetensors file of i64 tensors: (name, shape, values).
+fn write_i64(path: &Path, tensors: &[(&str, &[usize], &[i64])]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let entries: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| (*name, lmc_abi::DType::I64, *shape, b.as_slice()))
+        .collect();
+    lmc_runtime::write_safetensors(path, &entries).unwrap();
 }
 
 /// Six steps follow PyTorch's: each step's loss within 1e-4 relative, the final weights within
@@ -123,27 +141,10 @@ fn adamw_follows_torch_and_a_resumed_run_ends_the_same() {
     std::fs::create_dir_all(&resumed).unwrap();
     copy_dir(&out.join("checkpoint-3"), &resumed.join("checkpoint-3"));
     let resumed_log = dir.join("resumed.jsonl");
-    let r = lmc(&[
-        "train",
-        GPT2,
-        "--resume",
-        resumed.to_str().unwrap(),
-        "--data",
-        "tests/fixtures/gpt2_grad/adamw_inputs.safetensors",
-        "--max-steps",
-        "6",
-        "--learning-rate",
-        "1e-2",
-        "--weight-decay",
-        "0.01",
-        "--max-grad-norm",
-        "0",
-        "--lr-scheduler-type",
-        "constant",
-        "--no-dropout",
-        "--log-json",
-        resumed_log.to_str().unwrap(),
-    ]);
+    let mut args = vec!["train", GPT2, "--resume", resumed.to_str().unwrap(), "--learning-rate", "1e-2"];
+    args.extend_from_slice(FIXTURE_RUN);
+    args.extend_from_slice(&["--log-json", resumed_log.to_str().unwrap()]);
+    let r = lmc(&args);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{stderr}");
     assert!(stderr.contains("at step 3"), "{stderr}");
@@ -174,15 +175,8 @@ fn adamw_follows_torch_and_a_resumed_run_ends_the_same() {
         &["that run trained another model", "config `n_layer`: 2 there, 3 now"],
     );
     let other = dir.join("other.safetensors");
-    let ids: Vec<u8> = (0..2 * 2 * 9i64).flat_map(|i| (i % 50).to_le_bytes()).collect();
-    lmc_runtime::write_safetensors(
-        &other,
-        &[
-            ("input_ids", lmc_abi::DType::I64, &[2, 2, 9], &ids),
-            ("labels", lmc_abi::DType::I64, &[2, 2, 9], &ids),
-        ],
-    )
-    .unwrap();
+    let ids: Vec<i64> = (0..2 * 2 * 9).map(|i| i % 50).collect();
+    write_i64(&other, &[("input_ids", &[2, 2, 9], &ids), ("labels", &[2, 2, 9], &ids)]);
     lmc_fails(
         &[
             "train",
@@ -399,9 +393,8 @@ fn bad_training_input_is_a_clear_error() {
     lmc_fails(&args, &["has 101 tokens", "do not belong together"]);
     // Token ids past the vocabulary, in the third batch.
     let ids: Vec<i64> = (0..3 * 2 * 9).map(|i| if i == 40 { 500 } else { i % 90 }).collect();
-    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     let batches = dir.join("batches.safetensors");
-    lmc_runtime::write_safetensors(&batches, &[("input_ids", lmc_abi::DType::I64, &[3, 2, 9], &bytes)]).unwrap();
+    write_i64(&batches, &[("input_ids", &[3, 2, 9], &ids)]);
     lmc_fails(
         &[
             "train",
@@ -424,14 +417,7 @@ fn bad_training_input_is_a_clear_error() {
     );
     // A column the model does not take.
     let typo = dir.join("typo.safetensors");
-    lmc_runtime::write_safetensors(
-        &typo,
-        &[
-            ("input_ids", lmc_abi::DType::I64, &[3, 2, 9], &bytes),
-            ("lables", lmc_abi::DType::I64, &[3, 2, 9], &bytes),
-        ],
-    )
-    .unwrap();
+    write_i64(&typo, &[("input_ids", &[3, 2, 9], &ids), ("lables", &[3, 2, 9], &ids)]);
     lmc_fails(
         &["train", GPT2, "--weights", FIXTURE, "--data", typo.to_str().unwrap(), "-o", o],
         &["holds lables, which GPT2LMHeadModel does not take"],

@@ -205,6 +205,21 @@ impl<'a> TensorRef<'a> {
         self.bytes
     }
 
+    /// The values of a floating-point tensor as f32: F32 as stored, BF16 and F16 widened
+    /// (exactly); `None` for another dtype.
+    pub fn f32_values(&self) -> Option<Vec<f32>> {
+        match &self.info.dtype {
+            StDType::Other(name) => crate::widen::Half::from_name(name).map(|h| h.widen(self.bytes)),
+            d if d.as_dtype() == Some(DType::F32) => Some(
+                self.bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Copies the tensor into an aligned [`HostTensor`]; fails if its dtype cannot cross the ABI.
     pub fn to_host(&self) -> Result<HostTensor, WeightsError> {
         let Some(dtype) = self.info.dtype.as_dtype() else {

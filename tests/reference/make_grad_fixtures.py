@@ -174,31 +174,40 @@ def gpt2_model():
     return model
 
 
-def gpt2_grad():
-    out = FIXTURES / "gpt2_grad"
-    print("gpt2_grad")
-    model = gpt2_model()
+def causal_batch(vocab, padded_from, unlabelled):
+    """Two rows of 9 tokens (seed 1), row 1 right-padded from `padded_from`; labels are the
+    inputs, -100 at the padding and at row 0, position `unlabelled`."""
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, vocab, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, padded_from:] = 0
+    labels = input_ids.clone()
+    labels[1, padded_from:] = -100
+    labels[0, unlabelled] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def grad_fixture(out, cls, model, inputs, tied):
+    """Saves the model and its loss and gradients on `inputs` (train mode, checked against eval
+    mode and against the reloaded checkpoint); returns the stored names."""
     model.save_pretrained(out, safe_serialization=True)
     names = stored_names(out)
-    tied = [("lm_head.weight", "transformer.wte.weight")]
     report_names(model, names, tied)
-
-    g = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(0, 101, (2, 9), generator=g)
-    attention_mask = torch.ones(2, 9, dtype=torch.int64)
-    attention_mask[1, 6:] = 0
-    labels = input_ids.clone()
-    labels[1, 6:] = -100
-    labels[0, 4] = -100
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
     expected = loss_and_grads(model, inputs, names, train=True)
     compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
     print(f"  loss {expected['loss'].item():.8f}")
     save_file(inputs, out / "inputs_grad.safetensors")
     save_file(expected, out / "expected_grad.safetensors")
-    reloaded = check_reload(GPT2LMHeadModel, out, inputs, expected["logits"], tied)
+    reloaded = check_reload(cls, out, inputs, expected["logits"], tied)
     compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+    return names
+
+
+def gpt2_grad():
+    out = FIXTURES / "gpt2_grad"
+    print("gpt2_grad")
+    tied = [("lm_head.weight", "transformer.wte.weight")]
+    names = grad_fixture(out, GPT2LMHeadModel, gpt2_model(), causal_batch(101, 6, 4), tied)
     adamw(out, names)
 
 
@@ -328,26 +337,7 @@ def llama_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(out, safe_serialization=True)
-    names = stored_names(out)
-    report_names(model, names, [])
-
-    g = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
-    attention_mask = torch.ones(2, 9, dtype=torch.int64)
-    attention_mask[1, 7:] = 0
-    labels = input_ids.clone()
-    labels[1, 7:] = -100
-    labels[0, 3] = -100
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-    expected = loss_and_grads(model, inputs, names, train=True)
-    compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
-    print(f"  loss {expected['loss'].item():.8f}")
-    save_file(inputs, out / "inputs_grad.safetensors")
-    save_file(expected, out / "expected_grad.safetensors")
-    reloaded = check_reload(LlamaForCausalLM, out, inputs, expected["logits"], [])
-    compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+    grad_fixture(out, LlamaForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
 
 
 def electra_grad(name, cls, labels_for):

@@ -438,7 +438,10 @@ pub fn run(
     }
     let mut host = Vec::new();
     for info in input_file.tensors() {
-        host.push(input_file.get(&info.name).expect("listed tensor exists").to_host()?);
+        let t = input_file
+            .get(&info.name)
+            .ok_or_else(|| Failure::Message(format!("{}: cannot read tensor \"{}\"", inputs.display(), info.name)))?;
+        host.push(t.to_host()?);
     }
     let started = std::time::Instant::now();
     let outputs = model.run(&host)?;

@@ -196,9 +196,8 @@ pub fn generate(
         lmc_lab::output::write_report(path, &format!("{report:#}\n"))?;
     }
     let generated = g.tokens;
-    match output {
-        None if tokenizer.is_some() => {
-            let t = tokenizer.as_ref().expect("checked");
+    match (output, &tokenizer) {
+        (None, Some(t)) => {
             for (p, row) in prompts.iter().zip(&generated) {
                 let ids: Vec<u32> = p.iter().chain(row).map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
                 let text = t
@@ -207,13 +206,13 @@ pub fn generate(
                 lmc_lab::outln!("{text}");
             }
         }
-        None => {
+        (None, None) => {
             for row in &generated {
                 let ids: Vec<String> = row.iter().map(i64::to_string).collect();
                 lmc_lab::outln!("{}", ids.join(" "));
             }
         }
-        Some(path) => {
+        (Some(path), _) => {
             // As Hugging Face's `generate` returns them: each prompt (an encoder-decoder's: the
             // start token) followed by its new tokens.
             let width = length + generated[0].len();

@@ -138,7 +138,7 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
     let output = args
         .output_dir
         .or_else(|| args.resume.clone())
-        .expect("clap requires --output-dir without --resume");
+        .ok_or_else(|| Failure::Message("give the output directory: --output-dir DIR".into()))?;
     let mut opts = TrainOptions::new(args.model, args.data, output);
     opts.weights = args.weights;
     opts.config = args.config.source();

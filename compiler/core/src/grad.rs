@@ -430,7 +430,10 @@ impl Deriv<'_> {
             Op::MergeHeads { x } => {
                 let xt = fwd.ty(*x);
                 let Dim::Static(heads) = xt.dims[xt.rank() - 3] else {
-                    unreachable!("merge_heads has a fixed head count")
+                    return self.fail(
+                        "this `merge_heads` has no fixed head count to split its gradient by".into(),
+                        "give the heads as a config value",
+                    );
                 };
                 let gx = self.push(Op::SplitHeads { x: g, heads });
                 self.accumulate(*x, gx);

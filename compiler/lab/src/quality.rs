@@ -244,7 +244,7 @@ pub fn run(
     }
     let report = evaluate(title, experiment, variants, plan, work, sweep, &failures, threads)?;
     print_report(&report);
-    let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+    let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::Message(format!("cannot write the report: {e}")))?;
     if let Some(path) = &reports.json {
         crate::output::write_report(path, &format!("{text}\n"))?;
     }

@@ -12,11 +12,21 @@
 use super::*;
 use lmc_core::ir::{AttentionGrad, AttentionInput};
 
-/// What a backward attention op computes: `lse`, or one operand's gradient.
+/// What a backward attention op computes: `lse`, or one operand's gradient from what it reads.
 #[derive(Clone, Copy, PartialEq)]
 enum Computes {
     Lse,
-    Grad(AttentionInput),
+    Grad(Gradient),
+}
+
+/// What `attention_grad` reads beside the forward's operands, and which gradient it computes.
+#[derive(Clone, Copy, PartialEq)]
+struct Gradient {
+    wrt: AttentionInput,
+    v: ValueId,
+    lse: ValueId,
+    delta: ValueId,
+    dout: ValueId,
 }
 
 /// The operands and functions of a backward attention op, as its loops read them.
@@ -24,11 +34,6 @@ struct Backward<'g> {
     computes: Computes,
     q: ValueId,
     k: ValueId,
-    /// Those of `attention_grad` only.
-    v: Option<ValueId>,
-    lse: Option<ValueId>,
-    delta: Option<ValueId>,
-    dout: Option<ValueId>,
     scale: f64,
     mask: Option<&'g ScalarFn>,
     score: Option<&'g ScalarFn>,
@@ -60,10 +65,6 @@ impl Emitter<'_> {
             computes: Computes::Lse,
             q,
             k,
-            v: None,
-            lse: None,
-            delta: None,
-            dout: None,
             scale,
             mask,
             score,
@@ -74,13 +75,15 @@ impl Emitter<'_> {
 
     pub(super) fn emit_attention_grad(&mut self, id: ValueId, a: &AttentionGrad, loc: &str) {
         let op = Backward {
-            computes: Computes::Grad(a.wrt),
+            computes: Computes::Grad(Gradient {
+                wrt: a.wrt,
+                v: a.v,
+                lse: a.lse,
+                delta: a.delta,
+                dout: a.dout,
+            }),
             q: a.q,
             k: a.k,
-            v: Some(a.v),
-            lse: Some(a.lse),
-            delta: Some(a.delta),
-            dout: Some(a.dout),
             scale: a.scale,
             mask: a.mask.as_ref(),
             score: a.score.as_ref(),
@@ -208,11 +211,13 @@ impl Emitter<'_> {
     }
 
     /// One row of the result (a CPU's) or one element of it (a GPU's).
+    /// A row has a destination exactly when the result has a width: a gradient's
+    /// (`[B, heads, rows, width]`, by the IR's typing rules), never `lse`'s.
     fn row_value(&mut self, op: &Backward<'_>, row: &Row) -> String {
-        match op.computes {
-            Computes::Lse => self.lse_row(op, row),
-            Computes::Grad(AttentionInput::Query) => self.query_grad_row(op, row),
-            Computes::Grad(_) => self.key_grad_row(op, row),
+        match (op.computes, &row.dest) {
+            (Computes::Grad(g), Some(dest)) if g.wrt == AttentionInput::Query => self.query_grad_row(op, &g, row, dest),
+            (Computes::Grad(g), Some(dest)) => self.key_grad_row(op, &g, row, dest),
+            _ => self.lse_row(op, row),
         }
     }
 
@@ -272,27 +277,26 @@ impl Emitter<'_> {
     }
 
     /// Query row `i` of head `h` of `dq`: `scale Σ_j ds[i, j] k_j` over the keys the mask keeps.
-    fn query_grad_row(&mut self, op: &Backward<'_>, row: &Row) -> String {
-        let (dest, row_t) = row.dest.clone().expect("a gradient's row has a destination");
+    fn query_grad_row(&mut self, op: &Backward<'_>, g: &Gradient, row: &Row, (dest, row_t): &(String, String)) -> String {
         let x = self.fresh();
         let group = self.group_size(op);
         self.line(&format!("{x}_kh = arith.divui {}, {group} : index", row.head));
         let keys = self.dim_value(self.g.ty(op.k).dims[2]);
         self.constants(&x, op);
         let query = [row.b.clone(), row.head.clone(), row.row.clone()];
-        let (lse, delta) = (self.row_statistic(op.lse, &query), self.row_statistic(op.delta, &query));
+        let (lse, delta) = (self.row_statistic(g.lse, &query), self.row_statistic(g.delta, &query));
         self.line(&format!(
             "{x}_run = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({x}_acc = {dest}) -> ({row_t}) {{"
         ));
         let pair = [row.b.clone(), row.head.clone(), row.row.clone(), format!("{x}_j")];
         let key_head = format!("{x}_kh");
         self.nested(|e| {
-            let next = e.where_kept(op, &pair, &[format!("{x}_acc")], &[&row_t], |e, idx| {
-                let ds = e.score_gradient(op, &pair, &key_head, idx, (&lse, &delta));
+            let next = e.where_kept(op, &pair, &[format!("{x}_acc")], &[row_t], |e, idx| {
+                let ds = e.score_gradient(op, g, &pair, &key_head, idx, (&lse, &delta));
                 let c = e.fresh();
                 e.line(&format!("{c} = arith.mulf {ds}, {x}_scale : f32"));
                 let key = [pair[0].clone(), key_head.clone(), pair[3].clone()];
-                vec![e.row_axpy((&format!("{x}_acc"), &row_t), &c, (op.k, &key), row.element.as_deref())]
+                vec![e.row_axpy((&format!("{x}_acc"), row_t), &c, (op.k, &key), row.element.as_deref())]
             });
             e.line(&format!("scf.yield {} : {row_t}", next[0]));
         });
@@ -302,9 +306,8 @@ impl Emitter<'_> {
 
     /// Key row `j` of key head `g` of `dk` (`scale Σ_h Σ_i ds[i, j] q_i`) or `dv`
     /// (`Σ_h Σ_i p[i, j] dout_i`), over the query heads of the group and their queries.
-    fn key_grad_row(&mut self, op: &Backward<'_>, row: &Row) -> String {
-        let (dest, row_t) = row.dest.clone().expect("a gradient's row has a destination");
-        let wrt_key = op.computes == Computes::Grad(AttentionInput::Key);
+    fn key_grad_row(&mut self, op: &Backward<'_>, g: &Gradient, row: &Row, (dest, row_t): &(String, String)) -> String {
+        let wrt_key = g.wrt == AttentionInput::Key;
         let x = self.fresh();
         let group = self.group_size(op);
         self.line(&format!("{x}_h0 = arith.muli {}, {group} : index", row.head));
@@ -321,21 +324,20 @@ impl Emitter<'_> {
             let pair = [row.b.clone(), format!("{x}_h"), format!("{x}_i"), row.row.clone()];
             let key_head = row.head.clone();
             e.nested(|e| {
-                let next = e.where_kept(op, &pair, &[format!("{x}_acc")], &[&row_t], |e, idx| {
+                let next = e.where_kept(op, &pair, &[format!("{x}_acc")], &[row_t], |e, idx| {
                     let query = [pair[0].clone(), pair[1].clone(), pair[2].clone()];
                     let acc = (format!("{x}_acc"), row_t.clone());
-                    let lse = e.row_statistic(op.lse, &query);
+                    let lse = e.row_statistic(g.lse, &query);
                     if wrt_key {
-                        let delta = e.row_statistic(op.delta, &query);
-                        let ds = e.score_gradient(op, &pair, &key_head, idx, (&lse, &delta));
+                        let delta = e.row_statistic(g.delta, &query);
+                        let ds = e.score_gradient(op, g, &pair, &key_head, idx, (&lse, &delta));
                         let c = e.fresh();
                         e.line(&format!("{c} = arith.mulf {ds}, {x}_scale : f32"));
                         vec![e.row_axpy((&acc.0, &acc.1), &c, (op.q, &query), row.element.as_deref())]
                     } else {
                         let (_, s) = e.pair_score(op, &pair, &key_head, idx);
                         let prob = e.probability(&s, &lse);
-                        let dout = op.dout.expect("attention_grad reads dout");
-                        vec![e.row_axpy((&acc.0, &acc.1), &prob, (dout, &query), row.element.as_deref())]
+                        vec![e.row_axpy((&acc.0, &acc.1), &prob, (g.dout, &query), row.element.as_deref())]
                     }
                 });
                 e.line(&format!("scf.yield {} : {row_t}", next[0]));
@@ -361,6 +363,7 @@ impl Emitter<'_> {
     fn score_gradient(
         &mut self,
         op: &Backward<'_>,
+        g: &Gradient,
         pair: &[String; 4],
         key_head: &str,
         idx: &[String],
@@ -368,7 +371,7 @@ impl Emitter<'_> {
     ) -> String {
         let (s0, s) = self.pair_score(op, pair, key_head, idx);
         let prob = self.probability(&s, lse);
-        let (dout, v_id) = (op.dout.expect("attention_grad reads dout"), op.v.expect("attention_grad reads v"));
+        let (dout, v_id) = (g.dout, g.v);
         let query = [pair[0].clone(), pair[1].clone(), pair[2].clone()];
         let key = [pair[0].clone(), key_head.to_string(), pair[3].clone()];
         let dp = self.row_dot((dout, &query), (v_id, &key));
@@ -401,8 +404,7 @@ impl Emitter<'_> {
     }
 
     /// Element `[b, h, i]` of a row statistic (`lse`, `delta`).
-    fn row_statistic(&mut self, of: Option<ValueId>, [b, h, i]: &[String; 3]) -> String {
-        let of = of.expect("attention_grad reads its row statistics");
+    fn row_statistic(&mut self, of: ValueId, [b, h, i]: &[String; 3]) -> String {
         let t = self.fresh();
         self.line(&format!(
             "{t} = tensor.extract {}[{b}, {h}, {i}] : {}",

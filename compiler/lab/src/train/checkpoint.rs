@@ -117,7 +117,7 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
         std::fs::remove_dir_all(&partial).map_err(|e| format!("cannot remove {}: {e}", partial.display()))?;
     }
     std::fs::create_dir_all(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    let config = serde_json::to_string_pretty(snapshot.config_json).expect("a JSON map serializes");
+    let config = serde_json::to_string_pretty(snapshot.config_json).map_err(|e| format!("cannot write config.json: {e}"))?;
     write_synced(&partial.join("config.json"), format!("{config}\n").as_bytes())?;
     let weights: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = snapshot
         .params
@@ -127,7 +127,9 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
     let bytes = lmc_runtime::safetensors_bytes(&weights).map_err(|e| format!("cannot save the weights: {e}"))?;
     write_synced(&partial.join(lmc_runtime::model::SINGLE_FILE_NAME), &bytes)?;
     for file in snapshot.extra_files {
-        let name = file.file_name().expect("a file has a name");
+        let name = file
+            .file_name()
+            .ok_or_else(|| format!("{} names no file to copy", file.display()))?;
         let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         write_synced(&partial.join(name), &bytes)?;
     }
@@ -144,7 +146,7 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
         }
         let bytes = lmc_runtime::safetensors_bytes(&moments).map_err(|e| format!("cannot save the optimizer state: {e}"))?;
         write_synced(&partial.join(OPTIMIZER_FILE), &bytes)?;
-        let state = serde_json::to_string_pretty(state).expect("the state serializes");
+        let state = serde_json::to_string_pretty(state).map_err(|e| format!("cannot write {STATE_FILE}: {e}"))?;
         write_synced(&partial.join(STATE_FILE), format!("{state}\n").as_bytes())?;
     }
     if dir.exists() {
@@ -251,9 +253,8 @@ pub fn identity_differences(saved: &ModelIdentity, now: &ModelIdentity) -> Vec<S
 
 /// The settings that differ between the run saved and the one resuming it.
 pub fn args_differences(saved: &TrainArgsRecord, now: &TrainArgsRecord) -> Vec<String> {
-    let a = serde_json::to_value(saved).expect("serializes");
-    let b = serde_json::to_value(now).expect("serializes");
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (serde_json::to_value(saved), serde_json::to_value(now))
+    else {
         return Vec::new();
     };
     a.iter()

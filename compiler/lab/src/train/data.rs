@@ -51,6 +51,8 @@ pub struct Data {
     pub seed: u64,
     /// Whether a text's windows are drawn shuffled (training) or in order (evaluation).
     pub shuffle: bool,
+    /// The order of the windows of the epoch drawn last (a function of the seed and the epoch).
+    order: std::cell::RefCell<Option<(u64, Vec<usize>)>>,
     /// The sha256 of the file (hex), recorded with a checkpoint so a resumed run can check it
     /// reads the same data.
     pub sha256: String,
@@ -142,6 +144,7 @@ impl Data {
             objective,
             seed,
             shuffle: true,
+            order: std::cell::RefCell::new(None),
         })
     }
 
@@ -189,6 +192,7 @@ impl Data {
             objective,
             seed,
             shuffle: true,
+            order: std::cell::RefCell::new(None),
         })
     }
 
@@ -265,10 +269,15 @@ impl Data {
                 let s = (step % *steps as u64) as usize;
                 let mut out = Vec::new();
                 for name in names {
-                    let t = file.get(name).expect("listed tensor exists");
+                    let t = file
+                        .get(name)
+                        .ok_or_else(|| format!("{}: `{name}` is gone from the file", self.path.display()))?;
                     let row = t.bytes().len() / steps;
                     let bytes = &t.bytes()[s * row..(s + 1) * row];
-                    let dtype = t.dtype().as_dtype().expect("checked when opened");
+                    let dtype = t
+                        .dtype()
+                        .as_dtype()
+                        .ok_or_else(|| format!("{}: `{name}` has dtype {}, which lmc does not read", self.path.display(), t.dtype()))?;
                     out.push(HostTensor::from_bytes(name.clone(), dtype, t.shape()[1..].to_vec(), bytes).map_err(|e| e.to_string())?);
                 }
                 out
@@ -280,12 +289,17 @@ impl Data {
                 windows,
             } => {
                 let mut values = Vec::with_capacity(batch * seq_len);
+                let mut order = self.order.borrow_mut();
                 for j in 0..*batch as u64 {
                     let sample = step * *batch as u64 + j;
                     let epoch = sample / *windows as u64;
                     let within = (sample % *windows as u64) as usize;
                     let w = if self.shuffle {
-                        permutation(*windows, self.seed, epoch)[within]
+                        // An epoch's order is made once, when its first sample is drawn.
+                        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                            *order = Some((epoch, permutation(*windows, self.seed, epoch)));
+                        }
+                        order.as_ref().map_or(within, |(_, o)| o[within])
                     } else {
                         within
                     };
@@ -304,7 +318,7 @@ impl Data {
             let ids = tensors
                 .iter_mut()
                 .find(|t| t.name == "input_ids")
-                .expect("every batch has input_ids");
+                .ok_or_else(|| format!("{} has no `input_ids` to make labels from", self.path.display()))?;
             let (inputs, labels) = make_labels(ids, objective, self.seed, step)?;
             *ids = inputs;
             tensors.push(labels);

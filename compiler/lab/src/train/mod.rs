@@ -200,7 +200,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         let scale = optim::clip_factor(norm, opts.max_grad_norm).unwrap_or(1.0);
         let lr = opts.learning_rate * opts.lr_scheduler_type.factor(step, max_steps, opts.warmup_steps);
         for (p, &gi) in params.iter_mut().zip(&grad_index) {
-            let grad = outputs[gi].as_f32().expect("gradients are f32");
+            let grad = outputs[gi]
+                .as_f32()
+                .ok_or_else(|| Failure::Message(format!("the gradient of \"{}\" is not f32", p.name)))?;
             opts.optimizer
                 .update_threaded(threads, step + 1, lr, scale, &mut p.values, grad, &mut p.exp_avg, &mut p.exp_avg_sq);
             bound.set_parameter(&p.name, &p.values)?;

@@ -200,11 +200,8 @@ fn compile(
         None => vec![lmc_runtime::random_weights(&manifest, opts.seed)?],
     };
     let values = initial_values(&manifest, &files).map_err(Failure::Message)?;
-    let source = match weights_path {
-        Some(p) => lmc_runtime::WeightsSource::Path(p.to_path_buf()),
-        None => lmc_runtime::WeightsSource::Files(files),
-    };
-    let bound = module.bind_weights(source)?;
+    // The files read for the starting values are the ones bound: each is opened once.
+    let bound = module.bind_weights(lmc_runtime::WeightsSource::Files(files))?;
     let params: Vec<ParamState> = manifest
         .params
         .iter()
@@ -228,29 +225,13 @@ fn initial_values(manifest: &lmc_abi::Manifest, files: &[lmc_runtime::SafeTensor
             .iter()
             .find_map(|f| f.get(&spec.name))
             .ok_or_else(|| format!("parameter \"{}\" is missing from the weights", spec.name))?;
-        let values = match t.dtype() {
-            lmc_runtime::StDType::Other(name) => match lmc_runtime::widen::Half::from_name(name) {
-                Some(h) => h.widen(t.bytes()),
-                None => {
-                    return Err(format!(
-                        "parameter \"{}\" has dtype {}, which lmc cannot train",
-                        spec.name,
-                        t.dtype()
-                    ))
-                }
-            },
-            _ if t.dtype().as_dtype() == Some(lmc_abi::DType::F32) => t
-                .bytes()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            d => {
-                return Err(format!(
-                    "parameter \"{}\" has dtype {d}; only floating-point parameters are trained",
-                    spec.name
-                ))
-            }
-        };
+        let values = t.f32_values().ok_or_else(|| {
+            format!(
+                "parameter \"{}\" has dtype {}; only floating-point parameters are trained",
+                spec.name,
+                t.dtype()
+            )
+        })?;
         out.push(values);
     }
     Ok(out)
@@ -525,10 +506,11 @@ fn take_over(r: &Resumed, state: &mut TrainerState, params: &mut [ParamState]) -
     for p in params {
         for (field, target) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
             let name = format!("{field}.{}", p.name);
-            let t = r
+            *target = r
                 .moments
                 .get(&name)
                 .filter(|t| t.shape() == p.shape.as_slice() && t.dtype().as_dtype() == Some(lmc_abi::DType::F32))
+                .and_then(|t| t.f32_values())
                 .ok_or_else(|| {
                     Failure::Message(format!(
                         "{}: the optimizer state has no f32 \"{name}\" of shape {:?}",
@@ -536,11 +518,6 @@ fn take_over(r: &Resumed, state: &mut TrainerState, params: &mut [ParamState]) -
                         p.shape
                     ))
                 })?;
-            *target = t
-                .bytes()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
         }
     }
     state.global_step = r.state.global_step;
