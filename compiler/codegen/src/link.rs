@@ -22,10 +22,14 @@ __attribute__((visibility(\"hidden\"))) void *_mlir_memref_to_llvm_alloc(size_t 
 __attribute__((visibility(\"hidden\"))) void _mlir_memref_to_llvm_free(void *p) { free(p); }
 ";
 
-/// The OpenMP runtime that parallel kernels call, by the name a library records for it (its
-/// soname), and the directory lmc was built against it in.
-const LIBOMP: &str = "libomp.so.5";
-const LIBOMP_DIR: &str = env!("LMC_LIBOMP_DIR");
+/// The OpenMP runtime that parallel kernels call, where lmc was built against it: used when the
+/// running process cannot say which file it loaded ([`crate::llvm::openmp_runtime`]).
+const LIBOMP_BUILT_AGAINST: &str = concat!(env!("LMC_LIBOMP_DIR"), "/libomp.so.5");
+
+/// The OpenMP runtime file a generated library links and carries: the one this process runs.
+fn openmp_runtime() -> std::path::PathBuf {
+    crate::llvm::openmp_runtime().unwrap_or_else(|| std::path::PathBuf::from(LIBOMP_BUILT_AGAINST))
+}
 
 /// Links `object` into the shared library `output`, with the allocator of [`ALLOCATOR_C`]. The
 /// generated code needs libc, libm and libomp (parallel kernels). The library looks for libomp
@@ -44,17 +48,19 @@ pub fn link_shared_library(object: &Path, output: &Path) -> Result<(), String> {
 /// Puts libomp beside `library` (unless an identical copy is there), written under a temporary
 /// name and renamed, so a library already loaded from that directory never sees half a file.
 fn copy_openmp_beside(library: &Path) -> Result<(), String> {
-    let source = Path::new(LIBOMP_DIR).join(LIBOMP);
+    let source = openmp_runtime();
+    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = match library.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let dest = dir.join(LIBOMP);
+    // Under its own file name: its soname, which the library records.
+    let dest = dir.join(&name);
     let bytes = std::fs::read(&source).map_err(|e| format!("cannot read the OpenMP runtime {}: {e}", source.display()))?;
     if std::fs::read(&dest).is_ok_and(|existing| existing == bytes) {
         return Ok(());
     }
-    let partial = dir.join(format!(".{LIBOMP}.{}", std::process::id()));
+    let partial = dir.join(format!(".{name}.{}", std::process::id()));
     std::fs::write(&partial, &bytes)
         .and_then(|()| std::fs::rename(&partial, &dest))
         .map_err(|e| {
@@ -76,9 +82,8 @@ fn link_with(object: &Path, allocator: &Path, output: &Path, soname: &str) -> Re
             .arg(allocator)
             .arg(format!("-Wl,-soname,{soname}"))
             .arg("-lm")
-            .arg(format!("-L{LIBOMP_DIR}"))
             .arg("-Wl,-rpath,$ORIGIN")
-            .arg(format!("-l:{LIBOMP}"))
+            .arg(openmp_runtime())
             .output();
         match result {
             Ok(out) if out.status.success() => return Ok(()),

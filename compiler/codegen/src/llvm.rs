@@ -200,17 +200,37 @@ pub fn write_object(module: &Module, machine: &TargetMachine, path: &Path) -> Re
     machine.write_to_file(module, FileType::Object, path).map_err(|e| e.to_string())
 }
 
+/// The file of the OpenMP runtime this process runs: the one lmc was linked against, wherever
+/// the loader found it (a wheel carries its own copy, under another name). `None` when the
+/// loader cannot say.
+pub fn openmp_runtime() -> Option<std::path::PathBuf> {
+    // SAFETY: `dladdr` only reads the loader's tables for an address of this process; the name
+    // it returns is a NUL-terminated string the loader owns, copied at once.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        let address = omp_get_max_threads as *const c_void;
+        if libc::dladdr(address, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(info.dli_fname).to_str().ok()?;
+        Some(std::path::PathBuf::from(name)).filter(|p| p.is_absolute() && p.is_file())
+    }
+}
+
 /// Makes the host process's symbols, libomp's and the buffer allocator's visible to JIT'd code;
-/// idempotent. libomp is loaded by path: a program that links lmc but never calls OpenMP itself
-/// (a test binary) has no libomp loaded otherwise.
+/// idempotent. libomp is named by its file: a library loaded as a dependency of a Python
+/// extension is not in the process's global symbols, and loading another copy would start a
+/// second OpenMP runtime.
 pub fn expose_process_symbols() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    const LIBOMP: &str = concat!(env!("LMC_LIBOMP_DIR"), "/libomp.so\0");
+    const LIBOMP: &str = concat!(env!("LMC_LIBOMP_DIR"), "/libomp.so");
+    let libomp = openmp_runtime().map_or_else(|| LIBOMP.to_string(), |p| p.to_string_lossy().into_owned());
+    let libomp = std::ffi::CString::new(libomp).unwrap_or_default();
     // SAFETY: a null file name asks LLVM to add the running process to its symbol search path;
     // the other is a NUL-terminated path. Neither reads memory of ours.
     ONCE.call_once(|| unsafe {
         LLVMLoadLibraryPermanently(std::ptr::null());
-        LLVMLoadLibraryPermanently(LIBOMP.as_ptr().cast());
+        LLVMLoadLibraryPermanently(libomp.as_ptr());
         // The buffer allocator: a Rust program does not export its functions to dlsym, so they
         // are registered by address.
         for (name, address) in lmc_abi::buffers::symbols() {
