@@ -297,7 +297,7 @@ fn load_tokenizer(given: Option<&Path>, checkpoint: Option<&Path>) -> Result<tok
         }
     };
     lmc_lab::check_input_file("--tokenizer", &path)?;
-    tokenizers::Tokenizer::from_file(&path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))
+    lmc_lab::tokenizer::load(&path).map_err(Failure::Message)
 }
 
 /// What the checkpoint says about generating (`generation_config.json`, and `config.json` for the

@@ -35,8 +35,7 @@ pub fn load(path: &Path, checkpoint: Option<&Path>) -> Result<EvalText, String> 
             tokenizer_path.display()
         ));
     }
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| format!("cannot read {}: {e}", tokenizer_path.display()))?;
+    let tokenizer = crate::tokenizer::load(&tokenizer_path)?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let encoding = tokenizer
         .encode(text.as_str(), false)

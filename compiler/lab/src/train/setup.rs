@@ -267,8 +267,7 @@ fn read_tokenizer(
 ) -> Result<Option<(PathBuf, tokenizers::Tokenizer)>, Failure> {
     let tokenizer = match tokenizer_path(opts, checkpoint_dir) {
         Some(path) if is_text(&opts.data) || opts.objective == Some(ObjectiveArg::Masked) => {
-            let t =
-                tokenizers::Tokenizer::from_file(&path).map_err(|e| Failure::Message(format!("cannot read {}: {e}", path.display())))?;
+            let t = crate::tokenizer::load(&path).map_err(Failure::Message)?;
             Some((path, t))
         }
         _ => None,
