@@ -2,7 +2,7 @@
 
 use crate::{MessageFormat, Stage};
 use lmc_core::CheckError;
-use lmc_lab::source::{load_model, load_program, overrides, print_diagnostics};
+use lmc_lab::source::{load_model, load_program, overrides, print_diagnostics, print_json_diagnostics};
 use lmc_lab::{ConfigSource, Failure, Weights};
 use std::path::{Path, PathBuf};
 
@@ -51,11 +51,7 @@ pub fn check(files: &[PathBuf], format: MessageFormat, config: &ConfigSource) ->
         failed |= unique.iter().any(|d| d.severity == lmc_grammar::Severity::Error);
         match format {
             MessageFormat::Human => print_diagnostics(&unique, &sources),
-            MessageFormat::Json => {
-                for d in &unique {
-                    println!("{}", d.to_json(&sources));
-                }
-            }
+            MessageFormat::Json => print_json_diagnostics(&unique, &sources),
         }
     }
     if failed {

@@ -1,5 +1,7 @@
 //! `lmc`: the command line. Each subcommand drives the pipeline stages from the other crates;
-//! nothing here knows about any particular model.
+//! nothing here knows about any particular model. A library, so that another front end (the
+//! Python package's `lmc` command and its functions that take a command's options) runs the
+//! same commands in its own process; `src/main.rs` is the program.
 
 mod commands;
 mod generate;
@@ -9,7 +11,6 @@ use lmc_lab::{ab, bench, experiment, Failure, Weights};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "lmc", version, about = "A compiler for language-model architectures")]
@@ -78,17 +79,17 @@ fn color_from_args(args: &[std::ffi::OsString]) -> Option<ColorArg> {
     value
 }
 
-/// Parses the command line (exiting with clap's message on an error or for `--help`).
-fn parse_args() -> Cli {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+/// Parses a command line; `Err` is clap's error (a usage error, or the text of `--help` and
+/// `--version`).
+fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
     let color = match color_from_args(&args) {
         Some(ColorArg::Always) => clap::ColorChoice::Always,
         Some(ColorArg::Never) => clap::ColorChoice::Never,
         _ => clap::ColorChoice::Auto,
     };
     let version: &'static str = Box::leak(version().into_boxed_str());
-    let matches = Cli::command().version(version).color(color).get_matches_from(args);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let matches = Cli::command().version(version).color(color).try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// Options that configure a model: a checkpoint's config.json and command-line overrides.
@@ -501,21 +502,53 @@ pub enum MessageFormat {
 /// parser bounds; this leaves a wide margin over those bounds on every platform.
 const STACK_BYTES: usize = 256 << 20;
 
-fn main() -> ExitCode {
+/// The program: runs the command line `args` (the program's name first) and returns its exit
+/// status (0 success, 1 failure, 101 a crash). Usage errors, `--help` and `--version` print as
+/// clap prints them, and end the process with clap's status.
+pub fn main_with(args: Vec<std::ffi::OsString>) -> u8 {
     // Writing to a closed pipe (`lmc emit ... | head`) ends the process quietly, as it does
     // other Unix tools, instead of failing the print with a panic: Rust ignores SIGPIPE.
-    // SAFETY: sets the default disposition of one signal, before any other thread exists.
+    // SAFETY: sets the default disposition of one signal; the process is this command's.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = parse_args();
-    lmc_lab::output::set_color(cli.color.choice());
-    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || run(cli));
-    match worker.map(|w| w.join()) {
-        Ok(Ok(code)) => code,
-        _ => {
-            lmc_lab::output::error("internal compiler error (lmc crashed); please report it with the input that caused it");
-            ExitCode::from(101)
+    let cli = match parse_args(args) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match on_compiler_stack(move || dispatch(cli)) {
+        Some(Ok(())) => 0,
+        Some(Err(Failure::Reported)) => 1,
+        Some(Err(Failure::Message(m))) => {
+            lmc_lab::output::error(&m);
+            1
+        }
+        None => {
+            lmc_lab::output::error(CRASHED);
+            101
         }
     }
+}
+
+const CRASHED: &str = "internal compiler error (lmc crashed); please report it with the input that caused it";
+
+/// Runs one command (`args` without the program's name) in this process, for another front end:
+/// what went wrong is returned, not printed, with the diagnostics (errors and warnings) the
+/// command would have printed. A usage error is a message; a crash is a message that says so.
+pub fn execute(args: Vec<std::ffi::OsString>) -> (Result<(), Failure>, Vec<lmc_lab::source::Collected>) {
+    let args = std::iter::once(std::ffi::OsString::from("lmc")).chain(args).collect();
+    let cli = match parse_args(args) {
+        Ok(cli) => cli,
+        Err(e) => return (Err(Failure::Message(e.render().to_string().trim_end().to_string())), Vec::new()),
+    };
+    on_compiler_stack(move || lmc_lab::source::collect_diagnostics(|| dispatch(cli)))
+        .unwrap_or_else(|| (Err(Failure::Message(CRASHED.into())), Vec::new()))
+}
+
+/// Runs `work` on a thread with the compiler's stack (see [`STACK_BYTES`]); `None` when it
+/// panicked. The caller's thread-local state (colours, collected diagnostics) is not carried
+/// over: `work` sets up what it needs.
+pub fn on_compiler_stack<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(work).ok()?;
+    worker.join().ok()
 }
 
 /// `--shard I/N`: 0 ≤ I < N.
@@ -532,8 +565,9 @@ fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>, Failure> {
     }
 }
 
-fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    lmc_lab::output::set_color(cli.color.choice());
+    match cli.command {
         Command::Check {
             files,
             message_format,
@@ -772,14 +806,6 @@ fn run(cli: Cli) -> ExitCode {
                     ab::ab(None, &specs, &weights, &work, &reports)
                 }),
             }
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Reported) => ExitCode::FAILURE,
-        Err(Failure::Message(m)) => {
-            lmc_lab::output::error(&m);
-            ExitCode::FAILURE
         }
     }
 }

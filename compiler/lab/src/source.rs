@@ -15,11 +15,65 @@ pub fn split_model_ref(spec: &str) -> (PathBuf, Option<String>) {
     }
 }
 
+/// A diagnostic as a front end that collects them receives it: its JSON form (`lmc check
+/// --message-format json`: code, severity, message, file, line, column, help) and its text as
+/// `lmc` prints it, uncoloured.
+#[derive(Clone, Debug)]
+pub struct Collected {
+    pub json: serde_json::Value,
+    pub rendered: String,
+}
+
+thread_local! {
+    /// Where this thread's diagnostics go while [`collect_diagnostics`] runs; stderr otherwise.
+    static COLLECTING: std::cell::RefCell<Option<Vec<Collected>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Prints diagnostics to stderr, or hands them to the [`collect_diagnostics`] under way on
+/// this thread.
 pub fn print_diagnostics(diags: &[Diagnostic], sources: &SourceMap) {
+    if collected(diags, sources) {
+        return;
+    }
     for d in diags {
         eprint!("{}", d.render_styled(sources, crate::output::stderr_colors()));
         eprintln!();
     }
+}
+
+/// As [`print_diagnostics`], one JSON object per line on stdout (`--message-format json`).
+pub fn print_json_diagnostics(diags: &[Diagnostic], sources: &SourceMap) {
+    if collected(diags, sources) {
+        return;
+    }
+    for d in diags {
+        crate::outln!("{}", d.to_json(sources));
+    }
+}
+
+/// Hands `diags` to the collection under way on this thread; false when there is none.
+fn collected(diags: &[Diagnostic], sources: &SourceMap) -> bool {
+    COLLECTING.with(|c| match c.borrow_mut().as_mut() {
+        Some(list) => {
+            list.extend(diags.iter().map(|d| Collected {
+                json: d.to_json(sources),
+                rendered: d.render(sources),
+            }));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Runs `work`, collecting the diagnostics (errors and warnings) it would print on this thread:
+/// for front ends that hand them to their users as values (the Python package's exceptions).
+pub fn collect_diagnostics<R>(work: impl FnOnce() -> R) -> (R, Vec<Collected>) {
+    let outer = COLLECTING.with(|c| c.borrow_mut().replace(Vec::new()));
+    let result = work();
+    let collected = COLLECTING
+        .with(|c| std::mem::replace(&mut *c.borrow_mut(), outer))
+        .unwrap_or_default();
+    (result, collected)
 }
 
 /// Loads a file and its imports; prints what is wrong with them.
@@ -68,6 +122,15 @@ pub fn overrides(args: &ConfigSource, checkpoint_dir: Option<&Path>) -> Result<C
 /// Loads the file and checks the selected model or variant; prints diagnostics (and warnings).
 pub fn load_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
     load_checked(spec, overrides).map(|(_, checked)| checked.graph)
+}
+
+/// As [`load_model`], with the config as a checkpoint's config.json states it (what a front end
+/// shows as the model's configuration).
+pub fn load_configured(
+    spec: &str,
+    overrides: &ConfigOverrides,
+) -> Result<(lmc_core::ir::Graph, serde_json::Map<String, serde_json::Value>), Failure> {
+    load_checked(spec, overrides).map(|(_, checked)| (checked.graph, checked.checkpoint_config))
 }
 
 /// Loads a model with every input it may be left without given (`labels`), and derives its
