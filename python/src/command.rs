@@ -17,10 +17,38 @@ pub fn main(py: Python<'_>, argv: Vec<OsString>) -> u8 {
 
 /// Runs one command (`args`: the words after `lmc`), with the GIL released. Its failure is an
 /// exception (`CompileError` with the diagnostics, `LmcError` with the message); its warnings
-/// are `LmcWarning`s.
+/// are `LmcWarning`s. Ctrl-C stays Python's: it asks the command to stop at its next safe point
+/// (`lmc train` saves the step), and then raises `KeyboardInterrupt` with what the command said.
 #[pyfunction]
 pub fn run_command(py: Python<'_>, args: Vec<OsString>) -> PyResult<()> {
-    let (result, collected) = py.detach(move || lmc_cli::execute(args));
+    lmc_lab::interrupt::handled_by_front_end();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(lmc_cli::execute(args));
+    });
+    let mut interrupted: Option<PyErr> = None;
+    let caught = &mut interrupted;
+    let outcome = py.detach(move || loop {
+        match finished.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(outcome) => return Some(outcome),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Python's signal handlers run only on the main thread, holding the GIL.
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    lmc_lab::interrupt::request();
+                    caught.get_or_insert(e);
+                }
+            }
+        }
+    });
+    let (result, collected) = outcome.ok_or_else(|| LmcError::new_err("internal error: the command's thread ended without a result"))?;
+    if let Some(e) = interrupted {
+        warn_all(py, &collected)?;
+        return Err(match result {
+            Err(lmc_lab::Failure::Message(m)) => pyo3::exceptions::PyKeyboardInterrupt::new_err(m),
+            _ => e,
+        });
+    }
     match result {
         Ok(()) => warn_all(py, &collected),
         Err(f) => Err(failure(py, f, collected)),

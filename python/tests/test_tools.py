@@ -149,3 +149,51 @@ def test_the_lmc_command_comes_with_the_package():
     assert r.returncode == 1 and "nowhere.model" in r.stderr
     r = subprocess.run([sys.executable, "-m", "lmc", "fmt", "--check", str(REPO / "models" / "gpt2.model")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+CTRL_C_RUN = """
+import signal, sys
+import lmc
+try:
+    lmc.train(sys.argv[1], random_weights=True, data=sys.argv[2], tokenizer=sys.argv[3], output_dir=sys.argv[4],
+              log_json=sys.argv[5], max_steps=100000, save_steps=0, logging_steps=1, seq_len=16,
+              per_device_train_batch_size=4, objective="causal", learning_rate=3e-3,
+              set={"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 101, "n_positions": 32})
+except KeyboardInterrupt as e:
+    print("interrupted:", e, flush=True)
+# Ctrl-C is still Python's after lmc.train.
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("python's ctrl-c still works", flush=True)
+"""
+
+
+def test_ctrl_c_stops_training_saves_it_and_stays_a_keyboard_interrupt(tmp_path):
+    import signal
+    import time
+
+    import random
+
+    log = tmp_path / "log.jsonl"
+    out = tmp_path / "run"
+    data = tmp_path / "train.txt"
+    words = random.Random(1)
+    data.write_text(" ".join(f"w{words.randrange(30)}" for _ in range(4000)))
+    child = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_RUN, GPT2, str(data),
+         str(FIXTURES / "gpt2_tiny" / "tokenizer.json"), str(out), str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    started = time.time()
+    while not log.is_file() or len([l for l in log.read_text().splitlines() if l.endswith("}")]) < 3:
+        assert child.poll() is None, child.communicate()
+        assert time.time() - started < 300, "no progress logged"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=300)
+    assert child.returncode == 0, stderr
+    assert "interrupted: interrupted at step" in stdout and "--resume" in stdout, stdout + stderr
+    assert "python's ctrl-c still works" in stdout
+    saved = [p for p in out.glob("checkpoint-*") if (p / "model.safetensors").is_file()]
+    assert saved, "a checkpoint saved on Ctrl-C"
