@@ -378,8 +378,9 @@ fn a_key_the_model_assumes_otherwise_is_reported() {
 }
 
 /// The LLaMA file reads its relatives' checkpoints as transformers does: Qwen2 (biased query,
-/// key and value projections, the head tied to the embedding) and Mistral (a sliding window of 4
-/// keys, shorter than the 9-token inputs, so a model without it is off by 0.19).
+/// key and value projections, the head tied to the embedding), Mistral (a sliding window of 4
+/// keys, shorter than the 9-token inputs, so a model without it is off by 0.19) and Gemma (gains
+/// of 1 + weight, scaled embeddings, tanh GELU, a head width of its own, a tied head).
 #[test]
 fn llama_relatives_match_transformers() {
     for (name, fixture) in [
@@ -387,6 +388,8 @@ fn llama_relatives_match_transformers() {
         ("Qwen2ForCausalLM", "tests/fixtures/qwen2_tiny"),
         ("LlamaForCausalLM", "tests/fixtures/mistral_tiny"),
         ("MistralForCausalLM", "tests/fixtures/mistral_tiny"),
+        ("LlamaForCausalLM", "tests/fixtures/gemma_tiny"),
+        ("GemmaForCausalLM", "tests/fixtures/gemma_tiny"),
     ] {
         assert_matches_fixture(&format!("models/llama.model:{name}"), fixture, 1e-4);
     }
@@ -403,4 +406,19 @@ fn llama_relatives_match_transformers() {
         max_abs_diff(&got[0].2, &want[0].2) > 1e-2,
         "the fixture's window changes its logits"
     );
+    // Each of Gemma's differences matters on its fixture: without it the logits are off.
+    let want = read_f32_tensors(&root().join("tests/fixtures/gemma_tiny/expected.safetensors"));
+    for (k, set) in ["norm_offset=0.0", "scale_embeddings=false", "mlp_act=relu"].iter().enumerate() {
+        let got = run_outputs(
+            "models/llama.model:GemmaForCausalLM",
+            "tests/fixtures/gemma_tiny",
+            "tests/fixtures/gemma_tiny/inputs.safetensors",
+            &dir.join(format!("gemma_{k}.safetensors")),
+            &["--set", set],
+        );
+        assert!(
+            max_abs_diff(&got[0].2, &want[0].2) > 1e-2,
+            "--set {set} changes the fixture's logits"
+        );
+    }
 }

@@ -290,6 +290,14 @@ def mistral_tiny():
     llama_family_tiny("mistral_tiny", MistralConfig, MistralForCausalLM, 23, sliding_window=4, head_dim=16)
 
 
+def gemma_tiny():
+    """GemmaForCausalLM: norms with gain 1 + weight, scaled embeddings, GeGLU with tanh GELU, a
+    head width (20) that is not hidden_size / heads (16), the head tied to the embedding."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    llama_family_tiny("gemma_tiny", GemmaConfig, GemmaForCausalLM, 25, head_dim=20, hidden_act="gelu_pytorch_tanh")
+
+
 def t5_tiny(name, **overrides):
     """T5ForConditionalGeneration at odd sizes, a deeper encoder than decoder: logits."""
     from transformers import T5Config, T5ForConditionalGeneration
@@ -551,6 +559,7 @@ if __name__ == "__main__":
     llama_tiny()
     qwen2_tiny()
     mistral_tiny()
+    gemma_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     t5_tiny("t5_untied", untied=True)
