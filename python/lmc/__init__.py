@@ -331,7 +331,7 @@ def generate(
     random_weights: bool = False,
     eos_token_id: Union[None, int, Sequence[int]] = None,
     pad_token_id: Optional[int] = None,
-    do_sample: bool = False,
+    do_sample: Optional[bool] = None,
     temperature: Optional[float] = None,
     top_k: Optional[int] = None,
     top_p: Optional[float] = None,
@@ -348,15 +348,16 @@ def generate(
     ``model`` is a model file (``FILE[:MODEL]`` with ``weights``): ``lmc generate`` runs in this
     process, with the checkpoint's generation_config.json and config.json as it reads them
     (end-of-sequence and padding tokens, sampling settings, an encoder-decoder's start token),
-    its caches sized for the prompt and the new tokens. Or ``model`` is a decode step
+    its caches sized for the prompt and the new tokens; ``do_sample`` left out follows
+    generation_config.json, as transformers does. Or ``model`` is a decode step
     (``lmc.compile(..., decode=N)``), compiled once for many calls: greedy unless
-    ``do_sample``, stopping at ``eos_token_id`` (the model config's by default).
+    ``do_sample=True``, stopping at ``eos_token_id`` (the model config's by default).
     """
     tok = _tokenizer(tokenizer, weights)
     prompts = _prompts(input_ids, prompt, tok)
     if isinstance(model, Model):
         new = _generate_with_step(
-            model, prompts, max_new_tokens, eos_token_id, pad_token_id, do_sample, temperature, top_k, top_p, seed, context
+            model, prompts, max_new_tokens, eos_token_id, pad_token_id, bool(do_sample), temperature, top_k, top_p, seed, context
         )
         starts = prompts
     else:
@@ -374,8 +375,8 @@ def generate(
                 args += ["--inputs", path]
             args += _options(
                 eos_token_id=None if eos_token_id is None else _one_eos(eos_token_id),
-                do_sample=do_sample,
-                greedy=not do_sample,
+                do_sample=do_sample is True,
+                greedy=do_sample is False,
                 temperature=temperature,
                 top_k=top_k,
                 top_p=top_p,

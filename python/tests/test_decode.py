@@ -97,6 +97,10 @@ def test_sampling_is_seeded(gpt2_case):
     assert not np.array_equal(a.sequences, greedy.sequences)
     with pytest.raises(lmc.LmcError, match="do_sample"):
         lmc.generate(step, prompts, max_new_tokens=2, temperature=0.7)
+    # From a model file, through lmc generate: seeded the same way.
+    c = lmc.generate(GPT2, prompts, weights=FIXTURES / "gpt2_tiny", max_new_tokens=10, do_sample=True, top_k=20, temperature=1.5, seed=7)
+    d = lmc.generate(GPT2, prompts, weights=FIXTURES / "gpt2_tiny", max_new_tokens=10, do_sample=True, top_k=20, temperature=1.5, seed=7)
+    assert np.array_equal(c.sequences, d.sequences) and not np.array_equal(c.sequences, greedy.sequences)
     with pytest.raises(lmc.InputError, match="temperature"):
         lmc.generate(step, prompts, max_new_tokens=2, do_sample=True, temperature=-1.0)
 
