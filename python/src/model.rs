@@ -16,7 +16,7 @@ use crate::errors::{failure, runtime_error, warn_all, LmcError};
 
 /// A model bound to its weights, shared by the Python objects that use it (a [`Model`], its
 /// [`Decoder`]s), so it lives as long as the last of them.
-struct Bound_ {
+struct BoundModel {
     model: LoadedModel,
     /// An encoder-decoder's context function (its encoder), compiled beside its decode step.
     context: Option<LoadedModel>,
@@ -85,7 +85,7 @@ fn weights_source(weights: &Weights, manifest: &lmc_abi::Manifest) -> Result<Wei
     })
 }
 
-fn compile_in(r: CompileRequest) -> Result<Bound_, CompileFailure> {
+fn compile_in(r: CompileRequest) -> Result<BoundModel, CompileFailure> {
     let weights = weights_of(r.weights, r.random_weights, r.seed)?;
     weights.check("weights=")?;
     if let Some(config) = &r.config {
@@ -133,7 +133,7 @@ fn compile_in(r: CompileRequest) -> Result<Bound_, CompileFailure> {
     for w in model.non_finite_parameters() {
         lmc_lab::output::warning(&format!("{}: {w}", r.spec));
     }
-    Ok(Bound_ {
+    Ok(BoundModel {
         model,
         context,
         config: Some(serde_json::Value::Object(config).to_string()),
@@ -237,7 +237,7 @@ pub fn load(
         weights.check("weights=")?;
         let module = lmc_runtime::Module::open_library(&library)?;
         let source = weights_source(&weights, module.manifest())?;
-        Ok(Bound_ {
+        Ok(BoundModel {
             model: module.bind_weights(source)?,
             context: None,
             config: None,
@@ -268,7 +268,7 @@ fn use_threads(threads: Option<usize>) {
 /// released; any number of threads may call it at once.
 #[pyclass(frozen, module = "lmc._lmc")]
 pub struct Model {
-    inner: Arc<Bound_>,
+    inner: Arc<BoundModel>,
 }
 
 #[pymethods]
@@ -366,7 +366,7 @@ impl Model {
     }
 }
 
-impl Bound_ {
+impl BoundModel {
     /// What every decode step reads whole: an encoder-decoder's encoder run on `given` (the
     /// prompt and its mask), or `given` as it is.
     fn context_of(&self, given: Vec<HostTensor>) -> Result<Vec<HostTensor>, RuntimeError> {
@@ -384,7 +384,7 @@ impl Bound_ {
 /// `lmc compile --decode`): the runtime keeps the caches; each `step` appends tokens.
 #[pyclass(module = "lmc._lmc")]
 pub struct Decoder {
-    inner: Arc<Bound_>,
+    inner: Arc<BoundModel>,
     state: Option<lmc_runtime::Decoder>,
 }
 
