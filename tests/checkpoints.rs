@@ -422,3 +422,37 @@ fn llama_relatives_match_transformers() {
         );
     }
 }
+
+/// DistilBERT's two models against transformers: the encoder's hidden states on a padded batch,
+/// and the masked LM's logits and loss (its head tied to the word embeddings, which the
+/// checkpoint stores once).
+#[test]
+fn distilbert_matches_transformers() {
+    let worst = assert_matches_fixture("models/distilbert.model:DistilBertModel", "tests/fixtures/distilbert_tiny", 1e-5);
+    assert!(worst > 0.0, "compared something");
+    let dir = "tests/fixtures/distilbert_mlm";
+    let got = run_outputs(
+        "models/distilbert.model:DistilBertForMaskedLM",
+        dir,
+        &format!("{dir}/inputs_grad.safetensors"),
+        &scratch("distilbert_mlm").join("out.safetensors"),
+        &[],
+    );
+    let want = read_f32_tensors(&root().join(dir).join("expected_grad.safetensors"));
+    for name in ["logits", "loss"] {
+        let (_, gs, gv) = got.iter().find(|(n, _, _)| n == name).expect("an output of that name");
+        let (_, ws, wv) = want.iter().find(|(n, _, _)| n == name).expect("a reference of that name");
+        assert_eq!(gs, ws, "{name}: shape");
+        assert!(max_abs_diff(gv, wv) <= 1e-5, "{name}: max abs error {}", max_abs_diff(gv, wv));
+    }
+    // Untied, the head needs a weight of its own, which this checkpoint does not have.
+    let r = lmc_run(
+        "models/distilbert.model:DistilBertForMaskedLM",
+        dir,
+        &format!("{dir}/inputs_grad.safetensors"),
+        &scratch("distilbert_untied").join("out.safetensors"),
+        &["--set", "tie_word_embeddings=false"],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && stderr.contains("vocab_projector.weight"), "{stderr}");
+}

@@ -60,6 +60,11 @@ fn bert_masked_lm_gradients_match_torch() {
     grad_matches_torch("models/bert.model:BertForMaskedLM", "bert_mlm");
 }
 
+#[test]
+fn distilbert_masked_lm_gradients_match_torch() {
+    grad_matches_torch("models/distilbert.model:DistilBertForMaskedLM", "distilbert_mlm");
+}
+
 /// Given labels, the forward also returns the loss transformers computes; without them, only
 /// the logits.
 #[test]

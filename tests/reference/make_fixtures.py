@@ -298,6 +298,32 @@ def gemma_tiny():
     llama_family_tiny("gemma_tiny", GemmaConfig, GemmaForCausalLM, 25, head_dim=20, hidden_act="gelu_pytorch_tanh")
 
 
+def distilbert_tiny():
+    """DistilBertModel at odd sizes (3 heads of 12, hidden 37), LayerNorms perturbed:
+    last_hidden_state of a padded batch."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    out = FIXTURES / "distilbert_tiny"
+    torch.manual_seed(27)
+    config = DistilBertConfig(
+        vocab_size=99, dim=36, n_layers=2, n_heads=3, hidden_dim=37, max_position_embeddings=40, activation="gelu"
+    )
+    model = DistilBertModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(28)
+    input_ids = torch.randint(0, config.vocab_size, (2, 8), generator=g)
+    attention_mask = torch.ones(2, 8, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    with torch.no_grad():
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"last_hidden_state": hidden.contiguous()}, out / "expected.safetensors")
+
+
 def t5_tiny(name, **overrides):
     """T5ForConditionalGeneration at odd sizes, a deeper encoder than decoder: logits."""
     from transformers import T5Config, T5ForConditionalGeneration
@@ -560,6 +586,7 @@ if __name__ == "__main__":
     qwen2_tiny()
     mistral_tiny()
     gemma_tiny()
+    distilbert_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     t5_tiny("t5_untied", untied=True)

@@ -70,6 +70,11 @@ and biases perturbed by 0.1 * randn.
   no shift), `logits` [2, 7, 99] and one gradient per tensor of `model.safetensors`, under its
   stored name (`bert.embeddings.word_embeddings.weight` gets the decoder's use too,
   `cls.predictions.bias` is the decoder's bias).
+
+`distilbert_mlm/`: DistilBertForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, hidden
+37, 40 positions, exact gelu, dropout 0), seed 0, LayerNorm weights and biases perturbed by
+0.1 * randn; `vocab_projector.weight` tied to (and stored as) the word embeddings. The batch is
+bert_mlm's without token types; `expected_grad.safetensors` as bert_mlm's.
 """
 import pathlib
 import sys
@@ -81,6 +86,8 @@ from safetensors.torch import save_file
 from transformers import (
     BertConfig,
     BertForMaskedLM,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
     ElectraForMaskedLM,
     ElectraForPreTraining,
     GPT2Config,
@@ -294,16 +301,7 @@ def bert_mlm():
     token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
     attention_mask = torch.ones(2, 7, dtype=torch.int64)
     attention_mask[1, 5:] = 0
-    mask_token = 3
-    labels = torch.full((2, 7), -100, dtype=torch.int64)
-    input_ids = original.clone()
-    # (row, position, replaced by [MASK]?): 4 labelled positions a row, none on row 1's padding;
-    # one labelled position a row keeps its own token, as BERT's 80/10/10 recipe sometimes does.
-    for row, pos, masked in [(0, 0, True), (0, 2, True), (0, 3, False), (0, 6, True),
-                             (1, 1, True), (1, 2, False), (1, 3, True), (1, 4, True)]:
-        labels[row, pos] = original[row, pos]
-        if masked:
-            input_ids[row, pos] = mask_token
+    input_ids, labels = masked_lm_batch(original)
     inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
 
     expected = loss_and_grads(model, inputs, names, train=True)
@@ -312,6 +310,62 @@ def bert_mlm():
     save_file(inputs, out / "inputs_grad.safetensors")
     save_file(expected, out / "expected_grad.safetensors")
     reloaded = check_reload(BertForMaskedLM, out, inputs, expected["logits"], tied)
+    compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
+
+
+def masked_lm_batch(original, mask_token=3):
+    """A masked LM's batch of 2 rows of 7 from `original`: 4 labelled positions a row (none on
+    row 1's padding from position 5), most replaced by `mask_token` ([MASK]); one labelled
+    position a row keeps its own token, as BERT's 80/10/10 recipe sometimes does. Returns
+    (input_ids, labels)."""
+    labels = torch.full(original.shape, -100, dtype=torch.int64)
+    input_ids = original.clone()
+    for row, pos, masked in [(0, 0, True), (0, 2, True), (0, 3, False), (0, 6, True),
+                             (1, 1, True), (1, 2, False), (1, 3, True), (1, 4, True)]:
+        labels[row, pos] = original[row, pos]
+        if masked:
+            input_ids[row, pos] = mask_token
+    return input_ids, labels
+
+
+def distilbert_mlm():
+    out = FIXTURES / "distilbert_mlm"
+    print("distilbert_mlm")
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=99,
+        dim=36,
+        n_layers=2,
+        n_heads=3,
+        hidden_dim=37,
+        max_position_embeddings=40,
+        activation="gelu",
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    model = DistilBertForMaskedLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    names = stored_names(out)
+    tied = [("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")]
+    report_names(model, names, tied)
+
+    g = torch.Generator().manual_seed(1)
+    original = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    input_ids, labels = masked_lm_batch(original)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    expected = loss_and_grads(model, inputs, names, train=True)
+    compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+    reloaded = check_reload(DistilBertForMaskedLM, out, inputs, expected["logits"], tied)
     compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
 
 
@@ -378,6 +432,7 @@ def masked_labels(input_ids, attention_mask, g):
 FIXTURE_MAKERS = {
     "gpt2_grad": lambda: gpt2_grad(),
     "bert_mlm": lambda: bert_mlm(),
+    "distilbert_mlm": lambda: distilbert_mlm(),
     "llama_grad": lambda: llama_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
