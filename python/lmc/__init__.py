@@ -516,7 +516,8 @@ def train(
         with open(log_path, encoding="utf-8") as f:
             log = [json.loads(line) for line in f if line.strip()]
     resume = training_args.get("resume")
-    out = Path(output_dir) if output_dir is not None else Path(resume).parent if resume is not None else Path(".")
+    # As the command: the output directory defaults to the --resume directory.
+    out = Path(output_dir) if output_dir is not None else Path(resume) if resume is not None else Path(".")
     checkpoints = sorted(
         (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),

@@ -96,6 +96,15 @@ def test_train_saves_checkpoints_and_returns_its_log(tmp_path):
     m = lmc.compile(GPT2, weights=r.checkpoints[-1])
     feed = lmc.read_safetensors(FIXTURES / "gpt2_grad" / "inputs_grad.safetensors")
     assert np.isfinite(m(input_ids=feed["input_ids"])["logits"]).all()
+    # Resumed from its output directory (where it saves by default), it goes on from step 3
+    # exactly as the uninterrupted run did.
+    shutil.rmtree(out / "checkpoint-6")
+    resumed = lmc.train(
+        GPT2, resume=out, data=fixture / "adamw_inputs.safetensors", max_steps=6, learning_rate=1e-2,
+        weight_decay=0.01, max_grad_norm=0, lr_scheduler_type="constant", no_dropout=True, save_steps=3, logging_steps=1,
+    )
+    assert resumed.output_dir == out and [p.name for p in resumed.checkpoints] == ["checkpoint-3", "checkpoint-6"]
+    assert max(abs(a - b) for a, b in zip(resumed.losses, r.losses[3:])) < 1e-6, (resumed.losses, r.losses)
 
 
 def test_train_options_are_checked_as_the_command_checks_them(tmp_path):
