@@ -113,37 +113,43 @@ fn softmax(x: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn sampler(temperature: f32, top_k: usize, top_p: f32) -> Sampler {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn sampler(temperature: f32, top_k: usize, top_p: f32) -> Result<Sampler, RuntimeError> {
         Sampler::new(Sampling {
             temperature,
             top_k,
             top_p,
             seed: 3,
         })
-        .unwrap()
     }
 
     /// Against transformers' warpers on the same logits: tests/fixtures/sampling (made by
     /// tests/reference/make_sampling_fixture.py).
     #[test]
-    fn probabilities_match_transformers_warpers() {
+    fn probabilities_match_transformers_warpers() -> TestResult {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sampling");
-        let file = crate::SafeTensorsFile::open(&dir.join("sampling.safetensors")).unwrap();
-        let logits = file.get("logits").unwrap().to_host().unwrap();
+        let file = crate::SafeTensorsFile::open(&dir.join("sampling.safetensors"))?;
+        let logits = file.get("logits").ok_or("no logits in the fixture")?.to_host()?;
         let [rows, vocab] = logits.shape[..] else {
-            panic!("logits are [rows, vocab]")
+            return Err("logits are [rows, vocab]".into());
         };
-        let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-        for (c, case) in cases.as_array().unwrap().iter().enumerate() {
+        let logits = logits.as_f32().ok_or("logits are f32")?;
+        let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json"))?)?;
+        let number = |case: &serde_json::Value, key: &str| case[key].as_f64().ok_or(format!("case {case}: no number {key}"));
+        for (c, case) in cases.as_array().ok_or("cases.json is a list")?.iter().enumerate() {
             let s = sampler(
-                case["temperature"].as_f64().unwrap() as f32,
-                case["top_k"].as_u64().unwrap() as usize,
-                case["top_p"].as_f64().unwrap() as f32,
-            );
-            let want = file.get(&format!("probs.{c}")).unwrap().to_host().unwrap();
-            let want = want.as_f32().unwrap();
+                number(case, "temperature")? as f32,
+                number(case, "top_k")? as usize,
+                number(case, "top_p")? as f32,
+            )?;
+            let want = file
+                .get(&format!("probs.{c}"))
+                .ok_or(format!("no probs.{c} in the fixture"))?
+                .to_host()?;
+            let want = want.as_f32().ok_or("probabilities are f32")?;
             for r in 0..rows {
-                let row = &logits.as_f32().unwrap()[r * vocab..(r + 1) * vocab];
+                let row = &logits[r * vocab..(r + 1) * vocab];
                 let got = s.probabilities(row);
                 let want = &want[r * vocab..(r + 1) * vocab];
                 // Which of several tied tokens top-p drops follows the sort's order of ties,
@@ -160,12 +166,13 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn draws_follow_the_probabilities_and_the_seed() {
+    fn draws_follow_the_probabilities_and_the_seed() -> TestResult {
         let logits = [0.0f32, 1.0, 2.0, -1.0];
-        let mut s = sampler(1.0, 0, 1.0);
+        let mut s = sampler(1.0, 0, 1.0)?;
         let probs = s.probabilities(&logits);
         let mut counts = [0usize; 4];
         for _ in 0..20_000 {
@@ -175,14 +182,15 @@ mod tests {
             let f = *c as f32 / 20_000.0;
             assert!((f - p).abs() < 0.015, "{counts:?} vs {probs:?}");
         }
-        let mut a = sampler(1.0, 0, 1.0);
-        let mut b = sampler(1.0, 0, 1.0);
+        let mut a = sampler(1.0, 0, 1.0)?;
+        let mut b = sampler(1.0, 0, 1.0)?;
         let ta: Vec<i64> = (0..50).map(|_| a.sample(&logits)).collect();
         let tb: Vec<i64> = (0..50).map(|_| b.sample(&logits)).collect();
         assert_eq!(ta, tb, "the same seed draws the same tokens");
         // Top-k 1 is the argmax.
-        let mut greedy = sampler(0.7, 1, 1.0);
+        let mut greedy = sampler(0.7, 1, 1.0)?;
         assert!((0..20).all(|_| greedy.sample(&logits) == 2));
+        Ok(())
     }
 
     #[test]
