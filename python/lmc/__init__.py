@@ -86,6 +86,11 @@ def _set_args(set: Optional[Mapping[str, Any]]) -> List[str]:
     return out
 
 
+def _set_options(set: Optional[Mapping[str, Any]]) -> List[str]:
+    """The overrides as a command's options: ``--set KEY=VALUE`` each."""
+    return [arg for kv in _set_args(set) for arg in ("--set", kv)]
+
+
 def _fspath(p: Optional[PathLike]) -> Optional[str]:
     return None if p is None else os.fspath(p)
 
@@ -387,7 +392,7 @@ def generate(
             )
             if pad_token_id is not None:
                 raise LmcError("pad_token_id= is for a compiled decode step; lmc generate takes it from generation_config.json")
-            args += [a for kv in _set_args(set) for a in ("--set", kv)]
+            args += _set_options(set)
             out = os.path.join(tmp, "sequences.safetensors")
             report = os.path.join(tmp, "generate.json")
             _lmc.run_command(args + ["-o", out, "--json", report])
@@ -511,7 +516,7 @@ def train(
         log_path = os.fspath(log_json) if log_json is not None else os.path.join(tmp, "log.jsonl")
         args = ["train", os.fspath(model), "--data", os.fspath(data)]
         args += _options(output_dir=output_dir, weights=weights, random_weights=random_weights, log_json=log_path, **training_args)
-        args += [a for kv in _set_args(set) for a in ("--set", kv)]
+        args += _set_options(set)
         _lmc.run_command(args)
         with open(log_path, encoding="utf-8") as f:
             log = [json.loads(line) for line in f if line.strip()]
@@ -548,7 +553,7 @@ def grad(
         out = os.fspath(output) if output is not None else os.path.join(tmp, "grads.safetensors")
         args = ["grad", os.fspath(model), "--inputs", os.fspath(inputs), "-o", out]
         args += _options(weights=weights, random_weights=random_weights, seed=seed, config=config)
-        args += [a for kv in _set_args(set) for a in ("--set", kv)]
+        args += _set_options(set)
         _lmc.run_command(args)
         return read_safetensors(out)
 
@@ -594,7 +599,7 @@ def ab(*variants: PathLike, **options: Any) -> ABResult:
         csv_path = os.fspath(options.pop("csv", None) or os.path.join(tmp, "ab.csv"))
         args = ["ab", *[os.fspath(v) for v in variants]]
         args += _options(json=json_path, csv=csv_path, **options)
-        args += [a for kv in _set_args(set) for a in ("--set", kv)]
+        args += _set_options(set)
         _lmc.run_command(args)
         with open(json_path, encoding="utf-8") as f:
             report = json.load(f)

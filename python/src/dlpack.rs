@@ -208,115 +208,131 @@ impl Tensor {
     }
 }
 
+/// A managed tensor of one protocol version: its capsule's name, and how it is made around a
+/// DLTensor with its deleter.
+trait Managed: Sized {
+    const CAPSULE: &'static CStr;
+    fn new(dl_tensor: DLTensor) -> Self;
+    fn dl_tensor(&mut self) -> &mut DLTensor;
+    fn set_manager_ctx(&mut self, ctx: *mut c_void);
+    /// # Safety
+    /// `managed` must be a live managed tensor of this kind, not yet deleted.
+    unsafe fn delete(managed: *mut Self);
+}
+
+impl Managed for DLManagedTensor {
+    const CAPSULE: &'static CStr = DLTENSOR;
+    fn new(dl_tensor: DLTensor) -> Self {
+        DLManagedTensor {
+            dl_tensor,
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(delete_exported::<DLManagedTensor>),
+        }
+    }
+    fn dl_tensor(&mut self) -> &mut DLTensor {
+        &mut self.dl_tensor
+    }
+    fn set_manager_ctx(&mut self, ctx: *mut c_void) {
+        self.manager_ctx = ctx;
+    }
+    unsafe fn delete(managed: *mut Self) {
+        // SAFETY: the caller promises a live managed tensor.
+        unsafe {
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+    }
+}
+
+/// DLPack 1.0's, writable (no flags set).
+impl Managed for DLManagedTensorVersioned {
+    const CAPSULE: &'static CStr = DLTENSOR_VERSIONED;
+    fn new(dl_tensor: DLTensor) -> Self {
+        DLManagedTensorVersioned {
+            version: DLPackVersion { major: 1, minor: 0 },
+            manager_ctx: std::ptr::null_mut(),
+            deleter: Some(delete_exported::<DLManagedTensorVersioned>),
+            flags: 0,
+            dl_tensor,
+        }
+    }
+    fn dl_tensor(&mut self) -> &mut DLTensor {
+        &mut self.dl_tensor
+    }
+    fn set_manager_ctx(&mut self, ctx: *mut c_void) {
+        self.manager_ctx = ctx;
+    }
+    unsafe fn delete(managed: *mut Self) {
+        // SAFETY: the caller promises a live managed tensor.
+        unsafe {
+            if let Some(deleter) = (*managed).deleter {
+                deleter(managed);
+            }
+        }
+    }
+}
+
 /// What a DLPack consumer holds: the tensor (kept alive until the deleter runs), the shape it
-/// reads, and the managed tensor (of either protocol version) pointing into both.
+/// reads, and the managed tensor pointing into both. `managed` comes first, so a pointer to it
+/// is a pointer to the whole.
+#[repr(C)]
 struct Exported<M> {
+    managed: M,
     tensor: HostTensor,
     shape: Vec<i64>,
-    managed: M,
 }
 
-unsafe extern "C" fn delete_exported(managed: *mut DLManagedTensor) {
-    // SAFETY: `manager_ctx` is the `Box<Exported>` that `export` leaked; the protocol calls the
-    // deleter once.
-    unsafe { drop(Box::from_raw((*managed).manager_ctx.cast::<Exported<DLManagedTensor>>())) };
+unsafe extern "C" fn delete_exported<M: Managed>(managed: *mut M) {
+    // SAFETY: `managed` is the first field of the `Box<Exported<M>>` that `export` leaked; the
+    // protocol calls the deleter once.
+    unsafe { drop(Box::from_raw(managed.cast::<Exported<M>>())) };
 }
 
-unsafe extern "C" fn delete_exported_versioned(managed: *mut DLManagedTensorVersioned) {
-    // SAFETY: as for `delete_exported`.
-    unsafe { drop(Box::from_raw((*managed).manager_ctx.cast::<Exported<DLManagedTensorVersioned>>())) };
-}
-
-unsafe extern "C" fn destroy_capsule(capsule: *mut ffi::PyObject) {
-    // SAFETY: called by Python with the capsule being destroyed. A capsule still named
-    // `dltensor` was never consumed, so its tensor is freed here; a consumed one
-    // (`used_dltensor`) belongs to its consumer.
+unsafe extern "C" fn destroy_capsule<M: Managed>(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by Python with the capsule being destroyed. A capsule still under its
+    // first name was never consumed, so its tensor is freed here; a consumed one (renamed
+    // `used_...`) belongs to its consumer.
     unsafe {
-        if ffi::PyCapsule_IsValid(capsule, DLTENSOR.as_ptr()) == 1 {
-            let managed = ffi::PyCapsule_GetPointer(capsule, DLTENSOR.as_ptr()).cast::<DLManagedTensor>();
-            if let Some(deleter) = (*managed).deleter {
-                deleter(managed);
-            }
+        if ffi::PyCapsule_IsValid(capsule, M::CAPSULE.as_ptr()) == 1 {
+            M::delete(ffi::PyCapsule_GetPointer(capsule, M::CAPSULE.as_ptr()).cast::<M>());
         }
     }
 }
 
-unsafe extern "C" fn destroy_versioned_capsule(capsule: *mut ffi::PyObject) {
-    // SAFETY: as for `destroy_capsule`, for `dltensor_versioned`.
-    unsafe {
-        if ffi::PyCapsule_IsValid(capsule, DLTENSOR_VERSIONED.as_ptr()) == 1 {
-            let managed = ffi::PyCapsule_GetPointer(capsule, DLTENSOR_VERSIONED.as_ptr()).cast::<DLManagedTensorVersioned>();
-            if let Some(deleter) = (*managed).deleter {
-                deleter(managed);
-            }
-        }
-    }
-}
-
-/// The DLTensor describing `tensor`, its shape read from `shape`; `data` and `shape` are set
-/// once both have their final place.
-fn dl_tensor(tensor: &HostTensor) -> DLTensor {
-    DLTensor {
+/// Hands `tensor` over in a capsule of the protocol version `M`, without copying its buffer.
+fn export<M: Managed>(py: Python<'_>, tensor: HostTensor) -> PyResult<Py<PyAny>> {
+    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+    let dl_tensor = DLTensor {
         data: std::ptr::null_mut(),
         device: DLDevice {
             device_type: DL_CPU,
             device_id: 0,
         },
-        ndim: tensor.shape.len() as i32,
+        ndim: shape.len() as i32,
         dtype: dl_dtype(tensor.dtype),
         shape: std::ptr::null_mut(),
         strides: std::ptr::null_mut(),
         byte_offset: 0,
-    }
-}
-
-/// Hands `tensor` over in a capsule of the unversioned protocol.
-fn export(py: Python<'_>, tensor: HostTensor) -> PyResult<Py<PyAny>> {
-    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-    let managed = DLManagedTensor {
-        dl_tensor: dl_tensor(&tensor),
-        manager_ctx: std::ptr::null_mut(),
-        deleter: Some(delete_exported),
     };
-    let raw = Box::into_raw(Box::new(Exported { tensor, shape, managed }));
+    let raw = Box::into_raw(Box::new(Exported {
+        managed: M::new(dl_tensor),
+        tensor,
+        shape,
+    }));
     // SAFETY: `raw` is a live box, leaked until the deleter runs; its buffers are on the heap and
     // do not move, so the managed tensor may point into them and back to the box.
     unsafe {
         let e = &mut *raw;
-        e.managed.dl_tensor.data = e.tensor.bytes_mut().as_mut_ptr().cast();
-        e.managed.dl_tensor.shape = e.shape.as_mut_ptr();
-        e.managed.manager_ctx = raw.cast();
-        let managed: *mut DLManagedTensor = &raw mut e.managed;
-        let capsule = ffi::PyCapsule_New(managed.cast(), DLTENSOR.as_ptr(), Some(destroy_capsule));
+        let data = e.tensor.bytes_mut().as_mut_ptr().cast();
+        let dims = e.shape.as_mut_ptr();
+        e.managed.dl_tensor().data = data;
+        e.managed.dl_tensor().shape = dims;
+        e.managed.set_manager_ctx(raw.cast());
+        let managed: *mut M = &raw mut e.managed;
+        let capsule = ffi::PyCapsule_New(managed.cast(), M::CAPSULE.as_ptr(), Some(destroy_capsule::<M>));
         if capsule.is_null() {
-            delete_exported(managed);
-            return Err(PyErr::fetch(py));
-        }
-        Ok(Bound::from_owned_ptr(py, capsule).unbind())
-    }
-}
-
-/// Hands `tensor` over in a capsule of DLPack 1.0, writable.
-fn export_versioned(py: Python<'_>, tensor: HostTensor) -> PyResult<Py<PyAny>> {
-    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-    let managed = DLManagedTensorVersioned {
-        version: DLPackVersion { major: 1, minor: 0 },
-        manager_ctx: std::ptr::null_mut(),
-        deleter: Some(delete_exported_versioned),
-        flags: 0,
-        dl_tensor: dl_tensor(&tensor),
-    };
-    let raw = Box::into_raw(Box::new(Exported { tensor, shape, managed }));
-    // SAFETY: as in `export`.
-    unsafe {
-        let e = &mut *raw;
-        e.managed.dl_tensor.data = e.tensor.bytes_mut().as_mut_ptr().cast();
-        e.managed.dl_tensor.shape = e.shape.as_mut_ptr();
-        e.managed.manager_ctx = raw.cast();
-        let managed: *mut DLManagedTensorVersioned = &raw mut e.managed;
-        let capsule = ffi::PyCapsule_New(managed.cast(), DLTENSOR_VERSIONED.as_ptr(), Some(destroy_versioned_capsule));
-        if capsule.is_null() {
-            delete_exported_versioned(managed);
+            M::delete(managed);
             return Err(PyErr::fetch(py));
         }
         Ok(Bound::from_owned_ptr(py, capsule).unbind())
@@ -374,8 +390,8 @@ impl Tensor {
             .take()
             .ok_or_else(|| PyBufferError::new_err(format!("output \"{}\" was already handed over through DLPack", self.name)))?;
         match max_version {
-            Some((major, _)) if major >= 1 => export_versioned(py, tensor),
-            _ => export(py, tensor),
+            Some((major, _)) if major >= 1 => export::<DLManagedTensorVersioned>(py, tensor),
+            _ => export::<DLManagedTensor>(py, tensor),
         }
     }
 }
