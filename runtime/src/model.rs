@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
-use lmc_abi::{DType, Dim, Manifest};
+use lmc_abi::{DType, Dim, Manifest, WeightFormat};
 
 use crate::cuda::DeviceBuffer;
 use crate::error::RuntimeError;
@@ -144,6 +144,19 @@ enum ParamData {
     /// aligned to the element size, or packed for the module (a manifest
     /// [`lmc_abi::Packing`]).
     Copied(HostTensor),
+    /// Packed for the module in a weight format other than f32 (bf16, int8 with its scales):
+    /// the bytes of [`lmc_abi::Packing::pack_bytes`].
+    Packed(crate::tensor::AlignedBytes),
+}
+
+/// `bytes` of parameter `name` packed in a format other than f32, in aligned memory.
+fn packed_param(name: &str, bytes: &[u8]) -> Result<ParamData, RuntimeError> {
+    crate::tensor::AlignedBytes::copied(bytes).map(ParamData::Packed).ok_or_else(|| {
+        RuntimeError::invalid_argument(format!(
+            "parameter \"{name}\": cannot allocate {} bytes for its packed form",
+            bytes.len()
+        ))
+    })
 }
 
 /// A module with every parameter bound to checked weights. `Send + Sync`: runs need only `&self`.
@@ -253,8 +266,13 @@ impl Module {
                 // The module reads this matrix in panels (checked f32 [n, k] above).
                 let values = widened.unwrap_or_else(|| f32_elements(t.bytes()).collect());
                 let shape = packing.packed_shape(n, k).to_vec();
-                let packed = HostTensor::from_f32(spec.name.clone(), shape.clone(), packing.pack(&values, n, k))?;
-                params.push((shape, ParamData::Copied(packed)));
+                let packed = match packing.format {
+                    WeightFormat::F32 => {
+                        ParamData::Copied(HostTensor::from_f32(spec.name.clone(), shape.clone(), packing.pack(&values, n, k))?)
+                    }
+                    _ => packed_param(&spec.name, &packing.pack_bytes(&values, n, k))?,
+                };
+                params.push((shape, packed));
                 file.release_mapped(&spec.name);
                 continue;
             }
@@ -453,6 +471,13 @@ impl LoadedModel {
         self.weights_dtype.as_deref()
     }
 
+    /// How the weight matrices are stored when the model was compiled with a weight format
+    /// other than f32 (`--set weights=...`): the format, how many matrices it holds, and the
+    /// bytes they take against f32's. `None` for f32.
+    pub fn weight_storage(&self) -> Option<String> {
+        self.module.manifest().weight_storage()
+    }
+
     /// One line per f32 parameter holding NaN or infinite values (to warn about).
     pub fn non_finite_parameters(&self) -> &[String] {
         &self.non_finite
@@ -605,6 +630,10 @@ impl LoadedModel {
             _ => None,
         };
         let stored_shape = packed.map_or(shape.clone(), |(p, n, k)| p.packed_shape(n, k).to_vec());
+        if let Some((packing, n, k)) = packed.filter(|(p, ..)| p.format != WeightFormat::F32) {
+            self.params[i] = (stored_shape, packed_param(name, &packing.pack_bytes(values, n, k))?);
+            return Ok(());
+        }
         // Written over the values bound before when they are a copy of the same shape (every
         // step of training), else into a new copy.
         if let (ParamData::Copied(t), lmc_abi::Device::Cpu) = (&mut self.params[i].1, m.device) {
@@ -641,6 +670,7 @@ impl LoadedModel {
                 .ok_or_else(|| RuntimeError::internal("a bound parameter vanished"))?
                 .bytes(),
             ParamData::Copied(t) => t.bytes(),
+            ParamData::Packed(bytes) => bytes.as_slice(),
         })
     }
 

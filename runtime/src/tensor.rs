@@ -20,7 +20,7 @@ const CHUNK: usize = std::mem::size_of::<Chunk>();
 
 /// A zero-initialised byte buffer whose start is 64-byte aligned.
 #[derive(Clone)]
-struct AlignedBytes {
+pub(crate) struct AlignedBytes {
     chunks: Vec<Chunk>,
     len: usize,
 }
@@ -35,7 +35,14 @@ impl AlignedBytes {
         Some(AlignedBytes { chunks, len })
     }
 
-    fn as_slice(&self) -> &[u8] {
+    /// A copy of `bytes`; `None` when the memory cannot be had.
+    pub(crate) fn copied(bytes: &[u8]) -> Option<AlignedBytes> {
+        let mut out = AlignedBytes::zeroed(bytes.len())?;
+        out.as_mut_slice().copy_from_slice(bytes);
+        Some(out)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `Chunk` is `repr(C)` around `[u8; 64]`, so it has no padding and every byte is
         // an initialised `u8`; the vector holds `chunks.len() * 64 >= len` bytes, and the slice
         // borrows `self`, so the storage outlives it.
@@ -69,6 +76,12 @@ pub struct HostTensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
     data: AlignedBytes,
+}
+
+impl fmt::Debug for AlignedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.len)
+    }
 }
 
 impl PartialEq for AlignedBytes {

@@ -48,6 +48,16 @@ pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
                     spec.name, p.panel
                 )));
             }
+            if let Some(Dim::Static(k)) = spec.shape.last() {
+                if !p.format.fits_rows_of(usize::try_from(*k).unwrap_or(0)) {
+                    return Err(bad(format!(
+                        "parameter \"{}\" is packed as {} in blocks of {}, but its rows have {k} elements",
+                        spec.name,
+                        p.format.name(),
+                        lmc_abi::INT8_BLOCK
+                    )));
+                }
+            }
         }
     }
     let bound: HashSet<&str> = m
@@ -681,9 +691,9 @@ pub(crate) mod tests {
         bad.inputs[1].name = "input_ids".into();
         assert!(check_manifest(&bad, "m.so").unwrap_err().to_string().contains("listed twice"));
         let mut packed = m;
-        packed.params[0].packing = Some(lmc_abi::Packing { panel: 32 });
+        packed.params[0].packing = Some(lmc_abi::Packing::f32(32));
         assert!(check_manifest(&packed, "m.so").is_ok());
-        packed.params[0].packing = Some(lmc_abi::Packing { panel: 0 });
+        packed.params[0].packing = Some(lmc_abi::Packing::f32(0));
         assert!(check_manifest(&packed, "m.so")
             .unwrap_err()
             .to_string()

@@ -279,7 +279,10 @@ pub fn emit(
     match stage {
         Stage::Ast => unreachable!(),
         Stage::Ir => print!("{}", graph.print()),
-        Stage::Mlir => print!("{}", lmc_codegen::emit_mlir(&graph, &target)),
+        Stage::Mlir => {
+            lmc_codegen::check_target(&graph, &target)?;
+            print!("{}", lmc_codegen::emit_mlir(&graph, &target))
+        }
         Stage::Buffers => print!("{}", lmc_codegen::emit_buffers(&graph, &target)?),
         Stage::Llvm => print!("{}", lmc_codegen::emit_llvm_ir(&graph, &target)?),
         Stage::Ptx if !target.is_gpu() => {
@@ -421,6 +424,9 @@ pub fn run(
     }
     if let (Some(dtype), Some(weights)) = (model.weights_dtype(), checkpoint) {
         eprintln!("weights: {} in {dtype}{}", weights.display(), lmc_lab::widened(dtype));
+    }
+    if let Some(storage) = model.weight_storage() {
+        eprintln!("weights stored as {storage}");
     }
     let unused = model.unused_tensors();
     if let (false, Some(weights)) = (unused.is_empty(), checkpoint) {

@@ -158,6 +158,9 @@ pub fn generate(
         "compiled the decode step of {model_name} in {:.0} ms (caches for {capacity} positions)",
         compiled.compile_ms
     );
+    if let Some(storage) = compiled.model.weight_storage() {
+        eprintln!("weights stored as {storage}");
+    }
     // An encoder-decoder's context (its encoder's keys and values) is computed once.
     let context = match decoding.context {
         None => context,

@@ -29,6 +29,7 @@ impl Builder {
                 nodes: Vec::new(),
                 outputs: Vec::new(),
                 decode: None,
+                weights: Default::default(),
             },
         }
     }

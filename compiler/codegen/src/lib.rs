@@ -34,6 +34,8 @@ pub enum CodegenError {
     Llvm(String),
     /// Writing or linking the shared library failed.
     Output(String),
+    /// The graph asks for something this target does not do (int8 weights on a GPU).
+    Unsupported(String),
 }
 
 impl std::fmt::Display for CodegenError {
@@ -41,7 +43,7 @@ impl std::fmt::Display for CodegenError {
         match self {
             CodegenError::Mlir(e) => e.fmt(f),
             CodegenError::Llvm(e) => write!(f, "internal compiler error in LLVM: {e}"),
-            CodegenError::Output(e) => f.write_str(e),
+            CodegenError::Output(e) | CodegenError::Unsupported(e) => f.write_str(e),
         }
     }
 }
@@ -199,6 +201,39 @@ pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> 
     })
 }
 
+/// Whether `target` can run `g` as it asks: the packed weight formats are CPU kernels.
+pub fn check_target(g: &Graph, target: &Target) -> Result<(), CodegenError> {
+    if target.is_gpu() && g.weights != lmc_abi::WeightFormat::F32 {
+        return Err(CodegenError::Unsupported(format!(
+            "weights={} is a CPU weight format; a CUDA target reads f32 weights (leave out `--set weights=...`)",
+            g.weights.name()
+        )));
+    }
+    Ok(())
+}
+
+/// A weight format that no matrix of the graph is stored in would change nothing: an error
+/// rather than a variant that silently equals f32.
+fn check_weight_format(g: &Graph, plan: &Plan) -> Result<(), CodegenError> {
+    if g.weights == lmc_abi::WeightFormat::F32 || plan.packing.iter().flatten().any(|p| p.format == g.weights) {
+        return Ok(());
+    }
+    let why = match plan.packing.iter().flatten().count() {
+        0 => "it has no matrix read only as `x @ transpose(w)` (a Linear's weight, stored [out, in]); \
+              a weight read as `x @ w` (stored [in, out]) or also gathered (a tied embedding) stays f32"
+            .to_string(),
+        n => format!(
+            "the rows of its {n} Linear weight(s) are not whole blocks of {} elements",
+            lmc_abi::INT8_BLOCK
+        ),
+    };
+    Err(CodegenError::Unsupported(format!(
+        "--set weights={} stores no weight of {} in that format: {why}",
+        g.weights.name(),
+        g.model
+    )))
+}
+
 /// Emits the graph's MLIR for `target` as `plan` decided, parses it in a fresh MLIR context and
 /// hands both to `f`.
 fn with_emitted<T>(
@@ -207,6 +242,8 @@ fn with_emitted<T>(
     plan: &Plan,
     f: impl for<'c> FnOnce(&'c melior::Context, &mut melior::ir::Module<'c>) -> Result<T, CodegenError>,
 ) -> Result<T, CodegenError> {
+    check_target(g, target)?;
+    check_weight_format(g, plan)?;
     let text = emit_mlir::emit_module(g, plan, target);
     let mlir = mlir_pipeline::new_context();
     let mut module = mlir_pipeline::parse(&mlir, &text)?;

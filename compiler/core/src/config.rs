@@ -98,6 +98,43 @@ impl FieldType {
     }
 }
 
+/// The `--set` key that chooses how weight matrices are stored (`--set weights=int8`): an
+/// option of the compile, not a field of the config (unless the config declares a field of
+/// that name, which then takes it).
+pub const WEIGHTS_KEY: &str = "weights";
+
+/// Takes `--set weights=FORMAT` out of `overrides`: the storage format of the model's weight
+/// matrices (f32 when not set), and the overrides left for the config. A value that names no
+/// format is an error at `at` (the model's name).
+pub fn take_weight_format(
+    decl: &ConfigDecl,
+    overrides: &ConfigOverrides,
+    at: lmc_grammar::Span,
+) -> Result<(lmc_abi::WeightFormat, ConfigOverrides), Diagnostic> {
+    let declared = decl.fields.iter().any(|f| f.name.name == WEIGHTS_KEY);
+    let mut rest = overrides.clone();
+    let mut format = lmc_abi::WeightFormat::F32;
+    if declared {
+        return Ok((format, rest));
+    }
+    rest.set.retain(|(key, _)| key != WEIGHTS_KEY);
+    for (_, value) in overrides.set.iter().filter(|(key, _)| key == WEIGHTS_KEY) {
+        format = lmc_abi::WeightFormat::from_name(value.trim()).ok_or_else(|| {
+            Diagnostic::error(
+                "E0104",
+                format!("`--set {WEIGHTS_KEY}={value}` names no weight format"),
+                at,
+                "the model compiled with it",
+            )
+            .with_help(format!(
+                "the formats are {} (how a Linear's weight is stored; the kernels accumulate in f32)",
+                lmc_abi::WeightFormat::NAMES.join(", ")
+            ))
+        })?;
+    }
+    Ok((format, rest))
+}
+
 /// Evaluates a config block with a variant's overrides and the command line's.
 /// Evaluates a config: its record, and warnings about keys of the checkpoint it assumes.
 pub fn evaluate_config(

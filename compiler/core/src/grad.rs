@@ -44,6 +44,15 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
     if g.decode.is_some() {
         return Err(no_loc("a decode step is not differentiated; differentiate the forward".into(), ""));
     }
+    if g.weights != lmc_abi::WeightFormat::F32 {
+        return Err(no_loc(
+            format!(
+                "weights stored as {} are for inference: gradients and training update f32 weights",
+                g.weights.name()
+            ),
+            "leave out `--set weights=...`",
+        ));
+    }
     let mut d = Deriv {
         fwd: g,
         out: Graph {

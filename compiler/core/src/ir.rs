@@ -670,6 +670,9 @@ pub struct Graph {
     /// For a decode-step function derived from a forward (`decode::derive_decode`): its
     /// position input and caches.
     pub decode: Option<DecodeInfo>,
+    /// How the weight matrices the kernels read packed (a Linear's) are stored
+    /// (`--set weights=...`); every other tensor is as declared.
+    pub weights: lmc_abi::WeightFormat,
 }
 
 /// How a derived decode-step function is called: see `crate::decode`.
@@ -858,6 +861,13 @@ impl Graph {
         let _ = writeln!(out, "model {}  # {}", self.model, self.files.join(", "));
         for (name, value) in &self.config {
             let _ = writeln!(out, "  config {name} = {value}");
+        }
+        if self.weights != lmc_abi::WeightFormat::F32 {
+            let _ = writeln!(
+                out,
+                "  weights {}  # a Linear's weight matrix, as the kernels read it",
+                self.weights.name()
+            );
         }
         for s in &self.symbols {
             match &s.max {

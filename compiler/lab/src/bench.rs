@@ -89,6 +89,9 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, 
     if let (Some(dtype), Weights::Checkpoint(_)) = (c.model.weights_dtype(), weights) {
         crate::outln!("  weights      {dtype}{}", crate::widened(dtype));
     }
+    if let Some(storage) = c.model.weight_storage() {
+        crate::outln!("  stored as    {storage}");
+    }
     crate::outln!("  compile      {}", fmt_ms(c.compile_ms));
     crate::outln!(
         "  latency      {} median, {} – {} (p10 – p90, {runs} runs)",
@@ -125,6 +128,7 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, 
             "compile_ms": c.compile_ms, "params": params.total, "peak_rss_bytes": rss,
             "run_peak_rss_bytes": run_peak, "activation_bytes": activations, "device": device.as_str(),
             "weights_dtype": match weights { Weights::Checkpoint(_) => c.model.weights_dtype(), Weights::Random(_) => None },
+            "weight_storage": c.model.weight_storage(),
             "generator": lmc_abi::generator_string(),
         });
         crate::output::write_report(path, &(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;

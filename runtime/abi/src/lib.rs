@@ -25,6 +25,9 @@
 //! skips the runtime gets wrong numbers, never an out-of-bounds read.)
 
 pub mod buffers;
+mod packing;
+
+pub use packing::{Packing, WeightFormat, INT8_BLOCK, INT8_SCALE_ROWS};
 
 use serde::{Deserialize, Serialize};
 
@@ -157,60 +160,6 @@ impl InputDefault {
             InputDefault::Ones => 1,
             InputDefault::Zeros => 0,
             InputDefault::Arange => (flat % last.max(1)) as i64,
-        }
-    }
-}
-
-/// A `[N, K]` f32 matrix stored as panels of `panel` of its rows, each panel `K` by `panel`
-/// (row `k` of panel `p` holds elements `k` of rows `p·panel ..`), zero past row `N`: the
-/// layout `[ceil(N / panel), K, panel]`. A matmul kernel that multiplies by the matrix's
-/// transpose then reads `panel` contiguous columns per step of `K` (see the codegen's
-/// `matmul.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Packing {
-    pub panel: i64,
-}
-
-impl Packing {
-    /// The packed shape of a `[n, k]` matrix.
-    pub fn packed_shape(&self, n: usize, k: usize) -> [usize; 3] {
-        let panel = self.panel_len();
-        [n.div_ceil(panel), k, panel]
-    }
-
-    /// `panel` as a length (at least 1).
-    fn panel_len(&self) -> usize {
-        usize::try_from(self.panel).unwrap_or(1).max(1)
-    }
-
-    /// Packs a row-major `[n, k]` matrix (`w.len() == n * k`; rows missing from a shorter `w`
-    /// are packed as zeros).
-    pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
-        let [panels, _, panel] = self.packed_shape(n, k);
-        let mut out = vec![0.0; panels * k * panel];
-        self.pack_into(w, n, k, &mut out);
-        out
-    }
-
-    /// As [`Packing::pack`], into `out` (`out.len()` the packed shape's size; every element of
-    /// it is written).
-    pub fn pack_into(&self, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
-        let panel = self.panel_len();
-        // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
-        // rather than scattered one element per cache line.
-        for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
-            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
-                .filter_map(|r| w.get(r * k..(r + 1) * k))
-                .collect();
-            for (kk, step) in packed.chunks_exact_mut(panel).enumerate() {
-                for (x, row) in step.iter_mut().zip(&rows) {
-                    *x = row[kk];
-                }
-                for x in step.iter_mut().skip(rows.len()) {
-                    *x = 0.0;
-                }
-            }
         }
     }
 }
@@ -369,24 +318,4 @@ impl Manifest {
 /// The version string every manifest carries, to name the producer of a mismatched library.
 pub fn generator_string() -> String {
     format!("lmc {}", env!("CARGO_PKG_VERSION"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Packing;
-
-    #[test]
-    fn packing_puts_rows_side_by_side_and_pads_with_zeros() {
-        // Rows 0..5 of a [5, 3] matrix, element (r, k) = 10 r + k, in panels of 2 rows.
-        let w: Vec<f32> = (0..5).flat_map(|r| (0..3).map(move |k| (10 * r + k) as f32)).collect();
-        let p = Packing { panel: 2 };
-        assert_eq!(p.packed_shape(5, 3), [3, 3, 2]);
-        #[rustfmt::skip]
-        let want = [
-            0.0, 10.0,  1.0, 11.0,  2.0, 12.0,
-            20.0, 30.0, 21.0, 31.0, 22.0, 32.0,
-            40.0, 0.0,  41.0, 0.0,  42.0, 0.0,
-        ];
-        assert_eq!(p.pack(&w, 5, 3), want);
-    }
 }

@@ -9,7 +9,9 @@
 //! - `x @ transpose(w)` with `w` a parameter `[N, K]` (a Linear's weight: checkpoints store
 //!   `[out, in]`), passed packed into panels of two vectors of columns ([`param_packing`]): a
 //!   tile of 12 (AVX2: 6) rows by one panel; each step of `K` broadcasts one element of `x` per
-//!   row and multiplies it with the panel's two contiguous vectors, prefetched ahead.
+//!   row and multiplies it with the panel's two contiguous vectors, prefetched ahead. A panel
+//!   stored as bf16 is widened as it is read; an int8 one is converted and multiplied by its
+//!   block's scales, read once per block of 32 steps (`--set weights=...`).
 //! - Any other `x @ transpose(w)`, `w: [..., N, K]` (attention's `q · kᵀ`): each result
 //!   element is a dot product of two contiguous rows. A tile of rows of `x` by rows of `w`
 //!   keeps one vector of partial sums per element and sums its lanes at the end.
@@ -21,7 +23,7 @@
 //! every place that needs it: BERT's 72 projections share three.
 
 use super::{tensor_ty, Emitter};
-use lmc_abi::{DType, Packing};
+use lmc_abi::{DType, Packing, WeightFormat, INT8_BLOCK, INT8_SCALE_ROWS};
 use lmc_core::ir::{Dim, Graph, Op, TensorType, ValueId};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -103,8 +105,9 @@ pub(super) enum RhsLayout {
     /// `b: [..., K, N]`.
     RowMajor,
     /// A parameter `w: [N, K]` used as `transpose(w)` and passed packed (see
-    /// [`param_packing`]): `[ceil(N / panel), K, panel]`.
-    Packed,
+    /// [`param_packing`]): `[ceil(N / panel), K, panel]` in this format (an int8 panel has
+    /// its blocks' scales among its rows, see [`Packing`]).
+    Packed(WeightFormat),
 }
 
 /// The parameters the runtime passes packed ([`Packing`]), one entry per parameter: every f32
@@ -113,7 +116,9 @@ pub(super) enum RhsLayout {
 /// of `K` reads two contiguous vectors of the panel and one element of each row of `x`, so no
 /// lane sums are needed (the dot tile's) and `w` is read in the order it is stored (the
 /// row-major broadcast tile strides a whole row of `b` per step). A matrix also read another
-/// way (a tied embedding table's gather, inside a scan step) stays as it is.
+/// way (a tied embedding table's gather, inside a scan step) stays as it is. They are stored in
+/// the graph's weight format, except a matrix that format cannot hold (int8 rows that are not
+/// whole blocks), which stays f32.
 pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], lanes: i64) -> Vec<Option<Packing>> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let in_body = |id: ValueId| regions[id.0 as usize].is_none() && !outputs.contains(&id);
@@ -147,9 +152,16 @@ pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[V
     packable
         .iter()
         .zip(&read)
-        .map(|(&p, &r)| {
+        .zip(&g.params)
+        .map(|((&p, &r), param)| {
+            let k = match param.ty.dims.last() {
+                Some(&Dim::Static(k)) => k as usize,
+                _ => 0,
+            };
+            let format = if g.weights.fits_rows_of(k) { g.weights } else { WeightFormat::F32 };
             (p && r).then_some(Packing {
                 panel: AXPY_VECTORS * lanes,
+                format,
             })
         })
         .collect()
@@ -187,6 +199,16 @@ pub(super) struct MatMul {
     pub bias: Option<TensorType>,
 }
 
+impl MatMul {
+    /// The right operand's tensor type, in its stored element type.
+    fn rhs_ty(&self) -> String {
+        match self.layout {
+            RhsLayout::Packed(format) => format!("tensor<{}>", super::text::shape_str_of(&self.rhs, super::text::format_elem(format))),
+            _ => tensor_ty(&self.rhs),
+        }
+    }
+}
+
 /// Where a tile is emitted.
 struct TileAt<'a> {
     /// Index values of the output's batch axes, and of the right operand's (empty when it is
@@ -204,6 +226,17 @@ struct TileAt<'a> {
     k: &'a str,
     /// The result block being filled (a loop's iteration argument), of type [`SLICE_TY`].
     acc: &'a str,
+}
+
+/// What every step of a packed tile reads: the panel (its format, its buffer for the
+/// prefetches, its index), the first lane of each of its vectors, and the tile's rows of `x`.
+struct PanelStep<'a> {
+    format: WeightFormat,
+    buf: &'a str,
+    mt: &'a str,
+    panel: &'a str,
+    lanes: &'a [String],
+    x_rows: &'a [String],
 }
 
 /// Text of one kernel, built apart from the forward function's body: a function's body, or
@@ -248,7 +281,7 @@ impl Emitter<'_> {
             mm.layout,
             mm.x_transposed,
             tensor_ty(&mm.x),
-            tensor_ty(&mm.rhs),
+            mm.rhs_ty(),
             tensor_ty(&mm.out),
             mm.group,
             mm.bias.as_ref().map(tensor_ty)
@@ -261,7 +294,7 @@ impl Emitter<'_> {
         });
         let (x, rhs) = (self.contiguous(x), self.contiguous(rhs));
         let init = self.empty(&mm.out);
-        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let (xt, rt, ot) = (tensor_ty(&mm.x), mm.rhs_ty(), tensor_ty(&mm.out));
         let (bias_arg, bias_ty) = match (bias, &mm.bias) {
             (Some(b), Some(t)) => (format!("{b}, "), format!("{}, ", tensor_ty(t))),
             _ => (String::new(), String::new()),
@@ -313,7 +346,7 @@ impl Emitter<'_> {
         let dims = (0..=rank).map(d).collect::<Vec<_>>().join(", ");
         let rhs_axes = match mm.layout {
             // A GPU's packed weight is its transpose, one panel `[1, K, N]`.
-            RhsLayout::Packed => format!("0, {k}, {n}"),
+            RhsLayout::Packed(_) => format!("0, {k}, {n}"),
             _ => with_batch(rhs_map, mm.rhs.rank() == rank, mm.group),
         };
         let maps = [
@@ -324,7 +357,7 @@ impl Emitter<'_> {
         let maps: Vec<String> = maps.iter().map(|m| format!("affine_map<({dims}) -> ({m})>")).collect();
         let mut iterators = vec!["\"parallel\""; rank];
         iterators.push("\"reduction\"");
-        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let (xt, rt, ot) = (tensor_ty(&mm.x), mm.rhs_ty(), tensor_ty(&mm.out));
         let empty = self.empty(&mm.out);
         let zero = self.fresh();
         let init = self.fresh();
@@ -416,7 +449,7 @@ impl Kernel {
 
     /// The whole kernel function `name(x, rhs, out) -> out`.
     fn function(mut self, name: &str, mm: &MatMul) -> String {
-        let (xt, rt, ot) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs), tensor_ty(&mm.out));
+        let (xt, rt, ot) = (tensor_ty(&mm.x), mm.rhs_ty(), tensor_ty(&mm.out));
         let filled = self.body(mm, true);
         let bias = match (&self.bias, &mm.bias) {
             (Some(b), Some(t)) => format!("{b}: {}, ", tensor_ty(t)),
@@ -448,13 +481,17 @@ impl Kernel {
         let (n, k) = match mm.layout {
             RhsLayout::Transposed => (Some(mm.rhs.rank() - 2), mm.rhs.rank() - 1),
             RhsLayout::RowMajor => (Some(mm.rhs.rank() - 1), mm.rhs.rank() - 2),
-            RhsLayout::Packed => (None, 1),
+            RhsLayout::Packed(_) => (None, 1),
         };
         let n = match n {
             Some(axis) => self.dim(&self.rhs.clone(), &mm.rhs, axis),
             None => self.dim(&self.out.clone(), &mm.out, r - 1),
         };
-        let k = self.dim(&self.rhs.clone(), &mm.rhs, k);
+        let k = match mm.layout {
+            // An int8 panel's rows include its blocks' scales: `K` is `x`'s.
+            RhsLayout::Packed(_) => self.dim(&self.x.clone(), &mm.x, mm.x.rank() - 1),
+            _ => self.dim(&self.rhs.clone(), &mm.rhs, k),
+        };
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
         let bounds: Vec<String> = (0..r - 2).map(|axis| self.dim(&self.out.clone(), &mm.out, axis)).collect();
         let cols_per_tile = self.tile_shape(mm.layout).1;
@@ -538,7 +575,7 @@ impl Kernel {
     /// (axpy).
     #[allow(clippy::too_many_arguments)]
     fn columns(&mut self, mm: &MatMul, batch: &[String], slice: &str, lo: &str, size: &str, m: &str, k: &str) -> String {
-        if mm.layout == RhsLayout::Packed {
+        if matches!(mm.layout, RhsLayout::Packed(_)) {
             return self.packed_columns(mm, batch, slice, lo, size, m, k);
         }
         let (c0, c1) = (self.index_const(0), self.index_const(1));
@@ -561,7 +598,7 @@ impl Kernel {
         // (A packed right operand took `packed_columns` above.)
         let leftover_step = match mm.layout {
             RhsLayout::Transposed => c1.clone(),
-            RhsLayout::RowMajor | RhsLayout::Packed => tile_step.clone(),
+            RhsLayout::RowMajor | RhsLayout::Packed(_) => tile_step.clone(),
         };
         let col_groups = [
             (c0.clone(), full_cols.clone(), tile_step, true),
@@ -610,7 +647,7 @@ impl Kernel {
                 };
                 let next = match mm.layout {
                     RhsLayout::Transposed => self.dot_tile(mm, &at, rows, if whole { cols_per_tile } else { 1 }),
-                    RhsLayout::RowMajor | RhsLayout::Packed => self.axpy_tile(mm, &at, rows, whole),
+                    RhsLayout::RowMajor | RhsLayout::Packed(_) => self.axpy_tile(mm, &at, rows, whole),
                 };
                 self.close_loop(&next, SLICE_TY);
                 inner = res;
@@ -646,7 +683,7 @@ impl Kernel {
         match layout {
             RhsLayout::Transposed => dot_tile_shape(self.lanes),
             RhsLayout::RowMajor => (axpy_rows(self.lanes), AXPY_VECTORS * self.lanes),
-            RhsLayout::Packed => (packed_rows(self.lanes)[0], AXPY_VECTORS * self.lanes),
+            RhsLayout::Packed(_) => (packed_rows(self.lanes)[0], AXPY_VECTORS * self.lanes),
         }
     }
 
@@ -700,7 +737,7 @@ impl Kernel {
     /// `k_lo..k` of `K`: starts from the bias (or zero) in the first block and from the result
     /// so far after it; a tile that is not `whole` masks the columns past `N`.
     fn packed_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
-        let wt = tensor_ty(&mm.rhs);
+        let wt = mm.rhs_ty();
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let bounds = if whole { "true" } else { "false" };
@@ -763,32 +800,153 @@ impl Kernel {
         // The panel is read through its buffer too, for the prefetches (tensors have none).
         let (buf, mt) = (self.fresh(), wt.replacen("tensor", "memref", 1));
         self.line(&format!("{buf} = bufferization.to_buffer {} read_only : {wt} to {mt}", self.rhs));
-        let (res, kk, by, ahead) = (self.fresh(), self.fresh(), self.index_const(1), self.index_const(PREFETCH_STEPS));
+        let format = match mm.layout {
+            RhsLayout::Packed(format) => format,
+            _ => WeightFormat::F32,
+        };
+        let (res, kk, by) = (self.fresh(), self.fresh(), self.index_const(1));
         let args: Vec<String> = (0..count).map(|_| self.fresh()).collect();
         let inits: Vec<String> = args.iter().enumerate().map(|(i, a)| format!("{a} = {start}#{i}")).collect();
-        self.line(&format!(
-            "{res}:{count} = scf.for {kk} = {} to {} step {by} iter_args({}) -> ({types}) {{",
-            at.k_lo,
-            at.k,
-            inits.join(", ")
-        ));
-        let later = self.fresh();
-        self.line(&format!("  {later} = arith.addi {kk}, {ahead} : index"));
-        // One prefetch per 64-byte line of the panel's row (a panel row is whole lines).
-        for lane in lane_ix.iter().step_by((16 / lanes).max(1) as usize) {
+        let step = PanelStep {
+            format,
+            buf: &buf,
+            mt: &mt,
+            panel: &panel,
+            lanes: &lane_ix,
+            x_rows: &row_ix,
+        };
+        if format == WeightFormat::Int8 {
+            // Blocks of K, each with its scales, and the block's steps within (`k_lo` and `k`
+            // are whole blocks: the codegen packs int8 only rows of whole blocks).
+            let (kb, block_len) = (self.fresh(), self.index_const(INT8_BLOCK as i64));
             self.line(&format!(
-                "  memref.prefetch {buf}[{panel}, {later}, {lane}], read, locality<3>, data : {mt}"
+                "{res}:{count} = scf.for {kb} = {} to {} step {block_len} iter_args({}) -> ({types}) {{",
+                at.k_lo,
+                at.k,
+                inits.join(", ")
+            ));
+            let (scales, first_row) = self.int8_scales(&wt, &panel, &kb);
+            let block_end = self.index_op("addi", &kb, &block_len);
+            let (inner, inner_args) = (self.fresh(), args.iter().map(|_| self.fresh()).collect::<Vec<_>>());
+            let inner_inits: Vec<String> = inner_args.iter().zip(&args).map(|(a, b)| format!("{a} = {b}")).collect();
+            self.line(&format!(
+                "  {inner}:{count} = scf.for {kk} = {kb} to {block_end} step {by} iter_args({}) -> ({types}) {{",
+                inner_inits.join(", ")
+            ));
+            let row = self.index_op("addi", &kk, &first_row);
+            let next = self.panel_step(mm, at, &step, [&row, &kk], Some(&scales), &inner_args);
+            self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
+            self.line("}");
+            let done: Vec<String> = (0..count).map(|i| format!("{inner}#{i}")).collect();
+            self.line(&format!("  scf.yield {} : {types}", done.join(", ")));
+            self.line("}");
+        } else {
+            self.line(&format!(
+                "{res}:{count} = scf.for {kk} = {} to {} step {by} iter_args({}) -> ({types}) {{",
+                at.k_lo,
+                at.k,
+                inits.join(", ")
+            ));
+            let next = self.panel_step(mm, at, &step, [&kk, &kk], None, &args);
+            self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
+            self.line("}");
+        }
+        self.write_tile(at.acc, &res, [&row_ix, &col_ix], whole)
+    }
+
+    /// One step of the packed kernel: the panel's `row` (the step `kk` of `K`, or for int8 its
+    /// row among the blocks' scales) read as f32 vectors (widened from bf16, or int8 times its
+    /// block's `scales`), prefetched ahead, and multiplied into the accumulators `acc`.
+    fn panel_step(
+        &mut self,
+        mm: &MatMul,
+        at: &TileAt<'_>,
+        step: &PanelStep<'_>,
+        [row, kk]: [&String; 2],
+        scales: Option<&[String]>,
+        acc: &[String],
+    ) -> Vec<String> {
+        let lanes = self.lanes;
+        let wt = mm.rhs_ty();
+        let (ahead, later) = (self.index_const(PREFETCH_STEPS), self.fresh());
+        self.line(&format!("  {later} = arith.addi {row}, {ahead} : index"));
+        // One prefetch per 64-byte line of the panel's row (an f32 panel row is whole lines;
+        // a bf16 or int8 one is at most one).
+        let bytes_per_lane = step.format.element_bytes() as i64;
+        let per_line = (64 / (lanes * bytes_per_lane)).max(1) as usize;
+        for lane in step.lanes.iter().step_by(per_line) {
+            self.line(&format!(
+                "  memref.prefetch {}[{}, {later}, {lane}], read, locality<3>, data : {}",
+                step.buf, step.panel, step.mt
             ));
         }
-        let panel_prefix = [panel.clone()];
-        let bs: Vec<String> = lane_ix
-            .iter()
-            .map(|lane| self.read_vector(&self.rhs.clone(), &wt, &panel_prefix, [&kk, lane], &pad, true))
-            .collect();
-        let next = self.broadcast_step(mm, at.batch, &row_ix, &kk, &bs, &args);
-        self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
-        self.line("}");
-        self.write_tile(at.acc, &res, [&row_ix, &col_ix], whole)
+        let elem = super::text::format_elem(step.format);
+        let (stored, vec) = (format!("vector<{lanes}x{elem}>"), format!("vector<{lanes}xf32>"));
+        let pad = self.fresh();
+        let zero = if step.format == WeightFormat::Int8 { "0" } else { "0.0" };
+        self.line(&format!("  {pad} = arith.constant {zero} : {elem}"));
+        let mut bs = Vec::with_capacity(step.lanes.len());
+        for (j, lane) in step.lanes.iter().enumerate() {
+            let read = self.fresh();
+            self.line(&format!(
+                "  {read} = vector.transfer_read {}[{}, {row}, {lane}], {pad} {{in_bounds = [true]}} : {wt}, {stored}",
+                self.rhs, step.panel
+            ));
+            let value = match (step.format, scales) {
+                (WeightFormat::F32, _) => read,
+                (WeightFormat::Bf16, _) => {
+                    let wide = self.fresh();
+                    self.line(&format!("  {wide} = arith.extf {read} : {stored} to {vec}"));
+                    wide
+                }
+                (WeightFormat::Int8, scales) => {
+                    let (float, scaled) = (self.fresh(), self.fresh());
+                    self.line(&format!("  {float} = arith.sitofp {read} : {stored} to {vec}"));
+                    let scale = scales.and_then(|s| s.get(j)).cloned().unwrap_or_default();
+                    self.line(&format!("  {scaled} = arith.mulf {float}, {scale} : {vec}"));
+                    scaled
+                }
+            };
+            bs.push(value);
+        }
+        self.broadcast_step(mm, at.batch, step.x_rows, kk, &bs, acc)
+    }
+
+    /// The scales of the int8 block starting at step `kb` of `K`, one f32 vector per vector of
+    /// the panel (the block's first rows hold them as bytes, see [`Packing`]), and what to add
+    /// to a step of the block to get its row of the panel.
+    fn int8_scales(&mut self, wt: &str, panel: &str, kb: &str) -> (Vec<String>, String) {
+        let lanes = self.lanes;
+        let width = AXPY_VECTORS * lanes;
+        // The panel's `width` scales fill its first INT8_SCALE_ROWS rows; each vector of them
+        // (4 · lanes bytes) this many.
+        let rows_per_vector = INT8_SCALE_ROWS as i64 / AXPY_VECTORS;
+        let block_len = self.index_const(INT8_BLOCK as i64);
+        let block = self.index_op("divui", kb, &block_len);
+        let block_rows = self.index_const((INT8_BLOCK + INT8_SCALE_ROWS) as i64);
+        let scale_row = self.index_op("muli", &block, &block_rows);
+        let (c0, pad) = (self.index_const(0), self.fresh());
+        self.line(&format!("  {pad} = arith.constant 0 : i8"));
+        let raw = format!("vector<{rows_per_vector}x{width}xi8>");
+        let flat = format!("vector<{}xi8>", rows_per_vector * width);
+        let mut scales = Vec::with_capacity(AXPY_VECTORS as usize);
+        for j in 0..AXPY_VECTORS {
+            let offset = self.index_const(j * rows_per_vector);
+            let at = self.index_op("addi", &scale_row, &offset);
+            let (bytes, line, scale) = (self.fresh(), self.fresh(), self.fresh());
+            self.line(&format!(
+                "  {bytes} = vector.transfer_read {}[{panel}, {at}, {c0}], {pad} {{in_bounds = [true, true]}} : {wt}, {raw}",
+                self.rhs
+            ));
+            self.line(&format!("  {line} = vector.shape_cast {bytes} : {raw} to {flat}"));
+            self.line(&format!("  {scale} = vector.bitcast {line} : {flat} to vector<{lanes}xf32>"));
+            scales.push(scale);
+        }
+        // Step `kk` of the block is row `scale_row + scale rows + (kk - kb)`.
+        let scale_rows = self.index_const(INT8_SCALE_ROWS as i64);
+        let first = self.index_op("addi", &scale_row, &scale_rows);
+        let offset = self.index_op("subi", &first, kb);
+        (scales, offset)
     }
 
     /// One step `kk` of a broadcast tile: for each row, `x[row, kk]` (`x[kk, row]` when
@@ -851,7 +1009,7 @@ impl Kernel {
     /// `k` a vector at a time, the last, partial vector masked, then summed across lanes.
     fn dot_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, cols: i64) -> String {
         debug_assert!(!mm.x_transposed, "the dot tile reads rows of x as vectors");
-        let (xt, wt) = (tensor_ty(&mm.x), tensor_ty(&mm.rhs));
+        let (xt, wt) = (tensor_ty(&mm.x), mm.rhs_ty());
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let row_ix = self.offsets(at.row, rows, 1);
@@ -1037,7 +1195,7 @@ impl Kernel {
     /// One `rows × (2 vectors)` tile of `x @ b`, accumulated over every `k`; a tile that is not
     /// `whole` masks the columns past `N`.
     fn axpy_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
-        let bt = tensor_ty(&mm.rhs);
+        let bt = mm.rhs_ty();
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let row_ix = self.offsets(at.row, rows, 1);

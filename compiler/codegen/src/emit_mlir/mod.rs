@@ -12,7 +12,7 @@
 //! prints and what the snapshot tests compare, and every op carries its `.model` location.
 
 use crate::Target;
-use lmc_abi::DType;
+use lmc_abi::{DType, WeightFormat};
 use lmc_core::ir::{
     BinaryOp, Dim, Graph, Loc, Op, ReduceOp, ScalarBinary, ScalarFn, ScalarNode, ScalarType, ScalarUnary, Scan, TensorType, UnaryOp,
     ValueId,
@@ -243,7 +243,7 @@ impl Emitter<'_> {
         let g = self.g;
         let mut args = Vec::new();
         for i in 0..g.params.len() {
-            args.push(format!("%param{i}: {}", memref_ty(&self.param_ty(i))));
+            args.push(format!("%param{i}: {}", self.param_types(i).0));
         }
         for (i, p) in g.inputs.iter().enumerate() {
             args.push(format!("%input{i}: {}", memref_ty(&p.ty)));
@@ -268,24 +268,18 @@ impl Emitter<'_> {
         let mut first_read: Vec<Option<ValueId>> = vec![None; g.params.len()];
         for (n, node) in g.nodes.iter().enumerate() {
             let Op::Param(i) = node.op else { continue };
-            let (id, ty, loc) = (ValueId(n as u32), &self.param_ty(i), self.loc(node.loc));
+            let (id, (memref, tensor), loc) = (ValueId(n as u32), self.param_types(i), self.loc(node.loc));
             match first_read[i] {
                 None => {
                     first_read[i] = Some(id);
                     self.line(&format!(
                         "{} = bufferization.to_tensor %param{i} restrict : {} to {} {loc}",
                         v(id),
-                        memref_ty(ty),
-                        tensor_ty(ty)
+                        memref,
+                        tensor
                     ));
                 }
-                Some(first) => self.line(&format!(
-                    "{} = tensor.cast {} : {} to {} {loc}",
-                    v(id),
-                    v(first),
-                    tensor_ty(ty),
-                    tensor_ty(ty)
-                )),
+                Some(first) => self.line(&format!("{} = tensor.cast {} : {} to {} {loc}", v(id), v(first), tensor, tensor)),
             }
         }
         self.emit_region(None, 0, g.nodes.len());
@@ -362,6 +356,17 @@ impl Emitter<'_> {
             Some(p) => matmul::packed_ty(ty, p),
             None => ty.clone(),
         }
+    }
+
+    /// [`Emitter::param_ty`] spelled as a memref and as a tensor, in the element type of its
+    /// packing's format.
+    fn param_types(&self, i: usize) -> (String, String) {
+        let ty = self.param_ty(i);
+        let shape = match self.plan.packing[i] {
+            Some(p) => text::shape_str_of(&ty, text::format_elem(p.format)),
+            None => text::shape_str(&ty),
+        };
+        (format!("memref<{shape}>"), format!("tensor<{shape}>"))
     }
 
     /// The packed parameter `w` if `id` is `transpose(w)`: the matmul kernel reads `w` as it
@@ -525,7 +530,10 @@ impl Emitter<'_> {
         // `w` in place with the dot-product kernel. Neither makes a transposed copy per call;
         // an unused transpose is removed as dead code.
         let (rhs, layout, rhs_ty) = match (&g.node(rhs).op, self.reads_packed(rhs)) {
-            (&Op::Transpose { x }, Some(param)) => (x, matmul::RhsLayout::Packed, self.param_ty(param)),
+            (&Op::Transpose { x }, Some(param)) => {
+                let format = self.plan.packing[param].map_or(WeightFormat::F32, |p| p.format);
+                (x, matmul::RhsLayout::Packed(format), self.param_ty(param))
+            }
             (&Op::Transpose { x }, None) if g.ty(x).rank() == 2 => (x, matmul::RhsLayout::Transposed, g.ty(x).clone()),
             _ => (rhs, matmul::RhsLayout::RowMajor, g.ty(rhs).clone()),
         };

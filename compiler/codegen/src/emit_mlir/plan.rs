@@ -66,7 +66,7 @@ fn transposed_for_gpu(g: &Graph, packing: Vec<Option<lmc_abi::Packing>>) -> Vec<
         .into_iter()
         .zip(&g.params)
         .map(|(p, param)| match (p, param.ty.dims.first()) {
-            (Some(_), Some(&Dim::Static(n))) => Some(lmc_abi::Packing { panel: n }),
+            (Some(_), Some(&Dim::Static(n))) => Some(lmc_abi::Packing::f32(n)),
             _ => None,
         })
         .collect()

@@ -11,7 +11,21 @@ pub(super) fn elem(d: DType) -> &'static str {
     }
 }
 
+/// The element type a packed weight is stored in.
+pub(super) fn format_elem(f: lmc_abi::WeightFormat) -> &'static str {
+    match f {
+        lmc_abi::WeightFormat::F32 => "f32",
+        lmc_abi::WeightFormat::Bf16 => "bf16",
+        lmc_abi::WeightFormat::Int8 => "i8",
+    }
+}
+
 pub(super) fn shape_str(t: &TensorType) -> String {
+    shape_str_of(t, elem(t.dtype))
+}
+
+/// `t`'s shape with elements of type `elem`.
+pub(super) fn shape_str_of(t: &TensorType, elem: &str) -> String {
     let mut s = String::new();
     for d in &t.dims {
         match d {
@@ -21,7 +35,7 @@ pub(super) fn shape_str(t: &TensorType) -> String {
             Dim::Symbol(_) => s.push_str("?x"),
         }
     }
-    s.push_str(elem(t.dtype));
+    s.push_str(elem);
     s
 }
 

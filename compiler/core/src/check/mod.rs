@@ -150,6 +150,9 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let Item::Config(config_decl) = p.item(config_ref) else {
         unreachable!()
     };
+    let (weights, overrides) =
+        crate::config::take_weight_format(config_decl, overrides, decl.name.span).map_err(|d| CheckError::Diagnostics(vec![d]))?;
+    let overrides = &overrides;
     let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
     let config_keys = crate::config::key_usage(config_decl, overrides);
     let mut checkpoint_config = crate::config::checkpoint_json(config_decl, &config, &variant_overrides, overrides);
@@ -157,6 +160,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
 
     let mut e = Elab::new(p, &name);
     e.given = overrides.given.clone();
+    e.graph.weights = weights;
     e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
     let root = e.instantiate_model(model_ref, decl, Rc::new(config));
     if e.errors.is_empty() {
@@ -376,6 +380,7 @@ impl<'p> Elab<'p> {
                 nodes: Vec::new(),
                 outputs: Vec::new(),
                 decode: None,
+                weights: Default::default(),
             },
             instances: Vec::new(),
             errors: Vec::new(),

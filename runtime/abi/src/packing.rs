@@ -1,0 +1,362 @@
+//! How a Linear's weight crosses the ABI: in panels the matmul kernel reads in order, and in the
+//! storage format the model was compiled for (f32, bf16, or int8 in blocks with a scale each).
+
+use serde::{Deserialize, Serialize};
+
+/// Elements of `K` that share one scale in [`WeightFormat::Int8`] (llama.cpp's Q8_0 blocks).
+pub const INT8_BLOCK: usize = 32;
+
+/// Rows of a packed int8 panel that hold one block's scales: `panel` f32 scales are
+/// `4 · panel` bytes, four rows of `panel` one-byte elements.
+pub const INT8_SCALE_ROWS: usize = 4;
+
+/// How the elements of a packed weight are stored. The kernels accumulate in f32 whatever the
+/// format: bf16 is widened as it is read, int8 multiplied by its block's scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    #[default]
+    F32,
+    /// bfloat16, rounded to nearest (ties to even) from f32.
+    Bf16,
+    /// Signed bytes, each block of [`INT8_BLOCK`] elements of a row along `K` with one f32
+    /// scale: `w ≈ scale · q`, `scale = max |w| / 127` over the block, `q = round(w / scale)`
+    /// (llama.cpp's Q8_0, with an f32 scale where it stores an f16).
+    Int8,
+}
+
+impl WeightFormat {
+    /// The names `--set weights=...` takes.
+    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "int8"];
+
+    pub fn from_name(name: &str) -> Option<WeightFormat> {
+        match name {
+            "f32" => Some(WeightFormat::F32),
+            "bf16" => Some(WeightFormat::Bf16),
+            "int8" => Some(WeightFormat::Int8),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+
+    fn is_f32(&self) -> bool {
+        *self == WeightFormat::F32
+    }
+
+    /// Bytes of one stored element (an int8 block's scale comes on top).
+    pub fn element_bytes(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::Bf16 => 2,
+            WeightFormat::Int8 => 1,
+        }
+    }
+
+    /// Whether a matrix whose rows have `k` elements can be stored this way: int8 needs whole
+    /// blocks.
+    pub fn fits_rows_of(self, k: usize) -> bool {
+        self != WeightFormat::Int8 || (k > 0 && k.is_multiple_of(INT8_BLOCK))
+    }
+
+    /// The values a kernel multiplies by when a row-major `[n, k]` matrix `w` is stored this way
+    /// (`w` itself for f32): what the format costs in accuracy, element by element.
+    pub fn round_trip(self, w: &[f32], k: usize) -> Vec<f32> {
+        match self {
+            WeightFormat::F32 => w.to_vec(),
+            WeightFormat::Bf16 => w.iter().map(|&x| bf16_to_f32(f32_to_bf16(x))).collect(),
+            WeightFormat::Int8 => {
+                let mut out = Vec::with_capacity(w.len());
+                for row in w.chunks(k.max(1)) {
+                    for block in row.chunks(INT8_BLOCK) {
+                        let (scale, q) = quantize_block(block);
+                        out.extend(q.iter().map(|&q| scale * f32::from(q)));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// `x` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), as its bits.
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x40;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// One int8 block: its scale and its elements (`round(w / scale)`, which is within ±127).
+fn quantize_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
+    let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = amax / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut q = [0i8; INT8_BLOCK];
+    for (q, x) in q.iter_mut().zip(block) {
+        *q = (x * inverse).round().clamp(-127.0, 127.0) as i8;
+    }
+    (scale, q)
+}
+
+/// A `[N, K]` matrix stored as panels of `panel` of its rows, each panel `K` by `panel` (row
+/// `k` of panel `p` holds elements `k` of rows `p·panel ..`), zero past row `N`: the layout
+/// `[ceil(N / panel), K, panel]` of elements of `format`. A matmul kernel that multiplies by
+/// the matrix's transpose then reads `panel` contiguous columns per step of `K` (see the
+/// codegen's `matmul.rs`). An int8 panel puts each block's scales before its rows: per block
+/// of [`INT8_BLOCK`] rows, four rows of bytes holding `panel` little-endian f32 scales, then the
+/// block's rows, so a panel is `K / 32 · 36` rows of `panel` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packing {
+    pub panel: i64,
+    #[serde(default, skip_serializing_if = "WeightFormat::is_f32")]
+    pub format: WeightFormat,
+}
+
+impl Packing {
+    /// Panels of `panel` rows of f32.
+    pub fn f32(panel: i64) -> Packing {
+        Packing {
+            panel,
+            format: WeightFormat::F32,
+        }
+    }
+
+    /// The packed shape of a `[n, k]` matrix, in elements of the format (bytes for int8,
+    /// scales included).
+    pub fn packed_shape(&self, n: usize, k: usize) -> [usize; 3] {
+        let panel = self.panel_len();
+        let rows = match self.format {
+            WeightFormat::Int8 => k.div_ceil(INT8_BLOCK) * (INT8_BLOCK + INT8_SCALE_ROWS),
+            WeightFormat::F32 | WeightFormat::Bf16 => k,
+        };
+        [n.div_ceil(panel), rows, panel]
+    }
+
+    /// Bytes of the packed form of a `[n, k]` matrix.
+    pub fn packed_bytes(&self, n: usize, k: usize) -> usize {
+        self.packed_shape(n, k).iter().product::<usize>() * self.format.element_bytes()
+    }
+
+    /// `panel` as a length (at least 1).
+    fn panel_len(&self) -> usize {
+        usize::try_from(self.panel).unwrap_or(1).max(1)
+    }
+
+    /// Packs a row-major f32 `[n, k]` matrix (`w.len() == n * k`; rows missing from a shorter
+    /// `w` are packed as zeros), ignoring the format: the f32 panels.
+    pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let [panels, _, panel] = Packing::f32(self.panel).packed_shape(n, k);
+        let mut out = vec![0.0; panels * k * panel];
+        self.pack_into(w, n, k, &mut out);
+        out
+    }
+
+    /// As [`Packing::pack`], into `out` (`out.len()` the f32 packed shape's size; every element
+    /// of it is written).
+    pub fn pack_into(&self, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
+        let panel = self.panel_len();
+        // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
+        // rather than scattered one element per cache line.
+        for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
+            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
+                .filter_map(|r| w.get(r * k..(r + 1) * k))
+                .collect();
+            for (kk, step) in packed.chunks_exact_mut(panel).enumerate() {
+                for (x, row) in step.iter_mut().zip(&rows) {
+                    *x = row[kk];
+                }
+                for x in step.iter_mut().skip(rows.len()) {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
+
+    /// The packed form of a row-major f32 `[n, k]` matrix in the packing's format, as the
+    /// module reads it: [`Packing::packed_bytes`] little-endian bytes. An int8 packing needs `k`
+    /// a multiple of [`INT8_BLOCK`] ([`WeightFormat::fits_rows_of`]); the codegen packs no
+    /// other matrix that way.
+    pub fn pack_bytes(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
+        match self.format {
+            WeightFormat::F32 => self.pack(w, n, k).iter().flat_map(|x| x.to_le_bytes()).collect(),
+            WeightFormat::Bf16 => self.pack(w, n, k).iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect(),
+            WeightFormat::Int8 => self.pack_int8(w, n, k),
+        }
+    }
+
+    fn pack_int8(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
+        let panel = self.panel_len();
+        let mut out = vec![0u8; self.packed_bytes(n, k)];
+        let block_bytes = (INT8_BLOCK + INT8_SCALE_ROWS) * panel;
+        let panel_bytes = k.div_ceil(INT8_BLOCK) * block_bytes;
+        for (p, packed) in out.chunks_exact_mut(panel_bytes.max(1)).enumerate() {
+            let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
+                .filter_map(|r| w.get(r * k..(r + 1) * k))
+                .collect();
+            for (b, block) in packed.chunks_exact_mut(block_bytes).enumerate() {
+                let (scales, quants) = block.split_at_mut(INT8_SCALE_ROWS * panel);
+                let lo = b * INT8_BLOCK;
+                let hi = (lo + INT8_BLOCK).min(k);
+                for (col, row) in rows.iter().enumerate() {
+                    let (scale, q) = quantize_block(&row[lo..hi]);
+                    scales[4 * col..4 * col + 4].copy_from_slice(&scale.to_le_bytes());
+                    for (step, q) in q.iter().take(hi - lo).enumerate() {
+                        quants[step * panel + col] = q.to_le_bytes()[0];
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl crate::Manifest {
+    /// How the weight matrices are stored when the model was compiled with a weight format
+    /// other than f32 (`--set weights=...`): the format, how many matrices it holds, and the
+    /// bytes they take against f32's. `None` for f32.
+    pub fn weight_storage(&self) -> Option<String> {
+        let mut formats: Vec<WeightFormat> = Vec::new();
+        let (mut stored, mut as_f32, mut matrices, mut kept) = (0usize, 0usize, 0usize, 0usize);
+        for spec in &self.params {
+            let (Some(p), [crate::Dim::Static(n), crate::Dim::Static(k)]) = (spec.packing, spec.shape.as_slice()) else {
+                continue;
+            };
+            let (n, k) = (usize::try_from(*n).unwrap_or(0), usize::try_from(*k).unwrap_or(0));
+            if p.format == WeightFormat::F32 {
+                kept += 1;
+                continue;
+            }
+            if !formats.contains(&p.format) {
+                formats.push(p.format);
+            }
+            matrices += 1;
+            stored += p.packed_bytes(n, k);
+            as_f32 += n * k * 4;
+        }
+        let format = match formats.as_slice() {
+            [] => return None,
+            [one] => one.name().to_string(),
+            several => several.iter().map(|f| f.name()).collect::<Vec<_>>().join(" and "),
+        };
+        let kept = match kept {
+            0 => String::new(),
+            n => format!(", {n} kept f32 (rows not whole blocks of {})", INT8_BLOCK),
+        };
+        Some(format!(
+            "{format} for {matrices} weight matrices ({:.1} MB, {:.1} MB as f32){kept}; every other tensor f32",
+            stored as f64 / 1e6,
+            as_f32 as f64 / 1e6
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_puts_rows_side_by_side_and_pads_with_zeros() {
+        // Rows 0..5 of a [5, 3] matrix, element (r, k) = 10 r + k, in panels of 2 rows.
+        let w: Vec<f32> = (0..5).flat_map(|r| (0..3).map(move |k| (10 * r + k) as f32)).collect();
+        let p = Packing::f32(2);
+        assert_eq!(p.packed_shape(5, 3), [3, 3, 2]);
+        #[rustfmt::skip]
+        let want = [
+            0.0, 10.0,  1.0, 11.0,  2.0, 12.0,
+            20.0, 30.0, 21.0, 31.0, 22.0, 32.0,
+            40.0, 0.0,  41.0, 0.0,  42.0, 0.0,
+        ];
+        assert_eq!(p.pack(&w, 5, 3), want);
+        let bytes: Vec<u8> = want.iter().flat_map(|x: &f32| x.to_le_bytes()).collect();
+        assert_eq!(p.pack_bytes(&w, 5, 3), bytes);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(f32_to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.0.
+        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // Just above halfway rounds up.
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: ties to the even one.
+        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert_eq!(bf16_to_f32(f32_to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn bf16_panels_hold_the_rounded_values_in_the_f32_layout() {
+        let w: Vec<f32> = (0..6).map(|i| 0.1 * i as f32).collect();
+        let p = Packing {
+            panel: 2,
+            format: WeightFormat::Bf16,
+        };
+        let bytes = p.pack_bytes(&w, 2, 3);
+        assert_eq!(bytes.len(), p.packed_bytes(2, 3));
+        let read: Vec<f32> = bytes.chunks(2).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect();
+        let rounded = WeightFormat::Bf16.round_trip(&w, 3);
+        assert_eq!(read, Packing::f32(2).pack(&rounded, 2, 3));
+    }
+
+    #[test]
+    fn int8_blocks_hold_their_scale_then_their_rows() {
+        // Two rows of 64 (two blocks each) in one panel of 4 (rows 2 and 3 are padding).
+        let (n, k, panel) = (2usize, 64usize, 4usize);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let p = Packing {
+            panel: panel as i64,
+            format: WeightFormat::Int8,
+        };
+        assert_eq!(p.packed_shape(n, k), [1, 72, 4]);
+        let bytes = p.pack_bytes(&w, n, k);
+        assert_eq!(bytes.len(), 72 * 4);
+        let stored = WeightFormat::Int8.round_trip(&w, k);
+        for row in 0..n {
+            for kk in 0..k {
+                let block = &bytes[(kk / 32) * 36 * panel..];
+                let s = &block[4 * row..4 * row + 4];
+                let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                let q = block[(4 + kk % 32) * panel + row] as i8;
+                assert_eq!(scale * f32::from(q), stored[row * k + kk]);
+                // Within half a step of the block's scale.
+                assert!((stored[row * k + kk] - w[row * k + kk]).abs() <= scale / 2.0 + 1e-6);
+            }
+        }
+        // The padding rows are zero.
+        let block = &bytes[..36 * panel];
+        assert!(block[8..16].iter().all(|&b| b == 0));
+        assert!((4..36).all(|r| block[r * panel + 2] == 0 && block[r * panel + 3] == 0));
+    }
+
+    #[test]
+    fn int8_needs_whole_blocks_and_keeps_zero_blocks_zero() {
+        assert!(WeightFormat::Int8.fits_rows_of(768));
+        assert!(!WeightFormat::Int8.fits_rows_of(100));
+        assert!(WeightFormat::Bf16.fits_rows_of(100));
+        assert_eq!(WeightFormat::Int8.round_trip(&[0.0; 32], 32), vec![0.0; 32]);
+    }
+
+    #[test]
+    fn manifests_of_f32_packing_are_unchanged() -> Result<(), serde_json::Error> {
+        assert_eq!(serde_json::to_string(&Packing::f32(32))?, r#"{"panel":32}"#);
+        let int8: Packing = serde_json::from_str(r#"{"panel":32,"format":"int8"}"#)?;
+        assert_eq!(int8.format, WeightFormat::Int8);
+        assert!(serde_json::from_str::<Packing>(r#"{"panel":32,"format":"q4"}"#).is_err());
+        Ok(())
+    }
+}
