@@ -757,8 +757,8 @@ mod focused {
             "Kernels' forward",
             mlir_function(&functions, "forward"),
             &[
-                // Only the weights read as `transpose(w)` are packed: [ceil(19 / 16), K, 16].
-                "func.func @forward(%param0: memref<2x30x16xf32>, %param1: memref<2x37x16xf32>, %param2: memref<37x35xf32>, ",
+                // The weights are packed: [ceil(19 / 16), K, 16]; `b`, an input, is not.
+                "func.func @forward(%param0: memref<2x30x16xf32>, %param1: memref<2x37x16xf32>, %input0: ",
                 // A slice passed to a kernel is copied out of its strided view first.
                 "= tensor.extract_slice %v0[0, 0, 3] [%sym0, %sym1, 30] [1, 1, 1] : tensor<?x?x37xf32> to tensor<?x?x30xf32>",
                 "= linalg.copy ins(%v{{.*}} : tensor<?x?x30xf32>)",

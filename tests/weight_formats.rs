@@ -1,5 +1,6 @@
-//! Weight matrices stored as bf16 or int8 (`--set weights=...`): the kernels compute with exactly
-//! the values the format stores (an f32 model given those rounded values agrees to the last
+//! Weight matrices stored as bf16 or int8 (`--set weights=...`), Linear weights (LLaMA) and
+//! weights stored [in, out] (GPT-2's Conv1D): the kernels compute with exactly the values the
+//! format stores (an f32 model given those rounded values agrees to the last
 //! bits, the forward and greedy decoding), the format visibly changes the numbers (it is not
 //! ignored), a matrix int8 cannot hold stays f32 and says so, and what cannot be done is an error.
 
@@ -11,23 +12,50 @@ use std::path::Path;
 
 const FIXTURE: &str = "tests/fixtures/llama_tiny";
 
-/// The tiny LLaMA fixture's config widened so that its projections' rows are whole int8 blocks
-/// (64 = 2 × 32), except the MLP's down projection (rows of 80), which int8 leaves f32.
-fn llama(weights: WeightFormat) -> Graph {
-    let file = "models/llama.model";
-    let text = std::fs::read_to_string(root().join(file)).unwrap();
-    let program = lmc_core::load_source(file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-    let config = std::fs::read_to_string(root().join(FIXTURE).join("config.json")).unwrap();
+/// A model for the formats: a tiny fixture's config widened so that its weight matrices' rows
+/// are whole int8 blocks of 32, but for one kind of matrix whose rows (80) are not, which int8
+/// leaves f32.
+struct Case {
+    file: &'static str,
+    model: &'static str,
+    fixture: &'static str,
+    set: &'static [(&'static str, &'static str)],
+    /// The matrices int8 leaves f32 end with this.
+    unblocked: &'static str,
+    /// A tied embedding, which the matmuls of the head read through a packed copy.
+    tied: Option<&'static str>,
+}
+
+const CASES: [Case; 2] = [
+    // Linear weights, stored [out, in] and read as `x @ transpose(w)`.
+    Case {
+        file: "models/llama.model",
+        model: "LlamaForCausalLM",
+        fixture: FIXTURE,
+        set: &[("hidden_size", "64"), ("num_attention_heads", "4"), ("intermediate_size", "80")],
+        unblocked: "down_proj.weight",
+        tied: None,
+    },
+    // Conv1D weights, stored [in, out] and read as `x @ w`; the tied head through a copy.
+    Case {
+        file: "models/gpt2.model",
+        model: "GPT2LMHeadModel",
+        fixture: "tests/fixtures/gpt2_tiny",
+        set: &[("n_embd", "64"), ("n_head", "4"), ("inner", "80")],
+        unblocked: "mlp.c_proj.weight",
+        tied: Some("transformer.wte.weight"),
+    },
+];
+
+fn checked(case: &Case, weights: WeightFormat) -> Graph {
+    let text = std::fs::read_to_string(root().join(case.file)).unwrap();
+    let program = lmc_core::load_source(case.file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let config = std::fs::read_to_string(root().join(case.fixture).join("config.json")).unwrap();
     let mut overrides = lmc_core::ConfigOverrides::default().with_checkpoint_json(&config).unwrap();
-    for (key, value) in [
-        ("hidden_size", "64"),
-        ("num_attention_heads", "4"),
-        ("intermediate_size", "80"),
-        ("weights", weights.name()),
-    ] {
+    for &(key, value) in case.set.iter().chain(&[("weights", weights.name())]) {
         overrides.set.push((key.into(), value.into()));
     }
-    match lmc_core::check_model(&program, Some("LlamaForCausalLM"), &overrides) {
+    match lmc_core::check_model(&program, Some(case.model), &overrides) {
         Ok(c) => c.graph,
         Err(e) => panic!("{e:?}"),
     }
@@ -70,65 +98,87 @@ fn logits(model: &LoadedModel, inputs: &[HostTensor]) -> Vec<f32> {
     model.run(inputs).unwrap_or_else(|e| panic!("{e}"))[0].as_f32().unwrap().to_vec()
 }
 
-/// For each format: the model stored that way, the f32 model given the values the format
-/// stores, and the f32 model given the original weights, on the same inputs.
+/// For each model and format: the model stored that way, the f32 model given the values the
+/// format stores, and the f32 model given the original weights, on the same inputs.
 #[test]
 fn stored_formats_compute_with_exactly_the_values_they_store() {
-    let dir = scratch("weight_formats");
-    let inputs = read_host_tensors(&root().join(FIXTURE).join("inputs.safetensors"));
-    let f32_graph = llama(WeightFormat::F32);
+    for case in &CASES {
+        formats_compute_with_the_stored_values(case);
+    }
+}
+
+fn formats_compute_with_the_stored_values(case: &Case) {
+    let dir = scratch(&format!("weight_formats_{}", case.model));
+    let inputs = read_host_tensors(&root().join(case.fixture).join("inputs.safetensors"));
+    let f32_graph = checked(case, WeightFormat::F32);
     let original = dir.join("original.safetensors");
-    let manifest = lmc_codegen::manifest(&f32_graph, &lmc_codegen::Target::host());
-    let weights = random(&manifest);
+    let target = lmc_codegen::Target::host();
+    let weights = random(&lmc_codegen::manifest(&f32_graph, &target));
     write(&original, &weights);
-    let plain = bound(&f32_graph, &original);
-    let want_plain = logits(&plain, &inputs);
+    let want_plain = logits(&bound(&f32_graph, &original), &inputs);
     let scale = want_plain.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     for format in [WeightFormat::Bf16, WeightFormat::Int8] {
-        let g = llama(format);
-        let target = lmc_codegen::Target::host();
+        let what = format!("{} as {}", case.model, format.name());
+        let g = checked(case, format);
         let m = lmc_codegen::manifest(&g, &target);
-        // What each parameter is stored as: the format, except int8's rows of 80.
-        let mut stored = 0;
-        let rounded: Vec<_> = weights
+        let packed = |name: &str| m.params.iter().filter(|p| p.name == name).find_map(|p| p.packing);
+        // A tensor the model reads both as it is (a tied embedding's gather) and through a packed
+        // copy is given already rounded, so that one f32 model can stand for both reads.
+        let copied = |name: &str| m.params.iter().filter(|p| p.name == name).count() == 2;
+        if let Some(tied) = case.tied {
+            assert!(copied(tied), "{what}: {tied} has no packed copy");
+        }
+        let base: Vec<_> = weights
             .iter()
-            .map(|(name, shape, values)| {
-                let spec = m.params.iter().find(|p| &p.name == name).unwrap();
-                let format_of = spec.packing.map_or(WeightFormat::F32, |p| p.format);
-                if name.ends_with("down_proj.weight") {
-                    let want = if format == WeightFormat::Int8 { WeightFormat::F32 } else { format };
-                    assert_eq!(format_of, want, "{name} as {}", format.name());
+            .map(|(name, shape, values)| match packed(name).filter(|_| copied(name)) {
+                Some(p) => {
+                    let (n, k) = p.matrix(shape).unwrap();
+                    (name.clone(), shape.clone(), p.round_trip(values, n, k))
                 }
-                if format_of == format {
-                    stored += 1;
-                }
-                (name.clone(), shape.clone(), format_of.round_trip(values, *shape.last().unwrap()))
+                None => (name.clone(), shape.clone(), values.clone()),
             })
             .collect();
-        assert!(stored >= 10, "{} stores only {stored} matrices", format.name());
+        let base_path = dir.join(format!("{}_base.safetensors", format.name()));
+        write(&base_path, &base);
+        // What each parameter is stored as: the format, except int8's rows of 80.
+        let mut stored = 0;
+        let rounded: Vec<_> = base
+            .iter()
+            .map(|(name, shape, values)| {
+                let Some(packing) = packed(name) else {
+                    return (name.clone(), shape.clone(), values.clone());
+                };
+                if name.ends_with(case.unblocked) {
+                    let want = if format == WeightFormat::Int8 { WeightFormat::F32 } else { format };
+                    assert_eq!(packing.format, want, "{what}: {name}");
+                }
+                stored += usize::from(packing.format == format);
+                let (n, k) = packing.matrix(shape).unwrap();
+                (name.clone(), shape.clone(), packing.round_trip(values, n, k))
+            })
+            .collect();
+        assert!(stored >= 6, "{what}: only {stored} matrices stored so");
         let rounded_path = dir.join(format!("{}.safetensors", format.name()));
         write(&rounded_path, &rounded);
-        let quantized = bound(&g, &original);
+        let quantized = bound(&g, &base_path);
         let storage = quantized.weight_storage().unwrap();
         assert!(
             storage.starts_with(&format!("{} for {stored} weight matrices", format.name())),
-            "{storage}"
+            "{what}: {storage}"
         );
-        assert_eq!(storage.contains("kept f32"), format == WeightFormat::Int8, "{storage}");
+        assert_eq!(storage.contains("kept f32"), format == WeightFormat::Int8, "{what}: {storage}");
         let got = logits(&quantized, &inputs);
         let want = logits(&bound(&f32_graph, &rounded_path), &inputs);
         let exact = max_abs_diff(&got, &want);
         assert!(
             exact <= 1e-6 * scale,
-            "{}: {exact} from the f32 model given the stored values (logits up to {scale})",
-            format.name()
+            "{what}: {exact} from the f32 model given the stored values (logits up to {scale})"
         );
         // The format is applied: the rounding shows against the original weights.
         let rounding = max_abs_diff(&got, &want_plain);
         assert!(
             rounding > 1e-5 * scale && rounding < 0.05 * scale,
-            "{}: {rounding} from the unrounded model (logits up to {scale})",
-            format.name()
+            "{what}: {rounding} from the unrounded model (logits up to {scale})"
         );
         // The decode step reads the same packed weights: greedy decoding agrees token for token.
         let step = |g: &Graph| lmc_core::decode::derive_decode(g, 16).unwrap_or_else(|e| panic!("{e}")).step;
@@ -140,10 +190,9 @@ fn stored_formats_compute_with_exactly_the_values_they_store() {
                 .tokens
         };
         assert_eq!(
-            decode(&g, &original),
+            decode(&g, &base_path),
             decode(&f32_graph, &rounded_path),
-            "{}: greedy decoding differs",
-            format.name()
+            "{what}: greedy decoding differs"
         );
     }
 }
@@ -191,22 +240,20 @@ fn weight_formats_that_cannot_apply_are_errors() {
         ],
         &["--set weights=int8 stores no weight of LlamaForCausalLM", "not whole blocks of 32"],
     );
+    // Nor GPT-2's (35 and 140 elements).
     let gpt2 = root().join("tests/fixtures/gpt2_tiny");
-    let gpt2 = gpt2.to_str().unwrap();
     lmc_fails(
         &[
-            "run",
+            "emit",
+            "--stage",
+            "llvm",
             "models/gpt2.model",
-            "--weights",
-            gpt2,
-            "--inputs",
-            &format!("{gpt2}/inputs.safetensors"),
-            "-o",
-            out,
+            "--config",
+            gpt2.to_str().unwrap(),
             "--set",
-            "weights=bf16",
+            "weights=int8",
         ],
-        &["stores no weight of GPT2LMHeadModel", "`x @ w`"],
+        &["stores no weight of GPT2LMHeadModel", "not whole blocks of 32"],
     );
     lmc_fails(
         &[

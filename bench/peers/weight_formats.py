@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Greedy decoding speed with the Linear weights stored as f32, bf16 and int8 (`--set
+"""Greedy decoding speed with the weight matrices stored as f32, bf16 and int8 (`--set
 weights=...`) on a LLaMA-shaped random model (8 layers of 1024, MLP 2816, 32k vocabulary,
-untied head), beside transformers in fp32 and bf16, in interleaved rounds of one run; and each
-format's memory-bandwidth bound: the bytes a step reads (the Linear weights in the format,
-int8's scales included; every other weight in f32; of the input embedding one row) over the
-read bandwidth measured here (a 2-thread sum over 1 GiB). Batch 1, an 8-token prompt, 2
-threads. Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
+untied head) and on GPT-2 small (its tied head read through a packed copy), beside
+transformers in fp32 and bf16, in interleaved rounds of one run; and each format's
+memory-bandwidth bound: the bytes a step reads (the matmuls' weights in the format, int8's
+scales included; every other weight in f32; of the input embedding one row) over the read
+bandwidth measured here (a 2-thread sum over 1 GiB). Batch 1, an 8-token prompt, 2 threads.
+Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
 
     ~/.cache/lmc-peers/venv/bin/python bench/peers/weight_formats.py [--new 64] [--rounds 3]
 """
@@ -26,12 +27,26 @@ BYTES = {"f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32}
 
 
 def step_bytes(model, per_element):
-    """Bytes one decode step reads: the Linear weights at `per_element` bytes, the rest in f32,
-    one row of the input embedding."""
-    linear = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "Linear")
-    embedding = model.get_input_embeddings().weight.numel()
-    other = sum(p.numel() for p in model.parameters()) - linear - embedding
-    return linear * per_element + 4 * other
+    """Bytes one decode step reads: the matmuls' weights (Linear, Conv1D, the head) at
+    `per_element` bytes, the rest in f32, one row of the input embedding."""
+    head = model.get_output_embeddings().weight
+    embedding = model.get_input_embeddings().weight
+    matrices = [m.weight for m in model.modules() if type(m).__name__ in ("Linear", "Conv1D") and m.weight is not head]
+    matmul = sum(w.numel() for w in matrices) + head.numel()
+    other = sum(p.numel() for p in model.parameters()) - sum(w.numel() for w in matrices) - embedding.numel()
+    if head.data_ptr() != embedding.data_ptr():
+        other -= head.numel()
+    return matmul * per_element + 4 * other
+
+
+def models(torch):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(**SHAPE, tie_word_embeddings=False)
+    yield ("LLaMA shape", "models/llama.model:LlamaForCausalLM", [a for k, v in SHAPE.items() for a in ("--set", f"{k}={v}")],
+           LlamaForCausalLM(llama).eval(), LlamaForCausalLM(llama).eval().to(torch.bfloat16))
+    yield ("GPT-2 small", "models/gpt2.model:GPT2LMHeadModel", [], GPT2LMHeadModel(GPT2Config()).eval(),
+           GPT2LMHeadModel(GPT2Config()).eval().to(torch.bfloat16))
 
 
 def main():
@@ -41,35 +56,32 @@ def main():
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
     args = ap.parse_args()
     torch = offline_torch()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     bandwidth = read_bandwidth(torch)
-    model = LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False)).eval()
-    half = LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False)).eval().to(torch.bfloat16)
-    ids = torch.randint(0, SHAPE["vocab_size"], (1, PROMPT))
-    sets = [a for k, v in SHAPE.items() for a in ("--set", f"{k}={v}")]
-    print(f"LLaMA shape {SHAPE}; batch 1, prompt {PROMPT}, {args.new} new tokens, 2 threads, best of {args.rounds} "
-          f"interleaved rounds; read bandwidth {bandwidth / 1e9:.1f} GB/s")
-    best = {name: 0.0 for name in [*BYTES, "transformers fp32", "transformers bf16"]}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp) / "lmc.json"
-        for _ in range(args.rounds):
-            for fmt in BYTES:
-                subprocess.run(
-                    [args.lmc, "generate", "models/llama.model:LlamaForCausalLM", *sets, "--set", f"weights={fmt}",
-                     "--random-weights", "--threads", "2", "--input-ids", ",".join(str(int(i)) for i in ids[0]),
-                     "--max-new-tokens", str(args.new), "--json", str(out)],
-                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )
-                best[fmt] = max(best[fmt], json.loads(out.read_text())["decode_tokens_per_s"])
-            best["transformers fp32"] = max(best["transformers fp32"], transformers_tokens_per_s(torch, model, ids, args.new))
-            best["transformers bf16"] = max(best["transformers bf16"], transformers_tokens_per_s(torch, half, ids, args.new))
-    for name, tokens_per_s in best.items():
-        line = f"{name:18} {tokens_per_s:7.1f} tokens/s  {tokens_per_s / best['f32']:.2f}x lmc f32"
-        if name in BYTES:
-            bound = bandwidth / step_bytes(model, BYTES[name])
-            line += f"; bound {bound:.1f} tokens/s ({step_bytes(model, BYTES[name]) / 1e6:.0f} MB per step), at {tokens_per_s / bound:.0%} of it"
-        print(line)
+    print(f"batch 1, prompt {PROMPT}, {args.new} new tokens, 2 threads, best of {args.rounds} interleaved rounds; "
+          f"read bandwidth {bandwidth / 1e9:.1f} GB/s; LLaMA shape {SHAPE}")
+    for title, spec, sets, model, half in models(torch):
+        ids = torch.randint(0, model.config.vocab_size, (1, PROMPT))
+        best = {name: 0.0 for name in [*BYTES, "transformers fp32", "transformers bf16"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(tmp) / "lmc.json"
+            for _ in range(args.rounds):
+                for fmt in BYTES:
+                    subprocess.run(
+                        [args.lmc, "generate", spec, *sets, "--set", f"weights={fmt}", "--random-weights", "--threads", "2",
+                         "--input-ids", ",".join(str(int(i)) for i in ids[0]), "--max-new-tokens", str(args.new),
+                         "--json", str(out)],
+                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                    best[fmt] = max(best[fmt], json.loads(out.read_text())["decode_tokens_per_s"])
+                best["transformers fp32"] = max(best["transformers fp32"], transformers_tokens_per_s(torch, model, ids, args.new))
+                best["transformers bf16"] = max(best["transformers bf16"], transformers_tokens_per_s(torch, half, ids, args.new))
+        print(title)
+        for name, tokens_per_s in best.items():
+            line = f"  {name:18} {tokens_per_s:7.1f} tokens/s  {tokens_per_s / best['f32']:.2f}x lmc f32"
+            if name in BYTES:
+                step = step_bytes(model, BYTES[name])
+                line += f"; bound {bandwidth / step:.1f} tokens/s ({step / 1e6:.0f} MB per step), at {tokens_per_s * step / bandwidth:.0%} of it"
+            print(line)
 
 
 if __name__ == "__main__":

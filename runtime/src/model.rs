@@ -262,7 +262,7 @@ impl Module {
                 };
                 non_finite.extend(warning);
             }
-            if let (Some(packing), &[n, k]) = (spec.packing, want.as_slice()) {
+            if let Some((packing, (n, k))) = spec.packing.and_then(|p| Some((p, p.matrix(&want)?))) {
                 // The module reads this matrix in panels (checked f32 [n, k] above).
                 let values = widened.unwrap_or_else(|| f32_elements(t.bytes()).collect());
                 let shape = packing.packed_shape(n, k).to_vec();
@@ -598,12 +598,21 @@ impl LoadedModel {
     /// run can be reading the old values.
     pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<(), RuntimeError> {
         let m = self.module.manifest();
-        let i = m
-            .params
-            .iter()
-            .position(|p| p.name == name)
-            .ok_or_else(|| RuntimeError::invalid_argument(format!("{} has no parameter \"{name}\"", m.model)))?;
+        // Every parameter the tensor feeds: itself, and its packed copy for a weight format.
+        let feeds: Vec<usize> = (0..m.params.len()).filter(|&i| m.params[i].name == name).collect();
+        if feeds.is_empty() {
+            return Err(RuntimeError::invalid_argument(format!("{} has no parameter \"{name}\"", m.model)));
+        }
+        for i in feeds {
+            self.set_parameter_at(i, values)?;
+        }
+        Ok(())
+    }
+
+    fn set_parameter_at(&mut self, i: usize, values: &[f32]) -> Result<(), RuntimeError> {
+        let m = self.module.manifest();
         let spec = &m.params[i];
+        let name = spec.name.as_str();
         if spec.dtype != DType::F32 {
             return Err(RuntimeError::invalid_argument(format!(
                 "parameter \"{name}\" is {}, not f32",
@@ -625,10 +634,7 @@ impl LoadedModel {
                 values.len()
             )));
         }
-        let packed = match (spec.packing, shape.as_slice()) {
-            (Some(packing), &[n, k]) => Some((packing, n, k)),
-            _ => None,
-        };
+        let packed = spec.packing.and_then(|p| p.matrix(&shape).map(|(n, k)| (p, n, k)));
         let stored_shape = packed.map_or(shape.clone(), |(p, n, k)| p.packed_shape(n, k).to_vec());
         if let Some((packing, n, k)) = packed.filter(|(p, ..)| p.format != WeightFormat::F32) {
             self.params[i] = (stored_shape, packed_param(name, &packing.pack_bytes(values, n, k))?);

@@ -43,7 +43,11 @@ fn name_hash(name: &str) -> u64 {
 /// A checkpoint holding every parameter of `manifest`, drawn from `seed`.
 pub fn random_weights(manifest: &Manifest, seed: u64) -> Result<SafeTensorsFile, RuntimeError> {
     let mut tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
-    for p in &manifest.params {
+    // A tensor that feeds two parameters (one packed for a weight format) is made once.
+    for (k, p) in manifest.params.iter().enumerate() {
+        if manifest.params[..k].iter().any(|q| q.name == p.name) {
+            continue;
+        }
         let shape: Vec<usize> = p
             .shape
             .iter()

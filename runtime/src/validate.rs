@@ -20,10 +20,18 @@ use crate::tensor::{byte_size, HostTensor};
 pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
     let bad = |msg: String| RuntimeError::library(format!("{source} has an invalid manifest: {msg}"));
     for (list, what) in [(&m.params, "parameter"), (&m.inputs, "input"), (&m.outputs, "output")] {
-        let mut names = HashSet::new();
+        let mut names: HashMap<&str, &lmc_abi::TensorSpec> = HashMap::new();
         for spec in list {
-            if !names.insert(spec.name.as_str()) {
-                return Err(bad(format!("{what} \"{}\" is listed twice", spec.name)));
+            if let Some(first) = names.insert(spec.name.as_str(), spec) {
+                // A checkpoint tensor may feed two parameters of its dtype and shape: one as it
+                // is, one packed for the matmuls (a tied embedding with a weight format).
+                let copy = what == "parameter"
+                    && first.dtype == spec.dtype
+                    && first.shape == spec.shape
+                    && first.packing.is_some() != spec.packing.is_some();
+                if !copy {
+                    return Err(bad(format!("{what} \"{}\" is listed twice", spec.name)));
+                }
             }
             for d in &spec.shape {
                 match d {
@@ -48,7 +56,8 @@ pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
                     spec.name, p.panel
                 )));
             }
-            if let Some(Dim::Static(k)) = spec.shape.last() {
+            let k = if p.in_by_out { spec.shape.first() } else { spec.shape.last() };
+            if let Some(Dim::Static(k)) = k {
                 if !p.format.fits_rows_of(usize::try_from(*k).unwrap_or(0)) {
                     return Err(bad(format!(
                         "parameter \"{}\" is packed as {} in blocks of {}, but its rows have {k} elements",
@@ -690,6 +699,12 @@ pub(crate) mod tests {
         let mut bad = m.clone();
         bad.inputs[1].name = "input_ids".into();
         assert!(check_manifest(&bad, "m.so").unwrap_err().to_string().contains("listed twice"));
+        // A parameter may be listed twice when one of the two is a packed copy.
+        let mut copied = m.clone();
+        copied.params.push(copied.params[0].clone());
+        assert!(check_manifest(&copied, "m.so").unwrap_err().to_string().contains("listed twice"));
+        copied.params.last_mut().unwrap().packing = Some(lmc_abi::Packing::f32(32));
+        assert!(check_manifest(&copied, "m.so").is_ok());
         let mut packed = m;
         packed.params[0].packing = Some(lmc_abi::Packing::f32(32));
         assert!(check_manifest(&packed, "m.so").is_ok());

@@ -54,10 +54,13 @@ pub fn c_header(manifest: &Manifest, library: &Path) -> String {
                 .map(|b| format!("  values < {} ({})", b.limit, b.reason))
                 .unwrap_or_default();
             let packed = match (t.packing, t.shape.as_slice()) {
-                (Some(p), &[lmc_abi::Dim::Static(n), lmc_abi::Dim::Static(k)]) => {
-                    let [panels, k, panel] = p.packed_shape(n as usize, k as usize);
-                    format!("  passed packed: [{panels}, {k}, {panel}] (lmc_abi::Packing)")
-                }
+                (Some(p), &[lmc_abi::Dim::Static(a), lmc_abi::Dim::Static(b)]) => match p.matrix(&[a as usize, b as usize]) {
+                    Some((n, k)) => {
+                        let [panels, k, panel] = p.packed_shape(n, k);
+                        format!("  passed packed: [{panels}, {k}, {panel}] (lmc_abi::Packing)")
+                    }
+                    None => String::new(),
+                },
                 _ => String::new(),
             };
             let _ = writeln!(

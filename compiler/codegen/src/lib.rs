@@ -14,6 +14,7 @@ mod mlir_ops;
 pub mod mlir_pipeline;
 mod split_k;
 pub mod version;
+mod weight_copies;
 
 pub use header::c_header;
 pub use mlir_pipeline::MlirError;
@@ -174,6 +175,7 @@ impl Target {
 /// Describes a graph's calling convention for the runtime, as compiled for `target`: the
 /// graph's own ([`lmc_core::manifest`]) with the parameters that its matmul kernels read packed.
 pub fn manifest(g: &Graph, target: &Target) -> lmc_abi::Manifest {
+    let g = &weight_copies::with_weight_copies(g, target);
     manifest_of(g, target, &Plan::new(g, target))
 }
 
@@ -189,12 +191,14 @@ fn manifest_of(g: &Graph, target: &Target, plan: &Plan) -> lmc_abi::Manifest {
 
 /// `lmc emit --stage mlir`: the module as emitted, before any pass.
 pub fn emit_mlir(g: &Graph, target: &Target) -> String {
+    let g = &weight_copies::with_weight_copies(g, target);
     emit_mlir::emit_module(g, &Plan::new(g, target), target)
 }
 
 /// `lmc emit --stage buffers`: the module after bufferization (see
 /// [`mlir_pipeline::BUFFERIZE`]): where memory is allocated, copied and freed.
 pub fn emit_buffers(g: &Graph, target: &Target) -> Result<String, CodegenError> {
+    let g = &weight_copies::with_weight_copies(g, target);
     with_emitted(g, target, &Plan::new(g, target), |mlir, module| {
         mlir_pipeline::bufferize(mlir, module)?;
         Ok(module.as_operation().to_string())
@@ -219,8 +223,8 @@ fn check_weight_format(g: &Graph, plan: &Plan) -> Result<(), CodegenError> {
         return Ok(());
     }
     let why = match plan.packing.iter().flatten().count() {
-        0 => "it has no matrix read only as `x @ transpose(w)` (a Linear's weight, stored [out, in]); \
-              a weight read as `x @ w` (stored [in, out]) or also gathered (a tied embedding) stays f32"
+        0 => "the formats apply to matrices read only by matmuls, as `x @ transpose(w)` (a Linear's weight) \
+              or `x @ w`, and it has none; a matrix also read another way (a tied embedding's gather) stays f32"
             .to_string(),
         n => format!(
             "the rows of its {n} Linear weight(s) are not whole blocks of {} elements",
@@ -291,6 +295,7 @@ fn build_llvm_module_on<'ctx>(
     target: &Target,
     device: Device,
 ) -> Result<(inkwell::module::Module<'ctx>, lmc_abi::Manifest), CodegenError> {
+    let g = &weight_copies::with_weight_copies(g, target);
     let plan = Plan::new(g, target);
     let llvm_module = with_emitted(g, target, &plan, |mlir, module| {
         match device {

@@ -167,13 +167,23 @@ fn differences(dir: &Path, v: &VariantSpec, plan: &Plan, data_sha: &str) -> Resu
         ));
     }
     // The model as this experiment configures it (from random weights, as it was trained).
-    let overrides = crate::source::overrides(&v.config, None)?;
+    let overrides = crate::source::overrides(&training_config(&v.config), None)?;
     let model = crate::source::load_training_model(&v.spec, &overrides)?;
     out.extend(checkpoint::identity_differences(
         &state.model,
         &crate::train::setup::identity(&model.grad),
     ));
     Ok(out)
+}
+
+/// A variant's config for training: without its weight format (`weights=int8`), which is for
+/// inference. Variants that differ only in it train the same f32 weights from the same seed,
+/// and their scores differ by what the format costs.
+fn training_config(c: &crate::ConfigSource) -> crate::ConfigSource {
+    let mut c = c.clone();
+    let format_key = format!("{}=", lmc_core::config::WEIGHTS_KEY);
+    c.set.retain(|s| !s.trim_start().starts_with(&format_key));
+    c
 }
 
 /// Runs the quality A/B; see the module's documentation.
@@ -214,7 +224,7 @@ pub fn run(
         }
         let mut opts = plan.train.clone();
         opts.spec = v.spec.clone();
-        opts.config = v.config.clone();
+        opts.config = training_config(&v.config);
         opts.seed = seed;
         opts.device = work.device;
         opts.log_json = Some(dir.with_extension("log.jsonl"));

@@ -32,7 +32,7 @@ pub use packing::{Packing, WeightFormat, INT8_BLOCK, INT8_SCALE_ROWS};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the calling convention or the manifest schema changes incompatibly.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 pub const ABI_VERSION_SYMBOL: &str = "lmc_abi_version";
 pub const MANIFEST_SYMBOL: &str = "lmc_manifest";
 

@@ -124,6 +124,10 @@ pub struct Packing {
     pub panel: i64,
     #[serde(default, skip_serializing_if = "WeightFormat::is_f32")]
     pub format: WeightFormat,
+    /// The checkpoint stores the matrix `[K, N]`, `[in, out]` (a weight read as `x @ w`), rather
+    /// than a Linear's `[N, K]`; the panels are the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_by_out: bool,
 }
 
 impl Packing {
@@ -132,7 +136,32 @@ impl Packing {
         Packing {
             panel,
             format: WeightFormat::F32,
+            in_by_out: false,
         }
+    }
+
+    /// `(N, K)` of a matrix of the checkpoint's `shape` (`None` unless it has two axes).
+    pub fn matrix(&self, shape: &[usize]) -> Option<(usize, usize)> {
+        match *shape {
+            [a, b] if self.in_by_out => Some((b, a)),
+            [a, b] => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// The rows of the `[N, K]` matrix (row-major), from the checkpoint's `w`: itself, or its
+    /// transpose when it stores `[K, N]`.
+    fn rows_of<'w>(&self, w: &'w [f32], n: usize, k: usize) -> std::borrow::Cow<'w, [f32]> {
+        if !self.in_by_out {
+            return std::borrow::Cow::Borrowed(w);
+        }
+        let mut t = vec![0.0; n * k];
+        for (kk, row) in w.chunks(n.max(1)).take(k).enumerate() {
+            for (r, &x) in row.iter().enumerate() {
+                t[r * k + kk] = x;
+            }
+        }
+        std::borrow::Cow::Owned(t)
     }
 
     /// The packed shape of a `[n, k]` matrix, in elements of the format (bytes for int8,
@@ -156,8 +185,25 @@ impl Packing {
         usize::try_from(self.panel).unwrap_or(1).max(1)
     }
 
-    /// Packs a row-major f32 `[n, k]` matrix (`w.len() == n * k`; rows missing from a shorter
-    /// `w` are packed as zeros), ignoring the format: the f32 panels.
+    /// The values the kernels multiply by for a matrix as the checkpoint stores it (see
+    /// [`Packing::pack`]), in that layout: [`WeightFormat::round_trip`] along `K`.
+    pub fn round_trip(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let stored = self.format.round_trip(&self.rows_of(w, n, k), k);
+        if !self.in_by_out {
+            return stored;
+        }
+        let mut back = vec![0.0; n * k];
+        for (r, row) in stored.chunks(k.max(1)).enumerate() {
+            for (kk, &x) in row.iter().enumerate() {
+                back[kk * n + r] = x;
+            }
+        }
+        back
+    }
+
+    /// Packs an f32 `[n, k]` matrix, as the checkpoint stores it (row-major `[n, k]`, or
+    /// `[k, n]` when `in_by_out`; `w.len() == n * k`, rows missing from a shorter `w` packed as
+    /// zeros), ignoring the format: the f32 panels.
     pub fn pack(&self, w: &[f32], n: usize, k: usize) -> Vec<f32> {
         let [panels, _, panel] = Packing::f32(self.panel).packed_shape(n, k);
         let mut out = vec![0.0; panels * k * panel];
@@ -169,6 +215,7 @@ impl Packing {
     /// of it is written).
     pub fn pack_into(&self, w: &[f32], n: usize, k: usize, out: &mut [f32]) {
         let panel = self.panel_len();
+        let w = self.rows_of(w, n, k);
         // Written in order, a panel's rows read side by side (a panel's worth of rows in cache),
         // rather than scattered one element per cache line.
         for (p, packed) in out.chunks_exact_mut((k * panel).max(1)).enumerate() {
@@ -186,8 +233,8 @@ impl Packing {
         }
     }
 
-    /// The packed form of a row-major f32 `[n, k]` matrix in the packing's format, as the
-    /// module reads it: [`Packing::packed_bytes`] little-endian bytes. An int8 packing needs `k`
+    /// The packed form of an f32 `[n, k]` matrix (as the checkpoint stores it, see
+    /// [`Packing::pack`]) in the packing's format, as the module reads it: [`Packing::packed_bytes`] little-endian bytes. An int8 packing needs `k`
     /// a multiple of [`INT8_BLOCK`] ([`WeightFormat::fits_rows_of`]); the codegen packs no
     /// other matrix that way.
     pub fn pack_bytes(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
@@ -200,6 +247,7 @@ impl Packing {
 
     fn pack_int8(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
         let panel = self.panel_len();
+        let w = self.rows_of(w, n, k);
         let mut out = vec![0u8; self.packed_bytes(n, k)];
         let block_bytes = (INT8_BLOCK + INT8_SCALE_ROWS) * panel;
         let panel_bytes = k.div_ceil(INT8_BLOCK) * block_bytes;
@@ -232,10 +280,17 @@ impl crate::Manifest {
         let mut formats: Vec<WeightFormat> = Vec::new();
         let (mut stored, mut as_f32, mut matrices, mut kept) = (0usize, 0usize, 0usize, 0usize);
         for spec in &self.params {
-            let (Some(p), [crate::Dim::Static(n), crate::Dim::Static(k)]) = (spec.packing, spec.shape.as_slice()) else {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    crate::Dim::Static(n) => usize::try_from(*n).unwrap_or(0),
+                    crate::Dim::Symbol(_) => 0,
+                })
+                .collect();
+            let Some((p, (n, k))) = spec.packing.and_then(|p| Some((p, p.matrix(&shape)?))) else {
                 continue;
             };
-            let (n, k) = (usize::try_from(*n).unwrap_or(0), usize::try_from(*k).unwrap_or(0));
             if p.format == WeightFormat::F32 {
                 kept += 1;
                 continue;
@@ -286,6 +341,30 @@ mod tests {
     }
 
     #[test]
+    fn a_matrix_stored_in_by_out_packs_as_its_transpose() {
+        let w: Vec<f32> = (0..15).map(|i| i as f32).collect();
+        // [5, 3] row-major, and the same matrix stored [3, 5].
+        let t: Vec<f32> = (0..3).flat_map(|k| (0..5).map(move |r| (r * 3 + k) as f32)).collect();
+        let stored = Packing {
+            in_by_out: true,
+            ..Packing::f32(2)
+        };
+        assert_eq!(stored.matrix(&[3, 5]), Some((5, 3)));
+        assert_eq!(stored.pack(&t, 5, 3), Packing::f32(2).pack(&w, 5, 3));
+        let int8 = |in_by_out| Packing {
+            format: WeightFormat::Int8,
+            in_by_out,
+            ..Packing::f32(4)
+        };
+        let w: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 9.0).collect();
+        let t: Vec<f32> = (0..32)
+            .flat_map(|k| (0..2).map(move |r| (r * 32 + k) as f32))
+            .map(|i| w[i as usize])
+            .collect();
+        assert_eq!(int8(true).pack_bytes(&t, 2, 32), int8(false).pack_bytes(&w, 2, 32));
+    }
+
+    #[test]
     fn bf16_rounds_to_nearest_even() {
         assert_eq!(f32_to_bf16(1.0), 0x3f80);
         // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even 1.0.
@@ -303,8 +382,8 @@ mod tests {
     fn bf16_panels_hold_the_rounded_values_in_the_f32_layout() {
         let w: Vec<f32> = (0..6).map(|i| 0.1 * i as f32).collect();
         let p = Packing {
-            panel: 2,
             format: WeightFormat::Bf16,
+            ..Packing::f32(2)
         };
         let bytes = p.pack_bytes(&w, 2, 3);
         assert_eq!(bytes.len(), p.packed_bytes(2, 3));
@@ -319,8 +398,8 @@ mod tests {
         let (n, k, panel) = (2usize, 64usize, 4usize);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
         let p = Packing {
-            panel: panel as i64,
             format: WeightFormat::Int8,
+            ..Packing::f32(panel as i64)
         };
         assert_eq!(p.packed_shape(n, k), [1, 72, 4]);
         let bytes = p.pack_bytes(&w, n, k);

@@ -108,17 +108,28 @@ pub(super) fn fully_fused(g: &Graph, regions: &[Option<ValueId>], uses: &[usize]
         .collect()
 }
 
-/// The function body's `x @ transpose(w) + b` (a Linear with a bias), keyed by the add: the
+/// The function body's `x @ transpose(w) + b` (a Linear with a bias; or `x @ w + b` with `w`
+/// packed, stored `[in, out]`), keyed by the add: the
 /// matmul and the bias `b: [N]`. The matmul kernel (packed or dot-product) then adds its first
 /// block of `K` to the bias instead of to zero, which saves a pass over the result; the matmul
 /// must have no other reader (nor be an output), and the add must not broadcast it.
-pub(super) fn bias_epilogues(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>]) -> HashMap<ValueId, (ValueId, ValueId)> {
+pub(super) fn bias_epilogues(
+    g: &Graph,
+    regions: &[Option<ValueId>],
+    readers: &[Vec<ValueId>],
+    packing: &[Option<lmc_abi::Packing>],
+) -> HashMap<ValueId, (ValueId, ValueId)> {
     let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
     let mut fused = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
         let m = ValueId(i as u32);
         let Op::MatMul { rhs, .. } = node.op else { continue };
-        let transposed = matches!(g.node(rhs).op, Op::Transpose { x } if g.ty(x).rank() == 2);
+        // The kernels that take a bias: the dot tile (`transpose(w)`) and the packed one.
+        let transposed = match g.node(rhs).op {
+            Op::Transpose { x } => g.ty(x).rank() == 2,
+            Op::Param(i) => packing.get(i).copied().flatten().is_some(),
+            _ => false,
+        };
         let [add] = readers[i].as_slice() else { continue };
         if !transposed || regions[i].is_some() || regions[add.0 as usize].is_some() || outputs.contains(&m) {
             continue;

@@ -111,7 +111,8 @@ pub(super) enum RhsLayout {
 }
 
 /// The parameters the runtime passes packed ([`Packing`]), one entry per parameter: every f32
-/// matrix whose every read is `x @ transpose(w)` in the function body, the weight of a Linear.
+/// matrix whose every read is `x @ transpose(w)` in the function body, the weight of a Linear
+/// (or every read `x @ w`, a weight stored `[in, out]`).
 /// Their kernel is the broadcast tile over panels as wide as the tile (two vectors): each step
 /// of `K` reads two contiguous vectors of the panel and one element of each row of `x`, so no
 /// lane sums are needed (the dot tile's) and `w` is read in the order it is stored (the
@@ -137,44 +138,70 @@ pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[V
                     })
             })
     };
+    // A weight stored `[in, out]` (`[K, N]`) and read as `x @ w`: the same panels.
+    let read_in_by_out = |param: ValueId| {
+        let matmuls = &readers[param.0 as usize];
+        in_body(param)
+            && !matmuls.is_empty()
+            && matmuls.iter().all(|&m| {
+                matches!(g.node(m).op, Op::MatMul { lhs, rhs } if rhs == param && lhs != param && g.ty(lhs).rank() >= 2)
+                    && regions[m.0 as usize].is_none()
+            })
+    };
     let mut packable: Vec<bool> = g
         .params
         .iter()
         .map(|p| p.ty.dtype == DType::F32 && p.ty.rank() == 2 && p.ty.dims.iter().all(|d| matches!(d, Dim::Static(n) if *n > 0)))
         .collect();
     let mut read = vec![false; g.params.len()];
+    // Whether the reads of each parameter so far read it stored `[in, out]`.
+    let mut in_by_out: Vec<Option<bool>> = vec![None; g.params.len()];
     for (n, node) in g.nodes.iter().enumerate() {
         if let Op::Param(i) = node.op {
             read[i] = true;
-            packable[i] &= read_as_weight(ValueId(n as u32));
+            let id = ValueId(n as u32);
+            let this = if read_as_weight(id) {
+                Some(false)
+            } else if read_in_by_out(id) {
+                Some(true)
+            } else {
+                None
+            };
+            match (this, in_by_out[i]) {
+                (Some(a), Some(b)) if a != b => packable[i] = false,
+                (Some(a), _) => in_by_out[i] = Some(a),
+                (None, _) => packable[i] = false,
+            }
         }
     }
     packable
         .iter()
         .zip(&read)
-        .zip(&g.params)
-        .map(|((&p, &r), param)| {
-            let k = match param.ty.dims.last() {
-                Some(&Dim::Static(k)) => k as usize,
+        .zip(g.params.iter().zip(&in_by_out))
+        .map(|((&p, &r), (param, &in_by_out))| {
+            let in_by_out = in_by_out == Some(true);
+            let k = match (in_by_out, param.ty.dims.as_slice()) {
+                (false, &[_, Dim::Static(k)]) | (true, &[Dim::Static(k), _]) => k as usize,
                 _ => 0,
             };
             let format = if g.weights.fits_rows_of(k) { g.weights } else { WeightFormat::F32 };
             (p && r).then_some(Packing {
                 panel: AXPY_VECTORS * lanes,
                 format,
+                in_by_out,
             })
         })
         .collect()
 }
 
-/// The type a packed parameter `[N, K]` is read as: `[ceil(N / panel), K, panel]`.
+/// The type a packed parameter `[N, K]` (or `[K, N]`, stored in by out) is read as:
+/// `[ceil(N / panel), K, panel]`.
 pub(super) fn packed_ty(t: &TensorType, packing: Packing) -> TensorType {
     let dims = match t.dims.as_slice() {
-        &[Dim::Static(n), Dim::Static(k)] => packing
-            .packed_shape(n as usize, k as usize)
-            .iter()
-            .map(|&d| Dim::Static(d as i64))
-            .collect(),
+        &[Dim::Static(a), Dim::Static(b)] => match packing.matrix(&[a as usize, b as usize]) {
+            Some((n, k)) => packing.packed_shape(n, k).iter().map(|&d| Dim::Static(d as i64)).collect(),
+            None => t.dims.clone(),
+        },
         other => other.to_vec(),
     };
     TensorType::new(t.dtype, dims)

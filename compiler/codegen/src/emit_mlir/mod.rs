@@ -535,6 +535,10 @@ impl Emitter<'_> {
                 (x, matmul::RhsLayout::Packed(format), self.param_ty(param))
             }
             (&Op::Transpose { x }, None) if g.ty(x).rank() == 2 => (x, matmul::RhsLayout::Transposed, g.ty(x).clone()),
+            (&Op::Param(i), _) if self.plan.packing[i].is_some_and(|p| p.in_by_out) => {
+                let format = self.plan.packing[i].map_or(WeightFormat::F32, |p| p.format);
+                (rhs, matmul::RhsLayout::Packed(format), self.param_ty(i))
+            }
             _ => (rhs, matmul::RhsLayout::RowMajor, g.ty(rhs).clone()),
         };
         let mm = matmul::MatMul {

@@ -39,7 +39,7 @@ impl Plan {
         let (packing, biased, row_groups) = if target.is_gpu() {
             (transposed_for_gpu(g, packing), Default::default(), fuse::RowGroups::default())
         } else {
-            let biased = fuse::bias_epilogues(g, &regions, &readers);
+            let biased = fuse::bias_epilogues(g, &regions, &readers, &packing);
             // A matmul whose bias its kernel adds is computed where the add is.
             fully_fused.extend(biased.values().map(|&(matmul, _)| matmul));
             let bias_adds = biased.keys().copied().collect();
@@ -65,9 +65,16 @@ fn transposed_for_gpu(g: &Graph, packing: Vec<Option<lmc_abi::Packing>>) -> Vec<
     packing
         .into_iter()
         .zip(&g.params)
-        .map(|(p, param)| match (p, param.ty.dims.first()) {
-            (Some(_), Some(&Dim::Static(n))) => Some(lmc_abi::Packing::f32(n)),
-            _ => None,
+        .map(|(p, param)| {
+            let p = p?;
+            let n = if p.in_by_out { param.ty.dims.last() } else { param.ty.dims.first() };
+            match n {
+                Some(&Dim::Static(n)) => Some(lmc_abi::Packing {
+                    in_by_out: p.in_by_out,
+                    ..lmc_abi::Packing::f32(n)
+                }),
+                _ => None,
+            }
         })
         .collect()
 }
