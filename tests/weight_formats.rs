@@ -286,3 +286,25 @@ fn weight_formats_that_cannot_apply_are_errors() {
         &["weights stored as bf16 are for inference"],
     );
 }
+
+/// Stack slots of the matmul kernels' functions in a module's LLVM IR.
+fn matmul_allocas(llvm: &str) -> usize {
+    llvm.split("\ndefine ")
+        .filter(|f| f.split('(').next().is_some_and(|name| name.contains("lmc_matmul")))
+        .map(|f| f.split("\n}\n").next().unwrap_or("").matches(" alloca ").count())
+        .sum()
+}
+
+/// The kernels of the formats take no stack of their own beyond the f32 kernels': a stack
+/// buffer allocated at every block of every tile (a 2-D transfer of int8 scales) overflowed a
+/// thread's stack on a 32k-row head at 128 rows.
+#[test]
+fn stored_formats_take_no_stack_per_block() {
+    let target = lmc_codegen::Target::host();
+    let llvm = |format| lmc_codegen::emit_llvm_ir(&checked(&CASES[0], format), &target).unwrap_or_else(|e| panic!("{e}"));
+    let f32_slots = matmul_allocas(&llvm(WeightFormat::F32));
+    assert!(f32_slots > 0, "no matmul kernels found");
+    for format in [WeightFormat::Bf16, WeightFormat::Int8] {
+        assert_eq!(matmul_allocas(&llvm(format)), f32_slots, "{}", format.name());
+    }
+}

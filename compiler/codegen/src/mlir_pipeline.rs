@@ -102,8 +102,6 @@ pub const OPENMP_TO_LLVM: &str = concat!(
     "convert-openmp-to-llvm,",
     "convert-func-to-llvm,",
     "convert-index-to-llvm,",
-    // Lanes an int8 kernel's 2-D transfer of scales leaves undefined before it fills them.
-    "convert-ub-to-llvm,",
     "reconcile-unrealized-casts",
     ")"
 );

@@ -954,19 +954,35 @@ impl Kernel {
         let scale_row = self.index_op("muli", &block, &block_rows);
         let (c0, pad) = (self.index_const(0), self.fresh());
         self.line(&format!("  {pad} = arith.constant 0 : i8"));
-        let raw = format!("vector<{rows_per_vector}x{width}xi8>");
-        let flat = format!("vector<{}xi8>", rows_per_vector * width);
+        // Rows are read one vector each and joined with a shuffle: a 2-D transfer is lowered
+        // through a stack buffer, allocated anew at every block of every tile (a stack
+        // overflow on a 32k-row head).
+        debug_assert_eq!(rows_per_vector, 2, "a vector of scales is two rows of the panel");
+        let row_ty = format!("vector<{width}xi8>");
+        let joined: Vec<String> = (0..2 * width).map(|i| i.to_string()).collect();
+        let joined = joined.join(", ");
         let mut scales = Vec::with_capacity(AXPY_VECTORS as usize);
         for j in 0..AXPY_VECTORS {
-            let offset = self.index_const(j * rows_per_vector);
-            let at = self.index_op("addi", &scale_row, &offset);
-            let (bytes, line, scale) = (self.fresh(), self.fresh(), self.fresh());
+            let mut rows = Vec::new();
+            for r in 0..rows_per_vector {
+                let offset = self.index_const(j * rows_per_vector + r);
+                let at = self.index_op("addi", &scale_row, &offset);
+                let bytes = self.fresh();
+                self.line(&format!(
+                    "  {bytes} = vector.transfer_read {}[{panel}, {at}, {c0}], {pad} {{in_bounds = [true]}} : {wt}, {row_ty}",
+                    self.rhs
+                ));
+                rows.push(bytes);
+            }
+            let (line, scale) = (self.fresh(), self.fresh());
             self.line(&format!(
-                "  {bytes} = vector.transfer_read {}[{panel}, {at}, {c0}], {pad} {{in_bounds = [true, true]}} : {wt}, {raw}",
-                self.rhs
+                "  {line} = vector.shuffle {}, {} [{joined}] : {row_ty}, {row_ty}",
+                rows[0], rows[1]
             ));
-            self.line(&format!("  {line} = vector.shape_cast {bytes} : {raw} to {flat}"));
-            self.line(&format!("  {scale} = vector.bitcast {line} : {flat} to vector<{lanes}xf32>"));
+            self.line(&format!(
+                "  {scale} = vector.bitcast {line} : vector<{}xi8> to vector<{lanes}xf32>",
+                2 * width
+            ));
             scales.push(scale);
         }
         // Step `kk` of the block is row `scale_row + scale rows + (kk - kb)`.
