@@ -275,3 +275,18 @@ def test_a_library_built_by_another_lmc_shares_the_openmp_runtime(tmp_path):
     assert max_abs_diff(m(**feed)["logits"], want) < 1e-4
     # And the JIT's kernels still run, on threads, beside it.
     assert max_abs_diff(lmc.compile(GPT2, weights=FIXTURES / "gpt2_tiny", threads=2)(**feed)["logits"], want) < 1e-4
+
+
+def test_weight_formats_are_a_set_value():
+    inputs = lmc.read_safetensors(FIXTURES / "gpt2_tiny" / "inputs.safetensors")
+    want = lmc.read_safetensors(FIXTURES / "gpt2_tiny" / "expected.safetensors")["logits"]
+    half = lmc.compile(GPT2, weights=FIXTURES / "gpt2_tiny", set={"weights": "bf16"})
+    formats = [p.get("packing", {}).get("format") for p in half.manifest["params"]]
+    assert formats.count("bf16") >= 8
+    err = max_abs_diff(half(**inputs)["logits"], want)
+    assert 0 < err < 1e-2 * float(np.abs(want).max())
+    with pytest.raises(lmc.CompileError, match="names no weight format"):
+        lmc.compile(GPT2, weights=FIXTURES / "gpt2_tiny", set={"weights": "q4"})
+    # The tiny GPT-2's rows (35 wide) are no whole int8 blocks of 32: nothing would change.
+    with pytest.raises(lmc.LmcError, match="not whole blocks of 32"):
+        lmc.compile(GPT2, weights=FIXTURES / "gpt2_tiny", set={"weights": "int8"})
