@@ -260,7 +260,8 @@ impl Module {
                     Some(values) => non_finite_warning(&spec.name, values.iter().copied()),
                     None => non_finite_warning(&spec.name, f32_elements(t.bytes())),
                 };
-                non_finite.extend(warning);
+                // Once per tensor, though it may feed a packed copy too.
+                non_finite.extend(warning.filter(|w| !non_finite.contains(w)));
             }
             if let Some((packing, (n, k))) = spec.packing.and_then(|p| Some((p, p.matrix(&want)?))) {
                 // The module reads this matrix in panels (checked f32 [n, k] above).

@@ -127,7 +127,7 @@ pub fn take_weight_format(
                 "the model compiled with it",
             )
             .with_help(format!(
-                "the formats are {} (how a Linear's weight is stored; the kernels accumulate in f32)",
+                "the formats are {} (how the weight matrices are stored; the kernels accumulate in f32)",
                 lmc_abi::WeightFormat::NAMES.join(", ")
             ))
         })?;

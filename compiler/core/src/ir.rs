@@ -670,8 +670,8 @@ pub struct Graph {
     /// For a decode-step function derived from a forward (`decode::derive_decode`): its
     /// position input and caches.
     pub decode: Option<DecodeInfo>,
-    /// How the weight matrices the kernels read packed (a Linear's) are stored
-    /// (`--set weights=...`); every other tensor is as declared.
+    /// How the weight matrices that only matmuls read are stored (`--set weights=...`): the
+    /// codegen packs them in this format; every other tensor is as declared.
     pub weights: lmc_abi::WeightFormat,
 }
 
@@ -865,7 +865,7 @@ impl Graph {
         if self.weights != lmc_abi::WeightFormat::F32 {
             let _ = writeln!(
                 out,
-                "  weights {}  # a Linear's weight matrix, as the kernels read it",
+                "  weights {}  # how the matmuls' weight matrices are stored",
                 self.weights.name()
             );
         }

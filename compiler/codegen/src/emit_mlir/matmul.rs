@@ -883,7 +883,8 @@ impl Kernel {
 
     /// One step of the packed kernel: the panel's `row` (the step `kk` of `K`, or for int8 its
     /// row among the blocks' scales) read as f32 vectors (widened from bf16, or int8 times its
-    /// block's `scales`), prefetched ahead, and multiplied into the accumulators `acc`.
+    /// block's `scales`, one per vector; without them, unscaled), prefetched ahead, and
+    /// multiplied into the accumulators `acc`.
     fn panel_step(
         &mut self,
         mm: &MatMul,
@@ -927,11 +928,16 @@ impl Kernel {
                     wide
                 }
                 (WeightFormat::Int8, scales) => {
-                    let (float, scaled) = (self.fresh(), self.fresh());
+                    let float = self.fresh();
                     self.line(&format!("  {float} = arith.sitofp {read} : {stored} to {vec}"));
-                    let scale = scales.and_then(|s| s.get(j)).cloned().unwrap_or_default();
-                    self.line(&format!("  {scaled} = arith.mulf {float}, {scale} : {vec}"));
-                    scaled
+                    match scales.and_then(|s| s.get(j)) {
+                        Some(scale) => {
+                            let scaled = self.fresh();
+                            self.line(&format!("  {scaled} = arith.mulf {float}, {scale} : {vec}"));
+                            scaled
+                        }
+                        None => float,
+                    }
                 }
             };
             bs.push(value);
