@@ -180,7 +180,10 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             WeightsSource::Path(base_path.clone())
         });
         let on_avx2 = max_abs_diff(&logits(&avx2, &inputs), &want);
-        assert!(on_avx2 <= 1e-6 * scale, "{what} on AVX2: {on_avx2} from the f32 model given the stored values");
+        assert!(
+            on_avx2 <= 1e-6 * scale,
+            "{what} on AVX2: {on_avx2} from the f32 model given the stored values"
+        );
         // The format is applied: the rounding shows against the original weights.
         let rounding = max_abs_diff(&got, &want_plain);
         assert!(

@@ -201,13 +201,110 @@ pub fn eval(e: &Expr, lookup: &Lookup<'_>, enum_hint: Option<&Rc<Vec<String>>>) 
             e.span,
             "only allowed in a forward function",
         )),
-        ExprKind::Call { callee, .. } => Err(Diagnostic::error(
+        ExprKind::Call { callee, args } => match callee.segments.as_slice() {
+            [name] if COMPILE_TIME_CALLS.contains(&name.name.as_str()) => compile_time_call(&name.name, args, e.span, lookup),
+            _ => Err(Diagnostic::error(
+                "E0104",
+                format!("a call to `{}` is not a compile-time value", callee.dotted()),
+                e.span,
+                "needs a value known when the model is compiled",
+            )
+            .with_help(format!(
+                "config values, dimensions and block arguments are built from literals, other config values and {}",
+                COMPILE_TIME_CALLS.map(|c| format!("`{c}(...)`")).join(", ")
+            ))),
+        },
+    }
+}
+
+/// The functions a compile-time value may call.
+const COMPILE_TIME_CALLS: [&str; 5] = ["int", "floor", "ceil", "min", "max"];
+
+/// `int(x)` (toward zero, as Python's `int`), `floor(x)`, `ceil(x)` of a number, as an integer;
+/// given `a / b` of two integers they divide without the exactness `/` asks for (`floor(a / b)`
+/// is Python's `a // b`). `min(a, b)` and `max(a, b)` of numbers.
+fn compile_time_call(name: &str, args: &[lmc_grammar::ast::CallArg], span: Span, lookup: &Lookup<'_>) -> Result<CtValue, Diagnostic> {
+    let wrong_args = |want: &str| {
+        Diagnostic::error("E0104", format!("`{name}` takes {want}"), span, "in this call")
+            .with_help(format!("write `{name}({})`", if want.contains("two") { "a, b" } else { "x" }))
+    };
+    if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
+        return Err(Diagnostic::error(
             "E0104",
-            format!("a call to `{}` is not a compile-time value", callee.dotted()),
-            e.span,
-            "needs a value known when the model is compiled",
-        )
-        .with_help("config values, dimensions and block arguments are built from literals and other config values")),
+            format!("`{name}` takes no named arguments"),
+            named.span,
+            "named here",
+        ));
+    }
+    let number = |e: &Expr| -> Result<CtValue, Diagnostic> {
+        match eval(e, lookup, None)? {
+            v @ (CtValue::Int(_) | CtValue::Float(_)) => Ok(v),
+            v => Err(Diagnostic::error(
+                "E0104",
+                format!("`{name}` needs a number"),
+                e.span,
+                format!("this is {v}"),
+            )),
+        }
+    };
+    match name {
+        "min" | "max" => {
+            let [a, b] = args else { return Err(wrong_args("two numbers")) };
+            let (x, y) = (number(&a.value)?, number(&b.value)?);
+            let first = match (x.as_f64(), y.as_f64()) {
+                (Some(p), Some(q)) => (p <= q) == (name == "min"),
+                _ => true,
+            };
+            Ok(match (x, y) {
+                (CtValue::Int(p), CtValue::Int(q)) => CtValue::Int(if first { p } else { q }),
+                (x, y) => CtValue::Float((if first { x.as_f64() } else { y.as_f64() }).unwrap_or(0.0)),
+            })
+        }
+        _ => {
+            let [x] = args else { return Err(wrong_args("one number")) };
+            let x = &x.value;
+            // `a / b` of integers: the rounding of the exact quotient.
+            if let ExprKind::Binary {
+                op: BinaryOp::Div,
+                lhs,
+                rhs,
+            } = &x.kind
+            {
+                if let (CtValue::Int(a), CtValue::Int(b)) = (number(lhs)?, number(rhs)?) {
+                    if b == 0 {
+                        return Err(Diagnostic::error(
+                            "E0105",
+                            "division by zero in config arithmetic",
+                            rhs.span,
+                            "this is 0",
+                        ));
+                    }
+                    let (q, r) = (a / b, a % b);
+                    let below = r != 0 && ((r < 0) != (b < 0));
+                    return Ok(CtValue::Int(match name {
+                        "floor" if below => q - 1,
+                        "ceil" if r != 0 && !below => q + 1,
+                        _ => q,
+                    }));
+                }
+            }
+            match number(x)? {
+                CtValue::Int(i) => Ok(CtValue::Int(i)),
+                v => {
+                    let f = v.as_f64().unwrap_or(0.0);
+                    let r = match name {
+                        "floor" => f.floor(),
+                        "ceil" => f.ceil(),
+                        _ => f.trunc(),
+                    };
+                    if r.abs() < 9.2e18 {
+                        Ok(CtValue::Int(r as i64))
+                    } else {
+                        Err(overflow(span))
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -482,6 +482,45 @@ variant R = M { act = relu }
     }
 
     #[test]
+    fn compile_time_calls_round_as_python_does() {
+        let file = r#"
+config C {
+  d = 64 from "hidden_size"
+  rotary = int(d * 0.25)
+  third = floor(d / 3)
+  third_up = ceil(d / 3)
+  neg_floor = floor(-7 / 2)
+  neg_ceil = ceil(-7 / 2)
+  neg_int = int(-3.5)
+  exact = floor(d / 4)
+  small = min(d, 48)
+  big = max(2.5, 1)
+}
+model M(c: C) {
+  param w: f32[c.rotary]
+  forward(x: f32[B, c.rotary]) -> (y: f32[B, c.rotary]) { return x * w }
+}
+"#;
+        let p = load_source("t.model", file, None).unwrap();
+        let o = ConfigOverrides::default().with_checkpoint_json(r#"{"hidden_size": 100}"#).unwrap();
+        let g = check_model(&p, Some("M"), &o).unwrap_or_else(|e| panic!("{e:?}")).graph;
+        let config: Vec<(String, String)> = g.config.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        for (key, want) in [
+            ("rotary", "25"),
+            ("third", "33"),
+            ("third_up", "34"),
+            ("neg_floor", "-4"),
+            ("neg_ceil", "-3"),
+            ("neg_int", "-3"),
+            ("exact", "25"),
+            ("small", "48"),
+            ("big", "2.5e0"),
+        ] {
+            assert_eq!(get(&config, key), want, "{key}");
+        }
+    }
+
+    #[test]
     fn config_json_keys_configure_fields_and_derived_values_follow() {
         let o = ConfigOverrides::default()
             .with_checkpoint_json(r#"{"hidden_size": 12, "hidden_act": "relu", "d": 99}"#)
