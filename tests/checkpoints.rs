@@ -423,6 +423,32 @@ fn llama_relatives_match_transformers() {
     }
 }
 
+/// GPT-NeoX (Pythia) against transformers: parallel residuals with a quarter of each head
+/// rotated, and sequential ones with half of it; each of the two matters on its fixture.
+#[test]
+fn gpt_neox_matches_transformers() {
+    for fixture in ["tests/fixtures/gpt_neox_tiny", "tests/fixtures/gpt_neox_sequential"] {
+        assert_matches_fixture("models/gpt_neox.model", fixture, 1e-4);
+    }
+    let dir = scratch("gpt_neox_settings");
+    let want = read_f32_tensors(&root().join("tests/fixtures/gpt_neox_tiny/expected.safetensors"));
+    for (k, set) in ["use_parallel_residual=false", "partial_rotary_factor=1.0"].iter().enumerate() {
+        let got = run_outputs(
+            "models/gpt_neox.model",
+            "tests/fixtures/gpt_neox_tiny",
+            "tests/fixtures/gpt_neox_tiny/inputs.safetensors",
+            &dir.join(format!("neox_{k}.safetensors")),
+            &["--set", set],
+        );
+        // Past the fixture's tolerance (its random attention is nearly uniform, so turning more
+        // of each head moves the logits by only 4.7e-4; the residuals by 4.1e-2).
+        assert!(
+            max_abs_diff(&got[0].2, &want[0].2) > 2e-4,
+            "--set {set} changes the fixture's logits"
+        );
+    }
+}
+
 /// DistilBERT's two models against transformers: the encoder's hidden states on a padded batch,
 /// and the masked LM's logits and loss (its head tied to the word embeddings, which the
 /// checkpoint stores once).

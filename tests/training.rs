@@ -50,6 +50,11 @@ fn llama_gradients_match_torch() {
 }
 
 #[test]
+fn gpt_neox_gradients_match_torch() {
+    grad_matches_torch("models/gpt_neox.model", "gpt_neox_grad");
+}
+
+#[test]
 fn electra_gradients_match_torch() {
     grad_matches_torch("models/electra.model:ElectraForPreTraining", "electra_discriminator");
     grad_matches_torch("models/electra.model:ElectraForMaskedLM", "electra_generator");

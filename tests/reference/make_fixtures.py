@@ -298,6 +298,48 @@ def gemma_tiny():
     llama_family_tiny("gemma_tiny", GemmaConfig, GemmaForCausalLM, 25, head_dim=20, hidden_act="gelu_pytorch_tanh")
 
 
+def gpt_neox_tiny(name="gpt_neox_tiny", seed=27, rotary_pct=0.25, **settings):
+    """GPTNeoXForCausalLM (Pythia's architecture): rotary positions on the first quarter of each
+    16-wide head (4 features), parallel residuals, a fused query/key/value projection with
+    biases; logits for a padded batch of 9 tokens."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    out = FIXTURES / name
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=50,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        max_position_embeddings=64,
+        rotary_pct=rotary_pct,
+        rotary_emb_base=500.0,
+        layer_norm_eps=1e-5,
+        **settings,
+    )
+    model = GPTNeoXForCausalLM(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "layernorm" in pname or "layer_norm" in pname or pname.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
+def gpt_neox_sequential():
+    """GPT-NeoX with `use_parallel_residual = false` (the feed-forward reads the attention's
+    residual) and half of each head rotated."""
+    gpt_neox_tiny("gpt_neox_sequential", 29, use_parallel_residual=False, rotary_pct=0.5)
+
+
 def distilbert_tiny():
     """DistilBertModel at odd sizes (3 heads of 12, hidden 37), LayerNorms perturbed:
     last_hidden_state of a padded batch."""
@@ -586,6 +628,8 @@ if __name__ == "__main__":
     qwen2_tiny()
     mistral_tiny()
     gemma_tiny()
+    gpt_neox_tiny()
+    gpt_neox_sequential()
     distilbert_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")

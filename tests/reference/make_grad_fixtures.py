@@ -49,6 +49,11 @@ untied head), seed 0, RMSNorm weights perturbed by 0.1 * randn.
 - `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
   `model.safetensors` (causal LM loss as gpt2_grad's).
 
+`gpt_neox_grad/`: GPTNeoXForCausalLM (vocab 97, width 48, 2 layers, 3 heads of 16 with the
+first 4 features rotated, theta 500, parallel residuals, intermediate 37, untied head stored as
+`embed_out.weight`), seed 0, LayerNorm weights and biases perturbed by 0.1 * randn; inputs and
+expected as llama_grad's.
+
 `electra_discriminator/`, `electra_generator/` (the checkpoints of make_fixtures.py): loss and
 gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 padded by 2.
 - `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask`, `labels`: for the
@@ -92,6 +97,8 @@ from transformers import (
     ElectraForPreTraining,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
 )
@@ -100,6 +107,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
 
 LR, BETAS, EPS, WEIGHT_DECAY, STEPS = 1e-2, (0.9, 0.999), 1e-8, 0.01, 6
+
+# Checkpoint names that transformers 5 maps to another module path when it loads and saves.
+STORED_AS = {"embed_out.weight": "lm_head.weight"}
+
+
+def parameter(model, name):
+    """The parameter a checkpoint tensor `name` loads into."""
+    return model.get_parameter(STORED_AS.get(name, name))
 
 
 def stored_names(out):
@@ -111,7 +126,7 @@ def gradients(model, names):
     """d loss / d tensor for each checkpoint name, f32, zeros where the grad is None."""
     grads = {}
     for name in names:
-        p = model.get_parameter(name)
+        p = parameter(model, name)
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         grads[name] = g.detach().float().contiguous()
     return grads
@@ -151,12 +166,12 @@ def check_reload(cls, out, inputs, expected_logits, tied):
 def report_names(model, names, tied):
     print(f"  model.safetensors holds {len(names)} tensors:")
     for n in names:
-        print(f"    {n} {list(model.get_parameter(n).shape)}")
+        print(f"    {n} {list(parameter(model, n).shape)}")
     for a, b in tied:
         print(f"  {a}: {'STORED' if a in names else 'not stored'} (tied to {b}: {'stored' if b in names else 'NOT STORED'})")
         assert model.get_parameter(a) is model.get_parameter(b), f"{a} is not tied to {b}"
     param_ids = {id(p) for p in model.parameters()}
-    assert {id(model.get_parameter(n)) for n in names} == param_ids, "stored names do not cover every parameter once"
+    assert {id(parameter(model, n)) for n in names} == param_ids, "stored names do not cover every parameter once"
 
 
 def gpt2_model():
@@ -394,6 +409,30 @@ def llama_grad():
     grad_fixture(out, LlamaForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
 
 
+def gpt_neox_grad():
+    out = FIXTURES / "gpt_neox_grad"
+    print("gpt_neox_grad")
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        max_position_embeddings=32,
+        rotary_pct=0.25,
+        rotary_emb_base=500.0,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
+    model = GPTNeoXForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    grad_fixture(out, GPTNeoXForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
+
+
 def electra_grad(name, cls, labels_for):
     """Loss and gradients of an ELECTRA fixture checkpoint (made by make_fixtures.py), in eval
     mode (its config keeps dropout 0.1): `inputs_grad.safetensors` and `expected_grad.safetensors`
@@ -434,6 +473,7 @@ FIXTURE_MAKERS = {
     "bert_mlm": lambda: bert_mlm(),
     "distilbert_mlm": lambda: distilbert_mlm(),
     "llama_grad": lambda: llama_grad(),
+    "gpt_neox_grad": lambda: gpt_neox_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
 }
