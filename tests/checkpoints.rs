@@ -447,6 +447,26 @@ fn gpt_neox_matches_transformers() {
             "--set {set} changes the fixture's logits"
         );
     }
+    // transformers 5 keeps RoPE scaling in `rope_parameters`, which the file does not implement.
+    let scaled = scratch("gpt_neox_scaled_rope");
+    for f in ["model.safetensors", "inputs.safetensors"] {
+        std::fs::copy(root().join("tests/fixtures/gpt_neox_tiny").join(f), scaled.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(root().join("tests/fixtures/gpt_neox_tiny/config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["rope_parameters"]["rope_type"] = "linear".into();
+    config["rope_parameters"]["factor"] = 2.0.into();
+    std::fs::write(scaled.join("config.json"), config.to_string()).unwrap();
+    let (weights, inputs) = (scaled.to_str().unwrap(), scaled.join("inputs.safetensors"));
+    let out = scaled.join("out.safetensors");
+    let r = lmc_run("models/gpt_neox.model", weights, inputs.to_str().unwrap(), &out, &[]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.success() && stderr.contains("warning[W0101]: config.json sets `rope_parameters.rope_type` to \"linear\""),
+        "{stderr}"
+    );
+    let r = lmc_run("models/gpt_neox.model", weights, inputs.to_str().unwrap(), &out, &["--strict"]);
+    assert_eq!(r.status.code(), Some(1), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
 /// DistilBERT's two models against transformers: the encoder's hidden states on a padded batch,
