@@ -469,6 +469,32 @@ fn gpt_neox_matches_transformers() {
     assert_eq!(r.status.code(), Some(1), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
+/// Phi against transformers: one LayerNorm read by attention and feed-forward, a key/value
+/// head shared by three query heads, query/key LayerNorms and half of each head rotated; and
+/// without the LayerNorms, 6 of 16 features rotated (int(16 · 0.4)) and a tied head with a bias
+/// of its own.
+#[test]
+fn phi_matches_transformers() {
+    for fixture in ["tests/fixtures/phi_tiny", "tests/fixtures/phi_tied"] {
+        assert_matches_fixture("models/phi.model", fixture, 1e-4);
+    }
+    let dir = scratch("phi_settings");
+    let want = read_f32_tensors(&root().join("tests/fixtures/phi_tiny/expected.safetensors"));
+    for (k, set) in ["qk_layernorm=false", "partial_rotary_factor=0.25"].iter().enumerate() {
+        let got = run_outputs(
+            "models/phi.model",
+            "tests/fixtures/phi_tiny",
+            "tests/fixtures/phi_tiny/inputs.safetensors",
+            &dir.join(format!("phi_{k}.safetensors")),
+            &["--set", set],
+        );
+        assert!(
+            max_abs_diff(&got[0].2, &want[0].2) > 2e-4,
+            "--set {set} changes the fixture's logits"
+        );
+    }
+}
+
 /// DistilBERT's two models against transformers: the encoder's hidden states on a padded batch,
 /// and the masked LM's logits and loss (its head tied to the word embeddings, which the
 /// checkpoint stores once).

@@ -340,6 +340,48 @@ def gpt_neox_sequential():
     gpt_neox_tiny("gpt_neox_sequential", 29, use_parallel_residual=False, rotary_pct=0.5)
 
 
+def phi_tiny(name="phi_tiny", seed=31, **settings):
+    """PhiForCausalLM: the attention and feed-forward of a layer read one LayerNorm, biased
+    projections, a key/value head shared by 3 query heads, LayerNorms of query and key heads,
+    half of each 16-wide head rotated, a head with a bias; logits for a padded batch of 9."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    out = FIXTURES / name
+    torch.manual_seed(seed)
+    config = PhiConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=50,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        rope_theta=500.0,
+        layer_norm_eps=1e-5,
+        **{"partial_rotary_factor": 0.5, "qk_layernorm": True, **settings},
+    )
+    model = PhiForCausalLM(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "layernorm" in pname or pname.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
+    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+
+
+def phi_tied():
+    """Phi without the query/key LayerNorms, int(16 * 0.4) = 6 features of each head rotated
+    (transformers truncates), and the head's weight tied to the embedding (its bias its own)."""
+    phi_tiny("phi_tied", 33, partial_rotary_factor=0.4, qk_layernorm=False, tie_word_embeddings=True)
+
+
 def distilbert_tiny():
     """DistilBertModel at odd sizes (3 heads of 12, hidden 37), LayerNorms perturbed:
     last_hidden_state of a padded batch."""
@@ -630,6 +672,8 @@ if __name__ == "__main__":
     gemma_tiny()
     gpt_neox_tiny()
     gpt_neox_sequential()
+    phi_tiny()
+    phi_tied()
     distilbert_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
