@@ -55,6 +55,11 @@ fn gpt_neox_gradients_match_torch() {
 }
 
 #[test]
+fn phi_gradients_match_torch() {
+    grad_matches_torch("models/phi.model", "phi_grad");
+}
+
+#[test]
 fn electra_gradients_match_torch() {
     grad_matches_torch("models/electra.model:ElectraForPreTraining", "electra_discriminator");
     grad_matches_torch("models/electra.model:ElectraForMaskedLM", "electra_generator");

@@ -54,6 +54,11 @@ first 4 features rotated, theta 500, parallel residuals, intermediate 37, untied
 `embed_out.weight`), seed 0, LayerNorm weights and biases perturbed by 0.1 * randn; inputs and
 expected as llama_grad's.
 
+`phi_grad/`: PhiForCausalLM (vocab 97, width 48, 2 layers, 3 query heads of 16 sharing one
+key/value head, query/key LayerNorms, 6 of 16 features rotated, theta 500, intermediate 37, the
+head's weight tied to the embedding and its bias its own), seed 0, LayerNorms and biases
+perturbed by 0.1 * randn; inputs and expected as llama_grad's.
+
 `electra_discriminator/`, `electra_generator/` (the checkpoints of make_fixtures.py): loss and
 gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 padded by 2.
 - `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask`, `labels`: for the
@@ -101,6 +106,8 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -433,6 +440,35 @@ def gpt_neox_grad():
     grad_fixture(out, GPTNeoXForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
 
 
+def phi_grad():
+    out = FIXTURES / "phi_grad"
+    print("phi_grad")
+    torch.manual_seed(0)
+    config = PhiConfig(
+        vocab_size=97,
+        hidden_size=48,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        rope_theta=500.0,
+        partial_rotary_factor=0.4,
+        qk_layernorm=True,
+        tie_word_embeddings=True,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attention_dropout=0.0,
+    )
+    model = PhiForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    tied = [("lm_head.weight", "model.embed_tokens.weight")]
+    grad_fixture(out, PhiForCausalLM, model, causal_batch(config.vocab_size, 7, 3), tied)
+
+
 def electra_grad(name, cls, labels_for):
     """Loss and gradients of an ELECTRA fixture checkpoint (made by make_fixtures.py), in eval
     mode (its config keeps dropout 0.1): `inputs_grad.safetensors` and `expected_grad.safetensors`
@@ -474,6 +510,7 @@ FIXTURE_MAKERS = {
     "distilbert_mlm": lambda: distilbert_mlm(),
     "llama_grad": lambda: llama_grad(),
     "gpt_neox_grad": lambda: gpt_neox_grad(),
+    "phi_grad": lambda: phi_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
 }
