@@ -175,15 +175,19 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             "{what}: {exact} from the f32 model given the stored values (logits up to {scale})"
         );
         // AVX2's kernels (8 lanes, panels of 16: an int8 block's scales in four rows of 16
-        // bytes) sum in the same order.
-        let avx2 = bind_jit_with(&g, lmc_codegen::jit_for(&g, &lmc_codegen::Target::AVX2), |_| {
-            WeightsSource::Path(base_path.clone())
-        });
-        let on_avx2 = max_abs_diff(&logits(&avx2, &inputs), &want);
-        assert!(
-            on_avx2 <= 1e-6 * scale,
-            "{what} on AVX2: {on_avx2} from the f32 model given the stored values"
-        );
+        // bytes) and SSE's (4 lanes, panels of 8) sum in the same order.
+        let sse = lmc_codegen::Target {
+            lanes: 4,
+            ..lmc_codegen::Target::AVX2
+        };
+        for (isa, target) in [("AVX2", lmc_codegen::Target::AVX2), ("SSE", sse)] {
+            let narrow = bind_jit_with(&g, lmc_codegen::jit_for(&g, &target), |_| WeightsSource::Path(base_path.clone()));
+            let err = max_abs_diff(&logits(&narrow, &inputs), &want);
+            assert!(
+                err <= 1e-6 * scale,
+                "{what} on {isa}: {err} from the f32 model given the stored values"
+            );
+        }
         // The format is applied: the rounding shows against the original weights.
         let rounding = max_abs_diff(&got, &want_plain);
         assert!(
