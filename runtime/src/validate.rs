@@ -701,9 +701,12 @@ pub(crate) mod tests {
         assert!(check_manifest(&bad, "m.so").unwrap_err().to_string().contains("listed twice"));
         // A parameter may be listed twice when one of the two is a packed copy.
         let mut copied = m.clone();
-        copied.params.push(copied.params[0].clone());
+        let mut copy = copied.params[0].clone();
+        copied.params.push(copy.clone());
         assert!(check_manifest(&copied, "m.so").unwrap_err().to_string().contains("listed twice"));
-        copied.params.last_mut().unwrap().packing = Some(lmc_abi::Packing::f32(32));
+        copy.packing = Some(lmc_abi::Packing::f32(32));
+        copied.params.pop();
+        copied.params.push(copy);
         assert!(check_manifest(&copied, "m.so").is_ok());
         let mut packed = m;
         packed.params[0].packing = Some(lmc_abi::Packing::f32(32));

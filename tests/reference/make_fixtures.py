@@ -247,7 +247,6 @@ def llama_tiny():
 def llama_family_tiny(name, config_cls, model_cls, seed, **settings):
     """A LLaMA relative (Qwen2, Mistral) at odd sizes with grouped-query attention: logits for a
     padded batch of 9 tokens."""
-    out = FIXTURES / name
     torch.manual_seed(seed)
     config = config_cls(
         vocab_size=97,
@@ -260,14 +259,21 @@ def llama_family_tiny(name, config_cls, model_cls, seed, **settings):
         rope_theta=500.0,
         **settings,
     )
-    model = model_cls(config).eval()
+    save_causal_fixture(FIXTURES / name, model_cls(config).eval(), seed + 1, ("norm",))
+
+
+def save_causal_fixture(out, model, seed, perturbed):
+    """Perturbs the norms' parameters (names containing one of `perturbed`) and every bias by
+    0.1 * randn (random init leaves norms at (1, 0) and biases at 0), saves the checkpoint, and
+    the logits of a batch of two 9-token rows, the second padded from position 7 (inputs drawn
+    with `seed`)."""
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            if "norm" in pname or pname.endswith(".bias"):
+            if any(k in pname for k in perturbed) or pname.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out, safe_serialization=True)
-    g = torch.Generator().manual_seed(seed + 1)
-    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)
     attention_mask = torch.ones(2, 9, dtype=torch.int64)
     attention_mask[1, 7:] = 0
     with torch.no_grad():
@@ -304,7 +310,6 @@ def gpt_neox_tiny(name="gpt_neox_tiny", seed=27, rotary_pct=0.25, **settings):
     biases; logits for a padded batch of 9 tokens."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    out = FIXTURES / name
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
         vocab_size=97,
@@ -318,20 +323,7 @@ def gpt_neox_tiny(name="gpt_neox_tiny", seed=27, rotary_pct=0.25, **settings):
         layer_norm_eps=1e-5,
         **settings,
     )
-    model = GPTNeoXForCausalLM(config).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "layernorm" in pname or "layer_norm" in pname or pname.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(out, safe_serialization=True)
-    g = torch.Generator().manual_seed(seed + 1)
-    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
-    attention_mask = torch.ones(2, 9, dtype=torch.int64)
-    attention_mask[1, 7:] = 0
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
-    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+    save_causal_fixture(FIXTURES / name, GPTNeoXForCausalLM(config).eval(), seed + 1, ("layernorm", "layer_norm"))
 
 
 def gpt_neox_sequential():
@@ -346,7 +338,6 @@ def phi_tiny(name="phi_tiny", seed=31, **settings):
     half of each 16-wide head rotated, a head with a bias; logits for a padded batch of 9."""
     from transformers import PhiConfig, PhiForCausalLM
 
-    out = FIXTURES / name
     torch.manual_seed(seed)
     config = PhiConfig(
         vocab_size=97,
@@ -360,20 +351,7 @@ def phi_tiny(name="phi_tiny", seed=31, **settings):
         layer_norm_eps=1e-5,
         **{"partial_rotary_factor": 0.5, "qk_layernorm": True, **settings},
     )
-    model = PhiForCausalLM(config).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "layernorm" in pname or pname.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(out, safe_serialization=True)
-    g = torch.Generator().manual_seed(seed + 1)
-    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
-    attention_mask = torch.ones(2, 9, dtype=torch.int64)
-    attention_mask[1, 7:] = 0
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / "inputs.safetensors")
-    save_file({"logits": logits.contiguous()}, out / "expected.safetensors")
+    save_causal_fixture(FIXTURES / name, PhiForCausalLM(config).eval(), seed + 1, ("layernorm",))
 
 
 def phi_tied():

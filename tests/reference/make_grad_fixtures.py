@@ -181,6 +181,15 @@ def report_names(model, names, tied):
     assert {id(parameter(model, n)) for n in names} == param_ids, "stored names do not cover every parameter once"
 
 
+def perturb(model, chosen):
+    """Adds 0.1 * randn to the parameters `chosen(name)` picks: random init leaves norms at
+    (1, 0) and biases at 0, which would test neither."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if chosen(name):
+                p.add_(0.1 * torch.randn_like(p))
+
+
 def gpt2_model():
     torch.manual_seed(0)
     config = GPT2Config(
@@ -196,10 +205,7 @@ def gpt2_model():
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name or "ln_f" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: ".ln_" in name or "ln_f" in name)
     return model
 
 
@@ -306,10 +312,7 @@ def bert_mlm():
         attention_probs_dropout_prob=0.0,
     )
     model = BertForMaskedLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "LayerNorm" in name)
     model.save_pretrained(out, safe_serialization=True)
     names = stored_names(out)
     tied = [
@@ -366,10 +369,7 @@ def distilbert_mlm():
         attention_dropout=0.0,
     )
     model = DistilBertForMaskedLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "LayerNorm" in name or "layer_norm" in name)
     model.save_pretrained(out, safe_serialization=True)
     names = stored_names(out)
     tied = [("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")]
@@ -409,10 +409,7 @@ def llama_grad():
         attention_dropout=0.0,
     )
     model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "norm" in name)
     grad_fixture(out, LlamaForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
 
 
@@ -433,10 +430,7 @@ def gpt_neox_grad():
         hidden_dropout=0.0,
     )
     model = GPTNeoXForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layernorm" in name or "layer_norm" in name or name.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "layernorm" in name or "layer_norm" in name or name.endswith(".bias"))
     grad_fixture(out, GPTNeoXForCausalLM, model, causal_batch(config.vocab_size, 7, 3), [])
 
 
@@ -461,10 +455,7 @@ def phi_grad():
         attention_dropout=0.0,
     )
     model = PhiForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layernorm" in name or name.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    perturb(model, lambda name: "layernorm" in name or name.endswith(".bias"))
     tied = [("lm_head.weight", "model.embed_tokens.weight")]
     grad_fixture(out, PhiForCausalLM, model, causal_batch(config.vocab_size, 7, 3), tied)
 

@@ -16,26 +16,9 @@ pub(crate) fn with_weight_copies<'g>(g: &'g Graph, target: &Target) -> Cow<'g, G
     if g.weights == WeightFormat::F32 || target.is_gpu() {
         return Cow::Borrowed(g);
     }
-    let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
-    for (n, node) in g.nodes.iter().enumerate() {
-        for operand in node.op.operands() {
-            readers[operand.0 as usize].push(ValueId(n as u32));
-        }
-    }
+    let readers = crate::emit_mlir::readers(g);
     let regions = g.enclosing_scans();
-    let outputs: Vec<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
-    let in_body = |id: ValueId| regions[id.0 as usize].is_none() && !outputs.contains(&id);
-    // A transpose of `param` that only body matmuls read as their right operand.
-    let weight_read = |t: ValueId, param: ValueId| {
-        let matmuls = &readers[t.0 as usize];
-        matches!(g.node(t).op, Op::Transpose { x } if x == param)
-            && in_body(t)
-            && !matmuls.is_empty()
-            && matmuls.iter().all(|&m| {
-                matches!(g.node(m).op, Op::MatMul { lhs, rhs } if rhs == t && lhs != t && g.ty(lhs).rank() >= 2)
-                    && regions[m.0 as usize].is_none()
-            })
-    };
+    let reads = crate::emit_mlir::WeightReads::new(g, &regions, &readers);
     let mut out: Option<Graph> = None;
     for (i, param) in g.params.iter().enumerate() {
         let k = match param.ty.dims.as_slice() {
@@ -52,7 +35,7 @@ pub(crate) fn with_weight_copies<'g>(g: &'g Graph, target: &Target) -> Cow<'g, G
         let (mut weights, mut others) = (Vec::new(), 0);
         for &p in &nodes {
             for &r in &readers[p.0 as usize] {
-                if weight_read(r, p) {
+                if reads.is_weight_transpose(r, p) {
                     weights.push(r);
                 } else {
                     others += 1;

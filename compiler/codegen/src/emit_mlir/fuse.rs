@@ -72,7 +72,7 @@ pub(super) fn fused_into(g: &Graph, regions: &[Option<ValueId>], uses: &[usize],
 
 /// The readers of each value, one entry per read (by ops, every load of an index function,
 /// scans' states and outputs): a value's use count is its number of entries.
-pub(super) fn readers(g: &Graph) -> Vec<Vec<ValueId>> {
+pub(crate) fn readers(g: &Graph) -> Vec<Vec<ValueId>> {
     let mut readers: Vec<Vec<ValueId>> = vec![Vec::new(); g.nodes.len()];
     for (i, node) in g.nodes.iter().enumerate() {
         let reads = match &node.op {

@@ -121,33 +121,13 @@ pub(super) enum RhsLayout {
 /// the graph's weight format, except a matrix that format cannot hold (int8 rows that are not
 /// whole blocks), which stays f32.
 pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], lanes: i64) -> Vec<Option<Packing>> {
-    let outputs: HashSet<ValueId> = g.outputs.iter().map(|(_, v)| *v).collect();
-    let in_body = |id: ValueId| regions[id.0 as usize].is_none() && !outputs.contains(&id);
+    let reads = WeightReads::new(g, regions, readers);
     let read_as_weight = |param: ValueId| {
         let transposes = &readers[param.0 as usize];
-        in_body(param)
-            && !transposes.is_empty()
-            && transposes.iter().all(|&t| {
-                let matmuls = &readers[t.0 as usize];
-                matches!(g.node(t).op, Op::Transpose { x } if x == param)
-                    && in_body(t)
-                    && !matmuls.is_empty()
-                    && matmuls.iter().all(|&m| {
-                        matches!(g.node(m).op, Op::MatMul { lhs, rhs } if rhs == t && lhs != t && g.ty(lhs).rank() >= 2)
-                            && regions[m.0 as usize].is_none()
-                    })
-            })
+        reads.in_body(param) && !transposes.is_empty() && transposes.iter().all(|&t| reads.is_weight_transpose(t, param))
     };
     // A weight stored `[in, out]` (`[K, N]`) and read as `x @ w`: the same panels.
-    let read_in_by_out = |param: ValueId| {
-        let matmuls = &readers[param.0 as usize];
-        in_body(param)
-            && !matmuls.is_empty()
-            && matmuls.iter().all(|&m| {
-                matches!(g.node(m).op, Op::MatMul { lhs, rhs } if rhs == param && lhs != param && g.ty(lhs).rank() >= 2)
-                    && regions[m.0 as usize].is_none()
-            })
-    };
+    let read_in_by_out = |param: ValueId| reads.in_body(param) && reads.only_matmul_rhs(param);
     let mut packable: Vec<bool> = g
         .params
         .iter()
@@ -192,6 +172,50 @@ pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[V
             })
         })
         .collect()
+}
+
+/// Which reads of a value the packed kernel can serve: as the right operand of matmuls in the
+/// function body (not in a scan step, whose kernels are inlined and take no panels).
+pub(crate) struct WeightReads<'g> {
+    g: &'g Graph,
+    regions: &'g [Option<ValueId>],
+    readers: &'g [Vec<ValueId>],
+    outputs: HashSet<ValueId>,
+}
+
+impl<'g> WeightReads<'g> {
+    /// `regions` and `readers` as [`Graph::enclosing_scans`] and `fuse::readers` give them.
+    pub(crate) fn new(g: &'g Graph, regions: &'g [Option<ValueId>], readers: &'g [Vec<ValueId>]) -> Self {
+        let outputs = g.outputs.iter().map(|(_, v)| *v).collect();
+        WeightReads {
+            g,
+            regions,
+            readers,
+            outputs,
+        }
+    }
+
+    /// In the function body, and not an output.
+    fn in_body(&self, id: ValueId) -> bool {
+        self.regions[id.0 as usize].is_none() && !self.outputs.contains(&id)
+    }
+
+    /// Every reader of `v` (at least one) is a function-body matmul that reads it as its right
+    /// operand only.
+    fn only_matmul_rhs(&self, v: ValueId) -> bool {
+        let matmuls = &self.readers[v.0 as usize];
+        !matmuls.is_empty()
+            && matmuls.iter().all(|&m| {
+                matches!(self.g.node(m).op, Op::MatMul { lhs, rhs } if rhs == v && lhs != v && self.g.ty(lhs).rank() >= 2)
+                    && self.regions[m.0 as usize].is_none()
+            })
+    }
+
+    /// `t` is `transpose(param)` in the body, read only as matmuls' right operand: a weight
+    /// read as `x @ transpose(w)`.
+    pub(crate) fn is_weight_transpose(&self, t: ValueId, param: ValueId) -> bool {
+        matches!(self.g.node(t).op, Op::Transpose { x } if x == param) && self.in_body(t) && self.only_matmul_rhs(t)
+    }
 }
 
 /// The type a packed parameter `[N, K]` (or `[K, N]`, stored in by out) is read as:

@@ -34,6 +34,9 @@ mod scan;
 mod schedule;
 mod text;
 
+pub(crate) use fuse::readers;
+pub(crate) use matmul::WeightReads;
+
 use attention::*;
 use outline::*;
 use schedule::*;
