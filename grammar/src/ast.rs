@@ -271,10 +271,11 @@ pub enum Stmt {
     Assign { names: Vec<Ident>, value: Expr, span: Span },
     /// `return a, b`: one expression per declared output, in order.
     Return { values: Vec<Expr>, span: Span },
-    /// `for layer in encoder.layer { ... }`, unrolled at compile time.
+    /// `for layer in encoder.layer { ... }` or `for i in range(n) { ... }`, unrolled at compile
+    /// time.
     For {
         var: Ident,
-        array: Path,
+        iter: Expr,
         body: Vec<Stmt>,
         span: Span,
     },

@@ -408,9 +408,9 @@ impl Formatter<'_> {
                 let l = self.line_of(span.end);
                 self.value_line("return ", values, l);
             }
-            Stmt::For { var, array, body, span } => {
+            Stmt::For { var, iter, body, span } => {
                 let l = self.line_of(span.start);
-                self.line(&format!("for {} in {} {{", var.name, array.dotted()), l);
+                self.line(&format!("for {} in {} {{", var.name, expr(iter)), l);
                 self.stmts(body);
                 self.close(span.end);
             }
@@ -612,7 +612,7 @@ pub(crate) fn stmts_inline(stmts: &[Stmt], expr: fn(&Expr) -> String) -> String 
                 format!("{} = {}", names.join(", "), expr(value))
             }
             Stmt::Return { values, .. } => format!("return {}", values.iter().map(expr).collect::<Vec<_>>().join(", ")),
-            Stmt::For { var, array, body, .. } => format!("for {} in {} {{ {} }}", var.name, array.dotted(), stmts_inline(body, expr)),
+            Stmt::For { var, iter, body, .. } => format!("for {} in {} {{ {} }}", var.name, expr(iter), stmts_inline(body, expr)),
             Stmt::If { cond, then, otherwise, .. } => {
                 let mut t = format!("if {} {{ {} }}", expr(cond), stmts_inline(then, expr));
                 if !otherwise.is_empty() {

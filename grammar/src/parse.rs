@@ -446,7 +446,7 @@ impl Builder {
                 let mut p = pair.into_inner();
                 Stmt::For {
                     var: self.ident(p.next().unwrap()),
-                    array: self.path(p.next().unwrap()),
+                    iter: self.expr(p.next().unwrap()),
                     body: self.body(p.next().unwrap()),
                     span,
                 }

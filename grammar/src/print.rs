@@ -161,8 +161,8 @@ impl Printer<'_> {
                     let vs: Vec<String> = values.iter().map(expr).collect();
                     self.line(depth, span.start, &format!("return {}", vs.join(", ")))
                 }
-                Stmt::For { var, array, body, span } => {
-                    self.line(depth, span.start, &format!("for {} in {}", var.name, array.dotted()));
+                Stmt::For { var, iter, body, span } => {
+                    self.line(depth, span.start, &format!("for {} in {}", var.name, expr(iter)));
                     self.stmts(depth + 1, body);
                 }
                 Stmt::If {

@@ -116,6 +116,7 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
         | Op::SplitHeads { .. }
         | Op::MergeHeads { .. }
         | Op::Slice { .. }
+        | Op::Concat { .. }
         | Op::WriteRows { .. }
         | Op::WriteRing { .. }
         | Op::Transpose { .. }

@@ -371,6 +371,7 @@ impl<'g> Deriver<'g> {
         let mixes = match op {
             Op::Reduce { x, axis: r, .. } => axis_of(x) == Some(*r),
             Op::Slice { x, axis: s, .. } => axis_of(x) == Some(*s),
+            Op::Concat { parts, axis: c } => parts.iter().any(|p| axis_of(p) == Some(*c)),
             Op::MatMul { lhs, rhs } => axis_of(rhs).is_some() || axis_of(lhs) == Some(self.g.ty(*lhs).rank() - 1),
             Op::Gather { table, .. } => axis_of(table).is_some(),
             _ => axis.is_none(),

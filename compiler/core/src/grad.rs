@@ -135,71 +135,6 @@ struct Deriv<'g> {
     loc: Loc,
 }
 
-/// A scalar function built node by node.
-struct ScalarBuilder {
-    f: ScalarFn,
-}
-
-impl ScalarBuilder {
-    fn new(rank: usize) -> Self {
-        ScalarBuilder {
-            f: ScalarFn {
-                params: vec![ScalarType::Int; rank],
-                nodes: (0..rank).map(|k| (ScalarNode::Param(k), ScalarType::Int)).collect(),
-                result: 0,
-            },
-        }
-    }
-
-    fn add(&mut self, node: ScalarNode, ty: ScalarType) -> usize {
-        self.f.nodes.push((node, ty));
-        self.f.nodes.len() - 1
-    }
-
-    fn int(&mut self, v: i64) -> usize {
-        self.add(ScalarNode::Int(v), ScalarType::Int)
-    }
-
-    fn float(&mut self, v: f64) -> usize {
-        self.add(ScalarNode::F32(v), ScalarType::F32)
-    }
-
-    fn binary(&mut self, op: ScalarBinary, a: usize, b: usize, ty: ScalarType) -> usize {
-        self.add(ScalarNode::Binary { op, a, b }, ty)
-    }
-
-    fn select(&mut self, cond: usize, a: usize, b: usize) -> usize {
-        self.add(ScalarNode::Select { cond, a, b }, ScalarType::F32)
-    }
-
-    fn load(&mut self, tensor: ValueId, indices: Vec<usize>) -> usize {
-        self.add(ScalarNode::Load { tensor, indices }, ScalarType::F32)
-    }
-
-    /// Loads element `out` of a tensor of `dims` broadcast to `out_dims` (numpy's rule: dims
-    /// aligned on the right, a size-1 axis read at 0).
-    fn load_broadcast(&mut self, tensor: ValueId, dims: &[Dim], out_dims: &[Dim]) -> usize {
-        let lead = out_dims.len() - dims.len();
-        let indices = dims
-            .iter()
-            .enumerate()
-            .map(|(k, d)| {
-                if *d == Dim::Static(1) && out_dims[lead + k] != Dim::Static(1) {
-                    self.int(0)
-                } else {
-                    lead + k
-                }
-            })
-            .collect();
-        self.load(tensor, indices)
-    }
-
-    fn finish(mut self, result: usize) -> ScalarFn {
-        self.f.result = result;
-        self.f
-    }
-}
-
 impl Deriv<'_> {
     fn push_typed(&mut self, op: Op, ty: TensorType) -> ValueId {
         self.out.nodes.push(Node { op, ty, loc: self.loc });
@@ -463,6 +398,25 @@ impl Deriv<'_> {
                 let r = f.select(inside, gv, zero);
                 let gx = self.tabulate(xt.dims, f.finish(r));
                 self.accumulate(*x, gx);
+            }
+            Op::Concat { parts, axis } => {
+                // Each part's gradient is its range of the output's.
+                let mut start = 0;
+                for p in parts {
+                    let Dim::Static(length) = fwd.ty(*p).dims[*axis] else {
+                        return self.fail("internal: a concat part without a fixed length".into(), "");
+                    };
+                    if needs(p) {
+                        let gp = self.push(Op::Slice {
+                            x: g,
+                            axis: *axis,
+                            start,
+                            length,
+                        });
+                        self.accumulate(*p, gp);
+                    }
+                    start += length;
+                }
             }
             Op::Transpose { x } => {
                 let gx = self.push(Op::Transpose { x: g });

@@ -356,6 +356,32 @@ impl Run<'_> {
                 });
                 Tensor::f32(shape.clone(), out)
             }
+            Op::Concat { parts, axis } => {
+                // Each output element from the part whose range of `axis` holds it.
+                let mut starts = Vec::new();
+                let mut start = 0;
+                for p in parts {
+                    starts.push(start);
+                    start += v(*p).shape[*axis];
+                }
+                let (mut floats, mut ints) = (Vec::new(), Vec::new());
+                for_each_index(&shape, |i| {
+                    let k = starts.iter().rposition(|s| *s <= i[*axis]).unwrap_or(0);
+                    let t = v(parts[k]);
+                    let mut src = i.to_vec();
+                    src[*axis] -= starts[k];
+                    let at = src.iter().zip(strides(&t.shape)).map(|(a, b)| a * b).sum::<usize>();
+                    match &t.data {
+                        Data::F32(x) => floats.push(x[at]),
+                        Data::Int(x) => ints.push(x[at]),
+                    }
+                });
+                if ints.is_empty() {
+                    Tensor::f32(shape.clone(), floats)
+                } else {
+                    Tensor::int(shape.clone(), ints)
+                }
+            }
             Op::WriteRows { base, rows, axis, at } => {
                 let (len, n) = (v(*base).shape[*axis] as i64, v(*rows).shape[*axis] as i64);
                 let start = int_scalar(v(*at)).clamp(0, (len - n).max(0));

@@ -8,7 +8,9 @@
 use lmc_abi::{Bound, DType};
 use std::fmt::Write as _;
 
+mod scalar_builder;
 mod typing;
+pub use scalar_builder::{concat_index_fn, scalar_type, ScalarBuilder};
 pub use typing::{broadcast, infer_type};
 
 /// Index of a node in [`Graph::nodes`].
@@ -335,6 +337,9 @@ pub enum Op {
     /// `slice x, axis, start, length`: the elements `start .. start + length` along `axis`
     /// (fixed at compile time and within the axis).
     Slice { x: ValueId, axis: usize, start: i64, length: i64 },
+    /// `concat parts, axis`: the parts joined along `axis` in order. They agree in dtype and on
+    /// every other axis, and each has a fixed length on `axis` (which the result's is the sum of).
+    Concat { parts: Vec<ValueId>, axis: usize },
     /// `tabulate d0, d1, ..., f`: the tensor whose element at `(i0, i1, ...)` is `f(i0, i1, ...)`;
     /// f32 when `f` gives an f32, i64 when it gives an integer.
     Tabulate { f: ScalarFn },
@@ -508,6 +513,10 @@ impl Op {
             },
             Op::Tabulate { f: g } => Op::Tabulate { f: f(g) },
             Op::Transpose { x } => Op::Transpose { x: m(x) },
+            Op::Concat { parts, axis } => Op::Concat {
+                parts: parts.iter().map(m).collect(),
+                axis: *axis,
+            },
             Op::MatMul { lhs, rhs } => Op::MatMul { lhs: m(lhs), rhs: m(rhs) },
             Op::MatMulTN { lhs, rhs } => Op::MatMulTN { lhs: m(lhs), rhs: m(rhs) },
             Op::ScatterAdd { indices, values, rows } => Op::ScatterAdd {
@@ -586,6 +595,7 @@ impl Op {
                 vec![x]
             }
             Op::Tabulate { ref f } => f.tensors(),
+            Op::Concat { ref parts, .. } => parts.clone(),
             Op::Attention {
                 q,
                 k,
@@ -924,6 +934,7 @@ impl Graph {
                 Op::MergeHeads { x } => format!("merge_heads {}", v(x)),
                 Op::Tabulate { f } => format!("tabulate {}", f.print()),
                 Op::Slice { x, axis, start, length } => format!("slice {}, axis {axis}, {start}..{}", v(x), start + length),
+                Op::Concat { parts, axis } => format!("concat {}, axis {axis}", vs(parts)),
                 Op::WriteRows { base, rows, axis, at } => format!("write_rows {}, {}, axis {axis}, at {}", v(base), v(rows), v(at)),
                 Op::WriteRing { base, rows, axis, at } => format!("write_ring {}, {}, axis {axis}, at {}", v(base), v(rows), v(at)),
                 Op::Attention {

@@ -271,40 +271,49 @@ fn compile_time_call(name: &str, args: &[lmc_grammar::ast::CallArg], span: Span,
             } = &x.kind
             {
                 if let (CtValue::Int(a), CtValue::Int(b)) = (number(lhs)?, number(rhs)?) {
-                    if b == 0 {
-                        return Err(Diagnostic::error(
-                            "E0105",
-                            "division by zero in config arithmetic",
-                            rhs.span,
-                            "this is 0",
-                        ));
-                    }
-                    let (q, r) = (a / b, a % b);
-                    let below = r != 0 && ((r < 0) != (b < 0));
-                    return Ok(CtValue::Int(match name {
-                        "floor" if below => q - 1,
-                        "ceil" if r != 0 && !below => q + 1,
-                        _ => q,
-                    }));
+                    return round_quotient(name, a, b, rhs.span);
                 }
             }
-            match number(x)? {
-                CtValue::Int(i) => Ok(CtValue::Int(i)),
-                v => {
-                    let f = v.as_f64().unwrap_or(0.0);
-                    let r = match name {
-                        "floor" => f.floor(),
-                        "ceil" => f.ceil(),
-                        _ => f.trunc(),
-                    };
-                    if r.abs() < 9.2e18 {
-                        Ok(CtValue::Int(r as i64))
-                    } else {
-                        Err(overflow(span))
-                    }
-                }
-            }
+            round_number(name, number(x)?, span)
         }
+    }
+}
+
+/// `int`, `floor` or `ceil` (`name`) of `a / b` of two integers: the rounding of the exact
+/// quotient (`floor(a / b)` is Python's `a // b`).
+pub fn round_quotient(name: &str, a: i64, b: i64, divisor: Span) -> Result<CtValue, Diagnostic> {
+    if b == 0 {
+        return Err(Diagnostic::error(
+            "E0105",
+            "division by zero in config arithmetic",
+            divisor,
+            "this is 0",
+        ));
+    }
+    let (q, r) = (a / b, a % b);
+    let below = r != 0 && ((r < 0) != (b < 0));
+    Ok(CtValue::Int(match name {
+        "floor" if below => q - 1,
+        "ceil" if r != 0 && !below => q + 1,
+        _ => q,
+    }))
+}
+
+/// `int` (toward zero, as Python's `int`), `floor` or `ceil` (`name`) of a number.
+pub fn round_number(name: &str, v: CtValue, span: Span) -> Result<CtValue, Diagnostic> {
+    if let CtValue::Int(i) = v {
+        return Ok(CtValue::Int(i));
+    }
+    let f = v.as_f64().unwrap_or(0.0);
+    let r = match name {
+        "floor" => f.floor(),
+        "ceil" => f.ceil(),
+        _ => f.trunc(),
+    };
+    if r.abs() < 9.2e18 {
+        Ok(CtValue::Int(r as i64))
+    } else {
+        Err(overflow(span))
     }
 }
 

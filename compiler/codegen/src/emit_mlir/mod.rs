@@ -485,6 +485,8 @@ impl Emitter<'_> {
             Op::SplitHeads { x, heads } => self.emit_split_heads(id, *x, *heads, &loc),
             Op::MergeHeads { x } => self.emit_merge_heads(id, *x, &loc),
             Op::Tabulate { f } => self.emit_tabulate(id, f, &loc),
+            // Each element read from the part that holds it: one pass, fused like a tabulate.
+            Op::Concat { parts, axis } => self.emit_tabulate(id, &lmc_core::ir::concat_index_fn(g, parts, *axis), &loc),
             Op::Slice { x, axis, start, length } => {
                 let xt = self.ty(*x);
                 let mut offsets = Vec::new();

@@ -27,7 +27,14 @@ impl<'p> Elab<'p> {
         let what = format!("`{symbol}`");
         self.require_f32(l, &what)?;
         self.require_f32(r, &what)?;
-        let dims = broadcast(&self.ty(l).dims, &self.ty(r).dims).map_err(|(a, b)| {
+        let dims = self.broadcast_dims(l, r, span)?;
+        self.push(Op::Binary { op, lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span)
+            .map(Val::Tensor)
+    }
+
+    /// The shape `l` and `r` broadcast to (numpy's rule), or E0200 showing both.
+    pub(super) fn broadcast_dims(&self, l: ValueId, r: ValueId, span: Span) -> Result<Vec<Dim>, Diagnostic> {
+        broadcast(&self.ty(l).dims, &self.ty(r).dims).map_err(|(a, b)| {
             Diagnostic::error(
                 "E0200",
                 format!("shapes {} and {} do not broadcast", self.type_name(l), self.type_name(r)),
@@ -37,9 +44,7 @@ impl<'p> Elab<'p> {
             .with_secondary(self.span_of(l), format!("this is {}", self.type_name(l)))
             .with_secondary(self.span_of(r), format!("this is {}", self.type_name(r)))
             .with_help("aligned from the right, each pair of dimensions must be equal or one of them 1")
-        })?;
-        self.push(Op::Binary { op, lhs: l, rhs: r }, TensorType::new(DType::F32, dims), span)
-            .map(Val::Tensor)
+        })
     }
 
     pub(super) fn matmul(&mut self, l: ValueId, r: ValueId, span: Span) -> Result<Val, Diagnostic> {
@@ -93,7 +98,7 @@ impl<'p> Elab<'p> {
         let allowed_named: &[&str] = match name {
             "mean" | "sum" | "max" => &["axis", "keepdim"],
             "attention" => &["mask", "score", "scale"],
-            "slice" => &["axis"],
+            "slice" | "concat" | "cumsum" => &["axis"],
             _ => &[],
         };
         for (n, _) in &named {
@@ -108,6 +113,9 @@ impl<'p> Elab<'p> {
             }
         }
         match name {
+            "int" | "floor" | "ceil" => self.rounding(frame, name, &positional, span),
+            "concat" => self.concat(frame, &positional, &named, span),
+            "cumsum" => self.cumsum(frame, &positional, &named, span),
             "fail" => {
                 let message = match positional.as_slice() {
                     [m] => match self.sub(frame, m)? {
@@ -724,6 +732,11 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("minimum", "minimum(a, b)"),
     ("pow", "pow(a, b)"),
     ("float", "float(x)"),
+    ("int", "int(x)"),
+    ("floor", "floor(x)"),
+    ("ceil", "ceil(x)"),
+    ("concat", "concat(a, b, ..., axis = -1)"),
+    ("cumsum", "cumsum(x, axis = -1)"),
     ("transpose", "transpose(x)"),
     ("split_heads", "split_heads(x, heads)"),
     ("merge_heads", "merge_heads(x)"),

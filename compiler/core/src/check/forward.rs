@@ -365,28 +365,16 @@ impl<'p> Elab<'p> {
                     }
                 }
             }
-            Stmt::For { var, array, body, .. } => {
-                let ids = match self.resolve_path(frame, array) {
-                    Ok(Val::Array(ids)) => ids,
-                    Ok(other) => {
-                        self.errors.push(
-                            Diagnostic::error(
-                                "E0201",
-                                format!("`for` needs an array of blocks, and `{}` is {}", array.dotted(), describe(&other)),
-                                array.span,
-                                "not an array",
-                            )
-                            .with_help("declare one with `name[count] = Block(...)`"),
-                        );
-                        return;
-                    }
+            Stmt::For { var, iter, body, .. } => {
+                let items = match self.loop_items(frame, iter) {
+                    Ok(items) => items,
                     Err(d) => {
                         self.report(d);
                         return;
                     }
                 };
-                for id in ids {
-                    frame.locals.insert(var.name.clone(), Binding::Instance(id));
+                for item in items {
+                    frame.locals.insert(var.name.clone(), item);
                     for s in body {
                         self.stmt(frame, s);
                     }
@@ -477,13 +465,10 @@ impl<'p> Elab<'p> {
                 };
                 match (l, r) {
                     (Val::Const(a), Val::Const(b)) => value::binary(*op, a, b, e.span, lhs.span, rhs.span).map(Val::Const),
-                    _ => Err(Diagnostic::error(
-                        "E0201",
-                        format!("`{}` is not defined on tensors", op.symbol()),
-                        e.span,
-                        "comparisons and logic are for compile-time values",
-                    )
-                    .with_help("use `maximum`, `minimum` or arithmetic on tensors")),
+                    (l, r) => {
+                        let (l, r) = (self.tensor_of(l, lhs.span)?, self.tensor_of(r, rhs.span)?);
+                        self.compare(*op, l, r, e.span)
+                    }
                 }
             }
             ExprKind::Binary { op, lhs, rhs } => {
@@ -519,13 +504,7 @@ impl<'p> Elab<'p> {
                     ast::BinaryOp::Sub => self.binary(BinaryOp::Sub, "-", l, r, e.span),
                     ast::BinaryOp::Mul => self.binary(BinaryOp::Mul, "*", l, r, e.span),
                     ast::BinaryOp::Div => self.binary(BinaryOp::Div, "/", l, r, e.span),
-                    other => Err(Diagnostic::error(
-                        "E0201",
-                        format!("`{}` is not defined on tensors", other.symbol()),
-                        e.span,
-                        "comparisons and logic are for compile-time values",
-                    )
-                    .with_help("use `maximum`, `minimum` or arithmetic on tensors")),
+                    other => self.compare(*other, l, r, e.span),
                 }
             }
             ExprKind::Call { callee, args } => self.call(frame, callee, args, e.span),
@@ -536,6 +515,9 @@ impl<'p> Elab<'p> {
                 scope: frame.clone(),
             }))),
             ExprKind::Scan { bindings, along, body } => self.scan(frame, bindings, along.as_deref(), body, e.span),
+            ExprKind::Index { base, indices } if matches!(self.resolve_path(frame, base), Ok(Val::Array(_))) => {
+                self.array_element(frame, base, indices, e.span)
+            }
             ExprKind::Index { base, .. } => Err(Diagnostic::error(
                 "E0201",
                 format!("`{}[...]` reads one element, which only an index function can do", base.dotted()),

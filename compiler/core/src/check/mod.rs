@@ -21,7 +21,9 @@ mod diagnostics;
 mod forward;
 mod index_fn;
 mod instantiate;
+mod loops;
 mod scan;
+mod tensor_fns;
 
 use builtins::BUILTINS;
 use diagnostics::{ct_lookup, describe, explain_unknown, poisoned, stmt_span, POISONED};
@@ -156,7 +158,9 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let (config, config_warnings) = evaluate_config(config_decl, &variant_overrides, overrides).map_err(CheckError::Diagnostics)?;
     let config_keys = crate::config::key_usage(config_decl, overrides);
     let mut checkpoint_config = crate::config::checkpoint_json(config_decl, &config, &variant_overrides, overrides);
-    checkpoint_config.insert("architectures".into(), serde_json::json!([decl.name.name]));
+    // The name asked for: a variant named as a transformers class (`Qwen2ForCausalLM`,
+    // `RobertaForMaskedLM`) is that class.
+    checkpoint_config.insert("architectures".into(), serde_json::json!([name]));
 
     let mut e = Elab::new(p, &name);
     e.given = overrides.given.clone();

@@ -56,6 +56,21 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
             t.dims[*axis] = Dim::Static(*length);
             t
         }
+        Op::Concat { parts, axis } => {
+            let mut t = g.ty(*parts.first()?).clone();
+            let mut length = 0;
+            for p in parts {
+                let pt = g.ty(*p);
+                let same_elsewhere =
+                    pt.rank() == t.rank() && pt.dims.iter().zip(&t.dims).enumerate().all(|(k, (x, y))| k == *axis || x == y);
+                match pt.dims.get(*axis)? {
+                    Dim::Static(n) if pt.dtype == t.dtype && same_elsewhere => length += n,
+                    _ => return None,
+                }
+            }
+            t.dims[*axis] = Dim::Static(length);
+            t
+        }
         Op::WriteRows { base, rows, axis, at } | Op::WriteRing { base, rows, axis, at } => {
             let (b, r) = (g.ty(*base), g.ty(*rows));
             let same_elsewhere = b.rank() == r.rank() && b.dims.iter().zip(&r.dims).enumerate().all(|(k, (x, y))| k == *axis || x == y);

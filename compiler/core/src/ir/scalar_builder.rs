@@ -1,0 +1,130 @@
+//! Builds index functions ([`ScalarFn`]) node by node: the checker's built-ins that are
+//! index functions underneath (`unsqueeze`, comparisons of tensors, `concat`'s element rule) and
+//! the backward pass's rearrangements.
+
+use super::*;
+use lmc_abi::DType;
+
+/// A scalar function built node by node.
+pub struct ScalarBuilder {
+    f: ScalarFn,
+}
+
+impl ScalarBuilder {
+    pub fn new(rank: usize) -> Self {
+        ScalarBuilder {
+            f: ScalarFn {
+                params: vec![ScalarType::Int; rank],
+                nodes: (0..rank).map(|k| (ScalarNode::Param(k), ScalarType::Int)).collect(),
+                result: 0,
+            },
+        }
+    }
+
+    pub fn add(&mut self, node: ScalarNode, ty: ScalarType) -> usize {
+        self.f.nodes.push((node, ty));
+        self.f.nodes.len() - 1
+    }
+
+    pub fn int(&mut self, v: i64) -> usize {
+        self.add(ScalarNode::Int(v), ScalarType::Int)
+    }
+
+    pub fn float(&mut self, v: f64) -> usize {
+        self.add(ScalarNode::F32(v), ScalarType::F32)
+    }
+
+    pub fn binary(&mut self, op: ScalarBinary, a: usize, b: usize, ty: ScalarType) -> usize {
+        self.add(ScalarNode::Binary { op, a, b }, ty)
+    }
+
+    /// `if cond { a } else { b }`, of `a`'s type.
+    pub fn select(&mut self, cond: usize, a: usize, b: usize) -> usize {
+        let ty = self.f.nodes[a].1;
+        self.add(ScalarNode::Select { cond, a, b }, ty)
+    }
+
+    /// One element of an f32 tensor.
+    pub fn load(&mut self, tensor: ValueId, indices: Vec<usize>) -> usize {
+        self.load_as(tensor, indices, ScalarType::F32)
+    }
+
+    pub fn load_as(&mut self, tensor: ValueId, indices: Vec<usize>, ty: ScalarType) -> usize {
+        self.add(ScalarNode::Load { tensor, indices }, ty)
+    }
+
+    /// Loads element `out` of a tensor of `dims` broadcast to `out_dims` (numpy's rule: dims
+    /// aligned on the right, a size-1 axis read at 0).
+    pub fn load_broadcast(&mut self, tensor: ValueId, dims: &[Dim], out_dims: &[Dim]) -> usize {
+        self.load_broadcast_as(tensor, dims, out_dims, ScalarType::F32)
+    }
+
+    /// [`Self::load_broadcast`] of a tensor whose elements are `ty`.
+    pub fn load_broadcast_as(&mut self, tensor: ValueId, dims: &[Dim], out_dims: &[Dim], ty: ScalarType) -> usize {
+        let lead = out_dims.len() - dims.len();
+        let indices = dims
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                if *d == Dim::Static(1) && out_dims[lead + k] != Dim::Static(1) {
+                    self.int(0)
+                } else {
+                    lead + k
+                }
+            })
+            .collect();
+        self.load_as(tensor, indices, ty)
+    }
+
+    pub fn finish(mut self, result: usize) -> ScalarFn {
+        self.f.result = result;
+        self.f
+    }
+}
+
+/// The scalar type of an element of `dtype`.
+pub fn scalar_type(dtype: DType) -> ScalarType {
+    if dtype == DType::F32 {
+        ScalarType::F32
+    } else {
+        ScalarType::Int
+    }
+}
+
+/// [`Op::Concat`]'s element rule as an index function: element `i` along `axis` is read from
+/// the part whose range of that axis holds `i`, shifted to the part's own start.
+pub fn concat_index_fn(g: &Graph, parts: &[ValueId], axis: usize) -> ScalarFn {
+    let first = g.ty(parts[0]);
+    let (rank, ty) = (first.rank(), scalar_type(first.dtype));
+    let mut f = ScalarBuilder::new(rank);
+    let mut starts = Vec::new();
+    let mut start = 0;
+    for p in parts {
+        starts.push(start);
+        start += static_len(g.ty(*p).dims[axis]);
+    }
+    let mut value = None;
+    for (p, start) in parts.iter().zip(starts).rev() {
+        let offset = f.int(start);
+        let shifted = f.binary(ScalarBinary::Sub, axis, offset, ScalarType::Int);
+        let indices = (0..rank).map(|k| if k == axis { shifted } else { k }).collect();
+        let load = f.load_as(*p, indices, ty);
+        value = Some(match value {
+            None => load,
+            Some(later) => {
+                let end = f.int(start + static_len(g.ty(*p).dims[axis]));
+                let inside = f.binary(ScalarBinary::Lt, axis, end, ScalarType::Bool);
+                f.select(inside, load, later)
+            }
+        });
+    }
+    f.finish(value.unwrap_or(0))
+}
+
+/// A length the checker requires to be fixed (`concat`'s parts along their axis).
+fn static_len(d: Dim) -> i64 {
+    match d {
+        Dim::Static(n) => n,
+        Dim::Symbol(_) => 0,
+    }
+}
