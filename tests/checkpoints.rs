@@ -315,6 +315,19 @@ fn inputs_left_out_take_huggingface_defaults() {
 #[test]
 fn a_checkpoint_of_another_model_type_is_refused() {
     let dir = scratch("wrong_model_type");
+    // RoBERTa's config is BERT's, and its positions are not: BERT's embeddings refuse it.
+    let r = lmc_run(
+        "models/bert.model:BertModel",
+        "tests/fixtures/roberta_tiny",
+        "tests/fixtures/roberta_tiny/inputs.safetensors",
+        &dir.join("out.safetensors"),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.code() == Some(1) && stderr.contains("run it with models/roberta.model"),
+        "{stderr}"
+    );
     let r = lmc_run(
         "models/bert.model:BertModel",
         "tests/fixtures/gpt2_tiny",
@@ -325,7 +338,7 @@ fn a_checkpoint_of_another_model_type_is_refused() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("error[E0108]: the checkpoint's config.json is for model_type \"gpt2\", but config `BertConfig` reads \"bert\" or \"electra\" checkpoints"),
+        stderr.contains("error[E0108]: the checkpoint's config.json is for model_type \"gpt2\", but config `BertConfig` reads \"bert\" or \"electra\" or \"roberta\" checkpoints"),
         "{stderr}"
     );
     assert!(stderr.contains("--> models/bert.model:10:"), "{stderr}");
@@ -379,8 +392,9 @@ fn a_key_the_model_assumes_otherwise_is_reported() {
 
 /// The LLaMA file reads its relatives' checkpoints as transformers does: Qwen2 (biased query,
 /// key and value projections, the head tied to the embedding), Mistral (a sliding window of 4
-/// keys, shorter than the 9-token inputs, so a model without it is off by 0.19) and Gemma (gains
-/// of 1 + weight, scaled embeddings, tanh GELU, a head width of its own, a tied head).
+/// keys, shorter than the 9-token inputs, so a model without it is off by 0.19), Gemma (gains
+/// of 1 + weight, scaled embeddings, tanh GELU, a head width of its own, a tied head) and
+/// Mixtral (4 experts, 2 per token; routing with 3 experts per token is off).
 #[test]
 fn llama_relatives_match_transformers() {
     for (name, fixture) in [
@@ -390,6 +404,7 @@ fn llama_relatives_match_transformers() {
         ("MistralForCausalLM", "tests/fixtures/mistral_tiny"),
         ("LlamaForCausalLM", "tests/fixtures/gemma_tiny"),
         ("GemmaForCausalLM", "tests/fixtures/gemma_tiny"),
+        ("MixtralForCausalLM", "tests/fixtures/mixtral_tiny"),
     ] {
         assert_matches_fixture(&format!("models/llama.model:{name}"), fixture, 1e-4);
     }
@@ -405,6 +420,20 @@ fn llama_relatives_match_transformers() {
     assert!(
         max_abs_diff(&got[0].2, &want[0].2) > 1e-2,
         "the fixture's window changes its logits"
+    );
+    let want = read_f32_tensors(&root().join("tests/fixtures/mixtral_tiny/expected.safetensors"));
+    let got = run_outputs(
+        "models/llama.model:MixtralForCausalLM",
+        "tests/fixtures/mixtral_tiny",
+        "tests/fixtures/mixtral_tiny/inputs.safetensors",
+        &dir.join("mixtral_3.safetensors"),
+        &["--set", "num_experts_per_tok=3"],
+    );
+    // Its logits are small (at most 0.39): a third expert moves them by 3.8e-3, 40 times the
+    // tolerance of the match above.
+    assert!(
+        max_abs_diff(&got[0].2, &want[0].2) > 1e-3,
+        "the fixture's routing changes its logits"
     );
     // Each of Gemma's differences matters on its fixture: without it the logits are off.
     let want = read_f32_tensors(&root().join("tests/fixtures/gemma_tiny/expected.safetensors"));
@@ -527,4 +556,54 @@ fn distilbert_matches_transformers() {
     );
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && stderr.contains("vocab_projector.weight"), "{stderr}");
+}
+
+/// RoBERTa against transformers: positions counted from the padding id over the tokens (right-
+/// and left-padded rows, which give a row's tokens the same positions), and the masked LM's
+/// logits and loss with its tied head.
+#[test]
+fn roberta_matches_transformers() {
+    let spec = "models/roberta.model:RobertaModel";
+    let dir = "tests/fixtures/roberta_tiny";
+    assert!(assert_matches_fixture(spec, dir, 1e-5) > 0.0, "compared something");
+    let got = run_outputs(
+        spec,
+        dir,
+        &format!("{dir}/inputs_left.safetensors"),
+        &scratch("roberta_left").join("out.safetensors"),
+        &[],
+    );
+    let want = read_f32_tensors(&root().join(dir).join("expected_left.safetensors"));
+    assert!(
+        max_abs_diff(&got[0].2, &want[0].2) <= 1e-5,
+        "left padding: {}",
+        max_abs_diff(&got[0].2, &want[0].2)
+    );
+    let dir = "tests/fixtures/roberta_mlm";
+    let got = run_outputs(
+        "models/roberta.model:RobertaForMaskedLM",
+        dir,
+        &format!("{dir}/inputs_grad.safetensors"),
+        &scratch("roberta_mlm").join("out.safetensors"),
+        &[],
+    );
+    let want = read_f32_tensors(&root().join(dir).join("expected_grad.safetensors"));
+    for name in ["logits", "loss"] {
+        let (_, gs, gv) = got.iter().find(|(n, _, _)| n == name).expect("an output of that name");
+        let (_, ws, wv) = want.iter().find(|(n, _, _)| n == name).expect("a reference of that name");
+        assert_eq!(gs, ws, "{name}: shape");
+        assert!(max_abs_diff(gv, wv) <= 1e-5, "{name}: max abs error {}", max_abs_diff(gv, wv));
+    }
+}
+
+/// ALBERT against transformers: narrow embeddings mapped up, one layer shared by three passes,
+/// and two groups of two layers over four passes (pass i runs group int(i / 2)).
+#[test]
+fn albert_matches_transformers() {
+    for dir in ["tests/fixtures/albert_tiny", "tests/fixtures/albert_groups"] {
+        assert!(
+            assert_matches_fixture("models/albert.model:AlbertModel", dir, 1e-5) > 0.0,
+            "{dir}: compared something"
+        );
+    }
 }

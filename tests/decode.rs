@@ -19,6 +19,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("models/llama.model", "GemmaForCausalLM", "tests/fixtures/gemma_tiny"),
     ("models/gpt_neox.model", "GPTNeoXForCausalLM", "tests/fixtures/gpt_neox_tiny"),
     ("models/phi.model", "PhiForCausalLM", "tests/fixtures/phi_tiny"),
+    ("models/llama.model", "MixtralForCausalLM", "tests/fixtures/mixtral_tiny"),
     ("models/rwkv.model", "RwkvForCausalLM", "tests/fixtures/rwkv_tiny"),
     ("models/mamba.model", "MambaForCausalLM", "tests/fixtures/mamba_tiny"),
     ("models/t5.model", "T5ForConditionalGeneration", "tests/fixtures/t5_untied"),

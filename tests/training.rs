@@ -75,6 +75,26 @@ fn distilbert_masked_lm_gradients_match_torch() {
     grad_matches_torch("models/distilbert.model:DistilBertForMaskedLM", "distilbert_mlm");
 }
 
+/// RoBERTa's positions come from a running count of its tokens (a `cumsum` of the ids, which
+/// carries no gradient); the head is tied to the word embeddings.
+#[test]
+fn roberta_masked_lm_gradients_match_torch() {
+    grad_matches_torch("models/roberta.model:RobertaForMaskedLM", "roberta_mlm");
+}
+
+/// Mixtral's experts and router: the gradient reaches the chosen experts through their routing
+/// weights (the choice itself has none), and the router through the renormalised softmax.
+#[test]
+fn mixtral_gradients_match_torch() {
+    grad_matches_torch("models/llama.model:MixtralForCausalLM", "mixtral_grad");
+}
+
+/// ALBERT applies one layer at every depth: its gradient is the sum over the passes.
+#[test]
+fn albert_masked_lm_gradients_match_torch() {
+    grad_matches_torch("models/albert.model:AlbertForMaskedLM", "albert_mlm");
+}
+
 /// Given labels, the forward also returns the loss transformers computes; without them, only
 /// the logits.
 #[test]

@@ -386,6 +386,202 @@ def distilbert_tiny():
     save_file({"last_hidden_state": hidden.contiguous()}, out / "expected.safetensors")
 
 
+def assert_reloads(out, cls, pairs, key, atol=1e-6):
+    """The saved checkpoint, loaded back with `cls.from_pretrained`, reproduces `key` of each
+    (inputs file, expected file) pair in `out`; returns the largest difference."""
+    from safetensors.torch import load_file
+
+    model = cls.from_pretrained(out).eval()
+    worst = 0.0
+    for inputs_name, expected_name in pairs:
+        inputs = load_file(out / inputs_name)
+        with torch.no_grad():
+            result = getattr(model(**inputs), key)
+        worst = max(worst, (result - load_file(out / expected_name)[key]).abs().max().item())
+    print(f"{out.name}: from_pretrained reproduces {key}, max |difference| {worst:.3g}")
+    assert worst <= atol, f"{out.name}: reloaded {key} differs by {worst}"
+    return worst
+
+
+def roberta_tiny():
+    """RobertaModel at odd sizes (3 heads of 12, intermediate 37, one token type), LayerNorms and
+    biases perturbed: last_hidden_state of a batch of 9 whose second row holds 6 tokens and 3 pads
+    (id 1), right-padded in `inputs.safetensors` and left-padded in `inputs_left.safetensors`.
+    RoBERTa numbers positions from the input ids, padding_idx + cumsum(id != pad) at real tokens
+    and padding_idx at pads, so both paddings give the real tokens positions 2..7."""
+    from transformers import RobertaConfig, RobertaModel
+
+    out = FIXTURES / "roberta_tiny"
+    torch.manual_seed(35)
+    config = RobertaConfig(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=14,  # positions 2..10 for 9 tokens (padding_idx 1), and spare
+        type_vocab_size=1,
+        pad_token_id=1,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+    )
+    model = RobertaModel(config, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(36)
+    # Ids from {0, 2, 3, ..., 98}: no real token is the pad id 1.
+    real = torch.randint(0, config.vocab_size - 1, (2, 9), generator=g)
+    real = real + (real >= config.pad_token_id).long()
+    right = real.clone()
+    right[1, 6:] = config.pad_token_id
+    right_mask = (right != config.pad_token_id).long()
+    left = real.clone()
+    left[1] = torch.cat([torch.full((3,), config.pad_token_id), real[1, :6]])
+    left_mask = (left != config.pad_token_id).long()
+    results = {}
+    for suffix, input_ids, attention_mask in [("", right, right_mask), ("_left", left, left_mask)]:
+        with torch.no_grad():
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        results[suffix] = hidden
+        save_file({"input_ids": input_ids, "attention_mask": attention_mask}, out / f"inputs{suffix}.safetensors")
+        save_file({"last_hidden_state": hidden.contiguous()}, out / f"expected{suffix}.safetensors")
+    # Same positions either way: row 1's real tokens come out the same, row 0 is unchanged.
+    assert torch.allclose(results[""][1, :6], results["_left"][1, 3:], atol=1e-5)
+    assert torch.equal(results[""][0], results["_left"][0])
+    assert_reloads(out, RobertaModel, [("inputs.safetensors", "expected.safetensors"),
+                                       ("inputs_left.safetensors", "expected_left.safetensors")], "last_hidden_state")
+
+
+def albert_fixture(name, seed, **settings):
+    """An AlbertModel (no pooler) with factorised embeddings (16 wide, projected to 36), 3 heads
+    of 12, intermediate 37, gelu_new, LayerNorms and biases perturbed: last_hidden_state of a
+    batch of 8 with token types, the second row padded from position 5."""
+    from transformers import AlbertConfig, AlbertModel
+
+    out = FIXTURES / name
+    torch.manual_seed(seed)
+    config = AlbertConfig(
+        vocab_size=99,
+        embedding_size=16,
+        hidden_size=36,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu_new",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **settings,
+    )
+    model = AlbertModel(config, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "LayerNorm" in pname or pname.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out, safe_serialization=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 8), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 8), generator=g)
+    attention_mask = torch.ones(2, 8, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+    # Which shared layer runs at each step: layer i runs group
+    # int(i / (num_hidden_layers / num_hidden_groups)), whose inner_group_num layers run in order.
+    calls = []
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, gi=gi, li=li: calls.append((gi, li)))
+        for gi, group in enumerate(model.encoder.albert_layer_groups)
+        for li, layer in enumerate(group.albert_layers)
+    ]
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state
+    for h in hooks:
+        h.remove()
+    n, groups, inner = config.num_hidden_layers, config.num_hidden_groups, config.inner_group_num
+    assert calls == [(int(i / (n / groups)), j) for i in range(n) for j in range(inner)], calls
+    print(f"{name}: shared layers run as (group, inner layer) {calls}")
+    save_file(inputs, out / "inputs.safetensors")
+    save_file({"last_hidden_state": hidden.contiguous()}, out / "expected.safetensors")
+    assert_reloads(out, AlbertModel, [("inputs.safetensors", "expected.safetensors")], "last_hidden_state")
+
+
+def albert_tiny():
+    """ALBERT with one layer shared by all 3 layers (one group of one)."""
+    albert_fixture("albert_tiny", 37, num_hidden_layers=3, num_hidden_groups=1, inner_group_num=1)
+
+
+def albert_groups():
+    """ALBERT with 4 layers in 2 groups of 2 inner layers: the layers run group 0's (0, 1, 0, 1)
+    then group 1's (0, 1, 0, 1), 8 layer applications from 4 stored layers."""
+    albert_fixture("albert_groups", 39, num_hidden_layers=4, num_hidden_groups=2, inner_group_num=2)
+
+
+def mixtral_tiny():
+    """MixtralForCausalLM (sparse mixture of experts): 4 heads of 8 sharing 2 key/value heads,
+    4 SwiGLU experts of width 24, 2 chosen per token; logits for a padded batch of 9. The router
+    is drawn wider than its initialisation (std 0.3, not 0.02) so the top-2 choice is far from a
+    tie at every token (checked: the 2nd and 3rd probabilities differ by more than 1e-3), and
+    the mixture is checked against a float64 re-implementation of the routing."""
+    from safetensors.torch import load_file
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    out = FIXTURES / "mixtral_tiny"
+    torch.manual_seed(41)
+    config = MixtralConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        sliding_window=None,
+    )
+    model = MixtralForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(0.0, 0.3)
+    save_causal_fixture(out, model, 42, ("norm",))
+
+    # The router's margins and the mixture's formula, on the fixture's inputs.
+    inputs = load_file(out / "inputs.safetensors")
+    seen = []
+    hooks = [layer.mlp.register_forward_hook(lambda m, a, o: seen.append((a[0], o))) for layer in model.model.layers]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    for h in hooks:
+        h.remove()
+    assert torch.equal(logits, load_file(out / "expected.safetensors")["logits"])
+    k = config.num_experts_per_tok
+    for layer, (x, y) in zip(model.model.layers, seen):
+        x = x.reshape(-1, config.hidden_size).double()
+        probs = torch.softmax(x @ layer.mlp.gate.weight.double().T, dim=-1)
+        top = probs.sort(dim=-1, descending=True).values
+        margin = (top[:, k - 1] - top[:, k]).min().item()
+        assert margin > 1e-3, f"router top-{k} margin {margin}"
+        weights, chosen = torch.topk(probs, k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        experts = layer.mlp.experts
+        mixed = torch.zeros_like(x)
+        for t in range(x.shape[0]):
+            for w, e in zip(weights[t], chosen[t]):
+                gate, up = (experts.gate_up_proj[e].double() @ x[t]).chunk(2)
+                mixed[t] += w * (experts.down_proj[e].double() @ (torch.nn.functional.silu(gate) * up))
+        diff = (mixed - y.reshape(-1, config.hidden_size).double()).abs().max().item()
+        print(f"mixtral_tiny: router margin {margin:.3g}, mixture vs float64 routing {diff:.3g}")
+        assert diff < 1e-5
+    assert_reloads(out, MixtralForCausalLM, [("inputs.safetensors", "expected.safetensors")], "logits")
+
+
 def t5_tiny(name, **overrides):
     """T5ForConditionalGeneration at odd sizes, a deeper encoder than decoder: logits."""
     from transformers import T5Config, T5ForConditionalGeneration
@@ -653,6 +849,10 @@ if __name__ == "__main__":
     phi_tiny()
     phi_tied()
     distilbert_tiny()
+    roberta_tiny()
+    albert_tiny()
+    albert_groups()
+    mixtral_tiny()
     t5_tiny("t5_tiny")
     t5_tiny("t5_gated", feed_forward_proj="gated-gelu")
     t5_tiny("t5_untied", untied=True)

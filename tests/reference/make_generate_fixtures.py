@@ -57,6 +57,6 @@ if __name__ == "__main__":
     # every step, which a wrong decoder could match by accident.
     import sys
 
-    names = sys.argv[1:] or ["gpt2_tiny", "llama_tiny", "qwen2_tiny", "mistral_tiny", "gemma_tiny", "gpt_neox_tiny", "phi_tiny", "rwkv_tiny", "mamba_tiny", "t5_untied"]
+    names = sys.argv[1:] or ["gpt2_tiny", "llama_tiny", "qwen2_tiny", "mistral_tiny", "gemma_tiny", "gpt_neox_tiny", "phi_tiny", "mixtral_tiny", "rwkv_tiny", "mamba_tiny", "t5_untied"]
     for name in names:
         make(name)

@@ -59,6 +59,22 @@ key/value head, query/key LayerNorms, 6 of 16 features rotated, theta 500, inter
 head's weight tied to the embedding and its bias its own), seed 0, LayerNorms and biases
 perturbed by 0.1 * randn; inputs and expected as llama_grad's.
 
+`mixtral_grad/`: MixtralForCausalLM (vocab 97, width 32, 2 layers, 4 query heads of 8 sharing 2
+key/value heads, rotary theta 500, no sliding window, RMSNorm eps 1e-6, untied head; a sparse
+mixture of 4 SwiGLU experts of width 24, 2 chosen per token, their softmax weights renormalised
+over the 2), seed 0, RMSNorm weights perturbed by 0.1 * randn, then each router redrawn with std
+0.3 (as make_fixtures.py's mixtral_tiny) so the top-2 choice is far from a tie: the 2nd and 3rd
+router probabilities differ by more than 1e-3 at all 18 tokens of the batch, padding included
+(checked). output_router_logits is false: the loss is the causal LM loss alone, no auxiliary
+balancing loss. Inputs and expected as llama_grad's. transformers 5 keeps a layer's experts
+fused in memory (`mlp.experts.gate_up_proj` [4, 48, 32] = w1 over w3, `mlp.experts.down_proj`
+[4, 32, 24]) but `model.safetensors` holds the 4.x names
+`model.layers.N.block_sparse_moe.experts.E.w1.weight` [24, 32], `.w3.weight` [24, 32],
+`.w2.weight` [32, 24] and `model.layers.N.block_sparse_moe.gate.weight` [4, 32]; the gradients
+are the fused gradients' matching slices, under those names (the saved weights are checked to
+equal the same slices of the fused weights). Every expert is chosen somewhere in the batch, so
+no gradient is all zero.
+
 `electra_discriminator/`, `electra_generator/` (the checkpoints of make_fixtures.py): loss and
 gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 padded by 2.
 - `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask`, `labels`: for the
@@ -85,8 +101,28 @@ and biases perturbed by 0.1 * randn.
 37, 40 positions, exact gelu, dropout 0), seed 0, LayerNorm weights and biases perturbed by
 0.1 * randn; `vocab_projector.weight` tied to (and stored as) the word embeddings. The batch is
 bert_mlm's without token types; `expected_grad.safetensors` as bert_mlm's.
+
+`roberta_mlm/`: RobertaForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, intermediate
+37, 12 positions, one token type, pad id 1, LayerNorm eps 1e-5, exact gelu, dropout 0), seed 0,
+LayerNorm weights and biases and every bias perturbed by 0.1 * randn.
+- `model.safetensors` holds neither `lm_head.decoder.weight` (tied to
+  `roberta.embeddings.word_embeddings.weight`) nor `lm_head.decoder.bias` (tied to
+  `lm_head.bias`).
+- `inputs_grad.safetensors`: `input_ids`, `attention_mask`, `labels`, each [2, 7]: bert_mlm's
+  batch shape without token types, row 1's padding (positions 5, 6) holding the pad id 1, since
+  RoBERTa numbers positions from the ids: padding_idx + cumsum(id != pad) at real tokens,
+  padding_idx at pads (so the real tokens sit at positions 2..8).
+- `expected_grad.safetensors` as bert_mlm's (`lm_head.bias` is the decoder's bias).
+
+`albert_mlm/`: AlbertForMaskedLM (vocab 99, embeddings 16 wide projected to width 36 by
+`albert.encoder.embedding_hidden_mapping_in`, one layer shared by all 3 layers, 3 heads of 12,
+intermediate 37, 40 positions, 2 token types, LayerNorm eps 1e-12, gelu_new, dropout 0), seed 0,
+LayerNorms and biases perturbed by 0.1 * randn; `predictions.decoder.weight` tied to (stored as)
+`albert.embeddings.word_embeddings.weight`, `predictions.decoder.bias` to `predictions.bias`.
+The batch is bert_mlm's shape with token types; the shared layer's gradients sum its 3 uses.
 """
 import pathlib
+import re
 import sys
 
 import torch
@@ -94,6 +130,8 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (
+    AlbertConfig,
+    AlbertForMaskedLM,
     BertConfig,
     BertForMaskedLM,
     DistilBertConfig,
@@ -106,8 +144,12 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     PhiConfig,
     PhiForCausalLM,
+    RobertaConfig,
+    RobertaForMaskedLM,
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -119,9 +161,35 @@ LR, BETAS, EPS, WEIGHT_DECAY, STEPS = 1e-2, (0.9, 0.999), 1e-8, 0.01, 6
 STORED_AS = {"embed_out.weight": "lm_head.weight"}
 
 
+# Mixtral: transformers 5 keeps a layer's experts fused in memory, `mlp.experts.gate_up_proj`
+# [E, 2I, H] (expert e's w1 [I, H] over its w3 [I, H]) and `mlp.experts.down_proj` [E, H, I] (w2),
+# and its router as `mlp.gate.weight`; save_pretrained writes (and from_pretrained reads) the 4.x
+# names below, one tensor per expert.
+MIXTRAL_EXPERT = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
+MIXTRAL_GATE = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight")
+
+
 def parameter(model, name):
-    """The parameter a checkpoint tensor `name` loads into."""
+    """The parameter a checkpoint tensor `name` loads into (for a Mixtral expert, the fused one
+    that holds it)."""
+    m = MIXTRAL_EXPERT.fullmatch(name)
+    if m:
+        experts = model.get_submodule(f"model.layers.{m[1]}.mlp.experts")
+        return experts.down_proj if m[3] == "w2" else experts.gate_up_proj
+    m = MIXTRAL_GATE.fullmatch(name)
+    if m:
+        return model.get_parameter(f"model.layers.{m[1]}.mlp.gate.weight")
     return model.get_parameter(STORED_AS.get(name, name))
+
+
+def stored_part(model, name, tensor):
+    """The part of `tensor` (the parameter `name` loads into, or its gradient) that checkpoint
+    tensor `name` holds: all of it, but for a Mixtral expert its slice of the fused tensor."""
+    m = MIXTRAL_EXPERT.fullmatch(name)
+    if not m:
+        return tensor
+    expert, half = int(m[2]), tensor.shape[1] // 2
+    return {"w1": tensor[expert, :half], "w3": tensor[expert, half:], "w2": tensor[expert]}[m[3]]
 
 
 def stored_names(out):
@@ -135,7 +203,7 @@ def gradients(model, names):
     for name in names:
         p = parameter(model, name)
         g = p.grad if p.grad is not None else torch.zeros_like(p)
-        grads[name] = g.detach().float().contiguous()
+        grads[name] = stored_part(model, name, g).detach().float().contiguous()
     return grads
 
 
@@ -173,12 +241,14 @@ def check_reload(cls, out, inputs, expected_logits, tied):
 def report_names(model, names, tied):
     print(f"  model.safetensors holds {len(names)} tensors:")
     for n in names:
-        print(f"    {n} {list(parameter(model, n).shape)}")
+        print(f"    {n} {list(stored_part(model, n, parameter(model, n)).shape)}")
     for a, b in tied:
         print(f"  {a}: {'STORED' if a in names else 'not stored'} (tied to {b}: {'stored' if b in names else 'NOT STORED'})")
         assert model.get_parameter(a) is model.get_parameter(b), f"{a} is not tied to {b}"
     param_ids = {id(p) for p in model.parameters()}
     assert {id(parameter(model, n)) for n in names} == param_ids, "stored names do not cover every parameter once"
+    stored_numel = sum(stored_part(model, n, parameter(model, n)).numel() for n in names)
+    assert stored_numel == sum(p.numel() for p in model.parameters()), "stored names do not cover every parameter once"
 
 
 def perturb(model, chosen):
@@ -228,6 +298,9 @@ def grad_fixture(out, cls, model, inputs, tied):
     model.save_pretrained(out, safe_serialization=True)
     names = stored_names(out)
     report_names(model, names, tied)
+    with safe_open(out / "model.safetensors", "pt") as f:
+        for n in names:
+            assert torch.equal(f.get_tensor(n), stored_part(model, n, parameter(model, n)).detach()), f"{n} saved differently"
     expected = loss_and_grads(model, inputs, names, train=True)
     compare(expected, loss_and_grads(model, inputs, names, train=False), "train vs eval mode")
     print(f"  loss {expected['loss'].item():.8f}")
@@ -391,6 +464,78 @@ def distilbert_mlm():
     compare(expected, loss_and_grads(reloaded, inputs, names, train=True), "reloaded checkpoint's loss and gradients")
 
 
+def roberta_mlm():
+    out = FIXTURES / "roberta_mlm"
+    print("roberta_mlm")
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=99,
+        hidden_size=36,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=12,  # positions 2..8 for 7 tokens (padding_idx 1), and spare
+        type_vocab_size=1,
+        pad_token_id=1,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = RobertaForMaskedLM(config)
+    perturb(model, lambda name: "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias"))
+    tied = [
+        ("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+        ("lm_head.decoder.bias", "lm_head.bias"),
+    ]
+    g = torch.Generator().manual_seed(1)
+    original = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    input_ids, labels = masked_lm_batch(original)
+    # RoBERTa numbers positions from the ids (padding_idx + cumsum(id != pad)): the padding must
+    # hold the pad id.
+    input_ids[1, 5:] = config.pad_token_id
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    grad_fixture(out, RobertaForMaskedLM, model, inputs, tied)
+
+
+def albert_mlm():
+    out = FIXTURES / "albert_mlm"
+    print("albert_mlm")
+    torch.manual_seed(0)
+    config = AlbertConfig(
+        vocab_size=99,
+        embedding_size=16,
+        hidden_size=36,
+        num_hidden_layers=3,
+        num_hidden_groups=1,
+        inner_group_num=1,
+        num_attention_heads=3,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu_new",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    model = AlbertForMaskedLM(config)
+    perturb(model, lambda name: "LayerNorm" in name or name.endswith(".bias"))
+    tied = [
+        ("predictions.decoder.weight", "albert.embeddings.word_embeddings.weight"),
+        ("predictions.decoder.bias", "predictions.bias"),
+    ]
+    g = torch.Generator().manual_seed(1)
+    original = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    input_ids, labels = masked_lm_batch(original)
+    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+    grad_fixture(out, AlbertForMaskedLM, model, inputs, tied)
+
+
 def llama_grad():
     out = FIXTURES / "llama_grad"
     print("llama_grad")
@@ -460,6 +605,55 @@ def phi_grad():
     grad_fixture(out, PhiForCausalLM, model, causal_batch(config.vocab_size, 7, 3), tied)
 
 
+def mixtral_grad():
+    out = FIXTURES / "mixtral_grad"
+    print("mixtral_grad")
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        output_router_logits=False,
+        router_jitter_noise=0.0,
+        attention_dropout=0.0,
+    )
+    model = MixtralForCausalLM(config)
+    perturb(model, lambda name: "norm" in name)
+    with torch.no_grad():
+        # As mixtral_tiny's: a router wider than its initialisation keeps the top-2 choice far
+        # from a tie.
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(0.0, 0.3)
+    inputs = causal_batch(config.vocab_size, 7, 3)
+
+    # The router's margin at every token of the batch (padding included: it is routed too).
+    seen = []
+    hooks = [layer.mlp.gate.register_forward_hook(lambda m, a, o: seen.append(o[0])) for layer in model.model.layers]
+    with torch.no_grad():
+        model.eval()(**inputs)
+    for h in hooks:
+        h.remove()
+    k = config.num_experts_per_tok
+    for i, router_logits in enumerate(seen):
+        top = torch.softmax(router_logits.double(), dim=-1).sort(dim=-1, descending=True).values
+        assert top.shape[0] == inputs["input_ids"].numel()
+        margin = (top[:, k - 1] - top[:, k]).min().item()
+        print(f"  layer {i}: router top-{k} margin {margin:.3g}")
+        assert margin > 1e-3, f"layer {i}: router top-{k} margin {margin}"
+
+    grad_fixture(out, MixtralForCausalLM, model, inputs, [])
+
+
 def electra_grad(name, cls, labels_for):
     """Loss and gradients of an ELECTRA fixture checkpoint (made by make_fixtures.py), in eval
     mode (its config keeps dropout 0.1): `inputs_grad.safetensors` and `expected_grad.safetensors`
@@ -499,9 +693,12 @@ FIXTURE_MAKERS = {
     "gpt2_grad": lambda: gpt2_grad(),
     "bert_mlm": lambda: bert_mlm(),
     "distilbert_mlm": lambda: distilbert_mlm(),
+    "roberta_mlm": lambda: roberta_mlm(),
+    "albert_mlm": lambda: albert_mlm(),
     "llama_grad": lambda: llama_grad(),
     "gpt_neox_grad": lambda: gpt_neox_grad(),
     "phi_grad": lambda: phi_grad(),
+    "mixtral_grad": lambda: mixtral_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
 }
