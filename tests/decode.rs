@@ -165,6 +165,83 @@ fn greedy_decoding_matches_transformers_token_for_token() {
     assert_eq!(printed, want[5..17]);
 }
 
+/// Prompts of different lengths, left-padded with their attention mask as a tokenizer pads them
+/// for generation: the padding is masked and each row's position ids count its own tokens, so
+/// every row continues as transformers' `generate` continues it (learned positions, rotary,
+/// partial rotary, experts). A model that cannot be padded says why.
+#[test]
+fn left_padded_prompts_decode_as_transformers_does() {
+    for (spec, fixture) in [
+        ("models/gpt2.model", "gpt2_tiny"),
+        ("models/llama.model", "llama_tiny"),
+        ("models/llama.model:GemmaForCausalLM", "gemma_tiny"),
+        ("models/gpt_neox.model", "gpt_neox_tiny"),
+        ("models/phi.model", "phi_tiny"),
+        ("models/llama.model:MixtralForCausalLM", "mixtral_tiny"),
+    ] {
+        let dir = format!("tests/fixtures/{fixture}");
+        let out = scratch(&format!("padded_{fixture}")).join("sequences.safetensors");
+        let inputs = format!("{dir}/generate_padded_inputs.safetensors");
+        let (shape, want) = read_i64(&root().join(&dir).join("generate_padded_expected.safetensors"), "sequences");
+        let (_, mask) = read_i64(&root().join(&inputs), "attention_mask");
+        assert!(mask.contains(&0), "{fixture}: the fixture pads a row");
+        let r = lmc(&[
+            "generate",
+            spec,
+            "--weights",
+            &dir,
+            "--inputs",
+            &inputs,
+            "--max-new-tokens",
+            "12",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{spec}: {}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(
+            read_i64(&out, "sequences"),
+            (shape, want),
+            "{spec}: lmc generate vs transformers, left-padded"
+        );
+    }
+    let padded = "tests/fixtures/gpt2_tiny/generate_padded_inputs.safetensors";
+    for (spec, weights, why) in [
+        ("models/rwkv.model", "tests/fixtures/rwkv_tiny", "takes no attention mask"),
+        ("models/mamba.model", "tests/fixtures/mamba_tiny", "takes no position_ids"),
+    ] {
+        lmc_fails(
+            &["generate", spec, "--weights", weights, "--inputs", padded, "--max-new-tokens", "2"],
+            &[why],
+        );
+    }
+    // Padding on the right would leave a row's last token before its padding.
+    let dir = scratch("right_padded");
+    let right = dir.join("inputs.safetensors");
+    let ids: Vec<u8> = [5i64, 6, 7, 8, 9, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mask: Vec<u8> = [1i64, 1, 1, 1, 1, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    lmc_runtime::write_safetensors(
+        &right,
+        &[
+            ("input_ids", lmc_abi::DType::I64, &[2, 3], &ids),
+            ("attention_mask", lmc_abi::DType::I64, &[2, 3], &mask),
+        ],
+    )
+    .unwrap();
+    lmc_fails(
+        &[
+            "generate",
+            "models/llama.model",
+            "--weights",
+            "tests/fixtures/llama_tiny",
+            "--inputs",
+            right.to_str().unwrap(),
+            "--max-new-tokens",
+            "2",
+        ],
+        &["row 1 of \"attention_mask\"", "padding_side=\"left\""],
+    );
+}
+
 #[test]
 fn what_cannot_be_generated_is_a_clear_error() {
     let gpt2 = [
@@ -289,6 +366,7 @@ fn a_step_checks_its_caches() {
     let mut inputs = vec![
         HostTensor::from_i64("input_ids", [1, 1], vec![3]).unwrap(),
         HostTensor::from_i64("attention_mask", [1, 1], vec![1]).unwrap(),
+        HostTensor::from_i64("position_ids", [1, 1], vec![0]).unwrap(),
         HostTensor::from_i64("position", Vec::<usize>::new(), vec![0]).unwrap(),
     ];
     let mut caches: Vec<HostTensor> = decode

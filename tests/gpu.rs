@@ -120,7 +120,7 @@ fn a_cuda_library_exports_the_device_abi() {
     for line in [
         "void lmc_forward(void **args);",
         "#define LMC_GPT2LMHEADMODEL_INPUT_INPUT_IDS 28",
-        "#define LMC_GPT2LMHEADMODEL_OUTPUT_LOGITS 30",
+        "#define LMC_GPT2LMHEADMODEL_OUTPUT_LOGITS 31",
     ] {
         assert!(header.lines().any(|l| l == line), "`{line}` is not in the header:\n{header}");
     }

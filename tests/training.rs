@@ -160,7 +160,7 @@ fn emit_prints_the_backward_pass() {
         "gpt2 backward",
         &ir,
         &[
-            "input 2 labels: i64[B, T]",
+            "input 3 labels: i64[B, T]",
             "attention_lse",
             "attention_grad query",
             "attention_grad key",

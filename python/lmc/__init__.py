@@ -264,16 +264,19 @@ class Decoder:
         self.model = model
         self._native = _lmc.Decoder(model._native, batch, None if context is None else model._feed(context))
 
-    def step(self, tokens: Any) -> Any:
+    def step(self, tokens: Any, attention_mask: Any = None) -> Any:
         """Appends ``tokens`` (``[batch, n]``; a flat list for one sequence) and returns the
-        logits of those positions, ``[batch, n, vocab]``."""
+        logits of those positions, ``[batch, n, vocab]``. ``attention_mask`` (``[batch, n]``, 0
+        for padding) marks a left-padded prompt: the padding is never attended to, and each
+        row's position ids count its own tokens."""
         to_torch = _is_torch(tokens)
-        ids = np.asarray(tokens.detach().cpu().numpy() if to_torch else tokens, dtype=np.int64)
+        ids = _array(tokens)
         if ids.ndim == 1:
             ids = ids.reshape(1, -1)
         if ids.ndim != 2 or ids.shape[0] != self.batch:
             raise InputError(f"tokens: expected [batch={self.batch}, n], got shape {tuple(ids.shape)}")
-        return _from_dlpack(self._native.step(ids.reshape(-1).tolist(), int(ids.shape[1])), to_torch)
+        mask = None if attention_mask is None else _array(attention_mask).reshape(-1).tolist()
+        return _from_dlpack(self._native.step(ids.reshape(-1).tolist(), int(ids.shape[1]), mask), to_torch)
 
     @property
     def position(self) -> int:
@@ -310,7 +313,13 @@ def _tokenizer(tokenizer: Union[None, PathLike, Tokenizer], weights: Optional[Pa
     return None
 
 
-def _prompts(input_ids: Any, prompt: Union[None, str, Sequence[str]], tok: Optional[Tokenizer]) -> np.ndarray:
+def _array(x: Any) -> np.ndarray:
+    return np.asarray(x.detach().cpu().numpy() if _is_torch(x) else x, dtype=np.int64)
+
+
+def _prompts(input_ids: Any, prompt: Union[None, str, Sequence[str]], tok: Optional[Tokenizer], attention_mask: Any) -> "tuple[np.ndarray, np.ndarray]":
+    """The prompts as ``[batch, length]`` ids and their attention mask: rows of different
+    lengths left-padded (with 0, masked), as a tokenizer pads them for generation."""
     if (input_ids is None) == (prompt is None):
         raise LmcError("give the prompt as input_ids (token ids) or prompt (text), one of them")
     if prompt is not None:
@@ -318,11 +327,37 @@ def _prompts(input_ids: Any, prompt: Union[None, str, Sequence[str]], tok: Optio
             raise LmcError("prompt= is text: give tokenizer= (a tokenizer.json), or weights= a checkpoint directory with one")
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         rows = [tok.encode(t) for t in texts]
-        if len({len(r) for r in rows}) != 1:
-            raise LmcError("the prompts tokenize to different lengths; lmc decodes prompts of one length (no padding yet)")
-        return np.asarray(rows, dtype=np.int64)
-    ids = np.asarray(input_ids.detach().cpu().numpy() if _is_torch(input_ids) else input_ids, dtype=np.int64)
-    return ids.reshape(1, -1) if ids.ndim == 1 else ids
+    elif attention_mask is None and isinstance(input_ids, (list, tuple)) and len({len(r) for r in input_ids if isinstance(r, (list, tuple, np.ndarray))}) > 1:
+        rows = [[int(i) for i in r] for r in input_ids]
+    else:
+        ids = _array(input_ids)
+        ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+        if attention_mask is None:
+            return ids, np.ones_like(ids)
+        mask = _array(attention_mask).reshape(ids.shape) if _array(attention_mask).size == ids.size else None
+        if mask is None or not np.isin(mask, (0, 1)).all():
+            raise LmcError(f"attention_mask must be 0 (padding) or 1 (a token) for each of the {ids.shape} input_ids")
+        return ids, mask
+    if not rows or any(len(r) == 0 for r in rows):
+        raise LmcError("every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r) :] = r
+        mask[b, width - len(r) :] = 1
+    return ids, mask
+
+
+def _unpadded(ids: np.ndarray, mask: np.ndarray) -> List[List[int]]:
+    """Each row's tokens without its left padding; padding anywhere else is an error."""
+    rows = []
+    for b in range(ids.shape[0]):
+        pads = int(np.argmax(mask[b] == 1)) if mask[b].any() else ids.shape[1]
+        if pads == ids.shape[1] or not (mask[b, pads:] == 1).all():
+            raise LmcError(f"row {b} of attention_mask is not left padding (zeros, then ones): pad on the left (padding_side=\"left\")")
+        rows.append([int(i) for i in ids[b, pads:]])
+    return rows
 
 
 def generate(
@@ -346,9 +381,15 @@ def generate(
     set: Optional[Mapping[str, Any]] = None,
     threads: Optional[int] = None,
     context: Optional[Mapping[str, Any]] = None,
+    attention_mask: Any = None,
 ) -> Generation:
-    """Decodes from a prompt: token ids (``input_ids``: one sequence, or ``[batch, length]``) or
-    text (``prompt``, with ``tokenizer`` or the checkpoint's tokenizer.json).
+    """Decodes from a prompt: token ids (``input_ids``: one sequence, ``[batch, length]``, or
+    rows of different lengths) or text (``prompt``, one or several, with ``tokenizer`` or the
+    checkpoint's tokenizer.json). Prompts of different lengths are left-padded (or come
+    left-padded, with their ``attention_mask``, as a tokenizer pads them for generation): the
+    padding is masked and each row's position ids count its own tokens, as transformers'
+    ``generate`` does, for models that take ``position_ids``. ``sequences`` holds the padded
+    prompts and the new tokens.
 
     ``model`` is a model file (``FILE[:MODEL]`` with ``weights``): ``lmc generate`` runs in this
     process, with the checkpoint's generation_config.json and config.json as it reads them
@@ -359,10 +400,11 @@ def generate(
     ``do_sample=True``, stopping at ``eos_token_id`` (the model config's by default).
     """
     tok = _tokenizer(tokenizer, weights)
-    prompts = _prompts(input_ids, prompt, tok)
+    prompts, mask = _prompts(input_ids, prompt, tok, attention_mask)
+    rows = _unpadded(prompts, mask)
     if isinstance(model, Model):
         new = _generate_with_step(
-            model, prompts, max_new_tokens, eos_token_id, pad_token_id, bool(do_sample), temperature, top_k, top_p, seed, context
+            model, rows, max_new_tokens, eos_token_id, pad_token_id, bool(do_sample), temperature, top_k, top_p, seed, context
         )
         starts = prompts
     else:
@@ -372,11 +414,11 @@ def generate(
             args = ["generate", os.fspath(model), "--max-new-tokens", str(max_new_tokens)]
             args += ["--weights", os.fspath(weights)] if weights is not None else []
             args += ["--random-weights"] if random_weights else []
-            if prompts.shape[0] == 1:
+            if prompts.shape[0] == 1 and mask.all():
                 args += ["--input-ids", ",".join(str(int(i)) for i in prompts[0])]
             else:
                 path = os.path.join(tmp, "prompts.safetensors")
-                write_safetensors(path, {"input_ids": prompts})
+                write_safetensors(path, {"input_ids": prompts} if mask.all() else {"input_ids": prompts, "attention_mask": mask})
                 args += ["--inputs", path]
             args += _options(
                 eos_token_id=None if eos_token_id is None else _one_eos(eos_token_id),
@@ -420,7 +462,7 @@ def _one_eos(eos: Union[int, Sequence[int]]) -> int:
 
 def _generate_with_step(
     model: Model,
-    prompts: np.ndarray,
+    prompts: List[List[int]],
     max_new_tokens: int,
     eos_token_id: Union[None, int, Sequence[int]],
     pad_token_id: Optional[int],
@@ -442,7 +484,7 @@ def _generate_with_step(
     if not do_sample and (temperature, top_k, top_p, seed) != (None, None, None, None):
         raise LmcError("temperature, top_k, top_p and seed are for sampling: pass do_sample=True")
     tokens = model._native.generate(
-        prompts.tolist(),
+        prompts,
         max_new_tokens,
         eos_token_id=eos,
         pad_token_id=pad_token_id,

@@ -320,7 +320,8 @@ impl Model {
         self.inner.threads
     }
 
-    /// Decoding from `prompts` (rows of token ids, all the same length): up to `max_new_tokens`
+    /// Decoding from `prompts` (rows of token ids; shorter rows are left-padded, see
+    /// `lmc_runtime::generate`): up to `max_new_tokens`
     /// each, greedy or sampled; returns the new tokens of each row.
     #[pyo3(signature = (prompts, max_new_tokens, *, eos_token_id=Vec::new(), pad_token_id=None, do_sample=false, temperature=1.0, top_k=0, top_p=1.0, seed=0, context=None))]
     #[allow(clippy::too_many_arguments)]
@@ -406,8 +407,9 @@ impl Decoder {
     }
 
     /// Appends `n` tokens to each sequence (`tokens`: batch × n ids, row-major) and returns the
-    /// logits of those positions.
-    fn step(&mut self, py: Python<'_>, tokens: Vec<i64>, n: usize) -> PyResult<Tensor> {
+    /// logits of those positions; `mask` (batch × n, 0 for padding) marks a left-padded prompt.
+    #[pyo3(signature = (tokens, n, mask=None))]
+    fn step(&mut self, py: Python<'_>, tokens: Vec<i64>, n: usize, mask: Option<Vec<i64>>) -> PyResult<Tensor> {
         let mut state = self
             .state
             .take()
@@ -415,7 +417,7 @@ impl Decoder {
         let inner = self.inner.clone();
         let (state, logits) = py.detach(move || {
             use_threads(inner.threads);
-            let logits = state.step(&inner.model, &tokens, n);
+            let logits = state.step_masked(&inner.model, &tokens, n, mask.as_deref());
             (state, logits)
         });
         self.state = Some(state);

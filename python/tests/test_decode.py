@@ -143,3 +143,21 @@ def test_a_tokenizer_file_that_pads_and_truncates_is_read_as_transformers_reads_
     assert batch["attention_mask"][0] == [1] * len(plain.encode("hello")) + [0] * (len(plain.encode(text)) - len(plain.encode("hello")))
     g = lmc.generate(GPT2, prompt=text, tokenizer=tmp_path / "tokenizer.json", weights=FIXTURES / "gpt2_tiny", max_new_tokens=2)
     assert g.sequences.shape[1] == len(plain.encode(text)) + 2
+
+
+def test_left_padded_prompts_generate_as_transformers_does():
+    fixture = FIXTURES / "llama_tiny"
+    padded = lmc.read_safetensors(fixture / "generate_padded_inputs.safetensors")
+    want = lmc.read_safetensors(fixture / "generate_padded_expected.safetensors")["sequences"]
+    new = want.shape[1] - padded["input_ids"].shape[1]
+    llama = str(REPO / "models" / "llama.model")
+    # As a tokenizer pads them (ids and mask), and as rows of different lengths.
+    g = lmc.generate(llama, padded["input_ids"], attention_mask=padded["attention_mask"], weights=fixture, max_new_tokens=new)
+    assert np.array_equal(g.sequences, want)
+    rows = [list(r[m == 1]) for r, m in zip(padded["input_ids"], padded["attention_mask"])]
+    assert len(rows[0]) != len(rows[1])
+    step = lmc.compile(llama, weights=fixture, decode=want.shape[1])
+    g = lmc.generate(step, rows, max_new_tokens=new)
+    assert np.array_equal(g.new_tokens, want[:, padded["input_ids"].shape[1] :])
+    with pytest.raises(lmc.LmcError, match="left"):
+        lmc.generate(step, padded["input_ids"], attention_mask=padded["attention_mask"][:, ::-1], max_new_tokens=2)

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use lmc_abi::{DType, DecodeSpec, Dim, TensorSpec};
+use lmc_abi::{DType, DecodeSpec, Dim, InputDefault, TensorSpec};
 
 use crate::error::RuntimeError;
 use crate::model::LoadedModel;
@@ -26,6 +26,8 @@ pub struct Decoder {
     batch: usize,
     /// The next position to be written.
     position: i64,
+    /// Each sequence's tokens so far, padding left out: its next position id.
+    counted: Vec<i64>,
     /// Every cache (an output of the step, passed back to every step), in manifest order.
     caches: Vec<HostTensor>,
     /// A CUDA module's caches, on the GPU from the first step on (then `caches` keeps its
@@ -95,6 +97,7 @@ impl Decoder {
             spec,
             batch,
             position: 0,
+            counted: vec![0; batch],
             caches,
             device_caches: Vec::new(),
             context: Vec::new(),
@@ -132,10 +135,20 @@ impl Decoder {
     }
 
     /// Runs `tokens` (`[batch, n]`, row-major) at the next `n` positions; returns their logits
-    /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position and the context must
-    /// be per-token masks (`[batch, n]` integers, like an `attention_mask`): they are all ones.
-    /// The caches are updated in place.
+    /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position, the position ids
+    /// and the context must be per-token integers (`[batch, n]`): masks (like an
+    /// `attention_mask`) are all ones, inputs that default to zeros are zeros. The caches are
+    /// updated in place.
     pub fn step(&mut self, model: &LoadedModel, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
+        self.step_masked(model, tokens, n, None)
+    }
+
+    /// [`Decoder::step`] with `mask` (`[batch, n]`: 1 for a token, 0 for padding) as the
+    /// per-token masks: a left-padded prompt, whose padding later steps do not attend to. The
+    /// model's position ids count each row's tokens only, as transformers' `generate` numbers
+    /// them (padding takes position 1); padding needs a model that takes position ids and a
+    /// mask, or its positions and keys would count the padding.
+    pub fn step_masked(&mut self, model: &LoadedModel, tokens: &[i64], n: usize, mask: Option<&[i64]>) -> Result<HostTensor, RuntimeError> {
         if fingerprint(model) != self.module {
             return Err(RuntimeError::invalid_argument(format!(
                 "this decoder's caches belong to another module ({}); step it with the model it was made for",
@@ -150,17 +163,64 @@ impl Decoder {
             )));
         }
         let m = model.manifest();
-        let mut inputs = Vec::with_capacity(m.inputs.len());
         let token_spec = input_spec(model, &self.spec.tokens)?;
+        let is_mask = |s: &TensorSpec| {
+            s.shape == token_spec.shape
+                && s.dtype != DType::F32
+                && s.name != self.spec.tokens
+                && Some(&s.name) != self.spec.position_ids.as_ref()
+                && !matches!(s.default, Some(InputDefault::Zeros))
+        };
+        let ones = vec![1; self.batch * n];
+        let mask = match mask {
+            None => ones.as_slice(),
+            Some(mask) => {
+                if mask.len() != self.batch * n || mask.iter().any(|&v| v != 0 && v != 1) {
+                    return Err(RuntimeError::input(format!(
+                        "the mask of a step is [batch, n] of 0 (padding) and 1 (a token): {} value(s) given for {} token(s)",
+                        mask.len(),
+                        self.batch * n
+                    )));
+                }
+                let padded = mask.contains(&0);
+                if padded && !m.inputs.iter().any(&is_mask) {
+                    return Err(RuntimeError::input(format!(
+                        "{} takes no attention mask, so it would read padding as tokens; pad only a model with one",
+                        m.model
+                    )));
+                }
+                if padded && self.spec.position_ids.is_none() {
+                    return Err(RuntimeError::input(format!(
+                        "{} takes no position_ids: padded prompts need a model that numbers its positions by them (as transformers' causal LMs do), so that the padding is not counted",
+                        m.model
+                    )));
+                }
+                mask
+            }
+        };
+        // Position ids count each row's tokens; padding takes 1, as transformers fills it.
+        let mut position_ids = Vec::with_capacity(self.batch * n);
+        let mut counted = self.counted.clone();
+        for (b, row) in mask.chunks(n).enumerate() {
+            for &token in row {
+                position_ids.push(if token == 1 { counted[b] } else { 1 });
+                counted[b] += token;
+            }
+        }
+        let mut inputs = Vec::with_capacity(m.inputs.len());
         for s in &m.inputs {
             if s.name == self.spec.tokens {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], tokens.to_vec())?);
             } else if s.name == self.spec.position {
                 inputs.push(HostTensor::from_i64(s.name.clone(), Vec::<usize>::new(), vec![self.position])?);
+            } else if Some(&s.name) == self.spec.position_ids.as_ref() {
+                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], position_ids.clone())?);
             } else if self.context.iter().any(|t| t.name == s.name) {
                 // Moved in below, without a copy.
-            } else if s.shape == token_spec.shape && s.dtype != DType::F32 {
-                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![1; self.batch * n])?);
+            } else if s.shape == token_spec.shape && s.dtype != DType::F32 && matches!(s.default, Some(InputDefault::Zeros)) {
+                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![0; self.batch * n])?);
+            } else if is_mask(s) {
+                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], mask.to_vec())?);
             } else {
                 return Err(RuntimeError::invalid_argument(format!(
                     "input \"{}\" is neither the tokens, a per-token mask nor the position; give it as context (an encoder's input)",
@@ -177,6 +237,7 @@ impl Decoder {
         self.context = inputs.split_off(own);
         let mut outputs = result?;
         self.position += n as i64;
+        self.counted = counted;
         let k = outputs
             .iter()
             .position(|t| t.name == self.spec.logits)
@@ -289,7 +350,8 @@ pub struct Stop {
     pub pad: Option<i64>,
 }
 
-/// Decoding: the prompts (one per sequence, all the same length), then up to `max_new_tokens`
+/// Decoding: the prompts (one per sequence; shorter ones left-padded, as transformers'
+/// tokenizers pad for generation, see [`Decoder::step_masked`]), then up to `max_new_tokens`
 /// tokens each, every one the argmax of the previous position's logits, or drawn by `sampler`.
 /// A sequence that produced an end-of-sequence token is finished and takes `stop.pad` from
 /// then on; decoding stops once every sequence is.
@@ -301,11 +363,9 @@ pub fn generate(
     stop: &Stop,
     mut sampler: Option<&mut crate::sampling::Sampler>,
 ) -> Result<Generated, RuntimeError> {
-    let length = prompts.first().map_or(0, Vec::len);
-    if length == 0 || prompts.iter().any(|p| p.len() != length) {
-        return Err(RuntimeError::input(
-            "decoding needs at least one prompt, all of the same non-zero length (no padding yet)",
-        ));
+    let length = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if prompts.iter().any(Vec::is_empty) || length == 0 {
+        return Err(RuntimeError::input("decoding needs at least one prompt, and no empty one"));
     }
     if max_new_tokens == 0 {
         return Err(RuntimeError::input("max_new_tokens must be at least 1"));
@@ -335,8 +395,18 @@ pub fn generate(
         }
     };
     let pad = stop.pad.or(stop.eos.first().copied());
+    // Shorter prompts are left-padded: padding first, masked, then the prompt. The padding's
+    // token is never attended to; 0 is in every vocabulary (a checkpoint's padding token may not
+    // be, as GPT-2's end-of-text is not in a small one).
+    let mut tokens = Vec::with_capacity(prompts.len() * length);
+    let mut mask = Vec::with_capacity(prompts.len() * length);
+    for p in prompts {
+        tokens.extend(std::iter::repeat_n(0, length - p.len()).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0, length - p.len()).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let padded = prompts.iter().any(|p| p.len() != length);
     let started = Instant::now();
-    let mut next = choose(&decoder.step(model, &prompts.concat(), length)?)?;
+    let mut next = choose(&decoder.step_masked(model, &tokens, length, padded.then_some(mask.as_slice()))?)?;
     let prefill = started.elapsed();
     let started = Instant::now();
     let mut steps = 0;

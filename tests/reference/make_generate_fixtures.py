@@ -29,6 +29,8 @@ PROMPT_LENGTH = 5
 # (a shape error on this fixture, where they differ), so its reference runs without the cache:
 # the full forward for every new token, which is what the cache must reproduce anyway.
 WITHOUT_CACHE = {"rwkv_tiny"}
+# The fixtures that also get a left-padded batch (models that take position_ids).
+PADDED = {"gpt2_tiny", "llama_tiny", "gemma_tiny", "gpt_neox_tiny", "phi_tiny", "mixtral_tiny"}
 
 
 def make(name):
@@ -50,6 +52,27 @@ def make(name):
     save_file({"input_ids": input_ids.contiguous()}, out / "generate_inputs.safetensors")
     save_file({"sequences": sequences.contiguous()}, out / "generate_expected.safetensors")
     print(name, sequences.tolist())
+    if name in PADDED:
+        # Prompts of different lengths, left-padded (with token 0) as a tokenizer pads them
+        # for generation: transformers masks the padding and numbers each row's tokens from 0.
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, :2] = 0
+        padded = input_ids.clone()
+        padded[1, :2] = 0
+        with torch.no_grad():
+            sequences = model.generate(
+                padded,
+                attention_mask=attention_mask,
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        save_file(
+            {"input_ids": padded.contiguous(), "attention_mask": attention_mask.contiguous()},
+            out / "generate_padded_inputs.safetensors",
+        )
+        save_file({"sequences": sequences.contiguous()}, out / "generate_padded_expected.safetensors")
+        print(name, "left-padded", sequences.tolist())
 
 
 if __name__ == "__main__":

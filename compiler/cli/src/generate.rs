@@ -12,13 +12,15 @@ use std::path::Path;
 
 /// What to generate from.
 pub struct Prompt<'a> {
-    /// `--prompt TEXT`: one sequence, tokenized (special tokens added as the tokenizer adds them).
-    pub text: Option<&'a str>,
+    /// `--prompt TEXT`, once per sequence: tokenized (special tokens added as the tokenizer adds
+    /// them).
+    pub texts: &'a [String],
     /// `--tokenizer FILE`; the checkpoint's `tokenizer.json` by default.
     pub tokenizer: Option<&'a Path>,
     /// `--input-ids 5,17,42`: one sequence.
     pub ids: Option<&'a [i64]>,
-    /// `--inputs FILE`: a safetensors file whose tokens input (`input_ids`) is `[batch, length]`.
+    /// `--inputs FILE`: a safetensors file whose tokens input (`input_ids`) is `[batch, length]`,
+    /// left-padded where its `attention_mask` says so.
     pub file: Option<&'a Path>,
 }
 
@@ -91,22 +93,27 @@ pub fn generate(
             .find(|d| is_int(d) && d.ty.rank() == 2)
             .map_or("input_ids".to_string(), |d| d.name.clone()),
     };
-    let tokenizer = match prompt.text {
-        Some(_) => Some(load_tokenizer(prompt.tokenizer, checkpoint)?),
-        None => None,
+    let tokenizer = match prompt.texts {
+        [] => None,
+        _ => Some(load_tokenizer(prompt.tokenizer, checkpoint)?),
     };
-    let prompts = match (prompt.text, &tokenizer) {
-        (Some(text), Some(t)) => {
-            let encoding = t
-                .encode(text, true)
-                .map_err(|e| Failure::Message(format!("cannot tokenize the prompt: {e}")))?;
-            let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
-            if ids.is_empty() {
-                return Err(Failure::Message("the prompt is empty once tokenized".into()));
+    // The prompts, and the rows as the file pads them (its own padding tokens in the output).
+    let (prompts, file_rows) = match &tokenizer {
+        Some(t) => {
+            let mut prompts = Vec::new();
+            for text in prompt.texts {
+                let encoding = t
+                    .encode(text.as_str(), true)
+                    .map_err(|e| Failure::Message(format!("cannot tokenize the prompt: {e}")))?;
+                let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
+                if ids.is_empty() {
+                    return Err(Failure::Message(format!("the prompt {text:?} is empty once tokenized")));
+                }
+                prompts.push(ids);
             }
-            vec![ids]
+            (prompts, None)
         }
-        _ => read_prompts(prompt, &prompt_name)?,
+        None => read_prompts(prompt, &prompt_name, context_decls.is_empty())?,
     };
     let generation = GenerationConfig::read(checkpoint)?;
     let stop = lmc_runtime::Stop {
@@ -129,6 +136,11 @@ pub fn generate(
     } else {
         let start = decoder_start(o.decoder_start, checkpoint)?;
         let (batch, length) = (prompts.len(), prompts[0].len());
+        if prompts.iter().any(|p| p.len() != length) {
+            return Err(Failure::Message(
+                "an encoder-decoder's prompts go to its encoder unpadded: give prompts of one length".into(),
+            ));
+        }
         let mut context = Vec::new();
         for (k, d) in context_decls.iter().enumerate() {
             let values = if k == 0 { prompts.concat() } else { vec![1; batch * length] };
@@ -144,7 +156,7 @@ pub fn generate(
         }
         (context, vec![vec![start]; batch])
     };
-    let length = prompts[0].len();
+    let length = prompts.iter().map(Vec::len).max().unwrap_or(0);
     // The last new token is returned, never fed back: the caches need one position less.
     let capacity = (length as u64)
         .checked_add(o.max_new_tokens as u64 - 1)
@@ -217,9 +229,18 @@ pub fn generate(
         }
         (Some(path), _) => {
             // As Hugging Face's `generate` returns them: each prompt (an encoder-decoder's: the
-            // start token) followed by its new tokens.
+            // start token), left-padded as given (or with the padding token), then its new
+            // tokens.
             let width = length + generated[0].len();
-            let sequences: Vec<u8> = prompts
+            let pad = stop.pad.or(stop.eos.first().copied()).unwrap_or(0);
+            let padded: Vec<Vec<i64>> = match file_rows.filter(|_| context_decls.is_empty()) {
+                Some(rows) => rows,
+                None => prompts
+                    .iter()
+                    .map(|p| std::iter::repeat_n(pad, length - p.len()).chain(p.iter().copied()).collect())
+                    .collect(),
+            };
+            let sequences: Vec<u8> = padded
                 .iter()
                 .zip(&generated)
                 .flat_map(|(p, g)| p.iter().chain(g))
@@ -253,34 +274,63 @@ fn decoder_start(given: Option<i64>, checkpoint: Option<&Path>) -> Result<i64, F
     })
 }
 
-/// The prompts: the `--input-ids` sequence, or the rows of the tokens tensor of `--inputs`.
-fn read_prompts(prompt: &Prompt<'_>, tokens_name: &str) -> Result<Vec<Vec<i64>>, Failure> {
+/// Rows of token ids.
+type Rows = Vec<Vec<i64>>;
+
+/// The prompts: the `--input-ids` sequence, or the rows of the tokens tensor of `--inputs`
+/// (with `masked`, each row without the left padding its `attention_mask` marks, and the rows as
+/// the file has them).
+fn read_prompts(prompt: &Prompt<'_>, tokens_name: &str, masked: bool) -> Result<(Rows, Option<Rows>), Failure> {
     match (prompt.ids, prompt.file) {
-        (Some(ids), None) if !ids.is_empty() => Ok(vec![ids.to_vec()]),
+        (Some(ids), None) if !ids.is_empty() => Ok((vec![ids.to_vec()], None)),
         (None, Some(path)) => {
             let file = lmc_runtime::SafeTensorsFile::open(path).map_err(|e| Failure::Message(e.to_string()))?;
-            let t = file
-                .get(tokens_name)
-                .ok_or_else(|| {
-                    Failure::Message(format!(
-                        "{} has no tensor \"{tokens_name}\" (the prompts, [batch, length])",
+            let rows = |name: &str| -> Result<Option<Vec<Vec<i64>>>, Failure> {
+                let Some(t) = file.get(name) else { return Ok(None) };
+                let t = t.to_host().map_err(|e| Failure::Message(e.to_string()))?;
+                let values: Vec<i64> = match (t.as_i64(), t.as_i32()) {
+                    (Some(v), _) => v.to_vec(),
+                    (None, Some(v)) => v.iter().map(|&x| i64::from(x)).collect(),
+                    _ => return Err(Failure::Message(format!("\"{name}\" in {} is not integer", path.display()))),
+                };
+                match t.shape.as_slice() {
+                    &[batch, length] if batch > 0 && length > 0 => Ok(Some(values.chunks(length).map(<[i64]>::to_vec).collect())),
+                    shape => Err(Failure::Message(format!(
+                        "\"{name}\" in {} has shape {shape:?}; the prompts are [batch, length]",
                         path.display()
-                    ))
-                })?
-                .to_host()
-                .map_err(|e| Failure::Message(e.to_string()))?;
-            let values: Vec<i64> = match (t.as_i64(), t.as_i32()) {
-                (Some(v), _) => v.to_vec(),
-                (None, Some(v)) => v.iter().map(|&x| i64::from(x)).collect(),
-                _ => return Err(Failure::Message(format!("\"{tokens_name}\" in {} is not integer", path.display()))),
+                    ))),
+                }
             };
-            match t.shape.as_slice() {
-                &[batch, length] if batch > 0 && length > 0 => Ok(values.chunks(length).map(<[i64]>::to_vec).collect()),
-                shape => Err(Failure::Message(format!(
-                    "\"{tokens_name}\" in {} has shape {shape:?}; the prompts are [batch, length]",
+            let tokens = rows(tokens_name)?.ok_or_else(|| {
+                Failure::Message(format!(
+                    "{} has no tensor \"{tokens_name}\" (the prompts, [batch, length])",
                     path.display()
-                ))),
+                ))
+            })?;
+            let mask = if masked { rows("attention_mask")? } else { None };
+            let Some(mask) = mask else { return Ok((tokens, None)) };
+            if mask.len() != tokens.len() || mask[0].len() != tokens[0].len() {
+                return Err(Failure::Message(format!(
+                    "\"attention_mask\" in {} is [{}, {}], and \"{tokens_name}\" [{}, {}]: one mask entry per token",
+                    path.display(),
+                    mask.len(),
+                    mask[0].len(),
+                    tokens.len(),
+                    tokens[0].len()
+                )));
             }
+            let mut prompts = Vec::new();
+            for (b, (row, m)) in tokens.iter().zip(&mask).enumerate() {
+                let pads = m.iter().take_while(|&&v| v == 0).count();
+                if pads == m.len() || m[pads..].iter().any(|&v| v != 1) {
+                    return Err(Failure::Message(format!(
+                        "row {b} of \"attention_mask\" in {} is not left padding (zeros, then at least one 1): decoding continues every row at its end, so pad on the left (padding_side=\"left\")",
+                        path.display()
+                    )));
+                }
+                prompts.push(row[pads..].to_vec());
+            }
+            Ok((prompts, Some(tokens)))
         }
         _ => Err(Failure::Message(
             "give the prompt: --prompt TEXT, --input-ids 5,17,42, or --inputs FILE with a [batch, length] tensor".into(),

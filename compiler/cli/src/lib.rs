@@ -275,9 +275,9 @@ enum Command {
         #[command(flatten)]
         weights: WeightsArgs,
         /// The prompt as text, tokenized with --tokenizer or the checkpoint's tokenizer.json;
-        /// the output is then text too.
+        /// the output is then text too. Repeat it for a batch: shorter prompts are left-padded.
         #[arg(long, conflicts_with_all = ["input_ids", "inputs"])]
-        prompt: Option<String>,
+        prompt: Vec<String>,
         /// A Hugging Face tokenizer.json for --prompt (default: the checkpoint's).
         #[arg(long, value_name = "FILE")]
         tokenizer: Option<PathBuf>,
@@ -285,7 +285,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', conflicts_with = "inputs")]
         input_ids: Option<Vec<i64>>,
         /// A batch of prompts: a safetensors file with the tokens input (`input_ids`), [batch,
-        /// length], all of one length.
+        /// length], and optionally their `attention_mask` (left padding: zeros, then ones).
         #[arg(long)]
         inputs: Option<PathBuf>,
         #[arg(long)]
@@ -668,7 +668,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             config,
         } => weights.resolve(true).and_then(|resolved| {
             let prompt = generate::Prompt {
-                text: prompt.as_deref(),
+                texts: &prompt,
                 tokenizer: tokenizer.as_deref(),
                 ids: input_ids.as_deref(),
                 file: inputs.as_deref(),

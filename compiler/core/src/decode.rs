@@ -830,8 +830,20 @@ impl<'g> Deriver<'g> {
             context_inputs.push(self.out.inputs.len() - 1);
             self.out.nodes[v.0 as usize].op = Op::Input(self.out.inputs.len() - 1);
         }
+        // Position ids that default to 0..T number a whole sequence; a step's new rows start at
+        // `position`, and in a left-padded batch each row's count differs: the caller gives them.
+        let time = self.time;
+        let position_ids = self
+            .out
+            .inputs
+            .iter()
+            .position(|i| i.default == Some(lmc_abi::InputDefault::Arange) && i.ty.dims.last() == Some(&Dim::Symbol(time)));
+        if let Some(k) = position_ids {
+            self.out.inputs[k].default = None;
+        }
         self.out.decode = Some(DecodeInfo {
             capacity: self.capacity,
+            position_ids,
             position: self.out.inputs.iter().position(|i| i.name == POSITION_INPUT).unwrap_or(0),
             tokens,
             logits,
@@ -933,6 +945,7 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
     if let Some(d) = &mut g.decode {
         d.position = input_index(d.position).ok_or("internal: the step lost its position")?;
         d.tokens = input_index(d.tokens).ok_or("internal: the step lost its tokens")?;
+        d.position_ids = d.position_ids.and_then(input_index);
         d.context = d.context.iter().filter_map(|k| input_index(*k)).collect();
     }
     for (_, v) in &mut g.outputs {

@@ -694,6 +694,10 @@ pub struct DecodeInfo {
     pub position: usize,
     /// The input holding the new tokens, [batch, new positions].
     pub tokens: usize,
+    /// The input of the new tokens' position ids, [batch, new positions], when the forward
+    /// takes one (an input that defaults to 0..T): each row's own count of tokens, so that a
+    /// left-padded row numbers its tokens from 0.
+    pub position_ids: Option<usize>,
     /// The output holding their logits.
     pub logits: usize,
     pub caches: Vec<CacheSlot>,

@@ -79,6 +79,7 @@ pub fn manifest(g: &Graph) -> Manifest {
             capacity: d.capacity,
             position: g.inputs[d.position].name.clone(),
             tokens: g.inputs[d.tokens].name.clone(),
+            position_ids: d.position_ids.map(|k| g.inputs[k].name.clone()),
             logits: g.outputs[d.logits].0.name.clone(),
             caches: d.caches.iter().map(|c| g.outputs[c.output].0.name.clone()).collect(),
             context: d.context.iter().map(|k| g.inputs[*k].name.clone()).collect(),

@@ -257,11 +257,12 @@ pub fn symbol_sizes(g: &Graph, batch: usize, length: usize) -> Vec<u64> {
 
 /// Inputs of one size, the same for every variant: token ids (inputs that index a table)
 /// uniform over the table, other integer inputs 1 (a mask that keeps every token), f32 inputs
-/// uniform in [-1, 1).
+/// uniform in [-1, 1). Inputs with a default (an attention mask, position ids) are left to it,
+/// as a caller of the model leaves them.
 pub fn make_inputs(c: &Compiled, batch: usize, length: usize, seed: u64) -> Result<Vec<HostTensor>, String> {
     let manifest = c.model.manifest();
     let mut tensors = Vec::new();
-    for (k, spec) in manifest.inputs.iter().enumerate() {
+    for (k, spec) in manifest.inputs.iter().enumerate().filter(|(_, s)| s.default.is_none()) {
         let shape: Vec<usize> = spec
             .shape
             .iter()

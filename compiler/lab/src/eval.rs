@@ -111,7 +111,8 @@ pub fn score_windows(model: &LoadedModel, text: &EvalText, length: usize, max_wi
             return Err(format!("the tokenizer gave id {bad}, past its vocabulary"));
         }
         let mut inputs = Vec::new();
-        for spec in &m.inputs {
+        // Inputs with a default (an attention mask, position ids) keep it.
+        for spec in m.inputs.iter().filter(|s| s.default.is_none()) {
             let values = if spec.name == tokens.name {
                 w.to_vec()
             } else if spec.dtype != DType::F32 && spec.shape == tokens.shape {

@@ -32,7 +32,7 @@ pub use packing::{Packing, WeightFormat, INT8_BLOCK, INT8_SCALE_ROWS};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the calling convention or the manifest schema changes incompatibly.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 pub const ABI_VERSION_SYMBOL: &str = "lmc_abi_version";
 pub const MANIFEST_SYMBOL: &str = "lmc_manifest";
 
@@ -290,6 +290,10 @@ pub struct DecodeSpec {
     pub position: String,
     /// The input holding the new tokens.
     pub tokens: String,
+    /// The input of the new tokens' position ids (`[batch, n]`), when the model takes one: each
+    /// row's count of the tokens before it, so that a left-padded row numbers its tokens from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_ids: Option<String>,
     /// The output holding their logits, `[batch, n, vocabulary]`.
     pub logits: String,
     /// The outputs that are caches.

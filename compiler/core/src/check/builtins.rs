@@ -678,6 +678,15 @@ impl<'p> Elab<'p> {
         // Record the limit where the runtime can check it: on the input, or on the symbol.
         match self.graph.node(indices).op.clone() {
             Op::Input(k) => {
+                // Position ids that default to 0..T bound T as `arange(T)` would: a sequence
+                // longer than the table has no positions to number it by.
+                let input = &self.graph.inputs[k];
+                if let (Some(lmc_abi::InputDefault::Arange), Some(Dim::Symbol(s))) = (input.default, input.ty.dims.last()) {
+                    let slot = &mut self.graph.symbols[s.0 as usize].max;
+                    if slot.as_ref().is_none_or(|b| b.limit > rows) {
+                        *slot = Some(bound.clone());
+                    }
+                }
                 let slot = &mut self.graph.inputs[k].index_bound;
                 if slot.as_ref().is_none_or(|b| b.limit > rows) {
                     *slot = Some(bound);
