@@ -204,6 +204,24 @@ fn left_padded_prompts_decode_as_transformers_does() {
             "{spec}: lmc generate vs transformers, left-padded"
         );
     }
+    // Texts of different lengths in one batch continue as each does alone.
+    let prompts = ["w5 w17 w42 w8 w61", "w3 w9"];
+    let text = |args: &[&str]| {
+        let mut all = vec![
+            "generate",
+            "models/gpt2.model",
+            "--weights",
+            "tests/fixtures/gpt2_tiny",
+            "--max-new-tokens",
+            "6",
+        ];
+        all.extend_from_slice(args);
+        let r = lmc(&all);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let alone: Vec<String> = prompts.iter().flat_map(|p| text(&["--prompt", p])).collect();
+    assert_eq!(text(&["--prompt", prompts[0], "--prompt", prompts[1]]), alone);
     let padded = "tests/fixtures/gpt2_tiny/generate_padded_inputs.safetensors";
     for (spec, weights, why) in [
         ("models/rwkv.model", "tests/fixtures/rwkv_tiny", "takes no attention mask"),

@@ -172,3 +172,35 @@ fn emit_prints_the_backward_pass() {
         ],
     );
 }
+
+/// RWKV and Mamba return transformers' causal-LM loss given labels (Mamba's on a left-padded
+/// batch); their gradients need a backward through `scan` and through index functions that
+/// shift a sequence, which lmc does not have yet: `lmc grad` says so at the op's line. The
+/// fixtures hold torch's gradients for when it does.
+#[test]
+fn recurrent_models_return_the_loss_and_name_what_has_no_backward() {
+    for (spec, fixture, at) in [
+        ("models/rwkv.model", "rwkv_grad", "std/nn.model:149:12"),
+        ("models/mamba.model", "mamba_grad", "models/mamba.model:80:15"),
+    ] {
+        let dir = format!("tests/fixtures/{fixture}");
+        let inputs = format!("{dir}/inputs_grad.safetensors");
+        let got = run_outputs(spec, &dir, &inputs, &scratch(fixture).join("out.safetensors"), &[]);
+        let want = read_f32_tensors(&root().join(&dir).join("expected_grad.safetensors"));
+        for name in ["logits", "loss"] {
+            let (_, gs, gv) = got.iter().find(|(n, _, _)| n == name).expect("an output of that name");
+            let (_, ws, wv) = want.iter().find(|(n, _, _)| n == name).expect("a reference of that name");
+            assert_eq!(gs, ws, "{spec}: {name} shape");
+            assert!(
+                max_abs_diff(gv, wv) <= 1e-5,
+                "{spec}: {name}: max abs error {}",
+                max_abs_diff(gv, wv)
+            );
+        }
+        let out = scratch(fixture).join("grads.safetensors");
+        lmc_fails(
+            &["grad", spec, "--weights", &dir, "--inputs", &inputs, "-o", out.to_str().unwrap()],
+            &["E0400", at],
+        );
+    }
+}

@@ -120,7 +120,46 @@ intermediate 37, 40 positions, 2 token types, LayerNorm eps 1e-12, gelu_new, dro
 LayerNorms and biases perturbed by 0.1 * randn; `predictions.decoder.weight` tied to (stored as)
 `albert.embeddings.word_embeddings.weight`, `predictions.decoder.bias` to `predictions.bias`.
 The batch is bert_mlm's shape with token types; the shared layer's gradients sum its 3 uses.
+
+`rwkv_grad/`: RwkvForCausalLM (RWKV-4; vocab 97, width 22, attention width 18, intermediate 37,
+3 layers, LayerNorm eps 1e-3 (the last LayerNorm, `rwkv.ln_out`, keeps 1e-5: RwkvModel builds
+it without the config's eps), rescale_every 0, untied `head.weight`, use_cache false: eval mode
+would keep a recurrent state, which RwkvModel sizes by hidden_size alone, failing when
+attention_hidden_size differs), seed 0, every parameter perturbed by 0.1 * randn (as
+make_fixtures.py's rwkv_tiny: the initialisation's embeddings are ~1e-4, which the first
+LayerNorm's eps would flatten; its norms are (1, 0) and every time_first is 1). On the CPU transformers runs the WKV as `rwkv_linear_attention_cpu`'s loop (its CUDA
+kernel is never loaded). rescale_every is 0 because transformers rescales only in eval mode: in
+train mode RwkvModel multiplies the rescaled blocks' `attention.output` / `feed_forward.value`
+weights back and never halves the hidden state, so with rescale_every > 0 train and eval mode
+compute different functions of the stored weights (the same logits only up to LayerNorm's eps).
+- `inputs_grad.safetensors`: `input_ids` [2, 9], `labels` [2, 9] (= input_ids, but -100 at row 1,
+  positions 7 and 8, and at row 0, position 3). No `attention_mask`: RWKV takes none (RwkvModel
+  ignores one), so the batch is unpadded.
+- `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
+  `model.safetensors` (causal LM loss as gpt2_grad's: 7 + 6 = 13 terms).
+
+`mamba_grad/`: MambaForCausalLM (vocab 97, width 21, state 5, expand 2 (inner width 42), Δ-rank
+3, conv kernel 4 with a bias, no projection biases, 2 layers, RMSNorm eps 1e-5, head tied to
+`backbone.embeddings.weight` and not stored), seed 0, perturbed as make_mamba_fixture.py's
+mamba_tiny: RMSNorm weights and conv biases + 0.1 * randn, `A_log` and `D` + 0.3 * randn,
+`dt_proj.bias` = randn - 1, `x_proj.weight` * 3. Computed on the torch path (MambaMixer's
+`slow_forward` equivalent: F.conv1d and `mamba_selective_scan`'s sequential loop; neither
+mamba-ssm, causal-conv1d nor mambapy is installed, and no hub kernel is requested).
+- `inputs_grad.safetensors`: `input_ids`, `attention_mask` (row 1 left-padded by 3, as
+  mamba_tiny: Mamba zeroes the padding's hidden states before each in_proj and after each
+  convolution, so the row's real tokens start from a zero state), `labels` (= input_ids, -100 at
+  row 1's padding and at row 0, position 3), each [2, 9]. Row 1's first real token (position 3)
+  keeps its label, as a collator that masks only the padding leaves it: its loss term reads the
+  logits at padding position 2 (head(norm_f(embedding)): the mixers add exactly 0 there).
+- `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
+  `model.safetensors` (`backbone.embeddings.weight` gets the head's use too); 7 + 6 = 13 terms.
+
+For rwkv_grad and mamba_grad every stored gradient is also checked against a float64 copy of the
+model (transformers' float32 casts inside the WKV, the scan and RMSNorm kept float64): its
+gradients, and central finite differences (h = 1e-6) at 3 entries of every tensor.
 """
+import copy
+import importlib.util
 import pathlib
 import re
 import sys
@@ -144,12 +183,16 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     PhiConfig,
     PhiForCausalLM,
     RobertaConfig,
     RobertaForMaskedLM,
+    RwkvConfig,
+    RwkvForCausalLM,
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -654,6 +697,159 @@ def mixtral_grad():
     grad_fixture(out, MixtralForCausalLM, model, inputs, [])
 
 
+class Float64Throughout:
+    """Within it, `.float()` and `.to(torch.float32)` leave a float64 tensor float64: transformers'
+    RWKV and Mamba cast parts of their computation to float32 (the WKV recurrence, the selective
+    scan, RMSNorm), which would leave a float64 copy of the model partly float32."""
+
+    def __enter__(self):
+        self.saved = torch.Tensor.float, torch.Tensor.to
+        to_float, to = self.saved
+
+        def keep_float(t, *args, **kwargs):
+            return t if t.dtype == torch.float64 else to_float(t, *args, **kwargs)
+
+        def keep_to(t, *args, **kwargs):
+            if t.dtype == torch.float64:
+                args = tuple(torch.float64 if a is torch.float32 else a for a in args)
+                if kwargs.get("dtype") is torch.float32:
+                    kwargs["dtype"] = torch.float64
+            return to(t, *args, **kwargs)
+
+        torch.Tensor.float, torch.Tensor.to = keep_float, keep_to
+        return self
+
+    def __exit__(self, *exc):
+        torch.Tensor.float, torch.Tensor.to = self.saved
+
+
+def float64_check(model, inputs, expected, names, h=1e-6):
+    """The stored (float32) gradients against a float64 copy of the model in train mode: its
+    autograd gradients (all of them), and central finite differences at 3 entries of every tensor
+    (its largest gradient and two random entries)."""
+    model64 = copy.deepcopy(model).double().train()
+    g = torch.Generator().manual_seed(5)
+
+    def loss():
+        value = model64(**inputs).loss
+        assert value.dtype == torch.float64
+        return value
+
+    with Float64Throughout():
+        model64.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        diff = abs(value.item() - expected["loss"].item())
+        print(f"  float64 loss {value.item():.10f} (float32 differs by {diff:.3g})")
+        assert diff < 1e-5, f"float64 loss differs by {diff}"
+        worst_grad, worst_fd = 0.0, 0.0
+        for name in names:
+            p = parameter(model64, name)
+            grad64 = stored_part(model64, name, p.grad).detach().clone()
+            scale = max(grad64.abs().max().item(), 1e-3)
+            worst_grad = max(worst_grad, (expected[name].double() - grad64).abs().max().item() / scale)
+            flat = grad64.reshape(-1)
+            picks = [flat.abs().argmax().item()] + torch.randint(0, flat.numel(), (2,), generator=g).tolist()
+            values = stored_part(model64, name, p.data)
+            assert values.data_ptr() == stored_part(model64, name, p).data_ptr()
+            with torch.no_grad():
+                for i in picks:
+                    index = torch.unravel_index(torch.tensor(i), values.shape)
+                    original = values[index].item()
+                    values[index] = original + h
+                    plus = loss().item()
+                    values[index] = original - h
+                    minus = loss().item()
+                    values[index] = original
+                    fd = (plus - minus) / (2 * h)
+                    err = abs(fd - flat[i].item()) / max(abs(flat[i].item()), 1e-2)
+                    worst_fd = max(worst_fd, err)
+                    assert err < 1e-5, f"{name}[{i}]: finite difference {fd}, autograd {flat[i].item()}"
+        print(f"  float32 gradients vs float64: max |difference| / max |gradient| of its tensor {worst_grad:.3g}")
+        print(f"  float64 gradients vs central differences at {3 * len(names)} entries: max relative difference {worst_fd:.3g}")
+        assert worst_grad < 1e-4, f"float32 gradients differ from float64 by {worst_grad}"
+        model64.zero_grad(set_to_none=True)
+
+
+def rwkv_grad():
+    out = FIXTURES / "rwkv_grad"
+    print("rwkv_grad")
+    torch.manual_seed(0)
+    config = RwkvConfig(
+        vocab_size=97,
+        hidden_size=22,
+        attention_hidden_size=18,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        # transformers rescales only in eval mode; 0 makes train and eval mode the same function.
+        rescale_every=0,
+        layer_norm_epsilon=1e-3,
+        context_length=64,
+        tie_word_embeddings=False,
+        # Eval mode would otherwise keep a state, which RwkvModel sizes by hidden_size alone and
+        # so fails when attention_hidden_size differs.
+        use_cache=False,
+    )
+    model = RwkvForCausalLM(config)
+    perturb(model, lambda name: True)
+    batch = causal_batch(config.vocab_size, 7, 3)
+    # RWKV takes no attention mask: every position is a real token, rows 1's last two unlabelled.
+    inputs = {"input_ids": batch["input_ids"], "labels": batch["labels"]}
+    names = grad_fixture(out, RwkvForCausalLM, model, inputs, [])
+    float64_check(model, inputs, load_expected(out), names)
+
+
+def mamba_grad():
+    out = FIXTURES / "mamba_grad"
+    print("mamba_grad")
+    for package in ["mamba_ssm", "causal_conv1d", "mambapy"]:
+        assert importlib.util.find_spec(package) is None, f"uninstall {package}: the fixture needs the torch path"
+    torch.manual_seed(0)
+    config = MambaConfig(
+        vocab_size=97,
+        hidden_size=21,
+        state_size=5,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=3,
+        num_hidden_layers=2,
+        layer_norm_epsilon=1e-5,
+        use_bias=False,
+        use_conv_bias=True,
+        tie_word_embeddings=True,
+    )
+    model = MambaForCausalLM(config)
+    # As make_mamba_fixture.py's mamba_tiny: away from init's unit norms, zero biases, unit D and
+    # equal A_log rows, with Δ spread around 0.3 and B, C large enough for the state to matter.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+            elif name.endswith(".A_log") or name.endswith(".D"):
+                p.add_(0.3 * torch.randn_like(p))
+            elif name.endswith("dt_proj.bias"):
+                p.copy_(torch.randn_like(p) - 1.0)
+            elif name.endswith("x_proj.weight"):
+                p.mul_(3.0)
+            elif name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, config.vocab_size, (2, 9), generator=g)
+    attention_mask = torch.ones(2, 9, dtype=torch.int64)
+    attention_mask[1, :3] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[0, 3] = -100
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    tied = [("lm_head.weight", "backbone.embeddings.weight")]
+    names = grad_fixture(out, MambaForCausalLM, model, inputs, tied)
+    float64_check(model, inputs, load_expected(out), names)
+
+
+def load_expected(out):
+    with safe_open(out / "expected_grad.safetensors", "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 def electra_grad(name, cls, labels_for):
     """Loss and gradients of an ELECTRA fixture checkpoint (made by make_fixtures.py), in eval
     mode (its config keeps dropout 0.1): `inputs_grad.safetensors` and `expected_grad.safetensors`
@@ -699,6 +895,8 @@ FIXTURE_MAKERS = {
     "gpt_neox_grad": lambda: gpt_neox_grad(),
     "phi_grad": lambda: phi_grad(),
     "mixtral_grad": lambda: mixtral_grad(),
+    "rwkv_grad": lambda: rwkv_grad(),
+    "mamba_grad": lambda: mamba_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
 }
