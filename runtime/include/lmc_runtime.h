@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 /* The ABI version of modules this runtime loads (also returned by lmc_runtime_abi_version). */
-#define LMC_RUNTIME_ABI_VERSION 3
+#define LMC_RUNTIME_ABI_VERSION 4
 
 /* Status codes. */
 #define LMC_OK 0

@@ -838,7 +838,21 @@ mod tests {
         let inputs = read(&dir.join("inputs_grad.safetensors"));
         let expected = read(&dir.join("expected_grad.safetensors"));
         let params: Vec<Tensor> = grad.params.iter().map(|p| weights[&p.name].clone()).collect();
-        let args: Vec<Tensor> = grad.inputs.iter().map(|i| inputs[&i.name].clone()).collect();
+        // Position ids the batch leaves out are their default, 0..T in every row.
+        let args: Vec<Tensor> = grad
+            .inputs
+            .iter()
+            .map(|i| match (inputs.get(&i.name), i.default) {
+                (Some(t), _) => t.clone(),
+                (None, Some(lmc_abi::InputDefault::Arange)) => {
+                    let shape = inputs["input_ids"].shape.clone();
+                    let n: usize = shape.iter().product();
+                    let t = shape[shape.len() - 1];
+                    Tensor::int(shape, (0..n).map(|k| (k % t) as i64).collect())
+                }
+                (None, _) => panic!("the batch has no input {}", i.name),
+            })
+            .collect();
         let outputs = evaluate(&grad, &params, &args);
         for ((decl, _), got) in grad.outputs.iter().zip(&outputs) {
             let want = &expected[&decl.name];
