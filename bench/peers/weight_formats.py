@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Greedy decoding speed with the weight matrices stored as f32, bf16 and int8 (`--set
 weights=...`) on a LLaMA-shaped random model (8 layers of 1024, MLP 2816, 32k vocabulary,
-untied head) and on GPT-2 small (its tied head read through a packed copy), beside
+untied head), on GPT-2 small (its tied head read through a packed copy) and on a Mamba of
+mamba-130m's shape (24 layers of 768, state 16, tied head), beside
 transformers in fp32 and bf16, in interleaved rounds of one run; and each format's
 memory-bandwidth bound: the bytes a step reads (the matmuls' weights in the format, int8's
 scales included; every other weight in f32; of the input embedding one row) over the read
 bandwidth measured here (a 2-thread sum over 1 GiB). Batch 1, an 8-token prompt, 2 threads.
 Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
 
-    ~/.cache/lmc-peers/venv/bin/python bench/peers/weight_formats.py [--new 64] [--rounds 3]
+    ~/.cache/lmc-peers/venv/bin/python bench/peers/weight_formats.py [--new 64] [--rounds 3] [--only Mamba]
 """
 import argparse
 import json
@@ -24,6 +25,8 @@ SHAPE = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
          "num_key_value_heads": 16, "head_dim": 64, "vocab_size": 32000, "max_position_embeddings": 512}
 # Bytes per element of a Linear weight: int8's f32 scale per block of 32 adds 4/32.
 BYTES = {"f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32}
+# mamba-130m's shape; transformers resolves time_step_rank "auto" to ceil(768 / 16) = 48, lmc's default.
+MAMBA = {"hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280}
 
 
 def step_bytes(model, per_element):
@@ -40,13 +43,16 @@ def step_bytes(model, per_element):
 
 
 def models(torch):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
 
     llama = LlamaConfig(**SHAPE, tie_word_embeddings=False)
     yield ("LLaMA shape", "models/llama.model:LlamaForCausalLM", [a for k, v in SHAPE.items() for a in ("--set", f"{k}={v}")],
            LlamaForCausalLM(llama).eval(), LlamaForCausalLM(llama).eval().to(torch.bfloat16))
     yield ("GPT-2 small", "models/gpt2.model:GPT2LMHeadModel", [], GPT2LMHeadModel(GPT2Config()).eval(),
            GPT2LMHeadModel(GPT2Config()).eval().to(torch.bfloat16))
+    mamba = MambaConfig(**MAMBA)
+    yield ("Mamba shape", "models/mamba.model:MambaForCausalLM", [a for k, v in MAMBA.items() for a in ("--set", f"{k}={v}")],
+           MambaForCausalLM(mamba).eval(), MambaForCausalLM(mamba).eval().to(torch.bfloat16))
 
 
 def main():
@@ -54,12 +60,15 @@ def main():
     ap.add_argument("--new", type=int, default=64, help="new tokens per sequence")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
+    ap.add_argument("--only", help="run the models whose title contains this (LLaMA, GPT-2, Mamba)")
     args = ap.parse_args()
     torch = offline_torch()
     bandwidth = read_bandwidth(torch)
     print(f"batch 1, prompt {PROMPT}, {args.new} new tokens, 2 threads, best of {args.rounds} interleaved rounds; "
           f"read bandwidth {bandwidth / 1e9:.1f} GB/s; LLaMA shape {SHAPE}")
     for title, spec, sets, model, half in models(torch):
+        if args.only and args.only not in title:
+            continue
         ids = torch.randint(0, model.config.vocab_size, (1, PROMPT))
         best = {name: 0.0 for name in [*BYTES, "transformers fp32", "transformers bf16"]}
         with tempfile.TemporaryDirectory() as tmp:
