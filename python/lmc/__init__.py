@@ -317,6 +317,11 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x.detach().cpu().numpy() if _is_torch(x) else x, dtype=np.int64)
 
 
+def _is_ragged(rows: Any) -> bool:
+    """Whether ``rows`` is a list of token-id rows of different lengths."""
+    return isinstance(rows, (list, tuple)) and len({len(r) for r in rows if isinstance(r, (list, tuple, np.ndarray))}) > 1
+
+
 def _prompts(input_ids: Any, prompt: Union[None, str, Sequence[str]], tok: Optional[Tokenizer], attention_mask: Any) -> "tuple[np.ndarray, np.ndarray]":
     """The prompts as ``[batch, length]`` ids and their attention mask: rows of different
     lengths left-padded (with 0, masked), as a tokenizer pads them for generation."""
@@ -327,17 +332,19 @@ def _prompts(input_ids: Any, prompt: Union[None, str, Sequence[str]], tok: Optio
             raise LmcError("prompt= is text: give tokenizer= (a tokenizer.json), or weights= a checkpoint directory with one")
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         rows = [tok.encode(t) for t in texts]
-    elif attention_mask is None and isinstance(input_ids, (list, tuple)) and len({len(r) for r in input_ids if isinstance(r, (list, tuple, np.ndarray))}) > 1:
+    elif _is_ragged(input_ids):
+        if attention_mask is not None:
+            raise LmcError("rows of different lengths are padded here: give attention_mask only with padded input_ids")
         rows = [[int(i) for i in r] for r in input_ids]
     else:
         ids = _array(input_ids)
         ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
         if attention_mask is None:
             return ids, np.ones_like(ids)
-        mask = _array(attention_mask).reshape(ids.shape) if _array(attention_mask).size == ids.size else None
-        if mask is None or not np.isin(mask, (0, 1)).all():
+        mask = _array(attention_mask)
+        if mask.size != ids.size or not np.isin(mask, (0, 1)).all():
             raise LmcError(f"attention_mask must be 0 (padding) or 1 (a token) for each of the {ids.shape} input_ids")
-        return ids, mask
+        return ids, mask.reshape(ids.shape)
     if not rows or any(len(r) == 0 for r in rows):
         raise LmcError("every prompt needs at least one token")
     width = max(len(r) for r in rows)

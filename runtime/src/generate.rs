@@ -136,9 +136,8 @@ impl Decoder {
 
     /// Runs `tokens` (`[batch, n]`, row-major) at the next `n` positions; returns their logits
     /// `[batch, n, vocabulary]`. Inputs other than the tokens, the position, the position ids
-    /// and the context must be per-token integers (`[batch, n]`): masks (like an
-    /// `attention_mask`) are all ones, inputs that default to zeros are zeros. The caches are
-    /// updated in place.
+    /// and the context must be per-token masks (`[batch, n]` integers, like an `attention_mask`,
+    /// all ones) or have a default, which they keep. The caches are updated in place.
     pub fn step(&mut self, model: &LoadedModel, tokens: &[i64], n: usize) -> Result<HostTensor, RuntimeError> {
         self.step_masked(model, tokens, n, None)
     }
@@ -169,7 +168,7 @@ impl Decoder {
                 && s.dtype != DType::F32
                 && s.name != self.spec.tokens
                 && Some(&s.name) != self.spec.position_ids.as_ref()
-                && !matches!(s.default, Some(InputDefault::Zeros))
+                && matches!(s.default, None | Some(InputDefault::Ones))
         };
         let ones = vec![1; self.batch * n];
         let mask = match mask {
@@ -217,13 +216,13 @@ impl Decoder {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], position_ids.clone())?);
             } else if self.context.iter().any(|t| t.name == s.name) {
                 // Moved in below, without a copy.
-            } else if s.shape == token_spec.shape && s.dtype != DType::F32 && matches!(s.default, Some(InputDefault::Zeros)) {
-                inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], vec![0; self.batch * n])?);
             } else if is_mask(s) {
                 inputs.push(HostTensor::from_i64(s.name.clone(), [self.batch, n], mask.to_vec())?);
+            } else if s.default.is_some() {
+                // Left to its default, which the runtime fills (token type ids of zeros).
             } else {
                 return Err(RuntimeError::invalid_argument(format!(
-                    "input \"{}\" is neither the tokens, a per-token mask nor the position; give it as context (an encoder's input)",
+                    "input \"{}\" is neither the tokens, a per-token mask, the position nor defaulted; give it as context (an encoder's input)",
                     s.name
                 )));
             }
@@ -396,8 +395,8 @@ pub fn generate(
     };
     let pad = stop.pad.or(stop.eos.first().copied());
     // Shorter prompts are left-padded: padding first, masked, then the prompt. The padding's
-    // token is never attended to; 0 is in every vocabulary (a checkpoint's padding token may not
-    // be, as GPT-2's end-of-text is not in a small one).
+    // token is never attended to; 0 is in every vocabulary (a checkpoint's padding token may be
+    // past a small model's).
     let mut tokens = Vec::with_capacity(prompts.len() * length);
     let mut mask = Vec::with_capacity(prompts.len() * length);
     for p in prompts {
