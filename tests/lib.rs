@@ -114,6 +114,32 @@ pub fn assert_matches_fixture(spec: &str, ckpt: &str, tolerance: f32) -> f32 {
     worst
 }
 
+/// Runs `spec` on a gradient fixture's batch (`inputs_grad.safetensors`, labels included) and
+/// asserts that its `logits` and `loss` are within `tolerance` of the fixture's
+/// (`expected_grad.safetensors`, what transformers computed).
+pub fn assert_loss_matches_fixture(spec: &str, dir: &str, tolerance: f32) {
+    let out = scratch(&format!(
+        "loss_{}_{}",
+        spec.replace(['/', ':', '.'], "_"),
+        dir.replace(['/', '.'], "_")
+    ));
+    let got = run_outputs(
+        spec,
+        dir,
+        &format!("{dir}/inputs_grad.safetensors"),
+        &out.join("out.safetensors"),
+        &[],
+    );
+    let want = read_f32_tensors(&root().join(dir).join("expected_grad.safetensors"));
+    for name in ["logits", "loss"] {
+        let (_, gs, gv) = got.iter().find(|(n, _, _)| n == name).expect("an output of that name");
+        let (_, ws, wv) = want.iter().find(|(n, _, _)| n == name).expect("a reference of that name");
+        assert_eq!(gs, ws, "{spec}: {name} shape");
+        let err = max_abs_diff(gv, wv);
+        assert!(err <= tolerance, "{spec}: {name}: max abs error {err}");
+    }
+}
+
 /// JIT-compiles a graph and binds a checkpoint's weights: the model as `lmc run` would run it.
 pub fn jit_model(g: &lmc_core::ir::Graph, weights: &Path) -> lmc_runtime::LoadedModel {
     bind_jit(g, lmc_codegen::jit(g), weights)

@@ -185,18 +185,7 @@ fn recurrent_models_return_the_loss_and_name_what_has_no_backward() {
     ] {
         let dir = format!("tests/fixtures/{fixture}");
         let inputs = format!("{dir}/inputs_grad.safetensors");
-        let got = run_outputs(spec, &dir, &inputs, &scratch(fixture).join("out.safetensors"), &[]);
-        let want = read_f32_tensors(&root().join(&dir).join("expected_grad.safetensors"));
-        for name in ["logits", "loss"] {
-            let (_, gs, gv) = got.iter().find(|(n, _, _)| n == name).expect("an output of that name");
-            let (_, ws, wv) = want.iter().find(|(n, _, _)| n == name).expect("a reference of that name");
-            assert_eq!(gs, ws, "{spec}: {name} shape");
-            assert!(
-                max_abs_diff(gv, wv) <= 1e-5,
-                "{spec}: {name}: max abs error {}",
-                max_abs_diff(gv, wv)
-            );
-        }
+        assert_loss_matches_fixture(spec, &dir, 1e-5);
         let out = scratch(fixture).join("grads.safetensors");
         lmc_fails(
             &["grad", spec, "--weights", &dir, "--inputs", &inputs, "-o", out.to_str().unwrap()],
