@@ -470,6 +470,12 @@ impl<'g> Deriver<'g> {
             return Err("internal: not a scan".into());
         };
         let loc = self.g.nodes[scan].loc;
+        if s.reverse {
+            return Err(format!(
+                "the scan at {} runs backward in time; a decode step runs forward",
+                self.at(loc)
+            ));
+        }
         let mut init = Vec::new();
         let mut slots = Vec::new();
         for &v in &s.init {
@@ -571,6 +577,7 @@ impl<'g> Deriver<'g> {
         let m = |v: &ValueId| self.map[v.0 as usize];
         let op = Op::Scan(Box::new(Scan {
             axis: s.axis,
+            reverse: false,
             init,
             xs: s.xs.iter().map(m).collect(),
             body_start: m(&s.body_start),

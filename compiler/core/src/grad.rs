@@ -8,6 +8,14 @@
 //! `scatter_add` (a gather's), `matmul_tn` (a matmul's right operand's), and `attention_lse` with
 //! `attention_grad`, which recompute attention's probabilities from its row statistics instead
 //! of storing them. Elementwise masks (ReLU, `maximum`, slices padded back) are `tabulate`s.
+//! An index function's reads of parameter-dependent tensors are turned around in
+//! [`tabulate`], and a `scan` is differentiated by a scan in reverse time in [`scan`].
+
+mod scalar;
+mod scan;
+mod tabulate;
+
+pub use scalar::derivative_by_first;
 
 use crate::ir::*;
 use lmc_abi::DType;
@@ -66,12 +74,23 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
     let seed = d.push(Op::Constant(1.0));
     d.adjoint[loss_id.0 as usize] = Some(seed);
     for i in (0..=loss_id.0 as usize).rev() {
-        let Some(adj) = d.adjoint[i] else { continue };
         if !d.needs[i] {
             continue;
         }
         d.loc = g.nodes[i].loc;
-        d.backward(i, adj)?;
+        match &g.nodes[i].op {
+            // A scan's results pass their adjoints to the scan, which differentiates its body.
+            Op::ScanResult { .. } => {}
+            Op::Scan(s) => {
+                if (1..=s.result_count()).any(|k| d.adjoint[i + k].is_some()) {
+                    d.scan_backward(i)?;
+                }
+            }
+            _ => {
+                let Some(adj) = d.adjoint[i] else { continue };
+                d.backward(i, adj)?;
+            }
+        }
     }
     d.out.outputs.push((decl.clone(), *loss_id));
     // A parameter read in several places (a tied one) sums the gradients of its reads.
@@ -113,11 +132,18 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
 
 /// Which nodes depend on a parameter (and so have a gradient to pass on).
 fn needs_grad(g: &Graph) -> Vec<bool> {
+    needs_grad_from(g, &[])
+}
+
+/// Which nodes depend on a parameter or on one of the nodes `seeds` (a scan body's arguments
+/// that carry a gradient).
+fn needs_grad_from(g: &Graph, seeds: &[usize]) -> Vec<bool> {
     let mut needs = vec![false; g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         needs[i] = n.ty.dtype == DType::F32
             && match &n.op {
                 Op::Param(_) => true,
+                _ if seeds.contains(&i) => true,
                 op => op.operands().iter().any(|o| needs[o.0 as usize]),
             };
     }
@@ -494,23 +520,9 @@ impl Deriv<'_> {
                     self.accumulate(operand, grad);
                 }
             }
-            Op::Tabulate { f } => {
-                if let Some(t) = f.tensors().into_iter().find(|t| needs(t)) {
-                    return self.fail(
-                        format!(
-                            "this `tabulate` reads a value that depends on parameters (made at {}); \
-                             differentiating through an index function's reads is not supported yet",
-                            self.place(t)
-                        ),
-                        "a `tabulate` that rearranges a parameter-dependent tensor (a rotation, a shift) has no backward yet",
-                    );
-                }
-            }
+            Op::Tabulate { f } => self.tabulate_backward(this, f, g)?,
             Op::Scan(_) | Op::ScanArg(_) | Op::ScanResult { .. } => {
-                return self.fail(
-                    "a `scan` cannot be differentiated yet".into(),
-                    "a recurrence has no backward pass yet",
-                )
+                return self.fail("internal: a scan's structure is differentiated by the scan".into(), "")
             }
             Op::Carry(_) | Op::WriteRows { .. } | Op::WriteRing { .. } => {
                 return self.fail("a decode step's cache is not differentiated".into(), "")
@@ -623,426 +635,5 @@ impl Deriv<'_> {
     }
 }
 
-/// A scalar function's derivative term: zero, one, or a node of the function being built.
-#[derive(Clone, Copy, PartialEq)]
-enum Term {
-    Zero,
-    One,
-    Node(usize),
-}
-
-/// The derivative of a score function `(s, b, h, i, j) => ...` by `s`, with the same
-/// arguments; `None` where it is 1 everywhere (a score that adds to `s`).
-pub fn derivative_by_first(f: &ScalarFn) -> Result<Option<ScalarFn>, String> {
-    let mut out = f.clone();
-    let mut terms: Vec<Term> = Vec::with_capacity(f.nodes.len());
-    let add = |out: &mut ScalarFn, node: ScalarNode| {
-        out.nodes.push((node, ScalarType::F32));
-        out.nodes.len() - 1
-    };
-    let materialise = |out: &mut ScalarFn, t: Term| match t {
-        Term::Zero => add(out, ScalarNode::F32(0.0)),
-        Term::One => add(out, ScalarNode::F32(1.0)),
-        Term::Node(n) => n,
-    };
-    let mul = |out: &mut ScalarFn, a: usize, t: Term| -> Term {
-        match t {
-            Term::Zero => Term::Zero,
-            Term::One => Term::Node(a),
-            Term::Node(n) => Term::Node(add(
-                out,
-                ScalarNode::Binary {
-                    op: ScalarBinary::Mul,
-                    a,
-                    b: n,
-                },
-            )),
-        }
-    };
-    let neg = |out: &mut ScalarFn, t: Term| -> Term {
-        match t {
-            Term::Zero => Term::Zero,
-            t => {
-                let n = materialise(out, t);
-                Term::Node(add(
-                    out,
-                    ScalarNode::Unary {
-                        op: ScalarUnary::Neg,
-                        a: n,
-                    },
-                ))
-            }
-        }
-    };
-    for (k, (node, _)) in f.nodes.iter().enumerate() {
-        let t = match *node {
-            ScalarNode::Param(0) => Term::One,
-            ScalarNode::Param(_)
-            | ScalarNode::Int(_)
-            | ScalarNode::F32(_)
-            | ScalarNode::Bool(_)
-            | ScalarNode::Symbol(_)
-            | ScalarNode::Load { .. } => Term::Zero,
-            ScalarNode::Binary { op, a, b } => {
-                let (da, db) = (terms[a], terms[b]);
-                match op {
-                    _ if da == Term::Zero && db == Term::Zero => Term::Zero,
-                    ScalarBinary::Add => match (da, db) {
-                        (t, Term::Zero) | (Term::Zero, t) => t,
-                        (x, y) => {
-                            let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                            Term::Node(add(
-                                &mut out,
-                                ScalarNode::Binary {
-                                    op: ScalarBinary::Add,
-                                    a: x,
-                                    b: y,
-                                },
-                            ))
-                        }
-                    },
-                    ScalarBinary::Sub => match (da, db) {
-                        (t, Term::Zero) => t,
-                        (Term::Zero, t) => neg(&mut out, t),
-                        (x, y) => {
-                            let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                            Term::Node(add(
-                                &mut out,
-                                ScalarNode::Binary {
-                                    op: ScalarBinary::Sub,
-                                    a: x,
-                                    b: y,
-                                },
-                            ))
-                        }
-                    },
-                    ScalarBinary::Mul => {
-                        let l = mul(&mut out, b, da);
-                        let r = mul(&mut out, a, db);
-                        match (l, r) {
-                            (t, Term::Zero) | (Term::Zero, t) => t,
-                            (x, y) => {
-                                let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                                Term::Node(add(
-                                    &mut out,
-                                    ScalarNode::Binary {
-                                        op: ScalarBinary::Add,
-                                        a: x,
-                                        b: y,
-                                    },
-                                ))
-                            }
-                        }
-                    }
-                    ScalarBinary::Div if db == Term::Zero => {
-                        let d = materialise(&mut out, da);
-                        Term::Node(add(
-                            &mut out,
-                            ScalarNode::Binary {
-                                op: ScalarBinary::Div,
-                                a: d,
-                                b,
-                            },
-                        ))
-                    }
-                    ScalarBinary::Min | ScalarBinary::Max => {
-                        let cmp = if op == ScalarBinary::Max {
-                            ScalarBinary::Ge
-                        } else {
-                            ScalarBinary::Le
-                        };
-                        out.nodes.push((ScalarNode::Binary { op: cmp, a, b }, ScalarType::Bool));
-                        let cond = out.nodes.len() - 1;
-                        let (x, y) = (materialise(&mut out, da), materialise(&mut out, db));
-                        Term::Node(add(&mut out, ScalarNode::Select { cond, a: x, b: y }))
-                    }
-                    _ => return Err(format!("`{}` of the score is not differentiated", format!("{op:?}").to_lowercase())),
-                }
-            }
-            ScalarNode::Unary { op, a } => {
-                let da = terms[a];
-                match op {
-                    _ if da == Term::Zero => Term::Zero,
-                    ScalarUnary::Neg => neg(&mut out, da),
-                    ScalarUnary::Exp => mul(&mut out, k, da),
-                    ScalarUnary::ToFloat | ScalarUnary::ToInt | ScalarUnary::Not => Term::Zero,
-                    _ => return Err(format!("`{}` of the score is not differentiated", format!("{op:?}").to_lowercase())),
-                }
-            }
-            ScalarNode::Select { cond, a, b } => match (terms[a], terms[b]) {
-                (Term::Zero, Term::Zero) => Term::Zero,
-                (x, y) => {
-                    let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                    Term::Node(add(&mut out, ScalarNode::Select { cond, a: x, b: y }))
-                }
-            },
-        };
-        terms.push(t);
-    }
-    Ok(match terms[f.result] {
-        Term::One => None,
-        t => {
-            let r = materialise(&mut out, t);
-            out.result = r;
-            Some(out)
-        }
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ConfigOverrides;
-    use crate::interp::{evaluate, Data, Tensor};
-    use std::collections::HashMap;
-    use std::path::{Path, PathBuf};
-
-    fn root() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-    }
-
-    /// The f32 and i64 tensors of a safetensors file, by name.
-    fn read(path: &Path) -> HashMap<String, Tensor> {
-        let file = lmc_runtime::SafeTensorsFile::open(path).unwrap_or_else(|e| panic!("{e}"));
-        file.tensors()
-            .map(|info| {
-                let t = file.get(&info.name).unwrap().to_host().unwrap();
-                let tensor = match (t.as_f32(), t.as_i64()) {
-                    (Some(v), _) => Tensor::f32(t.shape.clone(), v.to_vec()),
-                    (_, Some(v)) => Tensor::int(t.shape.clone(), v.to_vec()),
-                    _ => panic!("{}: neither f32 nor i64", info.name),
-                };
-                (info.name.clone(), tensor)
-            })
-            .collect()
-    }
-
-    fn checked(file: &str, model: &str, fixture: &Path, given: &[&str]) -> Graph {
-        let text = std::fs::read_to_string(root().join(file)).unwrap();
-        let program = crate::load_source(file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-        let config = std::fs::read_to_string(fixture.join("config.json")).unwrap();
-        let mut overrides = ConfigOverrides::default().with_checkpoint_json(&config).unwrap();
-        overrides.given = crate::config::Given::Named(given.iter().map(|s| s.to_string()).collect());
-        crate::check_model(&program, Some(model), &overrides)
-            .unwrap_or_else(|e| panic!("{e:?}"))
-            .graph
-    }
-
-    /// The derived backward, run by the reference interpreter, against PyTorch's
-    /// `loss.backward()` on the same checkpoint and batch (tests/reference/make_grad_fixtures.py).
-    fn matches_torch(file: &str, model: &str, fixture: &str) {
-        let dir = root().join("tests/fixtures").join(fixture);
-        let g = checked(file, model, &dir, &["labels"]);
-        let grad = derive_grad(&g, "loss").unwrap_or_else(|e| panic!("{e:?}"));
-        let weights = read(&dir.join("model.safetensors"));
-        let inputs = read(&dir.join("inputs_grad.safetensors"));
-        let expected = read(&dir.join("expected_grad.safetensors"));
-        let params: Vec<Tensor> = grad.params.iter().map(|p| weights[&p.name].clone()).collect();
-        // Position ids the batch leaves out are their default, 0..T in every row.
-        let args: Vec<Tensor> = grad
-            .inputs
-            .iter()
-            .map(|i| match (inputs.get(&i.name), i.default) {
-                (Some(t), _) => t.clone(),
-                (None, Some(lmc_abi::InputDefault::Arange)) => {
-                    let shape = inputs["input_ids"].shape.clone();
-                    let n: usize = shape.iter().product();
-                    let t = shape[shape.len() - 1];
-                    Tensor::int(shape, (0..n).map(|k| (k % t) as i64).collect())
-                }
-                (None, _) => panic!("the batch has no input {}", i.name),
-            })
-            .collect();
-        let outputs = evaluate(&grad, &params, &args);
-        for ((decl, _), got) in grad.outputs.iter().zip(&outputs) {
-            let want = &expected[&decl.name];
-            let (Data::F32(got), Data::F32(want)) = (&got.data, &want.data) else {
-                panic!()
-            };
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let err = got.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            let bound = if decl.name == "loss" { 1e-5 * scale } else { 1e-3 * scale + 1e-6 };
-            assert!(
-                err <= bound,
-                "{fixture}: {}: max |lmc - torch| = {err:e} > {bound:e} (max |torch| {scale:e})",
-                decl.name
-            );
-        }
-        assert_eq!(grad.outputs.len(), 1 + weights.len(), "a gradient for every checkpoint tensor");
-    }
-
-    #[test]
-    fn gpt2_gradients_match_torch() {
-        matches_torch("models/gpt2.model", "GPT2LMHeadModel", "gpt2_grad");
-    }
-
-    #[test]
-    fn bert_masked_lm_gradients_match_torch() {
-        matches_torch("models/bert.model", "BertForMaskedLM", "bert_mlm");
-    }
-
-    /// Gradients of a small model by central finite differences of its loss, against the
-    /// derived backward, run by the reference interpreter, for every parameter element.
-    fn matches_finite_differences(source: &str, given: &[&str], inputs: Vec<Tensor>) {
-        let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
-        let overrides = ConfigOverrides {
-            given: crate::config::Given::Named(given.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        };
-        let g = crate::check_model(&program, None, &overrides)
-            .unwrap_or_else(|e| panic!("{e:?}"))
-            .graph;
-        let grad = derive_grad(&g, "loss").unwrap_or_else(|e| panic!("{e:?}"));
-        let mut seed = 7u64;
-        let mut random = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
-        let mut params: Vec<Tensor> = g
-            .params
-            .iter()
-            .map(|p| {
-                let shape: Vec<usize> =
-                    p.ty.dims
-                        .iter()
-                        .map(|d| if let Dim::Static(n) = d { *n as usize } else { panic!() })
-                        .collect();
-                let n = shape.iter().product();
-                Tensor::f32(shape, (0..n).map(|_| random()).collect())
-            })
-            .collect();
-        let loss_of = |params: &[Tensor]| -> f64 {
-            let out = evaluate(&g, params, &inputs);
-            let k = g.outputs.iter().position(|(d, _)| d.name == "loss").unwrap();
-            out[k].floats()[0] as f64
-        };
-        let derived = evaluate(&grad, &params, &inputs);
-        let eps = 3e-3f32;
-        for (k, p) in g.params.iter().enumerate() {
-            let want = derived[1 + k].floats().to_vec();
-            let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            for e in 0..want.len() {
-                let Data::F32(values) = &mut params[k].data else { panic!() };
-                let x = values[e];
-                values[e] = x + eps;
-                let up = loss_of(&params);
-                let Data::F32(values) = &mut params[k].data else { panic!() };
-                values[e] = x - eps;
-                let down = loss_of(&params);
-                let Data::F32(values) = &mut params[k].data else { panic!() };
-                values[e] = x;
-                let fd = ((up - down) / (2.0 * eps as f64)) as f32;
-                let bound = 2e-2 * scale + 2e-3;
-                assert!(
-                    (fd - want[e]).abs() <= bound,
-                    "{}[{e}]: derived {} but finite differences give {fd}",
-                    p.name,
-                    want[e]
-                );
-            }
-        }
-    }
-
-    const HEAD: &str = "config C { n = 1 }\n";
-
-    fn ids() -> Vec<Tensor> {
-        vec![Tensor::int(vec![2, 3], vec![0, 2, 2, 1, 0, 2])]
-    }
-
-    #[test]
-    fn elementwise_derivatives_match_finite_differences() {
-        let source = format!(
-            "{HEAD}model M(c: C) {{
-  param x: f32[3, 4]
-  forward(ids: i64[B, T]) -> (loss: f32[]) {{
-    p = x * x + 1.0
-    y = exp(x) + log(p) + sqrt(p) + rsqrt(p) + abs(x) + tanh(x) + erf(x) + sin(x) + cos(x)
-    y = y + sigmoid(x) + relu(x) + silu(x) + gelu(x) - x
-    w = tabulate(3, 4, (i, j) => float(i * 4 + j) / 7.0 - 0.8)
-    return sum(sum(y * w * y, axis = -1), axis = -1)
-  }}
-}}"
-        );
-        matches_finite_differences(&source, &[], ids());
-    }
-
-    #[test]
-    fn broadcasting_derivatives_match_finite_differences() {
-        let source = format!(
-            "{HEAD}model M(c: C) {{
-  param a: f32[3, 4]
-  param row: f32[4]
-  param column: f32[3, 1]
-  forward(ids: i64[B, T]) -> (loss: f32[]) {{
-    y = (a + row) * column - a / (row * row + 1.0) + maximum(a, row) - minimum(a, column)
-    y = y + pow(a * a + 1.0, column) + 2.0 * a
-    w = tabulate(3, 4, (i, j) => float(j * 3 + i) / 5.0 - 1.0)
-    return sum(sum(y * w, axis = -1), axis = -1)
-  }}
-}}"
-        );
-        matches_finite_differences(&source, &[], ids());
-    }
-
-    #[test]
-    fn reduction_and_layout_derivatives_match_finite_differences() {
-        let source = format!(
-            "{HEAD}model M(c: C) {{
-  param table: f32[3, 6]
-  param w: f32[6, 4]
-  param u: f32[5, 6]
-  forward(ids: i64[B, T]) -> (loss: f32[]) {{
-    x = gather(table, ids)
-    h = merge_heads(split_heads(x, 2))
-    y = h @ w + slice(h @ transpose(u), 1, 4)
-    m = max(y, axis = 1, keepdim = true) + mean(y, axis = -1, keepdim = true)
-    z = y * m + sum(y, axis = 0) * 0.5
-    return sum(sum(sum(z * z, axis = -1), axis = -1), axis = -1) + max(mean(sum(y, axis = -1), axis = -1), axis = 0)
-  }}
-}}"
-        );
-        matches_finite_differences(&source, &[], ids());
-    }
-
-    #[test]
-    fn attention_derivatives_match_finite_differences() {
-        let source = format!(
-            "{HEAD}model M(c: C) {{
-  param x: f32[2, 5, 8]
-  param wq: f32[8, 8]
-  param wk: f32[8, 4]
-  param wv: f32[8, 6]
-  forward(keep: i64[B, T]) -> (loss: f32[]) {{
-    q = split_heads(x @ wq, 2)
-    k = split_heads(x @ wk, 1)
-    v = split_heads(x @ wv, 1)
-    slopes = tabulate(2, (h) => 0.5 * float(h + 1))
-    o = attention(q, k, v, mask = (b, h, i, j) => j <= i and keep[b, j] != 0, score = (s, b, h, i, j) => 2.0 * s - slopes[h] * float(i - j))
-    w = tabulate(2, 2, 5, 6, (b, h, i, e) => float(b + 2 * h + i - e) / 4.0)
-    return sum(sum(sum(sum(o * w, axis = -1), axis = -1), axis = -1), axis = -1)
-  }}
-}}"
-        );
-        matches_finite_differences(&source, &[], vec![Tensor::int(vec![2, 5], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0])]);
-    }
-
-    #[test]
-    fn what_has_no_backward_is_reported_where_it_is() {
-        let source = format!(
-            "{HEAD}model M(c: C) {{
-  param x: f32[2, 3]
-  forward(ids: i64[B, T]) -> (loss: f32[]) {{
-    y = tabulate(2, 3, (i, j) => x[i, 2 - j])
-    return sum(sum(y, axis = -1), axis = -1)
-  }}
-}}"
-        );
-        let program = crate::load_source("t.model", &source, None).unwrap();
-        let g = crate::check_model(&program, None, &ConfigOverrides::default()).unwrap().graph;
-        let e = derive_grad(&g, "loss").unwrap_err();
-        assert!(e.message.contains("`tabulate` reads"), "{e:?}");
-        assert_eq!(e.loc.map(|l| (l.line, l.col)), Some((5, 9)));
-        let e = derive_grad(&g, "logits").unwrap_err();
-        assert!(e.message.contains("no `logits` output") && e.loc.is_none(), "{e:?}");
-    }
-}
+mod tests;

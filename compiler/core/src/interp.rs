@@ -197,7 +197,12 @@ impl Run<'_> {
         let mut states: Vec<Tensor> = s.init.iter().map(|id| self.values[id.0 as usize].clone()).collect();
         let mut steps: Vec<Vec<Tensor>> = vec![Vec::new(); s.outputs.len()];
         let start = s.body_start.0 as usize;
-        for t in 0..length {
+        let order: Vec<usize> = if s.reverse {
+            (0..length).rev().collect()
+        } else {
+            (0..length).collect()
+        };
+        for &t in &order {
             for (k, state) in states.iter().enumerate() {
                 self.values[start + k] = state.clone();
             }
@@ -213,6 +218,9 @@ impl Run<'_> {
             for (k, out) in s.outputs.iter().enumerate() {
                 steps[k].push(self.values[out.0 as usize].clone());
             }
+        }
+        if s.reverse {
+            steps.iter_mut().for_each(|parts| parts.reverse());
         }
         let mut results: Vec<Tensor> = s
             .outputs

@@ -412,6 +412,9 @@ pub enum Op {
 pub struct Scan {
     /// The scanned axis of every tensor in `xs`; their lengths along it agree.
     pub axis: usize,
+    /// Steps run from the end of the axis to its start (a backward pass's recurrence); step t
+    /// still reads slice t and writes its outputs at t.
+    pub reverse: bool,
     /// The states' initial values.
     pub init: Vec<ValueId>,
     /// The tensors sliced step by step.
@@ -546,6 +549,7 @@ impl Op {
             })),
             Op::Scan(s) => Op::Scan(Box::new(Scan {
                 axis: s.axis,
+                reverse: s.reverse,
                 init: s.init.iter().map(m).collect(),
                 xs: s.xs.iter().map(m).collect(),
                 body_start: m(&s.body_start),
@@ -996,7 +1000,8 @@ impl Graph {
                 Op::ScanArg(k) => format!("scan_arg {k}"),
                 Op::ScanResult { scan, index } => format!("scan_result {}, {index}", v(scan)),
                 Op::Scan(s) => format!(
-                    "scan axis {}, init [{}], xs [{}], body %{}.., next [{}], outputs [{}]",
+                    "scan{} axis {}, init [{}], xs [{}], body %{}.., next [{}], outputs [{}]",
+                    if s.reverse { " reverse" } else { "" },
                     s.axis,
                     vs(&s.init),
                     vs(&s.xs),

@@ -220,7 +220,15 @@ impl Emitter<'_> {
             iter_args.join(", "),
             types.join(", ")
         ));
-        let iv = format!("{prefix}_iv");
+        // The step's position along the axis: the loop's counter, or for a reverse scan
+        // length - 1 - counter.
+        let iv = if s.reverse {
+            self.line(&format!("{prefix}_last = arith.subi {length}, {prefix}_c1 : index"));
+            self.line(&format!("{prefix}_step = arith.subi {prefix}_last, {prefix}_iv : index"));
+            format!("{prefix}_step")
+        } else {
+            format!("{prefix}_iv")
+        };
         for (k, x) in s.xs.iter().enumerate() {
             let arg = ValueId((start + s.init.len() + k) as u32);
             let (xt, at) = (&self.ty(*x), &self.ty(arg));
@@ -241,24 +249,9 @@ impl Emitter<'_> {
             }
         }
         self.emit_region(Some(id), start, n);
-        // Each new state is copied into its iteration argument, so bufferization updates the
-        // state's buffer in place instead of yielding a new buffer every step.
-        let mut yields = Vec::new();
-        for (k, next) in s.next.iter().enumerate() {
-            let t = &self.ty(*next);
-            if t.rank() == 0 {
-                yields.push(v(*next));
-                continue;
-            }
-            let state = v(ValueId((start + k) as u32));
-            let updated = format!("{prefix}_state{k}");
-            let ty = tensor_ty(t);
-            self.line(&format!(
-                "{updated} = linalg.copy ins({} : {ty}) outs({state} : {ty}) -> {ty}",
-                v(*next)
-            ));
-            yields.push(updated);
-        }
+        // Each output is copied into its slot before the states are updated: an output may be
+        // a state as the step began, which the update below overwrites in place.
+        let mut output_yields = Vec::new();
         for (k, out) in s.outputs.iter().enumerate() {
             let (ot, st) = (&self.ty(*out), result_ty(self, k));
             let updated = format!("{prefix}_upd{k}");
@@ -289,8 +282,27 @@ impl Emitter<'_> {
                     "{updated} = tensor.insert_slice {prefix}_cp{k} into {prefix}_acc{k}{slice} : {part} into {full}"
                 ));
             }
+            output_yields.push(updated);
+        }
+        // Each new state is copied into its iteration argument, so bufferization updates the
+        // state's buffer in place instead of yielding a new buffer every step.
+        let mut yields = Vec::new();
+        for (k, next) in s.next.iter().enumerate() {
+            let t = &self.ty(*next);
+            if t.rank() == 0 {
+                yields.push(v(*next));
+                continue;
+            }
+            let state = v(ValueId((start + k) as u32));
+            let updated = format!("{prefix}_state{k}");
+            let ty = tensor_ty(t);
+            self.line(&format!(
+                "{updated} = linalg.copy ins({} : {ty}) outs({state} : {ty}) -> {ty}",
+                v(*next)
+            ));
             yields.push(updated);
         }
+        yields.extend(output_yields);
         self.line(&format!("  scf.yield {} : {}", yields.join(", "), types.join(", ")));
         self.line(&format!("}} {loc}"));
     }

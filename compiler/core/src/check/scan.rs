@@ -166,6 +166,7 @@ impl<'p> Elab<'p> {
         }
         let scan = Scan {
             axis,
+            reverse: false,
             init: states.iter().map(|s| s.1).collect(),
             xs: scanned.iter().map(|s| s.1).collect(),
             body_start,

@@ -295,6 +295,7 @@ impl<'p> Elab<'p> {
         )?;
         let scan = Scan {
             axis,
+            reverse: false,
             init: vec![zero],
             xs: vec![x],
             body_start,
