@@ -5,7 +5,7 @@ torch.compile on the same shapes, random weights, dropout off, in one run; and e
 memory (the largest resident set of a process that does only that). Needs the peers' venv
 (`bench/peers/setup_venv.sh`); never part of the test command.
 
-    ~/.cache/lmc-peers/venv/bin/python bench/peers/train.py [--steps 4] [--only gpt2|bert] [--no-compile]
+    ~/.cache/lmc-peers/venv/bin/python bench/peers/train.py [--steps 4] [--only gpt2|bert|mamba|rwkv] [--no-compile]
 """
 import argparse
 import json
@@ -19,10 +19,20 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# name: (lmc spec, batch, length, a function making the transformers model)
+# name: (lmc spec, batch, length); the recurrences at their 130M/169M checkpoints' width with
+# 6 layers (their configs' other keys as in RECURRENT below)
 SHAPES = {
     "gpt2": ("models/gpt2.model:GPT2LMHeadModel", 4, 256),
     "bert": ("models/bert.model:BertForMaskedLM", 8, 128),
+    "mamba": ("models/mamba.model:MambaForCausalLM", 2, 256),
+    "rwkv": ("models/rwkv.model:RwkvForCausalLM", 2, 256),
+}
+
+# Config keys of the recurrent shapes, given to transformers and as lmc's --set. RWKV's
+# rescaling is off: transformers applies it only outside training.
+RECURRENT = {
+    "mamba": {"hidden_size": 768, "num_hidden_layers": 6, "vocab_size": 50280, "state_size": 16},
+    "rwkv": {"hidden_size": 768, "num_hidden_layers": 6, "vocab_size": 50277, "rescale_every": 0},
 }
 
 
@@ -31,6 +41,14 @@ def transformers_model(name):
         from transformers import GPT2Config, GPT2LMHeadModel
 
         return GPT2LMHeadModel(GPT2Config(attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0))
+    if name == "mamba":
+        from transformers import MambaConfig, MambaForCausalLM
+
+        return MambaForCausalLM(MambaConfig(**RECURRENT[name]))
+    if name == "rwkv":
+        from transformers import RwkvConfig, RwkvForCausalLM
+
+        return RwkvForCausalLM(RwkvConfig(**RECURRENT[name]))
     from transformers import BertConfig, BertForMaskedLM
 
     return BertForMaskedLM(BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
@@ -39,7 +57,7 @@ def transformers_model(name):
 def batches(torch, name, steps, batch, length, vocab):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (steps, batch, length), generator=g)
-    if name == "gpt2":
+    if name != "bert":
         return ids, ids.clone()
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(ids.shape, generator=g) < 0.15
@@ -97,9 +115,10 @@ def lmc_steps(lmc, name, steps, tmp):
     data = pathlib.Path(tmp) / f"{name}.safetensors"
     save_file({"input_ids": ids, "labels": labels}, data)
     log = pathlib.Path(tmp) / f"{name}.jsonl"
+    sets = [a for k, v in RECURRENT.get(name, {}).items() for a in ("--set", f"{k}={v}")]
     _, peak = child([lmc, "train", spec, "--random-weights", "--data", str(data), "--max-steps", str(steps),
                      "--learning-rate", "1e-4", "--threads", "2", "--no-dropout", "--save-steps", "0",
-                     "--log-json", str(log), "-o", str(pathlib.Path(tmp) / f"{name}-out")])
+                     "--log-json", str(log), "-o", str(pathlib.Path(tmp) / f"{name}-out")] + sets)
     records = [json.loads(l) for l in log.read_text().splitlines()]
     return statistics.median(r["step_s"] * 1e3 for r in records[1:]), peak
 

@@ -169,6 +169,39 @@ mod tests {
         assert_eq!((m.as_str(), help), ("invalid type: string \"x\", expected usize", None));
     }
 
+    /// Every shipped experiment file parses, and names model files and data that exist.
+    #[test]
+    fn shipped_experiments_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/experiments");
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert!(files.len() >= 8, "{files:?}");
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut sources = SourceMap::new();
+            let file =
+                parse(&mut sources, path.display().to_string(), &text).unwrap_or_else(|d| panic!("{}: {}", path.display(), d.message));
+            let mut named: Vec<String> = file
+                .variants
+                .iter()
+                .filter_map(|v| {
+                    v.model
+                        .split_once(':')
+                        .map(|(f, _)| f.to_string())
+                        .or_else(|| v.model.ends_with(".model").then(|| v.model.clone()))
+                })
+                .collect();
+            named.extend(file.eval_text.clone());
+            if let Some(train) = &file.train {
+                named.push(train.data.clone());
+                named.extend(train.tokenizer.clone());
+            }
+            for f in named {
+                assert!(dir.join(&f).exists(), "{}: {f} does not exist", path.display());
+            }
+        }
+    }
+
     /// A parse error at a multi-byte character still points at whole characters.
     #[test]
     fn errors_in_multibyte_text_render() {
