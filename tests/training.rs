@@ -89,6 +89,15 @@ fn mixtral_gradients_match_torch() {
     grad_matches_torch("models/llama.model:MixtralForCausalLM", "mixtral_grad");
 }
 
+/// T5 with a deep encoder and a shallow decoder (3 and 1 layers), padded source, -100 labels:
+/// the learned relative-position biases get their gradient through the attention scores (each
+/// stack's one table, summed over every layer that adds it), the tied embedding through the
+/// encoder, the decoder and the rescaled head.
+#[test]
+fn t5_gradients_match_torch() {
+    grad_matches_torch("models/t5.model", "t5_grad");
+}
+
 /// ALBERT applies one layer at every depth: its gradient is the sum over the passes.
 #[test]
 fn albert_masked_lm_gradients_match_torch() {

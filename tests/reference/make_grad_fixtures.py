@@ -75,6 +75,26 @@ are the fused gradients' matching slices, under those names (the saved weights a
 equal the same slices of the fused weights). Every expert is chosen somewhere in the batch, so
 no gradient is all zero.
 
+`t5_grad/`: T5ForConditionalGeneration (T5 1.0 style; vocab 101, width 20, 3 heads of 6 (inner
+width 18), ReLU feed-forward of 28, a deep encoder of 3 blocks and a shallow decoder of 1, no
+biases, RMS-style T5 LayerNorm eps 1e-6, relative position buckets 8 with max distance 20 (the
+bias table lives in the first block of each stack: `encoder.block.0...relative_attention_bias`
+bidirectional, `decoder.block.0...` causal), dropout 0, pad = decoder start = 0), seed 0, layer
+norms and both relative_attention_bias tables perturbed by 0.1 * randn. The head is the shared
+embedding applied to the decoder's final output times d_model**-0.5 (transformers 5 keys this on
+`scale_decoder_outputs`, which `config.json` stores as true, set from tie_word_embeddings).
+- `model.safetensors` holds `shared.weight` [101, 20] and none of `lm_head.weight`,
+  `encoder.embed_tokens.weight`, `decoder.embed_tokens.weight` (all three tied to it).
+- `inputs_grad.safetensors`: `input_ids` [2, 7] (ids in [1, 101), row 1 right-padded from
+  position 5 with the pad id 0), `attention_mask` [2, 7] (row 1: 0 at 5, 6), `labels` [2, 5]
+  (ids in [1, 101), -100 at row 0, position 2 and row 1, position 4), `decoder_input_ids`
+  [2, 5] = model._shift_right(labels): start token 0, then labels[:, :-1] with -100 as 0. No
+  decoder attention mask: the decoder's self-attention is causal only.
+- `expected_grad.safetensors`: `loss` (scalar: mean cross-entropy of logits[b, t] against
+  labels[b, t] over the 8 labelled positions, no shift), `logits` [2, 5, 101] and one gradient
+  per tensor of `model.safetensors` (`shared.weight` gets the encoder's, the decoder's and the
+  head's uses).
+
 `electra_discriminator/`, `electra_generator/` (the checkpoints of make_fixtures.py): loss and
 gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 padded by 2.
 - `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask`, `labels`: for the
@@ -193,6 +213,8 @@ from transformers import (
     RobertaForMaskedLM,
     RwkvConfig,
     RwkvForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -697,6 +719,57 @@ def mixtral_grad():
     grad_fixture(out, MixtralForCausalLM, model, inputs, [])
 
 
+def t5_grad():
+    out = FIXTURES / "t5_grad"
+    print("t5_grad")
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=101,
+        d_model=20,
+        d_kv=6,
+        d_ff=28,
+        num_heads=3,
+        num_layers=3,
+        num_decoder_layers=1,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=20,
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        # T5 1.0: the head is the shared embedding, applied to the decoder's output * d_model**-0.5
+        # (transformers 5 keys the rescaling on the config's scale_decoder_outputs, which it sets
+        # from tie_word_embeddings).
+        tie_word_embeddings=True,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+    )
+    model = T5ForConditionalGeneration(config)
+    assert config.scale_decoder_outputs
+    perturb(model, lambda name: "layer_norm" in name or "relative_attention_bias" in name)
+    tied = [
+        ("lm_head.weight", "shared.weight"),
+        ("encoder.embed_tokens.weight", "shared.weight"),
+        ("decoder.embed_tokens.weight", "shared.weight"),
+    ]
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(1, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    input_ids[1, 5:] = config.pad_token_id
+    labels = torch.randint(1, config.vocab_size, (2, 5), generator=g)
+    labels[1, 4] = -100
+    labels[0, 2] = -100
+    # Teacher forcing: the decoder reads the labels shifted right behind the start token (0), -100
+    # replaced by the pad id (0); what transformers derives from labels alone, stored explicitly.
+    decoder_input_ids = model._shift_right(labels)
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "labels": labels,
+    }
+    grad_fixture(out, T5ForConditionalGeneration, model, inputs, tied)
+
+
 class Float64Throughout:
     """Within it, `.float()` and `.to(torch.float32)` leave a float64 tensor float64: transformers'
     RWKV and Mamba cast parts of their computation to float32 (the WKV recurrence, the selective
@@ -897,6 +970,7 @@ FIXTURE_MAKERS = {
     "mixtral_grad": lambda: mixtral_grad(),
     "rwkv_grad": lambda: rwkv_grad(),
     "mamba_grad": lambda: mamba_grad(),
+    "t5_grad": lambda: t5_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
 }

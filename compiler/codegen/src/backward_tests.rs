@@ -405,7 +405,7 @@ fn attention_functions(len: ValueId, slope: ValueId) -> (ScalarFn, ScalarFn, Sca
 /// Attention's backward with grouped-query heads (4 query heads, 2 key heads), odd sizes
 /// (`T` queries and keys at run time, width 5 for queries and keys, 6 for values), a mask that
 /// reads an input and hides a whole row, and a score function with its derivative: `lse` from
-/// `attention_lse`, `delta` from the forward's output, and the three gradients.
+/// `attention_lse`, `delta` from the forward's output, the three gradients and the scores'.
 fn attention_backward_graph(functions: bool) -> Graph {
     let mut b = Builder::new();
     let (h, g, d, e) = (4, 2, 5, 6);
@@ -461,6 +461,7 @@ fn attention_backward_graph(functions: bool) -> Graph {
         ("dq", AttentionInput::Query),
         ("dk", AttentionInput::Key),
         ("dv", AttentionInput::Value),
+        ("dz", AttentionInput::Score),
     ] {
         let grad = b.op(Op::AttentionGrad(Box::new(AttentionGrad {
             q,

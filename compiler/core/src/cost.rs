@@ -93,6 +93,7 @@ fn node_flops(g: &Graph, symbols: &[u64], regions: &[Option<ValueId>], i: usize)
             // Scores and probabilities again, `dout · v`, and the product the operand needs.
             let product = match a.wrt {
                 crate::ir::AttentionInput::Value => size(v.dims[3]),
+                crate::ir::AttentionInput::Score => 0.0,
                 _ => size(q.dims[3]),
             };
             scores * (2.0 * (size(q.dims[3]) + size(v.dims[3]) + product) + 6.0 + functions)

@@ -467,18 +467,9 @@ impl Deriv<'_> {
                 mask,
                 score,
             } => {
-                for f in mask.iter().chain(score.iter()) {
-                    if let Some(t) = f.tensors().into_iter().find(|t| needs(t)) {
-                        return self.fail(
-                            format!(
-                                "this attention's mask or score function reads a value that depends on parameters \
-                                 (made at {}); differentiating through an index function's reads is not supported yet",
-                                self.place(t)
-                            ),
-                            "a score bias computed from parameters has no backward yet",
-                        );
-                    }
-                }
+                // A mask passes no gradient (a choice has none); a score function that reads
+                // parameter-dependent values (a learned bias) passes the scores' gradient on.
+                let score_reads = score.as_ref().map(|f| self.score_reads(f)).transpose()?.flatten();
                 let dscore = match score {
                     Some(f) => match derivative_by_first(f) {
                         Ok(d) => d,
@@ -500,6 +491,23 @@ impl Deriv<'_> {
                     axis: 3,
                     keepdim: false,
                 });
+                if let Some(reads) = score_reads {
+                    let dz = self.push(Op::AttentionGrad(Box::new(AttentionGrad {
+                        q: *q,
+                        k: *k,
+                        v: *v,
+                        lse,
+                        delta,
+                        dout: g,
+                        scale: *scale,
+                        mask: mask.clone(),
+                        score: score.clone(),
+                        dscore: None,
+                        wrt: AttentionInput::Score,
+                    })));
+                    let dims = self.dims(dz);
+                    self.reads_backward(&reads, &dims, dz)?;
+                }
                 for (operand, wrt) in [(*q, AttentionInput::Query), (*k, AttentionInput::Key), (*v, AttentionInput::Value)] {
                     if !needs(&operand) {
                         continue;
@@ -532,6 +540,53 @@ impl Deriv<'_> {
             }
         }
         Ok(())
+    }
+
+    /// For a score function `(s, b, h, i, j) => ...` that reads parameter-dependent tensors,
+    /// the same function of `(b, h, i, j)` alone, whose reads [`Self::reads_backward`] turns
+    /// around given the scores' gradient; `None` where it reads none. The derivative by each
+    /// such read may not depend on `s` (a bias added to the score's does not), since the scores
+    /// themselves are not kept.
+    fn score_reads(&self, f: &ScalarFn) -> Result<Option<ScalarFn>, GradError> {
+        let mut any = false;
+        for (k, (node, _)) in f.nodes.iter().enumerate() {
+            let ScalarNode::Load { tensor, .. } = node else { continue };
+            if !self.needs[tensor.0 as usize] {
+                continue;
+            }
+            any = true;
+            let by_read = match scalar::derivative(f, |n, _| n == k) {
+                Ok(d) => d,
+                Err(why) => return self.fail(format!("cannot differentiate this attention's score function: {why}"), ""),
+            };
+            if by_read.is_some_and(|d| scalar::reads_param(&d, d.result, 0)) {
+                return self.fail(
+                    format!(
+                        "this attention's score function reads a value that depends on parameters (made at {}) \
+                         in a way whose derivative depends on the score itself",
+                        self.place(*tensor)
+                    ),
+                    "a score function that adds a parameter-dependent bias to the score is differentiated",
+                );
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        let nodes = f
+            .nodes
+            .iter()
+            .map(|(n, t)| match n {
+                ScalarNode::Param(0) => (ScalarNode::F32(0.0), *t),
+                ScalarNode::Param(p) => (ScalarNode::Param(p - 1), *t),
+                n => (n.clone(), *t),
+            })
+            .collect();
+        Ok(Some(ScalarFn {
+            params: f.params[1..].to_vec(),
+            nodes,
+            result: f.result,
+        }))
     }
 
     /// The gradient of `x` through `out = op(x)`, given the gradient `g` of `out`.

@@ -607,6 +607,10 @@ fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shap
                         }
                         None => 1.0,
                     };
+                    if a.wrt == AttentionInput::Score {
+                        out[row * s_n + j] = p * (dp - delta.floats()[row]);
+                        continue;
+                    }
                     let ds = p * (dp - delta.floats()[row]) * slope;
                     match a.wrt {
                         AttentionInput::Query => {
@@ -624,6 +628,7 @@ fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shap
                                 out[key * e_n + e] += p * douti[e];
                             }
                         }
+                        AttentionInput::Score => unreachable!("written above"),
                     }
                 }
             }

@@ -107,6 +107,9 @@ pub enum AttentionInput {
     Query,
     Key,
     Value,
+    /// Not an operand: the scores' own gradient, for a score function that reads
+    /// parameter-dependent values (a learned position bias).
+    Score,
 }
 
 /// `attention_grad`: the gradient of one operand of `attention q, k, v` (same scale, mask and
@@ -117,7 +120,9 @@ pub enum AttentionInput {
 /// dscore(s, b, h, i, j)` (1 without `dscore`; masked keys have `p = 0`):
 /// - `Query`: `dq_i = scale Σ_j ds[i, j] k_j`, `f32[B, H, T, D]`;
 /// - `Key`: `dk_j = scale Σ_{h in j's group} Σ_i ds[i, j] q_i`, `f32[B, G, S, D]`;
-/// - `Value`: `dv_j = Σ_{h in j's group} Σ_i p[i, j] dout_i`, `f32[B, G, S, E]`.
+/// - `Value`: `dv_j = Σ_{h in j's group} Σ_i p[i, j] dout_i`, `f32[B, G, S, E]`;
+/// - `Score`: the gradient of the score function's result, `dz[i, j] = p[i, j] (dp[i, j] −
+///   delta[i])` (without `dscore`), 0 for a key the mask hides: `f32[B, H, T, S]`.
 ///
 /// `lse: f32[B, H, T]`, `delta: f32[B, H, T]`, `dout: f32[B, H, T, E]`.
 #[derive(Debug, Clone, PartialEq)]

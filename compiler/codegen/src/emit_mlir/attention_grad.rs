@@ -30,6 +30,7 @@ struct Gradient {
 }
 
 /// The operands and functions of a backward attention op, as its loops read them.
+#[derive(Clone, Copy)]
 struct Backward<'g> {
     computes: Computes,
     q: ValueId,
@@ -216,6 +217,7 @@ impl Emitter<'_> {
     fn row_value(&mut self, op: &Backward<'_>, row: &Row) -> String {
         match (op.computes, &row.dest) {
             (Computes::Grad(g), Some(dest)) if g.wrt == AttentionInput::Query => self.query_grad_row(op, &g, row, dest),
+            (Computes::Grad(g), Some(dest)) if g.wrt == AttentionInput::Score => self.score_grad_row(op, &g, row, dest),
             (Computes::Grad(g), Some(dest)) => self.key_grad_row(op, &g, row, dest),
             _ => self.lse_row(op, row),
         }
@@ -297,6 +299,43 @@ impl Emitter<'_> {
                 e.line(&format!("{c} = arith.mulf {ds}, {x}_scale : f32"));
                 let key = [pair[0].clone(), key_head.clone(), pair[3].clone()];
                 vec![e.row_axpy((&format!("{x}_acc"), row_t), &c, (op.k, &key), row.element.as_deref())]
+            });
+            e.line(&format!("scf.yield {} : {row_t}", next[0]));
+        });
+        self.line("}");
+        format!("{x}_run")
+    }
+
+    /// Query row `i` of head `h` of the scores' gradient: `dz[i, j]` for each key j (0 where
+    /// the mask hides it; the row starts zeroed), or on a GPU its one element j.
+    fn score_grad_row(&mut self, op: &Backward<'_>, g: &Gradient, row: &Row, (dest, row_t): &(String, String)) -> String {
+        // The gradient of the score function's result: `dscore` is not applied.
+        let op = &Backward { dscore: None, ..*op };
+        let x = self.fresh();
+        let group = self.group_size(op);
+        self.line(&format!("{x}_kh = arith.divui {}, {group} : index", row.head));
+        self.constants(&x, op);
+        let query = [row.b.clone(), row.head.clone(), row.row.clone()];
+        let (lse, delta) = (self.row_statistic(g.lse, &query), self.row_statistic(g.delta, &query));
+        let key_head = format!("{x}_kh");
+        if let Some(j) = &row.element {
+            let pair = [row.b.clone(), row.head.clone(), row.row.clone(), j.clone()];
+            let next = self.where_kept(op, &pair, std::slice::from_ref(dest), &[row_t], |e, idx| {
+                vec![e.score_gradient(op, g, &pair, &key_head, idx, (&lse, &delta))]
+            });
+            return next[0].clone();
+        }
+        let keys = self.dim_value(self.g.ty(op.k).dims[2]);
+        self.line(&format!(
+            "{x}_run = scf.for {x}_j = {x}_c0 to {keys} step {x}_c1 iter_args({x}_acc = {dest}) -> ({row_t}) {{"
+        ));
+        let pair = [row.b.clone(), row.head.clone(), row.row.clone(), format!("{x}_j")];
+        self.nested(|e| {
+            let next = e.where_kept(op, &pair, &[format!("{x}_acc")], &[row_t], |e, idx| {
+                let dz = e.score_gradient(op, g, &pair, &key_head, idx, (&lse, &delta));
+                let y = e.fresh();
+                e.line(&format!("{y} = tensor.insert {dz} into {x}_acc[{x}_j] : {row_t}"));
+                vec![y]
             });
             e.line(&format!("scf.yield {} : {row_t}", next[0]));
         });

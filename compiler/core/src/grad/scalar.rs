@@ -226,3 +226,19 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
         }
     })
 }
+
+/// Whether node `node` of `f` depends on argument `param`.
+pub fn reads_param(f: &ScalarFn, node: usize, param: usize) -> bool {
+    let mut reads = vec![false; node + 1];
+    for (k, (n, _)) in f.nodes.iter().enumerate().take(node + 1) {
+        reads[k] = match n {
+            ScalarNode::Param(p) => *p == param,
+            ScalarNode::Binary { a, b, .. } => reads[*a] || reads[*b],
+            ScalarNode::Unary { a, .. } => reads[*a],
+            ScalarNode::Select { cond, a, b } => reads[*cond] || reads[*a] || reads[*b],
+            ScalarNode::Load { indices, .. } => indices.iter().any(|i| reads[*i]),
+            _ => false,
+        };
+    }
+    reads[node]
+}

@@ -257,6 +257,13 @@ impl Deriv<'_> {
     /// that `f` reads.
     pub(super) fn tabulate_backward(&mut self, this: ValueId, f: &ScalarFn, g: ValueId) -> Result<(), GradError> {
         let out_dims = self.fwd.ty(this).dims.clone();
+        self.reads_backward(f, &out_dims, g)
+    }
+
+    /// Passes `g`, the gradient of `f`'s values over the index space `out_dims`, back to every
+    /// parameter-dependent tensor that `f` reads.
+    pub(super) fn reads_backward(&mut self, f: &ScalarFn, out_dims: &[Dim], g: ValueId) -> Result<(), GradError> {
+        let out_dims = out_dims.to_vec();
         let affine = affine_nodes(f);
         let guards = guards(f);
         let used = arguments_used(f);

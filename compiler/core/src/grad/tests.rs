@@ -400,3 +400,33 @@ fn rwkv_gradients_match_torch() {
 fn mamba_gradients_match_torch() {
     matches_torch("models/mamba.model", "MambaForCausalLM", "mamba_grad");
 }
+
+#[test]
+fn learned_score_bias_derivatives_match_finite_differences() {
+    // T5's relative-position bias: a table of buckets × heads, read at a bucket computed from
+    // the distance, added to each head's scores; the mask reads the keys kept.
+    let source = format!(
+        "{HEAD}model M(c: C) {{
+  param x: f32[2, 5, 8]
+  param wq: f32[8, 8]
+  param wk: f32[8, 4]
+  param wv: f32[8, 6]
+  param table: f32[4, 2]
+  forward(keep: i64[B, T]) -> (loss: f32[]) {{
+    q = split_heads(x @ wq, 2)
+    k = split_heads(x @ wk, 1)
+    v = split_heads(x @ wv, 1)
+    bias = tabulate(2, 5, 5, (h, i, j) => table[rem(abs(i - j), 4), h] * 2.0)
+    o = attention(q, k, v, mask = (b, h, i, j) => keep[b, j] != 0, score = (s, b, h, i, j) => s + bias[h, i, j])
+    w = tabulate(2, 2, 5, 6, (b, h, i, e) => float(b + 2 * h + i - e) / 4.0)
+    return sum(sum(sum(sum(o * w, axis = -1), axis = -1), axis = -1), axis = -1)
+  }}
+}}"
+    );
+    matches_finite_differences(&source, &[], vec![Tensor::int(vec![2, 5], vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0])]);
+}
+
+#[test]
+fn t5_gradients_match_torch() {
+    matches_torch("models/t5.model", "T5ForConditionalGeneration", "t5_grad");
+}

@@ -149,6 +149,7 @@ pub fn infer_type(g: &Graph, op: &Op) -> Option<TensorType> {
                 AttentionInput::Query => q.clone(),
                 AttentionInput::Key => k.clone(),
                 AttentionInput::Value => v.clone(),
+                AttentionInput::Score => TensorType::new(DType::F32, vec![q.dims[0], q.dims[1], q.dims[2], k.dims[2]]),
             }
         }
         // A body argument's type comes from its scan, which `Graph::verify` checks.
