@@ -3,6 +3,10 @@
 tokenized without a vocabulary trained on it. For training examples on the texts that ship
 with lmc; the `tokenizers` library and transformers read it. Python's standard library only.
 
+Also data/bytes_t5/tokenizer.json, the same bytes laid out for T5's span corruption: <pad> 0,
+</s> 1 and <unk> 2 first (ByT5's layout), the bytes from 3, and 100 sentinels after them in
+T5's order (<extra_id_0> is the last id, 358; <extra_id_99> is 259).
+
     python3 data/make_byte_tokenizer.py
 """
 import json
@@ -22,14 +26,16 @@ def bytes_to_unicode():
     return dict(zip(bs, map(chr, cs)))
 
 
-def main():
-    table = bytes_to_unicode()
-    vocab = {table[b]: b for b in range(256)}
-    tokenizer = {
+def special(content, id):
+    return {"id": id, "content": content, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+
+
+def tokenizer_json(vocab, added):
+    return {
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [],
+        "added_tokens": [special(content, id) for content, id in added],
         "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         "post_processor": None,
@@ -47,9 +53,23 @@ def main():
             "merges": [],
         },
     }
-    out = pathlib.Path(__file__).resolve().parent / "bytes" / "tokenizer.json"
+
+
+def write(name, tokenizer):
+    out = pathlib.Path(__file__).resolve().parent / name / "tokenizer.json"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {out} ({len(vocab)} tokens)")
+    print(f"wrote {out} ({len(tokenizer['model']['vocab'])} tokens)")
+
+
+def main():
+    table = bytes_to_unicode()
+    write("bytes", tokenizer_json({table[b]: b for b in range(256)}, []))
+
+    added = [("<pad>", 0), ("</s>", 1), ("<unk>", 2)] + [(f"<extra_id_{k}>", 358 - k) for k in range(100)]
+    vocab = {table[b]: 3 + b for b in range(256)}
+    vocab.update(dict(added))
+    write("bytes_t5", tokenizer_json(dict(sorted(vocab.items(), key=lambda kv: kv[1])), sorted(added, key=lambda a: a[1])))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,59 @@ fn a_sharded_sweep_trains_each_run_once_and_reports_with_intervals() {
     assert!(std::fs::read_to_string(&csv).unwrap().starts_with("variant,seed,length,loss"));
 }
 
+/// Variants pretrained by T5's span corruption are scored as they were trained: their own loss
+/// on the held-out text with labels the objective makes, the same masks for every variant
+/// (so a variant scored twice, under two labels, scores the same), at each input length.
+#[test]
+fn span_corruption_runs_are_scored_by_their_objective() {
+    let dir = scratch("quality_span_corruption");
+    word_text(&dir.join("train.txt"), 3000, 1);
+    word_text(&dir.join("held_out.txt"), 600, 2);
+    let root = root();
+    let yaml = format!(
+        "variants:\n  - model: {t5}:T5ForConditionalGeneration\n    label: relative\n  - model: T5ForConditionalGeneration\n    label: again\n  - model: T5NoPositions\n    label: none\n\
+         set: {{ vocab_size: 384, d_model: 16, d_kv: 4, num_heads: 4, d_ff: 32, num_layers: 1, num_decoder_layers: 1 }}\n\
+         seeds: [1]\n\
+         train:\n  data: train.txt\n  tokenizer: {tok}\n  objective: span-corruption\n  seq_len: 32\n  per_device_train_batch_size: 4\n  max_steps: 20\n  learning_rate: 3.0e-3\n  no_dropout: true\n\
+         eval_text: held_out.txt\n\
+         lengths: [32, 64]\n",
+        t5 = root.join("models/t5.model").display(),
+        tok = root.join("data/bytes_t5/tokenizer.json").display(),
+    );
+    let file = dir.join("experiment.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let json = dir.join("report.json");
+    let html = dir.join("report.html");
+    let r = lmc(&[
+        "ab",
+        file.to_str().unwrap(),
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    let loss = |v: usize, l: &str| variants[v]["runs"][0]["lengths"][l]["loss"].as_f64().unwrap();
+    for l in ["32", "64"] {
+        for (v, variant) in variants.iter().enumerate() {
+            assert!(loss(v, l) > 0.5 && loss(v, l) < 384f64.ln() + 1.0, "{l}: {}", loss(v, l));
+            assert_eq!(variant["runs"][0]["lengths"][l]["by_position"], serde_json::json!([]));
+        }
+        assert_eq!(loss(0, l), loss(1, l), "the same model under the same masks");
+        assert_ne!(loss(0, l), loss(2, l), "another model");
+    }
+    assert_eq!(
+        variants[0]["runs"][0]["lengths"]["32"]["windows"], 32,
+        "as many windows as a causal run scores"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("Loss by position"), "no positions to plot");
+}
+
 /// What is wrong with a quality experiment is said before anything trains.
 #[test]
 fn bad_quality_experiments_are_clear_errors() {

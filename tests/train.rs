@@ -511,3 +511,114 @@ fn a_masked_lm_trains_on_a_text() {
     let late: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
     assert!(late < early - 0.5, "the masked-LM loss falls: {early:.3} → {late:.3}");
 }
+
+/// T5 trains on a text with `--objective span-corruption`: spans become sentinels as
+/// transformers' T5 collator makes them, the decoder reads the labels shifted right (no
+/// `decoder_input_ids` in the data), and the loss falls. A tokenizer without sentinels is a
+/// clear error.
+#[test]
+fn t5_trains_by_span_corruption_on_a_text() {
+    let dir = scratch("train_span_corruption");
+    // A word-level tokenizer laid out as T5's: <pad>, </s>, <unk>, words, then the sentinels
+    // with <extra_id_0> last.
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in ["<pad>", "</s>", "<unk>"].iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+        added.push((t.to_string(), i));
+    }
+    for i in 0..30 {
+        vocab.insert(format!("w{i}"), (i + 3).into());
+    }
+    for k in 0..10 {
+        vocab.insert(format!("<extra_id_{k}>"), (42 - k).into());
+        added.push((format!("<extra_id_{k}>"), 42 - k));
+    }
+    let added: Vec<serde_json::Value> = added
+        .iter()
+        .map(|(t, i)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    let tokenizer_path = dir.join("tokenizer.json");
+    std::fs::write(&tokenizer_path, tokenizer.to_string()).unwrap();
+    // Counting: a hidden span is given by the words around it.
+    let text: String = (0..3000).map(|i| format!("w{} ", i % 30)).collect();
+    let data = dir.join("counting.txt");
+    std::fs::write(&data, text).unwrap();
+    let log = dir.join("log.jsonl");
+    let out = dir.join("run");
+    let args = |tokenizer: &str| -> Vec<String> {
+        [
+            "train",
+            "models/t5.model",
+            "--random-weights",
+            "--set",
+            "vocab_size=43",
+            "--set",
+            "d_model=32",
+            "--set",
+            "d_kv=8",
+            "--set",
+            "d_ff=64",
+            "--set",
+            "num_layers=1",
+            "--set",
+            "num_decoder_layers=1",
+            "--set",
+            "num_heads=4",
+            "--tokenizer",
+            tokenizer,
+            "--data",
+            data.to_str().unwrap(),
+            "--seq-len",
+            "32",
+            "--per-device-train-batch-size",
+            "8",
+            "--objective",
+            "span-corruption",
+            "--learning-rate",
+            "1e-2",
+            "--max-steps",
+            "120",
+            "--no-dropout",
+            "--log-json",
+            log.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(tokenizer_path.to_str().unwrap());
+    let r = lmc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        stderr.contains("windows of 34"),
+        "inputs of 32 are made from windows of 34 words: {stderr}"
+    );
+    let losses = logged(&log, "loss");
+    let early: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+    let late: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
+    assert!(late < early - 1.0, "the span-corruption loss falls: {early:.3} → {late:.3}");
+    assert!(out.join("model.safetensors").is_file() && out.join("tokenizer.json").is_file());
+
+    // Without sentinels, spans cannot be hidden.
+    let _ = std::fs::remove_dir_all(&out);
+    let mut plain = tokenizer.clone();
+    plain["added_tokens"] = serde_json::json!([]);
+    let vocab = plain["model"]["vocab"].as_object_mut().unwrap();
+    vocab.retain(|t, _| !t.starts_with("<extra_id"));
+    let plain_path = dir.join("no_sentinels.json");
+    std::fs::write(&plain_path, plain.to_string()).unwrap();
+    let a = args(plain_path.to_str().unwrap());
+    lmc_fails(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["has no <extra_id_0>", "span corruption"],
+    );
+}

@@ -3,10 +3,17 @@
 //! loss a forward returns when it is given labels (`lmc run`).
 
 use lmc_tests::*;
+use std::path::Path;
 
 /// `lmc grad` on a fixture: the loss within 1e-5 and every gradient within 1e-3 of the largest
 /// element of PyTorch's, per tensor; one gradient per checkpoint tensor, named as stored.
 fn grad_matches_torch(spec: &str, fixture: &str) {
+    let inputs = root().join(format!("tests/fixtures/{fixture}/inputs_grad.safetensors"));
+    grad_matches_torch_on(spec, fixture, &inputs);
+}
+
+/// As [`grad_matches_torch`], on other inputs that must give the same loss and gradients.
+fn grad_matches_torch_on(spec: &str, fixture: &str, inputs: &Path) {
     let dir = format!("tests/fixtures/{fixture}");
     let out = scratch(&format!("grad_{fixture}")).join("grads.safetensors");
     let r = lmc(&[
@@ -15,7 +22,7 @@ fn grad_matches_torch(spec: &str, fixture: &str) {
         "--weights",
         &dir,
         "--inputs",
-        &format!("{dir}/inputs_grad.safetensors"),
+        inputs.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
     ]);
@@ -96,6 +103,25 @@ fn mixtral_gradients_match_torch() {
 #[test]
 fn t5_gradients_match_torch() {
     grad_matches_torch("models/t5.model", "t5_grad");
+}
+
+/// Without `decoder_input_ids`, T5 reads its labels shifted right behind
+/// decoder_start_token_id, -100 read as the pad token (transformers' `_shift_right`, which made
+/// the fixture's decoder inputs): the same loss and gradients.
+#[test]
+fn t5_makes_its_decoder_inputs_from_the_labels() {
+    let all = read_host_tensors(&root().join("tests/fixtures/t5_grad/inputs_grad.safetensors"));
+    let labels = all.iter().find(|t| t.name == "labels").unwrap().as_i64().unwrap();
+    assert!(labels.contains(&-100), "the fixture's labels ignore some positions");
+    let kept: Vec<_> = all.iter().filter(|t| t.name != "decoder_input_ids").collect();
+    assert_eq!(kept.len() + 1, all.len());
+    let inputs = scratch("t5_shift_right").join("inputs.safetensors");
+    let table: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = kept
+        .iter()
+        .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes()))
+        .collect();
+    lmc_runtime::write_safetensors(&inputs, &table).unwrap();
+    grad_matches_torch_on("models/t5.model", "t5_grad", &inputs);
 }
 
 /// ALBERT applies one layer at every depth: its gradient is the sum over the passes.

@@ -388,11 +388,11 @@ pub fn run(
         None => {
             let checkpoint_dir = checkpoint.filter(|w| w.is_dir());
             let mut overrides = overrides(config, checkpoint_dir)?;
+            // Inputs the model may be left without (`labels`) are compiled in when given.
+            overrides.given = lmc_core::Given::Named(input_file.tensors().map(|t| t.name.clone()).collect());
             let graph = if derived == Derived::Grad {
                 lmc_lab::source::load_grad_model(spec, &overrides)?
             } else {
-                // Inputs the model may be left without (`labels`) are compiled in when given.
-                overrides.given = lmc_core::Given::Named(input_file.tensors().map(|t| t.name.clone()).collect());
                 load_model(spec, &overrides)?
             };
             let started = std::time::Instant::now();

@@ -23,6 +23,9 @@ pub enum Objective {
     /// Masked LM: tokens chosen with --mlm-probability become the mask token (80%), a random
     /// token (10%) or stay (10%); only they are labelled.
     Masked,
+    /// T5's span corruption: spans covering --mlm-probability of each window become sentinels
+    /// (<extra_id_0>, …) in the input; the labels are the sentinels and their spans.
+    SpanCorruption,
 }
 
 #[derive(Args)]
@@ -94,8 +97,12 @@ pub struct TrainArgs {
     /// How labels are made when the data has none.
     #[arg(long, value_enum)]
     objective: Option<Objective>,
+    /// The share of tokens masked (--objective masked) or in noise spans (span-corruption).
     #[arg(long, default_value_t = 0.15)]
     mlm_probability: f64,
+    /// The mean length of span corruption's spans.
+    #[arg(long, default_value_t = 3.0)]
+    mean_noise_span_length: f64,
     /// Held-out data (a text or batches, as --data): its mean loss every --eval-steps and at the end.
     #[arg(long, value_name = "FILE")]
     eval_data: Option<PathBuf>,
@@ -167,8 +174,10 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
     opts.objective = args.objective.map(|o| match o {
         Objective::Causal => ObjectiveArg::Causal,
         Objective::Masked => ObjectiveArg::Masked,
+        Objective::SpanCorruption => ObjectiveArg::SpanCorruption,
     });
     opts.mlm_probability = args.mlm_probability;
+    opts.mean_noise_span_length = args.mean_noise_span_length;
     opts.eval_data = args.eval_data;
     opts.eval_steps = args.eval_steps;
     opts.per_device_eval_batch_size = args.per_device_eval_batch_size;

@@ -64,6 +64,7 @@ pub struct TrainSection {
     pub lr_scheduler_type: Option<String>,
     pub warmup_steps: Option<u64>,
     pub mlm_probability: Option<f64>,
+    pub mean_noise_span_length: Option<f64>,
     #[serde(default)]
     pub no_dropout: bool,
 }

@@ -44,7 +44,8 @@ impl Plan {
             None => None,
             Some("causal") => Some(ObjectiveArg::Causal),
             Some("masked") => Some(ObjectiveArg::Masked),
-            Some(other) => return Err(format!("train: objective `{other}`: expected causal or masked")),
+            Some("span-corruption") => Some(ObjectiveArg::SpanCorruption),
+            Some(other) => return Err(format!("train: objective `{other}`: expected causal, masked or span-corruption")),
         };
         t.seq_len = section.seq_len;
         t.max_steps = section.max_steps;
@@ -67,6 +68,7 @@ impl Plan {
         }
         t.warmup_steps = section.warmup_steps.unwrap_or(0);
         t.mlm_probability = section.mlm_probability.unwrap_or(t.mlm_probability);
+        t.mean_noise_span_length = section.mean_noise_span_length.unwrap_or(t.mean_noise_span_length);
         t.no_dropout = section.no_dropout;
         // A checkpoint at the end; the runs are short, and an interrupted one resumes from its
         // last checkpoint.
@@ -361,6 +363,10 @@ fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workloa
         .collect();
     speeds.sort_by(f64::total_cmp);
     let tokens_per_s = speeds.get(speeds.len() / 2).copied();
+    if matches!(plan.train.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) {
+        let lengths = score_by_objective(v, dir, plan, work)?;
+        return Ok(run_record(seed, dir, &lengths.0, &curve, tokens_per_s, lengths.1));
+    }
     let text = crate::eval::load(&plan.eval_text, Some(dir)).map_err(Failure::Message)?;
     let compiled = crate::ab::compile_variant(&v.spec, &crate::Weights::Checkpoint(dir.to_path_buf()), &v.config, work.device)
         .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
@@ -387,15 +393,90 @@ fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workloa
         };
         lengths.insert(length.to_string(), entry);
     }
-    Ok(json!({
+    Ok(run_record(seed, dir, &compiled.graph, &curve, tokens_per_s, lengths))
+}
+
+fn run_record(
+    seed: u64,
+    dir: &Path,
+    graph: &lmc_core::ir::Graph,
+    curve: &[(u64, f64)],
+    tokens_per_s: Option<f64>,
+    lengths: serde_json::Map<String, Value>,
+) -> Value {
+    json!({
         "seed": seed,
         "dir": dir.display().to_string(),
-        "config": compiled.graph.config.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+        "config": graph.config.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
         "final_loss": curve.last().map(|(_, l)| *l),
         "train_tokens_per_s": tokens_per_s,
         "curve": curve,
         "lengths": lengths,
-    }))
+    })
+}
+
+/// The seed of the masks the held-out text is scored under: one for every variant and seed,
+/// so that their losses differ only by the models.
+const EVAL_MASK_SEED: u64 = 0x0005_C04E;
+
+/// A run trained with a masked or span-corruption objective, scored as it was trained: the
+/// model's own `loss` on the held-out text's windows with labels made by the same objective
+/// (the same masks for every variant and seed), at each length (the input's).
+fn score_by_objective(
+    v: &VariantSpec,
+    dir: &Path,
+    plan: &Plan,
+    work: &Workload,
+) -> Result<(lmc_core::ir::Graph, serde_json::Map<String, Value>), Failure> {
+    let mut overrides = crate::source::overrides(&v.config, Some(dir))?;
+    overrides.given = lmc_core::Given::Named(vec!["input_ids".into(), "labels".into()]);
+    let graph = crate::source::load_model(&v.spec, &overrides)?;
+    let compiled = crate::ab::compile_graph(&v.spec, graph, &crate::Weights::Checkpoint(dir.to_path_buf()), work.device)
+        .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
+    let model = compiled.model;
+    let mut opts = plan.train.clone();
+    opts.tokenizer = Some(dir.join("tokenizer.json"));
+    let tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json")).map_err(Failure::Message)?;
+    let vocab_bound = model
+        .manifest()
+        .inputs
+        .iter()
+        .find(|i| i.name == "input_ids")
+        .and_then(|i| i.index_bound.as_ref())
+        .map(|b| b.limit);
+    let objective = crate::train::setup::objective(&opts, Some(&(dir.join("tokenizer.json"), tokenizer.clone())), vocab_bound)?;
+    let mut lengths = serde_json::Map::new();
+    for &length in &work.lengths {
+        let entry = match crate::ab::length_limit(&compiled.graph, length) {
+            Some(why) => json!({"error": why}),
+            None => {
+                let batch = 8.min(MAX_WINDOWS);
+                match crate::train::data::Data::text(&plan.eval_text, &tokenizer, length, batch, true, objective, EVAL_MASK_SEED) {
+                    Ok(mut data) => {
+                        data.shuffle = false;
+                        let batches = data.eval_batches().min(MAX_WINDOWS.div_ceil(data.batch_size())).max(1);
+                        let mut losses = Vec::with_capacity(batches);
+                        for b in 0..batches as u64 {
+                            let inputs = data.batch(b).map_err(Failure::Message)?;
+                            let outputs = model
+                                .run(&inputs)
+                                .map_err(|e| Failure::Message(format!("{}, batch {}: {}", plan.eval_text.display(), b + 1, e.message())))?;
+                            let loss_index = model.manifest().outputs.iter().position(|o| o.name == "loss");
+                            let loss = loss_index
+                                .and_then(|i| outputs[i].as_f32()?.first().copied())
+                                .ok_or_else(|| Failure::Message(format!("{} returns no `loss` given labels", v.spec)))?;
+                            losses.push(f64::from(loss));
+                        }
+                        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+                        json!({"loss": mean, "windows": batches * data.batch_size(), "batch_losses": losses, "by_position": []})
+                    }
+                    Err(e) => json!({"error": e}),
+                }
+            }
+        };
+        lengths.insert(length.to_string(), entry);
+    }
+    Ok((compiled.graph, lengths))
 }
 
 /// Per length: the mean over seeds of each seed's loss, its t-interval and perplexity.

@@ -182,13 +182,16 @@ pub fn html(report: &Value) -> String {
                     .collect(),
             })
             .collect();
-        h.push_str(&category_chart(
-            &format!("Loss by position in windows of {l}"),
-            "loss (nats/token)",
-            "positions",
-            &buckets,
-            &series,
-        ));
+        // Runs scored by a masked or span-corruption objective have no positions to plot.
+        if !buckets.is_empty() {
+            h.push_str(&category_chart(
+                &format!("Loss by position in windows of {l}"),
+                "loss (nats/token)",
+                "positions",
+                &buckets,
+                &series,
+            ));
+        }
     }
 
     // Quality against speed, at the first length (the training length, usually).

@@ -133,9 +133,10 @@ pub fn load_configured(
     load_checked(spec, overrides).map(|(_, checked)| (checked.graph, checked.checkpoint_config))
 }
 
-/// Loads a model with every input it may be left without given (`labels`), and derives its
-/// backward pass: the loss and the gradient of every parameter (`lmc_core::grad`). What has no
-/// backward is a diagnostic at its place in the model file.
+/// Loads a model with the inputs it may be left without that `overrides` says are given (all of
+/// them when it names none: `labels` among them), and derives its backward pass: the loss and
+/// the gradient of every parameter (`lmc_core::grad`). What has no backward is a diagnostic at
+/// its place in the model file.
 pub fn load_grad_model(spec: &str, overrides: &ConfigOverrides) -> Result<lmc_core::ir::Graph, Failure> {
     load_training_model(spec, overrides).map(|t| t.grad)
 }
@@ -150,10 +151,10 @@ pub struct TrainingModel {
 
 /// As [`load_grad_model`], keeping the forward and the config.
 pub fn load_training_model(spec: &str, overrides: &ConfigOverrides) -> Result<TrainingModel, Failure> {
-    let overrides = ConfigOverrides {
-        given: lmc_core::Given::All,
-        ..overrides.clone()
-    };
+    let mut overrides = overrides.clone();
+    if overrides.given == lmc_core::Given::None {
+        overrides.given = lmc_core::Given::All;
+    }
     let (program, checked) = load_checked(spec, &overrides)?;
     let forward = checked.graph;
     let grad = lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {

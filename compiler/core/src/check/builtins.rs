@@ -365,7 +365,13 @@ impl<'p> Elab<'p> {
                     return Err(arity_error("the argument is the name of an input".into()));
                 };
                 match frame.locals.get(&p.segments[0].name) {
-                    Some(Binding::Absent) => Ok(Val::Const(CtValue::Bool(false))),
+                    Some(Binding::Absent) => {
+                        let name = &p.segments[0].name;
+                        if !self.asked_absent.contains(name) {
+                            self.asked_absent.push(name.clone());
+                        }
+                        Ok(Val::Const(CtValue::Bool(false)))
+                    }
                     Some(_) if p.segments.len() == 1 => Ok(Val::Const(CtValue::Bool(true))),
                     _ => Err(Diagnostic::error(
                         "E0100",

@@ -162,26 +162,47 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     // `RobertaForMaskedLM`) is that class.
     checkpoint_config.insert("architectures".into(), serde_json::json!([name]));
 
-    let mut e = Elab::new(p, &name);
-    e.given = overrides.given.clone();
-    e.graph.weights = weights;
-    e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
-    let root = e.instantiate_model(model_ref, decl, Rc::new(config));
-    if e.errors.is_empty() {
-        if let Some(root) = root {
-            e.run_model(root);
+    let config = Rc::new(config);
+    let elaborate = |given: &crate::config::Given| -> Result<Elab, (Vec<Diagnostic>, Vec<String>)> {
+        let mut e = Elab::new(p, &name);
+        e.given = given.clone();
+        e.graph.weights = weights;
+        e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
+        let root = e.instantiate_model(model_ref, decl, config.clone());
+        if e.errors.is_empty() {
+            if let Some(root) = root {
+                e.run_model(root);
+            }
         }
-    }
-    if !e.errors.is_empty() {
+        if e.errors.is_empty() {
+            return Ok(e);
+        }
         // A block used many times reports the same problem once.
         let mut unique: Vec<Diagnostic> = Vec::new();
-        for d in e.errors {
+        for d in e.errors.drain(..) {
             if !unique.contains(&d) {
                 unique.push(d);
             }
         }
-        return Err(CheckError::Diagnostics(unique));
+        Err((unique, e.asked_absent))
+    };
+    let mut elaborated = elaborate(&overrides.given);
+    // A caller that names no inputs gets none of those declared `= absent`, unless the model
+    // cannot do without them: then the fewest, in declaration order, of those it asks about
+    // with `given(name)` (whose absence it handles) that it checks with. T5 reads its labels
+    // shifted right when not `given(decoder_input_ids)`, so an inference compile is given
+    // `decoder_input_ids` and not `labels`. A model that checks with none of them reports
+    // what is wrong without any (an input used where it may be absent is E0211).
+    if let (crate::config::Given::None, Err((_, asked))) = (&overrides.given, &elaborated) {
+        let candidates: Vec<String> = absent_inputs(decl).into_iter().filter(|i| asked.contains(i)).collect();
+        for k in 1..=candidates.len() {
+            if let Ok(e) = elaborate(&crate::config::Given::Named(candidates[..k].to_vec())) {
+                elaborated = Ok(e);
+                break;
+            }
+        }
     }
+    let e = elaborated.map_err(|(errors, _)| CheckError::Diagnostics(errors))?;
     debug_assert_eq!(e.graph.verify(), Ok(()));
     let mut warnings = config_warnings;
     warnings.extend(e.unused_param_warnings());
@@ -191,6 +212,20 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         config_keys,
         checkpoint_config,
     })
+}
+
+/// The names of the model's inputs declared `= absent`, in order.
+fn absent_inputs(decl: &ast::ModelDecl) -> Vec<String> {
+    decl.members
+        .iter()
+        .filter_map(|m| match m {
+            ast::Member::Forward(f) => Some(f),
+            _ => None,
+        })
+        .flat_map(|f| &f.inputs)
+        .filter(|i| i.default.as_ref().is_some_and(|d| d.name == "absent"))
+        .map(|i| i.name.name.clone())
+        .collect()
 }
 
 /// Follows a variant to its model, collecting overrides base first.
@@ -367,6 +402,9 @@ struct Elab<'p> {
     scan_depth: usize,
     /// See [`ConfigOverrides::given`].
     given: crate::config::Given,
+    /// Inputs not given that the forward asked about with `given(name)`: those whose absence
+    /// it handles.
+    asked_absent: Vec<String>,
 }
 
 impl<'p> Elab<'p> {
@@ -394,6 +432,7 @@ impl<'p> Elab<'p> {
             fns: Vec::new(),
             scan_depth: 0,
             given: Default::default(),
+            asked_absent: Vec::new(),
         }
     }
 

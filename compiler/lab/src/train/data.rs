@@ -23,6 +23,91 @@ pub enum Objective {
         mask_token_id: i64,
         vocab: i64,
     },
+    /// T5's span corruption, as transformers' `DataCollatorForT5MLM` (its `run_t5_mlm_flax.py`):
+    /// spans of mean length `mean_noise_span_length` covering `noise_density` of a window are
+    /// each replaced by a sentinel in the input (`<extra_id_0>`, `<extra_id_1>`, …: `sentinel`
+    /// less k, of which the tokenizer has `sentinels`), and the labels are the sentinels each
+    /// followed by the span it stands for; both end with `eos`.
+    SpanCorruption {
+        noise_density: f64,
+        mean_noise_span_length: f64,
+        sentinel: i64,
+        sentinels: usize,
+        eos: i64,
+    },
+}
+
+impl Objective {
+    /// The tokens of text each sequence is made from, for inputs of `seq_len` tokens: more than
+    /// `seq_len` for span corruption, whose spans shrink to one sentinel each.
+    pub fn window(self, seq_len: usize) -> usize {
+        match self {
+            Objective::SpanCorruption {
+                noise_density,
+                mean_noise_span_length,
+                ..
+            } => span_window(seq_len, noise_density, mean_noise_span_length).0,
+            _ => seq_len,
+        }
+    }
+}
+
+/// The lengths of span corruption's inputs and labels for a window of `tokens` tokens (each
+/// with its end-of-sequence token).
+pub fn span_lengths(tokens: usize, noise_density: f64, mean_noise_span_length: f64) -> (usize, usize) {
+    let noise = (tokens as f64 * noise_density).round_ties_even() as usize;
+    let spans = (noise as f64 / mean_noise_span_length).round_ties_even() as usize;
+    (tokens - noise + spans + 1, noise + spans + 1)
+}
+
+/// The longest window whose corrupted input is at most `inputs` tokens, and its labels' length
+/// (transformers' `compute_input_and_target_lengths`).
+pub fn span_window(inputs: usize, noise_density: f64, mean_noise_span_length: f64) -> (usize, usize) {
+    let mut tokens = inputs;
+    while span_lengths(tokens + 1, noise_density, mean_noise_span_length).0 <= inputs {
+        tokens += 1;
+    }
+    let (_, mut targets) = span_lengths(tokens, noise_density, mean_noise_span_length);
+    if noise_density == 0.5 && targets > inputs {
+        tokens -= 1;
+        targets -= 1;
+    }
+    (tokens, targets)
+}
+
+/// Which of `length` tokens are noise: `random_spans_noise_mask` of transformers' collator,
+/// its shuffles keyed by `key`. Spans alternate, starting with one that is kept.
+fn noise_mask(length: usize, noise_density: f64, mean_noise_span_length: f64, key: u64) -> Vec<bool> {
+    let noise = ((length as f64 * noise_density).round_ties_even() as usize).clamp(1, length - 1);
+    let kept = length - noise;
+    let spans = ((noise.min(kept) as f64 / mean_noise_span_length).round_ties_even() as usize).max(1);
+    let noise_lengths = random_segmentation(noise, spans, mix(key ^ 0x4E4F_4953));
+    let kept_lengths = random_segmentation(kept, spans, mix(key ^ 0x4B45_5054));
+    let mut mask = Vec::with_capacity(length);
+    for (k, n) in kept_lengths.iter().zip(&noise_lengths) {
+        mask.extend(std::iter::repeat_n(false, *k));
+        mask.extend(std::iter::repeat_n(true, *n));
+    }
+    mask
+}
+
+/// `items` split into `segments` non-empty runs at random: the lengths of the runs.
+fn random_segmentation(items: usize, segments: usize, key: u64) -> Vec<usize> {
+    // Which of the gaps between items start a new run: segments - 1 of them, shuffled.
+    let mut starts: Vec<bool> = (0..items - 1).map(|i| i < segments - 1).collect();
+    for i in (1..starts.len()).rev() {
+        let j = (mix(key.wrapping_add(i as u64)) % (i as u64 + 1)) as usize;
+        starts.swap(i, j);
+    }
+    let mut lengths = vec![1usize];
+    for s in starts {
+        if s {
+            lengths.push(1);
+        } else if let Some(last) = lengths.last_mut() {
+            *last += 1;
+        }
+    }
+    lengths
 }
 
 /// Where batches come from.
@@ -37,7 +122,10 @@ pub enum Source {
     },
     Text {
         ids: Vec<i64>,
+        /// Tokens in each input sequence.
         seq_len: usize,
+        /// Tokens of text each is made from (more than `seq_len` for span corruption).
+        window: usize,
         batch: usize,
         windows: usize,
     },
@@ -169,15 +257,16 @@ impl Data {
             .encode(text.as_str(), false)
             .map_err(|e| format!("cannot tokenize {}: {e}", path.display()))?;
         let ids: Vec<i64> = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
-        let windows = ids.len() / seq_len;
+        let window = objective.map_or(seq_len, |o| o.window(seq_len));
+        let windows = ids.len() / window;
         let batch = if shrink { batch.min(windows.max(1)) } else { batch };
         if windows < batch {
             return Err(format!(
-                "{} is {} tokens: fewer than one batch of {batch} windows of {seq_len} tokens ({} needed); \
+                "{} is {} tokens: fewer than one batch of {batch} windows of {window} tokens ({} needed); \
                  give a longer text, or a smaller --per-device-train-batch-size or --seq-len",
                 path.display(),
                 ids.len(),
-                batch * seq_len
+                batch * window
             ));
         }
         Ok(Data {
@@ -186,6 +275,7 @@ impl Data {
             source: Source::Text {
                 ids,
                 seq_len,
+                window,
                 batch,
                 windows,
             },
@@ -241,8 +331,8 @@ impl Data {
             Source::Batches {
                 steps, batch, seq, names, ..
             } => format!("{}: {steps} batches of {batch} × {seq} ({})", self.path.display(), names.join(", ")),
-            Source::Text { ids, seq_len, windows, .. } => {
-                format!("{}: {} tokens, {windows} windows of {seq_len}", self.path.display(), ids.len())
+            Source::Text { ids, window, windows, .. } => {
+                format!("{}: {} tokens, {windows} windows of {window}", self.path.display(), ids.len())
             }
         }
     }
@@ -284,11 +374,12 @@ impl Data {
             }
             Source::Text {
                 ids,
-                seq_len,
+                window,
                 batch,
                 windows,
+                ..
             } => {
-                let mut values = Vec::with_capacity(batch * seq_len);
+                let mut values = Vec::with_capacity(batch * window);
                 let mut order = self.order.borrow_mut();
                 for j in 0..*batch as u64 {
                     let sample = step * *batch as u64 + j;
@@ -303,17 +394,14 @@ impl Data {
                     } else {
                         within
                     };
-                    values.extend_from_slice(&ids[w * seq_len..(w + 1) * seq_len]);
+                    values.extend_from_slice(&ids[w * window..(w + 1) * window]);
                 }
-                vec![HostTensor::from_i64("input_ids", vec![*batch, *seq_len], values).map_err(|e| e.to_string())?]
+                vec![HostTensor::from_i64("input_ids", vec![*batch, *window], values).map_err(|e| e.to_string())?]
             }
         };
         if !tensors.iter().any(|t| t.name == "labels") {
             let Some(objective) = self.objective else {
-                return Err(format!(
-                    "{} has no `labels`: say how to make them with --objective causal (labels = input_ids; a causal LM shifts them) or --objective masked (masked LM, as transformers' DataCollatorForLanguageModeling)",
-                    self.path.display()
-                ));
+                return Err(format!("{} has no `labels`: {}", self.path.display(), MAKE_LABELS));
             };
             let ids = tensors
                 .iter_mut()
@@ -326,6 +414,10 @@ impl Data {
         Ok(tensors)
     }
 }
+
+/// How to say which objective makes labels.
+pub const MAKE_LABELS: &str = "say how to make them with --objective causal (labels = input_ids; a causal LM shifts them itself), \
+     --objective masked (masked LM, as transformers' DataCollatorForLanguageModeling) or --objective span-corruption (T5's, as transformers' DataCollatorForT5MLM)";
 
 /// The inputs and labels of a batch without labels, by the objective.
 fn make_labels(ids: &HostTensor, objective: Objective, seed: u64, step: u64) -> Result<(HostTensor, HostTensor), String> {
@@ -362,7 +454,70 @@ fn make_labels(ids: &HostTensor, objective: Objective, seed: u64, step: u64) -> 
                 HostTensor::from_i64("labels", shape, labels).map_err(|e| e.to_string())?,
             ))
         }
+        Objective::SpanCorruption {
+            noise_density,
+            mean_noise_span_length,
+            sentinel,
+            sentinels,
+            eos,
+        } => {
+            let &[batch, length] = shape.as_slice() else {
+                return Err(format!("`input_ids` has shape {shape:?}; span corruption reads [batch, seq]"));
+            };
+            if length < 2 {
+                return Err(format!("span corruption needs windows of 2 tokens or more, not {length}"));
+            }
+            let (input_len, label_len) = span_lengths(length, noise_density, mean_noise_span_length);
+            let mut inputs = Vec::with_capacity(batch * input_len);
+            let mut labels = Vec::with_capacity(batch * label_len);
+            for (row, tokens) in values.chunks(length).enumerate() {
+                let key = mix(seed ^ mix(step ^ 0x5350_414E)).wrapping_add(row as u64);
+                let noise = noise_mask(length, noise_density, mean_noise_span_length, mix(key));
+                let spans = noise.iter().enumerate().filter(|&(i, &n)| n && (i == 0 || !noise[i - 1])).count();
+                if spans > sentinels {
+                    return Err(format!(
+                        "span corruption of a window of {length} tokens makes {spans} spans, but the tokenizer has {sentinels} sentinels (<extra_id_0> …); give a shorter --seq-len"
+                    ));
+                }
+                let (i, l) = corrupt(tokens, &noise, sentinel, eos);
+                if i.len() != input_len || l.len() != label_len {
+                    return Err(format!(
+                        "span corruption made {} input and {} label tokens of a window of {length}, not {input_len} and {label_len}",
+                        i.len(),
+                        l.len()
+                    ));
+                }
+                inputs.extend(i);
+                labels.extend(l);
+            }
+            Ok((
+                HostTensor::from_i64("input_ids", vec![batch, input_len], inputs).map_err(|e| e.to_string())?,
+                HostTensor::from_i64("labels", vec![batch, label_len], labels).map_err(|e| e.to_string())?,
+            ))
+        }
     }
+}
+
+/// One window's input (noise spans replaced by sentinels) and labels (each sentinel followed
+/// by its span), each ended by `eos`.
+fn corrupt(tokens: &[i64], noise: &[bool], sentinel: i64, eos: i64) -> (Vec<i64>, Vec<i64>) {
+    let (mut input, mut labels) = (Vec::new(), Vec::new());
+    let mut span = 0;
+    for (i, (&t, &n)) in tokens.iter().zip(noise).enumerate() {
+        if !n {
+            input.push(t);
+            continue;
+        }
+        if i == 0 || !noise[i - 1] {
+            input.push(sentinel - span);
+            labels.push(sentinel - span);
+            span += 1;
+        }
+        labels.push(t);
+    }
+    input.push(eos);
+    labels.push(eos);
+    (input, labels)
 }
 
 /// The sha256 of a file, in hex.
@@ -413,5 +568,78 @@ mod tests {
                 assert_eq!(l, o, "a chosen token is labelled with itself");
             }
         }
+    }
+
+    #[test]
+    fn span_corruption_lengths_are_transformers() {
+        // compute_input_and_target_lengths(512, 0.15, 3) of run_t5_mlm_flax.py, and smaller.
+        assert_eq!(span_window(512, 0.15, 3.0), (568, 114));
+        assert_eq!(span_window(64, 0.15, 3.0), (70, 14));
+        assert_eq!(span_window(256, 0.15, 3.0), (284, 58));
+        assert_eq!(span_window(32, 0.15, 3.0), (34, 8));
+    }
+
+    #[test]
+    fn span_corruption_hides_spans_the_labels_give_back() {
+        let (window, targets) = span_window(64, 0.15, 3.0);
+        let ids = HostTensor::from_i64("input_ids", vec![3, window], (0..3 * window as i64).map(|i| 10 + i).collect()).unwrap();
+        let objective = Objective::SpanCorruption {
+            noise_density: 0.15,
+            mean_noise_span_length: 3.0,
+            sentinel: 999,
+            sentinels: 100,
+            eos: 1,
+        };
+        let (inputs, labels) = make_labels(&ids, objective, 7, 3).unwrap();
+        assert_eq!(inputs.shape, vec![3, 64]);
+        assert_eq!(labels.shape, vec![3, targets]);
+        let (inputs, labels) = (inputs.as_i64().unwrap(), labels.as_i64().unwrap());
+        for (row, original) in ids.as_i64().unwrap().chunks(window).enumerate() {
+            let input = &inputs[row * 64..(row + 1) * 64];
+            let label = &labels[row * targets..(row + 1) * targets];
+            assert_eq!((input[63], label[targets - 1]), (1, 1), "both end with eos");
+            // Putting each sentinel's span back where the sentinel stands gives the window.
+            let mut spans = std::collections::HashMap::new();
+            let mut current = None;
+            for &t in &label[..targets - 1] {
+                if t > 900 {
+                    current = Some(t);
+                    spans.insert(t, Vec::new());
+                } else {
+                    spans.get_mut(&current.expect("labels start with a sentinel")).unwrap().push(t);
+                }
+            }
+            let sentinels: Vec<i64> = input.iter().copied().filter(|&t| t > 900).collect();
+            assert_eq!(sentinels, (0..sentinels.len() as i64).map(|k| 999 - k).collect::<Vec<_>>());
+            assert!(input[0] < 900, "the first span is kept");
+            let mut rebuilt = Vec::new();
+            for &t in &input[..63] {
+                match spans.get(&t) {
+                    Some(span) => {
+                        assert!(!span.is_empty());
+                        rebuilt.extend(span);
+                    }
+                    None => rebuilt.push(t),
+                }
+            }
+            assert_eq!(rebuilt, original);
+            let hidden: usize = spans.values().map(Vec::len).sum();
+            assert_eq!(hidden, 10, "round(70 * 0.15) tokens are noise");
+        }
+        // A function of (seed, step): the same again, another mask at the next step.
+        let again = make_labels(&ids, objective, 7, 3).unwrap();
+        assert_eq!(again.0.as_i64().unwrap(), inputs);
+        let next = make_labels(&ids, objective, 7, 4).unwrap();
+        assert_ne!(next.0.as_i64().unwrap(), inputs);
+        // Too few sentinels is an error, not a sentinel that is a word.
+        let few = Objective::SpanCorruption {
+            noise_density: 0.15,
+            mean_noise_span_length: 3.0,
+            sentinel: 999,
+            sentinels: 1,
+            eos: 1,
+        };
+        let err = make_labels(&ids, few, 7, 3).unwrap_err();
+        assert!(err.contains("1 sentinels"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ use std::time::Instant;
 pub enum ObjectiveArg {
     Causal,
     Masked,
+    SpanCorruption,
 }
 
 impl ObjectiveArg {
@@ -30,6 +31,7 @@ impl ObjectiveArg {
         match self {
             ObjectiveArg::Causal => "causal",
             ObjectiveArg::Masked => "masked",
+            ObjectiveArg::SpanCorruption => "span-corruption",
         }
     }
 }
@@ -59,7 +61,10 @@ pub struct TrainOptions {
     pub warmup_steps: u64,
     pub seed: u64,
     pub objective: Option<ObjectiveArg>,
+    /// The masked objective's share of tokens chosen; span corruption's noise density (as
+    /// transformers' T5 pretraining script reads `mlm_probability`).
     pub mlm_probability: f64,
+    pub mean_noise_span_length: f64,
     pub eval_data: Option<PathBuf>,
     pub eval_steps: Option<u64>,
     /// Sequences per evaluation batch of a text (fewer when the text is shorter).
@@ -95,6 +100,7 @@ impl TrainOptions {
             seed: 42,
             objective: None,
             mlm_probability: 0.15,
+            mean_noise_span_length: 3.0,
             eval_data: None,
             eval_steps: None,
             per_device_eval_batch_size: 8,

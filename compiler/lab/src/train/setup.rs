@@ -55,6 +55,10 @@ pub(crate) fn prepare(opts: &TrainOptions) -> Result<Run, Failure> {
             ));
         }
     }
+    let overrides = lmc_core::ConfigOverrides {
+        given: lmc_core::Given::Named(data_inputs(opts)?),
+        ..overrides
+    };
     let model = crate::source::load_training_model(&opts.spec, &overrides)?;
     let identity = identity(&model.grad);
     if let Some(r) = &resumed {
@@ -266,7 +270,7 @@ fn read_tokenizer(
     vocab_bound: Option<i64>,
 ) -> Result<Option<(PathBuf, tokenizers::Tokenizer)>, Failure> {
     let tokenizer = match tokenizer_path(opts, checkpoint_dir) {
-        Some(path) if is_text(&opts.data) || opts.objective == Some(ObjectiveArg::Masked) => {
+        Some(path) if is_text(&opts.data) || matches!(opts.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) => {
             let t = crate::tokenizer::load(&path).map_err(Failure::Message)?;
             Some((path, t))
         }
@@ -298,8 +302,8 @@ fn tokenizer_path(opts: &TrainOptions, checkpoint_dir: Option<&Path>) -> Option<
 }
 
 /// How labels are made (`--objective`); the masked objective takes its mask token from the
-/// tokenizer.
-fn objective(
+/// tokenizer, span corruption its sentinels and `</s>`.
+pub(crate) fn objective(
     opts: &TrainOptions,
     tokenizer: Option<&(PathBuf, tokenizers::Tokenizer)>,
     vocab_bound: Option<i64>,
@@ -323,7 +327,57 @@ fn objective(
                 vocab: vocab_bound.unwrap_or(i64::from(t.get_vocab_size(true) as u32)),
             })
         }
+        Some(ObjectiveArg::SpanCorruption) => {
+            let Some((path, t)) = tokenizer else {
+                return Err(Failure::Message(
+                    "--objective span-corruption needs the tokenizer's sentinels (<extra_id_0>, …) and </s>: give --tokenizer, or a checkpoint with its tokenizer.json".into(),
+                ));
+            };
+            let missing = |what: &str| {
+                Failure::Message(format!(
+                    "the tokenizer {} has no {what}, which span corruption needs",
+                    path.display()
+                ))
+            };
+            let sentinel = t.token_to_id("<extra_id_0>").ok_or_else(|| missing("<extra_id_0>"))?;
+            let eos = t.token_to_id("</s>").ok_or_else(|| missing("</s>"))?;
+            // As transformers' collator numbers them: <extra_id_k> is <extra_id_0> less k.
+            let sentinels = (0..)
+                .take_while(|&k| k <= sentinel && t.token_to_id(&format!("<extra_id_{k}>")) == Some(sentinel - k))
+                .count();
+            if !(opts.mlm_probability > 0.0 && opts.mlm_probability < 1.0) || opts.mean_noise_span_length < 1.0 {
+                return Err(Failure::Message(format!(
+                    "span corruption needs 0 < --mlm-probability < 1 and --mean-noise-span-length ≥ 1 (given {} and {})",
+                    opts.mlm_probability, opts.mean_noise_span_length
+                )));
+            }
+            Some(Objective::SpanCorruption {
+                noise_density: opts.mlm_probability,
+                mean_noise_span_length: opts.mean_noise_span_length,
+                sentinel: i64::from(sentinel),
+                sentinels,
+                eos: i64::from(eos),
+            })
+        }
     })
+}
+
+/// The inputs each batch gives the model: the data's tensors (a text's `input_ids`), and the
+/// `labels` the objective makes when it has none. Inputs a model may be left without are
+/// compiled in only when the data gives them (T5's `decoder_input_ids`, made from the labels
+/// otherwise).
+fn data_inputs(opts: &TrainOptions) -> Result<Vec<String>, Failure> {
+    crate::check_input_file("--data", &opts.data)?;
+    let mut names = if is_text(&opts.data) {
+        vec!["input_ids".to_string()]
+    } else {
+        let file = lmc_runtime::safetensors::SafeTensorsFile::open(&opts.data).map_err(|e| Failure::Message(e.to_string()))?;
+        file.tensors().map(|t| t.name.clone()).collect()
+    };
+    if !names.iter().any(|n| n == "labels") {
+        names.push("labels".into());
+    }
+    Ok(names)
 }
 
 fn is_text(path: &Path) -> bool {
@@ -395,8 +449,9 @@ fn check_data(opts: &TrainOptions, data: &Data, manifest: &lmc_abi::Manifest, vo
     }
     if !data.has_labels() && opts.objective.is_none() {
         return Err(Failure::Message(format!(
-            "{} has no `labels`: say how to make them with --objective causal (labels = input_ids; a causal LM shifts them itself) or --objective masked (masked LM, as transformers' DataCollatorForLanguageModeling)",
-            opts.data.display()
+            "{} has no `labels`: {}",
+            opts.data.display(),
+            super::data::MAKE_LABELS
         )));
     }
     // Every batch is checked before the first step (ids past the vocabulary, bad shapes).
