@@ -207,3 +207,136 @@ fn bad_quality_experiments_are_clear_errors() {
         &["--out and --shard are for an experiment file"],
     );
 }
+
+/// `lmc ab` with `--shard` and a process per part (as an array job runs them, the index from
+/// the scheduler's variable), each with its own `--out`: `lmc ab merge` gathers the parts and
+/// reports the same losses as the sweep run in one process. Parts of another experiment, and a
+/// missing part, are refused.
+#[test]
+fn three_shards_merged_report_as_the_unsharded_sweep() {
+    let dir = scratch("quality_merge");
+    let file = experiment(&dir, "");
+    let f = file.to_str().unwrap();
+    let whole = dir.join("whole");
+    let whole_json = dir.join("whole.json");
+    let r = lmc(&["ab", f, "--out", whole.to_str().unwrap(), "--json", whole_json.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    let parts: Vec<_> = (0..3).map(|k| dir.join(format!("part{k}"))).collect();
+    let envs = [None, Some(("SLURM_ARRAY_TASK_ID", "1")), Some(("JOB_COMPLETION_INDEX", "2"))];
+    for (k, (part, env)) in parts.iter().zip(envs).enumerate() {
+        let shard = if env.is_some() { "3".to_string() } else { format!("{k}/3") };
+        let mut command = std::process::Command::new(lmc_bin());
+        command
+            .current_dir(root())
+            .args(["ab", f, "--out", part.to_str().unwrap(), "--shard", &shard])
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let r = command.output().unwrap();
+        assert!(r.status.success(), "part {k}: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    let merged = dir.join("merged");
+    let merged_json = dir.join("merged.json");
+    let part_args: Vec<&str> = parts.iter().map(|p| p.to_str().unwrap()).collect();
+    let mut args = vec!["ab", "merge"];
+    args.extend(&part_args);
+    args.extend(["--out", merged.to_str().unwrap(), "--json", merged_json.to_str().unwrap()]);
+    let r = lmc(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("trained already").count(), 4, "nothing is trained again: {stderr}");
+
+    let read = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (a, b) = (read(&whole_json), read(&merged_json));
+    for (va, vb) in a["variants"].as_array().unwrap().iter().zip(b["variants"].as_array().unwrap()) {
+        assert_eq!(va["label"], vb["label"]);
+        for (ra, rb) in va["runs"].as_array().unwrap().iter().zip(vb["runs"].as_array().unwrap()) {
+            assert_eq!(ra["seed"], rb["seed"]);
+            assert_eq!(ra["curve"], rb["curve"], "the same training");
+            assert_eq!(ra["lengths"], rb["lengths"], "the same scores");
+        }
+        assert_eq!(va["summary"]["32"], vb["summary"]["32"]);
+    }
+    let verdict = |r: &serde_json::Value| r["verdicts"][0]["loss_difference"].as_f64().unwrap();
+    assert_eq!(verdict(&a), verdict(&b));
+
+    // A variant trained elsewhere (here: the checkpoints the sweep wrote) is scored, not
+    // trained: the same model as `learned` scores the same, seed for seed.
+    let elsewhere = dir.join("elsewhere.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "  - model: GPT2ALiBi\n    label: ALiBi\n",
+        &format!(
+            "  - model: GPT2LMHeadModel\n    label: elsewhere\n    weights: {}/seed-{{seed}}\n",
+            whole.join("runs/learned").display()
+        ),
+    );
+    std::fs::write(&elsewhere, text).unwrap();
+    let elsewhere_json = dir.join("elsewhere.json");
+    let r = lmc(&[
+        "ab",
+        elsewhere.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+        "--json",
+        elsewhere_json.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(!stderr.contains("training "), "nothing is trained: {stderr}");
+    let c = read(&elsewhere_json);
+    assert_eq!(c["variants"][1]["runs"][0]["lengths"], a["variants"][0]["runs"][0]["lengths"]);
+    assert_eq!(c["variants"][1]["runs"][1]["lengths"], a["variants"][0]["runs"][1]["lengths"]);
+    assert_eq!(c["verdicts"][0]["loss_difference"], 0.0);
+    assert!(c["variants"][1]["trained_elsewhere"].as_str().unwrap().ends_with("seed-{seed}"));
+    let one = std::fs::read_to_string(&elsewhere).unwrap().replace("/seed-{seed}", "/seed-1");
+    std::fs::write(&elsewhere, one).unwrap();
+    lmc_fails(&["ab", elsewhere.to_str().unwrap()], &["one checkpoint for 2 seeds", "{seed}"]);
+
+    // A missing part: its runs were trained by none of the others.
+    lmc_fails(
+        &[
+            "ab",
+            "merge",
+            part_args[0],
+            part_args[1],
+            "--out",
+            dir.join("incomplete").to_str().unwrap(),
+        ],
+        &["was trained by none of the parts"],
+    );
+    // A part of another experiment.
+    let record = parts[2].join("sweep.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let mut other: serde_json::Value = serde_json::from_str(&text).unwrap();
+    other["experiment_sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(&record, other.to_string()).unwrap();
+    lmc_fails(&args, &["are parts of different sweeps", "experiment"]);
+    std::fs::write(&record, text).unwrap();
+    // An array job's index that is missing or out of range.
+    let r = std::process::Command::new(lmc_bin())
+        .current_dir(root())
+        .args(["ab", f, "--out", parts[0].to_str().unwrap(), "--shard", "3"])
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["neither is set", "--shard I/3"],
+    );
+    let r = std::process::Command::new(lmc_bin())
+        .current_dir(root())
+        .args(["ab", f, "--out", parts[0].to_str().unwrap(), "--shard", "3"])
+        .env("SLURM_ARRAY_TASK_ID", "3")
+        .output()
+        .unwrap();
+    expect_error(
+        r.status.code().unwrap_or(-1),
+        &String::from_utf8_lossy(&r.stderr),
+        &["part 3 of 3 is not one"],
+    );
+}

@@ -380,7 +380,9 @@ enum Command {
     Ab {
         /// Two or more of FILE:MODEL; after one, a bare name is a model or variant of that file
         /// (`models/bert.model:BertModel BertALiBi`). Or one experiment file (`.yaml`), which
-        /// names the variants, weights and workload itself (see models/experiments/).
+        /// names the variants, weights and workload itself (see models/experiments/). Or
+        /// `merge [EXPERIMENT.yaml] PART...`: the --out directories of a sweep's parts (--shard),
+        /// gathered into --out (default: the first part) and reported.
         #[arg(required = true, num_args = 1..)]
         variants: Vec<String>,
         /// A safetensors checkpoint, or a `save_pretrained` directory, which every variant reads.
@@ -439,9 +441,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// An experiment with a `train` section: train only the runs whose index is I modulo N
-        /// (an array job's task, e.g. `--shard $SLURM_ARRAY_TASK_ID/$N`); a last call without
-        /// it reports.
-        #[arg(long, value_name = "I/N")]
+        /// (an array job's task; `--shard N` reads I from SLURM_ARRAY_TASK_ID or
+        /// JOB_COMPLETION_INDEX); a last call without it, or `lmc ab merge`, reports.
+        #[arg(long, value_name = "I/N | N")]
         shard: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
@@ -551,16 +553,73 @@ pub fn on_compiler_stack<R: Send + 'static>(work: impl FnOnce() -> R + Send + 's
     worker.join().ok()
 }
 
-/// `--shard I/N`: 0 ≤ I < N.
+/// What `lmc ab`'s command line replaces of an experiment file's workload.
+struct WorkloadArgs {
+    batch: Option<Vec<usize>>,
+    lengths: Option<Vec<usize>>,
+    runs: Option<usize>,
+    warmup: Option<usize>,
+    threads: Option<usize>,
+    decode: Option<usize>,
+    eval_text: Option<PathBuf>,
+    device: lmc_codegen::Device,
+}
+
+/// Runs an experiment file: a speed A/B, or with a `train` section, the quality sweep (or the
+/// part of it `sweep` names). `sweep_asked`: the command line gave `--out` or `--shard`.
+fn run_experiment(
+    file: &std::path::Path,
+    args: &WorkloadArgs,
+    reports: &ab::Reports,
+    sweep: lmc_lab::quality::Sweep,
+    sweep_asked: bool,
+) -> Result<(), Failure> {
+    let mut e = experiment::load(file)?;
+    // The command line replaces the file's workload where it is given: `--lengths 128` for a
+    // quick look at a long sweep.
+    let w = &mut e.work;
+    w.batches = args.batch.clone().unwrap_or(std::mem::take(&mut w.batches));
+    w.lengths = args.lengths.clone().unwrap_or(std::mem::take(&mut w.lengths));
+    w.runs = args.runs.unwrap_or(w.runs);
+    w.warmup = args.warmup.unwrap_or(w.warmup);
+    w.threads = args.threads.or(w.threads);
+    w.decode = args.decode.or(w.decode);
+    w.eval_text = args.eval_text.clone().or(w.eval_text.take());
+    w.device = args.device;
+    match &e.quality {
+        Some(plan) => lmc_lab::quality::run(e.title.as_deref(), file, &e.variants, plan, &e.work, reports, &sweep),
+        None if sweep_asked => Err(Failure::Message(
+            "--out and --shard are for an experiment with a `train` section".into(),
+        )),
+        None => ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, reports),
+    }
+}
+
+/// `--shard I/N`: 0 ≤ I < N; `--shard N` takes I from the array job's index (Slurm's
+/// `SLURM_ARRAY_TASK_ID`, a Kubernetes Indexed Job's `JOB_COMPLETION_INDEX`).
 fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>, Failure> {
     let Some(text) = text else { return Ok(None) };
-    let parsed = text
-        .split_once('/')
-        .and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
-    match parsed {
-        Some((i, n)) if n > 0 && i < n => Ok(Some((i, n))),
+    let (index, count) = match text.split_once('/') {
+        Some((i, n)) => (i.trim().to_string(), n),
+        None => {
+            let from_env = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().map(|v| (*k, v)));
+            let Some((key, value)) = from_env else {
+                return Err(Failure::Message(format!(
+                    "--shard {text} takes this part's index from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX, and neither is set: give --shard I/{text}"
+                )));
+            };
+            if value.trim().parse::<usize>().is_err() {
+                return Err(Failure::Message(format!("--shard {text}: {key} is `{value}`, not an index")));
+            }
+            (value, text)
+        }
+    };
+    match (index.trim().parse::<usize>(), count.trim().parse::<usize>()) {
+        (Ok(i), Ok(n)) if n > 0 && i < n => Ok(Some((i, n))),
         _ => Err(Failure::Message(format!(
-            "--shard {text}: expected I/N with 0 <= I < N (e.g. 0/4 for the first of four)"
+            "--shard {text}: expected I/N with 0 <= I < N (e.g. 0/4 for the first of four; part {index} of {count} is not one)"
         ))),
     }
 }
@@ -739,41 +798,53 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             config,
         } => {
             let reports = ab::Reports { json, csv, html };
+            let command_line = WorkloadArgs {
+                batch: batch.clone(),
+                lengths: lengths.clone(),
+                runs,
+                warmup,
+                threads,
+                decode,
+                eval_text: eval_text.clone(),
+                device: device.device(),
+            };
             match variants.as_slice() {
+                [command, parts @ ..] if command == "merge" => {
+                    if weights.is_some() || random_weights || config.config.is_some() || !config.set.is_empty() || shard.is_some() {
+                        Err(Failure::Message(
+                            "lmc ab merge takes the parts' --out directories (and --out, the report's options): leave out --weights, --random-weights, --config, --set and --shard".into(),
+                        ))
+                    } else {
+                        // The experiment file first, where it is not where the parts ran it.
+                        let (experiment, parts) = match parts {
+                            [file, rest @ ..] if experiment::is_experiment_file(file) => (Some(PathBuf::from(file)), rest),
+                            _ => (None, parts),
+                        };
+                        let parts: Vec<PathBuf> = parts.iter().map(PathBuf::from).collect();
+                        lmc_lab::sweep::merge(experiment.as_deref(), &parts, out.as_deref()).and_then(|(file, out)| {
+                            let sweep = lmc_lab::quality::Sweep {
+                                out,
+                                shard: None,
+                                merged: true,
+                            };
+                            run_experiment(&file, &command_line, &reports, sweep, true)
+                        })
+                    }
+                }
                 [file] if experiment::is_experiment_file(file) => {
                     if weights.is_some() || random_weights || config.config.is_some() || !config.set.is_empty() {
                         Err(Failure::Message(
                             "an experiment file names its weights and configuration itself: leave out --weights, --random-weights, --config and --set".into(),
                         ))
                     } else {
-                        experiment::load(std::path::Path::new(file)).and_then(|mut e| {
-                            // The command line replaces the file's workload where it is given:
-                            // `--lengths 128` for a quick look at a long sweep.
-                            let w = &mut e.work;
-                            w.batches = batch.unwrap_or(std::mem::take(&mut w.batches));
-                            w.lengths = lengths.unwrap_or(std::mem::take(&mut w.lengths));
-                            w.runs = runs.unwrap_or(w.runs);
-                            w.warmup = warmup.unwrap_or(w.warmup);
-                            w.threads = threads.or(w.threads);
-                            w.decode = decode.or(w.decode);
-                            w.eval_text = eval_text.or(w.eval_text.take());
-                            w.device = device.device();
-                            match &e.quality {
-                                Some(plan) => {
-                                    let file = std::path::Path::new(file);
-                                    let out = out
-                                        .clone()
-                                        .unwrap_or_else(|| std::path::Path::new("out").join(file.file_stem().unwrap_or_default()));
-                                    parse_shard(shard.as_deref()).and_then(|shard| {
-                                        let sweep = lmc_lab::quality::Sweep { out, shard };
-                                        lmc_lab::quality::run(e.title.as_deref(), file, &e.variants, plan, &e.work, &reports, &sweep)
-                                    })
-                                }
-                                None if out.is_some() || shard.is_some() => Err(Failure::Message(
-                                    "--out and --shard are for an experiment with a `train` section".into(),
-                                )),
-                                None => ab::ab(e.title.as_deref(), &e.variants, &e.weights, &e.work, &reports),
-                            }
+                        let file = std::path::Path::new(file);
+                        let sweep_asked = out.is_some() || shard.is_some();
+                        parse_shard(shard.as_deref()).and_then(|shard| {
+                            let out = out
+                                .clone()
+                                .unwrap_or_else(|| std::path::Path::new("out").join(file.file_stem().unwrap_or_default()));
+                            let sweep = lmc_lab::quality::Sweep { out, shard, merged: false };
+                            run_experiment(file, &command_line, &reports, sweep, sweep_asked)
                         })
                     }
                 }
@@ -790,6 +861,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                             spec,
                             label: None,
                             config: config.source(),
+                            trained_elsewhere: None,
                         })
                         .collect();
                     let weights = Weights::new(weights, seed);

@@ -37,6 +37,15 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
         loc: None,
         help: help.to_string(),
     };
+    if g.weights != lmc_abi::WeightFormat::F32 {
+        return Err(no_loc(
+            format!(
+                "weights stored as {} are for inference: gradients and training update f32 weights",
+                g.weights.name()
+            ),
+            "leave out `--set weights=...`",
+        ));
+    }
     let Some((decl, loss_id)) = g.outputs.iter().find(|(d, _)| d.name == loss) else {
         return Err(no_loc(
             format!("the model has no `{loss}` output"),
@@ -51,15 +60,6 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
     }
     if g.decode.is_some() {
         return Err(no_loc("a decode step is not differentiated; differentiate the forward".into(), ""));
-    }
-    if g.weights != lmc_abi::WeightFormat::F32 {
-        return Err(no_loc(
-            format!(
-                "weights stored as {} are for inference: gradients and training update f32 weights",
-                g.weights.name()
-            ),
-            "leave out `--set weights=...`",
-        ));
     }
     let mut d = Deriv {
         fwd: g,

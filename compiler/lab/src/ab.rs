@@ -39,6 +39,9 @@ pub struct VariantSpec {
     pub spec: String,
     pub label: Option<String>,
     pub config: ConfigSource,
+    /// A quality experiment's variant trained elsewhere: its checkpoint for each seed, `{seed}`
+    /// standing for the seed (scored, not trained).
+    pub trained_elsewhere: Option<String>,
 }
 
 /// Where `lmc ab` writes its report besides the terminal.

@@ -109,6 +109,7 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
                 set,
                 strict: false,
             },
+            trained_elsewhere: entry.weights.as_deref().map(|w| relative(w).display().to_string()),
         });
     }
     let weights = match file.weights.as_str() {
@@ -117,6 +118,11 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
     };
     // A checkpoint that is not there fails now, not after compiling every variant.
     weights.check(&format!("{}: weights", path.display()))?;
+    if file.train.is_none() && file.variants.iter().any(|v| v.weights.is_some()) {
+        return Err(bad(
+            "a variant's own `weights` (trained elsewhere) are for an experiment with a `train` section; the variants of a speed A/B share the file's `weights`".into(),
+        ));
+    }
     let quality = match (&file.train, &file.seeds) {
         (None, None) => None,
         (None, Some(_)) => {
@@ -138,6 +144,26 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
             let seeds = seeds.clone().unwrap_or_else(|| vec![file.seed]);
             if seeds.is_empty() {
                 return Err(bad("`seeds` needs one or more seeds".into()));
+            }
+            for (k, v) in variants.iter().enumerate() {
+                let Some(template) = &v.trained_elsewhere else { continue };
+                if seeds.len() > 1 && !template.contains("{seed}") {
+                    return Err(bad(format!(
+                        "variant {}: `weights: {template}` is one checkpoint for {} seeds; name one per seed with {{seed}} in the path (runs/alibi/seed-{{seed}})",
+                        k + 1,
+                        seeds.len()
+                    )));
+                }
+                for &seed in &seeds {
+                    let dir = PathBuf::from(template.replace("{seed}", &seed.to_string()));
+                    if !dir.join("config.json").is_file() {
+                        return Err(bad(format!(
+                            "variant {}: {} is not a checkpoint directory (no config.json)",
+                            k + 1,
+                            dir.display()
+                        )));
+                    }
+                }
             }
             Some(crate::quality::Plan::new(train, seeds, eval_text, &relative).map_err(&bad)?)
         }

@@ -78,6 +78,9 @@ pub struct VariantEntry {
     pub label: Option<String>,
     #[serde(default)]
     pub set: BTreeMap<String, serde_yaml::Value>,
+    /// With a `train` section: the variant was trained elsewhere, and this is its checkpoint
+    /// for each seed (`{seed}` stands for the seed; relative to the experiment file).
+    pub weights: Option<String>,
 }
 
 fn random() -> String {

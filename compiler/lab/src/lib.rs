@@ -17,6 +17,7 @@ pub mod quality_report;
 pub mod report;
 pub mod source;
 pub mod stats;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;
 pub mod units;

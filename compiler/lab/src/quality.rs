@@ -87,6 +87,9 @@ pub struct Sweep {
     pub out: PathBuf,
     /// `--shard I/N`: the runs whose index is I modulo N, and no report.
     pub shard: Option<(usize, usize)>,
+    /// The runs were gathered from the parts of a split sweep (`lmc ab merge`): report, and
+    /// train nothing.
+    pub merged: bool,
 }
 
 /// A variant's name in the report and on disk.
@@ -100,13 +103,18 @@ fn slug(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
 }
 
+/// Where a variant's run of `seed` is: under `out`, or for a variant trained elsewhere, its
+/// checkpoint for the seed.
 fn run_dir(out: &Path, v: &VariantSpec, seed: u64) -> PathBuf {
-    out.join("runs").join(slug(&label(v))).join(format!("seed-{seed}"))
+    match &v.trained_elsewhere {
+        Some(template) => PathBuf::from(template.replace("{seed}", &seed.to_string())),
+        None => out.join("runs").join(slug(&label(v))).join(format!("seed-{seed}")),
+    }
 }
 
 /// Whether a run directory holds a finished training: the trained model at its top, and its
 /// last checkpoint at the last step.
-fn finished(dir: &Path) -> bool {
+pub(crate) fn finished(dir: &Path) -> bool {
     let Some((_, last)) = crate::train::checkpoint::checkpoints(dir).pop() else {
         return false;
     };
@@ -202,12 +210,16 @@ pub fn run(
     let threads = crate::use_threads(work.threads)?;
     let jobs: Vec<(usize, u64)> = (0..variants.len()).flat_map(|v| plan.seeds.iter().map(move |&s| (v, s))).collect();
     let data_sha = crate::train::data::sha256_file(&plan.train.data).map_err(Failure::Message)?;
+    crate::sweep::SweepRecord::new(experiment)?.write(&sweep.out)?;
     let mut failures: Vec<Option<String>> = vec![None; variants.len()];
     for (index, &(vi, seed)) in jobs.iter().enumerate() {
         if sweep.shard.is_some_and(|(i, n)| index % n != i) {
             continue;
         }
         let v = &variants[vi];
+        if v.trained_elsewhere.is_some() {
+            continue;
+        }
         let dir = run_dir(&sweep.out, v, seed);
         if finished(&dir) {
             let differ = differences(&dir, v, plan, &data_sha)?;
@@ -223,6 +235,13 @@ pub fn run(
         }
         if failures[vi].is_some() {
             continue;
+        }
+        if sweep.merged {
+            return Err(Failure::Message(format!(
+                "{} seed {seed} was trained by none of the parts ({} is missing)",
+                label(v),
+                dir.display()
+            )));
         }
         let mut opts = plan.train.clone();
         opts.spec = v.spec.clone();
@@ -293,7 +312,7 @@ fn evaluate(
         let mut runs = Vec::new();
         for &seed in &plan.seeds {
             let dir = run_dir(&sweep.out, v, seed);
-            if !finished(&dir) {
+            if v.trained_elsewhere.is_none() && !finished(&dir) {
                 return Err(Failure::Message(format!(
                     "{} seed {seed} is not trained ({}): run the shards first, or without --shard",
                     label(v),
@@ -307,6 +326,7 @@ fn evaluate(
             "label": label(v),
             "spec": v.spec,
             "set": v.config.set,
+            "trained_elsewhere": v.trained_elsewhere,
             "config": runs.first().map_or(Value::Null, |r| r["config"].clone()),
             "runs": runs,
             "summary": summary,
@@ -334,11 +354,16 @@ fn evaluate(
             "per_device_train_batch_size": plan.train.per_device_train_batch_size,
             "learning_rate": plan.train.learning_rate,
             "lr_scheduler_type": plan.train.lr_scheduler_type.name(),
+            "objective": plan.train.objective.map_or("labels", ObjectiveArg::name),
             "warmup_steps": plan.train.warmup_steps,
             "weight_decay": plan.train.optimizer.weight_decay,
             "max_grad_norm": plan.train.max_grad_norm,
         },
         "eval_text": {"path": plan.eval_text.display().to_string(), "sha256": text_sha},
+        "scored_by": match plan.train.objective {
+            Some(o @ (ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) => format!("the model's own loss, labels made by {} with one seed for all", o.name()),
+            _ => "next-token loss".to_string(),
+        },
         "lengths": work.lengths,
         "variants": out_variants,
         "verdicts": verdicts,
@@ -347,20 +372,21 @@ fn evaluate(
 
 /// One trained run: its training curve and speed, and its scores at every length.
 fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workload) -> Result<Value, Failure> {
-    let state = crate::train::checkpoint::load(&crate::train::checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
-        .map_err(Failure::Message)?
-        .state;
-    let curve: Vec<(u64, f64)> = state
-        .log_history
+    // A run trained elsewhere has no lmc training log: no curve, no speed.
+    let log_history = match &v.trained_elsewhere {
+        Some(_) => Vec::new(),
+        None => {
+            crate::train::checkpoint::load(&crate::train::checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
+                .map_err(Failure::Message)?
+                .state
+                .log_history
+        }
+    };
+    let curve: Vec<(u64, f64)> = log_history
         .iter()
         .filter_map(|r| Some((r["step"].as_u64()?, r["loss"].as_f64()?)))
         .collect();
-    let mut speeds: Vec<f64> = state
-        .log_history
-        .iter()
-        .skip(1)
-        .filter_map(|r| r["tokens_per_s"].as_f64())
-        .collect();
+    let mut speeds: Vec<f64> = log_history.iter().skip(1).filter_map(|r| r["tokens_per_s"].as_f64()).collect();
     speeds.sort_by(f64::total_cmp);
     let tokens_per_s = speeds.get(speeds.len() / 2).copied();
     if matches!(plan.train.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) {
@@ -569,10 +595,11 @@ fn array_of(v: &Value) -> impl Iterator<Item = &Value> {
 fn print_report(report: &Value) {
     let lengths: Vec<String> = report["lengths"].as_array().into_iter().flatten().map(|l| l.to_string()).collect();
     crate::output::line(format_args!(
-        "{}: {} variant(s) × {} seed(s), held-out loss (nats/token) on {}, {}",
+        "{}: {} variant(s) × {} seed(s), held-out loss (nats/token; {}) on {}, {}",
         report["title"].as_str().unwrap_or(""),
         report["variants"].as_array().map_or(0, Vec::len),
         report["seeds"].as_array().map_or(0, Vec::len),
+        report["scored_by"].as_str().unwrap_or(""),
         report["eval_text"]["path"].as_str().unwrap_or(""),
         report["interval"].as_str().unwrap_or("")
     ));

@@ -79,7 +79,7 @@ pub fn html(report: &Value) -> String {
     let train = &report["train"];
     let _ = writeln!(
         h,
-        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · seeds {} · trained on <code>{}</code> (sha256 {}) for {} steps of {} × {} tokens, learning rate {} ({}) · scored on <code>{}</code> (sha256 {}) · {}</p>",
+        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · seeds {} · trained on <code>{}</code> (sha256 {}) for {} steps of {} × {} tokens, learning rate {} ({}) · scored on <code>{}</code> (sha256 {}) by {} · {}</p>",
         escape(report["generator"].as_str().unwrap_or("")),
         escape(report["commit"].as_str().unwrap_or("")),
         escape(report["date"].as_str().unwrap_or("")),
@@ -95,6 +95,7 @@ pub fn html(report: &Value) -> String {
         escape(train["lr_scheduler_type"].as_str().unwrap_or("")),
         escape(report["eval_text"]["path"].as_str().unwrap_or("")),
         escape(&report["eval_text"]["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>()),
+        escape(report["scored_by"].as_str().unwrap_or("next-token loss")),
         escape(report["interval"].as_str().unwrap_or(""))
     );
     let variants: Vec<&Value> = array(&report["variants"]).collect();
@@ -111,13 +112,16 @@ pub fn html(report: &Value) -> String {
             continue;
         }
         let finals: Vec<f64> = array(&v["runs"]).filter_map(|r| r["final_loss"].as_f64()).collect();
-        let final_loss = finals.iter().sum::<f64>() / finals.len().max(1) as f64;
+        let final_loss = match finals.len() {
+            0 => "trained elsewhere".to_string(),
+            n => format!("{:.4}", finals.iter().sum::<f64>() / n as f64),
+        };
         let speed = v["summary"]["train_tokens_per_s"]
             .as_f64()
             .map_or("-".to_string(), |s| format!("{s:.0}"));
         let _ = writeln!(
             h,
-            "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td>{final_loss:.4}</td><td>{speed}</td></tr>"
+            "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td>{final_loss}</td><td>{speed}</td></tr>"
         );
     }
     h.push_str("</table>\n<div class=\"charts\">\n");
