@@ -380,6 +380,10 @@ fn ab_fails_when_a_variant_fails() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["variants"][1]["error"].is_string(), "{report}");
     assert!(report["cells"][0]["variants"][0]["median_ms"].as_f64().is_some(), "{report}");
+    // Where and when the numbers were measured.
+    for key in ["commit", "cpu", "date", "generator"] {
+        assert!(report[key].as_str().is_some_and(|s| !s.is_empty()), "{key}: {report}");
+    }
 }
 
 /// `lmc check --config DIR`: per model, the config.json keys its config reads, assumes a value

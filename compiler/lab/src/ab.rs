@@ -473,6 +473,7 @@ pub fn ab(title: Option<&str>, specs: &[VariantSpec], weights: &Weights, work: &
     }
     let report = json!({
         "title": title, "generator": lmc_abi::generator_string(),
+        "commit": crate::machine::commit(), "date": crate::machine::date_utc(), "cpu": crate::machine::cpu_model(),
         "eval_text": text.as_ref().map(|t| json!({ "path": t.path.display().to_string(), "tokens": t.ids.len() })),
         "runs": work.runs, "warmup": work.warmup, "threads": threads, "device": work.device.as_str(), "interrupted": stopped,
         "variants": report_variants, "cells": report_cells,

@@ -130,6 +130,7 @@ pub fn bench(spec: &str, weights: &Weights, config: &ConfigSource, work: &Work, 
             "weights_dtype": match weights { Weights::Checkpoint(_) => c.model.weights_dtype(), Weights::Random(_) => None },
             "weight_storage": c.model.weight_storage(),
             "generator": lmc_abi::generator_string(),
+            "commit": crate::machine::commit(), "date": crate::machine::date_utc(), "cpu": crate::machine::cpu_model(),
         });
         crate::output::write_report(path, &(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;
     }

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod experiment;
 pub mod experiment_file;
 pub mod interrupt;
+pub mod machine;
 pub mod output;
 pub mod process;
 pub mod quality;

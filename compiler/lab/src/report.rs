@@ -92,8 +92,11 @@ pub fn html(report: &Value) -> String {
     let _ = writeln!(h, "<h1>{}</h1>", escape(title));
     let _ = writeln!(
         h,
-        "<p class=\"meta\">{} · {} thread(s) · {} timed rounds per size after {} warm-up, variants interleaved · ratios are medians of paired per-round ratios with 95% bootstrap intervals</p>",
+        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · {} timed rounds per size after {} warm-up, variants interleaved · ratios are medians of paired per-round ratios with 95% bootstrap intervals</p>",
         escape(report["generator"].as_str().unwrap_or("")),
+        escape(report["commit"].as_str().unwrap_or("")),
+        escape(report["date"].as_str().unwrap_or("")),
+        escape(report["cpu"].as_str().unwrap_or("")),
         report["threads"],
         report["runs"],
         report["warmup"]
