@@ -589,9 +589,17 @@ impl Emitter<'_> {
             let (empty, transposed) = (self.fresh(), self.fresh());
             let t = tensor_ty(&ty);
             self.line(&format!("{empty} = tensor.empty({dynamic}) : {t}"));
-            self.line(&format!(
-                "{transposed} = linalg.transpose ins({a} : {a_t}) outs({empty} : {t}) permutation = [1, 0] {loc}"
-            ));
+            // A `linalg.generic` rather than `linalg.transpose`, marked for the schedule to
+            // spread over the threads by rows: the copy is a whole pass over the operand.
+            let head = format!(
+                "{transposed} = linalg.generic {{indexing_maps = [affine_map<(d0, d1) -> (d1, d0)>, affine_map<(d0, d1) -> (d0, d1)>], iterator_types = [{}]}} ins({a} : {a_t}) outs({empty} : {t}) {{\n",
+                parallel(2)
+            );
+            let marked = mark_row_parallel(&head, &mut self.row_tile_sizes);
+            self.line(marked.trim_end());
+            self.line("^bb0(%in: f32, %out: f32):");
+            self.line("  linalg.yield %in : f32");
+            self.line(&format!("}} -> {t} {loc}"));
             (transposed, ty, false)
         };
         let mm = matmul::MatMul {
