@@ -390,8 +390,8 @@ fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workloa
     speeds.sort_by(f64::total_cmp);
     let tokens_per_s = speeds.get(speeds.len() / 2).copied();
     if matches!(plan.train.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) {
-        let lengths = score_by_objective(v, dir, plan, work)?;
-        return Ok(run_record(seed, dir, &lengths.0, &curve, tokens_per_s, lengths.1));
+        let (graph, lengths) = score_by_objective(v, dir, plan, work)?;
+        return Ok(run_record(seed, dir, &graph, &curve, tokens_per_s, lengths));
     }
     let text = crate::eval::load(&plan.eval_text, Some(dir)).map_err(Failure::Message)?;
     let compiled = crate::ab::compile_variant(&v.spec, &crate::Weights::Checkpoint(dir.to_path_buf()), &v.config, work.device)
