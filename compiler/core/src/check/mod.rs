@@ -187,16 +187,27 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
         Err((unique, e.asked_absent))
     };
     let mut elaborated = elaborate(&overrides.given);
-    // A caller that names no inputs gets none of those declared `= absent`, unless the model
-    // cannot do without them: then the fewest, in declaration order, of those it asks about
-    // with `given(name)` (whose absence it handles) that it checks with. T5 reads its labels
-    // shifted right when not `given(decoder_input_ids)`, so an inference compile is given
-    // `decoder_input_ids` and not `labels`. A model that checks with none of them reports
-    // what is wrong without any (an input used where it may be absent is E0211).
-    if let (crate::config::Given::None, Err((_, asked))) = (&overrides.given, &elaborated) {
-        let candidates: Vec<String> = absent_inputs(decl).into_iter().filter(|i| asked.contains(i)).collect();
+    // A compile is given the absent inputs its caller names (none, when it names none), and
+    // where the model cannot check with those, the fewest more, in declaration order, of the
+    // ones it asks about with `given(name)` (whose absence it handles). T5 reads its labels
+    // shifted right when not `given(decoder_input_ids)`, so an inference compile takes
+    // `decoder_input_ids`, and a run given neither is told it is missing. A model that checks
+    // with none of them reports what is wrong as it stands (an input used where it may be
+    // absent is E0211).
+    if let Err((_, asked)) = &elaborated {
+        let named: Vec<String> = match &overrides.given {
+            crate::config::Given::None => Vec::new(),
+            crate::config::Given::Named(names) => names.clone(),
+            // Every input is given: none is asked about.
+            crate::config::Given::All => Vec::new(),
+        };
+        let candidates: Vec<String> = absent_inputs(decl)
+            .into_iter()
+            .filter(|i| asked.contains(i) && !named.contains(i))
+            .collect();
         for k in 1..=candidates.len() {
-            if let Ok(e) = elaborate(&crate::config::Given::Named(candidates[..k].to_vec())) {
+            let given = named.iter().chain(&candidates[..k]).cloned().collect();
+            if let Ok(e) = elaborate(&crate::config::Given::Named(given)) {
                 elaborated = Ok(e);
                 break;
             }
