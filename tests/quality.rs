@@ -36,6 +36,24 @@ fn experiment(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
+/// `lmc ab FILE --out OUT --json JSON` and `extra`, which must succeed: the report, and what
+/// it printed on stderr.
+fn ab_report(file: &Path, out: &Path, json: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let mut args = vec![
+        "ab",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let r = lmc(&args);
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    assert!(r.status.success(), "{stderr}");
+    (serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap(), stderr)
+}
+
 /// Two shards train two runs each; the call without `--shard` reuses all four and reports:
 /// the loss per variant and length with an interval over the two seeds, the learned table's
 /// limit said at 64, the verdict against the first variant, and a self-describing JSON report.
@@ -54,22 +72,13 @@ fn a_sharded_sweep_trains_each_run_once_and_reports_with_intervals() {
     let json = dir.join("report.json");
     let html = dir.join("report.html");
     let csv = dir.join("report.csv");
-    let r = lmc(&[
-        "ab",
-        f,
-        "--out",
-        o,
-        "--json",
-        json.to_str().unwrap(),
-        "--html",
-        html.to_str().unwrap(),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{stderr}");
+    let (report, stderr) = ab_report(
+        &file,
+        &out,
+        &json,
+        &["--html", html.to_str().unwrap(), "--csv", csv.to_str().unwrap()],
+    );
     assert_eq!(stderr.matches("trained already").count(), 4, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["schema_version"], 1);
     assert_eq!(report["seeds"], serde_json::json!([1, 2]));
     for key in ["commit", "cpu", "date", "generator"] {
@@ -148,18 +157,7 @@ fn span_corruption_runs_are_scored_by_their_objective() {
     std::fs::write(&file, yaml).unwrap();
     let json = dir.join("report.json");
     let html = dir.join("report.html");
-    let r = lmc(&[
-        "ab",
-        file.to_str().unwrap(),
-        "--out",
-        dir.join("out").to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-        "--html",
-        html.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (report, _) = ab_report(&file, &dir.join("out"), &json, &["--html", html.to_str().unwrap()]);
     let variants = report["variants"].as_array().unwrap();
     let loss = |v: usize, l: &str| variants[v]["runs"][0]["lengths"][l]["loss"].as_f64().unwrap();
     for l in ["32", "64"] {
@@ -218,9 +216,7 @@ fn three_shards_merged_report_as_the_unsharded_sweep() {
     let file = experiment(&dir, "");
     let f = file.to_str().unwrap();
     let whole = dir.join("whole");
-    let whole_json = dir.join("whole.json");
-    let r = lmc(&["ab", f, "--out", whole.to_str().unwrap(), "--json", whole_json.to_str().unwrap()]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (a, _) = ab_report(&file, &whole, &dir.join("whole.json"), &[]);
 
     let parts: Vec<_> = (0..3).map(|k| dir.join(format!("part{k}"))).collect();
     let envs = [None, Some(("SLURM_ARRAY_TASK_ID", "1")), Some(("JOB_COMPLETION_INDEX", "2"))];
@@ -249,8 +245,7 @@ fn three_shards_merged_report_as_the_unsharded_sweep() {
     assert!(r.status.success(), "{stderr}");
     assert_eq!(stderr.matches("trained already").count(), 4, "nothing is trained again: {stderr}");
 
-    let read = |p: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
-    let (a, b) = (read(&whole_json), read(&merged_json));
+    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&merged_json).unwrap()).unwrap();
     for (va, vb) in a["variants"].as_array().unwrap().iter().zip(b["variants"].as_array().unwrap()) {
         assert_eq!(va["label"], vb["label"]);
         for (ra, rb) in va["runs"].as_array().unwrap().iter().zip(vb["runs"].as_array().unwrap()) {
@@ -274,19 +269,8 @@ fn three_shards_merged_report_as_the_unsharded_sweep() {
         ),
     );
     std::fs::write(&elsewhere, text).unwrap();
-    let elsewhere_json = dir.join("elsewhere.json");
-    let r = lmc(&[
-        "ab",
-        elsewhere.to_str().unwrap(),
-        "--out",
-        whole.to_str().unwrap(),
-        "--json",
-        elsewhere_json.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{stderr}");
+    let (c, stderr) = ab_report(&elsewhere, &whole, &dir.join("elsewhere.json"), &[]);
     assert!(!stderr.contains("training "), "nothing is trained: {stderr}");
-    let c = read(&elsewhere_json);
     assert_eq!(c["variants"][1]["runs"][0]["lengths"], a["variants"][0]["runs"][0]["lengths"]);
     assert_eq!(c["variants"][1]["runs"][1]["lengths"], a["variants"][0]["runs"][1]["lengths"]);
     assert_eq!(c["verdicts"][0]["loss_difference"], 0.0);

@@ -491,8 +491,8 @@ impl Deriv<'_> {
                     axis: 3,
                     keepdim: false,
                 });
-                if let Some(reads) = score_reads {
-                    let dz = self.push(Op::AttentionGrad(Box::new(AttentionGrad {
+                let backward = |wrt: AttentionInput, dscore: Option<ScalarFn>| {
+                    Op::AttentionGrad(Box::new(AttentionGrad {
                         q: *q,
                         k: *k,
                         v: *v,
@@ -502,30 +502,20 @@ impl Deriv<'_> {
                         scale: *scale,
                         mask: mask.clone(),
                         score: score.clone(),
-                        dscore: None,
-                        wrt: AttentionInput::Score,
-                    })));
+                        dscore,
+                        wrt,
+                    }))
+                };
+                if let Some(reads) = score_reads {
+                    let dz = self.push(backward(AttentionInput::Score, None));
                     let dims = self.dims(dz);
                     self.reads_backward(&reads, &dims, dz)?;
                 }
                 for (operand, wrt) in [(*q, AttentionInput::Query), (*k, AttentionInput::Key), (*v, AttentionInput::Value)] {
-                    if !needs(&operand) {
-                        continue;
+                    if needs(&operand) {
+                        let grad = self.push(backward(wrt, dscore.clone()));
+                        self.accumulate(operand, grad);
                     }
-                    let grad = self.push(Op::AttentionGrad(Box::new(AttentionGrad {
-                        q: *q,
-                        k: *k,
-                        v: *v,
-                        lse,
-                        delta,
-                        dout: g,
-                        scale: *scale,
-                        mask: mask.clone(),
-                        score: score.clone(),
-                        dscore: dscore.clone(),
-                        wrt,
-                    })));
-                    self.accumulate(operand, grad);
                 }
             }
             Op::Tabulate { f } => self.tabulate_backward(this, f, g)?,

@@ -460,9 +460,11 @@ fn score_by_objective(
     let compiled = crate::ab::compile_graph(&v.spec, graph, &crate::Weights::Checkpoint(dir.to_path_buf()), work.device)
         .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
     let model = compiled.model;
-    let mut opts = plan.train.clone();
-    opts.tokenizer = Some(dir.join("tokenizer.json"));
-    let tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json")).map_err(Failure::Message)?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = (
+        tokenizer_path.clone(),
+        crate::tokenizer::load(&tokenizer_path).map_err(Failure::Message)?,
+    );
     let vocab_bound = model
         .manifest()
         .inputs
@@ -470,29 +472,18 @@ fn score_by_objective(
         .find(|i| i.name == "input_ids")
         .and_then(|i| i.index_bound.as_ref())
         .map(|b| b.limit);
-    let objective = crate::train::setup::objective(&opts, Some(&(dir.join("tokenizer.json"), tokenizer.clone())), vocab_bound)?;
+    let objective = crate::train::setup::objective(&plan.train, Some(&tokenizer), vocab_bound)?;
     let mut lengths = serde_json::Map::new();
     for &length in &work.lengths {
         let entry = match crate::ab::length_limit(&compiled.graph, length) {
             Some(why) => json!({"error": why}),
             None => {
                 let batch = 8.min(MAX_WINDOWS);
-                match crate::train::data::Data::text(&plan.eval_text, &tokenizer, length, batch, true, objective, EVAL_MASK_SEED) {
+                match crate::train::data::Data::text(&plan.eval_text, &tokenizer.1, length, batch, true, objective, EVAL_MASK_SEED) {
                     Ok(mut data) => {
                         data.shuffle = false;
                         let batches = data.eval_batches().min(MAX_WINDOWS.div_ceil(data.batch_size())).max(1);
-                        let mut losses = Vec::with_capacity(batches);
-                        for b in 0..batches as u64 {
-                            let inputs = data.batch(b).map_err(Failure::Message)?;
-                            let outputs = model
-                                .run(&inputs)
-                                .map_err(|e| Failure::Message(format!("{}, batch {}: {}", plan.eval_text.display(), b + 1, e.message())))?;
-                            let loss_index = model.manifest().outputs.iter().position(|o| o.name == "loss");
-                            let loss = loss_index
-                                .and_then(|i| outputs[i].as_f32()?.first().copied())
-                                .ok_or_else(|| Failure::Message(format!("{} returns no `loss` given labels", v.spec)))?;
-                            losses.push(f64::from(loss));
-                        }
+                        let losses = crate::train::batch_losses(&model, &data, batches)?;
                         let mean = losses.iter().sum::<f64>() / losses.len() as f64;
                         json!({"loss": mean, "windows": batches * data.batch_size(), "batch_losses": losses, "by_position": []})
                     }

@@ -189,11 +189,11 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let mut elaborated = elaborate(&overrides.given);
     // A compile is given the absent inputs its caller names (none, when it names none), and
     // where the model cannot check with those, the fewest more, in declaration order, of the
-    // ones it asks about with `given(name)` (whose absence it handles). T5 reads its labels
-    // shifted right when not `given(decoder_input_ids)`, so an inference compile takes
-    // `decoder_input_ids`, and a run given neither is told it is missing. A model that checks
-    // with none of them reports what is wrong as it stands (an input used where it may be
-    // absent is E0211).
+    // ones it asks about with `given(name)` (whose absence it handles). A model that makes an
+    // input from another when not given it (`if given(a) { a } else { f(b) }`, `b` also absent)
+    // is so compiled with `a`, and a run given neither is told `a` is missing. A model that
+    // checks with none of them reports what is wrong as it stands (an input used where it may
+    // be absent is E0211).
     if let Err((_, asked)) = &elaborated {
         let named: Vec<String> = match &overrides.given {
             crate::config::Given::None => Vec::new(),

@@ -26,23 +26,22 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
         out.nodes.push((node, ScalarType::F32));
         out.nodes.len() - 1
     };
+    let binary = |out: &mut ScalarFn, op: ScalarBinary, a: usize, b: usize| add(out, ScalarNode::Binary { op, a, b });
     let materialise = |out: &mut ScalarFn, t: Term| match t {
         Term::Zero => add(out, ScalarNode::F32(0.0)),
         Term::One => add(out, ScalarNode::F32(1.0)),
         Term::Node(n) => n,
     };
+    // `x op y` of two terms, neither of which folds away.
+    let combine = |out: &mut ScalarFn, op: ScalarBinary, x: Term, y: Term| -> Term {
+        let (x, y) = (materialise(out, x), materialise(out, y));
+        Term::Node(binary(out, op, x, y))
+    };
     let mul = |out: &mut ScalarFn, a: usize, t: Term| -> Term {
         match t {
             Term::Zero => Term::Zero,
             Term::One => Term::Node(a),
-            Term::Node(n) => Term::Node(add(
-                out,
-                ScalarNode::Binary {
-                    op: ScalarBinary::Mul,
-                    a,
-                    b: n,
-                },
-            )),
+            Term::Node(n) => Term::Node(binary(out, ScalarBinary::Mul, a, n)),
         }
     };
     let neg = |out: &mut ScalarFn, t: Term| -> Term {
@@ -60,6 +59,7 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
             }
         }
     };
+    let not_differentiated = |op: String| Err(format!("`{}` is not differentiated in an index function", op.to_lowercase()));
     for (k, (node, _)) in f.nodes.iter().enumerate() {
         let t = match *node {
             _ if seed(k, node) => Term::One,
@@ -84,61 +84,24 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
                     | ScalarBinary::Or => Term::Zero,
                     ScalarBinary::Add => match (da, db) {
                         (t, Term::Zero) | (Term::Zero, t) => t,
-                        (x, y) => {
-                            let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                            Term::Node(add(
-                                &mut out,
-                                ScalarNode::Binary {
-                                    op: ScalarBinary::Add,
-                                    a: x,
-                                    b: y,
-                                },
-                            ))
-                        }
+                        (x, y) => combine(&mut out, ScalarBinary::Add, x, y),
                     },
                     ScalarBinary::Sub => match (da, db) {
                         (t, Term::Zero) => t,
                         (Term::Zero, t) => neg(&mut out, t),
-                        (x, y) => {
-                            let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                            Term::Node(add(
-                                &mut out,
-                                ScalarNode::Binary {
-                                    op: ScalarBinary::Sub,
-                                    a: x,
-                                    b: y,
-                                },
-                            ))
-                        }
+                        (x, y) => combine(&mut out, ScalarBinary::Sub, x, y),
                     },
                     ScalarBinary::Mul => {
                         let l = mul(&mut out, b, da);
                         let r = mul(&mut out, a, db);
                         match (l, r) {
                             (t, Term::Zero) | (Term::Zero, t) => t,
-                            (x, y) => {
-                                let (x, y) = (materialise(&mut out, x), materialise(&mut out, y));
-                                Term::Node(add(
-                                    &mut out,
-                                    ScalarNode::Binary {
-                                        op: ScalarBinary::Add,
-                                        a: x,
-                                        b: y,
-                                    },
-                                ))
-                            }
+                            (x, y) => combine(&mut out, ScalarBinary::Add, x, y),
                         }
                     }
                     ScalarBinary::Div if db == Term::Zero => {
                         let d = materialise(&mut out, da);
-                        Term::Node(add(
-                            &mut out,
-                            ScalarNode::Binary {
-                                op: ScalarBinary::Div,
-                                a: d,
-                                b,
-                            },
-                        ))
+                        Term::Node(binary(&mut out, ScalarBinary::Div, d, b))
                     }
                     ScalarBinary::Min | ScalarBinary::Max => {
                         let cmp = if op == ScalarBinary::Max {
@@ -153,32 +116,12 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
                     }
                     ScalarBinary::Div => {
                         // (da - (a / b) · db) / b, where node k is a / b.
-                        let d = materialise(&mut out, da);
                         let q = mul(&mut out, k, db);
-                        let q = materialise(&mut out, q);
-                        let n = add(
-                            &mut out,
-                            ScalarNode::Binary {
-                                op: ScalarBinary::Sub,
-                                a: d,
-                                b: q,
-                            },
-                        );
-                        Term::Node(add(
-                            &mut out,
-                            ScalarNode::Binary {
-                                op: ScalarBinary::Div,
-                                a: n,
-                                b,
-                            },
-                        ))
+                        let n = combine(&mut out, ScalarBinary::Sub, da, q);
+                        let n = materialise(&mut out, n);
+                        Term::Node(binary(&mut out, ScalarBinary::Div, n, b))
                     }
-                    _ => {
-                        return Err(format!(
-                            "`{}` is not differentiated in an index function",
-                            format!("{op:?}").to_lowercase()
-                        ))
-                    }
+                    _ => return not_differentiated(format!("{op:?}")),
                 }
             }
             ScalarNode::Unary { op, a } => {
@@ -189,22 +132,10 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
                     ScalarUnary::Exp => mul(&mut out, k, da),
                     ScalarUnary::Log => {
                         let d = materialise(&mut out, da);
-                        Term::Node(add(
-                            &mut out,
-                            ScalarNode::Binary {
-                                op: ScalarBinary::Div,
-                                a: d,
-                                b: a,
-                            },
-                        ))
+                        Term::Node(binary(&mut out, ScalarBinary::Div, d, a))
                     }
                     ScalarUnary::ToFloat | ScalarUnary::ToInt | ScalarUnary::Not => Term::Zero,
-                    _ => {
-                        return Err(format!(
-                            "`{}` is not differentiated in an index function",
-                            format!("{op:?}").to_lowercase()
-                        ))
-                    }
+                    _ => return not_differentiated(format!("{op:?}")),
                 }
             }
             ScalarNode::Select { cond, a, b } => match (terms[a], terms[b]) {

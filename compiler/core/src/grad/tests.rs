@@ -213,24 +213,36 @@ fn reduction_and_layout_derivatives_match_finite_differences() {
     matches_finite_differences(&source, &[], ids());
 }
 
-#[test]
-fn attention_derivatives_match_finite_differences() {
-    let source = format!(
+/// A loss of one attention over `x`: two query heads sharing one key/value head, the score
+/// bias `bias` (an index function over heads, queries and keys) built from `extra` parameters,
+/// masked by `mask` and scored by `score`, each output element weighted differently.
+fn attention_loss_model(extra: &str, bias: &str, mask: &str, score: &str) -> String {
+    format!(
         "{HEAD}model M(c: C) {{
   param x: f32[2, 5, 8]
   param wq: f32[8, 8]
   param wk: f32[8, 4]
   param wv: f32[8, 6]
-  forward(keep: i64[B, T]) -> (loss: f32[]) {{
+{extra}  forward(keep: i64[B, T]) -> (loss: f32[]) {{
     q = split_heads(x @ wq, 2)
     k = split_heads(x @ wk, 1)
     v = split_heads(x @ wv, 1)
-    slopes = tabulate(2, (h) => 0.5 * float(h + 1))
-    o = attention(q, k, v, mask = (b, h, i, j) => j <= i and keep[b, j] != 0, score = (s, b, h, i, j) => 2.0 * s - slopes[h] * float(i - j))
+    bias = {bias}
+    o = attention(q, k, v, mask = {mask}, score = {score})
     w = tabulate(2, 2, 5, 6, (b, h, i, e) => float(b + 2 * h + i - e) / 4.0)
     return sum(sum(sum(sum(o * w, axis = -1), axis = -1), axis = -1), axis = -1)
   }}
 }}"
+    )
+}
+
+#[test]
+fn attention_derivatives_match_finite_differences() {
+    let source = attention_loss_model(
+        "",
+        "tabulate(2, (h) => 0.5 * float(h + 1))",
+        "(b, h, i, j) => j <= i and keep[b, j] != 0",
+        "(s, b, h, i, j) => 2.0 * s - bias[h] * float(i - j)",
     );
     matches_finite_differences(&source, &[], vec![Tensor::int(vec![2, 5], vec![1, 1, 1, 1, 1, 0, 1, 1, 1, 0])]);
 }
@@ -405,23 +417,11 @@ fn mamba_gradients_match_torch() {
 fn learned_score_bias_derivatives_match_finite_differences() {
     // T5's relative-position bias: a table of buckets × heads, read at a bucket computed from
     // the distance, added to each head's scores; the mask reads the keys kept.
-    let source = format!(
-        "{HEAD}model M(c: C) {{
-  param x: f32[2, 5, 8]
-  param wq: f32[8, 8]
-  param wk: f32[8, 4]
-  param wv: f32[8, 6]
-  param table: f32[4, 2]
-  forward(keep: i64[B, T]) -> (loss: f32[]) {{
-    q = split_heads(x @ wq, 2)
-    k = split_heads(x @ wk, 1)
-    v = split_heads(x @ wv, 1)
-    bias = tabulate(2, 5, 5, (h, i, j) => table[rem(abs(i - j), 4), h] * 2.0)
-    o = attention(q, k, v, mask = (b, h, i, j) => keep[b, j] != 0, score = (s, b, h, i, j) => s + bias[h, i, j])
-    w = tabulate(2, 2, 5, 6, (b, h, i, e) => float(b + 2 * h + i - e) / 4.0)
-    return sum(sum(sum(sum(o * w, axis = -1), axis = -1), axis = -1), axis = -1)
-  }}
-}}"
+    let source = attention_loss_model(
+        "  param table: f32[4, 2]\n",
+        "tabulate(2, 5, 5, (h, i, j) => table[rem(abs(i - j), 4), h] * 2.0)",
+        "(b, h, i, j) => keep[b, j] != 0",
+        "(s, b, h, i, j) => s + bias[h, i, j]",
     );
     matches_finite_differences(&source, &[], vec![Tensor::int(vec![2, 5], vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0])]);
 }

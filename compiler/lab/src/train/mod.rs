@@ -303,22 +303,29 @@ fn evaluate(model: &mut lmc_runtime::LoadedModel, params: &[ParamState], data: &
     for p in params {
         model.set_parameter(&p.name, &p.values)?;
     }
+    let losses = batch_losses(model, data, data.eval_batches())?;
+    Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+}
+
+/// The model's `loss` on each of the first `batches` batches of `data`, in order.
+pub(crate) fn batch_losses(model: &lmc_runtime::LoadedModel, data: &Data, batches: usize) -> Result<Vec<f64>, Failure> {
     let loss_index = model
         .manifest()
         .outputs
         .iter()
         .position(|o| o.name == "loss")
         .ok_or_else(|| Failure::Message("the forward has no `loss` output".into()))?;
-    let batches = data.eval_batches();
-    let mut total = 0.0;
-    for b in 0..batches as u64 {
-        let batch = data.batch(b).map_err(Failure::Message)?;
-        let outputs = model
-            .run(&batch)
-            .map_err(|e| Failure::Message(format!("{}, batch {}: {}", data.path.display(), b + 1, e.message())))?;
-        total += f64::from(outputs[loss_index].as_f32().and_then(|l| l.first().copied()).unwrap_or(f32::NAN));
-    }
-    Ok(total / batches as f64)
+    (0..batches as u64)
+        .map(|b| {
+            let batch = data.batch(b).map_err(Failure::Message)?;
+            let outputs = model
+                .run(&batch)
+                .map_err(|e| Failure::Message(format!("{}, batch {}: {}", data.path.display(), b + 1, e.message())))?;
+            Ok(f64::from(
+                outputs[loss_index].as_f32().and_then(|l| l.first().copied()).unwrap_or(f32::NAN),
+            ))
+        })
+        .collect()
 }
 
 /// Writes the trained model at the top of `out` (config, weights, tokenizer), each file

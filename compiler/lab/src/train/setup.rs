@@ -364,8 +364,7 @@ pub(crate) fn objective(
 
 /// The inputs each batch gives the model: the data's tensors (a text's `input_ids`), and the
 /// `labels` the objective makes when it has none. Inputs a model may be left without are
-/// compiled in only when the data gives them (T5's `decoder_input_ids`, made from the labels
-/// otherwise).
+/// compiled in only when the data gives them (so a model may make one from the labels).
 fn data_inputs(opts: &TrainOptions) -> Result<Vec<String>, Failure> {
     crate::check_input_file("--data", &opts.data)?;
     let mut names = if is_text(&opts.data) {
