@@ -395,7 +395,7 @@ fn check_lists_the_config_keys() {
     assert!(r.status.success(), "{}", text(&r.stderr));
     for line in [
         "LlamaForCausalLM",
-        "  reads    model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_parameters.rope_theta, hidden_act, max_position_embeddings, attention_bias, tie_word_embeddings",
+        "  reads    model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, rms_norm_eps, rope_parameters.rope_theta, hidden_act, max_position_embeddings, attention_bias, tie_word_embeddings, attention_dropout",
         "  assumes  rope_parameters.rope_type, mlp_bias, pretraining_tp",
     ] {
         assert!(stdout.lines().any(|l| l == line), "`{line}` not in:\n{stdout}");

@@ -622,3 +622,167 @@ fn t5_trains_by_span_corruption_on_a_text() {
         &["has no <extra_id_0>", "span corruption"],
     );
 }
+
+/// The options of the fixture's run with dropout as the config asks (`--no-dropout` left out).
+fn dropping_run(out: &Path, log: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        GPT2,
+        "--weights",
+        FIXTURE,
+        "--learning-rate",
+        "1e-2",
+        "-o",
+        out.to_str().unwrap(),
+        "--log-json",
+        log.to_str().unwrap(),
+        "--set",
+        "embd_pdrop=0.1",
+        "--set",
+        "attn_pdrop=0.1",
+        "--set",
+        "resid_pdrop=0.1",
+    ];
+    args.extend(FIXTURE_RUN.iter().filter(|a| **a != "--no-dropout"));
+    args.extend_from_slice(extra);
+    lmc(&args)
+}
+
+/// Dropout as the config asks (GPT-2's embedding, attention and residual dropout): the losses
+/// leave the run without dropout's (PyTorch's, on the fixture), another `--seed` drops other
+/// elements, and a run resumed from its checkpoint at step 3 ends with the same bytes, since
+/// the masks are a function of the seed and the step.
+#[test]
+fn dropout_is_applied_as_the_config_asks_and_a_resumed_run_ends_the_same() {
+    let dir = scratch("train_dropout");
+    let (out, log) = (dir.join("run"), dir.join("run.jsonl"));
+    let r = dropping_run(&out, &log, &["--save-steps", "3"]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("does not read"),
+        "every dropout key of the config is read: {stderr}"
+    );
+    let losses = logged(&log, "loss");
+    assert_eq!(losses.len(), 6);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let expected = read_f32_tensors(&root().join(FIXTURE).join("adamw_expected.safetensors"));
+    let (_, _, without) = expected.iter().find(|(n, _, _)| n == "losses").unwrap();
+    let rel = (losses[0] - f64::from(without[0])).abs() / f64::from(without[0]);
+    assert!(
+        rel > 1e-3,
+        "step 1 drops: loss {} against {} without dropout",
+        losses[0],
+        without[0]
+    );
+
+    let (other, other_log) = (dir.join("other"), dir.join("other.jsonl"));
+    let r = dropping_run(&other, &other_log, &["--seed", "7"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_ne!(logged(&other_log, "loss")[0], losses[0], "another seed, other masks");
+
+    let resumed = dir.join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    copy_dir(&out.join("checkpoint-3"), &resumed.join("checkpoint-3"));
+    let mut args = vec![
+        "train",
+        GPT2,
+        "--resume",
+        resumed.to_str().unwrap(),
+        "--learning-rate",
+        "1e-2",
+        "--set",
+        "embd_pdrop=0.1",
+        "--set",
+        "attn_pdrop=0.1",
+        "--set",
+        "resid_pdrop=0.1",
+    ];
+    args.extend(FIXTURE_RUN.iter().filter(|a| **a != "--no-dropout"));
+    let r = lmc(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read(resumed.join("model.safetensors")).unwrap(),
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        "the resumed run drops what the uninterrupted one dropped"
+    );
+}
+
+/// Every model whose config asks for dropout trains with it: one step on its gradient
+/// fixture's batch with each dropout key at 0.3 scores a finite loss other than PyTorch's
+/// without dropout, and warns of no key left unread.
+#[test]
+fn every_model_trains_with_the_dropout_its_config_asks_for() {
+    let dir = scratch("train_dropout_zoo");
+    let models: &[(&str, &str, &[&str])] = &[
+        (
+            "models/bert.model:BertForMaskedLM",
+            "bert_mlm",
+            &["hidden_dropout_prob", "attention_probs_dropout_prob"],
+        ),
+        (
+            "models/roberta.model:RobertaForMaskedLM",
+            "roberta_mlm",
+            &["hidden_dropout_prob", "attention_probs_dropout_prob"],
+        ),
+        (
+            "models/albert.model:AlbertForMaskedLM",
+            "albert_mlm",
+            &["hidden_dropout_prob", "attention_probs_dropout_prob"],
+        ),
+        (
+            "models/distilbert.model:DistilBertForMaskedLM",
+            "distilbert_mlm",
+            &["dropout", "attention_dropout"],
+        ),
+        ("models/t5.model", "t5_grad", &["dropout_rate"]),
+        ("models/llama.model", "llama_grad", &["attention_dropout"]),
+        ("models/gpt_neox.model", "gpt_neox_grad", &["hidden_dropout", "attention_dropout"]),
+        ("models/phi.model", "phi_grad", &["embd_pdrop", "resid_pdrop", "attention_dropout"]),
+    ];
+    for (spec, fixture, keys) in models {
+        let fixture_dir = root().join("tests/fixtures").join(fixture);
+        // The fixture's batch as a file of one step's batches.
+        let batches = dir.join(format!("{fixture}.safetensors"));
+        let tensors: Vec<(String, String, Vec<usize>, Vec<u8>)> = read_host_tensors(&fixture_dir.join("inputs_grad.safetensors"))
+            .iter()
+            .map(|t| {
+                let mut shape = vec![1];
+                shape.extend(&t.shape);
+                (t.name.clone(), "I64".to_string(), shape, t.bytes().to_vec())
+            })
+            .collect();
+        write_raw(&batches, &tensors);
+        let (out, log) = (dir.join(fixture), dir.join(format!("{fixture}.jsonl")));
+        let sets: Vec<String> = keys.iter().map(|k| format!("{k}=0.3")).collect();
+        let mut args = vec![
+            "train",
+            spec,
+            "--weights",
+            fixture_dir.to_str().unwrap(),
+            "--data",
+            batches.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "-o",
+            out.to_str().unwrap(),
+            "--log-json",
+            log.to_str().unwrap(),
+        ];
+        for s in &sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        let r = lmc(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "{spec}: {stderr}");
+        assert!(!stderr.contains("does not read"), "{spec}: {stderr}");
+        let loss = logged(&log, "loss")[0];
+        let expected = read_f32_tensors(&fixture_dir.join("expected_grad.safetensors"));
+        let (_, _, without) = expected.iter().find(|(n, _, _)| n == "loss").unwrap();
+        assert!(loss.is_finite(), "{spec}: loss {loss}");
+        assert!(
+            (loss - f64::from(without[0])).abs() > 1e-5 * f64::from(without[0]).abs(),
+            "{spec}: loss {loss} as without dropout"
+        );
+    }
+}

@@ -206,6 +206,32 @@ fn emit_prints_the_backward_pass() {
             "output transformer.wte.weight = ",
         ],
     );
+    assert!(!ir.contains("dropout_seed"), "`lmc grad`'s backward drops nothing");
+    // The training step: GPT-2's dropouts (embeddings, attention, residuals) drawn from the
+    // step's seed, the attention's inside its kernels, forward and backward.
+    let r = lmc(&[
+        "emit",
+        "--stage",
+        "ir",
+        "--grad",
+        "--dropout",
+        "models/gpt2.model",
+        "--set",
+        "n_layer=1",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ir = String::from_utf8_lossy(&r.stdout);
+    check_lines(
+        "gpt2 training step",
+        &ir,
+        &["input 4 dropout_seed: i64[] = zeros", "hash", "output loss = "],
+    );
+    let attentions: Vec<&str> = ir
+        .lines()
+        .filter(|l| l.contains(" = attention ") || l.contains(" = attention_grad "))
+        .collect();
+    assert_eq!(attentions.len(), 4, "{ir}");
+    assert!(attentions.iter().all(|l| l.contains(", dropout {")), "{attentions:?}");
 }
 
 /// RWKV and Mamba: the backward runs their `scan`s in reverse time (the WKV's stable form with

@@ -249,6 +249,8 @@ pub enum Derived {
     Decode(i64),
     /// The backward pass: the loss and every parameter's gradient.
     Grad,
+    /// The backward pass with dropout, as `lmc train` compiles it.
+    TrainingStep,
 }
 
 pub fn emit(
@@ -271,6 +273,13 @@ pub fn emit(
         Derived::Forward => load_model(spec, &overrides)?,
         Derived::Decode(capacity) => decode_step(load_model(spec, &overrides)?, Some(capacity))?.0,
         Derived::Grad => lmc_lab::source::load_grad_model(spec, &overrides)?,
+        Derived::TrainingStep => {
+            let training = lmc_core::ConfigOverrides {
+                training: true,
+                ..overrides
+            };
+            lmc_lab::source::load_training_model(spec, &training)?.grad
+        }
     };
     let mut target = lmc_codegen::Target::for_device(device);
     if let Some(lanes) = lanes {

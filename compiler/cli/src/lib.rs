@@ -198,6 +198,10 @@ enum Command {
         /// gradient (the graph `lmc grad` runs).
         #[arg(long, conflicts_with = "decode")]
         grad: bool,
+        /// With --grad: the training step as `lmc train` compiles it, with dropout where the
+        /// model applies it (seeded by the input `dropout_seed`).
+        #[arg(long, requires = "grad")]
+        dropout: bool,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -649,12 +653,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             target,
             decode,
             grad,
+            dropout,
             config,
         } => {
-            let derived = match (decode, grad) {
-                (Some(capacity), _) => commands::Derived::Decode(capacity),
-                (None, true) => commands::Derived::Grad,
-                (None, false) => commands::Derived::Forward,
+            let derived = match (decode, grad, dropout) {
+                (Some(capacity), _, _) => commands::Derived::Decode(capacity),
+                (None, true, true) => commands::Derived::TrainingStep,
+                (None, true, false) => commands::Derived::Grad,
+                (None, false, _) => commands::Derived::Forward,
             };
             commands::emit(stage, &model, lanes, target.device(), derived, &config.source())
         }

@@ -124,8 +124,8 @@ pub struct TrainArgs {
     /// and per evaluation (eval_loss) to this file.
     #[arg(long, value_name = "FILE")]
     log_json: Option<PathBuf>,
-    /// Say that no dropout is meant (lmc applies none; without this flag, a config asking for
-    /// dropout gets a warning).
+    /// Turn every dropout off (for checks against a reference); without it, dropout is applied
+    /// where the model file applies it, with the config's probabilities.
     #[arg(long)]
     no_dropout: bool,
     /// Threads the kernels run on (default: `OMP_NUM_THREADS`, or one per core).

@@ -406,7 +406,8 @@ fn attention_functions(len: ValueId, slope: ValueId) -> (ScalarFn, ScalarFn, Sca
 /// (`T` queries and keys at run time, width 5 for queries and keys, 6 for values), a mask that
 /// reads an input and hides a whole row, and a score function with its derivative: `lse` from
 /// `attention_lse`, `delta` from the forward's output, the three gradients and the scores'.
-fn attention_backward_graph(functions: bool) -> Graph {
+/// With `dropout`, the probabilities are dropped at 0.3, seeded by one more input.
+fn attention_backward_graph(functions: bool, dropout: bool) -> Graph {
     let mut b = Builder::new();
     let (h, g, d, e) = (4, 2, 5, 6);
     let q = b.input(
@@ -429,6 +430,10 @@ fn attention_backward_graph(functions: bool) -> Graph {
     } else {
         (None, None, None)
     };
+    let dropout = dropout.then(|| {
+        let seed = b.input("dropout_seed", DType::I64, Vec::new());
+        lmc_core::ir::dropout_scale_fn(4, seed, 3, 0.3)
+    });
     let scale = 0.45;
     let out = b.op(Op::Attention {
         q,
@@ -437,6 +442,7 @@ fn attention_backward_graph(functions: bool) -> Graph {
         scale,
         mask: mask.clone(),
         score: score.clone(),
+        dropout: dropout.clone(),
     });
     let lse = b.op(Op::AttentionLse {
         q,
@@ -474,10 +480,12 @@ fn attention_backward_graph(functions: bool) -> Graph {
             mask: mask.clone(),
             score: score.clone(),
             dscore: dscore.clone(),
+            dropout: dropout.clone(),
             wrt,
         })));
         b.output(name, grad);
     }
+    b.output("out", out);
     b.finish()
 }
 
@@ -498,7 +506,7 @@ fn attention_inputs(batch: usize, time: usize) -> Vec<Tensor> {
 
 #[test]
 fn attention_backward_with_mask_score_and_groups() {
-    let g = attention_backward_graph(true);
+    let g = attention_backward_graph(true, false);
     check(&g, &attention_inputs(2, 7), 1e-5, true);
     // More rows than a block holds.
     check(&g, &attention_inputs(1, 37), 1e-5, false);
@@ -506,18 +514,78 @@ fn attention_backward_with_mask_score_and_groups() {
 
 #[test]
 fn attention_backward_plain() {
-    let g = attention_backward_graph(false);
+    let g = attention_backward_graph(false, false);
     check(&g, &attention_inputs(2, 7), 1e-5, true);
+}
+
+/// Dropout of the probabilities, forward and backward, in each block layout (a few rows, many
+/// rows in one tile of keys or several, the GPU's whole attention): the compiled kernels drop what the interpreter drops.
+#[test]
+fn attention_backward_with_dropout() {
+    let seeded = |batch, time, seed| {
+        let mut inputs = attention_inputs(batch, time);
+        inputs.push(Tensor::int(Vec::new(), vec![seed]));
+        inputs
+    };
+    for functions in [true, false] {
+        let g = attention_backward_graph(functions, true);
+        check(&g, &seeded(2, 7, 99), 1e-5, true);
+        check(&g, &seeded(1, 37, -4), 1e-5, false);
+    }
+    // Keys in more than one tile of the tall layout.
+    check(&attention_backward_graph(true, true), &seeded(1, 300, 7), 1e-5, false);
+    // It drops: the output differs from the attention's without dropout.
+    let (with, without) = (attention_backward_graph(true, true), attention_backward_graph(true, false));
+    let dq = |g: &Graph, inputs: &[Tensor]| evaluate(g, &[], inputs)[1].floats().to_vec();
+    assert_ne!(dq(&with, &seeded(2, 7, 99)), dq(&without, &attention_inputs(2, 7)));
 }
 
 /// The GPU's forms of every backward op compile to kernels: no loop is left on the host.
 #[test]
 fn backward_ops_compile_for_a_gpu() {
-    for g in [max_graph(), scatter_graph(), matmul_tn_graph(), attention_backward_graph(true)] {
+    for g in [
+        max_graph(),
+        scatter_graph(),
+        matmul_tn_graph(),
+        attention_backward_graph(true, true),
+    ] {
         match crate::emit_ptx(&g) {
             Ok(kernels) => assert!(!kernels.is_empty()),
             // Without libdevice, `log` cannot be compiled for the device; everything before it was.
             Err(e) => assert!(e.to_string().contains("libdevice"), "{e}"),
         }
+    }
+}
+
+/// Dropout's scale (`x` times a tabulated keep mask seeded by an input), compiled for the CPU
+/// and in the GPU's forms: the compiled hash keeps exactly the elements the interpreter keeps.
+#[test]
+fn dropout_masks_match_the_interpreter() {
+    let mut b = Builder::new();
+    let x = b.input("x", DType::F32, vec![Dim::Static(0), Dim::Static(33), Dim::Static(19)]);
+    let batch = b.symbol("B", 0, 0);
+    b.g.inputs[0].ty.dims[0] = batch;
+    b.g.nodes[x.0 as usize].ty.dims[0] = batch;
+    let seed = b.input("dropout_seed", DType::I64, Vec::new());
+    let x_ty = b.g.ty(x).clone();
+    let scale = b.push(
+        Op::Tabulate {
+            f: lmc_core::ir::dropout_scale_fn(3, seed, 5, 0.375),
+        },
+        x_ty,
+    );
+    let y = b.op(Op::Binary {
+        op: BinaryOp::Mul,
+        lhs: x,
+        rhs: scale,
+    });
+    b.output("y", y);
+    let g = b.finish();
+    for s in [0, 1, -7, i64::MAX] {
+        let inputs = [floats(&[3, 33, 19], 11, 1.0), Tensor::int(Vec::new(), vec![s])];
+        check(&g, &inputs, 1e-6, true);
+        let y = &evaluate(&g, &[], &inputs)[0];
+        let dropped = y.floats().iter().filter(|v| **v == 0.0).count() as f64 / y.floats().len() as f64;
+        assert!((dropped - 0.375).abs() < 0.04, "seed {s}: dropped {dropped}");
     }
 }

@@ -23,6 +23,9 @@ pub struct ConfigOverrides {
     /// The inputs declared `= absent` that this compile is given (`labels` for a loss): each
     /// becomes an input, and `given(name)` is true in the forward. The others are left out.
     pub given: Given,
+    /// Compile the training step: `training()` is true and `dropout` drops (each call a stream
+    /// of its own, seeded per step by the input `dropout_seed`). Off, dropout is the identity.
+    pub training: bool,
 }
 
 /// Which inputs declared `= absent` a compile is given.

@@ -291,7 +291,9 @@ impl<'g> Deriver<'g> {
                 scale,
                 mask,
                 score,
+                dropout: None,
             } => return self.attention(i, [*q, *k, *v], *scale, mask.as_ref(), score.as_ref()),
+            Op::Attention { dropout: Some(_), .. } => return Err("a training step's dropout is not decoded".into()),
             Op::Scan(s) => return self.scan(i, s, in_step),
             Op::ScanResult { scan, index } if self.scan_init.contains_key(&(scan.0 as usize)) => {
                 let Op::Scan(s) = &self.g.node(*scan).op else {
@@ -637,6 +639,7 @@ impl<'g> Deriver<'g> {
             scale,
             mask,
             score,
+            dropout: None,
         };
         let id = self.push(op, node.ty.clone(), loc);
         self.map.push(id);
@@ -974,7 +977,7 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
     for node in &g.nodes {
         let fns: Vec<&ScalarFn> = match &node.op {
             Op::Tabulate { f } => vec![f],
-            Op::Attention { mask, score, .. } => mask.iter().chain(score.iter()).collect(),
+            Op::Attention { mask, score, dropout, .. } => mask.iter().chain(score.iter()).chain(dropout.iter()).collect(),
             Op::Arange(Dim::Symbol(s)) => {
                 used[s.0 as usize] = true;
                 vec![]
@@ -1002,7 +1005,7 @@ fn prune(mut g: Graph) -> Result<Graph, String> {
         rename(&mut node.ty);
         let fns: Vec<&mut ScalarFn> = match &mut node.op {
             Op::Tabulate { f } => vec![f],
-            Op::Attention { mask, score, .. } => mask.iter_mut().chain(score.iter_mut()).collect(),
+            Op::Attention { mask, score, dropout, .. } => mask.iter_mut().chain(score.iter_mut()).chain(dropout.iter_mut()).collect(),
             Op::Arange(Dim::Symbol(s)) => {
                 *s = new_id(*s);
                 vec![]

@@ -466,6 +466,7 @@ impl Deriv<'_> {
                 scale,
                 mask,
                 score,
+                dropout,
             } => {
                 // A mask passes no gradient (a choice has none); a score function that reads
                 // parameter-dependent values (a learned bias) passes the scores' gradient on.
@@ -503,6 +504,7 @@ impl Deriv<'_> {
                         mask: mask.clone(),
                         score: score.clone(),
                         dscore,
+                        dropout: dropout.clone(),
                         wrt,
                     }))
                 };

@@ -423,6 +423,7 @@ impl Run<'_> {
                 scale,
                 mask,
                 score,
+                dropout,
             } => {
                 let (qt, kt, vt) = (v(*q), v(*k), v(*val));
                 let (b_n, h_n, t_n) = (qt.shape[0], qt.shape[1], qt.shape[2]);
@@ -439,10 +440,13 @@ impl Run<'_> {
                             }
                             let weights: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
                             let z: f32 = weights.iter().sum();
+                            let dropped: Vec<f32> = (0..s_n)
+                                .map(|j| dropout_factor(dropout.as_ref(), [b, h, i, j], values, &symbols))
+                                .collect();
                             for e in 0..e_n {
                                 let mut acc = 0.0f32;
                                 for (j, w) in weights.iter().enumerate() {
-                                    acc += w * vt.floats()[((b * g_n + g) * s_n + j) * e_n + e];
+                                    acc += w * dropped[j] * vt.floats()[((b * g_n + g) * s_n + j) * e_n + e];
                                 }
                                 out[((b * h_n + h) * t_n + i) * e_n + e] = acc / z;
                             }
@@ -573,6 +577,13 @@ fn attention_scores(
         .collect()
 }
 
+/// The factor dropout leaves on probability `(b, h, i, j)`: 1 without dropout.
+fn dropout_factor(dropout: Option<&ScalarFn>, [b, h, i, j]: [usize; 4], values: &[Tensor], symbols: &[i64]) -> f32 {
+    dropout.map_or(1.0, |f| {
+        scalar_eval(f, None, &[b as i64, h as i64, i as i64, j as i64], values, symbols).as_f32()
+    })
+}
+
 /// [`AttentionGrad`]'s meaning, directly: every probability recomputed from the row statistics.
 fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shape: &[usize], values: &[Tensor], symbols: &[i64]) -> Tensor {
     let (qt, kt, vt, lse, delta, dout) = (v(a.q), v(a.k), v(a.v), v(a.lse), v(a.delta), v(a.dout));
@@ -593,7 +604,8 @@ fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shap
                     let p = (s - lse.floats()[row]).exp();
                     let key = (b * g_n + g) * s_n + j;
                     let vj = &vt.floats()[key * e_n..][..e_n];
-                    let dp: f32 = douti.iter().zip(vj).map(|(x, y)| x * y).sum();
+                    let kept = dropout_factor(a.dropout.as_ref(), [b, h, i, j], values, symbols);
+                    let dp: f32 = douti.iter().zip(vj).map(|(x, y)| x * y).sum::<f32>() * kept;
                     let slope = match &a.dscore {
                         Some(f) => {
                             let idx = [b as i64, h as i64, i as i64, j as i64];
@@ -625,7 +637,7 @@ fn attention_grad<'t>(a: &AttentionGrad, v: impl Fn(ValueId) -> &'t Tensor, shap
                         }
                         AttentionInput::Value => {
                             for e in 0..e_n {
-                                out[key * e_n + e] += p * douti[e];
+                                out[key * e_n + e] += p * kept * douti[e];
                             }
                         }
                         AttentionInput::Score => unreachable!("written above"),
@@ -751,6 +763,7 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor], sym
                 (ScalarUnary::Cos, x) => Scalar::F32(x.as_f32().cos()),
                 (ScalarUnary::ToFloat, x) => Scalar::F32(x.as_f32()),
                 (ScalarUnary::ToInt, x) => Scalar::Int(x.as_int()),
+                (ScalarUnary::Unit, x) => Scalar::F32(crate::ir::unit_interval(x.as_int())),
             },
             ScalarNode::Binary { op, a, b } => {
                 let (x, y) = (vals[*a], vals[*b]);
@@ -770,6 +783,7 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor], sym
                         ScalarBinary::Ge => Scalar::Bool(p >= q),
                         ScalarBinary::Eq => Scalar::Bool(p == q),
                         ScalarBinary::Ne => Scalar::Bool(p != q),
+                        ScalarBinary::Hash => Scalar::Int(crate::ir::hash_mix(p, q)),
                         ScalarBinary::And | ScalarBinary::Or => unreachable!("logic on integers is rejected by the checker"),
                     },
                     (Scalar::Bool(p), Scalar::Bool(q)) => Scalar::Bool(match op {
@@ -786,7 +800,7 @@ fn scalar_eval(f: &ScalarFn, s: Option<f32>, idx: &[i64], values: &[Tensor], sym
                             ScalarBinary::Mul => Scalar::F32(p * q),
                             ScalarBinary::Div => Scalar::F32(p / q),
                             ScalarBinary::Pow => Scalar::F32(p.powf(q)),
-                            ScalarBinary::Rem => unreachable!("the checker gives `rem` integers"),
+                            ScalarBinary::Rem | ScalarBinary::Hash => unreachable!("the checker gives `rem` and `hash` integers"),
                             ScalarBinary::Min => Scalar::F32(p.min(q)),
                             ScalarBinary::Max => Scalar::F32(p.max(q)),
                             ScalarBinary::Lt => Scalar::Bool(p < q),

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 mod scalar_builder;
 mod typing;
-pub use scalar_builder::{concat_index_fn, scalar_type, ScalarBuilder};
+pub use scalar_builder::{concat_index_fn, dropout_scale_fn, scalar_type, ScalarBuilder};
 pub use typing::{broadcast, infer_type};
 
 /// Index of a node in [`Graph::nodes`].
@@ -138,13 +138,16 @@ pub struct AttentionGrad {
     pub score: Option<ScalarFn>,
     /// The derivative of `score` by its first argument, with the same arguments.
     pub dscore: Option<ScalarFn>,
+    /// The forward's dropout (see [`Op::Attention`]): with its factor `w[i, j]`, `dp[i, j]` is
+    /// `w[i, j] · dout_i · v_j` and `dv_j` sums `p[i, j] w[i, j] dout_i`.
+    pub dropout: Option<ScalarFn>,
     pub wrt: AttentionInput,
 }
 
 impl AttentionGrad {
     /// The index functions it evaluates per element.
     pub fn functions(&self) -> impl Iterator<Item = &ScalarFn> {
-        self.mask.iter().chain(&self.score).chain(&self.dscore)
+        self.mask.iter().chain(&self.score).chain(&self.dscore).chain(&self.dropout)
     }
 }
 
@@ -179,6 +182,10 @@ pub enum ScalarBinary {
     Ne,
     And,
     Or,
+    /// Integers → integer: `a` and `b` mixed by [`hash_mix`], so that every bit of the result
+    /// depends on every bit of both. Chained over a seed, a stream and an element's indices it
+    /// gives that element its own random bits (dropout's keep mask).
+    Hash,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +202,28 @@ pub enum ScalarUnary {
     ToFloat,
     /// F32 → Int, rounding toward zero.
     ToInt,
+    /// Int → F32 in `[0, 1)`: the top 24 bits of the integer over 2^24 (see [`unit_interval`]);
+    /// of a [`ScalarBinary::Hash`], a uniform random number.
+    Unit,
+}
+
+/// [`ScalarBinary::Hash`]: SplitMix64's finaliser applied to `a ^ (b · φ)` (φ the 64-bit golden
+/// ratio), in wrapping 64-bit arithmetic; the generated code computes the same bits.
+pub fn hash_mix(a: i64, b: i64) -> i64 {
+    let mut z = (a as u64) ^ (b as u64).wrapping_mul(HASH_GOLDEN);
+    z = (z ^ (z >> 30)).wrapping_mul(HASH_MUL1);
+    z = (z ^ (z >> 27)).wrapping_mul(HASH_MUL2);
+    (z ^ (z >> 31)) as i64
+}
+
+/// The constants of [`hash_mix`] (SplitMix64's).
+pub const HASH_GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+pub const HASH_MUL1: u64 = 0xBF58_476D_1CE4_E5B9;
+pub const HASH_MUL2: u64 = 0x94D0_49BB_1331_11EB;
+
+/// [`ScalarUnary::Unit`]: the top 24 bits of `x` as a fraction of 2^24, exact in f32.
+pub fn unit_interval(x: i64) -> f32 {
+    ((x as u64) >> 40) as f32 * (1.0 / 16_777_216.0)
 }
 
 /// A node of an index function; operands refer to earlier nodes.
@@ -330,7 +359,9 @@ pub enum Op {
     /// `H % G == 0` (grouped-query heads: query head h reads key/value head `h / (H / G)`) →
     /// `f32[B, H, T, E]`. Scores `s = scale · q·k`, then `score(s, b, h, i, j)` if given;
     /// keys where `mask(b, h, i, j)` is false are excluded; softmax over j; weighted sum of v.
-    /// A row with every key masked gives zeros.
+    /// A row with every key masked gives zeros. With `dropout`, each probability is multiplied
+    /// by `dropout(b, h, i, j)` after the softmax (dropout's keep scale, `1 / (1 - p)` or 0; see
+    /// [`dropout_scale_fn`]) before it weighs the values.
     Attention {
         q: ValueId,
         k: ValueId,
@@ -338,6 +369,7 @@ pub enum Op {
         scale: f64,
         mask: Option<ScalarFn>,
         score: Option<ScalarFn>,
+        dropout: Option<ScalarFn>,
     },
     /// `slice x, axis, start, length`: the elements `start .. start + length` along `axis`
     /// (fixed at compile time and within the axis).
@@ -493,6 +525,7 @@ impl Op {
                 scale,
                 mask,
                 score,
+                dropout,
             } => Op::Attention {
                 q: m(q),
                 k: m(k),
@@ -500,6 +533,7 @@ impl Op {
                 scale: *scale,
                 mask: mask.as_ref().map(f),
                 score: score.as_ref().map(f),
+                dropout: dropout.as_ref().map(f),
             },
             Op::Slice { x, axis, start, length } => Op::Slice {
                 x: m(x),
@@ -550,6 +584,7 @@ impl Op {
                 mask: a.mask.as_ref().map(f),
                 score: a.score.as_ref().map(f),
                 dscore: a.dscore.as_ref().map(f),
+                dropout: a.dropout.as_ref().map(f),
                 wrt: a.wrt,
             })),
             Op::Scan(s) => Op::Scan(Box::new(Scan {
@@ -611,10 +646,11 @@ impl Op {
                 v,
                 ref mask,
                 ref score,
+                ref dropout,
                 ..
             } => {
                 let mut ops = vec![q, k, v];
-                for f in mask.iter().chain(score.iter()) {
+                for f in mask.iter().chain(score.iter()).chain(dropout.iter()) {
                     ops.extend(f.tensors());
                 }
                 ops
@@ -957,6 +993,7 @@ impl Graph {
                     scale,
                     mask,
                     score,
+                    dropout,
                 } => {
                     let mut s = format!("attention {}, {}, {}, scale {scale:e}", v(q), v(k), v(val));
                     if let Some(m) = mask {
@@ -964,6 +1001,9 @@ impl Graph {
                     }
                     if let Some(f) = score {
                         s.push_str(&format!(", score {}", f.print()));
+                    }
+                    if let Some(f) = dropout {
+                        s.push_str(&format!(", dropout {}", f.print()));
                     }
                     s
                 }
@@ -995,7 +1035,12 @@ impl Graph {
                         a.scale
                     )
                     .to_lowercase();
-                    for (name, f) in [("mask", &a.mask), ("score", &a.score), ("dscore", &a.dscore)] {
+                    for (name, f) in [
+                        ("mask", &a.mask),
+                        ("score", &a.score),
+                        ("dscore", &a.dscore),
+                        ("dropout", &a.dropout),
+                    ] {
                         if let Some(f) = f {
                             s.push_str(&format!(", {name} {}", f.print()));
                         }

@@ -13,7 +13,7 @@ pub mod program;
 pub mod suggest;
 pub mod value;
 
-pub use check::{check_model, model_names, CheckError, Checked};
+pub use check::{check_model, model_names, CheckError, Checked, DROPOUT_SEED};
 pub use config::{ConfigOverrides, Given};
 pub use program::{load_file, load_source, LoadFailure, Program};
 

@@ -156,9 +156,8 @@ pub fn load_training_model(spec: &str, overrides: &ConfigOverrides) -> Result<Tr
         overrides.given = lmc_core::Given::All;
     }
     let (program, checked) = load_checked(spec, &overrides)?;
-    let forward = checked.graph;
-    let grad = lmc_core::grad::derive_grad(&forward, "loss").map_err(|e| {
-        let message = format!("cannot differentiate {}: {}", forward.model, e.message);
+    let grad = lmc_core::grad::derive_grad(&checked.graph, "loss").map_err(|e| {
+        let message = format!("cannot differentiate {}: {}", checked.graph.model, e.message);
         let Some(loc) = e.loc else {
             let help = if e.help.is_empty() {
                 String::new()
@@ -176,6 +175,25 @@ pub fn load_training_model(spec: &str, overrides: &ConfigOverrides) -> Result<Tr
         print_diagnostics(&[d], &program.sources);
         Failure::Reported
     })?;
+    // The forward that evaluates never drops: where the training step does, it is checked
+    // again without.
+    let forward = if overrides.training && checked.graph.inputs.iter().any(|i| i.name == lmc_core::DROPOUT_SEED) {
+        let evaluating = ConfigOverrides {
+            training: false,
+            ..overrides.clone()
+        };
+        // Its warnings were said by the first check.
+        match lmc_core::check_model(&program, split_model_ref(spec).1.as_deref(), &evaluating) {
+            Ok(checked) => checked.graph,
+            Err(CheckError::Diagnostics(d)) => {
+                print_diagnostics(&d, &program.sources);
+                return Err(Failure::Reported);
+            }
+            Err(CheckError::Selection(m)) => return Err(Failure::Message(m)),
+        }
+    } else {
+        checked.graph
+    };
     Ok(TrainingModel {
         grad,
         forward,

@@ -26,7 +26,7 @@ pub(super) const TALL_MIN_ROWS: i64 = 8;
 /// One block of query rows of an attention, as both block layouts take it: the block's slices
 /// of `q`, `k` and `v` and of the result (`dest`, computed in place), each `[1, 1, rows, ·]` with
 /// its SSA name; the block's indices ([`at_block`]), which index functions see added to the
-/// block's own; and the attention's scale, mask and score functions.
+/// block's own; and the attention's scale, mask, score and dropout functions.
 pub(super) struct AttentionBlock<'a> {
     q: (&'a String, &'a TensorType),
     k: (&'a String, &'a TensorType),
@@ -41,6 +41,8 @@ pub(super) struct AttentionBlock<'a> {
     scale: f64,
     mask: Option<&'a ScalarFn>,
     score: Option<&'a ScalarFn>,
+    /// The factor of each probability after the softmax (dropout's).
+    dropout: Option<&'a ScalarFn>,
     loc: &'a str,
 }
 
@@ -60,8 +62,7 @@ impl Emitter<'_> {
         id: ValueId,
         [q, k, v_id]: [ValueId; 3],
         scale: f64,
-        mask: Option<&ScalarFn>,
-        score: Option<&ScalarFn>,
+        (mask, score, dropout): (Option<&ScalarFn>, Option<&ScalarFn>, Option<&ScalarFn>),
         loc: &str,
     ) {
         let g = self.g;
@@ -72,7 +73,7 @@ impl Emitter<'_> {
             _ => 1,
         };
         if self.target.is_gpu() {
-            self.emit_whole_attention(id, [q, k, v_id], group, (scale, mask, score), loc);
+            self.emit_whole_attention(id, [q, k, v_id], group, (scale, mask, score, dropout), loc);
             return;
         }
         let p = self.fresh();
@@ -172,6 +173,7 @@ impl Emitter<'_> {
                             scale,
                             mask,
                             score,
+                            dropout,
                             loc,
                         };
                         let result = format!("{p}_block");
@@ -208,7 +210,7 @@ impl Emitter<'_> {
         id: ValueId,
         [q, k, v_id]: [ValueId; 3],
         group: i64,
-        (scale, mask, score): (f64, Option<&ScalarFn>, Option<&ScalarFn>),
+        (scale, mask, score, dropout): (f64, Option<&ScalarFn>, Option<&ScalarFn>, Option<&ScalarFn>),
         loc: &str,
     ) {
         let g = self.g;
@@ -225,6 +227,7 @@ impl Emitter<'_> {
             scale,
             mask,
             score,
+            dropout,
             loc,
         };
         let result = self.attention_rows(&block);
@@ -311,6 +314,7 @@ impl Emitter<'_> {
             scale,
             mask,
             score,
+            dropout,
             loc,
         } = *block;
         let (qt, kt, vt, ty) = (qt.clone(), kt.clone(), vt.clone(), ty.clone());
@@ -385,6 +389,20 @@ impl Emitter<'_> {
         self.line("  %r = arith.addf %a, %acc : f32");
         self.line("  linalg.yield %r : f32");
         self.line(&format!("}} -> {rt} {loc}"));
+        // 5b. dropout of the probabilities, after their sums
+        let probs = match dropout {
+            Some(f) => {
+                let empty = self.empty(&scores_ty);
+                let dropped = self.fresh();
+                self.line(&format!("{dropped} = linalg.generic {{indexing_maps = [{map4}, {map4}], iterator_types = [{}]}} ins({probs} : {st}) outs({empty} : {st}) {{", parallel(4)));
+                self.line("^bb0(%p: f32, %o: f32):");
+                let kept = self.dropped_element(at, f, "%p", (2, 3));
+                self.line(&format!("  linalg.yield {kept} : f32"));
+                self.line(&format!("}} -> {st} {loc}"));
+                dropped
+            }
+            None => probs,
+        };
         // 6. weighted sum of v
         let weighted = self.fresh();
         let out_t = tensor_ty(&ty);
@@ -425,6 +443,7 @@ impl Emitter<'_> {
             scale,
             mask,
             score,
+            dropout,
             loc,
             ..
         } = *block;
@@ -609,6 +628,27 @@ impl Emitter<'_> {
                 for c in 0..vectors {
                     e.line(&format!("{x}_ln{c} = math.fma {x}_l{c}, {x}_re{c}, {x}_exp#{c} : {vec}"));
                 }
+                // 5b. dropout of the tile's probabilities (after their sums), on the block's own
+                // columns
+                let mut probs = format!("{x}_exp#{vectors}");
+                if let Some(f) = dropout {
+                    let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
+                    let own_s = tensor_ty(&own);
+                    let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
+                    e.line(&format!("{x}_pown = tensor.extract_slice {probs}{own_at} : {st_s} to {own_s}"));
+                    e.line(&format!(
+                        "{x}_dropped = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_pown : {own_s}) {{",
+                        parallel(4)
+                    ));
+                    e.line("^bb0(%p: f32):");
+                    let kept = e.dropped_element(&tile_at, f, "%p", (3, 2));
+                    e.line(&format!("  linalg.yield {kept} : f32"));
+                    e.line(&format!("}} -> {own_s} {loc}"));
+                    e.line(&format!(
+                        "{x}_pd = tensor.insert_slice {x}_dropped into {probs}{own_at} : {own_s} into {st_s}"
+                    ));
+                    probs = format!("{x}_pd");
+                }
                 // 6. the tile's weighted sum of values, the probabilities read transposed
                 let values = matmul::MatMul {
                     layout: matmul::RhsLayout::RowMajor,
@@ -621,7 +661,7 @@ impl Emitter<'_> {
                 };
                 e.emit_matmul_call(
                     &format!("{x}_weighted"),
-                    [&format!("{x}_exp#{vectors}"), &format!("{x}_vt")],
+                    [&probs, &format!("{x}_vt")],
                     None,
                     &values,
                     loc,
@@ -697,32 +737,11 @@ impl Emitter<'_> {
     ) -> String {
         self.line(&format!("  %scale = arith.constant {} : f32", f32_literal(scale)));
         self.line("  %s0 = arith.mulf %raw, %scale : f32");
-        let mut idx = Vec::new();
-        if mask.is_some() || score.is_some() {
-            let whole = at.iter().all(String::is_empty);
-            if whole {
-                // The whole attention: the loop nest's own batch, head, row and key.
-                for (k, name) in ["%bat", "%head", "%row", "%key"].iter().enumerate() {
-                    self.line(&format!("  {name} = linalg.index {} : index", [0, 1, row, key][k]));
-                }
-            } else {
-                // The block's batch and head, its first row plus the row, its first key plus
-                // the key.
-                self.line(&format!("  %ixr = linalg.index {row} : index"));
-                self.line(&format!("  %row = arith.addi {}, %ixr : index", at[2]));
-                self.line(&format!("  %ixk = linalg.index {key} : index"));
-                self.line(&format!("  %key = arith.addi {}, %ixk : index", at[3]));
-            }
-            let (bat, head) = if whole {
-                ("%bat", "%head")
-            } else {
-                (at[0].as_str(), at[1].as_str())
-            };
-            for (k, index) in [bat, head, "%row", "%key"].iter().enumerate() {
-                self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
-                idx.push(format!("%i{k}"));
-            }
-        }
+        let idx = if mask.is_some() || score.is_some() {
+            self.element_indices(at, (row, key))
+        } else {
+            Vec::new()
+        };
         let mut current = "%s0".to_string();
         if let Some(f) = score {
             let mut args = vec![current.clone()];
@@ -736,6 +755,47 @@ impl Emitter<'_> {
             current = "%masked".into();
         }
         current
+    }
+
+    /// Inside a generic over an attention's probabilities (its element `p`): `p` times the
+    /// dropout factor `f` of its batch, head, row and key (`(row, key)` and `at` as in
+    /// [`Emitter::scored_element`]). Returns the value's SSA name.
+    pub(super) fn dropped_element(&mut self, at: &[String; 4], f: &ScalarFn, p: &str, (row, key): (usize, usize)) -> String {
+        let idx = self.element_indices(at, (row, key));
+        let factor = self.emit_scalar_fn(f, &idx, "%dr");
+        self.line(&format!("  %kept = arith.mulf {p}, {factor} : f32"));
+        "%kept".into()
+    }
+
+    /// Inside a generic over an attention's scores or probabilities: the element's batch, head,
+    /// query row and key as `i64` (`%i0` .. `%i3`), for its index functions.
+    fn element_indices(&mut self, at: &[String; 4], (row, key): (usize, usize)) -> Vec<String> {
+        let whole = at.iter().all(String::is_empty);
+        if whole {
+            // The whole attention: the loop nest's own batch, head, row and key.
+            for (k, name) in ["%bat", "%head", "%row", "%key"].iter().enumerate() {
+                self.line(&format!("  {name} = linalg.index {} : index", [0, 1, row, key][k]));
+            }
+        } else {
+            // The block's batch and head, its first row plus the row, its first key plus the key.
+            self.line(&format!("  %ixr = linalg.index {row} : index"));
+            self.line(&format!("  %row = arith.addi {}, %ixr : index", at[2]));
+            self.line(&format!("  %ixk = linalg.index {key} : index"));
+            self.line(&format!("  %key = arith.addi {}, %ixk : index", at[3]));
+        }
+        let (bat, head) = if whole {
+            ("%bat", "%head")
+        } else {
+            (at[0].as_str(), at[1].as_str())
+        };
+        [bat, head, "%row", "%key"]
+            .iter()
+            .enumerate()
+            .map(|(k, index)| {
+                self.line(&format!("  %i{k} = arith.index_cast {index} : index to i64"));
+                format!("%i{k}")
+            })
+            .collect()
     }
 
     /// `result = weighted / sums` into `dest` (`[1, 1, rows, ·]`), the sums read through

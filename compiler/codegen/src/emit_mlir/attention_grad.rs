@@ -39,6 +39,8 @@ struct Backward<'g> {
     mask: Option<&'g ScalarFn>,
     score: Option<&'g ScalarFn>,
     dscore: Option<&'g ScalarFn>,
+    /// The forward's dropout factor of each probability.
+    dropout: Option<&'g ScalarFn>,
 }
 
 /// Where one result row is computed: the SSA names of its batch, head (a key head for a key's
@@ -70,6 +72,7 @@ impl Emitter<'_> {
             mask,
             score,
             dscore: None,
+            dropout: None,
         };
         self.emit_backward(id, &op, loc);
     }
@@ -89,6 +92,7 @@ impl Emitter<'_> {
             mask: a.mask.as_ref(),
             score: a.score.as_ref(),
             dscore: a.dscore.as_ref(),
+            dropout: a.dropout.as_ref(),
         };
         self.emit_backward(id, &op, loc);
     }
@@ -376,6 +380,7 @@ impl Emitter<'_> {
                     } else {
                         let (_, s) = e.pair_score(op, &pair, &key_head, idx);
                         let prob = e.probability(&s, &lse);
+                        let prob = e.dropped(op, prob, idx);
                         vec![e.row_axpy((&acc.0, &acc.1), &prob, (g.dout, &query), row.element.as_deref())]
                     }
                 });
@@ -398,7 +403,8 @@ impl Emitter<'_> {
         self.line(&format!("{x}_scale = arith.constant {} : f32", f32_literal(op.scale)));
     }
 
-    /// `ds[i, j] = p (dout_i · v_j − delta_i) · dscore(s, b, h, i, j)` of a pair the mask keeps.
+    /// `ds[i, j] = p (w · dout_i · v_j − delta_i) · dscore(s, b, h, i, j)` of a pair the mask
+    /// keeps, `w` the pair's dropout factor (1 without dropout).
     fn score_gradient(
         &mut self,
         op: &Backward<'_>,
@@ -414,6 +420,7 @@ impl Emitter<'_> {
         let query = [pair[0].clone(), pair[1].clone(), pair[2].clone()];
         let key = [pair[0].clone(), key_head.to_string(), pair[3].clone()];
         let dp = self.row_dot((dout, &query), (v_id, &key));
+        let dp = self.dropped(op, dp, idx);
         let y = self.fresh();
         self.line(&format!("{y}_c = arith.subf {dp}, {delta} : f32"));
         self.line(&format!("{y}_ds = arith.mulf {prob}, {y}_c : f32"));
@@ -425,6 +432,17 @@ impl Emitter<'_> {
         let slope = self.emit_scalar_fn(f, &args, &format!("{y}_dsc"));
         self.line(&format!("{y}_dss = arith.mulf {y}_ds, {slope} : f32"));
         format!("{y}_dss")
+    }
+
+    /// `x` times the dropout factor of the pair at `idx`, or `x` without dropout.
+    fn dropped(&mut self, op: &Backward<'_>, x: String, idx: &[String]) -> String {
+        let Some(f) = op.dropout else {
+            return x;
+        };
+        let y = self.fresh();
+        let factor = self.emit_scalar_fn(f, idx, &format!("{y}_dr"));
+        self.line(&format!("{y} = arith.mulf {x}, {factor} : f32"));
+        y
     }
 
     /// `exp(s − lse)`.
@@ -466,7 +484,7 @@ impl Emitter<'_> {
         body: impl FnOnce(&mut Self, &[String]) -> Vec<String>,
     ) -> Vec<String> {
         let mut idx = Vec::new();
-        if op.mask.is_some() || op.score.is_some() || op.dscore.is_some() {
+        if op.mask.is_some() || op.score.is_some() || op.dscore.is_some() || op.dropout.is_some() {
             let y = self.fresh();
             for (k, index) in pair.iter().enumerate() {
                 self.line(&format!("{y}_i{k} = arith.index_cast {index} : index to i64"));

@@ -519,7 +519,8 @@ impl Emitter<'_> {
                 scale,
                 mask,
                 score,
-            } => self.emit_attention(id, [*q, *k, *v], *scale, mask.as_ref(), score.as_ref(), &loc),
+                dropout,
+            } => self.emit_attention(id, [*q, *k, *v], *scale, (mask.as_ref(), score.as_ref(), dropout.as_ref()), &loc),
             Op::Scan(s) => self.emit_scan(id, s, &loc),
             // Defined by their scan: the loop's iteration arguments, slices and results.
             Op::ScanArg(_) | Op::ScanResult { .. } => {}

@@ -98,6 +98,13 @@ impl Emitter<'_> {
                         (ScalarUnary::Cos, _) => vec![format!("{out} = math.cos {a} : f32")],
                         (ScalarUnary::ToFloat, _) => vec![format!("{out} = arith.sitofp {a} : i64 to f32")],
                         (ScalarUnary::ToInt, _) => vec![format!("{out} = arith.fptosi {a} : f32 to i64")],
+                        (ScalarUnary::Unit, _) => vec![
+                            format!("{out}_c40 = arith.constant 40 : i64"),
+                            format!("{out}_top = arith.shrui {a}, {out}_c40 : i64"),
+                            format!("{out}_f = arith.uitofp {out}_top : i64 to f32"),
+                            format!("{out}_k = arith.constant 5.9604644775390625e-08 : f32"),
+                            format!("{out} = arith.mulf {out}_f, {out}_k : f32"),
+                        ],
                     }
                 }
                 ScalarNode::Binary { op, a, b } => {
@@ -154,6 +161,7 @@ impl Emitter<'_> {
                         ScalarBinary::Ne => vec![cmp("ne", "une")],
                         ScalarBinary::And => vec![format!("{out} = arith.andi {x}, {y} : i1")],
                         ScalarBinary::Or => vec![format!("{out} = arith.ori {x}, {y} : i1")],
+                        ScalarBinary::Hash => hash_lines(&out, &x, &y),
                     }
                 }
                 ScalarNode::Select { cond, a, b } => {
@@ -179,4 +187,27 @@ impl Emitter<'_> {
             _ => format!("{prefix}{k}"),
         }
     }
+}
+
+/// [`ScalarBinary::Hash`] of `x` and `y` into `out`: the bits of `lmc_core::ir::hash_mix`.
+fn hash_lines(out: &str, x: &str, y: &str) -> Vec<String> {
+    use lmc_core::ir::{HASH_GOLDEN, HASH_MUL1, HASH_MUL2};
+    let mut l = vec![
+        format!("{out}_g = arith.constant {} : i64", HASH_GOLDEN as i64),
+        format!("{out}_yg = arith.muli {y}, {out}_g : i64"),
+        format!("{out}_z0 = arith.xori {x}, {out}_yg : i64"),
+    ];
+    // z = (z ^ (z >> s)) · m, twice, then z ^ (z >> 31).
+    for (k, (shift, mul)) in [(30, Some(HASH_MUL1)), (27, Some(HASH_MUL2)), (31, None)].into_iter().enumerate() {
+        let z = format!("{out}_z{k}");
+        l.push(format!("{out}_s{k} = arith.constant {shift} : i64"));
+        l.push(format!("{out}_r{k} = arith.shrui {z}, {out}_s{k} : i64"));
+        let mixed = if mul.is_some() { format!("{out}_x{k}") } else { out.to_string() };
+        l.push(format!("{mixed} = arith.xori {z}, {out}_r{k} : i64"));
+        if let Some(m) = mul {
+            l.push(format!("{out}_m{k} = arith.constant {} : i64", m as i64));
+            l.push(format!("{out}_z{} = arith.muli {mixed}, {out}_m{k} : i64", k + 1));
+        }
+    }
+    l
 }

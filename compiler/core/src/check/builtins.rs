@@ -97,7 +97,7 @@ impl<'p> Elab<'p> {
         let named: Vec<(&ast::Ident, &'p Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
         let allowed_named: &[&str] = match name {
             "mean" | "sum" | "max" => &["axis", "keepdim"],
-            "attention" => &["mask", "score", "scale"],
+            "attention" => &["mask", "score", "scale", "dropout"],
             "slice" | "concat" | "cumsum" => &["axis"],
             _ => &[],
         };
@@ -166,6 +166,7 @@ impl<'p> Elab<'p> {
                     named_arg("mask"),
                     named_arg("score"),
                     named_arg("scale"),
+                    named_arg("dropout"),
                     span,
                 )
             }
@@ -357,6 +358,13 @@ impl<'p> Elab<'p> {
                 };
                 self.push(op, ty, span).map(Val::Tensor)
             }
+            "dropout" => self.dropout(frame, &positional, span),
+            "training" => {
+                if !positional.is_empty() {
+                    return Err(arity_error(format!("expected no arguments, found {}", positional.len())));
+                }
+                Ok(Val::Const(CtValue::Bool(self.training)))
+            }
             "given" => {
                 let [x] = positional.as_slice() else {
                     return Err(arity_error(format!("expected 1 argument, found {}", positional.len())));
@@ -517,6 +525,7 @@ impl<'p> Elab<'p> {
         mask: Option<&'p Expr>,
         score: Option<&'p Expr>,
         scale: Option<&'p Expr>,
+        dropout: Option<&'p Expr>,
         span: Span,
     ) -> Result<Val, Diagnostic> {
         for (id, s) in [q, k, v].iter().zip(spans) {
@@ -622,6 +631,14 @@ impl<'p> Elab<'p> {
             Some(m) => Some(self.scalar_fn(frame, m, &["s", "b", "h", "i", "j"], &[F32, Int, Int, Int, Int], Some(F32), "score")?),
             None => None,
         };
+        // Dropout of the probabilities, in a training compile.
+        let dropout = match dropout {
+            Some(e) => match self.dropout_probability(frame, e)? {
+                p if self.training && p > 0.0 => Some(self.dropout_scale(4, p, span)?),
+                _ => None,
+            },
+            None => None,
+        };
         let ty = TensorType::new(DType::F32, vec![qt.dims[0], qt.dims[1], qt.dims[2], vt.dims[3]]);
         self.push(
             Op::Attention {
@@ -631,6 +648,7 @@ impl<'p> Elab<'p> {
                 scale,
                 mask,
                 score,
+                dropout,
             },
             ty,
             span,
@@ -730,6 +748,8 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("sum", "sum(x, axis = -1, keepdim = false)"),
     ("max", "max(x, axis = -1, keepdim = false)"),
     ("given", "given(input)"),
+    ("training", "training()"),
+    ("dropout", "dropout(x, p)"),
     ("sqrt", "sqrt(x)"),
     ("rsqrt", "rsqrt(x)"),
     ("exp", "exp(x)"),
@@ -760,7 +780,7 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("slice", "slice(x, start, length, axis = -1)"),
     (
         "attention",
-        "attention(q, k, v, mask = (b, h, i, j) => ..., score = (s, b, h, i, j) => ..., scale = 0.125)",
+        "attention(q, k, v, mask = (b, h, i, j) => ..., score = (s, b, h, i, j) => ..., scale = 0.125, dropout = 0.1)",
     ),
     ("matmul", "matmul(a, b)"),
     ("fail", "fail(\"message\")"),

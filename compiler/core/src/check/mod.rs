@@ -18,6 +18,7 @@ use std::rc::Rc;
 mod builtins;
 mod calls;
 mod diagnostics;
+mod dropout;
 mod forward;
 mod index_fn;
 mod instantiate;
@@ -27,6 +28,7 @@ mod tensor_fns;
 
 use builtins::BUILTINS;
 use diagnostics::{ct_lookup, describe, explain_unknown, poisoned, stmt_span, POISONED};
+pub use dropout::DROPOUT_SEED;
 use index_fn::push_scalar;
 
 /// Why a model could not be checked.
@@ -166,6 +168,7 @@ pub fn check_model(p: &Program, model: Option<&str>, overrides: &ConfigOverrides
     let elaborate = |given: &crate::config::Given| -> Result<Elab, (Vec<Diagnostic>, Vec<String>)> {
         let mut e = Elab::new(p, &name);
         e.given = given.clone();
+        e.training = overrides.training;
         e.graph.weights = weights;
         e.graph.config = config.fields.iter().map(|(k, v)| (k.clone(), config_value(v))).collect();
         let root = e.instantiate_model(model_ref, decl, config.clone());
@@ -416,6 +419,12 @@ struct Elab<'p> {
     /// Inputs not given that the forward asked about with `given(name)`: those whose absence
     /// it handles.
     asked_absent: Vec<String>,
+    /// See [`ConfigOverrides::training`].
+    training: bool,
+    /// The `dropout_seed` input, made at the first dropout that drops.
+    dropout_seed: Option<ValueId>,
+    /// Dropouts made so far: each gets its own stream of random numbers.
+    dropout_streams: i64,
 }
 
 impl<'p> Elab<'p> {
@@ -444,6 +453,9 @@ impl<'p> Elab<'p> {
             scan_depth: 0,
             given: Default::default(),
             asked_absent: Vec::new(),
+            training: false,
+            dropout_seed: None,
+            dropout_streams: 0,
         }
     }
 

@@ -81,7 +81,8 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
                     | ScalarBinary::Eq
                     | ScalarBinary::Ne
                     | ScalarBinary::And
-                    | ScalarBinary::Or => Term::Zero,
+                    | ScalarBinary::Or
+                    | ScalarBinary::Hash => Term::Zero,
                     ScalarBinary::Add => match (da, db) {
                         (t, Term::Zero) | (Term::Zero, t) => t,
                         (x, y) => combine(&mut out, ScalarBinary::Add, x, y),
@@ -134,7 +135,7 @@ pub fn derivative(f: &ScalarFn, seed: impl Fn(usize, &ScalarNode) -> bool) -> Re
                         let d = materialise(&mut out, da);
                         Term::Node(binary(&mut out, ScalarBinary::Div, d, a))
                     }
-                    ScalarUnary::ToFloat | ScalarUnary::ToInt | ScalarUnary::Not => Term::Zero,
+                    ScalarUnary::ToFloat | ScalarUnary::ToInt | ScalarUnary::Not | ScalarUnary::Unit => Term::Zero,
                     _ => return not_differentiated(format!("{op:?}")),
                 }
             }

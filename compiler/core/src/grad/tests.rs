@@ -93,12 +93,16 @@ fn bert_masked_lm_gradients_match_torch() {
 /// Gradients of a small model by central finite differences of its loss, against the
 /// derived backward, run by the reference interpreter, for every parameter element.
 fn matches_finite_differences(source: &str, given: &[&str], inputs: Vec<Tensor>) {
-    let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
     let overrides = ConfigOverrides {
         given: crate::config::Given::Named(given.iter().map(|s| s.to_string()).collect()),
         ..Default::default()
     };
-    let g = crate::check_model(&program, None, &overrides)
+    finite_differences_under(source, &overrides, inputs);
+}
+
+fn finite_differences_under(source: &str, overrides: &ConfigOverrides, inputs: Vec<Tensor>) {
+    let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let g = crate::check_model(&program, None, overrides)
         .unwrap_or_else(|e| panic!("{e:?}"))
         .graph;
     let grad = derive_grad(&g, "loss").unwrap_or_else(|e| panic!("{e:?}"));
@@ -153,6 +157,77 @@ fn matches_finite_differences(source: &str, given: &[&str], inputs: Vec<Tensor>)
 }
 
 const HEAD: &str = "config C { n = 1 }\n";
+
+/// A model of two dropouts, one of them on a parameter used twice.
+fn dropout_model(p: f64) -> String {
+    format!(
+        "{HEAD}model M(c: C) {{
+  param x: f32[6, 8]
+  forward(ids: i64[B, T]) -> (loss: f32[], y: f32[6, 8]) {{
+    y = dropout(x * x + x, {p})
+    return sum(sum(y * dropout(x, 0.5) + x, axis = -1), axis = -1), y
+  }}
+}}"
+    )
+}
+
+#[test]
+fn dropout_derivatives_match_finite_differences() {
+    let training = ConfigOverrides {
+        training: true,
+        ..Default::default()
+    };
+    let mut inputs = ids();
+    inputs.push(Tensor::int(Vec::new(), vec![20261207]));
+    finite_differences_under(&dropout_model(0.25), &training, inputs);
+}
+
+/// A training compile drops each element with probability p and scales the rest by 1 / (1 - p);
+/// another seed drops others; outside training, and at p = 0, dropout is the identity.
+#[test]
+fn dropout_drops_as_asked_and_only_when_training() {
+    let program = crate::load_source("t.model", &dropout_model(0.3), None).unwrap();
+    let graph = |training| {
+        let o = ConfigOverrides {
+            training,
+            ..Default::default()
+        };
+        crate::check_model(&program, None, &o).unwrap().graph
+    };
+    let (train, infer) = (graph(true), graph(false));
+    assert_eq!(train.inputs.last().map(|i| i.name.as_str()), Some(crate::DROPOUT_SEED));
+    assert!(
+        infer.inputs.iter().all(|i| i.name != crate::DROPOUT_SEED),
+        "nothing random outside training"
+    );
+    let x = Tensor::f32(vec![6, 8], (0..48).map(|k| k as f32 * 0.01 + 1.0).collect());
+    let y_of = |g: &Graph, seed: Option<i64>| {
+        let mut inputs = ids();
+        inputs.extend(seed.map(|s| Tensor::int(Vec::new(), vec![s])));
+        evaluate(g, std::slice::from_ref(&x), &inputs)[1].floats().to_vec()
+    };
+    let want: Vec<f32> = x.floats().iter().map(|v| v * v + v).collect();
+    assert_eq!(y_of(&infer, None), want);
+    let mut dropped = 0;
+    let mut masks = Vec::new();
+    for seed in 0..40 {
+        let y = y_of(&train, Some(seed));
+        for (got, full) in y.iter().zip(&want) {
+            if *got == 0.0 {
+                dropped += 1;
+            } else {
+                assert!(
+                    (got - full / 0.7).abs() <= 1e-5 * got.abs(),
+                    "{got} is {full} scaled by 1 / (1 - p)"
+                );
+            }
+        }
+        masks.push(y.iter().map(|v| *v == 0.0).collect::<Vec<_>>());
+    }
+    let rate = f64::from(dropped) / (40.0 * 48.0);
+    assert!((rate - 0.3).abs() < 0.035, "dropped {rate} of the elements at p = 0.3");
+    assert_ne!(masks[0], masks[1], "another seed drops other elements");
+}
 
 fn ids() -> Vec<Tensor> {
     vec![Tensor::int(vec![2, 3], vec![0, 2, 2, 1, 0, 2])]

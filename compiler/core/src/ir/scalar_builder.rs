@@ -121,6 +121,33 @@ pub fn concat_index_fn(g: &Graph, parts: &[ValueId], axis: usize) -> ScalarFn {
     f.finish(value.unwrap_or(0))
 }
 
+/// Dropout's scale over `rank` indices: `1 / (1 - p)` where the element is kept and 0 where it
+/// is dropped, with probability `p`. An element is dropped where
+/// `unit(hash(... hash(hash(seed, stream), i0) ..., i_last)) < p`: `seed` is the i64 scalar
+/// tensor seeding a training step, and `stream` tells apart the dropouts of one step.
+pub fn dropout_scale_fn(rank: usize, seed: ValueId, stream: i64, p: f64) -> ScalarFn {
+    let mut f = ScalarBuilder::new(rank);
+    let seed = f.load_as(seed, Vec::new(), ScalarType::Int);
+    let stream = f.int(stream);
+    let mut h = f.binary(ScalarBinary::Hash, seed, stream, ScalarType::Int);
+    for axis in 0..rank {
+        h = f.binary(ScalarBinary::Hash, h, axis, ScalarType::Int);
+    }
+    let u = f.add(
+        ScalarNode::Unary {
+            op: ScalarUnary::Unit,
+            a: h,
+        },
+        ScalarType::F32,
+    );
+    let p_node = f.float(p);
+    let keep = f.binary(ScalarBinary::Ge, u, p_node, ScalarType::Bool);
+    let kept = f.float(1.0 / (1.0 - p));
+    let dropped = f.float(0.0);
+    let r = f.select(keep, kept, dropped);
+    f.finish(r)
+}
+
 /// A length the checker requires to be fixed (`concat`'s parts along their axis).
 fn static_len(d: Dim) -> i64 {
     match d {

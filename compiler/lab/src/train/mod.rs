@@ -178,12 +178,16 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
     let tokens_per_step = (data.batch_size() * data.seq_len()) as f64;
     // The kernels' thread count, for the optimizer too.
     let threads = lmc_codegen::llvm::threads();
+    let drops = manifest.inputs.iter().any(|i| i.name == lmc_core::DROPOUT_SEED);
     while state.global_step < max_steps {
         let step = state.global_step;
         let t0 = Instant::now();
-        let batch = data.batch(step).map_err(Failure::Message)?;
+        let mut batch = data.batch(step).map_err(Failure::Message)?;
         if data.steps().is_none() {
             check_labels(&batch, vocab_bound).map_err(|e| Failure::Message(format!("step {}: {e}", step + 1)))?;
+        }
+        if drops {
+            batch.push(dropout_seed(opts.seed, step)?);
         }
         let outputs = bound
             .run(&batch)
@@ -269,6 +273,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         eval_loss,
         output: opts.output.clone(),
     })
+}
+
+/// The seed of step `step`'s dropout masks: a function of `--seed` and the step alone, so that a
+/// resumed run drops what the uninterrupted one would have.
+fn dropout_seed(seed: u64, step: u64) -> Result<lmc_runtime::HostTensor, Failure> {
+    let value = lmc_core::ir::hash_mix(seed as i64, step as i64);
+    lmc_runtime::HostTensor::from_i64(lmc_core::DROPOUT_SEED, Vec::new(), vec![value]).map_err(|e| Failure::Message(e.to_string()))
 }
 
 /// Labels are -100 (ignored) or a token of the vocabulary; anything else would be scored as no

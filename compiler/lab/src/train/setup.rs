@@ -46,20 +46,22 @@ pub(crate) fn prepare(opts: &TrainOptions) -> Result<Run, Failure> {
     let weights_path: Option<PathBuf> = resumed.as_ref().map(|r| r.dir.clone()).or_else(|| opts.weights.clone());
     let checkpoint_dir = weights_path.as_deref().filter(|p| p.is_dir());
     let overrides = crate::source::overrides(&opts.config, checkpoint_dir)?;
-    if !opts.no_dropout {
-        let keys = dropout_keys(&overrides.checkpoint);
-        if !keys.is_empty() {
-            crate::output::warning(&format!(
-                "lmc train applies no dropout; the config asks for {} (--no-dropout says this is meant)",
-                keys.join(", ")
-            ));
-        }
-    }
     let overrides = lmc_core::ConfigOverrides {
         given: lmc_core::Given::Named(data_inputs(opts)?),
+        training: !opts.no_dropout,
         ..overrides
     };
     let model = crate::source::load_training_model(&opts.spec, &overrides)?;
+    if !opts.no_dropout {
+        let unread = unread_dropout_keys(&overrides.checkpoint, &model.grad);
+        if !unread.is_empty() {
+            crate::output::warning(&format!(
+                "the config asks for dropout that {} does not read, so none is applied for it: {} (--no-dropout says this is meant)",
+                model.grad.model,
+                unread.join(", ")
+            ));
+        }
+    }
     let identity = identity(&model.grad);
     if let Some(r) = &resumed {
         // Before compiling: another model's checkpoint would not even bind.
@@ -251,12 +253,14 @@ fn static_shape(shape: &[lmc_abi::Dim]) -> Vec<usize> {
         .collect()
 }
 
-/// Config keys of the checkpoint that ask for dropout (a probability above 0), which lmc does
-/// not apply: said once, unless `--no-dropout` says it is meant.
-fn dropout_keys(checkpoint: &[(String, serde_json::Value)]) -> Vec<String> {
+/// Config keys of the checkpoint that ask for dropout (a probability above 0) that the model's
+/// config does not read: dropout the training step does not apply. Said once, unless
+/// `--no-dropout` says no dropout is meant.
+fn unread_dropout_keys(checkpoint: &[(String, serde_json::Value)], grad: &lmc_core::ir::Graph) -> Vec<String> {
     checkpoint
         .iter()
         .filter(|(k, v)| (k.contains("dropout") || k.contains("pdrop")) && v.as_f64().is_some_and(|p| p > 0.0))
+        .filter(|(k, _)| !grad.config.iter().any(|(read, _)| read == k))
         .map(|(k, v)| format!("{k} = {v}"))
         .collect()
 }
