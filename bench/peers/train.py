@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """One training step (forward, backward, AdamW), fp32, 2 threads: lmc (`lmc train`, the
 backward the compiler derives, the step time its --log-json records) against PyTorch eager and
-torch.compile on the same shapes, random weights, dropout off, in one run; and each one's peak
+torch.compile on the same shapes, random weights, dropout off (with --dropout: on, as each config's
+defaults ask, in both), in one run; and each one's peak
 memory (the largest resident set of a process that does only that). Needs the peers' venv
 (`bench/peers/setup_venv.sh`); never part of the test command.
 
-    ~/.cache/lmc-peers/venv/bin/python bench/peers/train.py [--steps 4] [--only gpt2|bert|mamba|rwkv] [--no-compile]
+    ~/.cache/lmc-peers/venv/bin/python bench/peers/train.py [--steps 4] [--only gpt2|bert|mamba|rwkv] [--no-compile] [--dropout]
 """
 import argparse
 import json
@@ -36,11 +37,12 @@ RECURRENT = {
 }
 
 
-def transformers_model(name):
+def transformers_model(name, dropout=False):
     if name == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        return GPT2LMHeadModel(GPT2Config(attn_pdrop=0.0, embd_pdrop=0.0, resid_pdrop=0.0))
+        off = {} if dropout else {"attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0}
+        return GPT2LMHeadModel(GPT2Config(**off))
     if name == "mamba":
         from transformers import MambaConfig, MambaForCausalLM
 
@@ -51,7 +53,8 @@ def transformers_model(name):
         return RwkvForCausalLM(RwkvConfig(**RECURRENT[name]))
     from transformers import BertConfig, BertForMaskedLM
 
-    return BertForMaskedLM(BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    off = {} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    return BertForMaskedLM(BertConfig(**off))
 
 
 def batches(torch, name, steps, batch, length, vocab):
@@ -65,14 +68,14 @@ def batches(torch, name, steps, batch, length, vocab):
     return ids, labels
 
 
-def torch_steps(name, steps, compiled):
+def torch_steps(name, steps, compiled, dropout):
     """Runs in a child process: the median step time (ms) after the first, and prints it."""
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from timing import offline_torch
 
     torch = offline_torch()
     _, batch, length = SHAPES[name]
-    model = transformers_model(name).train()
+    model = transformers_model(name, dropout).train()
     ids, labels = batches(torch, name, steps, batch, length, model.config.vocab_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     forward = torch.compile(model) if compiled else model
@@ -102,7 +105,7 @@ def child(args):
         return out.read(), usage.ru_maxrss * 1024
 
 
-def lmc_steps(lmc, name, steps, tmp):
+def lmc_steps(lmc, name, steps, tmp, dropout):
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -117,8 +120,9 @@ def lmc_steps(lmc, name, steps, tmp):
     log = pathlib.Path(tmp) / f"{name}.jsonl"
     sets = [a for k, v in RECURRENT.get(name, {}).items() for a in ("--set", f"{k}={v}")]
     _, peak = child([lmc, "train", spec, "--random-weights", "--data", str(data), "--max-steps", str(steps),
-                     "--learning-rate", "1e-4", "--threads", "2", "--no-dropout", "--save-steps", "0",
-                     "--log-json", str(log), "-o", str(pathlib.Path(tmp) / f"{name}-out")] + sets)
+                     "--learning-rate", "1e-4", "--threads", "2", "--save-steps", "0",
+                     "--log-json", str(log), "-o", str(pathlib.Path(tmp) / f"{name}-out")] + sets
+                    + ([] if dropout else ["--no-dropout"]))
     records = [json.loads(l) for l in log.read_text().splitlines()]
     return statistics.median(r["step_s"] * 1e3 for r in records[1:]), peak
 
@@ -128,23 +132,26 @@ def main():
     ap.add_argument("--steps", type=int, default=4, help="steps per contestant (the first is not timed)")
     ap.add_argument("--only", choices=sorted(SHAPES))
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--dropout", action="store_true", help="dropout on, at each config's defaults, in lmc and PyTorch")
     ap.add_argument("--lmc", default=str(ROOT / "target/release/lmc"))
     ap.add_argument("--torch-child", nargs=2, metavar=("NAME", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_child:
-        torch_steps(args.torch_child[0], args.steps, args.torch_child[1] == "compile")
+        torch_steps(args.torch_child[0], args.steps, args.torch_child[1] == "compile", args.dropout)
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    print(f"{time.strftime('%Y-%m-%d')}, {cpu}, commit {commit}; fp32, 2 threads, median of {args.steps - 1} steps after one")
+    dropout = "dropout on" if args.dropout else "dropout off"
+    print(f"{time.strftime('%Y-%m-%d')}, {cpu}, commit {commit}; fp32, 2 threads, {dropout}, median of {args.steps - 1} steps after one")
     with tempfile.TemporaryDirectory() as tmp:
         for name, (spec, batch, length) in SHAPES.items():
             if args.only and name != args.only:
                 continue
-            lmc_ms, lmc_peak = lmc_steps(args.lmc, name, args.steps, tmp)
+            lmc_ms, lmc_peak = lmc_steps(args.lmc, name, args.steps, tmp, args.dropout)
             results = {}
             for mode in ["eager"] + ([] if args.no_compile else ["compile"]):
-                out, peak = child([sys.executable, __file__, "--steps", str(args.steps), "--torch-child", name, mode])
+                out, peak = child([sys.executable, __file__, "--steps", str(args.steps), "--torch-child", name, mode]
+                                  + (["--dropout"] if args.dropout else []))
                 results[mode] = (json.loads(out.strip().splitlines()[-1])["step_ms"], peak)
             best_mode = min(results, key=lambda m: results[m][0])
             tokens = batch * length

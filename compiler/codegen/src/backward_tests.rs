@@ -432,7 +432,7 @@ fn attention_backward_graph(functions: bool, dropout: bool) -> Graph {
     };
     let dropout = dropout.then(|| {
         let seed = b.input("dropout_seed", DType::I64, Vec::new());
-        lmc_core::ir::dropout_scale_fn(4, seed, 3, 0.3)
+        lmc_core::ir::dropout_scale_fn(&[batch, Dim::Static(h), time, time], seed, 3, 0.3)
     });
     let scale = 0.45;
     let out = b.op(Op::Attention {
@@ -570,7 +570,7 @@ fn dropout_masks_match_the_interpreter() {
     let x_ty = b.g.ty(x).clone();
     let scale = b.push(
         Op::Tabulate {
-            f: lmc_core::ir::dropout_scale_fn(3, seed, 5, 0.375),
+            f: lmc_core::ir::dropout_scale_fn(&x_ty.dims, seed, 5, 0.375),
         },
         x_ty,
     );

@@ -634,7 +634,7 @@ impl<'p> Elab<'p> {
         // Dropout of the probabilities, in a training compile.
         let dropout = match dropout {
             Some(e) => match self.dropout_probability(frame, e)? {
-                p if self.training && p > 0.0 => Some(self.dropout_scale(4, p, span)?),
+                p if self.training && p > 0.0 => Some(self.dropout_scale(&[qt.dims[0], qt.dims[1], qt.dims[2], kt.dims[2]], p, span)?),
                 _ => None,
             },
             None => None,

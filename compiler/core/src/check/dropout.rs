@@ -33,7 +33,7 @@ impl<'p> Elab<'p> {
             return Ok(Val::Tensor(x_id));
         }
         let ty = self.ty(x_id).clone();
-        let keep = self.dropout_scale(ty.rank(), p, span)?;
+        let keep = self.dropout_scale(&ty.dims, p, span)?;
         let scale = self.push(Op::Tabulate { f: keep }, ty.clone(), span)?;
         self.push(
             Op::Binary {
@@ -75,13 +75,13 @@ impl<'p> Elab<'p> {
         }
     }
 
-    /// The index function over `rank` indices giving `1 / (1 - p)` where an element is kept and
-    /// 0 where it is dropped, on a stream of its own.
-    pub(super) fn dropout_scale(&mut self, rank: usize, p: f64, span: Span) -> Result<ScalarFn, Diagnostic> {
+    /// The index function over a tensor of `dims` giving `1 / (1 - p)` where an element is kept
+    /// and 0 where it is dropped, on a stream of its own.
+    pub(super) fn dropout_scale(&mut self, dims: &[Dim], p: f64, span: Span) -> Result<ScalarFn, Diagnostic> {
         let seed = self.dropout_seed(span)?;
         let stream = self.dropout_streams;
         self.dropout_streams += 1;
-        Ok(dropout_scale_fn(rank, seed, stream, p))
+        Ok(dropout_scale_fn(dims, seed, stream, p))
     }
 
     /// The `dropout_seed` input (`i64[]`, 0 when not given), made the first time it is needed.

@@ -121,18 +121,26 @@ pub fn concat_index_fn(g: &Graph, parts: &[ValueId], axis: usize) -> ScalarFn {
     f.finish(value.unwrap_or(0))
 }
 
-/// Dropout's scale over `rank` indices: `1 / (1 - p)` where the element is kept and 0 where it
-/// is dropped, with probability `p`. An element is dropped where
-/// `unit(hash(... hash(hash(seed, stream), i0) ..., i_last)) < p`: `seed` is the i64 scalar
-/// tensor seeding a training step, and `stream` tells apart the dropouts of one step.
-pub fn dropout_scale_fn(rank: usize, seed: ValueId, stream: i64, p: f64) -> ScalarFn {
-    let mut f = ScalarBuilder::new(rank);
+/// Dropout's scale over a tensor of `dims`: `1 / (1 - p)` where the element is kept and 0 where
+/// it is dropped, with probability `p`. An element is dropped where
+/// `unit(hash(hash(seed, stream), offset)) < p`, `offset` its row-major position: `seed` is the
+/// i64 scalar tensor seeding a training step, and `stream` tells apart the dropouts of one step.
+/// (One hash per element: the first is the same for all, and the kernels compute it once.)
+pub fn dropout_scale_fn(dims: &[Dim], seed: ValueId, stream: i64, p: f64) -> ScalarFn {
+    let mut f = ScalarBuilder::new(dims.len());
     let seed = f.load_as(seed, Vec::new(), ScalarType::Int);
     let stream = f.int(stream);
-    let mut h = f.binary(ScalarBinary::Hash, seed, stream, ScalarType::Int);
-    for axis in 0..rank {
-        h = f.binary(ScalarBinary::Hash, h, axis, ScalarType::Int);
+    let base = f.binary(ScalarBinary::Hash, seed, stream, ScalarType::Int);
+    let mut offset = 0;
+    for (axis, d) in dims.iter().enumerate().skip(1) {
+        let len = match d {
+            Dim::Static(n) => f.int(*n),
+            Dim::Symbol(s) => f.add(ScalarNode::Symbol(*s), ScalarType::Int),
+        };
+        let scaled = f.binary(ScalarBinary::Mul, offset, len, ScalarType::Int);
+        offset = f.binary(ScalarBinary::Add, scaled, axis, ScalarType::Int);
     }
+    let h = f.binary(ScalarBinary::Hash, base, offset, ScalarType::Int);
     let u = f.add(
         ScalarNode::Unary {
             op: ScalarUnary::Unit,
