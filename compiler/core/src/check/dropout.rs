@@ -1,10 +1,11 @@
 //! Dropout: `training()`, `dropout(x, p)` and attention's `dropout = p`. Outside a training
 //! compile ([`ConfigOverrides::training`]) dropout is the identity and nothing random exists.
 //! In one, each dropout is a stream of its own: an element is kept where
-//! `unit(hash(... hash(hash(seed, stream), i0) ..., in)) ≥ p`, scaled by `1 / (1 - p)`, with
-//! `seed` the `dropout_seed` input (a new value each step) and `i0..in` the element's indices.
-//! The mask is a function of the indices, so the backward pass recomputes it instead of
-//! storing it: `d dropout(x) = dropout(dx)`, the same elements kept.
+//! `unit(hash(hash(seed, stream), offset)) ≥ p` and scaled by `1 / (1 - p)`, with `seed` the
+//! `dropout_seed` input (a new value each step) and `offset` the element's row-major position
+//! ([`dropout_scale_fn`]). The mask is a function of the indices, so the backward pass
+//! recomputes it instead of storing it: the gradient of `x · mask` is `dx · mask`, the same
+//! elements kept.
 
 use super::*;
 

@@ -54,6 +54,9 @@ pub struct TrainArgsRecord {
     pub seq_len: usize,
     pub seed: u64,
     pub objective: String,
+    /// `--no-dropout` (absent from states saved before dropout was applied: false).
+    #[serde(default)]
+    pub no_dropout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

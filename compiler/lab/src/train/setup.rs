@@ -502,6 +502,7 @@ fn fresh_state(opts: &TrainOptions, data: &Data, model: ModelIdentity, max_steps
         seq_len: data.seq_len(),
         seed: opts.seed,
         objective: opts.objective.map_or("labels", ObjectiveArg::name).into(),
+        no_dropout: opts.no_dropout,
     };
     let data_record = DataRecord {
         path: opts.data.display().to_string(),
