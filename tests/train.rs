@@ -95,6 +95,10 @@ fn adamw_follows_torch_and_a_resumed_run_ends_the_same() {
         assert!(rel <= 1e-4, "step {}: loss {got} vs torch {want} ({rel:e} relative)", step + 1);
     }
     assert!(logged(&log, "grad_norm").iter().all(|n| *n > 0.0));
+    assert!(
+        logged(&log, "activation_bytes").iter().all(|b| *b > 0.0),
+        "each step's activation memory"
+    );
     assert!(logged(&log, "learning_rate").iter().all(|lr| (*lr - 1e-2).abs() < 1e-12));
 
     let initial = read_f32_tensors(&root().join(FIXTURE).join("model.safetensors"));

@@ -30,6 +30,8 @@ pub use lmc_abi::{DType, Dim, Manifest};
 pub use model::{weight_files, LoadedModel, WeightsSource};
 pub use module::Module;
 pub use random::random_weights;
-pub use safetensors::{safetensors_bytes, write_safetensors, SafeTensorsFile, StDType, TensorInfo, TensorRef, WeightsError};
+pub use safetensors::{
+    safetensors_bytes, write_safetensors, write_safetensors_to, SafeTensorsFile, StDType, TensorInfo, TensorRef, WeightsError,
+};
 pub use tensor::HostTensor;
 pub use validate::{validate_inputs, BoundInputs};

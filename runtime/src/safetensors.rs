@@ -572,14 +572,31 @@ fn check_overlaps(path: &Path, tensors: &[TensorInfo]) -> Result<(), WeightsErro
 /// Writes a standard safetensors file holding `tensors` (name, dtype, shape, little-endian
 /// bytes), laid out in the given order, readable by Python's `safetensors`.
 pub fn write_safetensors(path: &Path, tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<()> {
-    let bytes = safetensors_bytes(tensors)?;
     let mut out = io::BufWriter::new(File::create(path)?);
-    out.write_all(&bytes)?;
+    write_safetensors_to(&mut out, tensors)?;
     out.flush()
+}
+
+/// Writes the safetensors file holding `tensors` to `out`, a tensor at a time: nothing is
+/// gathered into one buffer, so saving a model takes no memory beside its tensors.
+pub fn write_safetensors_to(out: &mut impl Write, tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<()> {
+    out.write_all(&safetensors_header(tensors)?)?;
+    for &(_, _, _, bytes) in tensors {
+        out.write_all(bytes)?;
+    }
+    Ok(())
 }
 
 /// The bytes of a safetensors file holding `tensors`, in order (see [`write_safetensors`]).
 pub fn safetensors_bytes(tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(tensors.iter().map(|t| t.3.len()).sum::<usize>() + 4096);
+    write_safetensors_to(&mut out, tensors)?;
+    Ok(out)
+}
+
+/// A safetensors file's start: the header's length (u64, little-endian) and the JSON header
+/// describing `tensors`, padded so the data that follows is 8-byte aligned.
+fn safetensors_header(tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Result<Vec<u8>> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     let mut seen = HashMap::new();
     // `format: pt` is what transformers checks for when it loads a checkpoint.
@@ -616,13 +633,9 @@ pub fn safetensors_bytes(tensors: &[(&str, DType, &[usize], &[u8])]) -> io::Resu
     while header.len() % 8 != 0 {
         header.push(' ');
     }
-    let data: usize = tensors.iter().map(|t| t.3.len()).sum();
-    let mut out = Vec::with_capacity(8 + header.len() + data);
+    let mut out = Vec::with_capacity(8 + header.len());
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for &(_, _, _, bytes) in tensors {
-        out.extend_from_slice(bytes);
-    }
     Ok(out)
 }
 

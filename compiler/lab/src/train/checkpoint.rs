@@ -112,6 +112,18 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Writes a safetensors file of `tensors` to `path` a tensor at a time (no copy of the whole
+/// file in memory: a checkpoint is as large as the weights, or twice, with the moments) and
+/// flushes it to the disk.
+fn write_tensors_synced(path: &Path, tensors: &[(&str, lmc_abi::DType, &[usize], &[u8])]) -> Result<(), String> {
+    let f = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(f);
+    lmc_runtime::write_safetensors_to(&mut out, tensors)
+        .and_then(|()| out.flush())
+        .and_then(|()| out.get_ref().sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Writes `snapshot` as a `save_pretrained` directory at `dir` (with the optimizer state when it
 /// has the run's), atomically: into `dir.partial`, then renamed. An existing `dir` is replaced.
 pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
@@ -127,8 +139,7 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
         .iter()
         .map(|p| (p.name.as_str(), lmc_abi::DType::F32, p.shape.as_slice(), f32_bytes(&p.values)))
         .collect();
-    let bytes = lmc_runtime::safetensors_bytes(&weights).map_err(|e| format!("cannot save the weights: {e}"))?;
-    write_synced(&partial.join(lmc_runtime::model::SINGLE_FILE_NAME), &bytes)?;
+    write_tensors_synced(&partial.join(lmc_runtime::model::SINGLE_FILE_NAME), &weights)?;
     for file in snapshot.extra_files {
         let name = file
             .file_name()
@@ -147,8 +158,7 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
             moments.push((m.as_str(), lmc_abi::DType::F32, p.shape.as_slice(), f32_bytes(&p.exp_avg)));
             moments.push((v.as_str(), lmc_abi::DType::F32, p.shape.as_slice(), f32_bytes(&p.exp_avg_sq)));
         }
-        let bytes = lmc_runtime::safetensors_bytes(&moments).map_err(|e| format!("cannot save the optimizer state: {e}"))?;
-        write_synced(&partial.join(OPTIMIZER_FILE), &bytes)?;
+        write_tensors_synced(&partial.join(OPTIMIZER_FILE), &moments)?;
         let state = serde_json::to_string_pretty(state).map_err(|e| format!("cannot write {STATE_FILE}: {e}"))?;
         write_synced(&partial.join(STATE_FILE), format!("{state}\n").as_bytes())?;
     }
