@@ -183,8 +183,8 @@ pub enum ScalarBinary {
     And,
     Or,
     /// Integers → integer: `a` and `b` mixed by [`hash_mix`], so that every bit of the result
-    /// depends on every bit of both. Chained over a seed, a stream and an element's indices it
-    /// gives that element its own random bits (dropout's keep mask).
+    /// depends on every bit of both. Over a step's seed, a stream and an element's position it
+    /// gives that element its own random bits (dropout's keep mask, [`dropout_scale_fn`]).
     Hash,
 }
 
