@@ -99,6 +99,10 @@ fn adamw_follows_torch_and_a_resumed_run_ends_the_same() {
         logged(&log, "activation_bytes").iter().all(|b| *b > 0.0),
         "each step's activation memory"
     );
+    assert!(
+        logged(&log, "cached_buffer_bytes").iter().all(|b| *b > 0.0),
+        "its buffers, freed, kept"
+    );
     assert!(logged(&log, "learning_rate").iter().all(|lr| (*lr - 1e-2).abs() < 1e-12));
 
     let initial = read_f32_tensors(&root().join(FIXTURE).join("model.safetensors"));

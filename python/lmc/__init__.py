@@ -529,8 +529,8 @@ def _options(**options: Any) -> List[str]:
 class TrainResult:
     """What ``train`` did: where it saved (``output_dir``, and each ``checkpoint-STEP``
     directory), and its log, one record per logged step (``step``, ``loss``,
-    ``learning_rate``, ``grad_norm``, ``tokens_per_s``, ``step_s``, ``activation_bytes``, and
-    ``eval_loss`` where evaluated)."""
+    ``learning_rate``, ``grad_norm``, ``tokens_per_s``, ``step_s``, ``activation_bytes``,
+    ``cached_buffer_bytes``, and ``eval_loss`` where evaluated)."""
 
     output_dir: Path
     log: List[Dict[str, Any]] = field(default_factory=list)

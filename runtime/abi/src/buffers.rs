@@ -30,6 +30,15 @@ pub fn peak_live_bytes() -> usize {
     PEAK_LIVE_BYTES.load(Ordering::Relaxed)
 }
 
+/// Bytes of freed buffers kept for reuse: memory the process holds beside the live buffers.
+pub fn cached_bytes() -> usize {
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or(0, |c| c.cached_bytes)
+}
+
 /// Starts a new peak from what is held now.
 pub fn reset_peak_live_bytes() {
     PEAK_LIVE_BYTES.store(LIVE_BYTES.load(Ordering::Relaxed), Ordering::Relaxed);

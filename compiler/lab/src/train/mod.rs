@@ -194,6 +194,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
             .run(&batch)
             .map_err(|e| Failure::Message(format!("step {}: {}", step + 1, e.message())))?;
         let activation_bytes = lmc_abi::buffers::peak_live_bytes();
+        let cached_buffer_bytes = lmc_abi::buffers::cached_bytes();
         let loss = f64::from(outputs[loss_index].as_f32().and_then(|l| l.first().copied()).unwrap_or(f32::NAN));
         let norm = optim::global_norm(grad_index.iter().map(|&i| outputs[i].as_f32().unwrap_or(&[])));
         if !loss.is_finite() || !norm.is_finite() {
@@ -231,6 +232,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
             "tokens_per_s": tokens_per_step / seconds,
             "step_s": seconds,
             "activation_bytes": activation_bytes,
+            "cached_buffer_bytes": cached_buffer_bytes,
         });
         write_log(&mut log, &record, opts.log_json.as_deref())?;
         state.log_history.push(record);
