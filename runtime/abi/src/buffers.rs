@@ -5,9 +5,10 @@
 //! them all by its end. With malloc, glibc handed the large ones back to the kernel at each free
 //! and mapped fresh, zeroed pages at each allocation: a 12-layer, 768-wide encoder at 512 tokens
 //! took about 240 000 page faults and 40 `munmap`s per forward. Here a freed buffer waits, by size, for the next
-//! request of that size (the next forward's), up to [`CACHE_LIMIT_BYTES`] in all; past that it
-//! goes back to the system. Nothing is ever returned early or shared: a cached buffer belongs to
-//! nobody until it is handed out again.
+//! request of that size (the next forward's), or of a size it holds at most twice over (a
+//! training step's backward frees buffers early that later ones of other sizes can reuse), up
+//! to [`CACHE_LIMIT_BYTES`] in all; past that it goes back to the system. Nothing is ever
+//! returned early or shared: a cached buffer belongs to nobody until it is handed out again.
 //!
 //! The JIT points generated code at these functions. A generated shared library carries its own
 //! two-line malloc/free shim under the same names instead (codegen's `link.rs`): it may be
@@ -15,7 +16,7 @@
 //! these; it does not reuse buffers yet.
 
 use std::alloc::Layout;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -45,7 +46,7 @@ pub fn reset_peak_live_bytes() {
 }
 
 /// Every buffer is aligned to this (MLIR asks for 64 at most) and starts this far into its
-/// block, after a header that records the block's size.
+/// block, after a header that records the size asked for and the block's own.
 const ALIGN: usize = 64;
 
 /// How many bytes of freed buffers are kept for reuse, in all.
@@ -53,8 +54,18 @@ pub const CACHE_LIMIT_BYTES: usize = 4 << 30;
 
 struct Cache {
     /// Free blocks by their layout's size.
-    free: HashMap<usize, Vec<usize>>,
+    free: BTreeMap<usize, Vec<usize>>,
     cached_bytes: usize,
+}
+
+impl Cache {
+    /// The smallest free block of `size` bytes or more, but not more than twice as large.
+    fn take(&mut self, size: usize) -> Option<(usize, usize)> {
+        let (&capacity, blocks) = self.free.range_mut(size..=size.saturating_mul(2)).find(|(_, b)| !b.is_empty())?;
+        let block = blocks.pop()?;
+        self.cached_bytes -= capacity;
+        Some((block, capacity))
+    }
 }
 
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
@@ -74,26 +85,23 @@ pub unsafe extern "C" fn _mlir_memref_to_llvm_alloc(size: usize) -> *mut u8 {
     };
     let reused = {
         let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_mut().and_then(|c| {
-            let block = c.free.get_mut(&layout.size())?.pop()?;
-            c.cached_bytes -= layout.size();
-            Some(block)
-        })
+        guard.as_mut().and_then(|c| c.take(layout.size()))
     };
-    let block = match reused {
-        Some(b) => b as *mut u8,
+    let (block, capacity) = match reused {
+        Some((b, capacity)) => (b as *mut u8, capacity),
         // SAFETY: the layout has a non-zero size (at least ALIGN) and a valid alignment.
-        None => unsafe { std::alloc::alloc(layout) },
+        None => (unsafe { std::alloc::alloc(layout) }, layout.size()),
     };
     if block.is_null() {
         return block;
     }
     let live = LIVE_BYTES.fetch_add(size, Ordering::Relaxed) + size;
     PEAK_LIVE_BYTES.fetch_max(live, Ordering::Relaxed);
-    // SAFETY: the block is `size + ALIGN` bytes aligned to ALIGN: the header fits before the
-    // buffer, and the buffer after it stays aligned.
+    // SAFETY: the block is at least `size + ALIGN` bytes aligned to ALIGN: the header (two
+    // words) fits before the buffer, and the buffer after it stays aligned.
     unsafe {
         block.cast::<usize>().write(size);
+        block.cast::<usize>().add(1).write(capacity);
         block.add(ALIGN)
     }
 }
@@ -110,13 +118,17 @@ pub unsafe extern "C" fn _mlir_memref_to_llvm_free(ptr: *mut u8) {
     // SAFETY: by the contract, the block starts ALIGN bytes before `ptr` and holds its size.
     let block = unsafe { ptr.sub(ALIGN) };
     // SAFETY: as above; the header was written at allocation.
-    let size = unsafe { block.cast::<usize>().read() };
-    let Some(layout) = layout(size) else { return };
+    let (size, capacity) = unsafe { (block.cast::<usize>().read(), block.cast::<usize>().add(1).read()) };
+    // The block's own layout, which it was allocated with (a reused block may hold more than
+    // the size asked for).
+    let Ok(layout) = Layout::from_size_align(capacity, ALIGN) else {
+        return;
+    };
     LIVE_BYTES.fetch_sub(size, Ordering::Relaxed);
     let kept = {
         let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         let cache = guard.get_or_insert_with(|| Cache {
-            free: HashMap::new(),
+            free: BTreeMap::new(),
             cached_bytes: 0,
         });
         if cache.cached_bytes + layout.size() <= CACHE_LIMIT_BYTES {
@@ -165,6 +177,28 @@ mod tests {
                 _mlir_memref_to_llvm_free(p);
             }
             _mlir_memref_to_llvm_free(std::ptr::null_mut());
+        }
+    }
+
+    /// A request with no free block of its size takes the smallest free one up to twice as
+    /// large, and gives it back as the larger size. (Sizes no other test uses.)
+    #[test]
+    fn a_freed_buffer_serves_a_smaller_request() {
+        // SAFETY: every buffer is written within its size and freed once.
+        unsafe {
+            let big = _mlir_memref_to_llvm_alloc(777_000);
+            _mlir_memref_to_llvm_free(big);
+            let smaller = _mlir_memref_to_llvm_alloc(500_000);
+            assert_eq!(smaller, big, "reused for a request it holds less than twice over");
+            smaller.write_bytes(3, 500_000);
+            let much_smaller = _mlir_memref_to_llvm_alloc(100_000);
+            assert_ne!(much_smaller, big);
+            _mlir_memref_to_llvm_free(smaller);
+            let again = _mlir_memref_to_llvm_alloc(777_000);
+            assert_eq!(again, big, "cached as its own size");
+            for p in [much_smaller, again] {
+                _mlir_memref_to_llvm_free(p);
+            }
         }
     }
 
