@@ -631,28 +631,13 @@ fn t5_trains_by_span_corruption_on_a_text() {
     );
 }
 
-/// The options of the fixture's run with dropout as the config asks (`--no-dropout` left out).
-fn dropping_run(out: &Path, log: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        GPT2,
-        "--weights",
-        FIXTURE,
-        "--learning-rate",
-        "1e-2",
-        "-o",
-        out.to_str().unwrap(),
-        "--log-json",
-        log.to_str().unwrap(),
-        "--set",
-        "embd_pdrop=0.1",
-        "--set",
-        "attn_pdrop=0.1",
-        "--set",
-        "resid_pdrop=0.1",
-    ];
+/// The fixture's run with GPT-2's three dropouts at 0.1 (`--no-dropout` left out), after
+/// `first` (where the weights come from and go).
+fn dropping_run(first: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", GPT2, "--learning-rate", "1e-2"];
+    args.extend_from_slice(first);
+    args.extend(["--set", "embd_pdrop=0.1", "--set", "attn_pdrop=0.1", "--set", "resid_pdrop=0.1"]);
     args.extend(FIXTURE_RUN.iter().filter(|a| **a != "--no-dropout"));
-    args.extend_from_slice(extra);
     lmc(&args)
 }
 
@@ -664,7 +649,16 @@ fn dropping_run(out: &Path, log: &Path, extra: &[&str]) -> std::process::Output 
 fn dropout_is_applied_as_the_config_asks_and_a_resumed_run_ends_the_same() {
     let dir = scratch("train_dropout");
     let (out, log) = (dir.join("run"), dir.join("run.jsonl"));
-    let r = dropping_run(&out, &log, &["--save-steps", "3"]);
+    let r = dropping_run(&[
+        "--weights",
+        FIXTURE,
+        "-o",
+        out.to_str().unwrap(),
+        "--log-json",
+        log.to_str().unwrap(),
+        "--save-steps",
+        "3",
+    ]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{stderr}");
     assert!(
@@ -686,29 +680,23 @@ fn dropout_is_applied_as_the_config_asks_and_a_resumed_run_ends_the_same() {
     );
 
     let (other, other_log) = (dir.join("other"), dir.join("other.jsonl"));
-    let r = dropping_run(&other, &other_log, &["--seed", "7"]);
+    let r = dropping_run(&[
+        "--weights",
+        FIXTURE,
+        "-o",
+        other.to_str().unwrap(),
+        "--log-json",
+        other_log.to_str().unwrap(),
+        "--seed",
+        "7",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_ne!(logged(&other_log, "loss")[0], losses[0], "another seed, other masks");
 
     let resumed = dir.join("resumed");
     std::fs::create_dir_all(&resumed).unwrap();
     copy_dir(&out.join("checkpoint-3"), &resumed.join("checkpoint-3"));
-    let mut args = vec![
-        "train",
-        GPT2,
-        "--resume",
-        resumed.to_str().unwrap(),
-        "--learning-rate",
-        "1e-2",
-        "--set",
-        "embd_pdrop=0.1",
-        "--set",
-        "attn_pdrop=0.1",
-        "--set",
-        "resid_pdrop=0.1",
-    ];
-    args.extend(FIXTURE_RUN.iter().filter(|a| **a != "--no-dropout"));
-    let r = lmc(&args);
+    let r = dropping_run(&["--resume", resumed.to_str().unwrap()]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(
         std::fs::read(resumed.join("model.safetensors")).unwrap(),

@@ -46,6 +46,14 @@ pub(super) struct AttentionBlock<'a> {
     loc: &'a str,
 }
 
+/// The block's own columns of a tile of scores in the tall layout: their type, the whole tile's
+/// type, and where they sit in it (`[offsets] [sizes] [strides]`).
+struct OwnColumns {
+    own_s: String,
+    st_s: String,
+    at: String,
+}
+
 /// The block indices of attention block `p` (see `Emitter::emit_attention`): its batch, its
 /// head, its first query row and its first key.
 pub(super) fn at_block(p: &str) -> [String; 4] {
@@ -524,7 +532,6 @@ impl Emitter<'_> {
         self.line(&format!("{x}_tleft = arith.subi {keys}, {x}_t : index"));
         self.line(&format!("{x}_tn = arith.minui {x}_tleft, {x}_tile : index"));
         let row_map = "affine_map<(d0, d1, d2, d3) -> (d2)>";
-        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
         self.within(
             |mode| mode.block_keys = Some(format!("{x}_tn")),
             |e| {
@@ -550,25 +557,19 @@ impl Emitter<'_> {
                     bias: None,
                 };
                 e.emit_matmul_call(&format!("{x}_raw"), [&format!("{x}_kt"), &format!("{x}_qt")], None, &scores, loc);
+                // The block's own columns of a tile's scores (not the padding columns).
+                let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
+                let own_cols = OwnColumns {
+                    own_s: tensor_ty(&own),
+                    st_s: st_s.clone(),
+                    at: format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]"),
+                };
                 // 3. scale, score function and mask, on the block's own columns
                 let mut s = format!("{x}_raw");
                 if !fold_scale {
-                    let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
-                    let own_s = tensor_ty(&own);
-                    let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
-                    e.line(&format!("{x}_own = tensor.extract_slice {s}{own_at} : {st_s} to {own_s}"));
-                        e.line(&format!(
-                        "{x}_scored = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_own : {own_s}) {{",
-                        parallel(4)
-                    ));
-                    e.line("^bb0(%raw: f32):");
-                    let current = e.scored_element(&tile_at, scale, mask, score, (3, 2));
-                    e.line(&format!("  linalg.yield {current} : f32"));
-                    e.line(&format!("}} -> {own_s} {loc}"));
-                    e.line(&format!(
-                        "{x}_s = tensor.insert_slice {x}_scored into {s}{own_at} : {own_s} into {st_s}"
-                    ));
-                    s = format!("{x}_s");
+                    s = e.map_own_columns((&format!("{x}_s"), &format!("{x}_scored")), &s, &own_cols, ("%raw", loc), |e| {
+                        e.scored_element(&tile_at, scale, mask, score, (3, 2))
+                    });
                 }
                 // 4. each query's maximum down the tile's keys, and the running maximum
                 e.line(&format!(
@@ -632,22 +633,9 @@ impl Emitter<'_> {
                 // columns
                 let mut probs = format!("{x}_exp#{vectors}");
                 if let Some(f) = dropout {
-                    let own = TensorType::new(lmc_abi::DType::F32, vec![b, h, tile_keys, Dim::Symbol(BLOCK_ROWS)]);
-                    let own_s = tensor_ty(&own);
-                    let own_at = format!("[0, 0, 0, 0] [1, 1, {x}_tn, {n}] [1, 1, 1, 1]");
-                    e.line(&format!("{x}_pown = tensor.extract_slice {probs}{own_at} : {st_s} to {own_s}"));
-                    e.line(&format!(
-                        "{x}_dropped = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({x}_pown : {own_s}) {{",
-                        parallel(4)
-                    ));
-                    e.line("^bb0(%p: f32):");
-                    let kept = e.dropped_element(&tile_at, f, "%p", (3, 2));
-                    e.line(&format!("  linalg.yield {kept} : f32"));
-                    e.line(&format!("}} -> {own_s} {loc}"));
-                    e.line(&format!(
-                        "{x}_pd = tensor.insert_slice {x}_dropped into {probs}{own_at} : {own_s} into {st_s}"
-                    ));
-                    probs = format!("{x}_pd");
+                    probs = e.map_own_columns((&format!("{x}_pd"), &format!("{x}_dropped")), &probs, &own_cols, ("%p", loc), |e| {
+                        e.dropped_element(&tile_at, f, "%p", (3, 2))
+                    });
                 }
                 // 6. the tile's weighted sum of values, the probabilities read transposed
                 let values = matmul::MatMul {
@@ -721,6 +709,35 @@ impl Emitter<'_> {
             "{x}_{name} = tensor.extract_slice {t}[0] [{n}] [1] : {all_ty} to tensor<?xf32>"
         ));
         format!("{x}_{name}")
+    }
+
+    /// `tensor` (a tile's scores or probabilities, keys by queries) with each element of the
+    /// block's own columns replaced by what `element` emits from it (named `arg` in the
+    /// generic's body, whose result is `mapped`); the padding columns are left as they are.
+    /// Returns `name`, the whole tile's result.
+    fn map_own_columns(
+        &mut self,
+        (name, mapped): (&str, &str),
+        tensor: &str,
+        cols: &OwnColumns,
+        (arg, loc): (&str, &str),
+        element: impl FnOnce(&mut Self) -> String,
+    ) -> String {
+        let OwnColumns { own_s, st_s, at } = cols;
+        let map4 = "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2, d3)>";
+        self.line(&format!("{mapped}_own = tensor.extract_slice {tensor}{at} : {st_s} to {own_s}"));
+        self.line(&format!(
+            "{mapped} = linalg.generic {{indexing_maps = [{map4}], iterator_types = [{}]}} outs({mapped}_own : {own_s}) {{",
+            parallel(4)
+        ));
+        self.line(&format!("^bb0({arg}: f32):"));
+        let value = element(self);
+        self.line(&format!("  linalg.yield {value} : f32"));
+        self.line(&format!("}} -> {own_s} {loc}"));
+        self.line(&format!(
+            "{name} = tensor.insert_slice {mapped} into {tensor}{at} : {own_s} into {st_s}"
+        ));
+        name.to_string()
     }
 
     /// Inside an attention's scores generic (its element `%raw`): the scaled score, through

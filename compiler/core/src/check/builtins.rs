@@ -358,7 +358,12 @@ impl<'p> Elab<'p> {
                 };
                 self.push(op, ty, span).map(Val::Tensor)
             }
-            "dropout" => self.dropout(frame, &positional, span),
+            "dropout" => {
+                let [x, p] = positional.as_slice() else {
+                    return Err(arity_error(format!("expected 2 arguments, found {}", positional.len())));
+                };
+                self.dropout(frame, x, p, span)
+            }
             "training" => {
                 if !positional.is_empty() {
                     return Err(arity_error(format!("expected no arguments, found {}", positional.len())));

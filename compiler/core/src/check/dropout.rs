@@ -16,16 +16,7 @@ impl<'p> Elab<'p> {
     /// `dropout(x, p)`: `x` with each element zeroed with probability `p` and the rest scaled by
     /// `1 / (1 - p)` in a training compile, `x` itself otherwise (and when `p` is 0), as
     /// `torch.nn.functional.dropout`.
-    pub(super) fn dropout(&mut self, frame: &mut Frame, positional: &[&'p Expr], span: Span) -> Result<Val, Diagnostic> {
-        let [x, p] = positional else {
-            return Err(Diagnostic::error(
-                "E0202",
-                format!("`dropout` takes 2 arguments, found {}", positional.len()),
-                span,
-                "in this call",
-            )
-            .with_help("call it as `dropout(x, p)`"));
-        };
+    pub(super) fn dropout(&mut self, frame: &mut Frame, x: &'p Expr, p: &'p Expr, span: Span) -> Result<Val, Diagnostic> {
         let val = self.sub(frame, x)?;
         let x_id = self.tensor_of(val, x.span)?;
         self.require_f32(x_id, "`dropout`")?;
