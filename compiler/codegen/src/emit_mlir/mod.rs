@@ -58,6 +58,7 @@ pub fn emit_module(g: &Graph, plan: &Plan, target: &Target) -> String {
         plan,
         mode: Mode::default(),
         row_group_schedules: Vec::new(),
+        written: vec![false; g.outputs.len()],
         g,
         target: *target,
         functions: Functions::default(),
@@ -108,6 +109,8 @@ struct Emitter<'a> {
     /// Per distinct tile sizes of the row groups' roots so far, the most ops any of their
     /// functions fuses into the root's loop (see [`schedule`]).
     row_group_schedules: Vec<(String, usize)>,
+    /// Per output, whether its value has been written to its destination yet.
+    written: Vec<bool>,
 }
 
 /// The result side of a fused `linalg.generic`: its SSA name, output map (the part after
@@ -286,18 +289,10 @@ impl Emitter<'_> {
             }
         }
         self.emit_region(None, 0, g.nodes.len());
-        for (i, (decl, id)) in g.outputs.iter().enumerate() {
-            let mut value = v(*id);
-            if self.is_scalar(*id) {
-                let t = self.fresh();
-                self.line(&format!("{t} = tensor.from_elements {value} : tensor<f32>"));
-                value = t;
+        for i in 0..g.outputs.len() {
+            if !self.written[i] {
+                self.write_output(i);
             }
-            self.line(&format!(
-                "bufferization.materialize_in_destination {value} in restrict writable %output{i} : ({}, {}) -> ()",
-                tensor_ty(&decl.ty),
-                memref_ty(&decl.ty)
-            ));
         }
         let mut out = String::new();
         let _ = writeln!(out, "// {} from {}", g.model, g.files.first().map_or("?", String::as_str));
@@ -335,21 +330,47 @@ impl Emitter<'_> {
             }
             if region.is_none() && self.plan.row_groups.members.contains_key(&id) {
                 self.emit_row_group(id);
-                continue;
-            }
-            if let Some(&(m, bias)) = self.plan.biased.get(&id) {
+            } else if let Some(&(m, bias)) = self.plan.biased.get(&id) {
                 let Op::MatMul { lhs, rhs } = self.g.node(m).op else { continue };
                 let loc = self.loc(self.g.node(id).loc);
                 self.emit_matmul(id, (lhs, rhs), Some(bias), &loc);
-                continue;
-            }
-            self.mode.in_scan_body = region.is_some();
-            if region.is_none() && self.outlinable(id) {
-                self.emit_outlined(id);
             } else {
-                self.emit_node(id);
+                self.mode.in_scan_body = region.is_some();
+                if region.is_none() && self.outlinable(id) {
+                    self.emit_outlined(id);
+                } else {
+                    self.emit_node(id);
+                }
+            }
+            // An output is written as soon as it is computed, so that its own buffer can be
+            // freed then rather than at the end (a training step's gradients are made one
+            // layer at a time). Not in a decode step: its caches are outputs written in place
+            // over the carried ones, which later ops may still read.
+            if region.is_none() && self.g.decode.is_none() {
+                for k in 0..self.g.outputs.len() {
+                    if self.g.outputs[k].1 == id && !self.written[k] {
+                        self.write_output(k);
+                    }
+                }
             }
         }
+    }
+
+    /// Writes output `k`'s value into its destination buffer.
+    fn write_output(&mut self, k: usize) {
+        let (decl, id) = &self.g.outputs[k];
+        let mut value = v(*id);
+        if self.is_scalar(*id) {
+            let t = self.fresh();
+            self.line(&format!("{t} = tensor.from_elements {value} : tensor<f32>"));
+            value = t;
+        }
+        self.line(&format!(
+            "bufferization.materialize_in_destination {value} in restrict writable %output{k} : ({}, {}) -> ()",
+            tensor_ty(&decl.ty),
+            memref_ty(&decl.ty)
+        ));
+        self.written[k] = true;
     }
 
     /// The type parameter `i` is passed as: packed (`matmul::param_packing`) or as declared.
