@@ -11,6 +11,7 @@
 //! An index function's reads of parameter-dependent tensors are turned around in
 //! [`tabulate`], and a `scan` is differentiated by a scan in reverse time in [`scan`].
 
+mod recompute;
 mod scalar;
 mod scan;
 mod tabulate;
@@ -124,10 +125,10 @@ pub fn derive_grad(g: &Graph, loss: &str) -> Result<Graph, GradError> {
         };
         d.out.outputs.push((decl, grad));
     }
-    d.out
-        .verify()
+    let out = recompute::without_unused(recompute::recompute_in_backward(d.out, g.nodes.len()));
+    out.verify()
         .map_err(|e| no_loc(format!("internal error: the gradient graph is malformed: {e}"), ""))?;
-    Ok(d.out)
+    Ok(out)
 }
 
 /// Which nodes depend on a parameter (and so have a gradient to pass on).
@@ -144,6 +145,7 @@ fn needs_grad_from(g: &Graph, seeds: &[usize]) -> Vec<bool> {
             && match &n.op {
                 Op::Param(_) => true,
                 _ if seeds.contains(&i) => true,
+                Op::Unary { op: UnaryOp::Detach, .. } => false,
                 op => op.operands().iter().any(|o| needs[o.0 as usize]),
             };
     }
@@ -180,8 +182,60 @@ impl Deriv<'_> {
         self.push(Op::Constant(c))
     }
 
+    /// `lhs op rhs`; an operand that only stretches a smaller tensor over more axes (the
+    /// gradient of a sum, `tabulate (b, t, k) => g[b, t]`) is read through the op's own
+    /// broadcasting instead, so the stretched copy is never made (it is left unused).
     fn binary(&mut self, op: BinaryOp, lhs: ValueId, rhs: ValueId) -> ValueId {
+        let wanted = infer_type(&self.out, &Op::Binary { op, lhs, rhs });
+        let read = |this: &mut Self, v: ValueId, other: ValueId, v_is_lhs: bool| -> ValueId {
+            let Some(small) = this.unstretched(v) else { return v };
+            let (l, r) = if v_is_lhs { (small, other) } else { (other, small) };
+            if infer_type(&this.out, &Op::Binary { op, lhs: l, rhs: r }) == wanted {
+                small
+            } else {
+                v
+            }
+        };
+        let lhs = read(self, lhs, rhs, true);
+        let rhs = read(self, rhs, lhs, false);
         self.push(Op::Binary { op, lhs, rhs })
+    }
+
+    /// For a backward value that is a tabulate reading one element of a tensor `y` at some of
+    /// its indices in order (the others stretch `y` over new axes): `y` with those axes as
+    /// length 1, which broadcasting stretches back. `None` for anything else.
+    fn unstretched(&mut self, v: ValueId) -> Option<ValueId> {
+        if (v.0 as usize) < self.fwd.nodes.len() {
+            return None;
+        }
+        let Op::Tabulate { f } = &self.out.node(v).op else { return None };
+        let ScalarNode::Load { tensor, indices } = &f.nodes[f.result].0 else {
+            return None;
+        };
+        let (y, out_dims) = (*tensor, self.out.ty(v).dims.clone());
+        let y_ty = self.out.ty(y).clone();
+        // The axis of `v` each axis of `y` is read at, in increasing order.
+        let mut read_at = Vec::with_capacity(indices.len());
+        for (axis, &i) in indices.iter().enumerate() {
+            match f.nodes[i].0 {
+                ScalarNode::Param(p) if y_ty.dims[axis] == out_dims[p] && read_at.last().is_none_or(|&q| q < p) => read_at.push(p),
+                _ => return None,
+            }
+        }
+        if y_ty.dtype != DType::F32 || read_at.len() == out_dims.len() {
+            return None;
+        }
+        let dims: Vec<Dim> = (0..out_dims.len())
+            .map(|p| if read_at.contains(&p) { out_dims[p] } else { Dim::Static(1) })
+            .collect();
+        // `y` itself where it already has that shape (leading axes of length 1 aside).
+        let leading = dims.len() - y_ty.rank();
+        if dims[..leading].iter().all(|d| *d == Dim::Static(1)) && dims[leading..] == y_ty.dims[..] {
+            return Some(y);
+        }
+        let mut b = ScalarBuilder::new(dims.len());
+        let r = b.load(y, read_at);
+        Some(self.tabulate(dims, b.finish(r)))
     }
 
     fn mul(&mut self, a: ValueId, b: ValueId) -> ValueId {
@@ -609,6 +663,8 @@ impl Deriv<'_> {
         };
         match op {
             UnaryOp::Neg => self.unary(UnaryOp::Neg, g),
+            // Not reached: a detached value needs no gradient (`needs_grad_from`).
+            UnaryOp::Detach => g,
             UnaryOp::Sqrt => {
                 let t = self.binary(BinaryOp::Div, g, out);
                 self.scaled(t, 0.5)

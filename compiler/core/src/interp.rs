@@ -290,6 +290,7 @@ impl Run<'_> {
                     .iter()
                     .map(|&a| match op {
                         UnaryOp::Neg => -a,
+                        UnaryOp::Detach => a,
                         UnaryOp::Sqrt => a.sqrt(),
                         UnaryOp::Rsqrt => 1.0 / a.sqrt(),
                         UnaryOp::Exp => a.exp(),

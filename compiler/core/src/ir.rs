@@ -91,6 +91,9 @@ pub enum UnaryOp {
     Silu,
     /// The exact GELU: `x * 0.5 * (1 + erf(x / sqrt(2)))`.
     Gelu,
+    /// `x` itself, read by the backward as a constant: no gradient passes through it (torch's
+    /// `detach`).
+    Detach,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

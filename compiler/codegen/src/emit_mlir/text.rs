@@ -132,6 +132,11 @@ pub(super) fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<Stri
         UnaryOp::Erf => approx::erf(x, res, tmp),
         UnaryOp::Sin => simple("math.sin"),
         UnaryOp::Cos => simple("math.cos"),
+        // x + (-0.0) is x for every x (-0.0 and NaN included); LLVM folds it away.
+        UnaryOp::Detach => vec![
+            format!("{tmp}0 = arith.constant -0.0 : f32"),
+            format!("{res} = arith.addf {x}, {tmp}0 : f32"),
+        ],
         // 1 / (1 + exp(-x))
         UnaryOp::Sigmoid => {
             let mut lines = one_plus_exp_neg(x, tmp);

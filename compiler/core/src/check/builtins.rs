@@ -486,6 +486,7 @@ impl<'p> Elab<'p> {
                     "relu" => unary(UnaryOp::Relu),
                     "silu" => unary(UnaryOp::Silu),
                     "gelu" => unary(UnaryOp::Gelu),
+                    "detach" => unary(UnaryOp::Detach),
                     _ => None,
                 };
                 if let Some(op) = op {
@@ -768,6 +769,7 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("relu", "relu(x)"),
     ("silu", "silu(x)"),
     ("gelu", "gelu(x)"),
+    ("detach", "detach(x)"),
     ("maximum", "maximum(a, b)"),
     ("minimum", "minimum(a, b)"),
     ("pow", "pow(a, b)"),

@@ -385,8 +385,10 @@ fn axis_rules(
     facts: &[(Affine, i64)],
 ) -> Vec<AxisRule> {
     let rank = out_dims.len();
-    // An argument can be solved for on an axis whose index alone uses it.
-    let axes_using = |p: usize| indices.iter().filter(|i| used[**i][p]).count();
+    // An argument can be solved for on an axis whose index is the only affine one that uses
+    // it. An index that is not affine (`logits[b, t, target[b, t]]`'s last) may use it too:
+    // it is matched by comparison, computed from the solved arguments.
+    let axes_using = |p: usize| indices.iter().filter(|i| used[**i][p] && affine[**i].is_some()).count();
     let size = |d: Dim| match d {
         Dim::Symbol(_) => i64::MAX,
         Dim::Static(n) => n,

@@ -505,3 +505,100 @@ fn learned_score_bias_derivatives_match_finite_differences() {
 fn t5_gradients_match_torch() {
     matches_torch("models/t5.model", "T5ForConditionalGeneration", "t5_grad");
 }
+
+fn gradient_graph(source: &str) -> (Graph, Graph) {
+    let program = crate::load_source("t.model", source, None).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let g = crate::check_model(&program, None, &ConfigOverrides::default()).unwrap().graph;
+    let grad = derive_grad(&g, "loss").unwrap_or_else(|e| panic!("{e:?}"));
+    (g, grad)
+}
+
+#[test]
+fn a_detached_value_passes_no_gradient() {
+    // d/dx of x · detach(x) is detach(x) = x, where without `detach` it would be 2x.
+    let source = format!(
+        "{HEAD}model M(c: C) {{
+  param x: f32[2, 3]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    return sum(sum(x * detach(x), axis = -1), axis = -1)
+  }}
+}}"
+    );
+    let (g, grad) = gradient_graph(&source);
+    let x: Vec<f32> = vec![0.5, -1.0, 2.0, 0.25, -0.75, 3.0];
+    let params = vec![Tensor::f32(vec![2, 3], x.clone())];
+    let loss = evaluate(&g, &params, &ids());
+    let out = evaluate(&grad, &params, &ids());
+    assert_eq!(out[0].floats(), loss[0].floats(), "the forward value is x · x");
+    assert_eq!(out[1].floats(), &x[..]);
+}
+
+#[test]
+fn a_read_at_a_data_index_is_turned_around_without_a_sum() {
+    // A cross-entropy's `logits[b, t, target[b, t]]`: b and t are solved, the class is matched,
+    // so the gradient is one tensor of the logits' shape, not a sum over every (b, t) pair.
+    let source = format!(
+        "{HEAD}model M(c: C) {{
+  param x: f32[2, 3, 4]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    y = x * x
+    chosen = tabulate(2, 3, (b, t) => y[b, t, ids[b, t]])
+    return sum(sum(chosen * chosen, axis = -1), axis = -1)
+  }}
+}}"
+    );
+    let (_, grad) = gradient_graph(&source);
+    assert!(grad.nodes.iter().all(|n| n.ty.rank() <= 3), "{}", grad.print());
+    matches_finite_differences(&source, &[], ids());
+}
+
+#[test]
+fn elementwise_values_are_recomputed_in_the_backward_not_kept() {
+    // tanh(h) is read once in the forward; its backward reads it too, so it is recomputed from
+    // h there instead of kept from the forward: the forward's tanh has no reader after the
+    // backward's copy is made.
+    let source = format!(
+        "{HEAD}model M(c: C) {{
+  param w: f32[4, 4]
+  param v: f32[4, 4]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    h = v @ transpose(w)
+    y = tanh(h) @ transpose(w)
+    return sum(sum(y * y, axis = -1), axis = -1)
+  }}
+}}"
+    );
+    let (_, grad) = gradient_graph(&source);
+    let tanhs: Vec<usize> = (0..grad.nodes.len())
+        .filter(|&i| matches!(grad.nodes[i].op, Op::Unary { op: UnaryOp::Tanh, .. }))
+        .collect();
+    assert_eq!(tanhs.len(), 2, "{}", grad.print());
+    let last_reader_of_forward = (0..grad.nodes.len())
+        .filter(|&i| grad.nodes[i].op.operands().contains(&ValueId(tanhs[0] as u32)))
+        .max()
+        .unwrap();
+    assert!(last_reader_of_forward < tanhs[1], "{}", grad.print());
+    matches_finite_differences(&source, &[], ids());
+}
+
+#[test]
+fn a_sum_s_gradient_is_read_through_broadcasting() {
+    // The gradient of sum(exp(x), axis = -1) stretches g over x's last axis: the product with
+    // exp(x) reads g as [2, 1] instead of a [2, 5] copy.
+    let source = format!(
+        "{HEAD}model M(c: C) {{
+  param x: f32[2, 5]
+  forward(ids: i64[B, T]) -> (loss: f32[]) {{
+    s = sum(exp(x), axis = -1)
+    return sum(s * s, axis = -1)
+  }}
+}}"
+    );
+    let (_, grad) = gradient_graph(&source);
+    let stretched = grad.nodes.iter().any(|n| {
+        let Op::Tabulate { f } = &n.op else { return false };
+        n.ty.dims == [Dim::Static(2), Dim::Static(5)] && matches!(f.nodes[f.result].0, ScalarNode::Load { .. })
+    });
+    assert!(!stretched, "{}", grad.print());
+    matches_finite_differences(&source, &[], ids());
+}
