@@ -10,11 +10,12 @@
 //! recomputed op for the buffers kept (the recomputed ops are the forward's elementwise passes
 //! again, once).
 //!
-//! A value is recomputed when it is pointwise (elementwise math, an index function) at the top
-//! level (not in a scan body), not an output, and read by at most one forward op: what it is
-//! computed from is then kept anyway (a matmul's result, a reduction, a value with several
-//! readers such as the residual stream) or recomputed in turn, so no chain of recomputation
-//! reaches back further than the values kept, and each op is recomputed at most once.
+//! A value is recomputed when it is pointwise (elementwise math, an index function, a
+//! transpose) at the top level (not in a scan body), not an output, and read by at most one
+//! forward op: what it is computed from is then kept anyway (a matmul's result, a reduction, a
+//! value with several readers such as the residual stream) or recomputed in turn, so no chain of
+//! recomputation reaches back further than the values kept, and each op is recomputed at most
+//! once.
 
 use crate::ir::*;
 
