@@ -397,13 +397,7 @@ impl Deriv<'_> {
                             Dim::Static(n) => f.float(n as f64),
                             Dim::Symbol(s) => {
                                 let n = f.add(ScalarNode::Symbol(s), ScalarType::Int);
-                                f.add(
-                                    ScalarNode::Unary {
-                                        op: ScalarUnary::ToFloat,
-                                        a: n,
-                                    },
-                                    ScalarType::F32,
-                                )
+                                f.unary(ScalarUnary::ToFloat, n, ScalarType::F32)
                             }
                         };
                         f.binary(ScalarBinary::Div, gv, n, ScalarType::F32)
@@ -647,13 +641,7 @@ impl Deriv<'_> {
             let positive = f.binary(ScalarBinary::Gt, xv, zero, ScalarType::Bool);
             let below = if keep_negative {
                 let negative = f.binary(ScalarBinary::Lt, xv, zero, ScalarType::Bool);
-                let minus = f.add(
-                    ScalarNode::Unary {
-                        op: ScalarUnary::Neg,
-                        a: gv,
-                    },
-                    ScalarType::F32,
-                );
+                let minus = f.unary(ScalarUnary::Neg, gv, ScalarType::F32);
                 f.select(negative, minus, zero)
             } else {
                 zero

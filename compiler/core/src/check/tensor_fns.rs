@@ -41,15 +41,7 @@ impl<'p> Elab<'p> {
         let mut a = f.load_broadcast_as(l, &lt.dims, &dims, scalar_type(lt.dtype));
         let mut b = f.load_broadcast_as(r, &rt.dims, &dims, scalar_type(rt.dtype));
         if lt.dtype != rt.dtype {
-            let to_float = |f: &mut ScalarBuilder, x| {
-                f.add(
-                    ScalarNode::Unary {
-                        op: ScalarUnary::ToFloat,
-                        a: x,
-                    },
-                    ScalarType::F32,
-                )
-            };
+            let to_float = |f: &mut ScalarBuilder, x| f.unary(ScalarUnary::ToFloat, x, ScalarType::F32);
             if lt.dtype == DType::F32 {
                 b = to_float(&mut f, b);
             } else {
@@ -94,13 +86,7 @@ impl<'p> Elab<'p> {
                 }
                 let mut f = ScalarBuilder::new(t.rank());
                 let element = f.load(id, (0..t.rank()).collect());
-                let value = f.add(
-                    ScalarNode::Unary {
-                        op: ScalarUnary::ToInt,
-                        a: element,
-                    },
-                    ScalarType::Int,
-                );
+                let value = f.unary(ScalarUnary::ToInt, element, ScalarType::Int);
                 self.push(Op::Tabulate { f: f.finish(value) }, TensorType::new(DType::I64, t.dims), span)
                     .map(Val::Tensor)
             }

@@ -39,6 +39,10 @@ impl ScalarBuilder {
     }
 
     /// `if cond { a } else { b }`, of `a`'s type.
+    pub fn unary(&mut self, op: ScalarUnary, a: usize, ty: ScalarType) -> usize {
+        self.add(ScalarNode::Unary { op, a }, ty)
+    }
+
     pub fn select(&mut self, cond: usize, a: usize, b: usize) -> usize {
         let ty = self.f.nodes[a].1;
         self.add(ScalarNode::Select { cond, a, b }, ty)
@@ -141,13 +145,7 @@ pub fn dropout_scale_fn(dims: &[Dim], seed: ValueId, stream: i64, p: f64) -> Sca
         offset = f.binary(ScalarBinary::Add, scaled, axis, ScalarType::Int);
     }
     let h = f.binary(ScalarBinary::Hash, base, offset, ScalarType::Int);
-    let u = f.add(
-        ScalarNode::Unary {
-            op: ScalarUnary::Unit,
-            a: h,
-        },
-        ScalarType::F32,
-    );
+    let u = f.unary(ScalarUnary::Unit, h, ScalarType::F32);
     let p_node = f.float(p);
     let keep = f.binary(ScalarBinary::Ge, u, p_node, ScalarType::Bool);
     let kept = f.float(1.0 / (1.0 - p));
