@@ -211,6 +211,80 @@ fn formats_compute_with_the_stored_values(case: &Case) {
     }
 }
 
+/// What training does between steps: a parameter read back in the checkpoint's layout from
+/// whatever form the model binds it in (plain, f32 panels, panels of a matrix stored [in, out],
+/// a tied embedding with a packed copy), and updated in place, every copy with it: the model
+/// then computes what a model freshly bound to the updated weights computes. A form that keeps
+/// no f32 values cannot be read back.
+#[test]
+fn parameters_are_read_back_and_updated_in_every_bound_form() {
+    for case in &CASES {
+        let dir = scratch(&format!("parameter_update_{}", case.model));
+        let inputs = read_host_tensors(&root().join(case.fixture).join("inputs.safetensors"));
+        for format in [WeightFormat::F32, WeightFormat::Bf16] {
+            let what = format!("{} as {}", case.model, format.name());
+            let g = checked(case, format);
+            let m = lmc_codegen::manifest(&g, &lmc_codegen::Target::host());
+            let weights = random(&m);
+            let weights: Vec<_> = weights
+                .iter()
+                .enumerate()
+                .filter(|(i, (name, ..))| weights[..*i].iter().all(|(n, ..)| n != name))
+                .map(|(_, w)| w.clone())
+                .collect();
+            let original = dir.join(format!("{}_original.safetensors", format.name()));
+            write(&original, &weights);
+            let mut model = bound(&g, &original);
+            let e = model.update_parameter("no.such.weight", |_| ()).unwrap_err().to_string();
+            assert!(e.contains("has no parameter \"no.such.weight\""), "{what}: {e}");
+            let forms = |name: &str| m.params.iter().filter(|p| p.name == name).map(|p| p.packing).collect::<Vec<_>>();
+            let mut updated = Vec::new();
+            let mut packed_f32 = 0;
+            for (name, shape, values) in &weights {
+                let forms = forms(name);
+                let lossy = forms.iter().all(|p| p.is_some_and(|p| p.format != WeightFormat::F32));
+                let read = model.parameter_f32(name);
+                if lossy {
+                    let e = read.expect_err(&format!("{what}: {name} read back")).to_string();
+                    assert!(e.contains(name) && e.contains("bf16"), "{what}: {e}");
+                    updated.push((name.clone(), shape.clone(), values.clone()));
+                    continue;
+                }
+                assert_eq!(read.unwrap().as_ref(), values.as_slice(), "{what}: {name} read back");
+                packed_f32 += usize::from(forms.iter().any(|p| p.is_some_and(|p| p.format == WeightFormat::F32)));
+                let step: Vec<f32> = values.iter().enumerate().map(|(i, v)| v + 0.01 * (i % 7) as f32).collect();
+                let out = model
+                    .update_parameter(name, |w| {
+                        for (w, s) in w.iter_mut().zip(&step) {
+                            *w = *s;
+                        }
+                        w.len()
+                    })
+                    .unwrap_or_else(|e| panic!("{what}: {name}: {e}"));
+                assert_eq!(out, values.len());
+                assert_eq!(
+                    model.parameter_f32(name).unwrap().as_ref(),
+                    step.as_slice(),
+                    "{what}: {name} after the update"
+                );
+                updated.push((name.clone(), shape.clone(), step));
+            }
+            if format == WeightFormat::F32 {
+                assert!(packed_f32 >= 6, "{what}: only {packed_f32} matrices bound in f32 panels");
+            }
+            let fresh_path = dir.join(format!("{}_updated.safetensors", format.name()));
+            write(&fresh_path, &updated);
+            let fresh = bound(&g, &fresh_path);
+            let got = logits(&model, &inputs);
+            assert_eq!(got, logits(&fresh, &inputs), "{what}: updated in place vs bound fresh");
+            assert!(
+                max_abs_diff(&got, &logits(&bound(&g, &original), &inputs)) > 1e-4,
+                "{what}: the update changed nothing"
+            );
+        }
+    }
+}
+
 #[test]
 fn weight_formats_that_cannot_apply_are_errors() {
     let llama = "models/llama.model:LlamaForCausalLM";

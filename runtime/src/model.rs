@@ -22,6 +22,8 @@ use crate::tensor::HostTensor;
 use crate::validate::{output_shapes, shape_str, validate_inputs};
 use crate::widen::Half;
 
+mod parameters;
+
 /// The name of a single-file checkpoint inside a model directory (Hugging Face convention).
 pub const SINGLE_FILE_NAME: &str = "model.safetensors";
 /// The index of a sharded checkpoint inside a model directory (Hugging Face convention).
@@ -589,81 +591,6 @@ impl LoadedModel {
         // and the carried ones, borrowed exclusively from `carried` for the whole call.
         unsafe { f(args.as_mut_ptr()) };
         Ok(fresh)
-    }
-}
-
-impl LoadedModel {
-    /// Replaces f32 parameter `name`'s values with `values`, given in the checkpoint's layout
-    /// (row-major over the manifest shape): packed again where the module reads it packed, copied
-    /// to the GPU for a CUDA module. What training uses between steps; takes `&mut self`, so no
-    /// run can be reading the old values.
-    pub fn set_parameter(&mut self, name: &str, values: &[f32]) -> Result<(), RuntimeError> {
-        let m = self.module.manifest();
-        // Every parameter the tensor feeds: itself, and its packed copy for a weight format.
-        let feeds: Vec<usize> = (0..m.params.len()).filter(|&i| m.params[i].name == name).collect();
-        if feeds.is_empty() {
-            return Err(RuntimeError::invalid_argument(format!("{} has no parameter \"{name}\"", m.model)));
-        }
-        for i in feeds {
-            self.set_parameter_at(i, values)?;
-        }
-        Ok(())
-    }
-
-    fn set_parameter_at(&mut self, i: usize, values: &[f32]) -> Result<(), RuntimeError> {
-        let m = self.module.manifest();
-        let spec = &m.params[i];
-        let name = spec.name.as_str();
-        if spec.dtype != DType::F32 {
-            return Err(RuntimeError::invalid_argument(format!(
-                "parameter \"{name}\" is {}, not f32",
-                spec.dtype.as_str()
-            )));
-        }
-        let shape: Vec<usize> = spec
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Static(n) => usize::try_from(*n).unwrap_or(0),
-                Dim::Symbol(_) => 0,
-            })
-            .collect();
-        if values.len() != shape.iter().product::<usize>() {
-            return Err(RuntimeError::invalid_argument(format!(
-                "parameter \"{name}\" has {} elements ({shape:?}); {} given",
-                shape.iter().product::<usize>(),
-                values.len()
-            )));
-        }
-        let packed = spec.packing.and_then(|p| p.matrix(&shape).map(|(n, k)| (p, n, k)));
-        let stored_shape = packed.map_or(shape.clone(), |(p, n, k)| p.packed_shape(n, k).to_vec());
-        if let Some((packing, n, k)) = packed.filter(|(p, ..)| p.format != WeightFormat::F32) {
-            self.params[i] = (stored_shape, packed_param(name, &packing.pack_bytes(values, n, k))?);
-            return Ok(());
-        }
-        // Written over the values bound before when they are a copy of the same shape (every
-        // step of training), else into a new copy.
-        if let (ParamData::Copied(t), lmc_abi::Device::Cpu) = (&mut self.params[i].1, m.device) {
-            if t.shape == stored_shape {
-                let out = t
-                    .as_f32_mut()
-                    .ok_or_else(|| RuntimeError::internal("an f32 parameter is stored as another type"))?;
-                match packed {
-                    Some((packing, n, k)) => packing.pack_into(values, n, k, out),
-                    None => out.copy_from_slice(values),
-                }
-                return Ok(());
-            }
-        }
-        let tensor = match packed {
-            Some((packing, n, k)) => HostTensor::from_f32(name, stored_shape, packing.pack(values, n, k))?,
-            None => HostTensor::from_f32(name, shape, values.to_vec())?,
-        };
-        if m.device == lmc_abi::Device::Cuda {
-            self.device_params[i] = DeviceBuffer::upload(tensor.bytes(), &format!("parameter \"{name}\""))?;
-        }
-        self.params[i] = (tensor.shape.clone(), ParamData::Copied(tensor));
-        Ok(())
     }
 }
 

@@ -233,6 +233,24 @@ impl Packing {
         }
     }
 
+    /// The matrix as the checkpoint stores it, from its f32 panels (`packed` as
+    /// [`Packing::pack`] writes it, whatever the packing's format): the inverse of `pack`.
+    pub fn unpack(&self, packed: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let panel = self.panel_len();
+        let mut w = vec![0.0; n * k];
+        for (p, panels) in packed.chunks_exact((k * panel).max(1)).enumerate() {
+            for (kk, step) in panels.chunks_exact(panel).enumerate().take(k) {
+                for (i, &x) in step.iter().enumerate().take(n.saturating_sub(p * panel)) {
+                    let r = p * panel + i;
+                    // Row `r` of `[n, k]`; element `(kk, r)` of a matrix stored `[k, n]`.
+                    let at = if self.in_by_out { kk * n + r } else { r * k + kk };
+                    w[at] = x;
+                }
+            }
+        }
+        w
+    }
+
     /// The packed form of an f32 `[n, k]` matrix (as the checkpoint stores it, see
     /// [`Packing::pack`]) in the packing's format, as the module reads it: [`Packing::packed_bytes`] little-endian bytes. An int8 packing needs `k`
     /// a multiple of [`INT8_BLOCK`] ([`WeightFormat::fits_rows_of`]); the codegen packs no
@@ -336,6 +354,7 @@ mod tests {
             40.0, 0.0,  41.0, 0.0,  42.0, 0.0,
         ];
         assert_eq!(p.pack(&w, 5, 3), want);
+        assert_eq!(p.unpack(&want, 5, 3), w);
         let bytes: Vec<u8> = want.iter().flat_map(|x: &f32| x.to_le_bytes()).collect();
         assert_eq!(p.pack_bytes(&w, 5, 3), bytes);
     }
@@ -351,6 +370,7 @@ mod tests {
         };
         assert_eq!(stored.matrix(&[3, 5]), Some((5, 3)));
         assert_eq!(stored.pack(&t, 5, 3), Packing::f32(2).pack(&w, 5, 3));
+        assert_eq!(stored.unpack(&stored.pack(&t, 5, 3), 5, 3), t);
         let int8 = |in_by_out| Packing {
             format: WeightFormat::Int8,
             in_by_out,

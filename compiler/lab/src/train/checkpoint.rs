@@ -11,6 +11,7 @@
 //! checkpoint as it was, and a directory without `.partial` is always complete.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -80,11 +81,10 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "generation_config.json",
 ];
 
-/// A parameter's values and AdamW's moments for it.
+/// A parameter and AdamW's moments for it (its values live in the bound model alone).
 pub struct ParamState {
     pub name: String,
     pub shape: Vec<usize>,
-    pub values: Vec<f32>,
     pub exp_avg: Vec<f32>,
     pub exp_avg_sq: Vec<f32>,
 }
@@ -93,6 +93,8 @@ pub struct ParamState {
 pub struct Snapshot<'a> {
     pub config_json: &'a serde_json::Map<String, serde_json::Value>,
     pub params: &'a [ParamState],
+    /// Each parameter's values, in `params` order.
+    pub values: &'a [Cow<'a, [f32]>],
     /// Files copied in (the tokenizer's).
     pub extra_files: &'a [PathBuf],
     /// The run's state, saved with the optimizer's; `None` for the model alone.
@@ -137,7 +139,8 @@ pub fn save(dir: &Path, snapshot: &Snapshot<'_>) -> Result<(), String> {
     let weights: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = snapshot
         .params
         .iter()
-        .map(|p| (p.name.as_str(), lmc_abi::DType::F32, p.shape.as_slice(), f32_bytes(&p.values)))
+        .zip(snapshot.values)
+        .map(|(p, values)| (p.name.as_str(), lmc_abi::DType::F32, p.shape.as_slice(), f32_bytes(values)))
         .collect();
     write_tensors_synced(&partial.join(lmc_runtime::model::SINGLE_FILE_NAME), &weights)?;
     for file in snapshot.extra_files {

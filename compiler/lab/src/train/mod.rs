@@ -148,11 +148,13 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         "without saving",
     );
     let mut progress = Progress::new(max_steps, state.global_step, opts.logging_steps);
-    let save = |state: &TrainerState, params: &[ParamState]| -> Result<PathBuf, Failure> {
+    let save = |state: &TrainerState, bound: &lmc_runtime::LoadedModel, params: &[ParamState]| -> Result<PathBuf, Failure> {
         let dir = checkpoint::checkpoint_dir(&opts.output, state.global_step);
+        let values = parameter_values(bound, params)?;
         let snapshot = Snapshot {
             config_json: &config_json,
             params,
+            values: &values,
             extra_files: &extra_files,
             state: Some(state),
         };
@@ -216,9 +218,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
             let grad = outputs[gi]
                 .as_f32()
                 .ok_or_else(|| Failure::Message(format!("the gradient of \"{}\" is not f32", p.name)))?;
-            opts.optimizer
-                .update_threaded(threads, step + 1, lr, scale, &mut p.values, grad, &mut p.exp_avg, &mut p.exp_avg_sq);
-            bound.set_parameter(&p.name, &p.values)?;
+            // In place, in the model's own copy: the trainer keeps no other.
+            bound.update_parameter(&p.name, |values| {
+                opts.optimizer
+                    .update_threaded(threads, step + 1, lr, scale, values, grad, &mut p.exp_avg, &mut p.exp_avg_sq)
+            })?;
         }
         state.global_step += 1;
         losses.push(loss);
@@ -241,7 +245,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         let last = state.global_step == max_steps;
         if let Some((eval_data, eval_model)) = &mut eval {
             if last || opts.eval_steps.is_some_and(|n| n > 0 && state.global_step.is_multiple_of(n)) {
-                let l = evaluate(eval_model, &params, eval_data)?;
+                let l = evaluate(eval_model, &bound, &params, eval_data)?;
                 let record = serde_json::json!({"step": state.global_step, "eval_loss": l});
                 write_log(&mut log, &record, opts.log_json.as_deref())?;
                 state.log_history.push(record);
@@ -251,7 +255,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
         }
         let interrupted = crate::interrupt::interrupted();
         if last || interrupted || (opts.save_steps > 0 && state.global_step.is_multiple_of(opts.save_steps)) {
-            let dir = save(&state, &params)?;
+            let dir = save(&state, &bound, &params)?;
             if interrupted {
                 progress.finish();
                 return Err(Failure::Message(format!(
@@ -265,7 +269,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, Failure> {
     }
     progress.finish();
     // The trained model at the top of the output directory, as `save_pretrained` leaves it.
-    save_pretrained_root(&opts.output, &config_json, &params, &extra_files)?;
+    save_pretrained_root(&opts.output, &config_json, &bound, &params, &extra_files)?;
     eprintln!(
         "trained {} to step {max_steps}: loss {:.4}; saved {}",
         manifest.model,
@@ -314,13 +318,27 @@ fn write_log(log: &mut Option<std::fs::File>, record: &serde_json::Value, path: 
 }
 
 /// The mean of the evaluation batches' losses (as transformers' Trainer averages them), with
-/// the current parameters.
-fn evaluate(model: &mut lmc_runtime::LoadedModel, params: &[ParamState], data: &Data) -> Result<f64, Failure> {
+/// the parameters `trained` holds now.
+fn evaluate(
+    model: &mut lmc_runtime::LoadedModel,
+    trained: &lmc_runtime::LoadedModel,
+    params: &[ParamState],
+    data: &Data,
+) -> Result<f64, Failure> {
     for p in params {
-        model.set_parameter(&p.name, &p.values)?;
+        model.set_parameter(&p.name, &trained.parameter_f32(&p.name)?)?;
     }
     let losses = batch_losses(model, data, data.eval_batches())?;
     Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+}
+
+/// Each parameter's values as `bound` holds them, in `params` order (borrowed where it stores
+/// them plain).
+pub(crate) fn parameter_values<'m>(
+    bound: &'m lmc_runtime::LoadedModel,
+    params: &[ParamState],
+) -> Result<Vec<std::borrow::Cow<'m, [f32]>>, Failure> {
+    params.iter().map(|p| Ok(bound.parameter_f32(&p.name)?)).collect()
 }
 
 /// The model's `loss` on each of the first `batches` batches of `data`, in order.
@@ -349,13 +367,16 @@ pub(crate) fn batch_losses(model: &lmc_runtime::LoadedModel, data: &Data, batche
 fn save_pretrained_root(
     out: &Path,
     config_json: &serde_json::Map<String, serde_json::Value>,
+    bound: &lmc_runtime::LoadedModel,
     params: &[ParamState],
     extra_files: &[PathBuf],
 ) -> Result<(), Failure> {
     let staging = out.join(".final");
+    let values = parameter_values(bound, params)?;
     let snapshot = Snapshot {
         config_json,
         params,
+        values: &values,
         extra_files,
         state: None,
     };

@@ -92,7 +92,7 @@ pub(crate) fn prepare(opts: &TrainOptions) -> Result<Run, Failure> {
         Some(path) => {
             let data = open_data(path, opts, tokenizer.as_ref(), objective, false)?;
             let module = crate::jit_module(&model.forward, opts.device).map_err(Failure::Message)?;
-            let files = vec![weights_file(&params)?];
+            let files = vec![weights_file(&bound, &params)?];
             Some((data, module.bind_weights(lmc_runtime::WeightsSource::Files(files))?))
         }
         None => None,
@@ -140,7 +140,7 @@ pub(crate) fn prepare(opts: &TrainOptions) -> Result<Run, Failure> {
     eprintln!(
         "training {} ({} parameters) for {max_steps} steps of {} × {}",
         manifest.model,
-        crate::units::fmt_count(params.iter().map(|p| p.values.len() as u64).sum()),
+        crate::units::fmt_count(params.iter().map(|p| p.exp_avg.len() as u64).sum()),
         data.batch_size(),
         data.seq_len()
     );
@@ -205,42 +205,30 @@ fn compile(
             .collect::<Result<Vec<_>, _>>()?,
         None => vec![lmc_runtime::random_weights(&manifest, opts.seed)?],
     };
-    let values = initial_values(&manifest, &files).map_err(Failure::Message)?;
-    // The files read for the starting values are the ones bound: each is opened once.
+    if let Some(spec) = manifest.params.iter().find(|p| p.dtype != lmc_abi::DType::F32) {
+        return Err(Failure::Message(format!(
+            "parameter \"{}\" is {}; only floating-point parameters are trained",
+            spec.name,
+            spec.dtype.as_str()
+        )));
+    }
+    // The bound model holds the only copy of the weights; the optimizer updates it in place.
     let bound = module.bind_weights(lmc_runtime::WeightsSource::Files(files))?;
     let params: Vec<ParamState> = manifest
         .params
         .iter()
-        .zip(values)
-        .map(|(spec, values)| ParamState {
-            name: spec.name.clone(),
-            shape: static_shape(&spec.shape),
-            exp_avg: vec![0.0; values.len()],
-            exp_avg_sq: vec![0.0; values.len()],
-            values,
+        .map(|spec| {
+            let shape = static_shape(&spec.shape);
+            let len = shape.iter().product();
+            ParamState {
+                name: spec.name.clone(),
+                shape,
+                exp_avg: vec![0.0; len],
+                exp_avg_sq: vec![0.0; len],
+            }
         })
         .collect();
     Ok((bound, manifest, params))
-}
-
-/// The parameters' starting values, widened to f32, by manifest order.
-fn initial_values(manifest: &lmc_abi::Manifest, files: &[lmc_runtime::SafeTensorsFile]) -> Result<Vec<Vec<f32>>, String> {
-    let mut out = Vec::with_capacity(manifest.params.len());
-    for spec in &manifest.params {
-        let t = files
-            .iter()
-            .find_map(|f| f.get(&spec.name))
-            .ok_or_else(|| format!("parameter \"{}\" is missing from the weights", spec.name))?;
-        let values = t.f32_values().ok_or_else(|| {
-            format!(
-                "parameter \"{}\" has dtype {}; only floating-point parameters are trained",
-                spec.name,
-                t.dtype()
-            )
-        })?;
-        out.push(values);
-    }
-    Ok(out)
 }
 
 fn static_shape(shape: &[lmc_abi::Dim]) -> Vec<usize> {
@@ -469,16 +457,18 @@ fn check_data(opts: &TrainOptions, data: &Data, manifest: &lmc_abi::Manifest, vo
     Ok(())
 }
 
-/// The parameters as an in-memory safetensors file (to bind a second module to).
-fn weights_file(params: &[ParamState]) -> Result<lmc_runtime::SafeTensorsFile, Failure> {
+/// The parameters `bound` holds, as an in-memory safetensors file (to bind a second module to).
+fn weights_file(bound: &lmc_runtime::LoadedModel, params: &[ParamState]) -> Result<lmc_runtime::SafeTensorsFile, Failure> {
+    let values = super::parameter_values(bound, params)?;
     let weights: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = params
         .iter()
-        .map(|p| {
+        .zip(&values)
+        .map(|(p, values)| {
             (
                 p.name.as_str(),
                 lmc_abi::DType::F32,
                 p.shape.as_slice(),
-                checkpoint::f32_bytes(&p.values),
+                checkpoint::f32_bytes(values),
             )
         })
         .collect();
