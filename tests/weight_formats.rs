@@ -41,7 +41,7 @@ const CASES: [Case; 2] = [
         file: "models/gpt2.model",
         model: "GPT2LMHeadModel",
         fixture: "tests/fixtures/gpt2_tiny",
-        set: &[("n_embd", "64"), ("n_head", "4"), ("inner", "80")],
+        set: &[("n_embd", "64"), ("n_head", "4"), ("inner", "80"), ("n_positions", "64")],
         unblocked: "mlp.c_proj.weight",
         tied: Some("transformer.wte.weight"),
     },
@@ -92,6 +92,15 @@ fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
 /// `g` compiled and bound to the weights in `path`.
 fn bound(g: &Graph, path: &Path) -> LoadedModel {
     bind_jit_with(g, lmc_codegen::jit(g), |_| WeightsSource::Path(path.to_path_buf()))
+}
+
+/// One row of `len` tokens (ids below both fixtures' vocabularies), all attended to.
+fn long_prompt(len: usize) -> Vec<HostTensor> {
+    let ids: Vec<i64> = (0..len as i64).map(|i| (i * 37 + 11) % 97).collect();
+    vec![
+        HostTensor::from_i64("input_ids", [1, len], ids).unwrap(),
+        HostTensor::from_i64("attention_mask", [1, len], vec![1; len]).unwrap(),
+    ]
 }
 
 fn logits(model: &LoadedModel, inputs: &[HostTensor]) -> Vec<f32> {
@@ -174,6 +183,16 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             exact <= 1e-6 * scale,
             "{what}: {exact} from the f32 model given the stored values (logits up to {scale})"
         );
+        // A prompt of 56 tokens, 48 rows or more: the kernels widen each block of panels to f32
+        // before its tiles read it, and compute with the same values.
+        let long = long_prompt(56);
+        let want_long = logits(&bound(&f32_graph, &rounded_path), &long);
+        let long_scale = want_long.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let exact = max_abs_diff(&logits(&quantized, &long), &want_long);
+        assert!(
+            exact <= 1e-6 * long_scale,
+            "{what}, 56 tokens: {exact} from the f32 model given the stored values (logits up to {long_scale})"
+        );
         // AVX2's kernels (8 lanes, panels of 16: an int8 block's scales in four rows of 16
         // bytes) and SSE's (4 lanes, panels of 8) sum in the same order.
         let sse = lmc_codegen::Target {
@@ -186,6 +205,11 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             assert!(
                 err <= 1e-6 * scale,
                 "{what} on {isa}: {err} from the f32 model given the stored values"
+            );
+            let err = max_abs_diff(&logits(&narrow, &long), &want_long);
+            assert!(
+                err <= 1e-6 * long_scale,
+                "{what} on {isa}, 56 tokens: {err} from the f32 model given the stored values"
             );
         }
         // The format is applied: the rounding shows against the original weights.
@@ -207,6 +231,52 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             decode(&g, &base_path),
             decode(&f32_graph, &rounded_path),
             "{what}: greedy decoding differs"
+        );
+    }
+}
+
+/// A 56-token prompt through a matrix whose `K` (800) spans two of the packed kernel's blocks
+/// of `K` (768): each block is widened to f32 panels on its own, and the result is still
+/// exactly the f32 model's given the stored values.
+#[test]
+fn long_prompts_widen_each_block_of_k() {
+    let case = Case {
+        set: &[("hidden_size", "64"), ("num_attention_heads", "4"), ("intermediate_size", "800")],
+        ..CASES[0]
+    };
+    let dir = scratch("weight_formats_long_k");
+    let long = long_prompt(56);
+    let f32_graph = checked(&case, WeightFormat::F32);
+    let target = lmc_codegen::Target::host();
+    let weights = random(&lmc_codegen::manifest(&f32_graph, &target));
+    let original = dir.join("original.safetensors");
+    write(&original, &weights);
+    for format in [WeightFormat::Bf16, WeightFormat::Int8] {
+        let g = checked(&case, format);
+        let m = lmc_codegen::manifest(&g, &target);
+        let rounded: Vec<_> = weights
+            .iter()
+            .map(
+                |(name, shape, values)| match m.params.iter().find(|p| &p.name == name).and_then(|p| p.packing) {
+                    Some(p) => {
+                        assert!(p.format == format, "{name} is not stored as {}", format.name());
+                        let (n, k) = p.matrix(shape).unwrap();
+                        (name.clone(), shape.clone(), p.round_trip(values, n, k))
+                    }
+                    None => (name.clone(), shape.clone(), values.clone()),
+                },
+            )
+            .collect();
+        assert!(rounded.iter().any(|(name, ..)| name.ends_with("down_proj.weight")));
+        let rounded_path = dir.join(format!("{}.safetensors", format.name()));
+        write(&rounded_path, &rounded);
+        let want = logits(&bound(&f32_graph, &rounded_path), &long);
+        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let err = max_abs_diff(&logits(&bound(&g, &original), &long), &want);
+        assert!(
+            err <= 1e-6 * scale,
+            "{}: {err} from the f32 model given the stored values (logits up to {scale})",
+            format.name()
         );
     }
 }

@@ -28,6 +28,8 @@ use lmc_core::ir::{Dim, Graph, Op, TensorType, ValueId};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+mod widen;
+
 /// The broadcast tile: rows of `x` by two vectors of columns of `b`.
 const AXPY_VECTORS: i64 = 2;
 
@@ -79,6 +81,10 @@ const PACKED_K_BLOCK: i64 = 768;
 /// both modules run in turn in one process: 32 steps against 8, 0.94 of the time; 16, 0.97–0.98;
 /// 64 against 32, 0.99; none (the prefetch of the step itself) against 8, 1.04.
 const PREFETCH_STEPS: i64 = 32;
+
+/// From how many rows a matmul with int8 panels widens each block of them to f32 first
+/// ([`widen`]) rather than converting and scaling them in every tile: four tiles of 12 rows.
+const WIDEN_ROWS: i64 = 48;
 
 /// The type of the block of the result one task fills: `[M, columns]`.
 const SLICE_TY: &str = "tensor<?x?xf32>";
@@ -282,12 +288,39 @@ struct TileAt<'a> {
 /// What every step of a packed tile reads: the panel (its format, its buffer for the
 /// prefetches, its index), the first lane of each of its vectors, and the tile's rows of `x`.
 struct PanelStep<'a> {
-    format: WeightFormat,
+    source: &'a PanelSource,
     buf: &'a str,
     mt: &'a str,
     panel: &'a str,
     lanes: &'a [String],
     x_rows: &'a [String],
+}
+
+/// Where a packed tile reads its panels: the packed weight itself, or the f32 panels a block of
+/// many rows widened it into first ([`Kernel::widened_panels`]).
+struct PanelSource {
+    tensor: String,
+    /// Its tensor type, in its stored element type.
+    ty: String,
+    format: WeightFormat,
+    /// The source's first panel and first step of `K` (index values) where it holds only a
+    /// block of them: subtracted from a tile's panel and step to address it.
+    first: Option<(String, String)>,
+}
+
+impl PanelSource {
+    /// The packed right operand, read as it is stored.
+    fn packed(kernel: &Kernel, mm: &MatMul) -> PanelSource {
+        PanelSource {
+            tensor: kernel.rhs.clone(),
+            ty: mm.rhs_ty(),
+            format: match mm.layout {
+                RhsLayout::Packed(format) => format,
+                _ => WeightFormat::F32,
+            },
+            first: None,
+        }
+    }
 }
 
 /// Text of one kernel, built apart from the forward function's body: a function's body, or
@@ -660,7 +693,7 @@ impl Kernel {
         let mut filled = slice.to_string();
         let mut k_block = None;
         if mm.layout == RhsLayout::Transposed {
-            let (res, k_lo, k_hi, arg) = self.open_k_blocks(k, K_BLOCK, [&c0, &c1], slice);
+            let (res, k_lo, k_hi, arg) = self.open_k_blocks(k, K_BLOCK, [&c0, &c1], slice, None);
             filled = arg;
             k_block = Some((res, k_lo, k_hi));
         }
@@ -719,10 +752,22 @@ impl Kernel {
     /// returns (result, first `k` of the block, its end, carried value). A tile adds the first
     /// block's sums to the bias (or zero) and later blocks' to the result so far, so the result
     /// needs no pass of its own to clear it. At least one block runs, so that `K = 0` still
-    /// writes the bias.
-    fn open_k_blocks(&mut self, k: &str, block: i64, [c0, c1]: [&str; 2], init: &str) -> (String, String, String, String) {
+    /// writes the bias; none where `only_if` (an `i1`) is false.
+    fn open_k_blocks(
+        &mut self,
+        k: &str,
+        block: i64,
+        [c0, c1]: [&str; 2],
+        init: &str,
+        only_if: Option<&str>,
+    ) -> (String, String, String, String) {
         let block = self.index_const(block);
-        let blocks_end = self.index_op("maxui", k, c1);
+        let mut blocks_end = self.index_op("maxui", k, c1);
+        if let Some(cond) = only_if {
+            let end = self.fresh();
+            self.line(&format!("{end} = arith.select {cond}, {blocks_end}, {c0} : index"));
+            blocks_end = end;
+        }
         let (res, k_lo, arg) = self.open_loop(c0, &blocks_end, &block, init, SLICE_TY);
         let end = self.index_op("addi", &k_lo, &block);
         let k_hi = self.index_op("minui", &end, k);
@@ -743,13 +788,45 @@ impl Kernel {
     /// tiles of rows, each across every panel of the block. A tile's rows of `x` (at most
     /// 12 × [`PACKED_K_BLOCK`] floats) stay in L1 while the panels stream from L2, prefetched
     /// a few steps ahead.
+    ///
+    /// Panels stored as bf16 or int8 are converted as a tile reads them, once per tile of rows;
+    /// with many rows (a prefill), each block of `K` of an int8 block's panels is first widened
+    /// to f32 panels, once, and the tiles read those ([`Kernel::widened_panels`]). (bf16's
+    /// conversion is a shift: widening its panels first measured no faster.)
     #[allow(clippy::too_many_arguments)]
     fn packed_columns(&mut self, mm: &MatMul, batch: &[String], slice: &str, lo: &str, size: &str, m: &str, k: &str) -> String {
+        if PanelSource::packed(self, mm).format != WeightFormat::Int8 {
+            return self.packed_blocks(mm, batch, [slice, lo, size, m, k], None);
+        }
+        // Both loop nests, one after the other, each running only where it applies (rather than
+        // an `scf.if` between them, whose result bufferization copies back into the result).
+        let (least, many, few) = (self.index_const(WIDEN_ROWS), self.fresh(), self.fresh());
+        self.line(&format!("{many} = arith.cmpi uge, {m}, {least} : index"));
+        self.line(&format!("{few} = arith.cmpi ult, {m}, {least} : index"));
+        let widened = self.packed_blocks(mm, batch, [slice, lo, size, m, k], Some((&many, true)));
+        self.packed_blocks(mm, batch, [&widened, lo, size, m, k], Some((&few, false)))
+    }
+
+    /// The loops of [`Kernel::packed_columns`] over blocks of `K`, tiles of rows and panels,
+    /// reading the panels as stored, or from their block widened to f32 panels first; with
+    /// `only_if = (cond, widen)`, none of it runs unless `cond` holds.
+    fn packed_blocks(
+        &mut self,
+        mm: &MatMul,
+        batch: &[String],
+        [slice, lo, size, m, k]: [&str; 5],
+        only_if: Option<(&str, bool)>,
+    ) -> String {
         let (c0, c1) = (self.index_const(0), self.index_const(1));
         let panel = AXPY_VECTORS * self.lanes;
         let panel_step = self.index_const(panel);
         let full_cols = self.round_down(size, panel);
-        let (res, k_lo, k_hi, mut filled) = self.open_k_blocks(k, PACKED_K_BLOCK, [&c0, &c1], slice);
+        let (res, k_lo, k_hi, mut filled) = self.open_k_blocks(k, PACKED_K_BLOCK, [&c0, &c1], slice, only_if.map(|(c, _)| c));
+        let source = if only_if.is_some_and(|(_, widen)| widen) {
+            self.widened_panels(mm, lo, size, [&k_lo, &k_hi])
+        } else {
+            PanelSource::packed(self, mm)
+        };
         // Rows: whole tiles of each height in turn, down to single rows.
         let mut row_lo = c0.clone();
         for rows in packed_rows(self.lanes) {
@@ -772,7 +849,7 @@ impl Kernel {
                     k: &k_hi,
                     acc: &cols_arg,
                 };
-                let next = self.packed_tile(mm, &at, rows, whole);
+                let next = self.packed_tile(mm, &at, rows, whole, &source);
                 self.close_loop(&next, SLICE_TY);
                 inner = cols_res;
             }
@@ -787,8 +864,8 @@ impl Kernel {
     /// One `rows × panel` tile of `x @ transpose(w)` for a packed `w`, over the block
     /// `k_lo..k` of `K`: starts from the bias (or zero) in the first block and from the result
     /// so far after it; a tile that is not `whole` masks the columns past `N`.
-    fn packed_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool) -> String {
-        let wt = mm.rhs_ty();
+    fn packed_tile(&mut self, mm: &MatMul, at: &TileAt<'_>, rows: i64, whole: bool, source: &PanelSource) -> String {
+        let wt = source.ty.clone();
         let lanes = self.lanes;
         let vec = format!("vector<{lanes}xf32>");
         let bounds = if whole { "true" } else { "false" };
@@ -800,7 +877,10 @@ impl Kernel {
         let pad = self.fresh();
         self.line(&format!("{pad} = arith.constant 0.0 : f32"));
         let panel_len = self.index_const(AXPY_VECTORS * lanes);
-        let panel = self.index_op("divui", at.rhs_col, &panel_len);
+        let mut panel = self.index_op("divui", at.rhs_col, &panel_len);
+        if let Some((first_panel, _)) = &source.first {
+            panel = self.index_op("subi", &panel, first_panel);
+        }
         let count = rows as usize * col_ix.len();
         let types = vec![vec.as_str(); count].join(", ");
         // Where the tile starts: the bias of its columns (zero without one) in the first block
@@ -850,16 +930,16 @@ impl Kernel {
         self.line("}");
         // The panel is read through its buffer too, for the prefetches (tensors have none).
         let (buf, mt) = (self.fresh(), wt.replacen("tensor", "memref", 1));
-        self.line(&format!("{buf} = bufferization.to_buffer {} read_only : {wt} to {mt}", self.rhs));
-        let format = match mm.layout {
-            RhsLayout::Packed(format) => format,
-            _ => WeightFormat::F32,
-        };
+        self.line(&format!(
+            "{buf} = bufferization.to_buffer {} read_only : {wt} to {mt}",
+            source.tensor
+        ));
+        let format = source.format;
         let (res, kk, by) = (self.fresh(), self.fresh(), self.index_const(1));
         let args: Vec<String> = (0..count).map(|_| self.fresh()).collect();
         let inits: Vec<String> = args.iter().enumerate().map(|(i, a)| format!("{a} = {start}#{i}")).collect();
         let step = PanelStep {
-            format,
+            source,
             buf: &buf,
             mt: &mt,
             panel: &panel,
@@ -898,7 +978,11 @@ impl Kernel {
                 at.k,
                 inits.join(", ")
             ));
-            let next = self.panel_step(mm, at, &step, [&kk, &kk], None, &args);
+            let row = match &source.first {
+                Some((_, first_step)) => self.index_op("subi", &kk, first_step),
+                None => kk.clone(),
+            };
+            let next = self.panel_step(mm, at, &step, [&row, &kk], None, &args);
             self.line(&format!("  scf.yield {} : {types}", next.join(", ")));
             self.line("}");
         }
@@ -919,12 +1003,11 @@ impl Kernel {
         acc: &[String],
     ) -> Vec<String> {
         let lanes = self.lanes;
-        let wt = mm.rhs_ty();
         let (ahead, later) = (self.index_const(PREFETCH_STEPS), self.fresh());
         self.line(&format!("  {later} = arith.addi {row}, {ahead} : index"));
         // One prefetch per 64-byte line of the panel's row (an f32 panel row is whole lines;
         // a bf16 or int8 one is at most one).
-        let bytes_per_lane = step.format.element_bytes() as i64;
+        let bytes_per_lane = step.source.format.element_bytes() as i64;
         let per_line = (64 / (lanes * bytes_per_lane)).max(1) as usize;
         for lane in step.lanes.iter().step_by(per_line) {
             self.line(&format!(
@@ -932,19 +1015,35 @@ impl Kernel {
                 step.buf, step.panel, step.mt
             ));
         }
-        let elem = super::text::format_elem(step.format);
+        let bs = self.panel_vectors(step.source, step.panel, row, step.lanes, scales);
+        self.broadcast_step(mm, at.batch, step.x_rows, kk, &bs, acc)
+    }
+
+    /// The vectors of row `row` of panel `panel` of `source` starting at lanes `lanes`, as f32:
+    /// widened from bf16, or int8 times its block's `scales` (one per vector; without them,
+    /// unscaled).
+    fn panel_vectors(
+        &mut self,
+        source: &PanelSource,
+        panel: &str,
+        row: &str,
+        lanes_at: &[String],
+        scales: Option<&[String]>,
+    ) -> Vec<String> {
+        let lanes = self.lanes;
+        let elem = super::text::format_elem(source.format);
         let (stored, vec) = (format!("vector<{lanes}x{elem}>"), format!("vector<{lanes}xf32>"));
         let pad = self.fresh();
-        let zero = if step.format == WeightFormat::Int8 { "0" } else { "0.0" };
+        let zero = if source.format == WeightFormat::Int8 { "0" } else { "0.0" };
         self.line(&format!("  {pad} = arith.constant {zero} : {elem}"));
-        let mut bs = Vec::with_capacity(step.lanes.len());
-        for (j, lane) in step.lanes.iter().enumerate() {
+        let mut bs = Vec::with_capacity(lanes_at.len());
+        for (j, lane) in lanes_at.iter().enumerate() {
             let read = self.fresh();
             self.line(&format!(
-                "  {read} = vector.transfer_read {}[{}, {row}, {lane}], {pad} {{in_bounds = [true]}} : {wt}, {stored}",
-                self.rhs, step.panel
+                "  {read} = vector.transfer_read {}[{panel}, {row}, {lane}], {pad} {{in_bounds = [true]}} : {}, {stored}",
+                source.tensor, source.ty
             ));
-            let value = match (step.format, scales) {
+            let value = match (source.format, scales) {
                 (WeightFormat::F32, _) => read,
                 (WeightFormat::Bf16, _) => {
                     let wide = self.fresh();
@@ -966,7 +1065,7 @@ impl Kernel {
             };
             bs.push(value);
         }
-        self.broadcast_step(mm, at.batch, step.x_rows, kk, &bs, acc)
+        bs
     }
 
     /// The scales of the int8 block starting at step `kb` of `K`, one f32 vector per vector of
