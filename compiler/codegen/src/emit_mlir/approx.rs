@@ -1,10 +1,12 @@
-//! `exp` and `erf` of f32 written out in `arith` ops, so that the loops around them vectorize.
+//! `exp`, `erf` and `tanh` of f32 written out in `arith` ops, so that the loops around them
+//! vectorize.
 //!
-//! `math.exp` and `math.erf` lower to calls to libm's `expf` and `erff`, one element at a time:
-//! a softmax or a GELU then costs more than the matmul next to it, and the loop vectorizer
-//! cannot widen a loop with a call in it. MLIR's own polynomial approximations are a test pass
-//! only (not in the registered passes), so the emitter writes the arithmetic itself. Both are
-//! checked against libm over their whole range by the op-corpus test (`tests/pipeline.rs`).
+//! `math.exp`, `math.erf` and `math.tanh` lower to calls to libm's `expf`, `erff` and `tanhf`,
+//! one element at a time: a softmax or a GELU then costs more than the matmul next to it, and
+//! the loop vectorizer cannot widen a loop with a call in it. MLIR's own polynomial
+//! approximations are a test pass only (not in the registered passes), so the emitter writes the
+//! arithmetic itself. Each is checked against f64 references over its whole range by the
+//! op-corpus test (`tests/pipeline.rs`).
 //!
 //! Each function returns the lines that define `res` from `x`, with temporaries `{tmp}N`.
 
@@ -177,6 +179,55 @@ pub(super) fn erf(x: &str, res: &str, tmp: &str) -> Vec<String> {
     lines.push(format!("{large} = arith.subf {one}, {tail} : f32"));
     lines.push(format!("{half} = arith.constant 0.5 : f32"));
     lines.push(format!("{is_small} = arith.cmpf olt, {ax}, {half} : f32"));
+    lines.push(format!("{magnitude} = arith.select {is_small}, {small}, {large} : f32"));
+    lines.push(format!("{res} = math.copysign {magnitude}, {x} : f32"));
+    lines
+}
+
+/// `tanh(x)`, odd, from `|x|`: below 0.625 the Cephes polynomial `x + x³·P(x²)` (within 2 ulp,
+/// so small arguments keep their precision); above, `1 - 2 / (exp(2|x|) + 1)` with [`exp`],
+/// which is 1 once `exp` is past f32's range. NaN stays NaN (through `exp`).
+pub(super) fn tanh(x: &str, res: &str, tmp: &str) -> Vec<String> {
+    let t = |i: usize| format!("{tmp}{i}");
+    let mut lines = Vec::new();
+    let (ax, z) = (t(0), t(1));
+    lines.push(format!("{ax} = math.absf {x} : f32"));
+    lines.push(format!("{z} = arith.mulf {ax}, {ax} : f32"));
+    let coefficients = [
+        "-5.70498872745e-3",
+        "2.06390887954e-2",
+        "-5.37397155531e-2",
+        "1.33314422036e-1",
+        "-3.33332819422e-1",
+    ];
+    let mut p = t(2);
+    lines.push(format!("{p} = arith.constant {} : f32", coefficients[0]));
+    let mut next = 3;
+    for c in &coefficients[1..] {
+        let (k, q) = (t(next), t(next + 1));
+        lines.push(format!("{k} = arith.constant {c} : f32"));
+        lines.push(format!("{q} = math.fma {p}, {z}, {k} : f32"));
+        p = q;
+        next += 2;
+    }
+    let (xz, small) = (t(next), t(next + 1));
+    lines.push(format!("{xz} = arith.mulf {ax}, {z} : f32"));
+    lines.push(format!("{small} = math.fma {xz}, {p}, {ax} : f32"));
+    next += 2;
+    let (two, twice, e) = (t(next), t(next + 1), t(next + 2));
+    lines.push(format!("{two} = arith.constant 2.0 : f32"));
+    lines.push(format!("{twice} = arith.mulf {ax}, {two} : f32"));
+    next += 3;
+    lines.extend(exp(&twice, &e, &format!("{tmp}e")));
+    let (one, e1, q, large) = (t(next), t(next + 1), t(next + 2), t(next + 3));
+    lines.push(format!("{one} = arith.constant 1.0 : f32"));
+    lines.push(format!("{e1} = arith.addf {e}, {one} : f32"));
+    lines.push(format!("{q} = arith.divf {two}, {e1} : f32"));
+    lines.push(format!("{large} = arith.subf {one}, {q} : f32"));
+    next += 4;
+    let (bound, is_small, magnitude) = (t(next), t(next + 1), t(next + 2));
+    lines.push(format!("{bound} = arith.constant 0.625 : f32"));
+    lines.push(format!("{is_small} = arith.cmpf olt, {ax}, {bound} : f32"));
     lines.push(format!("{magnitude} = arith.select {is_small}, {small}, {large} : f32"));
     lines.push(format!("{res} = math.copysign {magnitude}, {x} : f32"));
     lines

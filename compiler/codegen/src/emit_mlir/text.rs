@@ -117,7 +117,7 @@ pub(super) fn binary_op(op: BinaryOp) -> &'static str {
 }
 
 /// The body of an elementwise unary op on `x`, defining `res`; temporaries are named `{tmp}N`.
-/// `exp` and `erf`, alone or inside another op, are the written-out arithmetic of
+/// `exp`, `erf` and `tanh`, alone or inside another op, are the written-out arithmetic of
 /// [`approx`] (vectorizable), not libm calls.
 pub(super) fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<String> {
     let simple = |name: &str| vec![format!("{res} = {name} {x} : f32")];
@@ -128,7 +128,7 @@ pub(super) fn unary_body(op: UnaryOp, x: &str, res: &str, tmp: &str) -> Vec<Stri
         UnaryOp::Exp => approx::exp(x, res, tmp),
         UnaryOp::Log => simple("math.log"),
         UnaryOp::Abs => simple("math.absf"),
-        UnaryOp::Tanh => simple("math.tanh"),
+        UnaryOp::Tanh => approx::tanh(x, res, tmp),
         UnaryOp::Erf => approx::erf(x, res, tmp),
         UnaryOp::Sin => simple("math.sin"),
         UnaryOp::Cos => simple("math.cos"),
