@@ -3,7 +3,8 @@
 weights=...`) on a LLaMA-shaped random model (8 layers of 1024, MLP 2816, 32k vocabulary,
 untied head), on GPT-2 small (its tied head read through a packed copy) and on a Mamba of
 mamba-130m's shape (24 layers of 768, state 16, tied head), beside
-transformers in fp32 and bf16, in interleaved rounds of one run; and each format's
+transformers in fp32 and bf16 (and, for the LLaMA shape, llama.cpp in Q8_0 where its Python
+bindings are installed), in interleaved rounds of one run; and each format's
 memory-bandwidth bound: the bytes a step reads (the matmuls' weights in the format, int8's
 scales included; every other weight in f32; of the input embedding one row) over the read
 bandwidth measured here (a 2-thread sum over 1 GiB). Batch 1, an 8-token prompt, 2 threads.
@@ -42,6 +43,76 @@ def step_bytes(model, per_element):
     return matmul * per_element + 4 * other
 
 
+# transformers' LLaMA names and GGUF's (llama.cpp's `llama` architecture).
+GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "lm_head.weight": "output.weight"}
+GGUF_LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def llama_cpp_tokens_per_s(model, ids, new, tmp):
+    """llama.cpp's greedy decoding (its Python bindings, 2 threads) of `model`'s shape with its
+    matrices in Q8_0, llama.cpp's int8 blocks of 32 with an f16 scale each, written as a GGUF
+    file here; its decode steps' tokens per second. None when the bindings are not installed
+    (`pip install llama-cpp-python gguf`: they build llama.cpp from source). The weights are
+    the transformers model's, unpermuted (their values do not change the time), and the
+    vocabulary is placeholder pieces (the prompt goes in as ids)."""
+    try:
+        import gguf
+        import llama_cpp
+    except ImportError:
+        return None
+    import time
+    path = pathlib.Path(tmp) / "llama-q8_0.gguf"
+    if not path.exists():
+        cfg = model.config
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_context_length(cfg.max_position_embeddings)
+        writer.add_embedding_length(cfg.hidden_size)
+        writer.add_block_count(cfg.num_hidden_layers)
+        writer.add_feed_forward_length(cfg.intermediate_size)
+        writer.add_head_count(cfg.num_attention_heads)
+        writer.add_head_count_kv(cfg.num_key_value_heads)
+        writer.add_rope_dimension_count(cfg.head_dim)
+        writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        # transformers 5 keeps it among `rope_parameters`.
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([f"<t{i}>".encode() for i in range(cfg.vocab_size)])
+        writer.add_token_scores([0.0] * cfg.vocab_size)
+        writer.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL] * (cfg.vocab_size - 3))
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        for name, tensor in model.state_dict().items():
+            if name.startswith("model.layers."):
+                layer, rest = name[len("model.layers."):].split(".", 1)
+                module, kind = rest.rsplit(".", 1)
+                name = f"blk.{layer}.{GGUF_LAYER[module]}.{kind}"
+            else:
+                name = GGUF_NAMES[name]
+            values = tensor.float().numpy()
+            if values.ndim == 2:
+                quantized = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            else:
+                writer.add_tensor(name, values)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    llm = llama_cpp.Llama(str(path), n_ctx=ids.shape[1] + new + 8, n_threads=2, n_threads_batch=2, verbose=False)
+    started = None
+    for i, _ in enumerate(llm.generate([int(t) for t in ids[0]], temp=0.0, top_k=1)):
+        if i == 0:
+            started = time.perf_counter()
+        if i == new - 1:
+            break
+    return (new - 1) / (time.perf_counter() - started)
+
+
 def models(torch):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MambaConfig, MambaForCausalLM
 
@@ -71,6 +142,8 @@ def main():
             continue
         ids = torch.randint(0, model.config.vocab_size, (1, PROMPT))
         best = {name: 0.0 for name in [*BYTES, "transformers fp32", "transformers bf16"]}
+        if spec.startswith("models/llama.model"):
+            best["llama.cpp Q8_0"] = 0.0
         with tempfile.TemporaryDirectory() as tmp:
             out = pathlib.Path(tmp) / "lmc.json"
             for _ in range(args.rounds):
@@ -84,8 +157,13 @@ def main():
                     best[fmt] = max(best[fmt], json.loads(out.read_text())["decode_tokens_per_s"])
                 best["transformers fp32"] = max(best["transformers fp32"], transformers_tokens_per_s(torch, model, ids, args.new))
                 best["transformers bf16"] = max(best["transformers bf16"], transformers_tokens_per_s(torch, half, ids, args.new))
+                if "llama.cpp Q8_0" in best:
+                    best["llama.cpp Q8_0"] = max(best["llama.cpp Q8_0"], llama_cpp_tokens_per_s(model, ids, args.new, tmp) or 0.0)
         print(title)
         for name, tokens_per_s in best.items():
+            if name == "llama.cpp Q8_0" and tokens_per_s == 0.0:
+                print(f"  {name:18} not installed (pip install llama-cpp-python gguf)")
+                continue
             line = f"  {name:18} {tokens_per_s:7.1f} tokens/s  {tokens_per_s / best['f32']:.2f}x lmc f32"
             if name in BYTES:
                 step = step_bytes(model, BYTES[name])
