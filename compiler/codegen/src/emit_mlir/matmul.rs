@@ -285,7 +285,7 @@ struct TileAt<'a> {
     acc: &'a str,
 }
 
-/// What every step of a packed tile reads: the panel (its format, its buffer for the
+/// What every step of a packed tile reads: the panel (its source, its buffer for the
 /// prefetches, its index), the first lane of each of its vectors, and the tile's rows of `x`.
 struct PanelStep<'a> {
     source: &'a PanelSource,
@@ -1019,7 +1019,7 @@ impl Kernel {
         self.broadcast_step(mm, at.batch, step.x_rows, kk, &bs, acc)
     }
 
-    /// The vectors of row `row` of panel `panel` of `source` starting at lanes `lanes`, as f32:
+    /// The vectors of row `row` of panel `panel` of `source` starting at lanes `lanes_at`, as f32:
     /// widened from bf16, or int8 times its block's `scales` (one per vector; without them,
     /// unscaled).
     fn panel_vectors(
