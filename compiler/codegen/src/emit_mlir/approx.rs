@@ -119,6 +119,24 @@ fn literal(value: &str, lanes: Option<i64>) -> String {
     }
 }
 
+/// Appends the lines of `P(z)` for the polynomial of `coefficients` (highest degree first) by
+/// Horner's rule, one FMA per coefficient, with temporaries `{tmp}{first}` on; returns `P`'s
+/// name and the first temporary number left free.
+fn horner<C: AsRef<str>>(lines: &mut Vec<String>, coefficients: &[C], z: &str, tmp: &str, first: usize) -> (String, usize) {
+    let t = |i: usize| format!("{tmp}{i}");
+    let mut p = t(first);
+    lines.push(format!("{p} = arith.constant {} : f32", coefficients[0].as_ref()));
+    let mut next = first + 1;
+    for c in &coefficients[1..] {
+        let (k, q) = (t(next), t(next + 1));
+        lines.push(format!("{k} = arith.constant {} : f32", c.as_ref()));
+        lines.push(format!("{q} = math.fma {p}, {z}, {k} : f32"));
+        p = q;
+        next += 2;
+    }
+    (p, next)
+}
+
 /// `erf(x)`, odd, from `|x|`: below 0.5 its Maclaurin series to `x^13` (relative error below
 /// 1e-8 there, so small arguments keep their precision); above, Abramowitz and Stegun 7.1.26,
 /// `1 - t·P(t)·exp(-x²)` with `t = 1 / (1 + p|x|)` (absolute error below 1.5e-7).
@@ -137,17 +155,8 @@ pub(super) fn erf(x: &str, res: &str, tmp: &str) -> Vec<String> {
             sign * std::f64::consts::FRAC_2_SQRT_PI / (factorial * f64::from(2 * k + 1))
         })
         .collect();
-    let mut next = 2;
-    let mut p = t(next);
-    lines.push(format!("{p} = arith.constant {} : f32", super::f32_literal(series[6])));
-    next += 1;
-    for c in series[..6].iter().rev() {
-        let (k, q) = (t(next), t(next + 1));
-        lines.push(format!("{k} = arith.constant {} : f32", super::f32_literal(*c)));
-        lines.push(format!("{q} = math.fma {p}, {x2}, {k} : f32"));
-        p = q;
-        next += 2;
-    }
+    let series: Vec<String> = series.iter().rev().map(|&c| super::f32_literal(c)).collect();
+    let (p, mut next) = horner(&mut lines, &series, &x2, tmp, 2);
     let small = t(next);
     lines.push(format!("{small} = arith.mulf {p}, {ax} : f32"));
     next += 1;
@@ -159,16 +168,8 @@ pub(super) fn erf(x: &str, res: &str, tmp: &str) -> Vec<String> {
     lines.push(format!("{tt} = arith.divf {one}, {den} : f32"));
     next += 4;
     let a = ["1.061405429", "-1.453152027", "1.421413741", "-0.284496736", "0.254829592"];
-    let mut q = t(next);
-    lines.push(format!("{q} = arith.constant {} : f32", a[0]));
-    next += 1;
-    for c in &a[1..] {
-        let (k, r) = (t(next), t(next + 1));
-        lines.push(format!("{k} = arith.constant {c} : f32"));
-        lines.push(format!("{r} = math.fma {q}, {tt}, {k} : f32"));
-        q = r;
-        next += 2;
-    }
+    let q;
+    (q, next) = horner(&mut lines, &a, &tt, tmp, next);
     let (tq, negx2, e) = (t(next), t(next + 1), t(next + 2));
     lines.push(format!("{tq} = arith.mulf {q}, {tt} : f32"));
     lines.push(format!("{negx2} = arith.negf {x2} : f32"));
@@ -200,16 +201,7 @@ pub(super) fn tanh(x: &str, res: &str, tmp: &str) -> Vec<String> {
         "1.33314422036e-1",
         "-3.33332819422e-1",
     ];
-    let mut p = t(2);
-    lines.push(format!("{p} = arith.constant {} : f32", coefficients[0]));
-    let mut next = 3;
-    for c in &coefficients[1..] {
-        let (k, q) = (t(next), t(next + 1));
-        lines.push(format!("{k} = arith.constant {c} : f32"));
-        lines.push(format!("{q} = math.fma {p}, {z}, {k} : f32"));
-        p = q;
-        next += 2;
-    }
+    let (p, mut next) = horner(&mut lines, &coefficients, &z, tmp, 2);
     let (xz, small) = (t(next), t(next + 1));
     lines.push(format!("{xz} = arith.mulf {ax}, {z} : f32"));
     lines.push(format!("{small} = math.fma {xz}, {p}, {ax} : f32"));

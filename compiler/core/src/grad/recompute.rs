@@ -22,7 +22,7 @@ use crate::ir::*;
 /// `g` (the forward's `forward_len` nodes, then the backward's) with the backward's reads of
 /// recomputable forward values redirected to copies made right before their first backward
 /// use. Scans and the ops inside scan bodies keep reading the forward's values.
-pub(super) fn recompute_in_backward(g: Graph, forward_len: usize) -> Graph {
+pub(super) fn recompute_in_backward(mut g: Graph, forward_len: usize) -> Graph {
     let regions = g.enclosing_scans();
     let mut forward_readers = vec![0usize; forward_len];
     for node in &g.nodes[..forward_len] {
@@ -50,22 +50,24 @@ pub(super) fn recompute_in_backward(g: Graph, forward_len: usize) -> Graph {
     if !recomputable.iter().any(|&r| r) {
         return g;
     }
+    // The nodes and outputs are read while the new graph is built; the rest moves into it.
+    let (nodes, outputs) = (std::mem::take(&mut g.nodes), std::mem::take(&mut g.outputs));
     let mut out = Graph {
-        nodes: g.nodes[..forward_len].to_vec(),
+        nodes: nodes[..forward_len].to_vec(),
         outputs: Vec::new(),
-        ..g.clone()
+        ..g
     };
     // Old id → new id: `plain` for the forward's own values, `recomputed` with each
     // recomputable forward value replaced by its copy once one is made.
-    let mut plain: Vec<ValueId> = (0..g.nodes.len() as u32).map(ValueId).collect();
+    let mut plain: Vec<ValueId> = (0..nodes.len() as u32).map(ValueId).collect();
     let mut recomputed = plain.clone();
     let mut made = vec![false; forward_len];
-    for j in forward_len..g.nodes.len() {
-        let node = &g.nodes[j];
+    for j in forward_len..nodes.len() {
+        let node = &nodes[j];
         let reads_forward_copies = regions[j].is_none() && !matches!(node.op, Op::Scan(_) | Op::ScanResult { .. });
         let op = if reads_forward_copies {
             for o in node.op.operands() {
-                copy(&g, &recomputable, &mut made, &mut recomputed, &mut out, o);
+                copy(&nodes, &recomputable, &mut made, &mut recomputed, &mut out, o);
             }
             node.op.remapped(&recomputed)
         } else {
@@ -80,21 +82,21 @@ pub(super) fn recompute_in_backward(g: Graph, forward_len: usize) -> Graph {
         plain[j] = id;
         recomputed[j] = id;
     }
-    out.outputs = g.outputs.iter().map(|(d, v)| (d.clone(), plain[v.0 as usize])).collect();
+    out.outputs = outputs.iter().map(|(d, v)| (d.clone(), plain[v.0 as usize])).collect();
     out
 }
 
 /// Makes the copy of forward value `v` (and first of the recomputable values it reads) if `v`
 /// is recomputable and has none yet.
-fn copy(g: &Graph, recomputable: &[bool], made: &mut [bool], recomputed: &mut [ValueId], out: &mut Graph, v: ValueId) {
+fn copy(nodes: &[Node], recomputable: &[bool], made: &mut [bool], recomputed: &mut [ValueId], out: &mut Graph, v: ValueId) {
     let i = v.0 as usize;
     if i >= recomputable.len() || !recomputable[i] || made[i] {
         return;
     }
     made[i] = true;
-    let node = &g.nodes[i];
+    let node = &nodes[i];
     for o in node.op.operands() {
-        copy(g, recomputable, made, recomputed, out, o);
+        copy(nodes, recomputable, made, recomputed, out, o);
     }
     out.nodes.push(Node {
         op: node.op.remapped(recomputed),

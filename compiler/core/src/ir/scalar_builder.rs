@@ -38,11 +38,12 @@ impl ScalarBuilder {
         self.add(ScalarNode::Binary { op, a, b }, ty)
     }
 
-    /// `if cond { a } else { b }`, of `a`'s type.
+    /// `op a`, of type `ty`.
     pub fn unary(&mut self, op: ScalarUnary, a: usize, ty: ScalarType) -> usize {
         self.add(ScalarNode::Unary { op, a }, ty)
     }
 
+    /// `if cond { a } else { b }`, of `a`'s type.
     pub fn select(&mut self, cond: usize, a: usize, b: usize) -> usize {
         let ty = self.f.nodes[a].1;
         self.add(ScalarNode::Select { cond, a, b }, ty)
