@@ -70,6 +70,8 @@ fn phi_gradients_match_torch() {
 fn electra_gradients_match_torch() {
     grad_matches_torch("models/electra.model:ElectraForPreTraining", "electra_discriminator");
     grad_matches_torch("models/electra.model:ElectraForMaskedLM", "electra_generator");
+    // The sequence classifier: the first token's state through its head, one label per sequence.
+    grad_matches_torch("models/electra.model:ElectraForSequenceClassification", "electra_classifier");
 }
 
 #[test]
@@ -244,4 +246,124 @@ fn recurrent_models_gradients_match_torch() {
         assert_loss_matches_fixture(spec, &format!("tests/fixtures/{fixture}"), 1e-5);
         grad_matches_torch(spec, fixture);
     }
+}
+
+/// `uniform` gives numbers strictly inside (0, 1) that look uniform, a stream per call, a new
+/// draw for each `dropout_seed` and the same draw for the same one; `argmax` takes the first of
+/// equal elements, and Gumbel-max sampling with it picks each class as often as softmax says
+/// (each count within 5 standard deviations of its expectation over 20,000 draws).
+#[test]
+fn uniform_and_argmax_sample_a_softmax() {
+    let dir = scratch("uniform_and_argmax");
+    let weights = dir.join("none.safetensors");
+    lmc_runtime::write_safetensors(&weights, &[]).unwrap();
+    let (rows, logits) = (20_000usize, [0.0f32, 1.0, 2.0, 2.0, -1.0]);
+    let classes = logits.len();
+    let values: Vec<f32> = (0..rows).flat_map(|_| logits).collect();
+    let run = |seed: Option<i64>, name: &str| {
+        let inputs = dir.join(format!("{name}.safetensors"));
+        let mut table = vec![("logits", lmc_abi::DType::F32, vec![rows, classes], bytes_of_f32(&values))];
+        if let Some(s) = seed {
+            table.push(("dropout_seed", lmc_abi::DType::I64, vec![], s.to_le_bytes().to_vec()));
+        }
+        let entries: Vec<_> = table.iter().map(|(n, d, s, b)| (*n, *d, s.as_slice(), b.as_slice())).collect();
+        lmc_runtime::write_safetensors(&inputs, &entries).unwrap();
+        let out = dir.join(format!("{name}_out.safetensors"));
+        let r = lmc_run(
+            "tests/corpus/random.model:Draws",
+            weights.to_str().unwrap(),
+            inputs.to_str().unwrap(),
+            &out,
+            &[],
+        );
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        read_host_tensors(&out)
+    };
+    let unseeded = run(None, "unseeded");
+    let u = unseeded[0].as_f32().unwrap();
+    assert!(u.iter().all(|&x| x > 0.0 && x < 1.0), "uniform leaves (0, 1)");
+    let mean = u.iter().map(|&x| f64::from(x)).sum::<f64>() / u.len() as f64;
+    assert!((mean - 0.5).abs() < 0.01, "mean of {} draws {mean}", u.len());
+    let below_tenth = u.iter().filter(|&&x| x < 0.1).count() as f64 / u.len() as f64;
+    assert!((below_tenth - 0.1).abs() < 0.01, "fraction below 0.1: {below_tenth}");
+    assert_ne!(u, unseeded[1].as_f32().unwrap(), "two calls draw two streams");
+    let zero = run(Some(0), "seed0");
+    assert_eq!(u, zero[0].as_f32().unwrap(), "an input not given is seed 0");
+    let other = run(Some(7), "seed7");
+    let same = u.iter().zip(other[0].as_f32().unwrap()).filter(|(a, b)| a == b).count();
+    assert!(same < u.len() / 1000, "another seed draws anew ({same} equal)");
+    let best = unseeded[3].as_i64().unwrap();
+    assert_eq!(unseeded[3].shape, vec![rows, 1]);
+    assert!(best.iter().all(|&b| b == 2), "argmax takes the first of equal elements");
+    let total: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+    for draws in [&unseeded[2], &other[2]] {
+        let sample = draws.as_i64().unwrap();
+        for (class, &l) in logits.iter().enumerate() {
+            let p = f64::from(l).exp() / total;
+            let expected = p * rows as f64;
+            let count = sample.iter().filter(|&&s| s == class as i64).count() as f64;
+            let sd = (rows as f64 * p * (1.0 - p)).sqrt();
+            assert!(
+                (count - expected).abs() < 5.0 * sd,
+                "class {class}: {count} draws, expected {expected:.0} ± {sd:.0}"
+            );
+        }
+    }
+}
+
+fn bytes_of_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// ELECTRA's joint pre-training step, generator and discriminator in one model: the fixture's
+/// generator gives one token a bias of +40 in its head, more than the widest gap Gumbel noise
+/// can close, so the sample is that token at every masked position whatever `uniform` draws
+/// (one masked position holds it already and stays "original"). Torch can then compute the step
+/// exactly: the loss and every gradient (generator, discriminator and the shared embeddings,
+/// sampling and corruption included) equal PyTorch's, and so do the discriminator's logits on
+/// the corrupted input, which are also what the model gives without labels for that input.
+#[test]
+fn electra_joint_pretraining_matches_torch() {
+    let (spec, dir) = ("models/electra.model:ElectraForJointPreTraining", "tests/fixtures/electra_joint");
+    grad_matches_torch(spec, "electra_joint");
+    let scratch_dir = scratch("electra_joint_run");
+    let want = read_f32_tensors(&root().join(dir).join("expected_grad.safetensors"));
+    let expected = |name: &str| &want.iter().find(|(n, _, _)| n == name).unwrap().2;
+    let out = scratch_dir.join("out.safetensors");
+    let got = run_outputs(spec, dir, &format!("{dir}/inputs_grad.safetensors"), &out, &[]);
+    assert_eq!(got.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>(), ["logits", "loss"]);
+    for (name, _, values) in &got {
+        let bound = if name == "loss" { 1e-5 * expected(name)[0].abs() } else { 1e-4 };
+        let err = max_abs_diff(values, expected(name));
+        assert!(err <= bound, "{name}: max |lmc - torch| {err:e} > {bound:e}");
+    }
+    // Without labels: the discriminator alone, on the corrupted batch (the forced token at every
+    // labelled position), gives the same logits.
+    let weights = read_f32_tensors(&root().join(dir).join("model.safetensors"));
+    let bias = &weights.iter().find(|(n, _, _)| n == "generator.generator_lm_head.bias").unwrap().2;
+    let forced = (0..bias.len()).max_by(|&a, &b| bias[a].total_cmp(&bias[b])).unwrap() as i64;
+    let all = read_host_tensors(&root().join(dir).join("inputs_grad.safetensors"));
+    let find = |name: &str| all.iter().find(|t| t.name == name).unwrap();
+    let labels = find("labels").as_i64().unwrap();
+    let corrupted: Vec<u8> = find("input_ids")
+        .as_i64()
+        .unwrap()
+        .iter()
+        .zip(labels)
+        .flat_map(|(&id, &label)| if label == -100 { id } else { forced }.to_le_bytes())
+        .collect();
+    let kept: Vec<_> = all.iter().filter(|t| t.name != "labels").collect();
+    let table: Vec<(&str, lmc_abi::DType, &[usize], &[u8])> = kept
+        .iter()
+        .map(|t| {
+            let bytes = if t.name == "input_ids" { &corrupted[..] } else { t.bytes() };
+            (t.name.as_str(), t.dtype, t.shape.as_slice(), bytes)
+        })
+        .collect();
+    let inputs = scratch_dir.join("corrupted.safetensors");
+    lmc_runtime::write_safetensors(&inputs, &table).unwrap();
+    let got = run_outputs(spec, dir, inputs.to_str().unwrap(), &out, &[]);
+    assert_eq!(got.len(), 1, "without labels, the logits alone");
+    let err = max_abs_diff(&got[0].2, expected("logits"));
+    assert!(err <= 1e-4, "logits without labels: max |lmc - torch| {err:e}");
 }

@@ -103,6 +103,48 @@ gradients in eval mode (their configs keep dropout at 0.1), batch [2, 7], row 1 
   generator (ElectraForMaskedLM) the token at 3 positions a row and -100 elsewhere.
 - `expected_grad.safetensors`: `loss`, `logits` and one gradient per stored tensor.
 
+`electra_joint/`: ELECTRA's joint pre-training step (models/electra.model's
+ElectraForJointPreTraining): an ElectraForPreTraining discriminator (vocab 53, embeddings 12
+wide projected to width 16 by `electra.embeddings_project`, 2 layers, 2 heads of 8, intermediate
+19, 12 positions, 2 token types, LayerNorm eps 1e-12, exact gelu, dropout 0) and a 1-layer
+ElectraForMaskedLM generator of the same widths over the discriminator's own `electra.embeddings`
+and `electra.embeddings_project`, its head tied to `electra.embeddings.word_embeddings.weight`
+with a bias of its own; seed 0, LayerNorms and biases perturbed by 0.1 * randn, then the
+generator's head bias of token k0 = 5 set to 40.
+- `config.json`: the ELECTRA config (model_type "electra", architectures
+  ["ElectraForJointPreTraining"]) with `generator_num_hidden_layers` 1 and
+  `discriminator_loss_weight` 50.0.
+- `model.safetensors`: ElectraForPreTraining's tensors under its names (`electra.*`,
+  `discriminator_predictions.*`: the file loads into transformers' ElectraForPreTraining, which
+  reports the rest unused) and the generator's own under `generator.`: its ElectraForMaskedLM
+  names `electra.encoder.layer.N.*` as `generator.encoder.layer.N.*`, `generator_predictions.*`
+  as `generator.generator_predictions.*`, `generator_lm_head.bias` as
+  `generator.generator_lm_head.bias` (no embeddings, no head weight: they are the
+  discriminator's).
+- `inputs_grad.safetensors`: `input_ids`, `token_type_ids`, `attention_mask` (row 1
+  right-padded by 2), `labels` (the original token at row 0, positions 1, 4, 6 and row 1,
+  positions 0, 2, 3, -100 elsewhere), each [2, 7]. The input holds [MASK] (3) at 4 of the 6,
+  its own token at row 0, position 6 and another token (7) at row 1, position 3.
+- The step: the generator (ElectraForMaskedLM on `input_ids`) samples a token at each labelled
+  position, `input_ids` elsewhere; the discriminator (ElectraForPreTraining) reads that corrupted
+  input with labels "replaced" = (corrupted != original), original being `labels` where given and
+  `input_ids` elsewhere. lmc samples by Gumbel-max, argmax(logits - log(-log u)), with its own
+  random numbers u in (2^-25, 1 - 2^-25): the noise lies in [-2.86, 17.33], and token k0 leads
+  every other by more than 39 at every position (checked), so the sample is k0 whatever u is,
+  and torch can follow it exactly. k0 is row 1, position 2's original token and no other
+  labelled position's: that position is not replaced (label 0), the other 5 are (label 1).
+- `expected_grad.safetensors`: `loss` (scalar: the generator's masked-LM cross-entropy, mean over
+  the 6 labelled positions, plus 50 times the discriminator's BCE-with-logits, mean over the 12
+  positions the attention mask keeps), `logits` [2, 7] (the discriminator's, on the corrupted
+  input) and one gradient per tensor of `model.safetensors` (the sample carries none; the shared
+  embeddings and projection get both models' uses, the word embeddings the generator head's
+  too).
+
+`electra_classifier/`: ElectraForSequenceClassification (the first token's state through a dense
+layer, GELU and the output projection; cross-entropy against one label per sequence) over the
+electra_discriminator fixture's config with transformers' default two labels, seed 0, LayerNorms
+and biases perturbed; in eval mode, batch [2, 7] with row 1 padded by 2 and labels [2].
+
 `bert_mlm/`: BertForMaskedLM (vocab 99, width 36, 2 layers, 3 heads of 12, intermediate 37,
 40 positions, 3 token types, LayerNorm eps 1e-12, exact (erf) gelu), seed 0, LayerNorm weights
 and biases perturbed by 0.1 * randn.
@@ -174,15 +216,17 @@ mamba-ssm, causal-conv1d nor mambapy is installed, and no hub kernel is requeste
 - `expected_grad.safetensors`: `loss`, `logits` [2, 9, 97] and one gradient per tensor of
   `model.safetensors` (`backbone.embeddings.weight` gets the head's use too); 7 + 6 = 13 terms.
 
-For rwkv_grad and mamba_grad every stored gradient is also checked against a float64 copy of the
-model (transformers' float32 casts inside the WKV, the scan and RMSNorm kept float64): its
-gradients, and central finite differences (h = 1e-6) at 3 entries of every tensor.
+For rwkv_grad, mamba_grad and electra_joint every stored gradient is also checked against a
+float64 copy of the model (transformers' float32 casts inside the WKV, the scan, RMSNorm and
+ELECTRA's discriminator loss kept float64): its gradients, and central finite differences
+(h = 1e-6) at 3 entries of every tensor.
 """
 import copy
 import importlib.util
 import pathlib
 import re
 import sys
+import types
 
 import torch
 import transformers
@@ -195,8 +239,10 @@ from transformers import (
     BertForMaskedLM,
     DistilBertConfig,
     DistilBertForMaskedLM,
+    ElectraConfig,
     ElectraForMaskedLM,
     ElectraForPreTraining,
+    ElectraForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,
@@ -958,6 +1004,164 @@ def masked_labels(input_ids, attention_mask, g):
     return labels
 
 
+class ElectraJoint(torch.nn.Module):
+    """ELECTRA's pre-training step (lmc's ElectraForJointPreTraining) in transformers' modules: the
+    generator `gen` (an ElectraForMaskedLM) runs over the discriminator's own embeddings and
+    projection, its head tied to the word embeddings; it fills the masked positions with its
+    top token (forced by its bias: see electra_joint), and the discriminator `disc` (an
+    ElectraForPreTraining) labels the corrupted input. Its parameters are registered under the
+    checkpoint's names: ElectraForPreTraining's, and the generator's under `generator.`."""
+
+    def __init__(self, disc, gen, loss_weight):
+        super().__init__()
+        self.electra = disc.electra
+        self.discriminator_predictions = disc.discriminator_predictions
+        self.generator = torch.nn.Module()
+        self.generator.encoder = gen.electra.encoder
+        self.generator.generator_predictions = gen.generator_predictions
+        self.generator.generator_lm_head = gen.generator_lm_head
+        self.models = (disc, gen)  # not registered: every parameter is registered above
+        self.loss_weight = loss_weight
+
+    def forward(self, input_ids, token_type_ids, attention_mask, labels):
+        disc, gen = self.models
+        out = gen(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, labels=labels)
+        masked = labels != -100
+        sampled = out.logits.detach().argmax(dim=-1)
+        corrupted = torch.where(masked, sampled, input_ids)
+        original = torch.where(masked, labels, input_ids)
+        replaced = (corrupted != original).long()
+        # The labels in the logits' dtype: ElectraForPreTraining's loss calls `.float()` on them, and
+        # BCEWithLogitsLoss computes in its target's dtype (float32 in float64_check's copy else).
+        labels01 = replaced.to(out.logits.dtype)
+        d = disc(input_ids=corrupted, token_type_ids=token_type_ids, attention_mask=attention_mask, labels=labels01)
+        return types.SimpleNamespace(
+            loss=out.loss + self.loss_weight * d.loss,
+            logits=d.logits,
+            generated=out.logits,
+            corrupted=corrupted,
+            replaced=replaced,
+        )
+
+
+def electra_classifier():
+    """ElectraForSequenceClassification over the electra_discriminator fixture's config (two
+    labels, transformers' default), seed 0, LayerNorms and biases perturbed: `config.json`,
+    `model.safetensors`, and in eval mode `inputs_grad.safetensors` (input_ids, token_type_ids,
+    attention_mask [2, 7], row 1 padded by 2; labels [2]) and `expected_grad.safetensors`
+    (loss, logits [2, 2] and one gradient per stored tensor)."""
+    out = FIXTURES / "electra_classifier"
+    print("electra_classifier")
+    out.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    config = ElectraConfig.from_pretrained(FIXTURES / "electra_discriminator")
+    config.architectures = ["ElectraForSequenceClassification"]
+    model = ElectraForSequenceClassification(config)
+    perturb(model, lambda n: "LayerNorm" in n or n.endswith("bias"))
+    model.save_pretrained(out)
+    names = stored_names(out)
+    g = torch.Generator().manual_seed(5)
+    input_ids = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    labels = torch.tensor([1, 0])
+    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+    expected = loss_and_grads(model, inputs, names, train=False)
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+
+
+def electra_joint():
+    out = FIXTURES / "electra_joint"
+    print("electra_joint")
+    out.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=53,
+        embedding_size=12,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=19,
+        max_position_embeddings=12,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    config = ElectraConfig(
+        num_hidden_layers=2,
+        generator_num_hidden_layers=1,
+        discriminator_loss_weight=50.0,
+        architectures=["ElectraForJointPreTraining"],
+        **common,
+    )
+    disc = ElectraForPreTraining(config)
+    gen = ElectraForMaskedLM(ElectraConfig(num_hidden_layers=config.generator_num_hidden_layers, **common))
+    # The generator's embeddings and projection are the discriminator's; its head stays tied.
+    gen.electra.embeddings = disc.electra.embeddings
+    gen.electra.embeddings_project = disc.electra.embeddings_project
+    gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    joint = ElectraJoint(disc, gen, config.discriminator_loss_weight)
+    params = {id(p) for m in (disc, gen) for p in m.parameters()}
+    assert params == {id(p) for p in joint.parameters()}, "the joint model registers every parameter once"
+    perturb(joint, lambda name: "LayerNorm" in name or name.endswith(".bias"))
+
+    g = torch.Generator().manual_seed(1)
+    original = torch.randint(5, config.vocab_size, (2, 7), generator=g)
+    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.int64)
+    attention_mask[1, 5:] = 0
+    labels = torch.full_like(original, -100)
+    input_ids = original.clone()
+    # (row, position, what the input holds there): [MASK] (3), the token itself, another token.
+    for row, pos, shown in [(0, 1, 3), (0, 4, 3), (0, 6, None), (1, 0, 3), (1, 2, 3), (1, 3, 7)]:
+        labels[row, pos] = original[row, pos]
+        if shown is not None:
+            input_ids[row, pos] = shown
+    # The generator always samples k0, the original token at row 1, position 2 (so one masked
+    # position keeps its token and is not "replaced") and at no other labelled position.
+    k0 = original[1, 2].item()
+    assert [(r, t) for r, t in (labels == k0).nonzero().tolist()] == [(1, 2)], "k0 labels one position"
+    with torch.no_grad():
+        gen.generator_lm_head.bias[k0] = 40.0
+    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
+
+    joint.eval()
+    with torch.no_grad():
+        result = joint(**inputs)
+    # lmc draws u strictly inside (2^-25, 1 - 2^-25): its Gumbel noise -log(-log u) lies in
+    # [-2.86, 17.33], so a lead of more than 20.2 makes the sample the top token whatever u is.
+    top = result.generated.topk(2, dim=-1).values
+    lead = (top[..., 0] - top[..., 1]).min().item()
+    print(f"  k0 = {k0}: generator's lead over the runner-up at every position >= {lead:.3f}")
+    assert lead > 30.0 and (result.generated.argmax(dim=-1) == k0).all()
+    print(f"  corrupted input {result.corrupted.tolist()}, replaced {result.replaced.tolist()}")
+
+    config.save_pretrained(out)
+    names = sorted(n for n, _ in joint.named_parameters())
+    weights = {n: joint.get_parameter(n).detach().contiguous() for n in names}
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    print(f"  model.safetensors holds {len(names)} tensors")
+    expected = loss_and_grads(joint, inputs, names, train=False)
+    compare(expected, loss_and_grads(joint, inputs, names, train=True), "train vs eval mode")
+    print(f"  loss {expected['loss'].item():.8f}")
+    save_file(inputs, out / "inputs_grad.safetensors")
+    save_file(expected, out / "expected_grad.safetensors")
+
+    # The checkpoint loads into transformers' ElectraForPreTraining (the generator's tensors left
+    # unused), which gives the same discriminator logits on the corrupted input.
+    reloaded = ElectraForPreTraining.from_pretrained(out).eval()
+    with torch.no_grad():
+        logits = reloaded(input_ids=result.corrupted, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
+    diff = (logits - expected["logits"]).abs().max().item()
+    print(f"  ElectraForPreTraining.from_pretrained logits: max |difference| {diff:.3g}")
+    assert diff <= 1e-6
+    float64_check(joint, inputs, expected, names)
+
+
 FIXTURE_MAKERS = {
     "gpt2_grad": lambda: gpt2_grad(),
     "bert_mlm": lambda: bert_mlm(),
@@ -973,6 +1177,8 @@ FIXTURE_MAKERS = {
     "t5_grad": lambda: t5_grad(),
     "electra_discriminator": lambda: electra_grad("electra_discriminator", ElectraForPreTraining, replaced_labels),
     "electra_generator": lambda: electra_grad("electra_generator", ElectraForMaskedLM, masked_labels),
+    "electra_joint": lambda: electra_joint(),
+    "electra_classifier": lambda: electra_classifier(),
 }
 
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 mod scalar_builder;
 mod typing;
-pub use scalar_builder::{concat_index_fn, dropout_scale_fn, scalar_type, ScalarBuilder};
+pub use scalar_builder::{concat_index_fn, dropout_scale_fn, scalar_type, uniform_fn, ScalarBuilder};
 pub use typing::{broadcast, infer_type};
 
 /// Index of a node in [`Graph::nodes`].

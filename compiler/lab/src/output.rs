@@ -151,6 +151,15 @@ pub fn write_report(path: &Path, text: &str) -> Result<bool, Failure> {
     Ok(true)
 }
 
+/// The first `shown` of `names`, comma-separated, and how many more there are.
+pub fn list_some(names: &[String], shown: usize) -> String {
+    let head = names.iter().take(shown).cloned().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(shown) {
+        0 => head,
+        more => format!("{head} and {more} more"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,7 @@ impl<'p> Elab<'p> {
         let positional: Vec<&'p Expr> = args.iter().filter(|a| a.name.is_none()).map(|a| &a.value).collect();
         let named: Vec<(&ast::Ident, &'p Expr)> = args.iter().filter_map(|a| a.name.as_ref().map(|n| (n, &a.value))).collect();
         let allowed_named: &[&str] = match name {
-            "mean" | "sum" | "max" => &["axis", "keepdim"],
+            "mean" | "sum" | "max" | "argmax" => &["axis", "keepdim"],
             "attention" => &["mask", "score", "scale", "dropout"],
             "slice" | "concat" | "cumsum" => &["axis"],
             _ => &[],
@@ -271,21 +271,7 @@ impl<'p> Elab<'p> {
                 if dims.is_empty() {
                     return Err(arity_error("expected at least one dimension before the index function".into()));
                 }
-                let mut shape = Vec::new();
-                for d in dims {
-                    shape.push(match self.sub(frame, d)? {
-                        Val::Dim(d) => d,
-                        Val::Const(CtValue::Int(k)) if k > 0 => Dim::Static(k),
-                        other => {
-                            return Err(Diagnostic::error(
-                                "E0202",
-                                "a dimension must be a symbol or a positive integer",
-                                d.span,
-                                format!("this is {}", describe(&other)),
-                            ))
-                        }
-                    });
-                }
+                let shape = self.shape_of(frame, dims)?;
                 let names: Vec<String> = (0..shape.len()).map(|k| format!("i{k}")).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 let params = vec![ScalarType::Int; shape.len()];
@@ -358,6 +344,13 @@ impl<'p> Elab<'p> {
                 };
                 self.push(op, ty, span).map(Val::Tensor)
             }
+            "uniform" => {
+                if positional.is_empty() {
+                    return Err(arity_error("expected the dimensions of the tensor".into()));
+                }
+                let shape = self.shape_of(frame, &positional)?;
+                self.uniform(shape, span)
+            }
             "dropout" => {
                 let [x, p] = positional.as_slice() else {
                     return Err(arity_error(format!("expected 2 arguments, found {}", positional.len())));
@@ -395,7 +388,7 @@ impl<'p> Elab<'p> {
                     .with_help("`given(name)` asks whether an input declared `= absent` was given")),
                 }
             }
-            "mean" | "sum" | "max" => {
+            "mean" | "sum" | "max" | "argmax" => {
                 let (x, axis_expr) = match positional.as_slice() {
                     [x] => (*x, named.iter().find(|(n, _)| n.name == "axis").map(|(_, e)| *e)),
                     [x, axis] => (*x, Some(*axis)),
@@ -443,6 +436,9 @@ impl<'p> Elab<'p> {
                         }
                     },
                 };
+                if name == "argmax" {
+                    return self.argmax(x, axis, keepdim, span);
+                }
                 let op = match name {
                     "mean" => ReduceOp::Mean,
                     "max" => ReduceOp::Max,
@@ -746,6 +742,29 @@ impl<'p> Elab<'p> {
     }
 }
 
+impl<'p> Elab<'p> {
+    /// The dimensions a built-in is given (`tabulate`'s, `uniform`'s): symbols or positive
+    /// integers.
+    fn shape_of(&mut self, frame: &mut Frame, dims: &[&'p Expr]) -> Result<Vec<Dim>, Diagnostic> {
+        let mut shape = Vec::new();
+        for d in dims {
+            shape.push(match self.sub(frame, d)? {
+                Val::Dim(d) => d,
+                Val::Const(CtValue::Int(k)) if k > 0 => Dim::Static(k),
+                other => {
+                    return Err(Diagnostic::error(
+                        "E0202",
+                        "a dimension must be a symbol or a positive integer",
+                        d.span,
+                        format!("this is {}", describe(&other)),
+                    ))
+                }
+            });
+        }
+        Ok(shape)
+    }
+}
+
 /// The built-in functions and how to call them.
 pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("gather", "gather(table, indices)"),
@@ -753,9 +772,11 @@ pub(super) const BUILTINS: &[(&str, &str)] = &[
     ("mean", "mean(x, axis = -1, keepdim = false)"),
     ("sum", "sum(x, axis = -1, keepdim = false)"),
     ("max", "max(x, axis = -1, keepdim = false)"),
+    ("argmax", "argmax(x, axis = -1, keepdim = false)"),
     ("given", "given(input)"),
     ("training", "training()"),
     ("dropout", "dropout(x, p)"),
+    ("uniform", "uniform(d0, d1, ...)"),
     ("sqrt", "sqrt(x)"),
     ("rsqrt", "rsqrt(x)"),
     ("exp", "exp(x)"),

@@ -1,11 +1,13 @@
-//! Dropout: `training()`, `dropout(x, p)` and attention's `dropout = p`. Outside a training
-//! compile ([`ConfigOverrides::training`]) dropout is the identity and nothing random exists.
-//! In one, each dropout is a stream of its own: an element is kept where
+//! Randomness: `training()`, `dropout(x, p)`, attention's `dropout = p` and `uniform(dims)`.
+//! Outside a training compile ([`ConfigOverrides::training`]) dropout is the identity. In one,
+//! each dropout is a stream of its own: an element is kept where
 //! `unit(hash(hash(seed, stream), offset)) ≥ p` and scaled by `1 / (1 - p)`, with `seed` the
 //! `dropout_seed` input (a new value each step) and `offset` the element's row-major position
 //! ([`dropout_scale_fn`]). The mask is a function of the indices, so the backward pass
 //! recomputes it instead of storing it: the gradient of `x · mask` is `dx · mask`, the same
-//! elements kept.
+//! elements kept. `uniform` draws from a stream of its own in the same way, in every compile
+//! (seeded by `dropout_seed`, 0 when not given): what a model samples (ELECTRA's generator)
+//! is sampled when it evaluates too, the same for every evaluation.
 
 use super::*;
 
@@ -37,6 +39,23 @@ impl<'p> Elab<'p> {
             span,
         )
         .map(Val::Tensor)
+    }
+
+    /// `uniform(d0, d1, ...)`: an f32 tensor of those dimensions whose elements are random,
+    /// uniform strictly between 0 and 1 ([`uniform_fn`]), a constant to the backward pass.
+    pub(super) fn uniform(&mut self, dims: Vec<Dim>, span: Span) -> Result<Val, Diagnostic> {
+        if self.scan_depth > 0 {
+            return Err(
+                Diagnostic::error("E0202", "`uniform` inside a `scan` body is not supported", span, "inside a scan")
+                    .with_help("draw the numbers outside the scan and scan over them"),
+            );
+        }
+        let seed = self.dropout_seed(span)?;
+        let stream = self.dropout_streams;
+        self.dropout_streams += 1;
+        let f = uniform_fn(&dims, seed, stream);
+        self.push(Op::Tabulate { f }, TensorType::new(DType::F32, dims), span)
+            .map(Val::Tensor)
     }
 
     /// A dropout probability: a compile-time number in `[0, 1)`, outside a scan's body (whose
@@ -77,6 +96,7 @@ impl<'p> Elab<'p> {
     }
 
     /// The `dropout_seed` input (`i64[]`, 0 when not given), made the first time it is needed.
+    /// It seeds `uniform` too.
     fn dropout_seed(&mut self, span: Span) -> Result<ValueId, Diagnostic> {
         if let Some(id) = self.dropout_seed {
             return Ok(id);
@@ -84,7 +104,7 @@ impl<'p> Elab<'p> {
         if self.graph.inputs.iter().any(|i| i.name == DROPOUT_SEED) {
             return Err(Diagnostic::error(
                 "E0202",
-                format!("a training compile adds the input `{DROPOUT_SEED}`, which this model declares itself"),
+                format!("dropout and `uniform` add the input `{DROPOUT_SEED}`, which this model declares itself"),
                 span,
                 "a dropout here",
             )

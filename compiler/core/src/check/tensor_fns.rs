@@ -55,6 +55,65 @@ impl<'p> Elab<'p> {
             .map(Val::Tensor)
     }
 
+    /// `argmax(x, axis, keepdim)`: the index along `axis` of the largest element, the first of
+    /// equal ones (as `torch.argmax`), as i64. Two max-reductions underneath: the largest
+    /// value, then the largest `-index` among the elements equal to it (others count as
+    /// `-2^25`, below every index an f32 holds exactly). A row without a largest element (NaN)
+    /// gives 2^25, an index that `gather` refuses. Integers carry no gradient: the backward
+    /// pass stops here.
+    pub(super) fn argmax(&mut self, x: ValueId, axis: usize, keepdim: bool, span: Span) -> Result<Val, Diagnostic> {
+        let t = self.ty(x).clone();
+        let rank = t.rank();
+        let mut kept = t.dims.clone();
+        kept[axis] = Dim::Static(1);
+        let top = self.push(
+            Op::Reduce {
+                op: ReduceOp::Max,
+                x,
+                axis,
+                keepdim: true,
+            },
+            TensorType::new(DType::F32, kept.clone()),
+            span,
+        )?;
+        let mut f = ScalarBuilder::new(rank);
+        let element = f.load(x, (0..rank).collect());
+        let zero = f.int(0);
+        let top_element = f.load(top, (0..rank).map(|k| if k == axis { zero } else { k }).collect());
+        let is_top = f.binary(ScalarBinary::Eq, element, top_element, ScalarType::Bool);
+        let index = f.unary(ScalarUnary::ToFloat, axis, ScalarType::F32);
+        let negated = f.unary(ScalarUnary::Neg, index, ScalarType::F32);
+        let below_all = f.float(-ARGMAX_NONE);
+        let candidate = f.select(is_top, negated, below_all);
+        let candidates = self.push(
+            Op::Tabulate { f: f.finish(candidate) },
+            TensorType::new(DType::F32, t.dims.clone()),
+            span,
+        )?;
+        let mut out = t.dims;
+        if keepdim {
+            out[axis] = Dim::Static(1);
+        } else {
+            out.remove(axis);
+        }
+        let best = self.push(
+            Op::Reduce {
+                op: ReduceOp::Max,
+                x: candidates,
+                axis,
+                keepdim,
+            },
+            TensorType::new(DType::F32, out.clone()),
+            span,
+        )?;
+        let mut f = ScalarBuilder::new(out.len());
+        let element = f.load(best, (0..out.len()).collect());
+        let index = f.unary(ScalarUnary::Neg, element, ScalarType::F32);
+        let value = f.unary(ScalarUnary::ToInt, index, ScalarType::Int);
+        self.push(Op::Tabulate { f: f.finish(value) }, TensorType::new(DType::I64, out), span)
+            .map(Val::Tensor)
+    }
+
     /// `int(x)`, `floor(x)`, `ceil(x)` (`name`): of compile-time numbers (`a / b` of integers
     /// rounded exactly, as in config expressions), or `int` of an f32 tensor, toward zero as
     /// torch's `.long()` rounds.
@@ -298,3 +357,7 @@ impl<'p> Elab<'p> {
         Ok(Val::Tensor(running))
     }
 }
+
+/// What [`Elab::argmax`] gives a row with no largest element: 2^25, past every index an f32
+/// holds exactly.
+const ARGMAX_NONE: f64 = 33_554_432.0;

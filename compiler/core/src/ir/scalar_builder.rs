@@ -127,12 +127,38 @@ pub fn concat_index_fn(g: &Graph, parts: &[ValueId], axis: usize) -> ScalarFn {
 }
 
 /// Dropout's scale over a tensor of `dims`: `1 / (1 - p)` where the element is kept and 0 where
-/// it is dropped, with probability `p`. An element is dropped where
-/// `unit(hash(hash(seed, stream), offset)) < p`, `offset` its row-major position: `seed` is the
-/// i64 scalar tensor seeding a training step, and `stream` tells apart the dropouts of one step.
-/// (One hash per element: the first is the same for all, and the kernels compute it once.)
+/// it is dropped, with probability `p`. An element is dropped where its [`random_unit`] is
+/// below `p`.
 pub fn dropout_scale_fn(dims: &[Dim], seed: ValueId, stream: i64, p: f64) -> ScalarFn {
     let mut f = ScalarBuilder::new(dims.len());
+    let u = random_unit(&mut f, dims, seed, stream);
+    let p_node = f.float(p);
+    let keep = f.binary(ScalarBinary::Ge, u, p_node, ScalarType::Bool);
+    let kept = f.float(1.0 / (1.0 - p));
+    let dropped = f.float(0.0);
+    let r = f.select(keep, kept, dropped);
+    f.finish(r)
+}
+
+/// `uniform`'s elements over a tensor of `dims`: [`random_unit`] moved by half a step, so that
+/// each lies strictly between 0 and 1 (`-log(u)` and `log(1 - u)` are finite).
+pub fn uniform_fn(dims: &[Dim], seed: ValueId, stream: i64) -> ScalarFn {
+    let mut f = ScalarBuilder::new(dims.len());
+    let u = random_unit(&mut f, dims, seed, stream);
+    let half_step = f.float(UNIT_STEP / 2.0);
+    let r = f.binary(ScalarBinary::Add, u, half_step, ScalarType::F32);
+    f.finish(r)
+}
+
+/// The spacing of [`ScalarUnary::Unit`]'s values (it keeps a hash's top 24 bits).
+const UNIT_STEP: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// An element's random number in `[0, 1)` (a multiple of [`UNIT_STEP`]):
+/// `unit(hash(hash(seed, stream), offset))`, `offset` the element's row-major position in a
+/// tensor of `dims`: `seed` is the i64 scalar tensor seeding a compile's random numbers, and
+/// `stream` tells apart the random tensors of one model. (One hash per element: the first is
+/// the same for all, and the kernels compute it once.)
+fn random_unit(f: &mut ScalarBuilder, dims: &[Dim], seed: ValueId, stream: i64) -> usize {
     let seed = f.load_as(seed, Vec::new(), ScalarType::Int);
     let stream = f.int(stream);
     let base = f.binary(ScalarBinary::Hash, seed, stream, ScalarType::Int);
@@ -146,13 +172,7 @@ pub fn dropout_scale_fn(dims: &[Dim], seed: ValueId, stream: i64, p: f64) -> Sca
         offset = f.binary(ScalarBinary::Add, scaled, axis, ScalarType::Int);
     }
     let h = f.binary(ScalarBinary::Hash, base, offset, ScalarType::Int);
-    let u = f.unary(ScalarUnary::Unit, h, ScalarType::F32);
-    let p_node = f.float(p);
-    let keep = f.binary(ScalarBinary::Ge, u, p_node, ScalarType::Bool);
-    let kept = f.float(1.0 / (1.0 - p));
-    let dropped = f.float(0.0);
-    let r = f.select(keep, kept, dropped);
-    f.finish(r)
+    f.unary(ScalarUnary::Unit, h, ScalarType::F32)
 }
 
 /// A length the checker requires to be fixed (`concat`'s parts along their axis).

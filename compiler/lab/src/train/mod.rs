@@ -36,6 +36,10 @@ impl ObjectiveArg {
     }
 }
 
+/// Windows of a text per step when `--per-device-train-batch-size` is not given (transformers'
+/// default).
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
 /// Everything `lmc train` is told.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {

@@ -199,10 +199,16 @@ fn compile(
     );
     let manifest = module.manifest().clone();
     let files = match weights_path {
-        Some(p) => lmc_runtime::weight_files(p)?
-            .iter()
-            .map(|f| lmc_runtime::SafeTensorsFile::open(f))
-            .collect::<Result<Vec<_>, _>>()?,
+        Some(p) => {
+            let mut files = lmc_runtime::weight_files(p)?
+                .iter()
+                .map(|f| lmc_runtime::SafeTensorsFile::open(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            if opts.resume.is_none() {
+                files.extend(newly_initialised(&manifest, &files, p, opts.seed)?);
+            }
+            files
+        }
         None => vec![lmc_runtime::random_weights(&manifest, opts.seed)?],
     };
     if let Some(spec) = manifest.params.iter().find(|p| p.dtype != lmc_abi::DType::F32) {
@@ -229,6 +235,55 @@ fn compile(
         })
         .collect();
     Ok((bound, manifest, params))
+}
+
+/// Starting from a checkpoint (`--weights`), as transformers' `from_pretrained` does: the
+/// parameters it lacks (a new task head over a pre-trained encoder) are drawn at random with
+/// `seed`, and the tensors the model does not read (a pre-training head) are left; both are
+/// said. A tensor of the wrong shape stays an error when the weights are bound.
+fn newly_initialised(
+    manifest: &lmc_abi::Manifest,
+    files: &[lmc_runtime::SafeTensorsFile],
+    path: &Path,
+    seed: u64,
+) -> Result<Option<lmc_runtime::SafeTensorsFile>, Failure> {
+    let stored = |name: &str| files.iter().any(|f| f.get(name).is_some());
+    let mut missing = manifest.clone();
+    missing.params.retain(|p| !stored(&p.name));
+    let unused: Vec<String> = files
+        .iter()
+        .flat_map(|f| f.tensors())
+        .map(|t| t.name.clone())
+        .filter(|n| !manifest.params.iter().any(|p| &p.name == n))
+        .collect();
+    if !unused.is_empty() {
+        eprintln!(
+            "{} tensors of {} are not parameters of this model and are left: {}",
+            unused.len(),
+            path.display(),
+            crate::output::list_some(&unused, 6)
+        );
+    }
+    if missing.params.is_empty() {
+        return Ok(None);
+    }
+    if missing.params.len() == manifest.params.len() {
+        return Err(Failure::Message(format!(
+            "{} holds none of the {} parameters of this model (its first is \"{}\"): is it this model's checkpoint?",
+            path.display(),
+            manifest.params.len(),
+            manifest.params[0].name
+        )));
+    }
+    let names: Vec<String> = missing.params.iter().map(|p| p.name.clone()).collect();
+    crate::output::warning(&format!(
+        "{} of the {} parameters are not in {} and are newly initialised (drawn with --seed {seed}), as from_pretrained does: {}",
+        names.len(),
+        manifest.params.len(),
+        path.display(),
+        crate::output::list_some(&names, 6)
+    ));
+    Ok(Some(lmc_runtime::random_weights(&missing, seed)?))
 }
 
 fn static_shape(shape: &[lmc_abi::Dim]) -> Vec<usize> {
@@ -415,7 +470,7 @@ fn open_data(
         ))
     })?;
     let batch = if shuffle {
-        opts.per_device_train_batch_size.unwrap_or(8)
+        opts.per_device_train_batch_size.unwrap_or(super::DEFAULT_BATCH_SIZE)
     } else {
         opts.per_device_eval_batch_size
     };
