@@ -324,3 +324,214 @@ fn three_shards_merged_report_as_the_unsharded_sweep() {
         &["part 3 of 3 is not one"],
     );
 }
+
+/// A text of bytes_bert's letters for the masked-LM objective, `chars` long.
+fn letter_text(path: &Path, chars: usize, seed: u64) {
+    let mut x = seed;
+    let text: String = (0..chars)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (b'a' + ((x >> 33) % 12) as u8) as char
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Classification batches as `--data` takes them: `input_ids` and `attention_mask`
+/// [steps, 4, 16] ([CLS] then letters, the last 3 positions of every other row padded) and
+/// `labels` [steps, 4], 1 where the first letter is past the middle of the alphabet.
+fn classification_batches(path: &Path, steps: usize, seed: u64) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let (batch, seq) = (4, 16);
+    let (mut ids, mut mask, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let mut x = seed;
+    for row in 0..steps * batch {
+        let real = if row % 2 == 0 { seq } else { seq - 3 };
+        for t in 0..seq {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let id = if t == 0 { 2 } else { 5 + i64::from(b'a') + ((x >> 33) % 12) as i64 };
+            ids.push(if t < real { id } else { 0 });
+            mask.push(i64::from(t < real));
+        }
+        labels.push(i64::from(ids[row * seq + 1] >= 5 + i64::from(b'g')));
+    }
+    let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let shape = [steps, batch, seq];
+    lmc_runtime::write_safetensors(
+        path,
+        &[
+            ("input_ids", lmc_abi::DType::I64, &shape, &bytes(&ids)),
+            ("attention_mask", lmc_abi::DType::I64, &shape, &bytes(&mask)),
+            ("labels", lmc_abi::DType::I64, &shape[..2], &bytes(&labels)),
+        ],
+    )
+    .unwrap();
+    (ids, mask, labels)
+}
+
+/// The ELECTRA experiment's two parts on a tiny encoder. Pre-training: the joint generator and
+/// discriminator and a masked LM train with their own step budgets, and their losses (each the
+/// model's own) are not compared. Fine-tuning: sequence classifiers start from each
+/// pre-trained run of the same seed (its head newly initialised, the pre-training heads left),
+/// or from random weights, train on batches and are scored on held-out batches by loss and
+/// accuracy, which `lmc run` of the fine-tuned checkpoint reproduces; a learning rate of 0
+/// leaves the pre-trained encoder exactly as it was.
+#[test]
+fn pre_trained_runs_are_fine_tuned_seed_by_seed_and_scored_by_accuracy() {
+    let dir = scratch("quality_fine_tune");
+    letter_text(&dir.join("train.txt"), 6000, 1);
+    letter_text(&dir.join("held_out.txt"), 1200, 2);
+    let root = root();
+    let electra = root.join("models/electra.model");
+    let set = "set: { model_type: electra, vocab_size: 261, hidden_size: 16, embedding_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 32 }\n";
+    let pretrain = dir.join("pretrain.yaml");
+    std::fs::write(
+        &pretrain,
+        format!(
+            "variants:\n  - model: {e}:ElectraForJointPreTraining\n    label: electra\n    train: {{ max_steps: 6 }}\n  \
+             - model: ElectraForMaskedLM\n    label: mlm\n    train: {{ max_steps: 8 }}\n{set}\
+             seeds: [1, 2]\n\
+             train:\n  data: train.txt\n  tokenizer: {tok}\n  objective: masked\n  seq_len: 32\n  per_device_train_batch_size: 4\n  max_steps: 3\n  learning_rate: 3.0e-3\n  no_dropout: true\n\
+             eval_text: held_out.txt\nlengths: [32]\n",
+            e = electra.display(),
+            tok = root.join("data/bytes_bert/tokenizer.json").display(),
+        ),
+    )
+    .unwrap();
+    let (report, _) = ab_report(&pretrain, &dir.join("out"), &dir.join("pretrain.json"), &[]);
+    let steps: Vec<usize> = report["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["runs"][0]["curve"].as_array().unwrap().last().unwrap()[0].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(steps, vec![6, 8], "each variant trains its own number of steps");
+    assert_eq!(report["variants"][1]["train"]["max_steps"], 8);
+    let verdict = &report["verdicts"][0];
+    assert_eq!(verdict["verdict"], "not compared: each model scores its own loss", "{verdict}");
+    assert!(verdict["loss_difference"].is_null());
+
+    classification_batches(&dir.join("train.safetensors"), 6, 3);
+    let (ids, mask, labels) = classification_batches(&dir.join("held_out.safetensors"), 2, 4);
+    let finetune = dir.join("finetune.yaml");
+    let runs = dir.join("out/runs");
+    std::fs::write(
+        &finetune,
+        format!(
+            "variants:\n  - model: {e}:ElectraForSequenceClassification\n    label: from mlm\n    init: {runs}/mlm/seed-{{seed}}\n  \
+             - model: ElectraForSequenceClassification\n    label: from electra\n    init: {runs}/electra/seed-{{seed}}\n  \
+             - model: ElectraForSequenceClassification\n    label: frozen\n    init: {runs}/mlm/seed-{{seed}}\n    train: {{ learning_rate: 0.0 }}\n  \
+             - model: ElectraForSequenceClassification\n    label: from scratch\n{set}\
+             seeds: [1, 2]\n\
+             train:\n  data: train.safetensors\n  max_steps: 5\n  learning_rate: 3.0e-3\n  no_dropout: true\n\
+             eval_text: held_out.safetensors\nlengths: [16, 32]\n",
+            e = electra.display(),
+            runs = runs.display(),
+        ),
+    )
+    .unwrap();
+    let out = dir.join("fine_tuned");
+    let csv = dir.join("finetune.csv");
+    let (report, stderr) = ab_report(&finetune, &out, &dir.join("finetune.json"), &["--csv", csv.to_str().unwrap()]);
+    assert_eq!(
+        stderr.matches("newly initialised").count(),
+        6,
+        "three variants from a checkpoint, two seeds: {stderr}"
+    );
+    assert!(stderr.contains("classifier.out_proj.bias"), "{stderr}");
+    assert!(
+        stderr.contains("are not parameters of this model and are left: generator_"),
+        "{stderr}"
+    );
+    let variants = report["variants"].as_array().unwrap();
+    for v in variants {
+        let at16 = &v["summary"]["16"];
+        let accuracy = at16["accuracy"]["mean"].as_f64().unwrap_or_else(|| panic!("{v}"));
+        assert!((0.0..=1.0).contains(&accuracy), "{v}");
+        assert_eq!(v["summary"]["32"]["error"], "the held-out batches are 16 tokens long");
+        // Each run's accuracy is what its checkpoint's logits give on the held-out batches.
+        for r in v["runs"].as_array().unwrap() {
+            let run_dir = r["dir"].as_str().unwrap();
+            let inputs = dir.join("held_out_inputs.safetensors");
+            let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            lmc_runtime::write_safetensors(
+                &inputs,
+                &[
+                    ("input_ids", lmc_abi::DType::I64, &[8, 16], &bytes(&ids)),
+                    ("attention_mask", lmc_abi::DType::I64, &[8, 16], &bytes(&mask)),
+                ],
+            )
+            .unwrap();
+            let outputs = run_outputs(
+                "models/electra.model:ElectraForSequenceClassification",
+                run_dir,
+                inputs.to_str().unwrap(),
+                &dir.join("logits.safetensors"),
+                &[],
+            );
+            let logits = &outputs.iter().find(|(n, _, _)| n == "logits").unwrap().2;
+            let right = logits
+                .chunks(2)
+                .zip(&labels)
+                .filter(|(row, &label)| i64::from(row[1] > row[0]) == label)
+                .count();
+            let scored = r["lengths"]["16"]["accuracy"].as_f64().unwrap();
+            assert!((scored - right as f64 / 8.0).abs() < 1e-12, "{run_dir}: {scored} vs {right}/8");
+        }
+    }
+    // A learning rate of 0 keeps the pre-trained encoder as it was, tensor for tensor.
+    let frozen = read_f32_tensors(&out.join("runs/frozen/seed-2/model.safetensors"));
+    let pretrained = read_f32_tensors(&runs.join("mlm/seed-2/model.safetensors"));
+    let shared: Vec<_> = frozen.iter().filter(|(n, _, _)| n.starts_with("electra.")).collect();
+    assert!(!shared.is_empty());
+    for (name, _, values) in shared {
+        let before = pretrained.iter().find(|(n, _, _)| n == name).unwrap();
+        assert_eq!(&before.2, values, "{name}");
+    }
+    let verdicts = report["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3, "{verdicts:?}");
+    assert!(
+        verdicts.iter().all(|d| d["accuracy_difference"]["difference"].is_f64()),
+        "{verdicts:?}"
+    );
+    assert!(std::fs::read_to_string(&csv)
+        .unwrap()
+        .contains(",accuracy,accuracy_low,accuracy_high,"));
+
+    // Bad input: a checkpoint of another model to start from, a missing `init` checkpoint, an
+    // unknown key in a variant's `train`.
+    lmc_fails(
+        &[
+            "train",
+            "models/electra.model:ElectraForSequenceClassification",
+            "--weights",
+            "tests/fixtures/bert_tiny",
+            "--data",
+            dir.join("train.safetensors").to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "-o",
+            dir.join("wrong").to_str().unwrap(),
+        ],
+        &[
+            "tests/fixtures/bert_tiny holds none of the",
+            "parameters of this model",
+            "is it this model's checkpoint?",
+        ],
+    );
+    let broken = dir.join("broken.yaml");
+    let text = std::fs::read_to_string(&finetune).unwrap();
+    std::fs::write(&broken, text.replace("/mlm/seed-{seed}\n  - model", "/nope/seed-{seed}\n  - model")).unwrap();
+    lmc_fails(
+        &["ab", broken.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "`init`:",
+            "nope/seed-1 is not a checkpoint directory",
+            "train the experiment that makes it first",
+        ],
+    );
+    std::fs::write(&broken, text.replace("learning_rate: 0.0", "learning_rat: 0.0")).unwrap();
+    lmc_fails(
+        &["ab", broken.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &["unknown key `learning_rat`", "did you mean `learning_rate`?"],
+    );
+}

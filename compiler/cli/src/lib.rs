@@ -868,6 +868,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                             label: None,
                             config: config.source(),
                             trained_elsewhere: None,
+                            init: None,
+                            train: Default::default(),
                         })
                         .collect();
                     let weights = Weights::new(weights, seed);

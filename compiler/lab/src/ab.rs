@@ -42,6 +42,11 @@ pub struct VariantSpec {
     /// A quality experiment's variant trained elsewhere: its checkpoint for each seed, `{seed}`
     /// standing for the seed (scored, not trained).
     pub trained_elsewhere: Option<String>,
+    /// A quality experiment's variant trained from a checkpoint for each seed (`{seed}`
+    /// standing for the seed) rather than from random weights.
+    pub init: Option<String>,
+    /// A quality experiment's variant's own training settings.
+    pub train: crate::experiment_file::VariantTrain,
 }
 
 /// Where `lmc ab` writes its report besides the terminal.

@@ -110,6 +110,8 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
                 strict: false,
             },
             trained_elsewhere: entry.weights.as_deref().map(|w| relative(w).display().to_string()),
+            init: entry.init.as_deref().map(|w| relative(w).display().to_string()),
+            train: entry.train.clone().unwrap_or_default(),
         });
     }
     let weights = match file.weights.as_str() {
@@ -146,10 +148,20 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
                 return Err(bad("`seeds` needs one or more seeds".into()));
             }
             for (k, v) in variants.iter().enumerate() {
-                let Some(template) = &v.trained_elsewhere else { continue };
+                if v.trained_elsewhere.is_some() && v.init.is_some() {
+                    return Err(bad(format!(
+                        "variant {}: `weights` (trained elsewhere, only scored) and `init` (trained here from a checkpoint) exclude each other",
+                        k + 1
+                    )));
+                }
+                let (key, template) = match (&v.trained_elsewhere, &v.init) {
+                    (Some(t), _) => ("weights", t),
+                    (None, Some(t)) => ("init", t),
+                    (None, None) => continue,
+                };
                 if seeds.len() > 1 && !template.contains("{seed}") {
                     return Err(bad(format!(
-                        "variant {}: `weights: {template}` is one checkpoint for {} seeds; name one per seed with {{seed}} in the path (runs/alibi/seed-{{seed}})",
+                        "variant {}: `{key}: {template}` is one checkpoint for {} seeds; name one per seed with {{seed}} in the path (runs/alibi/seed-{{seed}})",
                         k + 1,
                         seeds.len()
                     )));
@@ -158,9 +170,14 @@ pub fn load(path: &Path) -> Result<Experiment, Failure> {
                     let dir = PathBuf::from(template.replace("{seed}", &seed.to_string()));
                     if !dir.join("config.json").is_file() {
                         return Err(bad(format!(
-                            "variant {}: {} is not a checkpoint directory (no config.json)",
+                            "variant {}: `{key}`: {} is not a checkpoint directory (no config.json){}",
                             k + 1,
-                            dir.display()
+                            dir.display(),
+                            if key == "init" {
+                                "; train the experiment that makes it first"
+                            } else {
+                                ""
+                            }
                         )));
                     }
                 }

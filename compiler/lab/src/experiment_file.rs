@@ -81,6 +81,25 @@ pub struct VariantEntry {
     /// With a `train` section: the variant was trained elsewhere, and this is its checkpoint
     /// for each seed (`{seed}` stands for the seed; relative to the experiment file).
     pub weights: Option<String>,
+    /// With a `train` section: the variant is trained from this checkpoint for each seed
+    /// (`{seed}` as in `weights`) instead of random weights, as fine-tuning starts from a
+    /// pre-trained model: parameters it lacks are initialised at random.
+    pub init: Option<String>,
+    /// With a `train` section: this variant's own values of some of its settings.
+    pub train: Option<VariantTrain>,
+}
+
+/// The training settings a variant may set for itself (a budget of steps that makes compute
+/// equal, a learning rate of its own).
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VariantTrain {
+    pub max_steps: Option<u64>,
+    pub num_train_epochs: Option<f64>,
+    pub per_device_train_batch_size: Option<usize>,
+    pub learning_rate: Option<f64>,
+    pub warmup_steps: Option<u64>,
+    pub weight_decay: Option<f64>,
 }
 
 fn random() -> String {

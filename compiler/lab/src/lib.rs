@@ -15,6 +15,7 @@ pub mod output;
 pub mod process;
 pub mod quality;
 pub mod quality_report;
+pub mod quality_score;
 pub mod report;
 pub mod source;
 pub mod stats;

@@ -1,9 +1,11 @@
 //! The quality A/B: `lmc ab EXPERIMENT.yaml` with a `train` section. Every variant is trained
-//! once per seed from its own random initialisation (`lmc train`, the same data, steps and
-//! schedule for all), then scored on a held-out text at every length of the experiment,
-//! including lengths past the training length: mean next-token loss, perplexity, and loss by
-//! position (the extrapolation curve). Seeds give the intervals: a t-interval over the seeds'
-//! mean losses, and for each variant against the first, over the seeds' paired differences.
+//! once per seed from its own random initialisation, or from its `init` checkpoint for that
+//! seed (`lmc train`, the same data and schedule for all, steps and a few settings per variant
+//! where it says), then scored on a held-out text at every length of the experiment, including
+//! lengths past the training length: mean next-token loss, perplexity, and loss by position
+//! (the extrapolation curve); or on held-out batches, by the model's own loss and accuracy.
+//! Seeds give the intervals: a t-interval over the seeds' mean losses, and for each variant
+//! against the first, over the seeds' paired differences.
 //!
 //! A sweep is variants × seeds training runs, each in its own directory under `--out`
 //! (`runs/LABEL/seed-S/`); a finished run is reused, an interrupted one resumed. `--shard I/N`
@@ -80,6 +82,29 @@ impl Plan {
             eval_text,
         })
     }
+
+    /// `lmc train`'s options for variant `v` with `seed`: the experiment's, with the variant's
+    /// own settings and its starting checkpoint.
+    fn options_for(&self, v: &VariantSpec, seed: u64) -> TrainOptions {
+        let mut t = self.train.clone();
+        let own = &v.train;
+        t.max_steps = own.max_steps.or(t.max_steps);
+        if let Some(e) = own.num_train_epochs {
+            t.num_train_epochs = e;
+        }
+        t.per_device_train_batch_size = own.per_device_train_batch_size.or(t.per_device_train_batch_size);
+        t.learning_rate = own.learning_rate.unwrap_or(t.learning_rate);
+        t.warmup_steps = own.warmup_steps.unwrap_or(t.warmup_steps);
+        t.optimizer.weight_decay = own.weight_decay.unwrap_or(t.optimizer.weight_decay);
+        t.weights = init_dir(v, seed);
+        t.seed = seed;
+        t
+    }
+}
+
+/// The checkpoint variant `v` is trained from for `seed` (`init`), if not random weights.
+fn init_dir(v: &VariantSpec, seed: u64) -> Option<PathBuf> {
+    v.init.as_ref().map(|t| PathBuf::from(t.replace("{seed}", &seed.to_string())))
 }
 
 /// Where a sweep writes, and which part of it this process runs.
@@ -127,12 +152,13 @@ pub(crate) fn finished(dir: &Path) -> bool {
 /// What a finished run was trained with that differs from what the experiment asks now (the
 /// settings it names, the data, the model and its config), one line each: such a run is not
 /// reused silently.
-fn differences(dir: &Path, v: &VariantSpec, plan: &Plan, data_sha: &str) -> Result<Vec<String>, Failure> {
+fn differences(dir: &Path, v: &VariantSpec, seed: u64, plan: &Plan, data_sha: &str) -> Result<Vec<String>, Failure> {
     use crate::train::checkpoint;
     let state = checkpoint::load(&checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
         .map_err(Failure::Message)?
         .state;
-    let (a, t) = (&state.args, &plan.train);
+    let t = &plan.options_for(v, seed);
+    let a = &state.args;
     let mut out = Vec::new();
     let mut check = |name: &str, there: String, now: String| {
         if there != now {
@@ -176,8 +202,9 @@ fn differences(dir: &Path, v: &VariantSpec, plan: &Plan, data_sha: &str) -> Resu
             &state.data.sha256[..12]
         ));
     }
-    // The model as this experiment configures it (from random weights, as it was trained).
-    let overrides = crate::source::overrides(&training_config(&v.config), None)?;
+    // The model as this experiment configures it (from random weights or its `init`
+    // checkpoint, as it was trained).
+    let overrides = crate::source::overrides(&training_config(&v.config), init_dir(v, seed).as_deref())?;
     let model = crate::source::load_training_model(&v.spec, &overrides)?;
     out.extend(checkpoint::identity_differences(
         &state.model,
@@ -222,7 +249,7 @@ pub fn run(
         }
         let dir = run_dir(&sweep.out, v, seed);
         if finished(&dir) {
-            let differ = differences(&dir, v, plan, &data_sha)?;
+            let differ = differences(&dir, v, seed, plan, &data_sha)?;
             if !differ.is_empty() {
                 return Err(Failure::Message(format!(
                     "{} was trained otherwise than the experiment now says ({}); remove it to train it again, or give another --out",
@@ -243,10 +270,9 @@ pub fn run(
                 dir.display()
             )));
         }
-        let mut opts = plan.train.clone();
+        let mut opts = plan.options_for(v, seed);
         opts.spec = v.spec.clone();
         opts.config = training_config(&v.config);
-        opts.seed = seed;
         opts.device = work.device;
         opts.log_json = Some(dir.with_extension("log.jsonl"));
         opts.resume = (!crate::train::checkpoint::checkpoints(&dir).is_empty()).then(|| dir.clone());
@@ -319,7 +345,7 @@ fn evaluate(
                     dir.display()
                 )));
             }
-            runs.push(score_run(v, &dir, seed, plan, work)?);
+            runs.push(crate::quality_score::score_run(v, &dir, seed, plan, work)?);
         }
         let summary = summarise(&runs, &work.lengths);
         out_variants.push(json!({
@@ -327,12 +353,21 @@ fn evaluate(
             "spec": v.spec,
             "set": v.config.set,
             "trained_elsewhere": v.trained_elsewhere,
+            "init": v.init,
+            "train": {
+                "max_steps": v.train.max_steps, "num_train_epochs": v.train.num_train_epochs,
+                "per_device_train_batch_size": v.train.per_device_train_batch_size,
+                "learning_rate": v.train.learning_rate, "warmup_steps": v.train.warmup_steps,
+                "weight_decay": v.train.weight_decay,
+            },
             "config": runs.first().map_or(Value::Null, |r| r["config"].clone()),
             "runs": runs,
             "summary": summary,
         }));
     }
-    let verdicts = compare(&out_variants, &work.lengths);
+    let own_loss = crate::quality_score::is_batches(&plan.eval_text)
+        || matches!(plan.train.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption));
+    let verdicts = compare(&out_variants, &work.lengths, own_loss);
     let text_sha = crate::train::data::sha256_file(&plan.eval_text).map_err(Failure::Message)?;
     let data_sha = crate::train::data::sha256_file(&plan.train.data).map_err(Failure::Message)?;
     Ok(json!({
@@ -361,6 +396,7 @@ fn evaluate(
         },
         "eval_text": {"path": plan.eval_text.display().to_string(), "sha256": text_sha},
         "scored_by": match plan.train.objective {
+            _ if crate::quality_score::is_batches(&plan.eval_text) => "the model's own loss on the held-out batches' labels (and accuracy where it gives one class per sequence)".to_string(),
             Some(o @ (ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) => format!("the model's own loss, labels made by {} with one seed for all", o.name()),
             _ => "next-token loss".to_string(),
         },
@@ -368,132 +404,6 @@ fn evaluate(
         "variants": out_variants,
         "verdicts": verdicts,
     }))
-}
-
-/// One trained run: its training curve and speed, and its scores at every length.
-fn score_run(v: &VariantSpec, dir: &Path, seed: u64, plan: &Plan, work: &Workload) -> Result<Value, Failure> {
-    // A run trained elsewhere has no lmc training log: no curve, no speed.
-    let log_history = match &v.trained_elsewhere {
-        Some(_) => Vec::new(),
-        None => {
-            crate::train::checkpoint::load(&crate::train::checkpoint::resolve_resume(dir).map_err(Failure::Message)?)
-                .map_err(Failure::Message)?
-                .state
-                .log_history
-        }
-    };
-    let curve: Vec<(u64, f64)> = log_history
-        .iter()
-        .filter_map(|r| Some((r["step"].as_u64()?, r["loss"].as_f64()?)))
-        .collect();
-    let mut speeds: Vec<f64> = log_history.iter().skip(1).filter_map(|r| r["tokens_per_s"].as_f64()).collect();
-    speeds.sort_by(f64::total_cmp);
-    let tokens_per_s = speeds.get(speeds.len() / 2).copied();
-    if matches!(plan.train.objective, Some(ObjectiveArg::Masked | ObjectiveArg::SpanCorruption)) {
-        let (graph, lengths) = score_by_objective(v, dir, plan, work)?;
-        return Ok(run_record(seed, dir, &graph, &curve, tokens_per_s, lengths));
-    }
-    let text = crate::eval::load(&plan.eval_text, Some(dir)).map_err(Failure::Message)?;
-    let compiled = crate::ab::compile_variant(&v.spec, &crate::Weights::Checkpoint(dir.to_path_buf()), &v.config, work.device)
-        .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
-    let mut lengths = serde_json::Map::new();
-    for &length in &work.lengths {
-        let entry = match crate::ab::length_limit(&compiled.graph, length) {
-            Some(why) => json!({"error": why}),
-            None => match crate::eval::score_windows(&compiled.model, &text, length, MAX_WINDOWS) {
-                Ok(s) => {
-                    let width = (length - 1).div_ceil(POSITION_BUCKETS).max(1);
-                    let buckets: Vec<Value> = (0..length - 1)
-                        .step_by(width)
-                        .map(|start| {
-                            let end = (start + width).min(length - 1);
-                            let sum: f64 = s.position_sums[start..end].iter().sum();
-                            let count: usize = s.position_counts[start..end].iter().sum();
-                            json!({"from": start, "to": end, "loss": sum / count.max(1) as f64})
-                        })
-                        .collect();
-                    json!({"loss": s.loss(), "windows": s.window_losses.len(), "window_losses": s.window_losses, "by_position": buckets})
-                }
-                Err(e) => json!({"error": e}),
-            },
-        };
-        lengths.insert(length.to_string(), entry);
-    }
-    Ok(run_record(seed, dir, &compiled.graph, &curve, tokens_per_s, lengths))
-}
-
-fn run_record(
-    seed: u64,
-    dir: &Path,
-    graph: &lmc_core::ir::Graph,
-    curve: &[(u64, f64)],
-    tokens_per_s: Option<f64>,
-    lengths: serde_json::Map<String, Value>,
-) -> Value {
-    json!({
-        "seed": seed,
-        "dir": dir.display().to_string(),
-        "config": graph.config.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect::<serde_json::Map<_, _>>(),
-        "final_loss": curve.last().map(|(_, l)| *l),
-        "train_tokens_per_s": tokens_per_s,
-        "curve": curve,
-        "lengths": lengths,
-    })
-}
-
-/// The seed of the masks the held-out text is scored under: one for every variant and seed,
-/// so that their losses differ only by the models.
-const EVAL_MASK_SEED: u64 = 0x0005_C04E;
-
-/// A run trained with a masked or span-corruption objective, scored as it was trained: the
-/// model's own `loss` on the held-out text's windows with labels made by the same objective
-/// (the same masks for every variant and seed), at each length (the input's).
-fn score_by_objective(
-    v: &VariantSpec,
-    dir: &Path,
-    plan: &Plan,
-    work: &Workload,
-) -> Result<(lmc_core::ir::Graph, serde_json::Map<String, Value>), Failure> {
-    let mut overrides = crate::source::overrides(&v.config, Some(dir))?;
-    overrides.given = lmc_core::Given::Named(vec!["input_ids".into(), "labels".into()]);
-    let graph = crate::source::load_model(&v.spec, &overrides)?;
-    let compiled = crate::ab::compile_graph(&v.spec, graph, &crate::Weights::Checkpoint(dir.to_path_buf()), work.device)
-        .map_err(|e| Failure::Message(format!("{}: {e}", dir.display())))?;
-    let model = compiled.model;
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = (
-        tokenizer_path.clone(),
-        crate::tokenizer::load(&tokenizer_path).map_err(Failure::Message)?,
-    );
-    let vocab_bound = model
-        .manifest()
-        .inputs
-        .iter()
-        .find(|i| i.name == "input_ids")
-        .and_then(|i| i.index_bound.as_ref())
-        .map(|b| b.limit);
-    let objective = crate::train::setup::objective(&plan.train, Some(&tokenizer), vocab_bound)?;
-    let mut lengths = serde_json::Map::new();
-    for &length in &work.lengths {
-        let entry = match crate::ab::length_limit(&compiled.graph, length) {
-            Some(why) => json!({"error": why}),
-            None => {
-                let batch = 8.min(MAX_WINDOWS);
-                match crate::train::data::Data::text(&plan.eval_text, &tokenizer.1, length, batch, true, objective, EVAL_MASK_SEED) {
-                    Ok(mut data) => {
-                        data.shuffle = false;
-                        let batches = data.eval_batches().min(MAX_WINDOWS.div_ceil(data.batch_size())).max(1);
-                        let losses = crate::train::batch_losses(&model, &data, batches)?;
-                        let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-                        json!({"loss": mean, "windows": batches * data.batch_size(), "batch_losses": losses, "by_position": []})
-                    }
-                    Err(e) => json!({"error": e}),
-                }
-            }
-        };
-        lengths.insert(length.to_string(), entry);
-    }
-    Ok((compiled.graph, lengths))
 }
 
 /// Per length: the mean over seeds of each seed's loss, its t-interval and perplexity.
@@ -511,10 +421,13 @@ fn summarise(runs: &[Value], lengths: &[usize]) -> Value {
             continue;
         }
         let (mean, lo, hi) = crate::stats::t_interval(&losses);
-        out.insert(
-            key,
-            json!({"loss": mean, "low": lo, "high": hi, "perplexity": mean.exp(), "seeds": losses.len()}),
-        );
+        let mut entry = json!({"loss": mean, "low": lo, "high": hi, "perplexity": mean.exp(), "seeds": losses.len()});
+        let accuracies: Vec<f64> = runs.iter().filter_map(|r| r["lengths"][&key]["accuracy"].as_f64()).collect();
+        if accuracies.len() == runs.len() {
+            let (a, lo, hi) = crate::stats::t_interval(&accuracies);
+            entry["accuracy"] = json!({"mean": a, "low": lo, "high": hi});
+        }
+        out.insert(key, entry);
     }
     let speeds: Vec<f64> = runs.iter().filter_map(|r| r["train_tokens_per_s"].as_f64()).collect();
     out.insert(
@@ -531,7 +444,7 @@ fn summarise(runs: &[Value], lengths: &[usize]) -> Value {
 /// Each variant against the baseline, per length: the mean paired difference of loss (same
 /// seed) with its t-interval, a verdict, and the training time ratio. The baseline is the first
 /// variant, or at a length it cannot run, the first that can (the verdict says so).
-fn compare(variants: &[Value], lengths: &[usize]) -> Vec<Value> {
+fn compare(variants: &[Value], lengths: &[usize], own_loss: bool) -> Vec<Value> {
     let scored = |v: &Value, key: &str| v["summary"][key]["loss"].is_f64();
     let mut out = Vec::new();
     for length in lengths {
@@ -548,10 +461,22 @@ fn compare(variants: &[Value], lengths: &[usize]) -> Vec<Value> {
             format!("{} at {length}: {why}", variants[0]["label"].as_str().unwrap_or(""))
         });
         for v in variants.iter().skip(b + 1).filter(|v| scored(v, &key)) {
-            let pairs: Vec<f64> = array_of(&v["runs"])
-                .zip(array_of(&base["runs"]))
-                .filter_map(|(a, b)| Some(a["lengths"][&key]["loss"].as_f64()? - b["lengths"][&key]["loss"].as_f64()?))
-                .collect();
+            if own_loss && v["spec"] != base["spec"] {
+                // Each model's own loss means what that model makes it (ELECTRA's adds its
+                // discriminator's to its generator's): different models' are not compared.
+                out.push(json!({
+                    "variant": v["label"], "baseline": base["label"], "length": length,
+                    "verdict": "not compared: each model scores its own loss",
+                }));
+                continue;
+            }
+            let paired = |field: &dyn Fn(&Value) -> Option<f64>| -> Vec<f64> {
+                array_of(&v["runs"])
+                    .zip(array_of(&base["runs"]))
+                    .filter_map(|(a, b)| Some(field(&a["lengths"][&key])? - field(&b["lengths"][&key])?))
+                    .collect()
+            };
+            let pairs = paired(&|r| r["loss"].as_f64());
             let (mean, lo, hi) = crate::stats::t_interval(&pairs);
             let verdict = if pairs.len() < 2 {
                 "one seed: no interval"
@@ -562,6 +487,11 @@ fn compare(variants: &[Value], lengths: &[usize]) -> Vec<Value> {
             } else {
                 "no clear difference"
             };
+            let accuracy = paired(&|r| r["accuracy"].as_f64());
+            let accuracy = (accuracy.len() == pairs.len() && !accuracy.is_empty()).then(|| {
+                let (a, lo, hi) = crate::stats::t_interval(&accuracy);
+                json!({"difference": a, "low": lo, "high": hi})
+            });
             let time_ratio = match (
                 base["summary"]["train_tokens_per_s"].as_f64(),
                 v["summary"]["train_tokens_per_s"].as_f64(),
@@ -572,7 +502,7 @@ fn compare(variants: &[Value], lengths: &[usize]) -> Vec<Value> {
             out.push(json!({
                 "variant": v["label"], "baseline": base["label"], "baseline_replaces": replaces, "length": length,
                 "loss_difference": mean, "low": lo, "high": hi, "verdict": verdict,
-                "train_time_ratio": time_ratio,
+                "accuracy_difference": accuracy, "train_time_ratio": time_ratio,
             }));
         }
     }
@@ -603,9 +533,16 @@ fn print_report(report: &Value) {
         let mut cells = Vec::new();
         for l in &lengths {
             let s = &v["summary"][l];
+            let accuracy = s["accuracy"]["mean"].as_f64().map_or(String::new(), |a| {
+                format!(
+                    " accuracy {a:.3} [{:.3}, {:.3}]",
+                    s["accuracy"]["low"].as_f64().unwrap_or(a),
+                    s["accuracy"]["high"].as_f64().unwrap_or(a)
+                )
+            });
             cells.push(match s["loss"].as_f64() {
                 Some(m) => format!(
-                    "{l}: {m:.3} [{:.3}, {:.3}] ppl {:.2}",
+                    "{l}: {m:.3} [{:.3}, {:.3}] ppl {:.2}{accuracy}",
                     s["low"].as_f64().unwrap_or(m),
                     s["high"].as_f64().unwrap_or(m),
                     s["perplexity"].as_f64().unwrap_or(f64::NAN)
@@ -619,6 +556,24 @@ fn print_report(report: &Value) {
         crate::output::line(format_args!("  {name}: {}{speed}", cells.join(" · ")));
     }
     for d in report["verdicts"].as_array().into_iter().flatten() {
+        let Some(difference) = d["loss_difference"].as_f64() else {
+            crate::output::line(format_args!(
+                "  {} vs {} at {}: {}",
+                d["variant"].as_str().unwrap_or(""),
+                d["baseline"].as_str().unwrap_or(""),
+                d["length"],
+                d["verdict"].as_str().unwrap_or("")
+            ));
+            continue;
+        };
+        let accuracy = &d["accuracy_difference"];
+        let accuracy = accuracy["difference"].as_f64().map_or(String::new(), |a| {
+            format!(
+                ", accuracy {a:+.3} [{:+.3}, {:+.3}]",
+                accuracy["low"].as_f64().unwrap_or(a),
+                accuracy["high"].as_f64().unwrap_or(a)
+            )
+        });
         let time = d["train_time_ratio"].as_f64().map_or(String::new(), |r| {
             if r >= 1.0 {
                 format!(", {r:.2}× slower to train")
@@ -630,11 +585,10 @@ fn print_report(report: &Value) {
             format!(" (baseline {}: {r})", d["baseline"].as_str().unwrap_or(""))
         });
         crate::output::line(format_args!(
-            "  {} vs {} at {}: loss {:+.3} [{:+.3}, {:+.3}]: {}{time}{replaces}",
+            "  {} vs {} at {}: loss {difference:+.3} [{:+.3}, {:+.3}]{accuracy}: {}{time}{replaces}",
             d["variant"].as_str().unwrap_or(""),
             d["baseline"].as_str().unwrap_or(""),
             d["length"],
-            d["loss_difference"].as_f64().unwrap_or(f64::NAN),
             d["low"].as_f64().unwrap_or(f64::NAN),
             d["high"].as_f64().unwrap_or(f64::NAN),
             d["verdict"].as_str().unwrap_or("")

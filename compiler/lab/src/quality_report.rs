@@ -24,12 +24,13 @@ fn num(v: &Value) -> String {
 /// One row per variant and length: the mean loss over seeds, its interval and perplexity, and
 /// the training speed; then one row per seed.
 pub fn csv(report: &Value) -> String {
-    let mut out = String::from("variant,seed,length,loss,low,high,perplexity,train_tokens_per_s,note\n");
+    let mut out =
+        String::from("variant,seed,length,loss,low,high,perplexity,train_tokens_per_s,accuracy,accuracy_low,accuracy_high,note\n");
     let lengths: Vec<String> = array(&report["lengths"]).map(|l| l.to_string()).collect();
     for v in array(&report["variants"]) {
         let name = quote(v["label"].as_str().unwrap_or(""));
         if let Some(e) = v["error"].as_str() {
-            let _ = writeln!(out, "{name},,,,,,,,{}", quote(&format!("not trained: {e}")));
+            let _ = writeln!(out, "{name},,,,,,,,,,,{}", quote(&format!("not trained: {e}")));
             continue;
         }
         let speed = num(&v["summary"]["train_tokens_per_s"]);
@@ -37,11 +38,14 @@ pub fn csv(report: &Value) -> String {
             let s = &v["summary"][l];
             let _ = writeln!(
                 out,
-                "{name},all,{l},{},{},{},{},{speed},{}",
+                "{name},all,{l},{},{},{},{},{speed},{},{},{},{}",
                 num(&s["loss"]),
                 num(&s["low"]),
                 num(&s["high"]),
                 num(&s["perplexity"]),
+                num(&s["accuracy"]["mean"]),
+                num(&s["accuracy"]["low"]),
+                num(&s["accuracy"]["high"]),
                 quote(s["error"].as_str().unwrap_or(""))
             );
         }
@@ -50,11 +54,12 @@ pub fn csv(report: &Value) -> String {
                 let s = &r["lengths"][l];
                 let _ = writeln!(
                     out,
-                    "{name},{},{l},{},,,{},{},{}",
+                    "{name},{},{l},{},,,{},{},{},,,{}",
                     r["seed"],
                     num(&s["loss"]),
                     s["loss"].as_f64().map_or(String::new(), |x| format!("{}", x.exp())),
                     num(&r["train_tokens_per_s"]),
+                    num(&s["accuracy"]),
                     quote(s["error"].as_str().unwrap_or(""))
                 );
             }
@@ -77,9 +82,26 @@ pub fn html(report: &Value) -> String {
         escape(title)
     );
     let train = &report["train"];
+    let own_steps = array(&report["variants"]).any(|v| v["train"]["max_steps"].is_u64());
+    let steps = match train["max_steps"].as_u64() {
+        Some(n) if !own_steps => format!("{n} steps"),
+        _ => "the steps below".to_string(),
+    };
+    // A text is cut into windows of a batch size and length; a file of batches has its own.
+    let batches = if train["data"]["path"].as_str().is_some_and(|p| p.ends_with(".safetensors")) {
+        "the file's batches".to_string()
+    } else {
+        format!(
+            "{} × {} tokens",
+            train["per_device_train_batch_size"]
+                .as_u64()
+                .unwrap_or(crate::train::DEFAULT_BATCH_SIZE as u64),
+            train["seq_len"]
+        )
+    };
     let _ = writeln!(
         h,
-        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · seeds {} · trained on <code>{}</code> (sha256 {}) for {} steps of {} × {} tokens, learning rate {} ({}) · scored on <code>{}</code> (sha256 {}) by {} · {}</p>",
+        "<p class=\"meta\">{} at {} · {} · {} · {} thread(s) · seeds {} · trained on <code>{}</code> (sha256 {}) for {steps} of {batches}, learning rate {} ({}) · scored on <code>{}</code> (sha256 {}) by {} · {}</p>",
         escape(report["generator"].as_str().unwrap_or("")),
         escape(report["commit"].as_str().unwrap_or("")),
         escape(report["date"].as_str().unwrap_or("")),
@@ -88,9 +110,6 @@ pub fn html(report: &Value) -> String {
         escape(&report["seeds"].to_string()),
         escape(train["data"]["path"].as_str().unwrap_or("")),
         escape(&train["data"]["sha256"].as_str().unwrap_or("").chars().take(12).collect::<String>()),
-        train["max_steps"],
-        train["per_device_train_batch_size"],
-        train["seq_len"],
         train["learning_rate"],
         escape(train["lr_scheduler_type"].as_str().unwrap_or("")),
         escape(report["eval_text"]["path"].as_str().unwrap_or("")),
@@ -101,14 +120,14 @@ pub fn html(report: &Value) -> String {
     let variants: Vec<&Value> = array(&report["variants"]).collect();
     let lengths: Vec<String> = array(&report["lengths"]).map(|l| l.to_string()).collect();
 
-    h.push_str("<h2>Variants</h2>\n<table><tr><th>variant</th><th>model</th><th>set</th><th>final training loss (mean over seeds)</th><th>training tokens/s</th></tr>\n");
+    h.push_str("<h2>Variants</h2>\n<table><tr><th>variant</th><th>model</th><th>set</th><th>steps</th><th>trained from</th><th>final training loss (mean over seeds)</th><th>held-out accuracy</th><th>training tokens/s</th></tr>\n");
     for (k, v) in variants.iter().enumerate() {
         let swatch = format!("<span class=\"swatch\" style=\"background:{}\"></span>", colour(k));
         let name = escape(v["label"].as_str().unwrap_or(""));
         let spec = escape(v["spec"].as_str().unwrap_or(""));
         let set = escape(&array(&v["set"]).filter_map(Value::as_str).collect::<Vec<_>>().join(" "));
         if let Some(e) = v["error"].as_str() {
-            let _ = writeln!(h, "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td colspan=\"2\" class=\"warn\">not trained: {}</td></tr>", escape(e));
+            let _ = writeln!(h, "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td colspan=\"5\" class=\"warn\">not trained: {}</td></tr>", escape(e));
             continue;
         }
         let finals: Vec<f64> = array(&v["runs"]).filter_map(|r| r["final_loss"].as_f64()).collect();
@@ -119,9 +138,29 @@ pub fn html(report: &Value) -> String {
         let speed = v["summary"]["train_tokens_per_s"]
             .as_f64()
             .map_or("-".to_string(), |s| format!("{s:.0}"));
+        // The steps the runs took (a variant's own budget, the experiment's, or its epochs').
+        let steps = array(&v["runs"])
+            .filter_map(|r| array(&r["curve"]).last()?[0].as_u64())
+            .max()
+            .map_or("-".to_string(), |n| n.to_string());
+        let from = v["init"]
+            .as_str()
+            .map_or("random weights".to_string(), |i| format!("<code>{}</code>", escape(i)));
+        let accuracy = lengths
+            .iter()
+            .find_map(|l| {
+                let a = &v["summary"][l]["accuracy"];
+                Some(format!(
+                    "{:.3} [{:.3}, {:.3}]",
+                    a["mean"].as_f64()?,
+                    a["low"].as_f64()?,
+                    a["high"].as_f64()?
+                ))
+            })
+            .unwrap_or_else(|| "-".to_string());
         let _ = writeln!(
             h,
-            "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td>{final_loss}</td><td>{speed}</td></tr>"
+            "<tr><td>{swatch} {name}</td><td><code>{spec}</code></td><td>{set}</td><td>{steps}</td><td>{from}</td><td>{final_loss}</td><td>{accuracy}</td><td>{speed}</td></tr>"
         );
     }
     h.push_str("</table>\n<div class=\"charts\">\n");
@@ -224,21 +263,22 @@ pub fn html(report: &Value) -> String {
         }
     }
 
-    // Training curves: the mean over seeds at up to ten steps.
-    let steps: Vec<u64> = variants
+    // Training curves: the mean over seeds at up to ten steps, of the steps any variant logged
+    // (variants may train for different numbers of steps).
+    let mut all: Vec<u64> = variants
         .iter()
-        .find_map(|v| v["runs"][0]["curve"].as_array())
-        .map(|c| {
-            let all: Vec<u64> = c.iter().filter_map(|p| p[0].as_u64()).collect();
-            let every = all.len().div_ceil(10).max(1);
-            all.iter()
-                .copied()
-                .enumerate()
-                .filter(|(i, _)| (i + 1) % every == 0 || *i == 0)
-                .map(|(_, s)| s)
-                .collect()
-        })
-        .unwrap_or_default();
+        .flat_map(|v| array(&v["runs"][0]["curve"]).filter_map(|p| p[0].as_u64()))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let every = all.len().div_ceil(10).max(1);
+    let steps: Vec<u64> = all
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(i, _)| (i + 1) % every == 0 || *i == 0 || *i + 1 == all.len())
+        .map(|(_, s)| s)
+        .collect();
     let series: Vec<Series> = variants
         .iter()
         .enumerate()
@@ -269,8 +309,17 @@ pub fn html(report: &Value) -> String {
     ));
     h.push_str("</div>\n");
 
-    h.push_str("<h2>Against the baseline</h2>\n<table><tr><th>variant</th><th>baseline</th><th>length</th><th>loss difference (95% interval)</th><th>verdict</th><th>training time</th></tr>\n");
+    h.push_str("<h2>Against the baseline</h2>\n<table><tr><th>variant</th><th>baseline</th><th>length</th><th>loss difference (95% interval)</th><th>accuracy difference</th><th>verdict</th><th>training time</th></tr>\n");
     for d in array(&report["verdicts"]) {
+        let interval = |v: &Value, mean: &str| match v[mean].as_f64() {
+            Some(m) => format!(
+                "{m:+.4} [{:+.4}, {:+.4}]",
+                v["low"].as_f64().unwrap_or(f64::NAN),
+                v["high"].as_f64().unwrap_or(f64::NAN)
+            ),
+            None => "-".to_string(),
+        };
+        let (loss, accuracy) = (interval(d, "loss_difference"), interval(&d["accuracy_difference"], "difference"));
         let time = d["train_time_ratio"].as_f64().map_or("-".to_string(), |r| format!("{r:.2}×"));
         let baseline = match d["baseline_replaces"].as_str() {
             Some(r) => format!(
@@ -282,12 +331,9 @@ pub fn html(report: &Value) -> String {
         };
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{baseline}</td><td>{}</td><td>{:+.4} [{:+.4}, {:+.4}]</td><td>{}</td><td>{time}</td></tr>",
+            "<tr><td>{}</td><td>{baseline}</td><td>{}</td><td>{loss}</td><td>{accuracy}</td><td>{}</td><td>{time}</td></tr>",
             escape(d["variant"].as_str().unwrap_or("")),
             d["length"],
-            d["loss_difference"].as_f64().unwrap_or(f64::NAN),
-            d["low"].as_f64().unwrap_or(f64::NAN),
-            d["high"].as_f64().unwrap_or(f64::NAN),
             escape(d["verdict"].as_str().unwrap_or(""))
         );
     }

@@ -201,7 +201,7 @@ pub fn html(report: &Value) -> String {
 pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{padding:0.25em 0.8em;border-bottom:1px solid #ddd;text-align:left}\
 th{background:#f4f4f4}.meta{color:#666}.warn{color:#b00}.swatch{display:inline-block;width:0.8em;height:0.8em;border-radius:2px}\
-.charts{display:flex;flex-wrap:wrap;gap:1em}svg{background:#fff;border:1px solid #eee}code{font-size:90%}";
+.charts{display:flex;flex-wrap:wrap;gap:1em}svg{background:#fff;border:1px solid #eee}code{font-size:90%}td code{overflow-wrap:anywhere}";
 
 /// A value at one length (`None` where the variant did not run), with an optional p10–p90 band.
 pub(crate) type Point = (Option<f64>, Option<(f64, f64)>);
