@@ -321,7 +321,7 @@ fn bytes_of_f32(v: &[f32]) -> Vec<u8> {
 /// (one masked position holds it already and stays "original"). Torch can then compute the step
 /// exactly: the loss and every gradient (generator, discriminator and the shared embeddings,
 /// sampling and corruption included) equal PyTorch's, and so do the discriminator's logits on
-/// the corrupted input, which are also what the model gives without labels for that input.
+/// the corrupted input, which ElectraForPreTraining also gives on the same checkpoint.
 #[test]
 fn electra_joint_pretraining_matches_torch() {
     let (spec, dir) = ("models/electra.model:ElectraForJointPreTraining", "tests/fixtures/electra_joint");
@@ -337,8 +337,8 @@ fn electra_joint_pretraining_matches_torch() {
         let err = max_abs_diff(values, expected(name));
         assert!(err <= bound, "{name}: max |lmc - torch| {err:e} > {bound:e}");
     }
-    // Without labels: the discriminator alone, on the corrupted batch (the forced token at every
-    // labelled position), gives the same logits.
+    // The checkpoint is ElectraForPreTraining's with the generator beside it: that model, on the
+    // corrupted batch (the forced token at every labelled position), gives the same logits.
     let weights = read_f32_tensors(&root().join(dir).join("model.safetensors"));
     let bias = &weights.iter().find(|(n, _, _)| n == "generator.generator_lm_head.bias").unwrap().2;
     let forced = (0..bias.len()).max_by(|&a, &b| bias[a].total_cmp(&bias[b])).unwrap() as i64;
@@ -362,8 +362,9 @@ fn electra_joint_pretraining_matches_torch() {
         .collect();
     let inputs = scratch_dir.join("corrupted.safetensors");
     lmc_runtime::write_safetensors(&inputs, &table).unwrap();
-    let got = run_outputs(spec, dir, inputs.to_str().unwrap(), &out, &[]);
+    let discriminator = "models/electra.model:ElectraForPreTraining";
+    let got = run_outputs(discriminator, dir, inputs.to_str().unwrap(), &out, &[]);
     assert_eq!(got.len(), 1, "without labels, the logits alone");
     let err = max_abs_diff(&got[0].2, expected("logits"));
-    assert!(err <= 1e-4, "logits without labels: max |lmc - torch| {err:e}");
+    assert!(err <= 1e-4, "the discriminator's logits: max |lmc - torch| {err:e}");
 }
