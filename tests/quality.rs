@@ -534,4 +534,15 @@ fn pre_trained_runs_are_fine_tuned_seed_by_seed_and_scored_by_accuracy() {
         &["ab", broken.to_str().unwrap(), "--out", out.to_str().unwrap()],
         &["unknown key `learning_rat`", "did you mean `learning_rate`?"],
     );
+    // A pre-trained run that changes (trained again) makes the fine-tuned runs from it stale:
+    // they are not reused silently.
+    std::fs::copy(runs.join("mlm/seed-2/model.safetensors"), runs.join("mlm/seed-1/model.safetensors")).unwrap();
+    lmc_fails(
+        &["ab", finetune.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &[
+            "from-mlm/seed-1 was trained otherwise",
+            "the init checkpoint",
+            "other weights there",
+        ],
+    );
 }

@@ -202,6 +202,23 @@ fn differences(dir: &Path, v: &VariantSpec, seed: u64, plan: &Plan, data_sha: &s
             &state.data.sha256[..12]
         ));
     }
+    // A run fine-tuned from a checkpoint that has changed since (retrained) is another run.
+    if let Some(init) = init_dir(v, seed) {
+        let now = checkpoint::weights_sha256(&init).map_err(Failure::Message)?;
+        match &state.init {
+            Some(there) if there.sha256 == now => {}
+            Some(there) => out.push(format!(
+                "the init checkpoint {}: other weights there (sha256 {} there, {} now)",
+                init.display(),
+                &there.sha256[..12.min(there.sha256.len())],
+                &now[..12.min(now.len())]
+            )),
+            None => out.push(format!(
+                "the init checkpoint {}: which weights it started from is not recorded there (an older lmc trained it)",
+                init.display()
+            )),
+        }
+    }
     // The model as this experiment configures it (from random weights or its `init`
     // checkpoint, as it was trained).
     let overrides = crate::source::overrides(&training_config(&v.config), init_dir(v, seed).as_deref())?;

@@ -25,6 +25,10 @@ pub struct TrainerState {
     pub model: ModelIdentity,
     pub args: TrainArgsRecord,
     pub data: DataRecord,
+    /// The checkpoint the run started from (`--weights`): its path and its weight files'
+    /// sha256; none for random weights (and in states saved before it was recorded).
+    #[serde(default)]
+    pub init: Option<DataRecord>,
     /// One entry per logged step (and evaluation), as `--log-json` writes them.
     pub log_history: Vec<serde_json::Value>,
     pub lmc_version: String,
@@ -279,4 +283,11 @@ pub fn args_differences(saved: &TrainArgsRecord, now: &TrainArgsRecord) -> Vec<S
             (v != w).then(|| format!("--{} {v} there, {w} now", k.replace('_', "-")))
         })
         .collect()
+}
+
+/// The sha256 of a checkpoint's weight files (`--weights`), one per file, joined by commas.
+pub fn weights_sha256(path: &Path) -> Result<String, String> {
+    let files = lmc_runtime::weight_files(path).map_err(|e| e.to_string())?;
+    let sums = files.iter().map(|f| super::data::sha256_file(f)).collect::<Result<Vec<_>, _>>()?;
+    Ok(sums.join(","))
 }

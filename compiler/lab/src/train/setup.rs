@@ -110,6 +110,12 @@ pub(crate) fn prepare(opts: &TrainOptions) -> Result<Run, Failure> {
         ));
     }
     let mut state = fresh_state(opts, &data, identity, max_steps);
+    if let Some(w) = opts.weights.as_deref().filter(|_| resumed.is_none()) {
+        state.init = Some(DataRecord {
+            path: w.display().to_string(),
+            sha256: checkpoint::weights_sha256(w).map_err(Failure::Message)?,
+        });
+    }
     if let Some(r) = &resumed {
         take_over(r, &mut state, &mut params)?;
     }
@@ -560,6 +566,7 @@ fn fresh_state(opts: &TrainOptions, data: &Data, model: ModelIdentity, max_steps
         model,
         args,
         data: data_record,
+        init: None,
         log_history: Vec::new(),
         lmc_version: env!("CARGO_PKG_VERSION").into(),
     }
@@ -625,6 +632,7 @@ fn take_over(r: &Resumed, state: &mut TrainerState, params: &mut [ParamState]) -
     }
     state.global_step = r.state.global_step;
     state.log_history = r.state.log_history.clone();
+    state.init = r.state.init.clone();
     eprintln!("resuming {} at step {}", r.dir.display(), state.global_step);
     Ok(())
 }
