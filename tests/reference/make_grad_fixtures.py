@@ -1046,12 +1046,9 @@ class ElectraJoint(torch.nn.Module):
 
 def electra_classifier():
     """ElectraForSequenceClassification over the electra_discriminator fixture's config (two
-    labels, transformers' default), seed 0, LayerNorms and biases perturbed: `config.json`,
-    `model.safetensors`, and in eval mode `inputs_grad.safetensors` (input_ids, token_type_ids,
-    attention_mask [2, 7], row 1 padded by 2; labels [2]) and `expected_grad.safetensors`
-    (loss, logits [2, 2] and one gradient per stored tensor)."""
+    labels, transformers' default), seed 0, LayerNorms and biases perturbed, saved; then its
+    loss and gradients as electra_grad makes them, labels [2]."""
     out = FIXTURES / "electra_classifier"
-    print("electra_classifier")
     out.mkdir(exist_ok=True)
     torch.manual_seed(0)
     config = ElectraConfig.from_pretrained(FIXTURES / "electra_discriminator")
@@ -1059,18 +1056,12 @@ def electra_classifier():
     model = ElectraForSequenceClassification(config)
     perturb(model, lambda n: "LayerNorm" in n or n.endswith("bias"))
     model.save_pretrained(out)
-    names = stored_names(out)
-    g = torch.Generator().manual_seed(5)
-    input_ids = torch.randint(5, config.vocab_size, (2, 7), generator=g)
-    token_type_ids = torch.randint(0, config.type_vocab_size, (2, 7), generator=g)
-    attention_mask = torch.ones(2, 7, dtype=torch.int64)
-    attention_mask[1, 5:] = 0
-    labels = torch.tensor([1, 0])
-    inputs = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask, "labels": labels}
-    expected = loss_and_grads(model, inputs, names, train=False)
-    print(f"  loss {expected['loss'].item():.8f}")
-    save_file(inputs, out / "inputs_grad.safetensors")
-    save_file(expected, out / "expected_grad.safetensors")
+    electra_grad("electra_classifier", ElectraForSequenceClassification, class_labels)
+
+
+def class_labels(input_ids, attention_mask, g):
+    """A sequence classifier's: one class per row."""
+    return torch.tensor([1, 0])
 
 
 def electra_joint():

@@ -181,20 +181,9 @@ fn score_by_batches(
         ));
         let labels = batch.iter().find(|t| t.name == "labels");
         if let (Some(logits), Some(labels)) = (logits_index.map(|i| &outputs[i]), labels) {
-            if let (Some(scores), Some(ids), [rows, classes], [label_rows]) =
-                (logits.as_f32(), labels.as_i64(), logits.shape.as_slice(), labels.shape.as_slice())
-            {
-                if rows == label_rows {
-                    for (row, &label) in scores.chunks(*classes).zip(ids) {
-                        if label == -100 {
-                            continue;
-                        }
-                        let best = (0..*classes).fold(0, |m, k| if row[k] > row[m] { k } else { m });
-                        right += usize::from(best as i64 == label);
-                        labelled += 1;
-                    }
-                }
-            }
+            let (r, l) = classified(logits, labels);
+            right += r;
+            labelled += l;
         }
     }
     let seq = data.seq_len();
@@ -210,4 +199,26 @@ fn score_by_batches(
         lengths.insert(length.to_string(), entry);
     }
     Ok((compiled.graph, lengths))
+}
+
+/// Of one batch, how many labelled sequences have their label as the largest logit, and how
+/// many are labelled (-100: none), where the logits are one row of classes per sequence
+/// (`[B, C]` against labels `[B]`); none otherwise.
+fn classified(logits: &lmc_runtime::HostTensor, labels: &lmc_runtime::HostTensor) -> (usize, usize) {
+    let (Some(scores), Some(ids), [rows, classes], [label_rows]) =
+        (logits.as_f32(), labels.as_i64(), logits.shape.as_slice(), labels.shape.as_slice())
+    else {
+        return (0, 0);
+    };
+    if rows != label_rows {
+        return (0, 0);
+    }
+    let labelled = scores.chunks(*classes).zip(ids).filter(|(_, &label)| label != -100);
+    let (mut right, mut count) = (0, 0);
+    for (row, &label) in labelled {
+        let best = (0..*classes).fold(0, |m, k| if row[k] > row[m] { k } else { m });
+        right += usize::from(best as i64 == label);
+        count += 1;
+    }
+    (right, count)
 }
