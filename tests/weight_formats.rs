@@ -1,7 +1,8 @@
 //! Weight matrices stored as bf16 or int8 (`--set weights=...`), Linear weights (LLaMA) and
 //! weights stored [in, out] (GPT-2's Conv1D): the kernels compute with exactly the values the
 //! format stores (an f32 model given those rounded values agrees to the last
-//! bits, the forward and greedy decoding), the format visibly changes the numbers (it is not
+//! bits, the forward and greedy decoding; with 8-bit dot products, int8 also quantizes `x`,
+//! checked against Q8_0's arithmetic), the format visibly changes the numbers (it is not
 //! ignored), a matrix int8 cannot hold stays f32 and says so, and what cannot be done is an error.
 
 use lmc_abi::{Manifest, WeightFormat};
@@ -94,6 +95,20 @@ fn bound(g: &Graph, path: &Path) -> LoadedModel {
     bind_jit_with(g, lmc_codegen::jit(g), |_| WeightsSource::Path(path.to_path_buf()))
 }
 
+/// This machine's target with int8 weights converted to f32 as they are read (the kernels of a
+/// CPU without 8-bit dot products), which compute with exactly the values stored.
+fn converting() -> lmc_codegen::Target {
+    lmc_codegen::Target {
+        int8_dot: false,
+        ..lmc_codegen::Target::host()
+    }
+}
+
+/// [`bound`], compiled for `target`.
+fn bound_on(g: &Graph, path: &Path, target: &lmc_codegen::Target) -> LoadedModel {
+    bind_jit_with(g, lmc_codegen::jit_for(g, target), |_| WeightsSource::Path(path.to_path_buf()))
+}
+
 /// One row of `len` tokens (ids below both fixtures' vocabularies), all attended to.
 fn long_prompt(len: usize) -> Vec<HostTensor> {
     let ids: Vec<i64> = (0..len as i64).map(|i| (i * 37 + 11) % 97).collect();
@@ -121,7 +136,7 @@ fn formats_compute_with_the_stored_values(case: &Case) {
     let inputs = read_host_tensors(&root().join(case.fixture).join("inputs.safetensors"));
     let f32_graph = checked(case, WeightFormat::F32);
     let original = dir.join("original.safetensors");
-    let target = lmc_codegen::Target::host();
+    let target = converting();
     let weights = random(&lmc_codegen::manifest(&f32_graph, &target));
     write(&original, &weights);
     let want_plain = logits(&bound(&f32_graph, &original), &inputs);
@@ -169,13 +184,18 @@ fn formats_compute_with_the_stored_values(case: &Case) {
         assert!(stored >= 6, "{what}: only {stored} matrices stored so");
         let rounded_path = dir.join(format!("{}.safetensors", format.name()));
         write(&rounded_path, &rounded);
-        let quantized = bound(&g, &base_path);
+        let quantized = bound_on(&g, &base_path, &target);
         let storage = quantized.weight_storage().unwrap();
         assert!(
             storage.starts_with(&format!("{} for {stored} weight matrices", format.name())),
             "{what}: {storage}"
         );
         assert_eq!(storage.contains("kept f32"), format == WeightFormat::Int8, "{what}: {storage}");
+        assert_eq!(
+            storage.contains("converted to f32 as read"),
+            format == WeightFormat::Int8,
+            "{what}: {storage}"
+        );
         let got = logits(&quantized, &inputs);
         let want = logits(&bound(&f32_graph, &rounded_path), &inputs);
         let exact = max_abs_diff(&got, &want);
@@ -222,7 +242,7 @@ fn formats_compute_with_the_stored_values(case: &Case) {
         let step = |g: &Graph| lmc_core::decode::derive_decode(g, 16).unwrap_or_else(|e| panic!("{e}")).step;
         let rows: Vec<Vec<i64>> = vec![vec![3, 14, 15, 92, 65], vec![35, 89, 79, 32, 38]];
         let decode = |g: &Graph, path: &Path| {
-            let model = bound(&step(g), path);
+            let model = bound_on(&step(g), path, &target);
             lmc_runtime::greedy(&model, &rows, Vec::new(), 8, None)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .tokens
@@ -232,6 +252,18 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             decode(&f32_graph, &rounded_path),
             "{what}: greedy decoding differs"
         );
+        // With 8-bit dot products `x` is quantized too (`int8_dot_products_compute_q8_0_exactly`):
+        // close to the stored values' f32 model, not equal to it.
+        if format == WeightFormat::Int8 && lmc_codegen::Target::host().int8_dot {
+            let dot = bound(&g, &base_path);
+            for (inputs, want, scale) in [(&inputs, &want, scale), (&long, &want_long, long_scale)] {
+                let err = max_abs_diff(&logits(&dot, inputs), want);
+                assert!(
+                    err > 0.0 && err <= 0.03 * scale,
+                    "{what} with dot products: {err} from the f32 model given the stored values (logits up to {scale})"
+                );
+            }
+        }
     }
 }
 
@@ -247,7 +279,7 @@ fn long_prompts_widen_each_block_of_k() {
     let dir = scratch("weight_formats_long_k");
     let long = long_prompt(56);
     let f32_graph = checked(&case, WeightFormat::F32);
-    let target = lmc_codegen::Target::host();
+    let target = converting();
     let weights = random(&lmc_codegen::manifest(&f32_graph, &target));
     let original = dir.join("original.safetensors");
     write(&original, &weights);
@@ -272,7 +304,7 @@ fn long_prompts_widen_each_block_of_k() {
         write(&rounded_path, &rounded);
         let want = logits(&bound(&f32_graph, &rounded_path), &long);
         let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let err = max_abs_diff(&logits(&bound(&g, &original), &long), &want);
+        let err = max_abs_diff(&logits(&bound_on(&g, &original, &target), &long), &want);
         assert!(
             err <= 1e-6 * scale,
             "{}: {err} from the f32 model given the stored values (logits up to {scale})",
@@ -445,11 +477,17 @@ fn weight_formats_that_cannot_apply_are_errors() {
     );
 }
 
-/// Stack slots of the matmul kernels' functions in a module's LLVM IR.
+/// Stack slots of the matmul kernels' functions in a module's LLVM IR, but for the values
+/// their parallel loop captures (`.reloaded`, once per call: the quantized `x` adds two).
 fn matmul_allocas(llvm: &str) -> usize {
     llvm.split("\ndefine ")
         .filter(|f| f.split('(').next().is_some_and(|name| name.contains("lmc_matmul")))
-        .map(|f| f.split("\n}\n").next().unwrap_or("").matches(" alloca ").count())
+        .map(|f| {
+            let body = f.split("\n}\n").next().unwrap_or("");
+            body.lines()
+                .filter(|l| l.contains(" alloca ") && !l.trim_start().starts_with("%.reloaded"))
+                .count()
+        })
         .sum()
 }
 
@@ -458,11 +496,73 @@ fn matmul_allocas(llvm: &str) -> usize {
 /// thread's stack on a 32k-row head at 128 rows.
 #[test]
 fn stored_formats_take_no_stack_per_block() {
-    let target = lmc_codegen::Target::host();
-    let llvm = |format| lmc_codegen::emit_llvm_ir(&checked(&CASES[0], format), &target).unwrap_or_else(|e| panic!("{e}"));
-    let f32_slots = matmul_allocas(&llvm(WeightFormat::F32));
-    assert!(f32_slots > 0, "no matmul kernels found");
-    for format in [WeightFormat::Bf16, WeightFormat::Int8] {
-        assert_eq!(matmul_allocas(&llvm(format)), f32_slots, "{}", format.name());
+    for target in [converting(), lmc_codegen::Target::host()] {
+        let llvm = |format| lmc_codegen::emit_llvm_ir(&checked(&CASES[0], format), &target).unwrap_or_else(|e| panic!("{e}"));
+        let f32_slots = matmul_allocas(&llvm(WeightFormat::F32));
+        assert!(f32_slots > 0, "no matmul kernels found");
+        for format in [WeightFormat::Bf16, WeightFormat::Int8] {
+            assert_eq!(matmul_allocas(&llvm(format)), f32_slots, "{} ({target:?})", format.name());
+        }
+    }
+}
+
+/// On a CPU with integer dot products (`vpdpbusd`), int8 weights multiply `x` quantized per
+/// block of 32 as the weights are (llama.cpp's Q8_0 arithmetic): every result is exactly the
+/// bias plus, block by block, the integer sum times the two scales, added in f32 in order. Rows
+/// of one (decoding), tiles of 6 and the rows left over, and 50 rows (where the float kernels
+/// would widen the panels); 40 columns, a whole panel and a part of one.
+#[test]
+fn int8_dot_products_compute_q8_0_exactly() {
+    let host = lmc_codegen::Target::host();
+    if !host.int8_dot {
+        eprintln!("skipped: this CPU has no 8-bit dot products (AVX512-VNNI or AVX-VNNI)");
+        return;
+    }
+    // AVX-512's 16 lanes, and 8 (AVX-VNNI's, which an AVX512-VNNI CPU also runs).
+    for lanes in [host.lanes, 8] {
+        int8_dot_linear(&lmc_codegen::Target { lanes, ..host });
+    }
+}
+
+fn int8_dot_linear(target: &lmc_codegen::Target) {
+    let file = "tests/corpus/linear.model";
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
+    let program = lmc_core::load_source(file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
+    let mut overrides = lmc_core::ConfigOverrides::default();
+    overrides.set.push(("weights".into(), "int8".into()));
+    let g = lmc_core::check_model(&program, Some("OneLinear"), &overrides)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .graph;
+    let m = lmc_codegen::manifest(&g, target);
+    let packing = m.params.iter().find_map(|p| p.packing).unwrap();
+    assert!(packing.int8_dot && packing.format == WeightFormat::Int8, "{packing:?}");
+    let (k, n) = (96usize, 40usize);
+    let weights = random(&m);
+    let dir = scratch("weight_formats_int8_dot");
+    let path = dir.join("linear.safetensors");
+    write(&path, &weights);
+    let tensor = |name: &str| weights.iter().find(|(t, ..)| t == name).unwrap().2.clone();
+    let (w, bias) = (tensor("proj.weight"), tensor("proj.bias"));
+    let model = bound_on(&g, &path, target);
+    assert!(model
+        .weight_storage()
+        .unwrap()
+        .ends_with("int8 multiplied with 8-bit dot products, x quantized per block of 32"));
+    for (b, t) in [(1usize, 1usize), (2, 7), (1, 50)] {
+        let x: Vec<f32> = (0..b * t * k).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();
+        let inputs = vec![HostTensor::from_f32("x", [b, t, k], x.clone()).unwrap()];
+        let got = model.run(&inputs).unwrap_or_else(|e| panic!("{e}"))[0].as_f32().unwrap().to_vec();
+        for (row, x) in x.chunks(k).enumerate() {
+            for col in 0..n {
+                let mut want = bias[col];
+                for (xb, wb) in x.chunks(32).zip(w[col * k..(col + 1) * k].chunks(32)) {
+                    let ((xs, xq), (ws, wq)) = (lmc_abi::quantize_block(xb), lmc_abi::quantize_block(wb));
+                    let sum: i32 = xq.iter().zip(&wq).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                    want = (sum as f32).mul_add(ws * xs, want);
+                }
+                let got = got[row * n + col];
+                assert_eq!(got, want, "{} lanes, {b}×{t} rows: row {row}, column {col}", target.lanes);
+            }
+        }
     }
 }

@@ -70,6 +70,10 @@ pub struct Target {
     pub device: Device,
     /// The CPU the code (a GPU target's host code included) is generated for.
     pub cpu: Cpu,
+    /// The CPU multiplies bytes in 4-byte dot products (`vpdpbusd`: AVX512-VNNI with 16 lanes,
+    /// AVX-VNNI with 8): int8 weights are then multiplied by `x` quantized to int8 per block
+    /// rather than converted to f32 (`matmul/int8_dot.rs`).
+    pub int8_dot: bool,
 }
 
 /// The x86-64 CPU code is generated for: this machine's, or a microarchitecture level that
@@ -117,6 +121,7 @@ impl Target {
         lanes: 8,
         device: Device::Cpu,
         cpu: Cpu::Host,
+        int8_dot: false,
     };
 
     /// An AVX-512 machine.
@@ -124,6 +129,7 @@ impl Target {
         lanes: 16,
         device: Device::Cpu,
         cpu: Cpu::Host,
+        int8_dot: false,
     };
 
     /// An NVIDIA GPU of compute capability 9.0 (H100, H200), with a host of this machine's kind.
@@ -131,15 +137,23 @@ impl Target {
         lanes: 8,
         device: Device::Cuda,
         cpu: Cpu::Host,
+        int8_dot: false,
     };
 
     /// The machine lmc runs on.
     pub fn host() -> Target {
         let features = llvm::host_features();
-        if features.split(',').any(|f| f == "+avx512f") {
-            Target::AVX512
+        let has = |feature: &str| features.split(',').any(|f| f == feature);
+        if has("+avx512f") {
+            Target {
+                int8_dot: has("+avx512vnni"),
+                ..Target::AVX512
+            }
         } else {
-            Target::AVX2
+            Target {
+                int8_dot: has("+avxvnni"),
+                ..Target::AVX2
+            }
         }
     }
 
@@ -152,10 +166,12 @@ impl Target {
             Cpu::X86_64V3 => 8,
             Cpu::X86_64V4 => 16,
         };
+        // The levels do not include VNNI.
         Target {
             lanes,
             device: Device::Cpu,
             cpu,
+            int8_dot: false,
         }
     }
 

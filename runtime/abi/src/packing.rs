@@ -99,8 +99,9 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-/// One int8 block: its scale and its elements (`round(w / scale)`, which is within ±127).
-fn quantize_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
+/// One int8 block: its scale and its elements (`round(w / scale)`, which is within ±127). The
+/// int8 kernels that multiply with integer dot products quantize `x` so too.
+pub fn quantize_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
     let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let scale = amax / 127.0;
     let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -117,7 +118,8 @@ fn quantize_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
 /// the matrix's transpose then reads `panel` contiguous columns per step of `K` (see the
 /// codegen's `matmul.rs`). An int8 panel puts each block's scales before its rows: per block
 /// of [`INT8_BLOCK`] rows, four rows of bytes holding `panel` little-endian f32 scales, then the
-/// block's rows, so a panel is `K / 32 · 36` rows of `panel` bytes.
+/// block's rows, so a panel is `K / 32 · 36` rows of `panel` bytes. With [`Packing::int8_dot`]
+/// the block's rows are in the order integer dot products read them instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Packing {
@@ -128,7 +130,16 @@ pub struct Packing {
     /// than a Linear's `[N, K]`; the panels are the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_by_out: bool,
+    /// An int8 block's rows are laid out for 4-byte integer dot products (x86's `vpdpbusd`,
+    /// which multiplies 4 unsigned bytes by 4 signed ones and adds the sum to a 32-bit lane):
+    /// each group of 4 steps of `K` stores a column's 4 bytes together, column after column,
+    /// and each byte is `q + 128` (unsigned). The scales' rows are as without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub int8_dot: bool,
 }
+
+/// Steps of `K` whose bytes a 4-byte integer dot product takes per column ([`Packing::int8_dot`]).
+pub const INT8_DOT_GROUP: usize = 4;
 
 impl Packing {
     /// Panels of `panel` rows of f32.
@@ -137,6 +148,7 @@ impl Packing {
             panel,
             format: WeightFormat::F32,
             in_by_out: false,
+            int8_dot: false,
         }
     }
 
@@ -263,6 +275,19 @@ impl Packing {
         }
     }
 
+    /// Where step `step` (of the block's [`INT8_BLOCK`]) of column `col` lies among an int8
+    /// block's rows, in bytes from the first.
+    fn int8_byte(&self, step: usize, col: usize) -> usize {
+        let panel = self.panel_len();
+        match self.int8_dot {
+            true => {
+                let group = step / INT8_DOT_GROUP;
+                (group * panel + col) * INT8_DOT_GROUP + step % INT8_DOT_GROUP
+            }
+            false => step * panel + col,
+        }
+    }
+
     fn pack_int8(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
         let panel = self.panel_len();
         let w = self.rows_of(w, n, k);
@@ -275,13 +300,20 @@ impl Packing {
                 .collect();
             for (b, block) in packed.chunks_exact_mut(block_bytes).enumerate() {
                 let (scales, quants) = block.split_at_mut(INT8_SCALE_ROWS * panel);
+                if self.int8_dot {
+                    // Zeros, as the padding columns hold them.
+                    quants.fill(128);
+                }
                 let lo = b * INT8_BLOCK;
                 let hi = (lo + INT8_BLOCK).min(k);
                 for (col, row) in rows.iter().enumerate() {
                     let (scale, q) = quantize_block(&row[lo..hi]);
                     scales[4 * col..4 * col + 4].copy_from_slice(&scale.to_le_bytes());
                     for (step, q) in q.iter().take(hi - lo).enumerate() {
-                        quants[step * panel + col] = q.to_le_bytes()[0];
+                        quants[self.int8_byte(step, col)] = match self.int8_dot {
+                            true => (i16::from(*q) + 128) as u8,
+                            false => q.to_le_bytes()[0],
+                        };
                     }
                 }
             }
@@ -297,6 +329,7 @@ impl crate::Manifest {
     pub fn weight_storage(&self) -> Option<String> {
         let mut formats: Vec<WeightFormat> = Vec::new();
         let (mut stored, mut as_f32, mut matrices, mut kept) = (0usize, 0usize, 0usize, 0usize);
+        let mut int8_dot = None;
         for spec in &self.params {
             let shape: Vec<usize> = spec
                 .shape
@@ -316,6 +349,9 @@ impl crate::Manifest {
             if !formats.contains(&p.format) {
                 formats.push(p.format);
             }
+            if p.format == WeightFormat::Int8 {
+                int8_dot = Some(p.int8_dot);
+            }
             matrices += 1;
             stored += p.packed_bytes(n, k);
             as_f32 += n * k * 4;
@@ -329,8 +365,13 @@ impl crate::Manifest {
             0 => String::new(),
             n => format!(", {n} kept f32 (rows not whole blocks of {})", INT8_BLOCK),
         };
+        let how = match int8_dot {
+            Some(true) => "; int8 multiplied with 8-bit dot products, x quantized per block of 32",
+            Some(false) => "; int8 converted to f32 as read (no 8-bit dot products on the CPU compiled for)",
+            None => "",
+        };
         Some(format!(
-            "{format} for {matrices} weight matrices ({:.1} MB, {:.1} MB as f32){kept}; every other tensor f32",
+            "{format} for {matrices} weight matrices ({:.1} MB, {:.1} MB as f32){kept}; every other tensor f32{how}",
             stored as f64 / 1e6,
             as_f32 as f64 / 1e6
         ))
@@ -440,6 +481,33 @@ mod tests {
         let block = &bytes[..36 * panel];
         assert!(block[8..16].iter().all(|&b| b == 0));
         assert!((4..36).all(|r| block[r * panel + 2] == 0 && block[r * panel + 3] == 0));
+    }
+
+    #[test]
+    fn int8_dot_blocks_hold_each_columns_four_steps_together_offset_by_128() {
+        let (n, k, panel) = (3usize, 64usize, 4usize);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0).collect();
+        let plain = Packing {
+            format: WeightFormat::Int8,
+            ..Packing::f32(panel as i64)
+        };
+        let dot = Packing { int8_dot: true, ..plain };
+        assert_eq!(dot.packed_shape(n, k), plain.packed_shape(n, k));
+        let (a, b) = (plain.pack_bytes(&w, n, k), dot.pack_bytes(&w, n, k));
+        for block in 0..k / 32 {
+            let (a, b) = (&a[block * 36 * panel..], &b[block * 36 * panel..]);
+            // The scales' rows are the same.
+            assert_eq!(a[..4 * panel], b[..4 * panel]);
+            for step in 0..32 {
+                for col in 0..panel {
+                    let q = a[(4 + step) * panel + col] as i8;
+                    let at = 4 * panel + (step / 4 * panel + col) * 4 + step % 4;
+                    assert_eq!(i16::from(b[at]) - 128, i16::from(q), "block {block} step {step} column {col}");
+                }
+            }
+        }
+        // Padding columns hold q = 0, stored 128.
+        assert_eq!(b[4 * panel + 3 * 4], 128);
     }
 
     #[test]

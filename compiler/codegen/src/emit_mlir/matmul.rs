@@ -11,7 +11,8 @@
 //!   tile of 12 (AVX2: 6) rows by one panel; each step of `K` broadcasts one element of `x` per
 //!   row and multiplies it with the panel's two contiguous vectors, prefetched ahead. A panel
 //!   stored as bf16 is widened as it is read; an int8 one is converted and multiplied by its
-//!   block's scales, read once per block of 32 steps (`--set weights=...`).
+//!   block's scales, read once per block of 32 steps (`--set weights=...`), or, on a CPU with
+//!   8-bit dot products, multiplied in integers with `x` quantized likewise ([`int8_dot`]).
 //! - Any other `x @ transpose(w)`, `w: [..., N, K]` (attention's `q · kᵀ`): each result
 //!   element is a dot product of two contiguous rows. A tile of rows of `x` by rows of `w`
 //!   keeps one vector of partial sums per element and sums its lanes at the end.
@@ -28,6 +29,7 @@ use lmc_core::ir::{Dim, Graph, Op, TensorType, ValueId};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
+mod int8_dot;
 mod widen;
 
 /// The broadcast tile: rows of `x` by two vectors of columns of `b`.
@@ -126,7 +128,12 @@ pub(super) enum RhsLayout {
 /// way (a tied embedding table's gather, inside a scan step) stays as it is. They are stored in
 /// the graph's weight format, except a matrix that format cannot hold (int8 rows that are not
 /// whole blocks), which stays f32.
-pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[Vec<ValueId>], lanes: i64) -> Vec<Option<Packing>> {
+pub(crate) fn param_packing(
+    g: &Graph,
+    regions: &[Option<ValueId>],
+    readers: &[Vec<ValueId>],
+    target: &crate::Target,
+) -> Vec<Option<Packing>> {
     let reads = WeightReads::new(g, regions, readers);
     let read_as_weight = |param: ValueId| {
         let transposes = &readers[param.0 as usize];
@@ -172,9 +179,10 @@ pub(crate) fn param_packing(g: &Graph, regions: &[Option<ValueId>], readers: &[V
             };
             let format = if g.weights.fits_rows_of(k) { g.weights } else { WeightFormat::F32 };
             (p && r).then_some(Packing {
-                panel: AXPY_VECTORS * lanes,
+                panel: AXPY_VECTORS * target.lanes,
                 format,
                 in_by_out,
+                int8_dot: format == WeightFormat::Int8 && target.int8_dot,
             })
         })
         .collect()
@@ -337,6 +345,10 @@ struct Kernel {
     out: String,
     /// The name of the bias, if the kernel adds one.
     bias: Option<String>,
+    /// Int8 panels are multiplied with integer dot products ([`int8_dot`]), and `x` quantized
+    /// for them once the kernel has read its sizes.
+    int8_dot: bool,
+    x_int8: Option<int8_dot::QuantizedX>,
 }
 
 impl Emitter<'_> {
@@ -354,6 +366,8 @@ impl Emitter<'_> {
             let out = self.empty(&mm.out);
             let prefix = format!("{}_", self.fresh());
             let mut kernel = Kernel::new(&prefix, self.target.lanes, [x, rhs, &out]);
+            kernel.int8_dot = self.target.int8_dot;
+            self.declare_int8_dot(mm);
             let filled = kernel.body(mm, false);
             self.body.push_str(&kernel.text);
             let ot = tensor_ty(&mm.out);
@@ -370,12 +384,14 @@ impl Emitter<'_> {
             mm.group,
             mm.bias.as_ref().map(tensor_ty)
         );
-        let lanes = self.target.lanes;
+        let (lanes, int8_dot) = (self.target.lanes, self.target.int8_dot);
         let name = self.functions.get_or_define("matmul", key, |name| {
             let mut kernel = Kernel::new("%k", lanes, ["%x", "%rhs", "%out"]);
+            kernel.int8_dot = int8_dot;
             kernel.bias = mm.bias.as_ref().map(|_| "%bias".to_string());
             kernel.function(name, mm)
         });
+        self.declare_int8_dot(mm);
         let (x, rhs) = (self.contiguous(x), self.contiguous(rhs));
         let init = self.empty(&mm.out);
         let (xt, rt, ot) = (tensor_ty(&mm.x), mm.rhs_ty(), tensor_ty(&mm.out));
@@ -472,6 +488,8 @@ impl Kernel {
             rhs: rhs.to_string(),
             out: out.to_string(),
             bias: None,
+            int8_dot: false,
+            x_int8: None,
         }
     }
 
@@ -578,6 +596,9 @@ impl Kernel {
         };
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
         let bounds: Vec<String> = (0..r - 2).map(|axis| self.dim(&self.out.clone(), &mm.out, axis)).collect();
+        if self.int8_dot && mm.layout == RhsLayout::Packed(WeightFormat::Int8) {
+            self.x_int8 = Some(self.quantize_x(mm, &bounds, &m, &k));
+        }
         let cols_per_tile = self.tile_shape(mm.layout).1;
         if parallel {
             // Blocks of whole tiles of columns, about COLUMN_BLOCKS of them: enough for every
@@ -792,10 +813,11 @@ impl Kernel {
     /// Panels stored as bf16 or int8 are converted as a tile reads them, once per tile of rows;
     /// with many rows (a prefill), each block of `K` of an int8 block's panels is first widened
     /// to f32 panels, once, and the tiles read those ([`Kernel::widened_panels`]). (bf16's
-    /// conversion is a shift: widening its panels first measured no faster.)
+    /// conversion is a shift: widening its panels first measured no faster.) Int8 panels read
+    /// with integer dot products are not converted at all, whatever the rows.
     #[allow(clippy::too_many_arguments)]
     fn packed_columns(&mut self, mm: &MatMul, batch: &[String], slice: &str, lo: &str, size: &str, m: &str, k: &str) -> String {
-        if PanelSource::packed(self, mm).format != WeightFormat::Int8 {
+        if PanelSource::packed(self, mm).format != WeightFormat::Int8 || self.int8_dot {
             return self.packed_blocks(mm, batch, [slice, lo, size, m, k], None);
         }
         // Both loop nests, one after the other, each running only where it applies (rather than
@@ -829,7 +851,11 @@ impl Kernel {
         };
         // Rows: whole tiles of each height in turn, down to single rows.
         let mut row_lo = c0.clone();
-        for rows in packed_rows(self.lanes) {
+        let tiles = match source.format == WeightFormat::Int8 && self.int8_dot {
+            true => int8_dot::dot_rows(self.lanes).to_vec(),
+            false => packed_rows(self.lanes).to_vec(),
+        };
+        for rows in tiles {
             let left = self.index_op("subi", m, &row_lo);
             let whole = self.round_down(&left, rows);
             let row_hi = self.index_op("addi", &row_lo, &whole);
@@ -946,7 +972,9 @@ impl Kernel {
             lanes: &lane_ix,
             x_rows: &row_ix,
         };
-        if format == WeightFormat::Int8 {
+        if format == WeightFormat::Int8 && self.int8_dot {
+            self.int8_dot_blocks(at, &step, &res, &inits);
+        } else if format == WeightFormat::Int8 {
             // Blocks of K, each with its scales, and the block's steps within (`k_lo` and `k`
             // are whole blocks: the codegen packs int8 only rows of whole blocks).
             let (kb, block_len) = (self.fresh(), self.index_const(INT8_BLOCK as i64));

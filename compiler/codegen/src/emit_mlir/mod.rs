@@ -305,7 +305,10 @@ impl Emitter<'_> {
         out.push_str(&self.body);
         let _ = writeln!(out, "    return");
         let _ = writeln!(out, "  }}");
-        for function in self.functions.texts("op").chain(self.functions.texts("matmul")) {
+        let texts = ["declaration", "op", "matmul"]
+            .into_iter()
+            .flat_map(|kind| self.functions.texts(kind));
+        for function in texts {
             out.push_str(function);
         }
         let schedule = schedule(&self.row_tile_sizes, &self.row_group_schedules);

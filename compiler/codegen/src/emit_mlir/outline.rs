@@ -30,6 +30,13 @@ impl Functions {
         name
     }
 
+    /// Declares an external function (an LLVM intrinsic called by name) once.
+    pub(super) fn declare(&mut self, text: String) {
+        if !self.defined.iter().any(|(kind, key, _)| *kind == "declaration" && *key == text) {
+            self.defined.push(("declaration", text.clone(), text));
+        }
+    }
+
     /// The text of every function of `kind`.
     pub(super) fn texts<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.defined

@@ -35,7 +35,7 @@ impl Plan {
         let readers = fuse::readers(g);
         let uses: Vec<usize> = readers.iter().map(Vec::len).collect();
         let mut fully_fused = fuse::fully_fused(g, &regions, &uses, &readers);
-        let packing = matmul::param_packing(g, &regions, &readers, target.lanes);
+        let packing = matmul::param_packing(g, &regions, &readers, target);
         let (packing, biased, row_groups) = if target.is_gpu() {
             (transposed_for_gpu(g, packing), Default::default(), fuse::RowGroups::default())
         } else {

@@ -1,0 +1,311 @@
+//! Int8 panels multiplied with integer dot products, on CPUs that have them ([`crate::Target`]'s
+//! `int8_dot`): llama.cpp's Q8_0 arithmetic. Converting every int8 weight to f32 and scaling it
+//! costs two instructions per vector of weights on top of the multiply, which kept int8 decoding
+//! at 2.3–2.9× f32's speed where reading a quarter of the bytes would allow 3.5.
+//!
+//! `x` is quantized once per call, each row's blocks of 32 elements of `K` as the weights are
+//! (`q = round(x / s)`, `s = max |x| / 127`), and each block of a tile is one integer dot product
+//! per element: `vpdpbusd` multiplies 4 unsigned bytes of the panel (stored `q + 128`, see
+//! [`lmc_abi::Packing::int8_dot`]) with 4 signed bytes of `x` and adds them to a 32-bit lane,
+//! so a vector of 16 columns takes 4 steps of `K` per instruction. The panel's offset of 128
+//! adds `128 · Σ q_x` to every column, which the block's sums start from minus. The block's sum
+//! (exact in 32 bits: at most 32 · 255 · 127) is then converted once and added, times the
+//! column's scale and the row's, to the f32 result.
+
+use super::{Kernel, MatMul, PanelStep, RhsLayout, TileAt};
+use crate::emit_mlir::{tensor_ty, Emitter};
+use lmc_abi::{WeightFormat, INT8_BLOCK, INT8_DOT_GROUP};
+
+/// `x` quantized by [`Kernel::quantize_x`]: `q`, `[..., M, K / 4 + K / 32]` of i32, holds each
+/// row's bytes 4 to an element and then, one per block, `-128 · Σ q` over the block; `scales`,
+/// `[..., M, K / 32]` of f32, each block's scale.
+pub(super) struct QuantizedX {
+    q: String,
+    q_ty: String,
+    scales: String,
+    scales_ty: String,
+    /// Where the blocks' sums start in a row of `q` (`K / 4`), an index value.
+    sums_at: String,
+}
+
+/// Rows of the tiles, tallest first: each element of a tile keeps an f32 sum across blocks and
+/// an i32 sum within one; with two vectors of the panel, a broadcast and two vectors of scales,
+/// AVX-512's 32 registers hold 6 rows (29), AVX2's 16 hold 3 (15).
+pub(super) fn dot_rows(lanes: i64) -> [i64; 2] {
+    if lanes >= 16 {
+        [6, 1]
+    } else {
+        [3, 1]
+    }
+}
+
+/// The LLVM intrinsic of `vpdpbusd` on `lanes` 32-bit lanes. It is called as a function of
+/// that name (LLVM takes a function named `llvm.*` for the intrinsic): an `llvm` dialect op
+/// among the kernels' tensors would stop bufferization, which needs every op's memory effects.
+fn vpdpbusd(lanes: i64) -> String {
+    format!("@llvm.x86.avx512.vpdpbusd.{}", lanes * 32)
+}
+
+impl Emitter<'_> {
+    /// Declares the intrinsic the kernel of `mm` calls, if it multiplies int8 panels with integer
+    /// dot products.
+    pub(super) fn declare_int8_dot(&mut self, mm: &MatMul) {
+        if self.target.int8_dot && mm.layout == RhsLayout::Packed(WeightFormat::Int8) {
+            let lanes = self.target.lanes;
+            let (v, b) = (format!("vector<{lanes}xi32>"), format!("vector<{}xi8>", 4 * lanes));
+            let name = vpdpbusd(lanes);
+            self.functions
+                .declare(format!("  func.func private {name}({v}, {b}, {b}) -> {v}\n"));
+        }
+    }
+}
+
+impl Kernel {
+    /// Quantizes `x` (`[..., M, K]`, batch axes `bounds`, `K` whole blocks) into a
+    /// [`QuantizedX`], read by every tile of the call.
+    pub(super) fn quantize_x(&mut self, mm: &MatMul, bounds: &[String], m: &str, k: &str) -> QuantizedX {
+        let rank = mm.x.rank();
+        let block = INT8_BLOCK as i64;
+        let (c0, c1) = (self.index_const(0), self.index_const(1));
+        let group = self.index_const(INT8_DOT_GROUP as i64);
+        let sums_at = self.index_op("divui", k, &group);
+        let blocks = self.ceil_div(k, block);
+        let q_cols = self.index_op("addi", &sums_at, &blocks);
+        let dynamic = vec!["?"; rank].join("x");
+        let (q_ty, scales_ty) = (format!("tensor<{dynamic}xi32>"), format!("tensor<{dynamic}xf32>"));
+        let mut sizes = bounds.to_vec();
+        sizes.push(m.to_string());
+        let (q0, s0) = (self.fresh(), self.fresh());
+        self.line(&format!("{q0} = tensor.empty({}, {q_cols}) : {q_ty}", sizes.join(", ")));
+        self.line(&format!("{s0} = tensor.empty({}, {blocks}) : {scales_ty}", sizes.join(", ")));
+        let both = format!("{q_ty}, {scales_ty}");
+        // One loop per axis of `x` but `K`, then the blocks; each carries both tensors.
+        let (mut q, mut s) = (q0, s0);
+        let mut ivs = Vec::new();
+        let mut results = Vec::new();
+        let mut uppers = sizes.clone();
+        uppers.push(blocks.clone());
+        for upper in &uppers {
+            let (res, iv, qa, sa) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+            self.line(&format!(
+                "{res}:2 = scf.for {iv} = {c0} to {upper} step {c1} iter_args({qa} = {q}, {sa} = {s}) -> ({both}) {{"
+            ));
+            ivs.push(iv);
+            results.push(res);
+            (q, s) = (qa, sa);
+        }
+        let b = ivs.pop().unwrap_or_default();
+        let block_len = self.index_const(block);
+        let at = self.index_op("muli", &b, &block_len);
+        let vec = format!("vector<{block}xf32>");
+        let ints = format!("vector<{block}xi32>");
+        let (pad, zero, one, most) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+        self.line(&format!("{pad} = arith.constant 0.0 : f32"));
+        self.line(&format!("{zero} = arith.constant 0.0 : f32"));
+        self.line(&format!("{one} = arith.constant 1.0 : f32"));
+        self.line(&format!("{most} = arith.constant 127.0 : f32"));
+        let mut idx = ivs.clone();
+        idx.push(at);
+        let names: Vec<String> = (0..12).map(|_| self.fresh()).collect();
+        let [v, abs, amax, scale, some, inverse, inv, inv_v, t, rounded, qi, sum] = names.as_slice() else {
+            unreachable!("twelve names")
+        };
+        self.line(&format!(
+            "{v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [true]}} : {}, {vec}",
+            self.x,
+            idx.join(", "),
+            tensor_ty(&mm.x)
+        ));
+        self.line(&format!("{abs} = math.absf {v} : {vec}"));
+        self.line(&format!("{amax} = vector.reduction <maxnumf>, {abs} : {vec} into f32"));
+        // As the weights' blocks are quantized (`lmc_abi::WeightFormat::Int8`).
+        self.line(&format!("{scale} = arith.divf {amax}, {most} : f32"));
+        self.line(&format!("{some} = arith.cmpf ogt, {scale}, {zero} : f32"));
+        self.line(&format!("{inverse} = arith.divf {one}, {scale} : f32"));
+        self.line(&format!("{inv} = arith.select {some}, {inverse}, {zero} : f32"));
+        self.line(&format!("{inv_v} = vector.broadcast {inv} : f32 to {vec}"));
+        self.line(&format!("{t} = arith.mulf {v}, {inv_v} : {vec}"));
+        self.line(&format!("{rounded} = math.round {t} : {vec}"));
+        self.line(&format!("{qi} = arith.fptosi {rounded} : {vec} to {ints}"));
+        self.line(&format!("{sum} = vector.reduction <add>, {qi} : {ints} into i32"));
+        let (minus, offset, bytes, words) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+        self.line(&format!("{minus} = arith.constant -128 : i32"));
+        self.line(&format!("{offset} = arith.muli {sum}, {minus} : i32"));
+        self.line(&format!("{bytes} = arith.trunci {qi} : {ints} to vector<{block}xi8>"));
+        let per_block = block / INT8_DOT_GROUP as i64;
+        self.line(&format!(
+            "{words} = vector.bitcast {bytes} : vector<{block}xi8> to vector<{per_block}xi32>"
+        ));
+        let words_per_block = self.index_const(per_block);
+        let word_at = self.index_op("muli", &b, &words_per_block);
+        let sum_at = self.index_op("addi", &sums_at, &b);
+        let row = ivs.join(", ");
+        let (q1, q2, s1) = (self.fresh(), self.fresh(), self.fresh());
+        self.line(&format!(
+            "{q1} = vector.transfer_write {words}, {q}[{row}, {word_at}] {{in_bounds = [true]}} : vector<{per_block}xi32>, {q_ty}"
+        ));
+        self.line(&format!("{q2} = tensor.insert {offset} into {q1}[{row}, {sum_at}] : {q_ty}"));
+        self.line(&format!("{s1} = tensor.insert {scale} into {s}[{row}, {b}] : {scales_ty}"));
+        let mut yielded = (q2, s1);
+        for res in results.iter().rev() {
+            self.line(&format!("  scf.yield {}, {} : {both}", yielded.0, yielded.1));
+            self.line("}");
+            yielded = (format!("{res}#0"), format!("{res}#1"));
+        }
+        QuantizedX {
+            q: yielded.0,
+            q_ty,
+            scales: yielded.1,
+            scales_ty,
+            sums_at,
+        }
+    }
+
+    /// The loop of a packed tile over the int8 blocks of `at.k_lo..at.k`, as `{res}:{count}`
+    /// from the f32 sums `inits` (`name = value` each): per block, the weights' scales, the
+    /// integer sums of 8 groups of 4 steps, then the scaled sums added in f32.
+    pub(super) fn int8_dot_blocks(&mut self, at: &TileAt<'_>, step: &PanelStep<'_>, res: &str, inits: &[String]) {
+        let Some(x) = self.x_int8.take() else {
+            unreachable!("an int8 dot tile runs after `quantize_x`")
+        };
+        let lanes = self.lanes;
+        let (fv, iv) = (format!("vector<{lanes}xf32>"), format!("vector<{lanes}xi32>"));
+        let count = inits.len();
+        let f_types = vec![fv.as_str(); count].join(", ");
+        let i_types = vec![iv.as_str(); count].join(", ");
+        let vectors = step.lanes.len();
+        let (kb, block_len) = (self.fresh(), self.index_const(INT8_BLOCK as i64));
+        let args: Vec<String> = inits
+            .iter()
+            .map(|i| i.split(" = ").next().unwrap_or_default().to_string())
+            .collect();
+        self.line(&format!(
+            "{res}:{count} = scf.for {kb} = {} to {} step {block_len} iter_args({}) -> ({f_types}) {{",
+            at.k_lo,
+            at.k,
+            inits.join(", ")
+        ));
+        let wt = step.source.ty.clone();
+        let (w_scales, first_row) = self.int8_scales(&wt, step.panel, &kb);
+        let block_row = self.index_op("addi", &kb, &first_row);
+        let block = self.index_op("divui", &kb, &block_len);
+        let sum_at = self.index_op("addi", &x.sums_at, &block);
+        let group = self.index_const(INT8_DOT_GROUP as i64);
+        let word0 = self.index_op("divui", &kb, &group);
+        // Each row's block: its scale, and the offset its integer sums start from.
+        let mut x_scales = Vec::new();
+        let mut starts = Vec::new();
+        for row in step.x_rows {
+            let mut idx = at.batch.to_vec();
+            idx.push(row.clone());
+            let (s, sv, o, ov) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+            let (scale_at, sum_idx) = ([idx.clone(), vec![block.clone()]].concat(), [idx, vec![sum_at.clone()]].concat());
+            self.line(&format!(
+                "  {s} = tensor.extract {}[{}] : {}",
+                x.scales,
+                scale_at.join(", "),
+                x.scales_ty
+            ));
+            self.line(&format!("  {sv} = vector.broadcast {s} : f32 to {fv}"));
+            self.line(&format!("  {o} = tensor.extract {}[{}] : {}", x.q, sum_idx.join(", "), x.q_ty));
+            self.line(&format!("  {ov} = vector.broadcast {o} : i32 to {iv}"));
+            x_scales.push(sv);
+            starts.extend(std::iter::repeat_n(ov, vectors));
+        }
+        // The 8 groups of 4 steps.
+        let groups = self.index_const((INT8_BLOCK / INT8_DOT_GROUP) as i64);
+        let (c0, c1) = (self.index_const(0), self.index_const(1));
+        let (sums, g) = (self.fresh(), self.fresh());
+        let sum_args: Vec<String> = starts.iter().map(|_| self.fresh()).collect();
+        let sum_inits: Vec<String> = sum_args.iter().zip(&starts).map(|(a, s)| format!("{a} = {s}")).collect();
+        self.line(&format!(
+            "  {sums}:{count} = scf.for {g} = {c0} to {groups} step {c1} iter_args({}) -> ({i_types}) {{",
+            sum_inits.join(", ")
+        ));
+        let four = self.index_const(INT8_DOT_GROUP as i64);
+        let rows_in = self.index_op("muli", &g, &four);
+        let row = self.index_op("addi", &block_row, &rows_in);
+        let ahead = self.index_const(super::PREFETCH_STEPS);
+        let later = self.index_op("addi", &row, &ahead);
+        // A group is 4 rows of the panel, 2 · 64 bytes with 16 lanes.
+        for r in (0..INT8_DOT_GROUP as i64).step_by((64 / (2 * lanes)).max(1) as usize) {
+            let offset = self.index_const(r);
+            let line = self.index_op("addi", &later, &offset);
+            self.line(&format!(
+                "  memref.prefetch {}[{}, {line}, {c0}], read, locality<3>, data : {}",
+                step.buf, step.panel, step.mt
+            ));
+        }
+        let weights = self.group_vectors(&wt, step, &row, vectors);
+        let word = self.index_op("addi", &word0, &g);
+        let intrinsic = vpdpbusd(lanes);
+        let bytes = format!("vector<{}xi8>", 4 * lanes);
+        let mut next = Vec::with_capacity(count);
+        for (i, x_row) in step.x_rows.iter().enumerate() {
+            let mut idx = at.batch.to_vec();
+            idx.extend([x_row.clone(), word.clone()]);
+            let (xw, xv, xb) = (self.fresh(), self.fresh(), self.fresh());
+            self.line(&format!("  {xw} = tensor.extract {}[{}] : {}", x.q, idx.join(", "), x.q_ty));
+            self.line(&format!("  {xv} = vector.broadcast {xw} : i32 to {iv}"));
+            self.line(&format!("  {xb} = vector.bitcast {xv} : {iv} to {bytes}"));
+            for (j, w) in weights.iter().enumerate() {
+                let d = self.fresh();
+                self.line(&format!(
+                    "  {d} = func.call {intrinsic}({}, {w}, {xb}) : ({iv}, {bytes}, {bytes}) -> {iv}",
+                    sum_args[i * vectors + j]
+                ));
+                next.push(d);
+            }
+        }
+        self.line(&format!("  scf.yield {} : {i_types}", next.join(", ")));
+        self.line("}");
+        // Each block's sums, scaled by the column's scale and the row's, added in f32.
+        let mut out = Vec::with_capacity(count);
+        for (i, x_scale) in x_scales.iter().enumerate() {
+            for (j, w_scale) in w_scales.iter().enumerate() {
+                let (f, s, sum) = (self.fresh(), self.fresh(), self.fresh());
+                self.line(&format!("  {f} = arith.sitofp {sums}#{} : {iv} to {fv}", i * vectors + j));
+                self.line(&format!("  {s} = arith.mulf {w_scale}, {x_scale} : {fv}"));
+                self.line(&format!("  {sum} = vector.fma {f}, {s}, {} : {fv}", args[i * vectors + j]));
+                out.push(sum);
+            }
+        }
+        self.line(&format!("  scf.yield {} : {f_types}", out.join(", ")));
+        self.line("}");
+        self.x_int8 = Some(x);
+    }
+
+    /// The panel's vectors of the group of 4 steps at `row`, each 4 bytes per column: vector
+    /// `j` (columns `j · lanes ..`) is the group's rows `2j` and `2j + 1`, read one at a time and
+    /// joined (a 2-D transfer is lowered through a stack buffer).
+    fn group_vectors(&mut self, wt: &str, step: &PanelStep<'_>, row: &str, vectors: usize) -> Vec<String> {
+        let lanes = self.lanes;
+        let width = 2 * lanes;
+        let (pad, c0) = (self.fresh(), self.index_const(0));
+        self.line(&format!("  {pad} = arith.constant 0 : i8"));
+        let row_ty = format!("vector<{width}xi8>");
+        let joined: Vec<String> = (0..2 * width).map(|i| i.to_string()).collect();
+        let joined = joined.join(", ");
+        let mut out = Vec::with_capacity(vectors);
+        for j in 0..vectors as i64 {
+            let mut halves = Vec::new();
+            for r in [2 * j, 2 * j + 1] {
+                let offset = self.index_const(r);
+                let at = self.index_op("addi", row, &offset);
+                let bytes = self.fresh();
+                self.line(&format!(
+                    "  {bytes} = vector.transfer_read {}[{}, {at}, {c0}], {pad} {{in_bounds = [true]}} : {wt}, {row_ty}",
+                    step.source.tensor, step.panel
+                ));
+                halves.push(bytes);
+            }
+            let line = self.fresh();
+            self.line(&format!(
+                "  {line} = vector.shuffle {}, {} [{joined}] : {row_ty}, {row_ty}",
+                halves[0], halves[1]
+            ));
+            out.push(line);
+        }
+        out
+    }
+}
