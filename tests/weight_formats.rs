@@ -520,22 +520,25 @@ fn int8_dot_products_compute_q8_0_exactly() {
     }
     // AVX-512's 16 lanes, and 8 (AVX-VNNI's, which an AVX512-VNNI CPU also runs).
     for lanes in [host.lanes, 8] {
-        int8_dot_linear(&lmc_codegen::Target { lanes, ..host });
+        for format in [WeightFormat::Int8, WeightFormat::Int4] {
+            int8_dot_linear(&lmc_codegen::Target { lanes, ..host }, format);
+        }
     }
 }
 
-fn int8_dot_linear(target: &lmc_codegen::Target) {
+/// One Linear stored in `format` (int8 or int4) against its blocks' arithmetic in Rust.
+fn int8_dot_linear(target: &lmc_codegen::Target, format: WeightFormat) {
     let file = "tests/corpus/linear.model";
     let text = std::fs::read_to_string(root().join(file)).unwrap();
     let program = lmc_core::load_source(file, &text, Some(&root().join("models"))).unwrap_or_else(|f| panic!("{:?}", f.diagnostics));
     let mut overrides = lmc_core::ConfigOverrides::default();
-    overrides.set.push(("weights".into(), "int8".into()));
+    overrides.set.push(("weights".into(), format.name().into()));
     let g = lmc_core::check_model(&program, Some("OneLinear"), &overrides)
         .unwrap_or_else(|e| panic!("{e:?}"))
         .graph;
     let m = lmc_codegen::manifest(&g, target);
     let packing = m.params.iter().find_map(|p| p.packing).unwrap();
-    assert!(packing.int8_dot && packing.format == WeightFormat::Int8, "{packing:?}");
+    assert!(packing.int8_dot && packing.format == format, "{packing:?}");
     let (k, n) = (96usize, 40usize);
     let weights = random(&m);
     let dir = scratch("weight_formats_int8_dot");
@@ -544,10 +547,11 @@ fn int8_dot_linear(target: &lmc_codegen::Target) {
     let tensor = |name: &str| weights.iter().find(|(t, ..)| t == name).unwrap().2.clone();
     let (w, bias) = (tensor("proj.weight"), tensor("proj.bias"));
     let model = bound_on(&g, &path, target);
-    assert!(model
-        .weight_storage()
-        .unwrap()
-        .ends_with("int8 multiplied with 8-bit dot products, x quantized per block of 32"));
+    let storage = model.weight_storage().unwrap();
+    assert!(storage.ends_with(&format!(
+        "{} multiplied with 8-bit dot products, x quantized per block of 32",
+        format.name()
+    )));
     for (b, t) in [(1usize, 1usize), (2, 7), (1, 50)] {
         let x: Vec<f32> = (0..b * t * k).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();
         let inputs = vec![HostTensor::from_f32("x", [b, t, k], x.clone()).unwrap()];
@@ -556,13 +560,79 @@ fn int8_dot_linear(target: &lmc_codegen::Target) {
             for col in 0..n {
                 let mut want = bias[col];
                 for (xb, wb) in x.chunks(32).zip(w[col * k..(col + 1) * k].chunks(32)) {
-                    let ((xs, xq), (ws, wq)) = (lmc_abi::quantize_block(xb), lmc_abi::quantize_block(wb));
+                    let ((xs, xq), (ws, wq)) = (lmc_abi::quantize_block(xb), format.quantize(wb));
                     let sum: i32 = xq.iter().zip(&wq).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
                     want = (sum as f32).mul_add(ws * xs, want);
                 }
                 let got = got[row * n + col];
-                assert_eq!(got, want, "{} lanes, {b}×{t} rows: row {row}, column {col}", target.lanes);
+                assert_eq!(
+                    got,
+                    want,
+                    "{} at {} lanes, {b}×{t} rows: row {row}, column {col}",
+                    format.name(),
+                    target.lanes
+                );
             }
         }
     }
+}
+
+/// Int4 (Q4_0's blocks) on LLaMA: close to the f32 model given the values int4 stores (the
+/// difference is `x`'s quantization), further from the original weights than int8; on a CPU
+/// without 8-bit dot products, an error that says so.
+#[test]
+fn int4_stores_q4_0_blocks_and_needs_dot_products() {
+    let case = &CASES[0];
+    let g = checked(case, WeightFormat::Int4);
+    let err = lmc_codegen::jit_for(&g, &converting())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("weights=int4 is multiplied with 8-bit dot products") && err.contains("weights=int8 runs there"),
+        "{err}"
+    );
+    if !lmc_codegen::Target::host().int8_dot {
+        eprintln!("skipped the rest: this CPU has no 8-bit dot products");
+        return;
+    }
+    let dir = scratch("weight_formats_int4");
+    let inputs = read_host_tensors(&root().join(case.fixture).join("inputs.safetensors"));
+    let f32_graph = checked(case, WeightFormat::F32);
+    let weights = random(&lmc_codegen::manifest(&f32_graph, &converting()));
+    let original = dir.join("original.safetensors");
+    write(&original, &weights);
+    let m = lmc_codegen::manifest(&g, &lmc_codegen::Target::host());
+    let rounded: Vec<_> = weights
+        .iter()
+        .map(
+            |(name, shape, values)| match m.params.iter().find(|p| &p.name == name).and_then(|p| p.packing) {
+                Some(p) => {
+                    let (n, k) = p.matrix(shape).unwrap();
+                    (name.clone(), shape.clone(), p.round_trip(values, n, k))
+                }
+                None => (name.clone(), shape.clone(), values.clone()),
+            },
+        )
+        .collect();
+    let rounded_path = dir.join("int4.safetensors");
+    write(&rounded_path, &rounded);
+    let model = bound(&g, &original);
+    let storage = model.weight_storage().unwrap();
+    assert!(storage.starts_with("int4 for ") && storage.contains("kept f32"), "{storage}");
+    let got = logits(&model, &inputs);
+    let want = logits(&bound(&f32_graph, &rounded_path), &inputs);
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let err = max_abs_diff(&got, &want);
+    assert!(
+        err > 0.0 && err <= 0.03 * scale,
+        "{err} from the f32 model given int4's values (logits up to {scale})"
+    );
+    let plain = logits(&bound(&f32_graph, &original), &inputs);
+    let int8 = logits(&bound(&checked(case, WeightFormat::Int8), &original), &inputs);
+    let (int4_off, int8_off) = (max_abs_diff(&got, &plain), max_abs_diff(&int8, &plain));
+    assert!(
+        int4_off > 2.0 * int8_off && int4_off < 0.3 * scale,
+        "int4 {int4_off}, int8 {int8_off} from f32 (logits up to {scale})"
+    );
 }

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Greedy decoding speed with the weight matrices stored as f32, bf16 and int8 (`--set
+"""Greedy decoding speed with the weight matrices stored as f32, bf16, int8 and int4 (`--set
 weights=...`) on a LLaMA-shaped random model (8 layers of 1024, MLP 2816, 32k vocabulary,
 untied head), on GPT-2 small (its tied head read through a packed copy) and on a Mamba of
 mamba-130m's shape (24 layers of 768, state 16, tied head), beside
-transformers in fp32 and bf16 (and, for the LLaMA shape, llama.cpp in Q8_0 where its Python
-bindings are installed), in interleaved rounds of one run; and each format's
-memory-bandwidth bound: the bytes a step reads (the matmuls' weights in the format, int8's
-scales included; every other weight in f32; of the input embedding one row) over the read
+transformers in fp32 and bf16 (and, for the LLaMA shape, llama.cpp in Q8_0 and Q4_0 where its
+Python bindings are installed), in interleaved rounds of one run; and each format's
+memory-bandwidth bound: the bytes a step reads (the matmuls' weights in the format, int8's and
+int4's scales included; every other weight in f32; of the input embedding one row) over the read
 bandwidth measured here (a 2-thread sum over 1 GiB). Batch 1, an 8-token prompt, 2 threads.
 Needs the peers' venv (`bench/peers/setup_venv.sh`); never part of the test command.
 
@@ -24,8 +24,10 @@ from timing import offline_torch
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHAPE = {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
          "num_key_value_heads": 16, "head_dim": 64, "vocab_size": 32000, "max_position_embeddings": 512}
-# Bytes per element of a Linear weight: int8's f32 scale per block of 32 adds 4/32.
-BYTES = {"f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32}
+# Bytes per element of a Linear weight: int8's and int4's f32 scale per block of 32 adds 4/32.
+BYTES = {"f32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32, "int4": 0.5 + 4.0 / 32}
+# llama.cpp's formats beside them: int8 and 4-bit blocks of 32 with an f16 scale each.
+LLAMA_CPP = ["Q8_0", "Q4_0"]
 # mamba-130m's shape; transformers resolves time_step_rank "auto" to ceil(768 / 16) = 48, lmc's default.
 MAMBA = {"hidden_size": 768, "num_hidden_layers": 24, "vocab_size": 50280}
 
@@ -51,10 +53,10 @@ GGUF_LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 
 
-def llama_cpp_tokens_per_s(model, ids, new, tmp):
+def llama_cpp_tokens_per_s(model, ids, new, tmp, kind):
     """llama.cpp's greedy decoding (its Python bindings, 2 threads) of `model`'s shape with its
-    matrices in Q8_0, llama.cpp's int8 blocks of 32 with an f16 scale each, written as a GGUF
-    file here; its decode steps' tokens per second. None when the bindings are not installed
+    matrices in `kind` (Q8_0 or Q4_0, llama.cpp's int8 or 4-bit blocks of 32 with an f16 scale
+    each), written as a GGUF file here; its decode steps' tokens per second. None when the bindings are not installed
     (`pip install llama-cpp-python gguf`: they build llama.cpp from source). The weights are
     the transformers model's, unpermuted (their values do not change the time), and the
     vocabulary is placeholder pieces (the prompt goes in as ids)."""
@@ -64,7 +66,8 @@ def llama_cpp_tokens_per_s(model, ids, new, tmp):
     except ImportError:
         return None
     import time
-    path = pathlib.Path(tmp) / "llama-q8_0.gguf"
+    path = pathlib.Path(tmp) / f"llama-{kind.lower()}.gguf"
+    quant = getattr(gguf.GGMLQuantizationType, kind)
     if not path.exists():
         cfg = model.config
         writer = gguf.GGUFWriter(str(path), "llama")
@@ -79,7 +82,7 @@ def llama_cpp_tokens_per_s(model, ids, new, tmp):
         # transformers 5 keeps it among `rope_parameters`.
         rope = getattr(cfg, "rope_parameters", None) or {}
         writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{kind}"))
         writer.add_tokenizer_model("llama")
         writer.add_token_list([f"<t{i}>".encode() for i in range(cfg.vocab_size)])
         writer.add_token_scores([0.0] * cfg.vocab_size)
@@ -95,8 +98,8 @@ def llama_cpp_tokens_per_s(model, ids, new, tmp):
                 name = GGUF_NAMES[name]
             values = tensor.float().numpy()
             if values.ndim == 2:
-                quantized = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
-                writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                quantized = gguf.quants.quantize(values, quant)
+                writer.add_tensor(name, quantized, raw_dtype=quant)
             else:
                 writer.add_tensor(name, values)
         writer.write_header_to_file()
@@ -143,7 +146,7 @@ def main():
         ids = torch.randint(0, model.config.vocab_size, (1, PROMPT))
         best = {name: 0.0 for name in [*BYTES, "transformers fp32", "transformers bf16"]}
         if spec.startswith("models/llama.model"):
-            best["llama.cpp Q8_0"] = 0.0
+            best.update({f"llama.cpp {kind}": 0.0 for kind in LLAMA_CPP})
         with tempfile.TemporaryDirectory() as tmp:
             out = pathlib.Path(tmp) / "lmc.json"
             for _ in range(args.rounds):
@@ -157,11 +160,13 @@ def main():
                     best[fmt] = max(best[fmt], json.loads(out.read_text())["decode_tokens_per_s"])
                 best["transformers fp32"] = max(best["transformers fp32"], transformers_tokens_per_s(torch, model, ids, args.new))
                 best["transformers bf16"] = max(best["transformers bf16"], transformers_tokens_per_s(torch, half, ids, args.new))
-                if "llama.cpp Q8_0" in best:
-                    best["llama.cpp Q8_0"] = max(best["llama.cpp Q8_0"], llama_cpp_tokens_per_s(model, ids, args.new, tmp) or 0.0)
+                for kind in LLAMA_CPP:
+                    name = f"llama.cpp {kind}"
+                    if name in best:
+                        best[name] = max(best[name], llama_cpp_tokens_per_s(model, ids, args.new, tmp, kind) or 0.0)
         print(title)
         for name, tokens_per_s in best.items():
-            if name == "llama.cpp Q8_0" and tokens_per_s == 0.0:
+            if name.startswith("llama.cpp") and tokens_per_s == 0.0:
                 print(f"  {name:18} not installed (pip install llama-cpp-python gguf)")
                 continue
             line = f"  {name:18} {tokens_per_s:7.1f} tokens/s  {tokens_per_s / best['f32']:.2f}x lmc f32"

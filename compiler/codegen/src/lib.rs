@@ -229,6 +229,13 @@ pub fn check_target(g: &Graph, target: &Target) -> Result<(), CodegenError> {
             g.weights.name()
         )));
     }
+    if g.weights == lmc_abi::WeightFormat::Int4 && !target.int8_dot {
+        return Err(CodegenError::Unsupported(
+            "weights=int4 is multiplied with 8-bit dot products (AVX512-VNNI, or AVX-VNNI), which the CPU compiled for \
+             lacks; weights=int8 runs there (converted to f32 as read)"
+                .to_string(),
+        ));
+    }
     Ok(())
 }
 

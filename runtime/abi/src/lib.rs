@@ -27,7 +27,7 @@
 pub mod buffers;
 mod packing;
 
-pub use packing::{quantize_block, Packing, WeightFormat, INT8_BLOCK, INT8_DOT_GROUP, INT8_SCALE_ROWS};
+pub use packing::{quantize_block, quantize_int4_block, Packing, WeightFormat, INT8_BLOCK, INT8_DOT_GROUP, INT8_SCALE_ROWS};
 
 use serde::{Deserialize, Serialize};
 

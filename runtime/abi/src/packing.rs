@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Elements of `K` that share one scale in [`WeightFormat::Int8`] (llama.cpp's Q8_0 blocks).
 pub const INT8_BLOCK: usize = 32;
 
-/// Rows of a packed int8 panel that hold one block's scales: `panel` f32 scales are
+/// Rows of a packed int8 (or int4) panel that hold one block's scales: `panel` f32 scales are
 /// `4 · panel` bytes, four rows of `panel` one-byte elements.
 pub const INT8_SCALE_ROWS: usize = 4;
 
@@ -23,17 +23,23 @@ pub enum WeightFormat {
     /// scale: `w ≈ scale · q`, `scale = max |w| / 127` over the block, `q = round(w / scale)`
     /// (llama.cpp's Q8_0, with an f32 scale where it stores an f16).
     Int8,
+    /// 4-bit integers, two to a byte, in blocks of [`INT8_BLOCK`] with one f32 scale each:
+    /// `w ≈ scale · q`, `q` in `-8..=7`, `scale = m / -8` for the block's element `m` of largest
+    /// magnitude, `q = round(w / scale)` clamped (llama.cpp's Q4_0, with an f32 scale). Read
+    /// only by kernels with 8-bit dot products ([`Packing::int8_dot`]).
+    Int4,
 }
 
 impl WeightFormat {
     /// The names `--set weights=...` takes.
-    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "int8"];
+    pub const NAMES: [&'static str; 4] = ["f32", "bf16", "int8", "int4"];
 
     pub fn from_name(name: &str) -> Option<WeightFormat> {
         match name {
             "f32" => Some(WeightFormat::F32),
             "bf16" => Some(WeightFormat::Bf16),
             "int8" => Some(WeightFormat::Int8),
+            "int4" => Some(WeightFormat::Int4),
             _ => None,
         }
     }
@@ -43,6 +49,7 @@ impl WeightFormat {
             WeightFormat::F32 => "f32",
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Int8 => "int8",
+            WeightFormat::Int4 => "int4",
         }
     }
 
@@ -50,19 +57,34 @@ impl WeightFormat {
         *self == WeightFormat::F32
     }
 
-    /// Bytes of one stored element (an int8 block's scale comes on top).
+    /// Bytes of one element of the packed form (an int4 byte holds two weights; an int8 or
+    /// int4 block's scale comes on top).
     pub fn element_bytes(self) -> usize {
         match self {
             WeightFormat::F32 => 4,
             WeightFormat::Bf16 => 2,
-            WeightFormat::Int8 => 1,
+            WeightFormat::Int8 | WeightFormat::Int4 => 1,
         }
     }
 
-    /// Whether a matrix whose rows have `k` elements can be stored this way: int8 needs whole
-    /// blocks.
+    /// Whether the format stores blocks of integers with a scale each (int8, int4).
+    pub fn is_blocked(self) -> bool {
+        matches!(self, WeightFormat::Int8 | WeightFormat::Int4)
+    }
+
+    /// Rows of a packed panel per block of [`INT8_BLOCK`] steps of `K` of a blocked format:
+    /// the scales' rows, then a byte per step (int8) or per two steps (int4).
+    pub fn block_rows(self) -> usize {
+        match self {
+            WeightFormat::Int4 => INT8_SCALE_ROWS + INT8_BLOCK / 2,
+            _ => INT8_SCALE_ROWS + INT8_BLOCK,
+        }
+    }
+
+    /// Whether a matrix whose rows have `k` elements can be stored this way: int8 and int4 need
+    /// whole blocks.
     pub fn fits_rows_of(self, k: usize) -> bool {
-        self != WeightFormat::Int8 || (k > 0 && k.is_multiple_of(INT8_BLOCK))
+        !self.is_blocked() || (k > 0 && k.is_multiple_of(INT8_BLOCK))
     }
 
     /// The values a kernel multiplies by when a row-major `[n, k]` matrix `w` is stored this way
@@ -71,18 +93,41 @@ impl WeightFormat {
         match self {
             WeightFormat::F32 => w.to_vec(),
             WeightFormat::Bf16 => w.iter().map(|&x| bf16_to_f32(f32_to_bf16(x))).collect(),
-            WeightFormat::Int8 => {
+            WeightFormat::Int8 | WeightFormat::Int4 => {
                 let mut out = Vec::with_capacity(w.len());
                 for row in w.chunks(k.max(1)) {
                     for block in row.chunks(INT8_BLOCK) {
-                        let (scale, q) = quantize_block(block);
-                        out.extend(q.iter().map(|&q| scale * f32::from(q)));
+                        let (scale, q) = self.quantize(block);
+                        out.extend(q.iter().take(block.len()).map(|&q| scale * f32::from(q)));
                     }
                 }
                 out
             }
         }
     }
+}
+
+impl WeightFormat {
+    /// One block of a blocked format: its scale and its integers ([`quantize_block`] for int8,
+    /// [`quantize_int4_block`] for int4).
+    pub fn quantize(self, block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
+        match self {
+            WeightFormat::Int4 => quantize_int4_block(block),
+            _ => quantize_block(block),
+        }
+    }
+}
+
+/// One int4 block: its scale and its elements, within `-8..=7` (see [`WeightFormat::Int4`]).
+pub fn quantize_int4_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
+    let m = block.iter().fold(0.0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+    let scale = m / -8.0;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut q = [0i8; INT8_BLOCK];
+    for (q, x) in q.iter_mut().zip(block) {
+        *q = (x * inverse).round().clamp(-8.0, 7.0) as i8;
+    }
+    (scale, q)
 }
 
 /// `x` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), as its bits.
@@ -181,7 +226,7 @@ impl Packing {
     pub fn packed_shape(&self, n: usize, k: usize) -> [usize; 3] {
         let panel = self.panel_len();
         let rows = match self.format {
-            WeightFormat::Int8 => k.div_ceil(INT8_BLOCK) * (INT8_BLOCK + INT8_SCALE_ROWS),
+            WeightFormat::Int8 | WeightFormat::Int4 => k.div_ceil(INT8_BLOCK) * self.format.block_rows(),
             WeightFormat::F32 | WeightFormat::Bf16 => k,
         };
         [n.div_ceil(panel), rows, panel]
@@ -271,28 +316,35 @@ impl Packing {
         match self.format {
             WeightFormat::F32 => self.pack(w, n, k).iter().flat_map(|x| x.to_le_bytes()).collect(),
             WeightFormat::Bf16 => self.pack(w, n, k).iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect(),
-            WeightFormat::Int8 => self.pack_int8(w, n, k),
+            WeightFormat::Int8 | WeightFormat::Int4 => self.pack_blocks(w, n, k),
         }
     }
 
     /// Where step `step` (of the block's [`INT8_BLOCK`]) of column `col` lies among an int8
-    /// block's rows, in bytes from the first.
-    fn int8_byte(&self, step: usize, col: usize) -> usize {
+    /// block's rows, in bytes from the first, and for int4 whether in the byte's high nibble.
+    /// Int4's bytes are int8's dot product layout folded in two: group `g` of 4 steps in the low
+    /// nibbles and group `g + 4` in the high nibbles of the same bytes, so that one load gives a
+    /// kernel two groups.
+    fn block_byte(&self, step: usize, col: usize) -> (usize, bool) {
         let panel = self.panel_len();
-        match self.int8_dot {
-            true => {
-                let group = step / INT8_DOT_GROUP;
-                (group * panel + col) * INT8_DOT_GROUP + step % INT8_DOT_GROUP
+        let group = step / INT8_DOT_GROUP;
+        let groups = INT8_BLOCK / INT8_DOT_GROUP;
+        match (self.format, self.int8_dot) {
+            (WeightFormat::Int4, _) => {
+                let (pair, high) = (group % (groups / 2), group >= groups / 2);
+                ((pair * panel + col) * INT8_DOT_GROUP + step % INT8_DOT_GROUP, high)
             }
-            false => step * panel + col,
+            (_, true) => ((group * panel + col) * INT8_DOT_GROUP + step % INT8_DOT_GROUP, false),
+            (_, false) => (step * panel + col, false),
         }
     }
 
-    fn pack_int8(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
+    /// The packed bytes of a blocked format (int8 or int4).
+    fn pack_blocks(&self, w: &[f32], n: usize, k: usize) -> Vec<u8> {
         let panel = self.panel_len();
         let w = self.rows_of(w, n, k);
         let mut out = vec![0u8; self.packed_bytes(n, k)];
-        let block_bytes = (INT8_BLOCK + INT8_SCALE_ROWS) * panel;
+        let block_bytes = self.format.block_rows() * panel;
         let panel_bytes = k.div_ceil(INT8_BLOCK) * block_bytes;
         for (p, packed) in out.chunks_exact_mut(panel_bytes.max(1)).enumerate() {
             let rows: Vec<&[f32]> = (p * panel..((p + 1) * panel).min(n))
@@ -300,20 +352,26 @@ impl Packing {
                 .collect();
             for (b, block) in packed.chunks_exact_mut(block_bytes).enumerate() {
                 let (scales, quants) = block.split_at_mut(INT8_SCALE_ROWS * panel);
-                if self.int8_dot {
-                    // Zeros, as the padding columns hold them.
-                    quants.fill(128);
+                // Zeros, as the padding columns hold them.
+                match self.format {
+                    WeightFormat::Int4 => quants.fill(0x88),
+                    _ if self.int8_dot => quants.fill(128),
+                    _ => {}
                 }
                 let lo = b * INT8_BLOCK;
                 let hi = (lo + INT8_BLOCK).min(k);
                 for (col, row) in rows.iter().enumerate() {
-                    let (scale, q) = quantize_block(&row[lo..hi]);
+                    let (scale, q) = self.format.quantize(&row[lo..hi]);
                     scales[4 * col..4 * col + 4].copy_from_slice(&scale.to_le_bytes());
                     for (step, q) in q.iter().take(hi - lo).enumerate() {
-                        quants[self.int8_byte(step, col)] = match self.int8_dot {
-                            true => (i16::from(*q) + 128) as u8,
-                            false => q.to_le_bytes()[0],
-                        };
+                        let (at, high) = self.block_byte(step, col);
+                        match (self.format, high) {
+                            // Unsigned, `q + 8`.
+                            (WeightFormat::Int4, false) => quants[at] = (quants[at] & 0xf0) | (q + 8) as u8,
+                            (WeightFormat::Int4, true) => quants[at] = (quants[at] & 0x0f) | (((q + 8) as u8) << 4),
+                            _ if self.int8_dot => quants[at] = (i16::from(*q) + 128) as u8,
+                            _ => quants[at] = q.to_le_bytes()[0],
+                        }
                     }
                 }
             }
@@ -349,7 +407,7 @@ impl crate::Manifest {
             if !formats.contains(&p.format) {
                 formats.push(p.format);
             }
-            if p.format == WeightFormat::Int8 {
+            if p.format.is_blocked() {
                 int8_dot = Some(p.int8_dot);
             }
             matrices += 1;
@@ -366,9 +424,9 @@ impl crate::Manifest {
             n => format!(", {n} kept f32 (rows not whole blocks of {})", INT8_BLOCK),
         };
         let how = match int8_dot {
-            Some(true) => "; int8 multiplied with 8-bit dot products, x quantized per block of 32",
-            Some(false) => "; int8 converted to f32 as read (no 8-bit dot products on the CPU compiled for)",
-            None => "",
+            Some(true) => format!("; {format} multiplied with 8-bit dot products, x quantized per block of 32"),
+            Some(false) => format!("; {format} converted to f32 as read (no 8-bit dot products on the CPU compiled for)"),
+            None => String::new(),
         };
         Some(format!(
             "{format} for {matrices} weight matrices ({:.1} MB, {:.1} MB as f32){kept}; every other tensor f32{how}",
@@ -508,6 +566,40 @@ mod tests {
         }
         // Padding columns hold q = 0, stored 128.
         assert_eq!(b[4 * panel + 3 * 4], 128);
+    }
+
+    #[test]
+    fn int4_blocks_hold_two_groups_per_byte_offset_by_8() {
+        let (n, k, panel) = (3usize, 64usize, 4usize);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0).collect();
+        let p = Packing {
+            format: WeightFormat::Int4,
+            int8_dot: true,
+            ..Packing::f32(panel as i64)
+        };
+        assert_eq!(p.packed_shape(n, k), [1, 2 * 20, 4]);
+        let bytes = p.pack_bytes(&w, n, k);
+        let stored = WeightFormat::Int4.round_trip(&w, k);
+        for row in 0..n {
+            for kk in 0..k {
+                let block = &bytes[(kk / 32) * 20 * panel..];
+                let s = &block[4 * row..4 * row + 4];
+                let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                let (step, group) = (kk % 32, kk % 32 / 4);
+                let byte = block[4 * panel + ((group % 4) * panel + row) * 4 + step % 4];
+                let nibble = if group >= 4 { byte >> 4 } else { byte & 0x0f };
+                let q = i8::try_from(nibble).unwrap() - 8;
+                assert_eq!(scale * f32::from(q), stored[row * k + kk], "row {row} step {kk}");
+                // Within half a step, or the one step that 8 levels above zero lacks.
+                assert!((stored[row * k + kk] - w[row * k + kk]).abs() <= scale.abs() * 1.0 + 1e-6);
+            }
+            // The element of largest magnitude is -8 steps exactly.
+            let block = &w[row * k..row * k + 32];
+            let m = block.iter().fold(0.0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+            assert!(stored[row * k..row * k + 32].contains(&m));
+        }
+        // Padding columns hold q = 0: both nibbles 8.
+        assert_eq!(bytes[4 * panel + 3 * 4], 0x88);
     }
 
     #[test]

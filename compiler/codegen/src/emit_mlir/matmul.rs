@@ -182,7 +182,7 @@ pub(crate) fn param_packing(
                 panel: AXPY_VECTORS * target.lanes,
                 format,
                 in_by_out,
-                int8_dot: format == WeightFormat::Int8 && target.int8_dot,
+                int8_dot: format.is_blocked() && target.int8_dot,
             })
         })
         .collect()
@@ -596,7 +596,7 @@ impl Kernel {
         };
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
         let bounds: Vec<String> = (0..r - 2).map(|axis| self.dim(&self.out.clone(), &mm.out, axis)).collect();
-        if self.int8_dot && mm.layout == RhsLayout::Packed(WeightFormat::Int8) {
+        if self.int8_dot && matches!(mm.layout, RhsLayout::Packed(f) if f.is_blocked()) {
             self.x_int8 = Some(self.quantize_x(mm, &bounds, &m, &k));
         }
         let cols_per_tile = self.tile_shape(mm.layout).1;
@@ -851,7 +851,7 @@ impl Kernel {
         };
         // Rows: whole tiles of each height in turn, down to single rows.
         let mut row_lo = c0.clone();
-        let tiles = match source.format == WeightFormat::Int8 && self.int8_dot {
+        let tiles = match source.format.is_blocked() && self.int8_dot {
             true => int8_dot::dot_rows(self.lanes).to_vec(),
             false => packed_rows(self.lanes).to_vec(),
         };
@@ -972,7 +972,7 @@ impl Kernel {
             lanes: &lane_ix,
             x_rows: &row_ix,
         };
-        if format == WeightFormat::Int8 && self.int8_dot {
+        if format.is_blocked() && self.int8_dot {
             self.int8_dot_blocks(at, &step, &res, &inits);
         } else if format == WeightFormat::Int8 {
             // Blocks of K, each with its scales, and the block's steps within (`k_lo` and `k`
@@ -984,7 +984,7 @@ impl Kernel {
                 at.k,
                 inits.join(", ")
             ));
-            let (scales, first_row) = self.int8_scales(&wt, &panel, &kb);
+            let (scales, first_row) = self.int8_scales(&wt, format, &panel, &kb);
             let block_end = self.index_op("addi", &kb, &block_len);
             let (inner, inner_args) = (self.fresh(), args.iter().map(|_| self.fresh()).collect::<Vec<_>>());
             let inner_inits: Vec<String> = inner_args.iter().zip(&args).map(|(a, b)| format!("{a} = {b}")).collect();
@@ -1062,7 +1062,7 @@ impl Kernel {
         let elem = super::text::format_elem(source.format);
         let (stored, vec) = (format!("vector<{lanes}x{elem}>"), format!("vector<{lanes}xf32>"));
         let pad = self.fresh();
-        let zero = if source.format == WeightFormat::Int8 { "0" } else { "0.0" };
+        let zero = if source.format.is_blocked() { "0" } else { "0.0" };
         self.line(&format!("  {pad} = arith.constant {zero} : {elem}"));
         let mut bs = Vec::with_capacity(lanes_at.len());
         for (j, lane) in lanes_at.iter().enumerate() {
@@ -1078,6 +1078,7 @@ impl Kernel {
                     self.line(&format!("  {wide} = arith.extf {read} : {stored} to {vec}"));
                     wide
                 }
+                (WeightFormat::Int4, _) => unreachable!("int4 panels are read with dot products only (`check_target`)"),
                 (WeightFormat::Int8, scales) => {
                     let float = self.fresh();
                     self.line(&format!("  {float} = arith.sitofp {read} : {stored} to {vec}"));
@@ -1096,10 +1097,10 @@ impl Kernel {
         bs
     }
 
-    /// The scales of the int8 block starting at step `kb` of `K`, one f32 vector per vector of
+    /// The scales of the int8 (or int4) block starting at step `kb` of `K`, one f32 vector per vector of
     /// the panel (the block's first rows hold them as bytes, see [`Packing`]), and what to add
     /// to a step of the block to get its row of the panel.
-    fn int8_scales(&mut self, wt: &str, panel: &str, kb: &str) -> (Vec<String>, String) {
+    fn int8_scales(&mut self, wt: &str, format: WeightFormat, panel: &str, kb: &str) -> (Vec<String>, String) {
         let lanes = self.lanes;
         let width = AXPY_VECTORS * lanes;
         // The panel's `width` scales fill its first INT8_SCALE_ROWS rows; each vector of them
@@ -1107,7 +1108,7 @@ impl Kernel {
         let rows_per_vector = INT8_SCALE_ROWS as i64 / AXPY_VECTORS;
         let block_len = self.index_const(INT8_BLOCK as i64);
         let block = self.index_op("divui", kb, &block_len);
-        let block_rows = self.index_const((INT8_BLOCK + INT8_SCALE_ROWS) as i64);
+        let block_rows = self.index_const(format.block_rows() as i64);
         let scale_row = self.index_op("muli", &block, &block_rows);
         let (c0, pad) = (self.index_const(0), self.fresh());
         self.line(&format!("  {pad} = arith.constant 0 : i8"));

@@ -16,7 +16,7 @@ pub(super) fn format_elem(f: lmc_abi::WeightFormat) -> &'static str {
     match f {
         lmc_abi::WeightFormat::F32 => "f32",
         lmc_abi::WeightFormat::Bf16 => "bf16",
-        lmc_abi::WeightFormat::Int8 => "i8",
+        lmc_abi::WeightFormat::Int8 | lmc_abi::WeightFormat::Int4 => "i8",
     }
 }
 

@@ -11,13 +11,17 @@
 //! adds `128 · Σ q_x` to every column, which the block's sums start from minus. The block's sum
 //! (exact in 32 bits: at most 32 · 255 · 127) is then converted once and added, times the
 //! column's scale and the row's, to the f32 result.
+//!
+//! Int4 panels (llama.cpp's Q4_0) hold two groups of 4 steps in each byte's nibbles, `q + 8`:
+//! one load, two masks and a shift give the two groups' unsigned bytes, and the sums start
+//! from `-8 · Σ q_x`.
 
 use super::{Kernel, MatMul, PanelStep, RhsLayout, TileAt};
 use crate::emit_mlir::{tensor_ty, Emitter};
 use lmc_abi::{WeightFormat, INT8_BLOCK, INT8_DOT_GROUP};
 
 /// `x` quantized by [`Kernel::quantize_x`]: `q`, `[..., M, K / 4 + K / 32]` of i32, holds each
-/// row's bytes 4 to an element and then, one per block, `-128 · Σ q` over the block; `scales`,
+/// row's bytes 4 to an element and then, one per block, `Σ q` over the block; `scales`,
 /// `[..., M, K / 32]` of f32, each block's scale.
 pub(super) struct QuantizedX {
     q: String,
@@ -50,7 +54,7 @@ impl Emitter<'_> {
     /// Declares the intrinsic the kernel of `mm` calls, if it multiplies int8 panels with integer
     /// dot products.
     pub(super) fn declare_int8_dot(&mut self, mm: &MatMul) {
-        if self.target.int8_dot && mm.layout == RhsLayout::Packed(WeightFormat::Int8) {
+        if self.target.int8_dot && matches!(mm.layout, RhsLayout::Packed(f) if f.is_blocked()) {
             let lanes = self.target.lanes;
             let (v, b) = (format!("vector<{lanes}xi32>"), format!("vector<{}xi8>", 4 * lanes));
             let name = vpdpbusd(lanes);
@@ -128,9 +132,7 @@ impl Kernel {
         self.line(&format!("{rounded} = math.round {t} : {vec}"));
         self.line(&format!("{qi} = arith.fptosi {rounded} : {vec} to {ints}"));
         self.line(&format!("{sum} = vector.reduction <add>, {qi} : {ints} into i32"));
-        let (minus, offset, bytes, words) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
-        self.line(&format!("{minus} = arith.constant -128 : i32"));
-        self.line(&format!("{offset} = arith.muli {sum}, {minus} : i32"));
+        let (bytes, words) = (self.fresh(), self.fresh());
         self.line(&format!("{bytes} = arith.trunci {qi} : {ints} to vector<{block}xi8>"));
         let per_block = block / INT8_DOT_GROUP as i64;
         self.line(&format!(
@@ -144,7 +146,7 @@ impl Kernel {
         self.line(&format!(
             "{q1} = vector.transfer_write {words}, {q}[{row}, {word_at}] {{in_bounds = [true]}} : vector<{per_block}xi32>, {q_ty}"
         ));
-        self.line(&format!("{q2} = tensor.insert {offset} into {q1}[{row}, {sum_at}] : {q_ty}"));
+        self.line(&format!("{q2} = tensor.insert {sum} into {q1}[{row}, {sum_at}] : {q_ty}"));
         self.line(&format!("{s1} = tensor.insert {scale} into {s}[{row}, {b}] : {scales_ty}"));
         let mut yielded = (q2, s1);
         for res in results.iter().rev() {
@@ -161,9 +163,10 @@ impl Kernel {
         }
     }
 
-    /// The loop of a packed tile over the int8 blocks of `at.k_lo..at.k`, as `{res}:{count}`
-    /// from the f32 sums `inits` (`name = value` each): per block, the weights' scales, the
-    /// integer sums of 8 groups of 4 steps, then the scaled sums added in f32.
+    /// The loop of a packed tile over the int8 (or int4) blocks of `at.k_lo..at.k`, as
+    /// `{res}:{count}` from the f32 sums `inits` (`name = value` each): per block, the weights'
+    /// scales, the integer sums of 8 groups of 4 steps (int4: 4 loads of two groups each), then
+    /// the scaled sums added in f32.
     pub(super) fn int8_dot_blocks(&mut self, at: &TileAt<'_>, step: &PanelStep<'_>, res: &str, inits: &[String]) {
         let Some(x) = self.x_int8.take() else {
             unreachable!("an int8 dot tile runs after `quantize_x`")
@@ -185,20 +188,24 @@ impl Kernel {
             at.k,
             inits.join(", ")
         ));
-        let wt = step.source.ty.clone();
-        let (w_scales, first_row) = self.int8_scales(&wt, step.panel, &kb);
+        let (wt, format) = (step.source.ty.clone(), step.source.format);
+        let int4 = format == WeightFormat::Int4;
+        let (w_scales, first_row) = self.int8_scales(&wt, format, step.panel, &kb);
         let block_row = self.index_op("addi", &kb, &first_row);
         let block = self.index_op("divui", &kb, &block_len);
         let sum_at = self.index_op("addi", &x.sums_at, &block);
         let group = self.index_const(INT8_DOT_GROUP as i64);
         let word0 = self.index_op("divui", &kb, &group);
-        // Each row's block: its scale, and the offset its integer sums start from.
+        // Each row's block: its scale, and the offset its integer sums start from (the panel's
+        // bytes are `q + 128`, int4's `q + 8`).
+        let minus = self.fresh();
+        self.line(&format!("  {minus} = arith.constant {} : i32", if int4 { -8 } else { -128 }));
         let mut x_scales = Vec::new();
         let mut starts = Vec::new();
         for row in step.x_rows {
             let mut idx = at.batch.to_vec();
             idx.push(row.clone());
-            let (s, sv, o, ov) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
+            let (s, sv, sum, o, ov) = (self.fresh(), self.fresh(), self.fresh(), self.fresh(), self.fresh());
             let (scale_at, sum_idx) = ([idx.clone(), vec![block.clone()]].concat(), [idx, vec![sum_at.clone()]].concat());
             self.line(&format!(
                 "  {s} = tensor.extract {}[{}] : {}",
@@ -207,13 +214,15 @@ impl Kernel {
                 x.scales_ty
             ));
             self.line(&format!("  {sv} = vector.broadcast {s} : f32 to {fv}"));
-            self.line(&format!("  {o} = tensor.extract {}[{}] : {}", x.q, sum_idx.join(", "), x.q_ty));
+            self.line(&format!("  {sum} = tensor.extract {}[{}] : {}", x.q, sum_idx.join(", "), x.q_ty));
+            self.line(&format!("  {o} = arith.muli {sum}, {minus} : i32"));
             self.line(&format!("  {ov} = vector.broadcast {o} : i32 to {iv}"));
             x_scales.push(sv);
             starts.extend(std::iter::repeat_n(ov, vectors));
         }
-        // The 8 groups of 4 steps.
-        let groups = self.index_const((INT8_BLOCK / INT8_DOT_GROUP) as i64);
+        // The 8 groups of 4 steps (int4: 4 loads of two groups, `g` and `g + 4`).
+        let loads = (INT8_BLOCK / INT8_DOT_GROUP) as i64 / if int4 { 2 } else { 1 };
+        let groups = self.index_const(loads);
         let (c0, c1) = (self.index_const(0), self.index_const(1));
         let (sums, g) = (self.fresh(), self.fresh());
         let sum_args: Vec<String> = starts.iter().map(|_| self.fresh()).collect();
@@ -236,25 +245,38 @@ impl Kernel {
                 step.buf, step.panel, step.mt
             ));
         }
-        let weights = self.group_vectors(&wt, step, &row, vectors);
+        let loaded = self.group_vectors(&wt, step, &row, vectors);
         let word = self.index_op("addi", &word0, &g);
+        // (x's word, the panel's vectors) per group of this step.
+        let mut groups_here = Vec::new();
+        if int4 {
+            let (low, high) = self.nibbles(&loaded);
+            let half = self.index_const(loads);
+            let word_high = self.index_op("addi", &word, &half);
+            groups_here.push((word, low));
+            groups_here.push((word_high, high));
+        } else {
+            groups_here.push((word, loaded));
+        }
         let intrinsic = vpdpbusd(lanes);
         let bytes = format!("vector<{}xi8>", 4 * lanes);
-        let mut next = Vec::with_capacity(count);
-        for (i, x_row) in step.x_rows.iter().enumerate() {
-            let mut idx = at.batch.to_vec();
-            idx.extend([x_row.clone(), word.clone()]);
-            let (xw, xv, xb) = (self.fresh(), self.fresh(), self.fresh());
-            self.line(&format!("  {xw} = tensor.extract {}[{}] : {}", x.q, idx.join(", "), x.q_ty));
-            self.line(&format!("  {xv} = vector.broadcast {xw} : i32 to {iv}"));
-            self.line(&format!("  {xb} = vector.bitcast {xv} : {iv} to {bytes}"));
-            for (j, w) in weights.iter().enumerate() {
-                let d = self.fresh();
-                self.line(&format!(
-                    "  {d} = func.call {intrinsic}({}, {w}, {xb}) : ({iv}, {bytes}, {bytes}) -> {iv}",
-                    sum_args[i * vectors + j]
-                ));
-                next.push(d);
+        let mut next = sum_args.clone();
+        for (word, weights) in &groups_here {
+            for (i, x_row) in step.x_rows.iter().enumerate() {
+                let mut idx = at.batch.to_vec();
+                idx.extend([x_row.clone(), word.clone()]);
+                let (xw, xv, xb) = (self.fresh(), self.fresh(), self.fresh());
+                self.line(&format!("  {xw} = tensor.extract {}[{}] : {}", x.q, idx.join(", "), x.q_ty));
+                self.line(&format!("  {xv} = vector.broadcast {xw} : i32 to {iv}"));
+                self.line(&format!("  {xb} = vector.bitcast {xv} : {iv} to {bytes}"));
+                for (j, w) in weights.iter().enumerate() {
+                    let d = self.fresh();
+                    let acc = &next[i * vectors + j];
+                    self.line(&format!(
+                        "  {d} = func.call {intrinsic}({acc}, {w}, {xb}) : ({iv}, {bytes}, {bytes}) -> {iv}"
+                    ));
+                    next[i * vectors + j] = d;
+                }
             }
         }
         self.line(&format!("  scf.yield {} : {i_types}", next.join(", ")));
@@ -273,6 +295,24 @@ impl Kernel {
         self.line(&format!("  scf.yield {} : {f_types}", out.join(", ")));
         self.line("}");
         self.x_int8 = Some(x);
+    }
+
+    /// The low and high nibbles of int4 panel vectors, as bytes: the groups `g` and `g + 4`.
+    fn nibbles(&mut self, loaded: &[String]) -> (Vec<String>, Vec<String>) {
+        let ty = format!("vector<{}xi8>", 4 * self.lanes);
+        let (mask, four) = (self.fresh(), self.fresh());
+        self.line(&format!("  {mask} = arith.constant dense<15> : {ty}"));
+        self.line(&format!("  {four} = arith.constant dense<4> : {ty}"));
+        let (mut low, mut high) = (Vec::new(), Vec::new());
+        for v in loaded {
+            let (l, shifted, h) = (self.fresh(), self.fresh(), self.fresh());
+            self.line(&format!("  {l} = arith.andi {v}, {mask} : {ty}"));
+            self.line(&format!("  {shifted} = arith.shrui {v}, {four} : {ty}"));
+            self.line(&format!("  {h} = arith.andi {shifted}, {mask} : {ty}"));
+            low.push(l);
+            high.push(h);
+        }
+        (low, high)
     }
 
     /// The panel's vectors of the group of 4 steps at `row`, each 4 bytes per column: vector

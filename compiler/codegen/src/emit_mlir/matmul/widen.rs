@@ -30,7 +30,7 @@ impl Kernel {
         // block's panel `p` at its step from `k_lo`.
         let block_len = self.index_const(INT8_BLOCK as i64);
         let (filled, kb, arg) = self.open_loop(k_lo, k_hi, &block_len, &block, &ty);
-        let (scales, first_row) = self.int8_scales(&packed.ty, &panel, &kb);
+        let (scales, first_row) = self.int8_scales(&packed.ty, WeightFormat::Int8, &panel, &kb);
         let block_end = self.index_op("addi", &kb, &block_len);
         let (steps, kk, mut written) = self.open_loop(&kb, &block_end, &c1, &arg, &ty);
         let row = self.index_op("addi", &kk, &first_row);
