@@ -1,7 +1,7 @@
 //! Weight matrices stored as bf16 or int8 (`--set weights=...`), Linear weights (LLaMA) and
 //! weights stored [in, out] (GPT-2's Conv1D): the kernels compute with exactly the values the
 //! format stores (an f32 model given those rounded values agrees to the last
-//! bits, the forward and greedy decoding; with 8-bit dot products, int8 also quantizes `x`,
+//! bits, the forward and greedy decoding; multiplied in integers, int8 also quantizes `x`,
 //! checked against Q8_0's arithmetic), the format visibly changes the numbers (it is not
 //! ignored), a matrix int8 cannot hold stays f32 and says so, and what cannot be done is an error.
 
@@ -96,10 +96,10 @@ fn bound(g: &Graph, path: &Path) -> LoadedModel {
 }
 
 /// This machine's target with int8 weights converted to f32 as they are read (the kernels of a
-/// CPU without 8-bit dot products), which compute with exactly the values stored.
+/// CPU that cannot multiply them in integers), which compute with exactly the values stored.
 fn converting() -> lmc_codegen::Target {
     lmc_codegen::Target {
-        int8_dot: false,
+        int8_dot: None,
         ..lmc_codegen::Target::host()
     }
 }
@@ -252,9 +252,9 @@ fn formats_compute_with_the_stored_values(case: &Case) {
             decode(&f32_graph, &rounded_path),
             "{what}: greedy decoding differs"
         );
-        // With 8-bit dot products `x` is quantized too (`int8_dot_products_compute_q8_0_exactly`):
+        // Multiplied in integers, `x` is quantized too (`int8_dot_products_compute_q8_0_exactly`):
         // close to the stored values' f32 model, not equal to it.
-        if format == WeightFormat::Int8 && lmc_codegen::Target::host().int8_dot {
+        if format == WeightFormat::Int8 && lmc_codegen::Target::host().int8_dot.is_some() {
             let dot = bound(&g, &base_path);
             for (inputs, want, scale) in [(&inputs, &want, scale), (&long, &want_long, long_scale)] {
                 let err = max_abs_diff(&logits(&dot, inputs), want);
@@ -506,22 +506,34 @@ fn stored_formats_take_no_stack_per_block() {
     }
 }
 
-/// On a CPU with integer dot products (`vpdpbusd`), int8 weights multiply `x` quantized per
-/// block of 32 as the weights are (llama.cpp's Q8_0 arithmetic): every result is exactly the
+/// Where the kernels multiply in integers (`vpdpbusd`, or `vpmaddwd`), int8 weights multiply
+/// `x` quantized per block of 32 as the weights are (llama.cpp's Q8_0 arithmetic): every result is exactly the
 /// bias plus, block by block, the integer sum times the two scales, added in f32 in order. Rows
 /// of one (decoding), tiles of 6 and the rows left over, and 50 rows (where the float kernels
 /// would widen the panels); 40 columns, a whole panel and a part of one.
 #[test]
 fn int8_dot_products_compute_q8_0_exactly() {
+    use lmc_codegen::Int8Dot;
     let host = lmc_codegen::Target::host();
-    if !host.int8_dot {
-        eprintln!("skipped: this CPU has no 8-bit dot products (AVX512-VNNI or AVX-VNNI)");
+    let Some(kind) = host.int8_dot else {
+        eprintln!("skipped: the kernels multiply no integers on this CPU (it lacks AVX2)");
         return;
+    };
+    // The host's instructions and vector width, and the narrower and older ones it also runs:
+    // `vpdpbusd` on 8 lanes (AVX-VNNI's width), `vpmaddwd` on 16 (AVX-512BW) and 8 (AVX2).
+    let mut targets = vec![(host.lanes, kind), (8, Int8Dot::Madd)];
+    if host.lanes == 16 {
+        targets.extend([(16, Int8Dot::Madd), (8, kind)]);
     }
-    // AVX-512's 16 lanes, and 8 (AVX-VNNI's, which an AVX512-VNNI CPU also runs).
-    for lanes in [host.lanes, 8] {
+    targets.dedup();
+    for (lanes, kind) in targets {
         for format in [WeightFormat::Int8, WeightFormat::Int4] {
-            int8_dot_linear(&lmc_codegen::Target { lanes, ..host }, format);
+            let target = lmc_codegen::Target {
+                lanes,
+                int8_dot: Some(kind),
+                ..host
+            };
+            int8_dot_linear(&target, format);
         }
     }
 }
@@ -548,10 +560,7 @@ fn int8_dot_linear(target: &lmc_codegen::Target, format: WeightFormat) {
     let (w, bias) = (tensor("proj.weight"), tensor("proj.bias"));
     let model = bound_on(&g, &path, target);
     let storage = model.weight_storage().unwrap();
-    assert!(storage.ends_with(&format!(
-        "{} multiplied with 8-bit dot products, x quantized per block of 32",
-        format.name()
-    )));
+    assert!(storage.ends_with(&format!("{} multiplied in integers, x quantized per block of 32", format.name())));
     for (b, t) in [(1usize, 1usize), (2, 7), (1, 50)] {
         let x: Vec<f32> = (0..b * t * k).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();
         let inputs = vec![HostTensor::from_f32("x", [b, t, k], x.clone()).unwrap()];
@@ -568,9 +577,10 @@ fn int8_dot_linear(target: &lmc_codegen::Target, format: WeightFormat) {
                 assert_eq!(
                     got,
                     want,
-                    "{} at {} lanes, {b}×{t} rows: row {row}, column {col}",
+                    "{} at {} lanes with {:?}, {b}×{t} rows: row {row}, column {col}",
                     format.name(),
-                    target.lanes
+                    target.lanes,
+                    target.int8_dot
                 );
             }
         }
@@ -579,7 +589,7 @@ fn int8_dot_linear(target: &lmc_codegen::Target, format: WeightFormat) {
 
 /// Int4 (Q4_0's blocks) on LLaMA: close to the f32 model given the values int4 stores (the
 /// difference is `x`'s quantization), further from the original weights than int8; on a CPU
-/// without 8-bit dot products, an error that says so.
+/// whose kernels cannot multiply in integers, an error that says so.
 #[test]
 fn int4_stores_q4_0_blocks_and_needs_dot_products() {
     let case = &CASES[0];
@@ -589,11 +599,11 @@ fn int4_stores_q4_0_blocks_and_needs_dot_products() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        err.contains("weights=int4 is multiplied with 8-bit dot products") && err.contains("weights=int8 runs there"),
+        err.contains("weights=int4 is multiplied in integers") && err.contains("weights=int8 runs there"),
         "{err}"
     );
-    if !lmc_codegen::Target::host().int8_dot {
-        eprintln!("skipped the rest: this CPU has no 8-bit dot products");
+    if lmc_codegen::Target::host().int8_dot.is_none() {
+        eprintln!("skipped the rest: the kernels multiply no integers on this CPU");
         return;
     }
     let dir = scratch("weight_formats_int4");

@@ -70,10 +70,21 @@ pub struct Target {
     pub device: Device,
     /// The CPU the code (a GPU target's host code included) is generated for.
     pub cpu: Cpu,
-    /// The CPU multiplies bytes in 4-byte dot products (`vpdpbusd`: AVX512-VNNI with 16 lanes,
-    /// AVX-VNNI with 8): int8 weights are then multiplied by `x` quantized to int8 per block
-    /// rather than converted to f32 (`matmul/int8_dot.rs`).
-    pub int8_dot: bool,
+    /// How the CPU multiplies bytes in integers, if the kernels do: int8 and int4 weights are
+    /// then multiplied by `x` quantized to int8 per block rather than converted to f32
+    /// (`matmul/int8_dot.rs`).
+    pub int8_dot: Option<Int8Dot>,
+}
+
+/// The instructions int8 and int4 weights are multiplied with ([`Target::int8_dot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Dot {
+    /// `vpdpbusd` (AVX512-VNNI on 16 lanes, AVX-VNNI on 8): 4 byte products summed into each
+    /// 32-bit lane.
+    Vnni,
+    /// `vpmaddwd` on bytes widened to 16 bits (AVX2; AVX-512BW on 16 lanes): 2 products summed
+    /// into each 32-bit lane.
+    Madd,
 }
 
 /// The x86-64 CPU code is generated for: this machine's, or a microarchitecture level that
@@ -121,7 +132,7 @@ impl Target {
         lanes: 8,
         device: Device::Cpu,
         cpu: Cpu::Host,
-        int8_dot: false,
+        int8_dot: None,
     };
 
     /// An AVX-512 machine.
@@ -129,7 +140,7 @@ impl Target {
         lanes: 16,
         device: Device::Cpu,
         cpu: Cpu::Host,
-        int8_dot: false,
+        int8_dot: None,
     };
 
     /// An NVIDIA GPU of compute capability 9.0 (H100, H200), with a host of this machine's kind.
@@ -137,21 +148,36 @@ impl Target {
         lanes: 8,
         device: Device::Cuda,
         cpu: Cpu::Host,
-        int8_dot: false,
+        int8_dot: None,
     };
 
-    /// The machine lmc runs on.
+    /// The machine lmc runs on (or, under `LMC_TARGET_CPU`, the CPU named there: a level's
+    /// kernels for a level, AVX2's otherwise).
     pub fn host() -> Target {
+        let level = llvm::cpu_override()
+            .and_then(|name| Cpu::parse(&name).ok())
+            .filter(|cpu| *cpu != Cpu::Host);
+        if let Some(level) = level {
+            return Target {
+                cpu: Cpu::Host,
+                ..Target::for_cpu(level)
+            };
+        }
         let features = llvm::host_features();
         let has = |feature: &str| features.split(',').any(|f| f == feature);
+        let dot = |vnni: &str, madd: &str| match (has(vnni), has(madd)) {
+            (true, _) => Some(Int8Dot::Vnni),
+            (false, true) => Some(Int8Dot::Madd),
+            (false, false) => None,
+        };
         if has("+avx512f") {
             Target {
-                int8_dot: has("+avx512vnni"),
+                int8_dot: dot("+avx512vnni", "+avx512bw"),
                 ..Target::AVX512
             }
         } else {
             Target {
-                int8_dot: has("+avxvnni"),
+                int8_dot: dot("+avxvnni", "+avx2"),
                 ..Target::AVX2
             }
         }
@@ -166,12 +192,12 @@ impl Target {
             Cpu::X86_64V3 => 8,
             Cpu::X86_64V4 => 16,
         };
-        // The levels do not include VNNI.
+        // The levels do not include VNNI; v3 has AVX2 and v4 AVX-512BW.
         Target {
             lanes,
             device: Device::Cpu,
             cpu,
-            int8_dot: false,
+            int8_dot: (lanes >= 8).then_some(Int8Dot::Madd),
         }
     }
 
@@ -229,9 +255,9 @@ pub fn check_target(g: &Graph, target: &Target) -> Result<(), CodegenError> {
             g.weights.name()
         )));
     }
-    if g.weights == lmc_abi::WeightFormat::Int4 && !target.int8_dot {
+    if g.weights == lmc_abi::WeightFormat::Int4 && target.int8_dot.is_none() {
         return Err(CodegenError::Unsupported(
-            "weights=int4 is multiplied with 8-bit dot products (AVX512-VNNI, or AVX-VNNI), which the CPU compiled for \
+            "weights=int4 is multiplied in integers (AVX2, AVX-512BW or VNNI), which the CPU compiled for \
              lacks; weights=int8 runs there (converted to f32 as read)"
                 .to_string(),
         ));

@@ -128,8 +128,9 @@ pub fn add_abi_glue<'ctx>(
 
 /// `LMC_TARGET_CPU` names another CPU to generate code for (a debugging aid, not
 /// configuration): `LMC_TARGET_CPU=haswell` gives AVX2 code that valgrind, which does not know
-/// AVX-512, can run on an AVX-512 machine.
-fn cpu_override() -> Option<String> {
+/// AVX-512, can run on an AVX-512 machine; a level (`x86-64-v3`) gives the kernels that
+/// `lmc compile --target-cpu` gives it.
+pub(crate) fn cpu_override() -> Option<String> {
     std::env::var("LMC_TARGET_CPU").ok().filter(|c| !c.is_empty())
 }
 

@@ -176,7 +176,8 @@ pub struct Packing {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_by_out: bool,
     /// An int8 block's rows are laid out for 4-byte integer dot products (x86's `vpdpbusd`,
-    /// which multiplies 4 unsigned bytes by 4 signed ones and adds the sum to a 32-bit lane):
+    /// which multiplies 4 unsigned bytes by 4 signed ones and adds the sum to a 32-bit lane;
+    /// `vpmaddwd` reads them widened to 16 bits):
     /// each group of 4 steps of `K` stores a column's 4 bytes together, column after column,
     /// and each byte is `q + 128` (unsigned). The scales' rows are as without it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -424,8 +425,8 @@ impl crate::Manifest {
             n => format!(", {n} kept f32 (rows not whole blocks of {})", INT8_BLOCK),
         };
         let how = match int8_dot {
-            Some(true) => format!("; {format} multiplied with 8-bit dot products, x quantized per block of 32"),
-            Some(false) => format!("; {format} converted to f32 as read (no 8-bit dot products on the CPU compiled for)"),
+            Some(true) => format!("; {format} multiplied in integers, x quantized per block of 32"),
+            Some(false) => format!("; {format} converted to f32 as read (no integer kernels for the CPU compiled for)"),
             None => String::new(),
         };
         Some(format!(

@@ -182,7 +182,7 @@ pub(crate) fn param_packing(
                 panel: AXPY_VECTORS * target.lanes,
                 format,
                 in_by_out,
-                int8_dot: format.is_blocked() && target.int8_dot,
+                int8_dot: format.is_blocked() && target.int8_dot.is_some(),
             })
         })
         .collect()
@@ -347,7 +347,7 @@ struct Kernel {
     bias: Option<String>,
     /// Int8 panels are multiplied with integer dot products ([`int8_dot`]), and `x` quantized
     /// for them once the kernel has read its sizes.
-    int8_dot: bool,
+    int8_dot: Option<crate::Int8Dot>,
     x_int8: Option<int8_dot::QuantizedX>,
 }
 
@@ -488,7 +488,7 @@ impl Kernel {
             rhs: rhs.to_string(),
             out: out.to_string(),
             bias: None,
-            int8_dot: false,
+            int8_dot: None,
             x_int8: None,
         }
     }
@@ -596,7 +596,7 @@ impl Kernel {
         };
         let m = self.dim(&self.out.clone(), &mm.out, r - 2);
         let bounds: Vec<String> = (0..r - 2).map(|axis| self.dim(&self.out.clone(), &mm.out, axis)).collect();
-        if self.int8_dot && matches!(mm.layout, RhsLayout::Packed(f) if f.is_blocked()) {
+        if self.int8_dot.is_some() && matches!(mm.layout, RhsLayout::Packed(f) if f.is_blocked()) {
             self.x_int8 = Some(self.quantize_x(mm, &bounds, &m, &k));
         }
         let cols_per_tile = self.tile_shape(mm.layout).1;
@@ -817,7 +817,7 @@ impl Kernel {
     /// with integer dot products are not converted at all, whatever the rows.
     #[allow(clippy::too_many_arguments)]
     fn packed_columns(&mut self, mm: &MatMul, batch: &[String], slice: &str, lo: &str, size: &str, m: &str, k: &str) -> String {
-        if PanelSource::packed(self, mm).format != WeightFormat::Int8 || self.int8_dot {
+        if PanelSource::packed(self, mm).format != WeightFormat::Int8 || self.int8_dot.is_some() {
             return self.packed_blocks(mm, batch, [slice, lo, size, m, k], None);
         }
         // Both loop nests, one after the other, each running only where it applies (rather than
@@ -851,9 +851,9 @@ impl Kernel {
         };
         // Rows: whole tiles of each height in turn, down to single rows.
         let mut row_lo = c0.clone();
-        let tiles = match source.format.is_blocked() && self.int8_dot {
-            true => int8_dot::dot_rows(self.lanes).to_vec(),
-            false => packed_rows(self.lanes).to_vec(),
+        let tiles = match self.int8_dot.filter(|_| source.format.is_blocked()) {
+            Some(kind) => int8_dot::dot_rows(self.lanes, kind).to_vec(),
+            None => packed_rows(self.lanes).to_vec(),
         };
         for rows in tiles {
             let left = self.index_op("subi", m, &row_lo);
@@ -972,7 +972,7 @@ impl Kernel {
             lanes: &lane_ix,
             x_rows: &row_ix,
         };
-        if format.is_blocked() && self.int8_dot {
+        if format.is_blocked() && self.int8_dot.is_some() {
             self.int8_dot_blocks(at, &step, &res, &inits);
         } else if format == WeightFormat::Int8 {
             // Blocks of K, each with its scales, and the block's steps within (`k_lo` and `k`
