@@ -26,7 +26,7 @@ pub enum WeightFormat {
     /// 4-bit integers, two to a byte, in blocks of [`INT8_BLOCK`] with one f32 scale each:
     /// `w ≈ scale · q`, `q` in `-8..=7`, `scale = m / -8` for the block's element `m` of largest
     /// magnitude, `q = round(w / scale)` clamped (llama.cpp's Q4_0, with an f32 scale). Read
-    /// only by kernels with 8-bit dot products ([`Packing::int8_dot`]).
+    /// only by the kernels that multiply in integers ([`Packing::int8_dot`]).
     Int4,
 }
 

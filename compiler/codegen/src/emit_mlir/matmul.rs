@@ -11,8 +11,8 @@
 //!   tile of 12 (AVX2: 6) rows by one panel; each step of `K` broadcasts one element of `x` per
 //!   row and multiplies it with the panel's two contiguous vectors, prefetched ahead. A panel
 //!   stored as bf16 is widened as it is read; an int8 one is converted and multiplied by its
-//!   block's scales, read once per block of 32 steps (`--set weights=...`), or, on a CPU with
-//!   8-bit dot products, multiplied in integers with `x` quantized likewise ([`int8_dot`]).
+//!   block's scales, read once per block of 32 steps (`--set weights=...`), or, on an AVX2 or
+//!   AVX-512 CPU, multiplied in integers with `x` quantized likewise ([`int8_dot`]; int4 too).
 //! - Any other `x @ transpose(w)`, `w: [..., N, K]` (attention's `q · kᵀ`): each result
 //!   element is a dot product of two contiguous rows. A tile of rows of `x` by rows of `w`
 //!   keeps one vector of partial sums per element and sums its lanes at the end.

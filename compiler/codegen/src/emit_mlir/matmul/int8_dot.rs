@@ -1,20 +1,21 @@
-//! Int8 panels multiplied with integer dot products, on CPUs that have them ([`crate::Target`]'s
-//! `int8_dot`): llama.cpp's Q8_0 arithmetic. Converting every int8 weight to f32 and scaling it
-//! costs two instructions per vector of weights on top of the multiply, which kept int8 decoding
-//! at 2.3–2.9× f32's speed where reading a quarter of the bytes would allow 3.5.
+//! Int8 and int4 panels multiplied in integers ([`crate::Target`]'s `int8_dot`): llama.cpp's
+//! Q8_0 and Q4_0 arithmetic. Converting every weight to f32 and scaling it costs two
+//! instructions per vector of weights on top of the multiply, more than a decode step's memory
+//! reads leave time for.
 //!
 //! `x` is quantized once per call, each row's blocks of 32 elements of `K` as the weights are
 //! (`q = round(x / s)`, `s = max |x| / 127`), and each block of a tile is one integer dot product
 //! per element: `vpdpbusd` multiplies 4 unsigned bytes of the panel (stored `q + 128`, see
 //! [`lmc_abi::Packing::int8_dot`]) with 4 signed bytes of `x` and adds them to a 32-bit lane,
 //! so a vector of 16 columns takes 4 steps of `K` per instruction. The panel's offset of 128
-//! adds `128 · Σ q_x` to every column, which the block's sums start from minus. The block's sum
+//! adds `128 · Σ q_x` to every column, which is taken off the block's sum. The block's sum
 //! (exact in 32 bits: at most 32 · 255 · 127) is then converted once and added, times the
-//! column's scale and the row's, to the f32 result.
+//! column's scale and the row's, to the f32 result. Without VNNI, `vpmaddwd` multiplies the
+//! same bytes widened to 16 bits two pairs per lane, and the pairs are added per block.
 //!
 //! Int4 panels (llama.cpp's Q4_0) hold two groups of 4 steps in each byte's nibbles, `q + 8`:
-//! one load, two masks and a shift give the two groups' unsigned bytes, and the sums start
-//! from `-8 · Σ q_x`.
+//! one load, two masks and a shift give the two groups' unsigned bytes, and `8 · Σ q_x` is
+//! taken off.
 
 use super::{Kernel, MatMul, PanelStep, RhsLayout, TileAt};
 use crate::emit_mlir::{tensor_ty, Emitter};
