@@ -56,6 +56,12 @@ pub fn check_manifest(m: &Manifest, source: &str) -> Result<(), RuntimeError> {
                     spec.name, p.panel
                 )));
             }
+            if p.format == lmc_abi::WeightFormat::Int4 && !p.int8_dot {
+                return Err(bad(format!(
+                    "parameter \"{}\" is packed as int4 without the integer kernels' layout (`int8_dot`), which is the only one int4 has",
+                    spec.name
+                )));
+            }
             let k = if p.in_by_out { spec.shape.first() } else { spec.shape.last() };
             if let Some(Dim::Static(k)) = k {
                 if !p.format.fits_rows_of(usize::try_from(*k).unwrap_or(0)) {
@@ -716,6 +722,18 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string()
             .contains("\"embeddings.word_embeddings.weight\" is packed in panels of 0"));
+        let int4 = lmc_abi::Packing {
+            format: lmc_abi::WeightFormat::Int4,
+            ..lmc_abi::Packing::f32(32)
+        };
+        packed.params[0].packing = Some(lmc_abi::Packing { int8_dot: true, ..int4 });
+        let dot = check_manifest(&packed, "m.so").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!dot.contains("is packed as int4 without"), "{dot}");
+        packed.params[0].packing = Some(int4);
+        assert!(check_manifest(&packed, "m.so")
+            .unwrap_err()
+            .to_string()
+            .contains("is packed as int4 without"));
     }
 
     #[test]

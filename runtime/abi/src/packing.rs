@@ -87,6 +87,15 @@ impl WeightFormat {
         !self.is_blocked() || (k > 0 && k.is_multiple_of(INT8_BLOCK))
     }
 
+    /// One block of a blocked format: its scale and its integers ([`quantize_block`] for int8,
+    /// [`quantize_int4_block`] for int4).
+    pub fn quantize(self, block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
+        match self {
+            WeightFormat::Int4 => quantize_int4_block(block),
+            _ => quantize_block(block),
+        }
+    }
+
     /// The values a kernel multiplies by when a row-major `[n, k]` matrix `w` is stored this way
     /// (`w` itself for f32): what the format costs in accuracy, element by element.
     pub fn round_trip(self, w: &[f32], k: usize) -> Vec<f32> {
@@ -103,17 +112,6 @@ impl WeightFormat {
                 }
                 out
             }
-        }
-    }
-}
-
-impl WeightFormat {
-    /// One block of a blocked format: its scale and its integers ([`quantize_block`] for int8,
-    /// [`quantize_int4_block`] for int4).
-    pub fn quantize(self, block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
-        match self {
-            WeightFormat::Int4 => quantize_int4_block(block),
-            _ => quantize_block(block),
         }
     }
 }
@@ -145,7 +143,7 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 }
 
 /// One int8 block: its scale and its elements (`round(w / scale)`, which is within ±127). The
-/// int8 kernels that multiply with integer dot products quantize `x` so too.
+/// kernels that multiply int8 and int4 weights in integers quantize `x` so too.
 pub fn quantize_block(block: &[f32]) -> (f32, [i8; INT8_BLOCK]) {
     let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     let scale = amax / 127.0;

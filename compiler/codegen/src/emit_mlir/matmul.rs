@@ -973,7 +973,7 @@ impl Kernel {
             x_rows: &row_ix,
         };
         if format.is_blocked() && self.int8_dot.is_some() {
-            self.int8_dot_blocks(at, &step, &res, &inits);
+            self.int8_dot_blocks(at, &step, &res, [&args, &inits]);
         } else if format == WeightFormat::Int8 {
             // Blocks of K, each with its scales, and the block's steps within (`k_lo` and `k`
             // are whole blocks: the codegen packs int8 only rows of whole blocks).

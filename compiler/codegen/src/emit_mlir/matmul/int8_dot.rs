@@ -194,10 +194,10 @@ impl Kernel {
     }
 
     /// The loop of a packed tile over the int8 (or int4) blocks of `at.k_lo..at.k`, as
-    /// `{res}:{count}` from the f32 sums `inits` (`name = value` each): per block, the weights'
+    /// `{res}:{count}` carrying the f32 sums `args` from `inits` (`arg = value` each): per block, the weights'
     /// scales, the integer sums of 8 groups of 4 steps (int4: 4 loads of two groups each), then
     /// the scaled sums added in f32.
-    pub(super) fn int8_dot_blocks(&mut self, at: &TileAt<'_>, step: &PanelStep<'_>, res: &str, inits: &[String]) {
+    pub(super) fn int8_dot_blocks(&mut self, at: &TileAt<'_>, step: &PanelStep<'_>, res: &str, [args, inits]: [&[String]; 2]) {
         let (Some(x), Some(kind)) = (self.x_int8.take(), self.int8_dot) else {
             unreachable!("an int8 dot tile runs after `quantize_x`")
         };
@@ -211,10 +211,6 @@ impl Kernel {
         let i_types = vec![iv.as_str(); count * per].join(", ");
         let vectors = step.lanes.len();
         let (kb, block_len) = (self.fresh(), self.index_const(INT8_BLOCK as i64));
-        let args: Vec<String> = inits
-            .iter()
-            .map(|i| i.split(" = ").next().unwrap_or_default().to_string())
-            .collect();
         self.line(&format!(
             "{res}:{count} = scf.for {kb} = {} to {} step {block_len} iter_args({}) -> ({f_types}) {{",
             at.k_lo,
