@@ -585,6 +585,15 @@ fn int8_dot_linear(target: &lmc_codegen::Target, format: WeightFormat) {
             }
         }
     }
+    // A NaN or an infinity in `x` is not quantized away: every result its row reaches is not
+    // finite, as in f32.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut x = vec![0.5f32; k];
+        x[40] = bad;
+        let inputs = vec![HostTensor::from_f32("x", [1, 1, k], x).unwrap()];
+        let got = model.run(&inputs).unwrap_or_else(|e| panic!("{e}"))[0].as_f32().unwrap().to_vec();
+        assert!(got.iter().all(|v| !v.is_finite()), "{} with {bad} in x: {got:?}", format.name());
+    }
 }
 
 /// Int4 (Q4_0's blocks) on LLaMA: close to the f32 model given the values int4 stores (the

@@ -133,8 +133,7 @@ impl Kernel {
         let at = self.index_op("muli", &b, &block_len);
         let vec = format!("vector<{block}xf32>");
         let ints = format!("vector<{block}xi32>");
-        let (pad, zero, one, most) = (self.fresh(), self.fresh(), self.fresh(), self.fresh());
-        self.line(&format!("{pad} = arith.constant 0.0 : f32"));
+        let (zero, one, most) = (self.fresh(), self.fresh(), self.fresh());
         self.line(&format!("{zero} = arith.constant 0.0 : f32"));
         self.line(&format!("{one} = arith.constant 1.0 : f32"));
         self.line(&format!("{most} = arith.constant 127.0 : f32"));
@@ -145,13 +144,15 @@ impl Kernel {
             unreachable!("twelve names")
         };
         self.line(&format!(
-            "{v} = vector.transfer_read {}[{}], {pad} {{in_bounds = [true]}} : {}, {vec}",
+            "{v} = vector.transfer_read {}[{}], {zero} {{in_bounds = [true]}} : {}, {vec}",
             self.x,
             idx.join(", "),
             tensor_ty(&mm.x)
         ));
         self.line(&format!("{abs} = math.absf {v} : {vec}"));
-        self.line(&format!("{amax} = vector.reduction <maxnumf>, {abs} : {vec} into f32"));
+        // NaN's maximum is NaN, and an infinity's scale infinite: either makes the block's scale,
+        // and so every result it enters, not finite, as f32's arithmetic would.
+        self.line(&format!("{amax} = vector.reduction <maximumf>, {abs} : {vec} into f32"));
         // As the weights' blocks are quantized (`lmc_abi::WeightFormat::Int8`).
         self.line(&format!("{scale} = arith.divf {amax}, {most} : f32"));
         self.line(&format!("{some} = arith.cmpf ogt, {scale}, {zero} : f32"));
