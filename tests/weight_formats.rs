@@ -1,4 +1,4 @@
-//! Weight matrices stored as bf16 or int8 (`--set weights=...`), Linear weights (LLaMA) and
+//! Weight matrices stored as bf16, int8 or int4 (`--set weights=...`), Linear weights (LLaMA) and
 //! weights stored [in, out] (GPT-2's Conv1D): the kernels compute with exactly the values the
 //! format stores (an f32 model given those rounded values agrees to the last
 //! bits, the forward and greedy decoding; multiplied in integers, int8 also quantizes `x`,
