@@ -92,7 +92,7 @@ fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
 
 /// `g` compiled and bound to the weights in `path`.
 fn bound(g: &Graph, path: &Path) -> LoadedModel {
-    bind_jit_with(g, lmc_codegen::jit(g), |_| WeightsSource::Path(path.to_path_buf()))
+    bound_on(g, path, &lmc_codegen::Target::host())
 }
 
 /// This machine's target with int8 weights converted to f32 as they are read (the kernels of a

@@ -587,7 +587,7 @@ mod tests {
                 let (step, group) = (kk % 32, kk % 32 / 4);
                 let byte = block[4 * panel + ((group % 4) * panel + row) * 4 + step % 4];
                 let nibble = if group >= 4 { byte >> 4 } else { byte & 0x0f };
-                let q = i8::try_from(nibble).unwrap() - 8;
+                let q = i16::from(nibble) - 8;
                 assert_eq!(scale * f32::from(q), stored[row * k + kk], "row {row} step {kk}");
                 // Within half a step, or the one step that 8 levels above zero lacks.
                 assert!((stored[row * k + kk] - w[row * k + kk]).abs() <= scale.abs() * 1.0 + 1e-6);
